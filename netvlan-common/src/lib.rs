@@ -1,0 +1,13 @@
+//! The model shared by netvlan's eBPF programs and its userspace.
+//!
+//! Everything here is `no_std` so that the exact same code runs inside the
+//! XDP program, in host unit tests and in fuzzers:
+//!
+//! - [`frame`]: the frame classifier (Ethernet, 802.1Q, 802.1ad/QinQ and the
+//!   L3 protocol behind the tags).
+//! - [`maps`]: the `#[repr(C)]` keys and values of the datapath's maps, with
+//!   their names and sizes.
+#![cfg_attr(not(test), no_std)]
+
+pub mod frame;
+pub mod maps;

@@ -1,0 +1,117 @@
+//! Keys, values, names and sizes of the datapath's maps.
+//!
+//! Layout rules: `#[repr(C)]`, fixed-width fields, explicit padding fields
+//! (zeroed by [`MacKey::new`]) so the kernel hashes exactly the bytes we set.
+
+use crate::frame::Anomaly;
+
+/// Per-CPU array of [`Counters`] indexed by VLAN id (0 = untagged).
+pub const VLAN_STATS: &str = "VLAN_STATS";
+/// Per-CPU hash of [`MacKey`] (destination MAC) to [`Counters`].
+pub const MAC_STATS: &str = "MAC_STATS";
+/// Per-CPU array of [`Counters`] indexed by [`CounterSlot`].
+pub const COUNTERS: &str = "COUNTERS";
+/// Name of the XDP program in the object file.
+pub const XDP_PROGRAM: &str = "netvlan_xdp";
+
+/// One slot per 12-bit VLAN id, so no VLAN can ever miss its counter.
+pub const VLAN_SLOTS: u32 = 4096;
+/// Distinct destination MACs counted per interface. When the table is full,
+/// frames to new MACs are counted under [`CounterSlot::MacTableFull`]
+/// instead (never silently lost).
+pub const MAC_STATS_CAPACITY: u32 = 65_536;
+/// Size of the [`COUNTERS`] array; spare slots leave room for new counters
+/// without changing the map's shape.
+pub const COUNTER_SLOTS: u32 = 16;
+
+/// Packets and bytes. Bytes are the frame length as XDP sees it (no FCS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counters {
+    #[inline(always)]
+    pub fn add_frame(&mut self, len: u64) {
+        self.packets += 1;
+        self.bytes += len;
+    }
+
+    /// Adds another CPU's share (userspace sums per-CPU values).
+    pub fn merge(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// A MAC address as a hash key: 6 bytes plus 2 explicit zero bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacKey {
+    pub addr: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl MacKey {
+    #[inline(always)]
+    pub const fn new(addr: [u8; 6]) -> Self {
+        MacKey { addr, _pad: [0; 2] }
+    }
+}
+
+/// Index into the [`COUNTERS`] array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterSlot {
+    /// Every frame the program saw, well-formed or not.
+    Frames,
+    /// Frames whose destination MAC could not be added to a full
+    /// [`MAC_STATS`] table.
+    MacTableFull,
+    /// Frames carrying this anomaly.
+    Anomaly(Anomaly),
+}
+
+impl CounterSlot {
+    const ANOMALY_BASE: u32 = 2;
+
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        match self {
+            CounterSlot::Frames => 0,
+            CounterSlot::MacTableFull => 1,
+            CounterSlot::Anomaly(a) => Self::ANOMALY_BASE + a as u32,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays, no implicit padding.
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::MacKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_types_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<Counters>(), 16);
+        assert_eq!(core::mem::size_of::<MacKey>(), 8);
+    }
+
+    #[test]
+    fn counter_slots_are_distinct_and_fit_the_array() {
+        let mut seen = std::collections::HashSet::new();
+        let slots = [CounterSlot::Frames, CounterSlot::MacTableFull]
+            .into_iter()
+            .chain(Anomaly::ALL.into_iter().map(CounterSlot::Anomaly));
+        for slot in slots {
+            assert!(slot.index() < COUNTER_SLOTS, "{slot:?} outside the array");
+            assert!(seen.insert(slot.index()), "{slot:?} shares an index");
+        }
+    }
+}

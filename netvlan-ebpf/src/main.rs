@@ -1,0 +1,128 @@
+//! netvlan's XDP datapath: classify every frame on a parent link and count
+//! it by VLAN, by destination MAC and by anomaly.
+//!
+//! Everything is passed (`XDP_PASS`); filtering comes with the policy maps.
+//! The classifier is `netvlan_common::frame::classify`, the same code the
+//! host unit tests and fuzzers run.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    macros::{map, xdp},
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::XdpContext,
+};
+use netvlan_common::{
+    frame::{classify, Anomaly, Classification, FrameBytes},
+    maps::{CounterSlot, Counters, MacKey, COUNTER_SLOTS, MAC_STATS_CAPACITY, VLAN_SLOTS},
+};
+
+#[map(name = "VLAN_STATS")]
+static VLAN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(VLAN_SLOTS, 0);
+
+#[map(name = "MAC_STATS")]
+static MAC_STATS: PerCpuHashMap<MacKey, Counters> =
+    PerCpuHashMap::with_max_entries(MAC_STATS_CAPACITY, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// The packet as the classifier sees it. Every read compares
+/// `data + offset + N` with `data_end` first: the verifier accepts a packet
+/// access only after such a check on the same pointer.
+struct XdpFrame {
+    data: usize,
+    data_end: usize,
+}
+
+impl FrameBytes for XdpFrame {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.data_end - self.data
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.data + offset;
+        if start + N > self.data_end {
+            return None;
+        }
+        // SAFETY: bounds checked just above; packet data has no alignment.
+        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    }
+}
+
+#[xdp]
+pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+    };
+    let len = frame.frame_len() as u64;
+    count(&COUNTERS, CounterSlot::Frames.index(), len);
+    match classify(&frame) {
+        Classification::Malformed(anomaly) => {
+            count(&COUNTERS, CounterSlot::Anomaly(anomaly).index(), len);
+        }
+        Classification::Classified(f) => {
+            count(&VLAN_STATS, u32::from(f.outer_vid), len);
+            count_mac(MacKey::new(f.dst), len);
+            if !f.anomalies.is_empty() {
+                for anomaly in Anomaly::ALL {
+                    if f.anomalies.contains(anomaly) {
+                        count(&COUNTERS, CounterSlot::Anomaly(anomaly).index(), len);
+                    }
+                }
+            }
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// errno value; aya-ebpf's bindings do not carry errno constants.
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*c).add_frame(len) };
+    }
+}
+
+/// Counts a frame under its destination MAC, inserting the MAC on first
+/// sight. A full table is counted, never silently skipped.
+#[inline(always)]
+fn count_mac(key: MacKey, len: u64) {
+    if let Some(c) = MAC_STATS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of an existing entry.
+        unsafe { (*c).add_frame(len) };
+        return;
+    }
+    let first = Counters {
+        packets: 1,
+        bytes: len,
+    };
+    match MAC_STATS.insert(&key, &first, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // Another CPU inserted the same MAC between our lookup and insert.
+        Err(e) if e == -EEXIST => {
+            if let Some(c) = MAC_STATS.get_ptr_mut(&key) {
+                // SAFETY: as above.
+                unsafe { (*c).add_frame(len) };
+            }
+        }
+        Err(_) => count(&COUNTERS, CounterSlot::MacTableFull.index(), len),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

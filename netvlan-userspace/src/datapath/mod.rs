@@ -1,0 +1,479 @@
+//! The datapath loader: attaches netvlan's XDP program to a link, pins it so
+//! it outlives the command, and finds it again later.
+//!
+//! Each attachment is a separate instance of the program with its own maps,
+//! pinned under the namespace's directory (see [`pins`]). The kernel's view
+//! (the XDP program id netlink reports on the link) is the truth: pins whose
+//! program is no longer on their link are reported as stale.
+
+pub mod pins;
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{links::FdLink, ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError,
+};
+use netvlan_common::maps;
+use serde::Serialize;
+
+use crate::{
+    netlink::{LinkInfo, Netlink, NetlinkError, XdpAttachMode},
+    netns::NetnsId,
+};
+pub use pins::{BpfFsError, InterfacePins, NamespacePins, DEFAULT_BPF_DIR};
+
+/// The XDP object built from `netvlan-ebpf`, embedded so the binary alone is
+/// enough on a target host.
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan.bpf.o"));
+
+/// Errors of the datapath loader.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    BpfFs(#[from] BpfFsError),
+    #[error("cannot identify the current network namespace")]
+    Netns(#[source] std::io::Error),
+    #[error("cannot load the XDP program into the kernel")]
+    Load(#[source] EbpfError),
+    #[error("the embedded eBPF object has no {what} '{name}' (build mismatch)")]
+    MissingObject {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("cannot load the XDP program into the kernel")]
+    Program(#[source] ProgramError),
+    #[error("cannot attach XDP to {ifname} in {mode} mode")]
+    Attach {
+        ifname: String,
+        mode: AttachMode,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{ifname} already runs netvlan's XDP program in {current} mode; detach it first to switch to {requested} mode")]
+    ModeMismatch {
+        ifname: String,
+        current: XdpAttachMode,
+        requested: AttachMode,
+    },
+    #[error("{ifname} already has another XDP program (id {prog_id}, {mode} mode) that netvlan did not attach; remove it first")]
+    ForeignProgram {
+        ifname: String,
+        prog_id: u32,
+        mode: XdpAttachMode,
+    },
+    #[error("netvlan's datapath is not attached to {ifname}")]
+    NotAttached { ifname: String },
+    #[error("cannot pin {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot open pinned {path}")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot update bpffs directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The mode asked for on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic with a warning.
+    #[default]
+    Auto,
+    /// Driver mode only: fail if the driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works on every link, slower.
+    Generic,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+impl AttachMode {
+    fn accepts(self, current: XdpAttachMode) -> bool {
+        match self {
+            AttachMode::Auto => true,
+            AttachMode::Native => current == XdpAttachMode::Native,
+            AttachMode::Generic => current == XdpAttachMode::Generic,
+        }
+    }
+}
+
+/// A live attachment of netvlan's program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mode: XdpAttachMode,
+    pub prog_id: u32,
+    pub pin_dir: PathBuf,
+}
+
+/// What `attach` did.
+#[derive(Debug)]
+pub enum AttachOutcome {
+    Attached {
+        attachment: Attachment,
+        /// Why native mode was refused when `auto` fell back to generic.
+        native_refused: Option<String>,
+    },
+    /// Our program was already there; nothing changed.
+    AlreadyAttached(Attachment),
+}
+
+/// The state of one pinned attachment, checked against the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum AttachmentStatus {
+    Attached(Attachment),
+    /// Pins exist but the program is no longer on the link (the interface
+    /// was deleted, or something replaced the program).
+    Stale {
+        ifindex: u32,
+        ifname: Option<String>,
+        reason: String,
+        pin_dir: PathBuf,
+    },
+}
+
+/// The datapath of the current network namespace.
+pub struct Datapath {
+    bpf_dir: PathBuf,
+    pins: NamespacePins,
+    netlink: Netlink,
+}
+
+impl Datapath {
+    /// Opens the datapath for the calling thread's network namespace.
+    pub fn open(bpf_dir: &Path) -> Result<Self, DatapathError> {
+        let netns = NetnsId::current().map_err(DatapathError::Netns)?;
+        Ok(Datapath {
+            bpf_dir: bpf_dir.into(),
+            pins: NamespacePins::new(bpf_dir, netns),
+            netlink: Netlink::connect()?,
+        })
+    }
+
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    /// Attaches the program to `ifname`, or reports that it already is.
+    pub async fn attach(
+        &self,
+        ifname: &str,
+        mode: AttachMode,
+    ) -> Result<AttachOutcome, DatapathError> {
+        let link = self.netlink.link_by_name(ifname).await?;
+        let pins = self.pins.interface(link.ifindex);
+        if let Some(existing) = self.check_existing(&link, &pins)? {
+            if !mode.accepts(existing.mode) {
+                return Err(DatapathError::ModeMismatch {
+                    ifname: link.name,
+                    current: existing.mode,
+                    requested: mode,
+                });
+            }
+            return Ok(AttachOutcome::AlreadyAttached(existing));
+        }
+
+        pins::ensure_bpffs(&self.bpf_dir)?;
+        let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(DatapathError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::MissingObject {
+                what: "XDP program",
+                name: maps::XDP_PROGRAM,
+            })?;
+        program.load().map_err(DatapathError::Program)?;
+
+        let (link_id, native_refused) = match mode {
+            AttachMode::Native | AttachMode::Generic => {
+                let xdp_mode = if mode == AttachMode::Native {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                let id = program
+                    .attach_to_if_index(link.ifindex, xdp_mode)
+                    .map_err(|source| DatapathError::Attach {
+                        ifname: link.name.clone(),
+                        mode,
+                        source,
+                    })?;
+                (id, None)
+            }
+            AttachMode::Auto => match program.attach_to_if_index(link.ifindex, XdpMode::Driver) {
+                Ok(id) => (id, None),
+                Err(native) => {
+                    let reason = error_chain(&native);
+                    tracing::warn!(
+                        "{}: native XDP refused ({reason}); using generic mode",
+                        link.name
+                    );
+                    let id = program
+                        .attach_to_if_index(link.ifindex, XdpMode::Skb)
+                        .map_err(|source| DatapathError::Attach {
+                            ifname: link.name.clone(),
+                            mode: AttachMode::Generic,
+                            source,
+                        })?;
+                    (id, Some(reason))
+                }
+            },
+        };
+        let xdp_link = program.take_link(link_id).map_err(DatapathError::Program)?;
+        let fd_link = FdLink::try_from(xdp_link).map_err(|e| DatapathError::OpenPin {
+            path: pins.link(),
+            source: Box::new(e),
+        })?;
+
+        // Pin into a staging directory, then rename: readers never see a
+        // half-made attachment, and a failure leaves nothing behind (the
+        // link fd is dropped unpinned, which detaches the program).
+        let staging = self.pins.staging(link.ifindex);
+        let pinned = self.pin_all(&mut ebpf, fd_link, &staging);
+        let committed = pinned.and_then(|()| {
+            std::fs::rename(staging.dir(), pins.dir()).map_err(|source| DatapathError::PinDir {
+                path: pins.dir().into(),
+                source,
+            })
+        });
+        if let Err(e) = committed {
+            if let Err(cleanup) = staging.remove() {
+                tracing::error!("cannot remove {}: {cleanup}", staging.dir().display());
+            }
+            return Err(e);
+        }
+
+        let attached = self.netlink.link_by_index(link.ifindex).await?;
+        let xdp = attached.xdp.ok_or_else(|| DatapathError::NotAttached {
+            ifname: link.name.clone(),
+        })?;
+        Ok(AttachOutcome::Attached {
+            attachment: Attachment {
+                ifname: link.name,
+                ifindex: link.ifindex,
+                mode: xdp.mode,
+                prog_id: xdp.prog_id,
+                pin_dir: pins.dir().into(),
+            },
+            native_refused,
+        })
+    }
+
+    fn pin_all(
+        &self,
+        ebpf: &mut Ebpf,
+        link: FdLink,
+        to: &InterfacePins,
+    ) -> Result<(), DatapathError> {
+        std::fs::create_dir_all(to.dir()).map_err(|source| DatapathError::PinDir {
+            path: to.dir().into(),
+            source,
+        })?;
+        let pin_err = |path: PathBuf| move |source| DatapathError::Pin { path, source };
+        for name in InterfacePins::MAPS {
+            let map = ebpf
+                .map(name)
+                .ok_or(DatapathError::MissingObject { what: "map", name })?;
+            map.pin(to.map(name)).map_err(pin_err(to.map(name)))?;
+        }
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::MissingObject {
+                what: "XDP program",
+                name: maps::XDP_PROGRAM,
+            })?;
+        program.pin(to.program()).map_err(pin_err(to.program()))?;
+        link.pin(to.link()).map_err(pin_err(to.link()))?;
+        Ok(())
+    }
+
+    /// Returns our live attachment on `link`, clears stale pins, and refuses
+    /// to touch a link that carries someone else's program.
+    fn check_existing(
+        &self,
+        link: &LinkInfo,
+        pins: &InterfacePins,
+    ) -> Result<Option<Attachment>, DatapathError> {
+        let ours = pinned_program_id(pins);
+        match (link.xdp, ours) {
+            (Some(xdp), Some(id)) if xdp.prog_id == id => Ok(Some(Attachment {
+                ifname: link.name.clone(),
+                ifindex: link.ifindex,
+                mode: xdp.mode,
+                prog_id: xdp.prog_id,
+                pin_dir: pins.dir().into(),
+            })),
+            (Some(xdp), _) => Err(DatapathError::ForeignProgram {
+                ifname: link.name.clone(),
+                prog_id: xdp.prog_id,
+                mode: xdp.mode,
+            }),
+            (None, _) => {
+                if pins.exists() {
+                    tracing::info!(
+                        "{}: removing stale pins {}",
+                        link.name,
+                        pins.dir().display()
+                    );
+                    pins.remove().map_err(|source| DatapathError::PinDir {
+                        path: pins.dir().into(),
+                        source,
+                    })?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Detaches the program from `ifname` and removes its pins.
+    pub async fn detach(&self, ifname: &str) -> Result<Attachment, DatapathError> {
+        let link = self.netlink.link_by_name(ifname).await?;
+        let pins = self.pins.interface(link.ifindex);
+        if !pins.exists() {
+            return Err(DatapathError::NotAttached { ifname: link.name });
+        }
+        let attachment = self.check_existing(&link, &pins)?;
+        // Removing the link pin drops the last reference to the bpf_link,
+        // which detaches the program; the maps go with their pins.
+        pins.remove().map_err(|source| DatapathError::PinDir {
+            path: pins.dir().into(),
+            source,
+        })?;
+        self.pins.remove_if_empty();
+        attachment.ok_or(DatapathError::NotAttached { ifname: link.name })
+    }
+
+    /// Every pinned attachment of this namespace, checked against the kernel.
+    pub async fn status(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
+        let list = self.pins.list().map_err(|source| DatapathError::PinDir {
+            path: self.pins.dir().into(),
+            source,
+        })?;
+        let mut out = Vec::with_capacity(list.len());
+        for pins in list {
+            out.push(self.status_of(&pins).await?);
+        }
+        Ok(out)
+    }
+
+    async fn status_of(&self, pins: &InterfacePins) -> Result<AttachmentStatus, DatapathError> {
+        let stale = |ifname: Option<String>, reason: String| AttachmentStatus::Stale {
+            ifindex: pins.ifindex,
+            ifname,
+            reason,
+            pin_dir: pins.dir().into(),
+        };
+        let link = match self.netlink.link_by_index(pins.ifindex).await {
+            Ok(link) => link,
+            Err(NetlinkError::NoSuchIfindex { .. }) => {
+                return Ok(stale(None, "the interface no longer exists".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ours = pinned_program_id(pins);
+        Ok(match (link.xdp, ours) {
+            (Some(xdp), Some(id)) if xdp.prog_id == id => AttachmentStatus::Attached(Attachment {
+                ifname: link.name,
+                ifindex: link.ifindex,
+                mode: xdp.mode,
+                prog_id: xdp.prog_id,
+                pin_dir: pins.dir().into(),
+            }),
+            (Some(xdp), _) => stale(
+                Some(link.name),
+                format!(
+                    "another XDP program (id {}) replaced netvlan's",
+                    xdp.prog_id
+                ),
+            ),
+            (None, _) => stale(Some(link.name), "no XDP program on the interface".into()),
+        })
+    }
+
+    /// Removes the pins of every stale attachment; returns what was removed.
+    pub async fn prune(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
+        let mut removed = Vec::new();
+        for status in self.status().await? {
+            if let AttachmentStatus::Stale { pin_dir, .. } = &status {
+                std::fs::remove_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+                    path: pin_dir.clone(),
+                    source,
+                })?;
+                removed.push(status);
+            }
+        }
+        self.pins.remove_if_empty();
+        Ok(removed)
+    }
+
+    /// Live attachments only, optionally just the one on `ifname`.
+    pub async fn attachments(
+        &self,
+        ifname: Option<&str>,
+    ) -> Result<Vec<(Attachment, InterfacePins)>, DatapathError> {
+        let wanted = match ifname {
+            Some(name) => Some(self.netlink.link_by_name(name).await?.ifindex),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for status in self.status().await? {
+            if let AttachmentStatus::Attached(a) = status {
+                if wanted.is_none_or(|w| w == a.ifindex) {
+                    let pins = self.pins.interface(a.ifindex);
+                    out.push((a, pins));
+                }
+            }
+        }
+        if let (Some(name), true) = (ifname, out.is_empty()) {
+            return Err(DatapathError::NotAttached {
+                ifname: name.into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The id of the program pinned in `pins`, if any.
+fn pinned_program_id(pins: &InterfacePins) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(pins.program())
+        .ok()
+        .map(|info| info.id())
+}
+
+/// `error: cause: cause` on one line, for warnings.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -1,0 +1,189 @@
+//! Where the datapath's objects live in bpffs, and making sure bpffs is there.
+//!
+//! ```text
+//! $NETVLAN_BPF_DIR/                 default /sys/fs/bpf/netvlan
+//!   net-<netns inode>/              one per network namespace
+//!     if-<ifindex>/                 one per attached interface
+//!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS
+//! ```
+//!
+//! A new attachment is pinned under a temporary name and renamed into place
+//! once complete, so a crash never leaves a half-made `if-N` directory.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use netvlan_common::maps;
+
+use crate::netns::NetnsId;
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where distributions mount bpffs.
+pub const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
+/// Default `NETVLAN_BPF_DIR`.
+pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/netvlan";
+
+/// Errors preparing the bpffs directory.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfFsError {
+    #[error("cannot mount bpffs at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{path} is not on a bpf filesystem; mount one there (mount -t bpf bpf DIR) or set NETVLAN_BPF_DIR to a directory under {SYSTEM_BPFFS}")]
+    NotBpfFs { path: PathBuf },
+    #[error("cannot create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Makes sure `bpf_dir` exists on a bpffs, mounting bpffs at
+/// `/sys/fs/bpf` when the directory lives there and nothing is mounted yet
+/// (minimal systems and VMs boot without it).
+pub fn ensure_bpffs(bpf_dir: &Path) -> Result<(), BpfFsError> {
+    let system = Path::new(SYSTEM_BPFFS);
+    if bpf_dir.starts_with(system) && !is_bpffs(system) {
+        tracing::info!("mounting bpffs at {SYSTEM_BPFFS}");
+        nix::mount::mount(
+            Some("bpf"),
+            system,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| BpfFsError::Mount {
+            path: system.into(),
+            source,
+        })?;
+    }
+    std::fs::create_dir_all(bpf_dir).map_err(|source| BpfFsError::Create {
+        path: bpf_dir.into(),
+        source,
+    })?;
+    if !is_bpffs(bpf_dir) {
+        return Err(BpfFsError::NotBpfFs {
+            path: bpf_dir.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The pin directories of one network namespace.
+#[derive(Clone, Debug)]
+pub struct NamespacePins {
+    dir: PathBuf,
+}
+
+impl NamespacePins {
+    pub fn new(bpf_dir: &Path, netns: NetnsId) -> Self {
+        NamespacePins {
+            dir: bpf_dir.join(netns.label()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn interface(&self, ifindex: u32) -> InterfacePins {
+        InterfacePins {
+            dir: self.dir.join(format!("if-{ifindex}")),
+            ifindex,
+        }
+    }
+
+    /// A fresh, unique directory to pin a new attachment into before it is
+    /// renamed into place.
+    pub fn staging(&self, ifindex: u32) -> InterfacePins {
+        InterfacePins {
+            dir: self
+                .dir
+                .join(format!(".staging-if-{ifindex}-{}", std::process::id())),
+            ifindex,
+        }
+    }
+
+    /// Every attached interface recorded for this namespace, by ifindex.
+    pub fn list(&self) -> io::Result<Vec<InterfacePins>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            let Some(ifindex) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("if-"))
+                .and_then(|n| n.parse().ok())
+            else {
+                continue;
+            };
+            out.push(self.interface(ifindex));
+        }
+        out.sort_by_key(|p| p.ifindex);
+        Ok(out)
+    }
+
+    /// Removes the namespace directory if nothing is pinned in it any more.
+    pub fn remove_if_empty(&self) {
+        // ENOTEMPTY is the expected answer while attachments remain.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The pins of one attached interface.
+#[derive(Clone, Debug)]
+pub struct InterfacePins {
+    dir: PathBuf,
+    pub ifindex: u32,
+}
+
+impl InterfacePins {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.exists()
+    }
+
+    pub fn program(&self) -> PathBuf {
+        self.dir.join("prog")
+    }
+
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("link")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Names of every map the datapath pins.
+    pub const MAPS: [&'static str; 3] = [maps::VLAN_STATS, maps::MAC_STATS, maps::COUNTERS];
+
+    /// Unpins everything (removing a pin drops the kernel's reference; the
+    /// object goes away with its last user).
+    pub fn remove(&self) -> io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}

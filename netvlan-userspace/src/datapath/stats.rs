@@ -1,0 +1,166 @@
+//! Reading the datapath's counters from the pinned maps.
+//!
+//! The maps are per-CPU: each CPU counts on its own without atomics, and
+//! the values are summed here.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use netvlan_common::{
+    frame::Anomaly,
+    maps::{self, CounterSlot, Counters, MacKey},
+};
+use serde::Serialize;
+
+use super::{Attachment, DatapathError, InterfacePins};
+use crate::netlink::XdpAttachMode;
+
+/// Packets and bytes received, as printed and serialised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RxCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+impl From<Counters> for RxCounters {
+    fn from(c: Counters) -> Self {
+        RxCounters {
+            rx_packets: c.packets,
+            rx_bytes: c.bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VlanStats {
+    /// 0 = untagged (or priority-tagged).
+    pub vlan: u16,
+    #[serde(flatten)]
+    pub counters: RxCounters,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MacStats {
+    pub mac: String,
+    #[serde(flatten)]
+    pub counters: RxCounters,
+}
+
+/// Everything counted on one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InterfaceStats {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mode: XdpAttachMode,
+    pub prog_id: u32,
+    /// Every frame the program saw.
+    pub frames: RxCounters,
+    /// VLANs with traffic, ascending.
+    pub vlans: Vec<VlanStats>,
+    /// Destination MACs with traffic, ascending.
+    pub macs: Vec<MacStats>,
+    /// Frames per anomaly, every anomaly listed (zero included).
+    pub anomalies: BTreeMap<&'static str, RxCounters>,
+    /// Frames not counted per MAC because the MAC table was full.
+    pub mac_table_full: RxCounters,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsReport {
+    pub interfaces: Vec<InterfaceStats>,
+}
+
+fn open_map(pins: &InterfacePins, name: &str) -> Result<Map, DatapathError> {
+    let path = pins.map(name);
+    let open_err = |e: aya::maps::MapError| DatapathError::OpenPin {
+        path: path.clone(),
+        source: Box::new(e),
+    };
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    Map::from_map_data(data).map_err(open_err)
+}
+
+fn map_err(pins: &InterfacePins, name: &str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    let path = pins.map(name);
+    move |e| DatapathError::OpenPin {
+        path: path.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn sum(values: &PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |mut acc, c| {
+        acc.merge(c);
+        acc
+    })
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// Reads and sums every counter of one attachment.
+pub fn read(
+    attachment: &Attachment,
+    pins: &InterfacePins,
+) -> Result<InterfaceStats, DatapathError> {
+    let counters: PerCpuArray<MapData, Counters> = open_map(pins, maps::COUNTERS)?
+        .try_into()
+        .map_err(map_err(pins, maps::COUNTERS))?;
+    let slot = |slot: CounterSlot| -> Result<Counters, DatapathError> {
+        let values = counters
+            .get(&slot.index(), 0)
+            .map_err(map_err(pins, maps::COUNTERS))?;
+        Ok(sum(&values))
+    };
+    let frames = slot(CounterSlot::Frames)?.into();
+    let mac_table_full = slot(CounterSlot::MacTableFull)?.into();
+    let mut anomalies = BTreeMap::new();
+    for anomaly in Anomaly::ALL {
+        anomalies.insert(anomaly.name(), slot(CounterSlot::Anomaly(anomaly))?.into());
+    }
+
+    let vlan_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_STATS)?
+        .try_into()
+        .map_err(map_err(pins, maps::VLAN_STATS))?;
+    let mut vlans = Vec::new();
+    for (vlan, values) in vlan_map.iter().enumerate() {
+        let total = sum(&values.map_err(map_err(pins, maps::VLAN_STATS))?);
+        if total.packets > 0 {
+            vlans.push(VlanStats {
+                vlan: vlan as u16,
+                counters: total.into(),
+            });
+        }
+    }
+
+    let mac_map: PerCpuHashMap<MapData, MacKey, Counters> = open_map(pins, maps::MAC_STATS)?
+        .try_into()
+        .map_err(map_err(pins, maps::MAC_STATS))?;
+    let mut macs = Vec::new();
+    for entry in mac_map.iter() {
+        let (key, values) = entry.map_err(map_err(pins, maps::MAC_STATS))?;
+        macs.push((key, sum(&values)));
+    }
+    macs.sort_by_key(|(key, _)| *key);
+    let macs = macs
+        .into_iter()
+        .map(|(key, total)| MacStats {
+            mac: format_mac(&key.addr),
+            counters: total.into(),
+        })
+        .collect();
+
+    Ok(InterfaceStats {
+        ifname: attachment.ifname.clone(),
+        ifindex: attachment.ifindex,
+        mode: attachment.mode,
+        prog_id: attachment.prog_id,
+        frames,
+        vlans,
+        macs,
+        anomalies,
+        mac_table_full,
+    })
+}

@@ -1,0 +1,9 @@
+//! netvlan: macvlan/ipvlan container networks with an eBPF datapath.
+//!
+//! - [`netlink`]: link queries and changes over rtnetlink (never `ip`).
+//! - [`netns`]: network namespace identity.
+//! - [`datapath`]: loading, pinning and reading the XDP program.
+
+pub mod datapath;
+pub mod netlink;
+pub mod netns;
