@@ -1,1 +1,387 @@
+//! Harness for netvlan's privileged integration tests.
+//!
+//! Every test builds its own little network out of namespaces (unique
+//! `nvt…` names) joined by veth pairs created directly inside them, so the
+//! host's own interfaces are never touched. Every object is owned by a guard
+//! that removes it on drop, so a failing or panicking test cleans up too;
+//! `cargo xtask test` checks afterwards that nothing with the prefix is left.
+//!
+//! Environment (set by `cargo xtask test`):
+//! - `NETVLAN_BIN`: the `netvlan` binary under test.
+//! - `NETVLAN_TEST_LANE`: `host` or `vm`; decides what a missing kernel
+//!   feature means (see [`require_kernel_feature`]).
 
+pub mod frame;
+pub mod packet;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Prefix of everything the suite creates (checked for leaks by xtask).
+pub const PREFIX: &str = "nvt";
+
+/// Panics unless running as root: these tests are the privileged lane and
+/// must never pass by doing nothing.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests need root (namespaces, veth, XDP): run `cargo xtask test` as root"
+    );
+}
+
+/// A name no other test (or run) uses: prefix, pid, counter and clock.
+pub fn unique_name(kind: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{PREFIX}-{kind}-{}-{n}-{:x}",
+        std::process::id(),
+        nanos & 0xffff
+    )
+}
+
+/// Runs a command and panics with its output unless it succeeds.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed: {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace that is deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with IPv6 off (no router solicitations or DAD
+    /// probes to disturb exact counters) and loopback up.
+    pub fn new(kind: &str) -> Self {
+        require_root();
+        let ns = Netns {
+            name: unique_name(kind),
+        };
+        sh("ip", &["netns", "add", &ns.name]);
+        for knob in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
+            ns.exec("sh", &["-c", &format!("echo 1 > {path}")]);
+        }
+        ns.exec("ip", &["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside the namespace. `nsenter --net` keeps the
+    /// host's mounts (unlike `ip netns exec`, which hides /sys/fs/bpf).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a command inside the namespace and panics unless it succeeds.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name));
+        assert!(
+            out.status.success(),
+            "`{program} {}` in {} failed: {}\n{}",
+            args.join(" "),
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `ip -j link show DEV` inside the namespace, parsed.
+    pub fn link_json(&self, dev: &str) -> serde_json::Value {
+        let out = self.exec("ip", &["-j", "-d", "link", "show", "dev", dev]);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+        v[0].take()
+    }
+
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        self.link_json(dev)["ifindex"].as_u64().expect("ifindex") as u32
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: cannot delete netns {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("warning: cannot delete netns {}: {e}", self.name),
+        }
+    }
+}
+
+/// Creates a veth pair with one end in each namespace (never in the host's),
+/// VLAN offloads off so tags stay in the frame bytes, both ends up.
+pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_name,
+            "netns",
+            b.name(),
+        ],
+    );
+    for (ns, dev) in [(a, a_name), (b, b_name)] {
+        ns.exec("ethtool", &["-K", dev, "rxvlan", "off", "txvlan", "off"]);
+        ns.exec("ip", &["link", "set", dev, "up"]);
+    }
+}
+
+/// A private bpffs directory for one test (`NETVLAN_BPF_DIR`), removed
+/// with everything pinned in it on drop (which also detaches programs a
+/// failed test left attached).
+pub struct BpfDir {
+    path: PathBuf,
+}
+
+impl BpfDir {
+    pub fn new() -> Self {
+        require_root();
+        BpfDir {
+            path: Path::new("/sys/fs/bpf").join(unique_name("bpf")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Files and directories pinned below this directory, relative paths.
+    pub fn contents(&self) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                out.push(
+                    path.strip_prefix(base)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                );
+                if path.is_dir() {
+                    walk(&path, base, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path, &self.path, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Default for BpfDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BpfDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("warning: cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// The `netvlan` binary under test.
+pub fn netvlan_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NETVLAN_BIN") {
+        return bin.into();
+    }
+    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netvlan");
+    assert!(
+        fallback.is_file(),
+        "NETVLAN_BIN is not set and {} does not exist: run the suite with `cargo xtask test`",
+        fallback.display()
+    );
+    fallback
+}
+
+/// The result of one `netvlan` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with the output unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.status.success(),
+            "netvlan failed ({}):\n{}\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed, and returns it.
+    pub fn failed(self) -> Self {
+        assert!(
+            !self.status.success(),
+            "netvlan should have failed but printed:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("netvlan printed no JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs `netvlan ARGS` inside `ns` with its pins under `bpf`.
+pub fn netvlan(ns: &Netns, bpf: &BpfDir, args: &[&str]) -> Run {
+    let out = ns
+        .command(netvlan_bin())
+        .args(args)
+        .env("NETVLAN_BPF_DIR", bpf.path())
+        .output()
+        .expect("netvlan runs");
+    Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`. Frames cross
+/// a veth asynchronously (the receive backlog), so counters settle shortly
+/// after the send returns; this waits for a condition, it times nothing.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The kernel features some tests need, and which the host kernel may lack.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelFeature {
+    /// 802.1Q VLAN links (CONFIG_VLAN_8021Q).
+    Vlan,
+    /// ipvlan links (CONFIG_IPVLAN).
+    Ipvlan,
+    /// dummy links (CONFIG_DUMMY).
+    Dummy,
+}
+
+impl KernelFeature {
+    fn link_kind(self) -> &'static str {
+        match self {
+            KernelFeature::Vlan => "vlan",
+            KernelFeature::Ipvlan => "ipvlan",
+            KernelFeature::Dummy => "dummy",
+        }
+    }
+}
+
+/// Returns whether the test may go on. On the VM lane every feature must
+/// be present (panic otherwise); on the host lane a missing one is
+/// reported as covered by the VM lane.
+pub fn require_kernel_feature(feature: KernelFeature) -> bool {
+    let ns = Netns::new("probe");
+    // VLAN and ipvlan links need an Ethernet parent (loopback refuses VLANs).
+    ns.exec(
+        "ip",
+        &[
+            "link", "add", "probe1", "type", "veth", "peer", "name", "probe2",
+        ],
+    );
+    let parent: &[&str] = match feature {
+        KernelFeature::Vlan | KernelFeature::Ipvlan => &["link", "probe1"],
+        KernelFeature::Dummy => &[],
+    };
+    let extra: &[&str] = match feature {
+        KernelFeature::Vlan => &["id", "2"],
+        _ => &[],
+    };
+    let probe = ns
+        .command("ip")
+        .args(["link", "add", "probe0"])
+        .args(parent)
+        .args(["type", feature.link_kind()])
+        .args(extra)
+        .output()
+        .expect("ip runs");
+    if probe.status.success() {
+        return true;
+    }
+    let lane = std::env::var("NETVLAN_TEST_LANE").unwrap_or_default();
+    assert_ne!(
+        lane,
+        "vm",
+        "the VM lane must have {feature:?}: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    eprintln!("needs kernel feature {feature:?}: covered by the VM lane");
+    false
+}

@@ -7,6 +7,8 @@
 //!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS
 //! ```
 //!
+//! bpffs refuses names containing a dot (EPERM), hence the plain names.
+//!
 //! A new attachment is pinned under a temporary name and renamed into place
 //! once complete, so a crash never leaves a half-made `if-N` directory.
 
@@ -19,8 +21,6 @@ use netvlan_common::maps;
 
 use crate::netns::NetnsId;
 
-/// `BPF_FS_MAGIC` from `linux/magic.h`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where distributions mount bpffs.
 pub const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
 /// Default `NETVLAN_BPF_DIR`.
@@ -47,7 +47,7 @@ pub enum BpfFsError {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
@@ -112,7 +112,7 @@ impl NamespacePins {
         InterfacePins {
             dir: self
                 .dir
-                .join(format!(".staging-if-{ifindex}-{}", std::process::id())),
+                .join(format!("staging-if-{ifindex}-{}", std::process::id())),
             ifindex,
         }
     }

@@ -1,0 +1,62 @@
+//! Building raw Ethernet frames for the tests.
+
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_IP: u16 = 0x0800;
+/// IEEE "local experimental" EtherType: no stack will react to it.
+pub const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
+
+pub type Mac = [u8; 6];
+
+pub fn mac_string(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An Ethernet frame under construction.
+#[derive(Clone, Debug)]
+pub struct FrameBuilder {
+    dst: Mac,
+    src: Mac,
+    tags: Vec<(u16, u16)>,
+    ethertype: u16,
+}
+
+impl FrameBuilder {
+    pub fn new(dst: Mac, src: Mac) -> Self {
+        FrameBuilder {
+            dst,
+            src,
+            tags: Vec::new(),
+            ethertype: ETH_P_EXPERIMENTAL,
+        }
+    }
+
+    /// Adds a tag (outermost first).
+    pub fn tag(mut self, tpid: u16, vid: u16) -> Self {
+        self.tags.push((tpid, vid));
+        self
+    }
+
+    pub fn ethertype(mut self, ethertype: u16) -> Self {
+        self.ethertype = ethertype;
+        self
+    }
+
+    /// The frame zero-padded (or, for headers longer than `len`, cut) to
+    /// exactly `len` bytes.
+    pub fn build(&self, len: usize) -> Vec<u8> {
+        let mut f = Vec::with_capacity(len.max(64));
+        f.extend_from_slice(&self.dst);
+        f.extend_from_slice(&self.src);
+        for &(tpid, vid) in &self.tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&self.ethertype.to_be_bytes());
+        f.resize(len, 0);
+        f
+    }
+}

@@ -1,0 +1,94 @@
+//! Sending raw frames from inside a namespace with an AF_PACKET socket.
+//!
+//! A socket belongs to the namespace it was created in, whatever thread
+//! uses it later. So the socket is created on a dedicated thread that
+//! enters the namespace and then ends: no thread of the test runner ever
+//! changes namespace, and nothing has to be restored.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use crate::Netns;
+
+/// A raw packet socket bound to one interface of one namespace.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    pub fn open(ns: &Netns, ifname: &str) -> Self {
+        let ns_path = ns.path();
+        let ifname = ifname.to_string();
+        std::thread::spawn(move || {
+            let ns_file =
+                File::open(&ns_path).unwrap_or_else(|e| panic!("open {}: {e}", ns_path.display()));
+            // SAFETY: plain syscalls on fds we own; this thread exists only
+            // to live in the target namespace.
+            unsafe {
+                assert_eq!(
+                    libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET),
+                    0,
+                    "setns into {}: {}",
+                    ns_path.display(),
+                    std::io::Error::last_os_error()
+                );
+                let c_name = CString::new(ifname.clone()).expect("interface names have no NUL");
+                let ifindex = libc::if_nametoindex(c_name.as_ptr()) as i32;
+                assert!(
+                    ifindex > 0,
+                    "no interface {ifname} in {}",
+                    ns_path.display()
+                );
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(
+                    fd >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                PacketSocket {
+                    fd: OwnedFd::from_raw_fd(fd),
+                    ifindex,
+                }
+            }
+        })
+        .join()
+        .expect("the namespace thread panicked")
+    }
+
+    /// Sends one frame exactly as given (no padding, tags in the bytes).
+    pub fn send(&self, frame: &[u8]) {
+        // SAFETY: zeroed sockaddr_ll is valid; we fill the fields we use.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        // SOCK_RAW sends the bytes as they are: only the interface matters.
+        // SAFETY: frame and addr outlive the call.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            sent,
+            frame.len() as isize,
+            "sending a {}-byte frame: {}",
+            frame.len(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    pub fn send_many(&self, frame: &[u8], count: usize) {
+        for _ in 0..count {
+            self.send(frame);
+        }
+    }
+}

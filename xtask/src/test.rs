@@ -1,0 +1,196 @@
+//! `cargo xtask test`: lint, unit tests and the privileged integration
+//! tests, then a check that the suite left nothing behind.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cmd, tools, workspace_root};
+
+/// Debian packages the integration tests call.
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "iputils-ping"];
+
+/// Name prefix of every namespace and bpffs directory the tests create.
+pub const TEST_PREFIX: &str = "nvt";
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and `cargo clippy`.
+    #[arg(long)]
+    no_lint: bool,
+    /// Only tests whose name contains this (passed to the test binaries).
+    filter: Option<String>,
+}
+
+/// Tests passed and failed in one lane.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub passed: u32,
+    pub failed: u32,
+}
+
+impl Tally {
+    /// Adds the counts of a libtest summary line
+    /// (`test result: ok. 3 passed; 0 failed; ...`).
+    pub fn add_summary_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            if let [.., n, what] = words.as_slice() {
+                match (
+                    *what,
+                    n.trim_start_matches("ok.")
+                        .trim_start_matches("FAILED.")
+                        .trim()
+                        .parse::<u32>(),
+                ) {
+                    ("passed", Ok(n)) => self.passed += n,
+                    ("failed", Ok(n)) => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+pub fn test(args: &TestArgs) -> Result<()> {
+    let started = Instant::now();
+    tools::ensure_debian_packages(TEST_PACKAGES)?;
+    if !tools::is_root() {
+        bail!("the integration tests need root (network namespaces, XDP); run `sudo -E cargo xtask test`");
+    }
+    if !args.no_lint {
+        lint()?;
+    }
+    cmd::run(crate::cargo()?.args([
+        "build",
+        "--package",
+        "netvlan-userspace",
+        "--bin",
+        "netvlan",
+    ]))?;
+    let netvlan = workspace_root().join("target/debug/netvlan");
+
+    println!(
+        "xtask: host lane: unit and integration tests on {}",
+        kernel_release()
+    );
+    let mut cargo_test = crate::cargo()?;
+    cargo_test
+        .args(["test", "--workspace", "--"])
+        .args(args.filter.iter())
+        .env("NETVLAN_BIN", &netvlan)
+        .env("NETVLAN_TEST_LANE", "host");
+    let (host, host_ok) = run_counting(&mut cargo_test)?;
+    let leaks = leftovers()?;
+
+    println!();
+    println!(
+        "{:<6} {:<28} {:>7} {:>7} {:>9}",
+        "LANE", "KERNEL", "PASSED", "FAILED", "TIME"
+    );
+    println!(
+        "{:<6} {:<28} {:>7} {:>7} {:>8.0}s",
+        "host",
+        kernel_release(),
+        host.passed,
+        host.failed,
+        started.elapsed().as_secs_f64()
+    );
+    if !leaks.is_empty() {
+        bail!("the suite left these behind: {}", leaks.join(", "));
+    }
+    if !host_ok || host.failed > 0 {
+        bail!("host lane failed");
+    }
+    if host.passed == 0 {
+        bail!("host lane ran no test");
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    println!("xtask: cargo fmt --check and cargo clippy -D warnings");
+    cmd::run(crate::cargo()?.args(["fmt", "--all", "--check"]))?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["+nightly", "fmt", "--check"])
+            .current_dir(workspace_root().join("netvlan-ebpf"))
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
+    cmd::run(crate::cargo()?.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+/// Runs `cmd`, echoing its stdout, and tallies libtest summary lines.
+fn run_counting(cmd: &mut Command) -> Result<(Tally, bool)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_summary_line(&line);
+    }
+    let status = child.wait()?;
+    Ok((tally, status.success()))
+}
+
+/// Namespaces and bpffs directories with the test prefix that still exist.
+fn leftovers() -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEST_PREFIX) {
+                found.push(format!("netns {name}"));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEST_PREFIX) {
+                found.push(format!("bpffs /sys/fs/bpf/{name}"));
+            }
+        }
+    }
+    Ok(found)
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn libtest_summary_lines_are_tallied() {
+        let mut t = Tally::default();
+        t.add_summary_line("test result: ok. 11 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s");
+        t.add_summary_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_summary_line("running 5 tests");
+        assert_eq!((t.passed, t.failed), (14, 2));
+    }
+}

@@ -1,0 +1,158 @@
+//! Installing what the build and the tests need, once and idempotently.
+//!
+//! Only the package registries and rustup's component service are used:
+//! - the nightly's `rust-src` (for `-Z build-std=core`),
+//! - `bpf-linker`, built from crates.io against the nightly's own libLLVM
+//!   (no distribution ships an LLVM that matches rustc's), cached under
+//!   `target/tools`,
+//! - Debian packages the tests call (`ip`, `ethtool`, `nsenter`...).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cmd, workspace_root};
+
+/// bpf-linker release known to work with the preinstalled nightly.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn tools_dir() -> PathBuf {
+    workspace_root().join("target/tools")
+}
+
+pub fn tools_bin() -> PathBuf {
+    tools_dir().join("bin")
+}
+
+/// Ensures the nightly toolchain has `rust-src`.
+pub fn ensure_rust_src() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context(
+        "listing the nightly toolchain's components (is the `nightly` toolchain installed?)",
+    )?;
+    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        return Ok(());
+    }
+    println!("xtask: installing rust-src for the nightly toolchain (needed by -Z build-std)");
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+/// Ensures `target/tools/bin/bpf-linker` exists and runs, building it if not.
+pub fn ensure_bpf_linker() -> Result<()> {
+    let linker = tools_bin().join("bpf-linker");
+    if linker.is_file()
+        && Command::new(&linker)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    println!("xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's libLLVM (about a minute, once)");
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = Path::new(sysroot.trim());
+    let version = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc +nightly -vV` reports no LLVM version")?
+        .to_string();
+    let libllvm = std::fs::read_dir(sysroot.join("lib"))
+        .with_context(|| format!("reading {}/lib", sysroot.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so"))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so* in {}/lib: the nightly toolchain ships none",
+                sysroot.display()
+            )
+        })?;
+    // bpf-linker's llvm-sys looks for $LLVM_PREFIX/lib/libLLVM.so.
+    let prefix = tools_dir().join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+            ])
+            .arg("--features")
+            .arg(format!("llvm-{major}"))
+            .arg("--root")
+            .arg(tools_dir())
+            .env("LLVM_PREFIX", &prefix)
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+    .context("building bpf-linker")
+}
+
+/// Ensures the Debian packages are installed (runs `apt-get` as root).
+pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {} (install them as root: apt-get install {})",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    cmd::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
