@@ -6,6 +6,7 @@
 mod cmd;
 mod test;
 mod tools;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,6 +35,9 @@ enum Cmd {
     /// The whole suite: formatting, clippy, unit tests and the privileged
     /// integration tests (root; namespaces, veth, XDP).
     Test(test::TestArgs),
+    /// Only the VM lane: the integration tests inside Debian's 6.1 kernel
+    /// under QEMU (802.1Q, ipvlan and dummy links; no TCX).
+    VmTest(vm::VmArgs),
 }
 
 fn main() {
@@ -42,6 +46,7 @@ fn main() {
         Cmd::Build => build_release().map(|_| ()),
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
+        Cmd::VmTest(args) => test::vm_only(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

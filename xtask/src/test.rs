@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, tools, workspace_root};
+use crate::{cmd, tools, vm, workspace_root};
 
 /// Debian packages the integration tests call.
 pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "iputils-ping"];
@@ -22,6 +22,12 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and `cargo clippy`.
     #[arg(long)]
     no_lint: bool,
+    /// Skip the VM lane (for quick local runs; CI runs both lanes).
+    #[arg(long)]
+    no_vm: bool,
+    /// Kernel for the VM lane (see `cargo xtask vm-test --help`).
+    #[arg(long)]
+    kernel: Option<String>,
     /// Only tests whose name contains this (passed to the test binaries).
     filter: Option<String>,
 }
@@ -60,7 +66,6 @@ impl Tally {
 }
 
 pub fn test(args: &TestArgs) -> Result<()> {
-    let started = Instant::now();
     tools::ensure_debian_packages(TEST_PACKAGES)?;
     if !tools::is_root() {
         bail!("the integration tests need root (network namespaces, XDP); run `sudo -E cargo xtask test`");
@@ -68,6 +73,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
     if !args.no_lint {
         lint()?;
     }
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+
+    let started = Instant::now();
     cmd::run(crate::cargo()?.args([
         "build",
         "--package",
@@ -76,7 +85,6 @@ pub fn test(args: &TestArgs) -> Result<()> {
         "netvlan",
     ]))?;
     let netvlan = workspace_root().join("target/debug/netvlan");
-
     println!(
         "xtask: host lane: unit and integration tests on {}",
         kernel_release()
@@ -89,30 +97,65 @@ pub fn test(args: &TestArgs) -> Result<()> {
         .env("NETVLAN_TEST_LANE", "host");
     let (host, host_ok) = run_counting(&mut cargo_test)?;
     let leaks = leftovers()?;
-
-    println!();
-    println!(
-        "{:<6} {:<28} {:>7} {:>7} {:>9}",
-        "LANE", "KERNEL", "PASSED", "FAILED", "TIME"
-    );
-    println!(
-        "{:<6} {:<28} {:>7} {:>7} {:>8.0}s",
-        "host",
-        kernel_release(),
-        host.passed,
-        host.failed,
-        started.elapsed().as_secs_f64()
-    );
     if !leaks.is_empty() {
-        bail!("the suite left these behind: {}", leaks.join(", "));
+        failures.push(format!("host lane left these behind: {}", leaks.join(", ")));
     }
     if !host_ok || host.failed > 0 {
-        bail!("host lane failed");
+        failures.push("host lane: tests failed".into());
+    } else if host.passed == 0 {
+        failures.push("host lane ran no test".into());
     }
-    if host.passed == 0 {
-        bail!("host lane ran no test");
+    rows.push(("host", kernel_release(), host, started.elapsed()));
+
+    if args.no_vm {
+        println!("xtask: --no-vm: skipping the VM lane (CI always runs it)");
+    } else {
+        let vm = vm::vm_test(&vm::VmArgs {
+            kernel: args.kernel.clone(),
+            filter: args.filter.clone(),
+        })?;
+        if let Some(why) = vm.failure {
+            failures.push(why);
+        }
+        rows.push(("vm", vm.kernel, vm.tally, vm.elapsed));
+    }
+
+    print_table(&rows);
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// `cargo xtask vm-test`: the VM lane alone.
+pub fn vm_only(args: &vm::VmArgs) -> Result<()> {
+    if !tools::is_root() {
+        bail!("the VM lane builds an initramfs and needs root for apt-get; run it as root");
+    }
+    let vm = vm::vm_test(args)?;
+    print_table(&[("vm", vm.kernel.clone(), vm.tally, vm.elapsed)]);
+    match vm.failure {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
+}
+
+fn print_table(rows: &[(&str, String, Tally, std::time::Duration)]) {
+    println!();
+    println!(
+        "{:<6} {:<32} {:>7} {:>7} {:>9}",
+        "LANE", "KERNEL", "PASSED", "FAILED", "TIME"
+    );
+    for (lane, kernel, tally, elapsed) in rows {
+        println!(
+            "{:<6} {:<32} {:>7} {:>7} {:>8.0}s",
+            lane,
+            kernel,
+            tally.passed,
+            tally.failed,
+            elapsed.as_secs_f64()
+        );
+    }
 }
 
 fn lint() -> Result<()> {

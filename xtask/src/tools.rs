@@ -55,12 +55,18 @@ pub fn ensure_rust_src() -> Result<()> {
 /// Ensures `target/tools/bin/bpf-linker` exists and runs, building it if not.
 pub fn ensure_bpf_linker() -> Result<()> {
     let linker = tools_bin().join("bpf-linker");
-    if linker.is_file()
-        && Command::new(&linker)
+    // It loads the nightly's libLLVM at run time, which `rustup run` puts on
+    // the library path (as it does when rustc invokes the linker).
+    let works = || {
+        Command::new("rustup")
+            .args(["run", "nightly"])
+            .arg(&linker)
             .arg("--version")
+            .env_remove("RUSTUP_TOOLCHAIN")
             .output()
             .is_ok_and(|o| o.status.success())
-    {
+    };
+    if linker.is_file() && works() {
         return Ok(());
     }
     println!("xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's libLLVM (about a minute, once)");
@@ -110,6 +116,7 @@ pub fn ensure_bpf_linker() -> Result<()> {
             .arg(format!("llvm-{major}"))
             .arg("--root")
             .arg(tools_dir())
+            .arg("--force")
             .env("LLVM_PREFIX", &prefix)
             .env_remove("RUSTUP_TOOLCHAIN"),
     )
