@@ -5,7 +5,11 @@
 //! `ENODEV` from `EEXIST`.
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
+use netlink_packet_route::link::{
+    IpVlanFlags, IpVlanMode, LinkAttribute, LinkMessage, LinkXdp, MacVlanMode, XdpAttached,
+};
+use rtnetlink::{LinkDummy, LinkIpVlan, LinkMacVlan, LinkVlan};
+use serde::{Deserialize, Serialize};
 
 /// Errors talking rtnetlink.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +20,13 @@ pub enum NetlinkError {
     NoSuchInterface { name: String },
     #[error("no interface with index {ifindex} in this network namespace")]
     NoSuchIfindex { ifindex: u32 },
+    #[error("this kernel has no {kind} support ({config}); load its module or use a kernel built with it")]
+    UnsupportedLinkType {
+        kind: &'static str,
+        config: &'static str,
+    },
+    #[error("an interface named '{name}' already exists")]
+    LinkExists { name: String },
     #[error("netlink request failed: {what}")]
     Request {
         what: String,
@@ -28,14 +39,110 @@ impl NetlinkError {
     /// The kernel's errno for this failure, when the kernel sent one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NetlinkError::Request {
-                source: rtnetlink::Error::NetlinkError(msg),
-                ..
-            } => msg.code.map(|c| -c.get()),
+            NetlinkError::Request { source, .. } => errno(source),
             NetlinkError::NoSuchInterface { .. } | NetlinkError::NoSuchIfindex { .. } => {
                 Some(libc::ENODEV)
             }
+            NetlinkError::UnsupportedLinkType { .. } => Some(libc::EOPNOTSUPP),
+            NetlinkError::LinkExists { .. } => Some(libc::EEXIST),
             _ => None,
+        }
+    }
+}
+
+/// macvlan modes (`-o macvlan_mode=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    /// Endpoints on one parent reach each other inside the host.
+    #[default]
+    Bridge,
+    /// Everything goes out to the switch, which must hairpin.
+    Vepa,
+    /// Endpoints never reach each other.
+    Private,
+    /// One endpoint takes over the parent.
+    Passthru,
+}
+
+/// ipvlan modes (`-o ipvlan_mode=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvlanMode {
+    #[default]
+    L2,
+    L3,
+    L3s,
+}
+
+/// ipvlan flags (`-o ipvlan_flag=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvlanFlag {
+    #[default]
+    Bridge,
+    Private,
+    Vepa,
+}
+
+/// A link netvlan creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewLink {
+    /// 802.1Q sub-interface of `parent`.
+    Vlan {
+        parent: u32,
+        vid: u16,
+    },
+    Macvlan {
+        parent: u32,
+        mode: MacvlanMode,
+    },
+    Ipvlan {
+        parent: u32,
+        mode: IpvlanMode,
+        flag: IpvlanFlag,
+    },
+    /// Placeholder parent of an internal network.
+    Dummy,
+}
+
+impl NewLink {
+    /// The kernel's link kind and the config option that provides it.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            NewLink::Vlan { .. } => ("802.1Q VLAN", "CONFIG_VLAN_8021Q"),
+            NewLink::Macvlan { .. } => ("macvlan", "CONFIG_MACVLAN"),
+            NewLink::Ipvlan { .. } => ("ipvlan", "CONFIG_IPVLAN"),
+            NewLink::Dummy => ("dummy", "CONFIG_DUMMY"),
+        }
+    }
+
+    fn message(&self, name: &str) -> LinkMessage {
+        match *self {
+            NewLink::Vlan { parent, vid } => LinkVlan::new(name, parent, vid).build(),
+            NewLink::Macvlan { parent, mode } => {
+                let mode = match mode {
+                    MacvlanMode::Bridge => MacVlanMode::Bridge,
+                    MacvlanMode::Vepa => MacVlanMode::Vepa,
+                    MacvlanMode::Private => MacVlanMode::Private,
+                    MacvlanMode::Passthru => MacVlanMode::Passthrough,
+                };
+                LinkMacVlan::new(name, parent, mode).build()
+            }
+            NewLink::Ipvlan { parent, mode, flag } => {
+                let mode = match mode {
+                    IpvlanMode::L2 => IpVlanMode::L2,
+                    IpvlanMode::L3 => IpVlanMode::L3,
+                    IpvlanMode::L3s => IpVlanMode::L3S,
+                };
+                let flag = match flag {
+                    IpvlanFlag::Bridge => IpVlanFlags::empty(),
+                    IpvlanFlag::Private => IpVlanFlags::Private,
+                    IpvlanFlag::Vepa => IpVlanFlags::Vepa,
+                };
+                LinkIpVlan::new(name, parent, mode).flag(flag).build()
+            }
+            NewLink::Dummy => LinkDummy::new(name).build(),
         }
     }
 }
@@ -120,8 +227,64 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Creates a link (down) and returns it as the kernel reports it.
+    pub async fn create_link(&self, name: &str, link: NewLink) -> Result<LinkInfo, NetlinkError> {
+        let request = self.handle.link().add(link.message(name));
+        if let Err(source) = request.execute().await {
+            return Err(match errno(&source) {
+                // The kernel answers EOPNOTSUPP when no rtnl_link_ops exist
+                // for the kind (module missing): `ip` prints "Unknown device type".
+                Some(libc::EOPNOTSUPP) => {
+                    let (kind, config) = link.kind();
+                    NetlinkError::UnsupportedLinkType { kind, config }
+                }
+                Some(libc::EEXIST) => NetlinkError::LinkExists { name: name.into() },
+                _ => NetlinkError::Request {
+                    what: format!("create {} link '{name}'", link.kind().0),
+                    source,
+                },
+            });
+        }
+        self.link_by_name(name).await
+    }
+
+    /// Deletes a link; deleting one that is already gone is not an error.
+    pub async fn delete_link(&self, ifindex: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(ifindex).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_enodev(&e) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("delete link #{ifindex}"),
+                source,
+            }),
+        }
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, ifindex: u32) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkUnspec::new_with_index(ifindex).up().build();
+        self.handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("set link #{ifindex} up"),
+                source,
+            })
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
 fn is_enodev(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| -c.get()) == Some(libc::ENODEV))
+    errno(e) == Some(libc::ENODEV)
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {

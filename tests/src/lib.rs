@@ -10,6 +10,7 @@
 //! - `NETVLAN_BIN`: the `netvlan` binary under test.
 //! - `NETVLAN_TEST_LANE`: `host` or `vm`; decides what a missing kernel
 //!   feature means (see [`require_kernel_feature`]).
+//! - `NETVLAN_TEST_NOTES`: a file collecting [`note`]s for the summary.
 
 pub mod frame;
 pub mod packet;
@@ -382,6 +383,26 @@ pub fn require_kernel_feature(feature: KernelFeature) -> bool {
         "the VM lane must have {feature:?}: {}",
         String::from_utf8_lossy(&probe.stderr)
     );
-    eprintln!("needs kernel feature {feature:?}: covered by the VM lane");
+    note(&format!(
+        "needs kernel feature {feature:?}: covered by the VM lane"
+    ));
     false
+}
+
+/// Records a note for the run's summary: libtest hides the output of passing
+/// tests, so `cargo xtask test` collects these from `NETVLAN_TEST_NOTES`
+/// and prints them after the lane.
+pub fn note(message: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("{test}: {message}");
+    if let Some(path) = std::env::var_os("NETVLAN_TEST_NOTES") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{test}: {message}");
+        }
+    }
 }

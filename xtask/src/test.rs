@@ -85,6 +85,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
         "netvlan",
     ]))?;
     let netvlan = workspace_root().join("target/debug/netvlan");
+    let notes = workspace_root().join("target/test-notes.txt");
+    let _ = std::fs::remove_file(&notes);
     println!(
         "xtask: host lane: unit and integration tests on {}",
         kernel_release()
@@ -94,8 +96,15 @@ pub fn test(args: &TestArgs) -> Result<()> {
         .args(["test", "--workspace", "--"])
         .args(args.filter.iter())
         .env("NETVLAN_BIN", &netvlan)
-        .env("NETVLAN_TEST_LANE", "host");
+        .env("NETVLAN_TEST_LANE", "host")
+        .env("NETVLAN_TEST_NOTES", &notes);
     let (host, host_ok) = run_counting(&mut cargo_test)?;
+    if let Ok(text) = std::fs::read_to_string(&notes) {
+        println!("xtask: host lane notes (checked in the other lane):");
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    }
     let leaks = leftovers()?;
     if !leaks.is_empty() {
         failures.push(format!("host lane left these behind: {}", leaks.join(", ")));
