@@ -3,7 +3,9 @@
 //! - [`netlink`]: link queries and changes over rtnetlink (never `ip`).
 //! - [`netns`]: network namespace identity.
 //! - [`datapath`]: loading, pinning and reading the XDP program.
+//! - [`ipam`]: Docker-compatible address management (pure logic).
 
 pub mod datapath;
+pub mod ipam;
 pub mod netlink;
 pub mod netns;
