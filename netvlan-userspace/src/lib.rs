@@ -9,3 +9,4 @@ pub mod datapath;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
+pub mod store;

@@ -1,0 +1,211 @@
+//! Persistent state: an embedded, transactional database (redb) under
+//! `NETVLAN_STATE_DIR` (default `/var/lib/netvlan`).
+//!
+//! Two layers of safety:
+//! - every command holds an exclusive `flock` on `STATE_DIR/lock` from
+//!   its first read to its last write, so concurrent `netvlan` invocations
+//!   run one after the other and never hand out the same address twice;
+//! - every write is one redb transaction, so a crash or SIGKILL leaves
+//!   either the old state or the new one, never a mix.
+//!
+//! Records are stored as JSON values keyed by name: readable with any redb
+//! tool, and tolerant of fields added by later versions.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Default `NETVLAN_STATE_DIR`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netvlan";
+
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path} (is another netvlan stuck?)")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database {path}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("corrupt record '{key}' in {path}")]
+    Corrupt {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The state database, locked for the lifetime of this value.
+pub struct Store {
+    db: redb::Database,
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, waiting for the lock.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
+            path: state_dir.into(),
+            source,
+        })?;
+        let lock_path = state_dir.join("lock");
+        let lock_err = |source: std::io::Error| StoreError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_err(errno.into()))?;
+        let path = state_dir.join("netvlan.redb");
+        let db = redb::Database::create(&path).map_err(|e| StoreError::Database {
+            path: path.clone(),
+            source: Box::new(e.into()),
+        })?;
+        Ok(Store {
+            db,
+            path,
+            _lock: lock,
+        })
+    }
+
+    fn db_err(&self) -> impl Fn(redb::Error) -> StoreError + '_ {
+        |e| StoreError::Database {
+            path: self.path.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Every network record, by name.
+    pub fn networks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_table(NETWORKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e.into())),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.into()))? {
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            out.push(self.decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn network<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_table(NETWORKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(err(e.into())),
+        };
+        let value = table.get(name).map_err(|e| err(e.into()))?;
+        value.map(|v| self.decode(name, v.value())).transpose()
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+            key: key.into(),
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes (inserts or replaces) one network record atomically.
+    pub fn put_network<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("network records always serialise");
+        self.write(|table| {
+            table.insert(name, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Removes one network record atomically.
+    pub fn delete_network(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|table| {
+            table.remove(name)?;
+            Ok(())
+        })
+    }
+
+    fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>) -> Result<(), StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut table = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
+            f(&mut table).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("netvlan-store-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn records_survive_reopening_the_database() {
+        let dir = temp_dir();
+        {
+            let store = Store::open(&dir).expect("open");
+            assert!(store.networks::<serde_json::Value>().unwrap().is_empty());
+            store.put_network("lan", &serde_json::json!({"name": "lan", "n": 1})).unwrap();
+            store.put_network("lan", &serde_json::json!({"name": "lan", "n": 2})).unwrap();
+        }
+        let store = Store::open(&dir).expect("reopen");
+        let lan: serde_json::Value = store.network("lan").unwrap().expect("lan is stored");
+        assert_eq!(lan["n"], 2, "the second write replaced the first");
+        store.delete_network("lan").unwrap();
+        assert!(store.network::<serde_json::Value>("lan").unwrap().is_none());
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_opener_waits_for_the_first() {
+        let dir = temp_dir();
+        let first = Store::open(&dir).expect("open");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_dir = dir.clone();
+        let waiter = std::thread::spawn(move || {
+            let store = Store::open(&thread_dir).expect("second open");
+            tx.send(()).unwrap();
+            store.network::<serde_json::Value>("x").unwrap()
+        });
+        // While `first` holds the lock the second opener cannot get through.
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "second opener did not wait");
+        first.put_network("x", &serde_json::json!({"written": "by first"})).unwrap();
+        drop(first);
+        let seen = waiter.join().unwrap().expect("second opener sees the first's write");
+        assert_eq!(seen["written"], "by first");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
