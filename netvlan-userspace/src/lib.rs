@@ -9,4 +9,6 @@ pub mod datapath;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
+pub mod network;
+pub mod sandbox;
 pub mod store;

@@ -85,6 +85,15 @@ pub enum IpvlanFlag {
     Vepa,
 }
 
+/// Settings applied when a link is created.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkOptions {
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    /// Create the link directly inside this network namespace.
+    pub netns_fd: Option<std::os::fd::RawFd>,
+}
+
 /// A link netvlan creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NewLink {
@@ -181,6 +190,7 @@ pub struct XdpState {
 pub struct LinkInfo {
     pub ifindex: u32,
     pub name: String,
+    pub mac: Option<[u8; 6]>,
     pub xdp: Option<XdpState>,
 }
 
@@ -230,7 +240,32 @@ impl Netlink {
 impl Netlink {
     /// Creates a link (down) and returns it as the kernel reports it.
     pub async fn create_link(&self, name: &str, link: NewLink) -> Result<LinkInfo, NetlinkError> {
-        let request = self.handle.link().add(link.message(name));
+        self.create_link_with(name, link, &LinkOptions::default())
+            .await?;
+        self.link_by_name(name).await
+    }
+
+    /// Creates a link (down) with extra settings. With `netns_fd` the link
+    /// is born in that namespace, so it is never visible in ours.
+    pub async fn create_link_with(
+        &self,
+        name: &str,
+        link: NewLink,
+        options: &LinkOptions,
+    ) -> Result<(), NetlinkError> {
+        let mut message = link.message(name);
+        if let Some(mac) = options.mac {
+            message
+                .attributes
+                .push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(mtu) = options.mtu {
+            message.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(fd) = options.netns_fd {
+            message.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        let request = self.handle.link().add(message);
         if let Err(source) = request.execute().await {
             return Err(match errno(&source) {
                 // The kernel answers EOPNOTSUPP when no rtnl_link_ops exist
@@ -246,7 +281,95 @@ impl Netlink {
                 },
             });
         }
-        self.link_by_name(name).await
+        Ok(())
+    }
+
+    /// Creates a veth pair (both ends down) in this namespace.
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkVeth::new(name, peer).build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| match errno(&source) {
+                Some(libc::EEXIST) => NetlinkError::LinkExists { name: name.into() },
+                _ => NetlinkError::Request {
+                    what: format!("create veth pair '{name}'/'{peer}'"),
+                    source,
+                },
+            })
+    }
+
+    /// Renames a (down) link.
+    pub async fn rename(&self, ifindex: u32, name: &str) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkUnspec::new_with_index(ifindex)
+            .name(name.to_string())
+            .build();
+        match self.handle.link().change(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                Err(NetlinkError::LinkExists { name: name.into() })
+            }
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("rename link #{ifindex} to '{name}'"),
+                source,
+            }),
+        }
+    }
+
+    /// Adds an address with its prefix length.
+    pub async fn add_address(
+        &self,
+        ifindex: u32,
+        address: ipnet::IpNet,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(ifindex, address.addr(), address.prefix_len())
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("add address {address} to link #{ifindex}"),
+                source,
+            })
+    }
+
+    /// Adds a default route out of `ifindex`, via `gateway` when given,
+    /// else straight out of the device (ipvlan l3).
+    pub async fn add_default_route(
+        &self,
+        ifindex: u32,
+        gateway: Option<std::net::IpAddr>,
+        ipv6: bool,
+    ) -> Result<(), NetlinkError> {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let message = match (gateway, ipv6) {
+            (Some(IpAddr::V4(gw)), _) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(ifindex)
+                .gateway(gw)
+                .build(),
+            (Some(IpAddr::V6(gw)), _) => rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(ifindex)
+                .gateway(gw)
+                .build(),
+            (None, false) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(ifindex)
+                .scope(netlink_packet_route::route::RouteScope::Link)
+                .build(),
+            (None, true) => rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(ifindex)
+                .build(),
+        };
+        self.handle
+            .route()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("add default route via {gateway:?} on link #{ifindex}"),
+                source,
+            })
     }
 
     /// Deletes a link; deleting one that is already gone is not an error.
@@ -290,9 +413,11 @@ fn is_enodev(e: &rtnetlink::Error) -> bool {
 fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut name = String::new();
     let mut xdp = None;
+    let mut mac = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::Xdp(nlas) => xdp = xdp_state(nlas),
             _ => {}
         }
@@ -300,6 +425,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
     LinkInfo {
         ifindex: msg.header.index,
         name,
+        mac,
         xdp,
     }
 }

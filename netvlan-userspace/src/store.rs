@@ -150,7 +150,10 @@ impl Store {
         })
     }
 
-    fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>) -> Result<(), StoreError> {
+    fn write(
+        &self,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StoreError> {
         let err = self.db_err();
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
@@ -166,7 +169,11 @@ mod tests {
     use super::*;
 
     fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("netvlan-store-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!(
+            "netvlan-store-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -177,8 +184,12 @@ mod tests {
         {
             let store = Store::open(&dir).expect("open");
             assert!(store.networks::<serde_json::Value>().unwrap().is_empty());
-            store.put_network("lan", &serde_json::json!({"name": "lan", "n": 1})).unwrap();
-            store.put_network("lan", &serde_json::json!({"name": "lan", "n": 2})).unwrap();
+            store
+                .put_network("lan", &serde_json::json!({"name": "lan", "n": 1}))
+                .unwrap();
+            store
+                .put_network("lan", &serde_json::json!({"name": "lan", "n": 2}))
+                .unwrap();
         }
         let store = Store::open(&dir).expect("reopen");
         let lan: serde_json::Value = store.network("lan").unwrap().expect("lan is stored");
@@ -201,10 +212,19 @@ mod tests {
             store.network::<serde_json::Value>("x").unwrap()
         });
         // While `first` holds the lock the second opener cannot get through.
-        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "second opener did not wait");
-        first.put_network("x", &serde_json::json!({"written": "by first"})).unwrap();
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "second opener did not wait"
+        );
+        first
+            .put_network("x", &serde_json::json!({"written": "by first"}))
+            .unwrap();
         drop(first);
-        let seen = waiter.join().unwrap().expect("second opener sees the first's write");
+        let seen = waiter
+            .join()
+            .unwrap()
+            .expect("second opener sees the first's write");
         assert_eq!(seen["written"], "by first");
         std::fs::remove_dir_all(dir).unwrap();
     }

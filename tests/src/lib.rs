@@ -76,17 +76,38 @@ impl Netns {
     /// Creates a namespace with IPv6 off (no router solicitations or DAD
     /// probes to disturb exact counters) and loopback up.
     pub fn new(kind: &str) -> Self {
+        Self::create(kind, false)
+    }
+
+    /// A namespace that keeps IPv6 on (dual-stack scenarios).
+    pub fn with_ipv6(kind: &str) -> Self {
+        Self::create(kind, true)
+    }
+
+    fn create(kind: &str, ipv6: bool) -> Self {
         require_root();
         let ns = Netns {
             name: unique_name(kind),
         };
         sh("ip", &["netns", "add", &ns.name]);
-        for knob in ["all", "default"] {
-            let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
-            ns.exec("sh", &["-c", &format!("echo 1 > {path}")]);
+        if !ipv6 {
+            for knob in ["all", "default"] {
+                let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
+                ns.exec("sh", &["-c", &format!("echo 1 > {path}")]);
+            }
         }
         ns.exec("ip", &["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Whether `ping` from this namespace reaches `address` (one probe).
+    pub fn can_ping(&self, address: &str) -> bool {
+        self.command("ping")
+            .args(["-c", "1", "-W", "2", address])
+            .output()
+            .expect("ping runs")
+            .status
+            .success()
     }
 
     pub fn name(&self) -> &str {
@@ -293,14 +314,52 @@ impl Run {
     }
 }
 
+/// A private state directory (`NETVLAN_STATE_DIR`), removed on drop.
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new() -> Self {
+        StateDir {
+            path: std::env::temp_dir().join(unique_name("state")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for StateDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Runs `netvlan ARGS` inside `ns` with its pins under `bpf`.
 pub fn netvlan(ns: &Netns, bpf: &BpfDir, args: &[&str]) -> Run {
-    let out = ns
-        .command(netvlan_bin())
-        .args(args)
-        .env("NETVLAN_BPF_DIR", bpf.path())
-        .output()
-        .expect("netvlan runs");
+    run_netvlan(ns, bpf, None, args)
+}
+
+/// Runs `netvlan ARGS` inside `ns` with pins under `bpf` and state under `state`.
+pub fn netvlan_with_state(ns: &Netns, bpf: &BpfDir, state: &StateDir, args: &[&str]) -> Run {
+    run_netvlan(ns, bpf, Some(state), args)
+}
+
+fn run_netvlan(ns: &Netns, bpf: &BpfDir, state: Option<&StateDir>, args: &[&str]) -> Run {
+    let mut cmd = ns.command(netvlan_bin());
+    cmd.args(args).env("NETVLAN_BPF_DIR", bpf.path());
+    if let Some(state) = state {
+        cmd.env("NETVLAN_STATE_DIR", state.path());
+    }
+    let out = cmd.output().expect("netvlan runs");
     Run {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

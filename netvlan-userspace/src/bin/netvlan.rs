@@ -4,9 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use netvlan::datapath::{
-    stats::{self, StatsReport},
-    AttachMode, AttachOutcome, AttachmentStatus, Datapath, DEFAULT_BPF_DIR,
+use netvlan::{
+    datapath::{
+        stats::{self, StatsReport},
+        AttachMode, AttachOutcome, AttachmentStatus, Datapath, DEFAULT_BPF_DIR,
+    },
+    network::{self, ConnectRequest, CreateRequest, Driver, Manager},
+    store::{Store, DEFAULT_STATE_DIR},
 };
 
 /// Containers straight on the physical network (macvlan, ipvlan, 802.1Q),
@@ -21,6 +25,9 @@ struct Cli {
     /// Where the datapath's programs and maps are pinned (on a bpffs).
     #[arg(long, global = true, env = "NETVLAN_BPF_DIR", default_value = DEFAULT_BPF_DIR)]
     bpf_dir: PathBuf,
+    /// Where networks and endpoints are stored.
+    #[arg(long, global = true, env = "NETVLAN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     /// More detail on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -30,6 +37,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create, list, inspect and remove macvlan/ipvlan networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Connect a sandbox (network namespace) to a network.
+    ///
+    /// SANDBOX is a name from `ip netns`, a namespace file path
+    /// (/proc/PID/ns/net) or pid:PID. The endpoint link is created on the
+    /// network's parent, moved into the sandbox, named eth0 (--ifname),
+    /// given its address(es) and a default route via the gateway.
+    /// Example: netvlan connect --ip 172.16.86.10 lan web1
+    Connect(ConnectArgs),
+    /// Disconnect a sandbox: delete its link, return its addresses.
+    Disconnect {
+        network: String,
+        sandbox: String,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Attach, detach and inspect the XDP datapath on interfaces.
     #[command(subcommand)]
     Datapath(DatapathCommand),
@@ -74,6 +99,86 @@ enum DatapathCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Create a network (Docker's options).
+    ///
+    /// Examples:
+    ///   netvlan network create -d macvlan --subnet 172.16.86.0/24 --gateway 172.16.86.1 -o parent=eth0 lan
+    ///   netvlan network create -d macvlan --subnet 192.168.10.0/24 -o parent=eth0.10 vlan10
+    ///   netvlan network create -d ipvlan --subnet 10.1.0.0/24 -o parent=eth0 -o ipvlan_mode=l3 routed
+    Create(CreateArgs),
+    /// List networks.
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show networks as Docker-shaped JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (they must have no endpoints).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every network without endpoints.
+    Prune,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// macvlan (own MAC per endpoint) or ipvlan (parent's MAC).
+    #[arg(short, long, value_enum, default_value_t = Driver::Macvlan)]
+    driver: Driver,
+    /// Subnet in CIDR form; repeat for more (IPv4 and IPv6).
+    #[arg(long)]
+    subnet: Vec<String>,
+    /// Gateway of the subnet that contains it (default: its first address).
+    #[arg(long)]
+    gateway: Vec<String>,
+    /// Sub-pool of a subnet for automatic addresses.
+    #[arg(long)]
+    ip_range: Vec<String>,
+    /// NAME=IP never handed out (the host's own address, a router...).
+    #[arg(long)]
+    aux_address: Vec<String>,
+    /// Enable IPv6 (inferred from an IPv6 --subnet when omitted).
+    #[arg(long)]
+    ipv6: bool,
+    /// No external connectivity: no default route in the sandboxes.
+    #[arg(long)]
+    internal: bool,
+    /// Driver options: parent=IFACE[.VID], macvlan_mode=bridge|vepa|private|passthru,
+    /// ipvlan_mode=l2|l3|l3s, ipvlan_flag=bridge|private|vepa, mtu=N.
+    #[arg(short = 'o', long = "opt")]
+    opt: Vec<String>,
+    name: String,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// IPv4 address (anywhere in the subnet; default: next free one).
+    #[arg(long)]
+    ip: Option<String>,
+    /// IPv6 address.
+    #[arg(long)]
+    ip6: Option<String>,
+    /// MAC address (macvlan; default: 02:42 + the IPv4 address bytes).
+    #[arg(long)]
+    mac: Option<String>,
+    /// Interface name inside the sandbox.
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    network: String,
+    sandbox: String,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -123,9 +228,60 @@ fn init_tracing(verbose: u8) {
 
 async fn run(cli: Cli) -> Result<()> {
     let datapath = Datapath::open(&cli.bpf_dir)?;
+    let manager = || -> Result<Manager> {
+        Ok(Manager::new(
+            Store::open(&cli.state_dir)?,
+            Datapath::open(&cli.bpf_dir)?,
+        )?)
+    };
     match cli.command {
         Command::Datapath(cmd) => datapath_command(&datapath, cmd).await,
         Command::Stats(args) => stats_command(&datapath, args).await,
+        Command::Network(cmd) => network_command(&manager()?, cmd).await,
+        Command::Connect(args) => {
+            let (record, endpoint) = manager()?
+                .connect(ConnectRequest {
+                    network: args.network,
+                    sandbox: args.sandbox,
+                    ip: args.ip,
+                    ip6: args.ip6,
+                    mac: args.mac,
+                    ifname: Some(args.ifname),
+                })
+                .await?;
+            if args.output.json {
+                print_json(&serde_json::json!({ "network": record.name, "endpoint": endpoint }))
+            } else {
+                let addrs: Vec<String> = endpoint
+                    .ipv4
+                    .iter()
+                    .chain(endpoint.ipv6.iter())
+                    .map(|n| n.to_string())
+                    .collect();
+                println!(
+                    "connected {} to {}: {} {} {}",
+                    endpoint.sandbox,
+                    record.name,
+                    endpoint.ifname,
+                    endpoint.mac,
+                    addrs.join(" ")
+                );
+                Ok(())
+            }
+        }
+        Command::Disconnect {
+            network,
+            sandbox,
+            output,
+        } => {
+            let endpoint = manager()?.disconnect(&network, &sandbox).await?;
+            if output.json {
+                print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
+            } else {
+                println!("disconnected {} from {network}", endpoint.sandbox);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -213,6 +369,74 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
                             pin_dir.display()
                         );
                     }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn network_command(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
+    match cmd {
+        NetworkCommand::Create(args) => {
+            let record = manager
+                .create(CreateRequest {
+                    name: args.name,
+                    driver: args.driver,
+                    subnets: args.subnet,
+                    gateways: args.gateway,
+                    ip_ranges: args.ip_range,
+                    aux_addresses: args.aux_address,
+                    ipv6: args.ipv6,
+                    internal: args.internal,
+                    options: args.opt,
+                })
+                .await?;
+            if args.output.json {
+                print_json(&network::inspect(&record))?;
+            } else {
+                println!("{}", record.id);
+                if record.ipv6_inferred {
+                    eprintln!("note: IPv6 enabled because an IPv6 subnet was given");
+                }
+            }
+        }
+        NetworkCommand::Ls { output } => {
+            let records = manager.networks()?;
+            if output.json {
+                let list: Vec<_> = records.iter().map(network::inspect).collect();
+                print_json(&list)?;
+            } else {
+                println!("{:<14}{:<24}{:<10}SCOPE", "NETWORK ID", "NAME", "DRIVER");
+                for [id, name, driver, scope] in network::list_rows(&records) {
+                    println!("{id:<14}{name:<24}{driver:<10}{scope}");
+                }
+            }
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                out.push(network::inspect(&manager.network(name)?));
+            }
+            print_json(&out)?;
+        }
+        NetworkCommand::Rm { names } => {
+            let mut failed = Vec::new();
+            for name in &names {
+                match manager.remove(name).await {
+                    Ok(record) => println!("{}", record.name),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{}", failed.join("\n"));
+            }
+        }
+        NetworkCommand::Prune => {
+            for record in manager.networks()? {
+                if record.endpoints.is_empty() {
+                    manager.remove(&record.name).await?;
+                    println!("removed {}", record.name);
                 }
             }
         }

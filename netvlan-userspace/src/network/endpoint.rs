@@ -1,0 +1,380 @@
+//! Endpoints: a sandbox's link on a network.
+//!
+//! The link is born inside the sandbox under a temporary name (so it never
+//! appears in the host's namespace and never collides with the sandbox's
+//! own `eth0`), then renamed, addressed and brought up there.
+
+use std::{net::IpAddr, os::fd::AsRawFd, path::PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    options::valid_ifname, rollback::Rollback, Driver, Manager, NetworkError, NetworkRecord,
+};
+use crate::{
+    datapath::stats::format_mac,
+    ipam::{self, Family, Request},
+    netlink::{LinkOptions, MacvlanMode, Netlink, NewLink},
+    netns,
+    sandbox::Sandbox,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    /// The sandbox as the user named it.
+    pub sandbox: String,
+    pub netns_path: PathBuf,
+    pub ifname: String,
+    pub mac: String,
+    pub ipv4: Option<IpNet>,
+    pub ipv6: Option<IpNet>,
+}
+
+/// What `netvlan connect` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectRequest {
+    pub network: String,
+    pub sandbox: String,
+    pub ip: Option<String>,
+    pub ip6: Option<String>,
+    pub mac: Option<String>,
+    pub ifname: Option<String>,
+}
+
+/// Docker's stable MAC: `02:42` and the four IPv4 bytes.
+pub fn mac_from_ipv4(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
+    let bad = || {
+        NetworkError::BadEndpoint(format!(
+            "--mac {text}: expected six hex bytes like 02:42:ac:10:56:02"
+        ))
+    };
+    let parts: Vec<u8> = text
+        .split([':', '-'])
+        .map(|p| {
+            if p.len() == 2 {
+                u8::from_str_radix(p, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let mac: [u8; 6] = parts.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 == 1 {
+        return Err(NetworkError::BadEndpoint(format!(
+            "--mac {text} is a multicast address"
+        )));
+    }
+    Ok(mac)
+}
+
+/// Addresses with the prefix length of their subnet.
+fn with_prefix(record: &NetworkRecord, ip: IpAddr) -> IpNet {
+    let prefix = record
+        .ipam
+        .config()
+        .subnet_of(&ip)
+        .map(|s| s.subnet.prefix_len())
+        .unwrap_or(match ip {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        });
+    IpNet::new(ip, prefix).expect("prefix length comes from a valid subnet")
+}
+
+impl Manager {
+    pub async fn connect(
+        &self,
+        request: ConnectRequest,
+    ) -> Result<(NetworkRecord, Endpoint), NetworkError> {
+        let mut record = self.network(&request.network)?;
+        let sandbox = Sandbox::resolve(&request.sandbox)?;
+        if record.endpoints.contains_key(&sandbox.key) {
+            return Err(NetworkError::AlreadyConnected {
+                network: record.name,
+                sandbox: sandbox.key,
+            });
+        }
+        let passthru = record.options.macvlan_mode == Some(MacvlanMode::Passthru);
+        if passthru && !record.endpoints.is_empty() {
+            return Err(NetworkError::PassthruTaken(record.name));
+        }
+        let ifname = request.ifname.clone().unwrap_or_else(|| "eth0".into());
+        if !valid_ifname(&ifname) {
+            return Err(NetworkError::BadEndpoint(format!(
+                "--ifname {ifname}: not a valid interface name (1-15 characters)"
+            )));
+        }
+
+        // Addresses: held in `record.ipam` and only persisted on success.
+        let ipv4 = match (&request.ip, record.ipam.config().has_family(Family::V4)) {
+            (Some(ip), _) => Some(record.ipam.allocate(Request::Exact(ipam::parse_ip(ip)?))?),
+            (None, true) => Some(record.ipam.allocate(Request::Any(Family::V4))?),
+            (None, false) => None,
+        };
+        let ipv6 = match (&request.ip6, record.enable_ipv6) {
+            (Some(ip), _) => Some(record.ipam.allocate(Request::Exact(ipam::parse_ip(ip)?))?),
+            (None, true) => Some(record.ipam.allocate(Request::Any(Family::V6))?),
+            (None, false) => None,
+        };
+        for (flag, addr, want) in [("--ip", ipv4, Family::V4), ("--ip6", ipv6, Family::V6)] {
+            if let Some(addr) = addr.filter(|a| Family::of(a) != want) {
+                return Err(NetworkError::BadEndpoint(format!(
+                    "{flag} {addr} is not an {want} address"
+                )));
+            }
+        }
+
+        let parent = self
+            .netlink()
+            .link_by_name(&record.parent.link)
+            .await
+            .map_err(|e| match e {
+                crate::netlink::NetlinkError::NoSuchInterface { .. } => {
+                    NetworkError::ParentMissing {
+                        network: record.name.clone(),
+                        parent: record.parent.link.clone(),
+                    }
+                }
+                other => other.into(),
+            })?;
+        let mac = match (record.options.driver, &request.mac) {
+            (Driver::Ipvlan, Some(_)) => {
+                return Err(NetworkError::BadEndpoint(
+                    "--mac: ipvlan endpoints always use the parent's MAC".into(),
+                ));
+            }
+            (Driver::Ipvlan, None) => None,
+            (Driver::Macvlan, Some(text)) => Some(parse_mac(text)?),
+            (Driver::Macvlan, None) => Some(match ipv4 {
+                Some(IpAddr::V4(v4)) => mac_from_ipv4(v4),
+                _ => {
+                    let mut random: [u8; 6] = rand::random();
+                    random[0] = (random[0] & 0xfe) | 0x02; // unicast, locally administered
+                    random
+                }
+            }),
+        };
+        let link = match record.options.driver {
+            Driver::Macvlan => NewLink::Macvlan {
+                parent: parent.ifindex,
+                mode: record.options.macvlan_mode.unwrap_or_default(),
+            },
+            Driver::Ipvlan => NewLink::Ipvlan {
+                parent: parent.ifindex,
+                mode: record.options.ipvlan_mode.unwrap_or_default(),
+                flag: record.options.ipvlan_flag.unwrap_or_default(),
+            },
+        };
+
+        let endpoint_id = super::new_id();
+        let temp_name = format!("nvt{}", &endpoint_id[..10]);
+        let mut rollback = Rollback::default();
+        let ns_file = std::fs::File::open(&sandbox.path).map_err(|source| {
+            crate::netns::NetnsError::Open {
+                path: sandbox.path.clone(),
+                source,
+            }
+        })?;
+        let options = LinkOptions {
+            mac,
+            mtu: record.options.mtu,
+            netns_fd: Some(ns_file.as_raw_fd()),
+        };
+        if let Err(e) = self
+            .netlink()
+            .create_link_with(&temp_name, link, &options)
+            .await
+        {
+            return Err(e.into());
+        }
+        rollback.delete_link_in(sandbox.path.clone(), &temp_name);
+
+        let plan = SandboxPlan {
+            temp_name: temp_name.clone(),
+            ifname: ifname.clone(),
+            addresses: ipv4
+                .iter()
+                .chain(ipv6.iter())
+                .map(|ip| with_prefix(&record, *ip))
+                .collect(),
+            routes: if record.internal {
+                Vec::new()
+            } else {
+                default_routes(&record, ipv4.is_some(), ipv6.is_some())
+            },
+        };
+        let configured = tokio::task::spawn_blocking({
+            let path = sandbox.path.clone();
+            move || netns::run_in(&path, move || plan.apply())
+        })
+        .await
+        .expect("the sandbox thread is joined, never cancelled");
+        let result = match configured {
+            Ok(Ok(mac)) => Ok(mac),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        };
+        let actual_mac = match result {
+            Ok(mac) => mac,
+            Err(e) => {
+                // The link may already carry its final name.
+                rollback.delete_link_in(sandbox.path.clone(), &ifname);
+                return Err(rollback.undo(self.netlink(), self.datapath(), e).await);
+            }
+        };
+
+        let endpoint = Endpoint {
+            id: endpoint_id,
+            sandbox: sandbox.key.clone(),
+            netns_path: sandbox.path.clone(),
+            ifname: ifname.clone(),
+            mac: actual_mac.map(|m| format_mac(&m)).unwrap_or_default(),
+            ipv4: ipv4.map(|ip| with_prefix(&record, ip)),
+            ipv6: ipv6.map(|ip| with_prefix(&record, ip)),
+        };
+        record
+            .endpoints
+            .insert(sandbox.key.clone(), endpoint.clone());
+        if let Err(e) = self.store().put_network(&record.name, &record) {
+            rollback.delete_link_in(sandbox.path.clone(), &ifname);
+            return Err(rollback
+                .undo(self.netlink(), self.datapath(), e.into())
+                .await);
+        }
+        Ok((record, endpoint))
+    }
+
+    /// Deletes the endpoint's link (if its sandbox still exists) and returns
+    /// its addresses to the pool.
+    pub async fn disconnect(&self, network: &str, sandbox: &str) -> Result<Endpoint, NetworkError> {
+        let mut record = self.network(network)?;
+        // Accept the sandbox as stored even if its namespace is gone.
+        let key = match Sandbox::resolve(sandbox) {
+            Ok(s) if record.endpoints.contains_key(&s.key) => s.key,
+            _ => sandbox.to_string(),
+        };
+        let Some(endpoint) = record.endpoints.remove(&key) else {
+            return Err(NetworkError::NotConnected {
+                network: record.name,
+                sandbox: key,
+            });
+        };
+        if endpoint.netns_path.exists() {
+            super::rollback::delete_link_in(endpoint.netns_path.clone(), endpoint.ifname.clone())
+                .await
+                .map_err(|e| {
+                    NetworkError::BadEndpoint(format!(
+                        "deleting {} in {}: {e}",
+                        endpoint.ifname, endpoint.sandbox
+                    ))
+                })?;
+        }
+        for net in endpoint.ipv4.iter().chain(endpoint.ipv6.iter()) {
+            // Already free (e.g. a state written by hand) is fine here.
+            let _ = record.ipam.release(net.addr());
+        }
+        self.store().put_network(&record.name, &record)?;
+        Ok(endpoint)
+    }
+}
+
+/// Default routes: via the subnet's gateway; ipvlan l3/l3s straight out of
+/// the device (the host routes).
+fn default_routes(record: &NetworkRecord, v4: bool, v6: bool) -> Vec<(Option<IpAddr>, bool)> {
+    let l3 = matches!(
+        (record.options.driver, record.options.ipvlan_mode),
+        (
+            Driver::Ipvlan,
+            Some(crate::netlink::IpvlanMode::L3 | crate::netlink::IpvlanMode::L3s)
+        )
+    );
+    let gateway = |family: Family| {
+        record
+            .ipam
+            .config()
+            .subnets()
+            .iter()
+            .find(|s| s.family() == family)
+            .and_then(|s| s.gateway)
+    };
+    let mut routes = Vec::new();
+    for (present, family, ipv6) in [(v4, Family::V4, false), (v6, Family::V6, true)] {
+        if !present {
+            continue;
+        }
+        match (l3, gateway(family)) {
+            (true, _) => routes.push((None, ipv6)),
+            (false, Some(gw)) => routes.push((Some(gw), ipv6)),
+            (false, None) => {}
+        }
+    }
+    routes
+}
+
+/// What to do inside the sandbox, run on a thread that entered it.
+struct SandboxPlan {
+    temp_name: String,
+    ifname: String,
+    addresses: Vec<IpNet>,
+    routes: Vec<(Option<IpAddr>, bool)>,
+}
+
+impl SandboxPlan {
+    /// Returns the link's MAC as the kernel reports it.
+    async fn apply(self) -> Result<Option<[u8; 6]>, NetworkError> {
+        let netlink = Netlink::connect()?;
+        let link = netlink.link_by_name(&self.temp_name).await?;
+        if netlink.link_by_name(&self.ifname).await.is_ok() {
+            return Err(NetworkError::BadEndpoint(format!(
+                "the sandbox already has an interface named {}",
+                self.ifname
+            )));
+        }
+        netlink.rename(link.ifindex, &self.ifname).await?;
+        for address in &self.addresses {
+            netlink.add_address(link.ifindex, *address).await?;
+        }
+        netlink.set_up(link.ifindex).await?;
+        for (gateway, ipv6) in &self.routes {
+            netlink
+                .add_default_route(link.ifindex, *gateway, *ipv6)
+                .await?;
+        }
+        Ok(netlink.link_by_index(link.ifindex).await?.mac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_is_derived_from_the_ipv4_address_like_docker() {
+        assert_eq!(
+            format_mac(&mac_from_ipv4("172.16.86.2".parse().unwrap())),
+            "02:42:ac:10:56:02"
+        );
+    }
+
+    #[test]
+    fn mac_flags_are_validated() {
+        assert_eq!(
+            parse_mac("02:42:AC:10:56:09").unwrap(),
+            [2, 0x42, 0xac, 0x10, 0x56, 9]
+        );
+        assert!(parse_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .to_string()
+            .contains("multicast"));
+        assert!(parse_mac("02:42:ac:10:56").is_err());
+        assert!(parse_mac("zz:42:ac:10:56:02").is_err());
+    }
+}

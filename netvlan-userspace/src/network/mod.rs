@@ -1,0 +1,485 @@
+//! Networks: Docker-compatible macvlan and ipvlan networks on a parent link.
+//!
+//! Every command follows validate → act → persist: all input is checked
+//! against the stored state before the kernel is touched, every kernel
+//! change pushes its undo onto a [`Rollback`], and the record is written
+//! last, in one transaction, under the store's lock. A failure at any step
+//! undoes what was done, so a command is all or nothing.
+
+mod endpoint;
+mod inspect;
+mod options;
+mod rollback;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{AttachMode, AttachOutcome, Datapath, DatapathError},
+    ipam::{self, Family, GatewayPolicy, IpamConfig, IpamError, IpamState},
+    netlink::{IpvlanMode, MacvlanMode, Netlink, NetlinkError, NewLink},
+    sandbox::SandboxError,
+    store::{Store, StoreError},
+};
+pub use endpoint::{ConnectRequest, Endpoint};
+pub use inspect::{inspect, list_rows};
+pub use options::{Driver, NetworkOptions};
+use rollback::Rollback;
+
+/// Errors of network and endpoint commands. Each names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network name '{0}' is invalid: use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters")]
+    BadName(String),
+    #[error("a network named '{0}' already exists")]
+    NameInUse(String),
+    #[error("no network named '{0}'")]
+    UnknownNetwork(String),
+    #[error("--subnet is required: netvlan puts containers on an existing LAN and cannot guess its address plan")]
+    NoSubnet,
+    #[error("--ipv6 needs at least one IPv6 --subnet")]
+    Ipv6WithoutSubnet,
+    #[error("invalid option: {0}")]
+    BadOption(String),
+    #[error("parent interface '{0}' does not exist")]
+    UnknownParent(String),
+    #[error("VLAN id {vid} in parent '{parent}' is outside 1..4094")]
+    VlanOutOfRange { parent: String, vid: String },
+    #[error("network '{network}' is already using parent interface {parent}")]
+    ParentInUse { network: String, parent: String },
+    #[error("subnet {subnet} overlaps subnet {other} of network '{network}' on the same parent")]
+    SubnetOverlap {
+        subnet: ipnet::IpNet,
+        other: ipnet::IpNet,
+        network: String,
+    },
+    #[error("network '{network}' has {count} connected endpoint(s); disconnect them first")]
+    HasEndpoints { network: String, count: usize },
+    #[error("sandbox '{sandbox}' is already connected to network '{network}'")]
+    AlreadyConnected { network: String, sandbox: String },
+    #[error("sandbox '{sandbox}' is not connected to network '{network}'")]
+    NotConnected { network: String, sandbox: String },
+    #[error("passthru network '{0}' already has its one endpoint")]
+    PassthruTaken(String),
+    #[error("{0}")]
+    BadEndpoint(String),
+    #[error("parent interface '{parent}' of network '{network}' is missing (after a reboot, run `netvlan restore`)")]
+    ParentMissing { network: String, parent: String },
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("{failed} failed, and undoing it also failed: {undo}")]
+    RollbackFailed {
+        #[source]
+        failed: Box<NetworkError>,
+        undo: String,
+    },
+    #[error("network '{network}' was removed, but cleaning up failed: {errors}")]
+    TeardownIncomplete { network: String, errors: String },
+}
+
+/// How the network's parent link came to be, and so what removal undoes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ParentKind {
+    /// A link that existed before; never deleted by netvlan.
+    Existing,
+    /// An 802.1Q sub-interface `base.vid`.
+    Vlan { base: String, vid: u16 },
+    /// netvlan's placeholder for an internal network without a parent.
+    Placeholder,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    /// The link endpoints are created on (e.g. `eth0.10`).
+    pub link: String,
+    /// The link whose wire the datapath watches: the VLAN's base for a
+    /// sub-interface (so it sees the tags), else the parent itself.
+    pub wire: String,
+    pub kind: ParentKind,
+    /// netvlan created the link and deletes it with the last network on it.
+    pub created: bool,
+}
+
+/// A network as persisted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    pub options: NetworkOptions,
+    pub parent: Parent,
+    pub internal: bool,
+    pub enable_ipv6: bool,
+    /// IPv6 was switched on because an IPv6 subnet was given.
+    pub ipv6_inferred: bool,
+    pub ipam: IpamState,
+    /// Keyed by sandbox (as the user named it).
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// netvlan attached the datapath on `parent.wire` and detaches it with
+    /// the last network on that wire.
+    pub datapath_owned: bool,
+}
+
+/// What `netvlan network create` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub driver: Driver,
+    pub subnets: Vec<String>,
+    pub gateways: Vec<String>,
+    pub ip_ranges: Vec<String>,
+    pub aux_addresses: Vec<String>,
+    pub ipv6: bool,
+    pub internal: bool,
+    /// `-o KEY=VALUE`.
+    pub options: Vec<String>,
+}
+
+/// The control plane of the current network namespace.
+pub struct Manager {
+    store: Store,
+    netlink: Netlink,
+    datapath: Datapath,
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Manager {
+    pub fn new(store: Store, datapath: Datapath) -> Result<Self, NetworkError> {
+        Ok(Manager {
+            store,
+            netlink: Netlink::connect()?,
+            datapath,
+        })
+    }
+
+    pub fn networks(&self) -> Result<Vec<NetworkRecord>, NetworkError> {
+        Ok(self.store.networks()?)
+    }
+
+    pub fn network(&self, name: &str) -> Result<NetworkRecord, NetworkError> {
+        self.store
+            .network(name)?
+            .ok_or_else(|| NetworkError::UnknownNetwork(name.into()))
+    }
+
+    pub async fn create(&self, request: CreateRequest) -> Result<NetworkRecord, NetworkError> {
+        if !valid_name(&request.name) {
+            return Err(NetworkError::BadName(request.name));
+        }
+        let existing = self.networks()?;
+        if existing.iter().any(|n| n.name == request.name) {
+            return Err(NetworkError::NameInUse(request.name));
+        }
+        let options = NetworkOptions::parse(request.driver, &request.options)?;
+        let ipam = build_ipam(&request, &options)?;
+        let has_v6 = ipam.has_family(Family::V6);
+        if request.ipv6 && !has_v6 {
+            return Err(NetworkError::Ipv6WithoutSubnet);
+        }
+        let id = new_id();
+        let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
+        check_parent_conflicts(&existing, &parent, &options, &ipam)?;
+
+        let mut rollback = Rollback::default();
+        let result = self
+            .create_in_kernel(&mut parent, &options, &existing, &mut rollback)
+            .await;
+        let datapath_owned = match result {
+            Ok(owned) => owned,
+            Err(e) => return Err(rollback.undo(&self.netlink, &self.datapath, e).await),
+        };
+        let record = NetworkRecord {
+            id,
+            name: request.name.clone(),
+            internal: request.internal || options.parent.is_none(),
+            enable_ipv6: has_v6,
+            ipv6_inferred: has_v6 && !request.ipv6,
+            options,
+            parent,
+            ipam: IpamState::new(ipam),
+            endpoints: BTreeMap::new(),
+            datapath_owned,
+        };
+        if let Err(e) = self.store.put_network(&record.name, &record) {
+            return Err(rollback.undo(&self.netlink, &self.datapath, e.into()).await);
+        }
+        Ok(record)
+    }
+
+    /// Makes the parent exist, checks the kernel has the driver, and
+    /// attaches the datapath. Returns whether netvlan owns the attachment.
+    async fn create_in_kernel(
+        &self,
+        parent: &mut Parent,
+        options: &NetworkOptions,
+        existing: &[NetworkRecord],
+        rollback: &mut Rollback,
+    ) -> Result<bool, NetworkError> {
+        match parent.kind.clone() {
+            ParentKind::Existing => {
+                self.netlink
+                    .link_by_name(&parent.link)
+                    .await
+                    .map_err(|e| match e {
+                        NetlinkError::NoSuchInterface { name } => NetworkError::UnknownParent(name),
+                        other => other.into(),
+                    })?;
+            }
+            ParentKind::Vlan { base, vid } => match self.netlink.link_by_name(&parent.link).await {
+                Ok(_) => parent.created = false,
+                Err(NetlinkError::NoSuchInterface { .. }) => {
+                    let base_link =
+                        self.netlink
+                            .link_by_name(&base)
+                            .await
+                            .map_err(|e| match e {
+                                NetlinkError::NoSuchInterface { name } => {
+                                    NetworkError::UnknownParent(name)
+                                }
+                                other => other.into(),
+                            })?;
+                    let link = self
+                        .netlink
+                        .create_link(
+                            &parent.link,
+                            NewLink::Vlan {
+                                parent: base_link.ifindex,
+                                vid,
+                            },
+                        )
+                        .await?;
+                    rollback.delete_link(link.ifindex);
+                    self.netlink.set_up(link.ifindex).await?;
+                    parent.created = true;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            ParentKind::Placeholder => {
+                let link = self.create_placeholder(&parent.link).await?;
+                rollback.delete_link(link);
+                self.netlink.set_up(link).await?;
+                parent.created = true;
+            }
+        }
+        self.probe_driver(&parent.link, options).await?;
+
+        match self.datapath.attach(&parent.wire, AttachMode::Auto).await {
+            Ok(AttachOutcome::Attached { .. }) => {
+                rollback.detach(&parent.wire);
+                Ok(true)
+            }
+            Ok(AttachOutcome::AlreadyAttached(_)) => Ok(existing
+                .iter()
+                .any(|n| n.parent.wire == parent.wire && n.datapath_owned)),
+            Err(DatapathError::ForeignProgram {
+                ifname, prog_id, ..
+            }) => {
+                tracing::warn!("{ifname} runs another XDP program (id {prog_id}); the network works, without netvlan's counters");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A dummy link, or where the kernel has no dummy driver, one end of a
+    /// veth pair (deleting either end deletes both).
+    async fn create_placeholder(&self, name: &str) -> Result<u32, NetworkError> {
+        match self.netlink.create_link(name, NewLink::Dummy).await {
+            Ok(link) => Ok(link.ifindex),
+            Err(NetlinkError::UnsupportedLinkType { .. }) => {
+                let peer = format!("{}p", &name[..name.len().min(14)]);
+                self.netlink.create_veth(name, &peer).await?;
+                // Up on both ends, or the placeholder has no carrier and
+                // neither have the endpoints on it.
+                let peer_link = self.netlink.link_by_name(&peer).await?;
+                self.netlink.set_up(peer_link.ifindex).await?;
+                Ok(self.netlink.link_by_name(name).await?.ifindex)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates and deletes a throwaway link of the network's kind, so a
+    /// kernel without macvlan/ipvlan is reported at `create`, not later.
+    async fn probe_driver(
+        &self,
+        parent: &str,
+        options: &NetworkOptions,
+    ) -> Result<(), NetworkError> {
+        let parent = self.netlink.link_by_name(parent).await?;
+        let probe = format!("nvprobe{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let link = match options.driver {
+            // bridge mode: a passthru probe would grab the parent.
+            Driver::Macvlan => NewLink::Macvlan {
+                parent: parent.ifindex,
+                mode: MacvlanMode::Bridge,
+            },
+            Driver::Ipvlan => NewLink::Ipvlan {
+                parent: parent.ifindex,
+                mode: options.ipvlan_mode.unwrap_or_default(),
+                flag: options.ipvlan_flag.unwrap_or_default(),
+            },
+        };
+        let created = self.netlink.create_link(&probe, link).await?;
+        self.netlink.delete_link(created.ifindex).await?;
+        Ok(())
+    }
+
+    /// Removes a network without endpoints, and whatever netvlan created
+    /// for it that no other network uses. Keeps going on errors.
+    pub async fn remove(&self, name: &str) -> Result<NetworkRecord, NetworkError> {
+        let record = self.network(name)?;
+        if !record.endpoints.is_empty() {
+            return Err(NetworkError::HasEndpoints {
+                network: record.name,
+                count: record.endpoints.len(),
+            });
+        }
+        let others: Vec<NetworkRecord> = self
+            .networks()?
+            .into_iter()
+            .filter(|n| n.name != record.name)
+            .collect();
+        let mut errors = Vec::new();
+        let wire_shared = others.iter().any(|n| n.parent.wire == record.parent.wire);
+        if record.datapath_owned && !wire_shared {
+            match self.datapath.detach(&record.parent.wire).await {
+                Ok(_) | Err(DatapathError::NotAttached { .. }) => {}
+                Err(DatapathError::Netlink(NetlinkError::NoSuchInterface { .. })) => {}
+                Err(e) => errors.push(format!(
+                    "detaching the datapath from {}: {e}",
+                    record.parent.wire
+                )),
+            }
+        }
+        let parent_shared = others.iter().any(|n| n.parent.link == record.parent.link);
+        if record.parent.created && !parent_shared {
+            match self.netlink.link_by_name(&record.parent.link).await {
+                Ok(link) => {
+                    if let Err(e) = self.netlink.delete_link(link.ifindex).await {
+                        errors.push(format!("deleting {}: {e}", record.parent.link));
+                    }
+                }
+                Err(NetlinkError::NoSuchInterface { .. }) => {}
+                Err(e) => errors.push(format!("looking up {}: {e}", record.parent.link)),
+            }
+            // Pins of a deleted placeholder are stale now.
+            if let Err(e) = self.datapath.prune().await {
+                errors.push(format!("pruning stale pins: {e}"));
+            }
+        }
+        self.store.delete_network(&record.name)?;
+        if errors.is_empty() {
+            Ok(record)
+        } else {
+            Err(NetworkError::TeardownIncomplete {
+                network: record.name,
+                errors: errors.join("; "),
+            })
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    pub(crate) fn datapath(&self) -> &Datapath {
+        &self.datapath
+    }
+}
+
+fn build_ipam(
+    request: &CreateRequest,
+    options: &NetworkOptions,
+) -> Result<IpamConfig, NetworkError> {
+    if request.subnets.is_empty() {
+        return Err(NetworkError::NoSubnet);
+    }
+    let subnets = request
+        .subnets
+        .iter()
+        .map(|s| ipam::parse_cidr(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gateways = request
+        .gateways
+        .iter()
+        .map(|s| ipam::parse_ip(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ranges = request
+        .ip_ranges
+        .iter()
+        .map(|s| ipam::parse_cidr(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let aux = request
+        .aux_addresses
+        .iter()
+        .map(|s| ipam::parse_aux_address(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    // ipvlan l3/l3s route through the device: there is no gateway to honour.
+    let policy = match (options.driver, options.ipvlan_mode) {
+        (Driver::Ipvlan, Some(IpvlanMode::L3 | IpvlanMode::L3s)) => GatewayPolicy::None,
+        _ => GatewayPolicy::FirstUsable,
+    };
+    Ok(IpamConfig::from_flags(
+        &subnets, &gateways, &ranges, &aux, policy,
+    )?)
+}
+
+/// The sharing rules between networks on one parent (Docker's).
+fn check_parent_conflicts(
+    existing: &[NetworkRecord],
+    parent: &Parent,
+    options: &NetworkOptions,
+    ipam: &IpamConfig,
+) -> Result<(), NetworkError> {
+    for other in existing.iter().filter(|n| n.parent.link == parent.link) {
+        let exclusive = options.driver == Driver::Ipvlan
+            || other.options.driver == Driver::Ipvlan
+            || options.macvlan_mode == Some(MacvlanMode::Passthru)
+            || other.options.macvlan_mode == Some(MacvlanMode::Passthru);
+        if exclusive {
+            return Err(NetworkError::ParentInUse {
+                network: other.name.clone(),
+                parent: parent.link.clone(),
+            });
+        }
+        for mine in ipam.subnets() {
+            for theirs in other.ipam.config().subnets() {
+                if ipam::subnets_overlap(&mine.subnet, &theirs.subnet) {
+                    return Err(NetworkError::SubnetOverlap {
+                        subnet: mine.subnet,
+                        other: theirs.subnet,
+                        network: other.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

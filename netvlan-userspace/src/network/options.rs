@@ -1,0 +1,258 @@
+//! `-o KEY=VALUE` driver options and the parent plan, checked before any
+//! kernel change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{NetworkError, Parent, ParentKind};
+use crate::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Each endpoint has its own MAC on the parent.
+    #[default]
+    Macvlan,
+    /// Endpoints share the parent's MAC; one network per parent.
+    Ipvlan,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Driver::Macvlan => "macvlan",
+            Driver::Ipvlan => "ipvlan",
+        })
+    }
+}
+
+/// The options of a network, as validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOptions {
+    pub driver: Driver,
+    /// `parent=` as given (`eth0`, `eth0.10`), `None` for an internal network.
+    pub parent: Option<String>,
+    pub macvlan_mode: Option<MacvlanMode>,
+    pub ipvlan_mode: Option<IpvlanMode>,
+    pub ipvlan_flag: Option<IpvlanFlag>,
+    pub mtu: Option<u32>,
+    /// Every `-o` exactly as given, for `inspect`'s `Options`.
+    pub raw: BTreeMap<String, String>,
+}
+
+const KNOWN: &[&str] = &[
+    "parent",
+    "macvlan_mode",
+    "ipvlan_mode",
+    "ipvlan_flag",
+    "mtu",
+];
+
+fn parse_enum<T: clap::ValueEnum>(key: &str, value: &str) -> Result<T, NetworkError> {
+    T::from_str(value, false).map_err(|_| {
+        let valid: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        NetworkError::BadOption(format!(
+            "{key}={value}: expected one of {}",
+            valid.join(", ")
+        ))
+    })
+}
+
+impl NetworkOptions {
+    pub fn parse(driver: Driver, options: &[String]) -> Result<Self, NetworkError> {
+        let mut raw = BTreeMap::new();
+        for option in options {
+            let Some((key, value)) = option.split_once('=') else {
+                return Err(NetworkError::BadOption(format!(
+                    "'{option}' is not KEY=VALUE"
+                )));
+            };
+            if !KNOWN.contains(&key) {
+                return Err(NetworkError::BadOption(format!(
+                    "unknown option '{key}' (known: {})",
+                    KNOWN.join(", ")
+                )));
+            }
+            if raw.insert(key.to_string(), value.to_string()).is_some() {
+                return Err(NetworkError::BadOption(format!("'{key}' given twice")));
+            }
+        }
+        let get = |key: &str| raw.get(key).map(String::as_str);
+        let for_driver = |key: &str, wanted: Driver| -> Result<(), NetworkError> {
+            if get(key).is_some() && driver != wanted {
+                return Err(NetworkError::BadOption(format!(
+                    "{key} applies to {wanted} networks, not {driver}"
+                )));
+            }
+            Ok(())
+        };
+        for_driver("macvlan_mode", Driver::Macvlan)?;
+        for_driver("ipvlan_mode", Driver::Ipvlan)?;
+        for_driver("ipvlan_flag", Driver::Ipvlan)?;
+        let parent = match get("parent") {
+            Some("") => return Err(NetworkError::BadOption("parent= is empty".into())),
+            other => other.map(str::to_string),
+        };
+        let mtu = get("mtu")
+            .map(|v| match v.parse::<u32>() {
+                Ok(mtu) if (68..=65535).contains(&mtu) => Ok(mtu),
+                _ => Err(NetworkError::BadOption(format!(
+                    "mtu={v}: expected a number from 68 to 65535"
+                ))),
+            })
+            .transpose()?;
+        Ok(NetworkOptions {
+            driver,
+            macvlan_mode: match driver {
+                Driver::Macvlan => Some(
+                    get("macvlan_mode")
+                        .map(|v| parse_enum("macvlan_mode", v))
+                        .transpose()?
+                        .unwrap_or_default(),
+                ),
+                Driver::Ipvlan => None,
+            },
+            ipvlan_mode: match driver {
+                Driver::Ipvlan => Some(
+                    get("ipvlan_mode")
+                        .map(|v| parse_enum("ipvlan_mode", v))
+                        .transpose()?
+                        .unwrap_or_default(),
+                ),
+                Driver::Macvlan => None,
+            },
+            ipvlan_flag: match driver {
+                Driver::Ipvlan => Some(
+                    get("ipvlan_flag")
+                        .map(|v| parse_enum("ipvlan_flag", v))
+                        .transpose()?
+                        .unwrap_or_default(),
+                ),
+                Driver::Macvlan => None,
+            },
+            parent,
+            mtu,
+            raw,
+        })
+    }
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace.
+pub(crate) fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ':', ' ', '\t', '\n'])
+        && name != "."
+        && name != ".."
+}
+
+/// Decides what the parent will be, without touching the kernel:
+/// `eth0` as is, `eth0.10` an 802.1Q sub-interface (created if missing),
+/// none a placeholder named from the network id.
+pub(super) fn plan_parent(given: Option<&str>, network_id: &str) -> Result<Parent, NetworkError> {
+    let Some(given) = given else {
+        let link = format!("nvd-{}", &network_id[..8]);
+        return Ok(Parent {
+            wire: link.clone(),
+            link,
+            kind: ParentKind::Placeholder,
+            created: true,
+        });
+    };
+    if !valid_ifname(given) {
+        return Err(NetworkError::BadOption(format!(
+            "parent={given}: not a valid interface name"
+        )));
+    }
+    if let Some((base, vid)) = given.rsplit_once('.') {
+        if !base.is_empty() && !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) {
+            let vid_num = vid
+                .parse::<u16>()
+                .ok()
+                .filter(|v| (1..=4094).contains(v))
+                .ok_or_else(|| NetworkError::VlanOutOfRange {
+                    parent: given.into(),
+                    vid: vid.into(),
+                })?;
+            return Ok(Parent {
+                link: given.into(),
+                wire: base.into(),
+                kind: ParentKind::Vlan {
+                    base: base.into(),
+                    vid: vid_num,
+                },
+                // Decided when the kernel is asked whether it exists.
+                created: false,
+            });
+        }
+    }
+    Ok(Parent {
+        link: given.into(),
+        wire: given.into(),
+        kind: ParentKind::Existing,
+        created: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_follow_docker() {
+        let m = NetworkOptions::parse(Driver::Macvlan, &opts(&["parent=eth0"])).unwrap();
+        assert_eq!(m.macvlan_mode, Some(MacvlanMode::Bridge));
+        let i = NetworkOptions::parse(Driver::Ipvlan, &opts(&["parent=eth0"])).unwrap();
+        assert_eq!(
+            (i.ipvlan_mode, i.ipvlan_flag),
+            (Some(IpvlanMode::L2), Some(IpvlanFlag::Bridge))
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let err = |d, o: &[&str]| NetworkOptions::parse(d, &opts(o)).unwrap_err().to_string();
+        assert!(err(Driver::Macvlan, &["macvlan_mode=hairpin"])
+            .contains("expected one of bridge, vepa, private, passthru"));
+        assert!(err(Driver::Macvlan, &["ipvlan_mode=l3"]).contains("applies to ipvlan networks"));
+        assert!(err(Driver::Macvlan, &["colour=blue"]).contains("unknown option 'colour'"));
+        assert!(err(Driver::Macvlan, &["parent"]).contains("not KEY=VALUE"));
+        assert!(err(Driver::Macvlan, &["mtu=20"]).contains("mtu=20"));
+    }
+
+    #[test]
+    fn dotted_parents_are_vlans_within_1_to_4094() {
+        let p = plan_parent(Some("eth0.10"), "0123456789").unwrap();
+        assert_eq!(
+            p.kind,
+            ParentKind::Vlan {
+                base: "eth0".into(),
+                vid: 10
+            }
+        );
+        assert_eq!((p.link.as_str(), p.wire.as_str()), ("eth0.10", "eth0"));
+        for bad in ["eth0.0", "eth0.4095", "eth0.99999"] {
+            let e = plan_parent(Some(bad), "0123456789")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("outside 1..4094"), "{bad}: {e}");
+        }
+        assert_eq!(
+            plan_parent(Some("bond0"), "0123456789").unwrap().kind,
+            ParentKind::Existing
+        );
+        let placeholder = plan_parent(None, "0123456789abcdef").unwrap();
+        assert_eq!(
+            (placeholder.link.as_str(), placeholder.kind),
+            ("nvd-01234567", ParentKind::Placeholder)
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Undo logs: every kernel change a command makes registers how to undo it,
+//! and a failure undoes them all, newest first, reporting every undo that
+//! failed (never stopping at the first).
+
+use std::path::PathBuf;
+
+use super::NetworkError;
+use crate::{datapath::Datapath, netlink::Netlink, netns};
+
+enum Undo {
+    DeleteLink(u32),
+    Detach(String),
+    /// Delete link `name` inside the namespace at the path.
+    DeleteLinkIn(PathBuf, String),
+}
+
+#[derive(Default)]
+pub(super) struct Rollback {
+    steps: Vec<Undo>,
+}
+
+impl Rollback {
+    pub fn delete_link(&mut self, ifindex: u32) {
+        self.steps.push(Undo::DeleteLink(ifindex));
+    }
+
+    pub fn detach(&mut self, ifname: &str) {
+        self.steps.push(Undo::Detach(ifname.into()));
+    }
+
+    pub fn delete_link_in(&mut self, netns: PathBuf, name: &str) {
+        self.steps.push(Undo::DeleteLinkIn(netns, name.into()));
+    }
+
+    /// Undoes everything and returns `failed`, wrapped if undoing failed too.
+    pub async fn undo(
+        self,
+        netlink: &Netlink,
+        datapath: &Datapath,
+        failed: NetworkError,
+    ) -> NetworkError {
+        let mut errors = Vec::new();
+        for step in self.steps.into_iter().rev() {
+            let result = match step {
+                Undo::DeleteLink(ifindex) => netlink
+                    .delete_link(ifindex)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Undo::Detach(ifname) => datapath
+                    .detach(&ifname)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Undo::DeleteLinkIn(path, name) => delete_link_in(path, name).await,
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            failed
+        } else {
+            NetworkError::RollbackFailed {
+                failed: Box::new(failed),
+                undo: errors.join("; "),
+            }
+        }
+    }
+}
+
+pub(super) async fn delete_link_in(path: PathBuf, name: String) -> Result<(), String> {
+    let display = path.display().to_string();
+    let job = move || async move {
+        let netlink = Netlink::connect()?;
+        match netlink.link_by_name(&name).await {
+            Ok(link) => netlink.delete_link(link.ifindex).await,
+            Err(crate::netlink::NetlinkError::NoSuchInterface { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    // A blocking thread: run_in spawns and joins its own thread.
+    tokio::task::spawn_blocking(move || netns::run_in(&path, job))
+        .await
+        .map_err(|e| format!("{display}: {e}"))?
+        .map_err(|e| format!("{display}: {e}"))?
+        .map_err(|e| format!("{display}: {e}"))
+}

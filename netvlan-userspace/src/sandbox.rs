@@ -1,0 +1,69 @@
+//! Sandboxes: the network namespaces containers live in.
+//!
+//! A sandbox is named the way users already name namespaces: a name from
+//! `ip netns` (`/var/run/netns/NAME`), a path to a namespace file
+//! (`/proc/PID/ns/net`, a bind mount), or `pid:PID`.
+
+use std::path::{Path, PathBuf};
+
+use crate::netns::NetnsId;
+
+/// `NSFS_MAGIC` from `linux/magic.h`: namespace files live on nsfs.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("unknown sandbox '{given}': {path} does not exist (give a name from `ip netns`, a path to a namespace file, or pid:PID)")]
+    NotFound { given: String, path: PathBuf },
+    #[error("sandbox '{given}': {path} is not a network namespace file")]
+    NotANamespace { given: String, path: PathBuf },
+    #[error("sandbox '{given}': bad pid")]
+    BadPid { given: String },
+}
+
+/// A resolved sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    /// How the user named it; the key of its endpoints in the state.
+    pub key: String,
+    pub path: PathBuf,
+    pub id: NetnsId,
+}
+
+impl Sandbox {
+    pub fn resolve(given: &str) -> Result<Self, SandboxError> {
+        let path = if let Some(pid) = given.strip_prefix("pid:") {
+            let pid: u32 = pid.parse().map_err(|_| SandboxError::BadPid {
+                given: given.into(),
+            })?;
+            PathBuf::from(format!("/proc/{pid}/ns/net"))
+        } else if given.contains('/') {
+            PathBuf::from(given)
+        } else {
+            Path::new("/var/run/netns").join(given)
+        };
+        let meta = std::fs::metadata(&path).map_err(|_| SandboxError::NotFound {
+            given: given.into(),
+            path: path.clone(),
+        })?;
+        let is_nsfs = nix::sys::statfs::statfs(&path)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::FsType(NSFS_MAGIC as _))
+            .unwrap_or(false);
+        // A bind-mounted namespace file shows nsfs; a plain file does not.
+        if !is_nsfs {
+            return Err(SandboxError::NotANamespace {
+                given: given.into(),
+                path,
+            });
+        }
+        use std::os::unix::fs::MetadataExt;
+        Ok(Sandbox {
+            key: given.to_string(),
+            path,
+            id: NetnsId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        })
+    }
+}

@@ -1,0 +1,673 @@
+//! Docker-compatible networks end to end: a "host" namespace whose `eth0`
+//! is wired to a "switch" namespace holding an external host, containers
+//! as namespaces, and `netvlan network …` / `connect` run in the host.
+
+use netvlan_tests::{
+    netvlan_with_state, require_kernel_feature, veth_pair, BpfDir, KernelFeature, Netns, Run,
+    StateDir,
+};
+use serde_json::Value;
+
+struct Lan {
+    host: Netns,
+    switch: Netns,
+    bpf: BpfDir,
+    state: StateDir,
+}
+
+impl Lan {
+    /// `ipv6`: keep IPv6 on in every namespace of the lab.
+    fn new(ipv6: bool) -> Self {
+        let make = |kind| {
+            if ipv6 {
+                Netns::with_ipv6(kind)
+            } else {
+                Netns::new(kind)
+            }
+        };
+        let host = make("nhost");
+        let switch = make("nsw");
+        veth_pair(&host, "eth0", &switch, "peer0");
+        Lan {
+            host,
+            switch,
+            bpf: BpfDir::new(),
+            state: StateDir::new(),
+        }
+    }
+
+    fn netvlan(&self, args: &[&str]) -> Run {
+        netvlan_with_state(&self.host, &self.bpf, &self.state, args)
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        self.netvlan(&["network", "inspect", name]).ok().json()[0].clone()
+    }
+
+    fn host_links(&self) -> Vec<String> {
+        let out = self.host.exec("ip", &["-j", "link", "show"]);
+        let links: Value = serde_json::from_slice(&out.stdout).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn container(&self, ipv6: bool) -> Netns {
+        if ipv6 {
+            Netns::with_ipv6("nctr")
+        } else {
+            Netns::new("nctr")
+        }
+    }
+}
+
+#[test]
+fn bridge_network_gives_docker_addresses_and_reaches_the_lan() {
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "172.16.86.254/24", "dev", "peer0"]);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "172.16.86.0/24",
+        "--gateway",
+        "172.16.86.1",
+        "-o",
+        "parent=eth0",
+        "lan",
+    ])
+    .ok();
+    let c1 = lan.container(false);
+    let c2 = lan.container(false);
+    let first = lan
+        .netvlan(&["connect", "--json", "lan", c1.name()])
+        .ok()
+        .json();
+    assert_eq!(first["endpoint"]["ipv4"], "172.16.86.2/24");
+    assert_eq!(first["endpoint"]["mac"], "02:42:ac:10:56:02");
+    lan.netvlan(&["connect", "lan", c2.name()]).ok();
+
+    // The kernel's view inside the container, not our state.
+    let eth0 = c1.link_json("eth0");
+    assert_eq!(eth0["address"], "02:42:ac:10:56:02");
+    assert_eq!(eth0["linkinfo"]["info_kind"], "macvlan");
+    assert_eq!(eth0["linkinfo"]["info_data"]["mode"], "bridge");
+    let routes = String::from_utf8(c1.exec("ip", &["route", "show", "default"]).stdout).unwrap();
+    assert!(routes.contains("via 172.16.86.1 dev eth0"), "{routes}");
+
+    assert!(
+        c1.can_ping("172.16.86.254"),
+        "container cannot reach the external host"
+    );
+    assert!(
+        c1.can_ping("172.16.86.3"),
+        "container cannot reach the other container"
+    );
+
+    let inspect = lan.inspect("lan");
+    assert_eq!(inspect["Driver"], "macvlan");
+    assert_eq!(inspect["Scope"], "local");
+    assert_eq!(inspect["IPAM"]["Config"][0]["Subnet"], "172.16.86.0/24");
+    assert_eq!(inspect["IPAM"]["Config"][0]["Gateway"], "172.16.86.1");
+    let containers = inspect["Containers"].as_object().unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[c2.name()]["IPv4Address"], "172.16.86.3/24");
+    assert_eq!(containers[c2.name()]["MacAddress"], "02:42:ac:10:56:03");
+
+    // The datapath counts the containers' traffic on the parent.
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    let macs = stats["interfaces"][0]["macs"].as_array().unwrap();
+    assert!(
+        macs.iter()
+            .any(|m| m["mac"] == "02:42:ac:10:56:02" && m["rx_packets"].as_u64() > Some(0)),
+        "{stats:#}"
+    );
+
+    // Disconnect deletes the link and frees the address.
+    lan.netvlan(&["network", "rm", "lan"]).failed();
+    lan.netvlan(&["disconnect", "lan", c1.name()]).ok();
+    assert!(
+        c1.command("ip")
+            .args(["link", "show", "eth0"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0)
+    );
+    let again = lan
+        .netvlan(&["connect", "--json", "lan", c1.name()])
+        .ok()
+        .json();
+    assert_eq!(
+        again["endpoint"]["ipv4"], "172.16.86.2/24",
+        "the freed address is handed out again"
+    );
+    for c in [&c1, &c2] {
+        lan.netvlan(&["disconnect", "lan", c.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "lan"]).ok();
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        lan.bpf.contents(),
+        Vec::<String>::new(),
+        "the datapath is detached with the last network"
+    );
+}
+
+#[test]
+fn ip_range_and_aux_addresses_shape_allocation() {
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "172.16.86.0/24",
+        "--ip-range",
+        "172.16.86.128/25",
+        "--aux-address",
+        "my-router=172.16.86.128",
+        "-o",
+        "parent=eth0",
+        "ranged",
+    ])
+    .ok();
+    let c1 = lan.container(false);
+    let c2 = lan.container(false);
+    let first = lan
+        .netvlan(&["connect", "--json", "ranged", c1.name()])
+        .ok()
+        .json();
+    assert_eq!(
+        first["endpoint"]["ipv4"], "172.16.86.129/24",
+        "the range starts at .128, which is an aux-address"
+    );
+    let explicit = lan
+        .netvlan(&[
+            "connect",
+            "--json",
+            "--ip",
+            "172.16.86.20",
+            "ranged",
+            c2.name(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        explicit["endpoint"]["ipv4"], "172.16.86.20/24",
+        "--ip may be anywhere in the subnet"
+    );
+    let c3 = lan.container(false);
+    let run = lan
+        .netvlan(&["connect", "--ip", "172.16.86.128", "ranged", c3.name()])
+        .failed();
+    assert!(
+        run.stderr.contains("reserved as aux-address 'my-router'"),
+        "{}",
+        run.stderr
+    );
+    let run = lan
+        .netvlan(&["connect", "--ip", "172.16.86.20", "ranged", c3.name()])
+        .failed();
+    assert!(run.stderr.contains("already in use"), "{}", run.stderr);
+    assert!(
+        c3.command("ip")
+            .args(["link", "show", "eth0"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0),
+        "failed connect left a link"
+    );
+    let aux = lan.inspect("ranged");
+    assert_eq!(
+        aux["IPAM"]["Config"][0]["AuxiliaryAddresses"]["my-router"],
+        "172.16.86.128"
+    );
+    for c in [&c1, &c2] {
+        lan.netvlan(&["disconnect", "ranged", c.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "ranged"]).ok();
+}
+
+#[test]
+fn bad_input_is_named_and_leaves_nothing_behind() {
+    let lan = Lan::new(false);
+    let links_before = lan.host_links();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--subnet", "10.0.0.0/33", "-o", "parent=eth0", "n"],
+            "10.0.0.0/33",
+        ),
+        (
+            &["--subnet", "10.0.0.5/24", "-o", "parent=eth0", "n"],
+            "it should be 10.0.0.0/24",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.0.0.0/24",
+                "--gateway",
+                "10.9.0.1",
+                "-o",
+                "parent=eth0",
+                "n",
+            ],
+            "gateway 10.9.0.1 is outside every subnet",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.0.0.0/24",
+                "--ip-range",
+                "10.1.0.0/25",
+                "-o",
+                "parent=eth0",
+                "n",
+            ],
+            "10.1.0.0/25",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.0.0.0/24",
+                "--aux-address",
+                "r=10.9.9.9",
+                "-o",
+                "parent=eth0",
+                "n",
+            ],
+            "10.9.9.9",
+        ),
+        (
+            &["--subnet", "10.0.0.0/24", "-o", "parent=nosuch0", "n"],
+            "parent interface 'nosuch0' does not exist",
+        ),
+        (
+            &["--subnet", "10.0.0.0/24", "-o", "parent=eth0.4095", "n"],
+            "VLAN id 4095 in parent 'eth0.4095' is outside 1..4094",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.0.0.0/24",
+                "-o",
+                "parent=eth0",
+                "-o",
+                "macvlan_mode=hairpin",
+                "n",
+            ],
+            "macvlan_mode=hairpin",
+        ),
+        (
+            &["--subnet", "10.0.0.0/24", "-o", "parent=eth0", "bad/name"],
+            "network name 'bad/name' is invalid",
+        ),
+        (&["-o", "parent=eth0", "n"], "--subnet is required"),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["network", "create"];
+        full.extend_from_slice(args);
+        let run = lan.netvlan(&full).failed();
+        assert!(
+            run.stderr.contains(expected),
+            "`{}`: expected '{expected}' in: {}",
+            full.join(" "),
+            run.stderr
+        );
+    }
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.0.0.0/24",
+        "-o",
+        "parent=eth0",
+        "first",
+    ])
+    .ok();
+    let dup = lan
+        .netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.5.0.0/24",
+            "-o",
+            "parent=eth0",
+            "first",
+        ])
+        .failed();
+    assert!(
+        dup.stderr
+            .contains("a network named 'first' already exists"),
+        "{}",
+        dup.stderr
+    );
+    let overlap = lan
+        .netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.0.128/25",
+            "-o",
+            "parent=eth0",
+            "second",
+        ])
+        .failed();
+    assert!(
+        overlap
+            .stderr
+            .contains("overlaps subnet 10.0.0.0/24 of network 'first'"),
+        "{}",
+        overlap.stderr
+    );
+    let ctr = lan.container(false);
+    let unknown = lan
+        .netvlan(&["connect", "first", "nvt-no-such-sandbox"])
+        .failed();
+    assert!(
+        unknown
+            .stderr
+            .contains("unknown sandbox 'nvt-no-such-sandbox'"),
+        "{}",
+        unknown.stderr
+    );
+    let unknown_net = lan.netvlan(&["connect", "nonet", ctr.name()]).failed();
+    assert!(
+        unknown_net.stderr.contains("no network named 'nonet'"),
+        "{}",
+        unknown_net.stderr
+    );
+    lan.netvlan(&["network", "rm", "first"]).ok();
+
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        lan.host_links(),
+        links_before,
+        "a failed create left a link behind"
+    );
+    assert_eq!(
+        lan.bpf.contents(),
+        Vec::<String>::new(),
+        "a failed create left pins behind"
+    );
+}
+
+#[test]
+fn eight_concurrent_connects_get_distinct_addresses() {
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "172.16.90.0/24",
+        "-o",
+        "parent=eth0",
+        "busy",
+    ])
+    .ok();
+    let containers: Vec<Netns> = (0..8).map(|_| lan.container(false)).collect();
+    let runs: Vec<Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = containers
+            .iter()
+            .map(|c| scope.spawn(|| lan.netvlan(&["connect", "--json", "busy", c.name()])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addresses: Vec<String> = runs
+        .into_iter()
+        .map(|r| {
+            r.ok().json()["endpoint"]["ipv4"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 8, "duplicate addresses: {addresses:?}");
+    let inspect = lan.inspect("busy");
+    assert_eq!(inspect["Containers"].as_object().unwrap().len(), 8);
+    for c in &containers {
+        let addr = inspect["Containers"][c.name()]["IPv4Address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let shown =
+            String::from_utf8(c.exec("ip", &["-br", "addr", "show", "eth0"]).stdout).unwrap();
+        assert!(
+            shown.contains(&addr),
+            "{} has not {addr}: {shown}",
+            c.name()
+        );
+        lan.netvlan(&["disconnect", "busy", c.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "busy"]).ok();
+}
+
+#[test]
+fn dual_stack_network_gives_ipv6_address_and_route() {
+    let lan = Lan::new(true);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "172.16.87.0/24",
+        "--subnet",
+        "fd00:86::/64",
+        "-o",
+        "parent=eth0",
+        "dual",
+    ])
+    .ok();
+    let inspect = lan.inspect("dual");
+    assert_eq!(
+        inspect["EnableIPv6"], true,
+        "IPv6 is inferred from the IPv6 subnet"
+    );
+    assert!(
+        inspect["Options"]["netvlan.ipv6_inferred"].is_string(),
+        "{inspect:#}"
+    );
+    let c = lan.container(true);
+    let run = lan
+        .netvlan(&["connect", "--json", "dual", c.name()])
+        .ok()
+        .json();
+    assert_eq!(run["endpoint"]["ipv4"], "172.16.87.2/24");
+    assert_eq!(run["endpoint"]["ipv6"], "fd00:86::2/64");
+    let v6 = String::from_utf8(c.exec("ip", &["-6", "addr", "show", "eth0"]).stdout).unwrap();
+    assert!(v6.contains("fd00:86::2/64"), "{v6}");
+    let route =
+        String::from_utf8(c.exec("ip", &["-6", "route", "show", "default"]).stdout).unwrap();
+    assert!(route.contains("via fd00:86::1"), "{route}");
+    lan.netvlan(&["disconnect", "dual", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "dual"]).ok();
+}
+
+#[test]
+fn vlan_networks_reach_their_vlan_only_and_remove_their_sub_interfaces() {
+    if !require_kernel_feature(KernelFeature::Vlan) {
+        return;
+    }
+    let lan = Lan::new(false);
+    // The switch side: one external host address per VLAN, same subnet.
+    for (vid, addr) in [("10", "192.168.50.254/24"), ("20", "192.168.50.253/24")] {
+        let dev = format!("peer0.{vid}");
+        lan.switch.exec(
+            "ip",
+            &[
+                "link", "add", "link", "peer0", "name", &dev, "type", "vlan", "id", vid,
+            ],
+        );
+        lan.switch.exec("ip", &["addr", "add", addr, "dev", &dev]);
+        lan.switch.exec("ip", &["link", "set", &dev, "up"]);
+    }
+    for (vid, name) in [("10", "v10"), ("20", "v20")] {
+        let parent = format!("parent=eth0.{vid}");
+        lan.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "192.168.50.0/24",
+            "-o",
+            &parent,
+            name,
+        ])
+        .ok();
+    }
+    let vlan = lan.host.link_json("eth0.10");
+    assert_eq!(vlan["linkinfo"]["info_data"]["id"], 10, "{vlan:#}");
+    assert_eq!(
+        lan.inspect("v10")["Netvlan"]["ParentCreatedByNetvlan"],
+        true
+    );
+
+    let a = lan.container(false);
+    let b = lan.container(false);
+    let c = lan.container(false);
+    lan.netvlan(&["connect", "--ip", "192.168.50.10", "v10", a.name()])
+        .ok();
+    lan.netvlan(&["connect", "--ip", "192.168.50.11", "v10", b.name()])
+        .ok();
+    lan.netvlan(&["connect", "--ip", "192.168.50.20", "v20", c.name()])
+        .ok();
+    assert!(a.can_ping("192.168.50.11"), "same VLAN must be reachable");
+    assert!(
+        a.can_ping("192.168.50.254"),
+        "the VLAN 10 external host must be reachable"
+    );
+    assert!(
+        !a.can_ping("192.168.50.20"),
+        "VLAN 10 reached a VLAN 20 container"
+    );
+    assert!(
+        !a.can_ping("192.168.50.253"),
+        "VLAN 10 reached the VLAN 20 external host"
+    );
+    assert!(
+        c.can_ping("192.168.50.253"),
+        "VLAN 20 container reaches its external host"
+    );
+
+    // The datapath watches the trunk and counts per VLAN.
+    let stats = lan
+        .netvlan(&["stats", "--json", "--iface", "eth0"])
+        .ok()
+        .json();
+    let vlans: Vec<u64> = stats["interfaces"][0]["vlans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["vlan"].as_u64().unwrap())
+        .collect();
+    assert!(vlans.contains(&10) && vlans.contains(&20), "{stats:#}");
+
+    for (net, ctr) in [("v10", &a), ("v10", &b), ("v20", &c)] {
+        lan.netvlan(&["disconnect", net, ctr.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "v10", "v20"]).ok();
+    let links = lan.host_links();
+    assert!(
+        !links.iter().any(|l| l.starts_with("eth0.")),
+        "sub-interfaces left: {links:?}"
+    );
+}
+
+#[test]
+fn ipvlan_l2_shares_the_parent_mac_and_l3_routes() {
+    if !require_kernel_feature(KernelFeature::Ipvlan) {
+        return;
+    }
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "10.60.0.254/24", "dev", "peer0"]);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        "10.60.0.0/24",
+        "-o",
+        "parent=eth0",
+        "l2net",
+    ])
+    .ok();
+    let taken = lan
+        .netvlan(&[
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "--subnet",
+            "10.61.0.0/24",
+            "-o",
+            "parent=eth0",
+            "other",
+        ])
+        .failed();
+    assert!(
+        taken
+            .stderr
+            .contains("network 'l2net' is already using parent interface eth0"),
+        "{}",
+        taken.stderr
+    );
+    let c = lan.container(false);
+    lan.netvlan(&["connect", "l2net", c.name()]).ok();
+    let parent_mac = lan.host.link_json("eth0")["address"].clone();
+    assert_eq!(
+        c.link_json("eth0")["address"],
+        parent_mac,
+        "ipvlan endpoints show the parent's MAC"
+    );
+    assert_eq!(c.link_json("eth0")["linkinfo"]["info_data"]["mode"], "l2");
+    assert!(
+        c.can_ping("10.60.0.254"),
+        "ipvlan l2 endpoint reaches the LAN"
+    );
+    lan.netvlan(&["disconnect", "l2net", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "l2net"]).ok();
+
+    lan.netvlan(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        "10.70.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "ipvlan_mode=l3",
+        "l3net",
+    ])
+    .ok();
+    let d = lan.container(false);
+    lan.netvlan(&["connect", "l3net", d.name()]).ok();
+    assert_eq!(d.link_json("eth0")["linkinfo"]["info_data"]["mode"], "l3");
+    let route = String::from_utf8(d.exec("ip", &["route", "show", "default"]).stdout).unwrap();
+    assert!(
+        route.contains("default dev eth0"),
+        "l3 routes out of the device: {route}"
+    );
+    lan.netvlan(&["disconnect", "l3net", d.name()]).ok();
+    lan.netvlan(&["network", "rm", "l3net"]).ok();
+}
