@@ -101,13 +101,24 @@ impl Netns {
     }
 
     /// Whether `ping` from this namespace reaches `address` (one probe).
+    /// A ping that could not run at all panics: a negative answer must
+    /// mean "no reply", never "no ping binary".
     pub fn can_ping(&self, address: &str) -> bool {
-        self.command("ping")
+        let out = self
+            .command("ping")
             .args(["-c", "1", "-W", "2", address])
             .output()
-            .expect("ping runs")
-            .status
-            .success()
+            .expect("nsenter runs");
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!(
+                "ping {address} in {} could not run ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -507,17 +507,21 @@ fn vlan_networks_reach_their_vlan_only_and_remove_their_sub_interfaces() {
         return;
     }
     let lan = Lan::new(false);
-    // The switch side: one external host address per VLAN, same subnet.
-    for (vid, addr) in [("10", "192.168.50.254/24"), ("20", "192.168.50.253/24")] {
+    // The switch side: one external host per VLAN, each its own namespace
+    // (one namespace holding both addresses would answer ARP on either
+    // VLAN), in the same subnet so only the VLAN separates them.
+    let externals = [Netns::new("next"), Netns::new("next")];
+    let plan = [("10", "192.168.50.254/24"), ("20", "192.168.50.253/24")];
+    for ((vid, addr), host) in plan.into_iter().zip(&externals) {
         let dev = format!("peer0.{vid}");
-        lan.switch.exec(
-            "ip",
-            &[
-                "link", "add", "link", "peer0", "name", &dev, "type", "vlan", "id", vid,
-            ],
-        );
-        lan.switch.exec("ip", &["addr", "add", addr, "dev", &dev]);
-        lan.switch.exec("ip", &["link", "set", &dev, "up"]);
+        let add = [
+            "link", "add", "link", "peer0", "name", &dev, "type", "vlan", "id", vid,
+        ];
+        lan.switch.exec("ip", &add);
+        lan.switch
+            .exec("ip", &["link", "set", &dev, "netns", host.name()]);
+        host.exec("ip", &["addr", "add", addr, "dev", &dev]);
+        host.exec("ip", &["link", "set", &dev, "up"]);
     }
     for (vid, name) in [("10", "v10"), ("20", "v20")] {
         let parent = format!("parent=eth0.{vid}");

@@ -36,6 +36,7 @@ const VM_PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "binutils",
+    "iputils-ping",
 ];
 
 /// Kernel modules the tests need, loaded with their dependencies. Modules
@@ -52,7 +53,7 @@ const MODULES: &[&str] = &[
 
 /// Host programs copied into the initramfs (with their libraries). The
 /// tests need the real iproute2 (`ip -j`), not busybox's applet.
-const HOST_PROGRAMS: &[&str] = &["ip", "ethtool", "nsenter"];
+const HOST_PROGRAMS: &[&str] = &["ip", "ethtool", "nsenter", "ping"];
 
 /// Line the guest prints once, last; everything else on the console is log.
 const RESULT_MARKER: &str = "NETVLAN-VM-RESULT";
