@@ -675,3 +675,321 @@ fn ipvlan_l2_shares_the_parent_mac_and_l3_routes() {
     lan.netvlan(&["disconnect", "l3net", d.name()]).ok();
     lan.netvlan(&["network", "rm", "l3net"]).ok();
 }
+
+#[test]
+fn restore_after_a_simulated_reboot_brings_back_links_datapath_and_connectivity() {
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "172.16.88.254/24", "dev", "peer0"]);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "172.16.88.0/24",
+        "-o",
+        "parent=eth0",
+        "boot",
+    ])
+    .ok();
+    let c = lan.container(false);
+    let gone = lan.container(false);
+    lan.netvlan(&["connect", "boot", c.name()]).ok();
+    lan.netvlan(&["connect", "boot", gone.name()]).ok();
+
+    // "Reboot": the endpoints' links vanish, bpffs is empty, and one
+    // sandbox never comes back.
+    c.exec("ip", &["link", "del", "eth0"]);
+    lan.netvlan(&["datapath", "detach", "eth0"]).ok();
+    let gone_name = gone.name().to_string();
+    drop(gone);
+
+    let report = lan.netvlan(&["restore", "--json"]).ok().json();
+    let actions: Vec<String> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.starts_with("attach datapath to eth0")),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a == &format!("recreate eth0 in {}", c.name())),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a == &format!("drop endpoint of vanished sandbox {gone_name}")),
+        "{actions:?}"
+    );
+    assert!(
+        report["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["error"].is_null()),
+        "{report:#}"
+    );
+
+    assert_eq!(
+        c.link_json("eth0")["address"],
+        "02:42:ac:10:58:02",
+        "same MAC after restore"
+    );
+    assert!(c.can_ping("172.16.88.254"), "connectivity after restore");
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    let mac = stats["interfaces"][0]["macs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == "02:42:ac:10:58:02")
+        .cloned();
+    let mac =
+        mac.unwrap_or_else(|| panic!("restored datapath did not count the container: {stats:#}"));
+    assert_eq!(mac["network"], "boot");
+    assert_eq!(mac["endpoint"], c.name());
+
+    let again = lan.netvlan(&["restore", "--json"]).ok().json();
+    assert_eq!(
+        again["actions"],
+        serde_json::json!([]),
+        "restore is idempotent"
+    );
+    let inspect = lan.inspect("boot");
+    assert_eq!(
+        inspect["Containers"].as_object().unwrap().len(),
+        1,
+        "the vanished sandbox's endpoint is gone"
+    );
+    lan.netvlan(&["disconnect", "boot", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "boot"]).ok();
+}
+
+#[test]
+fn restore_recreates_the_vlan_sub_interface_it_created() {
+    if !require_kernel_feature(KernelFeature::Vlan) {
+        return;
+    }
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "192.168.30.0/24",
+        "-o",
+        "parent=eth0.30",
+        "v30",
+    ])
+    .ok();
+    let c = lan.container(false);
+    lan.netvlan(&["connect", "v30", c.name()]).ok();
+    lan.host.exec("ip", &["link", "del", "eth0.30"]); // takes the endpoint with it
+    let report = lan.netvlan(&["restore", "--json"]).ok().json();
+    let actions: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"recreate parent eth0.30"), "{actions:?}");
+    assert_eq!(
+        lan.host.link_json("eth0.30")["linkinfo"]["info_data"]["id"],
+        30
+    );
+    assert_eq!(c.link_json("eth0")["linkinfo"]["info_kind"], "macvlan");
+    lan.netvlan(&["disconnect", "v30", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "v30"]).ok();
+    assert!(!lan.host_links().contains(&"eth0.30".to_string()));
+}
+
+#[test]
+fn endpoints_announce_themselves_with_gratuitous_arp() {
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "172.16.89.254/24", "dev", "peer0"]);
+    // Let the "switch" learn from unsolicited ARP, as a LAN peer would.
+    lan.switch.exec(
+        "sh",
+        &["-c", "echo 1 > /proc/sys/net/ipv4/conf/peer0/arp_accept"],
+    );
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "172.16.89.0/24",
+        "-o",
+        "parent=eth0",
+        "garp",
+    ])
+    .ok();
+    let c = lan.container(false);
+    lan.netvlan(&["connect", "garp", c.name()]).ok();
+    let learned = netvlan_tests::wait_for(std::time::Duration::from_secs(5), || {
+        let neigh = String::from_utf8(
+            lan.switch
+                .exec("ip", &["neigh", "show", "172.16.89.2"])
+                .stdout,
+        )
+        .unwrap();
+        neigh.contains("02:42:ac:10:59:02").then_some(neigh)
+    });
+    assert!(
+        learned.is_some(),
+        "the LAN never learned the endpoint without traffic"
+    );
+    lan.netvlan(&["disconnect", "garp", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "garp"]).ok();
+}
+
+#[test]
+fn macvlan_networks_share_a_parent_unless_passthru() {
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.80.0.0/24",
+        "-o",
+        "parent=eth0",
+        "a",
+    ])
+    .ok();
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.81.0.0/24",
+        "-o",
+        "parent=eth0",
+        "b",
+    ])
+    .ok();
+    let pt = lan
+        .netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.82.0.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "macvlan_mode=passthru",
+            "p",
+        ])
+        .failed();
+    assert!(
+        pt.stderr.contains("is already using parent interface eth0"),
+        "{}",
+        pt.stderr
+    );
+    lan.netvlan(&["network", "rm", "a", "b"]).ok();
+
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.82.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "macvlan_mode=passthru",
+        "p",
+    ])
+    .ok();
+    let c1 = lan.container(false);
+    let c2 = lan.container(false);
+    lan.netvlan(&["connect", "p", c1.name()]).ok();
+    assert_eq!(
+        c1.link_json("eth0")["linkinfo"]["info_data"]["mode"],
+        "passthru"
+    );
+    let second = lan.netvlan(&["connect", "p", c2.name()]).failed();
+    assert!(
+        second
+            .stderr
+            .contains("passthru network 'p' already has its one endpoint"),
+        "{}",
+        second.stderr
+    );
+    lan.netvlan(&["disconnect", "p", c1.name()]).ok();
+    lan.netvlan(&["network", "rm", "p"]).ok();
+}
+
+#[test]
+fn every_macvlan_mode_is_configured_in_the_kernel() {
+    let lan = Lan::new(false);
+    for (i, mode) in ["bridge", "vepa", "private"].into_iter().enumerate() {
+        let name = format!("m{mode}");
+        let subnet = format!("10.9{i}.0.0/24");
+        let opt = format!("macvlan_mode={mode}");
+        lan.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            &subnet,
+            "-o",
+            "parent=eth0",
+            "-o",
+            &opt,
+            &name,
+        ])
+        .ok();
+        let c = lan.container(false);
+        lan.netvlan(&["connect", &name, c.name()]).ok();
+        assert_eq!(c.link_json("eth0")["linkinfo"]["info_data"]["mode"], mode);
+        assert_eq!(lan.inspect(&name)["Options"]["macvlan_mode"], mode);
+        lan.netvlan(&["disconnect", &name, c.name()]).ok();
+        lan.netvlan(&["network", "rm", &name]).ok();
+    }
+}
+
+#[test]
+fn internal_network_without_parent_connects_its_containers_only() {
+    let lan = Lan::new(false);
+    let created = lan
+        .netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.99.0.0/24",
+            "--json",
+            "island",
+        ])
+        .ok()
+        .json();
+    assert_eq!(created["Internal"], true);
+    assert_eq!(created["Netvlan"]["ParentKind"], "placeholder");
+    let placeholder = created["Netvlan"]["Parent"].as_str().unwrap().to_string();
+    assert!(
+        lan.host_links().contains(&placeholder),
+        "placeholder {placeholder} missing"
+    );
+    let a = lan.container(false);
+    let b = lan.container(false);
+    lan.netvlan(&["connect", "island", a.name()]).ok();
+    lan.netvlan(&["connect", "island", b.name()]).ok();
+    assert!(
+        a.can_ping("10.99.0.3"),
+        "containers on an internal network reach each other"
+    );
+    let routes = String::from_utf8(a.exec("ip", &["route", "show", "default"]).stdout).unwrap();
+    assert!(
+        routes.trim().is_empty(),
+        "internal networks get no default route: {routes}"
+    );
+    for c in [&a, &b] {
+        lan.netvlan(&["disconnect", "island", c.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "island"]).ok();
+    assert!(
+        !lan.host_links().contains(&placeholder),
+        "placeholder {placeholder} left behind"
+    );
+    assert_eq!(lan.bpf.contents(), Vec::<String>::new());
+}

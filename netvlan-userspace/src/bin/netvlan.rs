@@ -58,6 +58,14 @@ enum Command {
     /// Attach, detach and inspect the XDP datapath on interfaces.
     #[command(subcommand)]
     Datapath(DatapathCommand),
+    /// Recreate what the stored networks need after a reboot: VLAN
+    /// sub-interfaces and placeholders netvlan created, datapath
+    /// attachments, and the endpoints whose sandboxes still exist.
+    /// Safe to run any number of times.
+    Restore {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Show the datapath's counters: per VLAN, per destination MAC, anomalies.
     ///
     /// Counters are per-CPU in the kernel and summed here. Frames whose L2
@@ -236,7 +244,27 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Datapath(cmd) => datapath_command(&datapath, cmd).await,
-        Command::Stats(args) => stats_command(&datapath, args).await,
+        Command::Stats(args) => stats_command(&datapath, &cli.state_dir, args).await,
+        Command::Restore { output } => {
+            let actions = manager()?.restore().await?;
+            let failed = actions.iter().filter(|a| a.error.is_some()).count();
+            if output.json {
+                print_json(&serde_json::json!({ "actions": actions }))?;
+            } else if actions.is_empty() {
+                println!("everything is in place; nothing to restore");
+            } else {
+                for a in &actions {
+                    match &a.error {
+                        None => println!("{}: {}", a.network, a.action),
+                        Some(e) => println!("{}: {} FAILED: {e}", a.network, a.action),
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} restore action(s) failed");
+            }
+            Ok(())
+        }
         Command::Network(cmd) => network_command(&manager()?, cmd).await,
         Command::Connect(args) => {
             let (record, endpoint) = manager()?
@@ -481,10 +509,33 @@ fn print_status(statuses: &[AttachmentStatus]) {
     }
 }
 
-async fn stats_command(datapath: &Datapath, args: StatsArgs) -> Result<()> {
+async fn stats_command(
+    datapath: &Datapath,
+    state_dir: &std::path::Path,
+    args: StatsArgs,
+) -> Result<()> {
     let mut report = StatsReport::default();
     for (attachment, pins) in datapath.attachments(args.iface.as_deref()).await? {
         report.interfaces.push(stats::read(&attachment, &pins)?);
+    }
+    // Name the MACs that belong to endpoints (when there is any state).
+    if state_dir.join("netvlan.redb").exists() {
+        let store = Store::open(state_dir)?;
+        let mut owners = std::collections::HashMap::new();
+        for record in store.networks::<network::NetworkRecord>()? {
+            for endpoint in record.endpoints.values() {
+                owners.insert(
+                    endpoint.mac.clone(),
+                    (record.name.clone(), endpoint.sandbox.clone()),
+                );
+            }
+        }
+        for mac in report.interfaces.iter_mut().flat_map(|i| i.macs.iter_mut()) {
+            if let Some((network, endpoint)) = owners.get(&mac.mac) {
+                mac.network = Some(network.clone());
+                mac.endpoint = Some(endpoint.clone());
+            }
+        }
     }
     if args.output.json {
         return print_json(&report);
@@ -521,8 +572,12 @@ async fn stats_command(datapath: &Datapath, args: StatsArgs) -> Result<()> {
             "DESTINATION MAC", "PACKETS", "BYTES"
         );
         for m in &iface.macs {
+            let owner = match (&m.network, &m.endpoint) {
+                (Some(n), Some(e)) => format!("  {e} on {n}"),
+                _ => String::new(),
+            };
             println!(
-                "  {:<20} {:>12} {:>14}",
+                "  {:<20} {:>12} {:>14}{owner}",
                 m.mac, m.counters.rx_packets, m.counters.rx_bytes
             );
         }

@@ -42,6 +42,11 @@ pub struct VlanStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MacStats {
     pub mac: String,
+    /// The network and sandbox of the endpoint with this MAC, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     #[serde(flatten)]
     pub counters: RxCounters,
 }
@@ -148,6 +153,8 @@ pub fn read(
         .into_iter()
         .map(|(key, total)| MacStats {
             mac: format_mac(&key.addr),
+            network: None,
+            endpoint: None,
             counters: total.into(),
         })
         .collect();

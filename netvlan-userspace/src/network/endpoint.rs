@@ -175,61 +175,11 @@ impl Manager {
         };
 
         let endpoint_id = super::new_id();
-        let temp_name = format!("nvt{}", &endpoint_id[..10]);
-        let mut rollback = Rollback::default();
-        let ns_file = std::fs::File::open(&sandbox.path).map_err(|source| {
-            crate::netns::NetnsError::Open {
-                path: sandbox.path.clone(),
-                source,
-            }
-        })?;
-        let options = LinkOptions {
-            mac,
-            mtu: record.options.mtu,
-            netns_fd: Some(ns_file.as_raw_fd()),
-        };
-        if let Err(e) = self
-            .netlink()
-            .create_link_with(&temp_name, link, &options)
-            .await
-        {
-            return Err(e.into());
-        }
-        rollback.delete_link_in(sandbox.path.clone(), &temp_name);
-
-        let plan = SandboxPlan {
-            temp_name: temp_name.clone(),
-            ifname: ifname.clone(),
-            addresses: ipv4
-                .iter()
-                .chain(ipv6.iter())
-                .map(|ip| with_prefix(&record, *ip))
-                .collect(),
-            routes: if record.internal {
-                Vec::new()
-            } else {
-                default_routes(&record, ipv4.is_some(), ipv6.is_some())
-            },
-        };
-        let configured = tokio::task::spawn_blocking({
-            let path = sandbox.path.clone();
-            move || netns::run_in(&path, move || plan.apply())
-        })
-        .await
-        .expect("the sandbox thread is joined, never cancelled");
-        let result = match configured {
-            Ok(Ok(mac)) => Ok(mac),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.into()),
-        };
-        let actual_mac = match result {
-            Ok(mac) => mac,
-            Err(e) => {
-                // The link may already carry its final name.
-                rollback.delete_link_in(sandbox.path.clone(), &ifname);
-                return Err(rollback.undo(self.netlink(), self.datapath(), e).await);
-            }
-        };
+        let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
+        let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
+        let actual_mac = self
+            .materialize(&record, link, &sandbox.path, &ifname, mac, ipv4, ipv6)
+            .await?;
 
         let endpoint = Endpoint {
             id: endpoint_id,
@@ -237,19 +187,67 @@ impl Manager {
             netns_path: sandbox.path.clone(),
             ifname: ifname.clone(),
             mac: actual_mac.map(|m| format_mac(&m)).unwrap_or_default(),
-            ipv4: ipv4.map(|ip| with_prefix(&record, ip)),
-            ipv6: ipv6.map(|ip| with_prefix(&record, ip)),
+            ipv4,
+            ipv6,
         };
         record
             .endpoints
             .insert(sandbox.key.clone(), endpoint.clone());
         if let Err(e) = self.store().put_network(&record.name, &record) {
+            let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
             return Err(rollback
                 .undo(self.netlink(), self.datapath(), e.into())
                 .await);
         }
         Ok((record, endpoint))
+    }
+
+    /// Creates an endpoint's link on the parent directly inside the sandbox
+    /// (under a temporary name, so nothing ever appears in the host's
+    /// namespace or clashes with the sandbox's own interfaces), then names,
+    /// addresses and raises it there. On failure nothing is left behind.
+    /// Returns the link's MAC as the kernel reports it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn materialize(
+        &self,
+        record: &NetworkRecord,
+        link: NewLink,
+        sandbox: &std::path::Path,
+        ifname: &str,
+        mac: Option<[u8; 6]>,
+        ipv4: Option<IpNet>,
+        ipv6: Option<IpNet>,
+    ) -> Result<Option<[u8; 6]>, NetworkError> {
+        let temp_name = format!("nvt{:010x}", rand::random::<u64>() & 0xff_ffff_ffff);
+        let ns_file =
+            std::fs::File::open(sandbox).map_err(|source| crate::netns::NetnsError::Open {
+                path: sandbox.into(),
+                source,
+            })?;
+        let options = LinkOptions {
+            mac,
+            mtu: record.options.mtu,
+            netns_fd: Some(ns_file.as_raw_fd()),
+        };
+        self.netlink()
+            .create_link_with(&temp_name, link, &options)
+            .await?;
+
+        let plan = SandboxPlan {
+            temp_name,
+            ifname: ifname.to_string(),
+            addresses: ipv4.iter().chain(ipv6.iter()).copied().collect(),
+            routes: if record.internal {
+                Vec::new()
+            } else {
+                default_routes(record, ipv4.is_some(), ipv6.is_some())
+            },
+        };
+        let path = sandbox.to_path_buf();
+        tokio::task::spawn_blocking(move || netns::run_in(&path, move || plan.apply()))
+            .await
+            .expect("the sandbox thread is joined, never cancelled")?
     }
 
     /// Deletes the endpoint's link (if its sandbox still exists) and returns
@@ -328,27 +326,56 @@ struct SandboxPlan {
 }
 
 impl SandboxPlan {
-    /// Returns the link's MAC as the kernel reports it.
+    /// Returns the link's MAC as the kernel reports it. Deletes the link
+    /// (by index: never a same-named interface of the sandbox) on failure.
     async fn apply(self) -> Result<Option<[u8; 6]>, NetworkError> {
         let netlink = Netlink::connect()?;
         let link = netlink.link_by_name(&self.temp_name).await?;
+        let result = self.configure(&netlink, link.ifindex).await;
+        if result.is_err() {
+            if let Err(e) = netlink.delete_link(link.ifindex).await {
+                tracing::error!("cannot delete half-configured {}: {e}", self.temp_name);
+            }
+        }
+        result
+    }
+
+    async fn configure(
+        &self,
+        netlink: &Netlink,
+        ifindex: u32,
+    ) -> Result<Option<[u8; 6]>, NetworkError> {
         if netlink.link_by_name(&self.ifname).await.is_ok() {
             return Err(NetworkError::BadEndpoint(format!(
                 "the sandbox already has an interface named {}",
                 self.ifname
             )));
         }
-        netlink.rename(link.ifindex, &self.ifname).await?;
+        netlink.rename(ifindex, &self.ifname).await?;
         for address in &self.addresses {
-            netlink.add_address(link.ifindex, *address).await?;
+            netlink.add_address(ifindex, *address).await?;
         }
-        netlink.set_up(link.ifindex).await?;
+        announce_on_up(&self.ifname);
+        netlink.set_up(ifindex).await?;
         for (gateway, ipv6) in &self.routes {
-            netlink
-                .add_default_route(link.ifindex, *gateway, *ipv6)
-                .await?;
+            netlink.add_default_route(ifindex, *gateway, *ipv6).await?;
         }
-        Ok(netlink.link_by_index(link.ifindex).await?.mac)
+        Ok(netlink.link_by_index(ifindex).await?.mac)
+    }
+}
+
+/// Asks the kernel to announce the endpoint when it comes up: a gratuitous
+/// ARP (`arp_notify`) and an unsolicited neighbour advertisement
+/// (`ndisc_notify`), so switches and peers learn the new MAC at once.
+/// `/proc/sys/net` resolves to the calling thread's namespace. Best effort:
+/// an announcement that cannot be arranged is logged, never fatal.
+fn announce_on_up(ifname: &str) {
+    for (family, knob) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
+        let path = format!("/proc/sys/net/{family}/conf/{ifname}/{knob}");
+        if let Err(e) = std::fs::write(&path, "1") {
+            // No IPv6 in the sandbox is normal.
+            tracing::debug!("cannot set {path}: {e}");
+        }
     }
 }
 

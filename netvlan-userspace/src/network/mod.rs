@@ -9,6 +9,7 @@
 mod endpoint;
 mod inspect;
 mod options;
+mod restore;
 mod rollback;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use crate::{
 pub use endpoint::{ConnectRequest, Endpoint};
 pub use inspect::{inspect, list_rows};
 pub use options::{Driver, NetworkOptions};
+pub use restore::RestoreAction;
 use rollback::Rollback;
 
 /// Errors of network and endpoint commands. Each names the object.

@@ -1,0 +1,245 @@
+//! `netvlan restore`: bring the kernel back in line with the stored state
+//! after a reboot (or anything else that deleted links or pins).
+//!
+//! Idempotent: whatever already exists is left alone, so a second run
+//! reports nothing to do. Recreated endpoints keep their addresses and MAC.
+//! Endpoints whose sandbox no longer exists are dropped and their addresses
+//! freed, as Docker does for containers that are gone.
+
+use serde::Serialize;
+
+use super::{Driver, Manager, NetworkError, NetworkRecord, NewLink, ParentKind};
+use crate::{
+    datapath::{AttachMode, AttachOutcome},
+    netlink::NetlinkError,
+    netns,
+    sandbox::Sandbox,
+};
+
+/// One thing restore did, or could not do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RestoreAction {
+    pub network: String,
+    pub action: String,
+    /// `None` when it worked.
+    pub error: Option<String>,
+}
+
+impl Manager {
+    /// Restores every network; keeps going past failures and reports them.
+    pub async fn restore(&self) -> Result<Vec<RestoreAction>, NetworkError> {
+        let mut actions = Vec::new();
+        for mut record in self.networks()? {
+            let before = actions.len();
+            let parent_ok = self.restore_parent(&record, &mut actions).await;
+            if parent_ok {
+                self.restore_datapath(&record, &mut actions).await;
+                let changed = self.restore_endpoints(&mut record, &mut actions).await;
+                if changed {
+                    self.store().put_network(&record.name, &record)?;
+                }
+            }
+            if actions.len() == before {
+                tracing::debug!("{}: nothing to restore", record.name);
+            }
+        }
+        Ok(actions)
+    }
+
+    async fn restore_parent(
+        &self,
+        record: &NetworkRecord,
+        actions: &mut Vec<RestoreAction>,
+    ) -> bool {
+        let mut report = |action: String, error: Option<String>| {
+            actions.push(RestoreAction {
+                network: record.name.clone(),
+                action,
+                error,
+            })
+        };
+        match self.netlink().link_by_name(&record.parent.link).await {
+            Ok(_) => return true,
+            Err(NetlinkError::NoSuchInterface { .. }) => {}
+            Err(e) => {
+                report(
+                    format!("check parent {}", record.parent.link),
+                    Some(e.to_string()),
+                );
+                return false;
+            }
+        }
+        let result: Result<(), NetworkError> = async {
+            match &record.parent.kind {
+                ParentKind::Existing => {
+                    Err(NetworkError::UnknownParent(record.parent.link.clone()))
+                }
+                ParentKind::Vlan { base, vid } => {
+                    let base = self
+                        .netlink()
+                        .link_by_name(base)
+                        .await
+                        .map_err(|e| match e {
+                            NetlinkError::NoSuchInterface { name } => {
+                                NetworkError::UnknownParent(name)
+                            }
+                            other => other.into(),
+                        })?;
+                    let link = self
+                        .netlink()
+                        .create_link(
+                            &record.parent.link,
+                            NewLink::Vlan {
+                                parent: base.ifindex,
+                                vid: *vid,
+                            },
+                        )
+                        .await?;
+                    Ok(self.netlink().set_up(link.ifindex).await?)
+                }
+                ParentKind::Placeholder => {
+                    let ifindex = self.create_placeholder(&record.parent.link).await?;
+                    Ok(self.netlink().set_up(ifindex).await?)
+                }
+            }
+        }
+        .await;
+        let ok = result.is_ok();
+        report(
+            format!("recreate parent {}", record.parent.link),
+            result.err().map(|e| e.to_string()),
+        );
+        ok
+    }
+
+    async fn restore_datapath(&self, record: &NetworkRecord, actions: &mut Vec<RestoreAction>) {
+        if !record.datapath_owned {
+            return;
+        }
+        let (action, error) = match self
+            .datapath()
+            .attach(&record.parent.wire, AttachMode::Auto)
+            .await
+        {
+            Ok(AttachOutcome::AlreadyAttached(_)) => return,
+            Ok(AttachOutcome::Attached { attachment, .. }) => (
+                format!(
+                    "attach datapath to {} ({} mode)",
+                    attachment.ifname, attachment.mode
+                ),
+                None,
+            ),
+            Err(e) => (
+                format!("attach datapath to {}", record.parent.wire),
+                Some(e.to_string()),
+            ),
+        };
+        actions.push(RestoreAction {
+            network: record.name.clone(),
+            action,
+            error,
+        });
+    }
+
+    /// Returns whether the record changed (endpoints dropped).
+    async fn restore_endpoints(
+        &self,
+        record: &mut NetworkRecord,
+        actions: &mut Vec<RestoreAction>,
+    ) -> bool {
+        let mut changed = false;
+        let parent = match self.netlink().link_by_name(&record.parent.link).await {
+            Ok(link) => link,
+            Err(_) => return false,
+        };
+        for (key, endpoint) in record.endpoints.clone() {
+            let mut report = |action: String, error: Option<String>| {
+                actions.push(RestoreAction {
+                    network: record.name.clone(),
+                    action,
+                    error,
+                })
+            };
+            let alive =
+                Sandbox::resolve(&endpoint.sandbox).is_ok_and(|s| s.path == endpoint.netns_path);
+            if !alive {
+                record.endpoints.remove(&key);
+                for net in endpoint.ipv4.iter().chain(endpoint.ipv6.iter()) {
+                    let _ = record.ipam.release(net.addr());
+                }
+                changed = true;
+                report(
+                    format!("drop endpoint of vanished sandbox {}", endpoint.sandbox),
+                    None,
+                );
+                continue;
+            }
+            let ifname = endpoint.ifname.clone();
+            let exists = tokio::task::spawn_blocking({
+                let path = endpoint.netns_path.clone();
+                move || {
+                    netns::run_in(&path, move || async move {
+                        let netlink = crate::netlink::Netlink::connect()?;
+                        Ok::<bool, NetlinkError>(netlink.link_by_name(&ifname).await.is_ok())
+                    })
+                }
+            })
+            .await
+            .expect("the sandbox thread is joined");
+            match exists {
+                Ok(Ok(true)) => continue,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    report(
+                        format!("check {} in {}", endpoint.ifname, endpoint.sandbox),
+                        Some(e.to_string()),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    report(format!("enter {}", endpoint.sandbox), Some(e.to_string()));
+                    continue;
+                }
+            }
+            let link = match record.options.driver {
+                Driver::Macvlan => NewLink::Macvlan {
+                    parent: parent.ifindex,
+                    mode: record.options.macvlan_mode.unwrap_or_default(),
+                },
+                Driver::Ipvlan => NewLink::Ipvlan {
+                    parent: parent.ifindex,
+                    mode: record.options.ipvlan_mode.unwrap_or_default(),
+                    flag: record.options.ipvlan_flag.unwrap_or_default(),
+                },
+            };
+            let mac = match record.options.driver {
+                Driver::Macvlan => parse_stored_mac(&endpoint.mac),
+                Driver::Ipvlan => None,
+            };
+            let result = self
+                .materialize(
+                    record,
+                    link,
+                    &endpoint.netns_path,
+                    &endpoint.ifname,
+                    mac,
+                    endpoint.ipv4,
+                    endpoint.ipv6,
+                )
+                .await;
+            report(
+                format!("recreate {} in {}", endpoint.ifname, endpoint.sandbox),
+                result.err().map(|e| e.to_string()),
+            );
+        }
+        changed
+    }
+}
+
+fn parse_stored_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    bytes.try_into().ok()
+}
