@@ -356,17 +356,39 @@ impl Drop for StateDir {
 
 /// Runs `netvlan ARGS` inside `ns` with its pins under `bpf`.
 pub fn netvlan(ns: &Netns, bpf: &BpfDir, args: &[&str]) -> Run {
-    run_netvlan(ns, bpf, None, args)
+    run_netvlan(ns, bpf, None, &[], args)
 }
 
 /// Runs `netvlan ARGS` inside `ns` with pins under `bpf` and state under `state`.
 pub fn netvlan_with_state(ns: &Netns, bpf: &BpfDir, state: &StateDir, args: &[&str]) -> Run {
-    run_netvlan(ns, bpf, Some(state), args)
+    run_netvlan(ns, bpf, Some(state), &[], args)
 }
 
-fn run_netvlan(ns: &Netns, bpf: &BpfDir, state: Option<&StateDir>, args: &[&str]) -> Run {
+/// As [`netvlan_with_state`], with the fault `failpoint` injected (the
+/// test build of netvlan has the `failpoints` feature).
+pub fn netvlan_failing_at(
+    ns: &Netns,
+    bpf: &BpfDir,
+    state: &StateDir,
+    failpoint: &str,
+    args: &[&str],
+) -> Run {
+    let spec = format!("{failpoint}=return");
+    run_netvlan(ns, bpf, Some(state), &[("FAILPOINTS", spec.as_str())], args)
+}
+
+fn run_netvlan(
+    ns: &Netns,
+    bpf: &BpfDir,
+    state: Option<&StateDir>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Run {
     let mut cmd = ns.command(netvlan_bin());
     cmd.args(args).env("NETVLAN_BPF_DIR", bpf.path());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
     if let Some(state) = state {
         cmd.env("NETVLAN_STATE_DIR", state.path());
     }

@@ -993,3 +993,128 @@ fn internal_network_without_parent_connects_its_containers_only() {
     );
     assert_eq!(lan.bpf.contents(), Vec::<String>::new());
 }
+
+/// Addresses of `eth0`-like links in a container: empty when nothing is left.
+fn container_links(c: &Netns) -> Vec<String> {
+    let out = c.exec("ip", &["-j", "link", "show"]);
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+#[test]
+fn a_failure_at_any_step_of_create_leaves_nothing_behind() {
+    let lan = Lan::new(false);
+    let links_before = lan.host_links();
+    // An internal network creates its placeholder parent; a network on eth0
+    // attaches the datapath: between them every create step is covered.
+    let plans: [&[&str]; 2] = [
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.50.0.0/24",
+            "internal-rb",
+        ],
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.51.0.0/24",
+            "-o",
+            "parent=eth0",
+            "parent-rb",
+        ],
+    ];
+    for point in [
+        "create-after-parent",
+        "create-after-datapath",
+        "create-before-persist",
+    ] {
+        for args in plans {
+            let run =
+                netvlan_tests::netvlan_failing_at(&lan.host, &lan.bpf, &lan.state, point, args)
+                    .failed();
+            assert!(
+                run.stderr.contains(&format!("injected fault at {point}")),
+                "{point}: {}",
+                run.stderr
+            );
+            assert_eq!(
+                lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+                serde_json::json!([]),
+                "{point}: state left"
+            );
+            assert_eq!(lan.host_links(), links_before, "{point}: links left");
+            assert_eq!(
+                lan.bpf.contents(),
+                Vec::<String>::new(),
+                "{point}: pins left"
+            );
+        }
+    }
+    // And without a fault the same commands work.
+    for args in plans {
+        lan.netvlan(args).ok();
+    }
+    lan.netvlan(&["network", "rm", "internal-rb", "parent-rb"])
+        .ok();
+}
+
+#[test]
+fn a_failure_at_any_step_of_connect_leaves_nothing_behind() {
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.52.0.0/24",
+        "-o",
+        "parent=eth0",
+        "conn-rb",
+    ])
+    .ok();
+    let c = lan.container(false);
+    for point in [
+        "connect-after-link",
+        "connect-after-addresses",
+        "connect-before-persist",
+    ] {
+        let run = netvlan_tests::netvlan_failing_at(
+            &lan.host,
+            &lan.bpf,
+            &lan.state,
+            point,
+            &["connect", "conn-rb", c.name()],
+        )
+        .failed();
+        assert!(
+            run.stderr.contains(&format!("injected fault at {point}")),
+            "{point}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            container_links(&c),
+            Vec::<String>::new(),
+            "{point}: link left in the sandbox"
+        );
+        assert_eq!(
+            lan.inspect("conn-rb")["Containers"],
+            serde_json::json!({}),
+            "{point}: endpoint recorded"
+        );
+    }
+    // No address leaked: the first real connect still gets the first address.
+    let ok = lan
+        .netvlan(&["connect", "--json", "conn-rb", c.name()])
+        .ok()
+        .json();
+    assert_eq!(ok["endpoint"]["ipv4"], "10.52.0.2/24");
+    lan.netvlan(&["disconnect", "conn-rb", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "conn-rb"]).ok();
+}

@@ -77,14 +77,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     let mut failures = Vec::new();
 
     let started = Instant::now();
-    cmd::run(crate::cargo()?.args([
-        "build",
-        "--package",
-        "netvlan-userspace",
-        "--bin",
-        "netvlan",
-    ]))?;
-    let netvlan = workspace_root().join("target/debug/netvlan");
+    let netvlan = build_test_netvlan()?;
     let notes = workspace_root().join("target/test-notes.txt");
     let _ = std::fs::remove_file(&notes);
     println!(
@@ -165,6 +158,26 @@ fn print_table(rows: &[(&str, String, Tally, std::time::Duration)]) {
             elapsed.as_secs_f64()
         );
     }
+}
+
+/// Builds `netvlan` with the `failpoints` feature (so rollback tests can
+/// inject faults) and copies it aside, where no other build overwrites it.
+pub fn build_test_netvlan() -> Result<std::path::PathBuf> {
+    cmd::run(crate::cargo()?.args([
+        "build",
+        "--package",
+        "netvlan-userspace",
+        "--bin",
+        "netvlan",
+        "--features",
+        "failpoints",
+    ]))?;
+    let dir = workspace_root().join("target/test-bin");
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join("netvlan");
+    std::fs::copy(workspace_root().join("target/debug/netvlan"), &bin)
+        .context("copying the test build of netvlan")?;
+    Ok(bin)
 }
 
 fn lint() -> Result<()> {

@@ -253,13 +253,7 @@ fn default_kernel_package() -> Result<String> {
 /// Builds the integration test binaries and the netvlan binary; returns
 /// (netvlan, test executables).
 fn build_test_binaries() -> Result<(PathBuf, Vec<PathBuf>)> {
-    cmd::run(crate::cargo()?.args([
-        "build",
-        "--package",
-        "netvlan-userspace",
-        "--bin",
-        "netvlan",
-    ]))?;
+    let netvlan = crate::test::build_test_netvlan()?;
     let out = cmd::output(crate::cargo()?.args([
         "test",
         "--package",
@@ -284,7 +278,7 @@ fn build_test_binaries() -> Result<(PathBuf, Vec<PathBuf>)> {
     if tests.is_empty() {
         bail!("cargo built no integration test binary for netvlan-tests");
     }
-    Ok((workspace_root().join("target/debug/netvlan"), tests))
+    Ok((netvlan, tests))
 }
 
 fn which(program: &str) -> Result<PathBuf> {

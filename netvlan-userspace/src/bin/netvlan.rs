@@ -206,6 +206,8 @@ struct Output {
 }
 
 fn main() {
+    // Reads FAILPOINTS in test builds (feature `failpoints`); inert otherwise.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let runtime = tokio::runtime::Builder::new_current_thread()

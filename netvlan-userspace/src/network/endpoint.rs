@@ -193,7 +193,9 @@ impl Manager {
         record
             .endpoints
             .insert(sandbox.key.clone(), endpoint.clone());
-        if let Err(e) = self.store().put_network(&record.name, &record) {
+        let persisted = super::failpoint("connect-before-persist")
+            .and_then(|()| Ok(self.store().put_network(&record.name, &record)?));
+        if let Err(e) = persisted {
             let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
             return Err(rollback
@@ -233,6 +235,16 @@ impl Manager {
         self.netlink()
             .create_link_with(&temp_name, link, &options)
             .await?;
+        if let Err(e) = super::failpoint("connect-after-link") {
+            let undo = super::rollback::delete_link_in(sandbox.to_path_buf(), temp_name).await;
+            return Err(match undo {
+                Ok(()) => e,
+                Err(undo) => NetworkError::RollbackFailed {
+                    failed: Box::new(e),
+                    undo,
+                },
+            });
+        }
 
         let plan = SandboxPlan {
             temp_name,
@@ -355,6 +367,7 @@ impl SandboxPlan {
         for address in &self.addresses {
             netlink.add_address(ifindex, *address).await?;
         }
+        super::failpoint("connect-after-addresses")?;
         announce_on_up(&self.ifname);
         netlink.set_up(ifindex).await?;
         for (gateway, ipv6) in &self.routes {

@@ -80,6 +80,9 @@ pub enum NetworkError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    /// A fault injected by a test through `FAILPOINTS` (feature `failpoints`).
+    #[error("injected fault at {0}")]
+    Injected(String),
     #[error("{failed} failed, and undoing it also failed: {undo}")]
     RollbackFailed {
         #[source]
@@ -155,6 +158,16 @@ pub struct Manager {
     datapath: Datapath,
 }
 
+/// A named step where tests can inject a failure (`FAILPOINTS=NAME=return`
+/// with the `failpoints` feature); a no-op in normal builds.
+pub(crate) fn failpoint(name: &str) -> Result<(), NetworkError> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| Err(NetworkError::Injected(name.to_string())));
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    Ok(())
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 64
@@ -224,7 +237,9 @@ impl Manager {
             endpoints: BTreeMap::new(),
             datapath_owned,
         };
-        if let Err(e) = self.store.put_network(&record.name, &record) {
+        let persisted = failpoint("create-before-persist")
+            .and_then(|()| Ok(self.store.put_network(&record.name, &record)?));
+        if let Err(e) = persisted {
             return Err(rollback.undo(&self.netlink, &self.datapath, e.into()).await);
         }
         Ok(record)
@@ -285,24 +300,27 @@ impl Manager {
                 parent.created = true;
             }
         }
+        failpoint("create-after-parent")?;
         self.probe_driver(&parent.link, options).await?;
 
-        match self.datapath.attach(&parent.wire, AttachMode::Auto).await {
+        let owned = match self.datapath.attach(&parent.wire, AttachMode::Auto).await {
             Ok(AttachOutcome::Attached { .. }) => {
                 rollback.detach(&parent.wire);
-                Ok(true)
+                true
             }
-            Ok(AttachOutcome::AlreadyAttached(_)) => Ok(existing
+            Ok(AttachOutcome::AlreadyAttached(_)) => existing
                 .iter()
-                .any(|n| n.parent.wire == parent.wire && n.datapath_owned)),
+                .any(|n| n.parent.wire == parent.wire && n.datapath_owned),
             Err(DatapathError::ForeignProgram {
                 ifname, prog_id, ..
             }) => {
                 tracing::warn!("{ifname} runs another XDP program (id {prog_id}); the network works, without netvlan's counters");
-                Ok(false)
+                false
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        failpoint("create-after-datapath")?;
+        Ok(owned)
     }
 
     /// A dummy link, or where the kernel has no dummy driver, one end of a
