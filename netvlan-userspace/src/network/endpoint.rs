@@ -199,7 +199,7 @@ impl Manager {
             let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
             return Err(rollback
-                .undo(self.netlink(), self.datapath(), e.into())
+                .undo(self.netlink(), self.datapath(), e)
                 .await);
         }
         Ok((record, endpoint))

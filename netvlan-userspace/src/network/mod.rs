@@ -240,7 +240,7 @@ impl Manager {
         let persisted = failpoint("create-before-persist")
             .and_then(|()| Ok(self.store.put_network(&record.name, &record)?));
         if let Err(e) = persisted {
-            return Err(rollback.undo(&self.netlink, &self.datapath, e.into()).await);
+            return Err(rollback.undo(&self.netlink, &self.datapath, e).await);
         }
         Ok(record)
     }
