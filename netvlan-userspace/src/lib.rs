@@ -6,6 +6,7 @@
 //! - [`ipam`]: Docker-compatible address management (pure logic).
 
 pub mod datapath;
+pub mod demo;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

@@ -301,6 +301,26 @@ impl Netlink {
             })
     }
 
+    /// Moves a link into another network namespace.
+    pub async fn move_to_netns(
+        &self,
+        ifindex: u32,
+        netns_fd: std::os::fd::RawFd,
+    ) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkUnspec::new_with_index(ifindex)
+            .setns_by_fd(netns_fd)
+            .build();
+        self.handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("move link #{ifindex} to another namespace"),
+                source,
+            })
+    }
+
     /// Renames a (down) link.
     pub async fn rename(&self, ifindex: u32, name: &str) -> Result<(), NetlinkError> {
         let message = rtnetlink::LinkUnspec::new_with_index(ifindex)

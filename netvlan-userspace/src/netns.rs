@@ -110,3 +110,121 @@ where
     .join()
     .map_err(|_| NetnsError::Panicked { path })?
 }
+
+/// Where named network namespaces live (`ip netns` compatible).
+pub const NETNS_RUN_DIR: &str = "/var/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamedNetnsError {
+    #[error("network namespace '{0}' already exists")]
+    Exists(String),
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {what} {path}")]
+    Sys {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Creates a named network namespace as `ip netns add` does: a new
+/// namespace bind-mounted on `/var/run/netns/NAME`, the directory being a
+/// shared mount so the binding shows in every mount namespace.
+pub fn create_named(name: &str) -> Result<std::path::PathBuf, NamedNetnsError> {
+    use nix::mount::{mount, MsFlags};
+    let dir = std::path::Path::new(NETNS_RUN_DIR);
+    fn sys(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(nix::Error) -> NamedNetnsError {
+        let path = path.to_path_buf();
+        move |source| NamedNetnsError::Sys { what, path, source }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| NamedNetnsError::Io {
+        what: "create",
+        path: dir.into(),
+        source,
+    })?;
+    // Make the directory a shared mount point (bind it on itself first if
+    // it is not a mount point yet: then MS_SHARED answers EINVAL).
+    let none: Option<&str> = None;
+    if let Err(nix::Error::EINVAL) =
+        mount(none, dir, none, MsFlags::MS_SHARED | MsFlags::MS_REC, none)
+    {
+        mount(
+            Some(dir),
+            dir,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .map_err(sys("bind-mount", dir))?;
+        mount(none, dir, none, MsFlags::MS_SHARED | MsFlags::MS_REC, none)
+            .map_err(sys("share", dir))?;
+    }
+    let path = dir.join(name);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(NamedNetnsError::Exists(name.into()))
+        }
+        Err(source) => {
+            return Err(NamedNetnsError::Io {
+                what: "create",
+                path,
+                source,
+            })
+        }
+    }
+    let target = path.clone();
+    let made = std::thread::spawn(move || -> Result<(), NamedNetnsError> {
+        // This thread gets the new namespace and ends: nothing to restore.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(sys("unshare a network namespace for", &target))?;
+        let own = std::path::Path::new("/proc/thread-self/ns/net");
+        mount(Some(own), &target, none, MsFlags::MS_BIND, none)
+            .map_err(sys("bind-mount the namespace on", &target))
+    })
+    .join()
+    .expect("the namespace thread does not panic");
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Deletes a named network namespace (`ip netns del`). The namespace
+/// itself lives on while a process is still inside it.
+pub fn delete_named(name: &str) -> Result<(), NamedNetnsError> {
+    let path = std::path::Path::new(NETNS_RUN_DIR).join(name);
+    match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(source) => {
+            return Err(NamedNetnsError::Sys {
+                what: "unmount",
+                path,
+                source,
+            })
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NamedNetnsError::Io {
+            what: "remove",
+            path,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}

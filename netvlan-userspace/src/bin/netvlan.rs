@@ -58,6 +58,18 @@ enum Command {
     /// Attach, detach and inspect the XDP datapath on interfaces.
     #[command(subcommand)]
     Datapath(DatapathCommand),
+    /// A ready-made lab in namespaces of its own: a LAN with a gateway, a
+    /// macvlan network with two containers and, where the kernel has
+    /// 802.1Q, a VLAN network. Never touches the host's interfaces.
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+        /// Name prefix of the demo's namespaces.
+        #[arg(long, default_value = "nvdemo", global = true)]
+        prefix: String,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Recreate what the stored networks need after a reboot: VLAN
     /// sub-interfaces and placeholders netvlan created, datapath
     /// attachments, and the endpoints whose sandboxes still exist.
@@ -107,6 +119,16 @@ enum DatapathCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum DemoAction {
+    /// Build the lab, send a little traffic, show what was counted.
+    Up,
+    /// Remove the lab completely.
+    Down,
+    /// Show the lab and its counters.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -201,7 +223,7 @@ struct StatsArgs {
 #[derive(Args, Clone, Copy)]
 struct Output {
     /// Machine-readable JSON on stdout.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -247,6 +269,36 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Datapath(cmd) => datapath_command(&datapath, cmd).await,
         Command::Stats(args) => stats_command(&datapath, &cli.state_dir, args).await,
+        Command::Demo {
+            action,
+            prefix,
+            output,
+        } => {
+            let demo = netvlan::demo::Demo::new(&prefix, &cli.state_dir, &cli.bpf_dir);
+            match action {
+                DemoAction::Down => {
+                    demo.down().await?;
+                    if !output.json {
+                        println!("demo removed");
+                    }
+                    Ok(())
+                }
+                DemoAction::Up | DemoAction::Status => {
+                    let report = if matches!(action, DemoAction::Up) {
+                        eprintln!("building the demo lab in namespaces {prefix}-* ...");
+                        demo.up().await?
+                    } else {
+                        demo.status().await?
+                    };
+                    if output.json {
+                        print_json(&report)
+                    } else {
+                        print_demo(&report);
+                        Ok(())
+                    }
+                }
+            }
+        }
         Command::Restore { output } => {
             let actions = manager()?.restore().await?;
             let failed = actions.iter().filter(|a| a.error.is_some()).count();
@@ -472,6 +524,45 @@ async fn network_command(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_demo(report: &netvlan::demo::DemoReport) {
+    println!(
+        "netvlan demo: netvlan runs in namespace {}",
+        report.host_namespace
+    );
+    if !report.vlan_network {
+        println!("(this kernel has no 802.1Q support: the VLAN network is left out)");
+    }
+    println!();
+    println!(
+        "{:<18} {:<8} {:<18} {:<18} {:>8} {:>8}",
+        "CONTAINER", "NETWORK", "IPV4", "MAC", "RX PKTS", "RX BYTES"
+    );
+    for e in &report.endpoints {
+        println!(
+            "{:<18} {:<8} {:<18} {:<18} {:>8} {:>8}",
+            e.sandbox, e.network, e.ipv4, e.mac, e.rx_packets, e.rx_bytes
+        );
+    }
+    println!();
+    println!("Frames on the parent link by VLAN:");
+    for v in &report.vlans {
+        let label = if v.vlan == 0 {
+            "untagged".to_string()
+        } else {
+            format!("VLAN {}", v.vlan)
+        };
+        println!(
+            "  {:<10} {:>6} frames {:>8} bytes",
+            label, v.counters.rx_packets, v.counters.rx_bytes
+        );
+    }
+    println!();
+    println!("Try next:");
+    for cmd in &report.next {
+        println!("  {cmd}");
+    }
 }
 
 fn print_status(statuses: &[AttachmentStatus]) {

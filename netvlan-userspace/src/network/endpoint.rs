@@ -198,9 +198,7 @@ impl Manager {
         if let Err(e) = persisted {
             let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
-            return Err(rollback
-                .undo(self.netlink(), self.datapath(), e)
-                .await);
+            return Err(rollback.undo(self.netlink(), self.datapath(), e).await);
         }
         Ok((record, endpoint))
     }
