@@ -138,6 +138,12 @@ impl Demo {
         run_in(&self.ns_path("host"), move || async move {
             let netlink = Netlink::connect()?;
             netlink.create_veth("eth0", "lan0").await?;
+            // Tags in the frame bytes, so the datapath counts per VLAN.
+            for end in ["eth0", "lan0"] {
+                if let Err(e) = crate::offload::disable_vlan_offload(end) {
+                    tracing::warn!("cannot turn VLAN offload off on {end}: {e}");
+                }
+            }
             let lan0 = netlink.link_by_name("lan0").await?;
             netlink.move_to_netns(lan0.ifindex, lan_raw).await?;
             let eth0 = netlink.link_by_name("eth0").await?;

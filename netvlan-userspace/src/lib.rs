@@ -11,5 +11,6 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod offload;
 pub mod sandbox;
 pub mod store;

@@ -268,6 +268,14 @@ impl Datapath {
             return Err(e);
         }
 
+        if crate::offload::rx_vlan_offload(&link.name).unwrap_or(false) {
+            tracing::warn!(
+                "{}: VLAN offload is on, so tagged frames reach XDP untagged and count under VLAN 0; \
+                 `ethtool -K {} rxvlan off` makes per-VLAN counters exact",
+                link.name,
+                link.name
+            );
+        }
         let attached = self.netlink.link_by_index(link.ifindex).await?;
         let xdp = attached.xdp.ok_or_else(|| DatapathError::NotAttached {
             ifname: link.name.clone(),
