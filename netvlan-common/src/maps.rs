@@ -13,6 +13,8 @@ pub const MAC_STATS: &str = "MAC_STATS";
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "netvlan_xdp";
+/// A pass-only XDP program in the same object: the benchmarks' floor.
+pub const BENCH_FLOOR_PROGRAM: &str = "bench_floor";
 
 /// One slot per 12-bit VLAN id, so no VLAN can ever miss its counter.
 pub const VLAN_SLOTS: u32 = 4096;

@@ -83,6 +83,13 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
 /// errno value; aya-ebpf's bindings do not carry errno constants.
 const EEXIST: i32 = 17;
 
+/// The floor for benchmarks: an XDP program that does nothing but pass.
+/// `cargo xtask bench` reports netvlan's per-packet cost against it.
+#[xdp]
+pub fn bench_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
     if let Some(c) = map.get_ptr_mut(index) {

@@ -28,6 +28,12 @@ pub use pins::{BpfFsError, InterfacePins, NamespacePins, DEFAULT_BPF_DIR};
 /// enough on a target host.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan.bpf.o"));
 
+/// The embedded eBPF object (the XDP program, its maps, and the
+/// benchmarks' pass-only floor program), for tools that load it themselves.
+pub fn embedded_object() -> &'static [u8] {
+    XDP_OBJECT
+}
+
 /// Errors of the datapath loader.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
