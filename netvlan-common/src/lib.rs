@@ -7,7 +7,9 @@
 //!   L3 protocol behind the tags).
 //! - [`maps`]: the `#[repr(C)]` keys and values of the datapath's maps, with
 //!   their names and sizes.
+//! - [`policy`]: the filtering decision over those maps.
 #![cfg_attr(not(test), no_std)]
 
 pub mod frame;
 pub mod maps;
+pub mod policy;

@@ -16,6 +16,25 @@ pub const XDP_PROGRAM: &str = "netvlan_xdp";
 /// A pass-only XDP program in the same object: the benchmarks' floor.
 pub const BENCH_FLOOR_PROGRAM: &str = "bench_floor";
 
+/// Array of one `u32` of `policy::WIRE_*` flags.
+pub const WIRE_POLICY: &str = "WIRE_POLICY";
+/// Array of `u32` `policy::VLAN_*` flags indexed by VLAN id.
+pub const VLAN_POLICY: &str = "VLAN_POLICY";
+/// Hash of [`MacKey`] to `u32` (reserved): MACs registered behind the wire.
+pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
+/// Hash of [`MacKey`] to `u32` (reserved): source MACs that are dropped.
+pub const DENY_MACS: &str = "DENY_MACS";
+/// Per-CPU array of [`Counters`] indexed by `policy::DropReason`.
+pub const DROPS: &str = "DROPS";
+/// Per-CPU array of [`Counters`] indexed by `policy::vlan_drop_index`.
+pub const VLAN_DROPS: &str = "VLAN_DROPS";
+
+/// Registered MACs per wire (endpoints and the host's own). When the map is
+/// full, the control plane refuses the connect with a clear error.
+pub const ENDPOINT_MACS_CAPACITY: u32 = 65_536;
+/// Denied source MACs per wire.
+pub const DENY_MACS_CAPACITY: u32 = 4_096;
+
 /// One slot per 12-bit VLAN id, so no VLAN can ever miss its counter.
 pub const VLAN_SLOTS: u32 = 4096;
 /// Distinct destination MACs counted per interface. When the table is full,

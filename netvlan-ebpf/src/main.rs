@@ -1,21 +1,26 @@
 //! netvlan's XDP datapath: classify every frame on a parent link and count
 //! it by VLAN, by destination MAC and by anomaly.
 //!
-//! Everything is passed (`XDP_PASS`); filtering comes with the policy maps.
-//! The classifier is `netvlan_common::frame::classify`, the same code the
-//! host unit tests and fuzzers run.
+//! Frames are counted first, then filtered by the wire's policy maps
+//! (`netvlan_common::policy::decide`); malformed frames are counted and
+//! passed (the kernel's stack drops what it cannot parse). Classifier and
+//! decision are the same code the host unit tests and fuzzers run.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     macros::{map, xdp},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
 };
 use netvlan_common::{
     frame::{classify, Anomaly, Classification, FrameBytes},
-    maps::{CounterSlot, Counters, MacKey, COUNTER_SLOTS, MAC_STATS_CAPACITY, VLAN_SLOTS},
+    maps::{
+        CounterSlot, Counters, MacKey, COUNTER_SLOTS, DENY_MACS_CAPACITY, ENDPOINT_MACS_CAPACITY,
+        MAC_STATS_CAPACITY, VLAN_SLOTS,
+    },
+    policy::{decide, vlan_drop_index, PolicyView, Verdict, DROP_REASON_SLOTS},
 };
 
 #[map(name = "VLAN_STATS")]
@@ -27,6 +32,52 @@ static MAC_STATS: PerCpuHashMap<MacKey, Counters> =
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[map(name = "WIRE_POLICY")]
+static WIRE_POLICY: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "VLAN_POLICY")]
+static VLAN_POLICY: Array<u32> = Array::with_max_entries(VLAN_SLOTS, 0);
+
+#[map(name = "ENDPOINT_MACS")]
+static ENDPOINT_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(ENDPOINT_MACS_CAPACITY, 0);
+
+#[map(name = "DENY_MACS")]
+static DENY_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(DENY_MACS_CAPACITY, 0);
+
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+#[map(name = "VLAN_DROPS")]
+static VLAN_DROPS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(VLAN_SLOTS * DROP_REASON_SLOTS, 0);
+
+/// The policy maps as `netvlan_common::policy::decide` reads them.
+struct Maps;
+
+impl PolicyView for Maps {
+    #[inline(always)]
+    fn wire_flags(&self) -> u32 {
+        WIRE_POLICY.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn vlan_flags(&self, vid: u16) -> u32 {
+        VLAN_POLICY.get(u32::from(vid)).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn is_registered(&self, mac: &[u8; 6]) -> bool {
+        // SAFETY: read-only lookup; the value is not used.
+        unsafe { ENDPOINT_MACS.get(&MacKey::new(*mac)).is_some() }
+    }
+
+    #[inline(always)]
+    fn is_denied(&self, src: &[u8; 6]) -> bool {
+        // SAFETY: as above.
+        unsafe { DENY_MACS.get(&MacKey::new(*src)).is_some() }
+    }
+}
 
 /// The packet as the classifier sees it. Every read compares
 /// `data + offset + N` with `data_end` first: the verifier accepts a packet
@@ -74,6 +125,11 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
                         count(&COUNTERS, CounterSlot::Anomaly(anomaly).index(), len);
                     }
                 }
+            }
+            if let Verdict::Drop(reason) = decide(&f, &Maps) {
+                count(&DROPS, reason as u32, len);
+                count(&VLAN_DROPS, vlan_drop_index(f.outer_vid, reason), len);
+                return xdp_action::XDP_DROP;
             }
         }
     }

@@ -20,7 +20,17 @@ pub struct PacketSocket {
 }
 
 impl PacketSocket {
+    /// A socket for sending on `ifname`.
     pub fn open(ns: &Netns, ifname: &str) -> Self {
+        Self::create(ns, ifname, false)
+    }
+
+    /// A socket that receives every frame arriving on `ifname`, from now on.
+    pub fn listen(ns: &Netns, ifname: &str) -> Self {
+        Self::create(ns, ifname, true)
+    }
+
+    fn create(ns: &Netns, ifname: &str, receive: bool) -> Self {
         let ns_path = ns.path();
         let ifname = ifname.to_string();
         std::thread::spawn(move || {
@@ -43,16 +53,35 @@ impl PacketSocket {
                     "no interface {ifname} in {}",
                     ns_path.display()
                 );
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                // ETH_P_ALL in network byte order makes the socket receive.
+                let protocol = if receive {
+                    (libc::ETH_P_ALL as u16).to_be() as i32
+                } else {
+                    0
+                };
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol);
                 assert!(
                     fd >= 0,
                     "AF_PACKET socket: {}",
                     std::io::Error::last_os_error()
                 );
-                PacketSocket {
+                let socket = PacketSocket {
                     fd: OwnedFd::from_raw_fd(fd),
                     ifindex,
+                };
+                if receive {
+                    let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                    addr.sll_family = libc::AF_PACKET as u16;
+                    addr.sll_protocol = protocol as u16;
+                    addr.sll_ifindex = ifindex;
+                    let rc = libc::bind(
+                        socket.fd.as_raw_fd(),
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
                 }
+                socket
             }
         })
         .join()
@@ -84,6 +113,29 @@ impl PacketSocket {
             frame.len(),
             std::io::Error::last_os_error()
         );
+    }
+
+    /// Every frame received so far (non-blocking drain).
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: buf outlives the call; MSG_DONTWAIT never blocks.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "recv: {err}");
+                return frames;
+            }
+            frames.push(buf[..n as usize].to_vec());
+        }
     }
 
     pub fn send_many(&self, frame: &[u8], count: usize) {

@@ -70,6 +70,16 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Change what the datapath enforces for a network, at once.
+    ///
+    /// Settings: unknown_dst=pass|drop (drop unicast frames to MACs that are
+    /// neither an endpoint nor the host's), vlans=10,20,30-39|off (VLAN
+    /// allow-list on the parent's wire; VLANs used by networks are always
+    /// allowed, untagged always passes), mac_deny=MAC,MAC (source MACs that
+    /// never reach endpoints; empty clears).
+    /// Example: netvlan policy set lan unknown_dst=drop mac_deny=02:00:00:00:00:66
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Recreate what the stored networks need after a reboot: VLAN
     /// sub-interfaces and placeholders netvlan created, datapath
     /// attachments, and the endpoints whose sandboxes still exist.
@@ -116,6 +126,18 @@ enum DatapathCommand {
     },
     /// Remove the pins of attachments whose interface or program is gone.
     Prune {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Set policy KEY=VALUE pairs on a network.
+    Set {
+        network: String,
+        #[arg(required = true)]
+        settings: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -297,6 +319,19 @@ async fn run(cli: Cli) -> Result<()> {
                         Ok(())
                     }
                 }
+            }
+        }
+        Command::Policy(PolicyCommand::Set {
+            network,
+            settings,
+            output,
+        }) => {
+            let record = manager()?.set_policy(&network, &settings).await?;
+            if output.json {
+                print_json(&network::inspect(&record))
+            } else {
+                println!("policy of {} updated and enforced", record.name);
+                Ok(())
             }
         }
         Command::Restore { output } => {
@@ -692,6 +727,29 @@ async fn stats_command(
                     "mac_table_full",
                     iface.mac_table_full.rx_packets,
                     iface.mac_table_full.rx_bytes
+                );
+            }
+        }
+        let drops: Vec<_> = iface
+            .drops
+            .iter()
+            .filter(|(_, c)| c.rx_packets > 0)
+            .collect();
+        if drops.is_empty() {
+            println!("  nothing dropped by policy");
+        } else {
+            println!(
+                "  {:<20} {:>12} {:>14}",
+                "DROPPED (POLICY)", "PACKETS", "BYTES"
+            );
+            for (reason, c) in drops {
+                println!("  {:<20} {:>12} {:>14}", reason, c.rx_packets, c.rx_bytes);
+            }
+            for d in &iface.vlan_drops {
+                let label = format!("  vlan {} {}", d.vlan, d.reason);
+                println!(
+                    "  {:<20} {:>12} {:>14}",
+                    label, d.counters.rx_packets, d.counters.rx_bytes
                 );
             }
         }

@@ -7,6 +7,7 @@
 //! program is no longer on their link are reported as stale.
 
 pub mod pins;
+pub mod policy;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -444,6 +445,23 @@ impl Datapath {
         }
         self.pins.remove_if_empty();
         Ok(removed)
+    }
+
+    /// Writes a wire's policy into the maps of the attachment on `ifname`.
+    pub async fn apply_policy(
+        &self,
+        ifname: &str,
+        policy: &policy::WirePolicy,
+    ) -> Result<(), DatapathError> {
+        let (_, pins) = self
+            .attachments(Some(ifname))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DatapathError::NotAttached {
+                ifname: ifname.into(),
+            })?;
+        policy::apply(&pins, policy)
     }
 
     /// Live attachments only, optionally just the one on `ifname`.

@@ -176,7 +176,17 @@ impl InterfacePins {
     }
 
     /// Names of every map the datapath pins.
-    pub const MAPS: [&'static str; 3] = [maps::VLAN_STATS, maps::MAC_STATS, maps::COUNTERS];
+    pub const MAPS: [&'static str; 9] = [
+        maps::VLAN_STATS,
+        maps::MAC_STATS,
+        maps::COUNTERS,
+        maps::WIRE_POLICY,
+        maps::VLAN_POLICY,
+        maps::ENDPOINT_MACS,
+        maps::DENY_MACS,
+        maps::DROPS,
+        maps::VLAN_DROPS,
+    ];
 
     /// Unpins everything (removing a pin drops the kernel's reference; the
     /// object goes away with its last user).

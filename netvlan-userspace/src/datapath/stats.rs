@@ -9,6 +9,7 @@ use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     frame::Anomaly,
     maps::{self, CounterSlot, Counters, MacKey},
+    policy::{DropReason, DROP_REASON_SLOTS},
 };
 use serde::Serialize;
 
@@ -68,6 +69,18 @@ pub struct InterfaceStats {
     pub anomalies: BTreeMap<&'static str, RxCounters>,
     /// Frames not counted per MAC because the MAC table was full.
     pub mac_table_full: RxCounters,
+    /// Frames dropped by policy, per reason (every reason listed).
+    pub drops: BTreeMap<&'static str, RxCounters>,
+    /// Drops per VLAN and reason, only where something was dropped.
+    pub vlan_drops: Vec<VlanDrops>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VlanDrops {
+    pub vlan: u16,
+    pub reason: &'static str,
+    #[serde(flatten)]
+    pub counters: RxCounters,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -159,6 +172,37 @@ pub fn read(
         })
         .collect();
 
+    let drop_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::DROPS)?
+        .try_into()
+        .map_err(map_err(pins, maps::DROPS))?;
+    let mut drops = BTreeMap::new();
+    for reason in DropReason::ALL {
+        let values = drop_map
+            .get(&(reason as u32), 0)
+            .map_err(map_err(pins, maps::DROPS))?;
+        drops.insert(reason.name(), sum(&values).into());
+    }
+    let mut vlan_drops = Vec::new();
+    if drops.values().any(|c: &RxCounters| c.rx_packets > 0) {
+        let per_vlan: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_DROPS)?
+            .try_into()
+            .map_err(map_err(pins, maps::VLAN_DROPS))?;
+        for (index, values) in per_vlan.iter().enumerate() {
+            let total = sum(&values.map_err(map_err(pins, maps::VLAN_DROPS))?);
+            let (vlan, slot) = (
+                index as u32 / DROP_REASON_SLOTS,
+                index as u32 % DROP_REASON_SLOTS,
+            );
+            if let (true, Some(reason)) = (total.packets > 0, DropReason::ALL.get(slot as usize)) {
+                vlan_drops.push(VlanDrops {
+                    vlan: vlan as u16,
+                    reason: reason.name(),
+                    counters: total.into(),
+                });
+            }
+        }
+    }
+
     Ok(InterfaceStats {
         ifname: attachment.ifname.clone(),
         ifindex: attachment.ifindex,
@@ -169,5 +213,7 @@ pub fn read(
         macs,
         anomalies,
         mac_table_full,
+        drops,
+        vlan_drops,
     })
 }

@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    options::valid_ifname, rollback::Rollback, Driver, Manager, NetworkError, NetworkRecord,
+    options::valid_ifname, policy::wire_after, rollback::Rollback, Driver, Manager, NetworkError,
+    NetworkRecord,
 };
 use crate::{
     datapath::stats::format_mac,
@@ -49,7 +50,7 @@ pub fn mac_from_ipv4(ip: std::net::Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, a, b, c, d]
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
+pub(super) fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
     let bad = || {
         NetworkError::BadEndpoint(format!(
             "--mac {text}: expected six hex bytes like 02:42:ac:10:56:02"
@@ -73,6 +74,11 @@ fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
         )));
     }
     Ok(mac)
+}
+
+/// A MAC as stored (`02:42:ac:10:56:02`).
+pub(super) fn parse_stored_mac(text: &str) -> Option<[u8; 6]> {
+    parse_mac(text).ok()
 }
 
 /// Addresses with the prefix length of their subnet.
@@ -193,9 +199,23 @@ impl Manager {
         record
             .endpoints
             .insert(sandbox.key.clone(), endpoint.clone());
-        let persisted = super::failpoint("connect-before-persist")
-            .and_then(|()| Ok(self.store().put_network(&record.name, &record)?));
+        // Register the endpoint with the datapath before committing.
+        let all = self.networks()?;
+        let persisted = match self
+            .sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+            .await
+        {
+            Ok(()) => super::failpoint("connect-before-persist")
+                .and_then(|()| Ok(self.store().put_network(&record.name, &record)?)),
+            Err(e) => Err(e),
+        };
         if let Err(e) = persisted {
+            let _ = self
+                .sync_wire(
+                    &record.parent.wire,
+                    &wire_after(&all, &self.network(&record.name)?, false),
+                )
+                .await;
             let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
             return Err(rollback.undo(self.netlink(), self.datapath(), e).await);
@@ -289,6 +309,9 @@ impl Manager {
             // Already free (e.g. a state written by hand) is fine here.
             let _ = record.ipam.release(net.addr());
         }
+        let all = self.networks()?;
+        self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+            .await?;
         self.store().put_network(&record.name, &record)?;
         Ok(endpoint)
     }

@@ -81,6 +81,11 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             "ParentCreatedByNetvlan": record.parent.created,
             "DatapathOn": record.parent.wire,
             "DatapathOwned": record.datapath_owned,
+            "Policy": {
+                "UnknownDst": if record.options.policy.unknown_dst_drop { "drop" } else { "pass" },
+                "Vlans": record.options.policy.vlans,
+                "MacDeny": record.options.policy.mac_deny.iter().map(crate::datapath::stats::format_mac).collect::<Vec<_>>(),
+            },
         },
     })
 }

@@ -9,6 +9,7 @@
 mod endpoint;
 mod inspect;
 mod options;
+mod policy;
 mod restore;
 mod rollback;
 
@@ -25,7 +26,7 @@ use crate::{
 };
 pub use endpoint::{ConnectRequest, Endpoint};
 pub use inspect::{inspect, list_rows};
-pub use options::{Driver, NetworkOptions};
+pub use options::{Driver, NetworkOptions, PolicyOptions};
 pub use restore::RestoreAction;
 use rollback::Rollback;
 
@@ -237,9 +238,18 @@ impl Manager {
             endpoints: BTreeMap::new(),
             datapath_owned,
         };
-        let persisted = failpoint("create-before-persist")
-            .and_then(|()| Ok(self.store.put_network(&record.name, &record)?));
+        let on_wire = policy::wire_after(&existing, &record, false);
+        let persisted = match self.sync_wire(&record.parent.wire, &on_wire).await {
+            Ok(()) => failpoint("create-before-persist")
+                .and_then(|()| Ok(self.store.put_network(&record.name, &record)?)),
+            Err(e) => Err(e),
+        };
         if let Err(e) = persisted {
+            // Put the wire's previous policy back (other networks on it).
+            let before = policy::wire_after(&existing, &record, true);
+            if !before.is_empty() {
+                let _ = self.sync_wire(&record.parent.wire, &before).await;
+            }
             return Err(rollback.undo(&self.netlink, &self.datapath, e).await);
         }
         Ok(record)
@@ -408,6 +418,15 @@ impl Manager {
             // Pins of a deleted placeholder are stale now.
             if let Err(e) = self.datapath.prune().await {
                 errors.push(format!("pruning stale pins: {e}"));
+            }
+        }
+        if wire_shared {
+            let remaining = policy::wire_after(&others, &record, true);
+            if let Err(e) = self.sync_wire(&record.parent.wire, &remaining).await {
+                errors.push(format!(
+                    "updating the policy of {}: {e}",
+                    record.parent.wire
+                ));
             }
         }
         self.store.delete_network(&record.name)?;

@@ -37,8 +37,95 @@ pub struct NetworkOptions {
     pub ipvlan_mode: Option<IpvlanMode>,
     pub ipvlan_flag: Option<IpvlanFlag>,
     pub mtu: Option<u32>,
+    /// Datapath policy (`unknown_dst=`, `vlans=`, `mac_deny=`).
+    #[serde(default)]
+    pub policy: PolicyOptions,
     /// Every `-o` exactly as given, for `inspect`'s `Options`.
     pub raw: BTreeMap<String, String>,
+}
+
+/// What the datapath enforces for a network (see `netvlan_common::policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyOptions {
+    /// Drop unicast frames to MACs that are neither an endpoint nor the host's.
+    pub unknown_dst_drop: bool,
+    /// VLAN allow-list for the parent's wire; `Some` turns VLAN filtering on
+    /// (VLANs used by networks are always allowed).
+    pub vlans: Option<std::collections::BTreeSet<u16>>,
+    /// Source MACs whose frames never reach endpoints.
+    pub mac_deny: std::collections::BTreeSet<[u8; 6]>,
+}
+
+/// The policy keys, settable at create time and with `netvlan policy set`.
+pub(crate) const POLICY_KEYS: &[&str] = &["unknown_dst", "vlans", "mac_deny"];
+
+impl PolicyOptions {
+    /// Applies `KEY=VALUE` policy settings on top of `self`.
+    pub fn update(&mut self, raw: &BTreeMap<String, String>) -> Result<(), NetworkError> {
+        if let Some(v) = raw.get("unknown_dst") {
+            self.unknown_dst_drop = match v.as_str() {
+                "drop" => true,
+                "pass" => false,
+                other => {
+                    return Err(NetworkError::BadOption(format!(
+                        "unknown_dst={other}: expected pass or drop"
+                    )))
+                }
+            };
+        }
+        if let Some(v) = raw.get("vlans") {
+            self.vlans = match v.as_str() {
+                "" | "off" => None,
+                list => Some(parse_vlan_list(list)?),
+            };
+        }
+        if let Some(v) = raw.get("mac_deny") {
+            self.mac_deny = v
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    super::endpoint::parse_mac(m.trim()).map_err(|_| {
+                        NetworkError::BadOption(format!(
+                            "mac_deny: '{m}' is not a unicast MAC address"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+}
+
+/// `10,20,30-39` into VLAN ids, each within 1..4094.
+fn parse_vlan_list(list: &str) -> Result<std::collections::BTreeSet<u16>, NetworkError> {
+    let bad = |part: &str| {
+        NetworkError::BadOption(format!(
+            "vlans: '{part}' is not a VLAN id or range within 1..4094"
+        ))
+    };
+    let parse = |text: &str, part: &str| {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|v| (1..=4094).contains(v))
+            .ok_or_else(|| bad(part))
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (parse(lo, part)?, parse(hi, part)?);
+                if lo > hi {
+                    return Err(bad(part));
+                }
+                out.extend(lo..=hi);
+            }
+            None => {
+                out.insert(parse(part, part)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 const KNOWN: &[&str] = &[
@@ -47,6 +134,9 @@ const KNOWN: &[&str] = &[
     "ipvlan_mode",
     "ipvlan_flag",
     "mtu",
+    "unknown_dst",
+    "vlans",
+    "mac_deny",
 ];
 
 fn parse_enum<T: clap::ValueEnum>(key: &str, value: &str) -> Result<T, NetworkError> {
@@ -133,6 +223,11 @@ impl NetworkOptions {
                         .unwrap_or_default(),
                 ),
                 Driver::Macvlan => None,
+            },
+            policy: {
+                let mut policy = PolicyOptions::default();
+                policy.update(&raw)?;
+                policy
             },
             parent,
             mtu,

@@ -29,7 +29,9 @@ impl Manager {
     /// Restores every network; keeps going past failures and reports them.
     pub async fn restore(&self) -> Result<Vec<RestoreAction>, NetworkError> {
         let mut actions = Vec::new();
+        let mut wires = std::collections::BTreeSet::new();
         for mut record in self.networks()? {
+            wires.insert(record.parent.wire.clone());
             let before = actions.len();
             let parent_ok = self.restore_parent(&record, &mut actions).await;
             if parent_ok {
@@ -41,6 +43,23 @@ impl Manager {
             }
             if actions.len() == before {
                 tracing::debug!("{}: nothing to restore", record.name);
+            }
+        }
+        // Policy maps come back with a fresh attachment; rewrite them all
+        // (a no-op where they are already right).
+        let all = self.networks()?;
+        for wire in wires {
+            let on_wire: Vec<NetworkRecord> = all
+                .iter()
+                .filter(|n| n.parent.wire == wire)
+                .cloned()
+                .collect();
+            if let Err(e) = self.sync_wire(&wire, &on_wire).await {
+                actions.push(RestoreAction {
+                    network: on_wire.first().map(|n| n.name.clone()).unwrap_or_default(),
+                    action: format!("enforce the policy on {wire}"),
+                    error: Some(e.to_string()),
+                });
             }
         }
         Ok(actions)
@@ -213,7 +232,7 @@ impl Manager {
                 },
             };
             let mac = match record.options.driver {
-                Driver::Macvlan => parse_stored_mac(&endpoint.mac),
+                Driver::Macvlan => super::endpoint::parse_stored_mac(&endpoint.mac),
                 Driver::Ipvlan => None,
             };
             let result = self
@@ -234,12 +253,4 @@ impl Manager {
         }
         changed
     }
-}
-
-fn parse_stored_mac(text: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    bytes.try_into().ok()
 }

@@ -1,0 +1,123 @@
+//! From networks to the datapath's per-wire policy.
+//!
+//! Several networks can share one wire (macvlan networks on one parent,
+//! VLAN networks on one trunk). The wire's policy is recomputed from all of
+//! them, as they will be after the command, and written before the command
+//! commits, so a failure rolls back with it.
+
+use std::collections::BTreeMap;
+
+use super::{options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, ParentKind};
+use crate::datapath::{policy::WirePolicy, DatapathError};
+
+/// The networks on `wire` once `changed` is written (or removed, when
+/// `removed` is true).
+pub(super) fn wire_after(
+    all: &[NetworkRecord],
+    changed: &NetworkRecord,
+    removed: bool,
+) -> Vec<NetworkRecord> {
+    let mut out: Vec<NetworkRecord> = all
+        .iter()
+        .filter(|n| n.name != changed.name && n.parent.wire == changed.parent.wire)
+        .cloned()
+        .collect();
+    if !removed {
+        out.push(changed.clone());
+    }
+    out
+}
+
+fn vlan_of(record: &NetworkRecord) -> u16 {
+    match record.parent.kind {
+        ParentKind::Vlan { vid, .. } => vid,
+        _ => 0,
+    }
+}
+
+impl Manager {
+    /// Writes the policy of `wire` computed from `records` (all networks on
+    /// it). A wire without netvlan's datapath (another XDP program owns it)
+    /// has nothing to write.
+    pub(super) async fn sync_wire(
+        &self,
+        wire: &str,
+        records: &[NetworkRecord],
+    ) -> Result<(), NetworkError> {
+        let mut policy = WirePolicy::default();
+        let wire_link = match self.netlink().link_by_name(wire).await {
+            Ok(link) => link,
+            // The wire is gone (placeholder deleted): nothing to enforce.
+            Err(crate::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        policy.registered.extend(wire_link.mac);
+        for record in records {
+            let vid = vlan_of(record);
+            policy.allowed_vlans.insert(vid);
+            if let Some(extra) = &record.options.policy.vlans {
+                policy.vlan_filter = true;
+                policy.allowed_vlans.extend(extra.iter().copied());
+            }
+            if record.options.policy.unknown_dst_drop {
+                policy.unknown_dst_drop_vlans.insert(vid);
+            }
+            policy
+                .denied
+                .extend(record.options.policy.mac_deny.iter().copied());
+            if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
+                policy.registered.extend(parent.mac);
+            }
+            if record.options.driver == Driver::Macvlan {
+                for endpoint in record.endpoints.values() {
+                    if let Some(mac) = super::endpoint::parse_stored_mac(&endpoint.mac) {
+                        policy.registered.insert(mac);
+                    }
+                }
+            }
+        }
+        match self.datapath().apply_policy(wire, &policy).await {
+            Ok(()) | Err(DatapathError::NotAttached { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `netvlan policy set NETWORK KEY=VALUE...`: changes a network's
+    /// policy and enforces it at once.
+    pub async fn set_policy(
+        &self,
+        network: &str,
+        settings: &[String],
+    ) -> Result<NetworkRecord, NetworkError> {
+        let mut record = self.network(network)?;
+        let mut raw = BTreeMap::new();
+        for setting in settings {
+            let Some((key, value)) = setting.split_once('=') else {
+                return Err(NetworkError::BadOption(format!(
+                    "'{setting}' is not KEY=VALUE"
+                )));
+            };
+            if !POLICY_KEYS.contains(&key) {
+                return Err(NetworkError::BadOption(format!(
+                    "'{key}' is not a policy setting (settable: {})",
+                    POLICY_KEYS.join(", ")
+                )));
+            }
+            raw.insert(key.to_string(), value.to_string());
+        }
+        let previous = record.clone();
+        record.options.policy.update(&raw)?;
+        record.options.raw.extend(raw);
+        let all = self.networks()?;
+        self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+            .await?;
+        if let Err(e) = self.store().put_network(&record.name, &record) {
+            // Put the old policy back in force before reporting.
+            let _ = self
+                .sync_wire(&previous.parent.wire, &wire_after(&all, &previous, false))
+                .await;
+            return Err(e.into());
+        }
+        Ok(record)
+    }
+}

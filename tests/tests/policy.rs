@@ -1,0 +1,374 @@
+//! Datapath policy with real traffic: frames from the LAN side (a peer
+//! namespace, AF_PACKET) towards a container; what policy drops never
+//! arrives (a packet socket in the container), counters are exact.
+
+use std::time::Duration;
+
+use netvlan_tests::{
+    frame::{FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_EXPERIMENTAL},
+    netvlan_with_state,
+    packet::PacketSocket,
+    require_kernel_feature, veth_pair, wait_for, BpfDir, KernelFeature, Netns, Run, StateDir,
+};
+use serde_json::Value;
+
+const STRANGER: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x77];
+const SENDER: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x11];
+const DENIED: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x66];
+const BROADCAST: Mac = [0xff; 6];
+
+struct Lab {
+    host: Netns,
+    switch: Netns,
+    bpf: BpfDir,
+    state: StateDir,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let host = Netns::new("phost");
+        let switch = Netns::new("psw");
+        veth_pair(&host, "eth0", &switch, "peer0");
+        Lab {
+            host,
+            switch,
+            bpf: BpfDir::new(),
+            state: StateDir::new(),
+        }
+    }
+
+    fn netvlan(&self, args: &[&str]) -> Run {
+        netvlan_with_state(&self.host, &self.bpf, &self.state, args)
+    }
+
+    /// Connects a fresh container and returns it with its endpoint MAC.
+    fn container(&self, network: &str) -> (Netns, Mac) {
+        let c = Netns::new("pctr");
+        let run = self
+            .netvlan(&["connect", "--json", network, c.name()])
+            .ok()
+            .json();
+        let mac: Vec<u8> = run["endpoint"]["mac"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        (c, mac.try_into().unwrap())
+    }
+
+    /// Stats of eth0 once the program has seen `frames` frames in total.
+    fn stats_after(&self, frames: u64) -> Value {
+        let mut last = Value::Null;
+        wait_for(Duration::from_secs(5), || {
+            last = self
+                .netvlan(&["stats", "--iface", "eth0", "--json"])
+                .ok()
+                .json()["interfaces"][0]
+                .clone();
+            (last["frames"]["rx_packets"].as_u64() >= Some(frames)).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("expected {frames} frames, stats are {last:#}"))
+    }
+}
+
+fn counters(packets: u64, bytes: u64) -> Value {
+    serde_json::json!({ "rx_packets": packets, "rx_bytes": bytes })
+}
+
+/// Frames of the test's own EtherType that reached the container.
+fn arrived(listener: &PacketSocket, dst: Option<Mac>, src: Mac) -> usize {
+    listener
+        .received()
+        .iter()
+        .filter(|f| f.len() >= 14 && f[6..12] == src && dst.is_none_or(|d| f[..6] == d))
+        .filter(|f| f.len() >= 14)
+        .count()
+}
+
+#[test]
+fn unknown_destinations_are_dropped_only_when_the_network_asks() {
+    let lab = Lab::new();
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.40.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "unknown_dst=drop",
+        "guarded",
+    ])
+    .ok();
+    let (c, mac) = lab.container("guarded");
+    let listener = PacketSocket::listen(&c, "eth0");
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(64), 5);
+    socket.send_many(&FrameBuilder::new(STRANGER, SENDER).build(64), 7);
+    socket.send_many(&FrameBuilder::new(BROADCAST, SENDER).build(64), 3);
+    let stats = lab.stats_after(before + 15);
+    assert_eq!(
+        stats["drops"]["unknown_dst"],
+        counters(7, 7 * 64),
+        "{stats:#}"
+    );
+    assert_eq!(stats["drops"]["vlan_not_allowed"], counters(0, 0));
+    assert!(
+        stats["vlan_drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["vlan"] == 0 && d["reason"] == "unknown_dst" && d["rx_packets"] == 7),
+        "{stats:#}"
+    );
+    let got = wait_for(Duration::from_secs(3), || {
+        let n = arrived(&listener, None, SENDER);
+        (n >= 8).then_some(n)
+    });
+    assert_eq!(
+        got,
+        Some(8),
+        "the container gets its 5 unicast and 3 broadcast frames, nothing else"
+    );
+
+    // Policy changes take effect at once, without re-attaching.
+    lab.netvlan(&["policy", "set", "guarded", "unknown_dst=pass"])
+        .ok();
+    socket.send_many(&FrameBuilder::new(STRANGER, SENDER).build(64), 4);
+    let stats = lab.stats_after(before + 19);
+    assert_eq!(
+        stats["drops"]["unknown_dst"],
+        counters(7, 7 * 64),
+        "no more drops after unknown_dst=pass"
+    );
+    let inspect = lab.netvlan(&["network", "inspect", "guarded"]).ok().json();
+    assert_eq!(inspect[0]["Netvlan"]["Policy"]["UnknownDst"], "pass");
+
+    lab.netvlan(&["disconnect", "guarded", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "guarded"]).ok();
+}
+
+#[test]
+fn denied_source_macs_never_reach_endpoints() {
+    let lab = Lab::new();
+    let deny = "mac_deny=02:00:00:00:00:66";
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.41.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        deny,
+        "denying",
+    ])
+    .ok();
+    let (c, mac) = lab.container("denying");
+    let listener = PacketSocket::listen(&c, "eth0");
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(mac, DENIED).build(70), 6);
+    socket.send_many(&FrameBuilder::new(BROADCAST, DENIED).build(70), 2);
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(70), 3);
+    let stats = lab.stats_after(before + 11);
+    assert_eq!(
+        stats["drops"]["mac_denied"],
+        counters(8, 8 * 70),
+        "{stats:#}"
+    );
+    let good = wait_for(Duration::from_secs(3), || {
+        let n = arrived(&listener, Some(mac), SENDER);
+        (n >= 3).then_some(n)
+    });
+    assert_eq!(good, Some(3), "legitimate frames still arrive");
+    assert_eq!(
+        arrived(&listener, None, DENIED),
+        0,
+        "a denied frame reached the container"
+    );
+    lab.netvlan(&["disconnect", "denying", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "denying"]).ok();
+}
+
+#[test]
+fn vlan_filter_drops_unlisted_vlans_and_stacked_tags_on_the_trunk() {
+    let lab = Lab::new();
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.42.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "vlans=10,30-31",
+        "trunk",
+    ])
+    .ok();
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    let to = |tags: &[(u16, u16)]| {
+        let mut b = FrameBuilder::new(BROADCAST, SENDER).ethertype(ETH_P_EXPERIMENTAL);
+        for &(tpid, vid) in tags {
+            b = b.tag(tpid, vid);
+        }
+        b.build(64)
+    };
+    socket.send_many(&to(&[]), 2); // untagged: always allowed
+    socket.send_many(&to(&[(ETH_P_8021Q, 10)]), 3); // listed
+    socket.send_many(&to(&[(ETH_P_8021Q, 31)]), 1); // in the range
+    socket.send_many(&to(&[(ETH_P_8021Q, 20)]), 4); // not listed
+    socket.send_many(&to(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)]), 5); // QinQ smuggling VLAN 20 inside 10
+    let stats = lab.stats_after(before + 15);
+    assert_eq!(
+        stats["drops"]["vlan_not_allowed"],
+        counters(9, 9 * 64),
+        "{stats:#}"
+    );
+    let per_vlan: Vec<(u64, u64)> = stats["vlan_drops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["vlan"].as_u64().unwrap(),
+                d["rx_packets"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_vlan,
+        vec![(10, 5), (20, 4)],
+        "drops are booked under the outer VLAN"
+    );
+    lab.netvlan(&["network", "rm", "trunk"]).ok();
+}
+
+#[test]
+fn a_qinq_frame_never_reaches_a_vlan_endpoint_through_its_vlan() {
+    if !require_kernel_feature(KernelFeature::Vlan) {
+        return;
+    }
+    let lab = Lab::new();
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.43.0.0/24",
+        "-o",
+        "parent=eth0.10",
+        "-o",
+        "vlans=10",
+        "v10",
+    ])
+    .ok();
+    let (c, mac) = lab.container("v10");
+    let listener = PacketSocket::listen(&c, "eth0");
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    // Tagged 10 (its VLAN) it arrives, untagged by the VLAN device.
+    socket.send_many(
+        &FrameBuilder::new(mac, SENDER)
+            .tag(ETH_P_8021Q, 10)
+            .build(64),
+        3,
+    );
+    // The double-tag trick: VLAN 20 hidden inside VLAN 10.
+    socket.send_many(
+        &FrameBuilder::new(mac, SENDER)
+            .tag(ETH_P_8021Q, 10)
+            .tag(ETH_P_8021Q, 20)
+            .build(64),
+        4,
+    );
+    let got = wait_for(Duration::from_secs(3), || {
+        let frames = listener.received();
+        let ours: Vec<_> = frames
+            .iter()
+            .filter(|f| f[6..12] == SENDER)
+            .cloned()
+            .collect();
+        (!ours.is_empty()).then_some(ours)
+    })
+    .expect("the VLAN 10 frames never arrived");
+    std::thread::sleep(Duration::from_millis(300));
+    let late: Vec<_> = listener
+        .received()
+        .into_iter()
+        .filter(|f| f[6..12] == SENDER)
+        .collect();
+    let all: Vec<_> = got.into_iter().chain(late).collect();
+    assert_eq!(all.len(), 3, "only the plain VLAN 10 frames arrive");
+    assert!(
+        all.iter().all(|f| f[12..14] != ETH_P_8021Q.to_be_bytes()),
+        "a frame still tagged (VLAN 20) reached the VLAN 10 endpoint"
+    );
+    lab.netvlan(&["disconnect", "v10", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "v10"]).ok();
+}
+
+#[test]
+fn bad_policy_settings_are_named() {
+    let lab = Lab::new();
+    let run = lab
+        .netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.44.0.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "vlans=10,5000",
+            "n",
+        ])
+        .failed();
+    assert!(
+        run.stderr.contains("vlans: '5000' is not a VLAN id"),
+        "{}",
+        run.stderr
+    );
+    let run = lab
+        .netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.44.0.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "unknown_dst=maybe",
+            "n",
+        ])
+        .failed();
+    assert!(
+        run.stderr
+            .contains("unknown_dst=maybe: expected pass or drop"),
+        "{}",
+        run.stderr
+    );
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.44.0.0/24",
+        "-o",
+        "parent=eth0",
+        "n",
+    ])
+    .ok();
+    let run = lab.netvlan(&["policy", "set", "n", "mtu=1400"]).failed();
+    assert!(
+        run.stderr.contains("'mtu' is not a policy setting"),
+        "{}",
+        run.stderr
+    );
+    let run = lab
+        .netvlan(&["policy", "set", "n", "mac_deny=01:00:5e:00:00:01"])
+        .failed();
+    assert!(run.stderr.contains("not a unicast MAC"), "{}", run.stderr);
+    lab.netvlan(&["network", "rm", "n"]).ok();
+}
