@@ -1,0 +1,363 @@
+//! Differential test: the loaded XDP program against the host model.
+//!
+//! The same classifier and policy decision (`netvlan-common`) run on the
+//! host as the reference model. At least 1,000,000 random and mutated
+//! frames (truncated at every offset, stacked tags, odd EtherTypes, IPv4
+//! options, IPv6 extension headers, ARP) go through the kernel with
+//! BPF_PROG_TEST_RUN; every verdict must match the model, and so must every
+//! counter at the end. (The kernel refuses test frames under 14 bytes; the
+//! classifier's unit tests cover those.)
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use netvlan_common::{
+    frame::{classify, Anomaly, Classification},
+    maps::{self, CounterSlot, Counters, MacKey},
+    policy::{
+        decide, vlan_drop_index, DropReason, PolicyView, Verdict, VLAN_ALLOWED,
+        VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+    },
+};
+use netvlan_tests::require_root;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const REGISTERED: [[u8; 6]; 3] = [
+    [2, 0x42, 10, 0, 0, 2],
+    [2, 0x42, 10, 0, 0, 3],
+    [2, 0x42, 192, 168, 10, 2],
+];
+const UNREGISTERED: [[u8; 6]; 2] = [[2, 0x42, 10, 0, 0, 99], [0x52, 0x54, 0, 1, 2, 3]];
+const DENIED: [u8; 6] = [2, 0, 0, 0, 0, 0x66];
+const SENDER: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+
+/// The policy under test, as a host model and as map contents.
+struct Policy {
+    wire: u32,
+    vlans: HashMap<u16, u32>,
+    registered: HashSet<[u8; 6]>,
+    denied: HashSet<[u8; 6]>,
+}
+
+impl PolicyView for Policy {
+    fn wire_flags(&self) -> u32 {
+        self.wire
+    }
+    fn vlan_flags(&self, vid: u16) -> u32 {
+        self.vlans.get(&vid).copied().unwrap_or(0)
+    }
+    fn is_registered(&self, mac: &[u8; 6]) -> bool {
+        self.registered.contains(mac)
+    }
+    fn is_denied(&self, src: &[u8; 6]) -> bool {
+        self.denied.contains(src)
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        wire: WIRE_VLAN_FILTER,
+        vlans: HashMap::from([
+            (0, VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP),
+            (10, VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP),
+            (100, VLAN_ALLOWED),
+        ]),
+        registered: REGISTERED.into_iter().collect(),
+        denied: HashSet::from([DENIED]),
+    }
+}
+
+/// xorshift64*: fast, deterministic, good enough to spread frames.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+fn random_frame(rng: &mut Rng) -> Vec<u8> {
+    let mut f = Vec::with_capacity(256);
+    let dst = match rng.below(10) {
+        0..=3 => rng.pick(&REGISTERED),
+        4 | 5 => rng.pick(&UNREGISTERED),
+        6 => [0xff; 6],
+        7 => [0x33, 0x33, 0, 0, 0, rng.below(256) as u8],
+        // Random unicast, at most 32,768 distinct: below the MAC table's
+        // size, so every MAC gets its own counter.
+        _ => {
+            let r = rng.next().to_le_bytes();
+            [r[0] & 0xfe, r[1], 0, 0, 0, 1]
+        }
+    };
+    let src = if rng.below(8) == 0 { DENIED } else { SENDER };
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    for _ in 0..rng.pick(&[0u64, 0, 1, 1, 2, 3]) {
+        f.extend_from_slice(&rng.pick(&[0x8100u16, 0x88a8, 0x9100]).to_be_bytes());
+        let random_vid = (rng.next() & 0xfff) as u16;
+        let vid = rng.pick(&[0u16, 10, 10, 20, 100, 4095, random_vid]);
+        f.extend_from_slice(&((rng.below(8) as u16) << 13 | vid).to_be_bytes());
+    }
+    let random_type = rng.next() as u16;
+    let ethertype = rng.pick(&[0x0800u16, 0x0800, 0x86dd, 0x0806, 0x88b5, random_type]);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    match ethertype {
+        0x0800 => {
+            // IPv4 with a random IHL (options when > 5, nonsense when < 5).
+            let ihl = rng.below(16) as u8;
+            f.push(rng.pick(&[0x40u8, 0x40, 0x60]) | ihl);
+            f.extend((0..usize::from(ihl.max(5)) * 4 - 1).map(|_| rng.next() as u8));
+        }
+        0x86dd => {
+            f.push(0x60);
+            f.extend((0..39).map(|_| rng.next() as u8));
+            // Extension headers: hop-by-hop / routing / fragment shapes.
+            for _ in 0..rng.below(3) {
+                let len = rng.below(4) as usize;
+                f.extend((0..8 * (len + 1)).map(|_| rng.next() as u8));
+            }
+        }
+        0x0806 => {
+            f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            f.extend((0..20).map(|_| rng.next() as u8));
+        }
+        _ => {}
+    }
+    f.extend((0..rng.below(64)).map(|_| rng.next() as u8));
+    // Mutations: cut anywhere (never below the 14 bytes the kernel
+    // accepts), or flip a byte.
+    match rng.below(4) {
+        0 => {
+            let cut = 14 + rng.below((f.len() - 13) as u64) as usize;
+            f.truncate(cut);
+        }
+        1 => {
+            let at = rng.below(f.len() as u64) as usize;
+            f[at] ^= 1 << rng.below(8);
+        }
+        _ => {}
+    }
+    f
+}
+
+/// Every frame of a QinQ template cut at every offset from 14 on.
+fn truncations() -> Vec<Vec<u8>> {
+    let mut full = Vec::new();
+    full.extend_from_slice(&REGISTERED[0]);
+    full.extend_from_slice(&SENDER);
+    full.extend_from_slice(&[
+        0x88, 0xa8, 0x00, 0x0a, 0x81, 0x00, 0x00, 0x14, 0x08, 0x00, 0x46,
+    ]);
+    full.extend((0..40).map(|i| i as u8));
+    (14..=full.len()).map(|n| full[..n].to_vec()).collect()
+}
+
+#[derive(Default)]
+struct Expected {
+    counters: BTreeMap<u32, Counters>,
+    vlans: BTreeMap<u16, Counters>,
+    macs: HashMap<[u8; 6], Counters>,
+    drops: BTreeMap<u32, Counters>,
+    vlan_drops: BTreeMap<u32, Counters>,
+}
+
+fn bump<K: Ord>(map: &mut BTreeMap<K, Counters>, key: K, len: u64) {
+    map.entry(key).or_default().add_frame(len);
+}
+
+/// The model's verdict for one frame, accounting its counters.
+fn model(frame: &[u8], policy: &Policy, expected: &mut Expected) -> u32 {
+    let len = frame.len() as u64;
+    bump(&mut expected.counters, CounterSlot::Frames.index(), len);
+    match classify(frame) {
+        Classification::Malformed(a) => {
+            bump(&mut expected.counters, CounterSlot::Anomaly(a).index(), len);
+            XDP_PASS
+        }
+        Classification::Classified(f) => {
+            bump(&mut expected.vlans, f.outer_vid, len);
+            expected.macs.entry(f.dst).or_default().add_frame(len);
+            for a in Anomaly::ALL {
+                if f.anomalies.contains(a) {
+                    bump(&mut expected.counters, CounterSlot::Anomaly(a).index(), len);
+                }
+            }
+            match decide(&f, policy) {
+                Verdict::Pass => XDP_PASS,
+                Verdict::Drop(reason) => {
+                    bump(&mut expected.drops, reason as u32, len);
+                    bump(
+                        &mut expected.vlan_drops,
+                        vlan_drop_index(f.outer_vid, reason),
+                        len,
+                    );
+                    XDP_DROP
+                }
+            }
+        }
+    }
+}
+
+fn frames_to_run() -> usize {
+    // Under TCG emulation a million syscalls take too long; the host lane
+    // runs the full million.
+    if std::env::var("NETVLAN_TEST_LANE").as_deref() == Ok("vm") {
+        100_000
+    } else {
+        1_000_000
+    }
+}
+
+fn sum(values: &aya::maps::PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |mut acc, c| {
+        acc.merge(c);
+        acc
+    })
+}
+
+#[test]
+fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
+    require_root();
+    let mut ebpf = Ebpf::load(netvlan::datapath::embedded_object()).expect("loading the object");
+    let policy = policy();
+    {
+        let mut wire: Array<&mut MapData, u32> =
+            ebpf.map_mut(maps::WIRE_POLICY).unwrap().try_into().unwrap();
+        wire.set(0, policy.wire, 0).unwrap();
+    }
+    {
+        let mut vlans: Array<&mut MapData, u32> =
+            ebpf.map_mut(maps::VLAN_POLICY).unwrap().try_into().unwrap();
+        for (vid, flags) in &policy.vlans {
+            vlans.set(u32::from(*vid), *flags, 0).unwrap();
+        }
+    }
+    for (name, set) in [
+        (maps::ENDPOINT_MACS, &policy.registered),
+        (maps::DENY_MACS, &policy.denied),
+    ] {
+        let mut map: BpfHashMap<&mut MapData, MacKey, u32> =
+            ebpf.map_mut(name).unwrap().try_into().unwrap();
+        for mac in set {
+            map.insert(MacKey::new(*mac), 0, 0).unwrap();
+        }
+    }
+    let program: &mut Xdp = ebpf
+        .program_mut(maps::XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().expect("the verifier accepts the program");
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut expected = Expected::default();
+    let total = frames_to_run();
+    let mut frames = truncations();
+    let mut run = 0usize;
+    let mut mismatches = Vec::new();
+    while run < total {
+        if frames.is_empty() {
+            frames = (0..4096).map(|_| random_frame(&mut rng)).collect();
+        }
+        for frame in frames.drain(..) {
+            let want = model(&frame, &policy, &mut expected);
+            let got = program
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ..TestRunOptions::new()
+                })
+                .unwrap_or_else(|e| panic!("test run of a {}-byte frame: {e}", frame.len()))
+                .return_value;
+            if got != want && mismatches.len() < 10 {
+                mismatches.push(format!("kernel {got}, model {want}: {frame:02x?}"));
+            }
+            run += 1;
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "verdicts differ:\n{}",
+        mismatches.join("\n")
+    );
+    eprintln!("{run} frames: every verdict matches the model");
+
+    let counters: PerCpuArray<&MapData, Counters> =
+        ebpf.map(maps::COUNTERS).unwrap().try_into().unwrap();
+    for slot in 0..maps::COUNTER_SLOTS {
+        let want = expected.counters.get(&slot).copied().unwrap_or_default();
+        assert_eq!(
+            sum(&counters.get(&slot, 0).unwrap()),
+            want,
+            "COUNTERS[{slot}]"
+        );
+    }
+    let vlans: PerCpuArray<&MapData, Counters> =
+        ebpf.map(maps::VLAN_STATS).unwrap().try_into().unwrap();
+    for vid in 0..maps::VLAN_SLOTS {
+        let want = expected
+            .vlans
+            .get(&(vid as u16))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(sum(&vlans.get(&vid, 0).unwrap()), want, "VLAN_STATS[{vid}]");
+    }
+    let drops: PerCpuArray<&MapData, Counters> = ebpf.map(maps::DROPS).unwrap().try_into().unwrap();
+    for reason in DropReason::ALL {
+        let want = expected
+            .drops
+            .get(&(reason as u32))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(
+            sum(&drops.get(&(reason as u32), 0).unwrap()),
+            want,
+            "DROPS[{}]",
+            reason.name()
+        );
+    }
+    let vlan_drops: PerCpuArray<&MapData, Counters> =
+        ebpf.map(maps::VLAN_DROPS).unwrap().try_into().unwrap();
+    for (index, want) in &expected.vlan_drops {
+        assert_eq!(
+            sum(&vlan_drops.get(index, 0).unwrap()),
+            *want,
+            "VLAN_DROPS[{index}]"
+        );
+    }
+    let macs: PerCpuHashMap<&MapData, MacKey, Counters> =
+        ebpf.map(maps::MAC_STATS).unwrap().try_into().unwrap();
+    let kernel_macs: HashMap<[u8; 6], Counters> = macs
+        .iter()
+        .map(|e| e.unwrap())
+        .map(|(k, v)| (k.addr, sum(&v)))
+        .collect();
+    assert!(
+        expected.macs.len() < maps::MAC_STATS_CAPACITY as usize,
+        "the test must stay below the MAC table size"
+    );
+    assert_eq!(kernel_macs.len(), expected.macs.len(), "distinct MACs");
+    for (mac, want) in &expected.macs {
+        assert_eq!(kernel_macs.get(mac), Some(want), "MAC_STATS[{mac:02x?}]");
+    }
+    let dropped: u64 = expected.drops.values().map(|c| c.packets).sum();
+    assert!(
+        dropped > total as u64 / 10,
+        "the corpus must exercise drops ({dropped} of {total})"
+    );
+}
