@@ -4,6 +4,7 @@
 //! rust-src, bpf-linker, and the Debian packages the tests call.
 
 mod cmd;
+mod fuzz;
 mod test;
 mod tools;
 mod vm;
@@ -38,6 +39,8 @@ enum Cmd {
     /// Only the VM lane: the integration tests inside Debian's 6.1 kernel
     /// under QEMU (802.1Q, ipvlan and dummy links; no TCX).
     VmTest(vm::VmArgs),
+    /// Fuzz the frame classifier and policy decision (cargo-fuzz, libFuzzer).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -47,6 +50,7 @@ fn main() {
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
         Cmd::VmTest(args) => test::vm_only(&args),
+        Cmd::Fuzz(args) => fuzz::fuzz(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -122,6 +122,29 @@ pub fn test(args: &TestArgs) -> Result<()> {
         rows.push(("vm", vm.kernel, vm.tally, vm.elapsed));
     }
 
+    // A short libFuzzer run over the classifier and policy decision.
+    let fuzz_started = Instant::now();
+    let fuzzed = crate::fuzz::fuzz(&crate::fuzz::FuzzArgs { seconds: 30 });
+    let tally = match &fuzzed {
+        Ok(()) => Tally {
+            passed: 1,
+            failed: 0,
+        },
+        Err(e) => {
+            failures.push(format!("fuzzing found a problem: {e:#}"));
+            Tally {
+                passed: 0,
+                failed: 1,
+            }
+        }
+    };
+    rows.push((
+        "fuzz",
+        "libFuzzer, 30s".into(),
+        tally,
+        fuzz_started.elapsed(),
+    ));
+
     print_table(&rows);
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
