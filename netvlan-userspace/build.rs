@@ -33,10 +33,19 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=NETVLAN_EBPF_OBJECT");
 
-    // A prebuilt object (e.g. from a packaging pipeline) skips the build.
+    // Prebuilt objects (e.g. from a packaging pipeline) skip the build:
+    // NETVLAN_EBPF_OBJECT is the XDP object; the egress object sits beside
+    // it, named netvlan-egress.
     if let Some(prebuilt) = env::var_os("NETVLAN_EBPF_OBJECT") {
-        std::fs::copy(&prebuilt, &object)
-            .unwrap_or_else(|e| panic!("cannot copy NETVLAN_EBPF_OBJECT {prebuilt:?}: {e}"));
+        let prebuilt = PathBuf::from(prebuilt);
+        let egress = prebuilt.with_file_name("netvlan-egress");
+        for (from, to) in [
+            (&prebuilt, &object),
+            (&egress, &out_dir.join("netvlan-egress.bpf.o")),
+        ] {
+            std::fs::copy(from, to)
+                .unwrap_or_else(|e| panic!("cannot copy prebuilt {}: {e}", from.display()));
+        }
         return;
     }
 
@@ -89,9 +98,14 @@ fn main() {
     if !status.success() {
         panic!("building netvlan-ebpf failed ({status}); see the output above");
     }
-    let built = target_dir.join("bpfel-unknown-none/release/netvlan");
-    std::fs::copy(&built, &object)
-        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+    for (bin, out) in [
+        ("netvlan", object),
+        ("netvlan-egress", out_dir.join("netvlan-egress.bpf.o")),
+    ] {
+        let built = target_dir.join("bpfel-unknown-none/release").join(bin);
+        std::fs::copy(&built, &out)
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+    }
 }
 
 fn has_bpf_linker(tools_bin: &Path) -> bool {

@@ -10,6 +10,7 @@
 //! - [`policy`]: the filtering decision over those maps.
 #![cfg_attr(not(test), no_std)]
 
+pub mod egress;
 pub mod frame;
 pub mod maps;
 pub mod policy;

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 
 /// Identity of a network namespace: the device and inode of its nsfs file,
 /// the same pair `ip netns identify` and `lsns` compare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct NetnsId {
     pub dev: u64,
     pub ino: u64,

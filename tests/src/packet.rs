@@ -88,6 +88,36 @@ impl PacketSocket {
         .expect("the namespace thread panicked")
     }
 
+    /// Sends a frame that the sender's own egress filter may drop: the
+    /// kernel then answers ENOBUFS, which is what such a drop looks like to
+    /// the sender. Any other error panics.
+    pub fn send_maybe_dropped(&self, frame: &[u8]) {
+        // SAFETY: as in `send`.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        // SAFETY: frame and addr outlive the call.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::ENOBUFS),
+                "sending a {}-byte frame: {err}",
+                frame.len()
+            );
+        }
+    }
+
     /// Sends one frame exactly as given (no padding, tags in the bytes).
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: zeroed sockaddr_ll is valid; we fill the fields we use.

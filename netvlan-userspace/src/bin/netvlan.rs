@@ -664,9 +664,45 @@ async fn stats_command(
                 mac.endpoint = Some(endpoint.clone());
             }
         }
+        for record in store.networks::<network::NetworkRecord>()? {
+            for endpoint in record.endpoints.values() {
+                let Some(netns) = endpoint.netns else {
+                    continue;
+                };
+                if let Some(egress) = netvlan::datapath::egress::read_stats(
+                    datapath.bpf_dir(),
+                    netns,
+                    endpoint.ifindex,
+                )? {
+                    report.endpoints.push(stats::EndpointStats {
+                        network: record.name.clone(),
+                        endpoint: endpoint.sandbox.clone(),
+                        ifname: endpoint.ifname.clone(),
+                        egress,
+                    });
+                }
+            }
+        }
     }
     if args.output.json {
         return print_json(&report);
+    }
+    if !report.endpoints.is_empty() {
+        println!(
+            "{:<24} {:<12} {:>10} {:>12} {:>10}",
+            "ENDPOINT", "NETWORK", "TX PKTS", "TX BYTES", "SPOOFED"
+        );
+        for e in &report.endpoints {
+            println!(
+                "{:<24} {:<12} {:>10} {:>12} {:>10}",
+                e.endpoint,
+                e.network,
+                e.egress.tx_packets,
+                e.egress.tx_bytes,
+                e.egress.spoofed_packets
+            );
+        }
+        println!();
     }
     if report.interfaces.is_empty() {
         println!(

@@ -6,6 +6,7 @@
 //! (the XDP program id netlink reports on the link) is the truth: pins whose
 //! program is no longer on their link are reported as stale.
 
+pub mod egress;
 pub mod pins;
 pub mod policy;
 pub mod stats;
@@ -184,6 +185,10 @@ impl Datapath {
 
     pub fn netlink(&self) -> &Netlink {
         &self.netlink
+    }
+
+    pub fn bpf_dir(&self) -> &Path {
+        &self.bpf_dir
     }
 
     /// Attaches the program to `ifname`, or reports that it already is.

@@ -106,6 +106,14 @@ impl NamespacePins {
         }
     }
 
+    /// The pins of an endpoint's egress (anti-spoofing) program.
+    pub fn egress(&self, ifindex: u32) -> InterfacePins {
+        InterfacePins {
+            dir: self.dir.join(format!("egress-{ifindex}")),
+            ifindex,
+        }
+    }
+
     /// A fresh, unique directory to pin a new attachment into before it is
     /// renamed into place.
     pub fn staging(&self, ifindex: u32) -> InterfacePins {

@@ -86,6 +86,18 @@ pub struct VlanDrops {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StatsReport {
     pub interfaces: Vec<InterfaceStats>,
+    /// Per endpoint: what it sent and what anti-spoofing dropped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointStats {
+    pub network: String,
+    pub endpoint: String,
+    pub ifname: String,
+    #[serde(flatten)]
+    pub egress: super::egress::EgressStats,
 }
 
 fn open_map(pins: &InterfacePins, name: &str) -> Result<Map, DatapathError> {

@@ -13,6 +13,8 @@ use super::{
     options::valid_ifname, policy::wire_after, rollback::Rollback, Driver, Manager, NetworkError,
     NetworkRecord,
 };
+use netvlan_common::egress::{EgressConfig, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6};
+
 use crate::{
     datapath::stats::format_mac,
     ipam::{self, Family, Request},
@@ -31,6 +33,12 @@ pub struct Endpoint {
     pub mac: String,
     pub ipv4: Option<IpNet>,
     pub ipv6: Option<IpNet>,
+    /// The link's index inside the sandbox and the sandbox's namespace
+    /// identity: where its anti-spoofing pins live.
+    #[serde(default)]
+    pub ifindex: u32,
+    #[serde(default)]
+    pub netns: Option<crate::netns::NetnsId>,
 }
 
 /// What `netvlan connect` asks for.
@@ -183,7 +191,7 @@ impl Manager {
         let endpoint_id = super::new_id();
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
         let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
-        let actual_mac = self
+        let made = self
             .materialize(&record, link, &sandbox.path, &ifname, mac, ipv4, ipv6)
             .await?;
 
@@ -192,9 +200,11 @@ impl Manager {
             sandbox: sandbox.key.clone(),
             netns_path: sandbox.path.clone(),
             ifname: ifname.clone(),
-            mac: actual_mac.map(|m| format_mac(&m)).unwrap_or_default(),
+            mac: made.mac.map(|m| format_mac(&m)).unwrap_or_default(),
             ipv4,
             ipv6,
+            ifindex: made.ifindex,
+            netns: Some(sandbox.id),
         };
         record
             .endpoints
@@ -238,7 +248,7 @@ impl Manager {
         mac: Option<[u8; 6]>,
         ipv4: Option<IpNet>,
         ipv6: Option<IpNet>,
-    ) -> Result<Option<[u8; 6]>, NetworkError> {
+    ) -> Result<Materialized, NetworkError> {
         let temp_name = format!("nvt{:010x}", rand::random::<u64>() & 0xff_ffff_ffff);
         let ns_file =
             std::fs::File::open(sandbox).map_err(|source| crate::netns::NetnsError::Open {
@@ -273,6 +283,10 @@ impl Manager {
             } else {
                 default_routes(record, ipv4.is_some(), ipv6.is_some())
             },
+            spoofcheck: record
+                .options
+                .spoofcheck
+                .then(|| self.datapath().bpf_dir().to_path_buf()),
         };
         let path = sandbox.to_path_buf();
         tokio::task::spawn_blocking(move || netns::run_in(&path, move || plan.apply()))
@@ -304,6 +318,14 @@ impl Manager {
                         endpoint.ifname, endpoint.sandbox
                     ))
                 })?;
+        }
+        if let Some(netns) = endpoint.netns {
+            // The program went with the link; its pins are ours to remove.
+            crate::datapath::egress::remove_pins(
+                self.datapath().bpf_dir(),
+                netns,
+                endpoint.ifindex,
+            )?;
         }
         for net in endpoint.ipv4.iter().chain(endpoint.ipv6.iter()) {
             // Already free (e.g. a state written by hand) is fine here.
@@ -356,12 +378,20 @@ struct SandboxPlan {
     ifname: String,
     addresses: Vec<IpNet>,
     routes: Vec<(Option<IpAddr>, bool)>,
+    /// Anti-spoofing: attach the egress program (pins under this bpf dir).
+    spoofcheck: Option<PathBuf>,
+}
+
+/// The endpoint's link as configured in its sandbox.
+pub(super) struct Materialized {
+    pub mac: Option<[u8; 6]>,
+    pub ifindex: u32,
 }
 
 impl SandboxPlan {
     /// Returns the link's MAC as the kernel reports it. Deletes the link
     /// (by index: never a same-named interface of the sandbox) on failure.
-    async fn apply(self) -> Result<Option<[u8; 6]>, NetworkError> {
+    async fn apply(self) -> Result<Materialized, NetworkError> {
         let netlink = Netlink::connect()?;
         let link = netlink.link_by_name(&self.temp_name).await?;
         let result = self.configure(&netlink, link.ifindex).await;
@@ -377,7 +407,7 @@ impl SandboxPlan {
         &self,
         netlink: &Netlink,
         ifindex: u32,
-    ) -> Result<Option<[u8; 6]>, NetworkError> {
+    ) -> Result<Materialized, NetworkError> {
         if netlink.link_by_name(&self.ifname).await.is_ok() {
             return Err(NetworkError::BadEndpoint(format!(
                 "the sandbox already has an interface named {}",
@@ -389,13 +419,40 @@ impl SandboxPlan {
             netlink.add_address(ifindex, *address).await?;
         }
         super::failpoint("connect-after-addresses")?;
+        let mac = netlink.link_by_index(ifindex).await?.mac;
+        if let Some(bpf_dir) = &self.spoofcheck {
+            // Before the link is up: no frame ever leaves unchecked.
+            let config = egress_config(mac, &self.addresses);
+            crate::datapath::egress::attach(bpf_dir, ifindex, &self.ifname, &config)?;
+        }
         announce_on_up(&self.ifname);
         netlink.set_up(ifindex).await?;
         for (gateway, ipv6) in &self.routes {
             netlink.add_default_route(ifindex, *gateway, *ipv6).await?;
         }
-        Ok(netlink.link_by_index(ifindex).await?.mac)
+        Ok(Materialized { mac, ifindex })
     }
+}
+
+/// What the endpoint may send as: its MAC and its addresses.
+fn egress_config(mac: Option<[u8; 6]>, addresses: &[IpNet]) -> EgressConfig {
+    let mut config = EgressConfig {
+        mac: mac.unwrap_or_default(),
+        ..EgressConfig::default()
+    };
+    for address in addresses {
+        match address.addr() {
+            IpAddr::V4(v4) => {
+                config.ipv4 = v4.octets();
+                config.flags |= EGRESS_HAS_IPV4;
+            }
+            IpAddr::V6(v6) => {
+                config.ipv6 = v6.octets();
+                config.flags |= EGRESS_HAS_IPV6;
+            }
+        }
+    }
+    config
 }
 
 /// Asks the kernel to announce the endpoint when it comes up: a gratuitous

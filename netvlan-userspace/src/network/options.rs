@@ -37,11 +37,18 @@ pub struct NetworkOptions {
     pub ipvlan_mode: Option<IpvlanMode>,
     pub ipvlan_flag: Option<IpvlanFlag>,
     pub mtu: Option<u32>,
+    /// Anti-spoofing on every endpoint's egress (`spoofcheck=on|off`).
+    #[serde(default = "spoofcheck_default")]
+    pub spoofcheck: bool,
     /// Datapath policy (`unknown_dst=`, `vlans=`, `mac_deny=`).
     #[serde(default)]
     pub policy: PolicyOptions,
     /// Every `-o` exactly as given, for `inspect`'s `Options`.
     pub raw: BTreeMap<String, String>,
+}
+
+fn spoofcheck_default() -> bool {
+    true
 }
 
 /// What the datapath enforces for a network (see `netvlan_common::policy`).
@@ -137,6 +144,7 @@ const KNOWN: &[&str] = &[
     "unknown_dst",
     "vlans",
     "mac_deny",
+    "spoofcheck",
 ];
 
 fn parse_enum<T: clap::ValueEnum>(key: &str, value: &str) -> Result<T, NetworkError> {
@@ -223,6 +231,15 @@ impl NetworkOptions {
                         .unwrap_or_default(),
                 ),
                 Driver::Macvlan => None,
+            },
+            spoofcheck: match get("spoofcheck") {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(NetworkError::BadOption(format!(
+                        "spoofcheck={other}: expected on or off"
+                    )))
+                }
             },
             policy: {
                 let mut policy = PolicyOptions::default();

@@ -1,0 +1,87 @@
+//! netvlan's endpoint egress program (TC): a container may send only as
+//! itself. One instance per endpoint link, configured through
+//! `EGRESS_CONFIG`; the decision is `netvlan_common::egress::egress_allowed`,
+//! the code the host unit tests run.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, map},
+    maps::{Array, PerCpuArray},
+    programs::TcContext,
+};
+use netvlan_common::{
+    egress::{egress_allowed, EgressConfig, EGRESS_SENT, EGRESS_SLOTS, EGRESS_SPOOFED},
+    frame::FrameBytes,
+    maps::Counters,
+};
+
+#[map(name = "EGRESS_CONFIG")]
+static EGRESS_CONFIG: Array<EgressConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "EGRESS_STATS")]
+static EGRESS_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(EGRESS_SLOTS, 0);
+
+/// Headers the decision reads: Ethernet + the longest L3 header checked
+/// (IPv6, 40 bytes) with room for a tag. Pulled into the linear area first.
+const HEADERS: u32 = 64;
+
+struct SkbFrame {
+    data: usize,
+    data_end: usize,
+}
+
+impl FrameBytes for SkbFrame {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.data_end - self.data
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.data + offset;
+        if start + N > self.data_end {
+            return None;
+        }
+        // SAFETY: bounds checked just above; packet data has no alignment.
+        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    }
+}
+
+#[classifier]
+pub fn netvlan_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let _ = ctx.pull_data(if len < HEADERS { len } else { HEADERS });
+    let frame = SkbFrame {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+    };
+    // SAFETY: reading a field of the context the kernel hands us.
+    let offloaded_tag = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    let allowed = match EGRESS_CONFIG.get(0) {
+        Some(cfg) => !offloaded_tag && egress_allowed(&frame, cfg),
+        // No config yet: the control plane writes it before attaching.
+        None => false,
+    };
+    let slot = if allowed { EGRESS_SENT } else { EGRESS_SPOOFED };
+    if let Some(c) = EGRESS_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*c).add_frame(u64::from(len)) };
+    }
+    if allowed {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
