@@ -45,10 +45,21 @@ pub fn unique_name(kind: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!(
-        "{PREFIX}-{kind}-{}-{n}-{:x}",
+        "{}-{kind}-{}-{n}-{:x}",
+        run_prefix(),
         std::process::id(),
         nanos & 0xffff
     )
+}
+
+/// `nvt`, or `nvt<RUN>` when `NETVLAN_TEST_RUN` is set: `cargo xtask test`
+/// gives each run its own, so its leak check never mistakes another run's
+/// objects (a second suite on the same machine) for its own leftovers.
+pub fn run_prefix() -> String {
+    match std::env::var("NETVLAN_TEST_RUN") {
+        Ok(run) if !run.is_empty() => format!("{PREFIX}{run}"),
+        _ => PREFIX.to_string(),
+    }
 }
 
 /// Runs a command and panics with its output unless it succeeds.

@@ -90,7 +90,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
         .args(args.filter.iter())
         .env("NETVLAN_BIN", &netvlan)
         .env("NETVLAN_TEST_LANE", "host")
-        .env("NETVLAN_TEST_NOTES", &notes);
+        .env("NETVLAN_TEST_NOTES", &notes)
+        .env("NETVLAN_TEST_RUN", format!("{:x}", std::process::id()));
     let (host, host_ok) = run_counting(&mut cargo_test)?;
     if let Ok(text) = std::fs::read_to_string(&notes) {
         println!("xtask: host lane notes (checked in the other lane):");
@@ -240,13 +241,20 @@ fn run_counting(cmd: &mut Command) -> Result<(Tally, bool)> {
     Ok((tally, status.success()))
 }
 
-/// Namespaces and bpffs directories with the test prefix that still exist.
+/// This run's prefix for namespaces and bpffs directories (see the test
+/// harness's `run_prefix`).
+fn run_prefix() -> String {
+    format!("{TEST_PREFIX}{:x}", std::process::id())
+}
+
+/// Namespaces and bpffs directories of this run that still exist.
 fn leftovers() -> Result<Vec<String>> {
+    let prefix = run_prefix();
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TEST_PREFIX) {
+            if name.starts_with(&prefix) {
                 found.push(format!("netns {name}"));
             }
         }
@@ -254,7 +262,7 @@ fn leftovers() -> Result<Vec<String>> {
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TEST_PREFIX) {
+            if name.starts_with(&prefix) {
                 found.push(format!("bpffs /sys/fs/bpf/{name}"));
             }
         }
