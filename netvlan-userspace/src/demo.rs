@@ -137,7 +137,7 @@ impl Demo {
         let lan_raw = std::os::fd::AsRawFd::as_raw_fd(&lan_fd);
         run_in(&self.ns_path("host"), move || async move {
             let netlink = Netlink::connect()?;
-            netlink.create_veth("eth0", "lan0").await?;
+            netlink.create_veth("eth0", "lan0", None).await?;
             // Tags in the frame bytes, so the datapath counts per VLAN.
             for end in ["eth0", "lan0"] {
                 if let Err(e) = crate::offload::disable_vlan_offload(end) {

@@ -86,12 +86,17 @@ pub enum IpvlanFlag {
 }
 
 /// Settings applied when a link is created.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LinkOptions {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     /// Create the link directly inside this network namespace.
     pub netns_fd: Option<std::os::fd::RawFd>,
+    /// `IFLA_IFALIAS`: netvlan tags the links it creates with their owner,
+    /// so crash recovery only ever deletes its own links. The kernel ignores
+    /// an alias in RTM_NEWLINK, so it is set right after creation (for a
+    /// link born in another namespace the caller sets it there).
+    pub alias: Option<String>,
 }
 
 /// A link netvlan creates.
@@ -191,6 +196,7 @@ pub struct LinkInfo {
     pub ifindex: u32,
     pub name: String,
     pub mac: Option<[u8; 6]>,
+    pub alias: Option<String>,
     pub xdp: Option<XdpState>,
 }
 
@@ -220,6 +226,24 @@ impl Netlink {
                 what: format!("get link '{name}'"),
                 source,
             }),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let mut stream = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(msg)) => out.push(link_info(&msg)),
+                Ok(None) => return Ok(out),
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        what: "dump links".into(),
+                        source,
+                    })
+                }
+            }
         }
     }
 
@@ -281,11 +305,37 @@ impl Netlink {
                 },
             });
         }
+        if let (Some(alias), None) = (&options.alias, options.netns_fd) {
+            let created = self.link_by_name(name).await?;
+            self.set_alias(created.ifindex, alias).await?;
+        }
         Ok(())
     }
 
+    /// Sets a link's alias (`IFLA_IFALIAS`).
+    pub async fn set_alias(&self, ifindex: u32, alias: &str) -> Result<(), NetlinkError> {
+        let mut message = rtnetlink::LinkUnspec::new_with_index(ifindex).build();
+        message
+            .attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("set the alias of link #{ifindex}"),
+                source,
+            })
+    }
+
     /// Creates a veth pair (both ends down) in this namespace.
-    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+    pub async fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        alias: Option<&str>,
+    ) -> Result<(), NetlinkError> {
         let message = rtnetlink::LinkVeth::new(name, peer).build();
         self.handle
             .link()
@@ -298,7 +348,12 @@ impl Netlink {
                     what: format!("create veth pair '{name}'/'{peer}'"),
                     source,
                 },
-            })
+            })?;
+        if let Some(alias) = alias {
+            let created = self.link_by_name(name).await?;
+            self.set_alias(created.ifindex, alias).await?;
+        }
+        Ok(())
     }
 
     /// Moves a link into another network namespace.
@@ -434,10 +489,12 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut name = String::new();
     let mut xdp = None;
     let mut mac = None;
+    let mut alias = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
             LinkAttribute::Xdp(nlas) => xdp = xdp_state(nlas),
             _ => {}
         }
@@ -446,6 +503,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         ifindex: msg.header.index,
         name,
         mac,
+        alias,
         xdp,
     }
 }

@@ -20,6 +20,10 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netvlan";
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// Intents of the command in flight (see `network::journal`): what it may
+/// have created in the kernel, written before it creates it.
+const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
+const PENDING: &str = "pending";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -154,13 +158,69 @@ impl Store {
         &self,
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
+        self.write_tables(|networks, _| f(networks))
+    }
+
+    /// One transaction over both tables.
+    fn write_tables(
+        &self,
+        f: impl FnOnce(
+            &mut redb::Table<&str, &[u8]>,
+            &mut redb::Table<&str, &[u8]>,
+        ) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StoreError> {
         let err = self.db_err();
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
-            let mut table = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
-            f(&mut table).map_err(|e| err(e.into()))?;
+            let mut networks = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(|e| err(e.into()))?;
+            f(&mut networks, &mut journal).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// The intents of an interrupted command, oldest first (empty when the
+    /// last command finished).
+    pub fn journal<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_table(JOURNAL) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e.into())),
+        };
+        let value = table.get(PENDING).map_err(|e| err(e.into()))?;
+        Ok(value
+            .map(|v| self.decode(PENDING, v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Replaces the journal (durably, before the kernel change it announces).
+    pub fn set_journal<T: Serialize>(&self, intents: &[T]) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(intents).expect("intents always serialise");
+        self.write_tables(|_, journal| {
+            journal.insert(PENDING, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn clear_journal(&self) -> Result<(), StoreError> {
+        self.write_tables(|_, journal| {
+            journal.remove(PENDING)?;
+            Ok(())
+        })
+    }
+
+    /// Writes a network and clears the journal in one transaction: the
+    /// command's kernel changes become owned by the record atomically.
+    pub fn commit_network<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("network records always serialise");
+        self.write_tables(|networks, journal| {
+            networks.insert(name, bytes.as_slice())?;
+            journal.remove(PENDING)?;
+            Ok(())
+        })
     }
 }
 

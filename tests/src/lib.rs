@@ -388,6 +388,27 @@ pub fn netvlan_failing_at(
     run_netvlan(ns, bpf, Some(state), &[("FAILPOINTS", spec.as_str())], args)
 }
 
+/// Starts `netvlan ARGS` in `ns` without waiting (to kill it mid-command).
+/// `nsenter` execs netvlan in place, so the child's PID is netvlan's.
+pub fn spawn_netvlan(
+    ns: &Netns,
+    bpf: &BpfDir,
+    state: &StateDir,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Child {
+    let mut cmd = ns.command(netvlan_bin());
+    cmd.args(args)
+        .env("NETVLAN_BPF_DIR", bpf.path())
+        .env("NETVLAN_STATE_DIR", state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.spawn().expect("netvlan starts")
+}
+
 fn run_netvlan(
     ns: &Netns,
     bpf: &BpfDir,

@@ -1118,3 +1118,122 @@ fn a_failure_at_any_step_of_connect_leaves_nothing_behind() {
     lan.netvlan(&["disconnect", "conn-rb", c.name()]).ok();
     lan.netvlan(&["network", "rm", "conn-rb"]).ok();
 }
+
+/// Starts a netvlan command that sleeps at `failpoint`, waits until `ready`
+/// holds, then kills it with SIGKILL: a command dying half-way.
+fn kill_midway(lan: &Lan, failpoint: &str, args: &[&str], ready: impl Fn() -> bool) {
+    let spec = format!("{failpoint}=sleep(20000)");
+    let mut child = netvlan_tests::spawn_netvlan(
+        &lan.host,
+        &lan.bpf,
+        &lan.state,
+        &[("FAILPOINTS", &spec)],
+        args,
+    );
+    let reached =
+        netvlan_tests::wait_for(std::time::Duration::from_secs(10), || ready().then_some(()));
+    child.kill().expect("SIGKILL our own child");
+    child.wait().expect("reap it");
+    assert!(reached.is_some(), "the command never reached {failpoint}");
+}
+
+#[test]
+fn a_killed_create_is_cleaned_up_by_the_next_command() {
+    let lan = Lan::new(false);
+    let links_before = lan.host_links();
+    // Killed right after creating its placeholder parent.
+    kill_midway(
+        &lan,
+        "create-after-parent",
+        &["network", "create", "--subnet", "10.54.0.0/24", "killed"],
+        || lan.host_links().iter().any(|l| l.starts_with("nvd-")),
+    );
+    assert_ne!(
+        lan.host_links(),
+        links_before,
+        "the killed command left its placeholder (as expected)"
+    );
+    let ls = lan.netvlan(&["network", "ls", "--json"]).ok();
+    assert_eq!(ls.json(), serde_json::json!([]));
+    assert!(
+        ls.stderr.contains("left by an interrupted command"),
+        "{}",
+        ls.stderr
+    );
+    assert_eq!(
+        lan.host_links(),
+        links_before,
+        "recovery removed the orphan"
+    );
+
+    // Killed right after attaching the datapath to eth0.
+    kill_midway(
+        &lan,
+        "create-after-datapath",
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.55.0.0/24",
+            "-o",
+            "parent=eth0",
+            "killed",
+        ],
+        || lan.host.link_json("eth0").get("xdp").is_some(),
+    );
+    lan.netvlan(&["network", "ls"]).ok();
+    assert!(
+        lan.host.link_json("eth0").get("xdp").is_none(),
+        "the orphaned attachment is gone"
+    );
+    assert_eq!(lan.bpf.contents(), Vec::<String>::new(), "its pins too");
+}
+
+#[test]
+fn a_killed_connect_is_cleaned_up_by_the_next_command() {
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.56.0.0/24",
+        "-o",
+        "parent=eth0",
+        "victim",
+    ])
+    .ok();
+    let c = lan.container(false);
+    kill_midway(
+        &lan,
+        "connect-after-link",
+        &["connect", "victim", c.name()],
+        || !container_links(&c).is_empty(),
+    );
+    assert_eq!(
+        container_links(&c).len(),
+        1,
+        "the killed connect left its link (as expected)"
+    );
+    let inspect = lan.netvlan(&["network", "inspect", "victim"]).ok();
+    assert!(
+        inspect.stderr.contains("left by an interrupted connect"),
+        "{}",
+        inspect.stderr
+    );
+    assert_eq!(
+        container_links(&c),
+        Vec::<String>::new(),
+        "recovery removed the orphan link"
+    );
+    assert_eq!(inspect.json()[0]["Containers"], serde_json::json!({}));
+    let ok = lan
+        .netvlan(&["connect", "--json", "victim", c.name()])
+        .ok()
+        .json();
+    assert_eq!(
+        ok["endpoint"]["ipv4"], "10.56.0.2/24",
+        "no address was lost"
+    );
+    lan.netvlan(&["disconnect", "victim", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "victim"]).ok();
+}

@@ -282,11 +282,17 @@ fn init_tracing(verbose: u8) {
 
 async fn run(cli: Cli) -> Result<()> {
     let datapath = Datapath::open(&cli.bpf_dir)?;
-    let manager = || -> Result<Manager> {
-        Ok(Manager::new(
-            Store::open(&cli.state_dir)?,
-            Datapath::open(&cli.bpf_dir)?,
-        )?)
+    let state_dir = cli.state_dir.clone();
+    let bpf_dir = cli.bpf_dir.clone();
+    // Opening the manager first cleans up after a command that was killed
+    // half-way; say what that did.
+    let manager = || async {
+        let (manager, recovered) =
+            Manager::open(Store::open(&state_dir)?, Datapath::open(&bpf_dir)?).await?;
+        for line in recovered {
+            eprintln!("note: {line}");
+        }
+        Ok::<Manager, anyhow::Error>(manager)
     };
     match cli.command {
         Command::Datapath(cmd) => datapath_command(&datapath, cmd).await,
@@ -326,7 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
             settings,
             output,
         }) => {
-            let record = manager()?.set_policy(&network, &settings).await?;
+            let record = manager().await?.set_policy(&network, &settings).await?;
             if output.json {
                 print_json(&network::inspect(&record))
             } else {
@@ -335,7 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Restore { output } => {
-            let actions = manager()?.restore().await?;
+            let actions = manager().await?.restore().await?;
             let failed = actions.iter().filter(|a| a.error.is_some()).count();
             if output.json {
                 print_json(&serde_json::json!({ "actions": actions }))?;
@@ -354,9 +360,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Network(cmd) => network_command(&manager()?, cmd).await,
+        Command::Network(cmd) => network_command(&manager().await?, cmd).await,
         Command::Connect(args) => {
-            let (record, endpoint) = manager()?
+            let (record, endpoint) = manager()
+                .await?
                 .connect(ConnectRequest {
                     network: args.network,
                     sandbox: args.sandbox,
@@ -391,7 +398,7 @@ async fn run(cli: Cli) -> Result<()> {
             sandbox,
             output,
         } => {
-            let endpoint = manager()?.disconnect(&network, &sandbox).await?;
+            let endpoint = manager().await?.disconnect(&network, &sandbox).await?;
             if output.json {
                 print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
             } else {

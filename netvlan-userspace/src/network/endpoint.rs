@@ -89,6 +89,11 @@ pub(super) fn parse_stored_mac(text: &str) -> Option<[u8; 6]> {
     parse_mac(text).ok()
 }
 
+/// A temporary link name no one else uses (`nvt` + 10 hex digits).
+pub(super) fn temp_link_name() -> String {
+    format!("nvt{:010x}", rand::random::<u64>() & 0xff_ffff_ffff)
+}
+
 /// Addresses with the prefix length of their subnet.
 fn with_prefix(record: &NetworkRecord, ip: IpAddr) -> IpNet {
     let prefix = record
@@ -191,9 +196,33 @@ impl Manager {
         let endpoint_id = super::new_id();
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
         let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
-        let made = self
-            .materialize(&record, link, &sandbox.path, &ifname, mac, ipv4, ipv6)
-            .await?;
+        let alias = super::journal::owner_alias(&endpoint_id);
+        let temp_name = temp_link_name();
+        self.intend(super::journal::Intent::SandboxLink {
+            netns_path: sandbox.path.clone(),
+            temp_name: temp_name.clone(),
+            alias: alias.clone(),
+        })?;
+        let made = match self
+            .materialize(
+                &record,
+                link,
+                &sandbox.path,
+                &ifname,
+                mac,
+                ipv4,
+                ipv6,
+                &alias,
+                &temp_name,
+            )
+            .await
+        {
+            Ok(made) => made,
+            Err(e) => {
+                self.forget_intents();
+                return Err(e);
+            }
+        };
 
         let endpoint = Endpoint {
             id: endpoint_id,
@@ -216,7 +245,7 @@ impl Manager {
             .await
         {
             Ok(()) => super::failpoint("connect-before-persist")
-                .and_then(|()| Ok(self.store().put_network(&record.name, &record)?)),
+                .and_then(|()| Ok(self.store().commit_network(&record.name, &record)?)),
             Err(e) => Err(e),
         };
         if let Err(e) = persisted {
@@ -228,8 +257,11 @@ impl Manager {
                 .await;
             let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
-            return Err(rollback.undo(self.netlink(), self.datapath(), e).await);
+            let e = rollback.undo(self.netlink(), self.datapath(), e).await;
+            self.forget_intents();
+            return Err(e);
         }
+        self.intents_committed();
         Ok((record, endpoint))
     }
 
@@ -248,8 +280,10 @@ impl Manager {
         mac: Option<[u8; 6]>,
         ipv4: Option<IpNet>,
         ipv6: Option<IpNet>,
+        alias: &str,
+        temp_name: &str,
     ) -> Result<Materialized, NetworkError> {
-        let temp_name = format!("nvt{:010x}", rand::random::<u64>() & 0xff_ffff_ffff);
+        let temp_name = temp_name.to_string();
         let ns_file =
             std::fs::File::open(sandbox).map_err(|source| crate::netns::NetnsError::Open {
                 path: sandbox.into(),
@@ -259,6 +293,8 @@ impl Manager {
             mac,
             mtu: record.options.mtu,
             netns_fd: Some(ns_file.as_raw_fd()),
+            // Set inside the sandbox, before the rename (see `configure`).
+            alias: None,
         };
         self.netlink()
             .create_link_with(&temp_name, link, &options)
@@ -275,6 +311,7 @@ impl Manager {
         }
 
         let plan = SandboxPlan {
+            alias: alias.to_string(),
             temp_name,
             ifname: ifname.to_string(),
             addresses: ipv4.iter().chain(ipv6.iter()).copied().collect(),
@@ -375,6 +412,8 @@ fn default_routes(record: &NetworkRecord, v4: bool, v6: bool) -> Vec<(Option<IpA
 /// What to do inside the sandbox, run on a thread that entered it.
 struct SandboxPlan {
     temp_name: String,
+    /// Owner tag, set first so crash recovery can always find the link.
+    alias: String,
     ifname: String,
     addresses: Vec<IpNet>,
     routes: Vec<(Option<IpAddr>, bool)>,
@@ -408,6 +447,7 @@ impl SandboxPlan {
         netlink: &Netlink,
         ifindex: u32,
     ) -> Result<Materialized, NetworkError> {
+        netlink.set_alias(ifindex, &self.alias).await?;
         if netlink.link_by_name(&self.ifname).await.is_ok() {
             return Err(NetworkError::BadEndpoint(format!(
                 "the sandbox already has an interface named {}",

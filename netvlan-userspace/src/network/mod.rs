@@ -8,6 +8,7 @@
 
 mod endpoint;
 mod inspect;
+mod journal;
 mod options;
 mod policy;
 mod restore;
@@ -157,6 +158,8 @@ pub struct Manager {
     store: Store,
     netlink: Netlink,
     datapath: Datapath,
+    /// This command's journal (see [`journal`]).
+    intents: std::sync::Mutex<Vec<journal::Intent>>,
 }
 
 /// A named step where tests can inject a failure (`FAILPOINTS=NAME=return`
@@ -187,7 +190,19 @@ impl Manager {
             store,
             netlink: Netlink::connect()?,
             datapath,
+            intents: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Opens the manager and first cleans up after a command that died
+    /// half-way (see [`journal`]). Returns what the cleanup did.
+    pub async fn open(
+        store: Store,
+        datapath: Datapath,
+    ) -> Result<(Self, Vec<String>), NetworkError> {
+        let manager = Self::new(store, datapath)?;
+        let recovered = manager.recover().await?;
+        Ok((manager, recovered))
     }
 
     pub fn networks(&self) -> Result<Vec<NetworkRecord>, NetworkError> {
@@ -220,11 +235,15 @@ impl Manager {
 
         let mut rollback = Rollback::default();
         let result = self
-            .create_in_kernel(&mut parent, &options, &existing, &mut rollback)
+            .create_in_kernel(&id, &mut parent, &options, &existing, &mut rollback)
             .await;
         let datapath_owned = match result {
             Ok(owned) => owned,
-            Err(e) => return Err(rollback.undo(&self.netlink, &self.datapath, e).await),
+            Err(e) => {
+                let e = rollback.undo(&self.netlink, &self.datapath, e).await;
+                self.forget_intents();
+                return Err(e);
+            }
         };
         let record = NetworkRecord {
             id,
@@ -241,7 +260,7 @@ impl Manager {
         let on_wire = policy::wire_after(&existing, &record, false);
         let persisted = match self.sync_wire(&record.parent.wire, &on_wire).await {
             Ok(()) => failpoint("create-before-persist")
-                .and_then(|()| Ok(self.store.put_network(&record.name, &record)?)),
+                .and_then(|()| Ok(self.store.commit_network(&record.name, &record)?)),
             Err(e) => Err(e),
         };
         if let Err(e) = persisted {
@@ -250,8 +269,11 @@ impl Manager {
             if !before.is_empty() {
                 let _ = self.sync_wire(&record.parent.wire, &before).await;
             }
-            return Err(rollback.undo(&self.netlink, &self.datapath, e).await);
+            let e = rollback.undo(&self.netlink, &self.datapath, e).await;
+            self.forget_intents();
+            return Err(e);
         }
+        self.intents_committed();
         Ok(record)
     }
 
@@ -259,6 +281,7 @@ impl Manager {
     /// attaches the datapath. Returns whether netvlan owns the attachment.
     async fn create_in_kernel(
         &self,
+        id: &str,
         parent: &mut Parent,
         options: &NetworkOptions,
         existing: &[NetworkRecord],
@@ -287,16 +310,23 @@ impl Manager {
                                 }
                                 other => other.into(),
                             })?;
-                    let link = self
-                        .netlink
-                        .create_link(
-                            &parent.link,
-                            NewLink::Vlan {
-                                parent: base_link.ifindex,
-                                vid,
-                            },
-                        )
+                    let alias = journal::owner_alias(id);
+                    self.intend(journal::Intent::HostLink {
+                        name: parent.link.clone(),
+                        alias: alias.clone(),
+                    })?;
+                    let vlan = NewLink::Vlan {
+                        parent: base_link.ifindex,
+                        vid,
+                    };
+                    let options = crate::netlink::LinkOptions {
+                        alias: Some(alias),
+                        ..Default::default()
+                    };
+                    self.netlink
+                        .create_link_with(&parent.link, vlan, &options)
                         .await?;
+                    let link = self.netlink.link_by_name(&parent.link).await?;
                     rollback.delete_link(link.ifindex);
                     self.netlink.set_up(link.ifindex).await?;
                     parent.created = true;
@@ -304,15 +334,27 @@ impl Manager {
                 Err(e) => return Err(e.into()),
             },
             ParentKind::Placeholder => {
-                let link = self.create_placeholder(&parent.link).await?;
+                let alias = journal::owner_alias(id);
+                self.intend(journal::Intent::HostLink {
+                    name: parent.link.clone(),
+                    alias: alias.clone(),
+                })?;
+                let link = self.create_placeholder(&parent.link, &alias).await?;
                 rollback.delete_link(link);
                 self.netlink.set_up(link).await?;
                 parent.created = true;
             }
         }
         failpoint("create-after-parent")?;
-        self.probe_driver(&parent.link, options).await?;
+        self.probe_driver(&parent.link, options, id).await?;
 
+        // Only an attachment this command makes is the journal's business.
+        let attached_before = self.datapath.attachments(Some(&parent.wire)).await.is_ok();
+        if !attached_before {
+            self.intend(journal::Intent::Datapath {
+                wire: parent.wire.clone(),
+            })?;
+        }
         let owned = match self.datapath.attach(&parent.wire, AttachMode::Auto).await {
             Ok(AttachOutcome::Attached { .. }) => {
                 rollback.detach(&parent.wire);
@@ -335,12 +377,20 @@ impl Manager {
 
     /// A dummy link, or where the kernel has no dummy driver, one end of a
     /// veth pair (deleting either end deletes both).
-    async fn create_placeholder(&self, name: &str) -> Result<u32, NetworkError> {
-        match self.netlink.create_link(name, NewLink::Dummy).await {
-            Ok(link) => Ok(link.ifindex),
+    async fn create_placeholder(&self, name: &str, alias: &str) -> Result<u32, NetworkError> {
+        let options = crate::netlink::LinkOptions {
+            alias: Some(alias.to_string()),
+            ..Default::default()
+        };
+        match self
+            .netlink
+            .create_link_with(name, NewLink::Dummy, &options)
+            .await
+        {
+            Ok(()) => Ok(self.netlink.link_by_name(name).await?.ifindex),
             Err(NetlinkError::UnsupportedLinkType { .. }) => {
                 let peer = format!("{}p", &name[..name.len().min(14)]);
-                self.netlink.create_veth(name, &peer).await?;
+                self.netlink.create_veth(name, &peer, Some(alias)).await?;
                 // Up on both ends, or the placeholder has no carrier and
                 // neither have the endpoints on it.
                 let peer_link = self.netlink.link_by_name(&peer).await?;
@@ -357,9 +407,15 @@ impl Manager {
         &self,
         parent: &str,
         options: &NetworkOptions,
+        id: &str,
     ) -> Result<(), NetworkError> {
         let parent = self.netlink.link_by_name(parent).await?;
         let probe = format!("nvprobe{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let alias = journal::owner_alias(id);
+        self.intend(journal::Intent::HostLink {
+            name: probe.clone(),
+            alias: alias.clone(),
+        })?;
         let link = match options.driver {
             // bridge mode: a passthru probe would grab the parent.
             Driver::Macvlan => NewLink::Macvlan {
@@ -372,7 +428,14 @@ impl Manager {
                 flag: options.ipvlan_flag.unwrap_or_default(),
             },
         };
-        let created = self.netlink.create_link(&probe, link).await?;
+        let probe_options = crate::netlink::LinkOptions {
+            alias: Some(alias),
+            ..Default::default()
+        };
+        self.netlink
+            .create_link_with(&probe, link, &probe_options)
+            .await?;
+        let created = self.netlink.link_by_name(&probe).await?;
         self.netlink.delete_link(created.ifindex).await?;
         Ok(())
     }

@@ -117,7 +117,8 @@ impl Manager {
                     Ok(self.netlink().set_up(link.ifindex).await?)
                 }
                 ParentKind::Placeholder => {
-                    let ifindex = self.create_placeholder(&record.parent.link).await?;
+                    let alias = super::journal::owner_alias(&record.id);
+                    let ifindex = self.create_placeholder(&record.parent.link, &alias).await?;
                     Ok(self.netlink().set_up(ifindex).await?)
                 }
             }
@@ -244,6 +245,8 @@ impl Manager {
                     mac,
                     endpoint.ipv4,
                     endpoint.ipv6,
+                    &super::journal::owner_alias(&endpoint.id),
+                    &super::endpoint::temp_link_name(),
                 )
                 .await;
             report(

@@ -1,0 +1,148 @@
+//! Crash safety for commands killed half-way (SIGKILL, power loss).
+//!
+//! Before a command creates anything in the kernel it records the intent
+//! in the store's journal, durably; every link it creates carries an
+//! `IFLA_IFALIAS` tag naming its owner. Committing the network record
+//! clears the journal in the same transaction; a failure clears it after
+//! the rollback. So a journal found by the next command means the last one
+//! died in between: [`Manager::recover`] removes exactly what it may have
+//! left (links that carry the recorded tag and that no stored network
+//! owns, an attachment no stored network owns) before doing anything else.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Manager, NetworkError};
+use crate::{
+    datapath::DatapathError,
+    netlink::{Netlink, NetlinkError},
+    netns,
+};
+
+/// Something a command may have created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Intent {
+    /// A link in the host's namespace (802.1Q parent, placeholder, probe).
+    HostLink { name: String, alias: String },
+    /// An endpoint link inside a sandbox: under its temporary name until
+    /// it is tagged with the alias, by the alias after.
+    SandboxLink {
+        netns_path: PathBuf,
+        temp_name: String,
+        alias: String,
+    },
+    /// The datapath attached to a wire that had none.
+    Datapath { wire: String },
+}
+
+/// The alias netvlan gives the links it creates.
+pub(crate) fn owner_alias(id: &str) -> String {
+    format!("netvlan:{id}")
+}
+
+impl Manager {
+    /// Records an intent durably before the kernel change it announces.
+    pub(super) fn intend(&self, intent: Intent) -> Result<(), NetworkError> {
+        let mut intents = self.intents.lock().expect("intents lock");
+        intents.push(intent);
+        Ok(self.store().set_journal(&intents)?)
+    }
+
+    /// After a rollback: nothing is pending any more.
+    pub(super) fn forget_intents(&self) {
+        self.intents.lock().expect("intents lock").clear();
+        if let Err(e) = self.store().clear_journal() {
+            tracing::error!("cannot clear the journal: {e}");
+        }
+    }
+
+    /// Called when the store shows its journal was already emptied in the
+    /// same transaction as the record.
+    pub(super) fn intents_committed(&self) {
+        self.intents.lock().expect("intents lock").clear();
+    }
+
+    /// Cleans up after a command that died half-way; returns what it did.
+    pub(super) async fn recover(&self) -> Result<Vec<String>, NetworkError> {
+        let intents: Vec<Intent> = self.store().journal()?;
+        if intents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let networks = self.networks()?;
+        let mut done = Vec::new();
+        for intent in intents.into_iter().rev() {
+            match intent {
+                Intent::HostLink { name, alias } => {
+                    if networks.iter().any(|n| n.parent.link == name) {
+                        continue;
+                    }
+                    match self.netlink().link_by_name(&name).await {
+                        Ok(link) if link.alias.as_deref() == Some(alias.as_str()) => {
+                            self.netlink().delete_link(link.ifindex).await?;
+                            done.push(format!("deleted {name}, left by an interrupted command"));
+                        }
+                        Ok(_) | Err(NetlinkError::NoSuchInterface { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Intent::SandboxLink {
+                    netns_path,
+                    temp_name,
+                    alias,
+                } => {
+                    if !netns_path.exists() {
+                        continue;
+                    }
+                    let path = netns_path.clone();
+                    let tag = alias.clone();
+                    let deleted = tokio::task::spawn_blocking(move || {
+                        netns::run_in(&path, move || async move {
+                            let netlink = Netlink::connect()?;
+                            let mut deleted = Vec::new();
+                            for link in netlink.links().await? {
+                                if link.alias.as_deref() == Some(tag.as_str())
+                                    || link.name == temp_name
+                                {
+                                    netlink.delete_link(link.ifindex).await?;
+                                    deleted.push(link.name);
+                                }
+                            }
+                            Ok::<_, NetlinkError>(deleted)
+                        })
+                    })
+                    .await
+                    .expect("the sandbox thread is joined")??;
+                    for name in deleted {
+                        done.push(format!(
+                            "deleted {name} in {}, left by an interrupted connect",
+                            netns_path.display()
+                        ));
+                    }
+                }
+                Intent::Datapath { wire } => {
+                    if networks
+                        .iter()
+                        .any(|n| n.parent.wire == wire && n.datapath_owned)
+                    {
+                        continue;
+                    }
+                    match self.datapath().detach(&wire).await {
+                        Ok(_) => done.push(format!(
+                            "detached the datapath from {wire}, left by an interrupted create"
+                        )),
+                        Err(DatapathError::NotAttached { .. })
+                        | Err(DatapathError::Netlink(NetlinkError::NoSuchInterface { .. })) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        self.store().clear_journal()?;
+        for line in &done {
+            tracing::warn!("recovery: {line}");
+        }
+        Ok(done)
+    }
+}
