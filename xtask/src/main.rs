@@ -3,6 +3,7 @@
 //! Every command first installs what it needs (once): the nightly's
 //! rust-src, bpf-linker, and the Debian packages the tests call.
 
+mod bench;
 mod cmd;
 mod fuzz;
 mod test;
@@ -41,6 +42,9 @@ enum Cmd {
     VmTest(vm::VmArgs),
     /// Fuzz the frame classifier and policy decision (cargo-fuzz, libFuzzer).
     Fuzz(fuzz::FuzzArgs),
+    /// Benchmarks against the peers users would pick (root): writes
+    /// bench/results/<date>.json, BENCHMARKS.md and bench/charts/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
         Cmd::VmTest(args) => test::vm_only(&args),
+        Cmd::Bench(args) => bench::bench(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
     };
     if let Err(e) = result {

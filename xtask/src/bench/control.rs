@@ -1,0 +1,309 @@
+//! Family `control`: how long netvlan takes to give a sandbox an endpoint
+//! and take it away, against the reference CNI macvlan plugin with
+//! host-local IPAM driven by the CNI protocol the way a runtime does it
+//! (environment + JSON config on stdin, run in the namespace that holds the
+//! master link).
+//!
+//! Both sides start a process per operation, through the same `nsenter`,
+//! into the same sandboxes, each on its own parent veth in a namespace of
+//! its own.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+
+use super::{
+    model::{Basis, Better, Bound, Family, Measurement},
+    netvlan::Netvlan,
+    sandbox::{veth_pair, Netns, NetnsSet, OwnedDir},
+    timing::{timed, Timed},
+    Ctx,
+};
+
+const CNI_DIR: &str = "/usr/lib/cni";
+const NETVLAN: &str = "netvlan";
+const CNI: &str = "CNI macvlan + host-local";
+const ATTACH: &str = "attach (connect / ADD)";
+const DETACH: &str = "detach (disconnect / DEL)";
+const CYCLE: &str = "attach + detach";
+const PER_ENDPOINT: &str = "time per endpoint";
+const TOTAL: &str = "total time";
+const GOAL: &str = ">= 5x faster per endpoint";
+
+/// Endpoints brought up together in one network.
+pub fn endpoints(ctx: &Ctx) -> usize {
+    ctx.pick(50, 1000)
+}
+
+/// Single attach + detach cycles per side.
+pub fn cycles(ctx: &Ctx) -> usize {
+    ctx.pick(30, 200)
+}
+
+pub fn steps(ctx: &Ctx) -> u64 {
+    (cycles(ctx) + 4 * endpoints(ctx)) as u64
+}
+
+pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
+    let n = endpoints(ctx);
+    let cycles = cycles(ctx);
+    bar.set_message(format!("creating {n} sandboxes and both parents"));
+    let nv_host = Netns::new(&ctx.token, "cp-nv")?;
+    veth_pair(&nv_host, "lan0", &nv_host, "lan0p")?;
+    let cni_host = Netns::new(&ctx.token, "cp-cni")?;
+    veth_pair(&cni_host, "lan0", &cni_host, "lan0p")?;
+    let sandboxes = NetnsSet::new(&ctx.token, "sb", n)?;
+    let netvlan = Netvlan::new(&ctx.netvlan, &nv_host, &ctx.token, "cp")?;
+    netvlan.run(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "172.31.240.0/20",
+        "-o",
+        "parent=lan0",
+        "bench",
+    ])?;
+    let cni = CniMacvlan::new(ctx, &cni_host)?;
+
+    // Single cycles, interleaved: netvlan's connect and disconnect, then
+    // the plugin's ADD and DEL, on the same sandbox.
+    let mut nv = [Vec::new(), Vec::new(), Vec::new()];
+    let mut peer = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..cycles {
+        bar.set_message(format!("attach + detach cycle {}/{cycles}", i + 1));
+        let sandbox = &sandboxes.names()[i % n];
+        let up = netvlan.timed(&["connect", "bench", sandbox])?.ms();
+        let down = netvlan.timed(&["disconnect", "bench", sandbox])?.ms();
+        nv[0].push(up);
+        nv[1].push(down);
+        nv[2].push(up + down);
+        let id = format!("cycle-{i}");
+        let add = cni.add(sandbox, &id)?.ms();
+        let del = cni.del(sandbox, &id)?.ms();
+        peer[0].push(add);
+        peer[1].push(del);
+        peer[2].push(add + del);
+        super::progress::tick(bar)?;
+    }
+
+    // Bulk: N endpoints in one network, one after the other as a runtime
+    // starting N containers would, then all taken down.
+    bar.set_message(format!("netvlan: bringing up {n} endpoints"));
+    let nv_up = bulk(bar, sandboxes.names(), |sb| {
+        netvlan.timed(&["connect", "bench", sb])
+    })?;
+    check_endpoints(&sandboxes, "eth0", true)?;
+    bar.set_message(format!("netvlan: tearing down {n} endpoints"));
+    let nv_down = bulk(bar, sandboxes.names(), |sb| {
+        netvlan.timed(&["disconnect", "bench", sb])
+    })?;
+    check_endpoints(&sandboxes, "eth0", false)?;
+    bar.set_message(format!("CNI: bringing up {n} endpoints"));
+    let cni_up = bulk(bar, sandboxes.names(), |sb| cni.add(sb, sb))?;
+    check_endpoints(&sandboxes, "eth1", true)?;
+    bar.set_message(format!("CNI: tearing down {n} endpoints"));
+    let cni_down = bulk(bar, sandboxes.names(), |sb| cni.del(sb, sb))?;
+    check_endpoints(&sandboxes, "eth1", false)?;
+
+    let single = format!(
+        "{cycles} cycles, wall time of each command from spawn to exit, both sides \
+         interleaved cycle by cycle"
+    );
+    let mut family = Family {
+        key: "control",
+        title: "Control plane: attaching and detaching endpoints",
+        method: vec![
+            format!(
+                "netvlan: `netvlan connect bench SANDBOX` / `netvlan disconnect bench SANDBOX` \
+                 (release build) in a namespace holding the parent veth, private \
+                 NETVLAN_STATE_DIR and NETVLAN_BPF_DIR, macvlan network 172.31.240.0/20 with \
+                 the datapath attached to the parent."
+            ),
+            format!(
+                "Peer: {CNI_DIR}/macvlan (containernetworking-plugins {}) with host-local IPAM, \
+                 CNI 1.0.0 config on stdin, CNI_COMMAND/CNI_CONTAINERID/CNI_NETNS/CNI_IFNAME/\
+                 CNI_PATH in the environment, run in the namespace of its own parent veth.",
+                cni.version
+            ),
+            "Both through `nsenter --net=…` (which execs the program), into the same bare \
+             sandbox namespaces (netvlan as eth0, the plugin as eth1)."
+                .into(),
+            format!(
+                "Single: {single}. Bulk: {n} endpoints brought up one after the other (one \
+                 sandbox each) and then torn down, timed as a whole; the distribution of the \
+                 single commands inside it is kept as `per endpoint` in the JSON."
+            ),
+        ],
+        measurements: Vec::new(),
+        comparisons: Vec::new(),
+        unavailable: Vec::new(),
+    };
+    for (who, samples) in [(NETVLAN, nv), (CNI, peer)] {
+        for (case, s) in [ATTACH, DETACH, CYCLE].into_iter().zip(samples) {
+            family.measurements.push(Measurement::new(
+                who,
+                case,
+                PER_ENDPOINT,
+                "ms",
+                Better::Lower,
+                s,
+                single.clone(),
+            )?);
+        }
+    }
+    for (who, up, down) in [(NETVLAN, nv_up, nv_down), (CNI, cni_up, cni_down)] {
+        for (case, b) in [
+            (format!("bring-up of {n}"), up),
+            (format!("teardown of {n}"), down),
+        ] {
+            family.measurements.push(
+                Measurement::new(
+                    who,
+                    &case,
+                    TOTAL,
+                    "s",
+                    Better::Lower,
+                    vec![b.total_s],
+                    format!("{n} sequential commands, wall time of the whole loop, 1 run"),
+                )?
+                .with_aux("per endpoint", "ms", &b.each_ms)?,
+            );
+        }
+    }
+    for case in [ATTACH, DETACH] {
+        family.compare(NETVLAN, CNI, case, PER_ENDPOINT, Basis::Paired)?;
+    }
+    family
+        .compare(NETVLAN, CNI, CYCLE, PER_ENDPOINT, Basis::Paired)?
+        .set_goal(GOAL, Bound::AtMost(0.2), None);
+    family.compare(NETVLAN, CNI, CYCLE, PER_ENDPOINT, Basis::P99)?;
+    family
+        .compare(
+            NETVLAN,
+            CNI,
+            &format!("bring-up of {n}"),
+            TOTAL,
+            Basis::Medians,
+        )?
+        .set_goal(GOAL, Bound::AtMost(0.2), None);
+    family.compare(
+        NETVLAN,
+        CNI,
+        &format!("teardown of {n}"),
+        TOTAL,
+        Basis::Medians,
+    )?;
+    Ok(family)
+}
+
+struct Bulk {
+    total_s: f64,
+    each_ms: Vec<f64>,
+}
+
+fn bulk(
+    bar: &ProgressBar,
+    sandboxes: &[String],
+    mut op: impl FnMut(&str) -> Result<Timed>,
+) -> Result<Bulk> {
+    let start = Instant::now();
+    let mut each_ms = Vec::with_capacity(sandboxes.len());
+    for sb in sandboxes {
+        each_ms.push(op(sb)?.ms());
+        super::progress::tick(bar)?;
+    }
+    Ok(Bulk {
+        total_s: start.elapsed().as_secs_f64(),
+        each_ms,
+    })
+}
+
+/// Checks the first, middle and last sandbox have (or no longer have) the
+/// interface: a bulk run that did nothing must not look fast.
+fn check_endpoints(sandboxes: &NetnsSet, ifname: &str, present: bool) -> Result<()> {
+    let names = sandboxes.names();
+    for sb in [&names[0], &names[names.len() / 2], &names[names.len() - 1]] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", sb, "link", "show", "dev", ifname])
+            .output()?;
+        if out.status.success() != present {
+            bail!(
+                "{sb} {} {ifname} after the bulk run",
+                if present { "lacks" } else { "still has" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The reference CNI macvlan plugin, invoked the way a runtime invokes it.
+struct CniMacvlan<'a> {
+    host: &'a Netns,
+    config: Vec<u8>,
+    version: String,
+    _ipam: OwnedDir,
+}
+
+impl<'a> CniMacvlan<'a> {
+    fn new(ctx: &Ctx, host: &'a Netns) -> Result<Self> {
+        for plugin in ["macvlan", "host-local"] {
+            if !Path::new(CNI_DIR).join(plugin).is_file() {
+                bail!("the CNI peer cannot be set up: {CNI_DIR}/{plugin} is missing (Debian package containernetworking-plugins)");
+            }
+        }
+        let ipam = OwnedDir::temp(&ctx.token, "cni-ipam")?;
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "nvbench",
+            "type": "macvlan",
+            "master": "lan0",
+            "mode": "bridge",
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": "172.31.224.0/20" }]],
+                "dataDir": ipam.path(),
+            },
+        });
+        let version = super::sandbox::run(std::process::Command::new("dpkg-query").args([
+            "-W",
+            "-f=${Version}",
+            "containernetworking-plugins",
+        ]))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+        let cni = CniMacvlan {
+            host,
+            config: serde_json::to_vec(&config)?,
+            version,
+            _ipam: ipam,
+        };
+        Ok(cni)
+    }
+
+    fn invoke(&self, command: &str, sandbox: &str, id: &str) -> Result<Timed> {
+        let mut cmd = self.host.command(Path::new(CNI_DIR).join("macvlan"));
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", Path::new("/var/run/netns").join(sandbox))
+            .env("CNI_IFNAME", "eth1")
+            .env("CNI_PATH", CNI_DIR);
+        timed(&mut cmd, Some(&self.config)).with_context(|| format!("CNI {command} for {sandbox}"))
+    }
+
+    fn add(&self, sandbox: &str, id: &str) -> Result<Timed> {
+        let t = self.invoke("ADD", sandbox, id)?;
+        let result: serde_json::Value =
+            serde_json::from_slice(&t.stdout).context("CNI ADD printed no JSON result")?;
+        if result["ips"].as_array().is_none_or(|ips| ips.is_empty()) {
+            bail!("CNI ADD for {sandbox} returned no address: {result}");
+        }
+        Ok(t)
+    }
+
+    fn del(&self, sandbox: &str, id: &str) -> Result<Timed> {
+        self.invoke("DEL", sandbox, id)
+    }
+}

@@ -1,0 +1,66 @@
+//! The `netvlan` CLI under test, run inside one of the bench's namespaces
+//! with a private state database and bpffs directory, so nothing it
+//! creates is shared with the host or another run.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+
+use super::{
+    sandbox::{run, Netns, OwnedDir},
+    timing::{timed, Timed},
+};
+
+/// Dropping it removes its state and pins; the caller's namespace (dropped
+/// after it) takes the links and with them the attached programs.
+pub struct Netvlan {
+    bin: PathBuf,
+    netns: PathBuf,
+    state: OwnedDir,
+    bpf: OwnedDir,
+}
+
+impl Netvlan {
+    /// netvlan acting in `ns`; `kind` names its private directories.
+    pub fn new(bin: &Path, ns: &Netns, token: &str, kind: &str) -> Result<Self> {
+        Ok(Netvlan {
+            bin: bin.to_path_buf(),
+            netns: ns.path(),
+            state: OwnedDir::temp(token, &format!("{kind}-state"))?,
+            bpf: OwnedDir::bpf(token, &format!("{kind}-bpf")),
+        })
+    }
+
+    /// `nsenter --net=NS netvlan ARGS`, as the README says to run it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(&self.bin)
+            .args(args)
+            .env("NETVLAN_STATE_DIR", self.state.path())
+            .env("NETVLAN_BPF_DIR", self.bpf.path())
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs `netvlan ARGS`; fails with its output unless it succeeds.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out =
+            run(&mut self.command(args)).with_context(|| format!("netvlan {}", args.join(" ")))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `netvlan ARGS` and times it.
+    pub fn timed(&self, args: &[&str]) -> Result<Timed> {
+        timed(&mut self.command(args), None).with_context(|| format!("netvlan {}", args.join(" ")))
+    }
+
+    /// Where netvlan pins its programs and maps.
+    pub fn bpf_dir(&self) -> &Path {
+        self.bpf.path()
+    }
+}

@@ -1,0 +1,331 @@
+//! Family `observe`: what it costs to look. The time `netvlan stats --json`
+//! takes with 1,000 and 10,000 distinct destination MACs in the counters,
+//! its peak RSS, and the datapath's kernel memory.
+//!
+//! The counters are filled by real frames: a peer namespace sends one frame
+//! per MAC into the parent over AF_PACKET, and the XDP program counts them.
+//! Peer for the read: `bpftool map dump` of the same pinned MAC table (the
+//! kernel's generic tool reading the same entries, without summing CPUs or
+//! naming endpoints).
+
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{maps::MapData, programs::ProgramInfo};
+use indicatif::ProgressBar;
+use netvlan_common::maps::MAC_STATS;
+
+use super::{
+    frames::{self, Ip, Tagging},
+    model::{Basis, Better, Family, Measurement},
+    netvlan::Netvlan,
+    sandbox::OwnedDir,
+    sandbox::{veth_pair, Netns},
+    timing::{peak_rss_kib, timed},
+    Ctx,
+};
+
+const NETVLAN: &str = "netvlan stats --json";
+const BPFTOOL: &str = "bpftool map dump";
+const READ: &str = "time to read all counters";
+const RSS: &str = "peak RSS of the reader";
+const SCALES: [u32; 2] = [1_000, 10_000];
+
+fn rounds(ctx: &Ctx) -> usize {
+    ctx.pick(5, 21)
+}
+
+pub fn steps(ctx: &Ctx) -> u64 {
+    (SCALES.len() * (rounds(ctx) + 1)) as u64
+}
+
+pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
+    let host = Netns::without_ipv6(&ctx.token, "ob-host")?;
+    let gen = Netns::without_ipv6(&ctx.token, "ob-gen")?;
+    veth_pair(&gen, "gen0", &host, "lan0")?;
+    let netvlan = Netvlan::new(&ctx.netvlan, &host, &ctx.token, "ob")?;
+    netvlan.run(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "172.31.250.0/24",
+        "-o",
+        "parent=lan0",
+        "bench",
+    ])?;
+    let pin_dir = find_pin_dir(netvlan.bpf_dir())?;
+    let mac_table = pin_dir.join(MAC_STATS);
+    let rounds = rounds(ctx);
+    let scratch = OwnedDir::temp(&ctx.token, "ob-scratch")?;
+
+    let mut family = Family {
+        key: "observe",
+        title: "Observation cost",
+        method: vec![
+            "A peer namespace sends one 64-byte frame per destination MAC over AF_PACKET \
+             into the parent veth, where netvlan's datapath (attached by `netvlan network \
+             create`) counts it; the bench waits until `netvlan stats --json` lists every \
+             MAC (resending any a full veth ring dropped)."
+                .into(),
+            format!(
+                "Then {rounds} rounds, each timing `netvlan stats --json` and the peer `bpftool \
+                 -j map dump pinned …/{MAC_STATS}` (same entries), both through `nsenter \
+                 --net`, wall time from spawn to exit; peak RSS of each in a separate run \
+                 under `/usr/bin/time -f %M` (the kernel's ru_maxrss)."
+            ),
+            "Kernel memory: `memlock` of every pinned map and of the program, from \
+             /proc/self/fdinfo of fds opened on the pins (the kernel's own accounting)."
+                .into(),
+        ],
+        measurements: Vec::new(),
+        comparisons: Vec::new(),
+        unavailable: vec![
+            super::model::Unavailable::new(
+                "/metrics render time",
+                "not available yet (netvlan has no metrics endpoint)",
+            ),
+            super::model::Unavailable::new(
+                "daemon RSS",
+                "not available yet (netvlan has no daemon; the CLI's peak RSS is reported)",
+            ),
+        ],
+    };
+
+    let mut sent = 0u32;
+    for scale in SCALES {
+        bar.set_message(format!("counting {scale} distinct MACs"));
+        fill_counters(&gen, &netvlan, sent, scale)?;
+        sent = scale;
+        super::progress::tick(bar)?;
+        let mut nv_ms = Vec::new();
+        let mut nv_rss = Vec::new();
+        let mut tool_ms = Vec::new();
+        let mut tool_rss = Vec::new();
+        for round in 0..rounds {
+            bar.set_message(format!("{scale} MACs: round {}/{rounds}", round + 1));
+            let mut stats = netvlan.command(&["stats", "--json"]);
+            let mut dump = host.command("bpftool");
+            dump.args(["-j", "map", "dump", "pinned"]).arg(&mac_table);
+            nv_ms.push(timed(&mut stats, None)?.ms());
+            tool_ms.push(timed(&mut dump, None)?.ms());
+            nv_rss.push(peak_rss_kib(&stats, scratch.path())? as f64 / 1024.0);
+            tool_rss.push(peak_rss_kib(&dump, scratch.path())? as f64 / 1024.0);
+            super::progress::tick(bar)?;
+        }
+        let case = format!("{scale} MACs");
+        for (who, ms, rss) in [(NETVLAN, nv_ms, nv_rss), (BPFTOOL, tool_ms, tool_rss)] {
+            family.measurements.push(Measurement::new(
+                who,
+                &case,
+                READ,
+                "ms",
+                Better::Lower,
+                ms,
+                format!("{rounds} runs, wall time, interleaved with the peer"),
+            )?);
+            family.measurements.push(Measurement::new(
+                who,
+                &case,
+                RSS,
+                "MiB",
+                Better::Lower,
+                rss,
+                format!("{rounds} runs under /usr/bin/time -f %M"),
+            )?);
+        }
+        family.compare(NETVLAN, BPFTOOL, &case, READ, Basis::Paired)?;
+        family.compare(NETVLAN, BPFTOOL, &case, RSS, Basis::Paired)?;
+
+        let (maps_kib, breakdown) = map_memory(&pin_dir)?;
+        family.measurements.push(Measurement::new(
+            "netvlan datapath",
+            &case,
+            "kernel memory of the maps",
+            "KiB",
+            Better::Lower,
+            vec![maps_kib],
+            format!("sum of fdinfo memlock over the pinned maps: {breakdown}"),
+        )?);
+        let prog = ProgramInfo::from_pin(pin_dir.join("prog"))
+            .context("opening the pinned program")?
+            .memory_locked()
+            .context("reading the program's memlock")?;
+        family.measurements.push(Measurement::new(
+            "netvlan datapath",
+            &case,
+            "kernel memory of the program",
+            "KiB",
+            Better::Lower,
+            vec![f64::from(prog) / 1024.0],
+            "fdinfo memlock of the pinned program".into(),
+        )?);
+    }
+    Ok(family)
+}
+
+/// The one interface directory netvlan pinned under its bpffs directory.
+fn find_pin_dir(bpf_dir: &Path) -> Result<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![bpf_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry.file_name() == MAC_STATS {
+                found.push(dir.clone());
+            }
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "expected one pinned {MAC_STATS} under {}, found {}",
+            bpf_dir.display(),
+            found.len()
+        ),
+    }
+}
+
+/// Sends frames to MACs `from..to` until the counters list all `to` MACs.
+fn fill_counters(gen: &Netns, netvlan: &Netvlan, from: u32, to: u32) -> Result<()> {
+    let mut missing: Vec<u32> = (from..to).collect();
+    for _attempt in 0..5 {
+        send_frames(gen, "gen0", &missing)?;
+        // Frames cross the veth asynchronously: let the queue drain.
+        std::thread::sleep(Duration::from_millis(200));
+        let counted = counted_macs(netvlan)?;
+        missing.retain(|&i| !counted.contains(&frames::mac_string(&frames::numbered_mac(i))));
+        if missing.is_empty() {
+            if counted.len() < to as usize {
+                bail!("netvlan counts {} MACs, expected {to}", counted.len());
+            }
+            return Ok(());
+        }
+    }
+    bail!(
+        "{} of {to} MACs never showed up in netvlan's counters",
+        missing.len()
+    )
+}
+
+fn counted_macs(netvlan: &Netvlan) -> Result<HashSet<String>> {
+    let stats: serde_json::Value = serde_json::from_str(&netvlan.run(&["stats", "--json"])?)
+        .context("netvlan stats --json printed no JSON")?;
+    Ok(stats["interfaces"][0]["macs"]
+        .as_array()
+        .context("netvlan stats --json has no macs")?
+        .iter()
+        .filter_map(|m| m["mac"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// One frame per numbered MAC out of `ifname` in `ns`, from a thread that
+/// entered the namespace (the rest of the bench stays where it is).
+fn send_frames(ns: &Netns, ifname: &str, macs: &[u32]) -> Result<()> {
+    let ns_file = std::fs::File::open(ns.path())
+        .with_context(|| format!("opening {}", ns.path().display()))?;
+    let ifname = std::ffi::CString::new(ifname)?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // SAFETY: a valid netns fd; setns only changes this thread.
+            if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+            if ifindex == 0 {
+                return Err(std::io::Error::last_os_error()).context("if_nametoindex");
+            }
+            // SAFETY: plain socket call; the fd is closed below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+            }
+            // SAFETY: fd was just returned by socket(); OwnedFd closes it.
+            let _owned =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            for (n, &i) in macs.iter().enumerate() {
+                let frame = frames::frame(frames::numbered_mac(i), Tagging::Untagged, Ip::V4);
+                // SAFETY: frame and addr are valid for the lengths given.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if sent < 0 {
+                    return Err(std::io::Error::last_os_error()).context("sendto");
+                }
+                // A veth with XDP queues at most a few hundred frames:
+                // pace the sender so the receive side keeps up.
+                if n % 64 == 63 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the frame sender panicked"))?
+    })
+}
+
+/// Total memlock of the pinned maps in KiB, and a per-map breakdown.
+fn map_memory(pin_dir: &Path) -> Result<(f64, String)> {
+    let mut total = 0u64;
+    let mut parts = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(pin_dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let data = MapData::from_pin(entry.path())
+            .with_context(|| format!("opening {}", entry.path().display()))?;
+        // The program's and the link's pins open too; their fdinfo has no
+        // map_type. Only maps count here.
+        let Some(memlock) = fdinfo_memlock(data.fd().as_fd().as_raw_fd(), "map_type:")? else {
+            continue;
+        };
+        total += memlock;
+        parts.push(format!(
+            "{} {:.0} KiB",
+            entry.file_name().to_string_lossy(),
+            memlock as f64 / 1024.0
+        ));
+    }
+    if parts.is_empty() {
+        bail!("no pinned map under {}", pin_dir.display());
+    }
+    Ok((total as f64 / 1024.0, parts.join(", ")))
+}
+
+/// The kernel's `memlock` of a BPF object fd, if its fdinfo has `kind`.
+fn fdinfo_memlock(fd: i32, kind: &str) -> Result<Option<u64>> {
+    let path = format!("/proc/self/fdinfo/{fd}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if !text.lines().any(|l| l.starts_with(kind)) {
+        return Ok(None);
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .with_context(|| format!("{path} has no memlock line"))
+}

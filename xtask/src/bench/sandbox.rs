@@ -1,0 +1,387 @@
+//! What the benchmarks build, and the guards that take it down again.
+//!
+//! Every namespace, bpffs directory and temporary directory of one run is
+//! named `nvb-<token>-…` (token random per run), so a run never touches
+//! another's objects or the host's, and a check at the end can prove that
+//! nothing was left behind. Each object is owned by a guard that removes it
+//! on drop: on success, on error and on panic alike.
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Prefix of everything a benchmark creates.
+pub const PREFIX: &str = "nvb";
+
+/// A random token naming one run's objects.
+pub fn run_token() -> String {
+    let mut bytes = [0u8; 4];
+    // SAFETY: the buffer is valid for its length; getrandom writes at most that.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Fall back to the clock and pid: unique enough for names.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        bytes = (nanos ^ std::process::id()).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs a command; fails with its stderr unless it succeeds.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}{}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// `program args…` on the host (only for `ip netns`, `ip -n` and similar
+/// commands that act on the benchmark's own namespaces).
+pub fn sh(program: &str, args: &[&str]) -> Result<Output> {
+    run(Command::new(program).args(args))
+}
+
+/// The command line, for error messages.
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A network namespace of the benchmark, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `nvb-<token>-<kind>` with loopback up.
+    pub fn new(token: &str, kind: &str) -> Result<Self> {
+        let ns = Netns {
+            name: format!("{PREFIX}-{token}-{kind}"),
+        };
+        sh("ip", &["netns", "add", &ns.name])?;
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// As [`Netns::new`], with IPv6 off: no router solicitations or DAD
+    /// probes, so only the benchmark's own frames cross its links.
+    pub fn without_ipv6(token: &str, kind: &str) -> Result<Self> {
+        let ns = Self::new(token, kind)?;
+        for knob in ["all", "default"] {
+            ns.exec(
+                "sh",
+                &[
+                    "-c",
+                    &format!("echo 1 > /proc/sys/net/ipv6/conf/{knob}/disable_ipv6"),
+                ],
+            )?;
+        }
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    /// A command inside the namespace. `nsenter --net` keeps the host's
+    /// mounts (`ip netns exec` would hide /sys/fs/bpf) and execs the
+    /// program, so the child's pid is the program's own.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a command inside the namespace; fails unless it succeeds.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        run(self.command(program).args(args)).with_context(|| format!("in namespace {}", self.name))
+    }
+
+    /// `ip -j -d link show DEV` inside the namespace, parsed.
+    pub fn link_json(&self, dev: &str) -> Result<serde_json::Value> {
+        let out = self.exec("ip", &["-j", "-d", "link", "show", "dev", dev])?;
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("`ip -j link` printed no JSON")?;
+        Ok(v[0].take())
+    }
+
+    /// The id of the XDP program attached to DEV, if any.
+    pub fn xdp_prog_id(&self, dev: &str) -> Result<Option<u32>> {
+        let link = self.link_json(dev)?;
+        Ok(link["xdp"]["prog"]["id"].as_u64().map(|id| id as u32))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "bench: warning: cannot delete netns {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("bench: warning: cannot delete netns {}: {e}", self.name),
+        }
+    }
+}
+
+/// Many bare namespaces (the sandboxes of the control-plane benchmark),
+/// created and deleted with one `ip -batch` each instead of one process per
+/// namespace.
+pub struct NetnsSet {
+    names: Vec<String>,
+}
+
+impl NetnsSet {
+    pub fn new(token: &str, kind: &str, count: usize) -> Result<Self> {
+        let names: Vec<String> = (0..count)
+            .map(|i| format!("{PREFIX}-{token}-{kind}{i}"))
+            .collect();
+        let mut set = NetnsSet { names: Vec::new() };
+        let script: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
+        let result = ip_batch(&script);
+        // Own whatever exists, so a partial failure is cleaned up too.
+        set.names = names
+            .into_iter()
+            .filter(|n| Path::new("/var/run/netns").join(n).exists())
+            .collect();
+        result?;
+        if set.names.len() != count {
+            bail!("created {} of {count} namespaces", set.names.len());
+        }
+        Ok(set)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for NetnsSet {
+    fn drop(&mut self) {
+        let script: String = self
+            .names
+            .iter()
+            .map(|n| format!("netns del {n}\n"))
+            .collect();
+        if let Err(e) = ip_batch(&script) {
+            eprintln!("bench: warning: deleting the sandboxes: {e:#}");
+            for name in &self.names {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+    }
+}
+
+/// Feeds `script` to `ip -batch -`.
+fn ip_batch(script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run ip -batch")?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A veth pair with one end in each namespace (never in the host's), both
+/// ends up.
+pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_name,
+            "netns",
+            b.name(),
+        ],
+    )?;
+    a.exec("ip", &["link", "set", a_name, "up"])?;
+    b.exec("ip", &["link", "set", b_name, "up"])?;
+    Ok(())
+}
+
+/// A directory removed with its contents on drop: a private bpffs
+/// directory (`NETVLAN_BPF_DIR`; removing the pins detaches what netvlan
+/// attached there) or a temporary directory (state, IPAM, copies).
+pub struct OwnedDir {
+    path: PathBuf,
+}
+
+impl OwnedDir {
+    /// `/sys/fs/bpf/nvb-<token>-<kind>` (created by netvlan on first use).
+    pub fn bpf(token: &str, kind: &str) -> Self {
+        OwnedDir {
+            path: Path::new("/sys/fs/bpf").join(format!("{PREFIX}-{token}-{kind}")),
+        }
+    }
+
+    /// `$TMPDIR/nvb-<token>-<kind>`, created now.
+    pub fn temp(token: &str, kind: &str) -> Result<Self> {
+        let dir = OwnedDir {
+            path: std::env::temp_dir().join(format!("{PREFIX}-{token}-{kind}")),
+        };
+        std::fs::create_dir_all(&dir.path)
+            .with_context(|| format!("creating {}", dir.path.display()))?;
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("bench: warning: cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// A long-running child (a traffic server), ended by its pid on drop.
+pub struct Process {
+    child: std::process::Child,
+    what: String,
+}
+
+impl Process {
+    pub fn spawn(cmd: &mut Command, what: &str) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {what}: {}", describe(cmd)))?;
+        Ok(Process {
+            child,
+            what: what.to_string(),
+        })
+    }
+
+    /// Fails if the process has already exited (it could not start).
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status})", self.what);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: kill has no memory preconditions; the pid is our own
+        // unreaped child, so it cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(Some(v));
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Namespaces and bpffs directories of this run that still exist.
+pub fn leftovers(token: &str) -> Vec<String> {
+    let prefix = format!("{PREFIX}-{token}");
+    let mut found = Vec::new();
+    for (dir, what) in [("/var/run/netns", "netns"), ("/sys/fs/bpf", "bpffs")] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    found.push(format!("{what} {dir}/{name}"));
+                }
+            }
+        }
+    }
+    let temp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&temp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                found.push(format!("directory {}", temp.join(name).display()));
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,545 @@
+//! Family `traffic`: what containers get through netvlan's network with
+//! the datapath attached, against the same containers on a plain macvlan
+//! (no program) and on a Docker-style Linux bridge with a veth pair per
+//! container.
+//!
+//! Each variant is a lab of its own: an external host and a machine joined
+//! by a veth pair (the machine's end is the parent, `lan0`), and two
+//! containers on the machine. All three labs exist at once and are measured
+//! round by round in turn, so drift of the shared machine hits all three.
+//! Addresses are the labs' own (172.31.250.0/24 inside their namespaces).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+
+use super::{
+    model::{Basis, Better, Bound, Family, Measurement},
+    netvlan::Netvlan,
+    sandbox::{veth_pair, wait_for, Netns, Process},
+    Ctx,
+};
+
+const EXT_IP: &str = "172.31.250.2";
+const C1_IP: &str = "172.31.250.10";
+const C2_IP: &str = "172.31.250.11";
+const IPERF_PORT: &str = "5201";
+const SOCKPERF_PORT: &str = "11111";
+
+const NETVLAN_OFF: &str = "netvlan (policies off)";
+const NETVLAN_ON: &str = "netvlan (all policies on)";
+const MACVLAN: &str = "plain macvlan";
+const BRIDGE: &str = "bridge + veth";
+const THROUGHPUT: &str = "TCP throughput";
+const LATENCY: &str = "UDP ping-pong latency";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    NetvlanOff,
+    NetvlanOn,
+    Macvlan,
+    Bridge,
+}
+
+impl Variant {
+    const ALL: [Variant; 4] = [
+        Variant::NetvlanOff,
+        Variant::NetvlanOn,
+        Variant::Macvlan,
+        Variant::Bridge,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::NetvlanOff => NETVLAN_OFF,
+            Variant::NetvlanOn => NETVLAN_ON,
+            Variant::Macvlan => MACVLAN,
+            Variant::Bridge => BRIDGE,
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Variant::NetvlanOff => "nv",
+            Variant::NetvlanOn => "np",
+            Variant::Macvlan => "mv",
+            Variant::Bridge => "br",
+        }
+    }
+}
+
+/// The policies of the all-on lab: every filter netvlan has, none of which
+/// the lab's own traffic trips (its MACs are registered, it is untagged).
+const ALL_POLICIES: [&str; 3] = [
+    "unknown_dst=drop",
+    "vlans=10,20",
+    "mac_deny=02:b0:de:ad:00:01,02:b0:de:ad:00:02",
+];
+
+/// Where traffic flows, and who runs the client.
+#[derive(Clone, Copy)]
+enum Path {
+    /// Client in container 1, server on the external host.
+    ToExternal,
+    /// Same, server sending (`iperf3 -R`): frames enter through the
+    /// parent's receive path, where the XDP program runs.
+    FromExternal,
+    /// Client in container 1, server in container 2.
+    ContainerToContainer,
+}
+
+impl Path {
+    fn name(self, metric: &str) -> &'static str {
+        match (self, metric == LATENCY) {
+            (Path::ToExternal, false) => "container -> external",
+            (Path::FromExternal, false) => "external -> container",
+            (Path::ToExternal | Path::FromExternal, true) => "container <-> external",
+            (Path::ContainerToContainer, false) => "container -> container",
+            (Path::ContainerToContainer, true) => "container <-> container",
+        }
+    }
+
+    fn server_ip(self) -> &'static str {
+        match self {
+            Path::ToExternal | Path::FromExternal => EXT_IP,
+            Path::ContainerToContainer => C2_IP,
+        }
+    }
+}
+
+/// Seconds per iperf3 / sockperf run.
+fn run_seconds(ctx: &Ctx) -> u64 {
+    ctx.pick(1, 3)
+}
+
+fn rounds(ctx: &Ctx) -> usize {
+    ctx.pick(3, 7)
+}
+
+const THROUGHPUT_PATHS: [Path; 3] = [
+    Path::ToExternal,
+    Path::FromExternal,
+    Path::ContainerToContainer,
+];
+const LATENCY_PATHS: [Path; 2] = [Path::ToExternal, Path::ContainerToContainer];
+
+pub fn steps(ctx: &Ctx) -> u64 {
+    (rounds(ctx) * (THROUGHPUT_PATHS.len() + LATENCY_PATHS.len()) * Variant::ALL.len()) as u64
+}
+
+pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
+    let mut labs = Vec::new();
+    for variant in Variant::ALL {
+        bar.set_message(format!("building the {} lab", variant.name()));
+        labs.push(Lab::build(ctx, variant).with_context(|| format!("{} lab", variant.name()))?);
+    }
+    let secs = run_seconds(ctx);
+    let rounds = rounds(ctx);
+    // throughput[path][variant], latency[path][variant]: per-round samples.
+    let mut throughput = vec![vec![Vec::new(); labs.len()]; THROUGHPUT_PATHS.len()];
+    let mut latency = vec![vec![Vec::new(); labs.len()]; LATENCY_PATHS.len()];
+    let mut latency_p99 = vec![vec![Vec::new(); labs.len()]; LATENCY_PATHS.len()];
+    for round in 0..rounds {
+        for (p, path) in THROUGHPUT_PATHS.into_iter().enumerate() {
+            for (v, lab) in labs.iter().enumerate() {
+                bar.set_message(format!(
+                    "round {}/{rounds}: iperf3 {} on {}",
+                    round + 1,
+                    path.name(THROUGHPUT),
+                    lab.variant.name()
+                ));
+                throughput[p][v].push(lab.iperf3(path, secs)?);
+                super::progress::tick(bar)?;
+            }
+        }
+        for (p, path) in LATENCY_PATHS.into_iter().enumerate() {
+            for (v, lab) in labs.iter().enumerate() {
+                bar.set_message(format!(
+                    "round {}/{rounds}: sockperf {} on {}",
+                    round + 1,
+                    path.name(LATENCY),
+                    lab.variant.name()
+                ));
+                let (p50, p99) = lab.sockperf(path, secs)?;
+                latency[p][v].push(p50);
+                latency_p99[p][v].push(p99);
+                super::progress::tick(bar)?;
+            }
+        }
+    }
+    let mut tso = Vec::new();
+    for lab in &labs {
+        lab.check_datapath_counted()?;
+        tso.push(format!("{}: {}", lab.variant.name(), lab.external_tso()?));
+    }
+
+    let mut family = Family {
+        key: "traffic",
+        title: "Container traffic",
+        method: vec![
+            "Per variant, a lab of namespaces: external host <-veth-> machine (parent `lan0`), \
+             two containers on the machine; IPv6 off; offloads left at the kernel's defaults."
+                .into(),
+            "netvlan: `netvlan network create -d macvlan -o parent=lan0` + `netvlan connect` \
+             for both containers (bridge mode macvlan, XDP program attached to lan0 in native \
+             mode), every policy off."
+                .into(),
+            format!(
+                "netvlan (all policies on): the same, then `netvlan policy set bench {}`.",
+                ALL_POLICIES.join(" ")
+            ),
+            "plain macvlan: the same macvlan links made with `ip link add … type macvlan mode \
+             bridge`, no program. bridge + veth: a Linux bridge with lan0 enslaved and a veth \
+             pair per container (L2 as Docker's bridge driver wires it; no NAT, the firewall \
+             is never touched)."
+                .into(),
+            format!(
+                "Throughput: iperf3 TCP, one stream, {secs} s per run (`-t {secs} -J`, receiver's \
+                 bits/s); external -> container is `-R`, so data enters through lan0's XDP hook."
+            ),
+            format!(
+                "Latency: sockperf ping-pong (UDP), {secs} s per run; the sample is each run's \
+                 median one-way latency (sockperf reports RTT/2), its p99 is kept in the JSON."
+            ),
+            format!(
+                "TSO on the external host's veth, as `ethtool -k` reports it during the run: \
+                 {}. A native XDP program on a veth makes the kernel turn off TSO on the \
+                 veth's peer, so in netvlan's labs the external host sends MTU-sized segments \
+                 (a veth-only coupling; a physical NIC's link partner is unaffected).",
+                tso.join(", ")
+            ),
+            format!(
+                "{rounds} rounds; each round measures every path on the four labs in turn \
+                 (ratios are the median of per-round ratios)."
+            ),
+        ],
+        measurements: Vec::new(),
+        comparisons: Vec::new(),
+        unavailable: Vec::new(),
+    };
+    for (p, path) in THROUGHPUT_PATHS.into_iter().enumerate() {
+        for (v, variant) in Variant::ALL.into_iter().enumerate() {
+            family.measurements.push(Measurement::new(
+                variant.name(),
+                path.name(THROUGHPUT),
+                THROUGHPUT,
+                "Gbit/s",
+                Better::Higher,
+                std::mem::take(&mut throughput[p][v]),
+                format!("iperf3 -t {secs}, {rounds} runs"),
+            )?);
+        }
+    }
+    for (p, path) in LATENCY_PATHS.into_iter().enumerate() {
+        for (v, variant) in Variant::ALL.into_iter().enumerate() {
+            family.measurements.push(
+                Measurement::new(
+                    variant.name(),
+                    path.name(LATENCY),
+                    LATENCY,
+                    "us",
+                    Better::Lower,
+                    std::mem::take(&mut latency[p][v]),
+                    format!("sockperf ping-pong -t {secs}, median of each run, {rounds} runs"),
+                )?
+                .with_aux("p99 within run", "us", &latency_p99[p][v])?,
+            );
+        }
+    }
+    for path in THROUGHPUT_PATHS {
+        let case = path.name(THROUGHPUT);
+        family
+            .compare(NETVLAN_ON, MACVLAN, case, THROUGHPUT, Basis::Paired)?
+            .set_goal(">= 0.95x plain macvlan", Bound::AtLeast(0.95), None);
+        family
+            .compare(NETVLAN_ON, BRIDGE, case, THROUGHPUT, Basis::Paired)?
+            .set_goal("better than bridge + veth", Bound::AtLeast(1.0), None);
+        family.compare(NETVLAN_OFF, MACVLAN, case, THROUGHPUT, Basis::Paired)?;
+    }
+    for path in LATENCY_PATHS {
+        let case = path.name(LATENCY);
+        // 0.95x the performance = at most 1/0.95 the latency.
+        family
+            .compare(NETVLAN_ON, MACVLAN, case, LATENCY, Basis::Paired)?
+            .set_goal(
+                ">= 0.95x plain macvlan (latency <= 1.053x)",
+                Bound::AtMost(1.0 / 0.95),
+                None,
+            );
+        family
+            .compare(NETVLAN_ON, BRIDGE, case, LATENCY, Basis::Paired)?
+            .set_goal("better than bridge + veth", Bound::AtMost(1.0), None);
+        family.compare(NETVLAN_OFF, MACVLAN, case, LATENCY, Basis::Paired)?;
+    }
+    Ok(family)
+}
+
+/// One variant's namespaces, links and servers. Fields drop in order:
+/// servers first, then netvlan's state and pins, then the namespaces.
+struct Lab {
+    variant: Variant,
+    _servers: Vec<Process>,
+    netvlan: Option<Netvlan>,
+    ext: Netns,
+    host: Netns,
+    c1: Netns,
+    c2: Netns,
+}
+
+impl Lab {
+    fn build(ctx: &Ctx, variant: Variant) -> Result<Self> {
+        let kind = |role: &str| format!("{}-{role}", variant.short());
+        let ext = Netns::without_ipv6(&ctx.token, &kind("ext"))?;
+        let host = Netns::without_ipv6(&ctx.token, &kind("host"))?;
+        let c1 = Netns::without_ipv6(&ctx.token, &kind("c1"))?;
+        let c2 = Netns::without_ipv6(&ctx.token, &kind("c2"))?;
+        veth_pair(&ext, "eth0", &host, "lan0")?;
+        ext.exec(
+            "ip",
+            &["addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"],
+        )?;
+        let mut lab = Lab {
+            variant,
+            _servers: Vec::new(),
+            netvlan: None,
+            ext,
+            host,
+            c1,
+            c2,
+        };
+        match variant {
+            Variant::NetvlanOff => lab.wire_netvlan(ctx, &[])?,
+            Variant::NetvlanOn => lab.wire_netvlan(ctx, &ALL_POLICIES)?,
+            Variant::Macvlan => lab.wire_macvlan()?,
+            Variant::Bridge => lab.wire_bridge()?,
+        }
+        lab.check_reachable()?;
+        lab.start_servers()?;
+        Ok(lab)
+    }
+
+    fn containers(&self) -> [(&Netns, &str); 2] {
+        [(&self.c1, C1_IP), (&self.c2, C2_IP)]
+    }
+
+    fn wire_netvlan(&mut self, ctx: &Ctx, policies: &[&str]) -> Result<()> {
+        let kind = format!("tr-{}", self.variant.short());
+        let netvlan = Netvlan::new(&ctx.netvlan, &self.host, &ctx.token, &kind)?;
+        netvlan.run(&[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "172.31.250.0/24",
+            "-o",
+            "parent=lan0",
+            "bench",
+        ])?;
+        for (c, ip) in self.containers() {
+            netvlan.run(&["connect", "--ip", ip, "bench", c.name()])?;
+        }
+        if !policies.is_empty() {
+            let mut args = vec!["policy", "set", "bench"];
+            args.extend_from_slice(policies);
+            netvlan.run(&args)?;
+        }
+        let link = self.host.link_json("lan0")?;
+        // `ip -j` reports mode 1 for a driver (native) attachment.
+        if link["xdp"]["prog"]["id"].as_u64().is_none() || link["xdp"]["mode"].as_u64() != Some(1) {
+            bail!(
+                "netvlan's datapath is not attached to lan0 in native mode: {}",
+                link["xdp"]
+            );
+        }
+        self.netvlan = Some(netvlan);
+        Ok(())
+    }
+
+    fn wire_macvlan(&self) -> Result<()> {
+        for (i, (c, ip)) in self.containers().into_iter().enumerate() {
+            let dev = format!("mvc{i}");
+            self.host.exec(
+                "ip",
+                &[
+                    "link", "add", &dev, "link", "lan0", "type", "macvlan", "mode", "bridge",
+                ],
+            )?;
+            self.host
+                .exec("ip", &["link", "set", &dev, "netns", c.name()])?;
+            configure_container(c, &dev, ip)?;
+        }
+        Ok(())
+    }
+
+    fn wire_bridge(&self) -> Result<()> {
+        self.host
+            .exec("ip", &["link", "add", "br0", "type", "bridge"])?;
+        self.host.exec("ip", &["link", "set", "br0", "up"])?;
+        self.host
+            .exec("ip", &["link", "set", "lan0", "master", "br0"])?;
+        for (i, (c, ip)) in self.containers().into_iter().enumerate() {
+            let port = format!("vc{i}");
+            let dev = format!("vce{i}");
+            self.host.exec(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &dev,
+                    "netns",
+                    c.name(),
+                ],
+            )?;
+            self.host
+                .exec("ip", &["link", "set", &port, "master", "br0", "up"])?;
+            configure_container(c, &dev, ip)?;
+        }
+        Ok(())
+    }
+
+    /// One ping from each container to the external host and from c1 to
+    /// c2, retried for a few seconds: a lab that cannot talk must fail
+    /// here, not produce numbers.
+    fn check_reachable(&self) -> Result<()> {
+        for (from, to) in [(&self.c1, EXT_IP), (&self.c2, EXT_IP), (&self.c1, C2_IP)] {
+            let ok = wait_for(Duration::from_secs(10), || {
+                Ok(from
+                    .command("ping")
+                    .args(["-c", "1", "-W", "1", "-q", to])
+                    .output()?
+                    .status
+                    .success()
+                    .then_some(()))
+            })?;
+            if ok.is_none() {
+                bail!("{} cannot reach {to}", from.name());
+            }
+        }
+        Ok(())
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        for (ns, ip) in [(&self.ext, EXT_IP), (&self.c2, C2_IP)] {
+            let mut iperf = Process::spawn(
+                ns.command("iperf3")
+                    .args(["-s", "-B", ip, "-p", IPERF_PORT]),
+                "iperf3 server",
+            )?;
+            let mut sockperf = Process::spawn(
+                ns.command("sockperf")
+                    .args(["server", "-i", ip, "-p", SOCKPERF_PORT]),
+                "sockperf server",
+            )?;
+            for (proto, port) in [("-Hltn", IPERF_PORT), ("-Hlun", SOCKPERF_PORT)] {
+                let filter = format!("sport = :{port}");
+                let up = wait_for(Duration::from_secs(10), || {
+                    let out = ns.command("ss").args([proto, &filter]).output()?;
+                    Ok((!out.stdout.is_empty()).then_some(()))
+                })?;
+                if up.is_none() {
+                    iperf.check_running()?;
+                    sockperf.check_running()?;
+                    bail!("no server listens on {ip}:{port} in {}", ns.name());
+                }
+            }
+            self._servers.push(iperf);
+            self._servers.push(sockperf);
+        }
+        Ok(())
+    }
+
+    /// Gbit/s received in one iperf3 run.
+    fn iperf3(&self, path: Path, secs: u64) -> Result<f64> {
+        let mut cmd = self.c1.command("iperf3");
+        cmd.args(["-c", path.server_ip(), "-p", IPERF_PORT, "-J", "-t"])
+            .arg(secs.to_string());
+        if matches!(path, Path::FromExternal) {
+            cmd.arg("-R");
+        }
+        let out = super::sandbox::run(&mut cmd)?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
+        let bps = report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .with_context(|| format!("iperf3 reported no received rate: {}", report["error"]))?;
+        if bps <= 0.0 {
+            bail!("iperf3 received nothing on {}", self.variant.name());
+        }
+        Ok(bps / 1e9)
+    }
+
+    /// (median, p99) one-way latency in µs of one sockperf run.
+    fn sockperf(&self, path: Path, secs: u64) -> Result<(f64, f64)> {
+        let out = super::sandbox::run(
+            self.c1
+                .command("sockperf")
+                .args([
+                    "ping-pong",
+                    "-i",
+                    path.server_ip(),
+                    "-p",
+                    SOCKPERF_PORT,
+                    "-t",
+                ])
+                .arg(secs.to_string()),
+        )?;
+        // sockperf prints part of its report on stderr.
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pick = |p: &str| {
+            text.lines()
+                .find(|l| l.contains(&format!("percentile {p} =")))
+                .and_then(|l| l.rsplit('=').next())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        match (pick("50.000"), pick("99.000")) {
+            (Some(p50), Some(p99)) => Ok((p50, p99)),
+            _ => bail!("sockperf printed no percentiles:\n{text}"),
+        }
+    }
+
+    /// `on` or `off`: TCP segmentation offload on the external host's end.
+    fn external_tso(&self) -> Result<String> {
+        let out = self.ext.exec("ethtool", &["-k", "eth0"])?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("tcp-segmentation-offload:"))
+            .map(|v| v.split_whitespace().next().unwrap_or("?").to_string())
+            .context("ethtool -k printed no tcp-segmentation-offload line")
+    }
+
+    /// A netvlan lab's program saw the traffic: the measurement went
+    /// through the datapath, not around it.
+    fn check_datapath_counted(&self) -> Result<()> {
+        let Some(netvlan) = &self.netvlan else {
+            return Ok(());
+        };
+        let stats: serde_json::Value = serde_json::from_str(&netvlan.run(&["stats", "--json"])?)
+            .context("netvlan stats --json printed no JSON")?;
+        let seen = stats["interfaces"][0]["frames"]["rx_packets"]
+            .as_u64()
+            .unwrap_or(0);
+        if seen < 1000 {
+            bail!("netvlan's program on lan0 counted only {seen} frames: the traffic bypassed it");
+        }
+        Ok(())
+    }
+}
+
+/// Names a container's link eth0, gives it its address, brings it up.
+fn configure_container(c: &Netns, dev: &str, ip: &str) -> Result<()> {
+    c.exec("ip", &["link", "set", dev, "name", "eth0"])?;
+    c.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    c.exec("ip", &["link", "set", "eth0", "up"])?;
+    Ok(())
+}
