@@ -71,6 +71,44 @@ impl FrameBytes for [u8] {
     }
 }
 
+/// A packet in kernel memory as XDP and TC programs see it: the bytes
+/// from `data` to `data_end`. Every read compares `data + offset + N` with
+/// `data_end` first: the verifier accepts a packet access only after such
+/// a check on the same pointer.
+pub struct PacketBytes {
+    data: usize,
+    data_end: usize,
+}
+
+impl PacketBytes {
+    /// # Safety
+    ///
+    /// `data..data_end` must be readable memory for as long as the value
+    /// lives (a program's packet pointers).
+    #[inline(always)]
+    pub unsafe fn new(data: usize, data_end: usize) -> Self {
+        PacketBytes { data, data_end }
+    }
+}
+
+impl FrameBytes for PacketBytes {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.data_end - self.data
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.data + offset;
+        if start + N > self.data_end {
+            return None;
+        }
+        // SAFETY: in bounds (checked above) of memory `new` vouched for;
+        // packet data has no alignment.
+        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    }
+}
+
 /// Something wrong with a frame. The discriminant is the bit in
 /// [`AnomalySet`] and the offset in the datapath's counter array.
 #[repr(u8)]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use netvlan_common::{
     egress::{egress_allowed, EgressConfig, EGRESS_SENT, EGRESS_SLOTS, EGRESS_SPOOFED},
-    frame::FrameBytes,
+    frame::PacketBytes,
     maps::Counters,
 };
 
@@ -27,36 +27,12 @@ static EGRESS_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(EGRES
 /// (IPv6, 40 bytes) with room for a tag. Pulled into the linear area first.
 const HEADERS: u32 = 64;
 
-struct SkbFrame {
-    data: usize,
-    data_end: usize,
-}
-
-impl FrameBytes for SkbFrame {
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.data_end - self.data
-    }
-
-    #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.data + offset;
-        if start + N > self.data_end {
-            return None;
-        }
-        // SAFETY: bounds checked just above; packet data has no alignment.
-        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
-    }
-}
-
 #[classifier]
 pub fn netvlan_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let _ = ctx.pull_data(if len < HEADERS { len } else { HEADERS });
-    let frame = SkbFrame {
-        data: ctx.data(),
-        data_end: ctx.data_end(),
-    };
+    // SAFETY: the context's packet pointers, valid for this run.
+    let frame = unsafe { PacketBytes::new(ctx.data(), ctx.data_end()) };
     // SAFETY: reading a field of the context the kernel hands us.
     let offloaded_tag = unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let allowed = match EGRESS_CONFIG.get(0) {

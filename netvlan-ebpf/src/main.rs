@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use netvlan_common::{
-    frame::{classify, Anomaly, Classification, FrameBytes},
+    frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
         CounterSlot, Counters, MacKey, COUNTER_SLOTS, DENY_MACS_CAPACITY, ENDPOINT_MACS_CAPACITY,
         MAC_STATS_CAPACITY, VLAN_SLOTS,
@@ -79,37 +79,10 @@ impl PolicyView for Maps {
     }
 }
 
-/// The packet as the classifier sees it. Every read compares
-/// `data + offset + N` with `data_end` first: the verifier accepts a packet
-/// access only after such a check on the same pointer.
-struct XdpFrame {
-    data: usize,
-    data_end: usize,
-}
-
-impl FrameBytes for XdpFrame {
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.data_end - self.data
-    }
-
-    #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.data + offset;
-        if start + N > self.data_end {
-            return None;
-        }
-        // SAFETY: bounds checked just above; packet data has no alignment.
-        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
-    }
-}
-
 #[xdp]
 pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
-    let frame = XdpFrame {
-        data: ctx.data(),
-        data_end: ctx.data_end(),
-    };
+    // SAFETY: the context's packet pointers, valid for this run.
+    let frame = unsafe { PacketBytes::new(ctx.data(), ctx.data_end()) };
     let len = frame.frame_len() as u64;
     count(&COUNTERS, CounterSlot::Frames.index(), len);
     match classify(&frame) {

@@ -285,6 +285,68 @@ impl Drop for BpfDir {
     }
 }
 
+/// The usual lab: a "host" namespace (where netvlan runs) whose `eth0` is
+/// wired to a "switch" namespace's `peer0`, with private pins and state.
+pub struct Lan {
+    pub host: Netns,
+    pub switch: Netns,
+    pub bpf: BpfDir,
+    pub state: StateDir,
+}
+
+impl Lan {
+    /// `ipv6`: keep IPv6 on in every namespace of the lab.
+    pub fn new(ipv6: bool) -> Self {
+        let make = |kind| {
+            if ipv6 {
+                Netns::with_ipv6(kind)
+            } else {
+                Netns::new(kind)
+            }
+        };
+        let host = make("nhost");
+        let switch = make("nsw");
+        veth_pair(&host, "eth0", &switch, "peer0");
+        Lan {
+            host,
+            switch,
+            bpf: BpfDir::new(),
+            state: StateDir::new(),
+        }
+    }
+
+    /// `netvlan ARGS` in the host namespace.
+    pub fn netvlan(&self, args: &[&str]) -> Run {
+        netvlan_with_state(&self.host, &self.bpf, &self.state, args)
+    }
+
+    /// `network inspect NAME`, the one network's object.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        self.netvlan(&["network", "inspect", name]).ok().json()[0].clone()
+    }
+
+    /// Names of every link in the host namespace.
+    pub fn host_links(&self) -> Vec<String> {
+        let out = self.host.exec("ip", &["-j", "link", "show"]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// A fresh container namespace (not connected).
+    pub fn container(&self, ipv6: bool) -> Netns {
+        if ipv6 {
+            Netns::with_ipv6("nctr")
+        } else {
+            Netns::new("nctr")
+        }
+    }
+}
+
 /// The `netvlan` binary under test.
 pub fn netvlan_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("NETVLAN_BIN") {

@@ -88,11 +88,9 @@ impl PacketSocket {
         .expect("the namespace thread panicked")
     }
 
-    /// Sends a frame that the sender's own egress filter may drop: the
-    /// kernel then answers ENOBUFS, which is what such a drop looks like to
-    /// the sender. Any other error panics.
-    pub fn send_maybe_dropped(&self, frame: &[u8]) {
-        // SAFETY: as in `send`.
+    /// Sends the bytes as they are: SOCK_RAW, only the interface matters.
+    fn sendto(&self, frame: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: zeroed sockaddr_ll is valid; we fill the fields we use.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = self.ifindex;
@@ -108,7 +106,17 @@ impl PacketSocket {
             )
         };
         if sent < 0 {
-            let err = std::io::Error::last_os_error();
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
+    }
+
+    /// Sends a frame that the sender's own egress filter may drop: the
+    /// kernel then answers ENOBUFS, which is what such a drop looks like to
+    /// the sender. Any other error panics.
+    pub fn send_maybe_dropped(&self, frame: &[u8]) {
+        if let Err(err) = self.sendto(frame) {
             assert_eq!(
                 err.raw_os_error(),
                 Some(libc::ENOBUFS),
@@ -120,29 +128,10 @@ impl PacketSocket {
 
     /// Sends one frame exactly as given (no padding, tags in the bytes).
     pub fn send(&self, frame: &[u8]) {
-        // SAFETY: zeroed sockaddr_ll is valid; we fill the fields we use.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = self.ifindex;
-        // SOCK_RAW sends the bytes as they are: only the interface matters.
-        // SAFETY: frame and addr outlive the call.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(
-            sent,
-            frame.len() as isize,
-            "sending a {}-byte frame: {}",
-            frame.len(),
-            std::io::Error::last_os_error()
-        );
+        match self.sendto(frame) {
+            Ok(n) => assert_eq!(n, frame.len(), "short send of a {}-byte frame", frame.len()),
+            Err(err) => panic!("sending a {}-byte frame: {err}", frame.len()),
+        }
     }
 
     /// Every frame received so far (non-blocking drain).

@@ -2,67 +2,8 @@
 //! is wired to a "switch" namespace holding an external host, containers
 //! as namespaces, and `netvlan network …` / `connect` run in the host.
 
-use netvlan_tests::{
-    netvlan_with_state, require_kernel_feature, veth_pair, BpfDir, KernelFeature, Netns, Run,
-    StateDir,
-};
+use netvlan_tests::{require_kernel_feature, KernelFeature, Lan, Netns, Run};
 use serde_json::Value;
-
-struct Lan {
-    host: Netns,
-    switch: Netns,
-    bpf: BpfDir,
-    state: StateDir,
-}
-
-impl Lan {
-    /// `ipv6`: keep IPv6 on in every namespace of the lab.
-    fn new(ipv6: bool) -> Self {
-        let make = |kind| {
-            if ipv6 {
-                Netns::with_ipv6(kind)
-            } else {
-                Netns::new(kind)
-            }
-        };
-        let host = make("nhost");
-        let switch = make("nsw");
-        veth_pair(&host, "eth0", &switch, "peer0");
-        Lan {
-            host,
-            switch,
-            bpf: BpfDir::new(),
-            state: StateDir::new(),
-        }
-    }
-
-    fn netvlan(&self, args: &[&str]) -> Run {
-        netvlan_with_state(&self.host, &self.bpf, &self.state, args)
-    }
-
-    fn inspect(&self, name: &str) -> Value {
-        self.netvlan(&["network", "inspect", name]).ok().json()[0].clone()
-    }
-
-    fn host_links(&self) -> Vec<String> {
-        let out = self.host.exec("ip", &["-j", "link", "show"]);
-        let links: Value = serde_json::from_slice(&out.stdout).unwrap();
-        links
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn container(&self, ipv6: bool) -> Netns {
-        if ipv6 {
-            Netns::with_ipv6("nctr")
-        } else {
-            Netns::new("nctr")
-        }
-    }
-}
 
 #[test]
 fn bridge_network_gives_docker_addresses_and_reaches_the_lan() {

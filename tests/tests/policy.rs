@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use netvlan_tests::{
     frame::{FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_EXPERIMENTAL},
-    netvlan_with_state,
     packet::PacketSocket,
-    require_kernel_feature, veth_pair, wait_for, BpfDir, KernelFeature, Netns, Run, StateDir,
+    require_kernel_feature, wait_for, KernelFeature, Lan, Netns,
 };
 use serde_json::Value;
 
@@ -17,32 +16,15 @@ const SENDER: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x11];
 const DENIED: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x66];
 const BROADCAST: Mac = [0xff; 6];
 
-struct Lab {
-    host: Netns,
-    switch: Netns,
-    bpf: BpfDir,
-    state: StateDir,
+/// What these tests add to the usual lab.
+trait PolicyLab {
+    fn connect_container(&self, network: &str) -> (Netns, Mac);
+    fn stats_after(&self, frames: u64) -> Value;
 }
 
-impl Lab {
-    fn new() -> Self {
-        let host = Netns::new("phost");
-        let switch = Netns::new("psw");
-        veth_pair(&host, "eth0", &switch, "peer0");
-        Lab {
-            host,
-            switch,
-            bpf: BpfDir::new(),
-            state: StateDir::new(),
-        }
-    }
-
-    fn netvlan(&self, args: &[&str]) -> Run {
-        netvlan_with_state(&self.host, &self.bpf, &self.state, args)
-    }
-
+impl PolicyLab for Lan {
     /// Connects a fresh container and returns it with its endpoint MAC.
-    fn container(&self, network: &str) -> (Netns, Mac) {
+    fn connect_container(&self, network: &str) -> (Netns, Mac) {
         let c = Netns::new("pctr");
         let run = self
             .netvlan(&["connect", "--json", network, c.name()])
@@ -88,7 +70,7 @@ fn arrived(listener: &PacketSocket, dst: Option<Mac>, src: Mac) -> usize {
 
 #[test]
 fn unknown_destinations_are_dropped_only_when_the_network_asks() {
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     lab.netvlan(&[
         "network",
         "create",
@@ -101,7 +83,7 @@ fn unknown_destinations_are_dropped_only_when_the_network_asks() {
         "guarded",
     ])
     .ok();
-    let (c, mac) = lab.container("guarded");
+    let (c, mac) = lab.connect_container("guarded");
     let listener = PacketSocket::listen(&c, "eth0");
     let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
 
@@ -153,7 +135,7 @@ fn unknown_destinations_are_dropped_only_when_the_network_asks() {
 
 #[test]
 fn denied_source_macs_never_reach_endpoints() {
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     let deny = "mac_deny=02:00:00:00:00:66";
     lab.netvlan(&[
         "network",
@@ -167,7 +149,7 @@ fn denied_source_macs_never_reach_endpoints() {
         "denying",
     ])
     .ok();
-    let (c, mac) = lab.container("denying");
+    let (c, mac) = lab.connect_container("denying");
     let listener = PacketSocket::listen(&c, "eth0");
     let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
     let socket = PacketSocket::open(&lab.switch, "peer0");
@@ -196,7 +178,7 @@ fn denied_source_macs_never_reach_endpoints() {
 
 #[test]
 fn vlan_filter_drops_unlisted_vlans_and_stacked_tags_on_the_trunk() {
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     lab.netvlan(&[
         "network",
         "create",
@@ -253,7 +235,7 @@ fn a_qinq_frame_never_reaches_a_vlan_endpoint_through_its_vlan() {
     if !require_kernel_feature(KernelFeature::Vlan) {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     lab.netvlan(&[
         "network",
         "create",
@@ -266,7 +248,7 @@ fn a_qinq_frame_never_reaches_a_vlan_endpoint_through_its_vlan() {
         "v10",
     ])
     .ok();
-    let (c, mac) = lab.container("v10");
+    let (c, mac) = lab.connect_container("v10");
     let listener = PacketSocket::listen(&c, "eth0");
     let socket = PacketSocket::open(&lab.switch, "peer0");
     // Tagged 10 (its VLAN) it arrives, untagged by the VLAN device.
@@ -312,7 +294,7 @@ fn a_qinq_frame_never_reaches_a_vlan_endpoint_through_its_vlan() {
 
 #[test]
 fn bad_policy_settings_are_named() {
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     let run = lab
         .netvlan(&[
             "network",

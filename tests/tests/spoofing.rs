@@ -6,39 +6,20 @@ use std::time::Duration;
 
 use netvlan_tests::{
     frame::{FrameBuilder, Mac, ETH_P_8021Q},
-    netvlan_with_state,
     packet::PacketSocket,
-    veth_pair, wait_for, BpfDir, Netns, Run, StateDir,
+    wait_for, Lan, Netns,
 };
 use serde_json::Value;
 
 const BROADCAST: Mac = [0xff; 6];
 const FOREIGN_MAC: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
 
-struct Lab {
-    host: Netns,
-    switch: Netns,
-    bpf: BpfDir,
-    state: StateDir,
+/// What these tests add to the usual lab.
+trait SpoofLab {
+    fn endpoint_stats(&self, sandbox: &str) -> Value;
 }
 
-impl Lab {
-    fn new() -> Self {
-        let host = Netns::new("shost");
-        let switch = Netns::new("ssw");
-        veth_pair(&host, "eth0", &switch, "peer0");
-        Lab {
-            host,
-            switch,
-            bpf: BpfDir::new(),
-            state: StateDir::new(),
-        }
-    }
-
-    fn netvlan(&self, args: &[&str]) -> Run {
-        netvlan_with_state(&self.host, &self.bpf, &self.state, args)
-    }
-
+impl SpoofLab for Lan {
     fn endpoint_stats(&self, sandbox: &str) -> Value {
         let stats = self.netvlan(&["stats", "--json"]).ok().json();
         stats["endpoints"]
@@ -88,7 +69,7 @@ fn mac_of(c: &Netns) -> Mac {
 
 #[test]
 fn a_container_can_only_send_as_itself() {
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     lab.switch
         .exec("ip", &["addr", "add", "10.60.0.254/24", "dev", "peer0"]);
     lab.netvlan(&[
@@ -183,7 +164,7 @@ fn a_container_can_only_send_as_itself() {
 
 #[test]
 fn spoofcheck_off_lets_a_container_send_anything() {
-    let lab = Lab::new();
+    let lab = Lan::new(false);
     lab.netvlan(&[
         "network",
         "create",

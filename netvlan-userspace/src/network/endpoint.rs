@@ -89,6 +89,21 @@ pub(super) fn parse_stored_mac(text: &str) -> Option<[u8; 6]> {
     parse_mac(text).ok()
 }
 
+/// The endpoint link a network's driver and modes call for.
+pub(super) fn endpoint_link(record: &NetworkRecord, parent: u32) -> NewLink {
+    match record.options.driver {
+        Driver::Macvlan => NewLink::Macvlan {
+            parent,
+            mode: record.options.macvlan_mode.unwrap_or_default(),
+        },
+        Driver::Ipvlan => NewLink::Ipvlan {
+            parent,
+            mode: record.options.ipvlan_mode.unwrap_or_default(),
+            flag: record.options.ipvlan_flag.unwrap_or_default(),
+        },
+    }
+}
+
 /// A temporary link name no one else uses (`nvt` + 10 hex digits).
 pub(super) fn temp_link_name() -> String {
     format!("nvt{:010x}", rand::random::<u64>() & 0xff_ffff_ffff)
@@ -181,17 +196,7 @@ impl Manager {
                 }
             }),
         };
-        let link = match record.options.driver {
-            Driver::Macvlan => NewLink::Macvlan {
-                parent: parent.ifindex,
-                mode: record.options.macvlan_mode.unwrap_or_default(),
-            },
-            Driver::Ipvlan => NewLink::Ipvlan {
-                parent: parent.ifindex,
-                mode: record.options.ipvlan_mode.unwrap_or_default(),
-                flag: record.options.ipvlan_flag.unwrap_or_default(),
-            },
-        };
+        let link = endpoint_link(&record, parent.ifindex);
 
         let endpoint_id = super::new_id();
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));

@@ -221,17 +221,7 @@ impl Manager {
                     continue;
                 }
             }
-            let link = match record.options.driver {
-                Driver::Macvlan => NewLink::Macvlan {
-                    parent: parent.ifindex,
-                    mode: record.options.macvlan_mode.unwrap_or_default(),
-                },
-                Driver::Ipvlan => NewLink::Ipvlan {
-                    parent: parent.ifindex,
-                    mode: record.options.ipvlan_mode.unwrap_or_default(),
-                    flag: record.options.ipvlan_flag.unwrap_or_default(),
-                },
-            };
+            let link = super::endpoint::endpoint_link(record, parent.ifindex);
             let mac = match record.options.driver {
                 Driver::Macvlan => super::endpoint::parse_stored_mac(&endpoint.mac),
                 Driver::Ipvlan => None,
