@@ -1087,7 +1087,16 @@ fn a_killed_create_is_cleaned_up_by_the_next_command() {
         &lan,
         "create-after-parent",
         &["network", "create", "--subnet", "10.54.0.0/24", "killed"],
-        || lan.host_links().iter().any(|l| l.starts_with("nvd-")),
+        // The placeholder exists and carries its owner tag: the command
+        // is at the fail point (TCG is slow enough to catch it earlier).
+        || {
+            let out = lan.host.exec("ip", &["-d", "-j", "link", "show"]);
+            let links: Value = serde_json::from_slice(&out.stdout).unwrap();
+            links.as_array().unwrap().iter().any(|l| {
+                l["ifname"].as_str().unwrap_or("").starts_with("nvd-")
+                    && l["ifalias"].as_str().unwrap_or("").starts_with("netvlan:")
+            })
+        },
     );
     assert_ne!(
         lan.host_links(),
@@ -1120,7 +1129,13 @@ fn a_killed_create_is_cleaned_up_by_the_next_command() {
             "parent=eth0",
             "killed",
         ],
-        || lan.host.link_json("eth0").get("xdp").is_some(),
+        // Attached and pinned in place: the command is at the fail point.
+        || {
+            lan.bpf
+                .contents()
+                .iter()
+                .any(|p| p.contains("/if-") && p.ends_with("/link"))
+        },
     );
     lan.netvlan(&["network", "ls"]).ok();
     assert!(

@@ -436,8 +436,19 @@ impl Datapath {
         })
     }
 
+    /// Removes what dead netvlan processes left half-pinned.
+    pub fn remove_dead_staging(&self) -> Result<Vec<PathBuf>, DatapathError> {
+        self.pins
+            .remove_dead_staging()
+            .map_err(|source| DatapathError::PinDir {
+                path: self.pins.dir().into(),
+                source,
+            })
+    }
+
     /// Removes the pins of every stale attachment; returns what was removed.
     pub async fn prune(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
+        self.remove_dead_staging()?;
         let mut removed = Vec::new();
         for status in self.status().await? {
             if let AttachmentStatus::Stale { pin_dir, .. } = &status {

@@ -148,6 +148,36 @@ impl NamespacePins {
         Ok(out)
     }
 
+    /// Removes staging directories of processes that died before renaming
+    /// them into place (their pins would otherwise keep programs attached).
+    pub fn remove_dead_staging(&self) -> io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let Some(pid) = name
+                .strip_prefix("staging-")
+                .and_then(|rest| rest.rsplit('-').next())
+            else {
+                continue;
+            };
+            let alive = Path::new("/proc").join(pid).exists();
+            if !alive && pid.parse::<u32>().is_ok() {
+                std::fs::remove_dir_all(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the namespace directory if nothing is pinned in it any more.
     pub fn remove_if_empty(&self) {
         // ENOTEMPTY is the expected answer while attachments remain.

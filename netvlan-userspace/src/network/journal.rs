@@ -122,6 +122,12 @@ impl Manager {
                     }
                 }
                 Intent::Datapath { wire } => {
+                    for path in self.datapath().remove_dead_staging()? {
+                        done.push(format!(
+                            "removed {}, left by an interrupted create",
+                            path.display()
+                        ));
+                    }
                     if networks
                         .iter()
                         .any(|n| n.parent.wire == wire && n.datapath_owned)
