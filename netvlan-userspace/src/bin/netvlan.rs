@@ -47,6 +47,7 @@ enum Command {
     /// network's parent, moved into the sandbox, named eth0 (--ifname),
     /// given its address(es) and a default route via the gateway.
     /// Example: netvlan connect --ip 172.16.86.10 lan web1
+    #[command(verbatim_doc_comment)]
     Connect(ConnectArgs),
     /// Disconnect a sandbox: delete its link, return its addresses.
     Disconnect {
@@ -79,6 +80,7 @@ enum Command {
     /// never reach endpoints; empty clears).
     /// Example: netvlan policy set lan unknown_dst=drop mac_deny=02:00:00:00:00:66
     #[command(subcommand)]
+    #[command(verbatim_doc_comment)]
     Policy(PolicyCommand),
     /// Recreate what the stored networks need after a reboot: VLAN
     /// sub-interfaces and placeholders netvlan created, datapath
@@ -104,6 +106,7 @@ enum DatapathCommand {
     ///
     /// Attaching where netvlan already runs is a no-op. Example:
     ///   netvlan datapath attach eth0 --mode auto
+    #[command(verbatim_doc_comment)]
     Attach {
         /// Interface in the current network namespace.
         iface: String,
@@ -161,6 +164,7 @@ enum NetworkCommand {
     ///   netvlan network create -d macvlan --subnet 172.16.86.0/24 --gateway 172.16.86.1 -o parent=eth0 lan
     ///   netvlan network create -d macvlan --subnet 192.168.10.0/24 -o parent=eth0.10 vlan10
     ///   netvlan network create -d ipvlan --subnet 10.1.0.0/24 -o parent=eth0 -o ipvlan_mode=l3 routed
+    #[command(verbatim_doc_comment)]
     Create(CreateArgs),
     /// List networks.
     Ls {
