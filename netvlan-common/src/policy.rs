@@ -80,17 +80,14 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, policy: &P) -> Verdict {
     if policy.is_denied(&frame.src) {
         return Verdict::Drop(DropReason::MacDenied);
     }
-    let vid = frame.outer_vid;
+    // One map lookup per frame for the VLAN's flags (this is the XDP hot path).
+    let vlan = policy.vlan_flags(frame.outer_vid);
     let filtering = policy.wire_flags() & WIRE_VLAN_FILTER != 0;
-    if filtering && frame.tags > 0 && (frame.tags > 1 || policy.vlan_flags(vid) & VLAN_ALLOWED == 0)
-    {
+    if filtering && frame.tags > 0 && (frame.tags > 1 || vlan & VLAN_ALLOWED == 0) {
         return Verdict::Drop(DropReason::VlanNotAllowed);
     }
     let unicast = frame.dst[0] & 1 == 0;
-    if unicast
-        && policy.vlan_flags(vid) & VLAN_UNKNOWN_DST_DROP != 0
-        && !policy.is_registered(&frame.dst)
-    {
+    if unicast && vlan & VLAN_UNKNOWN_DST_DROP != 0 && !policy.is_registered(&frame.dst) {
         return Verdict::Drop(DropReason::UnknownDst);
     }
     Verdict::Pass
