@@ -92,6 +92,10 @@ fn main() {
             cmd.env_remove(key.as_ref());
         }
     }
+    // BPF ISA v3 (kernel 5.1+): 32-bit jumps and sub-registers, and the
+    // fetching atomics (5.12+) the MAC-sprawl guard counts with. Both
+    // supported kernels (Debian 6.1 and newer) have them.
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-cpu=v3");
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run `rustup run nightly cargo`: {e}"));

@@ -29,6 +29,21 @@ pub const DROPS: &str = "DROPS";
 /// Per-CPU array of [`Counters`] indexed by `policy::vlan_drop_index`.
 pub const VLAN_DROPS: &str = "VLAN_DROPS";
 
+/// LRU hash of [`LearnKey`] to `u64` (first seen, `bpf_ktime_get_ns`): the
+/// source MACs the MAC-sprawl guard has learned, per VLAN.
+pub const MAC_LEARN: &str = "MAC_LEARN";
+/// Array of [`MacGuardState`] indexed by VLAN id: the guard's count of
+/// learned MACs and its over-limit events.
+pub const MAC_GUARD: &str = "MAC_GUARD";
+
+/// Learned source MACs per wire. The control plane keeps the sum of the
+/// wire's `max_macs` limits at or under half of this, so the kernel's LRU
+/// (which can evict a little before it is full, because of its per-CPU
+/// free lists) never has to evict a learned MAC.
+pub const MAC_LEARN_CAPACITY: u32 = 32_768;
+/// The most learned MACs all guarded VLANs of one wire may ask for.
+pub const MAC_LEARN_BUDGET: u32 = MAC_LEARN_CAPACITY / 2;
+
 /// Registered MACs per wire (endpoints and the host's own). When the map is
 /// full, the control plane refuses the connect with a clear error.
 pub const ENDPOINT_MACS_CAPACITY: u32 = 65_536;
@@ -82,6 +97,33 @@ impl MacKey {
     }
 }
 
+/// A learned source MAC on one VLAN: 2 + 6 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LearnKey {
+    /// VLAN id in host byte order (0 = untagged).
+    pub vid: u16,
+    pub mac: [u8; 6],
+}
+
+/// The MAC-sprawl guard of one VLAN, written by the XDP program with
+/// atomic adds (every CPU shares it, so the limit holds across CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacGuardState {
+    /// Source MACs learned (entries this VLAN holds in [`MAC_LEARN`]).
+    pub learned: u64,
+    /// Frames from new MACs while the VLAN held its limit (dropped, or with
+    /// the count action only counted).
+    pub over_limit_packets: u64,
+    pub over_limit_bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last such frame; 0 = none.
+    pub last_over_limit_ns: u64,
+    /// Source MAC of the last such frame.
+    pub last_over_limit_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Index into the [`COUNTERS`] array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterSlot {
@@ -112,6 +154,8 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no implicit padding.
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::MacKey {}
+    unsafe impl aya::Pod for super::LearnKey {}
+    unsafe impl aya::Pod for super::MacGuardState {}
 }
 
 #[cfg(test)]
@@ -122,6 +166,8 @@ mod tests {
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Counters>(), 16);
         assert_eq!(core::mem::size_of::<MacKey>(), 8);
+        assert_eq!(core::mem::size_of::<LearnKey>(), 8);
+        assert_eq!(core::mem::size_of::<MacGuardState>(), 40);
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //! 2. VLAN filter on and the outer VLAN not allowed, or more than one tag
 //!    ([`DropReason::VlanNotAllowed`]) — untagged frames always pass this
 //!    check, so the host's own untagged traffic on a trunk keeps working;
-//! 3. unknown-destination drop on the frame's VLAN and a unicast
+//! 3. MAC-sprawl guard on the frame's VLAN: the source MAC is learned, and
+//!    once the VLAN holds its limit of learned MACs, frames from new ones
+//!    are dropped ([`DropReason::MacLimit`]) or, with the count action, only
+//!    counted. Learned MACs keep passing, like a switch's port security;
+//!    the guard's count goes down only when its policy is reset;
+//! 4. unknown-destination drop on the frame's VLAN and a unicast
 //!    destination MAC that is not registered ([`DropReason::UnknownDst`]).
 //!    Broadcast and multicast (ARP requests, IPv6 ND) always pass.
 
@@ -23,6 +28,40 @@ pub const WIRE_VLAN_FILTER: u32 = 1;
 pub const VLAN_ALLOWED: u32 = 1;
 /// VLAN flag: drop unicast frames to unregistered MACs on this VLAN.
 pub const VLAN_UNKNOWN_DST_DROP: u32 = 2;
+/// VLAN flag: the MAC-sprawl guard learns source MACs on this VLAN, up to
+/// the limit in the flags' upper half ([`vlan_mac_limit`]).
+pub const VLAN_MAC_GUARD: u32 = 4;
+/// VLAN flag: over the guard's limit, count frames from new MACs but let
+/// them pass (`max_macs_action=count`).
+pub const VLAN_MAC_GUARD_COUNT_ONLY: u32 = 8;
+/// The guard's limit lives in the upper 16 bits of the VLAN's flags, so the
+/// hot path still reads one array entry per frame.
+const VLAN_MAC_LIMIT_SHIFT: u32 = 16;
+/// The largest `max_macs` one VLAN can have (the flags' 16 bits, and well
+/// under the learning table's size; see `maps::MAC_LEARN_CAPACITY`).
+pub const MAX_MACS_LIMIT: u32 = 16_384;
+const _: () = assert!(MAX_MACS_LIMIT < 1 << (32 - VLAN_MAC_LIMIT_SHIFT));
+
+/// The guard's limit encoded in a VLAN's flags.
+#[inline(always)]
+pub const fn vlan_mac_limit(flags: u32) -> u32 {
+    flags >> VLAN_MAC_LIMIT_SHIFT
+}
+
+/// VLAN flags with the guard on and `limit` learned MACs allowed (at most
+/// [`MAX_MACS_LIMIT`]; larger values are clamped).
+pub const fn with_mac_limit(flags: u32, limit: u32, count_only: bool) -> u32 {
+    let limit = if limit > MAX_MACS_LIMIT {
+        MAX_MACS_LIMIT
+    } else {
+        limit
+    };
+    let mut out = (flags & 0xffff) | VLAN_MAC_GUARD | (limit << VLAN_MAC_LIMIT_SHIFT);
+    if count_only {
+        out |= VLAN_MAC_GUARD_COUNT_ONLY;
+    }
+    out
+}
 
 /// Why a frame was dropped. The discriminant indexes the drop counters.
 #[repr(u8)]
@@ -31,13 +70,16 @@ pub enum DropReason {
     UnknownDst = 0,
     VlanNotAllowed = 1,
     MacDenied = 2,
+    /// The VLAN's MAC-sprawl guard is full and the source MAC is new.
+    MacLimit = 3,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::UnknownDst,
         DropReason::VlanNotAllowed,
         DropReason::MacDenied,
+        DropReason::MacLimit,
     ];
 
     /// Stable snake_case name for JSON and the CLI.
@@ -46,6 +88,7 @@ impl DropReason {
             DropReason::UnknownDst => "unknown_dst",
             DropReason::VlanNotAllowed => "vlan_not_allowed",
             DropReason::MacDenied => "mac_denied",
+            DropReason::MacLimit => "mac_limit",
         }
     }
 }
@@ -65,18 +108,34 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// Read access to one wire's policy maps.
+/// What the MAC-sprawl guard made of a frame's source MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learning {
+    /// Learned before (or just now by another CPU).
+    Known,
+    /// New, and there was room: now learned.
+    Learned,
+    /// New, and the VLAN already holds its limit: not learned. The view
+    /// records the event (count, time, MAC).
+    OverLimit,
+}
+
+/// Read access to one wire's policy maps (and, for the guard, its learning
+/// table: [`PolicyView::learn`] is the one call that writes).
 pub trait PolicyView {
     fn wire_flags(&self) -> u32;
     fn vlan_flags(&self, vid: u16) -> u32;
     /// An endpoint or the host owns this MAC.
     fn is_registered(&self, mac: &[u8; 6]) -> bool;
     fn is_denied(&self, src: &[u8; 6]) -> bool;
+    /// Learns `src` on `vid` unless the VLAN already holds `limit` MACs.
+    /// `len` is the frame's length, for the over-limit counters.
+    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning;
 }
 
 /// Decides one classified frame. See the module docs for the rules.
 #[inline(always)]
-pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, policy: &P) -> Verdict {
+pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, len: u64, policy: &P) -> Verdict {
     if policy.is_denied(&frame.src) {
         return Verdict::Drop(DropReason::MacDenied);
     }
@@ -85,6 +144,13 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, policy: &P) -> Verdict {
     let filtering = policy.wire_flags() & WIRE_VLAN_FILTER != 0;
     if filtering && frame.tags > 0 && (frame.tags > 1 || vlan & VLAN_ALLOWED == 0) {
         return Verdict::Drop(DropReason::VlanNotAllowed);
+    }
+    if vlan & VLAN_MAC_GUARD != 0
+        && policy.learn(frame.outer_vid, &frame.src, vlan_mac_limit(vlan), len)
+            == Learning::OverLimit
+        && vlan & VLAN_MAC_GUARD_COUNT_ONLY == 0
+    {
+        return Verdict::Drop(DropReason::MacLimit);
     }
     let unicast = frame.dst[0] & 1 == 0;
     if unicast && vlan & VLAN_UNKNOWN_DST_DROP != 0 && !policy.is_registered(&frame.dst) {
@@ -95,7 +161,10 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, policy: &P) -> Verdict {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
+    use std::{
+        cell::RefCell,
+        collections::{HashMap, HashSet},
+    };
 
     use super::*;
     use crate::frame::{classify, Classification};
@@ -106,6 +175,8 @@ mod tests {
         vlans: HashMap<u16, u32>,
         registered: HashSet<[u8; 6]>,
         denied: HashSet<[u8; 6]>,
+        learned: RefCell<HashMap<u16, HashSet<[u8; 6]>>>,
+        over_limit: RefCell<u64>,
     }
 
     impl PolicyView for Model {
@@ -120,6 +191,19 @@ mod tests {
         }
         fn is_denied(&self, src: &[u8; 6]) -> bool {
             self.denied.contains(src)
+        }
+        fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
+            let mut learned = self.learned.borrow_mut();
+            let set = learned.entry(vid).or_default();
+            if set.contains(src) {
+                Learning::Known
+            } else if set.len() as u32 >= limit {
+                *self.over_limit.borrow_mut() += 1;
+                Learning::OverLimit
+            } else {
+                set.insert(*src);
+                Learning::Learned
+            }
         }
     }
 
@@ -152,7 +236,7 @@ mod tests {
     fn with_no_policy_everything_passes() {
         let m = Model::default();
         assert_eq!(
-            decide(&frame(STRANGER, STRANGER, &[10, 20]), &m),
+            decide(&frame(STRANGER, STRANGER, &[10, 20]), 64, &m),
             Verdict::Pass
         );
     }
@@ -163,17 +247,23 @@ mod tests {
         m.vlans.insert(0, VLAN_UNKNOWN_DST_DROP);
         m.registered.insert(ENDPOINT);
         assert_eq!(
-            decide(&frame(STRANGER, ENDPOINT, &[]), &m),
+            decide(&frame(STRANGER, ENDPOINT, &[]), 64, &m),
             Verdict::Drop(DropReason::UnknownDst)
         );
-        assert_eq!(decide(&frame(ENDPOINT, STRANGER, &[]), &m), Verdict::Pass);
-        assert_eq!(decide(&frame(BROADCAST, STRANGER, &[]), &m), Verdict::Pass);
         assert_eq!(
-            decide(&frame([0x33, 0x33, 0, 0, 0, 1], STRANGER, &[]), &m),
+            decide(&frame(ENDPOINT, STRANGER, &[]), 64, &m),
             Verdict::Pass
         );
         assert_eq!(
-            decide(&frame(STRANGER, ENDPOINT, &[10]), &m),
+            decide(&frame(BROADCAST, STRANGER, &[]), 64, &m),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide(&frame([0x33, 0x33, 0, 0, 0, 1], STRANGER, &[]), 64, &m),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide(&frame(STRANGER, ENDPOINT, &[10]), 64, &m),
             Verdict::Pass,
             "VLAN 10 did not ask"
         );
@@ -186,17 +276,23 @@ mod tests {
             ..Model::default()
         };
         m.vlans.insert(10, VLAN_ALLOWED);
-        assert_eq!(decide(&frame(ENDPOINT, STRANGER, &[10]), &m), Verdict::Pass);
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[20]), &m),
+            decide(&frame(ENDPOINT, STRANGER, &[10]), 64, &m),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide(&frame(ENDPOINT, STRANGER, &[20]), 64, &m),
             Verdict::Drop(DropReason::VlanNotAllowed)
         );
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[10, 20]), &m),
+            decide(&frame(ENDPOINT, STRANGER, &[10, 20]), 64, &m),
             Verdict::Drop(DropReason::VlanNotAllowed),
             "QinQ inside an allowed VLAN"
         );
-        assert_eq!(decide(&frame(ENDPOINT, STRANGER, &[]), &m), Verdict::Pass);
+        assert_eq!(
+            decide(&frame(ENDPOINT, STRANGER, &[]), 64, &m),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -205,8 +301,59 @@ mod tests {
         m.denied.insert(STRANGER);
         m.vlans.insert(0, VLAN_UNKNOWN_DST_DROP);
         assert_eq!(
-            decide(&frame(BROADCAST, STRANGER, &[]), &m),
+            decide(&frame(BROADCAST, STRANGER, &[]), 64, &m),
             Verdict::Drop(DropReason::MacDenied)
+        );
+    }
+
+    fn mac(n: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, n]
+    }
+
+    #[test]
+    fn the_guard_learns_up_to_its_limit_then_drops_only_new_macs() {
+        let mut m = Model::default();
+        m.vlans.insert(10, with_mac_limit(VLAN_ALLOWED, 2, false));
+        let from = |n: u8| decide(&frame(BROADCAST, mac(n), &[10]), 64, &m);
+        assert_eq!(from(1), Verdict::Pass);
+        assert_eq!(from(2), Verdict::Pass);
+        assert_eq!(from(3), Verdict::Drop(DropReason::MacLimit));
+        assert_eq!(from(1), Verdict::Pass, "learned MACs keep passing");
+        assert_eq!(from(3), Verdict::Drop(DropReason::MacLimit));
+        assert_eq!(*m.over_limit.borrow(), 2);
+        assert_eq!(
+            decide(&frame(BROADCAST, mac(9), &[]), 64, &m),
+            Verdict::Pass,
+            "the guard is per VLAN"
+        );
+    }
+
+    #[test]
+    fn the_count_action_lets_new_macs_pass_but_records_them() {
+        let mut m = Model::default();
+        m.vlans.insert(0, with_mac_limit(0, 1, true));
+        let from = |n: u8| decide(&frame(BROADCAST, mac(n), &[]), 64, &m);
+        assert_eq!(from(1), Verdict::Pass);
+        assert_eq!(from(2), Verdict::Pass);
+        assert_eq!(*m.over_limit.borrow(), 1);
+        assert_eq!(
+            m.learned.borrow()[&0].len(),
+            1,
+            "over-limit MACs are not learned"
+        );
+    }
+
+    #[test]
+    fn the_guard_limit_round_trips_through_the_flags() {
+        let flags = with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, MAX_MACS_LIMIT, false);
+        assert_eq!(vlan_mac_limit(flags), MAX_MACS_LIMIT);
+        assert_eq!(
+            flags & 0xf,
+            VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP | VLAN_MAC_GUARD
+        );
+        assert_eq!(
+            vlan_mac_limit(with_mac_limit(0, u32::MAX, true)),
+            MAX_MACS_LIMIT
         );
     }
 

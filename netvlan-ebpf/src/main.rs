@@ -7,20 +7,27 @@
 //! decision are the same code the host unit tests and fuzzers run.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`;
+// the intrinsic compiles to BPF_ATOMIC (BPF_ADD | BPF_FETCH).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
 };
 use netvlan_common::{
     frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
-        CounterSlot, Counters, MacKey, COUNTER_SLOTS, DENY_MACS_CAPACITY, ENDPOINT_MACS_CAPACITY,
-        MAC_STATS_CAPACITY, VLAN_SLOTS,
+        CounterSlot, Counters, LearnKey, MacGuardState, MacKey, COUNTER_SLOTS, DENY_MACS_CAPACITY,
+        ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY, MAC_STATS_CAPACITY, VLAN_SLOTS,
     },
-    policy::{decide, vlan_drop_index, PolicyView, Verdict, DROP_REASON_SLOTS},
+    policy::{decide, vlan_drop_index, Learning, PolicyView, Verdict, DROP_REASON_SLOTS},
 };
 
 #[map(name = "VLAN_STATS")]
@@ -52,6 +59,12 @@ static DROPS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DROP_REASON_
 static VLAN_DROPS: PerCpuArray<Counters> =
     PerCpuArray::with_max_entries(VLAN_SLOTS * DROP_REASON_SLOTS, 0);
 
+#[map(name = "MAC_LEARN")]
+static MAC_LEARN: LruHashMap<LearnKey, u64> = LruHashMap::with_max_entries(MAC_LEARN_CAPACITY, 0);
+
+#[map(name = "MAC_GUARD")]
+static MAC_GUARD: Array<MacGuardState> = Array::with_max_entries(VLAN_SLOTS, 0);
+
 /// The policy maps as `netvlan_common::policy::decide` reads them.
 struct Maps;
 
@@ -77,6 +90,45 @@ impl PolicyView for Maps {
         // SAFETY: as above.
         unsafe { DENY_MACS.get(&MacKey::new(*src)).is_some() }
     }
+
+    /// Exact across CPUs: the count is reserved with an atomic fetch-add
+    /// before the MAC is inserted, and given back if the insert loses.
+    #[inline(always)]
+    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
+        let key = LearnKey { vid, mac: *src };
+        // SAFETY: lookup only; LRU lookups also mark the entry as used.
+        if unsafe { MAC_LEARN.get(&key).is_some() } {
+            return Learning::Known;
+        }
+        let Some(state) = MAC_GUARD.get_ptr_mut(u32::from(vid)) else {
+            return Learning::Known;
+        };
+        // SAFETY (every `add` below): the array value lives as long as the
+        // map, and every field CPUs change concurrently is changed atomically.
+        let learned = unsafe { &raw mut (*state).learned };
+        if unsafe { add(learned, 1) } >= u64::from(limit) {
+            unsafe {
+                add(learned, u64::MAX);
+                add(&raw mut (*state).over_limit_packets, 1);
+                add(&raw mut (*state).over_limit_bytes, len);
+                // A report for `stats`; a torn read of it is harmless.
+                (*state).last_over_limit_ns = bpf_ktime_get_ns();
+                (*state).last_over_limit_mac = *src;
+            }
+            return Learning::OverLimit;
+        }
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if MAC_LEARN
+            .insert(&key, &now, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            // Another CPU learned the same MAC first: give the slot back.
+            unsafe { add(learned, u64::MAX) };
+            return Learning::Known;
+        }
+        Learning::Learned
+    }
 }
 
 #[xdp]
@@ -99,7 +151,7 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
                     }
                 }
             }
-            if let Verdict::Drop(reason) = decide(&f, &Maps) {
+            if let Verdict::Drop(reason) = decide(&f, len, &Maps) {
                 count(&DROPS, reason as u32, len);
                 count(&VLAN_DROPS, vlan_drop_index(f.outer_vid, reason), len);
                 return xdp_action::XDP_DROP;
@@ -107,6 +159,20 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_PASS
+}
+
+/// Atomic wrapping add; returns the previous value (`u64::MAX` subtracts 1).
+///
+/// SeqCst, not Relaxed: with Relaxed, the nightly's LLVM emits a plain
+/// `lock add` (BPF_ADD without BPF_FETCH) yet reads its result register as
+/// if it had fetched, so the previous value is silently wrong. SeqCst
+/// selects `atomic_fetch_add`; `llvm-objdump -d` shows which one you got.
+///
+/// # Safety
+/// `ptr` must point into a live map value.
+#[inline(always)]
+unsafe fn add(ptr: *mut u64, value: u64) -> u64 {
+    atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, value)
 }
 
 /// errno value; aya-ebpf's bindings do not carry errno constants.

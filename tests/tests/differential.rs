@@ -5,10 +5,14 @@
 //! frames (truncated at every offset, stacked tags, odd EtherTypes, IPv4
 //! options, IPv6 extension headers, ARP) go through the kernel with
 //! BPF_PROG_TEST_RUN; every verdict must match the model, and so must every
-//! counter at the end. (The kernel refuses test frames under 14 bytes; the
+//! counter at the end, and so must the MAC-sprawl guard's learning table
+//! and its per-VLAN state. (The kernel refuses test frames under 14 bytes; the
 //! classifier's unit tests cover those.)
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap, HashSet},
+};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -17,10 +21,10 @@ use aya::{
 };
 use netvlan_common::{
     frame::{classify, Anomaly, Classification},
-    maps::{self, CounterSlot, Counters, MacKey},
+    maps::{self, CounterSlot, Counters, LearnKey, MacGuardState, MacKey},
     policy::{
-        decide, vlan_drop_index, DropReason, PolicyView, Verdict, VLAN_ALLOWED,
-        VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+        decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
+        VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
     },
 };
 use netvlan_tests::require_root;
@@ -36,6 +40,8 @@ const REGISTERED: [[u8; 6]; 3] = [
 const UNREGISTERED: [[u8; 6]; 2] = [[2, 0x42, 10, 0, 0, 99], [0x52, 0x54, 0, 1, 2, 3]];
 const DENIED: [u8; 6] = [2, 0, 0, 0, 0, 0x66];
 const SENDER: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+/// Distinct "sprawling" source MACs: more than either guard's limit.
+const SPRAWL: u64 = 200;
 
 /// The policy under test, as a host model and as map contents.
 struct Policy {
@@ -43,6 +49,10 @@ struct Policy {
     vlans: HashMap<u16, u32>,
     registered: HashSet<[u8; 6]>,
     denied: HashSet<[u8; 6]>,
+    /// The guard's learning table and per-VLAN state, as the kernel's
+    /// must be after the same frames.
+    learned: RefCell<HashSet<LearnKey>>,
+    guard: RefCell<BTreeMap<u16, MacGuardState>>,
 }
 
 impl PolicyView for Policy {
@@ -58,18 +68,46 @@ impl PolicyView for Policy {
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         self.denied.contains(src)
     }
+    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
+        let key = LearnKey { vid, mac: *src };
+        let mut learned = self.learned.borrow_mut();
+        let mut guard = self.guard.borrow_mut();
+        let state = guard.entry(vid).or_default();
+        if learned.contains(&key) {
+            Learning::Known
+        } else if state.learned >= u64::from(limit) {
+            state.over_limit_packets += 1;
+            state.over_limit_bytes += len;
+            state.last_over_limit_mac = *src;
+            Learning::OverLimit
+        } else {
+            learned.insert(key);
+            state.learned += 1;
+            Learning::Learned
+        }
+    }
 }
 
+/// Untagged: guard of 100 MACs that only counts; VLAN 10: guard of 64 that
+/// drops; VLAN 100: no guard.
 fn policy() -> Policy {
     Policy {
         wire: WIRE_VLAN_FILTER,
         vlans: HashMap::from([
-            (0, VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP),
-            (10, VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP),
+            (
+                0,
+                with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, 100, true),
+            ),
+            (
+                10,
+                with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, 64, false),
+            ),
             (100, VLAN_ALLOWED),
         ]),
         registered: REGISTERED.into_iter().collect(),
         denied: HashSet::from([DENIED]),
+        learned: RefCell::default(),
+        guard: RefCell::default(),
     }
 }
 
@@ -105,7 +143,11 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
             [r[0] & 0xfe, r[1], 0, 0, 0, 1]
         }
     };
-    let src = if rng.below(8) == 0 { DENIED } else { SENDER };
+    let src = match rng.below(8) {
+        0 => DENIED,
+        1 | 2 => [2, 0, 0, 0x5b, 0, rng.below(SPRAWL) as u8],
+        _ => SENDER,
+    };
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     for _ in 0..rng.pick(&[0u64, 0, 1, 1, 2, 3]) {
@@ -198,7 +240,7 @@ fn model(frame: &[u8], policy: &Policy, expected: &mut Expected) -> u32 {
                     bump(&mut expected.counters, CounterSlot::Anomaly(a).index(), len);
                 }
             }
-            match decide(&f, policy) {
+            match decide(&f, len, policy) {
                 Verdict::Pass => XDP_PASS,
                 Verdict::Drop(reason) => {
                     bump(&mut expected.drops, reason as u32, len);
@@ -355,6 +397,28 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
     for (mac, want) in &expected.macs {
         assert_eq!(kernel_macs.get(mac), Some(want), "MAC_STATS[{mac:02x?}]");
     }
+    let guard: Array<&MapData, MacGuardState> =
+        ebpf.map(maps::MAC_GUARD).unwrap().try_into().unwrap();
+    for (vid, want) in policy.guard.borrow().iter() {
+        let mut got = guard.get(&u32::from(*vid), 0).unwrap();
+        assert_ne!(got.last_over_limit_ns, 0, "VLAN {vid} never went over");
+        got.last_over_limit_ns = 0;
+        assert_eq!(&got, want, "MAC_GUARD[{vid}]");
+    }
+    let learn: BpfHashMap<&MapData, LearnKey, u64> =
+        ebpf.map(maps::MAC_LEARN).unwrap().try_into().unwrap();
+    let kernel_learned: HashSet<LearnKey> = learn.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(
+        kernel_learned,
+        *policy.learned.borrow(),
+        "the learning table holds exactly the MACs the model learned"
+    );
+    let limited = expected.drops.get(&(DropReason::MacLimit as u32));
+    assert!(
+        limited.is_some_and(|c| c.packets > 0),
+        "the corpus must exercise the MAC limit"
+    );
+
     let dropped: u64 = expected.drops.values().map(|c| c.packets).sum();
     assert!(
         dropped > total as u64 / 10,

@@ -354,3 +354,238 @@ fn bad_policy_settings_are_named() {
     assert!(run.stderr.contains("not a unicast MAC"), "{}", run.stderr);
     lab.netvlan(&["network", "rm", "n"]).ok();
 }
+
+/// `n` distinct sprawling source MACs.
+fn sprawl(n: u8) -> Mac {
+    [0x02, 0x00, 0x5b, 0x00, 0x00, n]
+}
+
+/// Everything a container's packet socket received, kept across drains.
+struct Inbox<'a> {
+    socket: &'a PacketSocket,
+    frames: Vec<Vec<u8>>,
+}
+
+impl<'a> Inbox<'a> {
+    fn new(socket: &'a PacketSocket) -> Self {
+        Inbox {
+            socket,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Frames from `src` to `dst` so far.
+    fn count(&mut self, dst: Mac, src: Mac) -> usize {
+        self.frames.extend(self.socket.received());
+        self.frames
+            .iter()
+            .filter(|f| f.len() >= 14 && f[..6] == dst && f[6..12] == src)
+            .count()
+    }
+
+    /// Waits (up to 3 s) for `want` frames from `src` to `dst`; returns how
+    /// many came.
+    fn wait_count(&mut self, dst: Mac, src: Mac, want: usize) -> usize {
+        wait_for(Duration::from_secs(3), || {
+            let n = self.count(dst, src);
+            (n >= want).then_some(n)
+        })
+        .unwrap_or_else(|| self.count(dst, src))
+    }
+}
+
+#[test]
+fn the_mac_guard_learns_up_to_max_macs_and_drops_new_sources_beyond() {
+    let lab = Lan::new(false);
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.45.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "max_macs=3",
+        "sprawl",
+    ])
+    .ok();
+    let (c, mac) = lab.connect_container("sprawl");
+    let listener = PacketSocket::listen(&c, "eth0");
+    let mut inbox = Inbox::new(&listener);
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    // Five sources, two frames each: the first three fill the guard.
+    for n in 1..=5 {
+        socket.send_many(&FrameBuilder::new(mac, sprawl(n)).build(64), 2);
+    }
+    let stats = lab.stats_after(before + 10);
+    assert_eq!(
+        stats["drops"]["mac_limit"],
+        counters(4, 4 * 64),
+        "{stats:#}"
+    );
+    assert_eq!(stats["learned_macs"], 3, "{stats:#}");
+    let guard = &stats["mac_guards"][0];
+    assert_eq!(guard["vlan"], 0, "{stats:#}");
+    assert_eq!(guard["limit"], 3);
+    assert_eq!(guard["action"], "drop");
+    assert_eq!(guard["learned"], 3);
+    assert_eq!(guard["over_limit_packets"], 4);
+    assert_eq!(guard["last_over_limit"]["mac"], "02:00:5b:00:00:05");
+    for n in 1..=3 {
+        assert_eq!(
+            inbox.wait_count(mac, sprawl(n), 2),
+            2,
+            "both frames of learned source {n} arrive"
+        );
+    }
+    for n in 4..=5 {
+        assert_eq!(
+            inbox.count(mac, sprawl(n)),
+            0,
+            "a frame from new source {n} got past the full guard"
+        );
+    }
+
+    // A learned MAC keeps passing once the guard is full.
+    socket.send_many(&FrameBuilder::new(mac, sprawl(2)).build(64), 1);
+    lab.stats_after(before + 11);
+    assert_eq!(
+        inbox.wait_count(mac, sprawl(2), 3),
+        3,
+        "a learned source was refused"
+    );
+
+    // Count-only: new sources pass and are counted; the count is kept.
+    lab.netvlan(&["policy", "set", "sprawl", "max_macs_action=count"])
+        .ok();
+    socket.send_many(&FrameBuilder::new(mac, sprawl(6)).build(64), 2);
+    let stats = lab.stats_after(before + 13);
+    assert_eq!(
+        stats["drops"]["mac_limit"],
+        counters(4, 4 * 64),
+        "{stats:#}"
+    );
+    assert_eq!(stats["mac_guards"][0]["over_limit_packets"], 6);
+    assert_eq!(stats["mac_guards"][0]["learned"], 3);
+    assert_eq!(stats["mac_guards"][0]["action"], "count");
+    assert_eq!(
+        inbox.wait_count(mac, sprawl(6), 2),
+        2,
+        "count-only must let new sources through"
+    );
+    let inspect = lab.netvlan(&["network", "inspect", "sprawl"]).ok().json();
+    assert_eq!(inspect[0]["Netvlan"]["Policy"]["MaxMacs"], 3);
+    assert_eq!(inspect[0]["Netvlan"]["Policy"]["MaxMacsAction"], "count");
+
+    // Off forgets everything; on again starts empty.
+    lab.netvlan(&["policy", "set", "sprawl", "max_macs=off"])
+        .ok();
+    let stats = lab.stats_after(before + 13);
+    assert_eq!(stats["learned_macs"], 0, "{stats:#}");
+    assert_eq!(stats["mac_guards"], serde_json::json!([]));
+    lab.netvlan(&[
+        "policy",
+        "set",
+        "sprawl",
+        "max_macs=1",
+        "max_macs_action=drop",
+    ])
+    .ok();
+    socket.send_many(&FrameBuilder::new(mac, sprawl(5)).build(64), 1);
+    socket.send_many(&FrameBuilder::new(mac, sprawl(1)).build(64), 1);
+    let stats = lab.stats_after(before + 15);
+    assert_eq!(stats["mac_guards"][0]["learned"], 1, "{stats:#}");
+    assert_eq!(
+        stats["mac_guards"][0]["last_over_limit"]["mac"],
+        "02:00:5b:00:00:01"
+    );
+    assert_eq!(
+        stats["drops"]["mac_limit"],
+        counters(5, 5 * 64),
+        "{stats:#}"
+    );
+    assert_eq!(
+        inbox.wait_count(mac, sprawl(5), 1),
+        1,
+        "the first source after the reset is learned"
+    );
+
+    lab.netvlan(&["disconnect", "sprawl", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "sprawl"]).ok();
+}
+
+#[test]
+fn max_macs_settings_are_checked() {
+    let lab = Lan::new(false);
+    let create = |extra: &str| {
+        lab.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.46.0.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            extra,
+            "g",
+        ])
+    };
+    let run = create("max_macs=0").failed();
+    assert!(
+        run.stderr
+            .contains("max_macs=0: expected off or a number from 1 to 16384"),
+        "{}",
+        run.stderr
+    );
+    let run = create("max_macs_action=block").failed();
+    assert!(
+        run.stderr
+            .contains("max_macs_action=block: expected drop or count"),
+        "{}",
+        run.stderr
+    );
+    create("max_macs=16384").ok();
+    lab.netvlan(&["network", "rm", "g"]).ok();
+}
+
+#[test]
+fn guards_on_one_parent_share_its_learning_budget() {
+    if !require_kernel_feature(KernelFeature::Vlan) {
+        return;
+    }
+    let lab = Lan::new(false);
+    let create = |name: &str, subnet: &str, parent: &str| {
+        lab.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            subnet,
+            "-o",
+            &format!("parent={parent}"),
+            "-o",
+            "max_macs=10000",
+            name,
+        ])
+    };
+    create("g10", "10.46.0.0/24", "eth0.10").ok();
+    let run = create("g20", "10.47.0.0/24", "eth0.20").failed();
+    assert!(
+        run.stderr
+            .contains("the networks on eth0 would learn up to 20000 MACs in all; one parent learns at most 16384"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !lab.host_links().iter().any(|l| l == "eth0.20"),
+        "the refused network's VLAN link was left behind: {:?}",
+        lab.host_links()
+    );
+    let ls = lab.netvlan(&["network", "ls", "--json"]).ok().json();
+    assert_eq!(
+        ls.as_array().map(Vec::len),
+        Some(1),
+        "the refused network must not be stored: {ls:#}"
+    );
+    lab.netvlan(&["network", "rm", "g10"]).ok();
+}

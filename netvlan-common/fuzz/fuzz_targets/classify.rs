@@ -5,11 +5,16 @@
 use libfuzzer_sys::fuzz_target;
 use netvlan_common::{
     frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
-    policy::{decide, PolicyView, Verdict, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER},
+    policy::{
+        decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED,
+        VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+    },
 };
 
 /// A policy that exercises every branch: filter on, VLAN 10 allowed with
-/// unknown-destination drop, one registered and one denied MAC.
+/// unknown-destination drop and a MAC-sprawl guard of 16 MACs (sources
+/// whose last byte is below 16 count as learned), one registered and one
+/// denied MAC.
 struct Fixed;
 
 impl PolicyView for Fixed {
@@ -18,7 +23,8 @@ impl PolicyView for Fixed {
     }
     fn vlan_flags(&self, vid: u16) -> u32 {
         match vid {
-            0 | 10 => VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP,
+            0 => VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP,
+            10 => with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, 16, false),
             _ => 0,
         }
     }
@@ -27,6 +33,13 @@ impl PolicyView for Fixed {
     }
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         src == &[2, 0, 0, 0, 0, 0x66]
+    }
+    fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
+        if u32::from(src[5]) < limit {
+            Learning::Known
+        } else {
+            Learning::OverLimit
+        }
     }
 }
 
@@ -47,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(usize::from(f.l3_offset) <= data.len());
             assert_eq!(f.anomalies.contains(Anomaly::Runt), data.len() < ETH_ZLEN);
             assert_eq!(&data[..6], &f.dst);
-            if let Verdict::Drop(_) = decide(&f, &Fixed) {
+            if let Verdict::Drop(_) = decide(&f, data.len() as u64, &Fixed) {
                 // Broadcast from an allowed, undenied source is never dropped.
                 assert!(!(f.dst == [0xff; 6] && f.tags == 0 && f.src != [2, 0, 0, 0, 0, 0x66]));
             }

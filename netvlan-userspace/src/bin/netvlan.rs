@@ -800,6 +800,31 @@ async fn stats_command(
                 );
             }
         }
+        if !iface.mac_guards.is_empty() {
+            println!(
+                "  {:<20} {:>12} {:>14} {:>12}",
+                "MAC GUARD (VLAN)", "LEARNED/MAX", "OVER LIMIT", "ACTION"
+            );
+            for g in &iface.mac_guards {
+                let label = if g.vlan == 0 {
+                    "untagged".to_string()
+                } else {
+                    g.vlan.to_string()
+                };
+                let limit = g.limit.map_or("off".to_string(), |l| l.to_string());
+                let mut line = format!(
+                    "  {:<20} {:>12} {:>14} {:>12}",
+                    label,
+                    format!("{}/{limit}", g.learned),
+                    g.over_limit_packets,
+                    g.action
+                );
+                if let Some(event) = &g.last_over_limit {
+                    line.push_str(&format!("  last: {} {}s ago", event.mac, event.seconds_ago));
+                }
+                println!("{line}");
+            }
+        }
     }
     Ok(())
 }

@@ -214,7 +214,7 @@ impl InterfacePins {
     }
 
     /// Names of every map the datapath pins.
-    pub const MAPS: [&'static str; 9] = [
+    pub const MAPS: [&'static str; 11] = [
         maps::VLAN_STATS,
         maps::MAC_STATS,
         maps::COUNTERS,
@@ -224,6 +224,8 @@ impl InterfacePins {
         maps::DENY_MACS,
         maps::DROPS,
         maps::VLAN_DROPS,
+        maps::MAC_LEARN,
+        maps::MAC_GUARD,
     ];
 
     /// Unpins everything (removing a pin drops the kernel's reference; the

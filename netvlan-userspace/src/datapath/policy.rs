@@ -5,13 +5,20 @@
 //! window where policy is weaker than both the old and the new one: new
 //! registrations are inserted before stale ones are removed, and flags are
 //! overwritten in place (an array write is atomic per entry).
+//!
+//! The MAC-sprawl guard of a VLAN starts empty when it is switched on and
+//! is emptied when it is switched off; changing only its limit or action
+//! keeps what it learned (lowering the limit under the learned count lets
+//! the learned MACs pass and refuses every new one).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use netvlan_common::{
-    maps::{self, MacKey, VLAN_SLOTS},
-    policy::{VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER},
+    maps::{self, LearnKey, MacGuardState, MacKey, VLAN_SLOTS},
+    policy::{
+        with_mac_limit, VLAN_ALLOWED, VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+    },
 };
 
 use super::{DatapathError, InterfacePins};
@@ -28,6 +35,17 @@ pub struct WirePolicy {
     pub registered: BTreeSet<[u8; 6]>,
     /// Source MACs that never reach endpoints.
     pub denied: BTreeSet<[u8; 6]>,
+    /// MAC-sprawl guards per VLAN (0 = untagged).
+    pub mac_guards: BTreeMap<u16, MacGuard>,
+}
+
+/// One VLAN's MAC-sprawl guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacGuard {
+    /// Distinct source MACs learned before new ones are refused.
+    pub limit: u32,
+    /// Over the limit, count frames from new MACs but let them pass.
+    pub count_only: bool,
 }
 
 fn open<T>(pins: &InterfacePins, name: &str) -> Result<T, DatapathError>
@@ -70,13 +88,24 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         if policy.unknown_dst_drop_vlans.contains(&vid) {
             flags |= VLAN_UNKNOWN_DST_DROP;
         }
+        if let Some(guard) = policy.mac_guards.get(&vid) {
+            flags = with_mac_limit(flags, guard.limit, guard.count_only);
+        }
         let current = vlans
             .get(&u32::from(vid), 0)
             .map_err(map_err(pins, maps::VLAN_POLICY))?;
-        if current != flags {
-            vlans
-                .set(u32::from(vid), flags, 0)
-                .map_err(map_err(pins, maps::VLAN_POLICY))?;
+        if current == flags {
+            continue;
+        }
+        let (was, now) = (current & VLAN_MAC_GUARD != 0, flags & VLAN_MAC_GUARD != 0);
+        if now && !was {
+            reset_guard(pins, vid)?;
+        }
+        vlans
+            .set(u32::from(vid), flags, 0)
+            .map_err(map_err(pins, maps::VLAN_POLICY))?;
+        if was && !now {
+            reset_guard(pins, vid)?;
         }
     }
     let mut wire: Array<MapData, u32> = open(pins, maps::WIRE_POLICY)?;
@@ -88,6 +117,26 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
     wire.set(0, flags, 0)
         .map_err(map_err(pins, maps::WIRE_POLICY))?;
     Ok(())
+}
+
+/// Forgets what the guard of `vid` learned. Only called while the guard is
+/// off, so the XDP program does not touch this VLAN's entries meanwhile.
+fn reset_guard(pins: &InterfacePins, vid: u16) -> Result<(), DatapathError> {
+    let mut learned: HashMap<MapData, LearnKey, u64> = open(pins, maps::MAC_LEARN)?;
+    let stale: Vec<LearnKey> = learned
+        .keys()
+        .filter(|k| k.as_ref().map_or(true, |k| k.vid == vid))
+        .collect::<Result<_, _>>()
+        .map_err(map_err(pins, maps::MAC_LEARN))?;
+    for key in stale {
+        learned
+            .remove(&key)
+            .map_err(map_err(pins, maps::MAC_LEARN))?;
+    }
+    let mut state: Array<MapData, MacGuardState> = open(pins, maps::MAC_GUARD)?;
+    state
+        .set(u32::from(vid), MacGuardState::default(), 0)
+        .map_err(map_err(pins, maps::MAC_GUARD))
 }
 
 /// Makes the hash map's keys exactly `wanted`: inserts, then removes.

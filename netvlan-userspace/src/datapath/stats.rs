@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     frame::Anomaly,
-    maps::{self, CounterSlot, Counters, MacKey},
-    policy::{DropReason, DROP_REASON_SLOTS},
+    maps::{self, CounterSlot, Counters, MacGuardState, MacKey},
+    policy::{
+        vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
+    },
 };
 use serde::Serialize;
 
@@ -73,6 +75,37 @@ pub struct InterfaceStats {
     pub drops: BTreeMap<&'static str, RxCounters>,
     /// Drops per VLAN and reason, only where something was dropped.
     pub vlan_drops: Vec<VlanDrops>,
+    /// Distinct source MACs the MAC-sprawl guards hold, all VLANs together.
+    pub learned_macs: u64,
+    /// Each VLAN's MAC-sprawl guard (`max_macs`), where one is on or has
+    /// counted something.
+    pub mac_guards: Vec<MacGuardStats>,
+}
+
+/// One VLAN's MAC-sprawl guard, as the kernel holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MacGuardStats {
+    pub vlan: u16,
+    /// `None` once the guard is off (its last counters are still shown).
+    pub limit: Option<u32>,
+    /// `drop` or `count`.
+    pub action: &'static str,
+    /// Distinct source MACs learned.
+    pub learned: u64,
+    /// Frames from new MACs while the VLAN held its limit.
+    pub over_limit_packets: u64,
+    pub over_limit_bytes: u64,
+    /// The last over-limit event, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_over_limit: Option<OverLimitEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OverLimitEvent {
+    /// The new source MAC that found the VLAN full.
+    pub mac: String,
+    /// How long ago, in seconds.
+    pub seconds_ago: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -215,6 +248,7 @@ pub fn read(
         }
     }
 
+    let mac_guards = read_guards(pins)?;
     Ok(InterfaceStats {
         ifname: attachment.ifname.clone(),
         ifindex: attachment.ifindex,
@@ -227,5 +261,53 @@ pub fn read(
         mac_table_full,
         drops,
         vlan_drops,
+        learned_macs: mac_guards.iter().map(|g| g.learned).sum(),
+        mac_guards,
     })
+}
+
+/// The guards of every VLAN whose flags have one, or whose state is not
+/// all zero (a guard switched off keeps nothing, but stats taken between
+/// the two steps must not lie either).
+fn read_guards(pins: &InterfacePins) -> Result<Vec<MacGuardStats>, DatapathError> {
+    let flags: Array<MapData, u32> = open_map(pins, maps::VLAN_POLICY)?
+        .try_into()
+        .map_err(map_err(pins, maps::VLAN_POLICY))?;
+    let states: Array<MapData, MacGuardState> = open_map(pins, maps::MAC_GUARD)?
+        .try_into()
+        .map_err(map_err(pins, maps::MAC_GUARD))?;
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for (vid, (flags, state)) in flags.iter().zip(states.iter()).enumerate() {
+        let flags = flags.map_err(map_err(pins, maps::VLAN_POLICY))?;
+        let state = state.map_err(map_err(pins, maps::MAC_GUARD))?;
+        let on = flags & VLAN_MAC_GUARD != 0;
+        if !on && state == MacGuardState::default() {
+            continue;
+        }
+        out.push(MacGuardStats {
+            vlan: vid as u16,
+            limit: on.then(|| vlan_mac_limit(flags)),
+            action: if flags & VLAN_MAC_GUARD_COUNT_ONLY != 0 {
+                "count"
+            } else {
+                "drop"
+            },
+            learned: state.learned,
+            over_limit_packets: state.over_limit_packets,
+            over_limit_bytes: state.over_limit_bytes,
+            last_over_limit: (state.last_over_limit_ns != 0).then(|| OverLimitEvent {
+                mac: format_mac(&state.last_over_limit_mac),
+                seconds_ago: now.saturating_sub(state.last_over_limit_ns) / 1_000_000_000,
+            }),
+        });
+    }
+    Ok(out)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }

@@ -85,6 +85,8 @@ pub fn inspect(record: &NetworkRecord) -> Value {
                 "UnknownDst": if record.options.policy.unknown_dst_drop { "drop" } else { "pass" },
                 "Vlans": record.options.policy.vlans,
                 "MacDeny": record.options.policy.mac_deny.iter().map(crate::datapath::stats::format_mac).collect::<Vec<_>>(),
+                "MaxMacs": record.options.policy.max_macs,
+                "MaxMacsAction": if record.options.policy.max_macs_count_only { "count" } else { "drop" },
             },
         },
     })

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use netvlan_common::policy::MAX_MACS_LIMIT;
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Parent, ParentKind};
@@ -61,10 +62,24 @@ pub struct PolicyOptions {
     pub vlans: Option<std::collections::BTreeSet<u16>>,
     /// Source MACs whose frames never reach endpoints.
     pub mac_deny: std::collections::BTreeSet<[u8; 6]>,
+    /// MAC-sprawl guard: at most this many distinct source MACs on the
+    /// network's VLAN of the parent (`max_macs=N|off`).
+    #[serde(default)]
+    pub max_macs: Option<u32>,
+    /// Over the limit, only count frames from new MACs instead of dropping
+    /// them (`max_macs_action=count|drop`).
+    #[serde(default)]
+    pub max_macs_count_only: bool,
 }
 
 /// The policy keys, settable at create time and with `netvlan policy set`.
-pub(crate) const POLICY_KEYS: &[&str] = &["unknown_dst", "vlans", "mac_deny"];
+pub(crate) const POLICY_KEYS: &[&str] = &[
+    "unknown_dst",
+    "vlans",
+    "mac_deny",
+    "max_macs",
+    "max_macs_action",
+];
 
 impl PolicyOptions {
     /// Applies `KEY=VALUE` policy settings on top of `self`.
@@ -98,6 +113,32 @@ impl PolicyOptions {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = raw.get("max_macs") {
+            self.max_macs = match v.as_str() {
+                "" | "off" => None,
+                n => Some(
+                    n.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_MACS_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            NetworkError::BadOption(format!(
+                                "max_macs={n}: expected off or a number from 1 to {MAX_MACS_LIMIT}"
+                            ))
+                        })?,
+                ),
+            };
+        }
+        if let Some(v) = raw.get("max_macs_action") {
+            self.max_macs_count_only = match v.as_str() {
+                "drop" => false,
+                "count" => true,
+                other => {
+                    return Err(NetworkError::BadOption(format!(
+                        "max_macs_action={other}: expected drop or count"
+                    )))
+                }
+            };
         }
         Ok(())
     }
@@ -144,6 +185,8 @@ const KNOWN: &[&str] = &[
     "unknown_dst",
     "vlans",
     "mac_deny",
+    "max_macs",
+    "max_macs_action",
     "spoofcheck",
 ];
 

@@ -8,7 +8,11 @@
 use std::collections::BTreeMap;
 
 use super::{options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, ParentKind};
-use crate::datapath::{policy::WirePolicy, DatapathError};
+use crate::datapath::{
+    policy::{MacGuard, WirePolicy},
+    DatapathError,
+};
+use netvlan_common::maps::MAC_LEARN_BUDGET;
 
 /// The networks on `wire` once `changed` is written (or removed, when
 /// `removed` is true).
@@ -65,6 +69,19 @@ impl Manager {
             policy
                 .denied
                 .extend(record.options.policy.mac_deny.iter().copied());
+            if let Some(limit) = record.options.policy.max_macs {
+                // Networks sharing a VLAN of the wire share its guard: the
+                // strictest limit wins, and it only counts if all say so.
+                let count_only = record.options.policy.max_macs_count_only;
+                policy
+                    .mac_guards
+                    .entry(vid)
+                    .and_modify(|g| {
+                        g.limit = g.limit.min(limit);
+                        g.count_only &= count_only;
+                    })
+                    .or_insert(MacGuard { limit, count_only });
+            }
             if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
                 policy.registered.extend(parent.mac);
             }
@@ -75,6 +92,13 @@ impl Manager {
                     }
                 }
             }
+        }
+        let budget: u32 = policy.mac_guards.values().map(|g| g.limit).sum();
+        if budget > MAC_LEARN_BUDGET {
+            return Err(NetworkError::BadOption(format!(
+                "max_macs: the networks on {wire} would learn up to {budget} MACs in all; \
+                 one parent learns at most {MAC_LEARN_BUDGET}"
+            )));
         }
         match self.datapath().apply_policy(wire, &policy).await {
             Ok(()) | Err(DatapathError::NotAttached { .. }) => Ok(()),
