@@ -589,3 +589,93 @@ fn guards_on_one_parent_share_its_learning_budget() {
     );
     lab.netvlan(&["network", "rm", "g10"]).ok();
 }
+
+/// The pinned map `name` of the lab's one attachment.
+fn pinned_map(lab: &Lan, name: &str) -> std::path::PathBuf {
+    fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|f| f == name) {
+                return Some(path);
+            }
+            if path.is_dir() {
+                if let Some(found) = find(&path, name) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+    find(lab.bpf.path(), name)
+        .unwrap_or_else(|| panic!("no pinned {name} under {}", lab.bpf.path().display()))
+}
+
+#[test]
+fn a_full_endpoint_table_refuses_the_connect_and_leaves_nothing_behind() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use netvlan_common::maps::{MacKey, ENDPOINT_MACS, ENDPOINT_MACS_CAPACITY};
+
+    let lab = Lan::new(false);
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.48.0.0/16",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "unknown_dst=drop",
+        "crowded",
+    ])
+    .ok();
+    // Fill the table the way 65,536 endpoints would (the host's MAC is
+    // already in it), without making 65,536 namespaces.
+    let path = pinned_map(&lab, ENDPOINT_MACS);
+    let data = MapData::from_pin(&path).expect("opening the pinned endpoint table");
+    let mut table: BpfHashMap<MapData, MacKey, u32> = Map::HashMap(data).try_into().unwrap();
+    let present = table.keys().count() as u32;
+    let fillers: Vec<MacKey> = (0..ENDPOINT_MACS_CAPACITY - present)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            MacKey::new([0x06, 0xee, b[0], b[1], b[2], b[3]])
+        })
+        .collect();
+    for key in &fillers {
+        table.insert(key, 0, 0).expect("filling the endpoint table");
+    }
+
+    let c = Netns::new("pctr");
+    let run = lab.netvlan(&["connect", "crowded", c.name()]).failed();
+    assert!(
+        run.stderr
+            .contains("ENDPOINT_MACS is full: it holds at most 65536 entries"),
+        "{}",
+        run.stderr
+    );
+    let links = c.exec("ip", &["-j", "link", "show"]);
+    let links: Value = serde_json::from_slice(&links.stdout).unwrap();
+    assert_eq!(
+        links.as_array().map(Vec::len),
+        Some(1),
+        "only lo may be left in the container: {links:#}"
+    );
+    assert_eq!(
+        lab.inspect("crowded")["Containers"],
+        serde_json::json!({}),
+        "the refused endpoint must not be stored"
+    );
+    assert_eq!(
+        lab.host_links().len(),
+        2,
+        "only lo and eth0 may be on the host: {:?}",
+        lab.host_links()
+    );
+
+    // The control plane owns the table: undoing the refused connect
+    // brought it back to exactly the host's MAC, so there is room again.
+    assert_eq!(table.keys().count(), 1, "only the host's MAC is left");
+    lab.netvlan(&["connect", "crowded", c.name()]).ok();
+    assert_eq!(table.keys().count(), 2, "host MAC and the endpoint's");
+    lab.netvlan(&["disconnect", "crowded", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "crowded"]).ok();
+}

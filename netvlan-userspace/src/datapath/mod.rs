@@ -87,6 +87,15 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("cannot update the datapath map {path}")]
+    MapUpdate {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The kernel refused an insert with E2BIG: every entry is taken.
+    #[error("the datapath map {path} is full: it holds at most {capacity} entries")]
+    MapFull { path: PathBuf, capacity: u32 },
     #[error("cannot update bpffs directory {path}")]
     PinDir {
         path: PathBuf,

@@ -64,11 +64,33 @@ where
         .map_err(err)
 }
 
+/// Map errors as [`DatapathError`]s; an insert into a full map (E2BIG)
+/// becomes [`DatapathError::MapFull`], so the command says what is wrong.
 fn map_err(pins: &InterfacePins, name: &str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     let path = pins.map(name);
-    move |e| DatapathError::OpenPin {
-        path: path.clone(),
-        source: Box::new(e),
+    let capacity = capacity_of(name);
+    move |e| match (&e, capacity) {
+        (aya::maps::MapError::SyscallError(s), Some(capacity))
+            if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+        {
+            DatapathError::MapFull {
+                path: path.clone(),
+                capacity,
+            }
+        }
+        _ => DatapathError::MapUpdate {
+            path: path.clone(),
+            source: e,
+        },
+    }
+}
+
+/// The fixed size of the hash maps the control plane fills.
+fn capacity_of(name: &str) -> Option<u32> {
+    match name {
+        maps::ENDPOINT_MACS => Some(maps::ENDPOINT_MACS_CAPACITY),
+        maps::DENY_MACS => Some(maps::DENY_MACS_CAPACITY),
+        _ => None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use netvlan_common::policy::MAX_MACS_LIMIT;
+use netvlan_common::{maps::DENY_MACS_CAPACITY, policy::MAX_MACS_LIMIT};
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Parent, ParentKind};
@@ -113,6 +113,12 @@ impl PolicyOptions {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+            if self.mac_deny.len() > DENY_MACS_CAPACITY as usize {
+                return Err(NetworkError::BadOption(format!(
+                    "mac_deny: {} MACs given; a parent denies at most {DENY_MACS_CAPACITY}",
+                    self.mac_deny.len()
+                )));
+            }
         }
         if let Some(v) = raw.get("max_macs") {
             self.max_macs = match v.as_str() {
