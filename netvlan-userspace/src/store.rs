@@ -64,6 +64,23 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database, waiting for the lock.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_locking(state_dir, None).map(|s| s.expect("a blocking lock always comes"))
+    }
+
+    /// As [`Store::open`], but gives up (`Ok(None)`) if another command
+    /// still holds the lock after `patience`: for readers such as `stats`
+    /// that must not hang behind a long command.
+    pub fn open_within(
+        state_dir: &Path,
+        patience: std::time::Duration,
+    ) -> Result<Option<Self>, StoreError> {
+        Self::open_locking(state_dir, Some(patience))
+    }
+
+    fn open_locking(
+        state_dir: &Path,
+        patience: Option<std::time::Duration>,
+    ) -> Result<Option<Self>, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
             path: state_dir.into(),
             source,
@@ -79,18 +96,38 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(lock_err)?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, errno)| lock_err(errno.into()))?;
+        let lock = match patience {
+            None => nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, errno)| lock_err(errno.into()))?,
+            Some(patience) => {
+                let deadline = std::time::Instant::now() + patience;
+                let mut file = file;
+                loop {
+                    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                    {
+                        Ok(lock) => break lock,
+                        Err((back, nix::errno::Errno::EWOULDBLOCK))
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            file = back;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                        Err((_, errno)) => return Err(lock_err(errno.into())),
+                    }
+                }
+            }
+        };
         let path = state_dir.join("netvlan.redb");
         let db = redb::Database::create(&path).map_err(|e| StoreError::Database {
             path: path.clone(),
             source: Box::new(e.into()),
         })?;
-        Ok(Store {
+        Ok(Some(Store {
             db,
             path,
             _lock: lock,
-        })
+        }))
     }
 
     fn db_err(&self) -> impl Fn(redb::Error) -> StoreError + '_ {

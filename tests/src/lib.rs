@@ -320,6 +320,24 @@ impl Lan {
         netvlan_with_state(&self.host, &self.bpf, &self.state, args)
     }
 
+    /// Starts `netvlan ARGS` stopped at `failpoint` (it sleeps there),
+    /// waits until `ready` holds, then kills it with SIGKILL: a command
+    /// dying half-way.
+    pub fn kill_midway(&self, failpoint: &str, args: &[&str], mut ready: impl FnMut() -> bool) {
+        let spec = format!("{failpoint}=sleep(20000)");
+        let mut child = spawn_netvlan(
+            &self.host,
+            &self.bpf,
+            &self.state,
+            &[("FAILPOINTS", &spec)],
+            args,
+        );
+        let reached = wait_for(Duration::from_secs(10), || ready().then_some(()));
+        child.kill().expect("SIGKILL our own child");
+        child.wait().expect("reap it");
+        assert!(reached.is_some(), "the command never reached {failpoint}");
+    }
+
     /// `network inspect NAME`, the one network's object.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         self.netvlan(&["network", "inspect", name]).ok().json()[0].clone()

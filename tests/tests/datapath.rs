@@ -363,3 +363,56 @@ fn a_deleted_interface_shows_as_stale_and_prune_clears_it() {
     assert_eq!(pruned["removed"].as_array().unwrap().len(), 1, "{pruned:#}");
     assert_eq!(lab.bpf.contents(), Vec::<String>::new());
 }
+
+#[test]
+fn an_upgrade_keeps_the_counters_and_adds_the_maps_an_older_build_lacked() {
+    let lab = Lab::new();
+    lab.netvlan(&["datapath", "attach", "eth0"]).ok();
+    let socket = PacketSocket::open(&lab.sender, "peer0");
+    socket.send_many(&FrameBuilder::new(MAC_A, SENDER).build(60), 4);
+    lab.stats_after(4);
+
+    let same = lab.netvlan(&["datapath", "upgrade", "--json"]).ok().json();
+    assert_eq!(same["upgrades"][0]["outcome"], "current", "{same:#}");
+
+    // An attachment made by a build without the MAC-sprawl guard: its maps
+    // are not pinned.
+    let guard_pins: Vec<String> = lab
+        .bpf
+        .contents()
+        .into_iter()
+        .filter(|p| p.ends_with("/MAC_LEARN") || p.ends_with("/MAC_GUARD"))
+        .collect();
+    assert_eq!(guard_pins.len(), 2, "{:?}", lab.bpf.contents());
+    for pin in &guard_pins {
+        std::fs::remove_file(lab.bpf.path().join(pin)).expect("unpinning");
+    }
+    let before = lab.host.link_json("eth0")["xdp"]["prog"]["id"].clone();
+    let up = lab.netvlan(&["datapath", "upgrade", "--json"]).ok().json();
+    let outcome = &up["upgrades"][0];
+    assert_eq!(outcome["outcome"], "replaced", "{up:#}");
+    assert_eq!(
+        outcome["new_maps"],
+        serde_json::json!(["MAC_LEARN", "MAC_GUARD"])
+    );
+    assert_eq!(outcome["old_prog_id"], before);
+    assert_ne!(
+        lab.host.link_json("eth0")["xdp"]["prog"]["id"],
+        before,
+        "the link runs the new program"
+    );
+    for pin in &guard_pins {
+        assert!(lab.bpf.path().join(pin).exists(), "{pin} is pinned again");
+    }
+
+    // Same counters, still counting.
+    socket.send_many(&FrameBuilder::new(MAC_A, SENDER).build(60), 3);
+    let stats = lab.stats_after(7);
+    assert_eq!(mac_entry(&stats, &MAC_A), counters(7, 420));
+    lab.netvlan(&["datapath", "detach", "eth0"]).ok();
+    assert_eq!(
+        lab.bpf.contents(),
+        Vec::<String>::new(),
+        "nothing left pinned"
+    );
+}

@@ -1060,31 +1060,12 @@ fn a_failure_at_any_step_of_connect_leaves_nothing_behind() {
     lan.netvlan(&["network", "rm", "conn-rb"]).ok();
 }
 
-/// Starts a netvlan command that sleeps at `failpoint`, waits until `ready`
-/// holds, then kills it with SIGKILL: a command dying half-way.
-fn kill_midway(lan: &Lan, failpoint: &str, args: &[&str], ready: impl Fn() -> bool) {
-    let spec = format!("{failpoint}=sleep(20000)");
-    let mut child = netvlan_tests::spawn_netvlan(
-        &lan.host,
-        &lan.bpf,
-        &lan.state,
-        &[("FAILPOINTS", &spec)],
-        args,
-    );
-    let reached =
-        netvlan_tests::wait_for(std::time::Duration::from_secs(10), || ready().then_some(()));
-    child.kill().expect("SIGKILL our own child");
-    child.wait().expect("reap it");
-    assert!(reached.is_some(), "the command never reached {failpoint}");
-}
-
 #[test]
 fn a_killed_create_is_cleaned_up_by_the_next_command() {
     let lan = Lan::new(false);
     let links_before = lan.host_links();
     // Killed right after creating its placeholder parent.
-    kill_midway(
-        &lan,
+    lan.kill_midway(
         "create-after-parent",
         &["network", "create", "--subnet", "10.54.0.0/24", "killed"],
         // The placeholder exists and carries its owner tag: the command
@@ -1117,8 +1098,7 @@ fn a_killed_create_is_cleaned_up_by_the_next_command() {
     );
 
     // Killed right after attaching the datapath to eth0.
-    kill_midway(
-        &lan,
+    lan.kill_midway(
         "create-after-datapath",
         &[
             "network",
@@ -1159,8 +1139,7 @@ fn a_killed_connect_is_cleaned_up_by_the_next_command() {
     ])
     .ok();
     let c = lan.container(false);
-    kill_midway(
-        &lan,
+    lan.kill_midway(
         "connect-after-link",
         &["connect", "victim", c.name()],
         || !container_links(&c).is_empty(),

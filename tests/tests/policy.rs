@@ -592,22 +592,15 @@ fn guards_on_one_parent_share_its_learning_budget() {
 
 /// The pinned map `name` of the lab's one attachment.
 fn pinned_map(lab: &Lan, name: &str) -> std::path::PathBuf {
-    fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-        for entry in std::fs::read_dir(dir).ok()?.flatten() {
-            let path = entry.path();
-            if path.file_name().is_some_and(|f| f == name) {
-                return Some(path);
-            }
-            if path.is_dir() {
-                if let Some(found) = find(&path, name) {
-                    return Some(found);
-                }
-            }
-        }
-        None
-    }
-    find(lab.bpf.path(), name)
-        .unwrap_or_else(|| panic!("no pinned {name} under {}", lab.bpf.path().display()))
+    let suffix = format!("/{name}");
+    let found = lab
+        .bpf
+        .contents()
+        .into_iter()
+        .find(|p| p.ends_with(&suffix));
+    lab.bpf.path().join(
+        found.unwrap_or_else(|| panic!("no pinned {name} under {}", lab.bpf.path().display())),
+    )
 }
 
 #[test]

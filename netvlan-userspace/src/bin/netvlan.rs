@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use netvlan::{
     datapath::{
         stats::{self, StatsReport},
+        upgrade::UpgradeOutcome,
         AttachMode, AttachOutcome, AttachmentStatus, Datapath, DEFAULT_BPF_DIR,
     },
     network::{self, ConnectRequest, CreateRequest, Driver, Manager},
@@ -129,6 +130,25 @@ enum DatapathCommand {
     },
     /// Remove the pins of attachments whose interface or program is gone.
     Prune {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Swap the running XDP program for this binary's build, in place.
+    ///
+    /// One atomic BPF_LINK_UPDATE per interface: frames never meet a
+    /// missing program, and the pinned maps (counters, policy, learned
+    /// MACs) carry over. Interfaces already running this build are left
+    /// alone unless --force. Run it after installing a new netvlan.
+    /// Example:
+    ///   netvlan datapath upgrade            # every attachment
+    ///   netvlan datapath upgrade eth0 --force
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        /// Only this interface (default: every attachment).
+        iface: Option<String>,
+        /// Replace the program even if it is this build already.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -480,6 +500,38 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
                 print_status(&statuses);
             }
         }
+        DatapathCommand::Upgrade {
+            iface,
+            force,
+            output,
+        } => {
+            let outcomes = datapath.upgrade(iface.as_deref(), force).await?;
+            if output.json {
+                print_json(&serde_json::json!({ "upgrades": outcomes }))?;
+            } else if outcomes.is_empty() {
+                println!("no interface has netvlan's datapath attached; nothing to upgrade");
+            }
+            for outcome in outcomes.iter().filter(|_| !output.json) {
+                match outcome {
+                    UpgradeOutcome::Current { ifname, prog_id } => println!(
+                        "{ifname}: already runs this build (program id {prog_id}); nothing to do"
+                    ),
+                    UpgradeOutcome::Replaced {
+                        ifname,
+                        old_prog_id,
+                        new_prog_id,
+                        new_maps,
+                    } => {
+                        println!(
+                            "{ifname}: program {old_prog_id} replaced by {new_prog_id} in place; counters and policy kept"
+                        );
+                        if !new_maps.is_empty() {
+                            println!("  new maps, starting empty: {}", new_maps.join(", "));
+                        }
+                    }
+                }
+            }
+        }
         DatapathCommand::Prune { output } => {
             let removed = datapath.prune().await?;
             if output.json {
@@ -658,8 +710,20 @@ async fn stats_command(
         report.interfaces.push(stats::read(&attachment, &pins)?);
     }
     // Name the MACs that belong to endpoints (when there is any state).
-    if state_dir.join("netvlan.redb").exists() {
-        let store = Store::open(state_dir)?;
+    // Counters never wait behind a long command: without the state lock
+    // within a second, they are shown without names.
+    let store = if state_dir.join("netvlan.redb").exists() {
+        let store = Store::open_within(state_dir, std::time::Duration::from_secs(1))?;
+        if store.is_none() {
+            tracing::warn!(
+                "another netvlan command holds the state; showing counters without endpoint names and per-endpoint counters"
+            );
+        }
+        store
+    } else {
+        None
+    };
+    if let Some(store) = store {
         let mut owners = std::collections::HashMap::new();
         for record in store.networks::<network::NetworkRecord>()? {
             for endpoint in record.endpoints.values() {

@@ -10,6 +10,7 @@ pub mod egress;
 pub mod pins;
 pub mod policy;
 pub mod stats;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,18 @@ pub enum DatapathError {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot upgrade in place: the pinned map {path} has {pinned}, this build wants {built}; `netvlan datapath detach` and `attach` load it afresh (counters start from zero)")]
+    IncompatibleMap {
+        path: PathBuf,
+        pinned: String,
+        built: String,
+    },
+    #[error("cannot swap the XDP program on {ifname} (BPF_LINK_UPDATE)")]
+    Replace {
+        ifname: String,
+        #[source]
+        source: ProgramError,
     },
     #[error("cannot update the datapath map {path}")]
     MapUpdate {
@@ -516,11 +529,14 @@ impl Datapath {
     }
 }
 
-/// The id of the program pinned in `pins`, if any.
+/// The id of the program our pinned link runs, if there is such a link.
+///
+/// The link, not the program pin, is the identity: `upgrade` swaps the
+/// link's program first and re-pins the program after, so a crash in
+/// between must not make netvlan take its own program for a foreign one.
 fn pinned_program_id(pins: &InterfacePins) -> Option<u32> {
-    aya::programs::ProgramInfo::from_pin(pins.program())
-        .ok()
-        .map(|info| info.id())
+    let link = aya::programs::links::PinnedLink::from_pin(pins.link()).ok()?;
+    FdLink::from(link).info().ok().map(|info| info.program_id())
 }
 
 /// `error: cause: cause` on one line, for warnings.
