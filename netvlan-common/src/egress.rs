@@ -19,6 +19,9 @@ use crate::frame::{classify, Classification, FrameBytes, L3};
 pub const EGRESS_HAS_IPV4: u16 = 1;
 /// The endpoint has an IPv6 address (`ipv6` is meaningful).
 pub const EGRESS_HAS_IPV6: u16 = 2;
+/// Anti-spoofing is on (`spoofcheck=on`): frames that fail the check are
+/// dropped. Without it the program only counts.
+pub const EGRESS_ENFORCE: u16 = 4;
 
 /// What one endpoint may send as, in the egress program's config map.
 #[repr(C)]
@@ -31,13 +34,20 @@ pub struct EgressConfig {
     pub ipv6: [u8; 16],
 }
 
-/// Egress counter slots (per-CPU array in the egress object).
+/// Endpoint counter slots (per-CPU array in the endpoint object): what the
+/// endpoint sent, what anti-spoofing dropped, and what it received by any
+/// path (from the LAN, and from other endpoints on the same parent, which
+/// macvlan bridge mode switches without touching the parent).
 pub const EGRESS_SENT: u32 = 0;
 pub const EGRESS_SPOOFED: u32 = 1;
-pub const EGRESS_SLOTS: u32 = 2;
+pub const ENDPOINT_RECEIVED: u32 = 2;
+/// Spare slots leave room for new counters without changing the map.
+pub const EGRESS_SLOTS: u32 = 8;
 
-/// Map and program names in the egress object.
+/// Map and program names in the endpoint object.
 pub const EGRESS_PROGRAM: &str = "netvlan_egress";
+/// Counts what the endpoint receives (TC ingress on its link).
+pub const INGRESS_PROGRAM: &str = "netvlan_ingress";
 pub const EGRESS_CONFIG: &str = "EGRESS_CONFIG";
 pub const EGRESS_STATS: &str = "EGRESS_STATS";
 

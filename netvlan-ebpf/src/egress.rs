@@ -1,7 +1,9 @@
-//! netvlan's endpoint egress program (TC): a container may send only as
-//! itself. One instance per endpoint link, configured through
-//! `EGRESS_CONFIG`; the decision is `netvlan_common::egress::egress_allowed`,
-//! the code the host unit tests run.
+//! netvlan's endpoint programs (TC), one instance per endpoint link:
+//! - egress: a container may send only as itself (with `spoofcheck=on`;
+//!   configured through `EGRESS_CONFIG`; the decision is
+//!   `netvlan_common::egress::egress_allowed`, the code the host unit tests
+//!   run), and what it sends is counted;
+//! - ingress: what it receives is counted, whichever path it came by.
 #![no_std]
 #![no_main]
 
@@ -12,7 +14,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netvlan_common::{
-    egress::{egress_allowed, EgressConfig, EGRESS_SENT, EGRESS_SLOTS, EGRESS_SPOOFED},
+    egress::{
+        egress_allowed, EgressConfig, EGRESS_ENFORCE, EGRESS_SENT, EGRESS_SLOTS, EGRESS_SPOOFED,
+        ENDPOINT_RECEIVED,
+    },
     frame::PacketBytes,
     maps::Counters,
 };
@@ -36,19 +41,32 @@ pub fn netvlan_egress(ctx: TcContext) -> i32 {
     // SAFETY: reading a field of the context the kernel hands us.
     let offloaded_tag = unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let allowed = match EGRESS_CONFIG.get(0) {
+        Some(cfg) if cfg.flags & EGRESS_ENFORCE == 0 => true,
         Some(cfg) => !offloaded_tag && egress_allowed(&frame, cfg),
         // No config yet: the control plane writes it before attaching.
         None => false,
     };
-    let slot = if allowed { EGRESS_SENT } else { EGRESS_SPOOFED };
-    if let Some(c) = EGRESS_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { (*c).add_frame(u64::from(len)) };
-    }
+    count(if allowed { EGRESS_SENT } else { EGRESS_SPOOFED }, len);
     if allowed {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT
+    }
+}
+
+/// Counts every frame delivered to the endpoint. At TC ingress the skb
+/// starts at the Ethernet header, so lengths match the egress side's.
+#[classifier]
+pub fn netvlan_ingress(ctx: TcContext) -> i32 {
+    count(ENDPOINT_RECEIVED, ctx.len());
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn count(slot: u32, len: u32) {
+    if let Some(c) = EGRESS_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*c).add_frame(u64::from(len)) };
     }
 }
 

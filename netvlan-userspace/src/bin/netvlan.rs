@@ -764,14 +764,16 @@ async fn stats_command(
     }
     if !report.endpoints.is_empty() {
         println!(
-            "{:<24} {:<12} {:>10} {:>12} {:>10}",
-            "ENDPOINT", "NETWORK", "TX PKTS", "TX BYTES", "SPOOFED"
+            "{:<24} {:<12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "SPOOFED"
         );
         for e in &report.endpoints {
             println!(
-                "{:<24} {:<12} {:>10} {:>12} {:>10}",
+                "{:<24} {:<12} {:>10} {:>12} {:>10} {:>12} {:>10}",
                 e.endpoint,
                 e.network,
+                e.egress.rx_packets,
+                e.egress.rx_bytes,
                 e.egress.tx_packets,
                 e.egress.tx_bytes,
                 e.egress.spoofed_packets

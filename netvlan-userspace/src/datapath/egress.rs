@@ -1,4 +1,6 @@
-//! Anti-spoofing on endpoint links: a TC egress program per endpoint.
+//! The endpoint programs: on each endpoint link a TC egress program
+//! (anti-spoofing when `spoofcheck=on`, and the endpoint's tx counters) and
+//! a TC ingress program (its rx counters, whichever path frames come by).
 //!
 //! Attached inside the sandbox (the calling thread must be in its network
 //! namespace) before the link comes up, so no frame ever leaves
@@ -20,6 +22,7 @@ use aya::{
 use netvlan_common::{
     egress::{
         EgressConfig, EGRESS_CONFIG, EGRESS_PROGRAM, EGRESS_SENT, EGRESS_SPOOFED, EGRESS_STATS,
+        ENDPOINT_RECEIVED, INGRESS_PROGRAM,
     },
     maps::Counters,
 };
@@ -43,8 +46,10 @@ fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-/// Attaches anti-spoofing to `ifname` (index `ifindex`) in the calling
-/// thread's namespace. On failure nothing stays attached or pinned.
+/// Attaches the endpoint programs to `ifname` (index `ifindex`) in the
+/// calling thread's namespace; `config` says whether egress enforces
+/// ([`netvlan_common::egress::EGRESS_ENFORCE`]). On failure nothing stays
+/// attached or pinned.
 pub fn attach(
     bpf_dir: &Path,
     ifindex: u32,
@@ -80,14 +85,6 @@ pub fn attach(
             source: Box::new(e),
         })?;
     }
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(EGRESS_PROGRAM)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(DatapathError::MissingObject {
-            what: "TC program",
-            name: EGRESS_PROGRAM,
-        })?;
-    program.load().map_err(DatapathError::Program)?;
     let mode = if tcx_available() {
         EgressMode::Tcx
     } else {
@@ -102,14 +99,24 @@ pub fn attach(
             }
         }
     }
-    let id = program
-        .attach(ifname, TcAttachType::Egress)
-        .map_err(|source| DatapathError::Attach {
-            ifname: ifname.into(),
-            mode: super::AttachMode::Auto,
-            source,
-        })?;
-    let link = program.take_link(id).map_err(DatapathError::Program)?;
+    // Both directions attached before any pin is written; on failure the
+    // unpinned links go with `ebpf` and detach.
+    let mut links = Vec::new();
+    for (name, direction) in [
+        (EGRESS_PROGRAM, TcAttachType::Egress),
+        (INGRESS_PROGRAM, TcAttachType::Ingress),
+    ] {
+        let program = classifier(&mut ebpf, name)?;
+        program.load().map_err(DatapathError::Program)?;
+        let id = program
+            .attach(ifname, direction)
+            .map_err(|source| DatapathError::Attach {
+                ifname: ifname.into(),
+                mode: super::AttachMode::Auto,
+                source,
+            })?;
+        links.push((name, program.take_link(id).map_err(DatapathError::Program)?));
+    }
 
     let staging = namespace.staging(ifindex);
     let pinned = (|| {
@@ -117,38 +124,29 @@ pub fn attach(
             path: staging.dir().into(),
             source,
         })?;
+        let pin_err = |path: std::path::PathBuf| move |source| DatapathError::Pin { path, source };
         for name in [EGRESS_CONFIG, EGRESS_STATS] {
             let map = ebpf
                 .map(name)
                 .ok_or(DatapathError::MissingObject { what: "map", name })?;
             map.pin(staging.map(name))
-                .map_err(|source| DatapathError::Pin {
-                    path: staging.map(name),
-                    source,
-                })?;
+                .map_err(pin_err(staging.map(name)))?;
         }
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(EGRESS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::MissingObject {
-                what: "TC program",
-                name: EGRESS_PROGRAM,
-            })?;
-        program
-            .pin(staging.program())
-            .map_err(|source| DatapathError::Pin {
-                path: staging.program(),
-                source,
-            })?;
-        // TCX links need their pin to outlive us; a netlink filter is held
-        // by the kernel already (and converting it releases it untouched).
-        if let Ok(fd_link) = FdLink::try_from(link) {
-            fd_link
-                .pin(staging.link())
-                .map_err(|source| DatapathError::Pin {
-                    path: staging.link(),
-                    source,
-                })?;
+        for (name, link) in links {
+            let (program_pin, link_pin) = if name == EGRESS_PROGRAM {
+                (staging.program(), staging.link())
+            } else {
+                (staging.dir().join("prog_in"), staging.dir().join("link_in"))
+            };
+            classifier(&mut ebpf, name)?
+                .pin(&program_pin)
+                .map_err(pin_err(program_pin.clone()))?;
+            // TCX links need their pin to outlive us; a netlink filter is
+            // held by the kernel already (converting it releases it
+            // untouched).
+            if let Ok(fd_link) = FdLink::try_from(link) {
+                fd_link.pin(&link_pin).map_err(pin_err(link_pin.clone()))?;
+            }
         }
         std::fs::rename(staging.dir(), target.dir()).map_err(|source| DatapathError::PinDir {
             path: target.dir().into(),
@@ -162,9 +160,23 @@ pub fn attach(
     Ok(mode)
 }
 
-/// What one endpoint sent and what anti-spoofing dropped.
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::MissingObject {
+            what: "TC program",
+            name,
+        })
+}
+
+/// What one endpoint received and sent, and what anti-spoofing dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EgressStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub spoofed_packets: u64,
@@ -200,7 +212,16 @@ pub fn read_stats(
         }))
     };
     let (sent, spoofed) = (total(EGRESS_SENT)?, total(EGRESS_SPOOFED)?);
+    // Endpoints connected by a build without the ingress counter have a
+    // two-slot map: nothing received is known for them.
+    let received = if map.len() > ENDPOINT_RECEIVED {
+        total(ENDPOINT_RECEIVED)?
+    } else {
+        Counters::default()
+    };
     Ok(Some(EgressStats {
+        rx_packets: received.packets,
+        rx_bytes: received.bytes,
         tx_packets: sent.packets,
         tx_bytes: sent.bytes,
         spoofed_packets: spoofed.packets,

@@ -13,7 +13,7 @@ use super::{
     options::valid_ifname, policy::wire_after, rollback::Rollback, Driver, Manager, NetworkError,
     NetworkRecord,
 };
-use netvlan_common::egress::{EgressConfig, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6};
+use netvlan_common::egress::{EgressConfig, EGRESS_ENFORCE, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6};
 
 use crate::{
     datapath::stats::format_mac,
@@ -325,10 +325,8 @@ impl Manager {
             } else {
                 default_routes(record, ipv4.is_some(), ipv6.is_some())
             },
-            spoofcheck: record
-                .options
-                .spoofcheck
-                .then(|| self.datapath().bpf_dir().to_path_buf()),
+            bpf_dir: self.datapath().bpf_dir().to_path_buf(),
+            spoofcheck: record.options.spoofcheck,
         };
         let path = sandbox.to_path_buf();
         tokio::task::spawn_blocking(move || netns::run_in(&path, move || plan.apply()))
@@ -422,8 +420,11 @@ struct SandboxPlan {
     ifname: String,
     addresses: Vec<IpNet>,
     routes: Vec<(Option<IpAddr>, bool)>,
-    /// Anti-spoofing: attach the egress program (pins under this bpf dir).
-    spoofcheck: Option<PathBuf>,
+    /// Where the endpoint programs are pinned.
+    bpf_dir: PathBuf,
+    /// Anti-spoofing: the egress program drops what the endpoint may not
+    /// send (it counts either way).
+    spoofcheck: bool,
 }
 
 /// The endpoint's link as configured in its sandbox.
@@ -465,11 +466,13 @@ impl SandboxPlan {
         }
         super::failpoint("connect-after-addresses")?;
         let mac = netlink.link_by_index(ifindex).await?.mac;
-        if let Some(bpf_dir) = &self.spoofcheck {
-            // Before the link is up: no frame ever leaves unchecked.
-            let config = egress_config(mac, &self.addresses);
-            crate::datapath::egress::attach(bpf_dir, ifindex, &self.ifname, &config)?;
+        // Before the link is up: no frame ever leaves unchecked or
+        // uncounted.
+        let mut config = egress_config(mac, &self.addresses);
+        if self.spoofcheck {
+            config.flags |= EGRESS_ENFORCE;
         }
+        crate::datapath::egress::attach(&self.bpf_dir, ifindex, &self.ifname, &config)?;
         announce_on_up(&self.ifname);
         netlink.set_up(ifindex).await?;
         for (gateway, ipv6) in &self.routes {
