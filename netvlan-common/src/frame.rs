@@ -201,6 +201,10 @@ pub struct Frame {
     /// Offset of the L3 header from the start of the frame.
     pub l3_offset: u16,
     pub anomalies: AnomalySet,
+    /// Destination address of a well-formed IPv4 or IPv6 header, IPv4 as
+    /// an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`); all zero otherwise
+    /// (`::` is never a destination).
+    pub dst_ip: [u8; 16],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,8 +275,22 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     };
+    let mut dst_ip = [0u8; 16];
+    // `black_box` on the offsets: having just checked `len`, LLVM would
+    // drop the reads' own bounds checks, and the BPF verifier accepts
+    // packet reads only behind a check against `data_end` itself.
     if !l3_header_ok(frame, l3, offset, len) {
         anomalies.insert(Anomaly::MalformedL3);
+    } else if l3 == L3::Ipv4 {
+        if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 16)) {
+            dst_ip[10] = 0xff;
+            dst_ip[11] = 0xff;
+            dst_ip[12..].copy_from_slice(&v4);
+        }
+    } else if l3 == L3::Ipv6 {
+        if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 24)) {
+            dst_ip = v6;
+        }
     }
 
     Classification::Classified(Frame {
@@ -285,6 +303,7 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         l3,
         l3_offset: offset as u16,
         anomalies,
+        dst_ip,
     })
 }
 

@@ -22,6 +22,9 @@ pub const WIRE_POLICY: &str = "WIRE_POLICY";
 pub const VLAN_POLICY: &str = "VLAN_POLICY";
 /// Hash of [`MacKey`] to `u32` (reserved): MACs registered behind the wire.
 pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
+/// Hash of [`IpKey`] to `u32` (reserved): IPv4/IPv6 addresses of ipvlan
+/// endpoints and the host, for ipvlan's unknown-destination drop.
+pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
 /// Hash of [`MacKey`] to `u32` (reserved): source MACs that are dropped.
 pub const DENY_MACS: &str = "DENY_MACS";
 /// Per-CPU array of [`Counters`] indexed by `policy::DropReason`.
@@ -47,6 +50,8 @@ pub const MAC_LEARN_BUDGET: u32 = MAC_LEARN_CAPACITY / 2;
 /// Registered MACs per wire (endpoints and the host's own). When the map is
 /// full, the control plane refuses the connect with a clear error.
 pub const ENDPOINT_MACS_CAPACITY: u32 = 65_536;
+/// Registered addresses per wire (ipvlan endpoints and the host's).
+pub const ENDPOINT_IPS_CAPACITY: u32 = 65_536;
 /// Denied source MACs per wire.
 pub const DENY_MACS_CAPACITY: u32 = 4_096;
 
@@ -95,6 +100,13 @@ impl MacKey {
     pub const fn new(addr: [u8; 6]) -> Self {
         MacKey { addr, _pad: [0; 2] }
     }
+}
+
+/// An IPv4 (IPv4-mapped) or IPv6 address as a hash key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpKey {
+    pub addr: [u8; 16],
 }
 
 /// A learned source MAC on one VLAN: 2 + 6 bytes, no padding.
@@ -155,6 +167,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::LearnKey {}
+    unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::MacGuardState {}
 }
 

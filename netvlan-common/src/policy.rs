@@ -18,7 +18,12 @@
 //!    the guard's count goes down only when its policy is reset;
 //! 4. unknown-destination drop on the frame's VLAN and a unicast
 //!    destination MAC that is not registered ([`DropReason::UnknownDst`]).
-//!    Broadcast and multicast (ARP requests, IPv6 ND) always pass.
+//!    Broadcast and multicast (ARP requests, IPv6 ND) always pass;
+//! 5. for ipvlan (endpoints share the parent's MAC, so the MAC says
+//!    nothing): unicast IPv4/IPv6 whose destination address is neither an
+//!    endpoint's nor the host's ([`DropReason::UnknownDst`]). Multicast,
+//!    broadcast and IPv6 link-local destinations (neighbour discovery)
+//!    pass, and so do ARP and other EtherTypes.
 
 use crate::frame::Frame;
 
@@ -28,6 +33,8 @@ pub const WIRE_VLAN_FILTER: u32 = 1;
 pub const VLAN_ALLOWED: u32 = 1;
 /// VLAN flag: drop unicast frames to unregistered MACs on this VLAN.
 pub const VLAN_UNKNOWN_DST_DROP: u32 = 2;
+/// VLAN flag: drop unicast IP packets to unregistered addresses (ipvlan).
+pub const VLAN_UNKNOWN_IP_DROP: u32 = 16;
 /// VLAN flag: the MAC-sprawl guard learns source MACs on this VLAN, up to
 /// the limit in the flags' upper half ([`vlan_mac_limit`]).
 pub const VLAN_MAC_GUARD: u32 = 4;
@@ -128,6 +135,8 @@ pub trait PolicyView {
     /// An endpoint or the host owns this MAC.
     fn is_registered(&self, mac: &[u8; 6]) -> bool;
     fn is_denied(&self, src: &[u8; 6]) -> bool;
+    /// An endpoint or the host owns this address (IPv4-mapped for IPv4).
+    fn is_registered_ip(&self, ip: &[u8; 16]) -> bool;
     /// Learns `src` on `vid` unless the VLAN already holds `limit` MACs.
     /// `len` is the frame's length, for the over-limit counters.
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning;
@@ -156,7 +165,30 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, len: u64, policy: &P) -> Ve
     if unicast && vlan & VLAN_UNKNOWN_DST_DROP != 0 && !policy.is_registered(&frame.dst) {
         return Verdict::Drop(DropReason::UnknownDst);
     }
+    if unicast
+        && vlan & VLAN_UNKNOWN_IP_DROP != 0
+        && is_unicast_ip(&frame.dst_ip)
+        && !policy.is_registered_ip(&frame.dst_ip)
+    {
+        return Verdict::Drop(DropReason::UnknownDst);
+    }
     Verdict::Pass
+}
+
+/// A routable unicast destination: not `::` (no IP header), not IPv4
+/// multicast or limited broadcast, not IPv6 multicast or link-local.
+#[inline(always)]
+pub fn is_unicast_ip(ip: &[u8; 16]) -> bool {
+    let v4_mapped = ip[..10] == [0; 10] && ip[10] == 0xff && ip[11] == 0xff;
+    if v4_mapped {
+        let first = ip[12];
+        let broadcast = ip[12..] == [0xff; 4];
+        return !(first >= 224 || broadcast);
+    }
+    let unspecified = *ip == [0; 16];
+    let multicast = ip[0] == 0xff;
+    let link_local = ip[0] == 0xfe && ip[1] & 0xc0 == 0x80;
+    !(unspecified || multicast || link_local)
 }
 
 #[cfg(test)]
@@ -177,6 +209,7 @@ mod tests {
         denied: HashSet<[u8; 6]>,
         learned: RefCell<HashMap<u16, HashSet<[u8; 6]>>>,
         over_limit: RefCell<u64>,
+        registered_ips: HashSet<[u8; 16]>,
     }
 
     impl PolicyView for Model {
@@ -191,6 +224,9 @@ mod tests {
         }
         fn is_denied(&self, src: &[u8; 6]) -> bool {
             self.denied.contains(src)
+        }
+        fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
+            self.registered_ips.contains(ip)
         }
         fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
             let mut learned = self.learned.borrow_mut();
@@ -341,6 +377,56 @@ mod tests {
             1,
             "over-limit MACs are not learned"
         );
+    }
+
+    fn ipv4_to(dst_mac: [u8; 6], ip: [u8; 4]) -> Frame {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&dst_mac);
+        bytes.extend_from_slice(&STRANGER);
+        bytes.extend_from_slice(&0x0800u16.to_be_bytes());
+        let mut header = [0u8; 20];
+        header[0] = 0x45;
+        header[16..20].copy_from_slice(&ip);
+        bytes.extend_from_slice(&header);
+        bytes.resize(64, 0);
+        match classify(bytes.as_slice()) {
+            Classification::Classified(f) => f,
+            other => panic!("test frame did not classify: {other:?}"),
+        }
+    }
+
+    fn mapped(ip: [u8; 4]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[10] = 0xff;
+        out[11] = 0xff;
+        out[12..].copy_from_slice(&ip);
+        out
+    }
+
+    #[test]
+    fn ipvlan_drops_unicast_to_unknown_addresses_only() {
+        let mut m = Model::default();
+        m.vlans
+            .insert(0, VLAN_UNKNOWN_DST_DROP | VLAN_UNKNOWN_IP_DROP);
+        m.registered.insert(ENDPOINT); // the parent's MAC, shared
+        m.registered_ips.insert(mapped([10, 0, 0, 2]));
+        let to = |ip| decide(&ipv4_to(ENDPOINT, ip), 64, &m);
+        assert_eq!(to([10, 0, 0, 2]), Verdict::Pass);
+        assert_eq!(to([10, 0, 0, 3]), Verdict::Drop(DropReason::UnknownDst));
+        assert_eq!(to([224, 0, 0, 1]), Verdict::Pass, "multicast");
+        assert_eq!(to([255, 255, 255, 255]), Verdict::Pass, "broadcast");
+        assert_eq!(
+            decide(&frame(ENDPOINT, STRANGER, &[]), 64, &m),
+            Verdict::Pass,
+            "not IP: nothing to check"
+        );
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfe;
+        v6[1] = 0x80;
+        assert!(!is_unicast_ip(&v6), "link-local is for neighbour discovery");
+        assert!(!is_unicast_ip(&[0; 16]));
+        v6[0] = 0x20;
+        assert!(is_unicast_ip(&v6));
     }
 
     #[test]

@@ -24,8 +24,9 @@ use aya_ebpf::{
 use netvlan_common::{
     frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
-        CounterSlot, Counters, LearnKey, MacGuardState, MacKey, COUNTER_SLOTS, DENY_MACS_CAPACITY,
-        ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY, MAC_STATS_CAPACITY, VLAN_SLOTS,
+        CounterSlot, Counters, IpKey, LearnKey, MacGuardState, MacKey, COUNTER_SLOTS,
+        DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
+        MAC_STATS_CAPACITY, VLAN_SLOTS,
     },
     policy::{decide, vlan_drop_index, Learning, PolicyView, Verdict, DROP_REASON_SLOTS},
 };
@@ -48,6 +49,9 @@ static VLAN_POLICY: Array<u32> = Array::with_max_entries(VLAN_SLOTS, 0);
 
 #[map(name = "ENDPOINT_MACS")]
 static ENDPOINT_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(ENDPOINT_MACS_CAPACITY, 0);
+
+#[map(name = "ENDPOINT_IPS")]
+static ENDPOINT_IPS: HashMap<IpKey, u32> = HashMap::with_max_entries(ENDPOINT_IPS_CAPACITY, 0);
 
 #[map(name = "DENY_MACS")]
 static DENY_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(DENY_MACS_CAPACITY, 0);
@@ -83,6 +87,12 @@ impl PolicyView for Maps {
     fn is_registered(&self, mac: &[u8; 6]) -> bool {
         // SAFETY: read-only lookup; the value is not used.
         unsafe { ENDPOINT_MACS.get(&MacKey::new(*mac)).is_some() }
+    }
+
+    #[inline(always)]
+    fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
+        // SAFETY: read-only lookup; the value is not used.
+        unsafe { ENDPOINT_IPS.get(&IpKey { addr: *ip }).is_some() }
     }
 
     #[inline(always)]

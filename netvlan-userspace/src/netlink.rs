@@ -410,6 +410,30 @@ impl Netlink {
             })
     }
 
+    /// The addresses configured on `ifindex`.
+    pub async fn addresses(&self, ifindex: u32) -> Result<Vec<std::net::IpAddr>, NetlinkError> {
+        use netlink_packet_route::address::AddressAttribute;
+        let err = |source| NetlinkError::Request {
+            what: format!("list the addresses of link #{ifindex}"),
+            source,
+        };
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(message) = stream.try_next().await.map_err(err)? {
+            for attribute in message.attributes {
+                if let AddressAttribute::Address(ip) = attribute {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds a default route out of `ifindex`, via `gateway` when given,
     /// else straight out of the device (ipvlan l3).
     pub async fn add_default_route(

@@ -60,3 +60,29 @@ impl FrameBuilder {
         f
     }
 }
+
+/// An IPv4 packet (UDP protocol number, empty payload, valid header
+/// checksum) from `src` to `dst`, padded to `len` bytes.
+pub fn ipv4_frame(dst_mac: Mac, src_mac: Mac, src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+    let mut frame = FrameBuilder::new(dst_mac, src_mac)
+        .ethertype(ETH_P_IP)
+        .build(14);
+    let mut ip = [0u8; 28];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let mut sum: u32 = ip[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.resize(len, 0);
+    frame
+}

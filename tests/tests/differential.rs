@@ -21,10 +21,10 @@ use aya::{
 };
 use netvlan_common::{
     frame::{classify, Anomaly, Classification},
-    maps::{self, CounterSlot, Counters, LearnKey, MacGuardState, MacKey},
+    maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacGuardState, MacKey},
     policy::{
         decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
-        VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+        VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },
 };
 use netvlan_tests::require_root;
@@ -40,6 +40,10 @@ const REGISTERED: [[u8; 6]; 3] = [
 const UNREGISTERED: [[u8; 6]; 2] = [[2, 0x42, 10, 0, 0, 99], [0x52, 0x54, 0, 1, 2, 3]];
 const DENIED: [u8; 6] = [2, 0, 0, 0, 0, 0x66];
 const SENDER: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+/// ipvlan endpoint addresses (VLAN 100 drops unicast IP to any other).
+const REGISTERED_V4: [[u8; 4]; 2] = [[10, 0, 100, 2], [10, 0, 100, 3]];
+const REGISTERED_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
 /// Distinct "sprawling" source MACs: more than either guard's limit.
 const SPRAWL: u64 = 200;
 
@@ -49,6 +53,7 @@ struct Policy {
     vlans: HashMap<u16, u32>,
     registered: HashSet<[u8; 6]>,
     denied: HashSet<[u8; 6]>,
+    registered_ips: HashSet<[u8; 16]>,
     /// The guard's learning table and per-VLAN state, as the kernel's
     /// must be after the same frames.
     learned: RefCell<HashSet<LearnKey>>,
@@ -67,6 +72,9 @@ impl PolicyView for Policy {
     }
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         self.denied.contains(src)
+    }
+    fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
+        self.registered_ips.contains(ip)
     }
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
@@ -89,7 +97,8 @@ impl PolicyView for Policy {
 }
 
 /// Untagged: guard of 100 MACs that only counts; VLAN 10: guard of 64 that
-/// drops; VLAN 100: no guard.
+/// drops; VLAN 100: no guard, ipvlan's drop of unicast IP to unknown
+/// addresses.
 fn policy() -> Policy {
     Policy {
         wire: WIRE_VLAN_FILTER,
@@ -102,10 +111,15 @@ fn policy() -> Policy {
                 10,
                 with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, 64, false),
             ),
-            (100, VLAN_ALLOWED),
+            (100, VLAN_ALLOWED | VLAN_UNKNOWN_IP_DROP),
         ]),
         registered: REGISTERED.into_iter().collect(),
         denied: HashSet::from([DENIED]),
+        registered_ips: REGISTERED_V4
+            .iter()
+            .map(|v4| std::net::Ipv4Addr::from(*v4).to_ipv6_mapped().octets())
+            .chain([REGISTERED_V6])
+            .collect(),
         learned: RefCell::default(),
         guard: RefCell::default(),
     }
@@ -163,12 +177,36 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         0x0800 => {
             // IPv4 with a random IHL (options when > 5, nonsense when < 5).
             let ihl = rng.below(16) as u8;
+            let start = f.len();
             f.push(rng.pick(&[0x40u8, 0x40, 0x60]) | ihl);
             f.extend((0..usize::from(ihl.max(5)) * 4 - 1).map(|_| rng.next() as u8));
+            // Half to a registered address, some multicast and broadcast.
+            let dst = match rng.below(8) {
+                0..=3 => rng.pick(&REGISTERED_V4),
+                4 => [224, 0, 0, rng.below(256) as u8],
+                5 => [255; 4],
+                _ => [10, 0, 100, rng.below(256) as u8],
+            };
+            f[start + 16..start + 20].copy_from_slice(&dst);
         }
         0x86dd => {
+            let start = f.len();
             f.push(0x60);
             f.extend((0..39).map(|_| rng.next() as u8));
+            let dst = match rng.below(4) {
+                0 | 1 => REGISTERED_V6,
+                2 => {
+                    let mut link_local = REGISTERED_V6;
+                    link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+                    link_local
+                }
+                _ => {
+                    let mut other = REGISTERED_V6;
+                    other[15] = rng.below(256) as u8;
+                    other
+                }
+            };
+            f[start + 24..start + 40].copy_from_slice(&dst);
             // Extension headers: hop-by-hop / routing / fragment shapes.
             for _ in 0..rng.below(3) {
                 let len = rng.below(4) as usize;
@@ -288,6 +326,16 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
             ebpf.map_mut(maps::VLAN_POLICY).unwrap().try_into().unwrap();
         for (vid, flags) in &policy.vlans {
             vlans.set(u32::from(*vid), *flags, 0).unwrap();
+        }
+    }
+    {
+        let mut ips: BpfHashMap<&mut MapData, IpKey, u32> = ebpf
+            .map_mut(maps::ENDPOINT_IPS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        for ip in &policy.registered_ips {
+            ips.insert(IpKey { addr: *ip }, 0, 0).unwrap();
         }
     }
     for (name, set) in [
@@ -412,6 +460,13 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
         kernel_learned,
         *policy.learned.borrow(),
         "the learning table holds exactly the MACs the model learned"
+    );
+    let unknown_ip = expected
+        .vlan_drops
+        .get(&vlan_drop_index(100, DropReason::UnknownDst));
+    assert!(
+        unknown_ip.is_some_and(|c| c.packets > 0),
+        "the corpus must exercise ipvlan's address check"
     );
     let limited = expected.drops.get(&(DropReason::MacLimit as u32));
     assert!(

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use netvlan_tests::{
-    frame::{FrameBuilder, Mac},
+    frame::{ipv4_frame, FrameBuilder, Mac},
     packet::PacketSocket,
     require_kernel_feature, wait_for, KernelFeature, Lan, Netns,
 };
@@ -166,29 +166,7 @@ fn ipvlan_endpoints_are_counted_each_by_its_own_ip() {
 
     // IPv4 to b's address (ipvlan delivers by destination IP).
     let b_ip: std::net::Ipv4Addr = ip_of(&b).split('/').next().unwrap().parse().unwrap();
-    let mut frame = FrameBuilder::new(parent_mac, SENDER)
-        .ethertype(0x0800)
-        .build(14);
-    let mut ip = [0u8; 28];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&28u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 63, 0, 200]);
-    ip[16..20].copy_from_slice(&b_ip.octets());
-    let checksum = {
-        let mut sum: u32 = ip[..20]
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    };
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.resize(64, 0);
+    let frame = ipv4_frame(parent_mac, SENDER, [10, 63, 0, 200], b_ip.octets(), 64);
     let b_listens = PacketSocket::listen(&b, "eth0");
     PacketSocket::open(&lab.switch, "peer0").send_many(&frame, 4);
     wait_arrivals(&b_listens, SENDER, 4);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use netvlan_tests::{
-    frame::{FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_EXPERIMENTAL},
+    frame::{ipv4_frame, FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_EXPERIMENTAL},
     packet::PacketSocket,
     require_kernel_feature, wait_for, KernelFeature, Lan, Netns,
 };
@@ -671,4 +671,79 @@ fn a_full_endpoint_table_refuses_the_connect_and_leaves_nothing_behind() {
     assert_eq!(table.keys().count(), 2, "host MAC and the endpoint's");
     lab.netvlan(&["disconnect", "crowded", c.name()]).ok();
     lab.netvlan(&["network", "rm", "crowded"]).ok();
+}
+
+#[test]
+fn ipvlan_drops_unicast_to_addresses_nobody_has() {
+    if !require_kernel_feature(KernelFeature::Ipvlan) {
+        return;
+    }
+    let lab = Lan::new(false);
+    // The host's own address on the parent stays reachable.
+    lab.host
+        .exec("ip", &["addr", "add", "10.64.0.254/24", "dev", "eth0"]);
+    lab.netvlan(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        "10.64.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "unknown_dst=drop",
+        "ipv",
+    ])
+    .ok();
+    let c = Netns::new("pctr");
+    let run = lab
+        .netvlan(&["connect", "--json", "ipv", c.name()])
+        .ok()
+        .json();
+    assert_eq!(run["endpoint"]["ipv4"], "10.64.0.2/24");
+    let parent_mac: Mac = {
+        let text = lab.host.link_json("eth0")["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    };
+    let listener = PacketSocket::listen(&c, "eth0");
+    let mut inbox = Inbox::new(&listener);
+    let host_tap = PacketSocket::listen(&lab.host, "eth0");
+    let mut host_inbox = Inbox::new(&host_tap);
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    let to = |ip: [u8; 4]| ipv4_frame(parent_mac, SENDER, [10, 64, 0, 200], ip, 64);
+    socket.send_many(&to([10, 64, 0, 2]), 3); // the endpoint
+    socket.send_many(&to([10, 64, 0, 9]), 4); // nobody
+    socket.send_many(&to([10, 64, 0, 254]), 2); // the host
+    socket.send_many(&to([10, 64, 0, 255]), 1); // subnet broadcast on a unicast MAC: nobody's
+    let stats = lab.stats_after(before + 10);
+    assert_eq!(
+        stats["drops"]["unknown_dst"],
+        counters(5, 5 * 64),
+        "{stats:#}"
+    );
+    assert_eq!(
+        inbox.wait_count(parent_mac, SENDER, 3),
+        3,
+        "the endpoint gets its 3 packets"
+    );
+    // What XDP passed reaches the host's tap: the endpoint's 3 and the
+    // host's 2, nothing for 10.64.0.9.
+    assert_eq!(host_inbox.wait_count(parent_mac, SENDER, 5), 5);
+    let nobody = host_inbox
+        .frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[30..34] == [10, 64, 0, 9])
+        .count();
+    assert_eq!(nobody, 0, "a packet to an unknown address got past XDP");
+    lab.netvlan(&["disconnect", "ipv", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "ipv"]).ok();
 }

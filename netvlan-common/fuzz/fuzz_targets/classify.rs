@@ -7,7 +7,7 @@ use netvlan_common::{
     frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
     policy::{
         decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED,
-        VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+        VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },
 };
 
@@ -23,7 +23,7 @@ impl PolicyView for Fixed {
     }
     fn vlan_flags(&self, vid: u16) -> u32 {
         match vid {
-            0 => VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP,
+            0 => VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP | VLAN_UNKNOWN_IP_DROP,
             10 => with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, 16, false),
             _ => 0,
         }
@@ -33,6 +33,9 @@ impl PolicyView for Fixed {
     }
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         src == &[2, 0, 0, 0, 0, 0x66]
+    }
+    fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
+        ip[15] == 2
     }
     fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
         if u32::from(src[5]) < limit {

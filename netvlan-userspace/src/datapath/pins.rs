@@ -214,7 +214,7 @@ impl InterfacePins {
     }
 
     /// Names of every map the datapath pins.
-    pub const MAPS: [&'static str; 11] = [
+    pub const MAPS: [&'static str; 12] = [
         maps::VLAN_STATS,
         maps::MAC_STATS,
         maps::COUNTERS,
@@ -226,6 +226,7 @@ impl InterfacePins {
         maps::VLAN_DROPS,
         maps::MAC_LEARN,
         maps::MAC_GUARD,
+        maps::ENDPOINT_IPS,
     ];
 
     /// Unpins everything (removing a pin drops the kernel's reference; the

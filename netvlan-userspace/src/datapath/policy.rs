@@ -15,9 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use netvlan_common::{
-    maps::{self, LearnKey, MacGuardState, MacKey, VLAN_SLOTS},
+    maps::{self, IpKey, LearnKey, MacGuardState, MacKey, VLAN_SLOTS},
     policy::{
-        with_mac_limit, VLAN_ALLOWED, VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER,
+        with_mac_limit, VLAN_ALLOWED, VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
+        WIRE_VLAN_FILTER,
     },
 };
 
@@ -33,6 +34,10 @@ pub struct WirePolicy {
     pub unknown_dst_drop_vlans: BTreeSet<u16>,
     /// Endpoint MACs and the host's own.
     pub registered: BTreeSet<[u8; 6]>,
+    /// VLANs where unicast IP to unregistered addresses is dropped (ipvlan).
+    pub unknown_ip_drop_vlans: BTreeSet<u16>,
+    /// ipvlan endpoint addresses and the host's own on the wire.
+    pub registered_ips: BTreeSet<std::net::IpAddr>,
     /// Source MACs that never reach endpoints.
     pub denied: BTreeSet<[u8; 6]>,
     /// MAC-sprawl guards per VLAN (0 = untagged).
@@ -89,6 +94,7 @@ fn map_err(pins: &InterfacePins, name: &str) -> impl Fn(aya::maps::MapError) -> 
 fn capacity_of(name: &str) -> Option<u32> {
     match name {
         maps::ENDPOINT_MACS => Some(maps::ENDPOINT_MACS_CAPACITY),
+        maps::ENDPOINT_IPS => Some(maps::ENDPOINT_IPS_CAPACITY),
         maps::DENY_MACS => Some(maps::DENY_MACS_CAPACITY),
         _ => None,
     }
@@ -98,8 +104,20 @@ fn capacity_of(name: &str) -> Option<u32> {
 pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathError> {
     // Registrations first: a MAC that is about to become legitimate must
     // not be dropped while flags change.
-    sync_set(pins, maps::ENDPOINT_MACS, &policy.registered)?;
-    sync_set(pins, maps::DENY_MACS, &policy.denied)?;
+    let macs = |set: &BTreeSet<[u8; 6]>| set.iter().map(|m| MacKey::new(*m)).collect();
+    sync_set(pins, maps::ENDPOINT_MACS, &macs(&policy.registered))?;
+    let ips = policy
+        .registered_ips
+        .iter()
+        .map(|ip| IpKey {
+            addr: match ip {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            },
+        })
+        .collect();
+    sync_set(pins, maps::ENDPOINT_IPS, &ips)?;
+    sync_set(pins, maps::DENY_MACS, &macs(&policy.denied))?;
 
     let mut vlans: Array<MapData, u32> = open(pins, maps::VLAN_POLICY)?;
     for vid in 0..VLAN_SLOTS as u16 {
@@ -109,6 +127,9 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         }
         if policy.unknown_dst_drop_vlans.contains(&vid) {
             flags |= VLAN_UNKNOWN_DST_DROP;
+        }
+        if policy.unknown_ip_drop_vlans.contains(&vid) {
+            flags |= VLAN_UNKNOWN_IP_DROP;
         }
         if let Some(guard) = policy.mac_guards.get(&vid) {
             flags = with_mac_limit(flags, guard.limit, guard.count_only);
@@ -162,26 +183,20 @@ fn reset_guard(pins: &InterfacePins, vid: u16) -> Result<(), DatapathError> {
 }
 
 /// Makes the hash map's keys exactly `wanted`: inserts, then removes.
-fn sync_set(
-    pins: &InterfacePins,
-    name: &str,
-    wanted: &BTreeSet<[u8; 6]>,
-) -> Result<(), DatapathError> {
-    let mut map: HashMap<MapData, MacKey, u32> = open(pins, name)?;
-    let present: BTreeSet<[u8; 6]> = map
+fn sync_set<K>(pins: &InterfacePins, name: &str, wanted: &BTreeSet<K>) -> Result<(), DatapathError>
+where
+    K: aya::Pod + Ord,
+{
+    let mut map: HashMap<MapData, K, u32> = open(pins, name)?;
+    let present: BTreeSet<K> = map
         .keys()
-        .collect::<Result<Vec<MacKey>, _>>()
-        .map_err(map_err(pins, name))?
-        .into_iter()
-        .map(|k| k.addr)
-        .collect();
-    for mac in wanted.difference(&present) {
-        map.insert(MacKey::new(*mac), 0, 0)
-            .map_err(map_err(pins, name))?;
+        .collect::<Result<_, _>>()
+        .map_err(map_err(pins, name))?;
+    for key in wanted.difference(&present) {
+        map.insert(key, 0, 0).map_err(map_err(pins, name))?;
     }
-    for mac in present.difference(wanted) {
-        map.remove(&MacKey::new(*mac))
-            .map_err(map_err(pins, name))?;
+    for key in present.difference(wanted) {
+        map.remove(key).map_err(map_err(pins, name))?;
     }
     Ok(())
 }

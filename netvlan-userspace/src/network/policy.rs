@@ -56,6 +56,16 @@ impl Manager {
             Err(e) => return Err(e.into()),
         };
         policy.registered.extend(wire_link.mac);
+        // Only ipvlan's unknown-destination drop looks at addresses; the
+        // host's own on the wire and parents stay reachable under it.
+        let by_ip = records
+            .iter()
+            .any(|r| r.options.driver == Driver::Ipvlan && r.options.policy.unknown_dst_drop);
+        if by_ip {
+            policy
+                .registered_ips
+                .extend(self.netlink().addresses(wire_link.ifindex).await?);
+        }
         for record in records {
             let vid = vlan_of(record);
             policy.allowed_vlans.insert(vid);
@@ -84,11 +94,31 @@ impl Manager {
             }
             if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
                 policy.registered.extend(parent.mac);
+                if by_ip {
+                    policy
+                        .registered_ips
+                        .extend(self.netlink().addresses(parent.ifindex).await?);
+                }
             }
-            if record.options.driver == Driver::Macvlan {
-                for endpoint in record.endpoints.values() {
-                    if let Some(mac) = super::endpoint::parse_stored_mac(&endpoint.mac) {
-                        policy.registered.insert(mac);
+            match record.options.driver {
+                Driver::Macvlan => {
+                    for endpoint in record.endpoints.values() {
+                        if let Some(mac) = super::endpoint::parse_stored_mac(&endpoint.mac) {
+                            policy.registered.insert(mac);
+                        }
+                    }
+                }
+                // Endpoints share the parent's MAC: their addresses are
+                // what tells them apart.
+                Driver::Ipvlan => {
+                    if record.options.policy.unknown_dst_drop {
+                        policy.unknown_ip_drop_vlans.insert(vid);
+                    }
+                    for endpoint in record.endpoints.values() {
+                        let addresses = endpoint.ipv4.iter().chain(endpoint.ipv6.iter());
+                        policy
+                            .registered_ips
+                            .extend(addresses.map(|net| net.addr()));
                     }
                 }
             }
