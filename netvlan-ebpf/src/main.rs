@@ -205,12 +205,25 @@ fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
 
 /// Counts a frame under its destination MAC, inserting the MAC on first
 /// sight. A full table is counted, never silently skipped.
+///
+/// Entries are never deleted while the program is attached, so once this
+/// CPU has counted a frame as `mac_table_full`, the table is still full:
+/// later misses skip the insert that would fail (a failed insert into a
+/// full hash map costs as much as the whole rest of the program).
 #[inline(always)]
 fn count_mac(key: MacKey, len: u64) {
     if let Some(c) = MAC_STATS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of an existing entry.
         unsafe { (*c).add_frame(len) };
         return;
+    }
+    let full = CounterSlot::MacTableFull.index();
+    if let Some(c) = COUNTERS.get_ptr_mut(full) {
+        // SAFETY: per-CPU slot, only this CPU touches it while we run.
+        if unsafe { (*c).packets } > 0 {
+            unsafe { (*c).add_frame(len) };
+            return;
+        }
     }
     let first = Counters {
         packets: 1,

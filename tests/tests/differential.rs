@@ -480,3 +480,79 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
         "the corpus must exercise drops ({dropped} of {total})"
     );
 }
+
+#[test]
+fn a_full_mac_table_counts_every_further_frame_as_mac_table_full() {
+    require_root();
+    let mut ebpf = Ebpf::load(netvlan::datapath::embedded_object()).expect("loading the object");
+    let cpus = aya::util::nr_cpus().expect("CPU count");
+    {
+        let mut macs: PerCpuHashMap<&mut MapData, MacKey, Counters> =
+            ebpf.map_mut(maps::MAC_STATS).unwrap().try_into().unwrap();
+        for i in 0..maps::MAC_STATS_CAPACITY {
+            let b = i.to_be_bytes();
+            macs.insert(
+                MacKey::new([0x06, 0xaa, b[0], b[1], b[2], b[3]]),
+                aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus]).unwrap(),
+                0,
+            )
+            .expect("filling the MAC table");
+        }
+    }
+    let program: &mut Xdp = ebpf
+        .program_mut(maps::XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().expect("the verifier accepts the program");
+    let known = [0x06, 0xaa, 0, 0, 0, 7];
+    let frame = |dst: [u8; 6]| {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&SENDER);
+        f.extend_from_slice(&0x88b5u16.to_be_bytes());
+        f.resize(64, 0);
+        f
+    };
+    let mut run = |dst: [u8; 6]| {
+        let verdict = program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame(dst)),
+                ..TestRunOptions::new()
+            })
+            .expect("test run")
+            .return_value;
+        assert_eq!(verdict, XDP_PASS, "counting never drops");
+    };
+    // New MACs: the table is full, each frame is counted as such (the
+    // first one finds out by a failed insert, the rest without one).
+    for n in 0..5u8 {
+        run([0x06, 0xbb, 0, 0, 0, n]);
+    }
+    // A MAC already in the table is still counted under its own entry.
+    run(known);
+    run(known);
+
+    let counters: PerCpuArray<&MapData, Counters> =
+        ebpf.map(maps::COUNTERS).unwrap().try_into().unwrap();
+    let full = sum(&counters.get(&CounterSlot::MacTableFull.index(), 0).unwrap());
+    assert_eq!(
+        full,
+        Counters {
+            packets: 5,
+            bytes: 5 * 64
+        }
+    );
+    let macs: PerCpuHashMap<&MapData, MacKey, Counters> =
+        ebpf.map(maps::MAC_STATS).unwrap().try_into().unwrap();
+    assert_eq!(
+        sum(&macs.get(&MacKey::new(known), 0).unwrap()),
+        Counters {
+            packets: 2,
+            bytes: 2 * 64
+        }
+    );
+    assert!(
+        macs.get(&MacKey::new([0x06, 0xbb, 0, 0, 0, 0]), 0).is_err(),
+        "a MAC beyond the table's size was inserted"
+    );
+}
