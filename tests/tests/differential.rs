@@ -513,7 +513,7 @@ fn a_full_mac_table_counts_every_further_frame_as_mac_table_full() {
         f.resize(64, 0);
         f
     };
-    let mut run = |dst: [u8; 6]| {
+    let run = |dst: [u8; 6]| {
         let verdict = program
             .test_run(TestRunOptions {
                 data_in: Some(&frame(dst)),
