@@ -743,6 +743,13 @@ fn restore_recreates_the_vlan_sub_interface_it_created() {
         lan.host.link_json("eth0.30")["linkinfo"]["info_data"]["id"],
         30
     );
+    assert!(
+        lan.host.link_json("eth0.30")["ifalias"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("netvlan:")),
+        "the recreated VLAN link carries netvlan's owner tag: {:#}",
+        lan.host.link_json("eth0.30")
+    );
     assert_eq!(c.link_json("eth0")["linkinfo"]["info_kind"], "macvlan");
     lan.netvlan(&["disconnect", "v30", c.name()]).ok();
     lan.netvlan(&["network", "rm", "v30"]).ok();

@@ -104,16 +104,20 @@ impl Manager {
                             }
                             other => other.into(),
                         })?;
-                    let link = self
-                        .netlink()
-                        .create_link(
-                            &record.parent.link,
-                            NewLink::Vlan {
-                                parent: base.ifindex,
-                                vid: *vid,
-                            },
-                        )
+                    // Owner-tagged like at create, so crash recovery and a
+                    // later `network rm` know it is netvlan's.
+                    let options = crate::netlink::LinkOptions {
+                        alias: Some(super::journal::owner_alias(&record.id)),
+                        ..Default::default()
+                    };
+                    let vlan = NewLink::Vlan {
+                        parent: base.ifindex,
+                        vid: *vid,
+                    };
+                    self.netlink()
+                        .create_link_with(&record.parent.link, vlan, &options)
                         .await?;
+                    let link = self.netlink().link_by_name(&record.parent.link).await?;
                     Ok(self.netlink().set_up(link.ifindex).await?)
                 }
                 ParentKind::Placeholder => {
