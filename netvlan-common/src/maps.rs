@@ -25,6 +25,10 @@ pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
 /// Hash of [`IpKey`] to `u32` (reserved): IPv4/IPv6 addresses of ipvlan
 /// endpoints and the host, for ipvlan's unknown-destination drop.
 pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
+/// Per-CPU hash of [`MacKey`] (an endpoint's MAC) to [`MacDrops`]: frames
+/// to that endpoint that policy dropped, by reason. The control plane keeps
+/// its keys equal to the endpoints' MACs; the program never inserts.
+pub const MAC_DROPS: &str = "MAC_DROPS";
 /// Hash of [`MacKey`] to `u32` (reserved): source MACs that are dropped.
 pub const DENY_MACS: &str = "DENY_MACS";
 /// Per-CPU array of [`Counters`] indexed by `policy::DropReason`.
@@ -102,6 +106,13 @@ impl MacKey {
     }
 }
 
+/// Drops of frames to one endpoint, indexed by `policy::DropReason`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacDrops {
+    pub by_reason: [Counters; 4],
+}
+
 /// An IPv4 (IPv4-mapped) or IPv6 address as a hash key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,6 +179,7 @@ mod pod {
     unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::LearnKey {}
     unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::MacDrops {}
     unsafe impl aya::Pod for super::MacGuardState {}
 }
 
@@ -180,6 +192,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<Counters>(), 16);
         assert_eq!(core::mem::size_of::<MacKey>(), 8);
         assert_eq!(core::mem::size_of::<LearnKey>(), 8);
+        assert_eq!(core::mem::size_of::<MacDrops>(), 64);
+        assert_eq!(
+            core::mem::size_of::<MacDrops>() / core::mem::size_of::<Counters>(),
+            crate::policy::DROP_REASON_SLOTS as usize
+        );
         assert_eq!(core::mem::size_of::<MacGuardState>(), 40);
     }
 

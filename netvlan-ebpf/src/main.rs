@@ -24,11 +24,13 @@ use aya_ebpf::{
 use netvlan_common::{
     frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
-        CounterSlot, Counters, IpKey, LearnKey, MacGuardState, MacKey, COUNTER_SLOTS,
+        CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
         MAC_STATS_CAPACITY, VLAN_SLOTS,
     },
-    policy::{decide, vlan_drop_index, Learning, PolicyView, Verdict, DROP_REASON_SLOTS},
+    policy::{
+        decide, vlan_drop_index, DropReason, Learning, PolicyView, Verdict, DROP_REASON_SLOTS,
+    },
 };
 
 #[map(name = "VLAN_STATS")]
@@ -52,6 +54,10 @@ static ENDPOINT_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(ENDPOINT_
 
 #[map(name = "ENDPOINT_IPS")]
 static ENDPOINT_IPS: HashMap<IpKey, u32> = HashMap::with_max_entries(ENDPOINT_IPS_CAPACITY, 0);
+
+#[map(name = "MAC_DROPS")]
+static MAC_DROPS: PerCpuHashMap<MacKey, MacDrops> =
+    PerCpuHashMap::with_max_entries(ENDPOINT_MACS_CAPACITY, 0);
 
 #[map(name = "DENY_MACS")]
 static DENY_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(DENY_MACS_CAPACITY, 0);
@@ -164,6 +170,17 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
             if let Verdict::Drop(reason) = decide(&f, len, &Maps) {
                 count(&DROPS, reason as u32, len);
                 count(&VLAN_DROPS, vlan_drop_index(f.outer_vid, reason), len);
+                // Per endpoint: an unknown destination is nobody's by
+                // definition, so only other reasons look the MAC up.
+                if reason != DropReason::UnknownDst {
+                    if let Some(d) = MAC_DROPS.get_ptr_mut(&MacKey::new(f.dst)) {
+                        // SAFETY: per-CPU value; the index is a DropReason
+                        // discriminant, below DROP_REASON_SLOTS.
+                        if let Some(c) = unsafe { (*d).by_reason.get_mut(reason as usize) } {
+                            c.add_frame(len);
+                        }
+                    }
+                }
                 return xdp_action::XDP_DROP;
             }
         }

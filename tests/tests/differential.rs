@@ -21,7 +21,7 @@ use aya::{
 };
 use netvlan_common::{
     frame::{classify, Anomaly, Classification},
-    maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacGuardState, MacKey},
+    maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey},
     policy::{
         decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
         VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
@@ -255,6 +255,8 @@ struct Expected {
     macs: HashMap<[u8; 6], Counters>,
     drops: BTreeMap<u32, Counters>,
     vlan_drops: BTreeMap<u32, Counters>,
+    /// Drops per registered destination MAC and reason.
+    mac_drops: BTreeMap<([u8; 6], u32), Counters>,
 }
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, Counters>, key: K, len: u64) {
@@ -287,6 +289,9 @@ fn model(frame: &[u8], policy: &Policy, expected: &mut Expected) -> u32 {
                         vlan_drop_index(f.outer_vid, reason),
                         len,
                     );
+                    if reason != DropReason::UnknownDst && policy.registered.contains(&f.dst) {
+                        bump(&mut expected.mac_drops, (f.dst, reason as u32), len);
+                    }
                     XDP_DROP
                 }
             }
@@ -326,6 +331,15 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
             ebpf.map_mut(maps::VLAN_POLICY).unwrap().try_into().unwrap();
         for (vid, flags) in &policy.vlans {
             vlans.set(u32::from(*vid), *flags, 0).unwrap();
+        }
+    }
+    {
+        let cpus = aya::util::nr_cpus().expect("CPU count");
+        let mut drops: PerCpuHashMap<&mut MapData, MacKey, MacDrops> =
+            ebpf.map_mut(maps::MAC_DROPS).unwrap().try_into().unwrap();
+        for mac in &policy.registered {
+            let zero = aya::maps::PerCpuValues::try_from(vec![MacDrops::default(); cpus]).unwrap();
+            drops.insert(MacKey::new(*mac), zero, 0).unwrap();
         }
     }
     {
@@ -460,6 +474,27 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
         kernel_learned,
         *policy.learned.borrow(),
         "the learning table holds exactly the MACs the model learned"
+    );
+    let mac_drops: PerCpuHashMap<&MapData, MacKey, MacDrops> =
+        ebpf.map(maps::MAC_DROPS).unwrap().try_into().unwrap();
+    for mac in &policy.registered {
+        let values = mac_drops.get(&MacKey::new(*mac), 0).unwrap();
+        for reason in DropReason::ALL {
+            let got = values.iter().fold(Counters::default(), |mut acc, d| {
+                acc.merge(&d.by_reason[reason as usize]);
+                acc
+            });
+            let want = expected
+                .mac_drops
+                .get(&(*mac, reason as u32))
+                .copied()
+                .unwrap_or_default();
+            assert_eq!(got, want, "MAC_DROPS[{mac:02x?}][{}]", reason.name());
+        }
+    }
+    assert!(
+        !expected.mac_drops.is_empty(),
+        "the corpus must drop frames to registered MACs"
     );
     let unknown_ip = expected
         .vlan_drops

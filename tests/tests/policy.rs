@@ -172,6 +172,20 @@ fn denied_source_macs_never_reach_endpoints() {
         0,
         "a denied frame reached the container"
     );
+    // The drops are booked under the endpoint they were aimed at.
+    let endpoint = stats["macs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == netvlan_tests::frame::mac_string(&mac))
+        .cloned()
+        .unwrap_or_else(|| panic!("no counters for the endpoint: {stats:#}"));
+    assert_eq!(
+        endpoint["drops"],
+        serde_json::json!({ "mac_denied": counters(6, 6 * 70) }),
+        "{endpoint:#}"
+    );
+    assert_eq!(endpoint["endpoint"], c.name());
     lab.netvlan(&["disconnect", "denying", c.name()]).ok();
     lab.netvlan(&["network", "rm", "denying"]).ok();
 }

@@ -109,6 +109,8 @@ pub enum DatapathError {
     /// The kernel refused an insert with E2BIG: every entry is taken.
     #[error("the datapath map {path} is full: it holds at most {capacity} entries")]
     MapFull { path: PathBuf, capacity: u32 },
+    #[error("cannot size per-CPU values to this machine's possible CPUs")]
+    PossibleCpus(#[source] std::io::Error),
     #[error("cannot update bpffs directory {path}")]
     PinDir {
         path: PathBuf,

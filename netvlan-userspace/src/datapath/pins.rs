@@ -214,7 +214,7 @@ impl InterfacePins {
     }
 
     /// Names of every map the datapath pins.
-    pub const MAPS: [&'static str; 12] = [
+    pub const MAPS: [&'static str; 13] = [
         maps::VLAN_STATS,
         maps::MAC_STATS,
         maps::COUNTERS,
@@ -227,6 +227,7 @@ impl InterfacePins {
         maps::MAC_LEARN,
         maps::MAC_GUARD,
         maps::ENDPOINT_IPS,
+        maps::MAC_DROPS,
     ];
 
     /// Unpins everything (removing a pin drops the kernel's reference; the

@@ -13,9 +13,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
-    maps::{self, IpKey, LearnKey, MacGuardState, MacKey, VLAN_SLOTS},
+    maps::{self, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, VLAN_SLOTS},
     policy::{
         with_mac_limit, VLAN_ALLOWED, VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
         WIRE_VLAN_FILTER,
@@ -95,6 +95,7 @@ fn capacity_of(name: &str) -> Option<u32> {
     match name {
         maps::ENDPOINT_MACS => Some(maps::ENDPOINT_MACS_CAPACITY),
         maps::ENDPOINT_IPS => Some(maps::ENDPOINT_IPS_CAPACITY),
+        maps::MAC_DROPS => Some(maps::ENDPOINT_MACS_CAPACITY),
         maps::DENY_MACS => Some(maps::DENY_MACS_CAPACITY),
         _ => None,
     }
@@ -118,6 +119,7 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         .collect();
     sync_set(pins, maps::ENDPOINT_IPS, &ips)?;
     sync_set(pins, maps::DENY_MACS, &macs(&policy.denied))?;
+    sync_drop_keys(pins, &macs(&policy.registered))?;
 
     let mut vlans: Array<MapData, u32> = open(pins, maps::VLAN_POLICY)?;
     for vid in 0..VLAN_SLOTS as u16 {
@@ -159,6 +161,28 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
     };
     wire.set(0, flags, 0)
         .map_err(map_err(pins, maps::WIRE_POLICY))?;
+    Ok(())
+}
+
+/// Gives every registered MAC (and only those) a per-endpoint drop counter
+/// entry, so the program only ever looks up, never inserts. A MAC that
+/// stops being registered loses its counters with its entry.
+fn sync_drop_keys(pins: &InterfacePins, wanted: &BTreeSet<MacKey>) -> Result<(), DatapathError> {
+    let mut map: PerCpuHashMap<MapData, MacKey, MacDrops> = open(pins, maps::MAC_DROPS)?;
+    let present: BTreeSet<MacKey> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(pins, maps::MAC_DROPS))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::PossibleCpus(source))?;
+    for key in wanted.difference(&present) {
+        let zero = PerCpuValues::try_from(vec![MacDrops::default(); cpus])
+            .map_err(DatapathError::PossibleCpus)?;
+        map.insert(key, zero, 0)
+            .map_err(map_err(pins, maps::MAC_DROPS))?;
+    }
+    for key in present.difference(wanted) {
+        map.remove(key).map_err(map_err(pins, maps::MAC_DROPS))?;
+    }
     Ok(())
 }
 

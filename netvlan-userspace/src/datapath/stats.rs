@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     frame::Anomaly,
-    maps::{self, CounterSlot, Counters, MacGuardState, MacKey},
+    maps::{self, CounterSlot, Counters, MacDrops, MacGuardState, MacKey},
     policy::{
         vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
     },
@@ -52,6 +52,10 @@ pub struct MacStats {
     pub endpoint: Option<String>,
     #[serde(flatten)]
     pub counters: RxCounters,
+    /// Frames to this MAC (an endpoint's or the host's) that policy
+    /// dropped, per reason; only reasons with drops.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops: BTreeMap<&'static str, RxCounters>,
 }
 
 /// Everything counted on one interface.
@@ -207,6 +211,7 @@ pub fn read(
         macs.push((key, sum(&values)));
     }
     macs.sort_by_key(|(key, _)| *key);
+    let mac_drops = read_mac_drops(pins)?;
     let macs = macs
         .into_iter()
         .map(|(key, total)| MacStats {
@@ -214,6 +219,7 @@ pub fn read(
             network: None,
             endpoint: None,
             counters: total.into(),
+            drops: mac_drops.get(&key).cloned().unwrap_or_default(),
         })
         .collect();
 
@@ -264,6 +270,33 @@ pub fn read(
         learned_macs: mac_guards.iter().map(|g| g.learned).sum(),
         mac_guards,
     })
+}
+
+/// Per-MAC drops, summed over CPUs, only non-zero reasons.
+fn read_mac_drops(
+    pins: &InterfacePins,
+) -> Result<BTreeMap<MacKey, BTreeMap<&'static str, RxCounters>>, DatapathError> {
+    let map: PerCpuHashMap<MapData, MacKey, MacDrops> = open_map(pins, maps::MAC_DROPS)?
+        .try_into()
+        .map_err(map_err(pins, maps::MAC_DROPS))?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, values) = entry.map_err(map_err(pins, maps::MAC_DROPS))?;
+        let mut by_reason = BTreeMap::new();
+        for reason in DropReason::ALL {
+            let total = values.iter().fold(Counters::default(), |mut acc, d| {
+                acc.merge(&d.by_reason[reason as usize]);
+                acc
+            });
+            if total.packets > 0 {
+                by_reason.insert(reason.name(), total.into());
+            }
+        }
+        if !by_reason.is_empty() {
+            out.insert(key, by_reason);
+        }
+    }
+    Ok(out)
 }
 
 /// The guards of every VLAN whose flags have one, or whose state is not
