@@ -193,8 +193,8 @@ fn upgrade_one(
     drop(program.take_link(id).map_err(DatapathError::Program)?);
     failpoint("upgrade-after-swap");
 
-    // Re-point the program pin (how netvlan recognises its own program):
-    // pin under a temporary name, then rename over the old pin.
+    // Re-point the program pin (for bpftool and friends; netvlan itself
+    // goes by the link): pin under a temporary name, rename over the old.
     let staged: PathBuf = pins.dir().join("prog_next");
     let _ = std::fs::remove_file(&staged);
     program.pin(&staged).map_err(|source| DatapathError::Pin {
