@@ -25,6 +25,9 @@ pub struct TestArgs {
     /// Skip the VM lane (for quick local runs; CI runs both lanes).
     #[arg(long)]
     no_vm: bool,
+    /// Skip the benchmark smoke run (`cargo xtask bench --quick`; CI runs it).
+    #[arg(long)]
+    no_bench: bool,
     /// Kernel for the VM lane (see `cargo xtask vm-test --help`).
     #[arg(long)]
     kernel: Option<String>,
@@ -146,11 +149,86 @@ pub fn test(args: &TestArgs) -> Result<()> {
         fuzz_started.elapsed(),
     ));
 
+    if args.no_bench {
+        println!("xtask: --no-bench: skipping the benchmark smoke run (CI always runs it)");
+    } else {
+        let bench_started = Instant::now();
+        let tally = match bench_smoke() {
+            Ok(families) => {
+                println!("xtask: bench --quick: valid results for {families}");
+                Tally {
+                    passed: 1,
+                    failed: 0,
+                }
+            }
+            Err(e) => {
+                failures.push(format!("bench --quick: {e:#}"));
+                Tally {
+                    passed: 0,
+                    failed: 1,
+                }
+            }
+        };
+        rows.push((
+            "bench",
+            "--quick smoke run".into(),
+            tally,
+            bench_started.elapsed(),
+        ));
+    }
+
     print_table(&rows);
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// Runs `cargo xtask bench --quick` as its own process (it builds and
+/// installs what it needs) and checks that it finished and wrote a results
+/// file that parses, with every family measured and every figure a finite
+/// number. Goals are not asserted: they are read from the full run.
+fn bench_smoke() -> Result<String> {
+    let json = workspace_root().join("target/bench/ci-smoke.json");
+    let _ = std::fs::remove_file(&json);
+    let status = Command::new(std::env::current_exe().context("finding xtask itself")?)
+        .args(["bench", "--quick", "--json"])
+        .arg(&json)
+        .status()
+        .context("running cargo xtask bench --quick")?;
+    if !status.success() {
+        bail!("it failed ({status})");
+    }
+    let text = std::fs::read_to_string(&json)
+        .with_context(|| format!("it wrote no results file {}", json.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", json.display()))?;
+    let families = report["families"]
+        .as_array()
+        .filter(|f| !f.is_empty())
+        .context("the results list no family")?;
+    let mut names = Vec::new();
+    for family in families {
+        let key = family["key"].as_str().unwrap_or("?");
+        let measurements = family["measurements"]
+            .as_array()
+            .filter(|m| !m.is_empty())
+            .with_context(|| format!("family {key} has no measurement"))?;
+        for m in measurements {
+            let samples = m["samples"]
+                .as_array()
+                .filter(|s| !s.is_empty())
+                .with_context(|| format!("{key}: a measurement without samples: {m}"))?;
+            if !samples
+                .iter()
+                .all(|v| v.as_f64().is_some_and(f64::is_finite))
+            {
+                bail!("{key}: a sample is not a finite number: {m}");
+            }
+        }
+        names.push(key.to_string());
+    }
+    Ok(names.join(", "))
 }
 
 /// `cargo xtask vm-test`: the VM lane alone.
