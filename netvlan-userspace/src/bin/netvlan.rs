@@ -73,13 +73,6 @@ enum Command {
         output: Output,
     },
     /// Change what the datapath enforces for a network, at once.
-    ///
-    /// Settings: unknown_dst=pass|drop (drop unicast frames to MACs that are
-    /// neither an endpoint nor the host's), vlans=10,20,30-39|off (VLAN
-    /// allow-list on the parent's wire; VLANs used by networks are always
-    /// allowed, untagged always passes), mac_deny=MAC,MAC (source MACs that
-    /// never reach endpoints; empty clears).
-    /// Example: netvlan policy set lan unknown_dst=drop mac_deny=02:00:00:00:00:66
     #[command(subcommand)]
     #[command(verbatim_doc_comment)]
     Policy(PolicyCommand),
@@ -156,7 +149,21 @@ enum DatapathCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Set policy KEY=VALUE pairs on a network.
+    /// Set policy KEY=VALUE pairs on a network; enforced at once.
+    ///
+    /// Settings:
+    ///   unknown_dst=pass|drop       drop unicast frames to MACs that are neither an
+    ///                               endpoint's nor the host's (ipvlan: to addresses)
+    ///   vlans=10,20,30-39|off       VLAN allow-list on the parent's wire; VLANs used
+    ///                               by networks are always allowed, untagged passes
+    ///   mac_deny=MAC,MAC            source MACs that never reach endpoints (empty clears)
+    ///   max_macs=N|off              learn at most N source MACs on the network's VLAN;
+    ///                               frames from further new MACs are refused
+    ///   max_macs_action=drop|count  refuse them (default) or only count them
+    /// Examples:
+    ///   netvlan policy set lan unknown_dst=drop mac_deny=02:00:00:00:00:66
+    ///   netvlan policy set lan max_macs=64 max_macs_action=count
+    #[command(verbatim_doc_comment)]
     Set {
         network: String,
         #[arg(required = true)]
@@ -229,7 +236,9 @@ struct CreateArgs {
     #[arg(long)]
     internal: bool,
     /// Driver options: parent=IFACE[.VID], macvlan_mode=bridge|vepa|private|passthru,
-    /// ipvlan_mode=l2|l3|l3s, ipvlan_flag=bridge|private|vepa, mtu=N.
+    /// ipvlan_mode=l2|l3|l3s, ipvlan_flag=bridge|private|vepa, mtu=N,
+    /// spoofcheck=on|off; and the policy settings of `netvlan policy set`
+    /// (unknown_dst, vlans, mac_deny, max_macs, max_macs_action).
     #[arg(short = 'o', long = "opt")]
     opt: Vec<String>,
     name: String,
