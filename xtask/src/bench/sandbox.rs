@@ -385,3 +385,10 @@ pub fn leftovers(token: &str) -> Vec<String> {
     }
     found
 }
+
+/// The installed version of a Debian package, or `?`.
+pub fn package_version(package: &str) -> String {
+    run(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
