@@ -267,13 +267,7 @@ impl<'a> CniMacvlan<'a> {
                 "dataDir": ipam.path(),
             },
         });
-        let version = super::sandbox::run(std::process::Command::new("dpkg-query").args([
-            "-W",
-            "-f=${Version}",
-            "containernetworking-plugins",
-        ]))
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "?".into());
+        let version = super::sandbox::package_version("containernetworking-plugins");
         let cni = CniMacvlan {
             host,
             config: serde_json::to_vec(&config)?,

@@ -10,7 +10,9 @@
 
 mod chart;
 mod control;
+mod flood;
 mod frames;
+mod livegen;
 mod machine;
 mod model;
 mod netvlan;
@@ -50,6 +52,8 @@ pub const PACKAGES: &[&str] = &[
     "iperf3",
     "sockperf",
     "time",
+    "netsniff-ng",
+    "nftables",
 ];
 
 #[derive(clap::Args)]
@@ -59,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only this scenario family. Writes under target/bench/.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["xdp", "traffic", "control", "observe"]))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["xdp", "traffic", "control", "observe", "flood"]))]
     only: Option<String>,
     /// Write the results JSON here instead.
     #[arg(long, value_name = "FILE")]
@@ -95,7 +99,7 @@ struct Scenario {
     run: fn(&Ctx, &ProgressBar) -> Result<Family>,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         key: "xdp",
         steps: xdp::rounds,
@@ -115,6 +119,11 @@ const SCENARIOS: [Scenario; 4] = [
         key: "observe",
         steps: observe::steps,
         run: observe::run,
+    },
+    Scenario {
+        key: "flood",
+        steps: flood::steps,
+        run: flood::run,
     },
 ];
 
@@ -179,16 +188,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         wall_seconds: started.elapsed().as_secs_f64(),
         machine: machine::Machine::probe(),
         families,
-        unavailable: vec![
-            Unavailable::new(
-                "flood drop rate",
-                "not available yet: the bench has no flood generator (trafgen or live-frames test run) and no nftables / xdp-filter drop peers yet",
-            ),
-            Unavailable::new(
-                "host access",
-                "not available yet (netvlan has no host-access path)",
-            ),
-        ],
+        unavailable: vec![Unavailable::new(
+            "host access",
+            "not available yet (netvlan has no host-access path)",
+        )],
     };
     write_outputs(&report, args, &date)?;
     print!("{}", report::summary(&report));

@@ -171,7 +171,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
 }
 
 /// The one interface directory netvlan pinned under its bpffs directory.
-fn find_pin_dir(bpf_dir: &Path) -> Result<PathBuf> {
+pub fn find_pin_dir(bpf_dir: &Path) -> Result<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![bpf_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -296,10 +296,27 @@ impl Drop for OwnedDir {
 pub struct Process {
     child: std::process::Child,
     what: String,
+    /// The child leads a process group of its own, and the signals go to
+    /// that group (a tool that forks workers which outlive a signal to
+    /// their parent, like trafgen).
+    group: bool,
 }
 
 impl Process {
     pub fn spawn(cmd: &mut Command, what: &str) -> Result<Self> {
+        Self::start(cmd, what, false)
+    }
+
+    /// As [`Process::spawn`], with the child in a new process group: the
+    /// group holds only the child and what it forks, and is what drop
+    /// signals.
+    pub fn spawn_group(cmd: &mut Command, what: &str) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        Self::start(cmd, what, true)
+    }
+
+    fn start(cmd: &mut Command, what: &str, group: bool) -> Result<Self> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -309,6 +326,7 @@ impl Process {
         Ok(Process {
             child,
             what: what.to_string(),
+            group,
         })
     }
 
@@ -327,9 +345,12 @@ impl Drop for Process {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
+        // The group's id is the child's pid (it leads the group).
+        let target = if self.group { -pid } else { pid };
         // SAFETY: kill has no memory preconditions; the pid is our own
-        // unreaped child, so it cannot have been reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // unreaped child, so neither it nor the group it leads can have
+        // been reused.
+        unsafe { libc::kill(target, libc::SIGTERM) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while std::time::Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -338,7 +359,7 @@ impl Drop for Process {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        unsafe { libc::kill(target, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -384,4 +405,11 @@ pub fn leftovers(token: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// The installed version of a Debian package, or `?`.
+pub fn package_version(package: &str) -> String {
+    run(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "?".into())
 }

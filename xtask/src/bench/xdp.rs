@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{loaded_programs, TestRun, TestRunOptions, Xdp},
+    programs::{loaded_programs, ProgramInfo, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use aya_obj::programs::XdpAttachType;
@@ -31,7 +31,7 @@ use super::{
     frames::{self, Ip, Tagging, FRAME_LEN},
     model::{Basis, Better, Bound, Family, Measurement},
     policies::AllPolicies,
-    sandbox::{veth_pair, Netns},
+    sandbox::{package_version, veth_pair, Netns},
     Ctx,
 };
 
@@ -367,50 +367,52 @@ impl XdpFilterPeer {
     fn start(ctx: &Ctx) -> Result<Self> {
         let ns = Netns::without_ipv6(&ctx.token, "xf")?;
         veth_pair(&ns, "xf0", &ns, "xf1")?;
-        // xdp-filter pins its maps in a fixed /sys/fs/bpf/xdp-filter: give
-        // it a bpffs of its own in a private mount namespace, so it can
-        // never meet another xdp-filter of the host. The program stays on
-        // the link after the pins vanish with that mount.
-        let script = format!(
-            "mount -t bpf bpf /sys/fs/bpf && \
-             xdp-filter load --mode native --features ethernet xf0 && \
-             xdp-filter ether {} --mode dst",
-            frames::mac_string(&HIT_MAC)
-        );
-        let mut cmd = ns.command("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(&script)
-            // One program on the link, no libxdp dispatcher in front of it
-            // (this kernel refuses freplace, so libxdp would fall back to
-            // the same anyway).
-            .env("LIBXDP_SKIP_DISPATCHER", "1");
-        super::sandbox::run(&mut cmd).context("the xdp-filter peer cannot be set up")?;
-        let id = ns
-            .xdp_prog_id("xf0")?
-            .context("xdp-filter reported success but xf0 has no XDP program")?;
-        let info = loaded_programs()
-            .filter_map(|p| p.ok())
-            .find(|p| p.id() == id)
-            .with_context(|| format!("XDP program {id} of xdp-filter is not loaded"))?;
+        let info = load_xdp_filter(&ns, "xf0", &HIT_MAC)?;
         let program_name = info.name_as_str().unwrap_or("?").to_string();
-        if !program_name.starts_with("xdpfilt_") {
-            bail!("the program on xf0 is {program_name}, not xdp-filter's");
-        }
         let program =
             Xdp::from_program_info(info, Cow::Borrowed("xdp-filter"), XdpAttachType::Interface)
                 .context("opening xdp-filter's program by id")?;
-        let version = super::sandbox::run(std::process::Command::new("dpkg-query").args([
-            "-W",
-            "-f=${Version}",
-            "xdp-tools",
-        ]))
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "?".into());
         Ok(XdpFilterPeer {
             program,
             program_name,
-            version,
+            version: package_version("xdp-tools"),
             _ns: ns,
         })
     }
+}
+
+/// Loads xdp-filter on `dev` in `ns` by its own CLI (`load --mode native
+/// --features ethernet`, default allow policy, then `ether MAC --mode
+/// dst`), and returns the kernel's view of the program it attached.
+pub fn load_xdp_filter(ns: &Netns, dev: &str, dst: &[u8; 6]) -> Result<ProgramInfo> {
+    // xdp-filter pins its maps in a fixed /sys/fs/bpf/xdp-filter: give
+    // it a bpffs of its own in a private mount namespace, so it can
+    // never meet another xdp-filter of the host. The program stays on
+    // the link after the pins vanish with that mount.
+    let script = format!(
+        "mount -t bpf bpf /sys/fs/bpf && \
+         xdp-filter load --mode native --features ethernet {dev} && \
+         xdp-filter ether {} --mode dst",
+        frames::mac_string(dst)
+    );
+    let mut cmd = ns.command("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(&script)
+        // One program on the link, no libxdp dispatcher in front of it
+        // (this kernel refuses freplace, so libxdp would fall back to
+        // the same anyway).
+        .env("LIBXDP_SKIP_DISPATCHER", "1");
+    super::sandbox::run(&mut cmd).context("the xdp-filter peer cannot be set up")?;
+    let id = ns
+        .xdp_prog_id(dev)?
+        .with_context(|| format!("xdp-filter reported success but {dev} has no XDP program"))?;
+    let info = loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
+        .with_context(|| format!("XDP program {id} of xdp-filter is not loaded"))?;
+    let name = info.name_as_str().unwrap_or("?");
+    if !name.starts_with("xdpfilt_") {
+        bail!("the program on {dev} is {name}, not xdp-filter's");
+    }
+    Ok(info)
 }
