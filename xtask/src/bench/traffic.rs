@@ -30,6 +30,7 @@ const SOCKPERF_PORT: &str = "11111";
 const NETVLAN_OFF: &str = "netvlan (policies off)";
 const NETVLAN_ON: &str = "netvlan (all policies on)";
 const MACVLAN: &str = "plain macvlan";
+const MACVLAN_HOOK: &str = "plain macvlan + pass-only XDP";
 const BRIDGE: &str = "bridge + veth";
 const THROUGHPUT: &str = "TCP throughput";
 const LATENCY: &str = "UDP ping-pong latency";
@@ -39,14 +40,18 @@ enum Variant {
     NetvlanOff,
     NetvlanOn,
     Macvlan,
+    /// Plain macvlan with the benchmarks' pass-only XDP program on lan0:
+    /// what the XDP hook itself costs on a veth, whatever the program does.
+    MacvlanHook,
     Bridge,
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [
+    const ALL: [Variant; 5] = [
         Variant::NetvlanOff,
         Variant::NetvlanOn,
         Variant::Macvlan,
+        Variant::MacvlanHook,
         Variant::Bridge,
     ];
 
@@ -55,6 +60,7 @@ impl Variant {
             Variant::NetvlanOff => NETVLAN_OFF,
             Variant::NetvlanOn => NETVLAN_ON,
             Variant::Macvlan => MACVLAN,
+            Variant::MacvlanHook => MACVLAN_HOOK,
             Variant::Bridge => BRIDGE,
         }
     }
@@ -64,6 +70,7 @@ impl Variant {
             Variant::NetvlanOff => "nv",
             Variant::NetvlanOn => "np",
             Variant::Macvlan => "mv",
+            Variant::MacvlanHook => "mx",
             Variant::Bridge => "br",
         }
     }
@@ -85,6 +92,10 @@ enum Path {
     /// Same, server sending (`iperf3 -R`): frames enter through the
     /// parent's receive path, where the XDP program runs.
     FromExternal,
+    /// The same with TSO off on the external host's end in every lab, so
+    /// MTU-sized frames cross the wire as they do from a physical NIC (and
+    /// as they already do in netvlan's labs, see the method notes).
+    FromExternalWire,
     /// Client in container 1, server in container 2.
     ContainerToContainer,
 }
@@ -94,7 +105,10 @@ impl Path {
         match (self, metric == LATENCY) {
             (Path::ToExternal, false) => "container -> external",
             (Path::FromExternal, false) => "external -> container",
-            (Path::ToExternal | Path::FromExternal, true) => "container <-> external",
+            (Path::FromExternalWire, false) => "external -> container, MTU frames",
+            (Path::ToExternal | Path::FromExternal | Path::FromExternalWire, true) => {
+                "container <-> external"
+            }
             (Path::ContainerToContainer, false) => "container -> container",
             (Path::ContainerToContainer, true) => "container <-> container",
         }
@@ -102,7 +116,7 @@ impl Path {
 
     fn server_ip(self) -> &'static str {
         match self {
-            Path::ToExternal | Path::FromExternal => EXT_IP,
+            Path::ToExternal | Path::FromExternal | Path::FromExternalWire => EXT_IP,
             Path::ContainerToContainer => C2_IP,
         }
     }
@@ -117,9 +131,10 @@ fn rounds(ctx: &Ctx) -> usize {
     ctx.pick(3, 7)
 }
 
-const THROUGHPUT_PATHS: [Path; 3] = [
+const THROUGHPUT_PATHS: [Path; 4] = [
     Path::ToExternal,
     Path::FromExternal,
+    Path::FromExternalWire,
     Path::ContainerToContainer,
 ];
 const LATENCY_PATHS: [Path; 2] = [Path::ToExternal, Path::ContainerToContainer];
@@ -190,7 +205,9 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 ALL_POLICIES.join(" ")
             ),
             "plain macvlan: the same macvlan links made with `ip link add … type macvlan mode \
-             bridge`, no program. bridge + veth: a Linux bridge with lan0 enslaved and a veth \
+             bridge`, no program. plain macvlan + pass-only XDP: the same with the per-packet \
+             benchmark's floor program (returns XDP_PASS, nothing else) attached to lan0 in \
+             native mode, to show what the veth's XDP hook costs by itself. bridge + veth: a Linux bridge with lan0 enslaved and a veth \
              pair per container (L2 as Docker's bridge driver wires it; no NAT, the firewall \
              is never touched)."
                 .into(),
@@ -206,7 +223,11 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 "TSO on the external host's veth, as `ethtool -k` reports it during the run: \
                  {}. A native XDP program on a veth makes the kernel turn off TSO on the \
                  veth's peer, so in netvlan's labs the external host sends MTU-sized segments \
-                 (a veth-only coupling; a physical NIC's link partner is unaffected).",
+                 (a veth-only coupling; a physical NIC's link partner is unaffected). \
+                 The case `external -> container, MTU frames` turns TSO off on that end in \
+                 every lab for its runs (`ethtool -K eth0 tso off`), so all labs receive what a \
+                 physical link delivers; GRO is on on lan0 in every lab (`ethtool -K lan0 gro \
+                 on`), as on a physical NIC.",
                 tso.join(", ")
             ),
             format!(
@@ -256,6 +277,8 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             .compare(NETVLAN_ON, BRIDGE, case, THROUGHPUT, Basis::Paired)?
             .set_goal("better than bridge + veth", Bound::AtLeast(1.0), None);
         family.compare(NETVLAN_OFF, MACVLAN, case, THROUGHPUT, Basis::Paired)?;
+        family.compare(MACVLAN_HOOK, MACVLAN, case, THROUGHPUT, Basis::Paired)?;
+        family.compare(NETVLAN_ON, MACVLAN_HOOK, case, THROUGHPUT, Basis::Paired)?;
     }
     for path in LATENCY_PATHS {
         let case = path.name(LATENCY);
@@ -281,6 +304,9 @@ struct Lab {
     variant: Variant,
     _servers: Vec<Process>,
     netvlan: Option<Netvlan>,
+    /// The pass-only program of [`Variant::MacvlanHook`]; dropping it
+    /// detaches it (its link is not pinned).
+    _hook: Option<aya::Ebpf>,
     ext: Netns,
     host: Netns,
     c1: Netns,
@@ -303,6 +329,7 @@ impl Lab {
             variant,
             _servers: Vec::new(),
             netvlan: None,
+            _hook: None,
             ext,
             host,
             c1,
@@ -312,8 +339,15 @@ impl Lab {
             Variant::NetvlanOff => lab.wire_netvlan(ctx, &[])?,
             Variant::NetvlanOn => lab.wire_netvlan(ctx, &ALL_POLICIES)?,
             Variant::Macvlan => lab.wire_macvlan()?,
+            Variant::MacvlanHook => {
+                lab.wire_macvlan()?;
+                lab._hook = Some(attach_pass_only(ctx, &lab.host, "lan0")?);
+            }
             Variant::Bridge => lab.wire_bridge()?,
         }
+        // As on a physical NIC: GRO on the receiving end (on a veth this
+        // also gives it a NAPI poll, as attaching XDP does).
+        lab.host.exec("ethtool", &["-K", "lan0", "gro", "on"])?;
         lab.check_reachable()?;
         lab.start_servers()?;
         Ok(lab)
@@ -460,10 +494,20 @@ impl Lab {
         let mut cmd = self.c1.command("iperf3");
         cmd.args(["-c", path.server_ip(), "-p", IPERF_PORT, "-J", "-t"])
             .arg(secs.to_string());
-        if matches!(path, Path::FromExternal) {
+        if matches!(path, Path::FromExternal | Path::FromExternalWire) {
             cmd.arg("-R");
         }
-        let out = super::sandbox::run(&mut cmd)?;
+        // MTU frames on the wire: TSO off for this run, back on after
+        // (where the kernel had not turned it off already).
+        let restore_tso = matches!(path, Path::FromExternalWire) && self.external_tso()? == "on";
+        if restore_tso {
+            self.ext.exec("ethtool", &["-K", "eth0", "tso", "off"])?;
+        }
+        let out = super::sandbox::run(&mut cmd);
+        if restore_tso {
+            self.ext.exec("ethtool", &["-K", "eth0", "tso", "on"])?;
+        }
+        let out = out?;
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
         let bps = report["end"]["sum_received"]["bits_per_second"]
@@ -534,6 +578,45 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// Attaches the object's pass-only `bench_floor` program to `dev` in `ns`
+/// in native mode, from a thread that entered `ns` (link creation resolves
+/// the interface in the caller's namespace). The returned object holds the
+/// attachment.
+fn attach_pass_only(ctx: &Ctx, ns: &Netns, dev: &str) -> Result<aya::Ebpf> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let ns_file = std::fs::File::open(ns.path())
+        .with_context(|| format!("opening {}", ns.path().display()))?;
+    let object =
+        std::fs::read(&ctx.object).with_context(|| format!("reading {}", ctx.object.display()))?;
+    let dev = std::ffi::CString::new(dev)?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<aya::Ebpf> {
+            // SAFETY: a valid netns fd; setns only changes this thread.
+            if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+            if ifindex == 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("no {dev:?} in {}", ns.name()));
+            }
+            let mut ebpf = aya::Ebpf::load(&object).context("loading the eBPF object")?;
+            let program: &mut aya::programs::Xdp = ebpf
+                .program_mut(netvlan_common::maps::BENCH_FLOOR_PROGRAM)
+                .context("the object has no pass-only program")?
+                .try_into()?;
+            program.load()?;
+            program
+                .attach_to_if_index(ifindex, aya::programs::XdpMode::Driver)
+                .context("attaching the pass-only program in native mode")?;
+            Ok(ebpf)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread attaching XDP panicked"))?
+    })
 }
 
 /// Names a container's link eth0, gives it its address, brings it up.
