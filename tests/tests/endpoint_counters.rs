@@ -175,6 +175,16 @@ fn ipvlan_endpoints_are_counted_each_by_its_own_ip() {
         delta(counters_of(&lab, a.name()), a0),
         delta(counters_of(&lab, b.name()), b0),
     );
+    let stats = lab.netvlan(&["stats", "--json"]).ok().json();
+    let b_entry = stats["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["endpoint"] == b.name()).cloned())
+        .unwrap();
+    assert_eq!(
+        b_entry["addresses"],
+        serde_json::json!([b_ip.to_string()]),
+        "ipvlan endpoints are shown by their address: {b_entry:#}"
+    );
     assert_eq!(da[0], 0, "a's IP got none of b's frames");
     assert_eq!(db[0], 4, "b's IP got its 4 frames");
     for c in [&a, &b] {

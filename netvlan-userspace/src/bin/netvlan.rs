@@ -762,6 +762,12 @@ async fn stats_command(
                         network: record.name.clone(),
                         endpoint: endpoint.sandbox.clone(),
                         ifname: endpoint.ifname.clone(),
+                        addresses: endpoint
+                            .ipv4
+                            .iter()
+                            .chain(endpoint.ipv6.iter())
+                            .map(|net| net.addr().to_string())
+                            .collect(),
                         egress,
                     });
                 }

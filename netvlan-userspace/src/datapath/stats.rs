@@ -133,6 +133,10 @@ pub struct EndpointStats {
     pub network: String,
     pub endpoint: String,
     pub ifname: String,
+    /// The endpoint's addresses: what tells ipvlan endpoints (which share
+    /// the parent's MAC) apart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
     #[serde(flatten)]
     pub egress: super::egress::EgressStats,
 }
