@@ -15,6 +15,17 @@ pub fn mac_string(mac: &Mac) -> String {
         .join(":")
 }
 
+/// `aa:bb:cc:dd:ee:ff` as bytes; panics on anything else (test input).
+pub fn parse_mac(text: &str) -> Mac {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad MAC {text:?}")))
+        .collect();
+    bytes
+        .try_into()
+        .unwrap_or_else(|_| panic!("bad MAC {text:?}"))
+}
+
 /// An Ethernet frame under construction.
 #[derive(Clone, Debug)]
 pub struct FrameBuilder {

@@ -176,6 +176,15 @@ impl Netns {
         v[0].take()
     }
 
+    /// The MAC address of `dev`.
+    pub fn mac(&self, dev: &str) -> frame::Mac {
+        let json = self.link_json(dev);
+        let text = json["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{dev} has no address: {json:#}"));
+        frame::parse_mac(text)
+    }
+
     pub fn ifindex(&self, dev: &str) -> u32 {
         self.link_json(dev)["ifindex"].as_u64().expect("ifindex") as u32
     }
@@ -334,8 +343,16 @@ impl Lan {
         );
         let reached = wait_for(Duration::from_secs(10), || ready().then_some(()));
         child.kill().expect("SIGKILL our own child");
-        child.wait().expect("reap it");
+        let status = child.wait().expect("reap it");
         assert!(reached.is_some(), "the command never reached {failpoint}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "netvlan ended on its own ({status}) instead of waiting at {failpoint}: \
+             is {} built with --features failpoints? (`cargo xtask test` does that)",
+            netvlan_bin().display()
+        );
     }
 
     /// `network inspect NAME`, the one network's object.

@@ -15,15 +15,6 @@ use serde_json::Value;
 
 const SENDER: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x11];
 
-fn mac_of(c: &Netns) -> Mac {
-    let text = c.link_json("eth0")["address"].as_str().unwrap().to_string();
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
 /// (rx packets, rx bytes, tx packets, tx bytes) of one endpoint.
 fn counters_of(lab: &Lan, sandbox: &str) -> [u64; 4] {
     let stats = lab.netvlan(&["stats", "--json"]).ok().json();
@@ -76,7 +67,7 @@ fn macvlan_endpoint_counters_cover_the_lan_and_the_bridge_between_endpoints() {
     ])
     .ok();
     let (a, b) = two_endpoints(&lab, "pair");
-    let (mac_a, mac_b) = (mac_of(&a), mac_of(&b));
+    let (mac_a, mac_b) = (a.mac("eth0"), b.mac("eth0"));
     let (a0, b0) = (counters_of(&lab, a.name()), counters_of(&lab, b.name()));
     let b_listens = PacketSocket::listen(&b, "eth0");
     let lan_listens = PacketSocket::listen(&lab.switch, "peer0");
@@ -156,10 +147,10 @@ fn ipvlan_endpoints_are_counted_each_by_its_own_ip() {
             .unwrap()
     };
     assert_ne!(ip_of(&a), ip_of(&b));
-    let parent_mac = mac_of(&a);
+    let parent_mac = a.mac("eth0");
     assert_eq!(
         parent_mac,
-        mac_of(&b),
+        b.mac("eth0"),
         "ipvlan endpoints share the parent's MAC"
     );
     let (a0, b0) = (counters_of(&lab, a.name()), counters_of(&lab, b.name()));

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use netvlan_tests::{
-    frame::{ipv4_frame, FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_EXPERIMENTAL},
+    frame::{
+        ipv4_frame, parse_mac, FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_EXPERIMENTAL,
+    },
     packet::PacketSocket,
     require_kernel_feature, wait_for, KernelFeature, Lan, Netns,
 };
@@ -30,13 +32,7 @@ impl PolicyLab for Lan {
             .netvlan(&["connect", "--json", network, c.name()])
             .ok()
             .json();
-        let mac: Vec<u8> = run["endpoint"]["mac"]
-            .as_str()
-            .unwrap()
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect();
-        (c, mac.try_into().unwrap())
+        (c, parse_mac(run["endpoint"]["mac"].as_str().unwrap()))
     }
 
     /// Stats of eth0 once the program has seen `frames` frames in total.
@@ -716,17 +712,7 @@ fn ipvlan_drops_unicast_to_addresses_nobody_has() {
         .ok()
         .json();
     assert_eq!(run["endpoint"]["ipv4"], "10.64.0.2/24");
-    let parent_mac: Mac = {
-        let text = lab.host.link_json("eth0")["address"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let bytes: Vec<u8> = text
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect();
-        bytes.try_into().unwrap()
-    };
+    let parent_mac = lab.host.mac("eth0");
     let listener = PacketSocket::listen(&c, "eth0");
     let mut inbox = Inbox::new(&listener);
     let host_tap = PacketSocket::listen(&lab.host, "eth0");

@@ -15,7 +15,7 @@ use std::{
 };
 
 use netvlan_tests::{
-    frame::{FrameBuilder, Mac},
+    frame::{parse_mac, FrameBuilder, Mac},
     packet::PacketSocket,
     wait_for, Lan, Netns,
 };
@@ -190,14 +190,7 @@ fn policy_holds_and_counters_grow_through_killed_commands_and_program_swaps() {
         .netvlan(&["connect", "--json", "steady", target.name()])
         .ok()
         .json();
-    let endpoint: Mac = run["endpoint"]["mac"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect::<Vec<u8>>()
-        .try_into()
-        .unwrap();
+    let endpoint = parse_mac(run["endpoint"]["mac"].as_str().unwrap());
 
     let stop = Arc::new(AtomicBool::new(false));
     // What reaches the container, and what XDP lets through to the host's

@@ -58,15 +58,6 @@ fn arp_frame(src: Mac, sender_mac: Mac, sender_ip: [u8; 4]) -> Vec<u8> {
     f
 }
 
-fn mac_of(c: &Netns) -> Mac {
-    let text = c.link_json("eth0")["address"].as_str().unwrap().to_string();
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
 #[test]
 fn a_container_can_only_send_as_itself() {
     let lab = Lan::new(false);
@@ -84,7 +75,7 @@ fn a_container_can_only_send_as_itself() {
     .ok();
     let c = Netns::new("sctr");
     lab.netvlan(&["connect", "guarded", c.name()]).ok();
-    let me = mac_of(&c);
+    let me = c.mac("eth0");
     let my_ip = [10, 60, 0, 2];
     let wire = PacketSocket::listen(&lab.switch, "peer0");
     let out = PacketSocket::open(&c, "eth0");

@@ -236,13 +236,7 @@ impl Datapath {
 
         pins::ensure_bpffs(&self.bpf_dir)?;
         let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(DatapathError::Load)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::MissingObject {
-                what: "XDP program",
-                name: maps::XDP_PROGRAM,
-            })?;
+        let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DatapathError::Program)?;
 
         let (link_id, native_refused) = match mode {
@@ -345,13 +339,7 @@ impl Datapath {
                 .ok_or(DatapathError::MissingObject { what: "map", name })?;
             map.pin(to.map(name)).map_err(pin_err(to.map(name)))?;
         }
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::MissingObject {
-                what: "XDP program",
-                name: maps::XDP_PROGRAM,
-            })?;
+        let program = xdp_program(ebpf)?;
         program.pin(to.program()).map_err(pin_err(to.program()))?;
         link.pin(to.link()).map_err(pin_err(to.link()))?;
         Ok(())
@@ -529,6 +517,16 @@ impl Datapath {
         }
         Ok(out)
     }
+}
+
+/// netvlan's XDP program in a loaded object.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    ebpf.program_mut(maps::XDP_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::MissingObject {
+            what: "XDP program",
+            name: maps::XDP_PROGRAM,
+        })
 }
 
 /// The id of the program our pinned link runs, if there is such a link.

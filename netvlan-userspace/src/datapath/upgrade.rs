@@ -17,11 +17,9 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        Xdp,
     },
     EbpfLoader,
 };
-use netvlan_common::maps;
 use serde::Serialize;
 
 use super::{Attachment, Datapath, DatapathError, InterfacePins, XDP_OBJECT};
@@ -146,13 +144,7 @@ fn upgrade_one(
         loader.map_pin_path(name, pins.map(name));
     }
     let mut ebpf = loader.load(XDP_OBJECT).map_err(DatapathError::Load)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(maps::XDP_PROGRAM)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(DatapathError::MissingObject {
-            what: "XDP program",
-            name: maps::XDP_PROGRAM,
-        })?;
+    let program = super::xdp_program(&mut ebpf)?;
     program.load().map_err(DatapathError::Program)?;
     let new_info = program.info().map_err(DatapathError::Program)?;
 
