@@ -127,8 +127,10 @@ fn run_seconds(ctx: &Ctx) -> u64 {
     ctx.pick(1, 3)
 }
 
+/// Two rounds in a quick run: five labs and six paths make every round
+/// long, and a smoke run only has to show the family works.
 fn rounds(ctx: &Ctx) -> usize {
-    ctx.pick(3, 7)
+    ctx.pick(2, 7)
 }
 
 const THROUGHPUT_PATHS: [Path; 4] = [
