@@ -106,7 +106,8 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
     // Registrations first: a MAC that is about to become legitimate must
     // not be dropped while flags change.
     let macs = |set: &BTreeSet<[u8; 6]>| set.iter().map(|m| MacKey::new(*m)).collect();
-    sync_set(pins, maps::ENDPOINT_MACS, &macs(&policy.registered))?;
+    let registered = macs(&policy.registered);
+    sync_set(pins, maps::ENDPOINT_MACS, &registered)?;
     let ips = policy
         .registered_ips
         .iter()
@@ -119,7 +120,7 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         .collect();
     sync_set(pins, maps::ENDPOINT_IPS, &ips)?;
     sync_set(pins, maps::DENY_MACS, &macs(&policy.denied))?;
-    sync_drop_keys(pins, &macs(&policy.registered))?;
+    sync_drop_keys(pins, &registered)?;
 
     let mut vlans: Array<MapData, u32> = open(pins, maps::VLAN_POLICY)?;
     for vid in 0..VLAN_SLOTS as u16 {
@@ -169,21 +170,21 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
 /// stops being registered loses its counters with its entry.
 fn sync_drop_keys(pins: &InterfacePins, wanted: &BTreeSet<MacKey>) -> Result<(), DatapathError> {
     let mut map: PerCpuHashMap<MapData, MacKey, MacDrops> = open(pins, maps::MAC_DROPS)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::PossibleCpus(source))?;
     let present: BTreeSet<MacKey> = map
         .keys()
         .collect::<Result<_, _>>()
         .map_err(map_err(pins, maps::MAC_DROPS))?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::PossibleCpus(source))?;
-    for key in wanted.difference(&present) {
-        let zero = PerCpuValues::try_from(vec![MacDrops::default(); cpus])
-            .map_err(DatapathError::PossibleCpus)?;
-        map.insert(key, zero, 0)
-            .map_err(map_err(pins, maps::MAC_DROPS))?;
-    }
-    for key in present.difference(wanted) {
-        map.remove(key).map_err(map_err(pins, maps::MAC_DROPS))?;
-    }
-    Ok(())
+    sync_keys(&present, wanted, |key, insert| {
+        if insert {
+            let zero = PerCpuValues::try_from(vec![MacDrops::default(); cpus])
+                .map_err(DatapathError::PossibleCpus)?;
+            map.insert(key, zero, 0)
+                .map_err(map_err(pins, maps::MAC_DROPS))
+        } else {
+            map.remove(key).map_err(map_err(pins, maps::MAC_DROPS))
+        }
+    })
 }
 
 /// Forgets what the guard of `vid` learned. Only called while the guard is
@@ -216,11 +217,27 @@ where
         .keys()
         .collect::<Result<_, _>>()
         .map_err(map_err(pins, name))?;
-    for key in wanted.difference(&present) {
-        map.insert(key, 0, 0).map_err(map_err(pins, name))?;
+    sync_keys(&present, wanted, |key, insert| {
+        if insert {
+            map.insert(key, 0, 0).map_err(map_err(pins, name))
+        } else {
+            map.remove(key).map_err(map_err(pins, name))
+        }
+    })
+}
+
+/// Inserts the keys of `wanted` that are missing, then removes the keys
+/// `present` has beyond it (`apply(key, true)` inserts, `false` removes).
+fn sync_keys<K: Ord>(
+    present: &BTreeSet<K>,
+    wanted: &BTreeSet<K>,
+    mut apply: impl FnMut(&K, bool) -> Result<(), DatapathError>,
+) -> Result<(), DatapathError> {
+    for key in wanted.difference(present) {
+        apply(key, true)?;
     }
     for key in present.difference(wanted) {
-        map.remove(key).map_err(map_err(pins, name))?;
+        apply(key, false)?;
     }
     Ok(())
 }

@@ -66,6 +66,7 @@ impl Manager {
                 .registered_ips
                 .extend(self.netlink().addresses(wire_link.ifindex).await?);
         }
+        let mut looked_up = std::collections::BTreeSet::from([wire]);
         for record in records {
             let vid = vlan_of(record);
             policy.allowed_vlans.insert(vid);
@@ -92,12 +93,16 @@ impl Manager {
                     })
                     .or_insert(MacGuard { limit, count_only });
             }
-            if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
-                policy.registered.extend(parent.mac);
-                if by_ip {
-                    policy
-                        .registered_ips
-                        .extend(self.netlink().addresses(parent.ifindex).await?);
+            // The wire itself, and a parent shared by several networks, are
+            // looked up once.
+            if looked_up.insert(record.parent.link.as_str()) {
+                if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
+                    policy.registered.extend(parent.mac);
+                    if by_ip {
+                        policy
+                            .registered_ips
+                            .extend(self.netlink().addresses(parent.ifindex).await?);
+                    }
                 }
             }
             match record.options.driver {

@@ -17,7 +17,6 @@
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom},
-    os::fd::{AsFd, AsRawFd},
     path::Path,
     time::{Duration, Instant},
 };
@@ -908,18 +907,8 @@ struct NetDev(File);
 
 impl NetDev {
     fn open(ns: &Netns) -> Result<Self> {
-        let ns_file =
-            File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<File> {
-                // SAFETY: a valid netns fd; setns only changes this thread.
-                if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error()).context("setns");
-                }
-                File::open("/proc/thread-self/net/dev").context("opening /proc/thread-self/net/dev")
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread opening /proc/net/dev panicked"))?
+        ns.in_thread(|| {
+            File::open("/proc/thread-self/net/dev").context("opening /proc/thread-self/net/dev")
         })
         .map(NetDev)
     }

@@ -117,6 +117,27 @@ impl Netns {
         cmd
     }
 
+    /// Runs `job` on a thread of its own that entered the namespace
+    /// (`setns` changes only the calling thread), and hands back its result.
+    /// What the job opens (sockets, bpf objects) stays bound to the
+    /// namespace after the thread is gone.
+    pub fn in_thread<T: Send>(&self, job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let ns_file = std::fs::File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<T> {
+                // SAFETY: a valid netns fd; setns only changes this thread.
+                if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("setns");
+                }
+                job()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread inside {} panicked", self.name))?
+        })
+    }
+
     /// Runs a command inside the namespace; fails unless it succeeds.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
         run(self.command(program).args(args)).with_context(|| format!("in namespace {}", self.name))

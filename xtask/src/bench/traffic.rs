@@ -587,37 +587,26 @@ impl Lab {
 /// the interface in the caller's namespace). The returned object holds the
 /// attachment.
 fn attach_pass_only(ctx: &Ctx, ns: &Netns, dev: &str) -> Result<aya::Ebpf> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let ns_file = std::fs::File::open(ns.path())
-        .with_context(|| format!("opening {}", ns.path().display()))?;
     let object =
         std::fs::read(&ctx.object).with_context(|| format!("reading {}", ctx.object.display()))?;
     let dev = std::ffi::CString::new(dev)?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<aya::Ebpf> {
-            // SAFETY: a valid netns fd; setns only changes this thread.
-            if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns");
-            }
-            // SAFETY: a NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
-            if ifindex == 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("no {dev:?} in {}", ns.name()));
-            }
-            let mut ebpf = aya::Ebpf::load(&object).context("loading the eBPF object")?;
-            let program: &mut aya::programs::Xdp = ebpf
-                .program_mut(netvlan_common::maps::BENCH_FLOOR_PROGRAM)
-                .context("the object has no pass-only program")?
-                .try_into()?;
-            program.load()?;
-            program
-                .attach_to_if_index(ifindex, aya::programs::XdpMode::Driver)
-                .context("attaching the pass-only program in native mode")?;
-            Ok(ebpf)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread attaching XDP panicked"))?
+    ns.in_thread(|| {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("no {dev:?} in {}", ns.name()));
+        }
+        let mut ebpf = aya::Ebpf::load(&object).context("loading the eBPF object")?;
+        let program: &mut aya::programs::Xdp = ebpf
+            .program_mut(netvlan_common::maps::BENCH_FLOOR_PROGRAM)
+            .context("the object has no pass-only program")?
+            .try_into()?;
+        program.load()?;
+        program
+            .attach_to_if_index(ifindex, aya::programs::XdpMode::Driver)
+            .context("attaching the pass-only program in native mode")?;
+        Ok(ebpf)
     })
 }
 
