@@ -31,6 +31,92 @@ impl NetnsId {
     }
 }
 
+/// What a network namespace answers to in the store, so that state made in
+/// one namespace is never seen or acted on from another, and still found
+/// after a reboot gives the namespace a new inode.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NetnsScope {
+    /// The host's initial namespace (pid 1's): the same after every boot.
+    Initial,
+    /// A named namespace (`/var/run/netns/NAME`): recreated under the same
+    /// name after a reboot.
+    Named(String),
+    /// Any other namespace: only this namespace, in this boot (inodes are
+    /// reused after a reboot, hence the boot id).
+    Anonymous { id: NetnsId, boot: String },
+}
+
+impl NetnsScope {
+    /// Every scope the calling thread's namespace answers to, the one new
+    /// records are filed under first: `[Initial]` in the host's namespace,
+    /// else its names (sorted) followed by its anonymous identity.
+    pub fn current() -> std::io::Result<Vec<NetnsScope>> {
+        let id = NetnsId::current()?;
+        let init = initial_process_ns("net")?;
+        if (init.dev(), init.ino()) == (id.dev, id.ino) {
+            return Ok(vec![NetnsScope::Initial]);
+        }
+        let mut names = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) {
+            for entry in entries.flatten() {
+                // A file being set up or torn down is not a mount yet: skip.
+                let Ok(meta) = std::fs::metadata(entry.path()) else {
+                    continue;
+                };
+                if (meta.dev(), meta.ino()) == (id.dev, id.ino) {
+                    names.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        names.sort();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Ok(names
+            .into_iter()
+            .map(NetnsScope::Named)
+            .chain(std::iter::once(NetnsScope::Anonymous { id, boot }))
+            .collect())
+    }
+
+    /// The prefix of this scope's keys in the store; none for the initial
+    /// namespace, whose keys are the plain names records always had.
+    pub fn key_prefix(&self) -> Option<String> {
+        match self {
+            NetnsScope::Initial => None,
+            NetnsScope::Named(name) => Some(format!("netns:{name}")),
+            NetnsScope::Anonymous { id, boot } => {
+                Some(format!("netns-id:{}:{}:{boot}", id.dev, id.ino))
+            }
+        }
+    }
+}
+
+/// The nsfs file of namespace `kind` (`net`, `mnt`) of the system's first
+/// process: pid 1, or where pid 1 cannot be inspected (a supervisor that is
+/// not dumpable), kthreadd (pid 2), which lives in the initial namespaces.
+pub fn initial_process_ns(kind: &str) -> std::io::Result<std::fs::Metadata> {
+    initial_process_path(&format!("ns/{kind}")).and_then(std::fs::metadata)
+}
+
+/// `/proc/PID/REL` of the system's first process (see [`initial_process_ns`]).
+pub fn initial_process_path(rel: &str) -> std::io::Result<std::path::PathBuf> {
+    let pid1 = std::path::Path::new("/proc/1").join(rel);
+    match std::fs::metadata(&pid1) {
+        Ok(_) => Ok(pid1),
+        Err(e) => {
+            let kthreadd =
+                std::fs::read_to_string("/proc/2/comm").is_ok_and(|comm| comm.trim() == "kthreadd");
+            let pid2 = std::path::Path::new("/proc/2").join(rel);
+            if kthreadd && std::fs::metadata(&pid2).is_ok() {
+                Ok(pid2)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Errors entering a network namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {

@@ -10,11 +10,18 @@
 //!
 //! Records are stored as JSON values keyed by name: readable with any redb
 //! tool, and tolerant of fields added by later versions.
+//!
+//! State belongs to a network namespace (see [`NetnsScope`]): the initial
+//! namespace's records are keyed by their plain name (as before namespaces
+//! were recorded), any other's by `SCOPE/NAME`. A store only ever sees and
+//! writes the records, and the journal, of the namespace it was opened in.
 
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::netns::NetnsScope;
 
 /// Default `NETVLAN_STATE_DIR`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netvlan";
@@ -45,6 +52,8 @@ pub enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    #[error("cannot identify the current network namespace")]
+    Netns(#[source] std::io::Error),
     #[error("corrupt record '{key}' in {path}")]
     Corrupt {
         key: String,
@@ -54,17 +63,50 @@ pub enum StoreError {
     },
 }
 
-/// The state database, locked for the lifetime of this value.
+/// The state database, locked for the lifetime of this value, seen from
+/// one network namespace.
 pub struct Store {
     db: redb::Database,
     path: PathBuf,
+    /// What the namespace answers to; new records go under the first.
+    scopes: Vec<NetnsScope>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
+/// The store key of network `name` in `scope`.
+fn network_key(scope: &NetnsScope, name: &str) -> String {
+    match scope.key_prefix() {
+        None => name.to_string(),
+        Some(prefix) => format!("{prefix}/{name}"),
+    }
+}
+
+/// The store key of `scope`'s journal.
+fn journal_key(scope: &NetnsScope) -> String {
+    match scope.key_prefix() {
+        None => PENDING.to_string(),
+        Some(prefix) => format!("{PENDING}@{prefix}"),
+    }
+}
+
+/// The scope prefix of a network key (`None`: the initial namespace's).
+fn key_scope(key: &str) -> Option<&str> {
+    key.rsplit_once('/').map(|(prefix, _)| prefix)
+}
+
 impl Store {
-    /// Opens (creating if needed) the database, waiting for the lock.
+    /// Opens (creating if needed) the database, waiting for the lock, for
+    /// the calling thread's network namespace.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_locking(state_dir, None).map(|s| s.expect("a blocking lock always comes"))
+        Self::open_locking(state_dir, None, None).map(|s| s.expect("a blocking lock always comes"))
+    }
+
+    /// As [`Store::open`], for the namespace known by `scopes` (the first
+    /// one files new records).
+    pub fn open_scoped(state_dir: &Path, scopes: Vec<NetnsScope>) -> Result<Self, StoreError> {
+        assert!(!scopes.is_empty(), "a store needs a scope");
+        Self::open_locking(state_dir, None, Some(scopes))
+            .map(|s| s.expect("a blocking lock always comes"))
     }
 
     /// As [`Store::open`], but gives up (`Ok(None)`) if another command
@@ -74,13 +116,18 @@ impl Store {
         state_dir: &Path,
         patience: std::time::Duration,
     ) -> Result<Option<Self>, StoreError> {
-        Self::open_locking(state_dir, Some(patience))
+        Self::open_locking(state_dir, Some(patience), None)
     }
 
     fn open_locking(
         state_dir: &Path,
         patience: Option<std::time::Duration>,
+        scopes: Option<Vec<NetnsScope>>,
     ) -> Result<Option<Self>, StoreError> {
+        let scopes = match scopes {
+            Some(scopes) => scopes,
+            None => NetnsScope::current().map_err(StoreError::Netns)?,
+        };
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
             path: state_dir.into(),
             source,
@@ -126,6 +173,7 @@ impl Store {
         Ok(Some(Store {
             db,
             path,
+            scopes,
             _lock: lock,
         }))
     }
@@ -137,7 +185,30 @@ impl Store {
         }
     }
 
-    /// Every network record, by name.
+    /// Whether a network key belongs to this store's namespace.
+    fn owns(&self, key: &str) -> bool {
+        let prefix = key_scope(key);
+        self.scopes
+            .iter()
+            .any(|scope| scope.key_prefix().as_deref() == prefix)
+    }
+
+    /// The key `name` is stored under in this namespace, if it is stored.
+    fn existing_key(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        name: &str,
+    ) -> Result<Option<String>, redb::StorageError> {
+        for scope in &self.scopes {
+            let key = network_key(scope, name);
+            if table.get(key.as_str())?.is_some() {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every network record of this namespace, by name.
     pub fn networks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let err = self.db_err();
         let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
@@ -149,7 +220,9 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| err(e.into()))? {
             let (key, value) = entry.map_err(|e| err(e.into()))?;
-            out.push(self.decode(key.value(), value.value())?);
+            if self.owns(key.value()) {
+                out.push(self.decode(key.value(), value.value())?);
+            }
         }
         Ok(out)
     }
@@ -162,8 +235,23 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(err(e.into())),
         };
-        let value = table.get(name).map_err(|e| err(e.into()))?;
+        let Some(key) = self.existing_key(&table, name).map_err(|e| err(e.into()))? else {
+            return Ok(None);
+        };
+        let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
         value.map(|v| self.decode(name, v.value())).transpose()
+    }
+
+    /// Where a record named `name` is written: its current key, or the
+    /// namespace's first scope for a new one.
+    fn write_key(
+        &self,
+        table: &redb::Table<&str, &[u8]>,
+        name: &str,
+    ) -> Result<String, redb::StorageError> {
+        Ok(self
+            .existing_key(table, name)?
+            .unwrap_or_else(|| network_key(&self.scopes[0], name)))
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -178,7 +266,8 @@ impl Store {
     pub fn put_network<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).expect("network records always serialise");
         self.write(|table| {
-            table.insert(name, bytes.as_slice())?;
+            let key = self.write_key(table, name)?;
+            table.insert(key.as_str(), bytes.as_slice())?;
             Ok(())
         })
     }
@@ -186,7 +275,9 @@ impl Store {
     /// Removes one network record atomically.
     pub fn delete_network(&self, name: &str) -> Result<(), StoreError> {
         self.write(|table| {
-            table.remove(name)?;
+            for scope in &self.scopes {
+                table.remove(network_key(scope, name).as_str())?;
+            }
             Ok(())
         })
     }
@@ -226,27 +317,40 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(err(e.into())),
         };
-        let value = table.get(PENDING).map_err(|e| err(e.into()))?;
-        Ok(value
-            .map(|v| self.decode(PENDING, v.value()))
-            .transpose()?
-            .unwrap_or_default())
+        let mut intents = Vec::new();
+        for scope in &self.scopes {
+            let key = journal_key(scope);
+            let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
+            if let Some(v) = value {
+                intents.extend(self.decode::<Vec<T>>(&key, v.value())?);
+            }
+        }
+        Ok(intents)
+    }
+
+    /// Removes this namespace's journal entries (inside a transaction).
+    fn remove_journal(
+        &self,
+        journal: &mut redb::Table<&str, &[u8]>,
+    ) -> Result<(), redb::StorageError> {
+        for scope in &self.scopes {
+            journal.remove(journal_key(scope).as_str())?;
+        }
+        Ok(())
     }
 
     /// Replaces the journal (durably, before the kernel change it announces).
     pub fn set_journal<T: Serialize>(&self, intents: &[T]) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(intents).expect("intents always serialise");
         self.write_tables(|_, journal| {
-            journal.insert(PENDING, bytes.as_slice())?;
+            self.remove_journal(journal)?;
+            journal.insert(journal_key(&self.scopes[0]).as_str(), bytes.as_slice())?;
             Ok(())
         })
     }
 
     pub fn clear_journal(&self) -> Result<(), StoreError> {
-        self.write_tables(|_, journal| {
-            journal.remove(PENDING)?;
-            Ok(())
-        })
+        self.write_tables(|_, journal| self.remove_journal(journal))
     }
 
     /// Writes a network and clears the journal in one transaction: the
@@ -254,9 +358,9 @@ impl Store {
     pub fn commit_network<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).expect("network records always serialise");
         self.write_tables(|networks, journal| {
-            networks.insert(name, bytes.as_slice())?;
-            journal.remove(PENDING)?;
-            Ok(())
+            let key = self.write_key(networks, name)?;
+            networks.insert(key.as_str(), bytes.as_slice())?;
+            self.remove_journal(journal)
         })
     }
 }
@@ -323,6 +427,68 @@ mod tests {
             .unwrap()
             .expect("second opener sees the first's write");
         assert_eq!(seen["written"], "by first");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn named(name: &str) -> Vec<NetnsScope> {
+        vec![NetnsScope::Named(name.into())]
+    }
+
+    #[test]
+    fn each_namespace_sees_only_its_own_networks_and_journal() {
+        let dir = temp_dir();
+        {
+            // A record written before namespaces were recorded: a plain key.
+            let old = Store::open_scoped(&dir, vec![NetnsScope::Initial]).unwrap();
+            old.put_network("lan", &serde_json::json!({"in": "initial"}))
+                .unwrap();
+            old.set_journal(&["initial's intent"]).unwrap();
+        }
+        let a = Store::open_scoped(&dir, named("a")).unwrap();
+        assert!(a.network::<serde_json::Value>("lan").unwrap().is_none());
+        assert!(a.networks::<serde_json::Value>().unwrap().is_empty());
+        assert!(a.journal::<String>().unwrap().is_empty());
+        a.put_network("lan", &serde_json::json!({"in": "a"}))
+            .unwrap();
+        a.set_journal(&["a's intent"]).unwrap();
+        drop(a);
+
+        let b = Store::open_scoped(&dir, named("b")).unwrap();
+        assert!(b.networks::<serde_json::Value>().unwrap().is_empty());
+        assert!(b.journal::<String>().unwrap().is_empty());
+        b.commit_network("lan", &serde_json::json!({"in": "b"}))
+            .unwrap();
+        b.delete_network("lan").unwrap();
+        drop(b);
+
+        let init = Store::open_scoped(&dir, vec![NetnsScope::Initial]).unwrap();
+        let lan: serde_json::Value = init.network("lan").unwrap().unwrap();
+        assert_eq!(
+            lan["in"], "initial",
+            "the old record is the initial namespace's"
+        );
+        assert_eq!(init.journal::<String>().unwrap(), ["initial's intent"]);
+        init.clear_journal().unwrap();
+        drop(init);
+
+        // After a "reboot" the namespace named a has a new identity but
+        // the same name: it finds its records and its journal.
+        let id = crate::netns::NetnsId { dev: 4, ino: 99 };
+        let a = Store::open_scoped(
+            &dir,
+            vec![
+                NetnsScope::Named("a".into()),
+                NetnsScope::Anonymous {
+                    id,
+                    boot: "new-boot".into(),
+                },
+            ],
+        )
+        .unwrap();
+        let lan: Vec<serde_json::Value> = a.networks().unwrap();
+        assert_eq!(lan, [serde_json::json!({"in": "a"})]);
+        assert_eq!(a.journal::<String>().unwrap(), ["a's intent"]);
+        drop(a);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
