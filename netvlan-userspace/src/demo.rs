@@ -3,13 +3,14 @@
 //!
 //! ```text
 //!  PREFIX-lan (the LAN: gateway/external host 172.16.86.1, VLAN 10 host 192.168.10.1)
-//!      lan0 ──veth── eth0  PREFIX-host (where netvlan runs; datapath on eth0)
+//!      lan0 ──veth── uplink  PREFIX-host (where netvlan runs; datapath on uplink)
 //!                      ├─ macvlan network "lan" ── PREFIX-web, PREFIX-db
-//!                      └─ eth0.10 ── network "vlan10" ── PREFIX-v10   (if the kernel has 802.1Q)
+//!                      └─ uplink.10 ── network "vlan10" ── PREFIX-v10   (if the kernel has 802.1Q)
 //! ```
 //!
-//! The demo keeps its state and pins in `demo/` below the normal state and
-//! bpf directories, so it never mixes with real networks.
+//! Each demo keeps its state and pins in `demo/PREFIX/` below the normal
+//! state and bpf directories, so it never mixes with real networks or with
+//! a demo of another prefix, and `down` removes only its own.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -31,8 +32,18 @@ use crate::{
 pub enum DemoError {
     #[error("the demo is already up ({0} exists); `netvlan demo down` removes it")]
     AlreadyUp(String),
-    #[error("the demo is not up")]
-    NotUp,
+    #[error("no demo with prefix '{0}' is up")]
+    NotUp(String),
+    #[error(
+        "demo prefix '{0}' is invalid: use letters, digits, '_' or '-', at most 24 characters"
+    )]
+    BadPrefix(String),
+    #[error("cannot record the demo's directories in {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Netns(#[from] netns::NamedNetnsError),
     #[error(transparent)]
@@ -59,9 +70,19 @@ pub enum DemoError {
 #[derive(Clone, Debug)]
 pub struct Demo {
     pub prefix: String,
+    /// This demo's own directories, `demo/PREFIX` below the base ones.
     pub state_dir: PathBuf,
     pub bpf_dir: PathBuf,
+    /// The state and bpf directories the command was given.
+    base_state_dir: PathBuf,
+    base_bpf_dir: PathBuf,
 }
+
+/// The demo's parent link in its host namespace (not `eth0`, which reads
+/// like the machine's own interface).
+const UPLINK: &str = "uplink";
+/// Where `up` lists the directories it created, for `down` to remove.
+const MADE_DIRS: &str = "made-dirs.json";
 
 /// One container of the lab.
 #[derive(Clone, Debug, Serialize)]
@@ -88,8 +109,25 @@ impl Demo {
     pub fn new(prefix: &str, state_dir: &Path, bpf_dir: &Path) -> Self {
         Demo {
             prefix: prefix.to_string(),
-            state_dir: state_dir.join("demo"),
-            bpf_dir: bpf_dir.join("demo"),
+            state_dir: state_dir.join("demo").join(prefix),
+            bpf_dir: bpf_dir.join("demo").join(prefix),
+            base_state_dir: state_dir.into(),
+            base_bpf_dir: bpf_dir.into(),
+        }
+    }
+
+    const ROLES: [&'static str; 5] = ["web", "db", "v10", "lan", "host"];
+
+    fn check_prefix(&self) -> Result<(), DemoError> {
+        let p = &self.prefix;
+        let ok = !p.is_empty()
+            && p.len() <= 64
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        if ok {
+            Ok(())
+        } else {
+            Err(DemoError::BadPrefix(p.clone()))
         }
     }
 
@@ -108,20 +146,50 @@ impl Demo {
     /// Builds the lab, sends a little traffic and reports what was counted.
     /// Any failure tears down what was built.
     pub async fn up(&self) -> Result<DemoReport, DemoError> {
-        if self.is_up() {
-            return Err(DemoError::AlreadyUp(
-                self.ns_path("host").display().to_string(),
-            ));
+        self.check_prefix()?;
+        for role in Self::ROLES {
+            if self.ns_path(role).exists() {
+                return Err(DemoError::AlreadyUp(
+                    self.ns_path(role).display().to_string(),
+                ));
+            }
         }
+        if self.state_dir.exists() {
+            return Err(DemoError::AlreadyUp(self.state_dir.display().to_string()));
+        }
+        self.record_made_dirs()?;
         match self.build().await {
             Ok(report) => Ok(report),
             Err(e) => {
-                if let Err(teardown) = self.down().await {
+                if let Err(teardown) = self.teardown().await {
                     tracing::error!("{teardown}");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Notes which directories up to the demo's own do not exist yet (so
+    /// `down` removes exactly those it made), then makes the state one.
+    fn record_made_dirs(&self) -> Result<(), DemoError> {
+        let missing = |dir: &Path| -> Vec<PathBuf> {
+            dir.ancestors()
+                .take_while(|p| !p.exists())
+                .map(Path::to_path_buf)
+                .collect()
+        };
+        let made: Vec<PathBuf> = missing(&self.state_dir)
+            .into_iter()
+            .chain(missing(&self.bpf_dir))
+            .collect();
+        let record = self.state_dir.join(MADE_DIRS);
+        let err = |source| DemoError::Record {
+            path: record.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.state_dir).map_err(err)?;
+        let json = serde_json::to_vec(&made).expect("paths serialise");
+        std::fs::write(&record, json).map_err(err)
     }
 
     async fn build(&self) -> Result<DemoReport, DemoError> {
@@ -137,17 +205,17 @@ impl Demo {
         let lan_raw = std::os::fd::AsRawFd::as_raw_fd(&lan_fd);
         run_in(&self.ns_path("host"), move || async move {
             let netlink = Netlink::connect()?;
-            netlink.create_veth("eth0", "lan0", None).await?;
+            netlink.create_veth(UPLINK, "lan0", None).await?;
             // Tags in the frame bytes, so the datapath counts per VLAN.
-            for end in ["eth0", "lan0"] {
+            for end in [UPLINK, "lan0"] {
                 if let Err(e) = crate::offload::disable_vlan_offload(end) {
                     tracing::warn!("cannot turn VLAN offload off on {end}: {e}");
                 }
             }
             let lan0 = netlink.link_by_name("lan0").await?;
             netlink.move_to_netns(lan0.ifindex, lan_raw).await?;
-            let eth0 = netlink.link_by_name("eth0").await?;
-            netlink.set_up(eth0.ifindex).await
+            let uplink = netlink.link_by_name(UPLINK).await?;
+            netlink.set_up(uplink.ifindex).await
         })
         .await?;
         drop(lan_fd);
@@ -202,7 +270,7 @@ impl Demo {
                 ..Default::default()
             };
             manager
-                .create(create("lan", "172.16.86.0/24", "172.16.86.1", "eth0"))
+                .create(create("lan", "172.16.86.0/24", "172.16.86.1", UPLINK))
                 .await?;
             if vlan {
                 manager
@@ -210,7 +278,7 @@ impl Demo {
                         "vlan10",
                         "192.168.10.0/24",
                         "192.168.10.1",
-                        "eth0.10",
+                        &format!("{UPLINK}.10"),
                     ))
                     .await?;
             }
@@ -245,7 +313,7 @@ impl Demo {
     /// What the lab looks like now, with its counters.
     pub async fn status(&self) -> Result<DemoReport, DemoError> {
         if !self.is_up() {
-            return Err(DemoError::NotUp);
+            return Err(DemoError::NotUp(self.prefix.clone()));
         }
         let (state, bpf) = (self.state_dir.clone(), self.bpf_dir.clone());
         let (records, report) = run_in(&self.ns_path("host"), move || async move {
@@ -280,21 +348,20 @@ impl Demo {
         let host = self.ns_path("host");
         let env = format!(
             "NETVLAN_STATE_DIR={} NETVLAN_BPF_DIR={}",
-            self.state_dir.display(),
-            self.bpf_dir.display()
+            shell_word(&self.state_dir),
+            shell_word(&self.bpf_dir)
         );
         let next = vec![
-            format!("{env} nsenter --net={} netvlan stats", host.display()),
+            format!("{env} nsenter --net={} netvlan stats", shell_word(&host)),
             format!(
                 "{env} nsenter --net={} netvlan network inspect lan",
-                host.display()
+                shell_word(&host)
             ),
             format!(
-                "nsenter --net={}/{} ping -c 3 172.16.86.3",
-                NETNS_RUN_DIR,
-                self.ns("web")
+                "nsenter --net={} ping -c 3 172.16.86.3",
+                shell_word(&self.ns_path("web"))
             ),
-            "netvlan demo down".to_string(),
+            self.down_command(),
         ];
         Ok(DemoReport {
             host_namespace: self.ns("host"),
@@ -305,11 +372,46 @@ impl Demo {
         })
     }
 
-    /// Removes the lab: networks, pins, state and namespaces. Keeps going
-    /// past errors and reports them all at the end.
+    /// `netvlan demo down` as this demo needs it spelled.
+    fn down_command(&self) -> String {
+        let mut line = String::new();
+        if self.base_state_dir != Path::new(crate::store::DEFAULT_STATE_DIR) {
+            line.push_str(&format!(
+                "NETVLAN_STATE_DIR={} ",
+                shell_word(&self.base_state_dir)
+            ));
+        }
+        if self.base_bpf_dir != Path::new(crate::datapath::DEFAULT_BPF_DIR) {
+            line.push_str(&format!(
+                "NETVLAN_BPF_DIR={} ",
+                shell_word(&self.base_bpf_dir)
+            ));
+        }
+        line.push_str("netvlan demo down");
+        if self.prefix != DEFAULT_PREFIX {
+            line.push_str(&format!(" --prefix {}", self.prefix));
+        }
+        line
+    }
+
+    /// Removes the lab: networks, pins, state and namespaces, and the
+    /// empty directories `up` made. A demo that is not up is an error.
     pub async fn down(&self) -> Result<(), DemoError> {
+        self.check_prefix()?;
+        let anything = Self::ROLES.iter().any(|r| self.ns_path(r).exists())
+            || self.state_dir.exists()
+            || self.bpf_dir.exists();
+        if !anything {
+            return Err(DemoError::NotUp(self.prefix.clone()));
+        }
+        self.teardown().await
+    }
+
+    /// Removes whatever of the lab exists. Keeps going past errors and
+    /// reports them all at the end.
+    async fn teardown(&self) -> Result<(), DemoError> {
         let mut errors = Vec::new();
-        if self.is_up() {
+        if self.is_up() && self.state_dir.exists() {
             let (state, bpf) = (self.state_dir.clone(), self.bpf_dir.clone());
             let result = run_in(&self.ns_path("host"), move || async move {
                 let manager = Manager::new(Store::open(&state)?, Datapath::open(&bpf)?)?;
@@ -332,11 +434,15 @@ impl Demo {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        for role in ["web", "db", "v10", "lan", "host"] {
+        for role in Self::ROLES {
             if let Err(e) = netns::delete_named(&self.ns(role)) {
                 errors.push(e.to_string());
             }
         }
+        let made: Vec<PathBuf> = std::fs::read(self.state_dir.join(MADE_DIRS))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
         for dir in [&self.state_dir, &self.bpf_dir] {
             match std::fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -345,11 +451,42 @@ impl Demo {
                 _ => {}
             }
         }
+        // The shared `demo/` directories when no other demo uses them, and
+        // whatever else `up` made, deepest first, each only if empty.
+        let mut empty: Vec<PathBuf> = vec![
+            self.base_state_dir.join("demo"),
+            self.base_bpf_dir.join("demo"),
+        ];
+        empty.extend(made);
+        empty.sort();
+        empty.dedup();
+        empty.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for dir in empty {
+            // Not empty (another demo, real networks) or gone: leave it.
+            let _ = std::fs::remove_dir(&dir);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(DemoError::Teardown(errors.join("; ")))
         }
+    }
+}
+
+/// The prefix `netvlan demo` uses without `--prefix`.
+pub const DEFAULT_PREFIX: &str = "nvdemo";
+
+/// A path as one shell word (quoted when it needs it), so a printed
+/// command runs as printed.
+fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c));
+    if plain {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 

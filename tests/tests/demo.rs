@@ -104,3 +104,125 @@ fn demo_up_builds_a_counting_lab_and_down_removes_all_of_it() {
     );
     assert_eq!(bpf.contents(), Vec::<String>::new(), "demo pins left");
 }
+
+/// Takes a demo down on drop, so a failing test leaves nothing up.
+struct DownOnDrop<'a>(&'a str, &'a StateDir, &'a BpfDir);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        if !demo_namespaces(self.0).is_empty() {
+            demo(self.0, self.1, self.2, &["down"]);
+        }
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn xdp_on_uplink(prefix: &str) -> Option<u64> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{prefix}-host"))
+        .args(["ip", "-j", "link", "show", "dev", "uplink"])
+        .output()
+        .expect("nsenter runs");
+    let links: Value = serde_json::from_slice(&out.stdout).ok()?;
+    links[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+#[test]
+fn demos_with_different_prefixes_live_side_by_side_and_each_down_removes_only_its_own() {
+    require_root();
+    let (a, b) = (unique_name("demoa"), unique_name("demob"));
+    let state = StateDir::new();
+    let bpf = BpfDir::new();
+    let _guards = (DownOnDrop(&a, &state, &bpf), DownOnDrop(&b, &state, &bpf));
+    let up_a = demo(&a, &state, &bpf, &["up", "--json"]);
+    assert!(up_a.status.success(), "{}", stderr(&up_a));
+    let a_prog = xdp_on_uplink(&a).expect("demo A's datapath is on its uplink");
+    let up_b = demo(&b, &state, &bpf, &["up", "--json"]);
+    assert!(
+        up_b.status.success(),
+        "demo B clashed with A: {}",
+        stderr(&up_b)
+    );
+
+    let down_b = demo(&b, &state, &bpf, &["down"]);
+    assert!(down_b.status.success(), "{}", stderr(&down_b));
+    assert_eq!(demo_namespaces(&b), Vec::<String>::new());
+    // Demo A is whole: namespaces, XDP program, state and counters.
+    assert!(!demo_namespaces(&a).is_empty());
+    assert_eq!(xdp_on_uplink(&a), Some(a_prog), "B's down touched A's XDP");
+    let status = demo(&a, &state, &bpf, &["status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let on_lan = report["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["network"] == "lan" && e["rx_packets"].as_u64() > Some(0))
+        .count();
+    assert_eq!(on_lan, 2, "A's state or counters are gone: {report:#}");
+
+    // Nothing up under B any more: says so and fails.
+    let again = demo(&b, &state, &bpf, &["down"]);
+    assert!(!again.status.success(), "a second down must fail");
+    assert!(stderr(&again).contains("is up"), "{}", stderr(&again));
+    assert!(stderr(&again).contains(&b), "{}", stderr(&again));
+
+    let down_a = demo(&a, &state, &bpf, &["down"]);
+    assert!(down_a.status.success(), "{}", stderr(&down_a));
+    assert_eq!(demo_namespaces(&a), Vec::<String>::new());
+    // The directories the demos made are gone (they made the base ones too).
+    assert!(!state.path().exists(), "{} left", state.path().display());
+    assert!(!bpf.path().exists(), "{} left", bpf.path().display());
+}
+
+#[test]
+fn the_demos_try_next_lines_run_as_printed() {
+    require_root();
+    let prefix = unique_name("demon");
+    let state = StateDir::new();
+    let bpf = BpfDir::new();
+    // `netvlan` on PATH, as `cargo xtask install` leaves it.
+    let bin_dir = StateDir::new();
+    std::fs::create_dir_all(bin_dir.path()).unwrap();
+    std::os::unix::fs::symlink(netvlan_bin(), bin_dir.path().join("netvlan")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let _guard = DownOnDrop(&prefix, &state, &bpf);
+    let up = demo(&prefix, &state, &bpf, &["up", "--json"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let report: Value = serde_json::from_slice(&up.stdout).unwrap();
+    let next: Vec<&str> = report["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(next.len() >= 3, "{report:#}");
+    for line in &next {
+        let out = std::process::Command::new("sh")
+            .args(["-c", line])
+            .env("PATH", &path)
+            .env_remove("NETVLAN_STATE_DIR")
+            .env_remove("NETVLAN_BPF_DIR")
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "`{line}` failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    }
+    assert!(
+        next.last().unwrap().contains("demo down"),
+        "the last line removes the demo"
+    );
+    assert_eq!(demo_namespaces(&prefix), Vec::<String>::new());
+}

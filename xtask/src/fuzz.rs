@@ -20,13 +20,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
         return Ok(());
     }
     println!("xtask: installing cargo-fuzz (once; under target/tools)");
-    cmd::run(
-        Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked", "--root"])
-            .arg(tools::tools_dir())
-            .env_remove("RUSTUP_TOOLCHAIN"),
-    )
-    .context("installing cargo-fuzz")
+    cmd::run(&mut tools::cargo_install(None, "cargo-fuzz")?).context("installing cargo-fuzz")
 }
 
 pub fn fuzz(args: &FuzzArgs) -> Result<()> {

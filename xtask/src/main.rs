@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,6 +29,14 @@ struct Cli {
 enum Cmd {
     /// Install the toolchain pieces and build the netvlan binary (release).
     Build,
+    /// Build, then copy the netvlan binary to PREFIX/bin (default
+    /// /usr/local/bin, on every user's PATH), so `netvlan ...` runs as
+    /// the demo and the README print it.
+    Install {
+        /// Installation prefix; the binary goes to PREFIX/bin/netvlan.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// Build, then run netvlan as root with ARGS (sudo -E when not root).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -51,6 +59,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Build => build_release().map(|_| ()),
+        Cmd::Install { prefix } => build_release().and_then(|binary| install(&binary, &prefix)),
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
         Cmd::VmTest(args) => test::vm_only(&args),
@@ -75,11 +84,9 @@ pub fn workspace_root() -> PathBuf {
 pub fn cargo() -> Result<Command> {
     tools::ensure_rust_src()?;
     tools::ensure_bpf_linker()?;
-    let path = std::env::join_paths(std::iter::once(tools::tools_bin()).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))?;
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root()).env("PATH", path);
+    cmd.current_dir(workspace_root())
+        .env("PATH", tools::path_with_tools()?);
     Ok(cmd)
 }
 
@@ -95,8 +102,36 @@ fn build_release() -> Result<PathBuf> {
     Ok(workspace_root().join("target/release/netvlan"))
 }
 
+/// Copies `binary` to `prefix/bin/netvlan`, replacing any older one
+/// atomically (a running netvlan keeps its file).
+fn install(binary: &Path, prefix: &Path) -> Result<()> {
+    let bin = prefix.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    let target = bin.join("netvlan");
+    let staging = bin.join(".netvlan.new");
+    std::fs::copy(binary, &staging)
+        .with_context(|| format!("copying {} to {}", binary.display(), staging.display()))?;
+    std::fs::rename(&staging, &target)
+        .with_context(|| format!("moving {} into place", target.display()))?;
+    println!("xtask: installed {}", target.display());
+    let on_path =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|dir| dir == bin);
+    if !on_path {
+        println!(
+            "xtask: {} is not on this shell's PATH; run it as {}",
+            bin.display(),
+            target.display()
+        );
+    }
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<()> {
     let binary = build_release()?;
+    eprintln!(
+        "xtask: running {} (`cargo xtask install` puts `netvlan` on PATH)",
+        binary.display()
+    );
     let mut command = if tools::is_root() {
         Command::new(&binary)
     } else {
@@ -106,4 +141,34 @@ fn run(args: &[String]) -> Result<()> {
     };
     let status = command.args(args).status()?;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_puts_an_executable_netvlan_under_prefix_bin() {
+        let root = std::env::temp_dir().join(format!("xtask-install-{}", std::process::id()));
+        let built = root.join("netvlan-built");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(&built, "#!/bin/sh\necho netvlan-from-install\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let prefix = root.join("prefix");
+        install(&built, &prefix).unwrap();
+        // Twice: replacing an installed binary works too.
+        install(&built, &prefix).unwrap();
+        let out = Command::new(prefix.join("bin/netvlan")).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "netvlan-from-install\n"
+        );
+        let left: Vec<_> = std::fs::read_dir(prefix.join("bin"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["netvlan"], "no staging file left");
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -27,6 +27,28 @@ pub fn tools_bin() -> PathBuf {
     tools_dir().join("bin")
 }
 
+/// PATH with `target/tools/bin` first: the eBPF build finds bpf-linker,
+/// and `cargo install --root target/tools` sees its bin directory on PATH
+/// and so does not tell the user to change theirs.
+pub fn path_with_tools() -> Result<std::ffi::OsString> {
+    Ok(std::env::join_paths(std::iter::once(tools_bin()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?)
+}
+
+/// `cargo install ... --root target/tools`, quiet about PATH.
+pub fn cargo_install(toolchain: Option<&str>, krate: &str) -> Result<Command> {
+    let mut cmd = Command::new("cargo");
+    if let Some(toolchain) = toolchain {
+        cmd.arg(format!("+{toolchain}"));
+    }
+    cmd.args(["install", krate, "--locked", "--root"])
+        .arg(tools_dir())
+        .env("PATH", path_with_tools()?)
+        .env_remove("RUSTUP_TOOLCHAIN");
+    Ok(cmd)
+}
+
 /// Ensures the nightly toolchain has `rust-src`.
 pub fn ensure_rust_src() -> Result<()> {
     let installed = cmd::output(Command::new("rustup").args([
@@ -69,7 +91,7 @@ pub fn ensure_bpf_linker() -> Result<()> {
     if linker.is_file() && works() {
         return Ok(());
     }
-    println!("xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's libLLVM (about a minute, once)");
+    println!("xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's libLLVM (a minute or two, once; cargo shows its progress)");
     let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let sysroot = Path::new(sysroot.trim());
     let version = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
@@ -102,23 +124,12 @@ pub fn ensure_bpf_linker() -> Result<()> {
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("linking {}", link.display()))?;
     cmd::run(
-        Command::new("cargo")
-            .args([
-                "+nightly",
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-                "--no-default-features",
-            ])
+        cargo_install(Some("nightly"), "bpf-linker")?
+            .args(["--version", BPF_LINKER_VERSION, "--no-default-features"])
             .arg("--features")
             .arg(format!("llvm-{major}"))
-            .arg("--root")
-            .arg(tools_dir())
             .arg("--force")
-            .env("LLVM_PREFIX", &prefix)
-            .env_remove("RUSTUP_TOOLCHAIN"),
+            .env("LLVM_PREFIX", &prefix),
     )
     .context("building bpf-linker")
 }
@@ -162,4 +173,30 @@ pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_install_runs_with_the_tools_bin_on_path() {
+        // cargo prints "be sure to add ... to your PATH" unless the root's
+        // bin directory is on the PATH it runs with.
+        let cmd = cargo_install(None, "cargo-fuzz").unwrap();
+        let path = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "PATH")
+            .and_then(|(_, v)| v)
+            .expect("PATH is set");
+        let first = std::env::split_paths(path).next();
+        assert_eq!(first, Some(tools_bin()));
+        let args: Vec<_> = cmd.get_args().collect();
+        let root = args.iter().position(|a| *a == "--root").expect("--root");
+        assert_eq!(
+            Path::new(args[root + 1]).join("bin"),
+            tools_bin(),
+            "the PATH entry is the root's bin"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use netvlan::{
     datapath::{
+        pins,
         stats::{self, StatsReport},
         upgrade::UpgradeOutcome,
         AttachMode, AttachOutcome, AttachmentStatus, Datapath, DEFAULT_BPF_DIR,
@@ -67,7 +68,7 @@ enum Command {
         #[command(subcommand)]
         action: DemoAction,
         /// Name prefix of the demo's namespaces.
-        #[arg(long, default_value = "nvdemo", global = true)]
+        #[arg(long, default_value = netvlan::demo::DEFAULT_PREFIX, global = true)]
         prefix: String,
         #[command(flatten)]
         output: Output,
@@ -314,12 +315,28 @@ fn init_tracing(verbose: u8) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // Refused before anything changes: pins that would vanish with this
+    // process (`ip netns exec`). Reading the state needs no pins.
+    let pins_persist = pins::check_pins_persist(&cli.bpf_dir);
+    let reads_state_only = matches!(
+        cli.command,
+        Command::Network(NetworkCommand::Ls { .. } | NetworkCommand::Inspect { .. })
+    );
+    if !reads_state_only {
+        pins_persist.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let datapath = Datapath::open(&cli.bpf_dir)?;
     let state_dir = cli.state_dir.clone();
     let bpf_dir = cli.bpf_dir.clone();
     // Opening the manager first cleans up after a command that was killed
-    // half-way; say what that did.
+    // half-way (not where pins would vanish); say what that did.
     let manager = || async {
+        if pins_persist.is_err() {
+            return Ok(Manager::new(
+                Store::open(&state_dir)?,
+                Datapath::open(&bpf_dir)?,
+            )?);
+        }
         let (manager, recovered) =
             Manager::open(Store::open(&state_dir)?, Datapath::open(&bpf_dir)?).await?;
         for line in recovered {

@@ -37,6 +37,8 @@ pub enum BpfFsError {
     },
     #[error("{path} is not on a bpf filesystem; mount one there (mount -t bpf bpf DIR) or set NETVLAN_BPF_DIR to a directory under {SYSTEM_BPFFS}")]
     NotBpfFs { path: PathBuf },
+    #[error("{path} is not the system's bpffs: this command runs in a mount namespace of its own (as under `ip netns exec`), where pins vanish when it exits; run it as `nsenter --net=/var/run/netns/NAME netvlan ...` instead")]
+    PrivateMounts { path: PathBuf },
     #[error("cannot create {path}")]
     Create {
         path: PathBuf,
@@ -51,10 +53,50 @@ fn is_bpffs(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Refuses a bpffs that would vanish with this process. `ip netns exec`
+/// runs its command in a mount namespace of its own with a fresh `/sys`:
+/// a bpffs mounted there (or found there, not the system's) takes every pin
+/// with it when the command exits, while links and XDP programs stay.
+/// Outside the system's mount namespace the pins persist only on the bpffs
+/// the system's first process sees at the same path.
+pub fn check_pins_persist(bpf_dir: &Path) -> Result<(), BpfFsError> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata("/proc/self/ns/mnt");
+    let system = crate::netns::initial_process_ns("mnt");
+    let (Ok(ours), Ok(system)) = (ours, system) else {
+        // Nothing to compare with: behave as before.
+        return Ok(());
+    };
+    if (ours.dev(), ours.ino()) == (system.dev(), system.ino()) {
+        return Ok(());
+    }
+    let refused = || BpfFsError::PrivateMounts {
+        path: bpf_dir.into(),
+    };
+    // The deepest part of the path that exists is where the pins would go.
+    let existing = bpf_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(existing) {
+        // netvlan would mount bpffs here itself, privately.
+        return Err(refused());
+    }
+    let system_root = crate::netns::initial_process_path("root").map_err(|_| refused())?;
+    let relative = existing.strip_prefix("/").unwrap_or(existing);
+    let theirs = std::fs::metadata(system_root.join(relative));
+    let mine = std::fs::metadata(existing);
+    match (mine, theirs) {
+        (Ok(mine), Ok(theirs)) if mine.dev() == theirs.dev() => Ok(()),
+        _ => Err(refused()),
+    }
+}
+
 /// Makes sure `bpf_dir` exists on a bpffs, mounting bpffs at
 /// `/sys/fs/bpf` when the directory lives there and nothing is mounted yet
 /// (minimal systems and VMs boot without it).
 pub fn ensure_bpffs(bpf_dir: &Path) -> Result<(), BpfFsError> {
+    check_pins_persist(bpf_dir)?;
     let system = Path::new(SYSTEM_BPFFS);
     if bpf_dir.starts_with(system) && !is_bpffs(system) {
         tracing::info!("mounting bpffs at {SYSTEM_BPFFS}");
