@@ -35,7 +35,7 @@ pub enum DemoError {
     #[error("no demo with prefix '{0}' is up")]
     NotUp(String),
     #[error(
-        "demo prefix '{0}' is invalid: use letters, digits, '_' or '-', at most 24 characters"
+        "demo prefix '{0}' is invalid: use letters, digits, '_' or '-', at most 64 characters"
     )]
     BadPrefix(String),
     #[error("cannot record the demo's directories in {path}")]

@@ -87,8 +87,8 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
     let a_id = create_lan(&a.host, bpf, state);
     let b_id = create_lan(&b.host, bpf, state);
     assert_ne!(a_id, b_id);
-    assert_eq!(listed_ids(&a.host, bpf, state), [a_id.clone()]);
-    assert_eq!(listed_ids(&b.host, bpf, state), [b_id.clone()]);
+    assert_eq!(listed_ids(&a.host, bpf, state), std::slice::from_ref(&a_id));
+    assert_eq!(listed_ids(&b.host, bpf, state), std::slice::from_ref(&b_id));
 
     // Connect a container to each; each inspect shows only its own.
     let ca = a.container(false);
