@@ -196,7 +196,7 @@ impl Demo {
         for role in ["host", "lan", "web", "db"] {
             netns::create_named(&self.ns(role))?;
         }
-        // The wire: eth0 in the host, lan0 on the LAN side.
+        // The wire: uplink in the host, lan0 on the LAN side.
         let lan_fd =
             std::fs::File::open(self.ns_path("lan")).map_err(|source| netns::NetnsError::Open {
                 path: self.ns_path("lan"),

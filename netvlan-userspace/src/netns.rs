@@ -52,8 +52,13 @@ impl NetnsScope {
     /// else its names (sorted) followed by its anonymous identity.
     pub fn current() -> std::io::Result<Vec<NetnsScope>> {
         let id = NetnsId::current()?;
-        let init = initial_process_ns("net")?;
-        if (init.dev(), init.ino()) == (id.dev, id.ino) {
+        let initial = match initial_process_ns("net") {
+            Ok(init) => (init.dev(), init.ino()) == (id.dev, id.ino),
+            // No first process to compare with: recent kernels (6.18 here) give
+            // the initial namespace a fixed inode.
+            Err(_) => id.ino == PROC_NET_INIT_INO,
+        };
+        if initial {
             return Ok(vec![NetnsScope::Initial]);
         }
         let mut names = Vec::new();
@@ -91,6 +96,10 @@ impl NetnsScope {
         }
     }
 }
+
+/// The initial network namespace's inode on kernels that fix it
+/// (`PROC_NET_INIT_INO`).
+const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
 
 /// The nsfs file of namespace `kind` (`net`, `mnt`) of the system's first
 /// process: pid 1, or where pid 1 cannot be inspected (a supervisor that is
