@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the toolchain pieces and build the netvlan binary (release).
+    /// Install the toolchain pieces and build the netvlan binary (release,
+    /// target/release/netvlan).
     Build,
     /// Build, then copy the netvlan binary to PREFIX/bin (default
     /// /usr/local/bin, on every user's PATH), so `netvlan ...` runs as
@@ -58,7 +59,12 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Build => build_release().map(|_| ()),
+        Cmd::Build => build_release().map(|binary| {
+            println!(
+                "xtask: built {} (`cargo xtask install` puts it on PATH)",
+                binary.display()
+            )
+        }),
         Cmd::Install { prefix } => build_release().and_then(|binary| install(&binary, &prefix)),
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
