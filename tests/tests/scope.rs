@@ -109,27 +109,22 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
     assert_eq!(links(&a.host), a_links);
     assert_eq!(xdp_prog(&a.host), a_prog);
 
-    // A "reboot" of B: its namespace is recreated under the same name (a
-    // new inode) and wired again; its endpoint died with the old one.
-    let old_inode = std::fs::metadata(b.host.path()).map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.ino()
-    });
+    // A "reboot" of B: its links are gone and its namespace is recreated
+    // under the same name, with a new inode (the old namespace is held
+    // open meanwhile, or the kernel may hand its inode out again).
+    b.host.exec("ip", &["link", "del", "eth0"]);
+    assert!(!links(&cb).contains(&"eth0".to_string()));
+    let old = std::fs::File::open(b.host.path()).unwrap();
     sh("ip", &["netns", "del", b.host.name()]);
-    let dead = wait_for(Duration::from_secs(10), || {
-        let gone = !links(&b.switch).contains(&"peer0".to_string())
-            && !links(&cb).contains(&"eth0".to_string());
-        gone.then_some(())
-    });
-    assert!(dead.is_some(), "the old namespace of B did not go away");
     sh("ip", &["netns", "add", b.host.name()]);
     b.host.exec("ip", &["link", "set", "lo", "up"]);
     veth_pair(&b.host, "eth0", &b.switch, "peer0");
-    let new_inode = std::fs::metadata(b.host.path()).map(|m| {
+    let inode = |f: &std::fs::File| {
         use std::os::unix::fs::MetadataExt;
-        m.ino()
-    });
-    assert_ne!(old_inode.ok(), new_inode.ok(), "B has a new identity");
+        f.metadata().unwrap().ino()
+    };
+    let new = std::fs::File::open(b.host.path()).unwrap();
+    assert_ne!(inode(&old), inode(&new), "B has a new identity");
     let restored = nv(&b.host, bpf, state, &["restore", "--json"]).ok().json();
     let actions: Vec<&str> = restored["actions"]
         .as_array()
@@ -146,6 +141,7 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
     assert_eq!(xdp_prog(&a.host), a_prog);
     let again = nv(&a.host, bpf, state, &["restore", "--json"]).ok().json();
     assert_eq!(again["actions"], serde_json::json!([]), "{again:#}");
+    drop((old, new));
 
     // A connect in B killed half-way: a command in A must not replay B's
     // intents, B's next command does.
