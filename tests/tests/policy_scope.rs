@@ -248,3 +248,48 @@ fn a_full_mac_guard_never_locks_out_the_networks_gateway() {
     lab.netvlan(&["disconnect", "lan", c.name()]).ok();
     lab.netvlan(&["network", "rm", "lan"]).ok();
 }
+
+/// Networks on their own VLANs of one trunk: the VLAN-scoped settings are
+/// each network's own; the deny list (one per parent) is refused.
+#[test]
+fn networks_on_their_own_vlans_keep_their_own_policy() {
+    if !netvlan_tests::require_kernel_feature(netvlan_tests::KernelFeature::Vlan) {
+        return;
+    }
+    let lab = Lan::new(false);
+    create(
+        &lab,
+        "v10",
+        "10.96.0.0/24",
+        &["parent=eth0.10", "max_macs=1"],
+    )
+    .ok();
+    create(&lab, "v20", "10.97.0.0/24", &["parent=eth0.20"]).ok();
+    lab.netvlan(&["policy", "set", "v20", "unknown_dst=drop", "max_macs=5"])
+        .ok();
+    assert_eq!(policy(&lab, "v10")["MaxMacs"], 1);
+    assert_eq!(policy(&lab, "v10")["UnknownDst"], "pass");
+    assert_eq!(policy(&lab, "v20")["MaxMacs"], 5);
+    let guards = stats_after(&lab, 0)["mac_guards"].clone();
+    let limit_of = |vid: u64| {
+        guards
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["vlan"] == vid)
+            .map(|g| g["limit"].clone())
+    };
+    assert_eq!(limit_of(10), Some(1.into()), "{guards:#}");
+    assert_eq!(limit_of(20), Some(5.into()), "{guards:#}");
+    let run = lab
+        .netvlan(&["policy", "set", "v10", "mac_deny=02:00:00:00:00:66"])
+        .failed();
+    assert!(
+        run.stderr
+            .contains("would also apply to network(s) 'v20', which share parent eth0"),
+        "{}",
+        run.stderr
+    );
+    lab.netvlan(&["network", "rm", "v20"]).ok();
+    lab.netvlan(&["network", "rm", "v10"]).ok();
+}
