@@ -205,6 +205,10 @@ pub struct Frame {
     /// an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`); all zero otherwise
     /// (`::` is never a destination).
     pub dst_ip: [u8; 16],
+    /// Source address of a well-formed IPv4 or IPv6 header, or the sender
+    /// address of an IPv4 ARP packet; IPv4 IPv4-mapped as for `dst_ip`,
+    /// all zero otherwise.
+    pub src_ip: [u8; 16],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +280,7 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         _ => L3::Other,
     };
     let mut dst_ip = [0u8; 16];
+    let mut src_ip = [0u8; 16];
     // `black_box` on the offsets: having just checked `len`, LLVM would
     // drop the reads' own bounds checks, and the BPF verifier accepts
     // packet reads only behind a check against `data_end` itself.
@@ -283,13 +288,27 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         anomalies.insert(Anomaly::MalformedL3);
     } else if l3 == L3::Ipv4 {
         if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 16)) {
-            dst_ip[10] = 0xff;
-            dst_ip[11] = 0xff;
-            dst_ip[12..].copy_from_slice(&v4);
+            dst_ip = v4_mapped(v4);
+        }
+        if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 12)) {
+            src_ip = v4_mapped(v4);
         }
     } else if l3 == L3::Ipv6 {
         if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 24)) {
             dst_ip = v6;
+        }
+        if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 8)) {
+            src_ip = v6;
+        }
+    } else if l3 == L3::Arp {
+        // Ethernet/IPv4 ARP (hlen 6, plen 4): the sender's address follows
+        // the 8 fixed bytes and the sender's MAC.
+        if let Some([hlen, plen]) = frame.read::<2>(core::hint::black_box(offset + 4)) {
+            if hlen == 6 && plen == 4 {
+                if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 14)) {
+                    src_ip = v4_mapped(v4);
+                }
+            }
         }
     }
 
@@ -304,7 +323,21 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         l3_offset: offset as u16,
         anomalies,
         dst_ip,
+        src_ip,
     })
+}
+
+/// `a.b.c.d` as `::ffff:a.b.c.d`.
+#[inline(always)]
+const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[10] = 0xff;
+    out[11] = 0xff;
+    out[12] = v4[0];
+    out[13] = v4[1];
+    out[14] = v4[2];
+    out[15] = v4[3];
+    out
 }
 
 /// Checks that the L3 header at `offset` is complete and self-consistent.

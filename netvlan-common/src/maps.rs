@@ -22,8 +22,10 @@ pub const WIRE_POLICY: &str = "WIRE_POLICY";
 pub const VLAN_POLICY: &str = "VLAN_POLICY";
 /// Hash of [`MacKey`] to `u32` (reserved): MACs registered behind the wire.
 pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
-/// Hash of [`IpKey`] to `u32` (reserved): IPv4/IPv6 addresses of ipvlan
-/// endpoints and the host, for ipvlan's unknown-destination drop.
+/// Hash of [`IpKey`] to `u32` flags (`policy::IP_*`; 0 = registered):
+/// IPv4/IPv6 addresses of ipvlan endpoints and the host, for ipvlan's
+/// unknown-destination drop, and the networks' gateways, which the
+/// MAC-sprawl guard exempts.
 pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
 /// Per-CPU hash of [`MacKey`] (an endpoint's MAC) to [`MacDrops`]: frames
 /// to that endpoint that policy dropped, by reason. The control plane keeps

@@ -70,6 +70,16 @@ pub const fn with_mac_limit(flags: u32, limit: u32, count_only: bool) -> u32 {
     out
 }
 
+/// `ENDPOINT_IPS` value flag: a configured gateway of a network on the
+/// wire. The MAC-sprawl guard never counts (nor drops) a frame whose ARP
+/// sender, IPv4 or IPv6 source is a gateway: its MAC is not known in
+/// advance, and a guard that locked it out would cut the network off.
+pub const IP_GATEWAY: u32 = 1;
+/// `ENDPOINT_IPS` value flag: the entry is there for [`IP_GATEWAY`] only;
+/// the address is not behind the wire (not registered). Entries with
+/// value 0 are registered addresses, as before these flags existed.
+pub const IP_NOT_REGISTERED: u32 = 2;
+
 /// Why a frame was dropped. The discriminant indexes the drop counters.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +147,8 @@ pub trait PolicyView {
     fn is_denied(&self, src: &[u8; 6]) -> bool;
     /// An endpoint or the host owns this address (IPv4-mapped for IPv4).
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool;
+    /// A configured gateway of a network on the wire has this address.
+    fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool;
     /// Learns `src` on `vid` unless the VLAN already holds `limit` MACs.
     /// `len` is the frame's length, for the over-limit counters.
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning;
@@ -155,6 +167,7 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, len: u64, policy: &P) -> Ve
         return Verdict::Drop(DropReason::VlanNotAllowed);
     }
     if vlan & VLAN_MAC_GUARD != 0
+        && !from_gateway(frame, policy)
         && policy.learn(frame.outer_vid, &frame.src, vlan_mac_limit(vlan), len)
             == Learning::OverLimit
         && vlan & VLAN_MAC_GUARD_COUNT_ONLY == 0
@@ -173,6 +186,13 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, len: u64, policy: &P) -> Ve
         return Verdict::Drop(DropReason::UnknownDst);
     }
     Verdict::Pass
+}
+
+/// The frame's source address (ARP sender, IPv4 or IPv6 source) is a
+/// network's gateway: exempt from the MAC-sprawl guard.
+#[inline(always)]
+fn from_gateway<P: PolicyView + ?Sized>(frame: &Frame, policy: &P) -> bool {
+    frame.src_ip != [0; 16] && policy.is_gateway_ip(&frame.src_ip)
 }
 
 /// A routable unicast destination: not `::` (no IP header), not IPv4
@@ -210,6 +230,7 @@ mod tests {
         learned: RefCell<HashMap<u16, HashSet<[u8; 6]>>>,
         over_limit: RefCell<u64>,
         registered_ips: HashSet<[u8; 16]>,
+        gateway_ips: HashSet<[u8; 16]>,
     }
 
     impl PolicyView for Model {
@@ -227,6 +248,9 @@ mod tests {
         }
         fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
             self.registered_ips.contains(ip)
+        }
+        fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
+            self.gateway_ips.contains(ip)
         }
         fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
             let mut learned = self.learned.borrow_mut();
@@ -361,6 +385,65 @@ mod tests {
             decide(&frame(BROADCAST, mac(9), &[]), 64, &m),
             Verdict::Pass,
             "the guard is per VLAN"
+        );
+    }
+
+    /// An ARP request or IPv4 packet from `src` claiming `sender`.
+    fn from_ip(src: [u8; 6], sender: [u8; 4], arp: bool) -> Frame {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&BROADCAST);
+        bytes.extend_from_slice(&src);
+        if arp {
+            bytes.extend_from_slice(&0x0806u16.to_be_bytes());
+            bytes.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            bytes.extend_from_slice(&src);
+            bytes.extend_from_slice(&sender);
+            bytes.extend_from_slice(&[0; 6]);
+            bytes.extend_from_slice(&[10, 0, 0, 2]);
+        } else {
+            bytes.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut header = [0u8; 20];
+            header[0] = 0x45;
+            header[12..16].copy_from_slice(&sender);
+            header[16..20].copy_from_slice(&[10, 0, 0, 2]);
+            bytes.extend_from_slice(&header);
+        }
+        bytes.resize(64, 0);
+        match classify(bytes.as_slice()) {
+            Classification::Classified(f) => f,
+            other => panic!("test frame did not classify: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_guard_never_locks_out_a_gateway_and_the_gateway_takes_no_slot() {
+        let mut m = Model::default();
+        m.vlans.insert(0, with_mac_limit(VLAN_ALLOWED, 1, false));
+        m.gateway_ips.insert(mapped([10, 0, 0, 1]));
+        let gateway_mac = mac(0xfe);
+        assert_eq!(
+            decide(&from_ip(gateway_mac, [10, 0, 0, 1], true), 64, &m),
+            Verdict::Pass,
+            "the gateway's ARP"
+        );
+        assert_eq!(
+            decide(&frame(BROADCAST, mac(1), &[]), 64, &m),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide(&frame(BROADCAST, mac(2), &[]), 64, &m),
+            Verdict::Drop(DropReason::MacLimit),
+            "the one slot went to mac(1), not to the gateway"
+        );
+        assert_eq!(
+            decide(&from_ip(gateway_mac, [10, 0, 0, 1], false), 64, &m),
+            Verdict::Pass,
+            "the gateway's IPv4, with the guard full"
+        );
+        assert_eq!(
+            decide(&from_ip(mac(3), [10, 0, 0, 7], false), 64, &m),
+            Verdict::Drop(DropReason::MacLimit),
+            "any other address still counts"
         );
     }
 

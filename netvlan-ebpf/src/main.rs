@@ -30,6 +30,7 @@ use netvlan_common::{
     },
     policy::{
         decide, vlan_drop_index, DropReason, Learning, PolicyView, Verdict, DROP_REASON_SLOTS,
+        IP_GATEWAY, IP_NOT_REGISTERED,
     },
 };
 
@@ -97,8 +98,16 @@ impl PolicyView for Maps {
 
     #[inline(always)]
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
-        // SAFETY: read-only lookup; the value is not used.
-        unsafe { ENDPOINT_IPS.get(&IpKey { addr: *ip }).is_some() }
+        // SAFETY: read-only lookup of a plain u32.
+        unsafe { ENDPOINT_IPS.get(&IpKey { addr: *ip }) }
+            .is_some_and(|flags| flags & IP_NOT_REGISTERED == 0)
+    }
+
+    #[inline(always)]
+    fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
+        // SAFETY: as above.
+        unsafe { ENDPOINT_IPS.get(&IpKey { addr: *ip }) }
+            .is_some_and(|flags| flags & IP_GATEWAY != 0)
     }
 
     #[inline(always)]

@@ -36,6 +36,15 @@ pub enum NetlinkError {
 }
 
 impl NetlinkError {
+    /// The same failure, described as `what` (a request on a link whose
+    /// name is netvlan's own temporary one says what it was for instead).
+    pub fn described_as(self, what: String) -> Self {
+        match self {
+            NetlinkError::Request { source, .. } => NetlinkError::Request { what, source },
+            other => other,
+        }
+    }
+
     /// The kernel's errno for this failure, when the kernel sent one.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -198,6 +207,10 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     pub alias: Option<String>,
     pub xdp: Option<XdpState>,
+    pub mtu: Option<u32>,
+    /// The kernel's link-layer type (`ETHER`, `LOOPBACK`, ...): macvlan
+    /// and ipvlan need an Ethernet parent.
+    pub link_layer: netlink_packet_route::link::LinkLayerType,
 }
 
 /// An rtnetlink connection in the current network namespace.
@@ -466,7 +479,10 @@ impl Netlink {
             .execute()
             .await
             .map_err(|source| NetlinkError::Request {
-                what: format!("add default route via {gateway:?} on link #{ifindex}"),
+                what: match gateway {
+                    Some(gateway) => format!("add default route via {gateway} on link #{ifindex}"),
+                    None => format!("add default route on link #{ifindex}"),
+                },
                 source,
             })
     }
@@ -514,9 +530,11 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut xdp = None;
     let mut mac = None;
     let mut alias = None;
+    let mut mtu = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Mtu(m) => mtu = Some(*m),
             LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
             LinkAttribute::Xdp(nlas) => xdp = xdp_state(nlas),
@@ -529,6 +547,8 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         mac,
         alias,
         xdp,
+        mtu,
+        link_layer: msg.header.link_layer_type,
     }
 }
 

@@ -17,6 +17,12 @@ pub enum SandboxError {
     NotFound { given: String, path: PathBuf },
     #[error("sandbox '{given}': {path} is not a network namespace file")]
     NotANamespace { given: String, path: PathBuf },
+    #[error("sandbox '{given}': {path} is a {kind} namespace, not a network namespace (give a network namespace such as /proc/PID/ns/net)")]
+    WrongNamespaceType {
+        given: String,
+        path: PathBuf,
+        kind: &'static str,
+    },
     #[error("sandbox '{given}': bad pid")]
     BadPid { given: String },
 }
@@ -56,6 +62,13 @@ impl Sandbox {
                 path,
             });
         }
+        if let Some(kind) = other_namespace_type(&path) {
+            return Err(SandboxError::WrongNamespaceType {
+                given: given.into(),
+                path,
+                kind,
+            });
+        }
         use std::os::unix::fs::MetadataExt;
         Ok(Sandbox {
             key: given.to_string(),
@@ -66,4 +79,27 @@ impl Sandbox {
             },
         })
     }
+}
+
+/// The kind of namespace behind an nsfs file when it is not a network
+/// namespace (`/proc/self/ns/uts` passes the nsfs check too).
+fn other_namespace_type(path: &Path) -> Option<&'static str> {
+    use std::os::fd::AsRawFd;
+    /// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: an ioctl without arguments on a file we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    Some(match kind {
+        libc::CLONE_NEWNET => return None,
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWTIME => "time",
+        // An older kernel without the ioctl: setns will tell later.
+        _ => return None,
+    })
 }

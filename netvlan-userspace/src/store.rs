@@ -40,7 +40,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot lock {path} (is another netvlan stuck?)")]
+    #[error("cannot write to the state directory {dir} (opening {path}); netvlan keeps its state there: make it writable, or point NETVLAN_STATE_DIR (--state-dir) at a writable directory")]
+    NotWritable {
+        dir: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}")]
     Lock {
         path: PathBuf,
         #[source]
@@ -142,7 +149,11 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(lock_err)?;
+            .map_err(|source| StoreError::NotWritable {
+                dir: state_dir.into(),
+                path: lock_path.clone(),
+                source,
+            })?;
         let lock = match patience {
             None => nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
                 .map_err(|(_, errno)| lock_err(errno.into()))?,

@@ -341,10 +341,22 @@ impl Lan {
             &[("FAILPOINTS", &spec)],
             args,
         );
-        let reached = wait_for(Duration::from_secs(10), || ready().then_some(()));
+        // Until `ready` holds or the command ends on its own: it sleeps 20 s
+        // at the failpoint, so a slow machine (TCG, load) only makes it get
+        // there later. The cap only guards against a command that hangs.
+        let give_up = std::time::Instant::now() + Duration::from_secs(300);
+        let reached = loop {
+            if ready() {
+                break Some(());
+            }
+            let ended = child.try_wait().expect("poll our own child").is_some();
+            if ended || std::time::Instant::now() > give_up {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         child.kill().expect("SIGKILL our own child");
         let status = child.wait().expect("reap it");
-        assert!(reached.is_some(), "the command never reached {failpoint}");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(
             status.signal(),
@@ -352,6 +364,10 @@ impl Lan {
             "netvlan ended on its own ({status}) instead of waiting at {failpoint}: \
              is {} built with --features failpoints? (`cargo xtask test` does that)",
             netvlan_bin().display()
+        );
+        assert!(
+            reached.is_some(),
+            "the command never reached {failpoint} in 300 s"
         );
     }
 

@@ -6,6 +6,7 @@
 //! changes namespace, and nothing has to be restored.
 
 use std::{
+    cell::Cell,
     ffi::CString,
     fs::File,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -17,7 +18,16 @@ use crate::Netns;
 pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: i32,
+    /// Frames the kernel dropped because this socket's buffer was full,
+    /// summed over every read of PACKET_STATISTICS (each read resets the
+    /// kernel's count).
+    drops: Cell<u64>,
 }
+
+/// The receive buffer a listening socket asks for (SO_RCVBUFFORCE, as
+/// root): far more than a test's traffic queues up between two drains,
+/// so a loaded machine cannot make the socket drop frames.
+pub const LISTEN_BUFFER_BYTES: i32 = 256 << 20;
 
 impl PacketSocket {
     /// A socket for sending on `ifname`.
@@ -68,8 +78,24 @@ impl PacketSocket {
                 let socket = PacketSocket {
                     fd: OwnedFd::from_raw_fd(fd),
                     ifindex,
+                    drops: Cell::new(0),
                 };
                 if receive {
+                    // Before bind: from bind on, frames queue up.
+                    let size = LISTEN_BUFFER_BYTES;
+                    let rc = libc::setsockopt(
+                        socket.fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&size as *const i32).cast(),
+                        std::mem::size_of::<i32>() as u32,
+                    );
+                    assert_eq!(
+                        rc,
+                        0,
+                        "SO_RCVBUFFORCE {size} (needs CAP_NET_ADMIN): {}",
+                        std::io::Error::last_os_error()
+                    );
                     let mut addr: libc::sockaddr_ll = std::mem::zeroed();
                     addr.sll_family = libc::AF_PACKET as u16;
                     addr.sll_protocol = protocol as u16;
@@ -155,6 +181,35 @@ impl PacketSocket {
             }
             frames.push(buf[..n as usize].to_vec());
         }
+    }
+
+    /// Frames the kernel dropped so far because this socket's receive
+    /// buffer was full (PACKET_STATISTICS' `tp_drops`). A frame counted
+    /// here reached the socket: whatever filter sits before it let it pass.
+    pub fn socket_drops(&self) -> u64 {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: stats and len outlive the call; len is stats' size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut stats as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "PACKET_STATISTICS: {}",
+            std::io::Error::last_os_error()
+        );
+        self.drops.set(self.drops.get() + u64::from(stats.tp_drops));
+        self.drops.get()
     }
 
     pub fn send_many(&self, frame: &[u8], count: usize) {

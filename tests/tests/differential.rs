@@ -24,7 +24,8 @@ use netvlan_common::{
     maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey},
     policy::{
         decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
-        VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
+        IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
+        WIRE_VLAN_FILTER,
     },
 };
 use netvlan_tests::require_root;
@@ -43,6 +44,10 @@ const SENDER: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
 /// ipvlan endpoint addresses (VLAN 100 drops unicast IP to any other).
 const REGISTERED_V4: [[u8; 4]; 2] = [[10, 0, 100, 2], [10, 0, 100, 3]];
 const REGISTERED_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+/// Gateways (exempt from the guards); the IPv4 one is also registered, to
+/// cover both value flags.
+const GATEWAY_V4: [u8; 4] = [10, 0, 100, 1];
+const GATEWAY_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// Distinct "sprawling" source MACs: more than either guard's limit.
 const SPRAWL: u64 = 200;
@@ -54,6 +59,7 @@ struct Policy {
     registered: HashSet<[u8; 6]>,
     denied: HashSet<[u8; 6]>,
     registered_ips: HashSet<[u8; 16]>,
+    gateway_ips: HashSet<[u8; 16]>,
     /// The guard's learning table and per-VLAN state, as the kernel's
     /// must be after the same frames.
     learned: RefCell<HashSet<LearnKey>>,
@@ -75,6 +81,9 @@ impl PolicyView for Policy {
     }
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
         self.registered_ips.contains(ip)
+    }
+    fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
+        self.gateway_ips.contains(ip)
     }
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
@@ -118,11 +127,16 @@ fn policy() -> Policy {
         registered_ips: REGISTERED_V4
             .iter()
             .map(|v4| std::net::Ipv4Addr::from(*v4).to_ipv6_mapped().octets())
-            .chain([REGISTERED_V6])
+            .chain([REGISTERED_V6, v4_mapped(GATEWAY_V4)])
             .collect(),
+        gateway_ips: HashSet::from([v4_mapped(GATEWAY_V4), GATEWAY_V6]),
         learned: RefCell::default(),
         guard: RefCell::default(),
     }
+}
+
+fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    std::net::Ipv4Addr::from(v4).to_ipv6_mapped().octets()
 }
 
 /// xorshift64*: fast, deterministic, good enough to spread frames.
@@ -188,6 +202,10 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
                 _ => [10, 0, 100, rng.below(256) as u8],
             };
             f[start + 16..start + 20].copy_from_slice(&dst);
+            // Some from the gateway (the guard exempts them).
+            if rng.below(4) == 0 {
+                f[start + 12..start + 16].copy_from_slice(&GATEWAY_V4);
+            }
         }
         0x86dd => {
             let start = f.len();
@@ -207,6 +225,9 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
                 }
             };
             f[start + 24..start + 40].copy_from_slice(&dst);
+            if rng.below(4) == 0 {
+                f[start + 8..start + 24].copy_from_slice(&GATEWAY_V6);
+            }
             // Extension headers: hop-by-hop / routing / fragment shapes.
             for _ in 0..rng.below(3) {
                 let len = rng.below(4) as usize;
@@ -214,8 +235,16 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
             }
         }
         0x0806 => {
+            let start = f.len();
             f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
             f.extend((0..20).map(|_| rng.next() as u8));
+            // Half claim the gateway as sender; some with a wrong length.
+            if rng.below(2) == 0 {
+                f[start + 14..start + 18].copy_from_slice(&GATEWAY_V4);
+            }
+            if rng.below(8) == 0 {
+                f[start + 5] = rng.pick(&[0u8, 6, 16]);
+            }
         }
         _ => {}
     }
@@ -348,8 +377,15 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
             .unwrap()
             .try_into()
             .unwrap();
-        for ip in &policy.registered_ips {
-            ips.insert(IpKey { addr: *ip }, 0, 0).unwrap();
+        for ip in policy.registered_ips.union(&policy.gateway_ips) {
+            let mut flags = 0;
+            if policy.gateway_ips.contains(ip) {
+                flags |= IP_GATEWAY;
+            }
+            if !policy.registered_ips.contains(ip) {
+                flags |= IP_NOT_REGISTERED;
+            }
+            ips.insert(IpKey { addr: *ip }, flags, 0).unwrap();
         }
     }
     for (name, set) in [

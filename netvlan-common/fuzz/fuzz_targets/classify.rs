@@ -37,6 +37,9 @@ impl PolicyView for Fixed {
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
         ip[15] == 2
     }
+    fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
+        ip[15] == 1
+    }
     fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
         if u32::from(src[5]) < limit {
             Learning::Known

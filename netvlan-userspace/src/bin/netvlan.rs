@@ -314,7 +314,39 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// Capabilities every command needs: links and routes (CAP_NET_ADMIN),
+/// entering namespaces and loading/pinning eBPF (CAP_SYS_ADMIN).
+const NEEDED_CAPABILITIES: [(u32, &str); 2] = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+
+/// Says up front what privileges are missing, instead of the first
+/// syscall's EPERM/EACCES in whatever it happened to touch.
+fn require_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status to check privileges")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let missing: Vec<&str> = NEEDED_CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "netvlan needs root privileges: it manages links, namespaces and eBPF programs, \
+             which takes {}; this process (uid {}) lacks {}. Run it as root (e.g. with sudo)",
+            NEEDED_CAPABILITIES.map(|(_, n)| n).join(" and "),
+            nix::unistd::geteuid(),
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
+    require_privileges()?;
     // Refused before anything changes: pins that would vanish with this
     // process (`ip netns exec`). Reading the state needs no pins.
     let pins_persist = pins::check_pins_persist(&cli.bpf_dir);

@@ -17,8 +17,8 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     maps::{self, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, VLAN_SLOTS},
     policy::{
-        with_mac_limit, VLAN_ALLOWED, VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
-        WIRE_VLAN_FILTER,
+        with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_MAC_GUARD,
+        VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },
 };
 
@@ -38,6 +38,8 @@ pub struct WirePolicy {
     pub unknown_ip_drop_vlans: BTreeSet<u16>,
     /// ipvlan endpoint addresses and the host's own on the wire.
     pub registered_ips: BTreeSet<std::net::IpAddr>,
+    /// The gateways of the networks on the wire: never counted by a guard.
+    pub gateway_ips: BTreeSet<std::net::IpAddr>,
     /// Source MACs that never reach endpoints.
     pub denied: BTreeSet<[u8; 6]>,
     /// MAC-sprawl guards per VLAN (0 = untagged).
@@ -108,17 +110,23 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
     let macs = |set: &BTreeSet<[u8; 6]>| set.iter().map(|m| MacKey::new(*m)).collect();
     let registered = macs(&policy.registered);
     sync_set(pins, maps::ENDPOINT_MACS, &registered)?;
-    let ips = policy
+    let key = |ip: &std::net::IpAddr| IpKey {
+        addr: match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        },
+    };
+    let mut ips: BTreeMap<IpKey, u32> = policy
         .registered_ips
         .iter()
-        .map(|ip| IpKey {
-            addr: match ip {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                std::net::IpAddr::V6(v6) => v6.octets(),
-            },
-        })
+        .map(|ip| (key(ip), 0))
         .collect();
-    sync_set(pins, maps::ENDPOINT_IPS, &ips)?;
+    for gateway in &policy.gateway_ips {
+        ips.entry(key(gateway))
+            .and_modify(|flags| *flags |= IP_GATEWAY)
+            .or_insert(IP_GATEWAY | IP_NOT_REGISTERED);
+    }
+    sync_values(pins, maps::ENDPOINT_IPS, &ips)?;
     sync_set(pins, maps::DENY_MACS, &macs(&policy.denied))?;
     sync_drop_keys(pins, &registered)?;
 
@@ -224,6 +232,32 @@ where
             map.remove(key).map_err(map_err(pins, name))
         }
     })
+}
+
+/// Makes the hash map exactly `wanted`, values included: writes what is
+/// missing or different, then removes the rest.
+fn sync_values<K>(
+    pins: &InterfacePins,
+    name: &str,
+    wanted: &BTreeMap<K, u32>,
+) -> Result<(), DatapathError>
+where
+    K: aya::Pod + Ord,
+{
+    let mut map: HashMap<MapData, K, u32> = open(pins, name)?;
+    let present: BTreeMap<K, u32> = map
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(pins, name))?;
+    for (key, value) in wanted {
+        if present.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(map_err(pins, name))?;
+        }
+    }
+    for key in present.keys().filter(|k| !wanted.contains_key(k)) {
+        map.remove(key).map_err(map_err(pins, name))?;
+    }
+    Ok(())
 }
 
 /// Inserts the keys of `wanted` that are missing, then removes the keys

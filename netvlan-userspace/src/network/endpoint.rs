@@ -76,6 +76,11 @@ pub(super) fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
         .collect::<Option<_>>()
         .ok_or_else(bad)?;
     let mac: [u8; 6] = parts.try_into().map_err(|_| bad())?;
+    if mac == [0; 6] {
+        return Err(NetworkError::BadEndpoint(format!(
+            "--mac {text} is the all-zero address, which no interface can have"
+        )));
+    }
     if mac[0] & 1 == 1 {
         return Err(NetworkError::BadEndpoint(format!(
             "--mac {text} is a multicast address"
@@ -301,9 +306,19 @@ impl Manager {
             // Set inside the sandbox, before the rename (see `configure`).
             alias: None,
         };
+        // The temporary name is netvlan's own: an error says what it was for.
         self.netlink()
             .create_link_with(&temp_name, link, &options)
-            .await?;
+            .await
+            .map_err(|e| {
+                e.described_as(format!(
+                    "create the {} endpoint link of network '{}' on '{}' in {}",
+                    record.options.driver,
+                    record.name,
+                    record.parent.link,
+                    sandbox.display()
+                ))
+            })?;
         if let Err(e) = super::failpoint("connect-after-link") {
             let undo = super::rollback::delete_link_in(sandbox.to_path_buf(), temp_name).await;
             return Err(match undo {

@@ -48,6 +48,35 @@ pub enum NetworkError {
     BadOption(String),
     #[error("parent interface '{0}' does not exist")]
     UnknownParent(String),
+    #[error("parent interface '{parent}' is a {kind} interface, not Ethernet: macvlan and ipvlan endpoints need an Ethernet parent (a NIC, bond, veth or VLAN link)")]
+    ParentNotEthernet { parent: String, kind: String },
+    #[error("mtu={mtu} is larger than the MTU of parent interface '{parent}' ({parent_mtu}): endpoints cannot exceed their parent's MTU; raise the parent's MTU first or use mtu={parent_mtu} or less")]
+    MtuAboveParent {
+        mtu: u32,
+        parent: String,
+        parent_mtu: u32,
+    },
+    #[error("parent interface '{parent}' does not accept {driver} endpoints")]
+    ParentRefused {
+        parent: String,
+        driver: Driver,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("{setting} on network '{network}' would also apply to network(s) {others}, which share {scope}; a network's policy must stay inside it: give the network its own parent or VLAN (parent=IFACE.VID)")]
+    PolicyReachesOthers {
+        network: String,
+        setting: String,
+        others: String,
+        scope: String,
+    },
+    #[error("network '{other}' enforces {setting} on {scope}, which would also apply to the new network '{network}'; give '{network}' its own parent or VLAN (parent=IFACE.VID), or turn {setting} off on '{other}' first")]
+    PolicyWouldReach {
+        network: String,
+        other: String,
+        setting: String,
+        scope: String,
+    },
     #[error("VLAN id {vid} in parent '{parent}' is outside 1..4094")]
     VlanOutOfRange { parent: String, vid: String },
     #[error("network '{network}' is already using parent interface {parent}")]
@@ -232,6 +261,14 @@ impl Manager {
         let id = new_id();
         let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
         check_parent_conflicts(&existing, &parent, &options, &ipam)?;
+        policy::check_policy_scope(
+            &existing,
+            &request.name,
+            &parent,
+            options::POLICY_KEYS,
+            &options.policy,
+            true,
+        )?;
 
         let mut rollback = Rollback::default();
         let result = self
@@ -410,6 +447,7 @@ impl Manager {
         id: &str,
     ) -> Result<(), NetworkError> {
         let parent = self.netlink.link_by_name(parent).await?;
+        check_parent_fits(&parent, options)?;
         let probe = format!("nvprobe{:06x}", rand::random::<u32>() & 0xff_ffff);
         let alias = journal::owner_alias(id);
         self.intend(journal::Intent::HostLink {
@@ -432,9 +470,22 @@ impl Manager {
             alias: Some(alias),
             ..Default::default()
         };
+        // The probe's name is netvlan's own business: a refusal names the parent.
+        let refused = |source: NetlinkError| match source {
+            unsupported @ NetlinkError::UnsupportedLinkType { .. } => unsupported.into(),
+            source => NetworkError::ParentRefused {
+                parent: parent.name.clone(),
+                driver: options.driver,
+                source: source.described_as(format!(
+                    "create a {} link on '{}'",
+                    options.driver, parent.name
+                )),
+            },
+        };
         self.netlink
             .create_link_with(&probe, link, &probe_options)
-            .await?;
+            .await
+            .map_err(refused)?;
         let created = self.netlink.link_by_name(&probe).await?;
         self.netlink.delete_link(created.ifindex).await?;
         Ok(())
@@ -551,6 +602,34 @@ fn build_ipam(
     Ok(IpamConfig::from_flags(
         &subnets, &gateways, &ranges, &aux, policy,
     )?)
+}
+
+/// What the kernel would refuse later, at every connect: a parent that is
+/// not Ethernet (`lo`), or endpoints with a larger MTU than their parent.
+fn check_parent_fits(
+    parent: &crate::netlink::LinkInfo,
+    options: &NetworkOptions,
+) -> Result<(), NetworkError> {
+    use netlink_packet_route::link::LinkLayerType;
+    if parent.link_layer != LinkLayerType::Ether {
+        return Err(NetworkError::ParentNotEthernet {
+            parent: parent.name.clone(),
+            kind: match parent.link_layer {
+                LinkLayerType::Loopback => "loopback".to_string(),
+                other => other.to_string().to_lowercase(),
+            },
+        });
+    }
+    if let (Some(mtu), Some(parent_mtu)) = (options.mtu, parent.mtu) {
+        if mtu > parent_mtu {
+            return Err(NetworkError::MtuAboveParent {
+                mtu,
+                parent: parent.name.clone(),
+                parent_mtu,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The sharing rules between networks on one parent (Docker's).

@@ -33,10 +33,110 @@ pub(super) fn wire_after(
 }
 
 fn vlan_of(record: &NetworkRecord) -> u16 {
-    match record.parent.kind {
+    vlan_of_parent(&record.parent)
+}
+
+fn vlan_of_parent(parent: &super::Parent) -> u16 {
+    match parent.kind {
         ParentKind::Vlan { vid, .. } => vid,
         _ => 0,
     }
+}
+
+/// How far a policy setting reaches in the datapath.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// One deny list per wire.
+    Wire,
+    /// One flag word and one MAC-sprawl guard per VLAN of the wire.
+    Vlan,
+}
+
+/// The settings of `policy` that are in force (not off), with their reach.
+/// `vlans=` is not among them: it only adds VLANs to the allow-list, and
+/// every network's own VLAN stays allowed.
+fn active(policy: &super::PolicyOptions) -> Vec<(&'static str, Reach)> {
+    let mut out = Vec::new();
+    if policy.unknown_dst_drop {
+        out.push(("unknown_dst", Reach::Vlan));
+    }
+    if !policy.mac_deny.is_empty() {
+        out.push(("mac_deny", Reach::Wire));
+    }
+    if policy.max_macs.is_some() {
+        out.push(("max_macs", Reach::Vlan));
+    }
+    out
+}
+
+/// The other networks a setting of `reach` on `parent` would apply to.
+fn reached<'a>(
+    others: &'a [NetworkRecord],
+    name: &str,
+    parent: &super::Parent,
+    reach: Reach,
+) -> Vec<&'a NetworkRecord> {
+    others
+        .iter()
+        .filter(|n| n.name != name && n.parent.wire == parent.wire)
+        .filter(|n| reach == Reach::Wire || vlan_of(n) == vlan_of_parent(parent))
+        .collect()
+}
+
+fn scope_text(parent: &super::Parent, reach: Reach) -> String {
+    match (reach, vlan_of_parent(parent)) {
+        (Reach::Wire, _) => format!("parent {} (one deny list per parent)", parent.wire),
+        (Reach::Vlan, 0) => format!("the untagged traffic of parent {}", parent.wire),
+        (Reach::Vlan, vid) => format!("VLAN {vid} of parent {}", parent.wire),
+    }
+}
+
+/// Refuses a policy that the datapath would also enforce on other
+/// networks: `keys` (settings of `network`, on `parent`) must stay inside it.
+/// `existing` are all other networks; with `creating`, their settings that
+/// would reach the new network are refused too.
+pub(super) fn check_policy_scope(
+    existing: &[NetworkRecord],
+    network: &str,
+    parent: &super::Parent,
+    keys: &[&str],
+    policy: &super::PolicyOptions,
+    creating: bool,
+) -> Result<(), NetworkError> {
+    for (key, reach) in active(policy) {
+        if !keys.contains(&key) {
+            continue;
+        }
+        let others = reached(existing, network, parent, reach);
+        if !others.is_empty() {
+            return Err(NetworkError::PolicyReachesOthers {
+                network: network.into(),
+                setting: key.into(),
+                others: others
+                    .iter()
+                    .map(|n| format!("'{}'", n.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                scope: scope_text(parent, reach),
+            });
+        }
+    }
+    if creating {
+        for other in existing.iter().filter(|n| n.parent.wire == parent.wire) {
+            for (key, reach) in active(&other.options.policy) {
+                let shares = reach == Reach::Wire || vlan_of(other) == vlan_of_parent(parent);
+                if shares {
+                    return Err(NetworkError::PolicyWouldReach {
+                        network: network.into(),
+                        other: other.name.clone(),
+                        setting: key.into(),
+                        scope: scope_text(parent, reach),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Manager {
@@ -69,6 +169,14 @@ impl Manager {
         let mut looked_up = std::collections::BTreeSet::from([wire]);
         for record in records {
             let vid = vlan_of(record);
+            policy.gateway_ips.extend(
+                record
+                    .ipam
+                    .config()
+                    .subnets()
+                    .iter()
+                    .filter_map(|s| s.gateway),
+            );
             policy.allowed_vlans.insert(vid);
             if let Some(extra) = &record.options.policy.vlans {
                 policy.vlan_filter = true;
@@ -162,12 +270,23 @@ impl Manager {
                     POLICY_KEYS.join(", ")
                 )));
             }
-            raw.insert(key.to_string(), value.to_string());
+            if raw.insert(key.to_string(), value.to_string()).is_some() {
+                return Err(NetworkError::BadOption(format!("'{key}' given twice")));
+            }
         }
         let previous = record.clone();
         record.options.policy.update(&raw)?;
-        record.options.raw.extend(raw);
         let all = self.networks()?;
+        let keys: Vec<&str> = raw.keys().map(String::as_str).collect();
+        check_policy_scope(
+            &all,
+            &record.name,
+            &record.parent,
+            &keys,
+            &record.options.policy,
+            false,
+        )?;
+        record.options.raw.extend(raw);
         self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
             .await?;
         if let Err(e) = self.store().put_network(&record.name, &record) {

@@ -119,6 +119,11 @@ impl PolicyView for AllPolicies {
     fn is_registered_ip(&self, _ip: &[u8; 16]) -> bool {
         true
     }
+
+    /// No gateway in this configuration.
+    fn is_gateway_ip(&self, _ip: &[u8; 16]) -> bool {
+        false
+    }
 }
 
 fn mac(kind: u8, i: u32) -> [u8; 6] {
