@@ -835,6 +835,9 @@ fn help_shows_global_flags_once_and_describes_every_positional() {
             1,
             "`{shown}`:\n{help}"
         );
+        if !help.contains("\nCommands:\n") {
+            assert!(help.contains("--json"), "`{shown}` has no --json:\n{help}");
+        }
         let global = help.split("Global options:").nth(1).unwrap();
         assert!(
             global.contains("--state-dir"),

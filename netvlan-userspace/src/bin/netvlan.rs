@@ -205,8 +205,9 @@ enum NetworkCommand {
     /// List networks.
     ///
     /// Filters (Docker's): driver=macvlan|ipvlan, name=SUBSTRING,
-    /// label=KEY or label=KEY=VALUE, id=PREFIX. Values of one key are
-    /// alternatives; different keys must all match.
+    /// label=KEY or label=KEY=VALUE, id=PREFIX. Several driver, name or
+    /// id values are alternatives; every label given must match, and so
+    /// must every kind of filter given.
     /// Example: netvlan network ls -q --filter label=team=web
     #[command(verbatim_doc_comment)]
     Ls {
@@ -445,10 +446,12 @@ async fn run(cli: Cli) -> Result<()> {
             match action {
                 DemoAction::Down => {
                     demo.down().await?;
-                    if !output.json {
+                    if output.json {
+                        print_json(&serde_json::json!({ "removed": prefix }))
+                    } else {
                         out!("demo removed");
+                        Ok(())
                     }
-                    Ok(())
                 }
                 DemoAction::Up | DemoAction::Status => {
                     let report = if matches!(action, DemoAction::Up) {

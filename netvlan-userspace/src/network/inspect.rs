@@ -127,8 +127,9 @@ pub fn list_rows(records: &[NetworkRecord]) -> Vec<[String; 4]> {
         .collect()
 }
 
-/// `network ls --filter KEY=VALUE`, as Docker reads them: values of one
-/// key are alternatives, different keys must all match.
+/// `network ls --filter KEY=VALUE`, as Docker reads them: several
+/// driver, name or id values are alternatives, every label must match, and
+/// so must every kind of filter given.
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
     drivers: Vec<String>,
