@@ -13,8 +13,11 @@
 //! - Point-to-point subnets (IPv4 /31 and /32, IPv6 /127 and /128) have no
 //!   network or broadcast address (RFC 3021, RFC 6164): every address is
 //!   usable. The default gateway still takes the first one, so a /32 or /128
-//!   with a gateway has nothing left to allocate (an exhaustion error, not a
-//!   panic). Build it with [`GatewayPolicy::None`] to hand out its address.
+//!   with a gateway has nothing left to allocate. Build it with
+//!   [`GatewayPolicy::None`] to hand out its address.
+//! - A subnet with no address left once the network and broadcast
+//!   addresses, the gateway and the aux-addresses are set aside is refused
+//!   when the network is created, saying how many addresses it has.
 //! - Default gateway: the subnet's first usable address that is not an
 //!   aux-address (Docker takes the first free address, which lies in the
 //!   ip-range when one is given; the subnet's first address is what users
@@ -172,6 +175,16 @@ pub enum IpamError {
     Exhausted { family: Family, pools: SubnetList },
     #[error("{addr} is not allocated")]
     NotAllocated { addr: IpAddr },
+    #[error(
+        "subnet {subnet} is too small to hold an endpoint: it has {size} address{}, all set aside ({taken}); use a shorter prefix",
+        if *.size == 1 { "" } else { "es" }
+    )]
+    SubnetTooSmall {
+        subnet: IpNet,
+        size: u128,
+        /// What takes each of its addresses, e.g. "10.0.0.1 the gateway".
+        taken: String,
+    },
 }
 
 /// Parses `--subnet` / `--ip-range` text. Host bits are checked later, by
@@ -298,6 +311,44 @@ impl SubnetConfig {
             aux: BTreeMap::new(),
         };
         bare.reserved_reason(addr)
+    }
+
+    /// How many addresses the subnet has (saturating for a huge IPv6 one).
+    fn size(&self) -> u128 {
+        let host_bits = u32::from(self.subnet.max_prefix_len() - self.subnet.prefix_len());
+        1u128.checked_shl(host_bits).unwrap_or(u128::MAX)
+    }
+
+    /// Refuses a subnet whose every address is set aside (network,
+    /// broadcast, gateway, aux-addresses): no endpoint could ever join.
+    fn check_room(&self) -> Result<(), IpamError> {
+        let size = self.size();
+        // Edge addresses, the gateway and aux entries are distinct here.
+        let reserved = 2 + usize::from(self.gateway.is_some()) + self.aux.len();
+        if size > reserved as u128 {
+            return Ok(());
+        }
+        let family = self.family();
+        let taken: Vec<String> = (self.first()..=self.last())
+            .filter_map(|value| {
+                let addr = from_u128(family, value);
+                let what = match self.reserved_reason(&addr)? {
+                    Reserved::NetworkAddress => "the network address".to_string(),
+                    Reserved::Broadcast => "the broadcast address".to_string(),
+                    Reserved::Gateway => "the gateway".to_string(),
+                    Reserved::Aux(name) => format!("aux-address '{name}'"),
+                };
+                Some(format!("{addr} {what}"))
+            })
+            .collect();
+        if (taken.len() as u128) < size {
+            return Ok(());
+        }
+        Err(IpamError::SubnetTooSmall {
+            subnet: self.subnet,
+            size,
+            taken: taken.join(", "),
+        })
     }
 
     /// The pool automatic allocation draws from.
@@ -500,6 +551,9 @@ impl IpamConfig {
                     sc.gateway = sc.default_gateway();
                 }
             }
+        }
+        for sc in &out {
+            sc.check_room()?;
         }
         Ok(IpamConfig { subnets: out })
     }
@@ -1239,15 +1293,42 @@ mod tests {
     }
 
     #[test]
-    fn slash_32_with_gateway_has_nothing_to_allocate() {
-        let mut st = state(&["10.9.9.9/32"], &[], &[], &[]);
-        assert_eq!(st.config().subnets()[0].gateway, Some(ip("10.9.9.9")));
-        let err = st
-            .allocate(Request::Any(Family::V4))
-            .expect_err("/32 is the gateway");
-        assert_eq!(err.to_string(), "no free address left in 10.9.9.9/32");
-        let err = request_err(&mut st, "10.9.9.9");
-        assert_eq!(err.to_string(), "10.9.9.9 is the gateway of 10.9.9.9/32");
+    fn slash_32_with_gateway_is_refused_as_too_small() {
+        let err = config(&["10.9.9.9/32"], &[], &[], &[], GatewayPolicy::FirstUsable)
+            .expect_err("/32 is all gateway");
+        assert_eq!(
+            err.to_string(),
+            "subnet 10.9.9.9/32 is too small to hold an endpoint: it has 1 address, \
+             all set aside (10.9.9.9 the gateway); use a shorter prefix"
+        );
+    }
+
+    #[test]
+    fn subnet_filled_by_reserved_addresses_is_refused() {
+        let err = config(
+            &["10.0.0.0/30"],
+            &[],
+            &[],
+            &[("router", "10.0.0.2")],
+            GatewayPolicy::FirstUsable,
+        )
+        .expect_err("net, gateway, aux and broadcast fill a /30");
+        assert_eq!(
+            err,
+            IpamError::SubnetTooSmall {
+                subnet: "10.0.0.0/30".parse().unwrap(),
+                size: 4,
+                taken: "10.0.0.0 the network address, 10.0.0.1 the gateway, \
+                        10.0.0.2 aux-address 'router', 10.0.0.3 the broadcast address"
+                    .into(),
+            }
+        );
+        assert!(err.to_string().contains("it has 4 addresses"), "{err}");
+        // One address left is enough.
+        let mut st = state(&["10.0.0.0/30"], &[], &[], &[]);
+        assert_eq!(any4(&mut st), ip("10.0.0.2"));
+        // A huge IPv6 subnet never overflows the count.
+        assert!(config(&["::/0"], &[], &[], &[], GatewayPolicy::FirstUsable).is_ok());
     }
 
     #[test]
@@ -1278,10 +1359,9 @@ mod tests {
         let mut st = state(&["fd00::/127"], &[], &[], &[]);
         assert_eq!(st.config().subnets()[0].gateway, Some(ip("fd00::")));
         assert_eq!(st.allocate(Request::Any(Family::V6)), Ok(ip("fd00::1")));
-        let mut st = state(&["fd00::7/128"], &[], &[], &[]);
         assert!(matches!(
-            st.allocate(Request::Any(Family::V6)),
-            Err(IpamError::Exhausted { .. })
+            config(&["fd00::7/128"], &[], &[], &[], GatewayPolicy::FirstUsable),
+            Err(IpamError::SubnetTooSmall { size: 1, .. })
         ));
     }
 

@@ -108,6 +108,9 @@ pub struct LinkOptions {
     pub alias: Option<String>,
 }
 
+/// How every alias netvlan gives its own links begins (`netvlan:ID`).
+pub const OWNER_ALIAS_PREFIX: &str = "netvlan:";
+
 /// A link netvlan creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NewLink {

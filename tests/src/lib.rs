@@ -376,6 +376,12 @@ impl Lan {
         self.netvlan(&["network", "inspect", name]).ok().json()[0].clone()
     }
 
+    /// The `Containers` entry of the endpoint of `sandbox` (as connected)
+    /// in `network inspect NAME`; entries are keyed by endpoint id.
+    pub fn inspect_container(&self, network: &str, sandbox: &str) -> serde_json::Value {
+        container_entry(&self.inspect(network), sandbox)
+    }
+
     /// Names of every link in the host namespace.
     pub fn host_links(&self) -> Vec<String> {
         let out = self.host.exec("ip", &["-j", "link", "show"]);
@@ -396,6 +402,18 @@ impl Lan {
             Netns::new("nctr")
         }
     }
+}
+
+/// The `Containers` entry named `sandbox` in one network's inspect
+/// object (Docker keys them by id; `Name` is the sandbox).
+pub fn container_entry(inspect: &serde_json::Value, sandbox: &str) -> serde_json::Value {
+    inspect["Containers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("inspect has no Containers object: {inspect:#}"))
+        .values()
+        .find(|entry| entry["Name"] == sandbox)
+        .unwrap_or_else(|| panic!("no endpoint of {sandbox} in inspect: {inspect:#}"))
+        .clone()
 }
 
 /// The `netvlan` binary under test.

@@ -2,7 +2,7 @@
 //! is wired to a "switch" namespace holding an external host, containers
 //! as namespaces, and `netvlan network …` / `connect` run in the host.
 
-use netvlan_tests::{require_kernel_feature, KernelFeature, Lan, Netns, Run};
+use netvlan_tests::{container_entry, require_kernel_feature, KernelFeature, Lan, Netns, Run};
 use serde_json::Value;
 
 #[test]
@@ -58,8 +58,9 @@ fn bridge_network_gives_docker_addresses_and_reaches_the_lan() {
     assert_eq!(inspect["IPAM"]["Config"][0]["Gateway"], "172.16.86.1");
     let containers = inspect["Containers"].as_object().unwrap();
     assert_eq!(containers.len(), 2);
-    assert_eq!(containers[c2.name()]["IPv4Address"], "172.16.86.3/24");
-    assert_eq!(containers[c2.name()]["MacAddress"], "02:42:ac:10:56:03");
+    let c2_entry = container_entry(&inspect, c2.name());
+    assert_eq!(c2_entry["IPv4Address"], "172.16.86.3/24");
+    assert_eq!(c2_entry["MacAddress"], "02:42:ac:10:56:03");
 
     // The datapath counts the containers' traffic on the parent.
     let stats = lan.netvlan(&["stats", "--json"]).ok().json();
@@ -383,7 +384,7 @@ fn eight_concurrent_connects_get_distinct_addresses() {
     let inspect = lan.inspect("busy");
     assert_eq!(inspect["Containers"].as_object().unwrap().len(), 8);
     for c in &containers {
-        let addr = inspect["Containers"][c.name()]["IPv4Address"]
+        let addr = container_entry(&inspect, c.name())["IPv4Address"]
             .as_str()
             .unwrap()
             .split('/')
@@ -422,10 +423,7 @@ fn dual_stack_network_gives_ipv6_address_and_route() {
         inspect["EnableIPv6"], true,
         "IPv6 is inferred from the IPv6 subnet"
     );
-    assert!(
-        inspect["Options"]["netvlan.ipv6_inferred"].is_string(),
-        "{inspect:#}"
-    );
+    assert_eq!(inspect["Netvlan"]["IPv6Inferred"], true, "{inspect:#}");
     let c = lan.container(true);
     let run = lan
         .netvlan(&["connect", "--json", "dual", c.name()])
@@ -450,9 +448,10 @@ fn vlan_networks_reach_their_vlan_only_and_remove_their_sub_interfaces() {
     let lan = Lan::new(false);
     // The switch side: one external host per VLAN, each its own namespace
     // (one namespace holding both addresses would answer ARP on either
-    // VLAN), in the same subnet so only the VLAN separates them.
+    // VLAN), all on one /24 so only the VLAN separates them. The networks
+    // split it in two halves: networks' subnets never overlap.
     let externals = [Netns::new("next"), Netns::new("next")];
-    let plan = [("10", "192.168.50.254/24"), ("20", "192.168.50.253/24")];
+    let plan = [("10", "192.168.50.126/24"), ("20", "192.168.50.253/24")];
     for ((vid, addr), host) in plan.into_iter().zip(&externals) {
         let dev = format!("peer0.{vid}");
         let add = [
@@ -464,18 +463,13 @@ fn vlan_networks_reach_their_vlan_only_and_remove_their_sub_interfaces() {
         host.exec("ip", &["addr", "add", addr, "dev", &dev]);
         host.exec("ip", &["link", "set", &dev, "up"]);
     }
-    for (vid, name) in [("10", "v10"), ("20", "v20")] {
+    for (vid, name, subnet) in [
+        ("10", "v10", "192.168.50.0/25"),
+        ("20", "v20", "192.168.50.128/25"),
+    ] {
         let parent = format!("parent=eth0.{vid}");
-        lan.netvlan(&[
-            "network",
-            "create",
-            "--subnet",
-            "192.168.50.0/24",
-            "-o",
-            &parent,
-            name,
-        ])
-        .ok();
+        lan.netvlan(&["network", "create", "--subnet", subnet, "-o", &parent, name])
+            .ok();
     }
     let vlan = lan.host.link_json("eth0.10");
     assert_eq!(vlan["linkinfo"]["info_data"]["id"], 10, "{vlan:#}");
@@ -491,15 +485,18 @@ fn vlan_networks_reach_their_vlan_only_and_remove_their_sub_interfaces() {
         .ok();
     lan.netvlan(&["connect", "--ip", "192.168.50.11", "v10", b.name()])
         .ok();
-    lan.netvlan(&["connect", "--ip", "192.168.50.20", "v20", c.name()])
+    lan.netvlan(&["connect", "--ip", "192.168.50.130", "v20", c.name()])
         .ok();
+    // The other half of the /24 on-link too: a ARPs for VLAN 20's
+    // addresses on its own wire, and only the VLAN keeps it out.
+    a.exec("ip", &["route", "add", "192.168.50.128/25", "dev", "eth0"]);
     assert!(a.can_ping("192.168.50.11"), "same VLAN must be reachable");
     assert!(
-        a.can_ping("192.168.50.254"),
+        a.can_ping("192.168.50.126"),
         "the VLAN 10 external host must be reachable"
     );
     assert!(
-        !a.can_ping("192.168.50.20"),
+        !a.can_ping("192.168.50.130"),
         "VLAN 10 reached a VLAN 20 container"
     );
     assert!(

@@ -1,6 +1,10 @@
 //! The `netvlan` command.
 
-use std::path::PathBuf;
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -11,9 +15,20 @@ use netvlan::{
         upgrade::UpgradeOutcome,
         AttachMode, AttachOutcome, AttachmentStatus, Datapath, DEFAULT_BPF_DIR,
     },
-    network::{self, ConnectRequest, CreateRequest, Driver, Manager},
+    network::{self, ConnectRequest, CreateRequest, Driver, ListFilter, Manager},
     store::{Store, DEFAULT_STATE_DIR},
 };
+
+/// `println!` that survives a closed stdout (see [`write_stdout`]).
+macro_rules! out {
+    () => { write_stdout(format_args!("")) };
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that survives a closed stderr.
+macro_rules! err {
+    ($($arg:tt)*) => { write_stderr(format_args!($($arg)*)) };
+}
 
 /// Containers straight on the physical network (macvlan, ipvlan, 802.1Q),
 /// with an eBPF datapath that counts every frame by VLAN and MAC.
@@ -25,39 +40,30 @@ use netvlan::{
 #[command(name = "netvlan", version, propagate_version = true)]
 struct Cli {
     /// Where the datapath's programs and maps are pinned (on a bpffs).
-    #[arg(long, global = true, env = "NETVLAN_BPF_DIR", default_value = DEFAULT_BPF_DIR)]
+    #[arg(long, global = true, env = "NETVLAN_BPF_DIR", default_value = DEFAULT_BPF_DIR, value_name = "DIR", help_heading = GLOBAL)]
     bpf_dir: PathBuf,
     /// Where networks and endpoints are stored.
-    #[arg(long, global = true, env = "NETVLAN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    #[arg(long, global = true, env = "NETVLAN_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR", help_heading = GLOBAL)]
     state_dir: PathBuf,
     /// More detail on stderr (-v info, -vv debug). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The `--help` heading of the flags every command takes.
+const GLOBAL: &str = "Global options";
 
 #[derive(Subcommand)]
 enum Command {
     /// Create, list, inspect and remove macvlan/ipvlan networks.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// Connect a sandbox (network namespace) to a network.
-    ///
-    /// SANDBOX is a name from `ip netns`, a namespace file path
-    /// (/proc/PID/ns/net) or pid:PID. The endpoint link is created on the
-    /// network's parent, moved into the sandbox, named eth0 (--ifname),
-    /// given its address(es) and a default route via the gateway.
-    /// Example: netvlan connect --ip 172.16.86.10 lan web1
-    #[command(verbatim_doc_comment)]
+    /// Same as `netvlan network connect`.
     Connect(ConnectArgs),
-    /// Disconnect a sandbox: delete its link, return its addresses.
-    Disconnect {
-        network: String,
-        sandbox: String,
-        #[command(flatten)]
-        output: Output,
-    },
+    /// Same as `netvlan network disconnect`.
+    Disconnect(DisconnectArgs),
     /// Attach, detach and inspect the XDP datapath on interfaces.
     #[command(subcommand)]
     Datapath(DatapathCommand),
@@ -68,7 +74,7 @@ enum Command {
         #[command(subcommand)]
         action: DemoAction,
         /// Name prefix of the demo's namespaces.
-        #[arg(long, default_value = netvlan::demo::DEFAULT_PREFIX, global = true)]
+        #[arg(long, default_value = netvlan::demo::DEFAULT_PREFIX, value_name = "PREFIX", global = true)]
         prefix: String,
         #[command(flatten)]
         output: Output,
@@ -113,6 +119,7 @@ enum DatapathCommand {
     },
     /// Detach the XDP program from IFACE and remove its pins and counters.
     Detach {
+        /// Interface in the current network namespace.
         iface: String,
         #[command(flatten)]
         output: Output,
@@ -166,8 +173,10 @@ enum PolicyCommand {
     ///   netvlan policy set lan max_macs=64 max_macs_action=count
     #[command(verbatim_doc_comment)]
     Set {
+        /// The network whose policy changes.
         network: String,
-        #[arg(required = true)]
+        /// KEY=VALUE settings (see above); the others stay as they are.
+        #[arg(required = true, value_name = "KEY=VALUE")]
         settings: Vec<String>,
         #[command(flatten)]
         output: Output,
@@ -195,22 +204,62 @@ enum NetworkCommand {
     #[command(verbatim_doc_comment)]
     Create(CreateArgs),
     /// List networks.
+    ///
+    /// Filters (Docker's): driver=macvlan|ipvlan, name=SUBSTRING,
+    /// label=KEY or label=KEY=VALUE, id=PREFIX. Several driver, name or
+    /// id values are alternatives; every label given must match, and so
+    /// must every kind of filter given.
+    /// Example: netvlan network ls -q --filter label=team=web
+    #[command(verbatim_doc_comment)]
     Ls {
+        /// Only the network ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// KEY=VALUE; repeat for more.
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
-    /// Show networks as Docker-shaped JSON.
+    /// Show networks as Docker-shaped JSON (always JSON; --json is accepted).
+    ///
+    /// Networks that do not exist are reported on stderr, after the ones
+    /// that do are printed, and the command exits 1.
     Inspect {
-        #[arg(required = true)]
+        /// Network names.
+        #[arg(required = true, value_name = "NETWORK")]
         names: Vec<String>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Remove networks (they must have no endpoints).
     Rm {
-        #[arg(required = true)]
+        /// Network names.
+        #[arg(required = true, value_name = "NETWORK")]
         names: Vec<String>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Remove every network without endpoints.
-    Prune,
+    ///
+    /// Asks first when stdin is a terminal; otherwise needs -f.
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Connect a sandbox (network namespace) to a network.
+    ///
+    /// The endpoint link is created on the network's parent, moved into the
+    /// sandbox, named eth0 (--ifname), given its address(es) and a default
+    /// route via the gateway.
+    /// Example: netvlan network connect --ip 172.16.86.10 lan web1
+    #[command(verbatim_doc_comment)]
+    Connect(ConnectArgs),
+    /// Disconnect a sandbox: delete its link, return its addresses.
+    Disconnect(DisconnectArgs),
 }
 
 #[derive(Args)]
@@ -240,8 +289,13 @@ struct CreateArgs {
     /// ipvlan_mode=l2|l3|l3s, ipvlan_flag=bridge|private|vepa, mtu=N,
     /// spoofcheck=on|off; and the policy settings of `netvlan policy set`
     /// (unknown_dst, vlans, mac_deny, max_macs, max_macs_action).
-    #[arg(short = 'o', long = "opt")]
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     opt: Vec<String>,
+    /// Metadata KEY=VALUE (shown by inspect, matched by `ls --filter label=`);
+    /// repeat for more.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// Name of the new network.
     name: String,
     #[command(flatten)]
     output: Output,
@@ -261,7 +315,19 @@ struct ConnectArgs {
     /// Interface name inside the sandbox.
     #[arg(long, default_value = "eth0")]
     ifname: String,
+    /// The network to join.
     network: String,
+    /// A name from `ip netns`, a namespace file path (/proc/PID/ns/net) or pid:PID.
+    sandbox: String,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct DisconnectArgs {
+    /// The network to leave.
+    network: String,
+    /// The sandbox as it was connected (name, path or pid:PID).
     sandbox: String,
     #[command(flatten)]
     output: Output,
@@ -292,10 +358,49 @@ fn main() {
         .enable_all()
         .build()
         .expect("a current-thread tokio runtime can always be built");
-    if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("error: {e:#}");
+    let result = runtime.block_on(run(cli));
+    if let Err(e) = result {
+        err!("error: {e:#}");
         std::process::exit(1);
     }
+    if STDOUT_FAILED.load(Ordering::Relaxed) {
+        std::process::exit(1);
+    }
+}
+
+/// Set when stdout stops taking output: nothing more is written there.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// Set when that was an error worth an exit status (not a closed pipe).
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// One line on stdout. A reader that went away (`netvlan network ls |
+/// head`) is no error: the command still does all its work and exits as
+/// it would have, its output going nowhere. Any other write error is
+/// reported once and makes the exit status 1.
+fn write_stdout(line: std::fmt::Arguments) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            err!("error: cannot write to stdout: {e}");
+        }
+    }
+}
+
+/// One line on stderr; a closed stderr is ignored (never a panic).
+fn write_stderr(line: std::fmt::Arguments) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(line)
+        .and_then(|()| stderr.write_all(b"\n"));
 }
 
 fn init_tracing(verbose: u8) {
@@ -306,8 +411,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal, never in logs or pipes.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
@@ -372,7 +479,7 @@ async fn run(cli: Cli) -> Result<()> {
         let (manager, recovered) =
             Manager::open(Store::open(&state_dir)?, Datapath::open(&bpf_dir)?).await?;
         for line in recovered {
-            eprintln!("note: {line}");
+            err!("note: {line}");
         }
         Ok::<Manager, anyhow::Error>(manager)
     };
@@ -388,14 +495,16 @@ async fn run(cli: Cli) -> Result<()> {
             match action {
                 DemoAction::Down => {
                     demo.down().await?;
-                    if !output.json {
-                        println!("demo removed");
+                    if output.json {
+                        print_json(&serde_json::json!({ "removed": prefix }))
+                    } else {
+                        out!("demo removed");
+                        Ok(())
                     }
-                    Ok(())
                 }
                 DemoAction::Up | DemoAction::Status => {
                     let report = if matches!(action, DemoAction::Up) {
-                        eprintln!("building the demo lab in namespaces {prefix}-* ...");
+                        err!("building the demo lab in namespaces {prefix}-* ...");
                         demo.up().await?
                     } else {
                         demo.status().await?
@@ -418,7 +527,7 @@ async fn run(cli: Cli) -> Result<()> {
             if output.json {
                 print_json(&network::inspect(&record))
             } else {
-                println!("policy of {} updated and enforced", record.name);
+                out!("policy of {} updated and enforced", record.name);
                 Ok(())
             }
         }
@@ -428,12 +537,12 @@ async fn run(cli: Cli) -> Result<()> {
             if output.json {
                 print_json(&serde_json::json!({ "actions": actions }))?;
             } else if actions.is_empty() {
-                println!("everything is in place; nothing to restore");
+                out!("everything is in place; nothing to restore");
             } else {
                 for a in &actions {
                     match &a.error {
-                        None => println!("{}: {}", a.network, a.action),
-                        Some(e) => println!("{}: {} FAILED: {e}", a.network, a.action),
+                        None => out!("{}: {}", a.network, a.action),
+                        Some(e) => out!("{}: {} FAILED: {e}", a.network, a.action),
                     }
                 }
             }
@@ -442,61 +551,125 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Network(cmd) => network_command(&manager().await?, cmd).await,
-        Command::Connect(args) => {
-            let (record, endpoint) = manager()
-                .await?
-                .connect(ConnectRequest {
-                    network: args.network,
-                    sandbox: args.sandbox,
-                    ip: args.ip,
-                    ip6: args.ip6,
-                    mac: args.mac,
-                    ifname: Some(args.ifname),
-                })
-                .await?;
-            if args.output.json {
-                print_json(&serde_json::json!({ "network": record.name, "endpoint": endpoint }))
-            } else {
-                let addrs: Vec<String> = endpoint
-                    .ipv4
-                    .iter()
-                    .chain(endpoint.ipv6.iter())
-                    .map(|n| n.to_string())
-                    .collect();
-                println!(
-                    "connected {} to {}: {} {} {}",
-                    endpoint.sandbox,
-                    record.name,
-                    endpoint.ifname,
-                    endpoint.mac,
-                    addrs.join(" ")
-                );
-                Ok(())
+        Command::Network(cmd) => {
+            if let NetworkCommand::Prune { force, .. } = &cmd {
+                if !confirm_prune(*force)? {
+                    err!("nothing removed");
+                    return Ok(());
+                }
             }
+            network_command(&manager().await?, cmd).await
         }
-        Command::Disconnect {
-            network,
-            sandbox,
-            output,
-        } => {
-            let endpoint = manager().await?.disconnect(&network, &sandbox).await?;
-            if output.json {
-                print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
-            } else {
-                println!("disconnected {} from {network}", endpoint.sandbox);
-                Ok(())
-            }
-        }
+        Command::Connect(args) => connect_command(&manager().await?, args).await,
+        Command::Disconnect(args) => disconnect_command(&manager().await?, args).await,
     }
 }
 
+async fn connect_command(manager: &Manager, args: ConnectArgs) -> Result<()> {
+    let (record, endpoint) = manager
+        .connect(ConnectRequest {
+            network: args.network,
+            sandbox: args.sandbox,
+            ip: args.ip,
+            ip6: args.ip6,
+            mac: args.mac,
+            ifname: Some(args.ifname),
+        })
+        .await?;
+    if args.output.json {
+        return print_json(&serde_json::json!({ "network": record.name, "endpoint": endpoint }));
+    }
+    let addrs: Vec<String> = endpoint
+        .ipv4
+        .iter()
+        .chain(endpoint.ipv6.iter())
+        .map(|n| n.to_string())
+        .collect();
+    out!(
+        "connected {} to {}: {} {} {}",
+        endpoint.sandbox,
+        record.name,
+        endpoint.ifname,
+        endpoint.mac,
+        addrs.join(" ")
+    );
+    Ok(())
+}
+
+async fn disconnect_command(manager: &Manager, args: DisconnectArgs) -> Result<()> {
+    let network = args.network;
+    let endpoint = manager.disconnect(&network, &args.sandbox).await?;
+    if args.output.json {
+        print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
+    } else {
+        out!("disconnected {} from {network}", endpoint.sandbox);
+        Ok(())
+    }
+}
+
+/// `network prune` removes things: a person at a terminal confirms, a
+/// script says `-f`. Anything else is refused before anything is touched.
+fn confirm_prune(force: bool) -> Result<bool> {
+    if force {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "network prune removes every network without endpoints and stdin is not a terminal to ask on: \
+             pass -f (--force) to confirm; nothing was removed"
+        );
+    }
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(
+        stderr,
+        "WARNING! This will remove all networks without endpoints.\nAre you sure you want to continue? [y/N] "
+    );
+    let _ = stderr.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer from stdin")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(value).context("serialising output")?
     );
     Ok(())
+}
+
+/// A table whose columns are as wide as their widest cell (names can be
+/// 64 characters). Columns listed in `right` are right-aligned (numbers).
+fn print_table(indent: &str, header: &[&str], rows: &[Vec<String>], right: &[usize]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::from(indent);
+        let last = cells.len() - 1;
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if right.contains(&i) {
+                text.push_str(&format!("{cell:>width$}"));
+            } else if i == last {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}"));
+            }
+            if i != last {
+                text.push_str("  ");
+            }
+        }
+        out!("{}", text.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }
 
 async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<()> {
@@ -521,7 +694,7 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
                     "native_refused": fallback,
                 }))?;
             } else if changed {
-                println!(
+                out!(
                     "attached to {} (ifindex {}) in {} mode, program id {}; pinned at {}",
                     attachment.ifname,
                     attachment.ifindex,
@@ -530,12 +703,14 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
                     attachment.pin_dir.display()
                 );
                 if let Some(reason) = fallback {
-                    println!("note: native XDP was refused ({reason}); generic mode is slower but sees the same frames");
+                    out!("note: native XDP was refused ({reason}); generic mode is slower but sees the same frames");
                 }
             } else {
-                println!(
+                out!(
                     "already attached to {} in {} mode (program id {}); nothing to do",
-                    attachment.ifname, attachment.mode, attachment.prog_id
+                    attachment.ifname,
+                    attachment.mode,
+                    attachment.prog_id
                 );
             }
         }
@@ -544,9 +719,10 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
             if output.json {
                 print_json(&serde_json::json!({ "detached": attachment }))?;
             } else {
-                println!(
+                out!(
                     "detached from {} (program id {}); its counters are gone",
-                    attachment.ifname, attachment.prog_id
+                    attachment.ifname,
+                    attachment.prog_id
                 );
             }
         }
@@ -567,11 +743,11 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
             if output.json {
                 print_json(&serde_json::json!({ "upgrades": outcomes }))?;
             } else if outcomes.is_empty() {
-                println!("no interface has netvlan's datapath attached; nothing to upgrade");
+                out!("no interface has netvlan's datapath attached; nothing to upgrade");
             }
             for outcome in outcomes.iter().filter(|_| !output.json) {
                 match outcome {
-                    UpgradeOutcome::Current { ifname, prog_id } => println!(
+                    UpgradeOutcome::Current { ifname, prog_id } => out!(
                         "{ifname}: already runs this build (program id {prog_id}); nothing to do"
                     ),
                     UpgradeOutcome::Replaced {
@@ -580,11 +756,11 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
                         new_prog_id,
                         new_maps,
                     } => {
-                        println!(
+                        out!(
                             "{ifname}: program {old_prog_id} replaced by {new_prog_id} in place; counters and policy kept"
                         );
                         if !new_maps.is_empty() {
-                            println!("  new maps, starting empty: {}", new_maps.join(", "));
+                            out!("  new maps, starting empty: {}", new_maps.join(", "));
                         }
                     }
                 }
@@ -595,14 +771,14 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
             if output.json {
                 print_json(&serde_json::json!({ "removed": removed }))?;
             } else if removed.is_empty() {
-                println!("nothing stale to remove");
+                out!("nothing stale to remove");
             } else {
                 for status in &removed {
                     if let AttachmentStatus::Stale {
                         ifindex, pin_dir, ..
                     } = status
                     {
-                        println!(
+                        out!(
                             "removed stale pins of ifindex {ifindex}: {}",
                             pin_dir.display()
                         );
@@ -628,112 +804,195 @@ async fn network_command(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
                     ipv6: args.ipv6,
                     internal: args.internal,
                     options: args.opt,
+                    labels: args.label,
                 })
                 .await?;
             if args.output.json {
                 print_json(&network::inspect(&record))?;
             } else {
-                println!("{}", record.id);
+                out!("{}", record.id);
                 if record.ipv6_inferred {
-                    eprintln!("note: IPv6 enabled because an IPv6 subnet was given");
+                    err!("note: IPv6 enabled because an IPv6 subnet was given");
                 }
             }
         }
-        NetworkCommand::Ls { output } => {
-            let records = manager.networks()?;
+        NetworkCommand::Ls {
+            quiet,
+            filter,
+            output,
+        } => {
+            let filter = ListFilter::parse(&filter)?;
+            let records: Vec<_> = manager
+                .networks()?
+                .into_iter()
+                .filter(|r| filter.matches(r))
+                .collect();
             if output.json {
                 let list: Vec<_> = records.iter().map(network::inspect).collect();
                 print_json(&list)?;
+            } else if quiet {
+                for record in &records {
+                    out!("{}", &record.id[..12]);
+                }
             } else {
-                println!("{:<14}{:<24}{:<10}SCOPE", "NETWORK ID", "NAME", "DRIVER");
-                for [id, name, driver, scope] in network::list_rows(&records) {
-                    println!("{id:<14}{name:<24}{driver:<10}{scope}");
+                let rows: Vec<Vec<String>> = network::list_rows(&records)
+                    .into_iter()
+                    .map(Vec::from)
+                    .collect();
+                print_table("", &["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows, &[]);
+            }
+        }
+        NetworkCommand::Inspect { names, output: _ } => {
+            // As Docker: print what exists, then fail naming what does not.
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for name in &names {
+                match manager.network(name) {
+                    Ok(record) => found.push(network::inspect(&record)),
+                    Err(e) => missing.push(format!("{e:#}")),
                 }
             }
-        }
-        NetworkCommand::Inspect { names } => {
-            let mut out = Vec::new();
-            for name in &names {
-                out.push(network::inspect(&manager.network(name)?));
+            print_json(&found)?;
+            if !missing.is_empty() {
+                anyhow::bail!("{}", missing.join("\nerror: "));
             }
-            print_json(&out)?;
         }
-        NetworkCommand::Rm { names } => {
+        NetworkCommand::Rm { names, output } => {
+            let mut removed = Vec::new();
             let mut failed = Vec::new();
             for name in &names {
                 match manager.remove(name).await {
-                    Ok(record) => println!("{}", record.name),
-                    Err(e) => failed.push(format!("{e:#}")),
+                    Ok(record) => {
+                        if !output.json {
+                            out!("{}", record.name);
+                        }
+                        removed.push(record.name);
+                    }
+                    Err(e) => failed.push((name.clone(), format!("{e:#}"))),
                 }
             }
-            if !failed.is_empty() {
-                anyhow::bail!("{}", failed.join("\n"));
-            }
+            finish_removal(output, &removed, &failed)?;
         }
-        NetworkCommand::Prune => {
+        NetworkCommand::Prune { force: _, output } => {
+            let mut removed = Vec::new();
+            let mut failed = Vec::new();
             for record in manager.networks()? {
                 if record.endpoints.is_empty() {
-                    manager.remove(&record.name).await?;
-                    println!("removed {}", record.name);
+                    match manager.remove(&record.name).await {
+                        Ok(_) => {
+                            if !output.json {
+                                out!("removed {}", record.name);
+                            }
+                            removed.push(record.name);
+                        }
+                        Err(e) => failed.push((record.name, format!("{e:#}"))),
+                    }
                 }
             }
+            if removed.is_empty() && failed.is_empty() && !output.json {
+                out!("no network without endpoints; nothing removed");
+            }
+            finish_removal(output, &removed, &failed)?;
         }
+        NetworkCommand::Connect(args) => connect_command(manager, args).await?,
+        NetworkCommand::Disconnect(args) => disconnect_command(manager, args).await?,
+    }
+    Ok(())
+}
+
+/// The end of `network rm` / `prune`: the JSON report, and an error
+/// naming every network that could not be removed.
+fn finish_removal(output: Output, removed: &[String], failed: &[(String, String)]) -> Result<()> {
+    if output.json {
+        let errors: Vec<_> = failed
+            .iter()
+            .map(|(network, error)| serde_json::json!({ "network": network, "error": error }))
+            .collect();
+        print_json(&serde_json::json!({ "removed": removed, "errors": errors }))?;
+    }
+    if !failed.is_empty() {
+        let messages: Vec<&str> = failed.iter().map(|(_, e)| e.as_str()).collect();
+        anyhow::bail!("{}", messages.join("\nerror: "));
     }
     Ok(())
 }
 
 fn print_demo(report: &netvlan::demo::DemoReport) {
-    println!(
+    out!(
         "netvlan demo: netvlan runs in namespace {}",
         report.host_namespace
     );
     if !report.vlan_network {
-        println!("(this kernel has no 802.1Q support: the VLAN network is left out)");
+        out!("(this kernel has no 802.1Q support: the VLAN network is left out)");
     }
-    println!();
-    println!(
-        "{:<18} {:<8} {:<18} {:<18} {:>8} {:>8}",
-        "CONTAINER", "NETWORK", "IPV4", "MAC", "RX PKTS", "RX BYTES"
+    out!();
+    // What the parent's XDP program counted for each container's MAC:
+    // frames that came in from the LAN, not what the container sent.
+    let rows: Vec<Vec<String>> = report
+        .endpoints
+        .iter()
+        .map(|e| {
+            vec![
+                e.sandbox.clone(),
+                e.network.clone(),
+                e.ipv4.clone(),
+                e.mac.clone(),
+                e.rx_packets.to_string(),
+                e.rx_bytes.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        "",
+        &[
+            "CONTAINER",
+            "NETWORK",
+            "IPV4",
+            "MAC",
+            "FRAMES FROM LAN",
+            "BYTES FROM LAN",
+        ],
+        &rows,
+        &[4, 5],
     );
-    for e in &report.endpoints {
-        println!(
-            "{:<18} {:<8} {:<18} {:<18} {:>8} {:>8}",
-            e.sandbox, e.network, e.ipv4, e.mac, e.rx_packets, e.rx_bytes
-        );
-    }
-    println!();
-    println!("Frames on the parent link by VLAN:");
+    out!();
+    out!("Frames on the parent link by VLAN:");
     for v in &report.vlans {
         let label = if v.vlan == 0 {
             "untagged".to_string()
         } else {
             format!("VLAN {}", v.vlan)
         };
-        println!(
+        out!(
             "  {:<10} {:>6} frames {:>8} bytes",
-            label, v.counters.rx_packets, v.counters.rx_bytes
+            label,
+            v.counters.rx_packets,
+            v.counters.rx_bytes
         );
     }
-    println!();
-    println!("Try next:");
+    out!();
+    out!("Try next:");
     for cmd in &report.next {
-        println!("  {cmd}");
+        out!("  {cmd}");
     }
 }
 
 fn print_status(statuses: &[AttachmentStatus]) {
     if statuses.is_empty() {
-        println!("netvlan's datapath is not attached to any interface in this network namespace.");
-        println!("Attach it with: netvlan datapath attach IFACE");
+        out!("netvlan's datapath is not attached to any interface in this network namespace.");
+        out!("Attach it with: netvlan datapath attach IFACE");
         return;
     }
-    println!(
+    out!(
         "{:<16} {:>7} {:<8} {:>7}  PINS",
-        "INTERFACE", "IFINDEX", "MODE", "PROG"
+        "INTERFACE",
+        "IFINDEX",
+        "MODE",
+        "PROG"
     );
     for status in statuses {
         match status {
-            AttachmentStatus::Attached(a) => println!(
+            AttachmentStatus::Attached(a) => out!(
                 "{:<16} {:>7} {:<8} {:>7}  {}",
                 a.ifname,
                 a.ifindex,
@@ -746,7 +1005,7 @@ fn print_status(statuses: &[AttachmentStatus]) {
                 ifname,
                 reason,
                 pin_dir,
-            } => println!(
+            } => out!(
                 "{:<16} {:>7} {:<8} {:>7}  {} (stale: {reason}; `netvlan datapath prune` removes it)",
                 ifname.as_deref().unwrap_or("-"),
                 ifindex,
@@ -827,31 +1086,44 @@ async fn stats_command(
         return print_json(&report);
     }
     if !report.endpoints.is_empty() {
-        println!(
-            "{:<24} {:<12} {:>10} {:>12} {:>10} {:>12} {:>10}",
-            "ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "SPOOFED"
+        // Counted on the endpoint's own link (TC): what reached the
+        // container and what it sent, and the frames anti-spoofing caught.
+        let rows: Vec<Vec<String>> = report
+            .endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    e.endpoint.clone(),
+                    e.network.clone(),
+                    e.egress.rx_packets.to_string(),
+                    e.egress.rx_bytes.to_string(),
+                    e.egress.tx_packets.to_string(),
+                    e.egress.tx_bytes.to_string(),
+                    e.egress.spoofed_packets.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            "",
+            &[
+                "ENDPOINT",
+                "NETWORK",
+                "RECEIVED PKTS",
+                "RECEIVED BYTES",
+                "SENT PKTS",
+                "SENT BYTES",
+                "SPOOFED PKTS",
+            ],
+            &rows,
+            &[2, 3, 4, 5, 6],
         );
-        for e in &report.endpoints {
-            println!(
-                "{:<24} {:<12} {:>10} {:>12} {:>10} {:>12} {:>10}",
-                e.endpoint,
-                e.network,
-                e.egress.rx_packets,
-                e.egress.rx_bytes,
-                e.egress.tx_packets,
-                e.egress.tx_bytes,
-                e.egress.spoofed_packets
-            );
-        }
-        println!();
+        out!();
     }
     if report.interfaces.is_empty() {
-        println!(
-            "no interface has netvlan's datapath attached; try `netvlan datapath attach IFACE`"
-        );
+        out!("no interface has netvlan's datapath attached; try `netvlan datapath attach IFACE`");
     }
     for iface in &report.interfaces {
-        println!(
+        out!(
             "{} (ifindex {}, {} XDP, program {}): {} frames, {} bytes",
             iface.ifname,
             iface.ifindex,
@@ -860,30 +1132,36 @@ async fn stats_command(
             iface.frames.rx_packets,
             iface.frames.rx_bytes
         );
-        println!("  {:<20} {:>12} {:>14}", "VLAN", "PACKETS", "BYTES");
+        out!("  {:<20} {:>12} {:>14}", "VLAN", "PACKETS", "BYTES");
         for v in &iface.vlans {
             let label = if v.vlan == 0 {
                 "untagged".to_string()
             } else {
                 v.vlan.to_string()
             };
-            println!(
+            out!(
                 "  {:<20} {:>12} {:>14}",
-                label, v.counters.rx_packets, v.counters.rx_bytes
+                label,
+                v.counters.rx_packets,
+                v.counters.rx_bytes
             );
         }
-        println!(
+        out!(
             "  {:<20} {:>12} {:>14}",
-            "DESTINATION MAC", "PACKETS", "BYTES"
+            "DESTINATION MAC",
+            "PACKETS",
+            "BYTES"
         );
         for m in &iface.macs {
             let owner = match (&m.network, &m.endpoint) {
                 (Some(n), Some(e)) => format!("  {e} on {n}"),
                 _ => String::new(),
             };
-            println!(
+            out!(
                 "  {:<20} {:>12} {:>14}{owner}",
-                m.mac, m.counters.rx_packets, m.counters.rx_bytes
+                m.mac,
+                m.counters.rx_packets,
+                m.counters.rx_bytes
             );
         }
         let anomalies: Vec<_> = iface
@@ -892,14 +1170,14 @@ async fn stats_command(
             .filter(|(_, c)| c.rx_packets > 0)
             .collect();
         if anomalies.is_empty() && iface.mac_table_full.rx_packets == 0 {
-            println!("  no anomalies");
+            out!("  no anomalies");
         } else {
-            println!("  {:<20} {:>12} {:>14}", "ANOMALY", "PACKETS", "BYTES");
+            out!("  {:<20} {:>12} {:>14}", "ANOMALY", "PACKETS", "BYTES");
             for (name, c) in anomalies {
-                println!("  {:<20} {:>12} {:>14}", name, c.rx_packets, c.rx_bytes);
+                out!("  {:<20} {:>12} {:>14}", name, c.rx_packets, c.rx_bytes);
             }
             if iface.mac_table_full.rx_packets > 0 {
-                println!(
+                out!(
                     "  {:<20} {:>12} {:>14}",
                     "mac_table_full",
                     iface.mac_table_full.rx_packets,
@@ -913,27 +1191,34 @@ async fn stats_command(
             .filter(|(_, c)| c.rx_packets > 0)
             .collect();
         if drops.is_empty() {
-            println!("  nothing dropped by policy");
+            out!("  nothing dropped by policy");
         } else {
-            println!(
+            out!(
                 "  {:<20} {:>12} {:>14}",
-                "DROPPED (POLICY)", "PACKETS", "BYTES"
+                "DROPPED (POLICY)",
+                "PACKETS",
+                "BYTES"
             );
             for (reason, c) in drops {
-                println!("  {:<20} {:>12} {:>14}", reason, c.rx_packets, c.rx_bytes);
+                out!("  {:<20} {:>12} {:>14}", reason, c.rx_packets, c.rx_bytes);
             }
             for d in &iface.vlan_drops {
                 let label = format!("  vlan {} {}", d.vlan, d.reason);
-                println!(
+                out!(
                     "  {:<20} {:>12} {:>14}",
-                    label, d.counters.rx_packets, d.counters.rx_bytes
+                    label,
+                    d.counters.rx_packets,
+                    d.counters.rx_bytes
                 );
             }
         }
         if !iface.mac_guards.is_empty() {
-            println!(
+            out!(
                 "  {:<20} {:>12} {:>14} {:>12}",
-                "MAC GUARD (VLAN)", "LEARNED/MAX", "OVER LIMIT", "ACTION"
+                "MAC GUARD (VLAN)",
+                "LEARNED/MAX",
+                "OVER LIMIT",
+                "ACTION"
             );
             for g in &iface.mac_guards {
                 let label = if g.vlan == 0 {
@@ -952,7 +1237,7 @@ async fn stats_command(
                 if let Some(event) = &g.last_over_limit {
                     line.push_str(&format!("  last: {} {}s ago", event.mac, event.seconds_ago));
                 }
-                println!("{line}");
+                out!("{line}");
             }
         }
     }

@@ -298,7 +298,13 @@ impl Datapath {
             return Err(e);
         }
 
-        if crate::offload::rx_vlan_offload(&link.name).unwrap_or(false) {
+        // Only a real parent carries tags from a wire; netvlan's own links
+        // (an internal network's placeholder) never see a tagged frame.
+        let netvlan_owned = link
+            .alias
+            .as_deref()
+            .is_some_and(|alias| alias.starts_with(crate::netlink::OWNER_ALIAS_PREFIX));
+        if !netvlan_owned && crate::offload::rx_vlan_offload(&link.name).unwrap_or(false) {
             tracing::warn!(
                 "{}: VLAN offload is on, so tagged frames reach XDP untagged and count under VLAN 0; \
                  `ethtool -K {} rxvlan off` makes per-VLAN counters exact",

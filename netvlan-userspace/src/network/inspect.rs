@@ -1,8 +1,8 @@
-//! Docker-shaped views of networks: `inspect` JSON and `ls` rows.
+//! Docker-shaped views of networks: `inspect` JSON, `ls` rows and filters.
 
 use serde_json::{json, Map, Value};
 
-use super::{NetworkRecord, ParentKind};
+use super::{NetworkError, NetworkRecord, ParentKind};
 
 /// `docker network inspect`-shaped JSON for one network.
 pub fn inspect(record: &NetworkRecord) -> Value {
@@ -31,46 +31,63 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             Value::Object(entry)
         })
         .collect();
+    // Docker keys containers by id; an endpoint's id is netvlan's. What
+    // Docker has no field for (the link's name, the sandbox's path) is
+    // under `Netvlan.Endpoints`, keyed the same way.
     let containers: Map<String, Value> = record
         .endpoints
-        .iter()
-        .map(|(key, e)| {
+        .values()
+        .map(|e| {
             (
-                key.clone(),
+                e.id.clone(),
                 json!({
                     "Name": e.sandbox,
                     "EndpointID": e.id,
                     "MacAddress": e.mac,
                     "IPv4Address": e.ipv4.map(|n| n.to_string()).unwrap_or_default(),
                     "IPv6Address": e.ipv6.map(|n| n.to_string()).unwrap_or_default(),
-                    "InterfaceName": e.ifname,
-                    "Sandbox": e.netns_path,
                 }),
             )
         })
         .collect();
-    let mut options: Map<String, Value> = record
+    let endpoints: Map<String, Value> = record
+        .endpoints
+        .values()
+        .map(|e| {
+            (
+                e.id.clone(),
+                json!({
+                    "Sandbox": e.sandbox,
+                    "InterfaceName": e.ifname,
+                    "SandboxPath": e.netns_path,
+                }),
+            )
+        })
+        .collect();
+    let options: Map<String, Value> = record
         .options
         .raw
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    if record.ipv6_inferred {
-        options.insert(
-            "netvlan.ipv6_inferred".into(),
-            json!("true: an IPv6 subnet was given"),
-        );
-    }
     json!({
         "Name": record.name,
         "Id": record.id,
-        "Driver": record.options.driver.to_string(),
+        // Docker's zero time for networks stored before netvlan kept it.
+        "Created": record.created.as_deref().unwrap_or("0001-01-01T00:00:00Z"),
         "Scope": "local",
-        "Internal": record.internal,
+        "Driver": record.options.driver.to_string(),
+        "EnableIPv4": record.ipam.config().has_family(crate::ipam::Family::V4),
         "EnableIPv6": record.enable_ipv6,
-        "IPAM": { "Driver": "default", "Config": config },
-        "Options": options,
+        "IPAM": { "Driver": "default", "Options": {}, "Config": config },
+        "Internal": record.internal,
+        "Attachable": false,
+        "Ingress": false,
+        "ConfigFrom": { "Network": "" },
+        "ConfigOnly": false,
         "Containers": containers,
+        "Options": options,
+        "Labels": record.labels,
         "Netvlan": {
             "Parent": record.parent.link,
             "ParentKind": match &record.parent.kind {
@@ -81,6 +98,9 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             "ParentCreatedByNetvlan": record.parent.created,
             "DatapathOn": record.parent.wire,
             "DatapathOwned": record.datapath_owned,
+            // IPv6 was switched on because an IPv6 subnet was given.
+            "IPv6Inferred": record.ipv6_inferred,
+            "Endpoints": endpoints,
             "Policy": {
                 "UnknownDst": if record.options.policy.unknown_dst_drop { "drop" } else { "pass" },
                 "Vlans": record.options.policy.vlans,
@@ -105,4 +125,134 @@ pub fn list_rows(records: &[NetworkRecord]) -> Vec<[String; 4]> {
             ]
         })
         .collect()
+}
+
+/// `network ls --filter KEY=VALUE`, as Docker reads them: several
+/// driver, name or id values are alternatives, every label must match, and
+/// so must every kind of filter given.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    drivers: Vec<String>,
+    /// Substrings of the name.
+    names: Vec<String>,
+    /// `KEY` (the label is set) or `KEY=VALUE`.
+    labels: Vec<(String, Option<String>)>,
+    /// Prefixes of the id.
+    ids: Vec<String>,
+}
+
+impl ListFilter {
+    pub fn parse(filters: &[String]) -> Result<Self, NetworkError> {
+        let mut filter = ListFilter::default();
+        for text in filters {
+            let bad = |why: &str| NetworkError::BadFilter {
+                filter: text.clone(),
+                reason: why.to_string(),
+            };
+            let (key, value) = text
+                .split_once('=')
+                .ok_or_else(|| bad("expected KEY=VALUE"))?;
+            if value.is_empty() {
+                return Err(bad("the value is empty"));
+            }
+            match key {
+                "driver" => filter.drivers.push(value.to_string()),
+                "name" => filter.names.push(value.to_string()),
+                "id" => filter.ids.push(value.to_string()),
+                "label" => filter.labels.push(match value.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (value.to_string(), None),
+                }),
+                _ => return Err(bad("the keys are driver, name, label and id")),
+            }
+        }
+        Ok(filter)
+    }
+
+    pub fn matches(&self, record: &NetworkRecord) -> bool {
+        let driver = record.options.driver.to_string();
+        (self.drivers.is_empty() || self.drivers.contains(&driver))
+            && (self.names.is_empty() || self.names.iter().any(|n| record.name.contains(n)))
+            && (self.ids.is_empty() || self.ids.iter().any(|i| record.id.starts_with(i)))
+            && self.labels.iter().all(|(key, value)| {
+                record
+                    .labels
+                    .get(key)
+                    .is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        ipam::{GatewayPolicy, IpamConfig, IpamState},
+        network::{Driver, NetworkOptions, Parent},
+    };
+
+    fn record() -> NetworkRecord {
+        let ipam = IpamConfig::from_flags(
+            &["10.1.0.0/24".parse().unwrap()],
+            &[],
+            &[],
+            &[],
+            GatewayPolicy::FirstUsable,
+        )
+        .unwrap();
+        NetworkRecord {
+            id: "ab".repeat(32),
+            name: "lan".into(),
+            options: NetworkOptions::parse(Driver::Macvlan, &["parent=eth0".into()]).unwrap(),
+            parent: Parent {
+                link: "eth0".into(),
+                wire: "eth0".into(),
+                kind: ParentKind::Existing,
+                created: false,
+            },
+            internal: false,
+            enable_ipv6: false,
+            ipv6_inferred: false,
+            ipam: IpamState::new(ipam),
+            endpoints: BTreeMap::new(),
+            datapath_owned: true,
+            created: Some("2026-12-01T06:00:00.5Z".into()),
+            labels: BTreeMap::from([("team".into(), "web".into())]),
+        }
+    }
+
+    #[test]
+    fn a_record_stored_before_created_and_labels_reads_as_docker_zero_values() {
+        let mut stored = serde_json::to_value(record()).unwrap();
+        let fields = stored.as_object_mut().unwrap();
+        fields.remove("created");
+        fields.remove("labels");
+        let old: NetworkRecord = serde_json::from_value(stored).unwrap();
+        let shown = inspect(&old);
+        assert_eq!(shown["Created"], "0001-01-01T00:00:00Z");
+        assert_eq!(shown["Labels"], json!({}));
+    }
+
+    #[test]
+    fn filters_match_as_dockers_do() {
+        let r = record();
+        let matches = |filters: &[&str]| {
+            let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+            ListFilter::parse(&filters).unwrap().matches(&r)
+        };
+        assert!(matches(&[]));
+        assert!(matches(&["driver=macvlan", "name=la", "label=team"]));
+        assert!(
+            matches(&["name=nope", "name=an"]),
+            "one key's values are alternatives"
+        );
+        assert!(!matches(&["label=team=db"]));
+        assert!(!matches(&["driver=ipvlan"]));
+        assert!(matches(&[&format!("id={}", &r.id[..6])]));
+        let err = ListFilter::parse(&["size=3".into()]).unwrap_err();
+        assert!(err.to_string().contains("'size=3'"), "{err}");
+        assert!(ListFilter::parse(&["name=".into()]).is_err());
+    }
 }

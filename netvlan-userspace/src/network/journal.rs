@@ -39,7 +39,7 @@ pub(crate) enum Intent {
 
 /// The alias netvlan gives the links it creates.
 pub(crate) fn owner_alias(id: &str) -> String {
-    format!("netvlan:{id}")
+    format!("{}{id}", crate::netlink::OWNER_ALIAS_PREFIX)
 }
 
 impl Manager {

@@ -26,7 +26,7 @@ use crate::{
     store::{Store, StoreError},
 };
 pub use endpoint::{ConnectRequest, Endpoint};
-pub use inspect::{inspect, list_rows};
+pub use inspect::{inspect, list_rows, ListFilter};
 pub use options::{Driver, NetworkOptions, PolicyOptions};
 pub use restore::RestoreAction;
 use rollback::Rollback;
@@ -46,6 +46,12 @@ pub enum NetworkError {
     Ipv6WithoutSubnet,
     #[error("invalid option: {0}")]
     BadOption(String),
+    #[error("invalid --label '{0}': expected KEY=VALUE with a non-empty KEY")]
+    BadLabel(String),
+    #[error("--label {0} is given more than once")]
+    DuplicateLabel(String),
+    #[error("invalid --filter '{filter}': {reason}")]
+    BadFilter { filter: String, reason: String },
     #[error("parent interface '{0}' does not exist")]
     UnknownParent(String),
     #[error("parent interface '{parent}' is a {kind} interface, not Ethernet: macvlan and ipvlan endpoints need an Ethernet parent (a NIC, bond, veth or VLAN link)")]
@@ -81,7 +87,7 @@ pub enum NetworkError {
     VlanOutOfRange { parent: String, vid: String },
     #[error("network '{network}' is already using parent interface {parent}")]
     ParentInUse { network: String, parent: String },
-    #[error("subnet {subnet} overlaps subnet {other} of network '{network}' on the same parent")]
+    #[error("subnet {subnet} overlaps subnet {other} of network '{network}'")]
     SubnetOverlap {
         subnet: ipnet::IpNet,
         other: ipnet::IpNet,
@@ -165,6 +171,13 @@ pub struct NetworkRecord {
     /// netvlan attached the datapath on `parent.wire` and detaches it with
     /// the last network on that wire.
     pub datapath_owned: bool,
+    /// When the network was created (RFC 3339, UTC); `None` for networks
+    /// stored before netvlan recorded it.
+    #[serde(default)]
+    pub created: Option<String>,
+    /// `--label KEY=VALUE`, shown in `inspect` and matched by `ls --filter`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What `netvlan network create` asks for.
@@ -180,6 +193,8 @@ pub struct CreateRequest {
     pub internal: bool,
     /// `-o KEY=VALUE`.
     pub options: Vec<String>,
+    /// `--label KEY=VALUE` (or `KEY`, an empty value, as Docker allows).
+    pub labels: Vec<String>,
 }
 
 /// The control plane of the current network namespace.
@@ -206,6 +221,28 @@ fn valid_name(name: &str) -> bool {
     name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The current time as Docker prints `Created`.
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("the current UTC time always formats as RFC 3339")
+}
+
+/// `--label KEY=VALUE` flags; a key given twice is refused.
+fn parse_labels(flags: &[String]) -> Result<BTreeMap<String, String>, NetworkError> {
+    let mut labels = BTreeMap::new();
+    for flag in flags {
+        let (key, value) = flag.split_once('=').unwrap_or((flag, ""));
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Err(NetworkError::BadLabel(flag.clone()));
+        }
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(NetworkError::DuplicateLabel(key.to_string()));
+        }
+    }
+    Ok(labels)
 }
 
 fn new_id() -> String {
@@ -253,6 +290,7 @@ impl Manager {
             return Err(NetworkError::NameInUse(request.name));
         }
         let options = NetworkOptions::parse(request.driver, &request.options)?;
+        let labels = parse_labels(&request.labels)?;
         let ipam = build_ipam(&request, &options)?;
         let has_v6 = ipam.has_family(Family::V6);
         if request.ipv6 && !has_v6 {
@@ -260,7 +298,8 @@ impl Manager {
         }
         let id = new_id();
         let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
-        check_parent_conflicts(&existing, &parent, &options, &ipam)?;
+        check_parent_conflicts(&existing, &parent, &options)?;
+        check_subnet_overlaps(&existing, &ipam)?;
         policy::check_policy_scope(
             &existing,
             &request.name,
@@ -293,6 +332,8 @@ impl Manager {
             ipam: IpamState::new(ipam),
             endpoints: BTreeMap::new(),
             datapath_owned,
+            created: Some(now_rfc3339()),
+            labels,
         };
         let on_wire = policy::wire_after(&existing, &record, false);
         let persisted = match self.sync_wire(&record.parent.wire, &on_wire).await {
@@ -637,7 +678,6 @@ fn check_parent_conflicts(
     existing: &[NetworkRecord],
     parent: &Parent,
     options: &NetworkOptions,
-    ipam: &IpamConfig,
 ) -> Result<(), NetworkError> {
     for other in existing.iter().filter(|n| n.parent.link == parent.link) {
         let exclusive = options.driver == Driver::Ipvlan
@@ -650,6 +690,18 @@ fn check_parent_conflicts(
                 parent: parent.link.clone(),
             });
         }
+    }
+    Ok(())
+}
+
+/// No two networks share addresses, whatever their parents (internal
+/// ones too): Docker refuses overlapping pools the same way, and a
+/// sandbox on both would not know which link an address is behind.
+fn check_subnet_overlaps(
+    existing: &[NetworkRecord],
+    ipam: &IpamConfig,
+) -> Result<(), NetworkError> {
+    for other in existing {
         for mine in ipam.subnets() {
             for theirs in other.ipam.config().subnets() {
                 if ipam::subnets_overlap(&mine.subnet, &theirs.subnet) {
