@@ -50,8 +50,10 @@ pub enum DemoError {
     Enter(#[from] netns::NetnsError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// Boxed: a network error is large and the demo's own checks return
+    /// this type on their happy path too.
     #[error(transparent)]
-    Network(#[from] NetworkError),
+    Network(Box<NetworkError>),
     #[error(transparent)]
     Datapath(#[from] crate::datapath::DatapathError),
     #[error(transparent)]
@@ -64,6 +66,12 @@ pub enum DemoError {
     },
     #[error("the demo could not be fully removed: {0}")]
     Teardown(String),
+}
+
+impl From<NetworkError> for DemoError {
+    fn from(e: NetworkError) -> Self {
+        DemoError::Network(Box::new(e))
+    }
 }
 
 /// Where the demo lives.
