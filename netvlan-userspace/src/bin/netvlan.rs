@@ -54,6 +54,9 @@ enum Command {
     Disconnect {
         network: String,
         sandbox: String,
+        /// Also remove an endpoint whose sandbox (namespace) is gone.
+        #[arg(short, long)]
+        force: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -429,9 +432,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Disconnect {
             network,
             sandbox,
+            force,
             output,
         } => {
-            let endpoint = manager().await?.disconnect(&network, &sandbox).await?;
+            let endpoint = manager()
+                .await?
+                .disconnect(&network, &sandbox, force)
+                .await?;
             if output.json {
                 print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
             } else {
