@@ -356,9 +356,11 @@ impl Drop for Resident {
 #[test]
 fn the_same_sandbox_under_another_name_is_refused() {
     let lan = Lan::new(false);
+    // Internal: no default route that a second endpoint would clash on.
     lan.netvlan(&[
         "network",
         "create",
+        "--internal",
         "--subnet",
         "172.16.86.0/24",
         "-o",
