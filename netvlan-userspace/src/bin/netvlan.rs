@@ -46,11 +46,14 @@ enum Command {
     /// SANDBOX is a name from `ip netns`, a namespace file path
     /// (/proc/PID/ns/net) or pid:PID. The endpoint link is created on the
     /// network's parent, moved into the sandbox, named eth0 (--ifname),
-    /// given its address(es) and a default route via the gateway.
+    /// given its address(es) and a default route via the gateway of the
+    /// address's subnet (per family, unless another network of the
+    /// sandbox already gives it one: the first connected keeps it).
     /// Example: netvlan connect --ip 172.16.86.10 lan web1
     #[command(verbatim_doc_comment)]
     Connect(ConnectArgs),
-    /// Disconnect a sandbox: delete its link, return its addresses.
+    /// Disconnect a sandbox: delete its link, return its addresses (its
+    /// default routes move to its next network that has a gateway).
     Disconnect {
         network: String,
         sandbox: String,

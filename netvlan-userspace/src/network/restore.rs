@@ -287,7 +287,7 @@ impl Manager {
     }
 }
 
-/// `via 192.168.216.1` / `dev` (ipvlan l3), comma separated.
+/// `via 192.168.216.1, via 2001:db8::1` (`via the device` for ipvlan l3).
 fn describe(routes: &[super::endpoint::DefaultRoute]) -> String {
     routes
         .iter()
