@@ -426,7 +426,7 @@ impl Demo {
                 let mut errors = Vec::new();
                 for record in manager.networks()? {
                     for sandbox in record.endpoints.keys() {
-                        if let Err(e) = manager.disconnect(&record.name, sandbox).await {
+                        if let Err(e) = manager.disconnect(&record.name, sandbox, true).await {
                             errors.push(e.to_string());
                         }
                     }

@@ -254,11 +254,14 @@ enum NetworkCommand {
     ///
     /// The endpoint link is created on the network's parent, moved into the
     /// sandbox, named eth0 (--ifname), given its address(es) and a default
-    /// route via the gateway.
+    /// route via the gateway of the address's subnet (per family, unless
+    /// another network of the sandbox already gives it one: the first
+    /// connected keeps it).
     /// Example: netvlan network connect --ip 172.16.86.10 lan web1
     #[command(verbatim_doc_comment)]
     Connect(ConnectArgs),
-    /// Disconnect a sandbox: delete its link, return its addresses.
+    /// Disconnect a sandbox: delete its link, return its addresses (its
+    /// default routes move to its next network that has a gateway).
     Disconnect(DisconnectArgs),
 }
 
@@ -329,6 +332,9 @@ struct DisconnectArgs {
     network: String,
     /// The sandbox as it was connected (name, path or pid:PID).
     sandbox: String,
+    /// Also remove an endpoint whose sandbox (namespace) is gone.
+    #[arg(short, long)]
+    force: bool,
     #[command(flatten)]
     output: Output,
 }
@@ -598,7 +604,7 @@ async fn connect_command(manager: &Manager, args: ConnectArgs) -> Result<()> {
 
 async fn disconnect_command(manager: &Manager, args: DisconnectArgs) -> Result<()> {
     let network = args.network;
-    let endpoint = manager.disconnect(&network, &args.sandbox).await?;
+    let endpoint = manager.disconnect(&network, &args.sandbox, args.force).await?;
     if args.output.json {
         print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
     } else {

@@ -19,7 +19,7 @@ use crate::{
     datapath::stats::format_mac,
     ipam::{self, Family, Request},
     netlink::{LinkOptions, MacvlanMode, Netlink, NewLink},
-    netns,
+    netns::{self, NetnsId},
     sandbox::Sandbox,
 };
 
@@ -39,6 +39,41 @@ pub struct Endpoint {
     pub ifindex: u32,
     #[serde(default)]
     pub netns: Option<crate::netns::NetnsId>,
+    /// Connect order across every network (1, 2, ...): of a sandbox's
+    /// endpoints, the earliest whose network routes a family holds that
+    /// family's default route. 0 in records written before it was kept
+    /// (those sort first, by network name).
+    #[serde(default)]
+    pub connected: u64,
+}
+
+/// A default route: via a gateway (or straight out of the device), IPv6?
+pub(super) type DefaultRoute = (Option<IpAddr>, bool);
+
+impl Endpoint {
+    /// The namespace identity of the endpoint's sandbox: as recorded, or
+    /// (records from before it was kept) that of its namespace file.
+    pub(super) fn sandbox_id(&self) -> Option<NetnsId> {
+        self.netns.or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&self.netns_path).ok().map(|m| NetnsId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        })
+    }
+
+    /// Whether the namespace this endpoint was made in still exists at its
+    /// path (a path reused by a newer namespace does not count).
+    pub(super) fn sandbox_alive(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.netns_path) {
+            Ok(m) => self
+                .netns
+                .is_none_or(|id| id.dev == m.dev() && id.ino == m.ino()),
+            Err(_) => false,
+        }
+    }
 }
 
 /// What `netvlan connect` asks for.
@@ -135,8 +170,35 @@ impl Manager {
     ) -> Result<(NetworkRecord, Endpoint), NetworkError> {
         let mut record = self.network(&request.network)?;
         let sandbox = Sandbox::resolve(&request.sandbox)?;
-        if record.endpoints.contains_key(&sandbox.key) {
+        let here = NetnsId::current().map_err(|source| crate::netns::NetnsError::Open {
+            path: "/proc/thread-self/ns/net".into(),
+            source,
+        })?;
+        if sandbox.id == here {
+            return Err(NetworkError::SandboxIsHost {
+                sandbox: sandbox.key,
+                parent: record.parent.link,
+            });
+        }
+        // One endpoint per sandbox: the namespace, however it is named.
+        if let Some((key, _)) = record
+            .endpoints
+            .iter()
+            .find(|(_, e)| e.sandbox_id() == Some(sandbox.id))
+        {
             return Err(NetworkError::AlreadyConnected {
+                network: record.name.clone(),
+                sandbox: if *key == sandbox.key {
+                    sandbox.key
+                } else {
+                    format!("{} (connected as '{key}')", sandbox.key)
+                },
+            });
+        }
+        if record.endpoints.contains_key(&sandbox.key) {
+            // The name now leads to another namespace: the one the endpoint
+            // was made in is gone.
+            return Err(NetworkError::SandboxGone {
                 network: record.name,
                 sandbox: sandbox.key,
             });
@@ -206,6 +268,27 @@ impl Manager {
         let endpoint_id = super::new_id();
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
         let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
+        let all = self.networks()?;
+        let mut endpoint = Endpoint {
+            id: endpoint_id.clone(),
+            sandbox: sandbox.key.clone(),
+            netns_path: sandbox.path.clone(),
+            ifname: ifname.clone(),
+            mac: String::new(),
+            ipv4,
+            ipv6,
+            ifindex: 0,
+            netns: Some(sandbox.id),
+            connected: 1 + all
+                .iter()
+                .flat_map(|n| n.endpoints.values())
+                .map(|e| e.connected)
+                .max()
+                .unwrap_or(0),
+        };
+        // A family whose default route another network of the sandbox
+        // already holds gets none here.
+        let routes = held_routes(&all, &record, &endpoint);
         let alias = super::journal::owner_alias(&endpoint_id);
         let temp_name = temp_link_name();
         self.intend(super::journal::Intent::SandboxLink {
@@ -222,6 +305,7 @@ impl Manager {
                 mac,
                 ipv4,
                 ipv6,
+                routes,
                 &alias,
                 &temp_name,
             )
@@ -234,22 +318,12 @@ impl Manager {
             }
         };
 
-        let endpoint = Endpoint {
-            id: endpoint_id,
-            sandbox: sandbox.key.clone(),
-            netns_path: sandbox.path.clone(),
-            ifname: ifname.clone(),
-            mac: made.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-            ipv4,
-            ipv6,
-            ifindex: made.ifindex,
-            netns: Some(sandbox.id),
-        };
+        endpoint.mac = made.mac.map(|m| format_mac(&m)).unwrap_or_default();
+        endpoint.ifindex = made.ifindex;
         record
             .endpoints
             .insert(sandbox.key.clone(), endpoint.clone());
         // Register the endpoint with the datapath before committing.
-        let all = self.networks()?;
         let persisted = match self
             .sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
             .await
@@ -290,6 +364,7 @@ impl Manager {
         mac: Option<[u8; 6]>,
         ipv4: Option<IpNet>,
         ipv6: Option<IpNet>,
+        routes: Vec<DefaultRoute>,
         alias: &str,
         temp_name: &str,
     ) -> Result<Materialized, NetworkError> {
@@ -335,11 +410,7 @@ impl Manager {
             temp_name,
             ifname: ifname.to_string(),
             addresses: ipv4.iter().chain(ipv6.iter()).copied().collect(),
-            routes: if record.internal {
-                Vec::new()
-            } else {
-                default_routes(record, ipv4.is_some(), ipv6.is_some())
-            },
+            routes,
             bpf_dir: self.datapath().bpf_dir().to_path_buf(),
             spoofcheck: record.options.spoofcheck,
         };
@@ -349,30 +420,69 @@ impl Manager {
             .expect("the sandbox thread is joined, never cancelled")?
     }
 
-    /// Deletes the endpoint's link (if its sandbox still exists) and returns
-    /// its addresses to the pool.
-    pub async fn disconnect(&self, network: &str, sandbox: &str) -> Result<Endpoint, NetworkError> {
+    /// Deletes the endpoint's link and returns its addresses to the pool.
+    /// When the link held the sandbox's default route of a family, the
+    /// route moves to the next network of the sandbox that offers one.
+    /// An endpoint whose sandbox is gone is only removed with `force`.
+    pub async fn disconnect(
+        &self,
+        network: &str,
+        sandbox: &str,
+        force: bool,
+    ) -> Result<Endpoint, NetworkError> {
         let mut record = self.network(network)?;
-        // Accept the sandbox as stored even if its namespace is gone.
+        // The namespace, however it is named now; else the name as stored
+        // (its namespace may be gone).
         let key = match Sandbox::resolve(sandbox) {
-            Ok(s) if record.endpoints.contains_key(&s.key) => s.key,
-            _ => sandbox.to_string(),
+            Ok(s) => record
+                .endpoints
+                .iter()
+                .find(|(_, e)| e.sandbox_alive() && e.sandbox_id() == Some(s.id))
+                .map(|(key, _)| key.clone())
+                .unwrap_or(s.key),
+            Err(_) => sandbox.to_string(),
         };
-        let Some(endpoint) = record.endpoints.remove(&key) else {
+        let Some(endpoint) = record.endpoints.get(&key).cloned() else {
             return Err(NetworkError::NotConnected {
                 network: record.name,
                 sandbox: key,
             });
         };
-        if endpoint.netns_path.exists() {
-            super::rollback::delete_link_in(endpoint.netns_path.clone(), endpoint.ifname.clone())
-                .await
-                .map_err(|e| {
-                    NetworkError::BadEndpoint(format!(
+        let alive = endpoint.sandbox_alive();
+        if !alive && !force {
+            return Err(NetworkError::SandboxGone {
+                network: record.name,
+                sandbox: key,
+            });
+        }
+        let all = self.networks()?;
+        let held = if alive {
+            held_routes(&all, &record, &endpoint)
+        } else {
+            Vec::new()
+        };
+        record.endpoints.remove(&key);
+        if alive {
+            // Its default routes go with the link.
+            let deleted = super::rollback::delete_link_in(
+                endpoint.netns_path.clone(),
+                endpoint.ifname.clone(),
+            )
+            .await;
+            match deleted {
+                Ok(()) => {}
+                Err(e) if force => tracing::warn!(
+                    "disconnect -f: cannot delete {} in {} ({e}); removing the endpoint anyway",
+                    endpoint.ifname,
+                    endpoint.sandbox
+                ),
+                Err(e) => {
+                    return Err(NetworkError::BadEndpoint(format!(
                         "deleting {} in {}: {e}",
                         endpoint.ifname, endpoint.sandbox
-                    ))
-                })?;
+                    )))
+                }
+            }
         }
         if let Some(netns) = endpoint.netns {
             // The program went with the link; its pins are ours to remove.
@@ -386,17 +496,100 @@ impl Manager {
             // Already free (e.g. a state written by hand) is fine here.
             let _ = record.ipam.release(net.addr());
         }
-        let all = self.networks()?;
-        self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+        let after: Vec<NetworkRecord> = all
+            .into_iter()
+            .map(|n| {
+                if n.name == record.name {
+                    record.clone()
+                } else {
+                    n
+                }
+            })
+            .collect();
+        self.sync_wire(&record.parent.wire, &wire_after(&after, &record, false))
             .await?;
         self.store().put_network(&record.name, &record)?;
+        if !held.is_empty() {
+            self.move_default_routes(&after, &endpoint, &held).await?;
+        }
         Ok(endpoint)
+    }
+
+    /// After `gone` left its sandbox: gives the families it routed to the
+    /// sandbox's next endpoint (connect order) that `after` says holds them.
+    async fn move_default_routes(
+        &self,
+        after: &[NetworkRecord],
+        gone: &Endpoint,
+        held: &[DefaultRoute],
+    ) -> Result<(), NetworkError> {
+        let sandbox = gone.sandbox_id();
+        for record in after {
+            for endpoint in record.endpoints.values() {
+                if endpoint.sandbox_id() != sandbox {
+                    continue;
+                }
+                let routes: Vec<DefaultRoute> = held_routes(after, record, endpoint)
+                    .into_iter()
+                    .filter(|(_, v6)| held.iter().any(|(_, h)| h == v6))
+                    .collect();
+                if routes.is_empty() {
+                    continue;
+                }
+                add_routes_in(endpoint, routes).await.map_err(|e| {
+                    NetworkError::BadEndpoint(format!(
+                        "disconnected {} from {}, but moving its default route to {} of network '{}' failed: {e} (run `netvlan restore`)",
+                        gone.sandbox, record.name, endpoint.ifname, record.name
+                    ))
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Default routes: via the subnet's gateway; ipvlan l3/l3s straight out of
-/// the device (the host routes).
-fn default_routes(record: &NetworkRecord, v4: bool, v6: bool) -> Vec<(Option<IpAddr>, bool)> {
+/// Adds default routes on an endpoint's link inside its sandbox; a route
+/// that is already there is fine. Returns how many were added.
+pub(super) async fn add_routes_in(
+    endpoint: &Endpoint,
+    routes: Vec<DefaultRoute>,
+) -> Result<usize, NetworkError> {
+    let ifname = endpoint.ifname.clone();
+    let path = endpoint.netns_path.clone();
+    let added = tokio::task::spawn_blocking(move || {
+        netns::run_in(&path, move || async move {
+            let netlink = Netlink::connect()?;
+            let link = netlink.link_by_name(&ifname).await?;
+            let mut added = 0;
+            for (gateway, ipv6) in routes {
+                match netlink.add_default_route(link.ifindex, gateway, ipv6).await {
+                    Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                    other => {
+                        other?;
+                        added += 1;
+                    }
+                }
+            }
+            Ok::<usize, crate::netlink::NetlinkError>(added)
+        })
+    })
+    .await
+    .expect("the sandbox thread is joined, never cancelled")?;
+    Ok(added?)
+}
+
+/// The default routes a network offers an endpoint with these addresses:
+/// per family, via the gateway of the subnet the address belongs to (a
+/// network may have several subnets of a family); ipvlan l3/l3s straight
+/// out of the device (the host routes); none on an internal network.
+pub(super) fn offered_routes(
+    record: &NetworkRecord,
+    ipv4: Option<IpNet>,
+    ipv6: Option<IpNet>,
+) -> Vec<DefaultRoute> {
+    if record.internal {
+        return Vec::new();
+    }
     let l3 = matches!(
         (record.options.driver, record.options.ipvlan_mode),
         (
@@ -404,24 +597,50 @@ fn default_routes(record: &NetworkRecord, v4: bool, v6: bool) -> Vec<(Option<IpA
             Some(crate::netlink::IpvlanMode::L3 | crate::netlink::IpvlanMode::L3s)
         )
     );
-    let gateway = |family: Family| {
-        record
+    let mut routes = Vec::new();
+    for (address, ipv6) in [(ipv4, false), (ipv6, true)] {
+        let Some(address) = address else { continue };
+        if l3 {
+            routes.push((None, ipv6));
+        } else if let Some(gateway) = record
             .ipam
             .config()
-            .subnets()
-            .iter()
-            .find(|s| s.family() == family)
+            .subnet_of(&address.addr())
             .and_then(|s| s.gateway)
-    };
-    let mut routes = Vec::new();
-    for (present, family, ipv6) in [(v4, Family::V4, false), (v6, Family::V6, true)] {
-        if !present {
-            continue;
+        {
+            routes.push((Some(gateway), ipv6));
         }
-        match (l3, gateway(family)) {
-            (true, _) => routes.push((None, ipv6)),
-            (false, Some(gw)) => routes.push((Some(gw), ipv6)),
-            (false, None) => {}
+    }
+    routes
+}
+
+/// Where an endpoint stands in its sandbox's connect order.
+fn connect_order<'a>(record: &'a NetworkRecord, endpoint: &Endpoint) -> (u64, &'a str) {
+    (endpoint.connected, &record.name)
+}
+
+/// The default routes `endpoint` (on `record`) holds in its sandbox.
+/// Docker keeps one default route per family: of the sandbox's endpoints
+/// across `all` networks, the earliest connected whose network offers a
+/// route of a family holds it. Derived from the store alone, so connect,
+/// disconnect and restore agree.
+pub(super) fn held_routes(
+    all: &[NetworkRecord],
+    record: &NetworkRecord,
+    endpoint: &Endpoint,
+) -> Vec<DefaultRoute> {
+    let mut routes = offered_routes(record, endpoint.ipv4, endpoint.ipv6);
+    let Some(sandbox) = endpoint.sandbox_id() else {
+        return routes;
+    };
+    let me = connect_order(record, endpoint);
+    for other in all.iter().filter(|n| n.name != record.name) {
+        for theirs in other.endpoints.values() {
+            if theirs.sandbox_id() != Some(sandbox) || connect_order(other, theirs) > me {
+                continue;
+            }
+            let taken = offered_routes(other, theirs.ipv4, theirs.ipv6);
+            routes.retain(|(_, v6)| !taken.iter().any(|(_, t)| t == v6));
         }
     }
     routes
@@ -458,6 +677,17 @@ impl SandboxPlan {
         if result.is_err() {
             if let Err(e) = netlink.delete_link(link.ifindex).await {
                 tracing::error!("cannot delete half-configured {}: {e}", self.temp_name);
+            }
+            // The program went with the link; its pins would outlive it.
+            match NetnsId::current() {
+                Ok(here) => {
+                    if let Err(e) =
+                        crate::datapath::egress::remove_pins(&self.bpf_dir, here, link.ifindex)
+                    {
+                        tracing::error!("cannot remove the pins of {}: {e}", self.temp_name);
+                    }
+                }
+                Err(e) => tracing::error!("cannot tell the sandbox's namespace: {e}"),
             }
         }
         result
@@ -543,6 +773,16 @@ mod tests {
             format_mac(&mac_from_ipv4("172.16.86.2".parse().unwrap())),
             "02:42:ac:10:56:02"
         );
+    }
+
+    #[test]
+    fn endpoints_stored_before_connect_order_was_kept_still_load() {
+        let stored = r#"{"id":"ab","sandbox":"web1","netns_path":"/var/run/netns/web1",
+            "ifname":"eth0","mac":"02:42:ac:10:56:02","ipv4":"172.16.86.2/24","ipv6":null}"#;
+        let endpoint: Endpoint = serde_json::from_str(stored).expect("an old record loads");
+        assert_eq!(endpoint.connected, 0, "sorts before every newer endpoint");
+        assert_eq!(endpoint.netns, None);
+        assert_eq!(endpoint.ipv4, Some("172.16.86.2/24".parse().unwrap()));
     }
 
     #[test]

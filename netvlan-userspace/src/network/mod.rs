@@ -97,6 +97,10 @@ pub enum NetworkError {
     HasEndpoints { network: String, count: usize },
     #[error("sandbox '{sandbox}' is already connected to network '{network}'")]
     AlreadyConnected { network: String, sandbox: String },
+    #[error("sandbox '{sandbox}' of network '{network}' is gone (the network namespace its endpoint was made in no longer exists): remove the endpoint with `netvlan disconnect -f {network} {sandbox}`")]
+    SandboxGone { network: String, sandbox: String },
+    #[error("sandbox '{sandbox}' is the network namespace netvlan runs in, which holds parent '{parent}': connect a container's namespace instead")]
+    SandboxIsHost { sandbox: String, parent: String },
     #[error("sandbox '{sandbox}' is not connected to network '{network}'")]
     NotConnected { network: String, sandbox: String },
     #[error("passthru network '{0}' already has its one endpoint")]

@@ -13,7 +13,6 @@ use crate::{
     datapath::{AttachMode, AttachOutcome},
     netlink::NetlinkError,
     netns,
-    sandbox::Sandbox,
 };
 
 /// One thing restore did, or could not do.
@@ -176,6 +175,18 @@ impl Manager {
             Ok(link) => link,
             Err(_) => return false,
         };
+        // Who holds a sandbox's default routes is read from the store.
+        let all = match self.networks() {
+            Ok(all) => all,
+            Err(e) => {
+                actions.push(RestoreAction {
+                    network: record.name.clone(),
+                    action: "read the other networks' endpoints".into(),
+                    error: Some(e.to_string()),
+                });
+                return false;
+            }
+        };
         for (key, endpoint) in record.endpoints.clone() {
             let mut report = |action: String, error: Option<String>| {
                 actions.push(RestoreAction {
@@ -184,9 +195,7 @@ impl Manager {
                     error,
                 })
             };
-            let alive =
-                Sandbox::resolve(&endpoint.sandbox).is_ok_and(|s| s.path == endpoint.netns_path);
-            if !alive {
+            if !endpoint.sandbox_alive() {
                 record.endpoints.remove(&key);
                 for net in endpoint.ipv4.iter().chain(endpoint.ipv6.iter()) {
                     let _ = record.ipam.release(net.addr());
@@ -210,8 +219,33 @@ impl Manager {
             })
             .await
             .expect("the sandbox thread is joined");
+            // The default routes the store says this endpoint holds.
+            let routes = super::endpoint::held_routes(&all, record, &endpoint);
             match exists {
-                Ok(Ok(true)) => continue,
+                Ok(Ok(true)) => {
+                    if routes.is_empty() {
+                        continue;
+                    }
+                    let gateways = describe(&routes);
+                    match super::endpoint::add_routes_in(&endpoint, routes).await {
+                        Ok(0) => {}
+                        Ok(_) => report(
+                            format!(
+                                "add default route {gateways} on {} in {}",
+                                endpoint.ifname, endpoint.sandbox
+                            ),
+                            None,
+                        ),
+                        Err(e) => report(
+                            format!(
+                                "add default route {gateways} on {} in {}",
+                                endpoint.ifname, endpoint.sandbox
+                            ),
+                            Some(e.to_string()),
+                        ),
+                    }
+                    continue;
+                }
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
                     report(
@@ -239,6 +273,7 @@ impl Manager {
                     mac,
                     endpoint.ipv4,
                     endpoint.ipv6,
+                    routes,
                     &super::journal::owner_alias(&endpoint.id),
                     &super::endpoint::temp_link_name(),
                 )
@@ -250,4 +285,16 @@ impl Manager {
         }
         changed
     }
+}
+
+/// `via 192.168.216.1, via 2001:db8::1` (`via the device` for ipvlan l3).
+fn describe(routes: &[super::endpoint::DefaultRoute]) -> String {
+    routes
+        .iter()
+        .map(|(gateway, _)| match gateway {
+            Some(gw) => format!("via {gw}"),
+            None => "via the device".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
