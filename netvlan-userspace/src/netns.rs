@@ -31,6 +31,40 @@ impl NetnsId {
     }
 }
 
+/// A path that opens the network namespace with inode `ino`, if it still
+/// exists: a bind mount of it (`ip netns`, container runtimes) or a process
+/// living in it. `None` means no one holds it any more.
+pub fn find_by_inode(ino: u64) -> Option<std::path::PathBuf> {
+    let matches = |path: &std::path::Path| std::fs::metadata(path).is_ok_and(|m| m.ino() == ino);
+    // nsfs bind mounts: mountinfo's root field reads `net:[INO]`.
+    let wanted = format!("net:[{ino}]");
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) {
+                let path = std::path::Path::new(mount_point);
+                if *root == wanted && matches(path) {
+                    return Some(path.into());
+                }
+            }
+        }
+    }
+    let processes = std::fs::read_dir("/proc").ok()?;
+    for entry in processes.flatten() {
+        let path = entry.path().join("ns/net");
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && matches(&path)
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
 /// Errors entering a network namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {

@@ -472,6 +472,15 @@ impl Datapath {
             }
         }
         self.pins.remove_if_empty();
+        // Endpoint programs' pins live under their sandboxes' namespaces.
+        for (pin_dir, ifindex, reason) in egress::prune_stale(&self.bpf_dir).await? {
+            removed.push(AttachmentStatus::Stale {
+                ifindex,
+                ifname: None,
+                reason,
+                pin_dir,
+            });
+        }
         Ok(removed)
     }
 
