@@ -262,3 +262,17 @@ pub fn delete_named(name: &str) -> Result<(), NamedNetnsError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_this_process_lives_in_is_found_by_its_inode() {
+        let own = NetnsId::current().expect("/proc is mounted");
+        let path = find_by_inode(own.ino).expect("this process holds it");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), own.ino);
+        // No namespace has inode 1 (that is a filesystem root's).
+        assert_eq!(find_by_inode(1), None);
+    }
+}

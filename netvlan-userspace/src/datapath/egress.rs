@@ -403,8 +403,7 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
                 };
                 tokio::task::spawn_blocking(move || crate::netns::run_in(&ns, job))
                     .await
-                    .expect("the namespace thread is joined")
-                    .map_err(|e| DatapathError::Netns(std::io::Error::other(e.to_string())))??
+                    .expect("the namespace thread is joined")??
             }
         };
         removed.extend(stale);

@@ -46,6 +46,8 @@ pub enum DatapathError {
     BpfFs(#[from] BpfFsError),
     #[error("cannot identify the current network namespace")]
     Netns(#[source] std::io::Error),
+    #[error(transparent)]
+    EnterNetns(#[from] crate::netns::NetnsError),
     #[error("cannot load the XDP program into the kernel")]
     Load(#[source] EbpfError),
     #[error("the embedded eBPF object has no {what} '{name}' (build mismatch)")]
