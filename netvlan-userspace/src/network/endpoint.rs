@@ -433,9 +433,10 @@ impl Manager {
                 .filter(|a| !present.contains(&a.addr()))
                 .copied()
                 .collect();
+            // A sandbox keeps one default route per family: one via
+            // another network's endpoint counts.
             for (gateway, ipv6) in &routes {
-                let existing = netlink.default_routes(*ipv6).await?;
-                if !existing.contains(&(link.ifindex, *gateway)) {
+                if netlink.default_routes(*ipv6).await?.is_empty() {
                     facts.missing_routes.push((*gateway, *ipv6));
                 }
             }
