@@ -490,6 +490,110 @@ impl Netlink {
             })
     }
 
+    /// Default routes of the main table: the output link and the gateway
+    /// of each.
+    pub async fn default_routes(
+        &self,
+        ipv6: bool,
+    ) -> Result<Vec<(u32, Option<std::net::IpAddr>)>, NetlinkError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let message = if ipv6 {
+            rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut stream = self.handle.route().get(message).execute();
+        let mut out = Vec::new();
+        while let Some(route) = stream
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: "list the routes".into(),
+                source,
+            })?
+        {
+            let main =
+                route.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+            if route.header.destination_prefix_length != 0 || !main {
+                continue;
+            }
+            let mut oif = 0;
+            let mut gateway = None;
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Oif(i) => oif = *i,
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some((*a).into()),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some((*a).into()),
+                    _ => {}
+                }
+            }
+            out.push((oif, gateway));
+        }
+        Ok(out)
+    }
+
+    /// Ids of the cls_bpf programs in `ifindex`'s clsact egress (or
+    /// ingress) hook; none when the link has no clsact qdisc.
+    pub async fn tc_bpf_programs(
+        &self,
+        ifindex: u32,
+        egress: bool,
+    ) -> Result<Vec<u32>, NetlinkError> {
+        use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+        let request = self.handle.traffic_filter(ifindex as i32).get();
+        let request = if egress {
+            request.egress()
+        } else {
+            request.ingress()
+        };
+        let mut stream = request.execute();
+        let mut out = Vec::new();
+        loop {
+            let message = match stream.try_next().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                // No clsact qdisc: nothing attached there.
+                Err(e) if matches!(errno(&e), Some(libc::EINVAL | libc::ENOENT)) => break,
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        what: format!("list the TC filters of link #{ifindex}"),
+                        source,
+                    })
+                }
+            };
+            for attribute in message.attributes {
+                if let TcAttribute::Options(options) = attribute {
+                    for option in options {
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every filter of `ifindex`'s clsact egress (or ingress)
+    /// hook; a link without clsact has none to delete.
+    pub async fn flush_tc_hook(&self, ifindex: u32, egress: bool) -> Result<(), NetlinkError> {
+        let request = self.handle.traffic_filter(ifindex as i32).del();
+        let request = if egress {
+            request.egress()
+        } else {
+            request.ingress()
+        };
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::EINVAL | libc::ENOENT)) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("delete the TC filters of link #{ifindex}"),
+                source,
+            }),
+        }
+    }
+
     /// Deletes a link; deleting one that is already gone is not an error.
     pub async fn delete_link(&self, ifindex: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(ifindex).execute().await {

@@ -126,6 +126,40 @@ pub fn initial_process_path(rel: &str) -> std::io::Result<std::path::PathBuf> {
     }
 }
 
+/// A path that opens the network namespace with inode `ino`, if it still
+/// exists: a bind mount of it (`ip netns`, container runtimes) or a process
+/// living in it. `None` means no one holds it any more.
+pub fn find_by_inode(ino: u64) -> Option<std::path::PathBuf> {
+    let matches = |path: &std::path::Path| std::fs::metadata(path).is_ok_and(|m| m.ino() == ino);
+    // nsfs bind mounts: mountinfo's root field reads `net:[INO]`.
+    let wanted = format!("net:[{ino}]");
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) {
+                let path = std::path::Path::new(mount_point);
+                if *root == wanted && matches(path) {
+                    return Some(path.into());
+                }
+            }
+        }
+    }
+    let processes = std::fs::read_dir("/proc").ok()?;
+    for entry in processes.flatten() {
+        let path = entry.path().join("ns/net");
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && matches(&path)
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
 /// Errors entering a network namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -321,5 +355,19 @@ pub fn delete_named(name: &str) -> Result<(), NamedNetnsError> {
             source: e,
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_this_process_lives_in_is_found_by_its_inode() {
+        let own = NetnsId::current().expect("/proc is mounted");
+        let path = find_by_inode(own.ino).expect("this process holds it");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), own.ino);
+        // No namespace has inode 1 (that is a filesystem root's).
+        assert_eq!(find_by_inode(1), None);
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod frame;
 pub mod packet;
+pub mod snapshot;
 
 use std::{
     path::{Path, PathBuf},

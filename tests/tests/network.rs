@@ -637,7 +637,7 @@ fn restore_after_a_simulated_reboot_brings_back_links_datapath_and_connectivity(
     // "Reboot": the endpoints' links vanish, bpffs is empty, and one
     // sandbox never comes back.
     c.exec("ip", &["link", "del", "eth0"]);
-    lan.netvlan(&["datapath", "detach", "eth0"]).ok();
+    lan.netvlan(&["datapath", "detach", "--force", "eth0"]).ok();
     let gone_name = gone.name().to_string();
     drop(gone);
 

@@ -12,7 +12,13 @@ use anyhow::{bail, Context, Result};
 use crate::{cmd, tools, vm, workspace_root};
 
 /// Debian packages the integration tests call.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "iputils-ping"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "iputils-ping",
+    "bpftool",
+];
 
 /// Name prefix of every namespace and bpffs directory the tests create.
 pub const TEST_PREFIX: &str = "nvt";

@@ -37,6 +37,7 @@ const VM_PACKAGES: &[&str] = &[
     "util-linux",
     "binutils",
     "iputils-ping",
+    "bpftool",
 ];
 
 /// Kernel modules the tests need, loaded with their dependencies. Modules
@@ -53,7 +54,9 @@ const MODULES: &[&str] = &[
 
 /// Host programs copied into the initramfs (with their libraries). The
 /// tests need the real iproute2 (`ip -j`), not busybox's applet.
-const HOST_PROGRAMS: &[&str] = &["ip", "ethtool", "nsenter", "ping"];
+/// `tc` and `bpftool` show and change TC and BPF objects by hand (the
+/// rollback snapshots, `netvlan check`'s drift tests).
+const HOST_PROGRAMS: &[&str] = &["ip", "tc", "bpftool", "ethtool", "nsenter", "ping"];
 
 /// Line the guest prints once, last; everything else on the console is log.
 const RESULT_MARKER: &str = "NETVLAN-VM-RESULT";

@@ -91,6 +91,13 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Compare the stored networks with the kernel: links, addresses,
+    /// routes, XDP and TC programs, pins and the endpoints' map entries.
+    /// Lists every drift and what repairs it; exits 1 if there is any.
+    Check {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Show the datapath's counters: per VLAN, per destination MAC, anomalies.
     ///
     /// Counters are per-CPU in the kernel and summed here. Frames whose L2
@@ -118,9 +125,15 @@ enum DatapathCommand {
         output: Output,
     },
     /// Detach the XDP program from IFACE and remove its pins and counters.
+    ///
+    /// Refused while networks use IFACE (nothing would enforce their
+    /// policy) unless --force.
     Detach {
         /// Interface in the current network namespace.
         iface: String,
+        /// Detach even though networks use IFACE.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -489,8 +502,43 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Ok::<Manager, anyhow::Error>(manager)
     };
+    if let Command::Datapath(DatapathCommand::Detach {
+        iface,
+        force: false,
+        ..
+    }) = &cli.command
+    {
+        if state_dir.join("netvlan.redb").exists() {
+            let users = manager().await?.networks_on(iface)?;
+            if !users.is_empty() {
+                anyhow::bail!(
+                    "networks {} use {iface}: detaching would leave their policy unenforced; remove them first, or pass --force",
+                    users.join(", ")
+                );
+            }
+        }
+    }
     match cli.command {
         Command::Datapath(cmd) => datapath_command(&datapath, cmd).await,
+        Command::Check { output } => {
+            let drifts = manager().await?.check().await?;
+            if output.json {
+                print_json(&serde_json::json!({ "drifts": drifts }))?;
+            } else if drifts.is_empty() {
+                println!("the kernel matches the stored networks; no drift");
+            } else {
+                for d in &drifts {
+                    println!(
+                        "{}: {} [{}]; repair: {}",
+                        d.network, d.problem, d.kind, d.repair
+                    );
+                }
+            }
+            if !drifts.is_empty() {
+                anyhow::bail!("{} drift(s) between the store and the kernel", drifts.len());
+            }
+            Ok(())
+        }
         Command::Stats(args) => stats_command(&datapath, &cli.state_dir, args).await,
         Command::Demo {
             action,
@@ -604,7 +652,9 @@ async fn connect_command(manager: &Manager, args: ConnectArgs) -> Result<()> {
 
 async fn disconnect_command(manager: &Manager, args: DisconnectArgs) -> Result<()> {
     let network = args.network;
-    let endpoint = manager.disconnect(&network, &args.sandbox, args.force).await?;
+    let endpoint = manager
+        .disconnect(&network, &args.sandbox, args.force)
+        .await?;
     if args.output.json {
         print_json(&serde_json::json!({ "network": network, "endpoint": endpoint }))
     } else {
@@ -720,7 +770,7 @@ async fn datapath_command(datapath: &Datapath, cmd: DatapathCommand) -> Result<(
                 );
             }
         }
-        DatapathCommand::Detach { iface, output } => {
+        DatapathCommand::Detach { iface, output, .. } => {
             let attachment = datapath.detach(&iface).await?;
             if output.json {
                 print_json(&serde_json::json!({ "detached": attachment }))?;
@@ -895,7 +945,14 @@ async fn network_command(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
                     }
                 }
             }
-            if removed.is_empty() && failed.is_empty() && !output.json {
+            // Links that carry netvlan's owner tag but belong to no network.
+            let orphans = manager.remove_orphans().await?;
+            if !output.json {
+                for line in &orphans {
+                    out!("{line}");
+                }
+            }
+            if removed.is_empty() && failed.is_empty() && orphans.is_empty() && !output.json {
                 out!("no network without endpoints; nothing removed");
             }
             finish_removal(output, &removed, &failed)?;

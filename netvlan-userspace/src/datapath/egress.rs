@@ -11,7 +11,7 @@
 //!
 //! Pins: `$NETVLAN_BPF_DIR/net-<sandbox netns>/egress-<ifindex>/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
@@ -239,4 +239,196 @@ pub fn remove_pins(bpf_dir: &Path, netns: NetnsId, ifindex: u32) -> Result<(), D
     })?;
     namespace.remove_if_empty();
     Ok(())
+}
+
+/// Whether an endpoint's pinned programs run on its link, per direction,
+/// as the kernel sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointPrograms {
+    /// The pin directory exists.
+    pub pinned: bool,
+    pub egress: bool,
+    pub ingress: bool,
+}
+
+impl EndpointPrograms {
+    pub fn complete(&self) -> bool {
+        self.pinned && self.egress && self.ingress
+    }
+}
+
+/// The programs running in one TC hook of `ifname`: TCX links and
+/// clsact filters alike.
+async fn programs_in_hook(
+    netlink: &crate::netlink::Netlink,
+    ifindex: u32,
+    ifname: &str,
+    direction: TcAttachType,
+) -> Result<Vec<u32>, DatapathError> {
+    let mut ids = Vec::new();
+    // Kernels without TCX answer EINVAL: nothing attached that way.
+    if let Ok((_, programs)) = SchedClassifier::query_tcx(ifname, direction) {
+        ids.extend(programs.iter().map(|p| p.id()));
+    }
+    ids.extend(
+        netlink
+            .tc_bpf_programs(ifindex, direction == TcAttachType::Egress)
+            .await?,
+    );
+    Ok(ids)
+}
+
+fn pinned_program_id(path: &Path) -> Option<u32> {
+    SchedClassifier::from_pin(path)
+        .ok()
+        .and_then(|p| p.info().ok())
+        .map(|info| info.id())
+}
+
+/// Checks the endpoint programs pinned for link `ifindex` (named
+/// `ifname`) in the calling thread's namespace.
+pub async fn programs(
+    bpf_dir: &Path,
+    netlink: &crate::netlink::Netlink,
+    ifindex: u32,
+    ifname: &str,
+) -> Result<EndpointPrograms, DatapathError> {
+    let netns = NetnsId::current().map_err(DatapathError::Netns)?;
+    let pins = NamespacePins::new(bpf_dir, netns).egress(ifindex);
+    if !pins.exists() {
+        return Ok(EndpointPrograms::default());
+    }
+    let egress = pinned_program_id(&pins.program());
+    let ingress = pinned_program_id(&pins.dir().join("prog_in"));
+    let on = |id: Option<u32>, running: &[u32]| id.is_some_and(|id| running.contains(&id));
+    Ok(EndpointPrograms {
+        pinned: true,
+        egress: on(
+            egress,
+            &programs_in_hook(netlink, ifindex, ifname, TcAttachType::Egress).await?,
+        ),
+        ingress: on(
+            ingress,
+            &programs_in_hook(netlink, ifindex, ifname, TcAttachType::Ingress).await?,
+        ),
+    })
+}
+
+/// Removes the endpoint pin directories [`stale_pins`] finds (and
+/// namespace directories left empty); returns them with the reason.
+pub async fn prune_stale(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+    let stale = stale_pins(bpf_dir).await?;
+    for (path, _, _) in &stale {
+        std::fs::remove_dir_all(path).map_err(|source| DatapathError::PinDir {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(namespace) = path.parent() {
+            // ENOTEMPTY while other pins remain.
+            let _ = std::fs::remove_dir(namespace);
+        }
+    }
+    Ok(stale)
+}
+
+/// Endpoint pin directories (`egress-N`) of every namespace whose programs
+/// no longer run: the namespace or the link is gone, or the programs are
+/// off the link. With the ifindex and the reason.
+pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+    let pin_dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DatapathError::PinDir { path, source }
+    };
+    let entries = match std::fs::read_dir(bpf_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(pin_dir_err(bpf_dir)(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some(ino) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("net-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let mut endpoints = Vec::new();
+        for pin in std::fs::read_dir(&dir)
+            .map_err(pin_dir_err(&dir))?
+            .flatten()
+        {
+            let name = pin.file_name().to_string_lossy().into_owned();
+            if let Some(ifindex) = name
+                .strip_prefix("egress-")
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                endpoints.push((pin.path(), ifindex));
+            }
+        }
+        if endpoints.is_empty() {
+            continue;
+        }
+        let stale: Vec<(PathBuf, u32, String)> = match crate::netns::find_by_inode(ino) {
+            None => endpoints
+                .into_iter()
+                .map(|(path, ifindex)| (path, ifindex, "its network namespace is gone".into()))
+                .collect(),
+            Some(ns) => {
+                let bpf_dir = bpf_dir.to_path_buf();
+                let job = move || async move {
+                    let netlink = crate::netlink::Netlink::connect()?;
+                    let mut stale = Vec::new();
+                    for (path, ifindex) in endpoints {
+                        let link = match netlink.link_by_index(ifindex).await {
+                            Ok(link) => link,
+                            Err(crate::netlink::NetlinkError::NoSuchIfindex { .. }) => {
+                                stale.push((path, ifindex, "its link is gone".into()));
+                                continue;
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                        let running = programs(&bpf_dir, &netlink, ifindex, &link.name).await?;
+                        if !running.egress && !running.ingress {
+                            stale.push((
+                                path,
+                                ifindex,
+                                format!("its programs are no longer on {}", link.name),
+                            ));
+                        }
+                    }
+                    Ok::<_, DatapathError>(stale)
+                };
+                tokio::task::spawn_blocking(move || crate::netns::run_in(&ns, job))
+                    .await
+                    .expect("the namespace thread is joined")??
+            }
+        };
+        removed.extend(stale);
+    }
+    Ok(removed)
+}
+
+/// Attaches the endpoint programs afresh to a link that lost them (its
+/// old pins are dropped first, which detaches whatever half remained).
+/// Same conditions as [`attach`]: in the endpoint's namespace.
+pub async fn reattach(
+    bpf_dir: &Path,
+    netlink: &crate::netlink::Netlink,
+    ifindex: u32,
+    ifname: &str,
+    config: &EgressConfig,
+) -> Result<EgressMode, DatapathError> {
+    let netns = NetnsId::current().map_err(DatapathError::Netns)?;
+    remove_pins(bpf_dir, netns, ifindex)?;
+    if !tcx_available() {
+        // The kernel holds clsact filters without pins: drop what is left
+        // of the old attachment (the link is netvlan's alone).
+        for egress in [true, false] {
+            netlink.flush_tc_hook(ifindex, egress).await?;
+        }
+    }
+    attach(bpf_dir, ifindex, ifname, config)
 }

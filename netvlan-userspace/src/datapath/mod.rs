@@ -46,6 +46,8 @@ pub enum DatapathError {
     BpfFs(#[from] BpfFsError),
     #[error("cannot identify the current network namespace")]
     Netns(#[source] std::io::Error),
+    #[error(transparent)]
+    EnterNetns(#[from] crate::netns::NetnsError),
     #[error("cannot load the XDP program into the kernel")]
     Load(#[source] EbpfError),
     #[error("the embedded eBPF object has no {what} '{name}' (build mismatch)")]
@@ -478,6 +480,15 @@ impl Datapath {
             }
         }
         self.pins.remove_if_empty();
+        // Endpoint programs' pins live under their sandboxes' namespaces.
+        for (pin_dir, ifindex, reason) in egress::prune_stale(&self.bpf_dir).await? {
+            removed.push(AttachmentStatus::Stale {
+                ifindex,
+                ifname: None,
+                reason,
+                pin_dir,
+            });
+        }
         Ok(removed)
     }
 

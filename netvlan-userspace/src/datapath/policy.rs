@@ -275,3 +275,31 @@ fn sync_keys<K: Ord>(
     }
     Ok(())
 }
+
+/// The MACs and addresses registered in the wire's maps now (what
+/// `netvlan check` compares with the stored endpoints).
+pub fn registered(
+    pins: &InterfacePins,
+) -> Result<(BTreeSet<[u8; 6]>, BTreeSet<std::net::IpAddr>), DatapathError> {
+    let macs: HashMap<MapData, MacKey, u32> = open(pins, maps::ENDPOINT_MACS)?;
+    let macs = macs
+        .keys()
+        .map(|k| k.map(|k| k.addr))
+        .collect::<Result<_, _>>()
+        .map_err(map_err(pins, maps::ENDPOINT_MACS))?;
+    let ips: HashMap<MapData, IpKey, u32> = open(pins, maps::ENDPOINT_IPS)?;
+    let ips = ips
+        .keys()
+        .map(|k| {
+            k.map(|k| {
+                let v6 = std::net::Ipv6Addr::from(k.addr);
+                match v6.to_ipv4_mapped() {
+                    Some(v4) => std::net::IpAddr::V4(v4),
+                    None => std::net::IpAddr::V6(v6),
+                }
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(map_err(pins, maps::ENDPOINT_IPS))?;
+    Ok((macs, ips))
+}

@@ -341,6 +341,7 @@ impl Manager {
                 .await;
             let mut rollback = Rollback::default();
             rollback.delete_link_in(sandbox.path.clone(), &ifname);
+            rollback.remove_endpoint_pins(sandbox.id, made.ifindex);
             let e = rollback.undo(self.netlink(), self.datapath(), e).await;
             self.forget_intents();
             return Err(e);
@@ -578,6 +579,110 @@ pub(super) async fn add_routes_in(
     Ok(added?)
 }
 
+/// An endpoint inside its sandbox, compared with its record.
+#[derive(Clone, Debug, Default)]
+pub(super) struct EndpointFacts {
+    /// The index of the sandbox's link named as the endpoint, if any.
+    pub ifindex: Option<u32>,
+    pub missing_addresses: Vec<IpNet>,
+    pub missing_routes: Vec<(Option<IpAddr>, bool)>,
+    pub programs: crate::datapath::egress::EndpointPrograms,
+    /// What [`Manager::probe_endpoint`] repaired, when asked to.
+    pub repaired: Vec<String>,
+}
+
+impl Manager {
+    /// Looks at an endpoint's link inside its (existing) sandbox: its
+    /// addresses, the default `routes` it holds (see [`held_routes`]) and
+    /// its TC programs. With `repair`, adds what
+    /// is missing and re-attaches the programs (a missing link is the
+    /// caller's to recreate).
+    pub(super) async fn probe_endpoint(
+        &self,
+        record: &NetworkRecord,
+        endpoint: &Endpoint,
+        routes: Vec<DefaultRoute>,
+        repair: bool,
+    ) -> Result<EndpointFacts, NetworkError> {
+        let ifname = endpoint.ifname.clone();
+        let sandbox = endpoint.sandbox.clone();
+        let addresses: Vec<IpNet> = endpoint
+            .ipv4
+            .iter()
+            .chain(endpoint.ipv6.iter())
+            .copied()
+            .collect();
+        let bpf_dir = self.datapath().bpf_dir().to_path_buf();
+        let spoofcheck = record.options.spoofcheck;
+        let job = move || async move {
+            let netlink = Netlink::connect()?;
+            let mut facts = EndpointFacts::default();
+            let link = match netlink.link_by_name(&ifname).await {
+                Ok(link) => link,
+                Err(crate::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(facts),
+                Err(e) => return Err(NetworkError::from(e)),
+            };
+            facts.ifindex = Some(link.ifindex);
+            let present = netlink.addresses(link.ifindex).await?;
+            facts.missing_addresses = addresses
+                .iter()
+                .filter(|a| !present.contains(&a.addr()))
+                .copied()
+                .collect();
+            // A sandbox keeps one default route per family: one via
+            // another network's endpoint counts.
+            for (gateway, ipv6) in &routes {
+                if netlink.default_routes(*ipv6).await?.is_empty() {
+                    facts.missing_routes.push((*gateway, *ipv6));
+                }
+            }
+            facts.programs =
+                crate::datapath::egress::programs(&bpf_dir, &netlink, link.ifindex, &ifname)
+                    .await?;
+            if !repair {
+                return Ok(facts);
+            }
+            for address in &facts.missing_addresses {
+                netlink.add_address(link.ifindex, *address).await?;
+                facts
+                    .repaired
+                    .push(format!("add address {address} to {ifname} in {sandbox}"));
+            }
+            if !facts.programs.complete() {
+                let mut config = egress_config(link.mac, &addresses);
+                if spoofcheck {
+                    config.flags |= EGRESS_ENFORCE;
+                }
+                crate::datapath::egress::reattach(
+                    &bpf_dir,
+                    &netlink,
+                    link.ifindex,
+                    &ifname,
+                    &config,
+                )
+                .await?;
+                facts.repaired.push(format!(
+                    "attach the endpoint programs to {ifname} in {sandbox}"
+                ));
+            }
+            for (gateway, ipv6) in &facts.missing_routes {
+                netlink
+                    .add_default_route(link.ifindex, *gateway, *ipv6)
+                    .await?;
+                let via = gateway.map_or("the link".to_string(), |g| g.to_string());
+                facts.repaired.push(format!(
+                    "add the default route via {via} to {ifname} in {sandbox}"
+                ));
+            }
+            Ok(facts)
+        };
+        let path = endpoint.netns_path.clone();
+        tokio::task::spawn_blocking(move || netns::run_in(&path, job))
+            .await
+            .expect("the sandbox thread is joined, never cancelled")?
+    }
+}
+
 /// The default routes a network offers an endpoint with these addresses:
 /// per family, via the gateway of the subnet the address belongs to (a
 /// network may have several subnets of a family); ipvlan l3/l3s straight
@@ -674,23 +779,30 @@ impl SandboxPlan {
         let netlink = Netlink::connect()?;
         let link = netlink.link_by_name(&self.temp_name).await?;
         let result = self.configure(&netlink, link.ifindex).await;
-        if result.is_err() {
-            if let Err(e) = netlink.delete_link(link.ifindex).await {
-                tracing::error!("cannot delete half-configured {}: {e}", self.temp_name);
-            }
-            // The program went with the link; its pins would outlive it.
-            match NetnsId::current() {
-                Ok(here) => {
-                    if let Err(e) =
-                        crate::datapath::egress::remove_pins(&self.bpf_dir, here, link.ifindex)
-                    {
-                        tracing::error!("cannot remove the pins of {}: {e}", self.temp_name);
-                    }
-                }
-                Err(e) => tracing::error!("cannot tell the sandbox's namespace: {e}"),
-            }
+        let Err(failed) = result else {
+            return result;
+        };
+        let mut undo = Vec::new();
+        if let Err(e) = netlink.delete_link(link.ifindex).await {
+            undo.push(format!("deleting {}: {e}", self.ifname));
         }
-        result
+        // The programs went with the link; their pins would stay.
+        let pins = crate::netns::NetnsId::current()
+            .map_err(crate::datapath::DatapathError::Netns)
+            .and_then(|netns| {
+                crate::datapath::egress::remove_pins(&self.bpf_dir, netns, link.ifindex)
+            });
+        if let Err(e) = pins {
+            undo.push(format!("removing its program pins: {e}"));
+        }
+        Err(if undo.is_empty() {
+            failed
+        } else {
+            NetworkError::RollbackFailed {
+                failed: Box::new(failed),
+                undo: undo.join("; "),
+            }
+        })
     }
 
     async fn configure(
@@ -718,11 +830,14 @@ impl SandboxPlan {
             config.flags |= EGRESS_ENFORCE;
         }
         crate::datapath::egress::attach(&self.bpf_dir, ifindex, &self.ifname, &config)?;
+        super::failpoint("connect-after-programs")?;
         announce_on_up(&self.ifname);
         netlink.set_up(ifindex).await?;
+        super::failpoint("connect-after-up")?;
         for (gateway, ipv6) in &self.routes {
             netlink.add_default_route(ifindex, *gateway, *ipv6).await?;
         }
+        super::failpoint("connect-after-routes")?;
         Ok(Materialized { mac, ifindex })
     }
 }

@@ -39,8 +39,11 @@ pub(crate) enum Intent {
 
 /// The alias netvlan gives the links it creates.
 pub(crate) fn owner_alias(id: &str) -> String {
-    format!("{}{id}", crate::netlink::OWNER_ALIAS_PREFIX)
+    format!("{OWNER_PREFIX}{id}")
 }
+
+/// How every owner tag starts.
+pub(crate) const OWNER_PREFIX: &str = crate::netlink::OWNER_ALIAS_PREFIX;
 
 impl Manager {
     /// Records an intent durably before the kernel change it announces.
@@ -62,6 +65,58 @@ impl Manager {
     /// same transaction as the record.
     pub(super) fn intents_committed(&self) {
         self.intents.lock().expect("intents lock").clear();
+    }
+
+    /// Deletes the links of this namespace that carry netvlan's owner tag
+    /// but belong to no stored network or endpoint (a placeholder whose
+    /// network is gone, a probe left by a crash older than the journal).
+    /// Returns what it deleted. The store's lock keeps every other command
+    /// out meanwhile, so no link of a command in flight is mistaken.
+    pub async fn remove_orphans(&self) -> Result<Vec<String>, NetworkError> {
+        let mut deleted = Vec::new();
+        for link in self.orphan_links().await? {
+            self.netlink().delete_link(link.ifindex).await?;
+            deleted.push(format!(
+                "deleted orphan link {} ({})",
+                link.name,
+                link.alias.unwrap_or_default()
+            ));
+        }
+        Ok(deleted)
+    }
+
+    /// Names of the networks whose parent or wire is `iface`.
+    pub fn networks_on(&self, iface: &str) -> Result<Vec<String>, NetworkError> {
+        Ok(self
+            .networks()?
+            .into_iter()
+            .filter(|n| n.parent.wire == iface || n.parent.link == iface)
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// Links of this namespace tagged as netvlan's that no stored network
+    /// or endpoint owns.
+    pub(super) async fn orphan_links(&self) -> Result<Vec<crate::netlink::LinkInfo>, NetworkError> {
+        let networks = self.networks()?;
+        let owned: std::collections::BTreeSet<String> = networks
+            .iter()
+            .flat_map(|n| {
+                std::iter::once(owner_alias(&n.id))
+                    .chain(n.endpoints.values().map(|e| owner_alias(&e.id)))
+            })
+            .collect();
+        Ok(self
+            .netlink()
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(OWNER_PREFIX) && !owned.contains(a))
+            })
+            .collect())
     }
 
     /// Cleans up after a command that died half-way; returns what it did.

@@ -6,6 +6,7 @@
 //! last, in one transaction, under the store's lock. A failure at any step
 //! undoes what was done, so a command is all or nothing.
 
+mod check;
 mod endpoint;
 mod inspect;
 mod journal;
@@ -25,6 +26,7 @@ use crate::{
     sandbox::SandboxError,
     store::{Store, StoreError},
 };
+pub use check::Drift;
 pub use endpoint::{ConnectRequest, Endpoint};
 pub use inspect::{inspect, list_rows, ListFilter};
 pub use options::{Driver, NetworkOptions, PolicyOptions};
@@ -93,6 +95,10 @@ pub enum NetworkError {
         other: ipnet::IpNet,
         network: String,
     },
+    #[error("parent interface '{parent}' is {owner}, a link netvlan manages itself; give the LAN's interface as parent, or none for an internal network")]
+    ParentIsNetvlans { parent: String, owner: String },
+    #[error("the policy of network '{network}' cannot be enforced: {reason}")]
+    NotEnforced { network: String, reason: String },
     #[error("network '{network}' has {count} connected endpoint(s); disconnect them first")]
     HasEndpoints { network: String, count: usize },
     #[error("sandbox '{sandbox}' is already connected to network '{network}'")]
@@ -371,13 +377,22 @@ impl Manager {
     ) -> Result<bool, NetworkError> {
         match parent.kind.clone() {
             ParentKind::Existing => {
-                self.netlink
+                let link = self
+                    .netlink
                     .link_by_name(&parent.link)
                     .await
                     .map_err(|e| match e {
                         NetlinkError::NoSuchInterface { name } => NetworkError::UnknownParent(name),
                         other => other.into(),
                     })?;
+                // Another network's placeholder (or any link netvlan made):
+                // it would go away with its owner.
+                if let Some(alias) = link.alias.filter(|a| a.starts_with(journal::OWNER_PREFIX)) {
+                    return Err(NetworkError::ParentIsNetvlans {
+                        parent: parent.link.clone(),
+                        owner: format!("tagged {alias}"),
+                    });
+                }
             }
             ParentKind::Vlan { base, vid } => match self.netlink.link_by_name(&parent.link).await {
                 Ok(_) => parent.created = false,
@@ -471,7 +486,7 @@ impl Manager {
         {
             Ok(()) => Ok(self.netlink.link_by_name(name).await?.ifindex),
             Err(NetlinkError::UnsupportedLinkType { .. }) => {
-                let peer = format!("{}p", &name[..name.len().min(14)]);
+                let peer = placeholder_peer(name);
                 self.netlink.create_veth(name, &peer, Some(alias)).await?;
                 // Up on both ends, or the placeholder has no carrier and
                 // neither have the endpoints on it.
@@ -612,6 +627,11 @@ impl Manager {
     }
 }
 
+/// The other end of a placeholder made of a veth pair.
+fn placeholder_peer(name: &str) -> String {
+    format!("{}p", &name[..name.len().min(14)])
+}
+
 fn build_ipam(
     request: &CreateRequest,
     options: &NetworkOptions,
@@ -683,6 +703,21 @@ fn check_parent_conflicts(
     parent: &Parent,
     options: &NetworkOptions,
 ) -> Result<(), NetworkError> {
+    if parent.kind == ParentKind::Existing {
+        for other in existing
+            .iter()
+            .filter(|n| n.parent.kind == ParentKind::Placeholder)
+        {
+            if parent.link == other.parent.link
+                || parent.link == placeholder_peer(&other.parent.link)
+            {
+                return Err(NetworkError::ParentIsNetvlans {
+                    parent: parent.link.clone(),
+                    owner: format!("the placeholder of network '{}'", other.name),
+                });
+            }
+        }
+    }
     for other in existing.iter().filter(|n| n.parent.link == parent.link) {
         let exclusive = options.driver == Driver::Ipvlan
             || other.options.driver == Driver::Ipvlan

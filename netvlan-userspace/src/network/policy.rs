@@ -244,7 +244,47 @@ impl Manager {
             )));
         }
         match self.datapath().apply_policy(wire, &policy).await {
-            Ok(()) | Err(DatapathError::NotAttached { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            // Another XDP program holds the wire (`create` warned of it):
+            // nothing of netvlan's to write.
+            Err(DatapathError::NotAttached { .. }) if wire_link.xdp.is_some() => Ok(()),
+            Err(DatapathError::NotAttached { .. }) if records.is_empty() => Ok(()),
+            // Networks use the wire and nothing enforces their policy
+            // (detached by hand, pins removed): attach again, or fail.
+            Err(DatapathError::NotAttached { .. }) => {
+                tracing::warn!("netvlan's datapath was missing on {wire}; attaching it again");
+                self.datapath()
+                    .attach(wire, crate::datapath::AttachMode::Auto)
+                    .await?;
+                Ok(self.datapath().apply_policy(wire, &policy).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fails unless netvlan's datapath runs on `wire`: a policy that
+    /// nothing enforces must never be reported as enforced.
+    pub(super) async fn require_datapath(
+        &self,
+        network: &str,
+        wire: &str,
+    ) -> Result<(), NetworkError> {
+        match self.datapath().attachments(Some(wire)).await {
+            Ok(_) => Ok(()),
+            Err(DatapathError::NotAttached { .. }) => {
+                let other = self
+                    .netlink()
+                    .link_by_name(wire)
+                    .await
+                    .ok()
+                    .and_then(|l| l.xdp)
+                    .map(|x| format!(", it runs another XDP program (id {})", x.prog_id))
+                    .unwrap_or_default();
+                Err(NetworkError::NotEnforced {
+                    network: network.into(),
+                    reason: format!("netvlan's datapath is not attached to {wire}{other}"),
+                })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -287,8 +327,22 @@ impl Manager {
             false,
         )?;
         record.options.raw.extend(raw);
-        self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
-            .await?;
+        let synced = match self
+            .sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+            .await
+        {
+            Ok(()) => {
+                self.require_datapath(&record.name, &record.parent.wire)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            let _ = self
+                .sync_wire(&previous.parent.wire, &wire_after(&all, &previous, false))
+                .await;
+            return Err(e);
+        }
         if let Err(e) = self.store().put_network(&record.name, &record) {
             // Put the old policy back in force before reporting.
             let _ = self

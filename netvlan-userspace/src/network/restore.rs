@@ -12,7 +12,7 @@ use super::{Driver, Manager, NetworkError, NetworkRecord, NewLink, ParentKind};
 use crate::{
     datapath::{AttachMode, AttachOutcome},
     netlink::NetlinkError,
-    netns,
+    sandbox::Sandbox,
 };
 
 /// One thing restore did, or could not do.
@@ -28,6 +28,18 @@ impl Manager {
     /// Restores every network; keeps going past failures and reports them.
     pub async fn restore(&self) -> Result<Vec<RestoreAction>, NetworkError> {
         let mut actions = Vec::new();
+        match self.remove_orphans().await {
+            Ok(removed) => actions.extend(removed.into_iter().map(|action| RestoreAction {
+                network: "-".into(),
+                action,
+                error: None,
+            })),
+            Err(e) => actions.push(RestoreAction {
+                network: "-".into(),
+                action: "remove orphan links netvlan tagged".into(),
+                error: Some(e.to_string()),
+            }),
+        }
         let mut wires = std::collections::BTreeSet::new();
         for mut record in self.networks()? {
             wires.insert(record.parent.wire.clone());
@@ -60,6 +72,29 @@ impl Manager {
                     error: Some(e.to_string()),
                 });
             }
+        }
+        // Pins whose programs no longer run (an endpoint's dropped sandbox,
+        // an interface deleted by hand).
+        match self.datapath().prune().await {
+            Ok(removed) => {
+                for status in removed {
+                    if let crate::datapath::AttachmentStatus::Stale {
+                        pin_dir, reason, ..
+                    } = status
+                    {
+                        actions.push(RestoreAction {
+                            network: "-".into(),
+                            action: format!("remove stale pins {} ({reason})", pin_dir.display()),
+                            error: None,
+                        });
+                    }
+                }
+            }
+            Err(e) => actions.push(RestoreAction {
+                network: "-".into(),
+                action: "remove stale pins".into(),
+                error: Some(e.to_string()),
+            }),
         }
         Ok(actions)
     }
@@ -164,7 +199,8 @@ impl Manager {
         });
     }
 
-    /// Returns whether the record changed (endpoints dropped).
+    /// Returns whether the record changed (endpoints dropped, links
+    /// recreated under a new index).
     async fn restore_endpoints(
         &self,
         record: &mut NetworkRecord,
@@ -195,69 +231,60 @@ impl Manager {
                     error,
                 })
             };
-            if !endpoint.sandbox_alive() {
+            let sandbox = match Sandbox::resolve(&endpoint.sandbox) {
+                Ok(s) if s.path == endpoint.netns_path => Some(s),
+                _ => None,
+            };
+            let Some(sandbox) = sandbox else {
                 record.endpoints.remove(&key);
                 for net in endpoint.ipv4.iter().chain(endpoint.ipv6.iter()) {
                     let _ = record.ipam.release(net.addr());
                 }
                 changed = true;
+                // Its programs went with the namespace; their pins stay
+                // unless removed.
+                let pins = match endpoint.netns {
+                    Some(netns) => crate::datapath::egress::remove_pins(
+                        self.datapath().bpf_dir(),
+                        netns,
+                        endpoint.ifindex,
+                    )
+                    .map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
                 report(
                     format!("drop endpoint of vanished sandbox {}", endpoint.sandbox),
-                    None,
+                    pins.err(),
                 );
                 continue;
-            }
-            let ifname = endpoint.ifname.clone();
-            let exists = tokio::task::spawn_blocking({
-                let path = endpoint.netns_path.clone();
-                move || {
-                    netns::run_in(&path, move || async move {
-                        let netlink = crate::netlink::Netlink::connect()?;
-                        Ok::<bool, NetlinkError>(netlink.link_by_name(&ifname).await.is_ok())
-                    })
-                }
-            })
-            .await
-            .expect("the sandbox thread is joined");
+            };
             // The default routes the store says this endpoint holds.
             let routes = super::endpoint::held_routes(&all, record, &endpoint);
-            match exists {
-                Ok(Ok(true)) => {
-                    if routes.is_empty() {
-                        continue;
-                    }
-                    let gateways = describe(&routes);
-                    match super::endpoint::add_routes_in(&endpoint, routes).await {
-                        Ok(0) => {}
-                        Ok(_) => report(
-                            format!(
-                                "add default route {gateways} on {} in {}",
-                                endpoint.ifname, endpoint.sandbox
-                            ),
-                            None,
-                        ),
-                        Err(e) => report(
-                            format!(
-                                "add default route {gateways} on {} in {}",
-                                endpoint.ifname, endpoint.sandbox
-                            ),
-                            Some(e.to_string()),
-                        ),
-                    }
-                    continue;
-                }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
+            let facts = match self
+                .probe_endpoint(record, &endpoint, routes.clone(), true)
+                .await
+            {
+                Ok(facts) => facts,
+                Err(e) => {
                     report(
-                        format!("check {} in {}", endpoint.ifname, endpoint.sandbox),
+                        format!("repair {} in {}", endpoint.ifname, endpoint.sandbox),
                         Some(e.to_string()),
                     );
                     continue;
                 }
-                Err(e) => {
-                    report(format!("enter {}", endpoint.sandbox), Some(e.to_string()));
-                    continue;
+            };
+            if let Some(ifindex) = facts.ifindex {
+                for action in facts.repaired {
+                    report(action, None);
                 }
+                if ifindex != endpoint.ifindex || endpoint.netns != Some(sandbox.id) {
+                    let mut updated = endpoint.clone();
+                    updated.ifindex = ifindex;
+                    updated.netns = Some(sandbox.id);
+                    record.endpoints.insert(key.clone(), updated);
+                    changed = true;
+                }
+                continue;
             }
             let link = super::endpoint::endpoint_link(record, parent.ifindex);
             let mac = match record.options.driver {
@@ -278,23 +305,34 @@ impl Manager {
                     &super::endpoint::temp_link_name(),
                 )
                 .await;
+            let error = match result {
+                Ok(made) => {
+                    // The old link's programs went with it: its pins are
+                    // stale, and the record must point at the new link.
+                    if let (Some(netns), true) = (endpoint.netns, made.ifindex != endpoint.ifindex)
+                    {
+                        if let Err(e) = crate::datapath::egress::remove_pins(
+                            self.datapath().bpf_dir(),
+                            netns,
+                            endpoint.ifindex,
+                        ) {
+                            tracing::warn!("{}: {e}", endpoint.sandbox);
+                        }
+                    }
+                    let mut updated = endpoint.clone();
+                    updated.ifindex = made.ifindex;
+                    updated.netns = Some(sandbox.id);
+                    record.endpoints.insert(key.clone(), updated);
+                    changed = true;
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
             report(
                 format!("recreate {} in {}", endpoint.ifname, endpoint.sandbox),
-                result.err().map(|e| e.to_string()),
+                error,
             );
         }
         changed
     }
-}
-
-/// `via 192.168.216.1, via 2001:db8::1` (`via the device` for ipvlan l3).
-fn describe(routes: &[super::endpoint::DefaultRoute]) -> String {
-    routes
-        .iter()
-        .map(|(gateway, _)| match gateway {
-            Some(gw) => format!("via {gw}"),
-            None => "via the device".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -12,6 +12,9 @@ enum Undo {
     Detach(String),
     /// Delete link `name` inside the namespace at the path.
     DeleteLinkIn(PathBuf, String),
+    /// Remove an endpoint's program pins (namespace, ifindex): the
+    /// programs go with the link, their pins would stay.
+    RemoveEndpointPins(crate::netns::NetnsId, u32),
 }
 
 #[derive(Default)]
@@ -30,6 +33,10 @@ impl Rollback {
 
     pub fn delete_link_in(&mut self, netns: PathBuf, name: &str) {
         self.steps.push(Undo::DeleteLinkIn(netns, name.into()));
+    }
+
+    pub fn remove_endpoint_pins(&mut self, netns: crate::netns::NetnsId, ifindex: u32) {
+        self.steps.push(Undo::RemoveEndpointPins(netns, ifindex));
     }
 
     /// Undoes everything and returns `failed`, wrapped if undoing failed too.
@@ -52,6 +59,10 @@ impl Rollback {
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
                 Undo::DeleteLinkIn(path, name) => delete_link_in(path, name).await,
+                Undo::RemoveEndpointPins(netns, ifindex) => {
+                    crate::datapath::egress::remove_pins(datapath.bpf_dir(), netns, ifindex)
+                        .map_err(|e| e.to_string())
+                }
             };
             if let Err(e) = result {
                 errors.push(e);

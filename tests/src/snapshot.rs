@@ -1,0 +1,109 @@
+//! What the kernel holds for a set of namespaces, as comparable lines:
+//! links, addresses, routes, XDP and TC programs, plus a bpffs pin tree.
+//! A failed command must leave every line as it was.
+
+use std::{fs::File, os::fd::AsRawFd};
+
+use serde_json::Value;
+
+use crate::{BpfDir, Netns};
+
+/// The TC programs on `dev` in `ns`, by hook, as program ids: TCX links
+/// (queried from a thread that enters the namespace and then ends) and
+/// cls_bpf filters alike.
+pub fn tc_programs(ns: &Netns, dev: &str) -> (Vec<u32>, Vec<u32>) {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let path = ns.path();
+    let name = dev.to_string();
+    let tcx = std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        // SAFETY: a plain syscall on an fd we own; this thread only lives
+        // in the target namespace and then ends.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        // Kernels without TCX refuse the query: nothing attached that way.
+        let query = |hook| {
+            SchedClassifier::query_tcx(&name, hook)
+                .map(|(_, programs)| programs.iter().map(|p| p.id()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        (query(TcAttachType::Egress), query(TcAttachType::Ingress))
+    })
+    .join()
+    .expect("the namespace thread does not panic");
+    let filters = |hook: &str| -> Vec<u32> {
+        let out = ns
+            .command("tc")
+            .args(["-j", "filter", "show", "dev", dev, hook])
+            .output()
+            .expect("tc runs");
+        let filters: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        filters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+            .map(|id| id as u32)
+            .collect()
+    };
+    let (mut egress, mut ingress) = tcx;
+    egress.extend(filters("egress"));
+    ingress.extend(filters("ingress"));
+    (egress, ingress)
+}
+
+fn json(ns: &Netns, args: &[&str]) -> Value {
+    let out = ns.exec("ip", args);
+    serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
+}
+
+/// Every link (name, MAC, owner tag, XDP program, TC programs), address
+/// and route of `ns`, one line each, prefixed with `label`.
+pub fn namespace(label: &str, ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for link in json(ns, &["-j", "-d", "link", "show"])
+        .as_array()
+        .expect("a list")
+    {
+        let name = link["ifname"].as_str().unwrap_or_default();
+        let (egress, ingress) = tc_programs(ns, name);
+        out.push(format!(
+            "{label} link {name} mac={} alias={} xdp={} tc-egress={egress:?} tc-ingress={ingress:?}",
+            link["address"].as_str().unwrap_or_default(),
+            link["ifalias"].as_str().unwrap_or_default(),
+            link["xdp"]["prog"]["id"],
+        ));
+    }
+    for link in json(ns, &["-j", "addr", "show"])
+        .as_array()
+        .expect("a list")
+    {
+        for addr in link["addr_info"].as_array().into_iter().flatten() {
+            out.push(format!(
+                "{label} addr {} {}/{}",
+                link["ifname"].as_str().unwrap_or_default(),
+                addr["local"].as_str().unwrap_or_default(),
+                addr["prefixlen"]
+            ));
+        }
+    }
+    for family in ["-4", "-6"] {
+        for route in json(ns, &[family, "-j", "route", "show", "table", "all"])
+            .as_array()
+            .expect("a list")
+        {
+            out.push(format!("{label} route {route}"));
+        }
+    }
+    out
+}
+
+/// The kernel state of every namespace given, and the pin tree.
+pub fn kernel(namespaces: &[(&str, &Netns)], bpf: &BpfDir) -> Vec<String> {
+    let mut out: Vec<String> = namespaces
+        .iter()
+        .flat_map(|(label, ns)| namespace(label, ns))
+        .collect();
+    out.extend(bpf.contents().into_iter().map(|p| format!("pin {p}")));
+    out
+}
