@@ -8,7 +8,6 @@ use netvlan_tests::{
     netvlan_bin, netvlan_with_state, sh, spawn_netvlan, veth_pair, wait_for, BpfDir, Lan, Netns,
     Run, StateDir,
 };
-use serde_json::Value;
 
 /// `netvlan ARGS` in `ns`, with the one shared state and pin directory.
 fn nv(ns: &Netns, bpf: &BpfDir, state: &StateDir, args: &[&str]) -> Run {
@@ -59,19 +58,6 @@ fn containers(ns: &Netns, bpf: &BpfDir, state: &StateDir) -> Vec<String> {
     names
 }
 
-fn links(ns: &Netns) -> Vec<String> {
-    let out = ns.exec("ip", &["-j", "link", "show"]);
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut names: Vec<String> = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
 fn xdp_prog(ns: &Netns) -> Option<u64> {
     ns.link_json("eth0")["xdp"]["prog"]["id"].as_u64()
 }
@@ -102,18 +88,18 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
     assert_eq!(cb.link_json("eth0")["address"], "02:42:ac:10:56:02");
 
     // Restore in B acts in B only: nothing new appears in A.
-    let a_links = links(&a.host);
+    let a_links = a.host.sorted_link_names();
     let a_prog = xdp_prog(&a.host);
     let restored = nv(&b.host, bpf, state, &["restore", "--json"]).ok().json();
     assert_eq!(restored["actions"], serde_json::json!([]), "{restored:#}");
-    assert_eq!(links(&a.host), a_links);
+    assert_eq!(a.host.sorted_link_names(), a_links);
     assert_eq!(xdp_prog(&a.host), a_prog);
 
     // A "reboot" of B: its links are gone and its namespace is recreated
     // under the same name, with a new inode (the old namespace is held
     // open meanwhile, or the kernel may hand its inode out again).
     b.host.exec("ip", &["link", "del", "eth0"]);
-    assert!(!links(&cb).contains(&"eth0".to_string()));
+    assert!(!cb.sorted_link_names().contains(&"eth0".to_string()));
     let old = std::fs::File::open(b.host.path()).unwrap();
     sh("ip", &["netns", "del", b.host.name()]);
     sh("ip", &["netns", "add", b.host.name()]);
@@ -137,7 +123,11 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
         "B's restore found its network by the namespace's name: {restored:#}"
     );
     assert!(xdp_prog(&b.host).is_some(), "B's datapath is back");
-    assert_eq!(links(&a.host), a_links, "B's restore left A alone");
+    assert_eq!(
+        a.host.sorted_link_names(),
+        a_links,
+        "B's restore left A alone"
+    );
     assert_eq!(xdp_prog(&a.host), a_prog);
     let again = nv(&a.host, bpf, state, &["restore", "--json"]).ok().json();
     assert_eq!(again["actions"], serde_json::json!([]), "{again:#}");
@@ -154,22 +144,30 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
         &["connect", "lan", cb2.name()],
     );
     let reached = wait_for(Duration::from_secs(10), || {
-        (links(&cb2).len() > 1).then_some(())
+        (cb2.sorted_link_names().len() > 1).then_some(())
     });
     child.kill().expect("SIGKILL our own child");
     child.wait().expect("reap it");
     assert!(reached.is_some(), "the connect never made its link");
-    let half_made = links(&cb2);
+    let half_made = cb2.sorted_link_names();
     let in_a = nv(&a.host, bpf, state, &["network", "ls"]).ok();
     assert!(
         !in_a.stderr.contains("note:"),
         "A recovered B's command: {}",
         in_a.stderr
     );
-    assert_eq!(links(&cb2), half_made, "A's command touched B's sandbox");
+    assert_eq!(
+        cb2.sorted_link_names(),
+        half_made,
+        "A's command touched B's sandbox"
+    );
     let in_b = nv(&b.host, bpf, state, &["network", "ls"]).ok();
     assert!(in_b.stderr.contains("interrupted"), "{}", in_b.stderr);
-    assert_eq!(links(&cb2), ["lo"], "B's own command cleaned up");
+    assert_eq!(
+        cb2.sorted_link_names(),
+        ["lo"],
+        "B's own command cleaned up"
+    );
 
     // Removing B's network leaves A's in place, and the other way round.
     nv(&b.host, bpf, state, &["disconnect", "lan", cb.name()]).ok();
