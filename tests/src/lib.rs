@@ -418,6 +418,28 @@ impl Lan {
         self.netvlan(&args)
     }
 
+    /// A network `name` on eth0, subnet 10.`subnet`.0.0/24, whose gateway
+    /// 10.`subnet`.0.1 the switch namespace answers.
+    pub fn network_on_eth0(&self, name: &str, subnet: u8) {
+        let gateway = format!("10.{subnet}.0.1");
+        self.switch.exec(
+            "ip",
+            &["addr", "add", &format!("{gateway}/24"), "dev", "peer0"],
+        );
+        self.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            &format!("10.{subnet}.0.0/24"),
+            "--gateway",
+            &gateway,
+            "-o",
+            "parent=eth0",
+            name,
+        ])
+        .ok();
+    }
+
     /// `netvlan ARGS` in the host namespace with the fault `failpoint`
     /// injected; it must fail and say that the fault stopped it.
     pub fn fails_at(&self, failpoint: &str, args: &[&str]) -> Run {

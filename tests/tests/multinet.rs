@@ -433,16 +433,8 @@ impl Drop for NamedNetns {
 #[test]
 fn an_endpoint_whose_sandbox_is_gone_needs_disconnect_force() {
     let lan = Lan::new(false);
-    lan.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "172.16.86.0/24",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ])
-    .ok();
+    lan.create_network("lan", "172.16.86.0/24", &["parent=eth0"])
+        .ok();
     let pins_before = lan.bpf.contents();
     let c = lan.container(false);
     let name = c.name().to_string();

@@ -233,16 +233,8 @@ fn ip_netns_exec_is_refused_before_anything_changes() {
     assert_eq!(listed.json(), serde_json::json!([]), "a network was stored");
 
     // The same commands through nsenter work.
-    lab.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "172.16.86.0/24",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ])
-    .ok();
+    lab.create_network("lan", "172.16.86.0/24", &["parent=eth0"])
+        .ok();
     assert!(xdp_prog(&lab.host).is_some());
     let inspect = under_ip_netns_exec(&lab, &["network", "inspect", "lan"]).ok();
     assert_eq!(inspect.json()[0]["Name"], "lan");
