@@ -14,25 +14,23 @@ fn nv(ns: &Netns, bpf: &BpfDir, state: &StateDir, args: &[&str]) -> Run {
     netvlan_with_state(ns, bpf, state, args)
 }
 
+/// `network create` of the network "lan" on `eth0` these tests use.
+const CREATE_LAN: &[&str] = &[
+    "network",
+    "create",
+    "--subnet",
+    "172.16.86.0/24",
+    "-o",
+    "parent=eth0",
+    "lan",
+];
+
 fn create_lan(ns: &Netns, bpf: &BpfDir, state: &StateDir) -> String {
-    nv(
-        ns,
-        bpf,
-        state,
-        &[
-            "network",
-            "create",
-            "--subnet",
-            "172.16.86.0/24",
-            "-o",
-            "parent=eth0",
-            "lan",
-        ],
-    )
-    .ok()
-    .stdout
-    .trim()
-    .to_string()
+    nv(ns, bpf, state, CREATE_LAN)
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
 }
 
 /// The ids of the networks `network ls --json` shows in `ns`.
@@ -204,15 +202,7 @@ fn ip_netns_exec_is_refused_before_anything_changes() {
     let links_before = lab.host_links();
     let refusals = [
         vec!["datapath", "attach", "eth0"],
-        vec![
-            "network",
-            "create",
-            "--subnet",
-            "172.16.86.0/24",
-            "-o",
-            "parent=eth0",
-            "lan",
-        ],
+        CREATE_LAN.to_vec(),
         vec!["network", "create", "--subnet", "10.99.0.0/24", "island"],
         vec!["restore"],
     ];
@@ -233,8 +223,7 @@ fn ip_netns_exec_is_refused_before_anything_changes() {
     assert_eq!(listed.json(), serde_json::json!([]), "a network was stored");
 
     // The same commands through nsenter work.
-    lab.create_network("lan", "172.16.86.0/24", &["parent=eth0"])
-        .ok();
+    lab.netvlan(CREATE_LAN).ok();
     assert!(xdp_prog(&lab.host).is_some());
     let inspect = under_ip_netns_exec(&lab, &["network", "inspect", "lan"]).ok();
     assert_eq!(inspect.json()[0]["Name"], "lan");
