@@ -189,6 +189,25 @@ impl Netns {
     pub fn ifindex(&self, dev: &str) -> u32 {
         self.link_json(dev)["ifindex"].as_u64().expect("ifindex") as u32
     }
+
+    /// Names of every link in the namespace, in the kernel's order.
+    pub fn link_names(&self) -> Vec<String> {
+        let out = self.exec("ip", &["-j", "link", "show"]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Names of every link in the namespace, sorted (to compare as a set).
+    pub fn sorted_link_names(&self) -> Vec<String> {
+        let mut names = self.link_names();
+        names.sort();
+        names
+    }
 }
 
 impl Drop for Netns {
@@ -385,14 +404,68 @@ impl Lan {
 
     /// Names of every link in the host namespace.
     pub fn host_links(&self) -> Vec<String> {
-        let out = self.host.exec("ip", &["-j", "link", "show"]);
-        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        links
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect()
+        self.host.link_names()
+    }
+
+    /// `network create --subnet SUBNET -o OPTION… NAME` in the host
+    /// namespace (the run, to check either way).
+    pub fn create_network(&self, name: &str, subnet: &str, options: &[&str]) -> Run {
+        let mut args = vec!["network", "create", "--subnet", subnet];
+        for o in options {
+            args.extend(["-o", o]);
+        }
+        args.push(name);
+        self.netvlan(&args)
+    }
+
+    /// A network `name` on eth0, subnet 10.`subnet`.0.0/24, whose gateway
+    /// 10.`subnet`.0.1 the switch namespace answers.
+    pub fn network_on_eth0(&self, name: &str, subnet: u8) {
+        let gateway = format!("10.{subnet}.0.1");
+        self.switch.exec(
+            "ip",
+            &["addr", "add", &format!("{gateway}/24"), "dev", "peer0"],
+        );
+        self.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            &format!("10.{subnet}.0.0/24"),
+            "--gateway",
+            &gateway,
+            "-o",
+            "parent=eth0",
+            name,
+        ])
+        .ok();
+    }
+
+    /// `netvlan ARGS` in the host namespace with the fault `failpoint`
+    /// injected; it must fail and say that the fault stopped it.
+    pub fn fails_at(&self, failpoint: &str, args: &[&str]) -> Run {
+        let run = netvlan_failing_at(&self.host, &self.bpf, &self.state, failpoint, args).failed();
+        assert!(
+            run.stderr
+                .contains(&format!("injected fault at {failpoint}")),
+            "{failpoint}: {}",
+            run.stderr
+        );
+        run
+    }
+
+    /// Stats of `eth0` once the program has seen at least `frames` frames
+    /// in total.
+    pub fn stats_after(&self, frames: u64) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_for(Duration::from_secs(5), || {
+            last = self
+                .netvlan(&["stats", "--iface", "eth0", "--json"])
+                .ok()
+                .json()["interfaces"][0]
+                .clone();
+            (last["frames"]["rx_packets"].as_u64() >= Some(frames)).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("expected {frames} frames, stats are {last:#}"))
     }
 
     /// A fresh container namespace (not connected).

@@ -107,3 +107,14 @@ pub fn kernel(namespaces: &[(&str, &Netns)], bpf: &BpfDir) -> Vec<String> {
     out.extend(bpf.contents().into_iter().map(|p| format!("pin {p}")));
     out
 }
+
+/// Every route of `ns`'s tables, both families, as `ip route` prints them.
+pub fn routes(ns: &Netns) -> String {
+    let v4 = ns.exec("ip", &["-4", "route", "show", "table", "all"]);
+    let v6 = ns.exec("ip", &["-6", "route", "show", "table", "all"]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&v4.stdout),
+        String::from_utf8_lossy(&v6.stdout)
+    )
+}

@@ -44,20 +44,7 @@ fn bpftool(args: &[&str]) {
 #[test]
 fn check_names_every_drift_and_restore_repairs_it() {
     let lan = Lan::new(false);
-    lan.switch
-        .exec("ip", &["addr", "add", "10.74.0.1/24", "dev", "peer0"]);
-    lan.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "10.74.0.0/24",
-        "--gateway",
-        "10.74.0.1",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ])
-    .ok();
+    lan.network_on_eth0("lan", 74);
     let c1 = lan.container(false);
     let c2 = lan.container(false);
     lan.netvlan(&["connect", "--ip", "10.74.0.2", "lan", c1.name()])

@@ -48,20 +48,13 @@ fn has_temporary_link_name(text: &str) -> bool {
     })
 }
 
-fn create(lab: &Lan, name: &str, subnet: &str, options: &[&str]) -> netvlan_tests::Run {
-    let mut args = vec!["network", "create", "--subnet", subnet];
-    for o in options {
-        args.extend(["-o", o]);
-    }
-    args.push(name);
-    lab.netvlan(&args)
-}
-
 #[test]
 fn the_loopback_interface_is_refused_as_a_parent() {
     let lab = Lan::new(false);
     let before = snapshot(&lab);
-    let run = create(&lab, "n", "10.80.0.0/24", &["parent=lo"]).failed();
+    let run = lab
+        .create_network("n", "10.80.0.0/24", &["parent=lo"])
+        .failed();
     assert_message(
         &run.stderr,
         &[
@@ -80,7 +73,9 @@ fn the_loopback_interface_is_refused_as_a_parent() {
 fn an_mtu_above_the_parents_is_refused_at_create() {
     let lab = Lan::new(false);
     let before = snapshot(&lab);
-    let run = create(&lab, "jumbo", "10.81.0.0/24", &["parent=eth0", "mtu=9000"]).failed();
+    let run = lab
+        .create_network("jumbo", "10.81.0.0/24", &["parent=eth0", "mtu=9000"])
+        .failed();
     assert_message(
         &run.stderr,
         &[
@@ -90,7 +85,8 @@ fn an_mtu_above_the_parents_is_refused_at_create() {
     );
     assert_eq!(snapshot(&lab), before, "a refused create left something");
     // Up to the parent's MTU is fine, and connects work.
-    create(&lab, "fits", "10.81.0.0/24", &["parent=eth0", "mtu=1500"]).ok();
+    lab.create_network("fits", "10.81.0.0/24", &["parent=eth0", "mtu=1500"])
+        .ok();
     let c = lab.container(false);
     lab.netvlan(&["connect", "fits", c.name()]).ok();
     assert_eq!(c.link_json("eth0")["mtu"], 1500);
@@ -101,7 +97,8 @@ fn an_mtu_above_the_parents_is_refused_at_create() {
 #[test]
 fn a_connect_the_kernel_refuses_names_the_network_not_a_temporary_link() {
     let lab = Lan::new(false);
-    create(&lab, "n", "10.82.0.0/24", &["parent=eth0", "mtu=1500"]).ok();
+    lab.create_network("n", "10.82.0.0/24", &["parent=eth0", "mtu=1500"])
+        .ok();
     // The parent shrinks behind netvlan's back: the kernel now refuses
     // endpoints of the network's MTU.
     lab.host.exec("ip", &["link", "set", "eth0", "mtu", "1400"]);
@@ -125,7 +122,8 @@ fn a_connect_the_kernel_refuses_names_the_network_not_a_temporary_link() {
 #[test]
 fn the_all_zero_mac_is_refused() {
     let lab = Lan::new(false);
-    create(&lab, "n", "10.83.0.0/24", &["parent=eth0"]).ok();
+    lab.create_network("n", "10.83.0.0/24", &["parent=eth0"])
+        .ok();
     let c = lab.container(false);
     let before = snapshot(&lab);
     let run = lab
@@ -145,7 +143,8 @@ fn the_all_zero_mac_is_refused() {
 #[test]
 fn a_uts_namespace_is_not_a_sandbox() {
     let lab = Lan::new(false);
-    create(&lab, "n", "10.84.0.0/24", &["parent=eth0"]).ok();
+    lab.create_network("n", "10.84.0.0/24", &["parent=eth0"])
+        .ok();
     let before = snapshot(&lab);
     let ours = format!("/proc/{}/ns/uts", std::process::id());
     for uts in ["/proc/self/ns/uts", ours.as_str()] {

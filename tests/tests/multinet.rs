@@ -3,7 +3,7 @@
 //! as Docker keeps it), the same sandbox under two names, the host's own
 //! namespace as a sandbox, and endpoints whose sandbox is gone.
 
-use netvlan_tests::{sh, Lan, Netns};
+use netvlan_tests::{sh, snapshot, Lan, Netns};
 use serde_json::Value;
 
 /// The default routes of one family inside `ns`: (gateway, device).
@@ -22,31 +22,6 @@ fn default_routes(ns: &Netns, ipv6: bool) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// Interface names inside `ns`.
-fn links(ns: &Netns) -> Vec<String> {
-    let out = ns.exec("ip", &["-j", "link", "show"]);
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut names: Vec<String> = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-/// Everything of `ns`'s routing tables, as text (to compare before/after).
-fn all_routes(ns: &Netns) -> String {
-    let v4 = ns.exec("ip", &["-4", "route", "show", "table", "all"]);
-    let v6 = ns.exec("ip", &["-6", "route", "show", "table", "all"]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&v4.stdout),
-        String::from_utf8_lossy(&v6.stdout)
-    )
 }
 
 /// Docker's `macvlan216` example: two IPv4 subnets and one IPv6 subnet,
@@ -124,7 +99,7 @@ fn a_connect_that_fails_at_the_route_leaves_no_pins() {
     let taken = lan.container(true);
     taken.exec("ip", &["route", "add", "blackhole", "default"]);
     let pins_before = lan.bpf.contents();
-    let links_before = links(&taken);
+    let links_before = taken.sorted_link_names();
     let run = lan
         .netvlan(&[
             "connect",
@@ -136,7 +111,7 @@ fn a_connect_that_fails_at_the_route_leaves_no_pins() {
         .failed();
     assert!(run.stderr.contains("default route"), "{}", run.stderr);
     assert_eq!(lan.bpf.contents(), pins_before, "pins left behind");
-    assert_eq!(links(&taken), links_before, "link left behind");
+    assert_eq!(taken.sorted_link_names(), links_before, "link left behind");
     assert_eq!(
         lan.inspect("macvlan216")["Containers"],
         serde_json::json!({})
@@ -275,7 +250,7 @@ fn a_sandbox_on_three_networks_keeps_one_default_route_per_family_in_every_order
                     &format!("after leaving {}", NETWORKS[n].0),
                 );
             }
-            assert_eq!(links(&sandbox), vec!["lo".to_string()]);
+            assert_eq!(sandbox.sorted_link_names(), vec!["lo".to_string()]);
         }
     }
     assert_eq!(three.remove(), Vec::<String>::new(), "pins left behind");
@@ -385,14 +360,17 @@ fn the_same_sandbox_under_another_name_is_refused() {
             run.stderr
         );
     }
-    assert_eq!(links(&c), vec!["eth0".to_string(), "lo".to_string()]);
+    assert_eq!(
+        c.sorted_link_names(),
+        vec!["eth0".to_string(), "lo".to_string()]
+    );
     assert_eq!(lan.bpf.contents(), pins);
     let containers = lan.inspect("lan")["Containers"].clone();
     assert_eq!(containers.as_object().unwrap().len(), 1, "{containers:#}");
 
     // Disconnect finds it under any of its names.
     lan.netvlan(&["disconnect", "lan", &proc_path]).ok();
-    assert_eq!(links(&c), vec!["lo".to_string()]);
+    assert_eq!(c.sorted_link_names(), vec!["lo".to_string()]);
     assert_eq!(lan.inspect("lan")["Containers"], serde_json::json!({}));
     lan.netvlan(&["network", "rm", "lan"]).ok();
 }
@@ -413,7 +391,7 @@ fn the_namespace_holding_the_parent_is_refused_before_anything_changes() {
     ])
     .ok();
     let links_before = lan.host_links();
-    let routes_before = all_routes(&lan.host);
+    let routes_before = snapshot::routes(&lan.host);
     let pins_before = lan.bpf.contents();
     let host_path = lan.host.path().display().to_string();
     for sandbox in [lan.host.name(), &host_path, "/proc/self/ns/net"] {
@@ -427,7 +405,7 @@ fn the_namespace_holding_the_parent_is_refused_before_anything_changes() {
         );
     }
     assert_eq!(lan.host_links(), links_before);
-    assert_eq!(all_routes(&lan.host), routes_before);
+    assert_eq!(snapshot::routes(&lan.host), routes_before);
     assert_eq!(lan.bpf.contents(), pins_before);
     assert_eq!(lan.inspect("lan")["Containers"], serde_json::json!({}));
     // The first address is still free.
@@ -455,16 +433,8 @@ impl Drop for NamedNetns {
 #[test]
 fn an_endpoint_whose_sandbox_is_gone_needs_disconnect_force() {
     let lan = Lan::new(false);
-    lan.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "172.16.86.0/24",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ])
-    .ok();
+    lan.create_network("lan", "172.16.86.0/24", &["parent=eth0"])
+        .ok();
     let pins_before = lan.bpf.contents();
     let c = lan.container(false);
     let name = c.name().to_string();

@@ -939,17 +939,10 @@ fn internal_network_without_parent_connects_its_containers_only() {
     assert_eq!(lan.bpf.contents(), Vec::<String>::new());
 }
 
-/// Addresses of `eth0`-like links in a container: empty when nothing is left.
+/// The links netvlan put into container `c` (all but `lo`): empty when
+/// nothing is left.
 fn container_links(c: &Netns) -> Vec<String> {
-    let out = c.exec("ip", &["-j", "link", "show"]);
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap();
-    links
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .filter(|n| n != "lo")
-        .collect()
+    c.link_names().into_iter().filter(|n| n != "lo").collect()
 }
 
 #[test]
@@ -982,14 +975,7 @@ fn a_failure_at_any_step_of_create_leaves_nothing_behind() {
         "create-before-persist",
     ] {
         for args in plans {
-            let run =
-                netvlan_tests::netvlan_failing_at(&lan.host, &lan.bpf, &lan.state, point, args)
-                    .failed();
-            assert!(
-                run.stderr.contains(&format!("injected fault at {point}")),
-                "{point}: {}",
-                run.stderr
-            );
+            lan.fails_at(point, args);
             assert_eq!(
                 lan.netvlan(&["network", "ls", "--json"]).ok().json(),
                 serde_json::json!([]),
@@ -1030,19 +1016,7 @@ fn a_failure_at_any_step_of_connect_leaves_nothing_behind() {
         "connect-after-addresses",
         "connect-before-persist",
     ] {
-        let run = netvlan_tests::netvlan_failing_at(
-            &lan.host,
-            &lan.bpf,
-            &lan.state,
-            point,
-            &["connect", "conn-rb", c.name()],
-        )
-        .failed();
-        assert!(
-            run.stderr.contains(&format!("injected fault at {point}")),
-            "{point}: {}",
-            run.stderr
-        );
+        lan.fails_at(point, &["connect", "conn-rb", c.name()]);
         assert_eq!(
             container_links(&c),
             Vec::<String>::new(),

@@ -5,33 +5,6 @@
 use netvlan_tests::{snapshot, Lan, Netns};
 use serde_json::Value;
 
-/// `lan` with a network `name` on eth0 (gateway 10.X.0.1 answered by the
-/// switch namespace).
-fn network_on_eth0(lan: &Lan, name: &str, subnet: u8) {
-    lan.switch.exec(
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("10.{subnet}.0.1/24"),
-            "dev",
-            "peer0",
-        ],
-    );
-    lan.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        &format!("10.{subnet}.0.0/24"),
-        "--gateway",
-        &format!("10.{subnet}.0.1"),
-        "-o",
-        "parent=eth0",
-        name,
-    ])
-    .ok();
-}
-
 fn egress_pins(lan: &Lan) -> Vec<String> {
     lan.bpf
         .contents()
@@ -43,7 +16,7 @@ fn egress_pins(lan: &Lan) -> Vec<String> {
 #[test]
 fn a_failure_at_any_step_of_connect_leaves_links_routes_programs_pins_and_state_as_they_were() {
     let lan = Lan::new(false);
-    network_on_eth0(&lan, "rb", 64);
+    lan.network_on_eth0("rb", 64);
     // One endpoint already there: its pins and programs must stay as they are.
     let first = lan.container(false);
     lan.netvlan(&["connect", "rb", first.name()]).ok();
@@ -62,19 +35,7 @@ fn a_failure_at_any_step_of_connect_leaves_links_routes_programs_pins_and_state_
         "connect-after-routes",
         "connect-before-persist",
     ] {
-        let run = netvlan_tests::netvlan_failing_at(
-            &lan.host,
-            &lan.bpf,
-            &lan.state,
-            point,
-            &["connect", "rb", c.name()],
-        )
-        .failed();
-        assert!(
-            run.stderr.contains(&format!("injected fault at {point}")),
-            "{point}: {}",
-            run.stderr
-        );
+        lan.fails_at(point, &["connect", "rb", c.name()]);
         let after = snapshot::kernel(
             &[("host", &lan.host), ("first", &first), ("c", &c)],
             &lan.bpf,
@@ -132,7 +93,7 @@ fn a_failure_at_any_step_of_create_leaves_links_programs_pins_and_state_as_they_
 #[test]
 fn a_connect_the_kernel_refuses_after_its_link_exists_leaves_no_pins() {
     let lan = Lan::new(false);
-    network_on_eth0(&lan, "macs", 67);
+    lan.network_on_eth0("macs", 67);
     let first = lan.container(false);
     lan.netvlan(&[
         "connect",
@@ -178,7 +139,7 @@ fn a_connect_the_kernel_refuses_after_its_link_exists_leaves_no_pins() {
 #[test]
 fn restore_removes_the_pins_of_a_vanished_sandbox() {
     let lan = Lan::new(false);
-    network_on_eth0(&lan, "gone", 68);
+    lan.network_on_eth0("gone", 68);
     let c = lan.container(false);
     lan.netvlan(&["connect", "gone", c.name()]).ok();
     assert!(!egress_pins(&lan).is_empty(), "connect pinned programs");
@@ -198,7 +159,7 @@ fn restore_removes_the_pins_of_a_vanished_sandbox() {
 #[test]
 fn datapath_prune_finds_and_removes_stale_endpoint_pins() {
     let lan = Lan::new(false);
-    network_on_eth0(&lan, "stale", 69);
+    lan.network_on_eth0("stale", 69);
     let gone = lan.container(false);
     let unlinked = lan.container(false);
     let kept = lan.container(false);
@@ -254,7 +215,7 @@ fn endpoint_stats(lan: &Lan, sandbox: &str) -> Value {
 #[test]
 fn restore_attaches_the_endpoint_programs_to_the_recreated_link() {
     let lan = Lan::new(false);
-    network_on_eth0(&lan, "again", 70);
+    lan.network_on_eth0("again", 70);
     let c = lan.container(false);
     lan.netvlan(&["connect", "again", c.name()]).ok();
     let old = c.ifindex("eth0");
@@ -373,7 +334,7 @@ fn a_placeholder_is_never_a_parent_and_orphans_netvlan_tagged_are_removed() {
 #[test]
 fn enforcement_is_never_lost_in_silence() {
     let lan = Lan::new(false);
-    network_on_eth0(&lan, "guarded", 73);
+    lan.network_on_eth0("guarded", 73);
     let refused = lan.netvlan(&["datapath", "detach", "eth0"]).failed();
     assert!(
         refused.stderr.contains("guarded") && refused.stderr.contains("--force"),

@@ -21,7 +21,6 @@ const BROADCAST: Mac = [0xff; 6];
 /// What these tests add to the usual lab.
 trait PolicyLab {
     fn connect_container(&self, network: &str) -> (Netns, Mac);
-    fn stats_after(&self, frames: u64) -> Value;
 }
 
 impl PolicyLab for Lan {
@@ -33,20 +32,6 @@ impl PolicyLab for Lan {
             .ok()
             .json();
         (c, parse_mac(run["endpoint"]["mac"].as_str().unwrap()))
-    }
-
-    /// Stats of eth0 once the program has seen `frames` frames in total.
-    fn stats_after(&self, frames: u64) -> Value {
-        let mut last = Value::Null;
-        wait_for(Duration::from_secs(5), || {
-            last = self
-                .netvlan(&["stats", "--iface", "eth0", "--json"])
-                .ok()
-                .json()["interfaces"][0]
-                .clone();
-            (last["frames"]["rx_packets"].as_u64() >= Some(frames)).then(|| last.clone())
-        })
-        .unwrap_or_else(|| panic!("expected {frames} frames, stats are {last:#}"))
     }
 }
 

@@ -13,15 +13,6 @@ use std::time::Duration;
 
 const DENIED: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x66];
 
-fn create(lab: &Lan, name: &str, subnet: &str, options: &[&str]) -> netvlan_tests::Run {
-    let mut args = vec!["network", "create", "--subnet", subnet];
-    for o in options {
-        args.extend(["-o", o]);
-    }
-    args.push(name);
-    lab.netvlan(&args)
-}
-
 fn policy(lab: &Lan, name: &str) -> Value {
     lab.inspect(name)["Netvlan"]["Policy"].clone()
 }
@@ -40,8 +31,10 @@ fn no_policy() -> Value {
 #[test]
 fn a_deny_list_that_would_reach_another_network_on_the_parent_is_refused() {
     let lab = Lan::new(false);
-    create(&lab, "lan", "10.90.0.0/24", &["parent=eth0"]).ok();
-    create(&lab, "other", "10.91.0.0/24", &["parent=eth0"]).ok();
+    lab.create_network("lan", "10.90.0.0/24", &["parent=eth0"])
+        .ok();
+    lab.create_network("other", "10.91.0.0/24", &["parent=eth0"])
+        .ok();
     let c = lab.container(false);
     let run = lab
         .netvlan(&["connect", "--json", "other", c.name()])
@@ -95,11 +88,14 @@ fn a_deny_list_that_would_reach_another_network_on_the_parent_is_refused() {
 #[test]
 fn a_guard_or_drop_on_a_shared_vlan_is_refused_at_set_and_at_create() {
     let lab = Lan::new(false);
-    create(&lab, "lan", "10.92.0.0/24", &["parent=eth0", "max_macs=3"]).ok();
+    lab.create_network("lan", "10.92.0.0/24", &["parent=eth0", "max_macs=3"])
+        .ok();
     // A second network on the same untagged wire would share lan's guard
     // (and its gateway would count against lan's three MACs).
     let links = lab.host_links();
-    let run = create(&lab, "other", "10.93.0.0/24", &["parent=eth0"]).failed();
+    let run = lab
+        .create_network("other", "10.93.0.0/24", &["parent=eth0"])
+        .failed();
     assert!(
         run.stderr.contains(
             "network 'lan' enforces max_macs on the untagged traffic of parent eth0, \
@@ -113,7 +109,8 @@ fn a_guard_or_drop_on_a_shared_vlan_is_refused_at_set_and_at_create() {
     assert_eq!(ls.as_array().map(Vec::len), Some(1), "{ls:#}");
 
     lab.netvlan(&["policy", "set", "lan", "max_macs=off"]).ok();
-    create(&lab, "other", "10.93.0.0/24", &["parent=eth0"]).ok();
+    lab.create_network("other", "10.93.0.0/24", &["parent=eth0"])
+        .ok();
     for setting in ["max_macs=3", "unknown_dst=drop"] {
         let run = lab.netvlan(&["policy", "set", "other", setting]).failed();
         let key = setting.split('=').next().unwrap();
@@ -138,7 +135,8 @@ fn a_guard_or_drop_on_a_shared_vlan_is_refused_at_set_and_at_create() {
 #[test]
 fn a_policy_key_given_twice_is_refused() {
     let lab = Lan::new(false);
-    create(&lab, "n", "10.94.0.0/24", &["parent=eth0"]).ok();
+    lab.create_network("n", "10.94.0.0/24", &["parent=eth0"])
+        .ok();
     let run = lab
         .netvlan(&["policy", "set", "n", "unknown_dst=drop", "unknown_dst=pass"])
         .failed();
@@ -166,24 +164,11 @@ fn arp_from(src: Mac, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
-/// Stats of eth0 once the program has seen `frames` frames in total.
-fn stats_after(lab: &Lan, frames: u64) -> Value {
-    let mut last = Value::Null;
-    wait_for(Duration::from_secs(5), || {
-        last = lab
-            .netvlan(&["stats", "--iface", "eth0", "--json"])
-            .ok()
-            .json()["interfaces"][0]
-            .clone();
-        (last["frames"]["rx_packets"].as_u64() >= Some(frames)).then(|| last.clone())
-    })
-    .unwrap_or_else(|| panic!("expected {frames} frames, stats are {last:#}"))
-}
-
 #[test]
 fn a_full_mac_guard_never_locks_out_the_networks_gateway() {
     let lab = Lan::new(false);
-    create(&lab, "lan", "10.95.0.0/24", &["parent=eth0", "max_macs=1"]).ok();
+    lab.create_network("lan", "10.95.0.0/24", &["parent=eth0", "max_macs=1"])
+        .ok();
     let gateway = lab.inspect("lan")["IPAM"]["Config"][0]["Gateway"].clone();
     assert_eq!(gateway, "10.95.0.1", "the default gateway");
     let c = lab.container(false);
@@ -194,9 +179,7 @@ fn a_full_mac_guard_never_locks_out_the_networks_gateway() {
     let endpoint = netvlan_tests::frame::parse_mac(run["endpoint"]["mac"].as_str().unwrap());
     let listener = PacketSocket::listen(&c, "eth0");
     let switch = PacketSocket::open(&lab.switch, "peer0");
-    let before = stats_after(&lab, 0)["frames"]["rx_packets"]
-        .as_u64()
-        .unwrap();
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
 
     // One host fills the guard's one slot; a second is refused.
     let (first, second, router) = (
@@ -223,7 +206,7 @@ fn a_full_mac_guard_never_locks_out_the_networks_gateway() {
         [10, 95, 0, 2],
         64,
     ));
-    let stats = stats_after(&lab, before + 5);
+    let stats = lab.stats_after(before + 5);
     assert_eq!(stats["drops"]["mac_limit"]["rx_packets"], 2, "{stats:#}");
     assert_eq!(
         stats["mac_guards"][0]["learned"], 1,
@@ -257,20 +240,16 @@ fn networks_on_their_own_vlans_keep_their_own_policy() {
         return;
     }
     let lab = Lan::new(false);
-    create(
-        &lab,
-        "v10",
-        "10.96.0.0/24",
-        &["parent=eth0.10", "max_macs=1"],
-    )
-    .ok();
-    create(&lab, "v20", "10.97.0.0/24", &["parent=eth0.20"]).ok();
+    lab.create_network("v10", "10.96.0.0/24", &["parent=eth0.10", "max_macs=1"])
+        .ok();
+    lab.create_network("v20", "10.97.0.0/24", &["parent=eth0.20"])
+        .ok();
     lab.netvlan(&["policy", "set", "v20", "unknown_dst=drop", "max_macs=5"])
         .ok();
     assert_eq!(policy(&lab, "v10")["MaxMacs"], 1);
     assert_eq!(policy(&lab, "v10")["UnknownDst"], "pass");
     assert_eq!(policy(&lab, "v20")["MaxMacs"], 5);
-    let guards = stats_after(&lab, 0)["mac_guards"].clone();
+    let guards = lab.stats_after(0)["mac_guards"].clone();
     let limit_of = |vid: u64| {
         guards
             .as_array()

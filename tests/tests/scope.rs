@@ -8,32 +8,29 @@ use netvlan_tests::{
     netvlan_bin, netvlan_with_state, sh, spawn_netvlan, veth_pair, wait_for, BpfDir, Lan, Netns,
     Run, StateDir,
 };
-use serde_json::Value;
 
 /// `netvlan ARGS` in `ns`, with the one shared state and pin directory.
 fn nv(ns: &Netns, bpf: &BpfDir, state: &StateDir, args: &[&str]) -> Run {
     netvlan_with_state(ns, bpf, state, args)
 }
 
+/// `network create` of the network "lan" on `eth0` these tests use.
+const CREATE_LAN: &[&str] = &[
+    "network",
+    "create",
+    "--subnet",
+    "172.16.86.0/24",
+    "-o",
+    "parent=eth0",
+    "lan",
+];
+
 fn create_lan(ns: &Netns, bpf: &BpfDir, state: &StateDir) -> String {
-    nv(
-        ns,
-        bpf,
-        state,
-        &[
-            "network",
-            "create",
-            "--subnet",
-            "172.16.86.0/24",
-            "-o",
-            "parent=eth0",
-            "lan",
-        ],
-    )
-    .ok()
-    .stdout
-    .trim()
-    .to_string()
+    nv(ns, bpf, state, CREATE_LAN)
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
 }
 
 /// The ids of the networks `network ls --json` shows in `ns`.
@@ -54,19 +51,6 @@ fn containers(ns: &Netns, bpf: &BpfDir, state: &StateDir) -> Vec<String> {
     let mut names: Vec<String> = containers
         .values()
         .map(|c| c["Name"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-fn links(ns: &Netns) -> Vec<String> {
-    let out = ns.exec("ip", &["-j", "link", "show"]);
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut names: Vec<String> = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
         .collect();
     names.sort();
     names
@@ -102,18 +86,18 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
     assert_eq!(cb.link_json("eth0")["address"], "02:42:ac:10:56:02");
 
     // Restore in B acts in B only: nothing new appears in A.
-    let a_links = links(&a.host);
+    let a_links = a.host.sorted_link_names();
     let a_prog = xdp_prog(&a.host);
     let restored = nv(&b.host, bpf, state, &["restore", "--json"]).ok().json();
     assert_eq!(restored["actions"], serde_json::json!([]), "{restored:#}");
-    assert_eq!(links(&a.host), a_links);
+    assert_eq!(a.host.sorted_link_names(), a_links);
     assert_eq!(xdp_prog(&a.host), a_prog);
 
     // A "reboot" of B: its links are gone and its namespace is recreated
     // under the same name, with a new inode (the old namespace is held
     // open meanwhile, or the kernel may hand its inode out again).
     b.host.exec("ip", &["link", "del", "eth0"]);
-    assert!(!links(&cb).contains(&"eth0".to_string()));
+    assert!(!cb.sorted_link_names().contains(&"eth0".to_string()));
     let old = std::fs::File::open(b.host.path()).unwrap();
     sh("ip", &["netns", "del", b.host.name()]);
     sh("ip", &["netns", "add", b.host.name()]);
@@ -137,7 +121,11 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
         "B's restore found its network by the namespace's name: {restored:#}"
     );
     assert!(xdp_prog(&b.host).is_some(), "B's datapath is back");
-    assert_eq!(links(&a.host), a_links, "B's restore left A alone");
+    assert_eq!(
+        a.host.sorted_link_names(),
+        a_links,
+        "B's restore left A alone"
+    );
     assert_eq!(xdp_prog(&a.host), a_prog);
     let again = nv(&a.host, bpf, state, &["restore", "--json"]).ok().json();
     assert_eq!(again["actions"], serde_json::json!([]), "{again:#}");
@@ -154,22 +142,30 @@ fn two_namespaces_sharing_one_state_dir_each_see_only_their_own_networks() {
         &["connect", "lan", cb2.name()],
     );
     let reached = wait_for(Duration::from_secs(10), || {
-        (links(&cb2).len() > 1).then_some(())
+        (cb2.sorted_link_names().len() > 1).then_some(())
     });
     child.kill().expect("SIGKILL our own child");
     child.wait().expect("reap it");
     assert!(reached.is_some(), "the connect never made its link");
-    let half_made = links(&cb2);
+    let half_made = cb2.sorted_link_names();
     let in_a = nv(&a.host, bpf, state, &["network", "ls"]).ok();
     assert!(
         !in_a.stderr.contains("note:"),
         "A recovered B's command: {}",
         in_a.stderr
     );
-    assert_eq!(links(&cb2), half_made, "A's command touched B's sandbox");
+    assert_eq!(
+        cb2.sorted_link_names(),
+        half_made,
+        "A's command touched B's sandbox"
+    );
     let in_b = nv(&b.host, bpf, state, &["network", "ls"]).ok();
     assert!(in_b.stderr.contains("interrupted"), "{}", in_b.stderr);
-    assert_eq!(links(&cb2), ["lo"], "B's own command cleaned up");
+    assert_eq!(
+        cb2.sorted_link_names(),
+        ["lo"],
+        "B's own command cleaned up"
+    );
 
     // Removing B's network leaves A's in place, and the other way round.
     nv(&b.host, bpf, state, &["disconnect", "lan", cb.name()]).ok();
@@ -206,15 +202,7 @@ fn ip_netns_exec_is_refused_before_anything_changes() {
     let links_before = lab.host_links();
     let refusals = [
         vec!["datapath", "attach", "eth0"],
-        vec![
-            "network",
-            "create",
-            "--subnet",
-            "172.16.86.0/24",
-            "-o",
-            "parent=eth0",
-            "lan",
-        ],
+        CREATE_LAN.to_vec(),
         vec!["network", "create", "--subnet", "10.99.0.0/24", "island"],
         vec!["restore"],
     ];
@@ -235,16 +223,7 @@ fn ip_netns_exec_is_refused_before_anything_changes() {
     assert_eq!(listed.json(), serde_json::json!([]), "a network was stored");
 
     // The same commands through nsenter work.
-    lab.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "172.16.86.0/24",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ])
-    .ok();
+    lab.netvlan(CREATE_LAN).ok();
     assert!(xdp_prog(&lab.host).is_some());
     let inspect = under_ip_netns_exec(&lab, &["network", "inspect", "lan"]).ok();
     assert_eq!(inspect.json()[0]["Name"], "lan");
