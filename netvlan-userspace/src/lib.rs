@@ -5,9 +5,11 @@
 //! - [`datapath`]: loading, pinning and reading the XDP program.
 //! - [`ipam`]: Docker-compatible address management (pure logic).
 
+pub mod cli;
 pub mod datapath;
 pub mod demo;
 pub mod ipam;
+pub mod keyword;
 pub mod netlink;
 pub mod netns;
 pub mod network;
