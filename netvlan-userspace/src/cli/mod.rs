@@ -240,7 +240,7 @@ async fn run(cli: Cli) -> Result<()> {
         ..
     }) = &cli.command
     {
-        if state_dir.join("netvlan.redb").exists() {
+        if Store::exists(&state_dir) {
             let users = manager().await?.networks_on(iface)?;
             if !users.is_empty() {
                 anyhow::bail!(

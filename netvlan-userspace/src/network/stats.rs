@@ -30,7 +30,7 @@ pub async fn report(
     for (attachment, pins) in datapath.attachments(iface).await? {
         report.interfaces.push(stats::read(&attachment, &pins)?);
     }
-    let store = if state_dir.join("netvlan.redb").exists() {
+    let store = if Store::exists(state_dir) {
         let store = Store::open_within(state_dir, STATE_PATIENCE)?;
         if store.is_none() {
             tracing::warn!(
