@@ -4,6 +4,7 @@
 //! `rtnetlink`, and kernel errors keep their errno so callers can tell
 //! `ENODEV` from `EEXIST`.
 
+use crate::keyword::{keyword_text, Keyword};
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{
     IpVlanFlags, IpVlanMode, LinkAttribute, LinkMessage, LinkXdp, MacVlanMode, XdpAttached,
@@ -60,7 +61,7 @@ impl NetlinkError {
 }
 
 /// macvlan modes (`-o macvlan_mode=`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MacvlanMode {
     /// Endpoints on one parent reach each other inside the host.
@@ -75,7 +76,7 @@ pub enum MacvlanMode {
 }
 
 /// ipvlan modes (`-o ipvlan_mode=`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpvlanMode {
     #[default]
@@ -85,7 +86,7 @@ pub enum IpvlanMode {
 }
 
 /// ipvlan flags (`-o ipvlan_flag=`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpvlanFlag {
     #[default]
@@ -93,6 +94,46 @@ pub enum IpvlanFlag {
     Private,
     Vepa,
 }
+
+impl Keyword for MacvlanMode {
+    const WHAT: &'static str = "macvlan mode";
+    const ALL: &'static [Self] = &[Self::Bridge, Self::Vepa, Self::Private, Self::Passthru];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Vepa => "vepa",
+            Self::Private => "private",
+            Self::Passthru => "passthru",
+        }
+    }
+}
+keyword_text!(MacvlanMode);
+
+impl Keyword for IpvlanMode {
+    const WHAT: &'static str = "ipvlan mode";
+    const ALL: &'static [Self] = &[Self::L2, Self::L3, Self::L3s];
+    fn name(self) -> &'static str {
+        match self {
+            Self::L2 => "l2",
+            Self::L3 => "l3",
+            Self::L3s => "l3s",
+        }
+    }
+}
+keyword_text!(IpvlanMode);
+
+impl Keyword for IpvlanFlag {
+    const WHAT: &'static str = "ipvlan flag";
+    const ALL: &'static [Self] = &[Self::Bridge, Self::Private, Self::Vepa];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Private => "private",
+            Self::Vepa => "vepa",
+        }
+    }
+}
+keyword_text!(IpvlanFlag);
 
 /// Settings applied when a link is created.
 #[derive(Clone, Debug, Default)]

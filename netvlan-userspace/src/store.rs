@@ -101,7 +101,16 @@ fn key_scope(key: &str) -> Option<&str> {
     key.rsplit_once('/').map(|(prefix, _)| prefix)
 }
 
+/// The database file inside the state directory.
+const DB_FILE: &str = "netvlan.redb";
+
 impl Store {
+    /// Whether `state_dir` holds a database: commands that only read the
+    /// state check this rather than create an empty one.
+    pub fn exists(state_dir: &Path) -> bool {
+        state_dir.join(DB_FILE).exists()
+    }
+
     /// Opens (creating if needed) the database, waiting for the lock, for
     /// the calling thread's network namespace.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
@@ -176,7 +185,7 @@ impl Store {
                 }
             }
         };
-        let path = state_dir.join("netvlan.redb");
+        let path = state_dir.join(DB_FILE);
         let db = redb::Database::create(&path).map_err(|e| StoreError::Database {
             path: path.clone(),
             source: Box::new(e.into()),

@@ -22,6 +22,7 @@ use netvlan_common::maps;
 use serde::Serialize;
 
 use crate::{
+    keyword::{keyword_text, Keyword},
     netlink::{LinkInfo, Netlink, NetlinkError, XdpAttachMode},
     netns::NetnsId,
 };
@@ -122,7 +123,7 @@ pub enum DatapathError {
 }
 
 /// The mode asked for on the command line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Native (driver) mode, falling back to generic with a warning.
@@ -134,15 +135,25 @@ pub enum AttachMode {
     Generic,
 }
 
-impl std::fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Keyword for AttachMode {
+    const WHAT: &'static str = "attach mode";
+    const ALL: &'static [Self] = &[Self::Auto, Self::Native, Self::Generic];
+    fn name(self) -> &'static str {
+        match self {
             AttachMode::Auto => "auto",
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
+        }
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            AttachMode::Auto => "Native (driver) mode, falling back to generic with a warning",
+            AttachMode::Native => "Driver mode only: fail if the driver has no XDP support",
+            AttachMode::Generic => "Generic (skb) mode: works on every link, slower",
         })
     }
 }
+keyword_text!(AttachMode);
 
 impl AttachMode {
     fn accepts(self, current: XdpAttachMode) -> bool {

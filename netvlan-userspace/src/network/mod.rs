@@ -14,6 +14,7 @@ mod options;
 mod policy;
 mod restore;
 mod rollback;
+pub mod stats;
 
 use std::collections::BTreeMap;
 

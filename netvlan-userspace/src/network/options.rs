@@ -7,9 +7,12 @@ use netvlan_common::{maps::DENY_MACS_CAPACITY, policy::MAX_MACS_LIMIT};
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Parent, ParentKind};
-use crate::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode};
+use crate::{
+    keyword::{keyword_text, Keyword},
+    netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
+};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     /// Each endpoint has its own MAC on the parent.
@@ -19,14 +22,23 @@ pub enum Driver {
     Ipvlan,
 }
 
-impl std::fmt::Display for Driver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Keyword for Driver {
+    const WHAT: &'static str = "driver";
+    const ALL: &'static [Self] = &[Self::Macvlan, Self::Ipvlan];
+    fn name(self) -> &'static str {
+        match self {
             Driver::Macvlan => "macvlan",
             Driver::Ipvlan => "ipvlan",
+        }
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Driver::Macvlan => "Each endpoint has its own MAC on the parent",
+            Driver::Ipvlan => "Endpoints share the parent's MAC; one network per parent",
         })
     }
 }
+keyword_text!(Driver);
 
 /// The options of a network, as validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,15 +208,11 @@ const KNOWN: &[&str] = &[
     "spoofcheck",
 ];
 
-fn parse_enum<T: clap::ValueEnum>(key: &str, value: &str) -> Result<T, NetworkError> {
-    T::from_str(value, false).map_err(|_| {
-        let valid: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
-            .collect();
+fn parse_enum<T: Keyword>(key: &str, value: &str) -> Result<T, NetworkError> {
+    T::parse_keyword(value).map_err(|e| {
         NetworkError::BadOption(format!(
             "{key}={value}: expected one of {}",
-            valid.join(", ")
+            e.valid.join(", ")
         ))
     })
 }

@@ -1,0 +1,231 @@
+//! `netvlan datapath ...`: attach, detach, status, prune, upgrade.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::{
+    keyword_parser,
+    output::{out, print_json},
+    Output,
+};
+use crate::datapath::{
+    upgrade::UpgradeOutcome, AttachMode, AttachOutcome, AttachmentStatus, Datapath,
+};
+
+#[derive(Subcommand)]
+pub(super) enum DatapathCommand {
+    /// Load the XDP program on IFACE and pin it so it keeps running.
+    ///
+    /// Attaching where netvlan already runs is a no-op. Example:
+    ///   netvlan datapath attach eth0 --mode auto
+    #[command(verbatim_doc_comment)]
+    Attach {
+        /// Interface in the current network namespace.
+        iface: String,
+        /// auto tries native (driver) XDP and falls back to generic.
+        #[arg(long, value_parser = keyword_parser::<AttachMode>(), default_value_t = AttachMode::Auto)]
+        mode: AttachMode,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Detach the XDP program from IFACE and remove its pins and counters.
+    ///
+    /// Refused while networks use IFACE (nothing would enforce their
+    /// policy) unless --force.
+    Detach {
+        /// Interface in the current network namespace.
+        iface: String,
+        /// Detach even though networks use IFACE.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List the interfaces netvlan is attached to, as the kernel sees them.
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Remove the pins of attachments whose interface or program is gone.
+    Prune {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Swap the running XDP program for this binary's build, in place.
+    ///
+    /// One atomic BPF_LINK_UPDATE per interface: frames never meet a
+    /// missing program, and the pinned maps (counters, policy, learned
+    /// MACs) carry over. Interfaces already running this build are left
+    /// alone unless --force. Run it after installing a new netvlan.
+    /// Example:
+    ///   netvlan datapath upgrade            # every attachment
+    ///   netvlan datapath upgrade eth0 --force
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        /// Only this interface (default: every attachment).
+        iface: Option<String>,
+        /// Replace the program even if it is this build already.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+pub(super) async fn run(datapath: &Datapath, cmd: DatapathCommand) -> Result<()> {
+    match cmd {
+        DatapathCommand::Attach {
+            iface,
+            mode,
+            output,
+        } => {
+            let outcome = datapath.attach(&iface, mode).await?;
+            let (attachment, changed, fallback) = match &outcome {
+                AttachOutcome::Attached {
+                    attachment,
+                    native_refused,
+                } => (attachment, true, native_refused.clone()),
+                AttachOutcome::AlreadyAttached(a) => (a, false, None),
+            };
+            if output.json {
+                print_json(&serde_json::json!({
+                    "changed": changed,
+                    "attachment": attachment,
+                    "native_refused": fallback,
+                }))?;
+            } else if changed {
+                out!(
+                    "attached to {} (ifindex {}) in {} mode, program id {}; pinned at {}",
+                    attachment.ifname,
+                    attachment.ifindex,
+                    attachment.mode,
+                    attachment.prog_id,
+                    attachment.pin_dir.display()
+                );
+                if let Some(reason) = fallback {
+                    out!("note: native XDP was refused ({reason}); generic mode is slower but sees the same frames");
+                }
+            } else {
+                out!(
+                    "already attached to {} in {} mode (program id {}); nothing to do",
+                    attachment.ifname,
+                    attachment.mode,
+                    attachment.prog_id
+                );
+            }
+        }
+        DatapathCommand::Detach { iface, output, .. } => {
+            let attachment = datapath.detach(&iface).await?;
+            if output.json {
+                print_json(&serde_json::json!({ "detached": attachment }))?;
+            } else {
+                out!(
+                    "detached from {} (program id {}); its counters are gone",
+                    attachment.ifname,
+                    attachment.prog_id
+                );
+            }
+        }
+        DatapathCommand::Status { output } => {
+            let statuses = datapath.status().await?;
+            if output.json {
+                print_json(&serde_json::json!({ "attachments": statuses }))?;
+            } else {
+                print_status(&statuses);
+            }
+        }
+        DatapathCommand::Upgrade {
+            iface,
+            force,
+            output,
+        } => {
+            let outcomes = datapath.upgrade(iface.as_deref(), force).await?;
+            if output.json {
+                print_json(&serde_json::json!({ "upgrades": outcomes }))?;
+            } else if outcomes.is_empty() {
+                out!("no interface has netvlan's datapath attached; nothing to upgrade");
+            }
+            for outcome in outcomes.iter().filter(|_| !output.json) {
+                match outcome {
+                    UpgradeOutcome::Current { ifname, prog_id } => out!(
+                        "{ifname}: already runs this build (program id {prog_id}); nothing to do"
+                    ),
+                    UpgradeOutcome::Replaced {
+                        ifname,
+                        old_prog_id,
+                        new_prog_id,
+                        new_maps,
+                    } => {
+                        out!(
+                            "{ifname}: program {old_prog_id} replaced by {new_prog_id} in place; counters and policy kept"
+                        );
+                        if !new_maps.is_empty() {
+                            out!("  new maps, starting empty: {}", new_maps.join(", "));
+                        }
+                    }
+                }
+            }
+        }
+        DatapathCommand::Prune { output } => {
+            let removed = datapath.prune().await?;
+            if output.json {
+                print_json(&serde_json::json!({ "removed": removed }))?;
+            } else if removed.is_empty() {
+                out!("nothing stale to remove");
+            } else {
+                for status in &removed {
+                    if let AttachmentStatus::Stale {
+                        ifindex, pin_dir, ..
+                    } = status
+                    {
+                        out!(
+                            "removed stale pins of ifindex {ifindex}: {}",
+                            pin_dir.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(statuses: &[AttachmentStatus]) {
+    if statuses.is_empty() {
+        out!("netvlan's datapath is not attached to any interface in this network namespace.");
+        out!("Attach it with: netvlan datapath attach IFACE");
+        return;
+    }
+    out!(
+        "{:<16} {:>7} {:<8} {:>7}  PINS",
+        "INTERFACE",
+        "IFINDEX",
+        "MODE",
+        "PROG"
+    );
+    for status in statuses {
+        match status {
+            AttachmentStatus::Attached(a) => out!(
+                "{:<16} {:>7} {:<8} {:>7}  {}",
+                a.ifname,
+                a.ifindex,
+                a.mode.to_string(),
+                a.prog_id,
+                a.pin_dir.display()
+            ),
+            AttachmentStatus::Stale {
+                ifindex,
+                ifname,
+                reason,
+                pin_dir,
+            } => out!(
+                "{:<16} {:>7} {:<8} {:>7}  {} (stale: {reason}; `netvlan datapath prune` removes it)",
+                ifname.as_deref().unwrap_or("-"),
+                ifindex,
+                "stale",
+                "-",
+                pin_dir.display()
+            ),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The `netvlan` command line: the clap types, the checks every command
+//! makes first, and the dispatch to one module per command (each with its
+//! renderers). The only place that knows clap or prints.
+
+mod check;
+mod connect;
+mod datapath;
+mod demo;
+mod network;
+pub(crate) mod output;
+mod policy;
+mod restore;
+mod stats;
+
+use std::{io::IsTerminal, path::PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
+    Args, Parser, Subcommand,
+};
+
+use self::{
+    connect::{ConnectArgs, DisconnectArgs},
+    datapath::DatapathCommand,
+    demo::DemoAction,
+    network::NetworkCommand,
+    output::err,
+    policy::PolicyCommand,
+    stats::StatsArgs,
+};
+use crate::{
+    datapath::{pins, Datapath, DEFAULT_BPF_DIR},
+    keyword::Keyword,
+    network::Manager,
+    store::{Store, DEFAULT_STATE_DIR},
+};
+
+/// Containers straight on the physical network (macvlan, ipvlan, 802.1Q),
+/// with an eBPF datapath that counts every frame by VLAN and MAC.
+///
+/// Everything acts on the network namespace the command runs in. To work on
+/// another one, enter it with `nsenter --net=/var/run/netns/NAME netvlan ...`
+/// (not `ip netns exec`, which hides /sys/fs/bpf and so the pins).
+#[derive(Parser)]
+#[command(name = "netvlan", version, propagate_version = true)]
+struct Cli {
+    /// Where the datapath's programs and maps are pinned (on a bpffs).
+    #[arg(long, global = true, env = "NETVLAN_BPF_DIR", default_value = DEFAULT_BPF_DIR, value_name = "DIR", help_heading = GLOBAL)]
+    bpf_dir: PathBuf,
+    /// Where networks and endpoints are stored.
+    #[arg(long, global = true, env = "NETVLAN_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR", help_heading = GLOBAL)]
+    state_dir: PathBuf,
+    /// More detail on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The `--help` heading of the flags every command takes.
+const GLOBAL: &str = "Global options";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, inspect and remove macvlan/ipvlan networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Same as `netvlan network connect`.
+    Connect(ConnectArgs),
+    /// Same as `netvlan network disconnect`.
+    Disconnect(DisconnectArgs),
+    /// Attach, detach and inspect the XDP datapath on interfaces.
+    #[command(subcommand)]
+    Datapath(DatapathCommand),
+    /// A ready-made lab in namespaces of its own: a LAN with a gateway, a
+    /// macvlan network with two containers and, where the kernel has
+    /// 802.1Q, a VLAN network. Never touches the host's interfaces.
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+        /// Name prefix of the demo's namespaces.
+        #[arg(long, default_value = crate::demo::DEFAULT_PREFIX, value_name = "PREFIX", global = true)]
+        prefix: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Change what the datapath enforces for a network, at once.
+    #[command(subcommand)]
+    #[command(verbatim_doc_comment)]
+    Policy(PolicyCommand),
+    /// Recreate what the stored networks need after a reboot: VLAN
+    /// sub-interfaces and placeholders netvlan created, datapath
+    /// attachments, and the endpoints whose sandboxes still exist.
+    /// Safe to run any number of times.
+    Restore {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Compare the stored networks with the kernel: links, addresses,
+    /// routes, XDP and TC programs, pins and the endpoints' map entries.
+    /// Lists every drift and what repairs it; exits 1 if there is any.
+    Check {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show the datapath's counters: per VLAN, per destination MAC, anomalies.
+    ///
+    /// Counters are per-CPU in the kernel and summed here. Frames whose L2
+    /// header is incomplete (shorter than 14 bytes, or a cut-off VLAN tag)
+    /// are counted only under their anomaly; all others are counted by VLAN
+    /// and MAC, and also under any anomaly they carry (runt, excess_tags,
+    /// malformed_l3).
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Clone, Copy)]
+struct Output {
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// Parses a [`Keyword`] setting, listing its spellings (and what each
+/// does) in help and in the error for a wrong one.
+fn keyword_parser<K: Keyword + Send + Sync>() -> impl TypedValueParser<Value = K> {
+    PossibleValuesParser::new(K::ALL.iter().map(|k| {
+        let value = PossibleValue::new(k.name());
+        match k.help() {
+            Some(help) => value.help(help),
+            None => value,
+        }
+    }))
+    .map(|name| K::parse_keyword(&name).expect("clap accepts only the keyword's spellings"))
+}
+
+/// Runs the command line and exits with its status.
+pub fn main() {
+    // Reads FAILPOINTS in test builds (feature `failpoints`); inert otherwise.
+    let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime can always be built");
+    let result = runtime.block_on(run(cli));
+    if let Err(e) = result {
+        err!("error: {e:#}");
+        std::process::exit(1);
+    }
+    if output::stdout_failed() {
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal, never in logs or pipes.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+/// Capabilities every command needs: links and routes (CAP_NET_ADMIN),
+/// entering namespaces and loading/pinning eBPF (CAP_SYS_ADMIN).
+const NEEDED_CAPABILITIES: [(u32, &str); 2] = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+
+/// Says up front what privileges are missing, instead of the first
+/// syscall's EPERM/EACCES in whatever it happened to touch.
+fn require_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status to check privileges")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let missing: Vec<&str> = NEEDED_CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "netvlan needs root privileges: it manages links, namespaces and eBPF programs, \
+             which takes {}; this process (uid {}) lacks {}. Run it as root (e.g. with sudo)",
+            NEEDED_CAPABILITIES.map(|(_, n)| n).join(" and "),
+            nix::unistd::geteuid(),
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    require_privileges()?;
+    // Refused before anything changes: pins that would vanish with this
+    // process (`ip netns exec`). Reading the state needs no pins.
+    let pins_persist = pins::check_pins_persist(&cli.bpf_dir);
+    let reads_state_only = matches!(
+        cli.command,
+        Command::Network(NetworkCommand::Ls { .. } | NetworkCommand::Inspect { .. })
+    );
+    if !reads_state_only {
+        pins_persist.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let datapath = Datapath::open(&cli.bpf_dir)?;
+    let state_dir = cli.state_dir.clone();
+    let bpf_dir = cli.bpf_dir.clone();
+    // Opening the manager first cleans up after a command that was killed
+    // half-way (not where pins would vanish); say what that did.
+    let manager = || async {
+        if pins_persist.is_err() {
+            return Ok(Manager::new(
+                Store::open(&state_dir)?,
+                Datapath::open(&bpf_dir)?,
+            )?);
+        }
+        let (manager, recovered) =
+            Manager::open(Store::open(&state_dir)?, Datapath::open(&bpf_dir)?).await?;
+        for line in recovered {
+            err!("note: {line}");
+        }
+        Ok::<Manager, anyhow::Error>(manager)
+    };
+    if let Command::Datapath(DatapathCommand::Detach {
+        iface,
+        force: false,
+        ..
+    }) = &cli.command
+    {
+        if Store::exists(&state_dir) {
+            let users = manager().await?.networks_on(iface)?;
+            if !users.is_empty() {
+                anyhow::bail!(
+                    "networks {} use {iface}: detaching would leave their policy unenforced; remove them first, or pass --force",
+                    users.join(", ")
+                );
+            }
+        }
+    }
+    match cli.command {
+        Command::Datapath(cmd) => datapath::run(&datapath, cmd).await,
+        Command::Check { output } => check::run(&manager().await?, output).await,
+        Command::Stats(args) => stats::run(&datapath, &cli.state_dir, args).await,
+        Command::Demo {
+            action,
+            prefix,
+            output,
+        } => demo::run(action, &prefix, &cli.state_dir, &cli.bpf_dir, output).await,
+        Command::Policy(cmd) => policy::run(&manager().await?, cmd).await,
+        Command::Restore { output } => restore::run(&manager().await?, output).await,
+        Command::Network(cmd) => {
+            if let NetworkCommand::Prune { force, .. } = &cmd {
+                if !network::confirm_prune(*force)? {
+                    err!("nothing removed");
+                    return Ok(());
+                }
+            }
+            network::run(&manager().await?, cmd).await
+        }
+        Command::Connect(args) => connect::connect(&manager().await?, args).await,
+        Command::Disconnect(args) => connect::disconnect(&manager().await?, args).await,
+    }
+}

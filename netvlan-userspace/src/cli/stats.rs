@@ -1,0 +1,185 @@
+//! `netvlan stats`: the counters report of [`crate::network::stats`], rendered.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{
+    output::{out, print_json, print_table},
+    Output,
+};
+use crate::{datapath::Datapath, network};
+
+#[derive(Args)]
+pub(super) struct StatsArgs {
+    /// Only this interface.
+    #[arg(long)]
+    iface: Option<String>,
+    #[command(flatten)]
+    output: Output,
+}
+
+pub(super) async fn run(datapath: &Datapath, state_dir: &Path, args: StatsArgs) -> Result<()> {
+    let report = network::stats::report(datapath, state_dir, args.iface.as_deref()).await?;
+    if args.output.json {
+        return print_json(&report);
+    }
+    if !report.endpoints.is_empty() {
+        // Counted on the endpoint's own link (TC): what reached the
+        // container and what it sent, and the frames anti-spoofing caught.
+        let rows: Vec<Vec<String>> = report
+            .endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    e.endpoint.clone(),
+                    e.network.clone(),
+                    e.egress.rx_packets.to_string(),
+                    e.egress.rx_bytes.to_string(),
+                    e.egress.tx_packets.to_string(),
+                    e.egress.tx_bytes.to_string(),
+                    e.egress.spoofed_packets.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            "",
+            &[
+                "ENDPOINT",
+                "NETWORK",
+                "RECEIVED PKTS",
+                "RECEIVED BYTES",
+                "SENT PKTS",
+                "SENT BYTES",
+                "SPOOFED PKTS",
+            ],
+            &rows,
+            &[2, 3, 4, 5, 6],
+        );
+        out!();
+    }
+    if report.interfaces.is_empty() {
+        out!("no interface has netvlan's datapath attached; try `netvlan datapath attach IFACE`");
+    }
+    for iface in &report.interfaces {
+        out!(
+            "{} (ifindex {}, {} XDP, program {}): {} frames, {} bytes",
+            iface.ifname,
+            iface.ifindex,
+            iface.mode,
+            iface.prog_id,
+            iface.frames.rx_packets,
+            iface.frames.rx_bytes
+        );
+        out!("  {:<20} {:>12} {:>14}", "VLAN", "PACKETS", "BYTES");
+        for v in &iface.vlans {
+            let label = if v.vlan == 0 {
+                "untagged".to_string()
+            } else {
+                v.vlan.to_string()
+            };
+            out!(
+                "  {:<20} {:>12} {:>14}",
+                label,
+                v.counters.rx_packets,
+                v.counters.rx_bytes
+            );
+        }
+        out!(
+            "  {:<20} {:>12} {:>14}",
+            "DESTINATION MAC",
+            "PACKETS",
+            "BYTES"
+        );
+        for m in &iface.macs {
+            let owner = match (&m.network, &m.endpoint) {
+                (Some(n), Some(e)) => format!("  {e} on {n}"),
+                _ => String::new(),
+            };
+            out!(
+                "  {:<20} {:>12} {:>14}{owner}",
+                m.mac,
+                m.counters.rx_packets,
+                m.counters.rx_bytes
+            );
+        }
+        let anomalies: Vec<_> = iface
+            .anomalies
+            .iter()
+            .filter(|(_, c)| c.rx_packets > 0)
+            .collect();
+        if anomalies.is_empty() && iface.mac_table_full.rx_packets == 0 {
+            out!("  no anomalies");
+        } else {
+            out!("  {:<20} {:>12} {:>14}", "ANOMALY", "PACKETS", "BYTES");
+            for (name, c) in anomalies {
+                out!("  {:<20} {:>12} {:>14}", name, c.rx_packets, c.rx_bytes);
+            }
+            if iface.mac_table_full.rx_packets > 0 {
+                out!(
+                    "  {:<20} {:>12} {:>14}",
+                    "mac_table_full",
+                    iface.mac_table_full.rx_packets,
+                    iface.mac_table_full.rx_bytes
+                );
+            }
+        }
+        let drops: Vec<_> = iface
+            .drops
+            .iter()
+            .filter(|(_, c)| c.rx_packets > 0)
+            .collect();
+        if drops.is_empty() {
+            out!("  nothing dropped by policy");
+        } else {
+            out!(
+                "  {:<20} {:>12} {:>14}",
+                "DROPPED (POLICY)",
+                "PACKETS",
+                "BYTES"
+            );
+            for (reason, c) in drops {
+                out!("  {:<20} {:>12} {:>14}", reason, c.rx_packets, c.rx_bytes);
+            }
+            for d in &iface.vlan_drops {
+                let label = format!("  vlan {} {}", d.vlan, d.reason);
+                out!(
+                    "  {:<20} {:>12} {:>14}",
+                    label,
+                    d.counters.rx_packets,
+                    d.counters.rx_bytes
+                );
+            }
+        }
+        if !iface.mac_guards.is_empty() {
+            out!(
+                "  {:<20} {:>12} {:>14} {:>12}",
+                "MAC GUARD (VLAN)",
+                "LEARNED/MAX",
+                "OVER LIMIT",
+                "ACTION"
+            );
+            for g in &iface.mac_guards {
+                let label = if g.vlan == 0 {
+                    "untagged".to_string()
+                } else {
+                    g.vlan.to_string()
+                };
+                let limit = g.limit.map_or("off".to_string(), |l| l.to_string());
+                let mut line = format!(
+                    "  {:<20} {:>12} {:>14} {:>12}",
+                    label,
+                    format!("{}/{limit}", g.learned),
+                    g.over_limit_packets,
+                    g.action
+                );
+                if let Some(event) = &g.last_over_limit {
+                    line.push_str(&format!("  last: {} {}s ago", event.mac, event.seconds_ago));
+                }
+                out!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
