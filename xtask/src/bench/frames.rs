@@ -137,10 +137,7 @@ pub fn numbered_mac(i: u32) -> [u8; 6] {
 }
 
 pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    netvlan_common::Mac(*mac).to_string()
 }
 
 #[cfg(test)]
