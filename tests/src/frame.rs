@@ -1,8 +1,7 @@
 //! Building raw Ethernet frames for the tests.
 
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88a8;
-pub const ETH_P_IP: u16 = 0x0800;
+pub use netvlan_common::frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP};
+
 /// IEEE "local experimental" EtherType: no stack will react to it.
 pub const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
 
