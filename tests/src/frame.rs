@@ -1,6 +1,8 @@
 //! Building raw Ethernet frames for the tests.
 
-pub use netvlan_common::frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP};
+pub use netvlan_common::frame::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_QINQ_LEGACY,
+};
 
 /// IEEE "local experimental" EtherType: no stack will react to it.
 pub const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
