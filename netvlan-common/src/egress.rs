@@ -50,6 +50,9 @@ pub const EGRESS_PROGRAM: &str = "netvlan_egress";
 pub const INGRESS_PROGRAM: &str = "netvlan_ingress";
 pub const EGRESS_CONFIG: &str = "EGRESS_CONFIG";
 pub const EGRESS_STATS: &str = "EGRESS_STATS";
+/// Every map of the endpoint (TC) object, each pinned per endpoint; a test
+/// in netvlan-userspace checks this list against the built object.
+pub const ENDPOINT_MAPS: &[&str] = &[EGRESS_CONFIG, EGRESS_STATS];
 
 #[cfg(feature = "user")]
 mod pod {

@@ -5,6 +5,7 @@
 //!
 //! - [`frame`]: the frame classifier (Ethernet, 802.1Q, 802.1ad/QinQ and the
 //!   L3 protocol behind the tags).
+//! - [`mac`]: the MAC address type (text form, serde under `user`).
 //! - [`maps`]: the `#[repr(C)]` keys and values of the datapath's maps, with
 //!   their names and sizes.
 //! - [`policy`]: the filtering decision over those maps.
@@ -12,5 +13,8 @@
 
 pub mod egress;
 pub mod frame;
+pub mod mac;
 pub mod maps;
 pub mod policy;
+
+pub use mac::Mac;

@@ -45,6 +45,24 @@ pub const MAC_LEARN: &str = "MAC_LEARN";
 /// learned MACs and its over-limit events.
 pub const MAC_GUARD: &str = "MAC_GUARD";
 
+/// Every map of the wire (XDP) object, each pinned per parent link; a test
+/// in netvlan-userspace checks this list against the built object.
+pub const WIRE_MAPS: &[&str] = &[
+    VLAN_STATS,
+    MAC_STATS,
+    COUNTERS,
+    WIRE_POLICY,
+    VLAN_POLICY,
+    ENDPOINT_MACS,
+    DENY_MACS,
+    DROPS,
+    VLAN_DROPS,
+    MAC_LEARN,
+    MAC_GUARD,
+    ENDPOINT_IPS,
+    MAC_DROPS,
+];
+
 /// Learned source MACs per wire. The control plane keeps the sum of the
 /// wire's `max_macs` limits at or under half of this, so the kernel's LRU
 /// (which can evict a little before it is full, because of its per-CPU

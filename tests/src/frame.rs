@@ -1,29 +1,25 @@
 //! Building raw Ethernet frames for the tests.
 
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88a8;
-pub const ETH_P_IP: u16 = 0x0800;
+pub use netvlan_common::frame::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_QINQ_LEGACY,
+};
+
 /// IEEE "local experimental" EtherType: no stack will react to it.
 pub const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
 
+/// A MAC's bytes in wire order (the frames are built from bytes); parsed
+/// and printed through `netvlan_common::Mac`.
 pub type Mac = [u8; 6];
 
 pub fn mac_string(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    netvlan_common::Mac(*mac).to_string()
 }
 
 /// `aa:bb:cc:dd:ee:ff` as bytes; panics on anything else (test input).
 pub fn parse_mac(text: &str) -> Mac {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad MAC {text:?}")))
-        .collect();
-    bytes
-        .try_into()
-        .unwrap_or_else(|_| panic!("bad MAC {text:?}"))
+    text.parse::<netvlan_common::Mac>()
+        .unwrap_or_else(|e| panic!("bad MAC: {e}"))
+        .octets()
 }
 
 /// An Ethernet frame under construction.

@@ -20,7 +20,10 @@ use aya::{
     Ebpf,
 };
 use netvlan_common::{
-    frame::{classify, Anomaly, Classification},
+    frame::{
+        classify, Anomaly, Classification, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
+        ETH_P_IPV6, ETH_P_QINQ_LEGACY,
+    },
     maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey},
     policy::{
         decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
@@ -28,7 +31,7 @@ use netvlan_common::{
         WIRE_VLAN_FILTER,
     },
 };
-use netvlan_tests::require_root;
+use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, require_root};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -179,16 +182,26 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     for _ in 0..rng.pick(&[0u64, 0, 1, 1, 2, 3]) {
-        f.extend_from_slice(&rng.pick(&[0x8100u16, 0x88a8, 0x9100]).to_be_bytes());
+        f.extend_from_slice(
+            &rng.pick(&[ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_LEGACY])
+                .to_be_bytes(),
+        );
         let random_vid = (rng.next() & 0xfff) as u16;
         let vid = rng.pick(&[0u16, 10, 10, 20, 100, 4095, random_vid]);
         f.extend_from_slice(&((rng.below(8) as u16) << 13 | vid).to_be_bytes());
     }
     let random_type = rng.next() as u16;
-    let ethertype = rng.pick(&[0x0800u16, 0x0800, 0x86dd, 0x0806, 0x88b5, random_type]);
+    let ethertype = rng.pick(&[
+        ETH_P_IP,
+        ETH_P_IP,
+        ETH_P_IPV6,
+        ETH_P_ARP,
+        ETH_P_EXPERIMENTAL,
+        random_type,
+    ]);
     f.extend_from_slice(&ethertype.to_be_bytes());
     match ethertype {
-        0x0800 => {
+        ETH_P_IP => {
             // IPv4 with a random IHL (options when > 5, nonsense when < 5).
             let ihl = rng.below(16) as u8;
             let start = f.len();
@@ -207,7 +220,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
                 f[start + 12..start + 16].copy_from_slice(&GATEWAY_V4);
             }
         }
-        0x86dd => {
+        ETH_P_IPV6 => {
             let start = f.len();
             f.push(0x60);
             f.extend((0..39).map(|_| rng.next() as u8));
@@ -234,7 +247,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
                 f.extend((0..8 * (len + 1)).map(|_| rng.next() as u8));
             }
         }
-        0x0806 => {
+        ETH_P_ARP => {
             let start = f.len();
             f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
             f.extend((0..20).map(|_| rng.next() as u8));

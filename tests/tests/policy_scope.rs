@@ -153,7 +153,7 @@ fn a_policy_key_given_twice_is_refused() {
 /// An ARP request from `src` claiming `sender` (Ethernet/IPv4), broadcast.
 fn arp_from(src: Mac, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     let mut f = FrameBuilder::new([0xff; 6], src)
-        .ethertype(0x0806)
+        .ethertype(netvlan_tests::frame::ETH_P_ARP)
         .build(14);
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     f.extend_from_slice(&src);

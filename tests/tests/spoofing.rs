@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use netvlan_tests::{
-    frame::{FrameBuilder, Mac, ETH_P_8021Q},
+    frame::{FrameBuilder, Mac, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP},
     packet::PacketSocket,
     wait_for, Lan, Netns,
 };
@@ -32,7 +32,7 @@ impl SpoofLab for Lan {
 /// An IPv4 frame (UDP-ish payload) from `src_mac`/`src_ip`.
 fn ipv4_frame(src_mac: Mac, src_ip: [u8; 4]) -> Vec<u8> {
     let mut f = FrameBuilder::new(BROADCAST, src_mac)
-        .ethertype(0x0800)
+        .ethertype(ETH_P_IP)
         .build(14);
     let mut ip = [0u8; 28];
     ip[0] = 0x45;
@@ -47,7 +47,7 @@ fn ipv4_frame(src_mac: Mac, src_ip: [u8; 4]) -> Vec<u8> {
 /// An ARP request from `sender_mac`/`sender_ip` (Ethernet source `src`).
 fn arp_frame(src: Mac, sender_mac: Mac, sender_ip: [u8; 4]) -> Vec<u8> {
     let mut f = FrameBuilder::new(BROADCAST, src)
-        .ethertype(0x0806)
+        .ethertype(ETH_P_ARP)
         .build(14);
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     f.extend_from_slice(&sender_mac);

@@ -22,7 +22,7 @@ use aya::{
 use netvlan_common::{
     egress::{
         EgressConfig, EGRESS_CONFIG, EGRESS_PROGRAM, EGRESS_SENT, EGRESS_SPOOFED, EGRESS_STATS,
-        ENDPOINT_RECEIVED, INGRESS_PROGRAM,
+        ENDPOINT_MAPS, ENDPOINT_RECEIVED, INGRESS_PROGRAM,
     },
     maps::Counters,
 };
@@ -31,7 +31,7 @@ use serde::Serialize;
 use super::{pins, DatapathError, InterfacePins, NamespacePins};
 use crate::netns::NetnsId;
 
-static EGRESS_OBJECT: &[u8] =
+pub(super) static EGRESS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o"));
 
 /// How the egress program is attached.
@@ -125,7 +125,7 @@ pub fn attach(
             source,
         })?;
         let pin_err = |path: std::path::PathBuf| move |source| DatapathError::Pin { path, source };
-        for name in [EGRESS_CONFIG, EGRESS_STATS] {
+        for &name in ENDPOINT_MAPS {
             let map = ebpf
                 .map(name)
                 .ok_or(DatapathError::MissingObject { what: "map", name })?;

@@ -352,7 +352,7 @@ impl Datapath {
             source,
         })?;
         let pin_err = |path: PathBuf| move |source| DatapathError::Pin { path, source };
-        for name in InterfacePins::MAPS {
+        for &name in InterfacePins::MAPS {
             let map = ebpf
                 .map(name)
                 .ok_or(DatapathError::MissingObject { what: "map", name })?;
@@ -577,4 +577,40 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The maps an object declares (not its `.rodata`/`.bss` sections).
+    fn declared_maps(object: &[u8]) -> BTreeSet<String> {
+        let object = aya_obj::Object::parse(object).expect("the embedded object parses");
+        object
+            .maps
+            .keys()
+            .filter(|name| !name.starts_with('.'))
+            .cloned()
+            .collect()
+    }
+
+    fn listed(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn every_map_of_the_wire_object_is_listed_and_pinned() {
+        assert_eq!(
+            declared_maps(super::XDP_OBJECT),
+            listed(netvlan_common::maps::WIRE_MAPS)
+        );
+    }
+
+    #[test]
+    fn every_map_of_the_endpoint_object_is_listed_and_pinned() {
+        assert_eq!(
+            declared_maps(super::egress::EGRESS_OBJECT),
+            listed(netvlan_common::egress::ENDPOINT_MAPS)
+        );
+    }
 }

@@ -256,21 +256,7 @@ impl InterfacePins {
     }
 
     /// Names of every map the datapath pins.
-    pub const MAPS: [&'static str; 13] = [
-        maps::VLAN_STATS,
-        maps::MAC_STATS,
-        maps::COUNTERS,
-        maps::WIRE_POLICY,
-        maps::VLAN_POLICY,
-        maps::ENDPOINT_MACS,
-        maps::DENY_MACS,
-        maps::DROPS,
-        maps::VLAN_DROPS,
-        maps::MAC_LEARN,
-        maps::MAC_GUARD,
-        maps::ENDPOINT_IPS,
-        maps::MAC_DROPS,
-    ];
+    pub const MAPS: &'static [&'static str] = maps::WIRE_MAPS;
 
     /// Unpins everything (removing a pin drops the kernel's reference; the
     /// object goes away with its last user).

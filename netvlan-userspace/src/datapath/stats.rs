@@ -12,6 +12,7 @@ use netvlan_common::{
     policy::{
         vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
     },
+    Mac,
 };
 use serde::Serialize;
 
@@ -166,11 +167,6 @@ fn sum(values: &PerCpuValues<Counters>) -> Counters {
     })
 }
 
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
-
 /// Reads and sums every counter of one attachment.
 pub fn read(
     attachment: &Attachment,
@@ -219,7 +215,7 @@ pub fn read(
     let macs = macs
         .into_iter()
         .map(|(key, total)| MacStats {
-            mac: format_mac(&key.addr),
+            mac: Mac(key.addr).to_string(),
             network: None,
             endpoint: None,
             counters: total.into(),
@@ -334,7 +330,7 @@ fn read_guards(pins: &InterfacePins) -> Result<Vec<MacGuardStats>, DatapathError
             over_limit_packets: state.over_limit_packets,
             over_limit_bytes: state.over_limit_bytes,
             last_over_limit: (state.last_over_limit_ns != 0).then(|| OverLimitEvent {
-                mac: format_mac(&state.last_over_limit_mac),
+                mac: Mac(state.last_over_limit_mac).to_string(),
                 seconds_ago: now.saturating_sub(state.last_over_limit_ns) / 1_000_000_000,
             }),
         });

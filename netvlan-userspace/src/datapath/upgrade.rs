@@ -111,7 +111,7 @@ fn upgrade_one(
 ) -> Result<UpgradeOutcome, DatapathError> {
     // Refuse before loading anything if a pinned map cannot be reused.
     let mut new_maps = Vec::new();
-    for name in InterfacePins::MAPS {
+    for &name in InterfacePins::MAPS {
         let want = shapes
             .get(name)
             .ok_or(DatapathError::MissingObject { what: "map", name })?;
@@ -140,7 +140,7 @@ fn upgrade_one(
     }
 
     let mut loader = EbpfLoader::new();
-    for name in InterfacePins::MAPS {
+    for &name in InterfacePins::MAPS {
         loader.map_pin_path(name, pins.map(name));
     }
     let mut ebpf = loader.load(XDP_OBJECT).map_err(DatapathError::Load)?;

@@ -170,7 +170,9 @@ impl Manager {
         for network in on_wire {
             for endpoint in network.endpoints.values() {
                 let missing: Vec<String> = match network.options.driver {
-                    Driver::Macvlan => super::endpoint::parse_stored_mac(&endpoint.mac)
+                    Driver::Macvlan => endpoint
+                        .stored_mac()
+                        .map(netvlan_common::Mac::octets)
                         .filter(|mac| !macs.contains(mac))
                         .map(|_| format!("MAC {}", endpoint.mac))
                         .into_iter()

@@ -13,10 +13,12 @@ use super::{
     options::valid_ifname, policy::wire_after, rollback::Rollback, Driver, Manager, NetworkError,
     NetworkRecord,
 };
-use netvlan_common::egress::{EgressConfig, EGRESS_ENFORCE, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6};
+use netvlan_common::{
+    egress::{EgressConfig, EGRESS_ENFORCE, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6},
+    Mac,
+};
 
 use crate::{
-    datapath::stats::format_mac,
     ipam::{self, Family, Request},
     netlink::{LinkOptions, MacvlanMode, Netlink, NewLink},
     netns::{self, NetnsId},
@@ -30,6 +32,7 @@ pub struct Endpoint {
     pub sandbox: String,
     pub netns_path: PathBuf,
     pub ifname: String,
+    /// `02:42:ac:10:56:02`; empty for ipvlan endpoints (the parent's MAC).
     pub mac: String,
     pub ipv4: Option<IpNet>,
     pub ipv6: Option<IpNet>,
@@ -51,6 +54,11 @@ pub struct Endpoint {
 pub(super) type DefaultRoute = (Option<IpAddr>, bool);
 
 impl Endpoint {
+    /// The endpoint's own MAC (macvlan), as stored.
+    pub(super) fn stored_mac(&self) -> Option<Mac> {
+        self.mac.parse().ok().filter(|m: &Mac| m.is_unicast())
+    }
+
     /// The namespace identity of the endpoint's sandbox: as recorded, or
     /// (records from before it was kept) that of its namespace file.
     pub(super) fn sandbox_id(&self) -> Option<NetnsId> {
@@ -89,44 +97,27 @@ pub struct ConnectRequest {
 
 /// Docker's stable MAC: `02:42` and the four IPv4 bytes.
 pub fn mac_from_ipv4(ip: std::net::Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = ip.octets();
-    [0x02, 0x42, a, b, c, d]
+    Mac::from_ipv4(ip.octets()).octets()
 }
 
+/// A MAC the user gave (`--mac`, `mac_deny=`): one an interface can have.
 pub(super) fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
-    let bad = || {
+    let mac: Mac = text.parse().map_err(|_| {
         NetworkError::BadEndpoint(format!(
             "--mac {text}: expected six hex bytes like 02:42:ac:10:56:02"
         ))
-    };
-    let parts: Vec<u8> = text
-        .split([':', '-'])
-        .map(|p| {
-            if p.len() == 2 {
-                u8::from_str_radix(p, 16).ok()
-            } else {
-                None
-            }
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(bad)?;
-    let mac: [u8; 6] = parts.try_into().map_err(|_| bad())?;
-    if mac == [0; 6] {
+    })?;
+    if mac.is_zero() {
         return Err(NetworkError::BadEndpoint(format!(
             "--mac {text} is the all-zero address, which no interface can have"
         )));
     }
-    if mac[0] & 1 == 1 {
+    if mac.is_multicast() {
         return Err(NetworkError::BadEndpoint(format!(
             "--mac {text} is a multicast address"
         )));
     }
-    Ok(mac)
-}
-
-/// A MAC as stored (`02:42:ac:10:56:02`).
-pub(super) fn parse_stored_mac(text: &str) -> Option<[u8; 6]> {
-    parse_mac(text).ok()
+    Ok(mac.octets())
 }
 
 /// The endpoint link a network's driver and modes call for.
@@ -318,7 +309,7 @@ impl Manager {
             }
         };
 
-        endpoint.mac = made.mac.map(|m| format_mac(&m)).unwrap_or_default();
+        endpoint.mac = made.mac.map(|m| Mac(m).to_string()).unwrap_or_default();
         endpoint.ifindex = made.ifindex;
         record
             .endpoints
@@ -885,7 +876,7 @@ mod tests {
     #[test]
     fn mac_is_derived_from_the_ipv4_address_like_docker() {
         assert_eq!(
-            format_mac(&mac_from_ipv4("172.16.86.2".parse().unwrap())),
+            Mac(mac_from_ipv4("172.16.86.2".parse().unwrap())).to_string(),
             "02:42:ac:10:56:02"
         );
     }

@@ -104,7 +104,7 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             "Policy": {
                 "UnknownDst": if record.options.policy.unknown_dst_drop { "drop" } else { "pass" },
                 "Vlans": record.options.policy.vlans,
-                "MacDeny": record.options.policy.mac_deny.iter().map(crate::datapath::stats::format_mac).collect::<Vec<_>>(),
+                "MacDeny": record.options.policy.mac_deny.iter().map(|m| netvlan_common::Mac(*m).to_string()).collect::<Vec<_>>(),
                 "MaxMacs": record.options.policy.max_macs,
                 "MaxMacsAction": if record.options.policy.max_macs_count_only { "count" } else { "drop" },
             },

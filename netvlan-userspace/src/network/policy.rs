@@ -216,7 +216,7 @@ impl Manager {
             match record.options.driver {
                 Driver::Macvlan => {
                     for endpoint in record.endpoints.values() {
-                        if let Some(mac) = super::endpoint::parse_stored_mac(&endpoint.mac) {
+                        if let Some(mac) = endpoint.stored_mac().map(netvlan_common::Mac::octets) {
                             policy.registered.insert(mac);
                         }
                     }

@@ -288,7 +288,7 @@ impl Manager {
             }
             let link = super::endpoint::endpoint_link(record, parent.ifindex);
             let mac = match record.options.driver {
-                Driver::Macvlan => super::endpoint::parse_stored_mac(&endpoint.mac),
+                Driver::Macvlan => endpoint.stored_mac().map(netvlan_common::Mac::octets),
                 Driver::Ipvlan => None,
             };
             let result = self

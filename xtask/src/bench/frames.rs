@@ -2,15 +2,13 @@
 //! XDP sees them (no FCS), untagged, 802.1Q or QinQ, carrying a well-formed
 //! IPv4/UDP or IPv6 packet, so no anomaly path is taken.
 
+use netvlan_common::frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6};
+
 /// Length of every benchmark frame (the minimum Ethernet frame plus FCS
 /// is 64 bytes on the wire; XDP never sees the FCS, so these are 4 bytes
 /// longer than the minimum: still a minimum-size-class frame, never a runt).
 pub const FRAME_LEN: usize = 64;
 
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv6 "No Next Header": the rest of the frame is padding.
 const IPPROTO_NONE: u8 = 59;
 const IPPROTO_UDP: u8 = 17;
@@ -137,10 +135,7 @@ pub fn numbered_mac(i: u32) -> [u8; 6] {
 }
 
 pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    netvlan_common::Mac(*mac).to_string()
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use netvlan_common::{
         egress_allowed, EgressConfig, EGRESS_ENFORCE, EGRESS_SENT, EGRESS_SLOTS, EGRESS_SPOOFED,
         ENDPOINT_RECEIVED,
     },
-    frame::PacketBytes,
     maps::Counters,
 };
+use netvlan_ebpf::{count, tc_frame};
 
 #[map(name = "EGRESS_CONFIG")]
 static EGRESS_CONFIG: Array<EgressConfig> = Array::with_max_entries(1, 0);
@@ -35,9 +35,7 @@ const HEADERS: u32 = 64;
 #[classifier]
 pub fn netvlan_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    let _ = ctx.pull_data(if len < HEADERS { len } else { HEADERS });
-    // SAFETY: the context's packet pointers, valid for this run.
-    let frame = unsafe { PacketBytes::new(ctx.data(), ctx.data_end()) };
+    let frame = tc_frame(&ctx, HEADERS);
     // SAFETY: reading a field of the context the kernel hands us.
     let offloaded_tag = unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let allowed = match EGRESS_CONFIG.get(0) {
@@ -46,7 +44,11 @@ pub fn netvlan_egress(ctx: TcContext) -> i32 {
         // No config yet: the control plane writes it before attaching.
         None => false,
     };
-    count(if allowed { EGRESS_SENT } else { EGRESS_SPOOFED }, len);
+    count(
+        &EGRESS_STATS,
+        if allowed { EGRESS_SENT } else { EGRESS_SPOOFED },
+        u64::from(len),
+    );
     if allowed {
         TC_ACT_OK
     } else {
@@ -58,24 +60,6 @@ pub fn netvlan_egress(ctx: TcContext) -> i32 {
 /// starts at the Ethernet header, so lengths match the egress side's.
 #[classifier]
 pub fn netvlan_ingress(ctx: TcContext) -> i32 {
-    count(ENDPOINT_RECEIVED, ctx.len());
+    count(&EGRESS_STATS, ENDPOINT_RECEIVED, u64::from(ctx.len()));
     TC_ACT_OK
 }
-
-#[inline(always)]
-fn count(slot: u32, len: u32) {
-    if let Some(c) = EGRESS_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { (*c).add_frame(u64::from(len)) };
-    }
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

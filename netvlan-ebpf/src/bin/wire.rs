@@ -22,17 +22,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use netvlan_common::{
-    frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
+    frame::{classify, Anomaly, Classification, FrameBytes},
     maps::{
         CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
         MAC_STATS_CAPACITY, VLAN_SLOTS,
     },
     policy::{
-        decide, vlan_drop_index, DropReason, Learning, PolicyView, Verdict, DROP_REASON_SLOTS,
-        IP_GATEWAY, IP_NOT_REGISTERED,
+        decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
     },
 };
+use netvlan_ebpf::{count, drop, xdp_frame, DropMaps};
 
 #[map(name = "VLAN_STATS")]
 static VLAN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(VLAN_SLOTS, 0);
@@ -158,8 +158,7 @@ impl PolicyView for Maps {
 
 #[xdp]
 pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
-    // SAFETY: the context's packet pointers, valid for this run.
-    let frame = unsafe { PacketBytes::new(ctx.data(), ctx.data_end()) };
+    let frame = xdp_frame(&ctx);
     let len = frame.frame_len() as u64;
     count(&COUNTERS, CounterSlot::Frames.index(), len);
     match classify(&frame) {
@@ -177,20 +176,12 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
                 }
             }
             if let Verdict::Drop(reason) = decide(&f, len, &Maps) {
-                count(&DROPS, reason as u32, len);
-                count(&VLAN_DROPS, vlan_drop_index(f.outer_vid, reason), len);
-                // Per endpoint: an unknown destination is nobody's by
-                // definition, so only other reasons look the MAC up.
-                if reason != DropReason::UnknownDst {
-                    if let Some(d) = MAC_DROPS.get_ptr_mut(&MacKey::new(f.dst)) {
-                        // SAFETY: per-CPU value; the index is a DropReason
-                        // discriminant, below DROP_REASON_SLOTS.
-                        if let Some(c) = unsafe { (*d).by_reason.get_mut(reason as usize) } {
-                            c.add_frame(len);
-                        }
-                    }
-                }
-                return xdp_action::XDP_DROP;
+                let maps = DropMaps {
+                    drops: &DROPS,
+                    vlan_drops: &VLAN_DROPS,
+                    mac_drops: &MAC_DROPS,
+                };
+                return drop(&maps, f.dst, f.outer_vid, reason, len);
             }
         }
     }
@@ -219,14 +210,6 @@ const EEXIST: i32 = 17;
 #[xdp]
 pub fn bench_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
-    if let Some(c) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { (*c).add_frame(len) };
-    }
 }
 
 /// Counts a frame under its destination MAC, inserting the MAC on first
@@ -267,13 +250,3 @@ fn count_mac(key: MacKey, len: u64) {
         Err(_) => count(&COUNTERS, CounterSlot::MacTableFull.index(), len),
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,86 @@
+//! What netvlan's eBPF programs share: the panic handler, the license,
+//! counting into per-CPU maps and the one place a dropped frame goes
+//! through ([`drop`]), where a trace hook will go.
+//!
+//! One binary per hook: `src/bin/wire.rs` (XDP on a parent link) and
+//! `src/bin/endpoint.rs` (TC on an endpoint link).
+#![no_std]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::{TcContext, XdpContext},
+};
+use netvlan_common::{
+    frame::PacketBytes,
+    maps::{Counters, MacDrops, MacKey},
+    policy::{vlan_drop_index, DropReason},
+};
+
+/// The frame an XDP program sees.
+#[inline(always)]
+pub fn xdp_frame(ctx: &XdpContext) -> PacketBytes {
+    // SAFETY: the context's packet pointers, valid for this run.
+    unsafe { PacketBytes::new(ctx.data(), ctx.data_end()) }
+}
+
+/// The frame a TC program sees, its first `headers` bytes (or all of a
+/// shorter frame) pulled into the linear area first.
+#[inline(always)]
+pub fn tc_frame(ctx: &TcContext, headers: u32) -> PacketBytes {
+    let len = ctx.len();
+    let _ = ctx.pull_data(if len < headers { len } else { headers });
+    // SAFETY: the context's packet pointers, valid for this run.
+    unsafe { PacketBytes::new(ctx.data(), ctx.data_end()) }
+}
+
+/// Adds a frame of `len` bytes to slot `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*c).add_frame(len) };
+    }
+}
+
+/// Where the wire program counts its drops.
+pub struct DropMaps {
+    /// By reason.
+    pub drops: &'static PerCpuArray<Counters>,
+    /// By VLAN and reason (`policy::vlan_drop_index`).
+    pub vlan_drops: &'static PerCpuArray<Counters>,
+    /// By destination endpoint MAC and reason.
+    pub mac_drops: &'static PerCpuHashMap<MacKey, MacDrops>,
+}
+
+/// Drops a frame the policy refused: counts it by reason, VLAN and
+/// destination endpoint, and returns the XDP verdict.
+#[inline(always)]
+pub fn drop(maps: &DropMaps, dst: [u8; 6], outer_vid: u16, reason: DropReason, len: u64) -> u32 {
+    count(maps.drops, reason as u32, len);
+    count(maps.vlan_drops, vlan_drop_index(outer_vid, reason), len);
+    // Per endpoint: an unknown destination is nobody's by definition, so
+    // only other reasons look the MAC up.
+    if reason != DropReason::UnknownDst {
+        if let Some(d) = maps.mac_drops.get_ptr_mut(&MacKey::new(dst)) {
+            // SAFETY: per-CPU value; the index is a DropReason
+            // discriminant, below DROP_REASON_SLOTS.
+            if let Some(c) = unsafe { (*d).by_reason.get_mut(reason as usize) } {
+                c.add_frame(len);
+            }
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The kernel reads the license from this section of every object.
+#[link_section = "license"]
+#[no_mangle]
+#[used]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
