@@ -11,10 +11,10 @@
 //! - [`policy`]: the filtering decision over those maps.
 #![cfg_attr(not(test), no_std)]
 
-pub mod egress;
+pub mod antispoof;
+pub mod decision;
 pub mod frame;
 pub mod mac;
 pub mod maps;
-pub mod policy;
 
 pub use mac::Mac;

@@ -16,13 +16,13 @@ pub const XDP_PROGRAM: &str = "netvlan_xdp";
 /// A pass-only XDP program in the same object: the benchmarks' floor.
 pub const BENCH_FLOOR_PROGRAM: &str = "bench_floor";
 
-/// Array of one `u32` of `policy::WIRE_*` flags.
+/// Array of one `u32` of `decision::WIRE_*` flags.
 pub const WIRE_POLICY: &str = "WIRE_POLICY";
-/// Array of `u32` `policy::VLAN_*` flags indexed by VLAN id.
+/// Array of `u32` `decision::VLAN_*` flags indexed by VLAN id.
 pub const VLAN_POLICY: &str = "VLAN_POLICY";
 /// Hash of [`MacKey`] to `u32` (reserved): MACs registered behind the wire.
 pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
-/// Hash of [`IpKey`] to `u32` flags (`policy::IP_*`; 0 = registered):
+/// Hash of [`IpKey`] to `u32` flags (`decision::IP_*`; 0 = registered):
 /// IPv4/IPv6 addresses of ipvlan endpoints and the host, for ipvlan's
 /// unknown-destination drop, and the networks' gateways, which the
 /// MAC-sprawl guard exempts.
@@ -33,9 +33,9 @@ pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
 pub const MAC_DROPS: &str = "MAC_DROPS";
 /// Hash of [`MacKey`] to `u32` (reserved): source MACs that are dropped.
 pub const DENY_MACS: &str = "DENY_MACS";
-/// Per-CPU array of [`Counters`] indexed by `policy::DropReason`.
+/// Per-CPU array of [`Counters`] indexed by `decision::DropReason`.
 pub const DROPS: &str = "DROPS";
-/// Per-CPU array of [`Counters`] indexed by `policy::vlan_drop_index`.
+/// Per-CPU array of [`Counters`] indexed by `decision::vlan_drop_index`.
 pub const VLAN_DROPS: &str = "VLAN_DROPS";
 
 /// LRU hash of [`LearnKey`] to `u64` (first seen, `bpf_ktime_get_ns`): the
@@ -126,7 +126,7 @@ impl MacKey {
     }
 }
 
-/// Drops of frames to one endpoint, indexed by `policy::DropReason`.
+/// Drops of frames to one endpoint, indexed by `decision::DropReason`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MacDrops {
@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<MacDrops>(), 64);
         assert_eq!(
             core::mem::size_of::<MacDrops>() / core::mem::size_of::<Counters>(),
-            crate::policy::DROP_REASON_SLOTS as usize
+            crate::decision::DROP_REASON_SLOTS as usize
         );
         assert_eq!(core::mem::size_of::<MacGuardState>(), 40);
     }

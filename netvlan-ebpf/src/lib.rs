@@ -14,7 +14,7 @@ use aya_ebpf::{
 use netvlan_common::{
     frame::PacketBytes,
     maps::{Counters, MacDrops, MacKey},
-    policy::{vlan_drop_index, DropReason},
+    decision::{vlan_drop_index, DropReason},
 };
 
 /// The frame an XDP program sees.

@@ -21,11 +21,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    datapath::{stats, Datapath},
-    netlink::{Netlink, NetlinkError, NewLink},
-    netns::{self, NETNS_RUN_DIR},
-    network::{ConnectRequest, CreateRequest, Driver, Manager, NetworkError},
+    control::{ConnectRequest, CreateRequest, Driver, Manager, NetworkError},
+    datapath::{counters, Datapath},
     store::Store,
+    sys::netlink::{Netlink, NetlinkError, NewLink},
+    sys::netns::{self, NETNS_RUN_DIR},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ pub struct DemoReport {
     pub host_namespace: String,
     pub vlan_network: bool,
     pub endpoints: Vec<DemoEndpoint>,
-    pub vlans: Vec<stats::VlanStats>,
+    pub vlans: Vec<counters::VlanStats>,
     /// Commands worth trying next.
     pub next: Vec<String>,
 }
@@ -216,7 +216,7 @@ impl Demo {
             netlink.create_veth(UPLINK, "lan0", None).await?;
             // Tags in the frame bytes, so the datapath counts per VLAN.
             for end in [UPLINK, "lan0"] {
-                if let Err(e) = crate::offload::disable_vlan_offload(end) {
+                if let Err(e) = crate::sys::ethtool::disable_vlan_offload(end) {
                     tracing::warn!("cannot turn VLAN offload off on {end}: {e}");
                 }
             }
@@ -328,9 +328,9 @@ impl Demo {
             let datapath = Datapath::open(&bpf)?;
             let mut interfaces = Vec::new();
             for (attachment, pins) in datapath.attachments(None).await? {
-                interfaces.push(stats::read(&attachment, &pins)?);
+                interfaces.push(counters::read(&attachment, &pins)?);
             }
-            let records = Store::open(&state)?.networks::<crate::network::NetworkRecord>()?;
+            let records = Store::open(&state)?.networks::<crate::control::NetworkRecord>()?;
             Ok::<_, DemoError>((records, interfaces))
         })
         .await?;

@@ -63,9 +63,9 @@ pub(crate) use keyword_text;
 mod tests {
     use super::Keyword;
     use crate::{
+        control::Driver,
         datapath::AttachMode,
-        netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
-        network::Driver,
+        sys::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
     };
 
     fn round_trips<

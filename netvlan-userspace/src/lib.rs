@@ -1,21 +1,21 @@
 //! netvlan: macvlan/ipvlan container networks with an eBPF datapath.
 //!
-//! - [`netlink`]: link queries and changes over rtnetlink (never `ip`).
-//! - [`netns`]: network namespace identity.
-//! - [`datapath`]: loading, pinning and reading the XDP program.
+//! Layers, each importing only the ones above it in this list:
+//!
 //! - [`ipam`]: Docker-compatible address management (pure logic).
 //! - [`keyword`]: fixed-word settings (modes, drivers): spellings, parsing.
-//! - [`network`]: the control plane every front shares ([`network::Manager`]).
+//! - [`sys`]: the kernel, minus BPF: rtnetlink, namespaces, sandboxes, ethtool.
+//! - [`store`]: the persistent state and its lock.
+//! - [`datapath`]: loading, pinning and reading the eBPF programs and maps.
+//! - [`control`]: the control plane every front shares ([`control::Manager`]).
+//! - [`demo`]: a lab in namespaces of its own, built with the control plane.
 //! - [`cli`]: the `netvlan` command line, the only module that knows clap.
 
 pub mod cli;
+pub mod control;
 pub mod datapath;
 pub mod demo;
 pub mod ipam;
 pub mod keyword;
-pub mod netlink;
-pub mod netns;
-pub mod network;
-pub mod offload;
-pub mod sandbox;
 pub mod store;
+pub mod sys;

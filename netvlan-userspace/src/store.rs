@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::netns::NetnsScope;
+use crate::sys::netns::NetnsScope;
 
 /// Default `NETVLAN_STATE_DIR`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netvlan";
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
-/// Intents of the command in flight (see `network::journal`): what it may
+/// Intents of the command in flight (see `control::journal`): what it may
 /// have created in the kernel, written before it creates it.
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 const PENDING: &str = "pending";
@@ -493,7 +493,7 @@ mod tests {
 
         // After a "reboot" the namespace named a has a new identity but
         // the same name: it finds its records and its journal.
-        let id = crate::netns::NetnsId { dev: 4, ino: 99 };
+        let id = crate::sys::netns::NetnsId { dev: 4, ino: 99 };
         let a = Store::open_scoped(
             &dir,
             vec![

@@ -20,16 +20,16 @@ use aya::{
     Ebpf,
 };
 use netvlan_common::{
+    decision::{
+        decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
+        IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
+        WIRE_VLAN_FILTER,
+    },
     frame::{
         classify, Anomaly, Classification, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
         ETH_P_IPV6, ETH_P_QINQ_LEGACY,
     },
     maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey},
-    policy::{
-        decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
-        IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
-        WIRE_VLAN_FILTER,
-    },
 };
 use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, require_root};
 

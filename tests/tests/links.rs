@@ -4,7 +4,7 @@
 //! The host kernel here has no 8021q, ipvlan or dummy: those tests report
 //! "covered by the VM lane" on the host and must pass in the VM lane.
 
-use netvlan::{
+use netvlan::sys::{
     netlink::{IpvlanFlag, IpvlanMode, LinkInfo, MacvlanMode, Netlink, NetlinkError, NewLink},
     netns,
 };

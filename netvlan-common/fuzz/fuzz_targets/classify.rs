@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use netvlan_common::{
     frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
-    policy::{
+    decision::{
         decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED,
         VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },

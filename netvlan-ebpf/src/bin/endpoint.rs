@@ -1,7 +1,7 @@
 //! netvlan's endpoint programs (TC), one instance per endpoint link:
 //! - egress: a container may send only as itself (with `spoofcheck=on`;
 //!   configured through `EGRESS_CONFIG`; the decision is
-//!   `netvlan_common::egress::egress_allowed`, the code the host unit tests
+//!   `netvlan_common::antispoof::egress_allowed`, the code the host unit tests
 //!   run), and what it sends is counted;
 //! - ingress: what it receives is counted, whichever path it came by.
 #![no_std]
@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netvlan_common::{
-    egress::{
+    antispoof::{
         egress_allowed, EgressConfig, EGRESS_ENFORCE, EGRESS_SENT, EGRESS_SLOTS, EGRESS_SPOOFED,
         ENDPOINT_RECEIVED,
     },

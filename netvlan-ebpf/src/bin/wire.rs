@@ -2,7 +2,7 @@
 //! it by VLAN, by destination MAC and by anomaly.
 //!
 //! Frames are counted first, then filtered by the wire's policy maps
-//! (`netvlan_common::policy::decide`); malformed frames are counted and
+//! (`netvlan_common::decision::decide`); malformed frames are counted and
 //! passed (the kernel's stack drops what it cannot parse). Classifier and
 //! decision are the same code the host unit tests and fuzzers run.
 #![no_std]
@@ -28,7 +28,7 @@ use netvlan_common::{
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
         MAC_STATS_CAPACITY, VLAN_SLOTS,
     },
-    policy::{
+    decision::{
         decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
     },
 };
@@ -76,7 +76,7 @@ static MAC_LEARN: LruHashMap<LearnKey, u64> = LruHashMap::with_max_entries(MAC_L
 #[map(name = "MAC_GUARD")]
 static MAC_GUARD: Array<MacGuardState> = Array::with_max_entries(VLAN_SLOTS, 0);
 
-/// The policy maps as `netvlan_common::policy::decide` reads them.
+/// The policy maps as `netvlan_common::decision::decide` reads them.
 struct Maps;
 
 impl PolicyView for Maps {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::{output::print_json, Output};
-use crate::network::Manager;
+use crate::control::Manager;
 
 pub(super) async fn run(manager: &Manager, output: Output) -> Result<()> {
     let drifts = manager.check().await?;

@@ -7,7 +7,7 @@ use super::{
     output::{out, print_json},
     Output,
 };
-use crate::network::{ConnectRequest, Manager};
+use crate::control::{ConnectRequest, Manager};
 
 #[derive(Args)]
 pub(super) struct ConnectArgs {

@@ -30,9 +30,9 @@ use self::{
     stats::StatsArgs,
 };
 use crate::{
+    control::Manager,
     datapath::{pins, Datapath, DEFAULT_BPF_DIR},
     keyword::Keyword,
-    network::Manager,
     store::{Store, DEFAULT_STATE_DIR},
 };
 

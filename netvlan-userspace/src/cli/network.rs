@@ -12,7 +12,7 @@ use super::{
     output::{err, out, print_json, print_table},
     Output,
 };
-use crate::network::{self, CreateRequest, Driver, ListFilter, Manager};
+use crate::control::{self, CreateRequest, Driver, ListFilter, Manager};
 
 #[derive(Subcommand)]
 pub(super) enum NetworkCommand {
@@ -143,7 +143,7 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
                 })
                 .await?;
             if args.output.json {
-                print_json(&network::inspect(&record))?;
+                print_json(&control::inspect(&record))?;
             } else {
                 out!("{}", record.id);
                 if record.ipv6_inferred {
@@ -163,14 +163,14 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
                 .filter(|r| filter.matches(r))
                 .collect();
             if output.json {
-                let list: Vec<_> = records.iter().map(network::inspect).collect();
+                let list: Vec<_> = records.iter().map(control::inspect).collect();
                 print_json(&list)?;
             } else if quiet {
                 for record in &records {
                     out!("{}", &record.id[..12]);
                 }
             } else {
-                let rows: Vec<Vec<String>> = network::list_rows(&records)
+                let rows: Vec<Vec<String>> = control::list_rows(&records)
                     .into_iter()
                     .map(Vec::from)
                     .collect();
@@ -183,7 +183,7 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
             let mut missing = Vec::new();
             for name in &names {
                 match manager.network(name) {
-                    Ok(record) => found.push(network::inspect(&record)),
+                    Ok(record) => found.push(control::inspect(&record)),
                     Err(e) => missing.push(format!("{e:#}")),
                 }
             }

@@ -7,7 +7,7 @@ use super::{
     output::{out, print_json},
     Output,
 };
-use crate::network::{self, Manager};
+use crate::control::{self, Manager};
 
 #[derive(Subcommand)]
 pub(super) enum PolicyCommand {
@@ -46,7 +46,7 @@ pub(super) async fn run(manager: &Manager, command: PolicyCommand) -> Result<()>
         } => {
             let record = manager.set_policy(&network, &settings).await?;
             if output.json {
-                print_json(&network::inspect(&record))
+                print_json(&control::inspect(&record))
             } else {
                 out!("policy of {} updated and enforced", record.name);
                 Ok(())

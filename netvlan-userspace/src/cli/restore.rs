@@ -6,7 +6,7 @@ use super::{
     output::{out, print_json},
     Output,
 };
-use crate::network::Manager;
+use crate::control::Manager;
 
 pub(super) async fn run(manager: &Manager, output: Output) -> Result<()> {
     let actions = manager.restore().await?;

@@ -1,4 +1,4 @@
-//! `netvlan stats`: the counters report of [`crate::network::stats`], rendered.
+//! `netvlan stats`: the counters report of [`crate::control::report`], rendered.
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use super::{
     output::{out, print_json, print_table},
     Output,
 };
-use crate::{datapath::Datapath, network};
+use crate::{control, datapath::Datapath};
 
 #[derive(Args)]
 pub(super) struct StatsArgs {
@@ -21,7 +21,7 @@ pub(super) struct StatsArgs {
 }
 
 pub(super) async fn run(datapath: &Datapath, state_dir: &Path, args: StatsArgs) -> Result<()> {
-    let report = network::stats::report(datapath, state_dir, args.iface.as_deref()).await?;
+    let report = control::report::report(datapath, state_dir, args.iface.as_deref()).await?;
     if args.output.json {
         return print_json(&report);
     }

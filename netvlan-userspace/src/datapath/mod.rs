@@ -6,10 +6,10 @@
 //! (the XDP program id netlink reports on the link) is the truth: pins whose
 //! program is no longer on their link are reported as stale.
 
-pub mod egress;
+pub mod counters;
+pub mod endpoint_hooks;
 pub mod pins;
-pub mod policy;
-pub mod stats;
+pub mod policy_maps;
 pub mod upgrade;
 
 use std::path::{Path, PathBuf};
@@ -23,8 +23,8 @@ use serde::Serialize;
 
 use crate::{
     keyword::{keyword_text, Keyword},
-    netlink::{LinkInfo, Netlink, NetlinkError, XdpAttachMode},
-    netns::NetnsId,
+    sys::netlink::{LinkInfo, Netlink, NetlinkError, XdpAttachMode},
+    sys::netns::NetnsId,
 };
 pub use pins::{BpfFsError, InterfacePins, NamespacePins, DEFAULT_BPF_DIR};
 
@@ -48,7 +48,7 @@ pub enum DatapathError {
     #[error("cannot identify the current network namespace")]
     Netns(#[source] std::io::Error),
     #[error(transparent)]
-    EnterNetns(#[from] crate::netns::NetnsError),
+    EnterNetns(#[from] crate::sys::netns::NetnsError),
     #[error("cannot load the XDP program into the kernel")]
     Load(#[source] EbpfError),
     #[error("the embedded eBPF object has no {what} '{name}' (build mismatch)")]
@@ -316,8 +316,8 @@ impl Datapath {
         let netvlan_owned = link
             .alias
             .as_deref()
-            .is_some_and(|alias| alias.starts_with(crate::netlink::OWNER_ALIAS_PREFIX));
-        if !netvlan_owned && crate::offload::rx_vlan_offload(&link.name).unwrap_or(false) {
+            .is_some_and(|alias| alias.starts_with(crate::sys::netlink::OWNER_ALIAS_PREFIX));
+        if !netvlan_owned && crate::sys::ethtool::rx_vlan_offload(&link.name).unwrap_or(false) {
             tracing::warn!(
                 "{}: VLAN offload is on, so tagged frames reach XDP untagged and count under VLAN 0; \
                  `ethtool -K {} rxvlan off` makes per-VLAN counters exact",
@@ -492,7 +492,7 @@ impl Datapath {
         }
         self.pins.remove_if_empty();
         // Endpoint programs' pins live under their sandboxes' namespaces.
-        for (pin_dir, ifindex, reason) in egress::prune_stale(&self.bpf_dir).await? {
+        for (pin_dir, ifindex, reason) in endpoint_hooks::prune_stale(&self.bpf_dir).await? {
             removed.push(AttachmentStatus::Stale {
                 ifindex,
                 ifname: None,
@@ -507,7 +507,7 @@ impl Datapath {
     pub async fn apply_policy(
         &self,
         ifname: &str,
-        policy: &policy::WirePolicy,
+        policy: &policy_maps::WirePolicy,
     ) -> Result<(), DatapathError> {
         let (_, pins) = self
             .attachments(Some(ifname))
@@ -517,7 +517,7 @@ impl Datapath {
             .ok_or_else(|| DatapathError::NotAttached {
                 ifname: ifname.into(),
             })?;
-        policy::apply(&pins, policy)
+        policy_maps::apply(&pins, policy)
     }
 
     /// Live attachments only, optionally just the one on `ifname`.
@@ -609,8 +609,8 @@ mod tests {
     #[test]
     fn every_map_of_the_endpoint_object_is_listed_and_pinned() {
         assert_eq!(
-            declared_maps(super::egress::EGRESS_OBJECT),
-            listed(netvlan_common::egress::ENDPOINT_MAPS)
+            declared_maps(super::endpoint_hooks::EGRESS_OBJECT),
+            listed(netvlan_common::antispoof::ENDPOINT_MAPS)
         );
     }
 }

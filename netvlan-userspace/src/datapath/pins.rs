@@ -19,7 +19,7 @@ use std::{
 
 use netvlan_common::maps;
 
-use crate::netns::NetnsId;
+use crate::sys::netns::NetnsId;
 
 /// Where distributions mount bpffs.
 pub const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
@@ -62,7 +62,7 @@ fn is_bpffs(path: &Path) -> bool {
 pub fn check_pins_persist(bpf_dir: &Path) -> Result<(), BpfFsError> {
     use std::os::unix::fs::MetadataExt;
     let ours = std::fs::metadata("/proc/self/ns/mnt");
-    let system = crate::netns::initial_process_ns("mnt");
+    let system = crate::sys::netns::initial_process_ns("mnt");
     let (Ok(ours), Ok(system)) = (ours, system) else {
         // Nothing to compare with: behave as before.
         return Ok(());
@@ -82,7 +82,7 @@ pub fn check_pins_persist(bpf_dir: &Path) -> Result<(), BpfFsError> {
         // netvlan would mount bpffs here itself, privately.
         return Err(refused());
     }
-    let system_root = crate::netns::initial_process_path("root").map_err(|_| refused())?;
+    let system_root = crate::sys::netns::initial_process_path("root").map_err(|_| refused())?;
     let relative = existing.strip_prefix("/").unwrap_or(existing);
     let theirs = std::fs::metadata(system_root.join(relative));
     let mine = std::fs::metadata(existing);

@@ -25,8 +25,8 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use indicatif::ProgressBar;
 use netvlan_common::{
+    decision::DropReason,
     maps::{Counters, DROPS},
-    policy::DropReason,
 };
 
 use super::{

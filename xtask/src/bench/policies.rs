@@ -1,7 +1,7 @@
 //! The "all policies on" configuration of the per-packet benchmark: every
 //! filter the datapath has, switched on for the benchmark's frames, written
 //! into the policy maps of a loaded object, and the verdict each frame must
-//! get (from `netvlan_common::policy::decide`, the same decision code the
+//! get (from `netvlan_common::decision::decide`, the same decision code the
 //! program runs), so a run that took another path fails instead of timing
 //! the wrong thing.
 
@@ -11,12 +11,12 @@ use aya::{
     Ebpf,
 };
 use netvlan_common::{
-    frame::{classify, Classification},
-    maps::{MacKey, DENY_MACS, ENDPOINT_MACS, VLAN_POLICY, WIRE_POLICY},
-    policy::{
+    decision::{
         decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP,
         WIRE_VLAN_FILTER,
     },
+    frame::{classify, Classification},
+    maps::{MacKey, DENY_MACS, ENDPOINT_MACS, VLAN_POLICY, WIRE_POLICY},
 };
 
 /// VLAN the tagged benchmark frames use (the inner one for QinQ).

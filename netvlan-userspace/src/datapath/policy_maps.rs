@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
-    maps::{self, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, VLAN_SLOTS},
-    policy::{
+    decision::{
         with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_MAC_GUARD,
         VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },
+    maps::{self, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, VLAN_SLOTS},
 };
 
 use super::{DatapathError, InterfacePins};

@@ -20,7 +20,7 @@ use aya::{
     Ebpf,
 };
 use netvlan_common::{
-    egress::{
+    antispoof::{
         EgressConfig, EGRESS_CONFIG, EGRESS_PROGRAM, EGRESS_SENT, EGRESS_SPOOFED, EGRESS_STATS,
         ENDPOINT_MAPS, ENDPOINT_RECEIVED, INGRESS_PROGRAM,
     },
@@ -29,7 +29,7 @@ use netvlan_common::{
 use serde::Serialize;
 
 use super::{pins, DatapathError, InterfacePins, NamespacePins};
-use crate::netns::NetnsId;
+use crate::sys::netns::NetnsId;
 
 pub(super) static EGRESS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o"));
@@ -48,7 +48,7 @@ fn tcx_available() -> bool {
 
 /// Attaches the endpoint programs to `ifname` (index `ifindex`) in the
 /// calling thread's namespace; `config` says whether egress enforces
-/// ([`netvlan_common::egress::EGRESS_ENFORCE`]). On failure nothing stays
+/// ([`netvlan_common::antispoof::EGRESS_ENFORCE`]). On failure nothing stays
 /// attached or pinned.
 pub fn attach(
     bpf_dir: &Path,
@@ -260,7 +260,7 @@ impl EndpointPrograms {
 /// The programs running in one TC hook of `ifname`: TCX links and
 /// clsact filters alike.
 async fn programs_in_hook(
-    netlink: &crate::netlink::Netlink,
+    netlink: &crate::sys::netlink::Netlink,
     ifindex: u32,
     ifname: &str,
     direction: TcAttachType,
@@ -289,7 +289,7 @@ fn pinned_program_id(path: &Path) -> Option<u32> {
 /// `ifname`) in the calling thread's namespace.
 pub async fn programs(
     bpf_dir: &Path,
-    netlink: &crate::netlink::Netlink,
+    netlink: &crate::sys::netlink::Netlink,
     ifindex: u32,
     ifname: &str,
 ) -> Result<EndpointPrograms, DatapathError> {
@@ -371,7 +371,7 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
         if endpoints.is_empty() {
             continue;
         }
-        let stale: Vec<(PathBuf, u32, String)> = match crate::netns::find_by_inode(ino) {
+        let stale: Vec<(PathBuf, u32, String)> = match crate::sys::netns::find_by_inode(ino) {
             None => endpoints
                 .into_iter()
                 .map(|(path, ifindex)| (path, ifindex, "its network namespace is gone".into()))
@@ -379,12 +379,12 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
             Some(ns) => {
                 let bpf_dir = bpf_dir.to_path_buf();
                 let job = move || async move {
-                    let netlink = crate::netlink::Netlink::connect()?;
+                    let netlink = crate::sys::netlink::Netlink::connect()?;
                     let mut stale = Vec::new();
                     for (path, ifindex) in endpoints {
                         let link = match netlink.link_by_index(ifindex).await {
                             Ok(link) => link,
-                            Err(crate::netlink::NetlinkError::NoSuchIfindex { .. }) => {
+                            Err(crate::sys::netlink::NetlinkError::NoSuchIfindex { .. }) => {
                                 stale.push((path, ifindex, "its link is gone".into()));
                                 continue;
                             }
@@ -401,7 +401,7 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
                     }
                     Ok::<_, DatapathError>(stale)
                 };
-                tokio::task::spawn_blocking(move || crate::netns::run_in(&ns, job))
+                tokio::task::spawn_blocking(move || crate::sys::netns::run_in(&ns, job))
                     .await
                     .expect("the namespace thread is joined")??
             }
@@ -416,7 +416,7 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
 /// Same conditions as [`attach`]: in the endpoint's namespace.
 pub async fn reattach(
     bpf_dir: &Path,
-    netlink: &crate::netlink::Netlink,
+    netlink: &crate::sys::netlink::Netlink,
     ifindex: u32,
     ifname: &str,
     config: &EgressConfig,

@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::{Driver, Manager, NetworkError, NetworkRecord, NewLink, ParentKind};
 use crate::{
     datapath::{AttachMode, AttachOutcome},
-    netlink::NetlinkError,
-    sandbox::Sandbox,
+    sys::netlink::NetlinkError,
+    sys::sandbox::Sandbox,
 };
 
 /// One thing restore did, or could not do.
@@ -140,7 +140,7 @@ impl Manager {
                         })?;
                     // Owner-tagged like at create, so crash recovery and a
                     // later `network rm` know it is netvlan's.
-                    let options = crate::netlink::LinkOptions {
+                    let options = crate::sys::netlink::LinkOptions {
                         alias: Some(super::journal::owner_alias(&record.id)),
                         ..Default::default()
                     };
@@ -244,7 +244,7 @@ impl Manager {
                 // Its programs went with the namespace; their pins stay
                 // unless removed.
                 let pins = match endpoint.netns {
-                    Some(netns) => crate::datapath::egress::remove_pins(
+                    Some(netns) => crate::datapath::endpoint_hooks::remove_pins(
                         self.datapath().bpf_dir(),
                         netns,
                         endpoint.ifindex,
@@ -311,7 +311,7 @@ impl Manager {
                     // stale, and the record must point at the new link.
                     if let (Some(netns), true) = (endpoint.netns, made.ifindex != endpoint.ifindex)
                     {
-                        if let Err(e) = crate::datapath::egress::remove_pins(
+                        if let Err(e) = crate::datapath::endpoint_hooks::remove_pins(
                             self.datapath().bpf_dir(),
                             netns,
                             endpoint.ifindex,

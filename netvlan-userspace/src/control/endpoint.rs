@@ -10,19 +10,19 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    options::valid_ifname, policy::wire_after, rollback::Rollback, Driver, Manager, NetworkError,
-    NetworkRecord,
+    options::valid_ifname, rollback::Rollback, wire_policy::wire_after, Driver, Manager,
+    NetworkError, NetworkRecord,
 };
 use netvlan_common::{
-    egress::{EgressConfig, EGRESS_ENFORCE, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6},
+    antispoof::{EgressConfig, EGRESS_ENFORCE, EGRESS_HAS_IPV4, EGRESS_HAS_IPV6},
     Mac,
 };
 
 use crate::{
     ipam::{self, Family, Request},
-    netlink::{LinkOptions, MacvlanMode, Netlink, NewLink},
-    netns::{self, NetnsId},
-    sandbox::Sandbox,
+    sys::netlink::{LinkOptions, MacvlanMode, Netlink, NewLink},
+    sys::netns::{self, NetnsId},
+    sys::sandbox::Sandbox,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub struct Endpoint {
     #[serde(default)]
     pub ifindex: u32,
     #[serde(default)]
-    pub netns: Option<crate::netns::NetnsId>,
+    pub netns: Option<crate::sys::netns::NetnsId>,
     /// Connect order across every network (1, 2, ...): of a sandbox's
     /// endpoints, the earliest whose network routes a family holds that
     /// family's default route. 0 in records written before it was kept
@@ -161,7 +161,7 @@ impl Manager {
     ) -> Result<(NetworkRecord, Endpoint), NetworkError> {
         let mut record = self.network(&request.network)?;
         let sandbox = Sandbox::resolve(&request.sandbox)?;
-        let here = NetnsId::current().map_err(|source| crate::netns::NetnsError::Open {
+        let here = NetnsId::current().map_err(|source| crate::sys::netns::NetnsError::Open {
             path: "/proc/thread-self/ns/net".into(),
             source,
         })?;
@@ -229,7 +229,7 @@ impl Manager {
             .link_by_name(&record.parent.link)
             .await
             .map_err(|e| match e {
-                crate::netlink::NetlinkError::NoSuchInterface { .. } => {
+                crate::sys::netlink::NetlinkError::NoSuchInterface { .. } => {
                     NetworkError::ParentMissing {
                         network: record.name.clone(),
                         parent: record.parent.link.clone(),
@@ -362,7 +362,7 @@ impl Manager {
     ) -> Result<Materialized, NetworkError> {
         let temp_name = temp_name.to_string();
         let ns_file =
-            std::fs::File::open(sandbox).map_err(|source| crate::netns::NetnsError::Open {
+            std::fs::File::open(sandbox).map_err(|source| crate::sys::netns::NetnsError::Open {
                 path: sandbox.into(),
                 source,
             })?;
@@ -478,7 +478,7 @@ impl Manager {
         }
         if let Some(netns) = endpoint.netns {
             // The program went with the link; its pins are ours to remove.
-            crate::datapath::egress::remove_pins(
+            crate::datapath::endpoint_hooks::remove_pins(
                 self.datapath().bpf_dir(),
                 netns,
                 endpoint.ifindex,
@@ -562,7 +562,7 @@ pub(super) async fn add_routes_in(
                     }
                 }
             }
-            Ok::<usize, crate::netlink::NetlinkError>(added)
+            Ok::<usize, crate::sys::netlink::NetlinkError>(added)
         })
     })
     .await
@@ -577,7 +577,7 @@ pub(super) struct EndpointFacts {
     pub ifindex: Option<u32>,
     pub missing_addresses: Vec<IpNet>,
     pub missing_routes: Vec<(Option<IpAddr>, bool)>,
-    pub programs: crate::datapath::egress::EndpointPrograms,
+    pub programs: crate::datapath::endpoint_hooks::EndpointPrograms,
     /// What [`Manager::probe_endpoint`] repaired, when asked to.
     pub repaired: Vec<String>,
 }
@@ -610,7 +610,7 @@ impl Manager {
             let mut facts = EndpointFacts::default();
             let link = match netlink.link_by_name(&ifname).await {
                 Ok(link) => link,
-                Err(crate::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(facts),
+                Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(facts),
                 Err(e) => return Err(NetworkError::from(e)),
             };
             facts.ifindex = Some(link.ifindex);
@@ -627,9 +627,13 @@ impl Manager {
                     facts.missing_routes.push((*gateway, *ipv6));
                 }
             }
-            facts.programs =
-                crate::datapath::egress::programs(&bpf_dir, &netlink, link.ifindex, &ifname)
-                    .await?;
+            facts.programs = crate::datapath::endpoint_hooks::programs(
+                &bpf_dir,
+                &netlink,
+                link.ifindex,
+                &ifname,
+            )
+            .await?;
             if !repair {
                 return Ok(facts);
             }
@@ -644,7 +648,7 @@ impl Manager {
                 if spoofcheck {
                     config.flags |= EGRESS_ENFORCE;
                 }
-                crate::datapath::egress::reattach(
+                crate::datapath::endpoint_hooks::reattach(
                     &bpf_dir,
                     &netlink,
                     link.ifindex,
@@ -690,7 +694,7 @@ pub(super) fn offered_routes(
         (record.options.driver, record.options.ipvlan_mode),
         (
             Driver::Ipvlan,
-            Some(crate::netlink::IpvlanMode::L3 | crate::netlink::IpvlanMode::L3s)
+            Some(crate::sys::netlink::IpvlanMode::L3 | crate::sys::netlink::IpvlanMode::L3s)
         )
     );
     let mut routes = Vec::new();
@@ -778,10 +782,10 @@ impl SandboxPlan {
             undo.push(format!("deleting {}: {e}", self.ifname));
         }
         // The programs went with the link; their pins would stay.
-        let pins = crate::netns::NetnsId::current()
+        let pins = crate::sys::netns::NetnsId::current()
             .map_err(crate::datapath::DatapathError::Netns)
             .and_then(|netns| {
-                crate::datapath::egress::remove_pins(&self.bpf_dir, netns, link.ifindex)
+                crate::datapath::endpoint_hooks::remove_pins(&self.bpf_dir, netns, link.ifindex)
             });
         if let Err(e) = pins {
             undo.push(format!("removing its program pins: {e}"));
@@ -820,7 +824,7 @@ impl SandboxPlan {
         if self.spoofcheck {
             config.flags |= EGRESS_ENFORCE;
         }
-        crate::datapath::egress::attach(&self.bpf_dir, ifindex, &self.ifname, &config)?;
+        crate::datapath::endpoint_hooks::attach(&self.bpf_dir, ifindex, &self.ifname, &config)?;
         super::failpoint("connect-after-programs")?;
         announce_on_up(&self.ifname);
         netlink.set_up(ifindex).await?;

@@ -7,9 +7,8 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use super::{NetworkError, NetworkRecord};
 use crate::{
     datapath::{
-        egress,
-        stats::{self, EndpointStats, StatsReport},
-        Datapath,
+        counters::{self, EndpointStats, StatsReport},
+        endpoint_hooks, Datapath,
     },
     store::Store,
 };
@@ -28,7 +27,7 @@ pub async fn report(
 ) -> Result<StatsReport, NetworkError> {
     let mut report = StatsReport::default();
     for (attachment, pins) in datapath.attachments(iface).await? {
-        report.interfaces.push(stats::read(&attachment, &pins)?);
+        report.interfaces.push(counters::read(&attachment, &pins)?);
     }
     let store = if Store::exists(state_dir) {
         let store = Store::open_within(state_dir, STATE_PATIENCE)?;
@@ -64,7 +63,9 @@ pub async fn report(
             let Some(netns) = endpoint.netns else {
                 continue;
             };
-            if let Some(egress) = egress::read_stats(datapath.bpf_dir(), netns, endpoint.ifindex)? {
+            if let Some(egress) =
+                endpoint_hooks::read_stats(datapath.bpf_dir(), netns, endpoint.ifindex)?
+            {
                 report.endpoints.push(EndpointStats {
                     network: record.name.clone(),
                     endpoint: endpoint.sandbox.clone(),

@@ -7,17 +7,17 @@ use std::collections::BTreeMap;
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
-    frame::Anomaly,
-    maps::{self, CounterSlot, Counters, MacDrops, MacGuardState, MacKey},
-    policy::{
+    decision::{
         vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
     },
+    frame::Anomaly,
+    maps::{self, CounterSlot, Counters, MacDrops, MacGuardState, MacKey},
     Mac,
 };
 use serde::Serialize;
 
 use super::{Attachment, DatapathError, InterfacePins};
-use crate::netlink::XdpAttachMode;
+use crate::sys::netlink::XdpAttachMode;
 
 /// Packets and bytes received, as printed and serialised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -139,7 +139,7 @@ pub struct EndpointStats {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
     #[serde(flatten)]
-    pub egress: super::egress::EgressStats,
+    pub egress: super::endpoint_hooks::EgressStats,
 }
 
 fn open_map(pins: &InterfacePins, name: &str) -> Result<Map, DatapathError> {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::{options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, ParentKind};
 use crate::datapath::{
-    policy::{MacGuard, WirePolicy},
+    policy_maps::{MacGuard, WirePolicy},
     DatapathError,
 };
 use netvlan_common::maps::MAC_LEARN_BUDGET;
@@ -152,7 +152,7 @@ impl Manager {
         let wire_link = match self.netlink().link_by_name(wire).await {
             Ok(link) => link,
             // The wire is gone (placeholder deleted): nothing to enforce.
-            Err(crate::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(()),
+            Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         policy.registered.extend(wire_link.mac);

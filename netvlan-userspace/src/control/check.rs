@@ -10,7 +10,10 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use super::{Driver, Manager, NetworkError, NetworkRecord};
-use crate::{datapath::DatapathError, netlink::NetlinkError, sandbox::Sandbox};
+use crate::{
+    datapath::DatapathError,
+    sys::{netlink::NetlinkError, sandbox::Sandbox},
+};
 
 /// One difference between the store and the kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -68,7 +71,7 @@ impl Manager {
             }
         }
         for (pin_dir, _, reason) in
-            crate::datapath::egress::stale_pins(self.datapath().bpf_dir()).await?
+            crate::datapath::endpoint_hooks::stale_pins(self.datapath().bpf_dir()).await?
         {
             drifts.push(stale_pins(pin_dir, reason));
         }
@@ -166,7 +169,7 @@ impl Manager {
             }
             Err(e) => return Err(e.into()),
         };
-        let (macs, ips) = crate::datapath::policy::registered(&pins)?;
+        let (macs, ips) = crate::datapath::policy_maps::registered(&pins)?;
         for network in on_wire {
             for endpoint in network.endpoints.values() {
                 let missing: Vec<String> = match network.options.driver {

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::{Manager, NetworkError};
 use crate::{
     datapath::DatapathError,
-    netlink::{Netlink, NetlinkError},
-    netns,
+    sys::netlink::{Netlink, NetlinkError},
+    sys::netns,
 };
 
 /// Something a command may have created.
@@ -43,7 +43,7 @@ pub(crate) fn owner_alias(id: &str) -> String {
 }
 
 /// How every owner tag starts.
-pub(crate) const OWNER_PREFIX: &str = crate::netlink::OWNER_ALIAS_PREFIX;
+pub(crate) const OWNER_PREFIX: &str = crate::sys::netlink::OWNER_ALIAS_PREFIX;
 
 impl Manager {
     /// Records an intent durably before the kernel change it announces.
@@ -97,7 +97,9 @@ impl Manager {
 
     /// Links of this namespace tagged as netvlan's that no stored network
     /// or endpoint owns.
-    pub(super) async fn orphan_links(&self) -> Result<Vec<crate::netlink::LinkInfo>, NetworkError> {
+    pub(super) async fn orphan_links(
+        &self,
+    ) -> Result<Vec<crate::sys::netlink::LinkInfo>, NetworkError> {
         let networks = self.networks()?;
         let owned: std::collections::BTreeSet<String> = networks
             .iter()

@@ -189,8 +189,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        control::{Driver, NetworkOptions, Parent},
         ipam::{GatewayPolicy, IpamConfig, IpamState},
-        network::{Driver, NetworkOptions, Parent},
     };
 
     fn record() -> NetworkRecord {

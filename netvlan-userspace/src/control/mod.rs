@@ -11,10 +11,10 @@ mod endpoint;
 mod inspect;
 mod journal;
 mod options;
-mod policy;
+pub mod report;
 mod restore;
 mod rollback;
-pub mod stats;
+mod wire_policy;
 
 use std::collections::BTreeMap;
 
@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::{AttachMode, AttachOutcome, Datapath, DatapathError},
     ipam::{self, Family, GatewayPolicy, IpamConfig, IpamError, IpamState},
-    netlink::{IpvlanMode, MacvlanMode, Netlink, NetlinkError, NewLink},
-    sandbox::SandboxError,
     store::{Store, StoreError},
+    sys::netlink::{IpvlanMode, MacvlanMode, Netlink, NetlinkError, NewLink},
+    sys::sandbox::SandboxError,
 };
 pub use check::Drift;
 pub use endpoint::{ConnectRequest, Endpoint};
@@ -127,7 +127,7 @@ pub enum NetworkError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] crate::sys::netns::NetnsError),
     /// A fault injected by a test through `FAILPOINTS` (feature `failpoints`).
     #[error("injected fault at {0}")]
     Injected(String),
@@ -311,7 +311,7 @@ impl Manager {
         let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
         check_parent_conflicts(&existing, &parent, &options)?;
         check_subnet_overlaps(&existing, &ipam)?;
-        policy::check_policy_scope(
+        wire_policy::check_policy_scope(
             &existing,
             &request.name,
             &parent,
@@ -346,7 +346,7 @@ impl Manager {
             created: Some(now_rfc3339()),
             labels,
         };
-        let on_wire = policy::wire_after(&existing, &record, false);
+        let on_wire = wire_policy::wire_after(&existing, &record, false);
         let persisted = match self.sync_wire(&record.parent.wire, &on_wire).await {
             Ok(()) => failpoint("create-before-persist")
                 .and_then(|()| Ok(self.store.commit_network(&record.name, &record)?)),
@@ -354,7 +354,7 @@ impl Manager {
         };
         if let Err(e) = persisted {
             // Put the wire's previous policy back (other networks on it).
-            let before = policy::wire_after(&existing, &record, true);
+            let before = wire_policy::wire_after(&existing, &record, true);
             if !before.is_empty() {
                 let _ = self.sync_wire(&record.parent.wire, &before).await;
             }
@@ -417,7 +417,7 @@ impl Manager {
                         parent: base_link.ifindex,
                         vid,
                     };
-                    let options = crate::netlink::LinkOptions {
+                    let options = crate::sys::netlink::LinkOptions {
                         alias: Some(alias),
                         ..Default::default()
                     };
@@ -476,7 +476,7 @@ impl Manager {
     /// A dummy link, or where the kernel has no dummy driver, one end of a
     /// veth pair (deleting either end deletes both).
     async fn create_placeholder(&self, name: &str, alias: &str) -> Result<u32, NetworkError> {
-        let options = crate::netlink::LinkOptions {
+        let options = crate::sys::netlink::LinkOptions {
             alias: Some(alias.to_string()),
             ..Default::default()
         };
@@ -527,7 +527,7 @@ impl Manager {
                 flag: options.ipvlan_flag.unwrap_or_default(),
             },
         };
-        let probe_options = crate::netlink::LinkOptions {
+        let probe_options = crate::sys::netlink::LinkOptions {
             alias: Some(alias),
             ..Default::default()
         };
@@ -596,7 +596,7 @@ impl Manager {
             }
         }
         if wire_shared {
-            let remaining = policy::wire_after(&others, &record, true);
+            let remaining = wire_policy::wire_after(&others, &record, true);
             if let Err(e) = self.sync_wire(&record.parent.wire, &remaining).await {
                 errors.push(format!(
                     "updating the policy of {}: {e}",
@@ -673,7 +673,7 @@ fn build_ipam(
 /// What the kernel would refuse later, at every connect: a parent that is
 /// not Ethernet (`lo`), or endpoints with a larger MTU than their parent.
 fn check_parent_fits(
-    parent: &crate::netlink::LinkInfo,
+    parent: &crate::sys::netlink::LinkInfo,
     options: &NetworkOptions,
 ) -> Result<(), NetworkError> {
     use netlink_packet_route::link::LinkLayerType;

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::netns::NetnsId;
+use crate::sys::netns::NetnsId;
 
 /// `NSFS_MAGIC` from `linux/magic.h`: namespace files live on nsfs.
 const NSFS_MAGIC: i64 = 0x6e73_6673;

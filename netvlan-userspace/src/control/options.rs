@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use netvlan_common::{maps::DENY_MACS_CAPACITY, policy::MAX_MACS_LIMIT};
+use netvlan_common::{decision::MAX_MACS_LIMIT, maps::DENY_MACS_CAPACITY};
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Parent, ParentKind};
 use crate::{
     keyword::{keyword_text, Keyword},
-    netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
+    sys::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ fn spoofcheck_default() -> bool {
     true
 }
 
-/// What the datapath enforces for a network (see `netvlan_common::policy`).
+/// What the datapath enforces for a network (see `netvlan_common::decision`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyOptions {
     /// Drop unicast frames to MACs that are neither an endpoint nor the host's.

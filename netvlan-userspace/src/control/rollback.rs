@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 use super::NetworkError;
-use crate::{datapath::Datapath, netlink::Netlink, netns};
+use crate::{
+    datapath::Datapath,
+    sys::{netlink::Netlink, netns},
+};
 
 enum Undo {
     DeleteLink(u32),
@@ -14,7 +17,7 @@ enum Undo {
     DeleteLinkIn(PathBuf, String),
     /// Remove an endpoint's program pins (namespace, ifindex): the
     /// programs go with the link, their pins would stay.
-    RemoveEndpointPins(crate::netns::NetnsId, u32),
+    RemoveEndpointPins(crate::sys::netns::NetnsId, u32),
 }
 
 #[derive(Default)]
@@ -35,7 +38,7 @@ impl Rollback {
         self.steps.push(Undo::DeleteLinkIn(netns, name.into()));
     }
 
-    pub fn remove_endpoint_pins(&mut self, netns: crate::netns::NetnsId, ifindex: u32) {
+    pub fn remove_endpoint_pins(&mut self, netns: crate::sys::netns::NetnsId, ifindex: u32) {
         self.steps.push(Undo::RemoveEndpointPins(netns, ifindex));
     }
 
@@ -60,7 +63,7 @@ impl Rollback {
                     .map_err(|e| e.to_string()),
                 Undo::DeleteLinkIn(path, name) => delete_link_in(path, name).await,
                 Undo::RemoveEndpointPins(netns, ifindex) => {
-                    crate::datapath::egress::remove_pins(datapath.bpf_dir(), netns, ifindex)
+                    crate::datapath::endpoint_hooks::remove_pins(datapath.bpf_dir(), netns, ifindex)
                         .map_err(|e| e.to_string())
                 }
             };
@@ -85,7 +88,7 @@ pub(super) async fn delete_link_in(path: PathBuf, name: String) -> Result<(), St
         let netlink = Netlink::connect()?;
         match netlink.link_by_name(&name).await {
             Ok(link) => netlink.delete_link(link.ifindex).await,
-            Err(crate::netlink::NetlinkError::NoSuchInterface { .. }) => Ok(()),
+            Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     };

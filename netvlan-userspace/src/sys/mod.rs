@@ -1,0 +1,8 @@
+//! The kernel, as netvlan needs it outside BPF: links over rtnetlink,
+//! network namespaces and the sandboxes containers live in, and the
+//! ethtool offload switches.
+
+pub mod ethtool;
+pub mod netlink;
+pub mod netns;
+pub mod sandbox;
