@@ -25,7 +25,7 @@ use crate::{
     datapath::{counters, Datapath},
     store::Store,
     sys::netlink::{Netlink, NetlinkError, NewLink},
-    sys::netns::{self, NETNS_RUN_DIR},
+    sys::netns::{self, Netns, NETNS_RUN_DIR},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -205,30 +205,27 @@ impl Demo {
             netns::create_named(&self.ns(role))?;
         }
         // The wire: uplink in the host, lan0 on the LAN side.
-        let lan_fd =
-            std::fs::File::open(self.ns_path("lan")).map_err(|source| netns::NetnsError::Open {
-                path: self.ns_path("lan"),
-                source,
-            })?;
-        let lan_raw = std::os::fd::AsRawFd::as_raw_fd(&lan_fd);
-        run_in(&self.ns_path("host"), move || async move {
-            let netlink = Netlink::connect()?;
+        let host = Netns::open(&self.ns_path("host"))?;
+        let lan = Netns::open(&self.ns_path("lan"))?;
+        {
+            let netlink = Netlink::connect_in(&host)?;
             netlink.create_veth(UPLINK, "lan0", None).await?;
-            // Tags in the frame bytes, so the datapath counts per VLAN.
-            for end in [UPLINK, "lan0"] {
-                if let Err(e) = crate::sys::ethtool::disable_vlan_offload(end) {
-                    tracing::warn!("cannot turn VLAN offload off on {end}: {e}");
+            // Tags in the frame bytes, so the datapath counts per VLAN (the
+            // ioctl names the links in the calling thread's namespace).
+            netns::run_blocking_in(&host, || {
+                for end in [UPLINK, "lan0"] {
+                    if let Err(e) = crate::sys::ethtool::disable_vlan_offload(end) {
+                        tracing::warn!("cannot turn VLAN offload off on {end}: {e}");
+                    }
                 }
-            }
+            })?;
             let lan0 = netlink.link_by_name("lan0").await?;
-            netlink.move_to_netns(lan0.ifindex, lan_raw).await?;
+            netlink.move_to_netns(lan0.ifindex, &lan).await?;
             let uplink = netlink.link_by_name(UPLINK).await?;
-            netlink.set_up(uplink.ifindex).await
-        })
-        .await?;
-        drop(lan_fd);
-        let vlan = run_in(&self.ns_path("lan"), || async {
-            let netlink = Netlink::connect()?;
+            netlink.set_up(uplink.ifindex).await?;
+        }
+        let vlan = async {
+            let netlink = Netlink::connect_in(&lan)?;
             let lan0 = netlink.link_by_name("lan0").await?;
             netlink.set_up(lan0.ifindex).await?;
             netlink
@@ -254,7 +251,7 @@ impl Demo {
                 Err(NetlinkError::UnsupportedLinkType { .. }) => Ok(false),
                 Err(e) => Err(e),
             }
-        })
+        }
         .await?;
         if vlan {
             netns::create_named(&self.ns("v10"))?;
@@ -498,7 +495,10 @@ fn shell_word(path: &Path) -> String {
     }
 }
 
-/// `netns::run_in` from async code, on a blocking thread.
+/// Runs `job` as a `netvlan` process living in the namespace at `path`
+/// would: the demo drives a whole control plane there (its datapath and
+/// XDP attach act on the calling thread's namespace), so the job gets a
+/// thread in the namespace and a runtime of its own.
 async fn run_in<F, Fut, T, E>(path: &Path, job: F) -> Result<T, DemoError>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -506,11 +506,19 @@ where
     T: Send + 'static,
     E: Into<DemoError> + Send + 'static,
 {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || netns::run_in(&path, job))
-        .await
-        .expect("the namespace thread is joined")?
-        .map_err(Into::into)
+    let netns = Netns::open(path)?;
+    tokio::task::spawn_blocking(move || {
+        netns::run_blocking_in(&netns, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime can always be built")
+                .block_on(job())
+        })
+    })
+    .await
+    .expect("the namespace thread is joined")?
+    .map_err(Into::into)
 }
 
 /// Sends a few UDP datagrams (discard port) from inside a sandbox.
@@ -520,9 +528,9 @@ async fn send_greetings(sandbox: &Path, to: &[&str]) -> Result<(), DemoError> {
         .map(|t| t.parse().expect("literal addresses"))
         .collect();
     let from = sandbox.display().to_string();
-    let path = sandbox.to_path_buf();
+    let netns = Netns::open(sandbox)?;
     tokio::task::spawn_blocking(move || {
-        netns::run_in(&path, move || async move {
+        netns::run_blocking_in(&netns, || {
             let socket = UdpSocket::bind("0.0.0.0:0")?;
             for _ in 0..5 {
                 for target in &targets {

@@ -26,29 +26,38 @@ impl Lab {
         Lab { ns, _peer: peer }
     }
 
+    /// Runs `job` with netvlan's netlink connection to the namespace.
+    fn netlink<T, Fut>(&self, job: impl FnOnce(Netlink) -> Fut) -> T
+    where
+        Fut: std::future::Future<Output = T>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        runtime.block_on(async {
+            let ns = netns::Netns::open(&self.ns.path()).expect("opening the test namespace");
+            job(Netlink::connect_in(&ns).expect("connecting in the test namespace")).await
+        })
+    }
+
     /// Creates `name` through netvlan's netlink code inside the namespace.
     fn create(
         &self,
         name: &str,
-        link: impl FnOnce(u32) -> NewLink + Send + 'static,
+        link: impl FnOnce(u32) -> NewLink,
     ) -> Result<LinkInfo, NetlinkError> {
-        let name = name.to_string();
-        netns::run_in(&self.ns.path(), move || async move {
-            let netlink = Netlink::connect()?;
+        self.netlink(|netlink| async move {
             let parent = netlink.link_by_name("parent0").await?;
-            let created = netlink.create_link(&name, link(parent.ifindex)).await?;
+            let created = netlink.create_link(name, link(parent.ifindex)).await?;
             netlink.set_up(created.ifindex).await?;
             Ok(created)
         })
-        .expect("entering the test namespace")
     }
 
     fn delete(&self, ifindex: u32) {
-        netns::run_in(&self.ns.path(), move || async move {
-            Netlink::connect()?.delete_link(ifindex).await
-        })
-        .expect("entering the test namespace")
-        .expect("deleting the link");
+        self.netlink(|netlink| async move { netlink.delete_link(ifindex).await })
+            .expect("deleting the link");
     }
 
     /// `ip -d -j link show` of the link: the kernel's view, not ours.
@@ -172,12 +181,9 @@ fn dummy_placeholder_parent_is_created() {
         return;
     }
     let lab = Lab::new();
-    let link = netns::run_in(&lab.ns.path(), || async {
-        let netlink = Netlink::connect()?;
-        netlink.create_link("nvdummy0", NewLink::Dummy).await
-    })
-    .unwrap()
-    .expect("creating a dummy link");
+    let link = lab
+        .netlink(|netlink| async move { netlink.create_link("nvdummy0", NewLink::Dummy).await })
+        .expect("creating a dummy link");
     assert_eq!(
         lab.kernel_view("nvdummy0")["linkinfo"]["info_kind"],
         "dummy"

@@ -217,18 +217,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let datapath = Datapath::open(&cli.bpf_dir)?;
     let state_dir = cli.state_dir.clone();
-    let bpf_dir = cli.bpf_dir.clone();
     // Opening the manager first cleans up after a command that was killed
     // half-way (not where pins would vanish); say what that did.
     let manager = || async {
         if pins_persist.is_err() {
-            return Ok(Manager::new(
-                Store::open(&state_dir)?,
-                Datapath::open(&bpf_dir)?,
-            )?);
+            return Ok(Manager::new(Store::open(&state_dir)?, datapath.clone())?);
         }
         let (manager, recovered) =
-            Manager::open(Store::open(&state_dir)?, Datapath::open(&bpf_dir)?).await?;
+            Manager::open(Store::open(&state_dir)?, datapath.clone()).await?;
         for line in recovered {
             err!("note: {line}");
         }

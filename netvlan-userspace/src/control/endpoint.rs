@@ -4,7 +4,7 @@
 //! appears in the host's namespace and never collides with the sandbox's
 //! own `eth0`), then renamed, addressed and brought up there.
 
-use std::{net::IpAddr, os::fd::AsRawFd, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use netvlan_common::{
 use crate::{
     ipam::{self, Family, Request},
     sys::netlink::{LinkOptions, MacvlanMode, Netlink, NewLink},
-    sys::netns::{self, NetnsId},
+    sys::netns::{self, Netns, NetnsId},
     sys::sandbox::Sandbox,
 };
 
@@ -361,15 +361,11 @@ impl Manager {
         temp_name: &str,
     ) -> Result<Materialized, NetworkError> {
         let temp_name = temp_name.to_string();
-        let ns_file =
-            std::fs::File::open(sandbox).map_err(|source| crate::sys::netns::NetnsError::Open {
-                path: sandbox.into(),
-                source,
-            })?;
+        let netns = Netns::open(sandbox)?;
         let options = LinkOptions {
             mac,
             mtu: record.options.mtu,
-            netns_fd: Some(ns_file.as_raw_fd()),
+            netns: Some(&netns),
             // Set inside the sandbox, before the rename (see `configure`).
             alias: None,
         };
@@ -406,10 +402,7 @@ impl Manager {
             bpf_dir: self.datapath().bpf_dir().to_path_buf(),
             spoofcheck: record.options.spoofcheck,
         };
-        let path = sandbox.to_path_buf();
-        tokio::task::spawn_blocking(move || netns::run_in(&path, move || plan.apply()))
-            .await
-            .expect("the sandbox thread is joined, never cancelled")?
+        plan.apply(&netns).await
     }
 
     /// Deletes the endpoint's link and returns its addresses to the pool.
@@ -546,28 +539,20 @@ pub(super) async fn add_routes_in(
     endpoint: &Endpoint,
     routes: Vec<DefaultRoute>,
 ) -> Result<usize, NetworkError> {
-    let ifname = endpoint.ifname.clone();
-    let path = endpoint.netns_path.clone();
-    let added = tokio::task::spawn_blocking(move || {
-        netns::run_in(&path, move || async move {
-            let netlink = Netlink::connect()?;
-            let link = netlink.link_by_name(&ifname).await?;
-            let mut added = 0;
-            for (gateway, ipv6) in routes {
-                match netlink.add_default_route(link.ifindex, gateway, ipv6).await {
-                    Err(e) if e.errno() == Some(libc::EEXIST) => {}
-                    other => {
-                        other?;
-                        added += 1;
-                    }
-                }
+    let netns = Netns::open(&endpoint.netns_path)?;
+    let netlink = Netlink::connect_in(&netns)?;
+    let link = netlink.link_by_name(&endpoint.ifname).await?;
+    let mut added = 0;
+    for (gateway, ipv6) in routes {
+        match netlink.add_default_route(link.ifindex, gateway, ipv6).await {
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            other => {
+                other?;
+                added += 1;
             }
-            Ok::<usize, crate::sys::netlink::NetlinkError>(added)
-        })
-    })
-    .await
-    .expect("the sandbox thread is joined, never cancelled")?;
-    Ok(added?)
+        }
+    }
+    Ok(added)
 }
 
 /// An endpoint inside its sandbox, compared with its record.
@@ -605,8 +590,9 @@ impl Manager {
             .collect();
         let bpf_dir = self.datapath().bpf_dir().to_path_buf();
         let spoofcheck = record.options.spoofcheck;
-        let job = move || async move {
-            let netlink = Netlink::connect()?;
+        let netns = Netns::open(&endpoint.netns_path)?;
+        let job = async {
+            let netlink = Netlink::connect_in(&netns)?;
             let mut facts = EndpointFacts::default();
             let link = match netlink.link_by_name(&ifname).await {
                 Ok(link) => link,
@@ -630,6 +616,7 @@ impl Manager {
             facts.programs = crate::datapath::endpoint_hooks::programs(
                 &bpf_dir,
                 &netlink,
+                &netns,
                 link.ifindex,
                 &ifname,
             )
@@ -651,6 +638,7 @@ impl Manager {
                 crate::datapath::endpoint_hooks::reattach(
                     &bpf_dir,
                     &netlink,
+                    &netns,
                     link.ifindex,
                     &ifname,
                     &config,
@@ -671,10 +659,7 @@ impl Manager {
             }
             Ok(facts)
         };
-        let path = endpoint.netns_path.clone();
-        tokio::task::spawn_blocking(move || netns::run_in(&path, job))
-            .await
-            .expect("the sandbox thread is joined, never cancelled")?
+        job.await
     }
 }
 
@@ -746,7 +731,7 @@ pub(super) fn held_routes(
     routes
 }
 
-/// What to do inside the sandbox, run on a thread that entered it.
+/// What to do inside the sandbox, over a netlink connection bound to it.
 struct SandboxPlan {
     temp_name: String,
     /// Owner tag, set first so crash recovery can always find the link.
@@ -770,10 +755,10 @@ pub(super) struct Materialized {
 impl SandboxPlan {
     /// Returns the link's MAC as the kernel reports it. Deletes the link
     /// (by index: never a same-named interface of the sandbox) on failure.
-    async fn apply(self) -> Result<Materialized, NetworkError> {
-        let netlink = Netlink::connect()?;
+    async fn apply(self, netns: &Netns) -> Result<Materialized, NetworkError> {
+        let netlink = Netlink::connect_in(netns)?;
         let link = netlink.link_by_name(&self.temp_name).await?;
-        let result = self.configure(&netlink, link.ifindex).await;
+        let result = self.configure(&netlink, netns, link.ifindex).await;
         let Err(failed) = result else {
             return result;
         };
@@ -782,11 +767,8 @@ impl SandboxPlan {
             undo.push(format!("deleting {}: {e}", self.ifname));
         }
         // The programs went with the link; their pins would stay.
-        let pins = crate::sys::netns::NetnsId::current()
-            .map_err(crate::datapath::DatapathError::Netns)
-            .and_then(|netns| {
-                crate::datapath::endpoint_hooks::remove_pins(&self.bpf_dir, netns, link.ifindex)
-            });
+        let pins =
+            crate::datapath::endpoint_hooks::remove_pins(&self.bpf_dir, netns.id(), link.ifindex);
         if let Err(e) = pins {
             undo.push(format!("removing its program pins: {e}"));
         }
@@ -803,6 +785,7 @@ impl SandboxPlan {
     async fn configure(
         &self,
         netlink: &Netlink,
+        netns: &Netns,
         ifindex: u32,
     ) -> Result<Materialized, NetworkError> {
         netlink.set_alias(ifindex, &self.alias).await?;
@@ -824,9 +807,15 @@ impl SandboxPlan {
         if self.spoofcheck {
             config.flags |= EGRESS_ENFORCE;
         }
-        crate::datapath::endpoint_hooks::attach(&self.bpf_dir, ifindex, &self.ifname, &config)?;
+        crate::datapath::endpoint_hooks::attach(
+            &self.bpf_dir,
+            netns,
+            ifindex,
+            &self.ifname,
+            &config,
+        )?;
         super::failpoint("connect-after-programs")?;
-        announce_on_up(&self.ifname);
+        announce_on_up(netns, &self.ifname);
         netlink.set_up(ifindex).await?;
         super::failpoint("connect-after-up")?;
         for (gateway, ipv6) in &self.routes {
@@ -861,15 +850,21 @@ fn egress_config(mac: Option<[u8; 6]>, addresses: &[IpNet]) -> EgressConfig {
 /// Asks the kernel to announce the endpoint when it comes up: a gratuitous
 /// ARP (`arp_notify`) and an unsolicited neighbour advertisement
 /// (`ndisc_notify`), so switches and peers learn the new MAC at once.
-/// `/proc/sys/net` resolves to the calling thread's namespace. Best effort:
-/// an announcement that cannot be arranged is logged, never fatal.
-fn announce_on_up(ifname: &str) {
-    for (family, knob) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
-        let path = format!("/proc/sys/net/{family}/conf/{ifname}/{knob}");
-        if let Err(e) = std::fs::write(&path, "1") {
-            // No IPv6 in the sandbox is normal.
-            tracing::debug!("cannot set {path}: {e}");
+/// `/proc/sys/net` resolves to the calling thread's namespace, hence the
+/// thread in `netns`. Best effort: an announcement that cannot be
+/// arranged is logged, never fatal.
+fn announce_on_up(netns: &Netns, ifname: &str) {
+    let written = netns::run_blocking_in(netns, || {
+        for (family, knob) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
+            let path = format!("/proc/sys/net/{family}/conf/{ifname}/{knob}");
+            if let Err(e) = std::fs::write(&path, "1") {
+                // No IPv6 in the sandbox is normal.
+                tracing::debug!("cannot set {path}: {e}");
+            }
         }
+    });
+    if let Err(e) = written {
+        tracing::debug!("cannot ask {ifname} to announce itself: {e}");
     }
 }
 

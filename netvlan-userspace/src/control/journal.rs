@@ -152,25 +152,14 @@ impl Manager {
                     if !netns_path.exists() {
                         continue;
                     }
-                    let path = netns_path.clone();
-                    let tag = alias.clone();
-                    let deleted = tokio::task::spawn_blocking(move || {
-                        netns::run_in(&path, move || async move {
-                            let netlink = Netlink::connect()?;
-                            let mut deleted = Vec::new();
-                            for link in netlink.links().await? {
-                                if link.alias.as_deref() == Some(tag.as_str())
-                                    || link.name == temp_name
-                                {
-                                    netlink.delete_link(link.ifindex).await?;
-                                    deleted.push(link.name);
-                                }
-                            }
-                            Ok::<_, NetlinkError>(deleted)
-                        })
-                    })
-                    .await
-                    .expect("the sandbox thread is joined")??;
+                    let netlink = Netlink::connect_in(&netns::Netns::open(&netns_path)?)?;
+                    let mut deleted = Vec::new();
+                    for link in netlink.links().await? {
+                        if link.alias.as_deref() == Some(alias.as_str()) || link.name == temp_name {
+                            netlink.delete_link(link.ifindex).await?;
+                            deleted.push(link.name);
+                        }
+                    }
                     for name in deleted {
                         done.push(format!(
                             "deleted {name} in {}, left by an interrupted connect",

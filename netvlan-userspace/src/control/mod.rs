@@ -265,7 +265,8 @@ impl Manager {
     pub fn new(store: Store, datapath: Datapath) -> Result<Self, NetworkError> {
         Ok(Manager {
             store,
-            netlink: Netlink::connect()?,
+            // One connection for the host namespace, shared with the datapath.
+            netlink: datapath.netlink().clone(),
             datapath,
             intents: std::sync::Mutex::new(Vec::new()),
         })

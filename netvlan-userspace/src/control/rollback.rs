@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use super::NetworkError;
 use crate::{
     datapath::Datapath,
-    sys::{netlink::Netlink, netns},
+    sys::{
+        netlink::{Netlink, NetlinkError},
+        netns,
+    },
 };
 
 enum Undo {
@@ -83,19 +86,15 @@ impl Rollback {
 }
 
 pub(super) async fn delete_link_in(path: PathBuf, name: String) -> Result<(), String> {
-    let display = path.display().to_string();
-    let job = move || async move {
-        let netlink = Netlink::connect()?;
+    let deleted = async {
+        let netlink = Netlink::connect_in(&netns::Netns::open(&path)?)?;
         match netlink.link_by_name(&name).await {
             Ok(link) => netlink.delete_link(link.ifindex).await,
-            Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => Ok(()),
+            Err(NetlinkError::NoSuchInterface { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     };
-    // A blocking thread: run_in spawns and joins its own thread.
-    tokio::task::spawn_blocking(move || netns::run_in(&path, job))
+    deleted
         .await
-        .map_err(|e| format!("{display}: {e}"))?
-        .map_err(|e| format!("{display}: {e}"))?
-        .map_err(|e| format!("{display}: {e}"))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -2,8 +2,9 @@
 //! (anti-spoofing when `spoofcheck=on`, and the endpoint's tx counters) and
 //! a TC ingress program (its rx counters, whichever path frames come by).
 //!
-//! Attached inside the sandbox (the calling thread must be in its network
-//! namespace) before the link comes up, so no frame ever leaves
+//! Attached inside the sandbox (aya resolves the interface name in the
+//! calling thread's namespace, so attaching runs on a thread in there, see
+//! [`crate::sys::netns::run_blocking_in`]) before the link comes up, so no frame ever leaves
 //! unchecked. TCX where the kernel has it (6.6+): the link is pinned and
 //! outlives the command. Older kernels: a clsact qdisc and a netlink
 //! filter, which the kernel keeps on its own. Either way the attachment
@@ -29,7 +30,7 @@ use netvlan_common::{
 use serde::Serialize;
 
 use super::{pins, DatapathError, InterfacePins, NamespacePins};
-use crate::sys::netns::NetnsId;
+use crate::sys::netns::{run_blocking_in, Netns, NetnsId};
 
 pub(super) static EGRESS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o"));
@@ -46,19 +47,32 @@ fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-/// Attaches the endpoint programs to `ifname` (index `ifindex`) in the
-/// calling thread's namespace; `config` says whether egress enforces
+/// Attaches the endpoint programs to `ifname` (index `ifindex`) in
+/// `netns`; `config` says whether egress enforces
 /// ([`netvlan_common::antispoof::EGRESS_ENFORCE`]). On failure nothing stays
 /// attached or pinned.
 pub fn attach(
     bpf_dir: &Path,
+    netns: &Netns,
+    ifindex: u32,
+    ifname: &str,
+    config: &EgressConfig,
+) -> Result<EgressMode, DatapathError> {
+    run_blocking_in(netns, || {
+        attach_here(bpf_dir, netns, ifindex, ifname, config)
+    })?
+}
+
+/// [`attach`], on a thread already in `netns`.
+fn attach_here(
+    bpf_dir: &Path,
+    netns: &Netns,
     ifindex: u32,
     ifname: &str,
     config: &EgressConfig,
 ) -> Result<EgressMode, DatapathError> {
     pins::ensure_bpffs(bpf_dir)?;
-    let netns = NetnsId::current().map_err(DatapathError::Netns)?;
-    let namespace = NamespacePins::new(bpf_dir, netns);
+    let namespace = NamespacePins::new(bpf_dir, netns.id());
     let target = namespace.egress(ifindex);
     // A leftover of an earlier link with the same index: its program is
     // gone with that link.
@@ -261,14 +275,20 @@ impl EndpointPrograms {
 /// clsact filters alike.
 async fn programs_in_hook(
     netlink: &crate::sys::netlink::Netlink,
+    netns: &Netns,
     ifindex: u32,
     ifname: &str,
     direction: TcAttachType,
 ) -> Result<Vec<u32>, DatapathError> {
     let mut ids = Vec::new();
-    // Kernels without TCX answer EINVAL: nothing attached that way.
-    if let Ok((_, programs)) = SchedClassifier::query_tcx(ifname, direction) {
-        ids.extend(programs.iter().map(|p| p.id()));
+    // Kernels without TCX answer EINVAL: nothing attached that way. The
+    // query resolves `ifname` in the calling thread's namespace.
+    let tcx = run_blocking_in(netns, || {
+        SchedClassifier::query_tcx(ifname, direction)
+            .map(|(_, programs)| programs.iter().map(|p| p.id()).collect::<Vec<u32>>())
+    })?;
+    if let Ok(programs) = tcx {
+        ids.extend(programs);
     }
     ids.extend(
         netlink
@@ -286,15 +306,15 @@ fn pinned_program_id(path: &Path) -> Option<u32> {
 }
 
 /// Checks the endpoint programs pinned for link `ifindex` (named
-/// `ifname`) in the calling thread's namespace.
+/// `ifname`) in `netns`, which `netlink` is connected to.
 pub async fn programs(
     bpf_dir: &Path,
     netlink: &crate::sys::netlink::Netlink,
+    netns: &Netns,
     ifindex: u32,
     ifname: &str,
 ) -> Result<EndpointPrograms, DatapathError> {
-    let netns = NetnsId::current().map_err(DatapathError::Netns)?;
-    let pins = NamespacePins::new(bpf_dir, netns).egress(ifindex);
+    let pins = NamespacePins::new(bpf_dir, netns.id()).egress(ifindex);
     if !pins.exists() {
         return Ok(EndpointPrograms::default());
     }
@@ -305,11 +325,11 @@ pub async fn programs(
         pinned: true,
         egress: on(
             egress,
-            &programs_in_hook(netlink, ifindex, ifname, TcAttachType::Egress).await?,
+            &programs_in_hook(netlink, netns, ifindex, ifname, TcAttachType::Egress).await?,
         ),
         ingress: on(
             ingress,
-            &programs_in_hook(netlink, ifindex, ifname, TcAttachType::Ingress).await?,
+            &programs_in_hook(netlink, netns, ifindex, ifname, TcAttachType::Ingress).await?,
         ),
     })
 }
@@ -377,33 +397,28 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
                 .map(|(path, ifindex)| (path, ifindex, "its network namespace is gone".into()))
                 .collect(),
             Some(ns) => {
-                let bpf_dir = bpf_dir.to_path_buf();
-                let job = move || async move {
-                    let netlink = crate::sys::netlink::Netlink::connect()?;
-                    let mut stale = Vec::new();
-                    for (path, ifindex) in endpoints {
-                        let link = match netlink.link_by_index(ifindex).await {
-                            Ok(link) => link,
-                            Err(crate::sys::netlink::NetlinkError::NoSuchIfindex { .. }) => {
-                                stale.push((path, ifindex, "its link is gone".into()));
-                                continue;
-                            }
-                            Err(e) => return Err(e.into()),
-                        };
-                        let running = programs(&bpf_dir, &netlink, ifindex, &link.name).await?;
-                        if !running.egress && !running.ingress {
-                            stale.push((
-                                path,
-                                ifindex,
-                                format!("its programs are no longer on {}", link.name),
-                            ));
+                let netns = Netns::open(&ns)?;
+                let netlink = crate::sys::netlink::Netlink::connect_in(&netns)?;
+                let mut stale = Vec::new();
+                for (path, ifindex) in endpoints {
+                    let link = match netlink.link_by_index(ifindex).await {
+                        Ok(link) => link,
+                        Err(crate::sys::netlink::NetlinkError::NoSuchIfindex { .. }) => {
+                            stale.push((path, ifindex, "its link is gone".into()));
+                            continue;
                         }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let running = programs(bpf_dir, &netlink, &netns, ifindex, &link.name).await?;
+                    if !running.egress && !running.ingress {
+                        stale.push((
+                            path,
+                            ifindex,
+                            format!("its programs are no longer on {}", link.name),
+                        ));
                     }
-                    Ok::<_, DatapathError>(stale)
-                };
-                tokio::task::spawn_blocking(move || crate::sys::netns::run_in(&ns, job))
-                    .await
-                    .expect("the namespace thread is joined")??
+                }
+                stale
             }
         };
         removed.extend(stale);
@@ -413,16 +428,16 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
 
 /// Attaches the endpoint programs afresh to a link that lost them (its
 /// old pins are dropped first, which detaches whatever half remained).
-/// Same conditions as [`attach`]: in the endpoint's namespace.
+/// `netlink` is connected to `netns`, the endpoint's namespace.
 pub async fn reattach(
     bpf_dir: &Path,
     netlink: &crate::sys::netlink::Netlink,
+    netns: &Netns,
     ifindex: u32,
     ifname: &str,
     config: &EgressConfig,
 ) -> Result<EgressMode, DatapathError> {
-    let netns = NetnsId::current().map_err(DatapathError::Netns)?;
-    remove_pins(bpf_dir, netns, ifindex)?;
+    remove_pins(bpf_dir, netns.id(), ifindex)?;
     if !tcx_available() {
         // The kernel holds clsact filters without pins: drop what is left
         // of the old attachment (the link is netvlan's alone).
@@ -430,5 +445,5 @@ pub async fn reattach(
             netlink.flush_tc_hook(ifindex, egress).await?;
         }
     }
-    attach(bpf_dir, ifindex, ifname, config)
+    attach(bpf_dir, netns, ifindex, ifname, config)
 }

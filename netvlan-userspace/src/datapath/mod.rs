@@ -202,7 +202,9 @@ pub enum AttachmentStatus {
     },
 }
 
-/// The datapath of the current network namespace.
+/// The datapath of the current network namespace. Clones share one
+/// netlink connection.
+#[derive(Clone)]
 pub struct Datapath {
     bpf_dir: PathBuf,
     pins: NamespacePins,

@@ -4,19 +4,25 @@
 //! `rtnetlink`, and kernel errors keep their errno so callers can tell
 //! `ENODEV` from `EEXIST`.
 
-use crate::keyword::{keyword_text, Keyword};
+use crate::{
+    keyword::{keyword_text, Keyword},
+    sys::netns::{self, Netns},
+};
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{
     IpVlanFlags, IpVlanMode, LinkAttribute, LinkMessage, LinkXdp, MacVlanMode, XdpAttached,
 };
 use rtnetlink::{LinkDummy, LinkIpVlan, LinkMacVlan, LinkVlan};
 use serde::{Deserialize, Serialize};
+use std::os::fd::{AsFd, AsRawFd};
 
 /// Errors talking rtnetlink.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("cannot open an rtnetlink socket")]
     Connect(#[source] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] crate::sys::netns::NetnsError),
     #[error("no interface named '{name}' in this network namespace")]
     NoSuchInterface { name: String },
     #[error("no interface with index {ifindex} in this network namespace")]
@@ -137,11 +143,11 @@ keyword_text!(IpvlanFlag);
 
 /// Settings applied when a link is created.
 #[derive(Clone, Debug, Default)]
-pub struct LinkOptions {
+pub struct LinkOptions<'a> {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     /// Create the link directly inside this network namespace.
-    pub netns_fd: Option<std::os::fd::RawFd>,
+    pub netns: Option<&'a Netns>,
     /// `IFLA_IFALIAS`: netvlan tags the links it creates with their owner,
     /// so crash recovery only ever deletes its own links. The kernel ignores
     /// an alias in RTM_NEWLINK, so it is set right after creation (for a
@@ -257,18 +263,35 @@ pub struct LinkInfo {
     pub link_layer: netlink_packet_route::link::LinkLayerType,
 }
 
-/// An rtnetlink connection in the current network namespace.
+/// An rtnetlink connection to one network namespace.
 ///
-/// The socket binds to the namespace of the thread that creates it, so
-/// create it after entering the namespace you mean.
+/// The socket binds to the namespace of the thread that creates it and
+/// stays there. Clones share the connection: one per operation is enough.
+#[derive(Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
 }
 
 impl Netlink {
-    /// Opens a connection; needs a running tokio runtime.
+    /// Opens a connection in the calling thread's namespace; needs a
+    /// running tokio runtime, which drives it.
     pub fn connect() -> Result<Self, NetlinkError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// Opens a connection in `netns`, driven by the calling runtime: the
+    /// socket is made on a short thread inside the namespace (registered
+    /// with this runtime there), so the link work that follows runs here,
+    /// on no thread of its own.
+    pub fn connect_in(netns: &Netns) -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle, _) = netns::run_blocking_in(netns, || {
+            let _runtime = runtime.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(NetlinkError::Connect)?;
         tokio::spawn(connection);
         Ok(Netlink { handle })
     }
@@ -326,13 +349,13 @@ impl Netlink {
         self.link_by_name(name).await
     }
 
-    /// Creates a link (down) with extra settings. With `netns_fd` the link
+    /// Creates a link (down) with extra settings. With `netns` the link
     /// is born in that namespace, so it is never visible in ours.
     pub async fn create_link_with(
         &self,
         name: &str,
         link: NewLink,
-        options: &LinkOptions,
+        options: &LinkOptions<'_>,
     ) -> Result<(), NetlinkError> {
         let mut message = link.message(name);
         if let Some(mac) = options.mac {
@@ -343,8 +366,10 @@ impl Netlink {
         if let Some(mtu) = options.mtu {
             message.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        if let Some(fd) = options.netns_fd {
-            message.attributes.push(LinkAttribute::NetNsFd(fd));
+        if let Some(netns) = options.netns {
+            message
+                .attributes
+                .push(LinkAttribute::NetNsFd(netns.as_fd().as_raw_fd()));
         }
         let request = self.handle.link().add(message);
         if let Err(source) = request.execute().await {
@@ -362,7 +387,7 @@ impl Netlink {
                 },
             });
         }
-        if let (Some(alias), None) = (&options.alias, options.netns_fd) {
+        if let (Some(alias), None) = (&options.alias, options.netns) {
             let created = self.link_by_name(name).await?;
             self.set_alias(created.ifindex, alias).await?;
         }
@@ -414,13 +439,9 @@ impl Netlink {
     }
 
     /// Moves a link into another network namespace.
-    pub async fn move_to_netns(
-        &self,
-        ifindex: u32,
-        netns_fd: std::os::fd::RawFd,
-    ) -> Result<(), NetlinkError> {
+    pub async fn move_to_netns(&self, ifindex: u32, netns: &Netns) -> Result<(), NetlinkError> {
         let message = rtnetlink::LinkUnspec::new_with_index(ifindex)
-            .setns_by_fd(netns_fd)
+            .setns_by_fd(netns.as_fd().as_raw_fd())
             .build();
         self.handle
             .link()

@@ -160,7 +160,7 @@ pub fn find_by_inode(ino: u64) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Errors entering a network namespace.
+/// Errors opening or entering a network namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("cannot open network namespace {path}")]
@@ -175,35 +175,109 @@ pub enum NetnsError {
         #[source]
         source: nix::Error,
     },
+    #[error("cannot start a thread to work in network namespace {path}")]
+    Thread {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the thread working in network namespace {path} panicked")]
     Panicked { path: std::path::PathBuf },
 }
 
+// Why namespaces are handled this way:
+// - `setns(CLONE_NEWNET)` moves only the calling thread, so entering is
+//   done on a dedicated short thread ([`run_blocking_in`]), never on a
+//   runtime worker other tasks share, by a guard that cannot leave its
+//   thread ([`NetnsGuard`] is `!Send`).
+// - A netlink socket stays in the namespace it was created in, whichever
+//   thread uses it later: [`crate::sys::netlink::Netlink::connect_in`]
+//   creates it on such a thread and the caller's runtime drives it, so link
+//   work in a sandbox needs no thread of its own.
+// - What resolves names in the calling thread's namespace (aya's TC attach
+//   and TCX query by ifname, `/proc/sys/net`, ethtool ioctls) runs inside
+//   [`run_blocking_in`].
+
+/// An open network namespace: opened once per operation and passed down,
+/// so every step acts on the same namespace even if its path is re-bound
+/// meanwhile.
+#[derive(Debug)]
+pub struct Netns {
+    file: std::fs::File,
+    id: NetnsId,
+    path: std::path::PathBuf,
+}
+
+impl Netns {
+    /// Opens the namespace file at `path` (`/var/run/netns/NAME`,
+    /// `/proc/PID/ns/net`, a bind mount).
+    pub fn open(path: &std::path::Path) -> Result<Self, NetnsError> {
+        let open_err = |source| NetnsError::Open {
+            path: path.into(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        Ok(Netns {
+            file,
+            id: NetnsId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            path: path.into(),
+        })
+    }
+
+    /// The calling thread's namespace.
+    pub fn current() -> Result<Self, NetnsError> {
+        Self::open(std::path::Path::new("/proc/thread-self/ns/net"))
+    }
+
+    pub fn id(&self) -> NetnsId {
+        self.id
+    }
+
+    /// The path it was opened at (for messages).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl std::os::fd::AsFd for Netns {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 /// Moves the calling thread into a network namespace and moves it back on
-/// drop. A thread, not the process: `setns(CLONE_NEWNET)` is per thread,
-/// which is why [`run_in`] uses a dedicated thread rather than a runtime
-/// worker that other tasks share.
+/// drop. A thread, not the process: `setns(CLONE_NEWNET)` is per thread.
+/// Neither `Send` nor `Sync`: held across an `.await` on a multi-threaded
+/// runtime, the task could resume on another thread and the drop would
+/// switch that thread's namespace instead.
+///
+/// ```compile_fail
+/// let netns = netvlan::sys::netns::Netns::current().unwrap();
+/// let guard = netvlan::sys::netns::NetnsGuard::enter(&netns).unwrap();
+/// std::thread::spawn(move || drop(guard));
+/// ```
 pub struct NetnsGuard {
-    original: std::fs::File,
+    original: Netns,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl NetnsGuard {
-    pub fn enter(path: &std::path::Path) -> Result<Self, NetnsError> {
-        let open = |p: &std::path::Path| {
-            std::fs::File::open(p).map_err(|source| NetnsError::Open {
-                path: p.into(),
-                source,
-            })
-        };
-        let original = open(std::path::Path::new("/proc/thread-self/ns/net"))?;
-        let target = open(path)?;
-        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+    pub fn enter(target: &Netns) -> Result<Self, NetnsError> {
+        let original = Netns::current()?;
+        nix::sched::setns(target, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
             NetnsError::Enter {
-                path: path.into(),
+                path: target.path.clone(),
                 source,
             }
         })?;
-        Ok(NetnsGuard { original })
+        Ok(NetnsGuard {
+            original,
+            _not_send: std::marker::PhantomData,
+        })
     }
 }
 
@@ -217,27 +291,30 @@ impl Drop for NetnsGuard {
     }
 }
 
-/// Runs an async job inside the network namespace at `path`, on a fresh
-/// thread with its own single-threaded runtime (netlink sockets opened by
-/// the job belong to that namespace).
-pub fn run_in<F, Fut, T>(path: &std::path::Path, job: F) -> Result<T, NetnsError>
+/// Runs `job` on a short dedicated thread inside `netns` and returns its
+/// result: for work that resolves names in the calling thread's namespace.
+/// No runtime in there; from async code it blocks the caller for the
+/// job's duration, so keep jobs short (an attach, a sysctl write).
+pub fn run_blocking_in<T, F>(netns: &Netns, job: F) -> Result<T, NetnsError>
 where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-    T: Send + 'static,
+    F: FnOnce() -> T + Send,
+    T: Send,
 {
-    let path = path.to_path_buf();
-    let thread_path = path.clone();
-    std::thread::spawn(move || -> Result<T, NetnsError> {
-        let _guard = NetnsGuard::enter(&thread_path)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime can always be built");
-        Ok(runtime.block_on(job()))
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(scope, || -> Result<T, NetnsError> {
+                let _guard = NetnsGuard::enter(netns)?;
+                Ok(job())
+            })
+            .map_err(|source| NetnsError::Thread {
+                path: netns.path.clone(),
+                source,
+            })?;
+        worker.join().map_err(|_| NetnsError::Panicked {
+            path: netns.path.clone(),
+        })?
     })
-    .join()
-    .map_err(|_| NetnsError::Panicked { path })?
 }
 
 /// Where named network namespaces live (`ip netns` compatible).
