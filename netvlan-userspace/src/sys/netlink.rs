@@ -22,7 +22,7 @@ pub enum NetlinkError {
     #[error("cannot open an rtnetlink socket")]
     Connect(#[source] std::io::Error),
     #[error(transparent)]
-    Netns(#[from] crate::sys::netns::NetnsError),
+    Netns(#[from] netns::NetnsError),
     #[error("no interface named '{name}' in this network namespace")]
     NoSuchInterface { name: String },
     #[error("no interface with index {ifindex} in this network namespace")]
