@@ -264,7 +264,7 @@ impl Demo {
             .collect();
         let (state, bpf) = (self.state_dir.clone(), self.bpf_dir.clone());
         let plan = sandboxes.clone();
-        run_in(&self.ns_path("host"), move || async move {
+        control_plane_in(&self.ns_path("host"), move || async move {
             let manager = Manager::new(Store::open(&state)?, Datapath::open(&bpf)?)?;
             let create = |name: &str, subnet: &str, gateway: &str, parent: &str| CreateRequest {
                 name: name.into(),
@@ -321,7 +321,7 @@ impl Demo {
             return Err(DemoError::NotUp(self.prefix.clone()));
         }
         let (state, bpf) = (self.state_dir.clone(), self.bpf_dir.clone());
-        let (records, report) = run_in(&self.ns_path("host"), move || async move {
+        let (records, report) = control_plane_in(&self.ns_path("host"), move || async move {
             let datapath = Datapath::open(&bpf)?;
             let mut interfaces = Vec::new();
             for (attachment, pins) in datapath.attachments(None).await? {
@@ -418,7 +418,7 @@ impl Demo {
         let mut errors = Vec::new();
         if self.is_up() && self.state_dir.exists() {
             let (state, bpf) = (self.state_dir.clone(), self.bpf_dir.clone());
-            let result = run_in(&self.ns_path("host"), move || async move {
+            let result = control_plane_in(&self.ns_path("host"), move || async move {
                 let manager = Manager::new(Store::open(&state)?, Datapath::open(&bpf)?)?;
                 let mut errors = Vec::new();
                 for record in manager.networks()? {
@@ -499,7 +499,7 @@ fn shell_word(path: &Path) -> String {
 /// would: the demo drives a whole control plane there (its datapath and
 /// XDP attach act on the calling thread's namespace), so the job gets a
 /// thread in the namespace and a runtime of its own.
-async fn run_in<F, Fut, T, E>(path: &Path, job: F) -> Result<T, DemoError>
+async fn control_plane_in<F, Fut, T, E>(path: &Path, job: F) -> Result<T, DemoError>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, E>>,
