@@ -22,17 +22,17 @@ use aya::{
 use netvlan_common::{
     antispoof::{
         EgressConfig, EGRESS_CONFIG, EGRESS_PROGRAM, EGRESS_SENT, EGRESS_SPOOFED, EGRESS_STATS,
-        ENDPOINT_MAPS, ENDPOINT_RECEIVED, INGRESS_PROGRAM,
+        ENDPOINT_RECEIVED, INGRESS_PROGRAM,
     },
     maps::Counters,
 };
 use serde::Serialize;
 
-use super::{pins, DatapathError, InterfacePins, NamespacePins};
+use super::{
+    object::{self, ENDPOINT},
+    pins, DatapathError, InterfacePins, NamespacePins,
+};
 use crate::sys::netns::NetnsId;
-
-pub(super) static EGRESS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o"));
 
 /// How the egress program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -67,7 +67,7 @@ pub fn attach(
         source,
     })?;
 
-    let mut ebpf = Ebpf::load(EGRESS_OBJECT).map_err(DatapathError::Load)?;
+    let mut ebpf = ENDPOINT.load()?;
     {
         let map = ebpf
             .map_mut(EGRESS_CONFIG)
@@ -75,15 +75,15 @@ pub fn attach(
                 what: "map",
                 name: EGRESS_CONFIG,
             })?;
-        let mut cfg: Array<&mut MapData, EgressConfig> =
-            map.try_into().map_err(|e| DatapathError::OpenPin {
+        let mut cfg: Array<&mut MapData, EgressConfig> = map.try_into().map_err(|source| {
+            DatapathError::OpenMap {
+                name: EGRESS_CONFIG,
                 path: target.map(EGRESS_CONFIG),
-                source: Box::new(e),
-            })?;
-        cfg.set(0, *config, 0).map_err(|e| DatapathError::OpenPin {
-            path: target.map(EGRESS_CONFIG),
-            source: Box::new(e),
+                source,
+            }
         })?;
+        cfg.set(0, *config, 0)
+            .map_err(object::write_err(&target, EGRESS_CONFIG, None))?;
     }
     let mode = if tcx_available() {
         EgressMode::Tcx
@@ -118,45 +118,24 @@ pub fn attach(
         links.push((name, program.take_link(id).map_err(DatapathError::Program)?));
     }
 
-    let staging = namespace.staging(ifindex);
-    let pinned = (|| {
-        std::fs::create_dir_all(staging.dir()).map_err(|source| DatapathError::PinDir {
-            path: staging.dir().into(),
-            source,
-        })?;
-        let pin_err = |path: std::path::PathBuf| move |source| DatapathError::Pin { path, source };
-        for &name in ENDPOINT_MAPS {
-            let map = ebpf
-                .map(name)
-                .ok_or(DatapathError::MissingObject { what: "map", name })?;
-            map.pin(staging.map(name))
-                .map_err(pin_err(staging.map(name)))?;
-        }
+    ENDPOINT.pin_new(&mut ebpf, &namespace.staging(ifindex), &target, |ebpf, to| {
         for (name, link) in links {
             let (program_pin, link_pin) = if name == EGRESS_PROGRAM {
-                (staging.program(), staging.link())
+                (to.program(), to.link())
             } else {
-                (staging.dir().join("prog_in"), staging.dir().join("link_in"))
+                (to.ingress_program(), to.ingress_link())
             };
-            classifier(&mut ebpf, name)?
-                .pin(&program_pin)
-                .map_err(pin_err(program_pin.clone()))?;
+            let program = classifier(ebpf, name)?;
+            object::pin_at(program_pin, |path| program.pin(path))?;
             // TCX links need their pin to outlive us; a netlink filter is
             // held by the kernel already (converting it releases it
             // untouched).
             if let Ok(fd_link) = FdLink::try_from(link) {
-                fd_link.pin(&link_pin).map_err(pin_err(link_pin.clone()))?;
+                object::pin_at(link_pin, |path| fd_link.pin(path).map(drop))?;
             }
         }
-        std::fs::rename(staging.dir(), target.dir()).map_err(|source| DatapathError::PinDir {
-            path: target.dir().into(),
-            source,
-        })
-    })();
-    if let Err(e) = pinned {
-        let _ = staging.remove();
-        return Err(e);
-    }
+        Ok(())
+    })?;
     Ok(mode)
 }
 
@@ -194,18 +173,11 @@ pub fn read_stats(
     if !pins.exists() {
         return Ok(None);
     }
-    let path = pins.map(EGRESS_STATS);
-    let err = |e: aya::maps::MapError| DatapathError::OpenPin {
-        path: path.clone(),
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    let map: PerCpuArray<MapData, Counters> = aya::maps::Map::from_map_data(data)
-        .map_err(err)?
-        .try_into()
-        .map_err(err)?;
+    let map: PerCpuArray<MapData, Counters> = object::open_map(&pins, EGRESS_STATS)?;
     let total = |slot: u32| -> Result<Counters, DatapathError> {
-        let values = map.get(&slot, 0).map_err(err)?;
+        let values = map
+            .get(&slot, 0)
+            .map_err(object::read_err(&pins, EGRESS_STATS))?;
         Ok(values.iter().fold(Counters::default(), |mut acc, c| {
             acc.merge(c);
             acc
@@ -299,7 +271,7 @@ pub async fn programs(
         return Ok(EndpointPrograms::default());
     }
     let egress = pinned_program_id(&pins.program());
-    let ingress = pinned_program_id(&pins.dir().join("prog_in"));
+    let ingress = pinned_program_id(&pins.ingress_program());
     let on = |id: Option<u32>, running: &[u32]| id.is_some_and(|id| running.contains(&id));
     Ok(EndpointPrograms {
         pinned: true,

@@ -17,8 +17,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netvlan_common::maps;
-
 use crate::sys::netns::NetnsId;
 
 /// Where distributions mount bpffs.
@@ -251,12 +249,19 @@ impl InterfacePins {
         self.dir.join("link")
     }
 
+    /// An endpoint's ingress program (its egress one is [`Self::program`]).
+    pub fn ingress_program(&self) -> PathBuf {
+        self.dir.join("prog_in")
+    }
+
+    /// An endpoint's ingress TCX link (its egress one is [`Self::link`]).
+    pub fn ingress_link(&self) -> PathBuf {
+        self.dir.join("link_in")
+    }
+
     pub fn map(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
-
-    /// Names of every map the datapath pins.
-    pub const MAPS: &'static [&'static str] = maps::WIRE_MAPS;
 
     /// Unpins everything (removing a pin drops the kernel's reference; the
     /// object goes away with its last user).

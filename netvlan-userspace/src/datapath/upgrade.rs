@@ -10,19 +10,19 @@
 //! be carried over: the upgrade refuses before touching anything, and a
 //! detach + attach (which resets counters) is the way forward.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use aya::{
-    maps::MapInfo,
-    programs::{
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
-    EbpfLoader,
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+    ProgramInfo,
 };
 use serde::Serialize;
 
-use super::{Attachment, Datapath, DatapathError, InterfacePins, XDP_OBJECT};
+use super::{
+    object::{self, WIRE},
+    Attachment, Datapath, DatapathError, InterfacePins,
+};
 
 /// What `upgrade` did on one attachment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -39,43 +39,6 @@ pub enum UpgradeOutcome {
     },
 }
 
-/// One map's shape, as the kernel reports it and as the object declares it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shape {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-}
-
-impl std::fmt::Display for Shape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "type {}, key {} B, value {} B, {} entries",
-            self.map_type, self.key_size, self.value_size, self.max_entries
-        )
-    }
-}
-
-/// The shapes of the embedded object's maps.
-fn object_shapes() -> Result<std::collections::HashMap<String, Shape>, DatapathError> {
-    let object = aya_obj::Object::parse(XDP_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
-    Ok(object
-        .maps
-        .iter()
-        .map(|(name, m)| {
-            let shape = Shape {
-                map_type: m.map_type(),
-                key_size: m.key_size(),
-                value_size: m.value_size(),
-                max_entries: m.max_entries(),
-            };
-            (name.clone(), shape)
-        })
-        .collect())
-}
-
 impl Datapath {
     /// Replaces the program on `ifname` (every attachment when `None`) with
     /// this build. Unless `force`, an attachment already running this build
@@ -85,10 +48,9 @@ impl Datapath {
         ifname: Option<&str>,
         force: bool,
     ) -> Result<Vec<UpgradeOutcome>, DatapathError> {
-        let shapes = object_shapes()?;
         let mut out = Vec::new();
         for (attachment, pins) in self.attachments(ifname).await? {
-            out.push(upgrade_one(&attachment, &pins, &shapes, force)?);
+            out.push(upgrade_one(&attachment, &pins, force)?);
         }
         Ok(out)
     }
@@ -106,74 +68,27 @@ fn failpoint(name: &str) {
 fn upgrade_one(
     attachment: &Attachment,
     pins: &InterfacePins,
-    shapes: &std::collections::HashMap<String, Shape>,
     force: bool,
 ) -> Result<UpgradeOutcome, DatapathError> {
-    // Refuse before loading anything if a pinned map cannot be reused.
-    let mut new_maps = Vec::new();
-    for &name in InterfacePins::MAPS {
-        let want = shapes
-            .get(name)
-            .ok_or(DatapathError::MissingObject { what: "map", name })?;
-        let path = pins.map(name);
-        if !path.exists() {
-            new_maps.push(name.to_string());
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::OpenPin {
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        let have = Shape {
-            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-        };
-        if have != *want {
-            return Err(DatapathError::IncompatibleMap {
-                path,
-                pinned: have.to_string(),
-                built: want.to_string(),
-            });
-        }
-    }
-
-    let mut loader = EbpfLoader::new();
-    for &name in InterfacePins::MAPS {
-        loader.map_pin_path(name, pins.map(name));
-    }
-    let mut ebpf = loader.load(XDP_OBJECT).map_err(DatapathError::Load)?;
+    let (mut ebpf, new_maps) = WIRE.load_reusing(pins)?;
     let program = super::xdp_program(&mut ebpf)?;
     program.load().map_err(DatapathError::Program)?;
     let new_info = program.info().map_err(DatapathError::Program)?;
 
-    let link_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::OpenPin {
-        path: pins.link(),
-        source: e,
-    };
-    let pinned = PinnedLink::from_pin(pins.link()).map_err(|e| link_err(Box::new(e)))?;
-    let link = FdLink::from(pinned);
+    let link = open_link(&pins.link())?;
     // What the link runs now (the program pin may lag behind it after a
     // crashed upgrade; the link is the truth).
-    let old_prog_id = link.info().map_err(|e| link_err(Box::new(e)))?.program_id();
-    let old_tag = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == old_prog_id)
-        .map(|p| p.tag());
-    // A program pin that lags behind the link (an upgrade killed between
-    // swap and re-pin) is repaired by swapping again.
-    let pin_lags = aya::programs::ProgramInfo::from_pin(pins.program())
-        .map(|p| p.id())
-        .ok()
-        != Some(old_prog_id);
-    if !force && !pin_lags && old_tag == Some(new_info.tag()) && new_maps.is_empty() {
+    let old_prog_id = link_program(&link, &pins.link())?;
+    if !force && is_current(old_prog_id, &pins.program(), &new_info) && new_maps.is_empty() {
         return Ok(UpgradeOutcome::Current {
             ifname: attachment.ifname.clone(),
             prog_id: old_prog_id,
         });
     }
-    let link = XdpLink::try_from(link).map_err(|e| link_err(Box::new(e)))?;
+    let link = XdpLink::try_from(link).map_err(|source| DatapathError::Link {
+        path: pins.link(),
+        source,
+    })?;
     // The swap: one BPF_LINK_UPDATE, atomic for every CPU.
     let id = program
         .attach_to_link(link)
@@ -186,21 +101,43 @@ fn upgrade_one(
     failpoint("upgrade-after-swap");
 
     // Re-point the program pin (for bpftool and friends; netvlan itself
-    // goes by the link): pin under a temporary name, rename over the old.
-    let staged: PathBuf = pins.dir().join("prog_next");
-    let _ = std::fs::remove_file(&staged);
-    program.pin(&staged).map_err(|source| DatapathError::Pin {
-        path: staged.clone(),
-        source,
-    })?;
-    std::fs::rename(&staged, pins.program()).map_err(|source| DatapathError::PinDir {
-        path: pins.program(),
-        source,
-    })?;
+    // goes by the link).
+    object::replace_pin(pins.program(), |path| program.pin(path))?;
     Ok(UpgradeOutcome::Replaced {
         ifname: attachment.ifname.clone(),
         old_prog_id,
         new_prog_id: new_info.id(),
         new_maps,
     })
+}
+
+/// The pinned link at `path`.
+fn open_link(path: &Path) -> Result<FdLink, DatapathError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| DatapathError::OpenPin {
+        path: path.into(),
+        source,
+    })?;
+    Ok(FdLink::from(pinned))
+}
+
+/// The id of the program `link` (pinned at `path`) runs.
+fn link_program(link: &FdLink, path: &Path) -> Result<u32, DatapathError> {
+    let info = link.info().map_err(|source| DatapathError::Link {
+        path: path.into(),
+        source,
+    })?;
+    Ok(info.program_id())
+}
+
+/// Whether the running program `old_prog_id` is this build (`new`, same
+/// tag) and the program pin at `program_pin` names it. A pin that lags
+/// behind what runs (an upgrade killed between swap and re-pin) is
+/// repaired by swapping again.
+fn is_current(old_prog_id: u32, program_pin: &Path, new: &ProgramInfo) -> bool {
+    let old_tag = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == old_prog_id)
+        .map(|p| p.tag());
+    let pinned = ProgramInfo::from_pin(program_pin).map(|p| p.id()).ok();
+    pinned == Some(old_prog_id) && old_tag == Some(new.tag())
 }
