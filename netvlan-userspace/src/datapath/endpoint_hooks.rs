@@ -42,6 +42,15 @@ pub enum EgressMode {
     Clsact,
 }
 
+impl EgressMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            EgressMode::Tcx => "tcx",
+            EgressMode::Clsact => "clsact",
+        }
+    }
+}
+
 fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
@@ -75,13 +84,12 @@ pub fn attach(
                 what: "map",
                 name: EGRESS_CONFIG,
             })?;
-        let mut cfg: Array<&mut MapData, EgressConfig> = map.try_into().map_err(|source| {
-            DatapathError::OpenMap {
+        let mut cfg: Array<&mut MapData, EgressConfig> =
+            map.try_into().map_err(|source| DatapathError::OpenMap {
                 name: EGRESS_CONFIG,
                 path: target.map(EGRESS_CONFIG),
                 source,
-            }
-        })?;
+            })?;
         cfg.set(0, *config, 0)
             .map_err(object::write_err(&target, EGRESS_CONFIG, None))?;
     }
@@ -118,28 +126,33 @@ pub fn attach(
         links.push((name, program.take_link(id).map_err(DatapathError::Program)?));
     }
 
-    ENDPOINT.pin_new(&mut ebpf, &namespace.staging(ifindex), &target, |ebpf, to| {
-        for (name, link) in links {
-            let (program_pin, link_pin) = if name == EGRESS_PROGRAM {
-                (to.program(), to.link())
-            } else {
-                (to.ingress_program(), to.ingress_link())
-            };
-            let program = classifier(ebpf, name)?;
-            object::pin_at(program_pin, |path| program.pin(path))?;
-            // TCX links need their pin to outlive us; a netlink filter is
-            // held by the kernel already (converting it releases it
-            // untouched).
-            if let Ok(fd_link) = FdLink::try_from(link) {
-                object::pin_at(link_pin, |path| fd_link.pin(path).map(drop))?;
+    ENDPOINT.pin_new(
+        &mut ebpf,
+        &namespace.staging(ifindex),
+        &target,
+        |ebpf, to| {
+            for (name, link) in links {
+                let (program_pin, link_pin) = if name == EGRESS_PROGRAM {
+                    (to.program(), to.link())
+                } else {
+                    (to.ingress_program(), to.ingress_link())
+                };
+                let program = classifier(ebpf, name)?;
+                object::pin_at(program_pin, |path| program.pin(path))?;
+                // TCX links need their pin to outlive us; a netlink filter is
+                // held by the kernel already (converting it releases it
+                // untouched).
+                if let Ok(fd_link) = FdLink::try_from(link) {
+                    object::pin_at(link_pin, |path| fd_link.pin(path).map(drop))?;
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(mode)
 }
 
-fn classifier<'a>(
+pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
@@ -303,10 +316,11 @@ pub async fn prune_stale(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, 
     Ok(stale)
 }
 
-/// Endpoint pin directories (`egress-N`) of every namespace whose programs
-/// no longer run: the namespace or the link is gone, or the programs are
-/// off the link. With the ifindex and the reason.
-pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+/// The endpoint pin directories (`egress-N`, with N) of every namespace
+/// that has some, by the namespace's inode.
+pub(super) fn pinned_endpoints(
+    bpf_dir: &Path,
+) -> Result<Vec<(u64, Vec<(PathBuf, u32)>)>, DatapathError> {
     let pin_dir_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DatapathError::PinDir { path, source }
@@ -316,7 +330,7 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(pin_dir_err(bpf_dir)(e)),
     };
-    let mut removed = Vec::new();
+    let mut out = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
         let Some(ino) = entry
@@ -340,9 +354,19 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
                 endpoints.push((pin.path(), ifindex));
             }
         }
-        if endpoints.is_empty() {
-            continue;
+        if !endpoints.is_empty() {
+            out.push((ino, endpoints));
         }
+    }
+    Ok(out)
+}
+
+/// Endpoint pin directories (`egress-N`) of every namespace whose programs
+/// no longer run: the namespace or the link is gone, or the programs are
+/// off the link. With the ifindex and the reason.
+pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+    let mut removed = Vec::new();
+    for (ino, endpoints) in pinned_endpoints(bpf_dir)? {
         let stale: Vec<(PathBuf, u32, String)> = match crate::sys::netns::find_by_inode(ino) {
             None => endpoints
                 .into_iter()

@@ -133,6 +133,19 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot swap the {hook} program on endpoint link {ifname}")]
+    ReplaceEndpoint {
+        ifname: String,
+        hook: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the endpoint's {hook} program pinned in {pin_dir} does not run on {ifname}; `netvlan restore` attaches it afresh")]
+    EndpointProgramMissing {
+        ifname: String,
+        hook: &'static str,
+        pin_dir: PathBuf,
+    },
     #[error("cannot update the datapath map {path}")]
     MapUpdate {
         name: &'static str,

@@ -66,10 +66,7 @@ impl Embedded {
     /// hold carries over; maps not pinned yet (added by this build) are
     /// created and pinned there, and returned by name. Refuses, before
     /// loading anything, a pinned map whose shape this build changed.
-    pub fn load_reusing(
-        &self,
-        pins: &InterfacePins,
-    ) -> Result<(Ebpf, Vec<String>), DatapathError> {
+    pub fn load_reusing(&self, pins: &InterfacePins) -> Result<(Ebpf, Vec<String>), DatapathError> {
         let shapes = self.shapes()?;
         let mut new_maps = Vec::new();
         for &name in self.maps {

@@ -189,7 +189,9 @@ fn reset_guard(pins: &InterfacePins, vid: u16) -> Result<(), DatapathError> {
 /// Makes the hash map's keys exactly `wanted`: inserts, then removes.
 fn sync_set<K>(
     pins: &InterfacePins,
-    name: &'static str, wanted: &BTreeSet<K>) -> Result<(), DatapathError>
+    name: &'static str,
+    wanted: &BTreeSet<K>,
+) -> Result<(), DatapathError>
 where
     K: aya::Pod + Ord,
 {

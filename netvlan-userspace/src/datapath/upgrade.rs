@@ -9,19 +9,33 @@
 //! A map whose shape (type, key, value, size) changed between builds cannot
 //! be carried over: the upgrade refuses before touching anything, and a
 //! detach + attach (which resets counters) is the way forward.
+//!
+//! The endpoint programs (TC egress and ingress on each endpoint link) are
+//! upgraded the same way, against the endpoint's pinned maps (counters and
+//! the anti-spoofing config carry over): a TCX link (6.6+) is updated with
+//! `BPF_LINK_UPDATE`; a clsact filter (older kernels) is replaced in place
+//! by a netlink filter change with its own priority and handle, which
+//! cls_bpf swaps atomically too. Neither leaves a frame unchecked.
 
 use std::path::{Path, PathBuf};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcHandle},
     xdp::XdpLink,
-    ProgramInfo,
+    ProgramInfo, TcAttachType,
 };
+use netvlan_common::antispoof::{EGRESS_PROGRAM, INGRESS_PROGRAM};
 use serde::Serialize;
 
 use super::{
-    object::{self, WIRE},
-    Attachment, Datapath, DatapathError, InterfacePins,
+    endpoint_hooks::{self, EgressMode},
+    object::{self, ENDPOINT, WIRE},
+    Attachment, Datapath, DatapathError, InterfacePins, NamespacePins,
+};
+use crate::sys::{
+    netlink::{Netlink, NetlinkError, TcBpfFilter},
+    netns::NetnsId,
 };
 
 /// What `upgrade` did on one attachment.
@@ -53,6 +67,235 @@ impl Datapath {
             out.push(upgrade_one(&attachment, &pins, force)?);
         }
         Ok(out)
+    }
+}
+
+/// What `upgrade` did on one endpoint's programs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum EndpointUpgradeOutcome {
+    /// Both programs are this build already (same tag); not forced.
+    Current {
+        ifname: String,
+        pin_dir: PathBuf,
+        egress_prog_id: u32,
+        ingress_prog_id: u32,
+    },
+    Replaced {
+        ifname: String,
+        pin_dir: PathBuf,
+        mode: EgressMode,
+        egress: ProgramSwap,
+        ingress: ProgramSwap,
+        /// Maps this build added, created empty and pinned.
+        new_maps: Vec<String>,
+    },
+}
+
+/// One hook's program before and after an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ProgramSwap {
+    pub old_prog_id: u32,
+    pub new_prog_id: u32,
+}
+
+impl Datapath {
+    /// Replaces the endpoint programs of every endpoint pinned under the
+    /// bpf directory, in every sandbox namespace, with this build. Unless
+    /// `force`, endpoints already running this build are left alone.
+    /// Endpoints whose namespace or link is gone are skipped (stale:
+    /// `netvlan datapath prune` removes their pins).
+    pub async fn upgrade_endpoints(
+        &self,
+        force: bool,
+    ) -> Result<Vec<EndpointUpgradeOutcome>, DatapathError> {
+        let mut out = Vec::new();
+        for (ino, endpoints) in endpoint_hooks::pinned_endpoints(self.bpf_dir())? {
+            let Some(ns) = crate::sys::netns::find_by_inode(ino) else {
+                tracing::warn!("network namespace {ino} is gone; its endpoint pins are stale");
+                continue;
+            };
+            let bpf_dir = self.bpf_dir().to_path_buf();
+            let job = move || async move {
+                let netlink = Netlink::connect()?;
+                let mut done = Vec::new();
+                for (pin_dir, ifindex) in endpoints {
+                    let link = match netlink.link_by_index(ifindex).await {
+                        Ok(link) => link,
+                        Err(NetlinkError::NoSuchIfindex { .. }) => {
+                            tracing::warn!("{}: its link is gone; stale", pin_dir.display());
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    done.push(
+                        upgrade_endpoint(&bpf_dir, &netlink, ifindex, &link.name, force).await?,
+                    );
+                }
+                Ok::<_, DatapathError>(done)
+            };
+            let upgraded = tokio::task::spawn_blocking(move || crate::sys::netns::run_in(&ns, job))
+                .await
+                .expect("the namespace thread is joined")??;
+            out.extend(upgraded);
+        }
+        Ok(out)
+    }
+}
+
+/// One TC hook of an endpoint and its pins.
+struct Hook {
+    name: &'static str,
+    program: &'static str,
+    direction: TcAttachType,
+    program_pin: PathBuf,
+    link_pin: PathBuf,
+}
+
+/// What runs in a hook now: a pinned TCX link or a clsact filter.
+enum Running {
+    Tcx(FdLink),
+    Filter(TcBpfFilter),
+}
+
+/// Replaces the endpoint programs of link `ifindex` (named `ifname`) in
+/// the calling thread's namespace with this build.
+pub async fn upgrade_endpoint(
+    bpf_dir: &Path,
+    netlink: &Netlink,
+    ifindex: u32,
+    ifname: &str,
+    force: bool,
+) -> Result<EndpointUpgradeOutcome, DatapathError> {
+    let netns = NetnsId::current().map_err(DatapathError::Netns)?;
+    let pins = NamespacePins::new(bpf_dir, netns).egress(ifindex);
+    let (mut ebpf, new_maps) = ENDPOINT.load_reusing(&pins)?;
+    // The attachment's own kind: TCX links are pinned, filters are not.
+    let mode = if pins.link().exists() {
+        EgressMode::Tcx
+    } else {
+        EgressMode::Clsact
+    };
+    let hooks = [
+        Hook {
+            name: "egress",
+            program: EGRESS_PROGRAM,
+            direction: TcAttachType::Egress,
+            program_pin: pins.program(),
+            link_pin: pins.link(),
+        },
+        Hook {
+            name: "ingress",
+            program: INGRESS_PROGRAM,
+            direction: TcAttachType::Ingress,
+            program_pin: pins.ingress_program(),
+            link_pin: pins.ingress_link(),
+        },
+    ];
+    let mut plan = Vec::new();
+    for hook in &hooks {
+        let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
+        program.load().map_err(DatapathError::Program)?;
+        let new_info = program.info().map_err(DatapathError::Program)?;
+        let (running, old_prog_id) = match mode {
+            EgressMode::Tcx => {
+                let link = open_link(&hook.link_pin)?;
+                let id = link_program(&link, &hook.link_pin)?;
+                (Running::Tcx(link), id)
+            }
+            EgressMode::Clsact => {
+                let filter = running_filter(netlink, ifindex, ifname, &pins, hook).await?;
+                (Running::Filter(filter), filter.prog_id)
+            }
+        };
+        let current = is_current(old_prog_id, &hook.program_pin, &new_info);
+        plan.push((running, old_prog_id, new_info.id(), current));
+    }
+    if !force && new_maps.is_empty() && plan.iter().all(|(.., current)| *current) {
+        return Ok(EndpointUpgradeOutcome::Current {
+            ifname: ifname.into(),
+            pin_dir: pins.dir().into(),
+            egress_prog_id: plan[0].1,
+            ingress_prog_id: plan[1].1,
+        });
+    }
+
+    let mut swaps = Vec::new();
+    for (hook, (running, old_prog_id, new_prog_id, _)) in hooks.iter().zip(plan) {
+        let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
+        let link = match running {
+            Running::Tcx(link) => {
+                SchedClassifierLink::try_from(link).map_err(|source| DatapathError::Link {
+                    path: hook.link_pin.clone(),
+                    source,
+                })?
+            }
+            Running::Filter(filter) => SchedClassifierLink::attached(
+                ifname,
+                hook.direction,
+                filter.priority,
+                TcHandle::from(filter.handle),
+                None,
+            )
+            .map_err(|e| DatapathError::ReplaceEndpoint {
+                ifname: ifname.into(),
+                hook: hook.name,
+                source: e.into(),
+            })?,
+        };
+        // The swap: BPF_LINK_UPDATE on the TCX link, or a change of the
+        // filter with the same priority and handle; atomic either way.
+        let id = program
+            .attach_to_link(link)
+            .map_err(|source| DatapathError::ReplaceEndpoint {
+                ifname: ifname.into(),
+                hook: hook.name,
+                source,
+            })?;
+        // The TCX link stays pinned and the filter stays with the kernel:
+        // let go of ours without detaching (converting a filter releases
+        // it untouched; a TCX fd just closes).
+        let _ = FdLink::try_from(program.take_link(id).map_err(DatapathError::Program)?);
+        object::replace_pin(hook.program_pin.clone(), |path| program.pin(path))?;
+        swaps.push(ProgramSwap {
+            old_prog_id,
+            new_prog_id,
+        });
+    }
+    Ok(EndpointUpgradeOutcome::Replaced {
+        ifname: ifname.into(),
+        pin_dir: pins.dir().into(),
+        mode,
+        egress: swaps[0],
+        ingress: swaps[1],
+        new_maps,
+    })
+}
+
+/// The clsact filter in `hook` that runs the endpoint's pinned program. A
+/// lone filter is taken for ours even when the pin lags behind it (an
+/// upgrade killed between swap and re-pin): the link is netvlan's alone.
+async fn running_filter(
+    netlink: &Netlink,
+    ifindex: u32,
+    ifname: &str,
+    pins: &InterfacePins,
+    hook: &Hook,
+) -> Result<TcBpfFilter, DatapathError> {
+    let filters = netlink
+        .tc_bpf_filters(ifindex, hook.direction == TcAttachType::Egress)
+        .await?;
+    let pinned = ProgramInfo::from_pin(&hook.program_pin)
+        .map(|p| p.id())
+        .ok();
+    let ours = filters.iter().find(|f| Some(f.prog_id) == pinned);
+    match (ours, filters.as_slice()) {
+        (Some(filter), _) | (None, [filter]) => Ok(*filter),
+        _ => Err(DatapathError::EndpointProgramMissing {
+            ifname: ifname.into(),
+            hook: hook.name,
+            pin_dir: pins.dir().into(),
+        }),
     }
 }
 
