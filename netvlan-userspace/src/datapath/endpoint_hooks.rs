@@ -88,7 +88,7 @@ pub fn attach(
             map.try_into().map_err(|source| DatapathError::OpenMap {
                 name: EGRESS_CONFIG,
                 path: target.map(EGRESS_CONFIG),
-                source,
+                source: Box::new(source),
             })?;
         cfg.set(0, *config, 0)
             .map_err(object::write_err(&target, EGRESS_CONFIG, None))?;
@@ -300,27 +300,38 @@ pub async fn programs(
 }
 
 /// Removes the endpoint pin directories [`stale_pins`] finds (and
-/// namespace directories left empty); returns them with the reason.
-pub async fn prune_stale(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
-    let stale = stale_pins(bpf_dir).await?;
-    for (path, _, _) in &stale {
-        std::fs::remove_dir_all(path).map_err(|source| DatapathError::PinDir {
-            path: path.clone(),
-            source,
-        })?;
+/// namespace directories left empty); returns those removed with the
+/// reason. A directory that cannot be removed goes to `failures` and the
+/// others are still removed.
+pub async fn prune_stale(
+    bpf_dir: &Path,
+    failures: &mut Vec<DatapathError>,
+) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+    let mut removed = Vec::new();
+    for (path, ifindex, reason) in stale_pins(bpf_dir).await? {
+        if let Err(source) = std::fs::remove_dir_all(&path) {
+            failures.push(DatapathError::PinDir { path, source });
+            continue;
+        }
         if let Some(namespace) = path.parent() {
             // ENOTEMPTY while other pins remain.
             let _ = std::fs::remove_dir(namespace);
         }
+        removed.push((path, ifindex, reason));
     }
-    Ok(stale)
+    Ok(removed)
 }
 
-/// The endpoint pin directories (`egress-N`, with N) of every namespace
-/// that has some, by the namespace's inode.
-pub(super) fn pinned_endpoints(
-    bpf_dir: &Path,
-) -> Result<Vec<(u64, Vec<(PathBuf, u32)>)>, DatapathError> {
+/// The endpoint pin directories of one network namespace.
+pub(super) struct NamespaceEndpoints {
+    /// The namespace's inode (its `net-<inode>` directory).
+    pub ino: u64,
+    /// Each `egress-N` directory, with N (the endpoint link's ifindex).
+    pub endpoints: Vec<(PathBuf, u32)>,
+}
+
+/// The endpoint pin directories of every namespace that has some.
+pub(super) fn pinned_endpoints(bpf_dir: &Path) -> Result<Vec<NamespaceEndpoints>, DatapathError> {
     let pin_dir_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DatapathError::PinDir { path, source }
@@ -355,7 +366,7 @@ pub(super) fn pinned_endpoints(
             }
         }
         if !endpoints.is_empty() {
-            out.push((ino, endpoints));
+            out.push(NamespaceEndpoints { ino, endpoints });
         }
     }
     Ok(out)
@@ -366,7 +377,7 @@ pub(super) fn pinned_endpoints(
 /// off the link. With the ifindex and the reason.
 pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
     let mut removed = Vec::new();
-    for (ino, endpoints) in pinned_endpoints(bpf_dir)? {
+    for NamespaceEndpoints { ino, endpoints } in pinned_endpoints(bpf_dir)? {
         let stale: Vec<(PathBuf, u32, String)> = match crate::sys::netns::find_by_inode(ino) {
             None => endpoints
                 .into_iter()

@@ -97,7 +97,7 @@ pub enum DatapathError {
         name: &'static str,
         path: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     /// A link netvlan holds or pinned is not of the kind it needs, or the
     /// kernel would not describe it.
@@ -112,14 +112,14 @@ pub enum DatapathError {
         name: &'static str,
         path: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("cannot delete from the datapath map {path}")]
     MapDelete {
         name: &'static str,
         path: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("cannot upgrade in place: the pinned map {path} has {pinned}, this build wants {built}; `netvlan datapath detach` and `attach` load it afresh (counters start from zero)")]
     IncompatibleMap {
@@ -151,13 +151,16 @@ pub enum DatapathError {
         name: &'static str,
         path: PathBuf,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<MapError>,
     },
     /// The kernel refused an insert with E2BIG: every entry is taken.
     #[error("the datapath map {path} is full: it holds at most {capacity} entries")]
     MapFull { path: PathBuf, capacity: u32 },
     #[error("cannot size per-CPU values to this machine's possible CPUs")]
     PossibleCpus(#[source] std::io::Error),
+    /// A teardown kept going past failed steps; each failure, in order.
+    #[error("{}", failure_list(.failures))]
+    Teardown { failures: Vec<DatapathError> },
     #[error("cannot update bpffs directory {path}")]
     PinDir {
         path: PathBuf,
@@ -493,27 +496,37 @@ impl Datapath {
     }
 
     /// Removes the pins of every stale attachment; returns what was removed.
+    /// Keeps going past a directory it cannot remove and then reports every
+    /// such failure ([`DatapathError::Teardown`]).
     pub async fn prune(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
         self.remove_dead_staging()?;
         let mut removed = Vec::new();
+        let mut failures = Vec::new();
         for status in self.status().await? {
             if let AttachmentStatus::Stale { pin_dir, .. } = &status {
-                std::fs::remove_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
-                    path: pin_dir.clone(),
-                    source,
-                })?;
-                removed.push(status);
+                match std::fs::remove_dir_all(pin_dir) {
+                    Ok(()) => removed.push(status),
+                    Err(source) => failures.push(DatapathError::PinDir {
+                        path: pin_dir.clone(),
+                        source,
+                    }),
+                }
             }
         }
         self.pins.remove_if_empty();
         // Endpoint programs' pins live under their sandboxes' namespaces.
-        for (pin_dir, ifindex, reason) in endpoint_hooks::prune_stale(&self.bpf_dir).await? {
+        for (pin_dir, ifindex, reason) in
+            endpoint_hooks::prune_stale(&self.bpf_dir, &mut failures).await?
+        {
             removed.push(AttachmentStatus::Stale {
                 ifindex,
                 ifname: None,
                 reason,
                 pin_dir,
             });
+        }
+        if !failures.is_empty() {
+            return Err(DatapathError::Teardown { failures });
         }
         Ok(removed)
     }
@@ -582,6 +595,16 @@ fn pinned_program_id(pins: &InterfacePins) -> Option<u32> {
     FdLink::from(link).info().ok().map(|info| info.program_id())
 }
 
+/// A teardown's failures, each with its causes, for the one-line message.
+fn failure_list(failures: &[DatapathError]) -> String {
+    let each: Vec<String> = failures.iter().map(|e| error_chain(e)).collect();
+    format!(
+        "{} teardown steps failed: {}",
+        failures.len(),
+        each.join("; ")
+    )
+}
+
 /// `error: cause: cause` on one line, for warnings.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -611,6 +634,25 @@ mod tests {
 
     fn listed(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// The programs an object declares, by name.
+    fn declared_programs(object: &[u8]) -> BTreeSet<String> {
+        let object = aya_obj::Object::parse(object).expect("the embedded object parses");
+        object.programs.keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_objects_have_the_programs_the_loader_looks_up() {
+        use netvlan_common::{antispoof, maps};
+        assert_eq!(
+            declared_programs(super::object::WIRE.bytes),
+            listed(&[maps::XDP_PROGRAM, maps::BENCH_FLOOR_PROGRAM])
+        );
+        assert_eq!(
+            declared_programs(super::object::ENDPOINT.bytes),
+            listed(&[antispoof::EGRESS_PROGRAM, antispoof::INGRESS_PROGRAM])
+        );
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Embedded {
             let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::OpenMap {
                 name,
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let have = Shape {
                 map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
@@ -195,7 +195,7 @@ where
     let err = |source| DatapathError::OpenMap {
         name,
         path: path.clone(),
-        source,
+        source: Box::new(source),
     };
     let data = MapData::from_pin(&path).map_err(err)?;
     Map::from_map_data(data)
@@ -210,7 +210,7 @@ pub fn read_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError) -
     move |source| DatapathError::MapRead {
         name,
         path: path.clone(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -235,7 +235,7 @@ pub fn write_err(
         _ => DatapathError::MapUpdate {
             name,
             path: path.clone(),
-            source,
+            source: Box::new(source),
         },
     }
 }
@@ -246,6 +246,6 @@ pub fn delete_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError)
     move |source| DatapathError::MapDelete {
         name,
         path: path.clone(),
-        source,
+        source: Box::new(source),
     }
 }

@@ -110,7 +110,9 @@ impl Datapath {
         force: bool,
     ) -> Result<Vec<EndpointUpgradeOutcome>, DatapathError> {
         let mut out = Vec::new();
-        for (ino, endpoints) in endpoint_hooks::pinned_endpoints(self.bpf_dir())? {
+        for endpoint_hooks::NamespaceEndpoints { ino, endpoints } in
+            endpoint_hooks::pinned_endpoints(self.bpf_dir())?
+        {
             let Some(ns) = crate::sys::netns::find_by_inode(ino) else {
                 tracing::warn!("network namespace {ino} is gone; its endpoint pins are stale");
                 continue;
