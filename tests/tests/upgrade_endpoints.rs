@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use netvlan_tests::{
-    frame::{FrameBuilder, Mac, ETH_P_IP},
+    frame::{ipv4_frame, Mac},
     packet::PacketSocket,
     snapshot::tc_programs,
     wait_for, Lan, Netns,
@@ -16,20 +16,10 @@ use serde_json::Value;
 const BROADCAST: Mac = [0xff; 6];
 const FOREIGN_MAC: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x98];
 
-/// A 64-byte IPv4 frame from `src_mac`/`src_ip`; `n` makes it unique.
-fn ipv4_frame(src_mac: Mac, src_ip: [u8; 4], n: u8) -> Vec<u8> {
-    let mut f = FrameBuilder::new(BROADCAST, src_mac)
-        .ethertype(ETH_P_IP)
-        .build(14);
-    let mut ip = [0u8; 28];
-    ip[0] = 0x45;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src_ip);
-    ip[16..20].copy_from_slice(&[10, 63, 0, 255]);
-    ip[27] = n;
-    f.extend_from_slice(&ip);
-    f.resize(64, 0);
-    f
+/// A 64-byte IPv4 broadcast from `src_mac`/`src_ip`; `n` (the last byte
+/// of its destination, past 100) makes it unique.
+fn frame(src_mac: Mac, src_ip: [u8; 4], n: u8) -> Vec<u8> {
+    ipv4_frame(BROADCAST, src_mac, src_ip, [10, 63, 0, 100 + n], 64)
 }
 
 fn endpoint_stats(lab: &Lan, sandbox: &str) -> Value {
@@ -89,10 +79,10 @@ fn an_upgrade_swaps_the_endpoint_programs_and_keeps_counters_and_spoofcheck() {
     let my_ip = [10, 63, 0, 2];
 
     // Before: some traffic, some of it spoofed, all counted.
-    let legit: Vec<Vec<u8>> = (0..4).map(|n| ipv4_frame(me, my_ip, n)).collect();
+    let legit: Vec<Vec<u8>> = (0..4).map(|n| frame(me, my_ip, n)).collect();
     let spoofed = vec![
-        ipv4_frame(FOREIGN_MAC, my_ip, 10),
-        ipv4_frame(me, [10, 63, 0, 77], 11),
+        frame(FOREIGN_MAC, my_ip, 10),
+        frame(me, [10, 63, 0, 77], 11),
     ];
     let seen = send_and_watch(&lab, &c, &legit, &spoofed);
     assert!(spoofed.iter().all(|f| !seen.contains(f)), "spoofed before");
@@ -145,11 +135,11 @@ fn an_upgrade_swaps_the_endpoint_programs_and_keeps_counters_and_spoofcheck() {
     assert_eq!(count(&kept, "spoofed_packets"), 2, "{kept:#}");
 
     // Spoofcheck still holds, and the new program counts on the old maps.
-    let legit: Vec<Vec<u8>> = (20..23).map(|n| ipv4_frame(me, my_ip, n)).collect();
+    let legit: Vec<Vec<u8>> = (20..23).map(|n| frame(me, my_ip, n)).collect();
     let spoofed = vec![
-        ipv4_frame(FOREIGN_MAC, my_ip, 30),
-        ipv4_frame(me, [10, 63, 0, 78], 31),
-        ipv4_frame(FOREIGN_MAC, [10, 63, 0, 79], 32),
+        frame(FOREIGN_MAC, my_ip, 30),
+        frame(me, [10, 63, 0, 78], 31),
+        frame(FOREIGN_MAC, [10, 63, 0, 79], 32),
     ];
     let seen = send_and_watch(&lab, &c, &legit, &spoofed);
     for f in &spoofed {

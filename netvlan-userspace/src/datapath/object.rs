@@ -204,14 +204,35 @@ where
         .map_err(err)
 }
 
+/// The constructor of one of the map-entry failures of [`DatapathError`].
+type EntryFailure = fn(&'static str, PathBuf, Box<MapError>) -> DatapathError;
+
+/// Names a failed operation on an entry of the map `name` pinned in `pins`.
+fn entry_err(
+    pins: &InterfacePins,
+    name: &'static str,
+    failure: EntryFailure,
+) -> impl Fn(MapError) -> DatapathError {
+    let path = pins.map(name);
+    move |source| failure(name, path.clone(), Box::new(source))
+}
+
 /// Names a failed read of an entry of the map `name` pinned in `pins`.
 pub fn read_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    let path = pins.map(name);
-    move |source| DatapathError::MapRead {
+    entry_err(pins, name, |name, path, source| DatapathError::MapRead {
         name,
-        path: path.clone(),
-        source: Box::new(source),
-    }
+        path,
+        source,
+    })
+}
+
+/// Names a failed delete of an entry of the map `name` pinned in `pins`.
+pub fn delete_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    entry_err(pins, name, |name, path, source| DatapathError::MapDelete {
+        name,
+        path,
+        source,
+    })
 }
 
 /// Names a failed write of an entry of the map `name` pinned in `pins`;
@@ -222,6 +243,11 @@ pub fn write_err(
     name: &'static str,
     capacity: Option<u32>,
 ) -> impl Fn(MapError) -> DatapathError {
+    let update = entry_err(pins, name, |name, path, source| DatapathError::MapUpdate {
+        name,
+        path,
+        source,
+    });
     let path = pins.map(name);
     move |source| match (&source, capacity) {
         (MapError::SyscallError(s), Some(capacity))
@@ -232,20 +258,6 @@ pub fn write_err(
                 capacity,
             }
         }
-        _ => DatapathError::MapUpdate {
-            name,
-            path: path.clone(),
-            source: Box::new(source),
-        },
-    }
-}
-
-/// Names a failed delete of an entry of the map `name` pinned in `pins`.
-pub fn delete_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    let path = pins.map(name);
-    move |source| DatapathError::MapDelete {
-        name,
-        path: path.clone(),
-        source: Box::new(source),
+        _ => update(source),
     }
 }
