@@ -591,8 +591,8 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
 /// link's program first and re-pins the program after, so a crash in
 /// between must not make netvlan take its own program for a foreign one.
 fn pinned_program_id(pins: &InterfacePins) -> Option<u32> {
-    let link = aya::programs::links::PinnedLink::from_pin(pins.link()).ok()?;
-    FdLink::from(link).info().ok().map(|info| info.program_id())
+    let link = object::open_link(&pins.link()).ok()?;
+    object::link_program(&link, &pins.link()).ok()
 }
 
 /// A teardown's failures, each with its causes, for the one-line message.

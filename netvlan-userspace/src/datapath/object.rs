@@ -1,7 +1,8 @@
 //! The embedded eBPF objects and their pins, written once for the wire
 //! (XDP) and the endpoint (TC) programs: loading an object with its maps
 //! reused from pins, pinning a new attachment through a staging directory,
-//! re-pointing a program pin after an upgrade, and opening a pinned map.
+//! re-pointing a program pin after an upgrade, and opening a pinned map or
+//! link (with errors that name the map, the pin and the errno).
 
 use std::{
     collections::HashMap,
@@ -11,6 +12,7 @@ use std::{
 use aya::{
     maps::{Map, MapData, MapError, MapInfo},
     pin::PinError,
+    programs::links::{FdLink, PinnedLink},
     Ebpf, EbpfLoader,
 };
 
@@ -260,4 +262,22 @@ pub fn write_err(
         }
         _ => update(source),
     }
+}
+
+/// The pinned link at `path`.
+pub fn open_link(path: &Path) -> Result<FdLink, DatapathError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| DatapathError::OpenPin {
+        path: path.into(),
+        source,
+    })?;
+    Ok(FdLink::from(pinned))
+}
+
+/// The id of the program `link` (pinned at `path`) runs.
+pub fn link_program(link: &FdLink, path: &Path) -> Result<u32, DatapathError> {
+    let info = link.info().map_err(|source| DatapathError::Link {
+        path: path.into(),
+        source,
+    })?;
+    Ok(info.program_id())
 }

@@ -3,9 +3,14 @@
 //! ```text
 //! $NETVLAN_BPF_DIR/                 default /sys/fs/bpf/netvlan
 //!   net-<netns inode>/              one per network namespace
-//!     if-<ifindex>/                 one per attached interface
-//!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS
+//!     if-<ifindex>/                 one per attached interface (wire XDP)
+//!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS  ...
+//!     egress-<ifindex>/             one per endpoint link (TC, in its sandbox)
+//!       prog  link  prog_in  link_in  EGRESS_CONFIG  EGRESS_STATS
 //! ```
+//!
+//! `link`/`link_in` exist for TCX only; a clsact filter is held by the
+//! kernel without a pin.
 //!
 //! bpffs refuses names containing a dot (EPERM), hence the plain names.
 //!

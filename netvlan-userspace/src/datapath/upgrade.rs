@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::programs::{
-    links::{FdLink, PinnedLink},
+    links::FdLink,
     tc::{SchedClassifierLink, TcHandle},
     xdp::XdpLink,
     ProgramInfo, TcAttachType,
@@ -201,8 +201,8 @@ pub async fn upgrade_endpoint(
         let new_info = program.info().map_err(DatapathError::Program)?;
         let (running, old_prog_id) = match mode {
             EgressMode::Tcx => {
-                let link = open_link(&hook.link_pin)?;
-                let id = link_program(&link, &hook.link_pin)?;
+                let link = object::open_link(&hook.link_pin)?;
+                let id = object::link_program(&link, &hook.link_pin)?;
                 (Running::Tcx(link), id)
             }
             EgressMode::Clsact => {
@@ -320,10 +320,10 @@ fn upgrade_one(
     program.load().map_err(DatapathError::Program)?;
     let new_info = program.info().map_err(DatapathError::Program)?;
 
-    let link = open_link(&pins.link())?;
+    let link = object::open_link(&pins.link())?;
     // What the link runs now (the program pin may lag behind it after a
     // crashed upgrade; the link is the truth).
-    let old_prog_id = link_program(&link, &pins.link())?;
+    let old_prog_id = object::link_program(&link, &pins.link())?;
     if !force && is_current(old_prog_id, &pins.program(), &new_info) && new_maps.is_empty() {
         return Ok(UpgradeOutcome::Current {
             ifname: attachment.ifname.clone(),
@@ -354,24 +354,6 @@ fn upgrade_one(
         new_prog_id: new_info.id(),
         new_maps,
     })
-}
-
-/// The pinned link at `path`.
-fn open_link(path: &Path) -> Result<FdLink, DatapathError> {
-    let pinned = PinnedLink::from_pin(path).map_err(|source| DatapathError::OpenPin {
-        path: path.into(),
-        source,
-    })?;
-    Ok(FdLink::from(pinned))
-}
-
-/// The id of the program `link` (pinned at `path`) runs.
-fn link_program(link: &FdLink, path: &Path) -> Result<u32, DatapathError> {
-    let info = link.info().map_err(|source| DatapathError::Link {
-        path: path.into(),
-        source,
-    })?;
-    Ok(info.program_id())
 }
 
 /// Whether the running program `old_prog_id` is this build (`new`, same
