@@ -47,7 +47,7 @@ pub fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
 pub struct DropMaps {
     /// By reason.
     pub drops: &'static PerCpuArray<Counters>,
-    /// By VLAN and reason (`policy::vlan_drop_index`).
+    /// By VLAN and reason (`decision::vlan_drop_index`).
     pub vlan_drops: &'static PerCpuArray<Counters>,
     /// By destination endpoint MAC and reason.
     pub mac_drops: &'static PerCpuHashMap<MacKey, MacDrops>,

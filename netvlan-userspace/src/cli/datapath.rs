@@ -9,7 +9,8 @@ use super::{
     Output,
 };
 use crate::datapath::{
-    upgrade::UpgradeOutcome, AttachMode, AttachOutcome, AttachmentStatus, Datapath,
+    upgrade::{EndpointUpgradeOutcome, UpgradeOutcome},
+    AttachMode, AttachOutcome, AttachmentStatus, Datapath,
 };
 
 #[derive(Subcommand)]
@@ -51,15 +52,17 @@ pub(super) enum DatapathCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// Swap the running XDP program for this binary's build, in place.
+    /// Swap the running programs for this binary's build, in place.
     ///
     /// One atomic BPF_LINK_UPDATE per interface: frames never meet a
     /// missing program, and the pinned maps (counters, policy, learned
-    /// MACs) carry over. Interfaces already running this build are left
-    /// alone unless --force. Run it after installing a new netvlan.
-    /// Example:
-    ///   netvlan datapath upgrade            # every attachment
-    ///   netvlan datapath upgrade eth0 --force
+    /// MACs) carry over. Without IFACE, every endpoint's TC programs are
+    /// swapped too (TCX link update, or clsact filter replace), keeping
+    /// its counters and anti-spoofing. Programs already running this build
+    /// are left alone unless --force. Run it after installing a new
+    /// netvlan. Example:
+    ///   netvlan datapath upgrade            # every attachment and endpoint
+    ///   netvlan datapath upgrade eth0 --force   # that interface only
     #[command(verbatim_doc_comment)]
     Upgrade {
         /// Only this interface (default: every attachment).
@@ -140,9 +143,13 @@ pub(super) async fn run(datapath: &Datapath, cmd: DatapathCommand) -> Result<()>
             output,
         } => {
             let outcomes = datapath.upgrade(iface.as_deref(), force).await?;
+            let endpoints = match iface {
+                Some(_) => Vec::new(),
+                None => datapath.upgrade_endpoints(force).await?,
+            };
             if output.json {
-                print_json(&serde_json::json!({ "upgrades": outcomes }))?;
-            } else if outcomes.is_empty() {
+                print_json(&serde_json::json!({ "upgrades": outcomes, "endpoints": endpoints }))?;
+            } else if outcomes.is_empty() && endpoints.is_empty() {
                 out!("no interface has netvlan's datapath attached; nothing to upgrade");
             }
             for outcome in outcomes.iter().filter(|_| !output.json) {
@@ -164,6 +171,9 @@ pub(super) async fn run(datapath: &Datapath, cmd: DatapathCommand) -> Result<()>
                         }
                     }
                 }
+            }
+            for outcome in endpoints.iter().filter(|_| !output.json) {
+                print_endpoint_upgrade(outcome);
             }
         }
         DatapathCommand::Prune { output } => {
@@ -188,6 +198,41 @@ pub(super) async fn run(datapath: &Datapath, cmd: DatapathCommand) -> Result<()>
         }
     }
     Ok(())
+}
+
+fn print_endpoint_upgrade(outcome: &EndpointUpgradeOutcome) {
+    match outcome {
+        EndpointUpgradeOutcome::Current {
+            ifname,
+            pin_dir,
+            egress_prog_id,
+            ingress_prog_id,
+        } => out!(
+            "endpoint {ifname} ({}): already runs this build (programs {egress_prog_id}, {ingress_prog_id}); nothing to do",
+            pin_dir.display()
+        ),
+        EndpointUpgradeOutcome::Replaced {
+            ifname,
+            pin_dir,
+            mode,
+            egress,
+            ingress,
+            new_maps,
+        } => {
+            out!(
+                "endpoint {ifname} ({}, {}): egress {} -> {}, ingress {} -> {} in place; counters and spoofcheck kept",
+                pin_dir.display(),
+                mode.name(),
+                egress.old_prog_id,
+                egress.new_prog_id,
+                ingress.old_prog_id,
+                ingress.new_prog_id
+            );
+            if !new_maps.is_empty() {
+                out!("  new maps, starting empty: {}", new_maps.join(", "));
+            }
+        }
+    }
 }
 
 fn print_status(statuses: &[AttachmentStatus]) {

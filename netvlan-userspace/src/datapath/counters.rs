@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     decision::{
         vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
@@ -16,7 +16,10 @@ use netvlan_common::{
 };
 use serde::Serialize;
 
-use super::{Attachment, DatapathError, InterfacePins};
+use super::{
+    object::{open_map, read_err},
+    Attachment, DatapathError, InterfacePins,
+};
 use crate::sys::netlink::XdpAttachMode;
 
 /// Packets and bytes received, as printed and serialised.
@@ -142,24 +145,6 @@ pub struct EndpointStats {
     pub egress: super::endpoint_hooks::EgressStats,
 }
 
-fn open_map(pins: &InterfacePins, name: &str) -> Result<Map, DatapathError> {
-    let path = pins.map(name);
-    let open_err = |e: aya::maps::MapError| DatapathError::OpenPin {
-        path: path.clone(),
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(&path).map_err(open_err)?;
-    Map::from_map_data(data).map_err(open_err)
-}
-
-fn map_err(pins: &InterfacePins, name: &str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    let path = pins.map(name);
-    move |e| DatapathError::OpenPin {
-        path: path.clone(),
-        source: Box::new(e),
-    }
-}
-
 fn sum(values: &PerCpuValues<Counters>) -> Counters {
     values.iter().fold(Counters::default(), |mut acc, c| {
         acc.merge(c);
@@ -172,13 +157,11 @@ pub fn read(
     attachment: &Attachment,
     pins: &InterfacePins,
 ) -> Result<InterfaceStats, DatapathError> {
-    let counters: PerCpuArray<MapData, Counters> = open_map(pins, maps::COUNTERS)?
-        .try_into()
-        .map_err(map_err(pins, maps::COUNTERS))?;
+    let counters: PerCpuArray<MapData, Counters> = open_map(pins, maps::COUNTERS)?;
     let slot = |slot: CounterSlot| -> Result<Counters, DatapathError> {
         let values = counters
             .get(&slot.index(), 0)
-            .map_err(map_err(pins, maps::COUNTERS))?;
+            .map_err(read_err(pins, maps::COUNTERS))?;
         Ok(sum(&values))
     };
     let frames = slot(CounterSlot::Frames)?.into();
@@ -188,12 +171,10 @@ pub fn read(
         anomalies.insert(anomaly.name(), slot(CounterSlot::Anomaly(anomaly))?.into());
     }
 
-    let vlan_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_STATS)?
-        .try_into()
-        .map_err(map_err(pins, maps::VLAN_STATS))?;
+    let vlan_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_STATS)?;
     let mut vlans = Vec::new();
     for (vlan, values) in vlan_map.iter().enumerate() {
-        let total = sum(&values.map_err(map_err(pins, maps::VLAN_STATS))?);
+        let total = sum(&values.map_err(read_err(pins, maps::VLAN_STATS))?);
         if total.packets > 0 {
             vlans.push(VlanStats {
                 vlan: vlan as u16,
@@ -202,12 +183,10 @@ pub fn read(
         }
     }
 
-    let mac_map: PerCpuHashMap<MapData, MacKey, Counters> = open_map(pins, maps::MAC_STATS)?
-        .try_into()
-        .map_err(map_err(pins, maps::MAC_STATS))?;
+    let mac_map: PerCpuHashMap<MapData, MacKey, Counters> = open_map(pins, maps::MAC_STATS)?;
     let mut macs = Vec::new();
     for entry in mac_map.iter() {
-        let (key, values) = entry.map_err(map_err(pins, maps::MAC_STATS))?;
+        let (key, values) = entry.map_err(read_err(pins, maps::MAC_STATS))?;
         macs.push((key, sum(&values)));
     }
     macs.sort_by_key(|(key, _)| *key);
@@ -223,23 +202,19 @@ pub fn read(
         })
         .collect();
 
-    let drop_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::DROPS)?
-        .try_into()
-        .map_err(map_err(pins, maps::DROPS))?;
+    let drop_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::DROPS)?;
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {
         let values = drop_map
             .get(&(reason as u32), 0)
-            .map_err(map_err(pins, maps::DROPS))?;
+            .map_err(read_err(pins, maps::DROPS))?;
         drops.insert(reason.name(), sum(&values).into());
     }
     let mut vlan_drops = Vec::new();
     if drops.values().any(|c: &RxCounters| c.rx_packets > 0) {
-        let per_vlan: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_DROPS)?
-            .try_into()
-            .map_err(map_err(pins, maps::VLAN_DROPS))?;
+        let per_vlan: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_DROPS)?;
         for (index, values) in per_vlan.iter().enumerate() {
-            let total = sum(&values.map_err(map_err(pins, maps::VLAN_DROPS))?);
+            let total = sum(&values.map_err(read_err(pins, maps::VLAN_DROPS))?);
             let (vlan, slot) = (
                 index as u32 / DROP_REASON_SLOTS,
                 index as u32 % DROP_REASON_SLOTS,
@@ -276,12 +251,10 @@ pub fn read(
 fn read_mac_drops(
     pins: &InterfacePins,
 ) -> Result<BTreeMap<MacKey, BTreeMap<&'static str, RxCounters>>, DatapathError> {
-    let map: PerCpuHashMap<MapData, MacKey, MacDrops> = open_map(pins, maps::MAC_DROPS)?
-        .try_into()
-        .map_err(map_err(pins, maps::MAC_DROPS))?;
+    let map: PerCpuHashMap<MapData, MacKey, MacDrops> = open_map(pins, maps::MAC_DROPS)?;
     let mut out = BTreeMap::new();
     for entry in map.iter() {
-        let (key, values) = entry.map_err(map_err(pins, maps::MAC_DROPS))?;
+        let (key, values) = entry.map_err(read_err(pins, maps::MAC_DROPS))?;
         let mut by_reason = BTreeMap::new();
         for reason in DropReason::ALL {
             let total = values.iter().fold(Counters::default(), |mut acc, d| {
@@ -303,17 +276,13 @@ fn read_mac_drops(
 /// all zero (a guard switched off keeps nothing, but stats taken between
 /// the two steps must not lie either).
 fn read_guards(pins: &InterfacePins) -> Result<Vec<MacGuardStats>, DatapathError> {
-    let flags: Array<MapData, u32> = open_map(pins, maps::VLAN_POLICY)?
-        .try_into()
-        .map_err(map_err(pins, maps::VLAN_POLICY))?;
-    let states: Array<MapData, MacGuardState> = open_map(pins, maps::MAC_GUARD)?
-        .try_into()
-        .map_err(map_err(pins, maps::MAC_GUARD))?;
+    let flags: Array<MapData, u32> = open_map(pins, maps::VLAN_POLICY)?;
+    let states: Array<MapData, MacGuardState> = open_map(pins, maps::MAC_GUARD)?;
     let now = monotonic_ns();
     let mut out = Vec::new();
     for (vid, (flags, state)) in flags.iter().zip(states.iter()).enumerate() {
-        let flags = flags.map_err(map_err(pins, maps::VLAN_POLICY))?;
-        let state = state.map_err(map_err(pins, maps::MAC_GUARD))?;
+        let flags = flags.map_err(read_err(pins, maps::VLAN_POLICY))?;
+        let state = state.map_err(read_err(pins, maps::MAC_GUARD))?;
         let on = flags & VLAN_MAC_GUARD != 0;
         if !on && state == MacGuardState::default() {
             continue;

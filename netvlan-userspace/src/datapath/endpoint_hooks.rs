@@ -23,17 +23,17 @@ use aya::{
 use netvlan_common::{
     antispoof::{
         EgressConfig, EGRESS_CONFIG, EGRESS_PROGRAM, EGRESS_SENT, EGRESS_SPOOFED, EGRESS_STATS,
-        ENDPOINT_MAPS, ENDPOINT_RECEIVED, INGRESS_PROGRAM,
+        ENDPOINT_RECEIVED, INGRESS_PROGRAM,
     },
     maps::Counters,
 };
 use serde::Serialize;
 
-use super::{pins, DatapathError, InterfacePins, NamespacePins};
+use super::{
+    object::{self, ENDPOINT},
+    pins, DatapathError, InterfacePins, NamespacePins,
+};
 use crate::sys::netns::{run_blocking_in, Netns, NetnsId};
-
-pub(super) static EGRESS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o"));
 
 /// How the egress program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +41,15 @@ pub(super) static EGRESS_OBJECT: &[u8] =
 pub enum EgressMode {
     Tcx,
     Clsact,
+}
+
+impl EgressMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            EgressMode::Tcx => "tcx",
+            EgressMode::Clsact => "clsact",
+        }
+    }
 }
 
 fn tcx_available() -> bool {
@@ -81,7 +90,7 @@ fn attach_here(
         source,
     })?;
 
-    let mut ebpf = Ebpf::load(EGRESS_OBJECT).map_err(DatapathError::Load)?;
+    let mut ebpf = ENDPOINT.load()?;
     {
         let map = ebpf
             .map_mut(EGRESS_CONFIG)
@@ -90,14 +99,13 @@ fn attach_here(
                 name: EGRESS_CONFIG,
             })?;
         let mut cfg: Array<&mut MapData, EgressConfig> =
-            map.try_into().map_err(|e| DatapathError::OpenPin {
+            map.try_into().map_err(|source| DatapathError::OpenMap {
+                name: EGRESS_CONFIG,
                 path: target.map(EGRESS_CONFIG),
-                source: Box::new(e),
+                source: Box::new(source),
             })?;
-        cfg.set(0, *config, 0).map_err(|e| DatapathError::OpenPin {
-            path: target.map(EGRESS_CONFIG),
-            source: Box::new(e),
-        })?;
+        cfg.set(0, *config, 0)
+            .map_err(object::write_err(&target, EGRESS_CONFIG, None))?;
     }
     let mode = if tcx_available() {
         EgressMode::Tcx
@@ -132,49 +140,33 @@ fn attach_here(
         links.push((name, program.take_link(id).map_err(DatapathError::Program)?));
     }
 
-    let staging = namespace.staging(ifindex);
-    let pinned = (|| {
-        std::fs::create_dir_all(staging.dir()).map_err(|source| DatapathError::PinDir {
-            path: staging.dir().into(),
-            source,
-        })?;
-        let pin_err = |path: std::path::PathBuf| move |source| DatapathError::Pin { path, source };
-        for &name in ENDPOINT_MAPS {
-            let map = ebpf
-                .map(name)
-                .ok_or(DatapathError::MissingObject { what: "map", name })?;
-            map.pin(staging.map(name))
-                .map_err(pin_err(staging.map(name)))?;
-        }
-        for (name, link) in links {
-            let (program_pin, link_pin) = if name == EGRESS_PROGRAM {
-                (staging.program(), staging.link())
-            } else {
-                (staging.dir().join("prog_in"), staging.dir().join("link_in"))
-            };
-            classifier(&mut ebpf, name)?
-                .pin(&program_pin)
-                .map_err(pin_err(program_pin.clone()))?;
-            // TCX links need their pin to outlive us; a netlink filter is
-            // held by the kernel already (converting it releases it
-            // untouched).
-            if let Ok(fd_link) = FdLink::try_from(link) {
-                fd_link.pin(&link_pin).map_err(pin_err(link_pin.clone()))?;
+    ENDPOINT.pin_new(
+        &mut ebpf,
+        &namespace.staging(ifindex),
+        &target,
+        |ebpf, to| {
+            for (name, link) in links {
+                let (program_pin, link_pin) = if name == EGRESS_PROGRAM {
+                    (to.program(), to.link())
+                } else {
+                    (to.ingress_program(), to.ingress_link())
+                };
+                let program = classifier(ebpf, name)?;
+                object::pin_at(program_pin, |path| program.pin(path))?;
+                // TCX links need their pin to outlive us; a netlink filter is
+                // held by the kernel already (converting it releases it
+                // untouched).
+                if let Ok(fd_link) = FdLink::try_from(link) {
+                    object::pin_at(link_pin, |path| fd_link.pin(path).map(drop))?;
+                }
             }
-        }
-        std::fs::rename(staging.dir(), target.dir()).map_err(|source| DatapathError::PinDir {
-            path: target.dir().into(),
-            source,
-        })
-    })();
-    if let Err(e) = pinned {
-        let _ = staging.remove();
-        return Err(e);
-    }
+            Ok(())
+        },
+    )?;
     Ok(mode)
 }
 
-fn classifier<'a>(
+pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
@@ -208,18 +200,11 @@ pub fn read_stats(
     if !pins.exists() {
         return Ok(None);
     }
-    let path = pins.map(EGRESS_STATS);
-    let err = |e: aya::maps::MapError| DatapathError::OpenPin {
-        path: path.clone(),
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    let map: PerCpuArray<MapData, Counters> = aya::maps::Map::from_map_data(data)
-        .map_err(err)?
-        .try_into()
-        .map_err(err)?;
+    let map: PerCpuArray<MapData, Counters> = object::open_map(&pins, EGRESS_STATS)?;
     let total = |slot: u32| -> Result<Counters, DatapathError> {
-        let values = map.get(&slot, 0).map_err(err)?;
+        let values = map
+            .get(&slot, 0)
+            .map_err(object::read_err(&pins, EGRESS_STATS))?;
         Ok(values.iter().fold(Counters::default(), |mut acc, c| {
             acc.merge(c);
             acc
@@ -319,7 +304,7 @@ pub async fn programs(
         return Ok(EndpointPrograms::default());
     }
     let egress = pinned_program_id(&pins.program());
-    let ingress = pinned_program_id(&pins.dir().join("prog_in"));
+    let ingress = pinned_program_id(&pins.ingress_program());
     let on = |id: Option<u32>, running: &[u32]| id.is_some_and(|id| running.contains(&id));
     Ok(EndpointPrograms {
         pinned: true,
@@ -335,26 +320,38 @@ pub async fn programs(
 }
 
 /// Removes the endpoint pin directories [`stale_pins`] finds (and
-/// namespace directories left empty); returns them with the reason.
-pub async fn prune_stale(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
-    let stale = stale_pins(bpf_dir).await?;
-    for (path, _, _) in &stale {
-        std::fs::remove_dir_all(path).map_err(|source| DatapathError::PinDir {
-            path: path.clone(),
-            source,
-        })?;
+/// namespace directories left empty); returns those removed with the
+/// reason. A directory that cannot be removed goes to `failures` and the
+/// others are still removed.
+pub async fn prune_stale(
+    bpf_dir: &Path,
+    failures: &mut Vec<DatapathError>,
+) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+    let mut removed = Vec::new();
+    for (path, ifindex, reason) in stale_pins(bpf_dir).await? {
+        if let Err(source) = std::fs::remove_dir_all(&path) {
+            failures.push(DatapathError::PinDir { path, source });
+            continue;
+        }
         if let Some(namespace) = path.parent() {
             // ENOTEMPTY while other pins remain.
             let _ = std::fs::remove_dir(namespace);
         }
+        removed.push((path, ifindex, reason));
     }
-    Ok(stale)
+    Ok(removed)
 }
 
-/// Endpoint pin directories (`egress-N`) of every namespace whose programs
-/// no longer run: the namespace or the link is gone, or the programs are
-/// off the link. With the ifindex and the reason.
-pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+/// The endpoint pin directories of one network namespace.
+pub(super) struct NamespaceEndpoints {
+    /// The namespace's inode (its `net-<inode>` directory).
+    pub ino: u64,
+    /// Each `egress-N` directory, with N (the endpoint link's ifindex).
+    pub endpoints: Vec<(PathBuf, u32)>,
+}
+
+/// The endpoint pin directories of every namespace that has some.
+pub(super) fn pinned_endpoints(bpf_dir: &Path) -> Result<Vec<NamespaceEndpoints>, DatapathError> {
     let pin_dir_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DatapathError::PinDir { path, source }
@@ -364,7 +361,7 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(pin_dir_err(bpf_dir)(e)),
     };
-    let mut removed = Vec::new();
+    let mut out = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
         let Some(ino) = entry
@@ -388,9 +385,19 @@ pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, D
                 endpoints.push((pin.path(), ifindex));
             }
         }
-        if endpoints.is_empty() {
-            continue;
+        if !endpoints.is_empty() {
+            out.push(NamespaceEndpoints { ino, endpoints });
         }
+    }
+    Ok(out)
+}
+
+/// Endpoint pin directories (`egress-N`) of every namespace whose programs
+/// no longer run: the namespace or the link is gone, or the programs are
+/// off the link. With the ifindex and the reason.
+pub async fn stale_pins(bpf_dir: &Path) -> Result<Vec<(PathBuf, u32, String)>, DatapathError> {
+    let mut removed = Vec::new();
+    for NamespaceEndpoints { ino, endpoints } in pinned_endpoints(bpf_dir)? {
         let stale: Vec<(PathBuf, u32, String)> = match crate::sys::netns::find_by_inode(ino) {
             None => endpoints
                 .into_iter()

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod endpoint_hooks;
+pub mod object;
 pub mod pins;
 pub mod policy_maps;
 pub mod upgrade;
@@ -15,7 +16,11 @@ pub mod upgrade;
 use std::path::{Path, PathBuf};
 
 use aya::{
-    programs::{links::FdLink, ProgramError, Xdp, XdpMode},
+    maps::MapError,
+    programs::{
+        links::{FdLink, LinkError},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError,
 };
 use netvlan_common::maps;
@@ -28,14 +33,10 @@ use crate::{
 };
 pub use pins::{BpfFsError, InterfacePins, NamespacePins, DEFAULT_BPF_DIR};
 
-/// The XDP object built from `netvlan-ebpf`, embedded so the binary alone is
-/// enough on a target host.
-static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan.bpf.o"));
-
 /// The embedded eBPF object (the XDP program, its maps, and the
 /// benchmarks' pass-only floor program), for tools that load it themselves.
 pub fn embedded_object() -> &'static [u8] {
-    XDP_OBJECT
+    object::WIRE.bytes
 }
 
 /// Errors of the datapath loader.
@@ -89,7 +90,36 @@ pub enum DatapathError {
     OpenPin {
         path: PathBuf,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: LinkError,
+    },
+    #[error("cannot open pinned {path}")]
+    OpenMap {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
+    },
+    /// A link netvlan holds or pinned is not of the kind it needs, or the
+    /// kernel would not describe it.
+    #[error("cannot use the BPF link {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot read the datapath map {path}")]
+    MapRead {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("cannot delete from the datapath map {path}")]
+    MapDelete {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
     },
     #[error("cannot upgrade in place: the pinned map {path} has {pinned}, this build wants {built}; `netvlan datapath detach` and `attach` load it afresh (counters start from zero)")]
     IncompatibleMap {
@@ -103,17 +133,34 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot swap the {hook} program on endpoint link {ifname}")]
+    ReplaceEndpoint {
+        ifname: String,
+        hook: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the endpoint's {hook} program pinned in {pin_dir} does not run on {ifname}; `netvlan restore` attaches it afresh")]
+    EndpointProgramMissing {
+        ifname: String,
+        hook: &'static str,
+        pin_dir: PathBuf,
+    },
     #[error("cannot update the datapath map {path}")]
     MapUpdate {
+        name: &'static str,
         path: PathBuf,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<MapError>,
     },
     /// The kernel refused an insert with E2BIG: every entry is taken.
     #[error("the datapath map {path} is full: it holds at most {capacity} entries")]
     MapFull { path: PathBuf, capacity: u32 },
     #[error("cannot size per-CPU values to this machine's possible CPUs")]
     PossibleCpus(#[source] std::io::Error),
+    /// A teardown kept going past failed steps; each failure, in order.
+    #[error("{}", failure_list(.failures))]
+    Teardown { failures: Vec<DatapathError> },
     #[error("cannot update bpffs directory {path}")]
     PinDir {
         path: PathBuf,
@@ -250,7 +297,7 @@ impl Datapath {
         }
 
         pins::ensure_bpffs(&self.bpf_dir)?;
-        let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = object::WIRE.load()?;
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DatapathError::Program)?;
 
@@ -290,28 +337,22 @@ impl Datapath {
             },
         };
         let xdp_link = program.take_link(link_id).map_err(DatapathError::Program)?;
-        let fd_link = FdLink::try_from(xdp_link).map_err(|e| DatapathError::OpenPin {
+        let fd_link = FdLink::try_from(xdp_link).map_err(|source| DatapathError::Link {
             path: pins.link(),
-            source: Box::new(e),
+            source,
         })?;
-
-        // Pin into a staging directory, then rename: readers never see a
-        // half-made attachment, and a failure leaves nothing behind (the
-        // link fd is dropped unpinned, which detaches the program).
-        let staging = self.pins.staging(link.ifindex);
-        let pinned = self.pin_all(&mut ebpf, fd_link, &staging);
-        let committed = pinned.and_then(|()| {
-            std::fs::rename(staging.dir(), pins.dir()).map_err(|source| DatapathError::PinDir {
-                path: pins.dir().into(),
-                source,
-            })
-        });
-        if let Err(e) = committed {
-            if let Err(cleanup) = staging.remove() {
-                tracing::error!("cannot remove {}: {cleanup}", staging.dir().display());
-            }
-            return Err(e);
-        }
+        // On failure nothing stays pinned, and the link fd is dropped
+        // unpinned, which detaches the program.
+        object::WIRE.pin_new(
+            &mut ebpf,
+            &self.pins.staging(link.ifindex),
+            &pins,
+            |ebpf, to| {
+                let program = xdp_program(ebpf)?;
+                object::pin_at(to.program(), |path| program.pin(path))?;
+                object::pin_at(to.link(), |path| fd_link.pin(path).map(drop))
+            },
+        )?;
 
         // Only a real parent carries tags from a wire; netvlan's own links
         // (an internal network's placeholder) never see a tagged frame.
@@ -341,29 +382,6 @@ impl Datapath {
             },
             native_refused,
         })
-    }
-
-    fn pin_all(
-        &self,
-        ebpf: &mut Ebpf,
-        link: FdLink,
-        to: &InterfacePins,
-    ) -> Result<(), DatapathError> {
-        std::fs::create_dir_all(to.dir()).map_err(|source| DatapathError::PinDir {
-            path: to.dir().into(),
-            source,
-        })?;
-        let pin_err = |path: PathBuf| move |source| DatapathError::Pin { path, source };
-        for &name in InterfacePins::MAPS {
-            let map = ebpf
-                .map(name)
-                .ok_or(DatapathError::MissingObject { what: "map", name })?;
-            map.pin(to.map(name)).map_err(pin_err(to.map(name)))?;
-        }
-        let program = xdp_program(ebpf)?;
-        program.pin(to.program()).map_err(pin_err(to.program()))?;
-        link.pin(to.link()).map_err(pin_err(to.link()))?;
-        Ok(())
     }
 
     /// Returns our live attachment on `link`, clears stale pins, and refuses
@@ -480,27 +498,37 @@ impl Datapath {
     }
 
     /// Removes the pins of every stale attachment; returns what was removed.
+    /// Keeps going past a directory it cannot remove and then reports every
+    /// such failure ([`DatapathError::Teardown`]).
     pub async fn prune(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
         self.remove_dead_staging()?;
         let mut removed = Vec::new();
+        let mut failures = Vec::new();
         for status in self.status().await? {
             if let AttachmentStatus::Stale { pin_dir, .. } = &status {
-                std::fs::remove_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
-                    path: pin_dir.clone(),
-                    source,
-                })?;
-                removed.push(status);
+                match std::fs::remove_dir_all(pin_dir) {
+                    Ok(()) => removed.push(status),
+                    Err(source) => failures.push(DatapathError::PinDir {
+                        path: pin_dir.clone(),
+                        source,
+                    }),
+                }
             }
         }
         self.pins.remove_if_empty();
         // Endpoint programs' pins live under their sandboxes' namespaces.
-        for (pin_dir, ifindex, reason) in endpoint_hooks::prune_stale(&self.bpf_dir).await? {
+        for (pin_dir, ifindex, reason) in
+            endpoint_hooks::prune_stale(&self.bpf_dir, &mut failures).await?
+        {
             removed.push(AttachmentStatus::Stale {
                 ifindex,
                 ifname: None,
                 reason,
                 pin_dir,
             });
+        }
+        if !failures.is_empty() {
+            return Err(DatapathError::Teardown { failures });
         }
         Ok(removed)
     }
@@ -565,8 +593,18 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
 /// link's program first and re-pins the program after, so a crash in
 /// between must not make netvlan take its own program for a foreign one.
 fn pinned_program_id(pins: &InterfacePins) -> Option<u32> {
-    let link = aya::programs::links::PinnedLink::from_pin(pins.link()).ok()?;
-    FdLink::from(link).info().ok().map(|info| info.program_id())
+    let link = object::open_link(&pins.link()).ok()?;
+    object::link_program(&link, &pins.link()).ok()
+}
+
+/// A teardown's failures, each with its causes, for the one-line message.
+fn failure_list(failures: &[DatapathError]) -> String {
+    let each: Vec<String> = failures.iter().map(|e| error_chain(e)).collect();
+    format!(
+        "{} teardown steps failed: {}",
+        failures.len(),
+        each.join("; ")
+    )
 }
 
 /// `error: cause: cause` on one line, for warnings.
@@ -600,19 +638,36 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
+    /// The programs an object declares, by name.
+    fn declared_programs(object: &[u8]) -> BTreeSet<String> {
+        let object = aya_obj::Object::parse(object).expect("the embedded object parses");
+        object.programs.keys().cloned().collect()
+    }
+
     #[test]
-    fn every_map_of_the_wire_object_is_listed_and_pinned() {
+    fn the_objects_have_the_programs_the_loader_looks_up() {
+        use netvlan_common::{antispoof, maps};
         assert_eq!(
-            declared_maps(super::XDP_OBJECT),
-            listed(netvlan_common::maps::WIRE_MAPS)
+            declared_programs(super::object::WIRE.bytes),
+            listed(&[maps::XDP_PROGRAM, maps::BENCH_FLOOR_PROGRAM])
+        );
+        assert_eq!(
+            declared_programs(super::object::ENDPOINT.bytes),
+            listed(&[antispoof::EGRESS_PROGRAM, antispoof::INGRESS_PROGRAM])
         );
     }
 
     #[test]
+    fn every_map_of_the_wire_object_is_listed_and_pinned() {
+        let wire = &super::object::WIRE;
+        assert_eq!(declared_maps(wire.bytes), listed(wire.maps));
+        assert_eq!(wire.maps, netvlan_common::maps::WIRE_MAPS);
+    }
+
+    #[test]
     fn every_map_of_the_endpoint_object_is_listed_and_pinned() {
-        assert_eq!(
-            declared_maps(super::endpoint_hooks::EGRESS_OBJECT),
-            listed(netvlan_common::antispoof::ENDPOINT_MAPS)
-        );
+        let endpoint = &super::object::ENDPOINT;
+        assert_eq!(declared_maps(endpoint.bytes), listed(endpoint.maps));
+        assert_eq!(endpoint.maps, netvlan_common::antispoof::ENDPOINT_MAPS);
     }
 }

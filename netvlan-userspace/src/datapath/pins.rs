@@ -3,9 +3,14 @@
 //! ```text
 //! $NETVLAN_BPF_DIR/                 default /sys/fs/bpf/netvlan
 //!   net-<netns inode>/              one per network namespace
-//!     if-<ifindex>/                 one per attached interface
-//!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS
+//!     if-<ifindex>/                 one per attached interface (wire XDP)
+//!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS  ...
+//!     egress-<ifindex>/             one per endpoint link (TC, in its sandbox)
+//!       prog  link  prog_in  link_in  EGRESS_CONFIG  EGRESS_STATS
 //! ```
+//!
+//! `link`/`link_in` exist for TCX only; a clsact filter is held by the
+//! kernel without a pin.
 //!
 //! bpffs refuses names containing a dot (EPERM), hence the plain names.
 //!
@@ -16,8 +21,6 @@ use std::{
     io,
     path::{Path, PathBuf},
 };
-
-use netvlan_common::maps;
 
 use crate::sys::netns::NetnsId;
 
@@ -251,12 +254,19 @@ impl InterfacePins {
         self.dir.join("link")
     }
 
+    /// An endpoint's ingress program (its egress one is [`Self::program`]).
+    pub fn ingress_program(&self) -> PathBuf {
+        self.dir.join("prog_in")
+    }
+
+    /// An endpoint's ingress TCX link (its egress one is [`Self::link`]).
+    pub fn ingress_link(&self) -> PathBuf {
+        self.dir.join("link_in")
+    }
+
     pub fn map(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
-
-    /// Names of every map the datapath pins.
-    pub const MAPS: &'static [&'static str] = maps::WIRE_MAPS;
 
     /// Unpins everything (removing a pin drops the kernel's reference; the
     /// object goes away with its last user).

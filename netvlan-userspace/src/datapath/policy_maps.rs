@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     decision::{
         with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_MAC_GUARD,
@@ -22,7 +22,10 @@ use netvlan_common::{
     maps::{self, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, VLAN_SLOTS},
 };
 
-use super::{DatapathError, InterfacePins};
+use super::{
+    object::{self, delete_err, open_map as open, read_err},
+    DatapathError, InterfacePins,
+};
 
 /// Everything the XDP program on one wire enforces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,41 +58,9 @@ pub struct MacGuard {
     pub count_only: bool,
 }
 
-fn open<T>(pins: &InterfacePins, name: &str) -> Result<T, DatapathError>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let path = pins.map(name);
-    let err = |e: aya::maps::MapError| DatapathError::OpenPin {
-        path: path.clone(),
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    Map::from_map_data(data)
-        .map_err(err)?
-        .try_into()
-        .map_err(err)
-}
-
-/// Map errors as [`DatapathError`]s; an insert into a full map (E2BIG)
-/// becomes [`DatapathError::MapFull`], so the command says what is wrong.
-fn map_err(pins: &InterfacePins, name: &str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    let path = pins.map(name);
-    let capacity = capacity_of(name);
-    move |e| match (&e, capacity) {
-        (aya::maps::MapError::SyscallError(s), Some(capacity))
-            if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
-        {
-            DatapathError::MapFull {
-                path: path.clone(),
-                capacity,
-            }
-        }
-        _ => DatapathError::MapUpdate {
-            path: path.clone(),
-            source: e,
-        },
-    }
+/// Errors writing `name`: a full map says so ([`DatapathError::MapFull`]).
+fn write_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    object::write_err(pins, name, capacity_of(name))
 }
 
 /// The fixed size of the hash maps the control plane fills.
@@ -147,7 +118,7 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         }
         let current = vlans
             .get(&u32::from(vid), 0)
-            .map_err(map_err(pins, maps::VLAN_POLICY))?;
+            .map_err(read_err(pins, maps::VLAN_POLICY))?;
         if current == flags {
             continue;
         }
@@ -157,7 +128,7 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         }
         vlans
             .set(u32::from(vid), flags, 0)
-            .map_err(map_err(pins, maps::VLAN_POLICY))?;
+            .map_err(write_err(pins, maps::VLAN_POLICY))?;
         if was && !now {
             reset_guard(pins, vid)?;
         }
@@ -169,7 +140,7 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         0
     };
     wire.set(0, flags, 0)
-        .map_err(map_err(pins, maps::WIRE_POLICY))?;
+        .map_err(write_err(pins, maps::WIRE_POLICY))?;
     Ok(())
 }
 
@@ -182,15 +153,15 @@ fn sync_drop_keys(pins: &InterfacePins, wanted: &BTreeSet<MacKey>) -> Result<(),
     let present: BTreeSet<MacKey> = map
         .keys()
         .collect::<Result<_, _>>()
-        .map_err(map_err(pins, maps::MAC_DROPS))?;
+        .map_err(read_err(pins, maps::MAC_DROPS))?;
     sync_keys(&present, wanted, |key, insert| {
         if insert {
             let zero = PerCpuValues::try_from(vec![MacDrops::default(); cpus])
                 .map_err(DatapathError::PossibleCpus)?;
             map.insert(key, zero, 0)
-                .map_err(map_err(pins, maps::MAC_DROPS))
+                .map_err(write_err(pins, maps::MAC_DROPS))
         } else {
-            map.remove(key).map_err(map_err(pins, maps::MAC_DROPS))
+            map.remove(key).map_err(delete_err(pins, maps::MAC_DROPS))
         }
     })
 }
@@ -203,20 +174,24 @@ fn reset_guard(pins: &InterfacePins, vid: u16) -> Result<(), DatapathError> {
         .keys()
         .filter(|k| k.as_ref().map_or(true, |k| k.vid == vid))
         .collect::<Result<_, _>>()
-        .map_err(map_err(pins, maps::MAC_LEARN))?;
+        .map_err(read_err(pins, maps::MAC_LEARN))?;
     for key in stale {
         learned
             .remove(&key)
-            .map_err(map_err(pins, maps::MAC_LEARN))?;
+            .map_err(delete_err(pins, maps::MAC_LEARN))?;
     }
     let mut state: Array<MapData, MacGuardState> = open(pins, maps::MAC_GUARD)?;
     state
         .set(u32::from(vid), MacGuardState::default(), 0)
-        .map_err(map_err(pins, maps::MAC_GUARD))
+        .map_err(write_err(pins, maps::MAC_GUARD))
 }
 
 /// Makes the hash map's keys exactly `wanted`: inserts, then removes.
-fn sync_set<K>(pins: &InterfacePins, name: &str, wanted: &BTreeSet<K>) -> Result<(), DatapathError>
+fn sync_set<K>(
+    pins: &InterfacePins,
+    name: &'static str,
+    wanted: &BTreeSet<K>,
+) -> Result<(), DatapathError>
 where
     K: aya::Pod + Ord,
 {
@@ -224,12 +199,12 @@ where
     let present: BTreeSet<K> = map
         .keys()
         .collect::<Result<_, _>>()
-        .map_err(map_err(pins, name))?;
+        .map_err(read_err(pins, name))?;
     sync_keys(&present, wanted, |key, insert| {
         if insert {
-            map.insert(key, 0, 0).map_err(map_err(pins, name))
+            map.insert(key, 0, 0).map_err(write_err(pins, name))
         } else {
-            map.remove(key).map_err(map_err(pins, name))
+            map.remove(key).map_err(delete_err(pins, name))
         }
     })
 }
@@ -238,7 +213,7 @@ where
 /// missing or different, then removes the rest.
 fn sync_values<K>(
     pins: &InterfacePins,
-    name: &str,
+    name: &'static str,
     wanted: &BTreeMap<K, u32>,
 ) -> Result<(), DatapathError>
 where
@@ -248,14 +223,14 @@ where
     let present: BTreeMap<K, u32> = map
         .iter()
         .collect::<Result<_, _>>()
-        .map_err(map_err(pins, name))?;
+        .map_err(read_err(pins, name))?;
     for (key, value) in wanted {
         if present.get(key) != Some(value) {
-            map.insert(key, value, 0).map_err(map_err(pins, name))?;
+            map.insert(key, value, 0).map_err(write_err(pins, name))?;
         }
     }
     for key in present.keys().filter(|k| !wanted.contains_key(k)) {
-        map.remove(key).map_err(map_err(pins, name))?;
+        map.remove(key).map_err(delete_err(pins, name))?;
     }
     Ok(())
 }
@@ -286,7 +261,7 @@ pub fn registered(
         .keys()
         .map(|k| k.map(|k| k.addr))
         .collect::<Result<_, _>>()
-        .map_err(map_err(pins, maps::ENDPOINT_MACS))?;
+        .map_err(read_err(pins, maps::ENDPOINT_MACS))?;
     let ips: HashMap<MapData, IpKey, u32> = open(pins, maps::ENDPOINT_IPS)?;
     let ips = ips
         .keys()
@@ -300,6 +275,6 @@ pub fn registered(
             })
         })
         .collect::<Result<_, _>>()
-        .map_err(map_err(pins, maps::ENDPOINT_IPS))?;
+        .map_err(read_err(pins, maps::ENDPOINT_IPS))?;
     Ok((macs, ips))
 }

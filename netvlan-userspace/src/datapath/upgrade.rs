@@ -9,20 +9,34 @@
 //! A map whose shape (type, key, value, size) changed between builds cannot
 //! be carried over: the upgrade refuses before touching anything, and a
 //! detach + attach (which resets counters) is the way forward.
+//!
+//! The endpoint programs (TC egress and ingress on each endpoint link) are
+//! upgraded the same way, against the endpoint's pinned maps (counters and
+//! the anti-spoofing config carry over): a TCX link (6.6+) is updated with
+//! `BPF_LINK_UPDATE`; a clsact filter (older kernels) is replaced in place
+//! by a netlink filter change with its own priority and handle, which
+//! cls_bpf swaps atomically too. Neither leaves a frame unchecked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use aya::{
-    maps::MapInfo,
-    programs::{
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
-    EbpfLoader,
+use aya::programs::{
+    links::FdLink,
+    tc::{SchedClassifierLink, TcHandle},
+    xdp::XdpLink,
+    ProgramInfo, TcAttachType,
 };
+use netvlan_common::antispoof::{EGRESS_PROGRAM, INGRESS_PROGRAM};
 use serde::Serialize;
 
-use super::{Attachment, Datapath, DatapathError, InterfacePins, XDP_OBJECT};
+use super::{
+    endpoint_hooks::{self, EgressMode},
+    object::{self, ENDPOINT, WIRE},
+    Attachment, Datapath, DatapathError, InterfacePins, NamespacePins,
+};
+use crate::sys::{
+    netlink::{Netlink, NetlinkError, TcBpfFilter},
+    netns::{run_blocking_in, Netns},
+};
 
 /// What `upgrade` did on one attachment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -39,43 +53,6 @@ pub enum UpgradeOutcome {
     },
 }
 
-/// One map's shape, as the kernel reports it and as the object declares it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shape {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-}
-
-impl std::fmt::Display for Shape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "type {}, key {} B, value {} B, {} entries",
-            self.map_type, self.key_size, self.value_size, self.max_entries
-        )
-    }
-}
-
-/// The shapes of the embedded object's maps.
-fn object_shapes() -> Result<std::collections::HashMap<String, Shape>, DatapathError> {
-    let object = aya_obj::Object::parse(XDP_OBJECT).map_err(|e| DatapathError::Load(e.into()))?;
-    Ok(object
-        .maps
-        .iter()
-        .map(|(name, m)| {
-            let shape = Shape {
-                map_type: m.map_type(),
-                key_size: m.key_size(),
-                value_size: m.value_size(),
-                max_entries: m.max_entries(),
-            };
-            (name.clone(), shape)
-        })
-        .collect())
-}
-
 impl Datapath {
     /// Replaces the program on `ifname` (every attachment when `None`) with
     /// this build. Unless `force`, an attachment already running this build
@@ -85,12 +62,243 @@ impl Datapath {
         ifname: Option<&str>,
         force: bool,
     ) -> Result<Vec<UpgradeOutcome>, DatapathError> {
-        let shapes = object_shapes()?;
         let mut out = Vec::new();
         for (attachment, pins) in self.attachments(ifname).await? {
-            out.push(upgrade_one(&attachment, &pins, &shapes, force)?);
+            out.push(upgrade_one(&attachment, &pins, force)?);
         }
         Ok(out)
+    }
+}
+
+/// What `upgrade` did on one endpoint's programs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum EndpointUpgradeOutcome {
+    /// Both programs are this build already (same tag); not forced.
+    Current {
+        ifname: String,
+        pin_dir: PathBuf,
+        egress_prog_id: u32,
+        ingress_prog_id: u32,
+    },
+    Replaced {
+        ifname: String,
+        pin_dir: PathBuf,
+        mode: EgressMode,
+        egress: ProgramSwap,
+        ingress: ProgramSwap,
+        /// Maps this build added, created empty and pinned.
+        new_maps: Vec<String>,
+    },
+}
+
+/// One hook's program before and after an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ProgramSwap {
+    pub old_prog_id: u32,
+    pub new_prog_id: u32,
+}
+
+impl Datapath {
+    /// Replaces the endpoint programs of every endpoint pinned under the
+    /// bpf directory, in every sandbox namespace, with this build. Unless
+    /// `force`, endpoints already running this build are left alone.
+    /// Endpoints whose namespace or link is gone are skipped (stale:
+    /// `netvlan datapath prune` removes their pins).
+    pub async fn upgrade_endpoints(
+        &self,
+        force: bool,
+    ) -> Result<Vec<EndpointUpgradeOutcome>, DatapathError> {
+        let mut out = Vec::new();
+        for endpoint_hooks::NamespaceEndpoints { ino, endpoints } in
+            endpoint_hooks::pinned_endpoints(self.bpf_dir())?
+        {
+            let Some(ns) = crate::sys::netns::find_by_inode(ino) else {
+                tracing::warn!("network namespace {ino} is gone; its endpoint pins are stale");
+                continue;
+            };
+            let netns = Netns::open(&ns)?;
+            let netlink = Netlink::connect_in(&netns)?;
+            let mut upgraded = Vec::new();
+            for (pin_dir, ifindex) in endpoints {
+                let link = match netlink.link_by_index(ifindex).await {
+                    Ok(link) => link,
+                    Err(NetlinkError::NoSuchIfindex { .. }) => {
+                        tracing::warn!("{}: its link is gone; stale", pin_dir.display());
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                upgraded.push(
+                    upgrade_endpoint(self.bpf_dir(), &netlink, &netns, ifindex, &link.name, force)
+                        .await?,
+                );
+            }
+            out.extend(upgraded);
+        }
+        Ok(out)
+    }
+}
+
+/// One TC hook of an endpoint and its pins.
+struct Hook {
+    name: &'static str,
+    program: &'static str,
+    direction: TcAttachType,
+    program_pin: PathBuf,
+    link_pin: PathBuf,
+}
+
+/// What runs in a hook now: a pinned TCX link or a clsact filter.
+enum Running {
+    Tcx(FdLink),
+    Filter(TcBpfFilter),
+}
+
+/// Replaces the endpoint programs of link `ifindex` (named `ifname`) in
+/// `netns` with this build; `netlink` is connected to `netns`.
+pub async fn upgrade_endpoint(
+    bpf_dir: &Path,
+    netlink: &Netlink,
+    netns: &Netns,
+    ifindex: u32,
+    ifname: &str,
+    force: bool,
+) -> Result<EndpointUpgradeOutcome, DatapathError> {
+    let pins = NamespacePins::new(bpf_dir, netns.id()).egress(ifindex);
+    let (mut ebpf, new_maps) = ENDPOINT.load_reusing(&pins)?;
+    // The attachment's own kind: TCX links are pinned, filters are not.
+    let mode = if pins.link().exists() {
+        EgressMode::Tcx
+    } else {
+        EgressMode::Clsact
+    };
+    let hooks = [
+        Hook {
+            name: "egress",
+            program: EGRESS_PROGRAM,
+            direction: TcAttachType::Egress,
+            program_pin: pins.program(),
+            link_pin: pins.link(),
+        },
+        Hook {
+            name: "ingress",
+            program: INGRESS_PROGRAM,
+            direction: TcAttachType::Ingress,
+            program_pin: pins.ingress_program(),
+            link_pin: pins.ingress_link(),
+        },
+    ];
+    let mut plan = Vec::new();
+    for hook in &hooks {
+        let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
+        program.load().map_err(DatapathError::Program)?;
+        let new_info = program.info().map_err(DatapathError::Program)?;
+        let (running, old_prog_id) = match mode {
+            EgressMode::Tcx => {
+                let link = object::open_link(&hook.link_pin)?;
+                let id = object::link_program(&link, &hook.link_pin)?;
+                (Running::Tcx(link), id)
+            }
+            EgressMode::Clsact => {
+                let filter = running_filter(netlink, ifindex, ifname, &pins, hook).await?;
+                (Running::Filter(filter), filter.prog_id)
+            }
+        };
+        let current = is_current(old_prog_id, &hook.program_pin, &new_info);
+        plan.push((running, old_prog_id, new_info.id(), current));
+    }
+    if !force && new_maps.is_empty() && plan.iter().all(|(.., current)| *current) {
+        return Ok(EndpointUpgradeOutcome::Current {
+            ifname: ifname.into(),
+            pin_dir: pins.dir().into(),
+            egress_prog_id: plan[0].1,
+            ingress_prog_id: plan[1].1,
+        });
+    }
+
+    // aya resolves the link by name and (for clsact) talks netlink from
+    // the calling thread: the swap runs with a thread in the namespace.
+    let swaps = run_blocking_in(netns, || -> Result<Vec<ProgramSwap>, DatapathError> {
+        let mut swaps = Vec::new();
+        for (hook, (running, old_prog_id, new_prog_id, _)) in hooks.iter().zip(plan) {
+            let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
+            let link = match running {
+                Running::Tcx(link) => {
+                    SchedClassifierLink::try_from(link).map_err(|source| DatapathError::Link {
+                        path: hook.link_pin.clone(),
+                        source,
+                    })?
+                }
+                Running::Filter(filter) => SchedClassifierLink::attached(
+                    ifname,
+                    hook.direction,
+                    filter.priority,
+                    TcHandle::from(filter.handle),
+                    None,
+                )
+                .map_err(|e| DatapathError::ReplaceEndpoint {
+                    ifname: ifname.into(),
+                    hook: hook.name,
+                    source: e.into(),
+                })?,
+            };
+            // The swap: BPF_LINK_UPDATE on the TCX link, or a change of the
+            // filter with the same priority and handle; atomic either way.
+            let id =
+                program
+                    .attach_to_link(link)
+                    .map_err(|source| DatapathError::ReplaceEndpoint {
+                        ifname: ifname.into(),
+                        hook: hook.name,
+                        source,
+                    })?;
+            // The TCX link stays pinned and the filter stays with the kernel:
+            // let go of ours without detaching (converting a filter releases
+            // it untouched; a TCX fd just closes).
+            let _ = FdLink::try_from(program.take_link(id).map_err(DatapathError::Program)?);
+            object::replace_pin(hook.program_pin.clone(), |path| program.pin(path))?;
+            swaps.push(ProgramSwap {
+                old_prog_id,
+                new_prog_id,
+            });
+        }
+        Ok(swaps)
+    })??;
+    Ok(EndpointUpgradeOutcome::Replaced {
+        ifname: ifname.into(),
+        pin_dir: pins.dir().into(),
+        mode,
+        egress: swaps[0],
+        ingress: swaps[1],
+        new_maps,
+    })
+}
+
+/// The clsact filter in `hook` that runs the endpoint's pinned program. A
+/// lone filter is taken for ours even when the pin lags behind it (an
+/// upgrade killed between swap and re-pin): the link is netvlan's alone.
+async fn running_filter(
+    netlink: &Netlink,
+    ifindex: u32,
+    ifname: &str,
+    pins: &InterfacePins,
+    hook: &Hook,
+) -> Result<TcBpfFilter, DatapathError> {
+    let filters = netlink
+        .tc_bpf_filters(ifindex, hook.direction == TcAttachType::Egress)
+        .await?;
+    let pinned = ProgramInfo::from_pin(&hook.program_pin)
+        .map(|p| p.id())
+        .ok();
+    let ours = filters.iter().find(|f| Some(f.prog_id) == pinned);
+    match (ours, filters.as_slice()) {
+        (Some(filter), _) | (None, [filter]) => Ok(*filter),
+        _ => Err(DatapathError::EndpointProgramMissing {
+            ifname: ifname.into(),
+            hook: hook.name,
+            pin_dir: pins.dir().into(),
+        }),
     }
 }
 
@@ -106,74 +314,27 @@ fn failpoint(name: &str) {
 fn upgrade_one(
     attachment: &Attachment,
     pins: &InterfacePins,
-    shapes: &std::collections::HashMap<String, Shape>,
     force: bool,
 ) -> Result<UpgradeOutcome, DatapathError> {
-    // Refuse before loading anything if a pinned map cannot be reused.
-    let mut new_maps = Vec::new();
-    for &name in InterfacePins::MAPS {
-        let want = shapes
-            .get(name)
-            .ok_or(DatapathError::MissingObject { what: "map", name })?;
-        let path = pins.map(name);
-        if !path.exists() {
-            new_maps.push(name.to_string());
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::OpenPin {
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        let have = Shape {
-            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-        };
-        if have != *want {
-            return Err(DatapathError::IncompatibleMap {
-                path,
-                pinned: have.to_string(),
-                built: want.to_string(),
-            });
-        }
-    }
-
-    let mut loader = EbpfLoader::new();
-    for &name in InterfacePins::MAPS {
-        loader.map_pin_path(name, pins.map(name));
-    }
-    let mut ebpf = loader.load(XDP_OBJECT).map_err(DatapathError::Load)?;
+    let (mut ebpf, new_maps) = WIRE.load_reusing(pins)?;
     let program = super::xdp_program(&mut ebpf)?;
     program.load().map_err(DatapathError::Program)?;
     let new_info = program.info().map_err(DatapathError::Program)?;
 
-    let link_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::OpenPin {
-        path: pins.link(),
-        source: e,
-    };
-    let pinned = PinnedLink::from_pin(pins.link()).map_err(|e| link_err(Box::new(e)))?;
-    let link = FdLink::from(pinned);
+    let link = object::open_link(&pins.link())?;
     // What the link runs now (the program pin may lag behind it after a
     // crashed upgrade; the link is the truth).
-    let old_prog_id = link.info().map_err(|e| link_err(Box::new(e)))?.program_id();
-    let old_tag = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == old_prog_id)
-        .map(|p| p.tag());
-    // A program pin that lags behind the link (an upgrade killed between
-    // swap and re-pin) is repaired by swapping again.
-    let pin_lags = aya::programs::ProgramInfo::from_pin(pins.program())
-        .map(|p| p.id())
-        .ok()
-        != Some(old_prog_id);
-    if !force && !pin_lags && old_tag == Some(new_info.tag()) && new_maps.is_empty() {
+    let old_prog_id = object::link_program(&link, &pins.link())?;
+    if !force && is_current(old_prog_id, &pins.program(), &new_info) && new_maps.is_empty() {
         return Ok(UpgradeOutcome::Current {
             ifname: attachment.ifname.clone(),
             prog_id: old_prog_id,
         });
     }
-    let link = XdpLink::try_from(link).map_err(|e| link_err(Box::new(e)))?;
+    let link = XdpLink::try_from(link).map_err(|source| DatapathError::Link {
+        path: pins.link(),
+        source,
+    })?;
     // The swap: one BPF_LINK_UPDATE, atomic for every CPU.
     let id = program
         .attach_to_link(link)
@@ -186,21 +347,25 @@ fn upgrade_one(
     failpoint("upgrade-after-swap");
 
     // Re-point the program pin (for bpftool and friends; netvlan itself
-    // goes by the link): pin under a temporary name, rename over the old.
-    let staged: PathBuf = pins.dir().join("prog_next");
-    let _ = std::fs::remove_file(&staged);
-    program.pin(&staged).map_err(|source| DatapathError::Pin {
-        path: staged.clone(),
-        source,
-    })?;
-    std::fs::rename(&staged, pins.program()).map_err(|source| DatapathError::PinDir {
-        path: pins.program(),
-        source,
-    })?;
+    // goes by the link).
+    object::replace_pin(pins.program(), |path| program.pin(path))?;
     Ok(UpgradeOutcome::Replaced {
         ifname: attachment.ifname.clone(),
         old_prog_id,
         new_prog_id: new_info.id(),
         new_maps,
     })
+}
+
+/// Whether the running program `old_prog_id` is this build (`new`, same
+/// tag) and the program pin at `program_pin` names it. A pin that lags
+/// behind what runs (an upgrade killed between swap and re-pin) is
+/// repaired by swapping again.
+fn is_current(old_prog_id: u32, program_pin: &Path, new: &ProgramInfo) -> bool {
+    let old_tag = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == old_prog_id)
+        .map(|p| p.tag());
+    let pinned = ProgramInfo::from_pin(program_pin).map(|p| p.id()).ok();
+    pinned == Some(old_prog_id) && old_tag == Some(new.tag())
 }

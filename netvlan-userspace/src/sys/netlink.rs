@@ -602,6 +602,17 @@ impl Netlink {
         ifindex: u32,
         egress: bool,
     ) -> Result<Vec<u32>, NetlinkError> {
+        let filters = self.tc_bpf_filters(ifindex, egress).await?;
+        Ok(filters.into_iter().map(|f| f.prog_id).collect())
+    }
+
+    /// The BPF filters in `ifindex`'s clsact egress (or ingress) hook, with
+    /// the priority and handle that name each (what replacing one needs).
+    pub async fn tc_bpf_filters(
+        &self,
+        ifindex: u32,
+        egress: bool,
+    ) -> Result<Vec<TcBpfFilter>, NetlinkError> {
         use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
         let request = self.handle.traffic_filter(ifindex as i32).get();
         let request = if egress {
@@ -627,8 +638,14 @@ impl Netlink {
             for attribute in message.attributes {
                 if let TcAttribute::Options(options) = attribute {
                     for option in options {
-                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
-                            out.push(id);
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(prog_id)) = option {
+                            out.push(TcBpfFilter {
+                                prog_id,
+                                // tcm_info: priority in the upper half.
+                                priority: (message.header.info >> 16) as u16,
+                                handle: u32::from(message.header.handle.major) << 16
+                                    | u32::from(message.header.handle.minor),
+                            });
                         }
                     }
                 }
@@ -734,4 +751,12 @@ fn xdp_state(nlas: &[LinkXdp]) -> Option<XdpState> {
         }
     }
     mode.map(|mode| XdpState { mode, prog_id })
+}
+
+/// One BPF filter of a clsact hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcBpfFilter {
+    pub prog_id: u32,
+    pub priority: u16,
+    pub handle: u32,
 }
