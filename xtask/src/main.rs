@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod lane;
 mod test;
 mod tools;
 mod vm;
@@ -68,7 +69,7 @@ fn main() {
         Cmd::Install { prefix } => build_release().and_then(|binary| install(&binary, &prefix)),
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
-        Cmd::VmTest(args) => test::vm_only(&args),
+        Cmd::VmTest(args) => vm::vm_only(&args),
         Cmd::Bench(args) => bench::bench(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
     };

@@ -43,7 +43,7 @@ impl Machine {
                 .map(|n| n.get())
                 .unwrap_or(1),
             cpu_model,
-            kernel: crate::test::kernel_release(),
+            kernel: crate::lane::kernel_release(),
             commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
             dirty: git(&["status", "--porcelain", "--untracked-files=no"])
                 .is_some_and(|s| !s.is_empty()),
