@@ -97,15 +97,18 @@ pub fn cargo() -> Result<Command> {
     Ok(cmd)
 }
 
+/// `cargo build` arguments of the release `netvlan` binary.
+pub const BUILD_RELEASE: [&str; 6] = [
+    "build",
+    "--release",
+    "--package",
+    "netvlan-userspace",
+    "--bin",
+    "netvlan",
+];
+
 fn build_release() -> Result<PathBuf> {
-    cmd::run(cargo()?.args([
-        "build",
-        "--release",
-        "--package",
-        "netvlan-userspace",
-        "--bin",
-        "netvlan",
-    ]))?;
+    cmd::run(cargo()?.args(BUILD_RELEASE))?;
     Ok(workspace_root().join("target/release/netvlan"))
 }
 

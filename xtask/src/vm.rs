@@ -657,4 +657,3 @@ pub fn vm_only(args: &VmArgs) -> Result<()> {
         None => Ok(()),
     }
 }
-

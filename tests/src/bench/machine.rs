@@ -5,7 +5,7 @@ use std::{process::Command, time::SystemTime};
 
 use serde::Serialize;
 
-use crate::workspace_root;
+use super::workspace_root;
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
@@ -43,7 +43,9 @@ impl Machine {
                 .map(|n| n.get())
                 .unwrap_or(1),
             cpu_model,
-            kernel: crate::lane::kernel_release(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
             commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
             dirty: git(&["status", "--porcelain", "--untracked-files=no"])
                 .is_some_and(|s| !s.is_empty()),
