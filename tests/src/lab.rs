@@ -11,12 +11,53 @@ use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{bail, Context, Result};
 use netvlan::sys::netns::NetnsGuard;
 
-use crate::{frame, require_root, unique_name};
+use crate::frame;
+
+/// Prefix of everything the suite creates (checked for leaks by xtask).
+pub const PREFIX: &str = "nvt";
+
+/// Panics unless running as root: these tests are the privileged lane and
+/// must never pass by doing nothing.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests need root (namespaces, veth, XDP): run `cargo xtask test` as root"
+    );
+}
+
+/// A name no other test (or run) uses: prefix, pid, counter and clock.
+pub fn unique_name(kind: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{kind}-{}-{n}-{:x}",
+        run_prefix(),
+        std::process::id(),
+        nanos & 0xffff
+    )
+}
+
+/// `nvt`, or `nvt<RUN>` when `NETVLAN_TEST_RUN` is set: `cargo xtask test`
+/// gives each run its own, so its leak check never mistakes another run's
+/// objects (a second suite on the same machine) for its own leftovers.
+pub fn run_prefix() -> String {
+    match std::env::var("NETVLAN_TEST_RUN") {
+        Ok(run) if !run.is_empty() => format!("{PREFIX}{run}"),
+        _ => PREFIX.to_string(),
+    }
+}
 
 /// Runs a command; fails with its output unless it succeeds.
 pub fn run(cmd: &mut Command) -> Result<Output> {

@@ -14,11 +14,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
 use super::{
+    ctx::Ctx,
     model::{Basis, Better, Bound, Family, Measurement},
     netvlan::Netvlan,
     sandbox::{netns, try_veth_pair, Netns, NetnsSet, OwnedDir},
     timing::{timed, Timed},
-    Ctx,
 };
 
 const CNI_DIR: &str = "/usr/lib/cni";

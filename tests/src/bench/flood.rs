@@ -30,13 +30,13 @@ use netvlan_common::{
 };
 
 use super::{
+    ctx::Ctx,
     frames::{self, Ip, Tagging, FRAME_LEN},
     livegen::{self, LiveGen},
     model::{Basis, Better, Bound, Family, Measurement, Unavailable},
     netvlan::Netvlan,
     report::num,
     sandbox::{netns, package_version, try_veth_pair, Netns, OwnedDir, Process},
-    Ctx,
 };
 
 /// Destination of the unknown-destination flood: no endpoint's, not `p0`'s.

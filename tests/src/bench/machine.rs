@@ -1,11 +1,13 @@
 //! The machine, kernel and commit a run measured: ratios are only
 //! comparable between runs on the same kind of machine.
 
-use std::{process::Command, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
 
 use serde::Serialize;
-
-use super::workspace_root;
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
@@ -108,4 +110,12 @@ mod tests {
         );
         assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH).0, "1970-01-01");
     }
+}
+
+/// The workspace root: the results, BENCHMARKS.md and charts go there.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace root")
+        .to_path_buf()
 }

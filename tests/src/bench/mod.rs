@@ -13,6 +13,7 @@
 
 mod chart;
 mod control;
+mod ctx;
 mod flood;
 mod frames;
 mod livegen;
@@ -37,6 +38,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
+use ctx::Ctx;
+use machine::workspace_root;
 use model::{Family, Report, Unavailable};
 use sandbox::OwnedDir;
 
@@ -58,28 +61,6 @@ pub struct BenchArgs {
     /// The eBPF object embedded in that binary (from its build).
     #[arg(long, value_name = "FILE")]
     object: PathBuf,
-}
-
-/// What every scenario needs.
-pub struct Ctx {
-    /// Names this run's namespaces and directories (`nvb-<token>-…`).
-    pub token: String,
-    pub quick: bool,
-    /// A private copy of the release `netvlan` binary.
-    pub netvlan: PathBuf,
-    /// A private copy of the eBPF object embedded in that binary.
-    pub object: PathBuf,
-}
-
-impl Ctx {
-    /// The quick or the full run's value of a knob.
-    pub fn pick<T>(&self, quick: T, full: T) -> T {
-        if self.quick {
-            quick
-        } else {
-            full
-        }
-    }
 }
 
 /// A scenario family: its progress steps and its run.
@@ -265,12 +246,4 @@ fn copy_netvlan(args: &BenchArgs, work: &Path) -> Result<(PathBuf, PathBuf)> {
         std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
     }
     Ok((bin_copy, obj_copy))
-}
-
-/// The workspace root: the results, BENCHMARKS.md and charts go there.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace root")
-        .to_path_buf()
 }

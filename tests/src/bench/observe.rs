@@ -21,13 +21,13 @@ use indicatif::ProgressBar;
 use netvlan_common::maps::MAC_STATS;
 
 use super::{
+    ctx::Ctx,
     frames::{self, Ip, Tagging},
     model::{Basis, Better, Family, Measurement},
     netvlan::Netvlan,
     sandbox::OwnedDir,
     sandbox::{netns, try_veth_pair, Netns},
     timing::{peak_rss_kib, timed},
-    Ctx,
 };
 
 const NETVLAN: &str = "netvlan stats --json";

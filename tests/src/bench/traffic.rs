@@ -15,10 +15,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
 use super::{
+    ctx::Ctx,
     model::{Basis, Better, Bound, Family, Measurement},
     netvlan::Netvlan,
     sandbox::{netns, try_veth_pair, wait_for, Netns, Process},
-    Ctx,
 };
 
 const EXT_IP: &str = "172.31.250.2";

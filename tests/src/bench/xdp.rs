@@ -31,11 +31,11 @@ use netvlan_common::{
 };
 
 use super::{
+    ctx::Ctx,
     frames::{self, Ip, Tagging, FRAME_LEN},
     model::{Basis, Better, Bound, Family, Measurement},
     policies::AllPolicies,
     sandbox::{netns, package_version, try_veth_pair, Netns},
-    Ctx,
 };
 
 /// Runs of the program per test-run call (the issue asks for at least 10^6).
