@@ -256,6 +256,33 @@ impl Drop for Netns {
     }
 }
 
+/// A directory removed with everything in it on drop (for a bpffs
+/// directory, removing the pins also detaches what was attached there).
+pub struct OwnedDir {
+    path: PathBuf,
+}
+
+impl OwnedDir {
+    /// Owns `path`, whether or not it exists yet.
+    pub fn at(path: PathBuf) -> Self {
+        OwnedDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("warning: cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
 /// Creates a veth pair with one end in each namespace (never in the host's),
 /// VLAN offloads off so tags stay in the frame bytes, both ends up.
 pub fn try_veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {

@@ -18,7 +18,7 @@ pub mod lab;
 pub mod packet;
 pub mod snapshot;
 
-pub use lab::{require_root, run_prefix, unique_name, veth_pair, Netns, PREFIX};
+pub use lab::{require_root, run_prefix, unique_name, veth_pair, Netns, OwnedDir, PREFIX};
 
 use std::{
     path::{Path, PathBuf},
@@ -46,19 +46,19 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
 /// with everything pinned in it on drop (which also detaches programs a
 /// failed test left attached).
 pub struct BpfDir {
-    path: PathBuf,
+    dir: OwnedDir,
 }
 
 impl BpfDir {
     pub fn new() -> Self {
         require_root();
         BpfDir {
-            path: Path::new("/sys/fs/bpf").join(unique_name("bpf")),
+            dir: OwnedDir::at(Path::new("/sys/fs/bpf").join(unique_name("bpf"))),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 
     /// Files and directories pinned below this directory, relative paths.
@@ -81,7 +81,7 @@ impl BpfDir {
             }
         }
         let mut out = Vec::new();
-        walk(&self.path, &self.path, &mut out);
+        walk(self.path(), self.path(), &mut out);
         out.sort();
         out
     }
@@ -90,16 +90,6 @@ impl BpfDir {
 impl Default for BpfDir {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for BpfDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("warning: cannot remove {}: {e}", self.path.display());
-            }
-        }
     }
 }
 

@@ -55,17 +55,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     try_veth_pair(&cni_host, "lan0", &cni_host, "lan0p")?;
     let sandboxes = NetnsSet::new(&ctx.token, "sb", n)?;
     let netvlan = Netvlan::new(&ctx.netvlan, &nv_host, &ctx.token, "cp")?;
-    netvlan.run(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "172.31.240.0/20",
-        "-o",
-        "parent=lan0",
-        "bench",
-    ])?;
+    netvlan.create_bench_network("172.31.240.0/20", "lan0", &[])?;
     let cni = CniMacvlan::new(ctx, &cni_host)?;
 
     // Single cycles, interleaved: netvlan's connect and disconnect, then

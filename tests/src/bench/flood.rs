@@ -604,20 +604,7 @@ impl Lab {
         let kind = format!("fl-{}", self.policy.short());
         let netvlan = Netvlan::new(&ctx.netvlan, &self.dut, &ctx.token, &kind)?;
         let option = self.policy.netvlan_option();
-        let args = [
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            "172.31.250.0/24",
-            "-o",
-            "parent=p0",
-            "-o",
-            &option,
-            "bench",
-        ];
-        netvlan.run(&args)?;
+        let args = netvlan.create_bench_network("172.31.250.0/24", "p0", &[&option])?;
         let link = self.dut.try_link_json("p0")?;
         // `ip -j` reports mode 1 for a driver (native) attachment.
         if link["xdp"]["prog"]["id"].as_u64().is_none() || link["xdp"]["mode"].as_u64() != Some(1) {
@@ -635,10 +622,7 @@ impl Lab {
             PerCpuArray::try_from(map)
                 .with_context(|| format!("{DROPS} is not a per-CPU array"))?,
         );
-        self.rule = format!(
-            "`netvlan {}` (no endpoints; XDP program on p0, native mode)",
-            args.join(" ")
-        );
+        self.rule = format!("`netvlan {args}` (no endpoints; XDP program on p0, native mode)");
         self.counter = format!(
             "netvlan's {DROPS} map, slot {} (read from its pin; equal to `netvlan stats \
              --json` drops.{}, checked after the run)",

@@ -97,6 +97,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The workspace root: the results, BENCHMARKS.md and charts go there.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace root")
+        .to_path_buf()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,12 +118,4 @@ mod tests {
         );
         assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH).0, "1970-01-01");
     }
-}
-
-/// The workspace root: the results, BENCHMARKS.md and charts go there.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace root")
-        .to_path_buf()
 }

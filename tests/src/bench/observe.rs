@@ -49,17 +49,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let gen = netns(&ctx.token, "ob-gen", false)?;
     try_veth_pair(&gen, "gen0", &host, "lan0")?;
     let netvlan = Netvlan::new(&ctx.netvlan, &host, &ctx.token, "ob")?;
-    netvlan.run(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "172.31.250.0/24",
-        "-o",
-        "parent=lan0",
-        "bench",
-    ])?;
+    netvlan.create_bench_network("172.31.250.0/24", "lan0", &[])?;
     let pin_dir = find_pin_dir(netvlan.bpf_dir())?;
     let mac_table = pin_dir.join(MAC_STATS);
     let rounds = rounds(ctx);

@@ -7,13 +7,13 @@
 //! on drop: on success, on error and on panic alike.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::lab::{describe, run, try_veth_pair, Netns};
+pub use crate::lab::{describe, run, try_veth_pair, Netns, OwnedDir};
 
 /// Prefix of everything a benchmark creates.
 pub const PREFIX: &str = "nvb";
@@ -113,43 +113,21 @@ fn ip_batch(script: &str) -> Result<()> {
     Ok(())
 }
 
-/// A directory removed with its contents on drop: a private bpffs
+/// The bench's directories, named for its leak check: a private bpffs
 /// directory (`NETVLAN_BPF_DIR`; removing the pins detaches what netvlan
 /// attached there) or a temporary directory (state, IPAM, copies).
-pub struct OwnedDir {
-    path: PathBuf,
-}
-
 impl OwnedDir {
     /// `/sys/fs/bpf/nvb-<token>-<kind>` (created by netvlan on first use).
     pub fn bpf(token: &str, kind: &str) -> Self {
-        OwnedDir {
-            path: Path::new("/sys/fs/bpf").join(format!("{PREFIX}-{token}-{kind}")),
-        }
+        OwnedDir::at(Path::new("/sys/fs/bpf").join(format!("{PREFIX}-{token}-{kind}")))
     }
 
     /// `$TMPDIR/nvb-<token>-<kind>`, created now.
     pub fn temp(token: &str, kind: &str) -> Result<Self> {
-        let dir = OwnedDir {
-            path: std::env::temp_dir().join(format!("{PREFIX}-{token}-{kind}")),
-        };
-        std::fs::create_dir_all(&dir.path)
-            .with_context(|| format!("creating {}", dir.path.display()))?;
+        let dir = OwnedDir::at(std::env::temp_dir().join(format!("{PREFIX}-{token}-{kind}")));
+        std::fs::create_dir_all(dir.path())
+            .with_context(|| format!("creating {}", dir.path().display()))?;
         Ok(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for OwnedDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("bench: warning: cannot remove {}: {e}", self.path.display());
-            }
-        }
     }
 }
 

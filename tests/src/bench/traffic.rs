@@ -362,17 +362,7 @@ impl Lab {
     fn wire_netvlan(&mut self, ctx: &Ctx, policies: &[&str]) -> Result<()> {
         let kind = format!("tr-{}", self.variant.short());
         let netvlan = Netvlan::new(&ctx.netvlan, &self.host, &ctx.token, &kind)?;
-        netvlan.run(&[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            "172.31.250.0/24",
-            "-o",
-            "parent=lan0",
-            "bench",
-        ])?;
+        netvlan.create_bench_network("172.31.250.0/24", "lan0", &[])?;
         for (c, ip) in self.containers() {
             netvlan.run(&["connect", "--ip", ip, "bench", c.name()])?;
         }
