@@ -213,59 +213,13 @@ pub fn is_unicast_ip(ip: &[u8; 16]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        cell::RefCell,
-        collections::{HashMap, HashSet},
-    };
+    use std::collections::HashSet;
 
     use super::*;
-    use crate::frame::{classify, Classification};
-
-    #[derive(Default)]
-    struct Model {
-        wire: u32,
-        vlans: HashMap<u16, u32>,
-        registered: HashSet<[u8; 6]>,
-        denied: HashSet<[u8; 6]>,
-        learned: RefCell<HashMap<u16, HashSet<[u8; 6]>>>,
-        over_limit: RefCell<u64>,
-        registered_ips: HashSet<[u8; 16]>,
-        gateway_ips: HashSet<[u8; 16]>,
-    }
-
-    impl PolicyView for Model {
-        fn wire_flags(&self) -> u32 {
-            self.wire
-        }
-        fn vlan_flags(&self, vid: u16) -> u32 {
-            self.vlans.get(&vid).copied().unwrap_or(0)
-        }
-        fn is_registered(&self, mac: &[u8; 6]) -> bool {
-            self.registered.contains(mac)
-        }
-        fn is_denied(&self, src: &[u8; 6]) -> bool {
-            self.denied.contains(src)
-        }
-        fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
-            self.registered_ips.contains(ip)
-        }
-        fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
-            self.gateway_ips.contains(ip)
-        }
-        fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
-            let mut learned = self.learned.borrow_mut();
-            let set = learned.entry(vid).or_default();
-            if set.contains(src) {
-                Learning::Known
-            } else if set.len() as u32 >= limit {
-                *self.over_limit.borrow_mut() += 1;
-                Learning::OverLimit
-            } else {
-                set.insert(*src);
-                Learning::Learned
-            }
-        }
-    }
+    use crate::{
+        frame::{classify, Classification},
+        model::WireModel as Model,
+    };
 
     const ENDPOINT: [u8; 6] = [2, 0x42, 10, 0, 0, 2];
     const STRANGER: [u8; 6] = [2, 0x42, 10, 0, 0, 99];
@@ -380,7 +334,7 @@ mod tests {
         assert_eq!(from(3), Verdict::Drop(DropReason::MacLimit));
         assert_eq!(from(1), Verdict::Pass, "learned MACs keep passing");
         assert_eq!(from(3), Verdict::Drop(DropReason::MacLimit));
-        assert_eq!(*m.over_limit.borrow(), 2);
+        assert_eq!(m.over_limit_packets(), 2);
         assert_eq!(
             decide(&frame(BROADCAST, mac(9), &[]), 64, &m),
             Verdict::Pass,
@@ -454,12 +408,8 @@ mod tests {
         let from = |n: u8| decide(&frame(BROADCAST, mac(n), &[]), 64, &m);
         assert_eq!(from(1), Verdict::Pass);
         assert_eq!(from(2), Verdict::Pass);
-        assert_eq!(*m.over_limit.borrow(), 1);
-        assert_eq!(
-            m.learned.borrow()[&0].len(),
-            1,
-            "over-limit MACs are not learned"
-        );
+        assert_eq!(m.over_limit_packets(), 1);
+        assert_eq!(m.learned_on(0), 1, "over-limit MACs are not learned");
     }
 
     fn ipv4_to(dst_mac: [u8; 6], ip: [u8; 4]) -> Frame {

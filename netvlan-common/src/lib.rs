@@ -9,6 +9,8 @@
 //! - [`maps`]: the `#[repr(C)]` keys and values of the datapath's maps, with
 //!   their names and sizes.
 //! - [`policy`]: the filtering decision over those maps.
+//! - [`model`] (feature `model`, std): a host model of a wire's maps and
+//!   counters, the reference the program is tested and benchmarked against.
 #![cfg_attr(not(test), no_std)]
 
 pub mod antispoof;
@@ -16,5 +18,7 @@ pub mod decision;
 pub mod frame;
 pub mod mac;
 pub mod maps;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 
 pub use mac::Mac;

@@ -12,56 +12,19 @@
 //!   feature means (see [`require_kernel_feature`]).
 //! - `NETVLAN_TEST_NOTES`: a file collecting [`note`]s for the summary.
 
+pub mod bench;
 pub mod frame;
+pub mod lab;
 pub mod packet;
 pub mod snapshot;
+
+pub use lab::{require_root, run_prefix, unique_name, veth_pair, Netns, OwnedDir, PREFIX};
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
-
-/// Prefix of everything the suite creates (checked for leaks by xtask).
-pub const PREFIX: &str = "nvt";
-
-/// Panics unless running as root: these tests are the privileged lane and
-/// must never pass by doing nothing.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "integration tests need root (namespaces, veth, XDP): run `cargo xtask test` as root"
-    );
-}
-
-/// A name no other test (or run) uses: prefix, pid, counter and clock.
-pub fn unique_name(kind: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{kind}-{}-{n}-{:x}",
-        run_prefix(),
-        std::process::id(),
-        nanos & 0xffff
-    )
-}
-
-/// `nvt`, or `nvt<RUN>` when `NETVLAN_TEST_RUN` is set: `cargo xtask test`
-/// gives each run its own, so its leak check never mistakes another run's
-/// objects (a second suite on the same machine) for its own leftovers.
-pub fn run_prefix() -> String {
-    match std::env::var("NETVLAN_TEST_RUN") {
-        Ok(run) if !run.is_empty() => format!("{PREFIX}{run}"),
-        _ => PREFIX.to_string(),
-    }
-}
 
 /// Runs a command and panics with its output unless it succeeds.
 pub fn sh(program: &str, args: &[&str]) -> Output {
@@ -79,197 +42,23 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
     out
 }
 
-/// A network namespace that is deleted on drop.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates a namespace with IPv6 off (no router solicitations or DAD
-    /// probes to disturb exact counters) and loopback up.
-    pub fn new(kind: &str) -> Self {
-        Self::create(kind, false)
-    }
-
-    /// A namespace that keeps IPv6 on (dual-stack scenarios).
-    pub fn with_ipv6(kind: &str) -> Self {
-        Self::create(kind, true)
-    }
-
-    fn create(kind: &str, ipv6: bool) -> Self {
-        require_root();
-        let ns = Netns {
-            name: unique_name(kind),
-        };
-        sh("ip", &["netns", "add", &ns.name]);
-        if !ipv6 {
-            for knob in ["all", "default"] {
-                let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
-                ns.exec("sh", &["-c", &format!("echo 1 > {path}")]);
-            }
-        }
-        ns.exec("ip", &["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Whether `ping` from this namespace reaches `address` (one probe).
-    /// A ping that could not run at all panics: a negative answer must
-    /// mean "no reply", never "no ping binary".
-    pub fn can_ping(&self, address: &str) -> bool {
-        let out = self
-            .command("ping")
-            .args(["-c", "1", "-W", "2", address])
-            .output()
-            .expect("nsenter runs");
-        match out.status.code() {
-            Some(0) => true,
-            Some(1) => false,
-            _ => panic!(
-                "ping {address} in {} could not run ({}): {}",
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    /// A command that runs inside the namespace. `nsenter --net` keeps the
-    /// host's mounts (unlike `ip netns exec`, which hides /sys/fs/bpf).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .arg(program);
-        cmd
-    }
-
-    /// Runs a command inside the namespace and panics unless it succeeds.
-    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name));
-        assert!(
-            out.status.success(),
-            "`{program} {}` in {} failed: {}\n{}",
-            args.join(" "),
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// `ip -j link show DEV` inside the namespace, parsed.
-    pub fn link_json(&self, dev: &str) -> serde_json::Value {
-        let out = self.exec("ip", &["-j", "-d", "link", "show", "dev", dev]);
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
-        v[0].take()
-    }
-
-    /// The MAC address of `dev`.
-    pub fn mac(&self, dev: &str) -> frame::Mac {
-        let json = self.link_json(dev);
-        let text = json["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{dev} has no address: {json:#}"));
-        frame::parse_mac(text)
-    }
-
-    pub fn ifindex(&self, dev: &str) -> u32 {
-        self.link_json(dev)["ifindex"].as_u64().expect("ifindex") as u32
-    }
-
-    /// Names of every link in the namespace, in the kernel's order.
-    pub fn link_names(&self) -> Vec<String> {
-        let out = self.exec("ip", &["-j", "link", "show"]);
-        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        links
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// Names of every link in the namespace, sorted (to compare as a set).
-    pub fn sorted_link_names(&self) -> Vec<String> {
-        let mut names = self.link_names();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: cannot delete netns {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("warning: cannot delete netns {}: {e}", self.name),
-        }
-    }
-}
-
-/// Creates a veth pair with one end in each namespace (never in the host's),
-/// VLAN offloads off so tags stay in the frame bytes, both ends up.
-pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            a_name,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_name,
-            "netns",
-            b.name(),
-        ],
-    );
-    for (ns, dev) in [(a, a_name), (b, b_name)] {
-        ns.exec("ethtool", &["-K", dev, "rxvlan", "off", "txvlan", "off"]);
-        ns.exec("ip", &["link", "set", dev, "up"]);
-    }
-}
-
 /// A private bpffs directory for one test (`NETVLAN_BPF_DIR`), removed
 /// with everything pinned in it on drop (which also detaches programs a
 /// failed test left attached).
 pub struct BpfDir {
-    path: PathBuf,
+    dir: OwnedDir,
 }
 
 impl BpfDir {
     pub fn new() -> Self {
         require_root();
         BpfDir {
-            path: Path::new("/sys/fs/bpf").join(unique_name("bpf")),
+            dir: OwnedDir::at(Path::new("/sys/fs/bpf").join(unique_name("bpf"))),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 
     /// Files and directories pinned below this directory, relative paths.
@@ -292,7 +81,7 @@ impl BpfDir {
             }
         }
         let mut out = Vec::new();
-        walk(&self.path, &self.path, &mut out);
+        walk(self.path(), self.path(), &mut out);
         out.sort();
         out
     }
@@ -301,16 +90,6 @@ impl BpfDir {
 impl Default for BpfDir {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for BpfDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("warning: cannot remove {}: {e}", self.path.display());
-            }
-        }
     }
 }
 

@@ -2,13 +2,12 @@
 //!
 //! A socket belongs to the namespace it was created in, whatever thread
 //! uses it later. So the socket is created on a dedicated thread that
-//! enters the namespace and then ends: no thread of the test runner ever
-//! changes namespace, and nothing has to be restored.
+//! enters the namespace and then ends ([`Netns::in_thread`]): no thread of
+//! the test runner ever changes namespace.
 
 use std::{
     cell::Cell,
     ffi::CString,
-    fs::File,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -43,19 +42,10 @@ impl PacketSocket {
     fn create(ns: &Netns, ifname: &str, receive: bool) -> Self {
         let ns_path = ns.path();
         let ifname = ifname.to_string();
-        std::thread::spawn(move || {
-            let ns_file =
-                File::open(&ns_path).unwrap_or_else(|e| panic!("open {}: {e}", ns_path.display()));
-            // SAFETY: plain syscalls on fds we own; this thread exists only
-            // to live in the target namespace.
-            unsafe {
-                assert_eq!(
-                    libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET),
-                    0,
-                    "setns into {}: {}",
-                    ns_path.display(),
-                    std::io::Error::last_os_error()
-                );
+        ns.in_thread(|| {
+            // SAFETY: plain syscalls on fds we own, on a thread that lives
+            // in the target namespace.
+            let socket = unsafe {
                 let c_name = CString::new(ifname.clone()).expect("interface names have no NUL");
                 let ifindex = libc::if_nametoindex(c_name.as_ptr()) as i32;
                 assert!(
@@ -108,10 +98,10 @@ impl PacketSocket {
                     assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
                 }
                 socket
-            }
+            };
+            Ok(socket)
         })
-        .join()
-        .expect("the namespace thread panicked")
+        .unwrap_or_else(|e| panic!("opening a packet socket in {}: {e:#}", ns_path.display()))
     }
 
     /// Sends the bytes as they are: SOCK_RAW, only the interface matters.

@@ -2,8 +2,6 @@
 //! links, addresses, routes, XDP and TC programs, plus a bpffs pin tree.
 //! A failed command must leave every line as it was.
 
-use std::{fs::File, os::fd::AsRawFd};
-
 use serde_json::Value;
 
 use crate::{BpfDir, Netns};
@@ -13,24 +11,17 @@ use crate::{BpfDir, Netns};
 /// cls_bpf filters alike.
 pub fn tc_programs(ns: &Netns, dev: &str) -> (Vec<u32>, Vec<u32>) {
     use aya::programs::{tc::TcAttachType, SchedClassifier};
-    let path = ns.path();
-    let name = dev.to_string();
-    let tcx = std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        // SAFETY: a plain syscall on an fd we own; this thread only lives
-        // in the target namespace and then ends.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        // Kernels without TCX refuse the query: nothing attached that way.
-        let query = |hook| {
-            SchedClassifier::query_tcx(&name, hook)
-                .map(|(_, programs)| programs.iter().map(|p| p.id()).collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        (query(TcAttachType::Egress), query(TcAttachType::Ingress))
-    })
-    .join()
-    .expect("the namespace thread does not panic");
+    let tcx = ns
+        .in_thread(|| {
+            // Kernels without TCX refuse the query: nothing attached that way.
+            let query = |hook| {
+                SchedClassifier::query_tcx(dev, hook)
+                    .map(|(_, programs)| programs.iter().map(|p| p.id()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            Ok((query(TcAttachType::Egress), query(TcAttachType::Ingress)))
+        })
+        .unwrap_or_else(|e| panic!("querying TCX in {}: {e:#}", ns.name()));
     let filters = |hook: &str| -> Vec<u32> {
         let out = ns
             .command("tc")

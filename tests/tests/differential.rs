@@ -9,10 +9,7 @@
 //! and its per-VLAN state. (The kernel refuses test frames under 14 bytes; the
 //! classifier's unit tests cover those.)
 
-use std::{
-    cell::RefCell,
-    collections::{BTreeMap, HashMap, HashSet},
-};
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -21,15 +18,12 @@ use aya::{
 };
 use netvlan_common::{
     decision::{
-        decide, vlan_drop_index, with_mac_limit, DropReason, Learning, PolicyView, Verdict,
-        IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
-        WIRE_VLAN_FILTER,
+        vlan_drop_index, with_mac_limit, DropReason, Verdict, IP_GATEWAY, IP_NOT_REGISTERED,
+        VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },
-    frame::{
-        classify, Anomaly, Classification, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
-        ETH_P_IPV6, ETH_P_QINQ_LEGACY,
-    },
+    frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_QINQ_LEGACY},
     maps::{self, CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey},
+    model::{WireCounters, WireModel},
 };
 use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, require_root};
 
@@ -55,64 +49,11 @@ const GATEWAY_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 /// Distinct "sprawling" source MACs: more than either guard's limit.
 const SPRAWL: u64 = 200;
 
-/// The policy under test, as a host model and as map contents.
-struct Policy {
-    wire: u32,
-    vlans: HashMap<u16, u32>,
-    registered: HashSet<[u8; 6]>,
-    denied: HashSet<[u8; 6]>,
-    registered_ips: HashSet<[u8; 16]>,
-    gateway_ips: HashSet<[u8; 16]>,
-    /// The guard's learning table and per-VLAN state, as the kernel's
-    /// must be after the same frames.
-    learned: RefCell<HashSet<LearnKey>>,
-    guard: RefCell<BTreeMap<u16, MacGuardState>>,
-}
-
-impl PolicyView for Policy {
-    fn wire_flags(&self) -> u32 {
-        self.wire
-    }
-    fn vlan_flags(&self, vid: u16) -> u32 {
-        self.vlans.get(&vid).copied().unwrap_or(0)
-    }
-    fn is_registered(&self, mac: &[u8; 6]) -> bool {
-        self.registered.contains(mac)
-    }
-    fn is_denied(&self, src: &[u8; 6]) -> bool {
-        self.denied.contains(src)
-    }
-    fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
-        self.registered_ips.contains(ip)
-    }
-    fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
-        self.gateway_ips.contains(ip)
-    }
-    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
-        let key = LearnKey { vid, mac: *src };
-        let mut learned = self.learned.borrow_mut();
-        let mut guard = self.guard.borrow_mut();
-        let state = guard.entry(vid).or_default();
-        if learned.contains(&key) {
-            Learning::Known
-        } else if state.learned >= u64::from(limit) {
-            state.over_limit_packets += 1;
-            state.over_limit_bytes += len;
-            state.last_over_limit_mac = *src;
-            Learning::OverLimit
-        } else {
-            learned.insert(key);
-            state.learned += 1;
-            Learning::Learned
-        }
-    }
-}
-
 /// Untagged: guard of 100 MACs that only counts; VLAN 10: guard of 64 that
 /// drops; VLAN 100: no guard, ipvlan's drop of unicast IP to unknown
 /// addresses.
-fn policy() -> Policy {
-    Policy {
+fn policy() -> WireModel {
+    WireModel {
         wire: WIRE_VLAN_FILTER,
         vlans: HashMap::from([
             (
@@ -133,8 +74,7 @@ fn policy() -> Policy {
             .chain([REGISTERED_V6, v4_mapped(GATEWAY_V4)])
             .collect(),
         gateway_ips: HashSet::from([v4_mapped(GATEWAY_V4), GATEWAY_V6]),
-        learned: RefCell::default(),
-        guard: RefCell::default(),
+        ..WireModel::default()
     }
 }
 
@@ -290,54 +230,12 @@ fn truncations() -> Vec<Vec<u8>> {
     (14..=full.len()).map(|n| full[..n].to_vec()).collect()
 }
 
-#[derive(Default)]
-struct Expected {
-    counters: BTreeMap<u32, Counters>,
-    vlans: BTreeMap<u16, Counters>,
-    macs: HashMap<[u8; 6], Counters>,
-    drops: BTreeMap<u32, Counters>,
-    vlan_drops: BTreeMap<u32, Counters>,
-    /// Drops per registered destination MAC and reason.
-    mac_drops: BTreeMap<([u8; 6], u32), Counters>,
-}
-
-fn bump<K: Ord>(map: &mut BTreeMap<K, Counters>, key: K, len: u64) {
-    map.entry(key).or_default().add_frame(len);
-}
-
-/// The model's verdict for one frame, accounting its counters.
-fn model(frame: &[u8], policy: &Policy, expected: &mut Expected) -> u32 {
-    let len = frame.len() as u64;
-    bump(&mut expected.counters, CounterSlot::Frames.index(), len);
-    match classify(frame) {
-        Classification::Malformed(a) => {
-            bump(&mut expected.counters, CounterSlot::Anomaly(a).index(), len);
-            XDP_PASS
-        }
-        Classification::Classified(f) => {
-            bump(&mut expected.vlans, f.outer_vid, len);
-            expected.macs.entry(f.dst).or_default().add_frame(len);
-            for a in Anomaly::ALL {
-                if f.anomalies.contains(a) {
-                    bump(&mut expected.counters, CounterSlot::Anomaly(a).index(), len);
-                }
-            }
-            match decide(&f, len, policy) {
-                Verdict::Pass => XDP_PASS,
-                Verdict::Drop(reason) => {
-                    bump(&mut expected.drops, reason as u32, len);
-                    bump(
-                        &mut expected.vlan_drops,
-                        vlan_drop_index(f.outer_vid, reason),
-                        len,
-                    );
-                    if reason != DropReason::UnknownDst && policy.registered.contains(&f.dst) {
-                        bump(&mut expected.mac_drops, (f.dst, reason as u32), len);
-                    }
-                    XDP_DROP
-                }
-            }
-        }
+/// The model's verdict for one frame as the XDP action, its counters
+/// accounted.
+fn model(frame: &[u8], policy: &WireModel, expected: &mut WireCounters) -> u32 {
+    match policy.run(frame, expected) {
+        Verdict::Pass => XDP_PASS,
+        Verdict::Drop(_) => XDP_DROP,
     }
 }
 
@@ -419,7 +317,7 @@ fn the_kernel_agrees_with_the_model_on_every_frame_and_counter() {
     program.load().expect("the verifier accepts the program");
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut expected = Expected::default();
+    let mut expected = WireCounters::default();
     let total = frames_to_run();
     let mut frames = truncations();
     let mut run = 0usize;

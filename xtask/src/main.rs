@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod lane;
 mod test;
 mod tools;
 mod vm;
@@ -68,7 +69,7 @@ fn main() {
         Cmd::Install { prefix } => build_release().and_then(|binary| install(&binary, &prefix)),
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::test(&args),
-        Cmd::VmTest(args) => test::vm_only(&args),
+        Cmd::VmTest(args) => vm::vm_only(&args),
         Cmd::Bench(args) => bench::bench(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
     };
@@ -96,15 +97,18 @@ pub fn cargo() -> Result<Command> {
     Ok(cmd)
 }
 
+/// `cargo build` arguments of the release `netvlan` binary.
+pub const BUILD_RELEASE: [&str; 6] = [
+    "build",
+    "--release",
+    "--package",
+    "netvlan-userspace",
+    "--bin",
+    "netvlan",
+];
+
 fn build_release() -> Result<PathBuf> {
-    cmd::run(cargo()?.args([
-        "build",
-        "--release",
-        "--package",
-        "netvlan-userspace",
-        "--bin",
-        "netvlan",
-    ]))?;
+    cmd::run(cargo()?.args(BUILD_RELEASE))?;
     Ok(workspace_root().join("target/release/netvlan"))
 }
 

@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, tools, vm, workspace_root};
+use crate::{
+    cmd,
+    lane::{build_test_netvlan, kernel_release, print_table, Tally},
+    tools, vm, workspace_root,
+};
 
 /// Debian packages the integration tests call.
 pub const TEST_PACKAGES: &[&str] = &[
@@ -39,39 +43,6 @@ pub struct TestArgs {
     kernel: Option<String>,
     /// Only tests whose name contains this (passed to the test binaries).
     filter: Option<String>,
-}
-
-/// Tests passed and failed in one lane.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
-    pub passed: u32,
-    pub failed: u32,
-}
-
-impl Tally {
-    /// Adds the counts of a libtest summary line
-    /// (`test result: ok. 3 passed; 0 failed; ...`).
-    pub fn add_summary_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
-            return;
-        };
-        for part in rest.split(';') {
-            let words: Vec<&str> = part.split_whitespace().collect();
-            if let [.., n, what] = words.as_slice() {
-                match (
-                    *what,
-                    n.trim_start_matches("ok.")
-                        .trim_start_matches("FAILED.")
-                        .trim()
-                        .parse::<u32>(),
-                ) {
-                    ("passed", Ok(n)) => self.passed += n,
-                    ("failed", Ok(n)) => self.failed += n,
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 pub fn test(args: &TestArgs) -> Result<()> {
@@ -237,57 +208,6 @@ fn bench_smoke() -> Result<String> {
     Ok(names.join(", "))
 }
 
-/// `cargo xtask vm-test`: the VM lane alone.
-pub fn vm_only(args: &vm::VmArgs) -> Result<()> {
-    if !tools::is_root() {
-        bail!("the VM lane builds an initramfs and needs root for apt-get; run it as root");
-    }
-    let vm = vm::vm_test(args)?;
-    print_table(&[("vm", vm.kernel.clone(), vm.tally, vm.elapsed)]);
-    match vm.failure {
-        Some(why) => bail!(why),
-        None => Ok(()),
-    }
-}
-
-fn print_table(rows: &[(&str, String, Tally, std::time::Duration)]) {
-    println!();
-    println!(
-        "{:<6} {:<32} {:>7} {:>7} {:>9}",
-        "LANE", "KERNEL", "PASSED", "FAILED", "TIME"
-    );
-    for (lane, kernel, tally, elapsed) in rows {
-        println!(
-            "{:<6} {:<32} {:>7} {:>7} {:>8.0}s",
-            lane,
-            kernel,
-            tally.passed,
-            tally.failed,
-            elapsed.as_secs_f64()
-        );
-    }
-}
-
-/// Builds `netvlan` with the `failpoints` feature (so rollback tests can
-/// inject faults) and copies it aside, where no other build overwrites it.
-pub fn build_test_netvlan() -> Result<std::path::PathBuf> {
-    cmd::run(crate::cargo()?.args([
-        "build",
-        "--package",
-        "netvlan-userspace",
-        "--bin",
-        "netvlan",
-        "--features",
-        "failpoints",
-    ]))?;
-    let dir = workspace_root().join("target/test-bin");
-    std::fs::create_dir_all(&dir)?;
-    let bin = dir.join("netvlan");
-    std::fs::copy(workspace_root().join("target/debug/netvlan"), &bin)
-        .context("copying the test build of netvlan")?;
-    Ok(bin)
-}
-
 fn lint() -> Result<()> {
     println!("xtask: cargo fmt --check and cargo clippy -D warnings");
     cmd::run(crate::cargo()?.args(["fmt", "--all", "--check"]))?;
@@ -352,26 +272,4 @@ fn leftovers() -> Result<Vec<String>> {
         }
     }
     Ok(found)
-}
-
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Tally;
-
-    #[test]
-    fn libtest_summary_lines_are_tallied() {
-        let mut t = Tally::default();
-        t.add_summary_line("test result: ok. 11 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s");
-        t.add_summary_line(
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
-        );
-        t.add_summary_line("running 5 tests");
-        assert_eq!((t.passed, t.failed), (14, 2));
-    }
 }

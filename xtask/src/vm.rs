@@ -25,7 +25,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, test::Tally, tools, workspace_root};
+use crate::{
+    cmd,
+    lane::{build_test_netvlan, print_table, Tally},
+    tools, workspace_root,
+};
 
 /// Debian packages the VM lane needs on the host.
 const VM_PACKAGES: &[&str] = &[
@@ -266,7 +270,7 @@ fn default_kernel_package() -> Result<String> {
 /// Builds the integration test binaries and the netvlan binary; returns
 /// (netvlan, test executables).
 fn build_test_binaries() -> Result<(PathBuf, Vec<PathBuf>)> {
-    let netvlan = crate::test::build_test_netvlan()?;
+    let netvlan = build_test_netvlan()?;
     let out = cmd::output(crate::cargo()?.args([
         "test",
         "--package",
@@ -639,4 +643,17 @@ fn boot(kernel: &Kernel, initrd: &Path, log_path: &Path) -> Result<Result<Tally,
         )));
     }
     Ok(Ok(tally))
+}
+
+/// `cargo xtask vm-test`: the VM lane alone.
+pub fn vm_only(args: &VmArgs) -> Result<()> {
+    if !tools::is_root() {
+        bail!("the VM lane builds an initramfs and needs root for apt-get; run it as root");
+    }
+    let vm = vm_test(args)?;
+    print_table(&[("vm", vm.kernel.clone(), vm.tally, vm.elapsed)]);
+    match vm.failure {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
 }

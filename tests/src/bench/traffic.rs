@@ -15,10 +15,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
 use super::{
+    ctx::Ctx,
     model::{Basis, Better, Bound, Family, Measurement},
     netvlan::Netvlan,
-    sandbox::{veth_pair, wait_for, Netns, Process},
-    Ctx,
+    sandbox::{netns, try_veth_pair, wait_for, Netns, Process},
 };
 
 const EXT_IP: &str = "172.31.250.2";
@@ -318,12 +318,12 @@ struct Lab {
 impl Lab {
     fn build(ctx: &Ctx, variant: Variant) -> Result<Self> {
         let kind = |role: &str| format!("{}-{role}", variant.short());
-        let ext = Netns::without_ipv6(&ctx.token, &kind("ext"))?;
-        let host = Netns::without_ipv6(&ctx.token, &kind("host"))?;
-        let c1 = Netns::without_ipv6(&ctx.token, &kind("c1"))?;
-        let c2 = Netns::without_ipv6(&ctx.token, &kind("c2"))?;
-        veth_pair(&ext, "eth0", &host, "lan0")?;
-        ext.exec(
+        let ext = netns(&ctx.token, &kind("ext"), false)?;
+        let host = netns(&ctx.token, &kind("host"), false)?;
+        let c1 = netns(&ctx.token, &kind("c1"), false)?;
+        let c2 = netns(&ctx.token, &kind("c2"), false)?;
+        try_veth_pair(&ext, "eth0", &host, "lan0")?;
+        ext.run(
             "ip",
             &["addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"],
         )?;
@@ -349,7 +349,7 @@ impl Lab {
         }
         // As on a physical NIC: GRO on the receiving end (on a veth this
         // also gives it a NAPI poll, as attaching XDP does).
-        lab.host.exec("ethtool", &["-K", "lan0", "gro", "on"])?;
+        lab.host.run("ethtool", &["-K", "lan0", "gro", "on"])?;
         lab.check_reachable()?;
         lab.start_servers()?;
         Ok(lab)
@@ -362,17 +362,7 @@ impl Lab {
     fn wire_netvlan(&mut self, ctx: &Ctx, policies: &[&str]) -> Result<()> {
         let kind = format!("tr-{}", self.variant.short());
         let netvlan = Netvlan::new(&ctx.netvlan, &self.host, &ctx.token, &kind)?;
-        netvlan.run(&[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            "172.31.250.0/24",
-            "-o",
-            "parent=lan0",
-            "bench",
-        ])?;
+        netvlan.create_bench_network("172.31.250.0/24", "lan0", &[])?;
         for (c, ip) in self.containers() {
             netvlan.run(&["connect", "--ip", ip, "bench", c.name()])?;
         }
@@ -381,7 +371,7 @@ impl Lab {
             args.extend_from_slice(policies);
             netvlan.run(&args)?;
         }
-        let link = self.host.link_json("lan0")?;
+        let link = self.host.try_link_json("lan0")?;
         // `ip -j` reports mode 1 for a driver (native) attachment.
         if link["xdp"]["prog"]["id"].as_u64().is_none() || link["xdp"]["mode"].as_u64() != Some(1) {
             bail!(
@@ -396,14 +386,14 @@ impl Lab {
     fn wire_macvlan(&self) -> Result<()> {
         for (i, (c, ip)) in self.containers().into_iter().enumerate() {
             let dev = format!("mvc{i}");
-            self.host.exec(
+            self.host.run(
                 "ip",
                 &[
                     "link", "add", &dev, "link", "lan0", "type", "macvlan", "mode", "bridge",
                 ],
             )?;
             self.host
-                .exec("ip", &["link", "set", &dev, "netns", c.name()])?;
+                .run("ip", &["link", "set", &dev, "netns", c.name()])?;
             configure_container(c, &dev, ip)?;
         }
         Ok(())
@@ -411,14 +401,14 @@ impl Lab {
 
     fn wire_bridge(&self) -> Result<()> {
         self.host
-            .exec("ip", &["link", "add", "br0", "type", "bridge"])?;
-        self.host.exec("ip", &["link", "set", "br0", "up"])?;
+            .run("ip", &["link", "add", "br0", "type", "bridge"])?;
+        self.host.run("ip", &["link", "set", "br0", "up"])?;
         self.host
-            .exec("ip", &["link", "set", "lan0", "master", "br0"])?;
+            .run("ip", &["link", "set", "lan0", "master", "br0"])?;
         for (i, (c, ip)) in self.containers().into_iter().enumerate() {
             let port = format!("vc{i}");
             let dev = format!("vce{i}");
-            self.host.exec(
+            self.host.run(
                 "ip",
                 &[
                     "link",
@@ -434,7 +424,7 @@ impl Lab {
                 ],
             )?;
             self.host
-                .exec("ip", &["link", "set", &port, "master", "br0", "up"])?;
+                .run("ip", &["link", "set", &port, "master", "br0", "up"])?;
             configure_container(c, &dev, ip)?;
         }
         Ok(())
@@ -503,11 +493,11 @@ impl Lab {
         // (where the kernel had not turned it off already).
         let restore_tso = matches!(path, Path::FromExternalWire) && self.external_tso()? == "on";
         if restore_tso {
-            self.ext.exec("ethtool", &["-K", "eth0", "tso", "off"])?;
+            self.ext.run("ethtool", &["-K", "eth0", "tso", "off"])?;
         }
         let out = super::sandbox::run(&mut cmd);
         if restore_tso {
-            self.ext.exec("ethtool", &["-K", "eth0", "tso", "on"])?;
+            self.ext.run("ethtool", &["-K", "eth0", "tso", "on"])?;
         }
         let out = out?;
         let report: serde_json::Value =
@@ -556,7 +546,7 @@ impl Lab {
 
     /// `on` or `off`: TCP segmentation offload on the external host's end.
     fn external_tso(&self) -> Result<String> {
-        let out = self.ext.exec("ethtool", &["-k", "eth0"])?;
+        let out = self.ext.run("ethtool", &["-k", "eth0"])?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.trim().strip_prefix("tcp-segmentation-offload:"))
@@ -612,8 +602,8 @@ fn attach_pass_only(ctx: &Ctx, ns: &Netns, dev: &str) -> Result<aya::Ebpf> {
 
 /// Names a container's link eth0, gives it its address, brings it up.
 fn configure_container(c: &Netns, dev: &str, ip: &str) -> Result<()> {
-    c.exec("ip", &["link", "set", dev, "name", "eth0"])?;
-    c.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-    c.exec("ip", &["link", "set", "eth0", "up"])?;
+    c.run("ip", &["link", "set", dev, "name", "eth0"])?;
+    c.run("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    c.run("ip", &["link", "set", "eth0", "up"])?;
     Ok(())
 }

@@ -54,6 +54,25 @@ impl Netvlan {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `netvlan network create -d macvlan --subnet SUBNET -o parent=PARENT
+    /// [-o OPTION…] bench`: the one network every scenario measures.
+    /// Returns the arguments as one line, for the report's method text.
+    pub fn create_bench_network(
+        &self,
+        subnet: &str,
+        parent: &str,
+        options: &[&str],
+    ) -> Result<String> {
+        let parent = format!("parent={parent}");
+        let mut args = vec!["network", "create", "-d", "macvlan", "--subnet", subnet];
+        for option in std::iter::once(parent.as_str()).chain(options.iter().copied()) {
+            args.extend(["-o", option]);
+        }
+        args.push("bench");
+        self.run(&args)?;
+        Ok(args.join(" "))
+    }
+
     /// Runs `netvlan ARGS` and times it.
     pub fn timed(&self, args: &[&str]) -> Result<Timed> {
         timed(&mut self.command(args), None).with_context(|| format!("netvlan {}", args.join(" ")))

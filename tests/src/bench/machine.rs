@@ -1,11 +1,13 @@
 //! The machine, kernel and commit a run measured: ratios are only
 //! comparable between runs on the same kind of machine.
 
-use std::{process::Command, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
 
 use serde::Serialize;
-
-use crate::workspace_root;
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
@@ -43,7 +45,9 @@ impl Machine {
                 .map(|n| n.get())
                 .unwrap_or(1),
             cpu_model,
-            kernel: crate::test::kernel_release(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
             commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
             dirty: git(&["status", "--porcelain", "--untracked-files=no"])
                 .is_some_and(|s| !s.is_empty()),
@@ -91,6 +95,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// The workspace root: the results, BENCHMARKS.md and charts go there.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace root")
+        .to_path_buf()
 }
 
 #[cfg(test)]

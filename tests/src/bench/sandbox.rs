@@ -7,12 +7,13 @@
 //! on drop: on success, on error and on panic alike.
 
 use std::{
-    ffi::OsStr,
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    path::Path,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
+
+pub use crate::lab::{describe, run, try_veth_pair, Netns, OwnedDir};
 
 /// Prefix of everything a benchmark creates.
 pub const PREFIX: &str = "nvb";
@@ -33,146 +34,10 @@ pub fn run_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Runs a command; fails with its stderr unless it succeeds.
-pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", describe(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}{}",
-            describe(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(out)
-}
-
-/// `program args…` on the host (only for `ip netns`, `ip -n` and similar
-/// commands that act on the benchmark's own namespaces).
-pub fn sh(program: &str, args: &[&str]) -> Result<Output> {
-    run(Command::new(program).args(args))
-}
-
-/// The command line, for error messages.
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A network namespace of the benchmark, deleted on drop.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates `nvb-<token>-<kind>` with loopback up.
-    pub fn new(token: &str, kind: &str) -> Result<Self> {
-        let ns = Netns {
-            name: format!("{PREFIX}-{token}-{kind}"),
-        };
-        sh("ip", &["netns", "add", &ns.name])?;
-        ns.exec("ip", &["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// As [`Netns::new`], with IPv6 off: no router solicitations or DAD
-    /// probes, so only the benchmark's own frames cross its links.
-    pub fn without_ipv6(token: &str, kind: &str) -> Result<Self> {
-        let ns = Self::new(token, kind)?;
-        for knob in ["all", "default"] {
-            ns.exec(
-                "sh",
-                &[
-                    "-c",
-                    &format!("echo 1 > /proc/sys/net/ipv6/conf/{knob}/disable_ipv6"),
-                ],
-            )?;
-        }
-        Ok(ns)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    /// A command inside the namespace. `nsenter --net` keeps the host's
-    /// mounts (`ip netns exec` would hide /sys/fs/bpf) and execs the
-    /// program, so the child's pid is the program's own.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .arg(program);
-        cmd
-    }
-
-    /// Runs `job` on a thread of its own that entered the namespace
-    /// (`setns` changes only the calling thread), and hands back its result.
-    /// What the job opens (sockets, bpf objects) stays bound to the
-    /// namespace after the thread is gone.
-    pub fn in_thread<T: Send>(&self, job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let ns_file = std::fs::File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<T> {
-                // SAFETY: a valid netns fd; setns only changes this thread.
-                if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error()).context("setns");
-                }
-                job()
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread inside {} panicked", self.name))?
-        })
-    }
-
-    /// Runs a command inside the namespace; fails unless it succeeds.
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        run(self.command(program).args(args)).with_context(|| format!("in namespace {}", self.name))
-    }
-
-    /// `ip -j -d link show DEV` inside the namespace, parsed.
-    pub fn link_json(&self, dev: &str) -> Result<serde_json::Value> {
-        let out = self.exec("ip", &["-j", "-d", "link", "show", "dev", dev])?;
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("`ip -j link` printed no JSON")?;
-        Ok(v[0].take())
-    }
-
-    /// The id of the XDP program attached to DEV, if any.
-    pub fn xdp_prog_id(&self, dev: &str) -> Result<Option<u32>> {
-        let link = self.link_json(dev)?;
-        Ok(link["xdp"]["prog"]["id"].as_u64().map(|id| id as u32))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "bench: warning: cannot delete netns {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => eprintln!("bench: warning: cannot delete netns {}: {e}", self.name),
-        }
-    }
+/// The bench's namespace `nvb-<token>-<kind>` (the prefix its leak check
+/// looks for), IPv6 on or off.
+pub fn netns(token: &str, kind: &str, ipv6: bool) -> Result<Netns> {
+    Netns::named(format!("{PREFIX}-{token}-{kind}"), ipv6)
 }
 
 /// Many bare namespaces (the sandboxes of the control-plane benchmark),
@@ -248,68 +113,21 @@ fn ip_batch(script: &str) -> Result<()> {
     Ok(())
 }
 
-/// A veth pair with one end in each namespace (never in the host's), both
-/// ends up.
-pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            a_name,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_name,
-            "netns",
-            b.name(),
-        ],
-    )?;
-    a.exec("ip", &["link", "set", a_name, "up"])?;
-    b.exec("ip", &["link", "set", b_name, "up"])?;
-    Ok(())
-}
-
-/// A directory removed with its contents on drop: a private bpffs
+/// The bench's directories, named for its leak check: a private bpffs
 /// directory (`NETVLAN_BPF_DIR`; removing the pins detaches what netvlan
 /// attached there) or a temporary directory (state, IPAM, copies).
-pub struct OwnedDir {
-    path: PathBuf,
-}
-
 impl OwnedDir {
     /// `/sys/fs/bpf/nvb-<token>-<kind>` (created by netvlan on first use).
     pub fn bpf(token: &str, kind: &str) -> Self {
-        OwnedDir {
-            path: Path::new("/sys/fs/bpf").join(format!("{PREFIX}-{token}-{kind}")),
-        }
+        OwnedDir::at(Path::new("/sys/fs/bpf").join(format!("{PREFIX}-{token}-{kind}")))
     }
 
     /// `$TMPDIR/nvb-<token>-<kind>`, created now.
     pub fn temp(token: &str, kind: &str) -> Result<Self> {
-        let dir = OwnedDir {
-            path: std::env::temp_dir().join(format!("{PREFIX}-{token}-{kind}")),
-        };
-        std::fs::create_dir_all(&dir.path)
-            .with_context(|| format!("creating {}", dir.path.display()))?;
+        let dir = OwnedDir::at(std::env::temp_dir().join(format!("{PREFIX}-{token}-{kind}")));
+        std::fs::create_dir_all(dir.path())
+            .with_context(|| format!("creating {}", dir.path().display()))?;
         Ok(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for OwnedDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("bench: warning: cannot remove {}: {e}", self.path.display());
-            }
-        }
     }
 }
 

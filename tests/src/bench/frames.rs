@@ -134,9 +134,7 @@ pub fn numbered_mac(i: u32) -> [u8; 6] {
     [0x02, 0xb1, b[0], b[1], b[2], b[3]]
 }
 
-pub fn mac_string(mac: &[u8; 6]) -> String {
-    netvlan_common::Mac(*mac).to_string()
-}
+pub use crate::frame::mac_string;
 
 #[cfg(test)]
 mod tests {

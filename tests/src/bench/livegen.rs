@@ -12,8 +12,9 @@
 
 use std::{
     ffi::CString,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::thread::JoinHandleExt,
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -23,6 +24,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type, BPF_F_TEST_XDP_LIVE_FRAMES};
+use netvlan::sys::netns::NetnsGuard;
 
 use super::sandbox::Netns;
 
@@ -50,8 +52,7 @@ impl LiveGen {
     /// loaded and the thread is about to run it, or with the error.
     pub fn start(ns: &Netns, ifname: &str, frame: &[u8], cpu: usize) -> Result<Self> {
         install_stop_handler()?;
-        let ns_file = std::fs::File::open(ns.path())
-            .with_context(|| format!("opening {}", ns.path().display()))?;
+        let ns_path = ns.path();
         let ifname = CString::new(ifname)?;
         let frame = frame.to_vec();
         let stop = Arc::new(AtomicBool::new(false));
@@ -61,10 +62,12 @@ impl LiveGen {
             std::thread::Builder::new()
                 .name("flood-gen".into())
                 .spawn(move || -> Result<()> {
-                    let prog = match prepare(&ns_file, &ifname, &frame, cpu) {
-                        Ok(prog) => {
+                    // The guard stays on this thread, in scope for the whole
+                    // run: the live frames leave from the namespace's devices.
+                    let (_inside, prog) = match prepare(&ns_path, &ifname, &frame, cpu) {
+                        Ok(ready) => {
                             let _ = ready_tx.send(Ok(()));
-                            prog
+                            ready
                         }
                         Err(e) => {
                             let text = format!("{e:#}");
@@ -157,13 +160,15 @@ fn install_stop_handler() -> Result<()> {
     Ok(())
 }
 
-/// On the generator thread: enter the namespace, pin to `cpu`, load the
-/// redirect program for the interface.
-fn prepare(ns_file: &std::fs::File, ifname: &CString, frame: &[u8], cpu: usize) -> Result<OwnedFd> {
-    // SAFETY: a valid netns fd; setns only changes this thread.
-    if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns");
-    }
+/// On the generator thread: enter the namespace (the guard keeps the
+/// thread there), pin to `cpu`, load the redirect program for the interface.
+fn prepare(
+    ns_path: &Path,
+    ifname: &CString,
+    frame: &[u8],
+    cpu: usize,
+) -> Result<(NetnsGuard, OwnedFd)> {
+    let inside = NetnsGuard::enter(ns_path)?;
     // SAFETY: cpu_set_t is plain data; CPU_SET writes within it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(cpu, &mut set) };
@@ -178,7 +183,7 @@ fn prepare(ns_file: &std::fs::File, ifname: &CString, frame: &[u8], cpu: usize) 
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("no interface {ifname:?} in the generator's namespace"));
     }
-    load(frame, ifindex)
+    Ok((inside, load(frame, ifindex)?))
 }
 
 /// One eBPF instruction.

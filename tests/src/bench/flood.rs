@@ -30,13 +30,13 @@ use netvlan_common::{
 };
 
 use super::{
+    ctx::Ctx,
     frames::{self, Ip, Tagging, FRAME_LEN},
     livegen::{self, LiveGen},
     model::{Basis, Better, Bound, Family, Measurement, Unavailable},
     netvlan::Netvlan,
     report::num,
-    sandbox::{package_version, veth_pair, Netns, OwnedDir, Process},
-    Ctx,
+    sandbox::{netns, package_version, try_veth_pair, Netns, OwnedDir, Process},
 };
 
 /// Destination of the unknown-destination flood: no endpoint's, not `p0`'s.
@@ -548,10 +548,10 @@ struct Lab {
 impl Lab {
     fn build(ctx: &Ctx, policy: Policy, peer: Peer, scratch: &Path) -> Result<Self> {
         let kind = |role: &str| format!("fl-{}{}-{role}", policy.short(), peer.short());
-        let gen = Netns::without_ipv6(&ctx.token, &kind("gen"))?;
-        let dut = Netns::without_ipv6(&ctx.token, &kind("dut"))?;
-        veth_pair(&gen, "g0", &dut, "p0")?;
-        dut.exec(
+        let gen = netns(&ctx.token, &kind("gen"), false)?;
+        let dut = netns(&ctx.token, &kind("dut"), false)?;
+        try_veth_pair(&gen, "g0", &dut, "p0")?;
+        dut.run(
             "ip",
             &[
                 "link",
@@ -561,8 +561,8 @@ impl Lab {
                 &frames::mac_string(&PARENT_MAC),
             ],
         )?;
-        gen.exec("ethtool", &["-K", "g0", "rxvlan", "off", "txvlan", "off"])?;
-        dut.exec(
+        gen.run("ethtool", &["-K", "g0", "rxvlan", "off", "txvlan", "off"])?;
+        dut.run(
             "ethtool",
             &["-K", "p0", "rxvlan", "off", "txvlan", "off", "gro", "on"],
         )?;
@@ -604,21 +604,8 @@ impl Lab {
         let kind = format!("fl-{}", self.policy.short());
         let netvlan = Netvlan::new(&ctx.netvlan, &self.dut, &ctx.token, &kind)?;
         let option = self.policy.netvlan_option();
-        let args = [
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            "172.31.250.0/24",
-            "-o",
-            "parent=p0",
-            "-o",
-            &option,
-            "bench",
-        ];
-        netvlan.run(&args)?;
-        let link = self.dut.link_json("p0")?;
+        let args = netvlan.create_bench_network("172.31.250.0/24", "p0", &[&option])?;
+        let link = self.dut.try_link_json("p0")?;
         // `ip -j` reports mode 1 for a driver (native) attachment.
         if link["xdp"]["prog"]["id"].as_u64().is_none() || link["xdp"]["mode"].as_u64() != Some(1) {
             bail!(
@@ -635,10 +622,7 @@ impl Lab {
             PerCpuArray::try_from(map)
                 .with_context(|| format!("{DROPS} is not a per-CPU array"))?,
         );
-        self.rule = format!(
-            "`netvlan {}` (no endpoints; XDP program on p0, native mode)",
-            args.join(" ")
-        );
+        self.rule = format!("`netvlan {args}` (no endpoints; XDP program on p0, native mode)");
         self.counter = format!(
             "netvlan's {DROPS} map, slot {} (read from its pin; equal to `netvlan stats \
              --json` drops.{}, checked after the run)",
@@ -660,7 +644,7 @@ impl Lab {
         );
         for cmd in [format!("add table netdev {NFT_TABLE}"), chain, rule.clone()] {
             self.dut
-                .exec("nft", &[&cmd])
+                .run("nft", &[&cmd])
                 .context("the nftables peer cannot be set up")?;
         }
         self.rule = format!(
@@ -805,7 +789,7 @@ impl Lab {
                 Ok(drops.get(&reason, 0)?.iter().map(|c| c.packets).sum())
             }
             Peer::Nftables => {
-                let out = self.dut.exec(
+                let out = self.dut.run(
                     "nft",
                     &["-j", "list", "chain", "netdev", NFT_TABLE, "ingress"],
                 )?;

@@ -21,13 +21,13 @@ use indicatif::ProgressBar;
 use netvlan_common::maps::MAC_STATS;
 
 use super::{
+    ctx::Ctx,
     frames::{self, Ip, Tagging},
     model::{Basis, Better, Family, Measurement},
     netvlan::Netvlan,
     sandbox::OwnedDir,
-    sandbox::{veth_pair, Netns},
+    sandbox::{netns, try_veth_pair, Netns},
     timing::{peak_rss_kib, timed},
-    Ctx,
 };
 
 const NETVLAN: &str = "netvlan stats --json";
@@ -45,21 +45,11 @@ pub fn steps(ctx: &Ctx) -> u64 {
 }
 
 pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
-    let host = Netns::without_ipv6(&ctx.token, "ob-host")?;
-    let gen = Netns::without_ipv6(&ctx.token, "ob-gen")?;
-    veth_pair(&gen, "gen0", &host, "lan0")?;
+    let host = netns(&ctx.token, "ob-host", false)?;
+    let gen = netns(&ctx.token, "ob-gen", false)?;
+    try_veth_pair(&gen, "gen0", &host, "lan0")?;
     let netvlan = Netvlan::new(&ctx.netvlan, &host, &ctx.token, "ob")?;
-    netvlan.run(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "172.31.250.0/24",
-        "-o",
-        "parent=lan0",
-        "bench",
-    ])?;
+    netvlan.create_bench_network("172.31.250.0/24", "lan0", &[])?;
     let pin_dir = find_pin_dir(netvlan.bpf_dir())?;
     let mac_table = pin_dir.join(MAC_STATS);
     let rounds = rounds(ctx);
@@ -233,59 +223,48 @@ fn counted_macs(netvlan: &Netvlan) -> Result<HashSet<String>> {
 /// One frame per numbered MAC out of `ifname` in `ns`, from a thread that
 /// entered the namespace (the rest of the bench stays where it is).
 fn send_frames(ns: &Netns, ifname: &str, macs: &[u32]) -> Result<()> {
-    let ns_file = std::fs::File::open(ns.path())
-        .with_context(|| format!("opening {}", ns.path().display()))?;
     let ifname = std::ffi::CString::new(ifname)?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            // SAFETY: a valid netns fd; setns only changes this thread.
-            if unsafe { libc::setns(ns_file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns");
+    ns.in_thread(|| {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error()).context("if_nametoindex");
+        }
+        // SAFETY: plain socket call; the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+        }
+        // SAFETY: fd was just returned by socket(); OwnedFd closes it.
+        let _owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        for (n, &i) in macs.iter().enumerate() {
+            let frame = frames::frame(frames::numbered_mac(i), Tagging::Untagged, Ip::V4);
+            // SAFETY: frame and addr are valid for the lengths given.
+            let sent = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if sent < 0 {
+                return Err(std::io::Error::last_os_error()).context("sendto");
             }
-            // SAFETY: a NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-            if ifindex == 0 {
-                return Err(std::io::Error::last_os_error()).context("if_nametoindex");
+            // A veth with XDP queues at most a few hundred frames:
+            // pace the sender so the receive side keeps up.
+            if n % 64 == 63 {
+                std::thread::sleep(Duration::from_millis(1));
             }
-            // SAFETY: plain socket call; the fd is closed below.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
-            }
-            // SAFETY: fd was just returned by socket(); OwnedFd closes it.
-            let _owned =
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            // SAFETY: sockaddr_ll is plain data.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            for (n, &i) in macs.iter().enumerate() {
-                let frame = frames::frame(frames::numbered_mac(i), Tagging::Untagged, Ip::V4);
-                // SAFETY: frame and addr are valid for the lengths given.
-                let sent = unsafe {
-                    libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                if sent < 0 {
-                    return Err(std::io::Error::last_os_error()).context("sendto");
-                }
-                // A veth with XDP queues at most a few hundred frames:
-                // pace the sender so the receive side keeps up.
-                if n % 64 == 63 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            Ok(())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the frame sender panicked"))?
+        }
+        Ok(())
     })
 }
 

@@ -14,11 +14,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
 use super::{
+    ctx::Ctx,
     model::{Basis, Better, Bound, Family, Measurement},
     netvlan::Netvlan,
-    sandbox::{veth_pair, Netns, NetnsSet, OwnedDir},
+    sandbox::{netns, try_veth_pair, Netns, NetnsSet, OwnedDir},
     timing::{timed, Timed},
-    Ctx,
 };
 
 const CNI_DIR: &str = "/usr/lib/cni";
@@ -49,23 +49,13 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let n = endpoints(ctx);
     let cycles = cycles(ctx);
     bar.set_message(format!("creating {n} sandboxes and both parents"));
-    let nv_host = Netns::new(&ctx.token, "cp-nv")?;
-    veth_pair(&nv_host, "lan0", &nv_host, "lan0p")?;
-    let cni_host = Netns::new(&ctx.token, "cp-cni")?;
-    veth_pair(&cni_host, "lan0", &cni_host, "lan0p")?;
+    let nv_host = netns(&ctx.token, "cp-nv", true)?;
+    try_veth_pair(&nv_host, "lan0", &nv_host, "lan0p")?;
+    let cni_host = netns(&ctx.token, "cp-cni", true)?;
+    try_veth_pair(&cni_host, "lan0", &cni_host, "lan0p")?;
     let sandboxes = NetnsSet::new(&ctx.token, "sb", n)?;
     let netvlan = Netvlan::new(&ctx.netvlan, &nv_host, &ctx.token, "cp")?;
-    netvlan.run(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "172.31.240.0/20",
-        "-o",
-        "parent=lan0",
-        "bench",
-    ])?;
+    netvlan.create_bench_network("172.31.240.0/20", "lan0", &[])?;
     let cni = CniMacvlan::new(ctx, &cni_host)?;
 
     // Single cycles, interleaved: netvlan's connect and disconnect, then

@@ -1,5 +1,8 @@
-//! `cargo xtask bench`: netvlan side by side with the peers users would
-//! pick, every figure a ratio against a peer measured in the same run.
+//! `netvlan-bench` (run by `cargo xtask bench`): netvlan side by side with
+//! the peers users would pick, every figure a ratio against a peer
+//! measured in the same run. It lives in the tests crate so that it links
+//! the `netvlan` library and shares the integration tests' lab; xtask
+//! builds the eBPF toolchain and the release binaries it measures.
 //!
 //! Each scenario builds what it measures in namespaces of its own (see
 //! [`sandbox`]), repeats every measurement, and hands back a [`Family`] of
@@ -10,6 +13,7 @@
 
 mod chart;
 mod control;
+mod ctx;
 mod flood;
 mod frames;
 mod livegen;
@@ -27,34 +31,17 @@ mod traffic;
 mod xdp;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
-use crate::{tools, workspace_root};
+use ctx::Ctx;
+use machine::workspace_root;
 use model::{Family, Report, Unavailable};
 use sandbox::OwnedDir;
-
-/// Debian packages the scenarios call (peers, traffic tools, `ip`…).
-pub const PACKAGES: &[&str] = &[
-    "iproute2",
-    "ethtool",
-    "util-linux",
-    "iputils-ping",
-    "bpftool",
-    "xdp-tools",
-    "containernetworking-plugins",
-    "iperf3",
-    "sockperf",
-    "time",
-    "netsniff-ng",
-    "nftables",
-];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -68,28 +55,12 @@ pub struct BenchArgs {
     /// Write the results JSON here instead.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-}
-
-/// What every scenario needs.
-pub struct Ctx {
-    /// Names this run's namespaces and directories (`nvb-<token>-…`).
-    pub token: String,
-    pub quick: bool,
-    /// A private copy of the release `netvlan` binary.
-    pub netvlan: PathBuf,
-    /// A private copy of the eBPF object embedded in that binary.
-    pub object: PathBuf,
-}
-
-impl Ctx {
-    /// The quick or the full run's value of a knob.
-    pub fn pick<T>(&self, quick: T, full: T) -> T {
-        if self.quick {
-            quick
-        } else {
-            full
-        }
-    }
+    /// The release `netvlan` binary to measure (xtask builds it).
+    #[arg(long, value_name = "FILE")]
+    netvlan: PathBuf,
+    /// The eBPF object embedded in that binary (from its build).
+    #[arg(long, value_name = "FILE")]
+    object: PathBuf,
 }
 
 /// A scenario family: its progress steps and its run.
@@ -128,17 +99,17 @@ const SCENARIOS: [Scenario; 5] = [
 ];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    if !tools::is_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks need root (namespaces, XDP, BPF_PROG_TEST_RUN); run `cargo xtask bench` as root");
     }
-    tools::ensure_debian_packages(PACKAGES)?;
     let started = Instant::now();
     let (date, started_at) = machine::utc_stamp(SystemTime::now());
     let token = sandbox::run_token();
     progress::catch_interrupts();
 
     let work = OwnedDir::temp(&token, "work")?;
-    let (netvlan, object) = build_netvlan(work.path())?;
+    let (netvlan, object) = copy_netvlan(args, work.path())?;
     let ctx = Ctx {
         token: token.clone(),
         quick: args.quick,
@@ -266,57 +237,13 @@ fn relative(path: &Path, base: &Path) -> String {
         .to_string()
 }
 
-/// Builds the release `netvlan` (installing rust-src and bpf-linker if
-/// needed) and copies the binary and the eBPF object embedded in it into
-/// `work`: another build during the run cannot change what is measured.
-fn build_netvlan(work: &Path) -> Result<(PathBuf, PathBuf)> {
-    println!("bench: building netvlan (release)");
-    let mut cargo = crate::cargo()?;
-    cargo
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "netvlan-userspace",
-            "--bin",
-            "netvlan",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdout(Stdio::piped());
-    let mut child = cargo.spawn().context("starting cargo build")?;
-    let mut binary = None;
-    let mut out_dir = None;
-    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line?) else {
-            continue;
-        };
-        let from_userspace = msg["package_id"]
-            .as_str()
-            .is_some_and(|id| id.contains("netvlan-userspace"));
-        match msg["reason"].as_str() {
-            Some("compiler-artifact")
-                if from_userspace
-                    && msg["target"]["name"] == "netvlan"
-                    && msg["target"]["kind"][0] == "bin" =>
-            {
-                binary = msg["executable"].as_str().map(PathBuf::from);
-            }
-            Some("build-script-executed") if from_userspace => {
-                out_dir = msg["out_dir"].as_str().map(PathBuf::from);
-            }
-            _ => {}
-        }
-    }
-    if !child.wait()?.success() {
-        bail!("building netvlan failed");
-    }
-    let binary = binary.context("cargo reported no netvlan binary")?;
-    let object = out_dir
-        .context("cargo reported no build-script output for netvlan-userspace")?
-        .join("netvlan.bpf.o");
+/// Copies the binary and the eBPF object under test into `work`: another
+/// build during the run cannot change what is measured.
+fn copy_netvlan(args: &BenchArgs, work: &Path) -> Result<(PathBuf, PathBuf)> {
     let bin_copy = work.join("netvlan");
     let obj_copy = work.join("netvlan.bpf.o");
-    std::fs::copy(&binary, &bin_copy).with_context(|| format!("copying {}", binary.display()))?;
-    std::fs::copy(&object, &obj_copy).with_context(|| format!("copying {}", object.display()))?;
+    for (from, to) in [(&args.netvlan, &bin_copy), (&args.object, &obj_copy)] {
+        std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    }
     Ok((bin_copy, obj_copy))
 }
