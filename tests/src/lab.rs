@@ -179,7 +179,7 @@ impl Netns {
         let path = self.path();
         std::thread::scope(|s| {
             s.spawn(|| -> Result<T> {
-                let _inside = NetnsGuard::enter(&path)?;
+                let _inside = NetnsGuard::enter(&netvlan::sys::netns::Netns::open(&path)?)?;
                 job()
             })
             .join()

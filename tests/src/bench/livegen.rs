@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type, BPF_F_TEST_XDP_LIVE_FRAMES};
-use netvlan::sys::netns::NetnsGuard;
+use netvlan::sys::netns::{self, NetnsGuard};
 
 use super::sandbox::Netns;
 
@@ -168,7 +168,7 @@ fn prepare(
     frame: &[u8],
     cpu: usize,
 ) -> Result<(NetnsGuard, OwnedFd)> {
-    let inside = NetnsGuard::enter(ns_path)?;
+    let inside = NetnsGuard::enter(&netns::Netns::open(ns_path)?)?;
     // SAFETY: cpu_set_t is plain data; CPU_SET writes within it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(cpu, &mut set) };

@@ -13,7 +13,7 @@ use aya::Ebpf;
 use netvlan::{
     datapath::{
         policy_maps::{self, MacGuard, WirePolicy},
-        InterfacePins, NamespacePins,
+        NamespacePins,
     },
     sys::netns::NetnsId,
 };
@@ -103,7 +103,7 @@ impl AllPolicies {
         let pins = NamespacePins::new(dir.path(), netns).interface(0);
         std::fs::create_dir_all(pins.dir())
             .with_context(|| format!("creating {}", pins.dir().display()))?;
-        for name in InterfacePins::MAPS {
+        for name in netvlan_common::maps::WIRE_MAPS {
             obj.map(name)
                 .with_context(|| format!("the eBPF object has no map {name}"))?
                 .pin(pins.map(name))
