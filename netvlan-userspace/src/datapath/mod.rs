@@ -80,6 +80,15 @@ pub enum DatapathError {
     },
     #[error("netvlan's datapath is not attached to {ifname}")]
     NotAttached { ifname: String },
+    #[error(
+        "program {prog_id} is still on {ifname} {waited:?} after its pins were removed \
+         (the kernel has not released the link yet)"
+    )]
+    DetachPending {
+        ifname: String,
+        prog_id: u32,
+        waited: std::time::Duration,
+    },
     #[error("cannot pin {path}")]
     Pin {
         path: PathBuf,
@@ -437,7 +446,31 @@ impl Datapath {
             source,
         })?;
         self.pins.remove_if_empty();
-        attachment.ok_or(DatapathError::NotAttached { ifname: link.name })
+        let attachment = attachment.ok_or(DatapathError::NotAttached { ifname: link.name })?;
+        self.wait_until_detached(&attachment).await?;
+        Ok(attachment)
+    }
+
+    /// The kernel frees a bpf_link whose last pin is gone from a workqueue
+    /// (`bpf_link_put` defers the release), so the program may still be on
+    /// the link a moment after the unpin; detach returns once it is off.
+    async fn wait_until_detached(&self, attachment: &Attachment) -> Result<(), DatapathError> {
+        const BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+        let start = std::time::Instant::now();
+        loop {
+            let link = self.netlink.link_by_index(attachment.ifindex).await?;
+            if link.xdp.map(|xdp| xdp.prog_id) != Some(attachment.prog_id) {
+                return Ok(());
+            }
+            if start.elapsed() > BOUND {
+                return Err(DatapathError::DetachPending {
+                    ifname: attachment.ifname.clone(),
+                    prog_id: attachment.prog_id,
+                    waited: BOUND,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Every pinned attachment of this namespace, checked against the kernel.
