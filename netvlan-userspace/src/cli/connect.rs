@@ -69,7 +69,7 @@ pub(super) async fn connect(manager: &Manager, args: ConnectArgs) -> Result<()> 
         endpoint.sandbox,
         record.name,
         endpoint.ifname,
-        endpoint.mac,
+        endpoint.mac_text(),
         addrs.join(" ")
     );
     Ok(())

@@ -175,9 +175,8 @@ impl Manager {
                 let missing: Vec<String> = match network.options.driver {
                     Driver::Macvlan => endpoint
                         .stored_mac()
-                        .map(netvlan_common::Mac::octets)
-                        .filter(|mac| !macs.contains(mac))
-                        .map(|_| format!("MAC {}", endpoint.mac))
+                        .filter(|mac| !macs.contains(&mac.octets()))
+                        .map(|mac| format!("MAC {mac}"))
                         .into_iter()
                         .collect(),
                     Driver::Ipvlan => endpoint

@@ -32,8 +32,11 @@ pub struct Endpoint {
     pub sandbox: String,
     pub netns_path: PathBuf,
     pub ifname: String,
-    /// `02:42:ac:10:56:02`; empty for ipvlan endpoints (the parent's MAC).
-    pub mac: String,
+    /// The endpoint's own MAC (macvlan); `None` for ipvlan endpoints,
+    /// which use the parent's. Stored as `"02:42:ac:10:56:02"`, or `""`
+    /// for none, as records have always been written.
+    #[serde(default, with = "mac_or_empty")]
+    pub mac: Option<Mac>,
     pub ipv4: Option<IpNet>,
     pub ipv6: Option<IpNet>,
     /// The link's index inside the sandbox and the sandbox's namespace
@@ -54,9 +57,16 @@ pub struct Endpoint {
 pub(super) type DefaultRoute = (Option<IpAddr>, bool);
 
 impl Endpoint {
-    /// The endpoint's own MAC (macvlan), as stored.
-    pub(super) fn stored_mac(&self) -> Option<Mac> {
-        self.mac.parse().ok().filter(|m: &Mac| m.is_unicast())
+    /// The endpoint's own MAC (macvlan), as stored, if one an interface
+    /// can have.
+    pub fn stored_mac(&self) -> Option<Mac> {
+        self.mac.filter(|m| m.is_unicast())
+    }
+
+    /// The MAC as text, empty for none (ipvlan): what `inspect` and the
+    /// CLI show.
+    pub fn mac_text(&self) -> String {
+        self.mac.map(|m| m.to_string()).unwrap_or_default()
     }
 
     /// The namespace identity of the endpoint's sandbox: as recorded, or
@@ -100,8 +110,31 @@ pub fn mac_from_ipv4(ip: std::net::Ipv4Addr) -> [u8; 6] {
     Mac::from_ipv4(ip.octets()).octets()
 }
 
-/// A MAC the user gave (`--mac`, `mac_deny=`): one an interface can have.
-pub(super) fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
+/// The store's form of an optional MAC: its text, or `""` for none.
+mod mac_or_empty {
+    use netvlan_common::Mac;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<Mac>, serializer: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(mac) => mac.serialize(serializer),
+            None => serializer.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Mac>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The MAC the user gave with `--mac`: one an interface can have.
+fn requested_mac(text: &str) -> Result<Mac, NetworkError> {
     let mac: Mac = text.parse().map_err(|_| {
         NetworkError::BadEndpoint(format!(
             "--mac {text}: expected six hex bytes like 02:42:ac:10:56:02"
@@ -117,7 +150,7 @@ pub(super) fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
             "--mac {text} is a multicast address"
         )));
     }
-    Ok(mac.octets())
+    Ok(mac)
 }
 
 /// The endpoint link a network's driver and modes call for.
@@ -244,7 +277,7 @@ impl Manager {
                 ));
             }
             (Driver::Ipvlan, None) => None,
-            (Driver::Macvlan, Some(text)) => Some(parse_mac(text)?),
+            (Driver::Macvlan, Some(text)) => Some(requested_mac(text)?.octets()),
             (Driver::Macvlan, None) => Some(match ipv4 {
                 Some(IpAddr::V4(v4)) => mac_from_ipv4(v4),
                 _ => {
@@ -265,7 +298,7 @@ impl Manager {
             sandbox: sandbox.key.clone(),
             netns_path: sandbox.path.clone(),
             ifname: ifname.clone(),
-            mac: String::new(),
+            mac: None,
             ipv4,
             ipv6,
             ifindex: 0,
@@ -309,7 +342,7 @@ impl Manager {
             }
         };
 
-        endpoint.mac = made.mac.map(|m| Mac(m).to_string()).unwrap_or_default();
+        endpoint.mac = made.mac.map(Mac);
         endpoint.ifindex = made.ifindex;
         record
             .endpoints
@@ -898,14 +931,38 @@ mod tests {
     #[test]
     fn mac_flags_are_validated() {
         assert_eq!(
-            parse_mac("02:42:AC:10:56:09").unwrap(),
-            [2, 0x42, 0xac, 0x10, 0x56, 9]
+            requested_mac("02:42:AC:10:56:09").unwrap(),
+            Mac([2, 0x42, 0xac, 0x10, 0x56, 9])
         );
-        assert!(parse_mac("01:00:5e:00:00:01")
+        assert!(requested_mac("01:00:5e:00:00:01")
             .unwrap_err()
             .to_string()
             .contains("multicast"));
-        assert!(parse_mac("02:42:ac:10:56").is_err());
-        assert!(parse_mac("zz:42:ac:10:56:02").is_err());
+        assert!(requested_mac("02:42:ac:10:56").is_err());
+        assert!(requested_mac("zz:42:ac:10:56:02").is_err());
+    }
+
+    #[test]
+    fn stored_macs_load_as_they_have_always_been_written() {
+        let record = |mac: &str| {
+            format!(
+                r#"{{"id":"ab","sandbox":"web1","netns_path":"/var/run/netns/web1",
+                "ifname":"eth0"{mac},"ipv4":"172.16.86.2/24","ipv6":null}}"#
+            )
+        };
+        let load =
+            |text: String| serde_json::from_str::<Endpoint>(&text).expect("a stored record loads");
+        let macvlan = load(record(r#","mac":"02:42:ac:10:56:02""#));
+        assert_eq!(macvlan.mac, Some(Mac([2, 0x42, 0xac, 0x10, 0x56, 2])));
+        let ipvlan = load(record(r#","mac":"""#));
+        assert_eq!(ipvlan.mac, None);
+        assert_eq!(load(record("")).mac, None, "a record without the field");
+        // And written back the same way.
+        let written = serde_json::to_value(&ipvlan).unwrap();
+        assert_eq!(written["mac"], "");
+        assert_eq!(
+            serde_json::to_value(&macvlan).unwrap()["mac"],
+            "02:42:ac:10:56:02"
+        );
     }
 }

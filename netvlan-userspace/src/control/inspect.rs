@@ -43,7 +43,7 @@ pub fn inspect(record: &NetworkRecord) -> Value {
                 json!({
                     "Name": e.sandbox,
                     "EndpointID": e.id,
-                    "MacAddress": e.mac,
+                    "MacAddress": e.mac_text(),
                     "IPv4Address": e.ipv4.map(|n| n.to_string()).unwrap_or_default(),
                     "IPv6Address": e.ipv6.map(|n| n.to_string()).unwrap_or_default(),
                 }),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use netvlan_common::{decision::MAX_MACS_LIMIT, maps::DENY_MACS_CAPACITY};
+use netvlan_common::{decision::MAX_MACS_LIMIT, maps::DENY_MACS_CAPACITY, Mac};
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Parent, ParentKind};
@@ -118,11 +118,16 @@ impl PolicyOptions {
                 .split(',')
                 .filter(|m| !m.is_empty())
                 .map(|m| {
-                    super::endpoint::parse_mac(m.trim()).map_err(|_| {
-                        NetworkError::BadOption(format!(
-                            "mac_deny: '{m}' is not a unicast MAC address"
-                        ))
-                    })
+                    m.trim()
+                        .parse::<Mac>()
+                        .ok()
+                        .filter(|mac| mac.is_unicast())
+                        .map(Mac::octets)
+                        .ok_or_else(|| {
+                            NetworkError::BadOption(format!(
+                                "mac_deny: '{m}' is not a unicast MAC address"
+                            ))
+                        })
                 })
                 .collect::<Result<_, _>>()?;
             if self.mac_deny.len() > DENY_MACS_CAPACITY as usize {
