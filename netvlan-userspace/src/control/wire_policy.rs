@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, ParentKind};
+use super::{
+    options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, Parent, ParentKind,
+    PolicyOptions,
+};
 use crate::datapath::{
     policy_maps::{MacGuard, WirePolicy},
     DatapathError,
@@ -36,7 +39,7 @@ fn vlan_of(record: &NetworkRecord) -> u16 {
     vlan_of_parent(&record.parent)
 }
 
-fn vlan_of_parent(parent: &super::Parent) -> u16 {
+fn vlan_of_parent(parent: &Parent) -> u16 {
     match parent.kind {
         ParentKind::Vlan { vid, .. } => vid,
         _ => 0,
@@ -55,7 +58,7 @@ enum Reach {
 /// The settings of `policy` that are in force (not off), with their reach.
 /// `vlans=` is not among them: it only adds VLANs to the allow-list, and
 /// every network's own VLAN stays allowed.
-fn active(policy: &super::PolicyOptions) -> Vec<(&'static str, Reach)> {
+fn active(policy: &PolicyOptions) -> Vec<(&'static str, Reach)> {
     let mut out = Vec::new();
     if policy.unknown_dst_drop {
         out.push(("unknown_dst", Reach::Vlan));
@@ -73,7 +76,7 @@ fn active(policy: &super::PolicyOptions) -> Vec<(&'static str, Reach)> {
 fn reached<'a>(
     others: &'a [NetworkRecord],
     name: &str,
-    parent: &super::Parent,
+    parent: &Parent,
     reach: Reach,
 ) -> Vec<&'a NetworkRecord> {
     others
@@ -83,7 +86,7 @@ fn reached<'a>(
         .collect()
 }
 
-fn scope_text(parent: &super::Parent, reach: Reach) -> String {
+fn scope_text(parent: &Parent, reach: Reach) -> String {
     match (reach, vlan_of_parent(parent)) {
         (Reach::Wire, _) => format!("parent {} (one deny list per parent)", parent.wire),
         (Reach::Vlan, 0) => format!("the untagged traffic of parent {}", parent.wire),
@@ -98,9 +101,9 @@ fn scope_text(parent: &super::Parent, reach: Reach) -> String {
 pub(super) fn check_policy_scope(
     existing: &[NetworkRecord],
     network: &str,
-    parent: &super::Parent,
+    parent: &Parent,
     keys: &[&str],
-    policy: &super::PolicyOptions,
+    policy: &PolicyOptions,
     creating: bool,
 ) -> Result<(), NetworkError> {
     for (key, reach) in active(policy) {
