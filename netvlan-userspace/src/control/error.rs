@@ -2,7 +2,7 @@
 //! the object, wrapping the lower layers' errors (errno kept), and typed
 //! lists where a rollback or teardown keeps going past failures.
 
-use super::driver::Driver;
+use super::{driver::Driver, options::OptionError};
 use crate::{
     datapath::DatapathError, ipam::IpamError, store::StoreError, sys::netlink::NetlinkError,
     sys::netns::NetnsError, sys::sandbox::SandboxError,
@@ -21,8 +21,9 @@ pub enum NetworkError {
     NoSubnet,
     #[error("--ipv6 needs at least one IPv6 --subnet")]
     Ipv6WithoutSubnet,
+    /// Shown with its input; no `#[source]`, or chains would repeat it.
     #[error("invalid option: {0}")]
-    BadOption(String),
+    BadOption(OptionError),
     #[error("invalid --label '{0}': expected KEY=VALUE with a non-empty KEY")]
     BadLabel(String),
     #[error("--label {0} is given more than once")]
@@ -120,6 +121,12 @@ pub enum NetworkError {
     /// Cleaning up after a command that died half-way failed.
     #[error("cleaning up after an interrupted command failed: {0}")]
     RecoveryFailed(#[source] Box<UndoFailure>),
+}
+
+impl From<OptionError> for NetworkError {
+    fn from(e: OptionError) -> Self {
+        NetworkError::BadOption(e)
+    }
 }
 
 /// One cleanup step that failed (undoing a change, tearing down a

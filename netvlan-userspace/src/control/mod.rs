@@ -43,7 +43,7 @@ pub use error::{NetworkError, UndoError, UndoFailure};
 use failpoint::failpoint;
 pub use inspect::{inspect, list_rows, ListFilter};
 use operation::{Operation, OperationLog};
-pub use options::{NetworkOptions, PolicyOptions};
+pub use options::{NetworkOptions, OptionError, OptionKey, PolicyOptions, OPTION_KEYS};
 use owner::{new_id, owner_alias, OWNER_PREFIX};
 pub use restore::RestoreAction;
 
@@ -203,7 +203,7 @@ impl Manager {
             &existing,
             &request.name,
             &parent,
-            options::POLICY_KEYS,
+            &options::policy_keys(),
             &options.policy,
             true,
         )?;

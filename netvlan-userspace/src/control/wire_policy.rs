@@ -5,11 +5,9 @@
 //! them, as they will be after the command, and written before the command
 //! commits, so a failure rolls back with it.
 
-use std::collections::BTreeMap;
-
 use super::{
-    options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, Parent, ParentKind,
-    PolicyOptions,
+    options::{parse_policy_settings, OptionError},
+    Driver, Manager, NetworkError, NetworkRecord, Parent, ParentKind, PolicyOptions,
 };
 use crate::datapath::{
     policy_maps::{MacGuard, WirePolicy},
@@ -241,10 +239,11 @@ impl Manager {
         }
         let budget: u32 = policy.mac_guards.values().map(|g| g.limit).sum();
         if budget > MAC_LEARN_BUDGET {
-            return Err(NetworkError::BadOption(format!(
-                "max_macs: the networks on {wire} would learn up to {budget} MACs in all; \
-                 one parent learns at most {MAC_LEARN_BUDGET}"
-            )));
+            return Err(OptionError::LearnBudget {
+                wire: wire.to_string(),
+                budget,
+            }
+            .into());
         }
         match self.datapath().apply_policy(wire, &policy).await {
             Ok(()) => Ok(()),
@@ -300,23 +299,7 @@ impl Manager {
         settings: &[String],
     ) -> Result<NetworkRecord, NetworkError> {
         let mut record = self.network(network)?;
-        let mut raw = BTreeMap::new();
-        for setting in settings {
-            let Some((key, value)) = setting.split_once('=') else {
-                return Err(NetworkError::BadOption(format!(
-                    "'{setting}' is not KEY=VALUE"
-                )));
-            };
-            if !POLICY_KEYS.contains(&key) {
-                return Err(NetworkError::BadOption(format!(
-                    "'{key}' is not a policy setting (settable: {})",
-                    POLICY_KEYS.join(", ")
-                )));
-            }
-            if raw.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(NetworkError::BadOption(format!("'{key}' given twice")));
-            }
-        }
+        let raw = parse_policy_settings(settings)?;
         let previous = record.clone();
         record.options.policy.update(&raw)?;
         let all = self.networks()?;
