@@ -1,6 +1,6 @@
 //! `netvlan connect` / `disconnect` (also under `netvlan network`).
 
-use anyhow::Result;
+use super::error::Result;
 use clap::Args;
 
 use super::{

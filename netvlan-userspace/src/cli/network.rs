@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::{Context, Result};
+use super::error::{CliError, Result};
 use clap::{Args, Subcommand};
 
 use super::{
@@ -189,7 +189,7 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
             }
             print_json(&found)?;
             if !missing.is_empty() {
-                anyhow::bail!("{}", missing.join("\nerror: "));
+                return Err(CliError::Several(missing));
             }
         }
         NetworkCommand::Rm { names, output } => {
@@ -253,8 +253,8 @@ fn finish_removal(output: Output, removed: &[String], failed: &[(String, String)
         print_json(&serde_json::json!({ "removed": removed, "errors": errors }))?;
     }
     if !failed.is_empty() {
-        let messages: Vec<&str> = failed.iter().map(|(_, e)| e.as_str()).collect();
-        anyhow::bail!("{}", messages.join("\nerror: "));
+        let messages = failed.iter().map(|(_, e)| e.clone()).collect();
+        return Err(CliError::Several(messages));
     }
     Ok(())
 }
@@ -266,10 +266,7 @@ pub(super) fn confirm_prune(force: bool) -> Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "network prune removes every network without endpoints and stdin is not a terminal to ask on: \
-             pass -f (--force) to confirm; nothing was removed"
-        );
+        return Err(CliError::PruneNotConfirmed);
     }
     let mut stderr = std::io::stderr().lock();
     let _ = write!(
@@ -280,6 +277,6 @@ pub(super) fn confirm_prune(force: bool) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)
-        .context("reading the answer from stdin")?;
+        .map_err(CliError::ReadAnswer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
 }

@@ -1,6 +1,6 @@
 //! `netvlan policy set`.
 
-use anyhow::Result;
+use super::error::Result;
 use clap::Subcommand;
 
 use super::{

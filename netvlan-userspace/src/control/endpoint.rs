@@ -16,7 +16,7 @@ use super::{
     routes::{held_routes, DefaultRoute},
     sandbox_link::{self, add_routes_in, endpoint_link, temp_link_name},
     wire_policy::wire_after,
-    Manager, NetworkError, NetworkRecord,
+    InvalidRequest, Manager, NetworkError, NetworkRecord,
 };
 use crate::{
     ipam::{self, Family, Request},
@@ -131,21 +131,15 @@ mod mac_or_empty {
 }
 
 /// The MAC the user gave with `--mac`: one an interface can have.
-fn requested_mac(text: &str) -> Result<Mac, NetworkError> {
-    let mac: Mac = text.parse().map_err(|_| {
-        NetworkError::BadEndpoint(format!(
-            "--mac {text}: expected six hex bytes like 02:42:ac:10:56:02"
-        ))
-    })?;
+fn requested_mac(text: &str) -> Result<Mac, InvalidRequest> {
+    let mac: Mac = text
+        .parse()
+        .map_err(|_| InvalidRequest::BadMac(text.to_string()))?;
     if mac.is_zero() {
-        return Err(NetworkError::BadEndpoint(format!(
-            "--mac {text} is the all-zero address, which no interface can have"
-        )));
+        return Err(InvalidRequest::ZeroMac(text.to_string()));
     }
     if mac.is_multicast() {
-        return Err(NetworkError::BadEndpoint(format!(
-            "--mac {text} is a multicast address"
-        )));
+        return Err(InvalidRequest::MulticastMac(text.to_string()));
     }
     Ok(mac)
 }
@@ -210,9 +204,7 @@ impl Manager {
         }
         let ifname = request.ifname.clone().unwrap_or_else(|| "eth0".into());
         if !valid_ifname(&ifname) {
-            return Err(NetworkError::BadEndpoint(format!(
-                "--ifname {ifname}: not a valid interface name (1-15 characters)"
-            )));
+            return Err(InvalidRequest::BadIfname(ifname).into());
         }
 
         // Addresses: held in `record.ipam` and only persisted on success.
@@ -228,9 +220,7 @@ impl Manager {
         };
         for (flag, addr, want) in [("--ip", ipv4, Family::V4), ("--ip6", ipv6, Family::V6)] {
             if let Some(addr) = addr.filter(|a| Family::of(a) != want) {
-                return Err(NetworkError::BadEndpoint(format!(
-                    "{flag} {addr} is not an {want} address"
-                )));
+                return Err(InvalidRequest::WrongFamily { flag, addr, want }.into());
             }
         }
 
@@ -249,9 +239,7 @@ impl Manager {
             })?;
         let mac = match (record.options.driver, &request.mac) {
             (Driver::Ipvlan, Some(_)) => {
-                return Err(NetworkError::BadEndpoint(
-                    "--mac: ipvlan endpoints always use the parent's MAC".into(),
-                ));
+                return Err(InvalidRequest::MacOnIpvlan.into());
             }
             (Driver::Ipvlan, None) => None,
             (Driver::Macvlan, Some(text)) => Some(requested_mac(text)?.octets()),
@@ -402,11 +390,12 @@ impl Manager {
                     endpoint.ifname,
                     endpoint.sandbox
                 ),
-                Err(e) => {
-                    return Err(NetworkError::BadEndpoint(format!(
-                        "deleting {} in {}: {e}",
-                        endpoint.ifname, endpoint.sandbox
-                    )))
+                Err(cause) => {
+                    return Err(NetworkError::DisconnectFailed {
+                        ifname: endpoint.ifname.clone(),
+                        sandbox: endpoint.sandbox.clone(),
+                        cause: Box::new(cause),
+                    })
                 }
             }
         }
@@ -462,11 +451,13 @@ impl Manager {
                 if routes.is_empty() {
                     continue;
                 }
-                add_routes_in(endpoint, routes).await.map_err(|e| {
-                    NetworkError::BadEndpoint(format!(
-                        "disconnected {} from {}, but moving its default route to {} of network '{}' failed: {e} (run `netvlan restore`)",
-                        gone.sandbox, record.name, endpoint.ifname, record.name
-                    ))
+                add_routes_in(endpoint, routes).await.map_err(|cause| {
+                    NetworkError::RouteNotMoved {
+                        sandbox: gone.sandbox.clone(),
+                        network: record.name.clone(),
+                        ifname: endpoint.ifname.clone(),
+                        cause: Box::new(cause),
+                    }
                 })?;
             }
         }

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{NetworkError, NetworkRecord, ParentKind};
+use super::{InvalidRequest, NetworkError, NetworkRecord, ParentKind};
 
 /// `docker network inspect`-shaped JSON for one network.
 pub fn inspect(record: &NetworkRecord) -> Value {
@@ -145,9 +145,11 @@ impl ListFilter {
     pub fn parse(filters: &[String]) -> Result<Self, NetworkError> {
         let mut filter = ListFilter::default();
         for text in filters {
-            let bad = |why: &str| NetworkError::BadFilter {
-                filter: text.clone(),
-                reason: why.to_string(),
+            let bad = |why: &str| {
+                NetworkError::from(InvalidRequest::BadFilter {
+                    filter: text.clone(),
+                    reason: why.to_string(),
+                })
             };
             let (key, value) = text
                 .split_once('=')

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{AttachMode, AttachOutcome, Datapath, DatapathError},
+    datapath::{AttachMode, AttachOutcome, Attachment, Datapath, DatapathError},
     ipam::{self, Family, GatewayPolicy, IpamConfig, IpamState},
     store::Store,
     sys::netlink::{IpvlanMode, MacvlanMode, Netlink, NetlinkError, NewLink},
@@ -39,7 +39,10 @@ use crate::{
 pub use check::Drift;
 pub use driver::Driver;
 pub use endpoint::{ConnectRequest, Endpoint};
-pub use error::{NetworkError, UndoError, UndoFailure};
+pub use error::{
+    ErrorReport, InvalidRequest, NetworkError, UndoError, UndoFailure, CODE_CONFLICT, CODE_DECODE,
+    CODE_INVALID_CONFIG, CODE_IO, CODE_NOT_FOUND, CODE_UNKNOWN_CONTAINER,
+};
 use failpoint::failpoint;
 pub use inspect::{inspect, list_rows, ListFilter};
 use operation::{Operation, OperationLog};
@@ -141,10 +144,10 @@ fn parse_labels(flags: &[String]) -> Result<BTreeMap<String, String>, NetworkErr
     for flag in flags {
         let (key, value) = flag.split_once('=').unwrap_or((flag, ""));
         if key.is_empty() || key.chars().any(char::is_whitespace) {
-            return Err(NetworkError::BadLabel(flag.clone()));
+            return Err(InvalidRequest::BadLabel(flag.clone()).into());
         }
         if labels.insert(key.to_string(), value.to_string()).is_some() {
-            return Err(NetworkError::DuplicateLabel(key.to_string()));
+            return Err(InvalidRequest::DuplicateLabel(key.to_string()).into());
         }
     }
     Ok(labels)
@@ -182,7 +185,7 @@ impl Manager {
 
     pub async fn create(&self, request: CreateRequest) -> Result<NetworkRecord, NetworkError> {
         if !valid_name(&request.name) {
-            return Err(NetworkError::BadName(request.name));
+            return Err(InvalidRequest::BadName(request.name).into());
         }
         let existing = self.networks()?;
         if existing.iter().any(|n| n.name == request.name) {
@@ -193,7 +196,7 @@ impl Manager {
         let ipam = build_ipam(&request, &options)?;
         let has_v6 = ipam.has_family(Family::V6);
         if request.ipv6 && !has_v6 {
-            return Err(NetworkError::Ipv6WithoutSubnet);
+            return Err(InvalidRequest::Ipv6WithoutSubnet.into());
         }
         let id = new_id();
         let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
@@ -509,6 +512,21 @@ impl Manager {
             .collect())
     }
 
+    /// `netvlan datapath detach IFACE`: refused while networks use IFACE
+    /// (nothing would enforce their policy) unless `force`.
+    pub async fn detach(&self, iface: &str, force: bool) -> Result<Attachment, NetworkError> {
+        if !force {
+            let networks = self.networks_on(iface)?;
+            if !networks.is_empty() {
+                return Err(NetworkError::DatapathInUse {
+                    iface: iface.to_string(),
+                    networks,
+                });
+            }
+        }
+        Ok(self.datapath.detach(iface).await?)
+    }
+
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
@@ -532,7 +550,7 @@ fn build_ipam(
     options: &NetworkOptions,
 ) -> Result<IpamConfig, NetworkError> {
     if request.subnets.is_empty() {
-        return Err(NetworkError::NoSubnet);
+        return Err(InvalidRequest::NoSubnet.into());
     }
     let subnets = request
         .subnets

@@ -10,7 +10,7 @@ use netvlan_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{driver::Driver, NetworkError, Parent, ParentKind};
+use super::{driver::Driver, InvalidRequest, NetworkError, Parent, ParentKind};
 use crate::{
     keyword::Keyword,
     sys::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
@@ -468,7 +468,7 @@ pub(super) fn plan_parent(given: Option<&str>, network_id: &str) -> Result<Paren
                 .parse::<u16>()
                 .ok()
                 .filter(|v| (1..=4094).contains(v))
-                .ok_or_else(|| NetworkError::VlanOutOfRange {
+                .ok_or_else(|| InvalidRequest::VlanOutOfRange {
                     parent: given.into(),
                     vid: vid.into(),
                 })?;
@@ -520,6 +520,59 @@ mod tests {
         assert!(err(Driver::Macvlan, &["colour=blue"]).contains("unknown option 'colour'"));
         assert!(err(Driver::Macvlan, &["parent"]).contains("not KEY=VALUE"));
         assert!(err(Driver::Macvlan, &["mtu=20"]).contains("mtu=20"));
+    }
+
+    #[test]
+    fn one_table_names_every_key_in_parsing_and_errors() {
+        let names: Vec<&str> = OPTION_KEYS.iter().map(|k| k.name).collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "each key once: {names:?}");
+        assert_eq!(
+            policy_keys(),
+            [
+                "unknown_dst",
+                "vlans",
+                "mac_deny",
+                "max_macs",
+                "max_macs_action"
+            ]
+        );
+        assert_eq!(
+            parse_policy_settings(&opts(&["mtu=1400"]))
+                .unwrap_err()
+                .to_string(),
+            "'mtu' is not a policy setting (settable: unknown_dst, vlans, mac_deny, max_macs, max_macs_action)"
+        );
+        assert!(
+            NetworkOptions::parse(Driver::Macvlan, &opts(&["colour=blue"]))
+                .unwrap_err()
+                .to_string()
+                .ends_with(&format!("(known: {})", names.join(", ")))
+        );
+        // Every key takes a value of its own kind, through the table.
+        let o = NetworkOptions::parse(
+            Driver::Macvlan,
+            &opts(&[
+                "parent=eth0.10",
+                "macvlan_mode=vepa",
+                "mtu=1400",
+                "unknown_dst=drop",
+                "vlans=10,20-21",
+                "mac_deny=02:00:00:00:00:66",
+                "max_macs=64",
+                "max_macs_action=count",
+                "spoofcheck=off",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(o.parent.as_deref(), Some("eth0.10"));
+        assert_eq!(o.macvlan_mode, Some(MacvlanMode::Vepa));
+        assert_eq!((o.mtu, o.spoofcheck), (Some(1400), false));
+        assert!(o.policy.unknown_dst_drop && o.policy.max_macs_count_only);
+        assert_eq!(o.policy.vlans, Some([10, 20, 21].into()));
+        assert_eq!(o.policy.mac_deny, [[2, 0, 0, 0, 0, 0x66]].into());
+        assert_eq!(o.policy.max_macs, Some(64));
+        assert_eq!(o.raw.len(), 9);
     }
 
     #[test]

@@ -300,10 +300,9 @@ impl SandboxPlan {
     ) -> Result<Materialized, NetworkError> {
         netlink.set_alias(ifindex, &self.alias).await?;
         if netlink.link_by_name(&self.ifname).await.is_ok() {
-            return Err(NetworkError::BadEndpoint(format!(
-                "the sandbox already has an interface named {}",
-                self.ifname
-            )));
+            return Err(NetworkError::IfnameTaken {
+                ifname: self.ifname.clone(),
+            });
         }
         netlink.rename(ifindex, &self.ifname).await?;
         for address in &self.addresses {
