@@ -31,7 +31,7 @@ use self::{
     stats::StatsArgs,
 };
 use crate::{
-    control::Manager,
+    control::{Manager, OptionKey, OPTION_KEYS},
     datapath::{pins, Datapath, DEFAULT_BPF_DIR},
     keyword::Keyword,
     store::{Store, DEFAULT_STATE_DIR},
@@ -151,11 +151,58 @@ fn keyword_parser<K: Keyword + Send + Sync>() -> impl TypedValueParser<Value = K
     .map(|name| K::parse_keyword(&name).expect("clap accepts only the keyword's spellings"))
 }
 
+/// Keys of the one table of `-o` keys, for help: `KEY=VALUES` and what
+/// it does below, wrapped short enough that clap keeps the lines.
+fn key_lines<'a>(keys: impl Iterator<Item = &'a OptionKey>) -> String {
+    const INDENT: &str = "      ";
+    const WIDTH: usize = 72;
+    let mut out = Vec::new();
+    for key in keys {
+        out.push(format!("  {}={}", key.name, key.values));
+        let mut line = String::from(INDENT);
+        for word in key.help.split_whitespace() {
+            if line.len() > INDENT.len() && line.len() + 1 + word.len() > WIDTH {
+                out.push(std::mem::replace(&mut line, String::from(INDENT)));
+            }
+            if line.len() > INDENT.len() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+/// The command line with the `-o` keys listed from the control plane's
+/// table (so help never drifts from what is parsed).
+fn command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("network", |network| {
+            network.mut_subcommand("create", |create| {
+                create.mut_arg("opt", |opt| {
+                    opt.long_help(format!(
+                        "Driver options and the policy settings of `netvlan policy set`; repeat for more:\n{}",
+                        key_lines(OPTION_KEYS.iter())
+                    ))
+                })
+            })
+        })
+        .mut_subcommand("policy", |policy| {
+            policy.mut_subcommand("set", |set| {
+                set.after_long_help(format!(
+                    "Settings:\n{}",
+                    key_lines(OPTION_KEYS.iter().filter(|k| k.policy()))
+                ))
+            })
+        })
+}
+
 /// Runs the command line and exits with its status.
 pub fn main() {
     // Reads FAILPOINTS in test builds (feature `failpoints`); inert otherwise.
     let _failpoints = fail::FailScenario::setup();
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let json = wants_json(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(cli.verbose);

@@ -109,10 +109,8 @@ pub(super) struct CreateArgs {
     /// No external connectivity: no default route in the sandboxes.
     #[arg(long)]
     internal: bool,
-    /// Driver options: parent=IFACE[.VID], macvlan_mode=bridge|vepa|private|passthru,
-    /// ipvlan_mode=l2|l3|l3s, ipvlan_flag=bridge|private|vepa, mtu=N,
-    /// spoofcheck=on|off; and the policy settings of `netvlan policy set`
-    /// (unknown_dst, vlans, mac_deny, max_macs, max_macs_action).
+    /// Driver options and the policy settings of `netvlan policy set`;
+    /// repeat for more (`--help` lists the keys).
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     opt: Vec<String>,
     /// Metadata KEY=VALUE (shown by inspect, matched by `ls --filter label=`);
