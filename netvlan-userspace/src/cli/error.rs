@@ -64,35 +64,13 @@ impl From<DatapathError> for CliError {
 }
 
 impl CliError {
-    /// The message and its causes, `: `-separated, as printed after `error: `.
-    pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(e) = cause {
-            text.push_str(": ");
-            text.push_str(&e.to_string());
-            cause = e.source();
-        }
-        text
-    }
-
     /// The machine-readable form (`--json`): the control plane's own, else
-    /// an I/O error (code 5) with the causes as details.
+    /// an I/O error (code 5) with the causes as details. Its
+    /// [`line`](ErrorReport::line) is what `main` prints after `error: `.
     pub fn report(&self) -> ErrorReport {
-        if let CliError::Network(e) = self {
-            return e.report();
-        }
-        let mut details = Vec::new();
-        let mut cause = std::error::Error::source(self);
-        while let Some(e) = cause {
-            details.push(e.to_string());
-            cause = e.source();
-        }
-        ErrorReport {
-            code: CODE_IO,
-            kind: "error",
-            msg: self.to_string(),
-            details: details.join(": "),
+        match self {
+            CliError::Network(e) => e.report(),
+            other => ErrorReport::new(CODE_IO, "error", other),
         }
     }
 }

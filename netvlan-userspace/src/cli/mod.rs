@@ -212,9 +212,10 @@ pub fn main() {
         .expect("a current-thread tokio runtime can always be built");
     let result = runtime.block_on(run(cli));
     if let Err(e) = result {
-        err!("error: {}", e.chain());
+        let report = e.report();
+        err!("error: {}", report.line());
         if json {
-            err!("{}", serde_json::json!({ "error": e.report() }));
+            err!("{}", serde_json::json!({ "error": report }));
         }
         std::process::exit(1);
     }

@@ -253,6 +253,32 @@ pub const CODE_CONFLICT: u32 = 100;
 pub const CODE_NOT_FOUND: u32 = 101;
 
 impl ErrorReport {
+    /// `error` as `code` and `kind`: its message, and its chain of causes
+    /// (`: `-separated) as details.
+    pub fn new(code: u32, kind: &'static str, error: &dyn std::error::Error) -> Self {
+        let mut details = Vec::new();
+        let mut cause = error.source();
+        while let Some(e) = cause {
+            details.push(e.to_string());
+            cause = e.source();
+        }
+        ErrorReport {
+            code,
+            kind,
+            msg: error.to_string(),
+            details: details.join(": "),
+        }
+    }
+
+    /// The message and its causes in one line, as the CLI prints it.
+    pub fn line(&self) -> String {
+        if self.details.is_empty() {
+            self.msg.clone()
+        } else {
+            format!("{}: {}", self.msg, self.details)
+        }
+    }
+
     /// CNI's error result: `{"cniVersion", "code", "msg", "details"}`
     /// (`details` left out when empty, as the spec allows).
     pub fn to_cni(&self, cni_version: &str) -> serde_json::Value {
@@ -270,12 +296,7 @@ impl ErrorReport {
     /// Docker's plugin API error: `{"Err": msg}`, with the causes appended
     /// as the CLI shows them (Docker has no field for them).
     pub fn to_docker(&self) -> serde_json::Value {
-        let err = if self.details.is_empty() {
-            self.msg.clone()
-        } else {
-            format!("{}: {}", self.msg, self.details)
-        };
-        serde_json::json!({ "Err": err })
+        serde_json::json!({ "Err": self.line() })
     }
 }
 
@@ -304,19 +325,8 @@ impl InvalidRequest {
 impl NetworkError {
     /// The error as the fronts report it to machines.
     pub fn report(&self) -> ErrorReport {
-        let mut details = Vec::new();
-        let mut cause = std::error::Error::source(self);
-        while let Some(e) = cause {
-            details.push(e.to_string());
-            cause = e.source();
-        }
         let (code, kind) = self.code_and_kind();
-        ErrorReport {
-            code,
-            kind,
-            msg: self.to_string(),
-            details: details.join(": "),
-        }
+        ErrorReport::new(code, kind, self)
     }
 
     fn code_and_kind(&self) -> (u32, &'static str) {
