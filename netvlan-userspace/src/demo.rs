@@ -339,12 +339,12 @@ impl Demo {
                 let counted = report
                     .iter()
                     .flat_map(|i| i.macs.iter())
-                    .find(|m| m.mac == e.mac);
+                    .find(|m| Some(m.mac) == e.mac);
                 endpoints.push(DemoEndpoint {
                     sandbox: e.sandbox.clone(),
                     network: record.name.clone(),
                     ipv4: e.ipv4.map(|n| n.to_string()).unwrap_or_default(),
-                    mac: e.mac.clone(),
+                    mac: e.mac_text(),
                     rx_packets: counted.map_or(0, |m| m.counters.rx_packets),
                     rx_bytes: counted.map_or(0, |m| m.counters.rx_bytes),
                 });

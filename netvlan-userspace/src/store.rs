@@ -27,7 +27,7 @@ use crate::sys::netns::NetnsScope;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netvlan";
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
-/// Intents of the command in flight (see `control::journal`): what it may
+/// Operations of the command in flight (see `control::operation`): what it may
 /// have created in the kernel, written before it creates it.
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 const PENDING: &str = "pending";

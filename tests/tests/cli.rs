@@ -860,3 +860,35 @@ fn help_shows_global_flags_once_and_describes_every_positional() {
         }
     }
 }
+
+// Every front gets the manager's refusals, and `--json` gets them as data.
+
+#[test]
+fn detaching_under_networks_is_refused_with_a_machine_readable_error() {
+    let lan = Lan::new(false);
+    create(
+        &lan,
+        &["--subnet", "10.61.0.0/24", "-o", "parent=eth0", "guarded"],
+    )
+    .ok();
+    let refused = lan
+        .netvlan(&["datapath", "detach", "--json", "eth0"])
+        .failed();
+    assert!(
+        refused
+            .stderr
+            .contains("networks guarded use eth0: detaching would leave their policy unenforced"),
+        "{}",
+        refused.stderr
+    );
+    let last = refused.stderr.lines().last().unwrap_or_default();
+    let report: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last stderr line is not JSON ({e}): {last}"));
+    assert_eq!(report["error"]["kind"], "datapath_in_use", "{report:#}");
+    assert_eq!(report["error"]["code"], 100, "{report:#}");
+    assert!(
+        lan.host.link_json("eth0").get("xdp").is_some(),
+        "still attached"
+    );
+    lan.netvlan(&["network", "rm", "guarded"]).ok();
+}

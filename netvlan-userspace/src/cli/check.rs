@@ -1,6 +1,6 @@
 //! `netvlan check`: drift between the store and the kernel.
 
-use anyhow::Result;
+use super::error::{CliError, Result};
 
 use super::{output::print_json, Output};
 use crate::control::Manager;
@@ -20,7 +20,9 @@ pub(super) async fn run(manager: &Manager, output: Output) -> Result<()> {
         }
     }
     if !drifts.is_empty() {
-        anyhow::bail!("{} drift(s) between the store and the kernel", drifts.len());
+        return Err(CliError::Drifts {
+            count: drifts.len(),
+        });
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `netvlan connect` / `disconnect` (also under `netvlan network`).
 
-use anyhow::Result;
+use super::error::Result;
 use clap::Args;
 
 use super::{
@@ -69,7 +69,7 @@ pub(super) async fn connect(manager: &Manager, args: ConnectArgs) -> Result<()> 
         endpoint.sandbox,
         record.name,
         endpoint.ifname,
-        endpoint.mac,
+        endpoint.mac_text(),
         addrs.join(" ")
     );
     Ok(())

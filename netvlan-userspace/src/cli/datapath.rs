@@ -1,6 +1,6 @@
 //! `netvlan datapath ...`: attach, detach, status, prune, upgrade.
 
-use anyhow::Result;
+use super::error::Result;
 use clap::Subcommand;
 
 use super::{
@@ -8,6 +8,7 @@ use super::{
     output::{out, print_json},
     Output,
 };
+use crate::control::Manager;
 use crate::datapath::{
     upgrade::{EndpointUpgradeOutcome, UpgradeOutcome},
     AttachMode, AttachOutcome, AttachmentStatus, Datapath,
@@ -75,7 +76,13 @@ pub(super) enum DatapathCommand {
     },
 }
 
-pub(super) async fn run(datapath: &Datapath, cmd: DatapathCommand) -> Result<()> {
+/// Runs a datapath command; `manager` (when there is state) refuses to
+/// detach under networks.
+pub(super) async fn run(
+    datapath: &Datapath,
+    manager: Option<&Manager>,
+    cmd: DatapathCommand,
+) -> Result<()> {
     match cmd {
         DatapathCommand::Attach {
             iface,
@@ -117,8 +124,15 @@ pub(super) async fn run(datapath: &Datapath, cmd: DatapathCommand) -> Result<()>
                 );
             }
         }
-        DatapathCommand::Detach { iface, output, .. } => {
-            let attachment = datapath.detach(&iface).await?;
+        DatapathCommand::Detach {
+            iface,
+            force,
+            output,
+        } => {
+            let attachment = match manager {
+                Some(manager) => manager.detach(&iface, force).await?,
+                None => datapath.detach(&iface).await?,
+            };
             if output.json {
                 print_json(&serde_json::json!({ "detached": attachment }))?;
             } else {

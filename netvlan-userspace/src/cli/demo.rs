@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use super::error::Result;
 use clap::Subcommand;
 
 use super::{

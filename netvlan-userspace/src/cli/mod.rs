@@ -6,6 +6,7 @@ mod check;
 mod connect;
 mod datapath;
 mod demo;
+mod error;
 mod network;
 pub(crate) mod output;
 mod policy;
@@ -14,23 +15,23 @@ mod stats;
 
 use std::{io::IsTerminal, path::PathBuf};
 
-use anyhow::{Context, Result};
 use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
-    Args, Parser, Subcommand,
+    Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 };
 
 use self::{
     connect::{ConnectArgs, DisconnectArgs},
     datapath::DatapathCommand,
     demo::DemoAction,
+    error::{CliError, Result},
     network::NetworkCommand,
     output::err,
     policy::PolicyCommand,
     stats::StatsArgs,
 };
 use crate::{
-    control::Manager,
+    control::{Manager, OptionKey, OPTION_KEYS},
     datapath::{pins, Datapath, DEFAULT_BPF_DIR},
     keyword::Keyword,
     store::{Store, DEFAULT_STATE_DIR},
@@ -114,11 +115,27 @@ enum Command {
     Stats(StatsArgs),
 }
 
+/// With `--json`, a failing command still writes its `error: ...` line to
+/// stderr, then one more line there: `{"error": {"code", "kind", "msg",
+/// "details"}}` ([`ErrorReport`]), so a script parses stdout for results
+/// and the last stderr line for the error.
+///
+/// [`ErrorReport`]: crate::control::ErrorReport
 #[derive(Args, Clone, Copy)]
 struct Output {
-    /// Machine-readable JSON on stdout.
+    /// Machine-readable JSON on stdout (and the error as JSON on stderr).
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+/// Whether the command given has `--json` on (it is global below each
+/// command that takes it).
+fn wants_json(matches: &clap::ArgMatches) -> bool {
+    let mut innermost = matches;
+    while let Some((_, sub)) = innermost.subcommand() {
+        innermost = sub;
+    }
+    matches!(innermost.try_get_one::<bool>("json"), Ok(Some(true)))
 }
 
 /// Parses a [`Keyword`] setting, listing its spellings (and what each
@@ -134,11 +151,60 @@ fn keyword_parser<K: Keyword + Send + Sync>() -> impl TypedValueParser<Value = K
     .map(|name| K::parse_keyword(&name).expect("clap accepts only the keyword's spellings"))
 }
 
+/// Keys of the one table of `-o` keys, for help: `KEY=VALUES` and what
+/// it does below, wrapped short enough that clap keeps the lines.
+fn key_lines<'a>(keys: impl Iterator<Item = &'a OptionKey>) -> String {
+    const INDENT: &str = "      ";
+    const WIDTH: usize = 72;
+    let mut out = Vec::new();
+    for key in keys {
+        out.push(format!("  {}={}", key.name, key.values));
+        let mut line = String::from(INDENT);
+        for word in key.help.split_whitespace() {
+            if line.len() > INDENT.len() && line.len() + 1 + word.len() > WIDTH {
+                out.push(std::mem::replace(&mut line, String::from(INDENT)));
+            }
+            if line.len() > INDENT.len() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+/// The command line with the `-o` keys listed from the control plane's
+/// table (so help never drifts from what is parsed).
+fn command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("network", |network| {
+            network.mut_subcommand("create", |create| {
+                create.mut_arg("opt", |opt| {
+                    opt.long_help(format!(
+                        "Driver options and the policy settings of `netvlan policy set`; repeat for more:\n{}",
+                        key_lines(OPTION_KEYS.iter())
+                    ))
+                })
+            })
+        })
+        .mut_subcommand("policy", |policy| {
+            policy.mut_subcommand("set", |set| {
+                set.after_long_help(format!(
+                    "Settings:\n{}",
+                    key_lines(OPTION_KEYS.iter().filter(|k| k.policy()))
+                ))
+            })
+        })
+}
+
 /// Runs the command line and exits with its status.
 pub fn main() {
     // Reads FAILPOINTS in test builds (feature `failpoints`); inert otherwise.
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    let json = wants_json(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(cli.verbose);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,7 +212,11 @@ pub fn main() {
         .expect("a current-thread tokio runtime can always be built");
     let result = runtime.block_on(run(cli));
     if let Err(e) = result {
-        err!("error: {e:#}");
+        let report = e.report();
+        err!("error: {}", report.line());
+        if json {
+            err!("{}", serde_json::json!({ "error": report }));
+        }
         std::process::exit(1);
     }
     if output::stdout_failed() {
@@ -179,26 +249,23 @@ const NEEDED_CAPABILITIES: [(u32, &str); 2] = [(12, "CAP_NET_ADMIN"), (21, "CAP_
 /// Says up front what privileges are missing, instead of the first
 /// syscall's EPERM/EACCES in whatever it happened to touch.
 fn require_privileges() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .context("reading /proc/self/status to check privileges")?;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(CliError::ReadStatus)?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .context("no CapEff line in /proc/self/status")?;
+        .ok_or(CliError::NoCapEff)?;
     let missing: Vec<&str> = NEEDED_CAPABILITIES
         .iter()
         .filter(|(bit, _)| effective & (1 << bit) == 0)
         .map(|(_, name)| *name)
         .collect();
     if !missing.is_empty() {
-        anyhow::bail!(
-            "netvlan needs root privileges: it manages links, namespaces and eBPF programs, \
-             which takes {}; this process (uid {}) lacks {}. Run it as root (e.g. with sudo)",
-            NEEDED_CAPABILITIES.map(|(_, n)| n).join(" and "),
-            nix::unistd::geteuid(),
-            missing.join(" and ")
-        );
+        return Err(CliError::NotPrivileged {
+            needed: NEEDED_CAPABILITIES.map(|(_, n)| n).join(" and "),
+            uid: nix::unistd::geteuid().as_raw(),
+            missing: missing.join(" and "),
+        });
     }
     Ok(())
 }
@@ -213,7 +280,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Network(NetworkCommand::Ls { .. } | NetworkCommand::Inspect { .. })
     );
     if !reads_state_only {
-        pins_persist.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        pins_persist
+            .as_ref()
+            .map_err(|e| CliError::PinsWouldVanish(e.to_string()))?;
     }
     let datapath = Datapath::open(&cli.bpf_dir)?;
     let state_dir = cli.state_dir.clone();
@@ -228,26 +297,20 @@ async fn run(cli: Cli) -> Result<()> {
         for line in recovered {
             err!("note: {line}");
         }
-        Ok::<Manager, anyhow::Error>(manager)
+        Ok::<Manager, CliError>(manager)
     };
-    if let Command::Datapath(DatapathCommand::Detach {
-        iface,
-        force: false,
-        ..
-    }) = &cli.command
-    {
-        if Store::exists(&state_dir) {
-            let users = manager().await?.networks_on(iface)?;
-            if !users.is_empty() {
-                anyhow::bail!(
-                    "networks {} use {iface}: detaching would leave their policy unenforced; remove them first, or pass --force",
-                    users.join(", ")
-                );
-            }
-        }
-    }
     match cli.command {
-        Command::Datapath(cmd) => datapath::run(&datapath, cmd).await,
+        Command::Datapath(cmd) => {
+            // Detaching under networks is the manager's to refuse; with no
+            // state there are none (and no state is made).
+            let manager = match &cmd {
+                DatapathCommand::Detach { .. } if Store::exists(&state_dir) => {
+                    Some(manager().await?)
+                }
+                _ => None,
+            };
+            datapath::run(&datapath, manager.as_ref(), cmd).await
+        }
         Command::Check { output } => check::run(&manager().await?, output).await,
         Command::Stats(args) => stats::run(&datapath, &cli.state_dir, args).await,
         Command::Demo {

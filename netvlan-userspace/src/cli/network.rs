@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::{Context, Result};
+use super::error::{CliError, Result};
 use clap::{Args, Subcommand};
 
 use super::{
@@ -109,10 +109,8 @@ pub(super) struct CreateArgs {
     /// No external connectivity: no default route in the sandboxes.
     #[arg(long)]
     internal: bool,
-    /// Driver options: parent=IFACE[.VID], macvlan_mode=bridge|vepa|private|passthru,
-    /// ipvlan_mode=l2|l3|l3s, ipvlan_flag=bridge|private|vepa, mtu=N,
-    /// spoofcheck=on|off; and the policy settings of `netvlan policy set`
-    /// (unknown_dst, vlans, mac_deny, max_macs, max_macs_action).
+    /// Driver options and the policy settings of `netvlan policy set`;
+    /// repeat for more (`--help` lists the keys).
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     opt: Vec<String>,
     /// Metadata KEY=VALUE (shown by inspect, matched by `ls --filter label=`);
@@ -189,7 +187,7 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
             }
             print_json(&found)?;
             if !missing.is_empty() {
-                anyhow::bail!("{}", missing.join("\nerror: "));
+                return Err(CliError::Several(missing));
             }
         }
         NetworkCommand::Rm { names, output } => {
@@ -253,8 +251,8 @@ fn finish_removal(output: Output, removed: &[String], failed: &[(String, String)
         print_json(&serde_json::json!({ "removed": removed, "errors": errors }))?;
     }
     if !failed.is_empty() {
-        let messages: Vec<&str> = failed.iter().map(|(_, e)| e.as_str()).collect();
-        anyhow::bail!("{}", messages.join("\nerror: "));
+        let messages = failed.iter().map(|(_, e)| e.clone()).collect();
+        return Err(CliError::Several(messages));
     }
     Ok(())
 }
@@ -266,10 +264,7 @@ pub(super) fn confirm_prune(force: bool) -> Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "network prune removes every network without endpoints and stdin is not a terminal to ask on: \
-             pass -f (--force) to confirm; nothing was removed"
-        );
+        return Err(CliError::PruneNotConfirmed);
     }
     let mut stderr = std::io::stderr().lock();
     let _ = write!(
@@ -280,6 +275,6 @@ pub(super) fn confirm_prune(force: bool) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)
-        .context("reading the answer from stdin")?;
+        .map_err(CliError::ReadAnswer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
 }

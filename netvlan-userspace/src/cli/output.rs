@@ -6,7 +6,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use anyhow::{Context, Result};
+use super::error::{CliError, Result};
 
 /// `println!` that survives a closed stdout (see [`write_stdout`]).
 macro_rules! out {
@@ -64,7 +64,7 @@ pub(crate) fn write_stderr(line: std::fmt::Arguments) {
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     out!(
         "{}",
-        serde_json::to_string_pretty(value).context("serialising output")?
+        serde_json::to_string_pretty(value).map_err(CliError::Json)?
     );
     Ok(())
 }

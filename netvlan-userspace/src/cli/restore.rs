@@ -1,6 +1,6 @@
 //! `netvlan restore`: recreate what the stored networks need.
 
-use anyhow::Result;
+use super::error::{CliError, Result};
 
 use super::{
     output::{out, print_json},
@@ -24,7 +24,7 @@ pub(super) async fn run(manager: &Manager, output: Output) -> Result<()> {
         }
     }
     if failed > 0 {
-        anyhow::bail!("{failed} restore action(s) failed");
+        return Err(CliError::RestoreFailed { failed });
     }
     Ok(())
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{Driver, Manager, NetworkError, NetworkRecord};
+use super::{
+    routes::held_routes, sandbox_link, Driver, Endpoint, Manager, NetworkError, NetworkRecord,
+};
 use crate::{
     datapath::DatapathError,
     sys::{netlink::NetlinkError, sandbox::Sandbox},
@@ -175,9 +177,8 @@ impl Manager {
                 let missing: Vec<String> = match network.options.driver {
                     Driver::Macvlan => endpoint
                         .stored_mac()
-                        .map(netvlan_common::Mac::octets)
-                        .filter(|mac| !macs.contains(mac))
-                        .map(|_| format!("MAC {}", endpoint.mac))
+                        .filter(|mac| !macs.contains(&mac.octets()))
+                        .map(|mac| format!("MAC {mac}"))
                         .into_iter()
                         .collect(),
                     Driver::Ipvlan => endpoint
@@ -209,7 +210,7 @@ impl Manager {
         &self,
         all: &[NetworkRecord],
         record: &NetworkRecord,
-        endpoint: &super::Endpoint,
+        endpoint: &Endpoint,
         drifts: &mut Vec<Drift>,
     ) -> Result<(), NetworkError> {
         let object = format!("endpoint {}", endpoint.sandbox);
@@ -232,8 +233,9 @@ impl Manager {
             );
             return Ok(());
         }
-        let routes = super::endpoint::held_routes(all, record, endpoint);
-        let facts = self.probe_endpoint(record, endpoint, routes, false).await?;
+        let routes = held_routes(all, record, endpoint);
+        let facts =
+            sandbox_link::probe(self.datapath().bpf_dir(), record, endpoint, routes, false).await?;
         let ifname = &endpoint.ifname;
         let Some(ifindex) = facts.ifindex else {
             drift(

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{NetworkError, NetworkRecord, ParentKind};
+use super::{InvalidRequest, NetworkError, NetworkRecord, ParentKind};
 
 /// `docker network inspect`-shaped JSON for one network.
 pub fn inspect(record: &NetworkRecord) -> Value {
@@ -43,7 +43,7 @@ pub fn inspect(record: &NetworkRecord) -> Value {
                 json!({
                     "Name": e.sandbox,
                     "EndpointID": e.id,
-                    "MacAddress": e.mac,
+                    "MacAddress": e.mac_text(),
                     "IPv4Address": e.ipv4.map(|n| n.to_string()).unwrap_or_default(),
                     "IPv6Address": e.ipv6.map(|n| n.to_string()).unwrap_or_default(),
                 }),
@@ -145,9 +145,11 @@ impl ListFilter {
     pub fn parse(filters: &[String]) -> Result<Self, NetworkError> {
         let mut filter = ListFilter::default();
         for text in filters {
-            let bad = |why: &str| NetworkError::BadFilter {
-                filter: text.clone(),
-                reason: why.to_string(),
+            let bad = |why: &str| {
+                NetworkError::from(InvalidRequest::BadFilter {
+                    filter: text.clone(),
+                    reason: why.to_string(),
+                })
             };
             let (key, value) = text
                 .split_once('=')

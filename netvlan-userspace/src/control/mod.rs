@@ -2,18 +2,28 @@
 //!
 //! Every command follows validate → act → persist: all input is checked
 //! against the stored state before the kernel is touched, every kernel
-//! change pushes its undo onto a [`Rollback`], and the record is written
-//! last, in one transaction, under the store's lock. A failure at any step
-//! undoes what was done, so a command is all or nothing.
+//! change is recorded first as an [`operation::Operation`] (journalled, and
+//! undone on failure), and the record is written last, in one transaction,
+//! under the store's lock. A failure at any step undoes what was done, so
+//! a command is all or nothing.
+//!
+//! [`Manager`] is the one entry point of every front; it keeps no state of
+//! its own between commands (that is the store's).
 
 mod check;
+mod driver;
 mod endpoint;
+mod error;
+mod failpoint;
 mod inspect;
-mod journal;
+mod operation;
 mod options;
+mod owner;
+mod recover;
 pub mod report;
 mod restore;
-mod rollback;
+mod routes;
+mod sandbox_link;
 mod wire_policy;
 
 use std::collections::BTreeMap;
@@ -21,125 +31,24 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{AttachMode, AttachOutcome, Datapath, DatapathError},
-    ipam::{self, Family, GatewayPolicy, IpamConfig, IpamError, IpamState},
-    store::{Store, StoreError},
+    datapath::{AttachMode, AttachOutcome, Attachment, Datapath, DatapathError},
+    ipam::{self, Family, GatewayPolicy, IpamConfig, IpamState},
+    store::Store,
     sys::netlink::{IpvlanMode, MacvlanMode, Netlink, NetlinkError, NewLink},
-    sys::sandbox::SandboxError,
 };
 pub use check::Drift;
+pub use driver::Driver;
 pub use endpoint::{ConnectRequest, Endpoint};
+pub use error::{
+    ErrorReport, InvalidRequest, NetworkError, UndoError, UndoFailure, CODE_CONFLICT, CODE_DECODE,
+    CODE_INVALID_CONFIG, CODE_IO, CODE_NOT_FOUND, CODE_UNKNOWN_CONTAINER,
+};
+use failpoint::failpoint;
 pub use inspect::{inspect, list_rows, ListFilter};
-pub use options::{Driver, NetworkOptions, PolicyOptions};
+use operation::{Operation, OperationLog};
+pub use options::{NetworkOptions, OptionError, OptionKey, PolicyOptions, OPTION_KEYS};
+use owner::{new_id, owner_alias, OWNER_PREFIX};
 pub use restore::RestoreAction;
-use rollback::Rollback;
-
-/// Errors of network and endpoint commands. Each names the object.
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
-    #[error("network name '{0}' is invalid: use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters")]
-    BadName(String),
-    #[error("a network named '{0}' already exists")]
-    NameInUse(String),
-    #[error("no network named '{0}'")]
-    UnknownNetwork(String),
-    #[error("--subnet is required: netvlan puts containers on an existing LAN and cannot guess its address plan")]
-    NoSubnet,
-    #[error("--ipv6 needs at least one IPv6 --subnet")]
-    Ipv6WithoutSubnet,
-    #[error("invalid option: {0}")]
-    BadOption(String),
-    #[error("invalid --label '{0}': expected KEY=VALUE with a non-empty KEY")]
-    BadLabel(String),
-    #[error("--label {0} is given more than once")]
-    DuplicateLabel(String),
-    #[error("invalid --filter '{filter}': {reason}")]
-    BadFilter { filter: String, reason: String },
-    #[error("parent interface '{0}' does not exist")]
-    UnknownParent(String),
-    #[error("parent interface '{parent}' is a {kind} interface, not Ethernet: macvlan and ipvlan endpoints need an Ethernet parent (a NIC, bond, veth or VLAN link)")]
-    ParentNotEthernet { parent: String, kind: String },
-    #[error("mtu={mtu} is larger than the MTU of parent interface '{parent}' ({parent_mtu}): endpoints cannot exceed their parent's MTU; raise the parent's MTU first or use mtu={parent_mtu} or less")]
-    MtuAboveParent {
-        mtu: u32,
-        parent: String,
-        parent_mtu: u32,
-    },
-    #[error("parent interface '{parent}' does not accept {driver} endpoints")]
-    ParentRefused {
-        parent: String,
-        driver: Driver,
-        #[source]
-        source: NetlinkError,
-    },
-    #[error("{setting} on network '{network}' would also apply to network(s) {others}, which share {scope}; a network's policy must stay inside it: give the network its own parent or VLAN (parent=IFACE.VID)")]
-    PolicyReachesOthers {
-        network: String,
-        setting: String,
-        others: String,
-        scope: String,
-    },
-    #[error("network '{other}' enforces {setting} on {scope}, which would also apply to the new network '{network}'; give '{network}' its own parent or VLAN (parent=IFACE.VID), or turn {setting} off on '{other}' first")]
-    PolicyWouldReach {
-        network: String,
-        other: String,
-        setting: String,
-        scope: String,
-    },
-    #[error("VLAN id {vid} in parent '{parent}' is outside 1..4094")]
-    VlanOutOfRange { parent: String, vid: String },
-    #[error("network '{network}' is already using parent interface {parent}")]
-    ParentInUse { network: String, parent: String },
-    #[error("subnet {subnet} overlaps subnet {other} of network '{network}'")]
-    SubnetOverlap {
-        subnet: ipnet::IpNet,
-        other: ipnet::IpNet,
-        network: String,
-    },
-    #[error("parent interface '{parent}' is {owner}, a link netvlan manages itself; give the LAN's interface as parent, or none for an internal network")]
-    ParentIsNetvlans { parent: String, owner: String },
-    #[error("the policy of network '{network}' cannot be enforced: {reason}")]
-    NotEnforced { network: String, reason: String },
-    #[error("network '{network}' has {count} connected endpoint(s); disconnect them first")]
-    HasEndpoints { network: String, count: usize },
-    #[error("sandbox '{sandbox}' is already connected to network '{network}'")]
-    AlreadyConnected { network: String, sandbox: String },
-    #[error("sandbox '{sandbox}' of network '{network}' is gone (the network namespace its endpoint was made in no longer exists): remove the endpoint with `netvlan disconnect -f {network} {sandbox}`")]
-    SandboxGone { network: String, sandbox: String },
-    #[error("sandbox '{sandbox}' is the network namespace netvlan runs in, which holds parent '{parent}': connect a container's namespace instead")]
-    SandboxIsHost { sandbox: String, parent: String },
-    #[error("sandbox '{sandbox}' is not connected to network '{network}'")]
-    NotConnected { network: String, sandbox: String },
-    #[error("passthru network '{0}' already has its one endpoint")]
-    PassthruTaken(String),
-    #[error("{0}")]
-    BadEndpoint(String),
-    #[error("parent interface '{parent}' of network '{network}' is missing (after a reboot, run `netvlan restore`)")]
-    ParentMissing { network: String, parent: String },
-    #[error(transparent)]
-    Ipam(#[from] IpamError),
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error(transparent)]
-    Datapath(#[from] DatapathError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    #[error(transparent)]
-    Netns(#[from] crate::sys::netns::NetnsError),
-    /// A fault injected by a test through `FAILPOINTS` (feature `failpoints`).
-    #[error("injected fault at {0}")]
-    Injected(String),
-    #[error("{failed} failed, and undoing it also failed: {undo}")]
-    RollbackFailed {
-        #[source]
-        failed: Box<NetworkError>,
-        undo: String,
-    },
-    #[error("network '{network}' was removed, but cleaning up failed: {errors}")]
-    TeardownIncomplete { network: String, errors: String },
-}
 
 /// How the network's parent link came to be, and so what removal undoes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,18 +122,6 @@ pub struct Manager {
     store: Store,
     netlink: Netlink,
     datapath: Datapath,
-    /// This command's journal (see [`journal`]).
-    intents: std::sync::Mutex<Vec<journal::Intent>>,
-}
-
-/// A named step where tests can inject a failure (`FAILPOINTS=NAME=return`
-/// with the `failpoints` feature); a no-op in normal builds.
-pub(crate) fn failpoint(name: &str) -> Result<(), NetworkError> {
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!(name, |_| Err(NetworkError::Injected(name.to_string())));
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
-    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -247,18 +144,13 @@ fn parse_labels(flags: &[String]) -> Result<BTreeMap<String, String>, NetworkErr
     for flag in flags {
         let (key, value) = flag.split_once('=').unwrap_or((flag, ""));
         if key.is_empty() || key.chars().any(char::is_whitespace) {
-            return Err(NetworkError::BadLabel(flag.clone()));
+            return Err(InvalidRequest::BadLabel(flag.clone()).into());
         }
         if labels.insert(key.to_string(), value.to_string()).is_some() {
-            return Err(NetworkError::DuplicateLabel(key.to_string()));
+            return Err(InvalidRequest::DuplicateLabel(key.to_string()).into());
         }
     }
     Ok(labels)
-}
-
-fn new_id() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Manager {
@@ -268,12 +160,11 @@ impl Manager {
             // One connection for the host namespace, shared with the datapath.
             netlink: datapath.netlink().clone(),
             datapath,
-            intents: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Opens the manager and first cleans up after a command that died
-    /// half-way (see [`journal`]). Returns what the cleanup did.
+    /// half-way (see [`recover`]). Returns what the cleanup did.
     pub async fn open(
         store: Store,
         datapath: Datapath,
@@ -295,7 +186,7 @@ impl Manager {
 
     pub async fn create(&self, request: CreateRequest) -> Result<NetworkRecord, NetworkError> {
         if !valid_name(&request.name) {
-            return Err(NetworkError::BadName(request.name));
+            return Err(InvalidRequest::BadName(request.name).into());
         }
         let existing = self.networks()?;
         if existing.iter().any(|n| n.name == request.name) {
@@ -306,7 +197,7 @@ impl Manager {
         let ipam = build_ipam(&request, &options)?;
         let has_v6 = ipam.has_family(Family::V6);
         if request.ipv6 && !has_v6 {
-            return Err(NetworkError::Ipv6WithoutSubnet);
+            return Err(InvalidRequest::Ipv6WithoutSubnet.into());
         }
         let id = new_id();
         let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
@@ -316,22 +207,18 @@ impl Manager {
             &existing,
             &request.name,
             &parent,
-            options::POLICY_KEYS,
+            &options::policy_keys(),
             &options.policy,
             true,
         )?;
 
-        let mut rollback = Rollback::default();
+        let mut log = OperationLog::new(&self.store);
         let result = self
-            .create_in_kernel(&id, &mut parent, &options, &existing, &mut rollback)
+            .create_in_kernel(&id, &mut parent, &options, &existing, &mut log)
             .await;
         let datapath_owned = match result {
             Ok(owned) => owned,
-            Err(e) => {
-                let e = rollback.undo(&self.netlink, &self.datapath, e).await;
-                self.forget_intents();
-                return Err(e);
-            }
+            Err(e) => return Err(log.undo(&self.netlink, &self.datapath, e).await),
         };
         let record = NetworkRecord {
             id,
@@ -359,11 +246,9 @@ impl Manager {
             if !before.is_empty() {
                 let _ = self.sync_wire(&record.parent.wire, &before).await;
             }
-            let e = rollback.undo(&self.netlink, &self.datapath, e).await;
-            self.forget_intents();
-            return Err(e);
+            return Err(log.undo(&self.netlink, &self.datapath, e).await);
         }
-        self.intents_committed();
+        log.committed();
         Ok(record)
     }
 
@@ -375,7 +260,7 @@ impl Manager {
         parent: &mut Parent,
         options: &NetworkOptions,
         existing: &[NetworkRecord],
-        rollback: &mut Rollback,
+        log: &mut OperationLog<'_>,
     ) -> Result<bool, NetworkError> {
         match parent.kind.clone() {
             ParentKind::Existing => {
@@ -389,7 +274,7 @@ impl Manager {
                     })?;
                 // Another network's placeholder (or any link netvlan made):
                 // it would go away with its owner.
-                if let Some(alias) = link.alias.filter(|a| a.starts_with(journal::OWNER_PREFIX)) {
+                if let Some(alias) = link.alias.filter(|a| a.starts_with(OWNER_PREFIX)) {
                     return Err(NetworkError::ParentIsNetvlans {
                         parent: parent.link.clone(),
                         owner: format!("tagged {alias}"),
@@ -409,8 +294,8 @@ impl Manager {
                                 }
                                 other => other.into(),
                             })?;
-                    let alias = journal::owner_alias(id);
-                    self.intend(journal::Intent::HostLink {
+                    let alias = owner_alias(id);
+                    log.record(Operation::HostLink {
                         name: parent.link.clone(),
                         alias: alias.clone(),
                     })?;
@@ -426,39 +311,34 @@ impl Manager {
                         .create_link_with(&parent.link, vlan, &options)
                         .await?;
                     let link = self.netlink.link_by_name(&parent.link).await?;
-                    rollback.delete_link(link.ifindex);
                     self.netlink.set_up(link.ifindex).await?;
                     parent.created = true;
                 }
                 Err(e) => return Err(e.into()),
             },
             ParentKind::Placeholder => {
-                let alias = journal::owner_alias(id);
-                self.intend(journal::Intent::HostLink {
+                let alias = owner_alias(id);
+                log.record(Operation::HostLink {
                     name: parent.link.clone(),
                     alias: alias.clone(),
                 })?;
                 let link = self.create_placeholder(&parent.link, &alias).await?;
-                rollback.delete_link(link);
                 self.netlink.set_up(link).await?;
                 parent.created = true;
             }
         }
         failpoint("create-after-parent")?;
-        self.probe_driver(&parent.link, options, id).await?;
+        self.probe_driver(&parent.link, options, id, log).await?;
 
         // Only an attachment this command makes is the journal's business.
         let attached_before = self.datapath.attachments(Some(&parent.wire)).await.is_ok();
         if !attached_before {
-            self.intend(journal::Intent::Datapath {
+            log.record(Operation::Datapath {
                 wire: parent.wire.clone(),
             })?;
         }
         let owned = match self.datapath.attach(&parent.wire, AttachMode::Auto).await {
-            Ok(AttachOutcome::Attached { .. }) => {
-                rollback.detach(&parent.wire);
-                true
-            }
+            Ok(AttachOutcome::Attached { .. }) => true,
             Ok(AttachOutcome::AlreadyAttached(_)) => existing
                 .iter()
                 .any(|n| n.parent.wire == parent.wire && n.datapath_owned),
@@ -507,12 +387,13 @@ impl Manager {
         parent: &str,
         options: &NetworkOptions,
         id: &str,
+        log: &mut OperationLog<'_>,
     ) -> Result<(), NetworkError> {
         let parent = self.netlink.link_by_name(parent).await?;
         check_parent_fits(&parent, options)?;
         let probe = format!("nvprobe{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let alias = journal::owner_alias(id);
-        self.intend(journal::Intent::HostLink {
+        let alias = owner_alias(id);
+        log.record(Operation::HostLink {
             name: probe.clone(),
             alias: alias.clone(),
         })?;
@@ -574,9 +455,9 @@ impl Manager {
             match self.datapath.detach(&record.parent.wire).await {
                 Ok(_) | Err(DatapathError::NotAttached { .. }) => {}
                 Err(DatapathError::Netlink(NetlinkError::NoSuchInterface { .. })) => {}
-                Err(e) => errors.push(format!(
-                    "detaching the datapath from {}: {e}",
-                    record.parent.wire
+                Err(e) => errors.push(UndoFailure::new(
+                    format!("detaching the datapath from {}", record.parent.wire),
+                    e,
                 )),
             }
         }
@@ -585,23 +466,29 @@ impl Manager {
             match self.netlink.link_by_name(&record.parent.link).await {
                 Ok(link) => {
                     if let Err(e) = self.netlink.delete_link(link.ifindex).await {
-                        errors.push(format!("deleting {}: {e}", record.parent.link));
+                        errors.push(UndoFailure::new(
+                            format!("deleting {}", record.parent.link),
+                            e,
+                        ));
                     }
                 }
                 Err(NetlinkError::NoSuchInterface { .. }) => {}
-                Err(e) => errors.push(format!("looking up {}: {e}", record.parent.link)),
+                Err(e) => errors.push(UndoFailure::new(
+                    format!("looking up {}", record.parent.link),
+                    e,
+                )),
             }
             // Pins of a deleted placeholder are stale now.
             if let Err(e) = self.datapath.prune().await {
-                errors.push(format!("pruning stale pins: {e}"));
+                errors.push(UndoFailure::new("pruning stale pins", e));
             }
         }
         if wire_shared {
             let remaining = wire_policy::wire_after(&others, &record, true);
             if let Err(e) = self.sync_wire(&record.parent.wire, &remaining).await {
-                errors.push(format!(
-                    "updating the policy of {}: {e}",
-                    record.parent.wire
+                errors.push(UndoFailure::new(
+                    format!("updating the policy of {}", record.parent.wire),
+                    Box::new(e),
                 ));
             }
         }
@@ -611,9 +498,34 @@ impl Manager {
         } else {
             Err(NetworkError::TeardownIncomplete {
                 network: record.name,
-                errors: errors.join("; "),
+                errors,
             })
         }
+    }
+
+    /// Names of the networks whose parent or wire is `iface`.
+    pub fn networks_on(&self, iface: &str) -> Result<Vec<String>, NetworkError> {
+        Ok(self
+            .networks()?
+            .into_iter()
+            .filter(|n| n.parent.wire == iface || n.parent.link == iface)
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// `netvlan datapath detach IFACE`: refused while networks use IFACE
+    /// (nothing would enforce their policy) unless `force`.
+    pub async fn detach(&self, iface: &str, force: bool) -> Result<Attachment, NetworkError> {
+        if !force {
+            let networks = self.networks_on(iface)?;
+            if !networks.is_empty() {
+                return Err(NetworkError::DatapathInUse {
+                    iface: iface.to_string(),
+                    networks,
+                });
+            }
+        }
+        Ok(self.datapath.detach(iface).await?)
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -639,7 +551,7 @@ fn build_ipam(
     options: &NetworkOptions,
 ) -> Result<IpamConfig, NetworkError> {
     if request.subnets.is_empty() {
-        return Err(NetworkError::NoSubnet);
+        return Err(InvalidRequest::NoSubnet.into());
     }
     let subnets = request
         .subnets

@@ -3,42 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use netvlan_common::{decision::MAX_MACS_LIMIT, maps::DENY_MACS_CAPACITY};
+use netvlan_common::{
+    decision::MAX_MACS_LIMIT,
+    maps::{DENY_MACS_CAPACITY, MAC_LEARN_BUDGET},
+    Mac,
+};
 use serde::{Deserialize, Serialize};
 
-use super::{NetworkError, Parent, ParentKind};
+use super::{driver::Driver, InvalidRequest, NetworkError, Parent, ParentKind};
 use crate::{
-    keyword::{keyword_text, Keyword},
+    keyword::Keyword,
     sys::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
 };
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// Each endpoint has its own MAC on the parent.
-    #[default]
-    Macvlan,
-    /// Endpoints share the parent's MAC; one network per parent.
-    Ipvlan,
-}
-
-impl Keyword for Driver {
-    const WHAT: &'static str = "driver";
-    const ALL: &'static [Self] = &[Self::Macvlan, Self::Ipvlan];
-    fn name(self) -> &'static str {
-        match self {
-            Driver::Macvlan => "macvlan",
-            Driver::Ipvlan => "ipvlan",
-        }
-    }
-    fn help(self) -> Option<&'static str> {
-        Some(match self {
-            Driver::Macvlan => "Each endpoint has its own MAC on the parent",
-            Driver::Ipvlan => "Endpoints share the parent's MAC; one network per parent",
-        })
-    }
-}
-keyword_text!(Driver);
 
 /// The options of a network, as validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,91 +60,312 @@ pub struct PolicyOptions {
     pub max_macs_count_only: bool,
 }
 
-/// The policy keys, settable at create time and with `netvlan policy set`.
-pub(crate) const POLICY_KEYS: &[&str] = &[
-    "unknown_dst",
-    "vlans",
-    "mac_deny",
-    "max_macs",
-    "max_macs_action",
-];
+/// A `-o KEY=VALUE` that cannot be taken; names the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("'{0}' is not KEY=VALUE")]
+    NotKeyValue(String),
+    #[error("unknown option '{key}' (known: {})", names(|_| true))]
+    Unknown { key: String },
+    #[error("'{key}' is not a policy setting (settable: {})", names(|k| k.policy()))]
+    NotPolicy { key: String },
+    #[error("'{0}' given twice")]
+    GivenTwice(String),
+    #[error("{key} applies to {wanted} networks, not {driver}")]
+    WrongDriver {
+        key: &'static str,
+        wanted: Driver,
+        driver: Driver,
+    },
+    #[error("parent= is empty")]
+    EmptyParent,
+    #[error("parent={0}: not a valid interface name")]
+    BadParent(String),
+    /// A value outside what the key takes (`expected` says what it does).
+    #[error("{key}={value}: expected {expected}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("vlans: '{0}' is not a VLAN id or range within 1..4094")]
+    BadVlan(String),
+    #[error("mac_deny: '{0}' is not a unicast MAC address")]
+    BadDeniedMac(String),
+    #[error("mac_deny: {0} MACs given; a parent denies at most {DENY_MACS_CAPACITY}")]
+    TooManyDenied(usize),
+    #[error("max_macs: the networks on {wire} would learn up to {budget} MACs in all; one parent learns at most {MAC_LEARN_BUDGET}")]
+    LearnBudget { wire: String, budget: u32 },
+}
 
-impl PolicyOptions {
-    /// Applies `KEY=VALUE` policy settings on top of `self`.
-    pub fn update(&mut self, raw: &BTreeMap<String, String>) -> Result<(), NetworkError> {
-        if let Some(v) = raw.get("unknown_dst") {
-            self.unknown_dst_drop = match v.as_str() {
+/// Where a key's value goes.
+enum Setter {
+    Network(fn(&mut NetworkOptions, &str) -> Result<(), OptionError>),
+    /// A policy setting: also changeable later with `netvlan policy set`.
+    Policy(fn(&mut PolicyOptions, &str) -> Result<(), OptionError>),
+}
+
+/// One `-o` key: the one place it is spelled, parsed and described.
+pub struct OptionKey {
+    pub name: &'static str,
+    /// The values it takes, as help shows them.
+    pub values: &'static str,
+    pub help: &'static str,
+    /// The one driver it applies to, if not both.
+    driver: Option<Driver>,
+    set: Setter,
+}
+
+impl OptionKey {
+    /// Whether `netvlan policy set` can change it.
+    pub fn policy(&self) -> bool {
+        matches!(self.set, Setter::Policy(_))
+    }
+}
+
+/// Every `-o` key, in the order they are applied (and so checked).
+pub const OPTION_KEYS: &[OptionKey] = &[
+    OptionKey {
+        name: "parent",
+        values: "IFACE[.VID]",
+        help: "the LAN's interface; IFACE.VID an 802.1Q sub-interface (none: internal)",
+        driver: None,
+        set: Setter::Network(|o, v| {
+            if v.is_empty() {
+                return Err(OptionError::EmptyParent);
+            }
+            o.parent = Some(v.to_string());
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "macvlan_mode",
+        values: "bridge|vepa|private|passthru",
+        help: "how endpoints on one parent reach each other",
+        driver: Some(Driver::Macvlan),
+        set: Setter::Network(|o, v| {
+            o.macvlan_mode = Some(keyword("macvlan_mode", v)?);
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "ipvlan_mode",
+        values: "l2|l3|l3s",
+        help: "switch (l2) or route (l3, l3s) between endpoints and the LAN",
+        driver: Some(Driver::Ipvlan),
+        set: Setter::Network(|o, v| {
+            o.ipvlan_mode = Some(keyword("ipvlan_mode", v)?);
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "ipvlan_flag",
+        values: "bridge|private|vepa",
+        help: "how ipvlan endpoints reach each other",
+        driver: Some(Driver::Ipvlan),
+        set: Setter::Network(|o, v| {
+            o.ipvlan_flag = Some(keyword("ipvlan_flag", v)?);
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "mtu",
+        values: "68..65535",
+        help: "the endpoints' MTU (at most the parent's)",
+        driver: None,
+        set: Setter::Network(|o, v| {
+            o.mtu = Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|mtu| (68..=65535).contains(mtu))
+                    .ok_or_else(|| bad_value("mtu", v, "a number from 68 to 65535"))?,
+            );
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "unknown_dst",
+        values: "pass|drop",
+        help: "drop unicast frames to MACs that are neither an endpoint's nor the host's (ipvlan: to addresses)",
+        driver: None,
+        set: Setter::Policy(|p, v| {
+            p.unknown_dst_drop = match v {
                 "drop" => true,
                 "pass" => false,
-                other => {
-                    return Err(NetworkError::BadOption(format!(
-                        "unknown_dst={other}: expected pass or drop"
-                    )))
-                }
+                other => return Err(bad_value("unknown_dst", other, "pass or drop")),
             };
-        }
-        if let Some(v) = raw.get("vlans") {
-            self.vlans = match v.as_str() {
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "vlans",
+        values: "10,20,30-39|off",
+        help: "VLAN allow-list on the parent's wire; VLANs used by networks are always allowed",
+        driver: None,
+        set: Setter::Policy(|p, v| {
+            p.vlans = match v {
                 "" | "off" => None,
                 list => Some(parse_vlan_list(list)?),
             };
-        }
-        if let Some(v) = raw.get("mac_deny") {
-            self.mac_deny = v
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "mac_deny",
+        values: "MAC,MAC",
+        help: "source MACs that never reach endpoints (empty clears)",
+        driver: None,
+        set: Setter::Policy(|p, v| {
+            p.mac_deny = v
                 .split(',')
                 .filter(|m| !m.is_empty())
                 .map(|m| {
-                    super::endpoint::parse_mac(m.trim()).map_err(|_| {
-                        NetworkError::BadOption(format!(
-                            "mac_deny: '{m}' is not a unicast MAC address"
-                        ))
-                    })
+                    m.trim()
+                        .parse::<Mac>()
+                        .ok()
+                        .filter(|mac| mac.is_unicast())
+                        .map(Mac::octets)
+                        .ok_or_else(|| OptionError::BadDeniedMac(m.to_string()))
                 })
                 .collect::<Result<_, _>>()?;
-            if self.mac_deny.len() > DENY_MACS_CAPACITY as usize {
-                return Err(NetworkError::BadOption(format!(
-                    "mac_deny: {} MACs given; a parent denies at most {DENY_MACS_CAPACITY}",
-                    self.mac_deny.len()
-                )));
+            if p.mac_deny.len() > DENY_MACS_CAPACITY as usize {
+                return Err(OptionError::TooManyDenied(p.mac_deny.len()));
             }
-        }
-        if let Some(v) = raw.get("max_macs") {
-            self.max_macs = match v.as_str() {
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "max_macs",
+        values: "N|off",
+        help: "learn at most N source MACs on the network's VLAN; frames from further new MACs are refused",
+        driver: None,
+        set: Setter::Policy(|p, v| {
+            p.max_macs = match v {
                 "" | "off" => None,
                 n => Some(
                     n.parse::<u32>()
                         .ok()
                         .filter(|n| (1..=MAX_MACS_LIMIT).contains(n))
                         .ok_or_else(|| {
-                            NetworkError::BadOption(format!(
-                                "max_macs={n}: expected off or a number from 1 to {MAX_MACS_LIMIT}"
-                            ))
+                            bad_value(
+                                "max_macs",
+                                n,
+                                &format!("off or a number from 1 to {MAX_MACS_LIMIT}"),
+                            )
                         })?,
                 ),
             };
-        }
-        if let Some(v) = raw.get("max_macs_action") {
-            self.max_macs_count_only = match v.as_str() {
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "max_macs_action",
+        values: "drop|count",
+        help: "refuse frames over max_macs (default) or only count them",
+        driver: None,
+        set: Setter::Policy(|p, v| {
+            p.max_macs_count_only = match v {
                 "drop" => false,
                 "count" => true,
-                other => {
-                    return Err(NetworkError::BadOption(format!(
-                        "max_macs_action={other}: expected drop or count"
-                    )))
-                }
+                other => return Err(bad_value("max_macs_action", other, "drop or count")),
             };
+            Ok(())
+        }),
+    },
+    OptionKey {
+        name: "spoofcheck",
+        values: "on|off",
+        help: "drop what an endpoint sends from a MAC or address not its own",
+        driver: None,
+        set: Setter::Network(|o, v| {
+            o.spoofcheck = match v {
+                "on" => true,
+                "off" => false,
+                other => return Err(bad_value("spoofcheck", other, "on or off")),
+            };
+            Ok(())
+        }),
+    },
+];
+
+/// The names of the keys `which` picks, for error messages.
+fn names(which: impl Fn(&OptionKey) -> bool) -> String {
+    OPTION_KEYS
+        .iter()
+        .filter(|k| which(k))
+        .map(|k| k.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The policy keys, settable at create time and with `netvlan policy set`.
+pub(crate) fn policy_keys() -> Vec<&'static str> {
+    OPTION_KEYS
+        .iter()
+        .filter(|k| k.policy())
+        .map(|k| k.name)
+        .collect()
+}
+
+fn bad_value(key: &'static str, value: &str, expected: &str) -> OptionError {
+    OptionError::BadValue {
+        key,
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+fn keyword<T: Keyword>(key: &'static str, value: &str) -> Result<T, OptionError> {
+    T::parse_keyword(value)
+        .map_err(|e| bad_value(key, value, &format!("one of {}", e.valid.join(", "))))
+}
+
+/// `KEY=VALUE` items into a map of known keys (`accept` picks which are
+/// known here; `unknown` names a key that is not), each given once.
+fn parse_pairs(
+    items: &[String],
+    accept: impl Fn(&OptionKey) -> bool,
+    unknown: impl Fn(&str) -> OptionError,
+) -> Result<BTreeMap<String, String>, OptionError> {
+    let mut raw = BTreeMap::new();
+    for item in items {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(OptionError::NotKeyValue(item.clone()));
+        };
+        if !OPTION_KEYS.iter().any(|k| k.name == key && accept(k)) {
+            return Err(unknown(key));
+        }
+        if raw.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(OptionError::GivenTwice(key.to_string()));
+        }
+    }
+    Ok(raw)
+}
+
+/// `netvlan policy set` settings: policy keys only.
+pub(crate) fn parse_policy_settings(
+    settings: &[String],
+) -> Result<BTreeMap<String, String>, OptionError> {
+    parse_pairs(settings, OptionKey::policy, |key| OptionError::NotPolicy {
+        key: key.to_string(),
+    })
+}
+
+impl PolicyOptions {
+    /// Applies `KEY=VALUE` policy settings on top of `self`.
+    pub fn update(&mut self, raw: &BTreeMap<String, String>) -> Result<(), OptionError> {
+        for key in OPTION_KEYS {
+            if let (Setter::Policy(set), Some(value)) = (&key.set, raw.get(key.name)) {
+                set(self, value)?;
+            }
         }
         Ok(())
     }
 }
 
 /// `10,20,30-39` into VLAN ids, each within 1..4094.
-fn parse_vlan_list(list: &str) -> Result<std::collections::BTreeSet<u16>, NetworkError> {
-    let bad = |part: &str| {
-        NetworkError::BadOption(format!(
-            "vlans: '{part}' is not a VLAN id or range within 1..4094"
-        ))
-    };
+fn parse_vlan_list(list: &str) -> Result<std::collections::BTreeSet<u16>, OptionError> {
+    let bad = |part: &str| OptionError::BadVlan(part.to_string());
     let parse = |text: &str, part: &str| {
         text.trim()
             .parse::<u16>()
@@ -194,119 +391,49 @@ fn parse_vlan_list(list: &str) -> Result<std::collections::BTreeSet<u16>, Networ
     Ok(out)
 }
 
-const KNOWN: &[&str] = &[
-    "parent",
-    "macvlan_mode",
-    "ipvlan_mode",
-    "ipvlan_flag",
-    "mtu",
-    "unknown_dst",
-    "vlans",
-    "mac_deny",
-    "max_macs",
-    "max_macs_action",
-    "spoofcheck",
-];
-
-fn parse_enum<T: Keyword>(key: &str, value: &str) -> Result<T, NetworkError> {
-    T::parse_keyword(value).map_err(|e| {
-        NetworkError::BadOption(format!(
-            "{key}={value}: expected one of {}",
-            e.valid.join(", ")
-        ))
-    })
-}
-
 impl NetworkOptions {
-    pub fn parse(driver: Driver, options: &[String]) -> Result<Self, NetworkError> {
-        let mut raw = BTreeMap::new();
-        for option in options {
-            let Some((key, value)) = option.split_once('=') else {
-                return Err(NetworkError::BadOption(format!(
-                    "'{option}' is not KEY=VALUE"
-                )));
-            };
-            if !KNOWN.contains(&key) {
-                return Err(NetworkError::BadOption(format!(
-                    "unknown option '{key}' (known: {})",
-                    KNOWN.join(", ")
-                )));
-            }
-            if raw.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(NetworkError::BadOption(format!("'{key}' given twice")));
+    pub fn parse(driver: Driver, options: &[String]) -> Result<Self, OptionError> {
+        let raw = parse_pairs(
+            options,
+            |_| true,
+            |key| OptionError::Unknown {
+                key: key.to_string(),
+            },
+        )?;
+        for key in OPTION_KEYS {
+            match key.driver {
+                Some(wanted) if wanted != driver && raw.contains_key(key.name) => {
+                    return Err(OptionError::WrongDriver {
+                        key: key.name,
+                        wanted,
+                        driver,
+                    });
+                }
+                _ => {}
             }
         }
-        let get = |key: &str| raw.get(key).map(String::as_str);
-        let for_driver = |key: &str, wanted: Driver| -> Result<(), NetworkError> {
-            if get(key).is_some() && driver != wanted {
-                return Err(NetworkError::BadOption(format!(
-                    "{key} applies to {wanted} networks, not {driver}"
-                )));
-            }
-            Ok(())
-        };
-        for_driver("macvlan_mode", Driver::Macvlan)?;
-        for_driver("ipvlan_mode", Driver::Ipvlan)?;
-        for_driver("ipvlan_flag", Driver::Ipvlan)?;
-        let parent = match get("parent") {
-            Some("") => return Err(NetworkError::BadOption("parent= is empty".into())),
-            other => other.map(str::to_string),
-        };
-        let mtu = get("mtu")
-            .map(|v| match v.parse::<u32>() {
-                Ok(mtu) if (68..=65535).contains(&mtu) => Ok(mtu),
-                _ => Err(NetworkError::BadOption(format!(
-                    "mtu={v}: expected a number from 68 to 65535"
-                ))),
-            })
-            .transpose()?;
-        Ok(NetworkOptions {
+        let mut options = NetworkOptions {
             driver,
-            macvlan_mode: match driver {
-                Driver::Macvlan => Some(
-                    get("macvlan_mode")
-                        .map(|v| parse_enum("macvlan_mode", v))
-                        .transpose()?
-                        .unwrap_or_default(),
-                ),
-                Driver::Ipvlan => None,
-            },
-            ipvlan_mode: match driver {
-                Driver::Ipvlan => Some(
-                    get("ipvlan_mode")
-                        .map(|v| parse_enum("ipvlan_mode", v))
-                        .transpose()?
-                        .unwrap_or_default(),
-                ),
-                Driver::Macvlan => None,
-            },
-            ipvlan_flag: match driver {
-                Driver::Ipvlan => Some(
-                    get("ipvlan_flag")
-                        .map(|v| parse_enum("ipvlan_flag", v))
-                        .transpose()?
-                        .unwrap_or_default(),
-                ),
-                Driver::Macvlan => None,
-            },
-            spoofcheck: match get("spoofcheck") {
-                None | Some("on") => true,
-                Some("off") => false,
-                Some(other) => {
-                    return Err(NetworkError::BadOption(format!(
-                        "spoofcheck={other}: expected on or off"
-                    )))
-                }
-            },
-            policy: {
-                let mut policy = PolicyOptions::default();
-                policy.update(&raw)?;
-                policy
-            },
-            parent,
-            mtu,
-            raw,
-        })
+            parent: None,
+            macvlan_mode: (driver == Driver::Macvlan).then(MacvlanMode::default),
+            ipvlan_mode: (driver == Driver::Ipvlan).then(IpvlanMode::default),
+            ipvlan_flag: (driver == Driver::Ipvlan).then(IpvlanFlag::default),
+            mtu: None,
+            spoofcheck: spoofcheck_default(),
+            policy: PolicyOptions::default(),
+            raw: BTreeMap::new(),
+        };
+        for key in OPTION_KEYS {
+            let Some(value) = raw.get(key.name) else {
+                continue;
+            };
+            match &key.set {
+                Setter::Network(set) => set(&mut options, value)?,
+                Setter::Policy(set) => set(&mut options.policy, value)?,
+            }
+        }
+        options.raw = raw;
+        Ok(options)
     }
 }
 
@@ -333,9 +460,7 @@ pub(super) fn plan_parent(given: Option<&str>, network_id: &str) -> Result<Paren
         });
     };
     if !valid_ifname(given) {
-        return Err(NetworkError::BadOption(format!(
-            "parent={given}: not a valid interface name"
-        )));
+        return Err(OptionError::BadParent(given.to_string()).into());
     }
     if let Some((base, vid)) = given.rsplit_once('.') {
         if !base.is_empty() && !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) {
@@ -343,7 +468,7 @@ pub(super) fn plan_parent(given: Option<&str>, network_id: &str) -> Result<Paren
                 .parse::<u16>()
                 .ok()
                 .filter(|v| (1..=4094).contains(v))
-                .ok_or_else(|| NetworkError::VlanOutOfRange {
+                .ok_or_else(|| InvalidRequest::VlanOutOfRange {
                     parent: given.into(),
                     vid: vid.into(),
                 })?;
@@ -395,6 +520,59 @@ mod tests {
         assert!(err(Driver::Macvlan, &["colour=blue"]).contains("unknown option 'colour'"));
         assert!(err(Driver::Macvlan, &["parent"]).contains("not KEY=VALUE"));
         assert!(err(Driver::Macvlan, &["mtu=20"]).contains("mtu=20"));
+    }
+
+    #[test]
+    fn one_table_names_every_key_in_parsing_and_errors() {
+        let names: Vec<&str> = OPTION_KEYS.iter().map(|k| k.name).collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "each key once: {names:?}");
+        assert_eq!(
+            policy_keys(),
+            [
+                "unknown_dst",
+                "vlans",
+                "mac_deny",
+                "max_macs",
+                "max_macs_action"
+            ]
+        );
+        assert_eq!(
+            parse_policy_settings(&opts(&["mtu=1400"]))
+                .unwrap_err()
+                .to_string(),
+            "'mtu' is not a policy setting (settable: unknown_dst, vlans, mac_deny, max_macs, max_macs_action)"
+        );
+        assert!(
+            NetworkOptions::parse(Driver::Macvlan, &opts(&["colour=blue"]))
+                .unwrap_err()
+                .to_string()
+                .ends_with(&format!("(known: {})", names.join(", ")))
+        );
+        // Every key takes a value of its own kind, through the table.
+        let o = NetworkOptions::parse(
+            Driver::Macvlan,
+            &opts(&[
+                "parent=eth0.10",
+                "macvlan_mode=vepa",
+                "mtu=1400",
+                "unknown_dst=drop",
+                "vlans=10,20-21",
+                "mac_deny=02:00:00:00:00:66",
+                "max_macs=64",
+                "max_macs_action=count",
+                "spoofcheck=off",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(o.parent.as_deref(), Some("eth0.10"));
+        assert_eq!(o.macvlan_mode, Some(MacvlanMode::Vepa));
+        assert_eq!((o.mtu, o.spoofcheck), (Some(1400), false));
+        assert!(o.policy.unknown_dst_drop && o.policy.max_macs_count_only);
+        assert_eq!(o.policy.vlans, Some([10, 20, 21].into()));
+        assert_eq!(o.policy.mac_deny, [[2, 0, 0, 0, 0, 0x66]].into());
+        assert_eq!(o.policy.max_macs, Some(64));
+        assert_eq!(o.raw.len(), 9);
     }
 
     #[test]

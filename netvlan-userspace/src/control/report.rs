@@ -46,10 +46,9 @@ pub async fn report(
     let mut owners = HashMap::new();
     for record in store.networks::<NetworkRecord>()? {
         for endpoint in record.endpoints.values() {
-            owners.insert(
-                endpoint.mac.clone(),
-                (record.name.clone(), endpoint.sandbox.clone()),
-            );
+            if let Some(mac) = endpoint.mac {
+                owners.insert(mac, (record.name.clone(), endpoint.sandbox.clone()));
+            }
         }
     }
     for mac in report.interfaces.iter_mut().flat_map(|i| i.macs.iter_mut()) {

@@ -8,7 +8,12 @@
 
 use serde::Serialize;
 
-use super::{Driver, Manager, NetworkError, NetworkRecord, NewLink, ParentKind};
+use super::{
+    owner::owner_alias,
+    routes::held_routes,
+    sandbox_link::{self, endpoint_link, temp_link_name},
+    Driver, Manager, NetworkError, NetworkRecord, NewLink, ParentKind,
+};
 use crate::{
     datapath::{AttachMode, AttachOutcome},
     sys::netlink::NetlinkError,
@@ -141,7 +146,7 @@ impl Manager {
                     // Owner-tagged like at create, so crash recovery and a
                     // later `network rm` know it is netvlan's.
                     let options = crate::sys::netlink::LinkOptions {
-                        alias: Some(super::journal::owner_alias(&record.id)),
+                        alias: Some(owner_alias(&record.id)),
                         ..Default::default()
                     };
                     let vlan = NewLink::Vlan {
@@ -155,7 +160,7 @@ impl Manager {
                     Ok(self.netlink().set_up(link.ifindex).await?)
                 }
                 ParentKind::Placeholder => {
-                    let alias = super::journal::owner_alias(&record.id);
+                    let alias = owner_alias(&record.id);
                     let ifindex = self.create_placeholder(&record.parent.link, &alias).await?;
                     Ok(self.netlink().set_up(ifindex).await?)
                 }
@@ -259,20 +264,19 @@ impl Manager {
                 continue;
             };
             // The default routes the store says this endpoint holds.
-            let routes = super::endpoint::held_routes(&all, record, &endpoint);
-            let facts = match self
-                .probe_endpoint(record, &endpoint, routes.clone(), true)
-                .await
-            {
-                Ok(facts) => facts,
-                Err(e) => {
-                    report(
-                        format!("repair {} in {}", endpoint.ifname, endpoint.sandbox),
-                        Some(e.to_string()),
-                    );
-                    continue;
-                }
-            };
+            let routes = held_routes(&all, record, &endpoint);
+            let bpf_dir = self.datapath().bpf_dir();
+            let facts =
+                match sandbox_link::probe(bpf_dir, record, &endpoint, routes.clone(), true).await {
+                    Ok(facts) => facts,
+                    Err(e) => {
+                        report(
+                            format!("repair {} in {}", endpoint.ifname, endpoint.sandbox),
+                            Some(e.to_string()),
+                        );
+                        continue;
+                    }
+                };
             if let Some(ifindex) = facts.ifindex {
                 for action in facts.repaired {
                     report(action, None);
@@ -286,25 +290,26 @@ impl Manager {
                 }
                 continue;
             }
-            let link = super::endpoint::endpoint_link(record, parent.ifindex);
+            let link = endpoint_link(record, parent.ifindex);
             let mac = match record.options.driver {
                 Driver::Macvlan => endpoint.stored_mac().map(netvlan_common::Mac::octets),
                 Driver::Ipvlan => None,
             };
-            let result = self
-                .materialize(
-                    record,
-                    link,
-                    &endpoint.netns_path,
-                    &endpoint.ifname,
-                    mac,
-                    endpoint.ipv4,
-                    endpoint.ipv6,
-                    routes,
-                    &super::journal::owner_alias(&endpoint.id),
-                    &super::endpoint::temp_link_name(),
-                )
-                .await;
+            let result = sandbox_link::materialize(
+                self.netlink(),
+                bpf_dir,
+                record,
+                link,
+                &endpoint.netns_path,
+                &endpoint.ifname,
+                mac,
+                endpoint.ipv4,
+                endpoint.ipv6,
+                routes,
+                &owner_alias(&endpoint.id),
+                &temp_link_name(),
+            )
+            .await;
             let error = match result {
                 Ok(made) => {
                     // The old link's programs went with it: its pins are

@@ -5,9 +5,10 @@
 //! them, as they will be after the command, and written before the command
 //! commits, so a failure rolls back with it.
 
-use std::collections::BTreeMap;
-
-use super::{options::POLICY_KEYS, Driver, Manager, NetworkError, NetworkRecord, ParentKind};
+use super::{
+    options::{parse_policy_settings, OptionError},
+    Driver, Manager, NetworkError, NetworkRecord, Parent, ParentKind, PolicyOptions,
+};
 use crate::datapath::{
     policy_maps::{MacGuard, WirePolicy},
     DatapathError,
@@ -36,7 +37,7 @@ fn vlan_of(record: &NetworkRecord) -> u16 {
     vlan_of_parent(&record.parent)
 }
 
-fn vlan_of_parent(parent: &super::Parent) -> u16 {
+fn vlan_of_parent(parent: &Parent) -> u16 {
     match parent.kind {
         ParentKind::Vlan { vid, .. } => vid,
         _ => 0,
@@ -55,7 +56,7 @@ enum Reach {
 /// The settings of `policy` that are in force (not off), with their reach.
 /// `vlans=` is not among them: it only adds VLANs to the allow-list, and
 /// every network's own VLAN stays allowed.
-fn active(policy: &super::PolicyOptions) -> Vec<(&'static str, Reach)> {
+fn active(policy: &PolicyOptions) -> Vec<(&'static str, Reach)> {
     let mut out = Vec::new();
     if policy.unknown_dst_drop {
         out.push(("unknown_dst", Reach::Vlan));
@@ -73,7 +74,7 @@ fn active(policy: &super::PolicyOptions) -> Vec<(&'static str, Reach)> {
 fn reached<'a>(
     others: &'a [NetworkRecord],
     name: &str,
-    parent: &super::Parent,
+    parent: &Parent,
     reach: Reach,
 ) -> Vec<&'a NetworkRecord> {
     others
@@ -83,7 +84,7 @@ fn reached<'a>(
         .collect()
 }
 
-fn scope_text(parent: &super::Parent, reach: Reach) -> String {
+fn scope_text(parent: &Parent, reach: Reach) -> String {
     match (reach, vlan_of_parent(parent)) {
         (Reach::Wire, _) => format!("parent {} (one deny list per parent)", parent.wire),
         (Reach::Vlan, 0) => format!("the untagged traffic of parent {}", parent.wire),
@@ -98,9 +99,9 @@ fn scope_text(parent: &super::Parent, reach: Reach) -> String {
 pub(super) fn check_policy_scope(
     existing: &[NetworkRecord],
     network: &str,
-    parent: &super::Parent,
+    parent: &Parent,
     keys: &[&str],
-    policy: &super::PolicyOptions,
+    policy: &PolicyOptions,
     creating: bool,
 ) -> Result<(), NetworkError> {
     for (key, reach) in active(policy) {
@@ -238,10 +239,11 @@ impl Manager {
         }
         let budget: u32 = policy.mac_guards.values().map(|g| g.limit).sum();
         if budget > MAC_LEARN_BUDGET {
-            return Err(NetworkError::BadOption(format!(
-                "max_macs: the networks on {wire} would learn up to {budget} MACs in all; \
-                 one parent learns at most {MAC_LEARN_BUDGET}"
-            )));
+            return Err(OptionError::LearnBudget {
+                wire: wire.to_string(),
+                budget,
+            }
+            .into());
         }
         match self.datapath().apply_policy(wire, &policy).await {
             Ok(()) => Ok(()),
@@ -297,23 +299,7 @@ impl Manager {
         settings: &[String],
     ) -> Result<NetworkRecord, NetworkError> {
         let mut record = self.network(network)?;
-        let mut raw = BTreeMap::new();
-        for setting in settings {
-            let Some((key, value)) = setting.split_once('=') else {
-                return Err(NetworkError::BadOption(format!(
-                    "'{setting}' is not KEY=VALUE"
-                )));
-            };
-            if !POLICY_KEYS.contains(&key) {
-                return Err(NetworkError::BadOption(format!(
-                    "'{key}' is not a policy setting (settable: {})",
-                    POLICY_KEYS.join(", ")
-                )));
-            }
-            if raw.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(NetworkError::BadOption(format!("'{key}' given twice")));
-            }
-        }
+        let raw = parse_policy_settings(settings)?;
         let previous = record.clone();
         record.options.policy.update(&raw)?;
         let all = self.networks()?;

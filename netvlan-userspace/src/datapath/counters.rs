@@ -48,7 +48,7 @@ pub struct VlanStats {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MacStats {
-    pub mac: String,
+    pub mac: Mac,
     /// The network and sandbox of the endpoint with this MAC, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
@@ -194,7 +194,7 @@ pub fn read(
     let macs = macs
         .into_iter()
         .map(|(key, total)| MacStats {
-            mac: Mac(key.addr).to_string(),
+            mac: Mac(key.addr),
             network: None,
             endpoint: None,
             counters: total.into(),

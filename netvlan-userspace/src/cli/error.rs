@@ -1,0 +1,76 @@
+//! The CLI's errors: the lower layers' errors it meets, and its own
+//! refusals. `main` prints one as `error: ` and its chain of causes.
+
+use crate::{
+    control::{ErrorReport, NetworkError, CODE_IO},
+    datapath::DatapathError,
+    demo::DemoError,
+    store::StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Network(Box<NetworkError>),
+    #[error(transparent)]
+    Datapath(Box<DatapathError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    #[error("reading /proc/self/status to check privileges")]
+    ReadStatus(#[source] std::io::Error),
+    #[error("no CapEff line in /proc/self/status")]
+    NoCapEff,
+    #[error("netvlan needs root privileges: it manages links, namespaces and eBPF programs, which takes {needed}; this process (uid {uid}) lacks {missing}. Run it as root (e.g. with sudo)")]
+    NotPrivileged {
+        needed: String,
+        uid: u32,
+        missing: String,
+    },
+    /// Pins made here would vanish with this process (`ip netns exec`);
+    /// the message says why and what to do.
+    #[error("{0}")]
+    PinsWouldVanish(String),
+    #[error("{count} drift(s) between the store and the kernel")]
+    Drifts { count: usize },
+    #[error("{failed} restore action(s) failed")]
+    RestoreFailed { failed: usize },
+    /// Several objects failed (each message complete): one `error:` line
+    /// each.
+    #[error("{}", .0.join("\nerror: "))]
+    Several(Vec<String>),
+    #[error("network prune removes every network without endpoints and stdin is not a terminal to ask on: pass -f (--force) to confirm; nothing was removed")]
+    PruneNotConfirmed,
+    #[error("reading the answer from stdin")]
+    ReadAnswer(#[source] std::io::Error),
+    #[error("serialising output")]
+    Json(#[source] serde_json::Error),
+}
+
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
+
+// Boxed: the CLI's error stays small on every path.
+impl From<NetworkError> for CliError {
+    fn from(e: NetworkError) -> Self {
+        CliError::Network(Box::new(e))
+    }
+}
+
+impl From<DatapathError> for CliError {
+    fn from(e: DatapathError) -> Self {
+        CliError::Datapath(Box::new(e))
+    }
+}
+
+impl CliError {
+    /// The machine-readable form (`--json`): the control plane's own, else
+    /// an I/O error (code 5) with the causes as details. Its
+    /// [`line`](ErrorReport::line) is what `main` prints after `error: `.
+    pub fn report(&self) -> ErrorReport {
+        match self {
+            CliError::Network(e) => e.report(),
+            other => ErrorReport::new(CODE_IO, "error", other),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The kernel changes a command makes, each recorded once: journalled
+//! durably before the change (so the next command can clean up after one
+//! that died half-way, see [`Manager::recover`](super::Manager)) and undone,
+//! newest first, when the command fails.
+//!
+//! Committing the network record clears the journal in the same store
+//! transaction; a failure clears it after the undo.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{error::UndoFailure, sandbox_link, NetworkError, NetworkRecord};
+use crate::{
+    datapath::{Datapath, DatapathError},
+    store::Store,
+    sys::netlink::{Netlink, NetlinkError},
+};
+
+/// Something a command creates in the kernel. Stored in the journal as
+/// `{"kind": "host_link", ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Operation {
+    /// A link in the host's namespace (802.1Q parent, placeholder, probe),
+    /// tagged with `alias`.
+    HostLink { name: String, alias: String },
+    /// An endpoint link inside a sandbox: under its temporary name until
+    /// it is tagged with the alias, by the alias after.
+    SandboxLink {
+        netns_path: PathBuf,
+        temp_name: String,
+        alias: String,
+    },
+    /// The datapath attached to a wire that had none.
+    Datapath { wire: String },
+}
+
+impl Operation {
+    /// The command that leaves this behind when it dies, for recovery's
+    /// report ("left by an interrupted connect").
+    pub(crate) fn left_by(&self) -> &'static str {
+        match self {
+            Operation::HostLink { .. } => "command",
+            Operation::SandboxLink { .. } => "connect",
+            Operation::Datapath { .. } => "create",
+        }
+    }
+
+    /// Undoes the change where it is still in the kernel and no network of
+    /// `networks` (the stored ones) owns it. Returns what it removed.
+    pub(crate) async fn undo(
+        &self,
+        netlink: &Netlink,
+        datapath: &Datapath,
+        networks: &[NetworkRecord],
+    ) -> Result<Vec<String>, UndoFailure> {
+        match self {
+            Operation::HostLink { name, alias } => {
+                if networks.iter().any(|n| n.parent.link == *name) {
+                    return Ok(Vec::new());
+                }
+                let failed = |e: NetlinkError| UndoFailure::new(format!("deleting {name}"), e);
+                match netlink.link_by_name(name).await {
+                    Ok(link) if link.alias.as_deref() == Some(alias.as_str()) => {
+                        netlink.delete_link(link.ifindex).await.map_err(failed)?;
+                        Ok(vec![format!("deleted {name}")])
+                    }
+                    Ok(_) | Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            Operation::SandboxLink {
+                netns_path,
+                temp_name,
+                alias,
+            } => {
+                if !netns_path.exists() {
+                    return Ok(Vec::new());
+                }
+                let deleted =
+                    sandbox_link::delete_tagged(netns_path, alias, temp_name, datapath.bpf_dir())
+                        .await
+                        .map_err(|e| {
+                            UndoFailure::new(
+                                format!(
+                                    "deleting the link tagged {alias} in {}",
+                                    netns_path.display()
+                                ),
+                                e,
+                            )
+                        })?;
+                Ok(deleted
+                    .into_iter()
+                    .map(|name| format!("deleted {name} in {}", netns_path.display()))
+                    .collect())
+            }
+            Operation::Datapath { wire } => {
+                let failed = |action: &str, e: DatapathError| UndoFailure::new(action, e);
+                let mut done: Vec<String> = datapath
+                    .remove_dead_staging()
+                    .map_err(|e| failed("removing dead staging pins", e))?
+                    .into_iter()
+                    .map(|path| format!("removed {}", path.display()))
+                    .collect();
+                if networks
+                    .iter()
+                    .any(|n| n.parent.wire == *wire && n.datapath_owned)
+                {
+                    return Ok(done);
+                }
+                match datapath.detach(wire).await {
+                    Ok(_) => done.push(format!("detached the datapath from {wire}")),
+                    Err(DatapathError::NotAttached { .. })
+                    | Err(DatapathError::Netlink(NetlinkError::NoSuchInterface { .. })) => {}
+                    Err(e) => {
+                        return Err(failed(&format!("detaching the datapath from {wire}"), e))
+                    }
+                }
+                Ok(done)
+            }
+        }
+    }
+}
+
+/// The operations of the command in flight, in the order they were made.
+pub(crate) struct OperationLog<'a> {
+    store: &'a Store,
+    operations: Vec<Operation>,
+}
+
+impl<'a> OperationLog<'a> {
+    pub(crate) fn new(store: &'a Store) -> Self {
+        OperationLog {
+            store,
+            operations: Vec::new(),
+        }
+    }
+
+    /// Records `operation` durably; call it before making the change.
+    pub(crate) fn record(&mut self, operation: Operation) -> Result<(), NetworkError> {
+        self.operations.push(operation);
+        Ok(self.store.set_journal(&self.operations)?)
+    }
+
+    /// The command committed: the store emptied the journal in the same
+    /// transaction as the record.
+    pub(crate) fn committed(self) {}
+
+    /// The changes undid themselves (a link that cleaned up after its own
+    /// failure): only the journal is left to clear.
+    pub(crate) fn forget(self) {
+        if let Err(e) = self.store.clear_journal() {
+            tracing::error!("cannot clear the journal: {e}");
+        }
+    }
+
+    /// Undoes every operation, newest first, past failures, and returns
+    /// `failed`, wrapped with every undo that failed.
+    pub(crate) async fn undo(
+        self,
+        netlink: &Netlink,
+        datapath: &Datapath,
+        failed: NetworkError,
+    ) -> NetworkError {
+        // The command's own changes belong to no stored network (its
+        // record was never committed): the ownership check only guards
+        // recovery. Without the list, nothing is spared.
+        let networks: Vec<NetworkRecord> = self.store.networks().unwrap_or_else(|e| {
+            tracing::warn!("undo: cannot read the stored networks: {e}");
+            Vec::new()
+        });
+        let mut failures = Vec::new();
+        for operation in self.operations.iter().rev() {
+            if let Err(e) = operation.undo(netlink, datapath, &networks).await {
+                failures.push(e);
+            }
+        }
+        let error = if failures.is_empty() {
+            failed
+        } else {
+            NetworkError::RollbackFailed {
+                failed: Box::new(failed),
+                undo: failures,
+            }
+        };
+        self.forget();
+        error
+    }
+}
