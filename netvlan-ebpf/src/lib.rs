@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netvlan_common::{
+    decision::{vlan_drop_index, DropReason},
     frame::PacketBytes,
     maps::{Counters, MacDrops, MacKey},
-    decision::{vlan_drop_index, DropReason},
 };
 
 /// The frame an XDP program sees.

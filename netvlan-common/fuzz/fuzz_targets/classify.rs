@@ -4,11 +4,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use netvlan_common::{
-    frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
     decision::{
-        decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED,
-        VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
+        decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP,
+        VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
     },
+    frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
 };
 
 /// A policy that exercises every branch: filter on, VLAN 10 allowed with

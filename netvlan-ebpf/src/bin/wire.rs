@@ -22,14 +22,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use netvlan_common::{
+    decision::{
+        decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
+    },
     frame::{classify, Anomaly, Classification, FrameBytes},
     maps::{
         CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
         MAC_STATS_CAPACITY, VLAN_SLOTS,
-    },
-    decision::{
-        decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
     },
 };
 use netvlan_ebpf::{count, drop, xdp_frame, DropMaps};
