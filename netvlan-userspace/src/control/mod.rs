@@ -154,6 +154,21 @@ fn parse_labels(flags: &[String]) -> Result<BTreeMap<String, String>, NetworkErr
 }
 
 impl Manager {
+    /// The link a network's parent (or its VLAN's base) names; a missing
+    /// one is the user's unknown parent, not a netlink failure.
+    pub(crate) async fn parent_link(
+        &self,
+        name: &str,
+    ) -> Result<crate::sys::netlink::LinkInfo, NetworkError> {
+        self.netlink()
+            .link_by_name(name)
+            .await
+            .map_err(|e| match e {
+                NetlinkError::NoSuchInterface { name } => NetworkError::UnknownParent(name),
+                other => other.into(),
+            })
+    }
+
     pub fn new(store: Store, datapath: Datapath) -> Result<Self, NetworkError> {
         Ok(Manager {
             store,
@@ -264,14 +279,7 @@ impl Manager {
     ) -> Result<bool, NetworkError> {
         match parent.kind.clone() {
             ParentKind::Existing => {
-                let link = self
-                    .netlink
-                    .link_by_name(&parent.link)
-                    .await
-                    .map_err(|e| match e {
-                        NetlinkError::NoSuchInterface { name } => NetworkError::UnknownParent(name),
-                        other => other.into(),
-                    })?;
+                let link = self.parent_link(&parent.link).await?;
                 // Another network's placeholder (or any link netvlan made):
                 // it would go away with its owner.
                 if let Some(alias) = link.alias.filter(|a| a.starts_with(OWNER_PREFIX)) {
@@ -284,16 +292,7 @@ impl Manager {
             ParentKind::Vlan { base, vid } => match self.netlink.link_by_name(&parent.link).await {
                 Ok(_) => parent.created = false,
                 Err(NetlinkError::NoSuchInterface { .. }) => {
-                    let base_link =
-                        self.netlink
-                            .link_by_name(&base)
-                            .await
-                            .map_err(|e| match e {
-                                NetlinkError::NoSuchInterface { name } => {
-                                    NetworkError::UnknownParent(name)
-                                }
-                                other => other.into(),
-                            })?;
+                    let base_link = self.parent_link(&base).await?;
                     let alias = owner_alias(id);
                     log.record(Operation::HostLink {
                         name: parent.link.clone(),

@@ -133,16 +133,7 @@ impl Manager {
                     Err(NetworkError::UnknownParent(record.parent.link.clone()))
                 }
                 ParentKind::Vlan { base, vid } => {
-                    let base = self
-                        .netlink()
-                        .link_by_name(base)
-                        .await
-                        .map_err(|e| match e {
-                            NetlinkError::NoSuchInterface { name } => {
-                                NetworkError::UnknownParent(name)
-                            }
-                            other => other.into(),
-                        })?;
+                    let base = self.parent_link(base).await?;
                     // Owner-tagged like at create, so crash recovery and a
                     // later `network rm` know it is netvlan's.
                     let options = crate::sys::netlink::LinkOptions {
