@@ -187,42 +187,11 @@ impl ListFilter {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::{
-        control::{Driver, NetworkOptions, Parent},
-        ipam::{GatewayPolicy, IpamConfig, IpamState},
-    };
+    use crate::control::{fixture, Driver};
 
     fn record() -> NetworkRecord {
-        let ipam = IpamConfig::from_flags(
-            &["10.1.0.0/24".parse().unwrap()],
-            &[],
-            &[],
-            &[],
-            GatewayPolicy::FirstUsable,
-        )
-        .unwrap();
-        NetworkRecord {
-            id: "ab".repeat(32),
-            name: "lan".into(),
-            options: NetworkOptions::parse(Driver::Macvlan, &["parent=eth0".into()]).unwrap(),
-            parent: Parent {
-                link: "eth0".into(),
-                wire: "eth0".into(),
-                kind: ParentKind::Existing,
-                created: false,
-            },
-            internal: false,
-            enable_ipv6: false,
-            ipv6_inferred: false,
-            ipam: IpamState::new(ipam),
-            endpoints: BTreeMap::new(),
-            datapath_owned: true,
-            created: Some("2026-12-01T06:00:00.5Z".into()),
-            labels: BTreeMap::from([("team".into(), "web".into())]),
-        }
+        fixture::network("lan", Driver::Macvlan, "10.1.0.0/24", &[])
     }
 
     #[test]

@@ -15,6 +15,8 @@ mod driver;
 mod endpoint;
 mod error;
 mod failpoint;
+#[cfg(test)]
+mod fixture;
 mod inspect;
 mod operation;
 mod options;

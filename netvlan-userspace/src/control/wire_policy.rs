@@ -33,6 +33,102 @@ pub(super) fn wire_after(
     out
 }
 
+/// Only ipvlan's unknown-destination drop looks at addresses; the host's
+/// own on the wire and parents stay reachable under it.
+fn matches_by_ip(records: &[NetworkRecord]) -> bool {
+    records
+        .iter()
+        .any(|r| r.options.driver == Driver::Ipvlan && r.options.policy.unknown_dst_drop)
+}
+
+/// The host's own links on a wire, as the kernel reports them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct HostLinks {
+    /// The wire's and the parents' MACs.
+    pub macs: Vec<[u8; 6]>,
+    /// Their addresses (looked up only when a network matches by IP).
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// The policy of `wire` from all the networks on it and the host's links
+/// there: pure, so every rule of combining networks is unit-tested.
+pub(super) fn wire_policy(
+    wire: &str,
+    records: &[NetworkRecord],
+    host: &HostLinks,
+) -> Result<WirePolicy, OptionError> {
+    let mut policy = WirePolicy::default();
+    policy.registered.extend(host.macs.iter().copied());
+    if matches_by_ip(records) {
+        policy.registered_ips.extend(host.addresses.iter().copied());
+    }
+    for record in records {
+        let vid = vlan_of(record);
+        policy.gateway_ips.extend(
+            record
+                .ipam
+                .config()
+                .subnets()
+                .iter()
+                .filter_map(|s| s.gateway),
+        );
+        policy.allowed_vlans.insert(vid);
+        if let Some(extra) = &record.options.policy.vlans {
+            policy.vlan_filter = true;
+            policy.allowed_vlans.extend(extra.iter().copied());
+        }
+        if record.options.policy.unknown_dst_drop {
+            policy.unknown_dst_drop_vlans.insert(vid);
+        }
+        policy
+            .denied
+            .extend(record.options.policy.mac_deny.iter().copied());
+        if let Some(limit) = record.options.policy.max_macs {
+            // Networks sharing a VLAN of the wire share its guard: the
+            // strictest limit wins, and it only counts if all say so.
+            let count_only = record.options.policy.max_macs_count_only;
+            policy
+                .mac_guards
+                .entry(vid)
+                .and_modify(|g| {
+                    g.limit = g.limit.min(limit);
+                    g.count_only &= count_only;
+                })
+                .or_insert(MacGuard { limit, count_only });
+        }
+        match record.options.driver {
+            Driver::Macvlan => {
+                for endpoint in record.endpoints.values() {
+                    if let Some(mac) = endpoint.stored_mac().map(netvlan_common::Mac::octets) {
+                        policy.registered.insert(mac);
+                    }
+                }
+            }
+            // Endpoints share the parent's MAC: their addresses are what
+            // tells them apart.
+            Driver::Ipvlan => {
+                if record.options.policy.unknown_dst_drop {
+                    policy.unknown_ip_drop_vlans.insert(vid);
+                }
+                for endpoint in record.endpoints.values() {
+                    let addresses = endpoint.ipv4.iter().chain(endpoint.ipv6.iter());
+                    policy
+                        .registered_ips
+                        .extend(addresses.map(|net| net.addr()));
+                }
+            }
+        }
+    }
+    let budget: u32 = policy.mac_guards.values().map(|g| g.limit).sum();
+    if budget > MAC_LEARN_BUDGET {
+        return Err(OptionError::LearnBudget {
+            wire: wire.to_string(),
+            budget,
+        });
+    }
+    Ok(policy)
+}
+
 fn vlan_of(record: &NetworkRecord) -> u16 {
     vlan_of_parent(&record.parent)
 }
@@ -149,102 +245,33 @@ impl Manager {
         wire: &str,
         records: &[NetworkRecord],
     ) -> Result<(), NetworkError> {
-        let mut policy = WirePolicy::default();
         let wire_link = match self.netlink().link_by_name(wire).await {
             Ok(link) => link,
             // The wire is gone (placeholder deleted): nothing to enforce.
             Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        policy.registered.extend(wire_link.mac);
-        // Only ipvlan's unknown-destination drop looks at addresses; the
-        // host's own on the wire and parents stay reachable under it.
-        let by_ip = records
-            .iter()
-            .any(|r| r.options.driver == Driver::Ipvlan && r.options.policy.unknown_dst_drop);
-        if by_ip {
-            policy
-                .registered_ips
-                .extend(self.netlink().addresses(wire_link.ifindex).await?);
-        }
+        // The host's own links on the wire: the wire and each parent, once
+        // (a parent that is gone has nothing to register).
+        let by_ip = matches_by_ip(records);
+        let mut links = vec![wire_link.clone()];
         let mut looked_up = std::collections::BTreeSet::from([wire]);
         for record in records {
-            let vid = vlan_of(record);
-            policy.gateway_ips.extend(
-                record
-                    .ipam
-                    .config()
-                    .subnets()
-                    .iter()
-                    .filter_map(|s| s.gateway),
-            );
-            policy.allowed_vlans.insert(vid);
-            if let Some(extra) = &record.options.policy.vlans {
-                policy.vlan_filter = true;
-                policy.allowed_vlans.extend(extra.iter().copied());
-            }
-            if record.options.policy.unknown_dst_drop {
-                policy.unknown_dst_drop_vlans.insert(vid);
-            }
-            policy
-                .denied
-                .extend(record.options.policy.mac_deny.iter().copied());
-            if let Some(limit) = record.options.policy.max_macs {
-                // Networks sharing a VLAN of the wire share its guard: the
-                // strictest limit wins, and it only counts if all say so.
-                let count_only = record.options.policy.max_macs_count_only;
-                policy
-                    .mac_guards
-                    .entry(vid)
-                    .and_modify(|g| {
-                        g.limit = g.limit.min(limit);
-                        g.count_only &= count_only;
-                    })
-                    .or_insert(MacGuard { limit, count_only });
-            }
-            // The wire itself, and a parent shared by several networks, are
-            // looked up once.
             if looked_up.insert(record.parent.link.as_str()) {
                 if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
-                    policy.registered.extend(parent.mac);
-                    if by_ip {
-                        policy
-                            .registered_ips
-                            .extend(self.netlink().addresses(parent.ifindex).await?);
-                    }
-                }
-            }
-            match record.options.driver {
-                Driver::Macvlan => {
-                    for endpoint in record.endpoints.values() {
-                        if let Some(mac) = endpoint.stored_mac().map(netvlan_common::Mac::octets) {
-                            policy.registered.insert(mac);
-                        }
-                    }
-                }
-                // Endpoints share the parent's MAC: their addresses are
-                // what tells them apart.
-                Driver::Ipvlan => {
-                    if record.options.policy.unknown_dst_drop {
-                        policy.unknown_ip_drop_vlans.insert(vid);
-                    }
-                    for endpoint in record.endpoints.values() {
-                        let addresses = endpoint.ipv4.iter().chain(endpoint.ipv6.iter());
-                        policy
-                            .registered_ips
-                            .extend(addresses.map(|net| net.addr()));
-                    }
+                    links.push(parent);
                 }
             }
         }
-        let budget: u32 = policy.mac_guards.values().map(|g| g.limit).sum();
-        if budget > MAC_LEARN_BUDGET {
-            return Err(OptionError::LearnBudget {
-                wire: wire.to_string(),
-                budget,
+        let mut host = HostLinks::default();
+        for link in links {
+            host.macs.extend(link.mac);
+            if by_ip {
+                host.addresses
+                    .extend(self.netlink().addresses(link.ifindex).await?);
             }
-            .into());
         }
+        let policy = wire_policy(wire, records, &host)?;
         match self.datapath().apply_policy(wire, &policy).await {
             Ok(()) => Ok(()),
             // Another XDP program holds the wire (`create` warned of it):
@@ -337,5 +364,107 @@ impl Manager {
             return Err(e.into());
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::fixture::{endpoint, network};
+
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+    fn host() -> HostLinks {
+        HostLinks {
+            macs: vec![HOST_MAC],
+            addresses: vec!["10.1.0.254".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn macvlan_endpoints_and_the_host_are_registered_by_mac() {
+        let mut lan = network("lan", Driver::Macvlan, "10.1.0.0/24", &["unknown_dst=drop"]);
+        lan.endpoints.insert(
+            "web".into(),
+            endpoint("web", "02:42:0a:01:00:02", "10.1.0.2/24"),
+        );
+        let policy = wire_policy("eth0", &[lan], &host()).unwrap();
+        assert_eq!(
+            policy.registered,
+            [HOST_MAC, [0x02, 0x42, 10, 1, 0, 2]].into()
+        );
+        assert_eq!(policy.unknown_dst_drop_vlans, [0].into());
+        assert!(
+            policy.registered_ips.is_empty(),
+            "macvlan never matches by IP"
+        );
+        assert_eq!(policy.gateway_ips, ["10.1.0.1".parse().unwrap()].into());
+    }
+
+    #[test]
+    fn ipvlan_with_unknown_dst_drop_registers_addresses_and_the_hosts() {
+        let mut lan = network("lan", Driver::Ipvlan, "10.1.0.0/24", &["unknown_dst=drop"]);
+        lan.endpoints
+            .insert("web".into(), endpoint("web", "", "10.1.0.2/24"));
+        let policy = wire_policy("eth0", &[lan], &host()).unwrap();
+        assert_eq!(
+            policy.registered_ips,
+            ["10.1.0.2".parse().unwrap(), "10.1.0.254".parse().unwrap()].into()
+        );
+        assert_eq!(policy.unknown_ip_drop_vlans, [0].into());
+        assert_eq!(policy.registered, [HOST_MAC].into(), "ipvlan has no MACs");
+    }
+
+    #[test]
+    fn networks_sharing_a_vlan_share_its_guard_and_the_strictest_limit_wins() {
+        let a = network(
+            "a",
+            Driver::Macvlan,
+            "10.1.0.0/24",
+            &["max_macs=10", "max_macs_action=count"],
+        );
+        let b = network("b", Driver::Macvlan, "10.2.0.0/24", &["max_macs=4"]);
+        let policy = wire_policy("eth0", &[a, b], &host()).unwrap();
+        assert_eq!(
+            policy.mac_guards[&0],
+            MacGuard {
+                limit: 4,
+                count_only: false
+            },
+            "counting only if every network says so"
+        );
+    }
+
+    #[test]
+    fn a_vlan_list_turns_the_filter_on_for_the_wire() {
+        let a = network("a", Driver::Macvlan, "10.1.0.0/24", &["vlans=20,30"]);
+        let b = network("b", Driver::Macvlan, "10.2.0.0/24", &[]);
+        let policy = wire_policy("eth0", &[a, b], &host()).unwrap();
+        assert!(policy.vlan_filter);
+        assert_eq!(policy.allowed_vlans, [0, 20, 30].into());
+    }
+
+    #[test]
+    fn guards_over_the_learning_budget_are_refused_naming_the_wire() {
+        let half = (MAC_LEARN_BUDGET / 2 + 1).to_string();
+        let a = network(
+            "a",
+            Driver::Macvlan,
+            "10.1.0.0/24",
+            &[&format!("max_macs={half}")],
+        );
+        let mut b = network(
+            "b",
+            Driver::Macvlan,
+            "10.2.0.0/24",
+            &[&format!("max_macs={half}")],
+        );
+        b.parent.link = "eth0.20".into();
+        b.parent.kind = ParentKind::Vlan {
+            base: "eth0".into(),
+            vid: 20,
+        };
+        let err = wire_policy("eth0", &[a, b], &host()).unwrap_err();
+        assert!(err.to_string().contains("eth0"), "{err}");
     }
 }
