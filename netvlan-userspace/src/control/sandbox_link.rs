@@ -160,8 +160,7 @@ pub(crate) async fn probe(
     routes: Vec<DefaultRoute>,
     repair: bool,
 ) -> Result<EndpointFacts, NetworkError> {
-    let ifname = endpoint.ifname.clone();
-    let sandbox = endpoint.sandbox.clone();
+    let (ifname, sandbox) = (&endpoint.ifname, &endpoint.sandbox);
     let addresses: Vec<IpNet> = endpoint
         .ipv4
         .iter()
@@ -170,62 +169,58 @@ pub(crate) async fn probe(
         .collect();
     let spoofcheck = record.options.spoofcheck;
     let netns = Netns::open(&endpoint.netns_path)?;
-    let job = async {
-        let netlink = Netlink::connect_in(&netns)?;
-        let mut facts = EndpointFacts::default();
-        let link = match netlink.link_by_name(&ifname).await {
-            Ok(link) => link,
-            Err(NetlinkError::NoSuchInterface { .. }) => return Ok(facts),
-            Err(e) => return Err(NetworkError::from(e)),
-        };
-        facts.ifindex = Some(link.ifindex);
-        let present = netlink.addresses(link.ifindex).await?;
-        facts.missing_addresses = addresses
-            .iter()
-            .filter(|a| !present.contains(&a.addr()))
-            .copied()
-            .collect();
-        // A sandbox keeps one default route per family: one via
-        // another network's endpoint counts.
-        for (gateway, ipv6) in &routes {
-            if netlink.default_routes(*ipv6).await?.is_empty() {
-                facts.missing_routes.push((*gateway, *ipv6));
-            }
-        }
-        facts.programs =
-            endpoint_hooks::programs(bpf_dir, &netlink, &netns, link.ifindex, &ifname).await?;
-        if !repair {
-            return Ok(facts);
-        }
-        for address in &facts.missing_addresses {
-            netlink.add_address(link.ifindex, *address).await?;
-            facts
-                .repaired
-                .push(format!("add address {address} to {ifname} in {sandbox}"));
-        }
-        if !facts.programs.complete() {
-            let mut config = egress_config(link.mac, &addresses);
-            if spoofcheck {
-                config.flags |= EGRESS_ENFORCE;
-            }
-            endpoint_hooks::reattach(bpf_dir, &netlink, &netns, link.ifindex, &ifname, &config)
-                .await?;
-            facts.repaired.push(format!(
-                "attach the endpoint programs to {ifname} in {sandbox}"
-            ));
-        }
-        for (gateway, ipv6) in &facts.missing_routes {
-            netlink
-                .add_default_route(link.ifindex, *gateway, *ipv6)
-                .await?;
-            let via = gateway.map_or("the link".to_string(), |g| g.to_string());
-            facts.repaired.push(format!(
-                "add the default route via {via} to {ifname} in {sandbox}"
-            ));
-        }
-        Ok(facts)
+    let netlink = Netlink::connect_in(&netns)?;
+    let mut facts = EndpointFacts::default();
+    let link = match netlink.link_by_name(ifname).await {
+        Ok(link) => link,
+        Err(NetlinkError::NoSuchInterface { .. }) => return Ok(facts),
+        Err(e) => return Err(NetworkError::from(e)),
     };
-    job.await
+    facts.ifindex = Some(link.ifindex);
+    let present = netlink.addresses(link.ifindex).await?;
+    facts.missing_addresses = addresses
+        .iter()
+        .filter(|a| !present.contains(&a.addr()))
+        .copied()
+        .collect();
+    // A sandbox keeps one default route per family: one via
+    // another network's endpoint counts.
+    for (gateway, ipv6) in &routes {
+        if netlink.default_routes(*ipv6).await?.is_empty() {
+            facts.missing_routes.push((*gateway, *ipv6));
+        }
+    }
+    facts.programs =
+        endpoint_hooks::programs(bpf_dir, &netlink, &netns, link.ifindex, ifname).await?;
+    if !repair {
+        return Ok(facts);
+    }
+    for address in &facts.missing_addresses {
+        netlink.add_address(link.ifindex, *address).await?;
+        facts
+            .repaired
+            .push(format!("add address {address} to {ifname} in {sandbox}"));
+    }
+    if !facts.programs.complete() {
+        let mut config = egress_config(link.mac, &addresses);
+        if spoofcheck {
+            config.flags |= EGRESS_ENFORCE;
+        }
+        endpoint_hooks::reattach(bpf_dir, &netlink, &netns, link.ifindex, ifname, &config).await?;
+        facts.repaired.push(format!(
+            "attach the endpoint programs to {ifname} in {sandbox}"
+        ));
+    }
+    for (gateway, ipv6) in &facts.missing_routes {
+        netlink
+            .add_default_route(link.ifindex, *gateway, *ipv6)
+            .await?;
+        let via = gateway.map_or("the link".to_string(), |g| g.to_string());
+        facts.repaired.push(format!(
+            "add the default route via {via} to {ifname} in {sandbox}"
+        ));
+    }
+    Ok(facts)
 }
 
 /// What to do inside the sandbox, over a netlink socket made there.
