@@ -13,6 +13,9 @@ pub const MAC_STATS: &str = "MAC_STATS";
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "netvlan_xdp";
+/// The same pipeline at TC ingress (TCX on 6.6+, clsact before), for
+/// parents where native XDP costs the receive offloads.
+pub const TC_PROGRAM: &str = "netvlan_tc";
 /// A pass-only XDP program in the same object: the benchmarks' floor.
 pub const BENCH_FLOOR_PROGRAM: &str = "bench_floor";
 

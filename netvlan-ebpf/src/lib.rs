@@ -7,7 +7,6 @@
 #![no_std]
 
 use aya_ebpf::{
-    bindings::xdp_action,
     maps::{PerCpuArray, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
@@ -53,10 +52,10 @@ pub struct DropMaps {
     pub mac_drops: &'static PerCpuHashMap<MacKey, MacDrops>,
 }
 
-/// Drops a frame the policy refused: counts it by reason, VLAN and
-/// destination endpoint, and returns the XDP verdict.
+/// Counts a frame the policy refused by reason, VLAN and destination
+/// endpoint; the hook turns the verdict into its own drop action.
 #[inline(always)]
-pub fn drop(maps: &DropMaps, dst: [u8; 6], outer_vid: u16, reason: DropReason, len: u64) -> u32 {
+pub fn drop(maps: &DropMaps, dst: [u8; 6], outer_vid: u16, reason: DropReason, len: u64) {
     count(maps.drops, reason as u32, len);
     count(maps.vlan_drops, vlan_drop_index(outer_vid, reason), len);
     // Per endpoint: an unknown destination is nobody's by definition, so
@@ -70,7 +69,6 @@ pub fn drop(maps: &DropMaps, dst: [u8; 6], outer_vid: u16, reason: DropReason, l
             }
         }
     }
-    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,6 @@
-//! netvlan's XDP datapath: classify every frame on a parent link and count
-//! it by VLAN, by destination MAC and by anomaly.
+//! netvlan's wire datapath: classify every frame on a parent link and count
+//! it by VLAN, by destination MAC and by anomaly. One pipeline ([`wire`]),
+//! two hooks: XDP (`netvlan_xdp`) and TC ingress (`netvlan_tc`).
 //!
 //! Frames are counted first, then filtered by the wire's policy maps
 //! (`netvlan_common::decision::decide`); malformed frames are counted and
@@ -15,24 +16,24 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use netvlan_common::{
     decision::{
         decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
     },
-    frame::{classify, Anomaly, Classification, FrameBytes},
+    frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
         CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
         MAC_STATS_CAPACITY, VLAN_SLOTS,
     },
 };
-use netvlan_ebpf::{count, drop, xdp_frame, DropMaps};
+use netvlan_ebpf::{count, drop, tc_frame, xdp_frame, DropMaps};
 
 #[map(name = "VLAN_STATS")]
 static VLAN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(VLAN_SLOTS, 0);
@@ -156,14 +157,42 @@ impl PolicyView for Maps {
     }
 }
 
+/// XDP on a parent whose driver runs it on its own buffers (physical NICs).
 #[xdp]
 pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);
     let len = frame.frame_len() as u64;
+    match wire(&frame, len) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+    }
+}
+
+/// Headers the classifier reads at TC: Ethernet, two tags and the longest
+/// L3 header it looks into (IPv6, 40 bytes), pulled into the linear area.
+const TC_HEADERS: u32 = 14 + 8 + 40;
+
+/// The same classifier and decision at TC ingress, for parents where
+/// native XDP would cost the receive offloads (veth, virtio-net).
+#[classifier]
+pub fn netvlan_tc(ctx: TcContext) -> i32 {
+    let frame = tc_frame(&ctx, TC_HEADERS);
+    // skb->len, not the linear part the frame view covers.
+    let len = u64::from(ctx.len());
+    match wire(&frame, len) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop(_) => TC_ACT_SHOT,
+    }
+}
+
+/// What both hooks do with a frame of `len` bytes: count it, then decide.
+#[inline(always)]
+fn wire(frame: &PacketBytes, len: u64) -> Verdict {
     count(&COUNTERS, CounterSlot::Frames.index(), len);
-    match classify(&frame) {
+    match classify(frame) {
         Classification::Malformed(anomaly) => {
             count(&COUNTERS, CounterSlot::Anomaly(anomaly).index(), len);
+            Verdict::Pass
         }
         Classification::Classified(f) => {
             count(&VLAN_STATS, u32::from(f.outer_vid), len);
@@ -175,17 +204,18 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
                     }
                 }
             }
-            if let Verdict::Drop(reason) = decide(&f, len, &Maps) {
+            let verdict = decide(&f, len, &Maps);
+            if let Verdict::Drop(reason) = verdict {
                 let maps = DropMaps {
                     drops: &DROPS,
                     vlan_drops: &VLAN_DROPS,
                     mac_drops: &MAC_DROPS,
                 };
-                return drop(&maps, f.dst, f.outer_vid, reason, len);
+                drop(&maps, f.dst, f.outer_vid, reason, len);
             }
+            verdict
         }
     }
-    xdp_action::XDP_PASS
 }
 
 /// Atomic wrapping add; returns the previous value (`u64::MAX` subtracts 1).

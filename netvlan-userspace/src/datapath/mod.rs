@@ -682,7 +682,11 @@ mod tests {
         use netvlan_common::{antispoof, maps};
         assert_eq!(
             declared_programs(super::object::WIRE.bytes),
-            listed(&[maps::XDP_PROGRAM, maps::BENCH_FLOOR_PROGRAM])
+            listed(&[
+                maps::XDP_PROGRAM,
+                maps::TC_PROGRAM,
+                maps::BENCH_FLOOR_PROGRAM
+            ])
         );
         assert_eq!(
             declared_programs(super::object::ENDPOINT.bytes),
