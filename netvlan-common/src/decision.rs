@@ -33,6 +33,12 @@ pub const WIRE_VLAN_FILTER: u32 = 1;
 pub const VLAN_ALLOWED: u32 = 1;
 /// VLAN flag: drop unicast frames to unregistered MACs on this VLAN.
 pub const VLAN_UNKNOWN_DST_DROP: u32 = 2;
+/// VLAN flag, set on every VLAN of a wire whose VLAN filter is on: the wire
+/// flag copied into each VLAN's entry, so one array read gives all policy.
+pub const VLAN_WIRE_FILTER: u32 = 32;
+/// VLAN flag, set on every VLAN of a wire whose deny list is not empty:
+/// without it the deny list is not looked up (free when off).
+pub const VLAN_DENY_LIST: u32 = 64;
 /// VLAN flag: drop unicast IP packets to unregistered addresses (ipvlan).
 pub const VLAN_UNKNOWN_IP_DROP: u32 = 16;
 /// VLAN flag: the MAC-sprawl guard learns source MACs on this VLAN, up to

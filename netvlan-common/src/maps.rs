@@ -48,6 +48,86 @@ pub const MAC_LEARN: &str = "MAC_LEARN";
 /// learned MACs and its over-limit events.
 pub const MAC_GUARD: &str = "MAC_GUARD";
 
+// ---- The one-lookup layout (issue #12) -------------------------------
+//
+// A frame's destination resolves to a slot: a netvlan-assigned MAC
+// (`02:42` + the endpoint's IPv4 address) through [`DST_DIRECT`] by
+// arithmetic ([`direct_slot`]), any other registered (VLAN, MAC) through
+// one lookup in [`DST_SLOTS`]. The slot indexes [`DST_STATS`]. Frames to
+// no registered destination are counted per VLAN in [`VLAN_COUNTERS`],
+// never inserted anywhere. The control plane gives every registration a
+// slot no other registration uses, zeroes the slot's counters before it
+// publishes the key, and keeps slots stable while the registration lives.
+
+/// Array of [`DstKey`] indexed by [`direct_slot`]: the registration whose
+/// counters live in the same slot of [`DST_STATS`]; all-zero = free.
+pub const DST_DIRECT: &str = "DST_DIRECT";
+/// Hash (no preallocation: memory follows what is registered) of
+/// [`DstKey`] to the `u32` slot in [`DST_STATS`], for registrations that
+/// are not in their direct slot (user-given MACs, the host's, collisions).
+pub const DST_SLOTS: &str = "DST_SLOTS";
+/// Per-CPU array of [`DstCounters`] indexed by slot.
+pub const DST_STATS: &str = "DST_STATS";
+/// Per-CPU array of [`VlanCounters`] indexed by outer VLAN id (0 = untagged).
+pub const VLAN_COUNTERS: &str = "VLAN_COUNTERS";
+
+/// Registered destinations per wire (endpoints and the host's own MACs,
+/// per VLAN), and the number of slots of [`DST_DIRECT`] and [`DST_STATS`].
+pub const DST_CAPACITY: u32 = 65_536;
+
+/// The direct slot of a netvlan-assigned MAC: `02:42:a:b:c:d` is the
+/// endpoint's IPv4 address `a.b.c.d`, so its last two bytes index an array
+/// (a check of the slot's key replaces hashing). `None` for other MACs.
+#[inline(always)]
+pub const fn direct_slot(mac: &[u8; 6]) -> Option<u32> {
+    if mac[0] == 0x02 && mac[1] == 0x42 {
+        Some(((mac[4] as u32) << 8) | mac[5] as u32)
+    } else {
+        None
+    }
+}
+const _: () = assert!(DST_CAPACITY == 1 << 16);
+
+/// A registered destination: a MAC on one outer VLAN. 2 + 6 bytes, no
+/// padding (a multiple of 4 hashes faster).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DstKey {
+    /// VLAN id in host byte order (0 = untagged).
+    pub vid: u16,
+    pub mac: [u8; 6],
+}
+
+impl DstKey {
+    /// A free [`DST_DIRECT`] slot holds the all-zero key.
+    #[inline(always)]
+    pub const fn is_free(&self) -> bool {
+        self.vid == 0 && matches!(self.mac, [0, 0, 0, 0, 0, 0])
+    }
+}
+
+/// Counters of one registered destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DstCounters {
+    /// Every frame to it (dropped ones included).
+    pub rx: Counters,
+    /// Frames to it that policy dropped (the reason is counted per VLAN).
+    pub dropped: Counters,
+}
+
+/// Counters of one outer VLAN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VlanCounters {
+    /// Every classified frame on this VLAN.
+    pub frames: Counters,
+    /// Unicast frames to no registered destination on this VLAN.
+    pub unregistered: Counters,
+    /// Broadcast and multicast frames.
+    pub flood: Counters,
+}
+
 /// Every map of the wire (XDP) object, each pinned per parent link; a test
 /// in netvlan-userspace checks this list against the built object.
 pub const WIRE_MAPS: &[&str] = &[
@@ -204,6 +284,9 @@ mod pod {
     unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::MacDrops {}
     unsafe impl aya::Pod for super::MacGuardState {}
+    unsafe impl aya::Pod for super::DstKey {}
+    unsafe impl aya::Pod for super::DstCounters {}
+    unsafe impl aya::Pod for super::VlanCounters {}
 }
 
 #[cfg(test)]
@@ -221,6 +304,9 @@ mod tests {
             crate::decision::DROP_REASON_SLOTS as usize
         );
         assert_eq!(core::mem::size_of::<MacGuardState>(), 40);
+        assert_eq!(core::mem::size_of::<DstKey>(), 8);
+        assert_eq!(core::mem::size_of::<DstCounters>(), 32);
+        assert_eq!(core::mem::size_of::<VlanCounters>(), 48);
     }
 
     #[test]
