@@ -2,6 +2,7 @@
 //! network namespaces and the sandboxes containers live in, and the
 //! ethtool offload switches.
 
+pub mod bpf_batch;
 pub mod ethtool;
 pub mod netlink;
 pub mod netns;
