@@ -72,36 +72,45 @@ pub(super) async fn run(datapath: &Datapath, state_dir: &Path, args: StatsArgs) 
             iface.frames.rx_packets,
             iface.frames.rx_bytes
         );
-        out!("  {:<20} {:>12} {:>14}", "VLAN", "PACKETS", "BYTES");
+        out!(
+            "  {:<20} {:>12} {:>14} {:>14} {:>12}",
+            "VLAN",
+            "PACKETS",
+            "BYTES",
+            "UNREGISTERED",
+            "FLOOD"
+        );
         for v in &iface.vlans {
-            let label = if v.vlan == 0 {
-                "untagged".to_string()
-            } else {
-                v.vlan.to_string()
-            };
             out!(
-                "  {:<20} {:>12} {:>14}",
-                label,
+                "  {:<20} {:>12} {:>14} {:>14} {:>12}",
+                vlan_label(v.vlan),
                 v.counters.rx_packets,
-                v.counters.rx_bytes
+                v.counters.rx_bytes,
+                v.unregistered.rx_packets,
+                v.flood.rx_packets
             );
         }
         out!(
-            "  {:<20} {:>12} {:>14}",
+            "  {:<20} {:>8} {:>12} {:>14} {:>12}",
             "DESTINATION MAC",
+            "VLAN",
             "PACKETS",
-            "BYTES"
+            "BYTES",
+            "DROPPED"
         );
         for m in &iface.macs {
             let owner = match (&m.network, &m.endpoint) {
                 (Some(n), Some(e)) => format!("  {e} on {n}"),
+                _ if m.host => "  host".to_string(),
                 _ => String::new(),
             };
             out!(
-                "  {:<20} {:>12} {:>14}{owner}",
-                m.mac,
+                "  {:<20} {:>8} {:>12} {:>14} {:>12}{owner}",
+                m.mac.to_string(),
+                vlan_label(m.vlan),
                 m.counters.rx_packets,
-                m.counters.rx_bytes
+                m.counters.rx_bytes,
+                m.dropped.rx_packets
             );
         }
         let anomalies: Vec<_> = iface
@@ -109,20 +118,18 @@ pub(super) async fn run(datapath: &Datapath, state_dir: &Path, args: StatsArgs) 
             .iter()
             .filter(|(_, c)| c.rx_packets > 0)
             .collect();
-        if anomalies.is_empty() && iface.mac_table_full.rx_packets == 0 {
+        if anomalies.is_empty() {
             out!("  no anomalies");
         } else {
-            out!("  {:<20} {:>12} {:>14}", "ANOMALY", "PACKETS", "BYTES");
+            out!(
+                "  {:<20} {:>12} {:>14}  ({} malformed frames)",
+                "ANOMALY",
+                "PACKETS",
+                "BYTES",
+                iface.malformed.rx_packets
+            );
             for (name, c) in anomalies {
                 out!("  {:<20} {:>12} {:>14}", name, c.rx_packets, c.rx_bytes);
-            }
-            if iface.mac_table_full.rx_packets > 0 {
-                out!(
-                    "  {:<20} {:>12} {:>14}",
-                    "mac_table_full",
-                    iface.mac_table_full.rx_packets,
-                    iface.mac_table_full.rx_bytes
-                );
             }
         }
         let drops: Vec<_> = iface
@@ -161,11 +168,7 @@ pub(super) async fn run(datapath: &Datapath, state_dir: &Path, args: StatsArgs) 
                 "ACTION"
             );
             for g in &iface.mac_guards {
-                let label = if g.vlan == 0 {
-                    "untagged".to_string()
-                } else {
-                    g.vlan.to_string()
-                };
+                let label = vlan_label(g.vlan);
                 let limit = g.limit.map_or("off".to_string(), |l| l.to_string());
                 let mut line = format!(
                     "  {:<20} {:>12} {:>14} {:>12}",
@@ -182,4 +185,12 @@ pub(super) async fn run(datapath: &Datapath, state_dir: &Path, args: StatsArgs) 
         }
     }
     Ok(())
+}
+
+fn vlan_label(vlan: u16) -> String {
+    if vlan == 0 {
+        "untagged".to_string()
+    } else {
+        vlan.to_string()
+    }
 }

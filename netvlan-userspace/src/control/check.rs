@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use netvlan_common::maps::DstKey;
 use serde::Serialize;
 
 use super::{
@@ -171,14 +172,20 @@ impl Manager {
             }
             Err(e) => return Err(e.into()),
         };
-        let (macs, ips) = crate::datapath::policy_maps::registered(&pins)?;
-        for network in on_wire {
+        let (registered, ips) = crate::datapath::policy_maps::registered(&pins)?;
+        for network in &on_wire {
+            let vid = super::wire_policy::vlan_of(network);
             for endpoint in network.endpoints.values() {
                 let missing: Vec<String> = match network.options.driver {
                     Driver::Macvlan => endpoint
                         .stored_mac()
-                        .filter(|mac| !macs.contains(&mac.octets()))
-                        .map(|mac| format!("MAC {mac}"))
+                        .filter(|mac| {
+                            !registered.contains(&DstKey {
+                                vid,
+                                mac: mac.octets(),
+                            })
+                        })
+                        .map(|mac| format!("MAC {mac} (VLAN {vid})"))
                         .into_iter()
                         .collect(),
                     Driver::Ipvlan => endpoint
@@ -201,6 +208,24 @@ impl Manager {
                         repair: format!("{RESTORE} rewrites the policy maps"),
                     });
                 }
+            }
+        }
+        // Registrations neither an endpoint nor the host accounts for.
+        let records: Vec<NetworkRecord> = on_wire.iter().map(|n| (*n).clone()).collect();
+        let host = self.host_links(&link, &records).await?;
+        if let Ok(expected) = super::wire_policy::wire_policy(wire, &records, &host) {
+            for stale in registered.difference(&expected.registered) {
+                drifts.push(Drift {
+                    network: record.name.clone(),
+                    kind: "map_entry_stale",
+                    object: wire.clone(),
+                    problem: format!(
+                        "MAC {} (VLAN {}) is registered in the datapath of {wire} but no endpoint or host link has it",
+                        netvlan_common::Mac(stale.mac),
+                        stale.vid
+                    ),
+                    repair: format!("{RESTORE} rewrites the policy maps"),
+                });
             }
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! The stats report: the datapath's counters joined with the stored
-//! endpoints, so a MAC is shown with the endpoint that owns it and each
-//! endpoint with the counters of its own link.
+//! endpoints, so a registered destination (MAC and VLAN) is shown with the
+//! endpoint that owns it, or as the host's, and each endpoint with the
+//! counters of its own link.
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
@@ -43,18 +44,32 @@ pub async fn report(
     let Some(store) = store else {
         return Ok(report);
     };
+    // A registered destination is an endpoint's (its MAC on its network's
+    // VLAN, on that network's wire) or else the host's own.
     let mut owners = HashMap::new();
     for record in store.networks::<NetworkRecord>()? {
+        let vid = super::wire_policy::vlan_of(&record);
+        if record.options.driver != super::Driver::Macvlan {
+            continue; // ipvlan endpoints share the host's MAC
+        }
         for endpoint in record.endpoints.values() {
-            if let Some(mac) = endpoint.mac {
-                owners.insert(mac, (record.name.clone(), endpoint.sandbox.clone()));
+            if let Some(mac) = endpoint.stored_mac() {
+                owners.insert(
+                    (record.parent.wire.clone(), vid, mac),
+                    (record.name.clone(), endpoint.sandbox.clone()),
+                );
             }
         }
     }
-    for mac in report.interfaces.iter_mut().flat_map(|i| i.macs.iter_mut()) {
-        if let Some((network, endpoint)) = owners.get(&mac.mac) {
-            mac.network = Some(network.clone());
-            mac.endpoint = Some(endpoint.clone());
+    for iface in &mut report.interfaces {
+        for dst in &mut iface.macs {
+            match owners.get(&(iface.ifname.clone(), dst.vlan, dst.mac)) {
+                Some((network, endpoint)) => {
+                    dst.network = Some(network.clone());
+                    dst.endpoint = Some(endpoint.clone());
+                }
+                None => dst.host = true,
+            }
         }
     }
     for record in store.networks::<NetworkRecord>()? {

@@ -13,7 +13,7 @@ use crate::datapath::{
     policy_maps::{MacGuard, WirePolicy},
     DatapathError,
 };
-use netvlan_common::maps::MAC_LEARN_BUDGET;
+use netvlan_common::maps::{DstKey, MAC_LEARN_BUDGET};
 
 /// The networks on `wire` once `changed` is written (or removed, when
 /// `removed` is true).
@@ -58,7 +58,16 @@ pub(super) fn wire_policy(
     host: &HostLinks,
 ) -> Result<WirePolicy, OptionError> {
     let mut policy = WirePolicy::default();
-    policy.registered.extend(host.macs.iter().copied());
+    // The host's own MACs are destinations untagged and on every VLAN a
+    // network of the wire uses (its VLAN links share the wire's MAC).
+    let vlans: std::collections::BTreeSet<u16> = std::iter::once(0)
+        .chain(records.iter().map(vlan_of))
+        .collect();
+    for vid in vlans {
+        policy
+            .registered
+            .extend(host.macs.iter().map(|mac| DstKey { vid, mac: *mac }));
+    }
     if matches_by_ip(records) {
         policy.registered_ips.extend(host.addresses.iter().copied());
     }
@@ -100,7 +109,7 @@ pub(super) fn wire_policy(
             Driver::Macvlan => {
                 for endpoint in record.endpoints.values() {
                     if let Some(mac) = endpoint.stored_mac().map(netvlan_common::Mac::octets) {
-                        policy.registered.insert(mac);
+                        policy.registered.insert(DstKey { vid, mac });
                     }
                 }
             }
@@ -129,7 +138,8 @@ pub(super) fn wire_policy(
     Ok(policy)
 }
 
-fn vlan_of(record: &NetworkRecord) -> u16 {
+/// The outer VLAN of a network's traffic on its wire (0 = untagged).
+pub(super) fn vlan_of(record: &NetworkRecord) -> u16 {
     vlan_of_parent(&record.parent)
 }
 
@@ -237,25 +247,17 @@ pub(super) fn check_policy_scope(
 }
 
 impl Manager {
-    /// Writes the policy of `wire` computed from `records` (all networks on
-    /// it). A wire without netvlan's datapath (another XDP program owns it)
-    /// has nothing to write.
-    pub(super) async fn sync_wire(
+    /// The host's own links on the wire: the wire and each parent, once
+    /// (a parent that is gone has nothing to register), with their
+    /// addresses when a network matches by IP.
+    pub(super) async fn host_links(
         &self,
-        wire: &str,
+        wire_link: &crate::sys::netlink::LinkInfo,
         records: &[NetworkRecord],
-    ) -> Result<(), NetworkError> {
-        let wire_link = match self.netlink().link_by_name(wire).await {
-            Ok(link) => link,
-            // The wire is gone (placeholder deleted): nothing to enforce.
-            Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        // The host's own links on the wire: the wire and each parent, once
-        // (a parent that is gone has nothing to register).
+    ) -> Result<HostLinks, NetworkError> {
         let by_ip = matches_by_ip(records);
         let mut links = vec![wire_link.clone()];
-        let mut looked_up = std::collections::BTreeSet::from([wire]);
+        let mut looked_up = std::collections::BTreeSet::from([wire_link.name.as_str()]);
         for record in records {
             if looked_up.insert(record.parent.link.as_str()) {
                 if let Ok(parent) = self.netlink().link_by_name(&record.parent.link).await {
@@ -271,6 +273,24 @@ impl Manager {
                     .extend(self.netlink().addresses(link.ifindex).await?);
             }
         }
+        Ok(host)
+    }
+
+    /// Writes the policy of `wire` computed from `records` (all networks on
+    /// it). A wire without netvlan's datapath (another XDP program owns it)
+    /// has nothing to write.
+    pub(super) async fn sync_wire(
+        &self,
+        wire: &str,
+        records: &[NetworkRecord],
+    ) -> Result<(), NetworkError> {
+        let wire_link = match self.netlink().link_by_name(wire).await {
+            Ok(link) => link,
+            // The wire is gone (placeholder deleted): nothing to enforce.
+            Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let host = self.host_links(&wire_link, records).await?;
         let policy = wire_policy(wire, records, &host)?;
         match self.datapath().apply_policy(wire, &policy).await {
             Ok(()) => Ok(()),
@@ -374,6 +394,47 @@ mod tests {
 
     const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
+    fn on(vid: u16, mac: [u8; 6]) -> DstKey {
+        DstKey { vid, mac }
+    }
+
+    fn on_vlan(mut record: NetworkRecord, vid: u16) -> NetworkRecord {
+        record.parent.link = format!("eth0.{vid}");
+        record.parent.kind = ParentKind::Vlan {
+            base: "eth0".into(),
+            vid,
+        };
+        record
+    }
+
+    #[test]
+    fn an_endpoint_is_registered_on_its_networks_vlan_and_the_host_on_every_vlan_in_use() {
+        let mut tagged = on_vlan(network("v20", Driver::Macvlan, "10.20.0.0/24", &[]), 20);
+        tagged.endpoints.insert(
+            "web".into(),
+            endpoint("web", "02:42:0a:14:00:02", "10.20.0.2/24"),
+        );
+        let mut plain = network("lan", Driver::Macvlan, "10.1.0.0/24", &["vlans=30"]);
+        plain.endpoints.insert(
+            "db".into(),
+            endpoint("db", "02:42:0a:01:00:03", "10.1.0.3/24"),
+        );
+        let other = on_vlan(network("v40", Driver::Ipvlan, "10.40.0.0/24", &[]), 40);
+        let policy = wire_policy("eth0", &[tagged, plain, other], &host()).unwrap();
+        assert_eq!(
+            policy.registered,
+            [
+                on(0, HOST_MAC),
+                on(20, HOST_MAC),
+                on(40, HOST_MAC),
+                on(20, [0x02, 0x42, 10, 20, 0, 2]),
+                on(0, [0x02, 0x42, 10, 1, 0, 3]),
+            ]
+            .into(),
+            "a VLAN only allowed (vlans=30) has no network, so no host registration"
+        );
+    }
+
     fn host() -> HostLinks {
         HostLinks {
             macs: vec![HOST_MAC],
@@ -391,7 +452,7 @@ mod tests {
         let policy = wire_policy("eth0", &[lan], &host()).unwrap();
         assert_eq!(
             policy.registered,
-            [HOST_MAC, [0x02, 0x42, 10, 1, 0, 2]].into()
+            [on(0, HOST_MAC), on(0, [0x02, 0x42, 10, 1, 0, 2])].into()
         );
         assert_eq!(policy.unknown_dst_drop_vlans, [0].into());
         assert!(
@@ -412,7 +473,11 @@ mod tests {
             ["10.1.0.2".parse().unwrap(), "10.1.0.254".parse().unwrap()].into()
         );
         assert_eq!(policy.unknown_ip_drop_vlans, [0].into());
-        assert_eq!(policy.registered, [HOST_MAC].into(), "ipvlan has no MACs");
+        assert_eq!(
+            policy.registered,
+            [on(0, HOST_MAC)].into(),
+            "ipvlan endpoints share the host's MAC"
+        );
     }
 
     #[test]

@@ -1,25 +1,26 @@
 //! Reading the datapath's counters from the pinned maps.
 //!
 //! The maps are per-CPU: each CPU counts on its own without atomics, and
-//! the values are summed here.
+//! the values are summed here. Every map is read with batch lookups (one
+//! syscall per map, per run of registered slots for `DST_STATS`).
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netvlan_common::{
     decision::{
         vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
     },
     frame::Anomaly,
-    maps::{self, CounterSlot, Counters, MacDrops, MacGuardState, MacKey},
+    maps::{self, CounterSlot, Counters, DstCounters, MacGuardState, VlanCounters},
     Mac,
 };
 use serde::Serialize;
 
 use super::{
-    object::{open_map, read_err},
+    policy_maps::{self, batch_err, open_data},
     Attachment, DatapathError, InterfacePins,
 };
+use crate::sys::bpf_batch::BatchMap;
 use crate::sys::netlink::XdpAttachMode;
 
 /// Packets and bytes received, as printed and serialised.
@@ -42,24 +43,35 @@ impl From<Counters> for RxCounters {
 pub struct VlanStats {
     /// 0 = untagged (or priority-tagged).
     pub vlan: u16,
+    /// Every classified frame on this VLAN.
     #[serde(flatten)]
     pub counters: RxCounters,
+    /// Unicast frames to no registered destination.
+    pub unregistered: RxCounters,
+    /// Broadcast and multicast frames.
+    pub flood: RxCounters,
 }
 
+/// One registered destination: a MAC on one outer VLAN.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MacStats {
     pub mac: Mac,
+    /// The outer VLAN it is registered on (0 = untagged).
+    pub vlan: u16,
     /// The network and sandbox of the endpoint with this MAC, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// One of the host's own MACs (the wire's or a parent's; ipvlan
+    /// endpoints share it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
+    /// Every frame to it, dropped ones included.
     #[serde(flatten)]
     pub counters: RxCounters,
-    /// Frames to this MAC (an endpoint's or the host's) that policy
-    /// dropped, per reason; only reasons with drops.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub drops: BTreeMap<&'static str, RxCounters>,
+    /// Frames to it that policy dropped (the reasons are in `vlan_drops`).
+    pub dropped: RxCounters,
 }
 
 /// Everything counted on one interface.
@@ -69,16 +81,16 @@ pub struct InterfaceStats {
     pub ifindex: u32,
     pub mode: XdpAttachMode,
     pub prog_id: u32,
-    /// Every frame the program saw.
+    /// Every frame the program saw: the VLANs' frames and the malformed.
     pub frames: RxCounters,
+    /// Frames that did not classify (their anomalies are in `anomalies`).
+    pub malformed: RxCounters,
     /// VLANs with traffic, ascending.
     pub vlans: Vec<VlanStats>,
-    /// Destination MACs with traffic, ascending.
+    /// Every registered destination, by VLAN then MAC.
     pub macs: Vec<MacStats>,
     /// Frames per anomaly, every anomaly listed (zero included).
     pub anomalies: BTreeMap<&'static str, RxCounters>,
-    /// Frames not counted per MAC because the MAC table was full.
-    pub mac_table_full: RxCounters,
     /// Frames dropped by policy, per reason (every reason listed).
     pub drops: BTreeMap<&'static str, RxCounters>,
     /// Drops per VLAN and reason, only where something was dropped.
@@ -145,76 +157,139 @@ pub struct EndpointStats {
     pub egress: super::endpoint_hooks::EgressStats,
 }
 
-fn sum(values: &PerCpuValues<Counters>) -> Counters {
+fn sum(values: &[Counters]) -> Counters {
     values.iter().fold(Counters::default(), |mut acc, c| {
         acc.merge(c);
         acc
     })
 }
 
-/// Reads and sums every counter of one attachment.
+/// Every entry of the array `name`, per-CPU values summed by `total`,
+/// in one batch lookup.
+fn read_array<V: aya::Pod, T>(
+    pins: &InterfacePins,
+    name: &'static str,
+    total: impl Fn(&[V]) -> T,
+) -> Result<Vec<T>, DatapathError> {
+    let data = open_data(pins, name)?;
+    let batch = BatchMap::new(&data, name).map_err(batch_err(pins, name, None))?;
+    let entries = batch
+        .lookup_all::<u32, V>()
+        .map_err(batch_err(pins, name, None))?;
+    Ok(entries.iter().map(|(_, values)| total(values)).collect())
+}
+
+/// Slots read together when they are this close: one syscall per run of
+/// registered slots, never one per slot.
+const SLOT_RUN_GAP: u32 = 256;
+
+/// The `DST_STATS` of `slots` (sorted, distinct), summed over CPUs.
+fn read_dst_stats(
+    pins: &InterfacePins,
+    slots: &[u32],
+) -> Result<BTreeMap<u32, DstCounters>, DatapathError> {
+    let mut out = BTreeMap::new();
+    if slots.is_empty() {
+        return Ok(out);
+    }
+    let data = open_data(pins, maps::DST_STATS)?;
+    let err = || batch_err(pins, maps::DST_STATS, None);
+    let batch = BatchMap::new(&data, maps::DST_STATS).map_err(err())?;
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &slot in slots {
+        match runs.last_mut() {
+            Some((_, last)) if slot - *last <= SLOT_RUN_GAP => *last = slot,
+            _ => runs.push((slot, slot)),
+        }
+    }
+    for (first, last) in runs {
+        for (slot, values) in batch
+            .lookup_range::<DstCounters>(first, last - first + 1)
+            .map_err(err())?
+        {
+            let total = values.iter().fold(DstCounters::default(), |mut acc, c| {
+                acc.rx.merge(&c.rx);
+                acc.dropped.merge(&c.dropped);
+                acc
+            });
+            out.insert(slot, total);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and sums every counter of one attachment, each map with batch
+/// lookups.
 pub fn read(
     attachment: &Attachment,
     pins: &InterfacePins,
 ) -> Result<InterfaceStats, DatapathError> {
-    let counters: PerCpuArray<MapData, Counters> = open_map(pins, maps::COUNTERS)?;
-    let slot = |slot: CounterSlot| -> Result<Counters, DatapathError> {
-        let values = counters
-            .get(&slot.index(), 0)
-            .map_err(read_err(pins, maps::COUNTERS))?;
-        Ok(sum(&values))
+    let counters = read_array::<Counters, _>(pins, maps::COUNTERS, sum)?;
+    let slot = |slot: CounterSlot| {
+        counters
+            .get(slot.index() as usize)
+            .copied()
+            .unwrap_or_default()
     };
-    let frames = slot(CounterSlot::Frames)?.into();
-    let mac_table_full = slot(CounterSlot::MacTableFull)?.into();
+    let malformed = slot(CounterSlot::Frames);
     let mut anomalies = BTreeMap::new();
     for anomaly in Anomaly::ALL {
-        anomalies.insert(anomaly.name(), slot(CounterSlot::Anomaly(anomaly))?.into());
+        anomalies.insert(anomaly.name(), slot(CounterSlot::Anomaly(anomaly)).into());
     }
 
-    let vlan_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_STATS)?;
+    let per_vlan = read_array::<VlanCounters, _>(pins, maps::VLAN_COUNTERS, |values| {
+        values.iter().fold(VlanCounters::default(), |mut acc, c| {
+            acc.frames.merge(&c.frames);
+            acc.unregistered.merge(&c.unregistered);
+            acc.flood.merge(&c.flood);
+            acc
+        })
+    })?;
+    let mut frames = malformed;
     let mut vlans = Vec::new();
-    for (vlan, values) in vlan_map.iter().enumerate() {
-        let total = sum(&values.map_err(read_err(pins, maps::VLAN_STATS))?);
-        if total.packets > 0 {
+    for (vlan, total) in per_vlan.iter().enumerate() {
+        frames.merge(&total.frames);
+        if total.frames.packets > 0 {
             vlans.push(VlanStats {
                 vlan: vlan as u16,
-                counters: total.into(),
+                counters: total.frames.into(),
+                unregistered: total.unregistered.into(),
+                flood: total.flood.into(),
             });
         }
     }
 
-    let mac_map: PerCpuHashMap<MapData, MacKey, Counters> = open_map(pins, maps::MAC_STATS)?;
-    let mut macs = Vec::new();
-    for entry in mac_map.iter() {
-        let (key, values) = entry.map_err(read_err(pins, maps::MAC_STATS))?;
-        macs.push((key, sum(&values)));
-    }
-    macs.sort_by_key(|(key, _)| *key);
-    let mac_drops = read_mac_drops(pins)?;
-    let macs = macs
-        .into_iter()
-        .map(|(key, total)| MacStats {
-            mac: Mac(key.addr),
-            network: None,
-            endpoint: None,
-            counters: total.into(),
-            drops: mac_drops.get(&key).cloned().unwrap_or_default(),
+    let registered = policy_maps::read_slots(pins)?.resolved();
+    let mut slots: Vec<u32> = registered.values().copied().collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let dst_stats = read_dst_stats(pins, &slots)?;
+    let macs = registered
+        .iter()
+        .map(|(key, slot)| {
+            let c = dst_stats.get(slot).copied().unwrap_or_default();
+            MacStats {
+                mac: Mac(key.mac),
+                vlan: key.vid,
+                network: None,
+                endpoint: None,
+                host: false,
+                counters: c.rx.into(),
+                dropped: c.dropped.into(),
+            }
         })
         .collect();
 
-    let drop_map: PerCpuArray<MapData, Counters> = open_map(pins, maps::DROPS)?;
+    let by_reason = read_array::<Counters, _>(pins, maps::DROPS, sum)?;
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {
-        let values = drop_map
-            .get(&(reason as u32), 0)
-            .map_err(read_err(pins, maps::DROPS))?;
-        drops.insert(reason.name(), sum(&values).into());
+        let total = by_reason.get(reason as usize).copied().unwrap_or_default();
+        drops.insert(reason.name(), total.into());
     }
     let mut vlan_drops = Vec::new();
     if drops.values().any(|c: &RxCounters| c.rx_packets > 0) {
-        let per_vlan: PerCpuArray<MapData, Counters> = open_map(pins, maps::VLAN_DROPS)?;
-        for (index, values) in per_vlan.iter().enumerate() {
-            let total = sum(&values.map_err(read_err(pins, maps::VLAN_DROPS))?);
+        let per_vlan = read_array::<Counters, _>(pins, maps::VLAN_DROPS, sum)?;
+        for (index, total) in per_vlan.iter().enumerate() {
             let (vlan, slot) = (
                 index as u32 / DROP_REASON_SLOTS,
                 index as u32 % DROP_REASON_SLOTS,
@@ -223,7 +298,7 @@ pub fn read(
                 vlan_drops.push(VlanDrops {
                     vlan: vlan as u16,
                     reason: reason.name(),
-                    counters: total.into(),
+                    counters: (*total).into(),
                 });
             }
         }
@@ -235,11 +310,11 @@ pub fn read(
         ifindex: attachment.ifindex,
         mode: attachment.mode,
         prog_id: attachment.prog_id,
-        frames,
+        frames: frames.into(),
+        malformed: malformed.into(),
         vlans,
         macs,
         anomalies,
-        mac_table_full,
         drops,
         vlan_drops,
         learned_macs: mac_guards.iter().map(|g| g.learned).sum(),
@@ -247,42 +322,15 @@ pub fn read(
     })
 }
 
-/// Per-MAC drops, summed over CPUs, only non-zero reasons.
-fn read_mac_drops(
-    pins: &InterfacePins,
-) -> Result<BTreeMap<MacKey, BTreeMap<&'static str, RxCounters>>, DatapathError> {
-    let map: PerCpuHashMap<MapData, MacKey, MacDrops> = open_map(pins, maps::MAC_DROPS)?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, values) = entry.map_err(read_err(pins, maps::MAC_DROPS))?;
-        let mut by_reason = BTreeMap::new();
-        for reason in DropReason::ALL {
-            let total = values.iter().fold(Counters::default(), |mut acc, d| {
-                acc.merge(&d.by_reason[reason as usize]);
-                acc
-            });
-            if total.packets > 0 {
-                by_reason.insert(reason.name(), total.into());
-            }
-        }
-        if !by_reason.is_empty() {
-            out.insert(key, by_reason);
-        }
-    }
-    Ok(out)
-}
-
 /// The guards of every VLAN whose flags have one, or whose state is not
 /// all zero (a guard switched off keeps nothing, but stats taken between
 /// the two steps must not lie either).
 fn read_guards(pins: &InterfacePins) -> Result<Vec<MacGuardStats>, DatapathError> {
-    let flags: Array<MapData, u32> = open_map(pins, maps::VLAN_POLICY)?;
-    let states: Array<MapData, MacGuardState> = open_map(pins, maps::MAC_GUARD)?;
+    let flags = read_array::<u32, _>(pins, maps::VLAN_POLICY, |v| v[0])?;
+    let states = read_array::<MacGuardState, _>(pins, maps::MAC_GUARD, |v| v[0])?;
     let now = monotonic_ns();
     let mut out = Vec::new();
-    for (vid, (flags, state)) in flags.iter().zip(states.iter()).enumerate() {
-        let flags = flags.map_err(read_err(pins, maps::VLAN_POLICY))?;
-        let state = state.map_err(read_err(pins, maps::MAC_GUARD))?;
+    for (vid, (flags, state)) in flags.into_iter().zip(states).enumerate() {
         let on = flags & VLAN_MAC_GUARD != 0;
         if !on && state == MacGuardState::default() {
             continue;

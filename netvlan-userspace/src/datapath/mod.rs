@@ -162,6 +162,13 @@ pub enum DatapathError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("batch operation on the datapath map {path} failed")]
+    MapBatch {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: crate::sys::bpf_batch::BatchError,
+    },
     /// The kernel refused an insert with E2BIG: every entry is taken.
     #[error("the datapath map {path} is full: it holds at most {capacity} entries")]
     MapFull { path: PathBuf, capacity: u32 },

@@ -3,8 +3,15 @@
 //! The control plane computes the whole [`WirePolicy`] from every network
 //! on the wire and [`apply`] brings the maps to exactly that, without a
 //! window where policy is weaker than both the old and the new one: new
-//! registrations are inserted before stale ones are removed, and flags are
-//! overwritten in place (an array write is atomic per entry).
+//! registrations are published before stale ones are unpublished, and
+//! flags are overwritten in place (an array write is atomic per entry).
+//! Every map is read with one batch lookup and only the entries that
+//! differ are written (batch updates and deletes), so a connect costs the
+//! same on an empty wire and on one with 10,000 endpoints.
+//!
+//! Registered destinations live in slots ([`plan_slots`]): a
+//! netvlan-assigned MAC in its direct slot when that is free, any other in
+//! the lowest slot no registration uses, published in `DST_SLOTS`.
 //!
 //! The MAC-sprawl guard of a VLAN starts empty when it is switched on and
 //! is emptied when it is switched off; changing only its limit or action
@@ -13,21 +20,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::MapData;
 use netvlan_common::{
     decision::{
-        with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_MAC_GUARD,
-        VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
+        with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_DENY_LIST,
+        VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
     },
-    maps::{self, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, VLAN_SLOTS},
+    maps::{
+        self, direct_slot, DstCounters, DstKey, IpKey, LearnKey, MacGuardState, MacKey,
+        DST_CAPACITY, VLAN_SLOTS,
+    },
 };
 
-use super::{
-    object::{self, delete_err, open_map as open, read_err},
-    DatapathError, InterfacePins,
-};
+use super::{DatapathError, InterfacePins};
+use crate::sys::bpf_batch::{BatchError, BatchMap};
 
-/// Everything the XDP program on one wire enforces.
+/// Everything the wire program enforces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WirePolicy {
     /// Drop tagged frames on VLANs not in `allowed_vlans` (and stacked tags).
@@ -35,8 +43,9 @@ pub struct WirePolicy {
     pub allowed_vlans: BTreeSet<u16>,
     /// VLANs (0 = untagged) where unicast to unregistered MACs is dropped.
     pub unknown_dst_drop_vlans: BTreeSet<u16>,
-    /// Endpoint MACs and the host's own.
-    pub registered: BTreeSet<[u8; 6]>,
+    /// Registered destinations: each endpoint's MAC on its network's outer
+    /// VLAN, the host's own MACs on 0 and on every VLAN a network uses.
+    pub registered: BTreeSet<DstKey>,
     /// VLANs where unicast IP to unregistered addresses is dropped (ipvlan).
     pub unknown_ip_drop_vlans: BTreeSet<u16>,
     /// ipvlan endpoint addresses and the host's own on the wire.
@@ -58,29 +67,215 @@ pub struct MacGuard {
     pub count_only: bool,
 }
 
-/// Errors writing `name`: a full map says so ([`DatapathError::MapFull`]).
-fn write_err(pins: &InterfacePins, name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    object::write_err(pins, name, capacity_of(name))
+impl WirePolicy {
+    /// The `VLAN_POLICY` flags of `vid`: the wire-wide switches (VLAN
+    /// filter, deny list) are replicated on every VLAN, so the program
+    /// reads all its policy in one array entry.
+    pub fn vlan_flags(&self, vid: u16) -> u32 {
+        let mut flags = 0;
+        if self.vlan_filter {
+            flags |= VLAN_WIRE_FILTER;
+        }
+        if !self.denied.is_empty() {
+            flags |= VLAN_DENY_LIST;
+        }
+        if self.allowed_vlans.contains(&vid) {
+            flags |= VLAN_ALLOWED;
+        }
+        if self.unknown_dst_drop_vlans.contains(&vid) {
+            flags |= VLAN_UNKNOWN_DST_DROP;
+        }
+        if self.unknown_ip_drop_vlans.contains(&vid) {
+            flags |= VLAN_UNKNOWN_IP_DROP;
+        }
+        if let Some(guard) = self.mac_guards.get(&vid) {
+            flags = with_mac_limit(flags, guard.limit, guard.count_only);
+        }
+        flags
+    }
+}
+
+/// The slots of a wire's registered destinations, as its maps hold them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Slots {
+    /// `DST_DIRECT` entries that are not free: slot -> key.
+    pub direct: BTreeMap<u32, DstKey>,
+    /// `DST_SLOTS`: key -> slot.
+    pub hashed: BTreeMap<DstKey, u32>,
+}
+
+impl Slots {
+    /// Every registration the program resolves, with its slot: a direct
+    /// entry counts only in its own direct slot, and wins over a hashed
+    /// entry of the same key (the program looks there first).
+    pub fn resolved(&self) -> BTreeMap<DstKey, u32> {
+        let mut out: BTreeMap<DstKey, u32> = self
+            .hashed
+            .iter()
+            .map(|(key, slot)| (*key, *slot))
+            .collect();
+        for (slot, key) in &self.direct {
+            if direct_slot(&key.mac) == Some(*slot) {
+                out.insert(*key, *slot);
+            }
+        }
+        out
+    }
+}
+
+/// What [`apply`] changes in the slot maps, in the order it writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotChanges {
+    /// New direct registrations (their `DST_STATS` slot zeroed first).
+    pub new_direct: Vec<(u32, DstKey)>,
+    /// New hashed registrations (their `DST_STATS` slot zeroed first).
+    pub new_hashed: Vec<(DstKey, u32)>,
+    /// `DST_DIRECT` slots to free once the new ones are published.
+    pub old_direct: Vec<u32>,
+    /// `DST_SLOTS` keys to remove once the new ones are published.
+    pub old_hashed: Vec<DstKey>,
+}
+
+impl SlotChanges {
+    pub fn is_empty(&self) -> bool {
+        self == &SlotChanges::default()
+    }
+}
+
+/// Every one of the [`DST_CAPACITY`] slots is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotsFull;
+
+/// Plans the slots that bring `current` to `wanted`: kept registrations
+/// keep their slot; a new netvlan-assigned MAC takes its direct slot when
+/// neither a direct nor a hashed registration uses it; every other new one
+/// takes the lowest slot no registration uses. Slots of registrations
+/// being removed stay taken until the next apply (they are unpublished
+/// after the new ones are published, and a frame in between must not count
+/// in a new registration's slot).
+pub fn plan_slots(current: &Slots, wanted: &BTreeSet<DstKey>) -> Result<SlotChanges, SlotsFull> {
+    let mut changes = SlotChanges::default();
+    let resolved = current.resolved();
+    for (slot, key) in &current.direct {
+        if !wanted.contains(key) || resolved.get(key) != Some(slot) {
+            changes.old_direct.push(*slot);
+        }
+    }
+    for (key, slot) in &current.hashed {
+        if !wanted.contains(key) || resolved.get(key) != Some(slot) {
+            changes.old_hashed.push(*key);
+        }
+    }
+    let mut used: BTreeSet<u32> = current.direct.keys().copied().collect();
+    used.extend(current.hashed.values().copied());
+    let new: Vec<DstKey> = wanted
+        .iter()
+        .filter(|key| !resolved.contains_key(key))
+        .copied()
+        .collect();
+    let mut rest = Vec::new();
+    for key in new {
+        match direct_slot(&key.mac) {
+            Some(slot) if used.insert(slot) => changes.new_direct.push((slot, key)),
+            _ => rest.push(key),
+        }
+    }
+    let mut next = 0u32;
+    for key in rest {
+        while used.contains(&next) {
+            next += 1;
+        }
+        if next >= DST_CAPACITY {
+            return Err(SlotsFull);
+        }
+        used.insert(next);
+        changes.new_hashed.push((key, next));
+    }
+    Ok(changes)
+}
+
+/// A pinned map's data, for batch operations.
+pub(super) fn open_data(
+    pins: &InterfacePins,
+    name: &'static str,
+) -> Result<MapData, DatapathError> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).map_err(|source| DatapathError::OpenMap {
+        name,
+        path,
+        source: Box::new(source),
+    })
+}
+
+/// Names a failed batch operation on `name`; E2BIG from a map of known
+/// `capacity` means it is full ([`DatapathError::MapFull`]).
+pub(super) fn batch_err(
+    pins: &InterfacePins,
+    name: &'static str,
+    capacity: Option<u32>,
+) -> impl Fn(BatchError) -> DatapathError {
+    let path = pins.map(name);
+    move |source| match (source.errno(), capacity) {
+        (Some(libc::E2BIG), Some(capacity)) => DatapathError::MapFull {
+            path: path.clone(),
+            capacity,
+        },
+        _ => DatapathError::MapBatch {
+            name,
+            path: path.clone(),
+            source,
+        },
+    }
 }
 
 /// The fixed size of the hash maps the control plane fills.
 fn capacity_of(name: &str) -> Option<u32> {
     match name {
-        maps::ENDPOINT_MACS => Some(maps::ENDPOINT_MACS_CAPACITY),
+        maps::DST_SLOTS => Some(DST_CAPACITY),
         maps::ENDPOINT_IPS => Some(maps::ENDPOINT_IPS_CAPACITY),
-        maps::MAC_DROPS => Some(maps::ENDPOINT_MACS_CAPACITY),
         maps::DENY_MACS => Some(maps::DENY_MACS_CAPACITY),
         _ => None,
     }
 }
 
-/// Brings the wire's maps to exactly `policy`.
+/// Runs `f` on the batch view of the map `name` pinned in `pins`.
+fn with_batch<T>(
+    pins: &InterfacePins,
+    name: &'static str,
+    f: impl FnOnce(&BatchMap) -> Result<T, BatchError>,
+) -> Result<T, DatapathError> {
+    let data = open_data(pins, name)?;
+    let batch = BatchMap::new(&data, name).map_err(batch_err(pins, name, None))?;
+    f(&batch).map_err(batch_err(pins, name, capacity_of(name)))
+}
+
+/// The registered destinations' slots, read with one batch lookup of
+/// each slot map.
+pub fn read_slots(pins: &InterfacePins) -> Result<Slots, DatapathError> {
+    let direct = with_batch(pins, maps::DST_DIRECT, |b| b.lookup_all::<u32, DstKey>())?
+        .into_iter()
+        .filter_map(|(slot, key)| Some((slot, key[0])).filter(|(_, k)| !k.is_free()))
+        .collect();
+    let hashed = with_batch(pins, maps::DST_SLOTS, |b| b.lookup_all::<DstKey, u32>())?
+        .into_iter()
+        .map(|(key, slot)| (key, slot[0]))
+        .collect();
+    Ok(Slots { direct, hashed })
+}
+
+/// Brings the wire's maps to exactly `policy`. A full registration table
+/// is refused before anything is written.
 pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathError> {
     // Registrations first: a MAC that is about to become legitimate must
     // not be dropped while flags change.
-    let macs = |set: &BTreeSet<[u8; 6]>| set.iter().map(|m| MacKey::new(*m)).collect();
-    let registered = macs(&policy.registered);
-    sync_set(pins, maps::ENDPOINT_MACS, &registered)?;
+    let slots = read_slots(pins)?;
+    let changes =
+        plan_slots(&slots, &policy.registered).map_err(|SlotsFull| DatapathError::MapFull {
+            path: pins.map(maps::DST_SLOTS),
+            capacity: DST_CAPACITY,
+        })?;
+    write_slots(pins, &changes)?;
+
     let key = |ip: &std::net::IpAddr| IpKey {
         addr: match ip {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -98,115 +293,102 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
             .or_insert(IP_GATEWAY | IP_NOT_REGISTERED);
     }
     sync_values(pins, maps::ENDPOINT_IPS, &ips)?;
-    sync_set(pins, maps::DENY_MACS, &macs(&policy.denied))?;
-    sync_drop_keys(pins, &registered)?;
+    let denied = policy
+        .denied
+        .iter()
+        .map(|mac| (MacKey::new(*mac), 0))
+        .collect();
+    sync_values(pins, maps::DENY_MACS, &denied)?;
+    write_vlan_flags(pins, policy)
+}
 
-    let mut vlans: Array<MapData, u32> = open(pins, maps::VLAN_POLICY)?;
-    for vid in 0..VLAN_SLOTS as u16 {
-        let mut flags = 0;
-        if policy.allowed_vlans.contains(&vid) {
-            flags |= VLAN_ALLOWED;
-        }
-        if policy.unknown_dst_drop_vlans.contains(&vid) {
-            flags |= VLAN_UNKNOWN_DST_DROP;
-        }
-        if policy.unknown_ip_drop_vlans.contains(&vid) {
-            flags |= VLAN_UNKNOWN_IP_DROP;
-        }
-        if let Some(guard) = policy.mac_guards.get(&vid) {
-            flags = with_mac_limit(flags, guard.limit, guard.count_only);
-        }
-        let current = vlans
-            .get(&u32::from(vid), 0)
-            .map_err(read_err(pins, maps::VLAN_POLICY))?;
-        if current == flags {
+/// Publishes new slots (counters zeroed first), then unpublishes old ones.
+fn write_slots(pins: &InterfacePins, changes: &SlotChanges) -> Result<(), DatapathError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let zeroed: Vec<(u32, DstCounters)> = changes
+        .new_direct
+        .iter()
+        .map(|(slot, _)| *slot)
+        .chain(changes.new_hashed.iter().map(|(_, slot)| *slot))
+        .map(|slot| (slot, DstCounters::default()))
+        .collect();
+    with_batch(pins, maps::DST_STATS, |b| b.update(&zeroed, 0))?;
+    with_batch(pins, maps::DST_DIRECT, |b| b.update(&changes.new_direct, 0))?;
+    with_batch(pins, maps::DST_SLOTS, |b| b.update(&changes.new_hashed, 0))?;
+    let freed: Vec<(u32, DstKey)> = changes
+        .old_direct
+        .iter()
+        .map(|slot| (*slot, DstKey::default()))
+        .collect();
+    with_batch(pins, maps::DST_DIRECT, |b| b.update(&freed, 0))?;
+    with_batch(pins, maps::DST_SLOTS, |b| b.delete(&changes.old_hashed))
+}
+
+/// Writes the `VLAN_POLICY` entries whose flags change (one batch read of
+/// all 4,096, one batch write of the differences). A guard switched on
+/// starts empty (reset before its flags are written); one switched off is
+/// emptied after (the program no longer touches it by then).
+fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathError> {
+    let current = with_batch(pins, maps::VLAN_POLICY, |b| b.lookup_all::<u32, u32>())?;
+    let mut changed = Vec::new();
+    let (mut guard_on, mut guard_off) = (BTreeSet::new(), BTreeSet::new());
+    for (vid, flags) in current {
+        if vid >= VLAN_SLOTS {
             continue;
         }
-        let (was, now) = (current & VLAN_MAC_GUARD != 0, flags & VLAN_MAC_GUARD != 0);
-        if now && !was {
-            reset_guard(pins, vid)?;
+        let (was, now) = (flags[0], policy.vlan_flags(vid as u16));
+        if was == now {
+            continue;
         }
-        vlans
-            .set(u32::from(vid), flags, 0)
-            .map_err(write_err(pins, maps::VLAN_POLICY))?;
-        if was && !now {
-            reset_guard(pins, vid)?;
-        }
+        match (was & VLAN_MAC_GUARD != 0, now & VLAN_MAC_GUARD != 0) {
+            (false, true) => guard_on.insert(vid as u16),
+            (true, false) => guard_off.insert(vid as u16),
+            _ => false,
+        };
+        changed.push((vid, now));
     }
-    let mut wire: Array<MapData, u32> = open(pins, maps::WIRE_POLICY)?;
-    let flags = if policy.vlan_filter {
-        WIRE_VLAN_FILTER
-    } else {
-        0
-    };
-    wire.set(0, flags, 0)
-        .map_err(write_err(pins, maps::WIRE_POLICY))?;
-    Ok(())
+    reset_guards(pins, &guard_on)?;
+    with_batch(pins, maps::VLAN_POLICY, |b| b.update(&changed, 0))?;
+    reset_guards(pins, &guard_off)
 }
 
-/// Gives every registered MAC (and only those) a per-endpoint drop counter
-/// entry, so the program only ever looks up, never inserts. A MAC that
-/// stops being registered loses its counters with its entry.
-fn sync_drop_keys(pins: &InterfacePins, wanted: &BTreeSet<MacKey>) -> Result<(), DatapathError> {
-    let mut map: PerCpuHashMap<MapData, MacKey, MacDrops> = open(pins, maps::MAC_DROPS)?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::PossibleCpus(source))?;
-    let present: BTreeSet<MacKey> = map
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(read_err(pins, maps::MAC_DROPS))?;
-    sync_keys(&present, wanted, |key, insert| {
-        if insert {
-            let zero = PerCpuValues::try_from(vec![MacDrops::default(); cpus])
-                .map_err(DatapathError::PossibleCpus)?;
-            map.insert(key, zero, 0)
-                .map_err(write_err(pins, maps::MAC_DROPS))
-        } else {
-            map.remove(key).map_err(delete_err(pins, maps::MAC_DROPS))
-        }
-    })
-}
-
-/// Forgets what the guard of `vid` learned. Only called while the guard is
-/// off, so the XDP program does not touch this VLAN's entries meanwhile.
-fn reset_guard(pins: &InterfacePins, vid: u16) -> Result<(), DatapathError> {
-    let mut learned: HashMap<MapData, LearnKey, u64> = open(pins, maps::MAC_LEARN)?;
+/// Forgets what the guards of `vids` learned. Only called while those
+/// guards are off, so the program does not touch their entries meanwhile.
+fn reset_guards(pins: &InterfacePins, vids: &BTreeSet<u16>) -> Result<(), DatapathError> {
+    if vids.is_empty() {
+        return Ok(());
+    }
+    let learned = with_batch(pins, maps::MAC_LEARN, |b| b.lookup_all::<LearnKey, u64>())?;
     let stale: Vec<LearnKey> = learned
-        .keys()
-        .filter(|k| k.as_ref().map_or(true, |k| k.vid == vid))
-        .collect::<Result<_, _>>()
-        .map_err(read_err(pins, maps::MAC_LEARN))?;
-    for key in stale {
-        learned
-            .remove(&key)
-            .map_err(delete_err(pins, maps::MAC_LEARN))?;
-    }
-    let mut state: Array<MapData, MacGuardState> = open(pins, maps::MAC_GUARD)?;
-    state
-        .set(u32::from(vid), MacGuardState::default(), 0)
-        .map_err(write_err(pins, maps::MAC_GUARD))
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| vids.contains(&key.vid))
+        .collect();
+    with_batch(pins, maps::MAC_LEARN, |b| delete_present(b, &stale))?;
+    let states: Vec<(u32, MacGuardState)> = vids
+        .iter()
+        .map(|vid| (u32::from(*vid), MacGuardState::default()))
+        .collect();
+    with_batch(pins, maps::MAC_GUARD, |b| b.update(&states, 0))
 }
 
-/// Makes the hash map's keys exactly `wanted`: inserts, then removes.
-fn sync_set<K>(
-    pins: &InterfacePins,
-    name: &'static str,
-    wanted: &BTreeSet<K>,
-) -> Result<(), DatapathError>
-where
-    K: aya::Pod + Ord,
-{
-    let mut map: HashMap<MapData, K, u32> = open(pins, name)?;
-    let present: BTreeSet<K> = map
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(read_err(pins, name))?;
-    sync_keys(&present, wanted, |key, insert| {
-        if insert {
-            map.insert(key, 0, 0).map_err(write_err(pins, name))
-        } else {
-            map.remove(key).map_err(delete_err(pins, name))
+/// Deletes `keys`, skipping those already gone (the LRU may evict one
+/// between the read and the delete).
+fn delete_present<K: aya::Pod>(batch: &BatchMap, mut keys: &[K]) -> Result<(), BatchError> {
+    while !keys.is_empty() {
+        match batch.delete(keys) {
+            Ok(()) => return Ok(()),
+            Err(BatchError::Syscall { done, source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                keys = &keys[(done as usize + 1).min(keys.len())..];
+            }
+            Err(e) => return Err(e),
         }
-    })
+    }
+    Ok(())
 }
 
 /// Makes the hash map exactly `wanted`, values included: writes what is
@@ -219,62 +401,200 @@ fn sync_values<K>(
 where
     K: aya::Pod + Ord,
 {
-    let mut map: HashMap<MapData, K, u32> = open(pins, name)?;
-    let present: BTreeMap<K, u32> = map
+    let present: BTreeMap<K, u32> = with_batch(pins, name, |b| b.lookup_all::<K, u32>())?
+        .into_iter()
+        .map(|(key, value)| (key, value[0]))
+        .collect();
+    let writes: Vec<(K, u32)> = wanted
         .iter()
-        .collect::<Result<_, _>>()
-        .map_err(read_err(pins, name))?;
-    for (key, value) in wanted {
-        if present.get(key) != Some(value) {
-            map.insert(key, value, 0).map_err(write_err(pins, name))?;
-        }
-    }
-    for key in present.keys().filter(|k| !wanted.contains_key(k)) {
-        map.remove(key).map_err(delete_err(pins, name))?;
-    }
-    Ok(())
+        .filter(|(key, value)| present.get(key) != Some(value))
+        .map(|(key, value)| (*key, *value))
+        .collect();
+    let stale: Vec<K> = present
+        .keys()
+        .filter(|key| !wanted.contains_key(key))
+        .copied()
+        .collect();
+    with_batch(pins, name, |b| {
+        b.update(&writes, 0)?;
+        b.delete(&stale)
+    })
 }
 
-/// Inserts the keys of `wanted` that are missing, then removes the keys
-/// `present` has beyond it (`apply(key, true)` inserts, `false` removes).
-fn sync_keys<K: Ord>(
-    present: &BTreeSet<K>,
-    wanted: &BTreeSet<K>,
-    mut apply: impl FnMut(&K, bool) -> Result<(), DatapathError>,
-) -> Result<(), DatapathError> {
-    for key in wanted.difference(present) {
-        apply(key, true)?;
-    }
-    for key in present.difference(wanted) {
-        apply(key, false)?;
-    }
-    Ok(())
-}
-
-/// The MACs and addresses registered in the wire's maps now (what
+/// The destinations and addresses registered in the wire's maps now (what
 /// `netvlan check` compares with the stored endpoints).
 pub fn registered(
     pins: &InterfacePins,
-) -> Result<(BTreeSet<[u8; 6]>, BTreeSet<std::net::IpAddr>), DatapathError> {
-    let macs: HashMap<MapData, MacKey, u32> = open(pins, maps::ENDPOINT_MACS)?;
-    let macs = macs
-        .keys()
-        .map(|k| k.map(|k| k.addr))
-        .collect::<Result<_, _>>()
-        .map_err(read_err(pins, maps::ENDPOINT_MACS))?;
-    let ips: HashMap<MapData, IpKey, u32> = open(pins, maps::ENDPOINT_IPS)?;
-    let ips = ips
-        .keys()
-        .map(|k| {
-            k.map(|k| {
-                let v6 = std::net::Ipv6Addr::from(k.addr);
-                match v6.to_ipv4_mapped() {
-                    Some(v4) => std::net::IpAddr::V4(v4),
-                    None => std::net::IpAddr::V6(v6),
-                }
-            })
+) -> Result<(BTreeSet<DstKey>, BTreeSet<std::net::IpAddr>), DatapathError> {
+    let destinations = read_slots(pins)?.resolved().into_keys().collect();
+    let ips = with_batch(pins, maps::ENDPOINT_IPS, |b| b.lookup_all::<IpKey, u32>())?
+        .into_iter()
+        .filter(|(_, flags)| flags[0] & IP_NOT_REGISTERED == 0)
+        .map(|(key, _)| {
+            let v6 = std::net::Ipv6Addr::from(key.addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => std::net::IpAddr::V6(v6),
+            }
         })
-        .collect::<Result<_, _>>()
-        .map_err(read_err(pins, maps::ENDPOINT_IPS))?;
-    Ok((macs, ips))
+        .collect();
+    Ok((destinations, ips))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netvlan-assigned MAC (`02:42` + an IPv4 address).
+    fn assigned(c: u8, d: u8) -> [u8; 6] {
+        [0x02, 0x42, 10, 1, c, d]
+    }
+
+    fn dst(vid: u16, mac: [u8; 6]) -> DstKey {
+        DstKey { vid, mac }
+    }
+
+    const USER_MAC: [u8; 6] = [0x5a, 0, 0, 0, 0, 0x09];
+
+    /// `current` after `changes` are written, as the maps would hold it.
+    fn written(current: &Slots, changes: &SlotChanges) -> Slots {
+        let mut out = current.clone();
+        for (slot, key) in &changes.new_direct {
+            out.direct.insert(*slot, *key);
+        }
+        for (key, slot) in &changes.new_hashed {
+            out.hashed.insert(*key, *slot);
+        }
+        for slot in &changes.old_direct {
+            out.direct.remove(slot);
+        }
+        for key in &changes.old_hashed {
+            out.hashed.remove(key);
+        }
+        out
+    }
+
+    #[test]
+    fn an_assigned_mac_takes_its_direct_slot_and_others_the_lowest_free_one() {
+        let web = dst(0, assigned(1, 2));
+        let user = dst(0, USER_MAC);
+        let changes = plan_slots(&Slots::default(), &[web, user].into()).unwrap();
+        assert_eq!(changes.new_direct, vec![(0x0102, web)]);
+        assert_eq!(changes.new_hashed, vec![(user, 0)]);
+        assert!(changes.old_direct.is_empty() && changes.old_hashed.is_empty());
+    }
+
+    #[test]
+    fn a_taken_direct_slot_sends_the_next_mac_to_the_hash() {
+        // 10.1.0.2 and 10.2.0.2 share the direct slot 2; the same MAC on
+        // two VLANs too. The first in key order keeps the direct slot.
+        let a = dst(0, assigned(0, 2));
+        let b = dst(0, [0x02, 0x42, 10, 2, 0, 2]);
+        let tagged = dst(20, assigned(0, 2));
+        let changes = plan_slots(&Slots::default(), &[a, b, tagged].into()).unwrap();
+        assert_eq!(changes.new_direct, vec![(2, a)]);
+        assert_eq!(changes.new_hashed, vec![(b, 0), (tagged, 1)]);
+        // A direct slot whose counters a hashed registration uses is taken.
+        let current = Slots {
+            hashed: [(dst(0, USER_MAC), 5)].into(),
+            ..Slots::default()
+        };
+        let e = dst(0, assigned(0, 5));
+        let changes = plan_slots(&current, &[dst(0, USER_MAC), e].into()).unwrap();
+        assert_eq!(changes.new_direct, vec![]);
+        assert_eq!(changes.new_hashed, vec![(e, 0)]);
+    }
+
+    #[test]
+    fn slots_stay_stable_and_only_differences_are_written() {
+        let keys: BTreeSet<DstKey> = [dst(0, assigned(0, 2)), dst(0, USER_MAC)].into();
+        let first = plan_slots(&Slots::default(), &keys).unwrap();
+        let maps = written(&Slots::default(), &first);
+        assert!(plan_slots(&maps, &keys).unwrap().is_empty());
+        // One more registration: only it is written, the others stay.
+        let mut more = keys.clone();
+        more.insert(dst(0, assigned(0, 3)));
+        let next = plan_slots(&maps, &more).unwrap();
+        assert_eq!(
+            next,
+            SlotChanges {
+                new_direct: vec![(3, dst(0, assigned(0, 3)))],
+                ..SlotChanges::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_removed_slot_is_freed_after_the_apply_and_reused_by_the_next() {
+        let user = dst(0, USER_MAC);
+        let web = dst(0, assigned(0, 2));
+        let maps = written(
+            &Slots::default(),
+            &plan_slots(&Slots::default(), &[user, web].into()).unwrap(),
+        );
+        assert_eq!(maps.hashed[&user], 0);
+        let other = dst(0, [0x5a, 0, 0, 0, 0, 0x0a]);
+        // Removed and added in one apply: the old slot stays taken until
+        // the old key is unpublished.
+        let swap = plan_slots(&maps, &[web, other].into()).unwrap();
+        assert_eq!(swap.old_hashed, vec![user]);
+        assert_eq!(swap.new_hashed, vec![(other, 1)]);
+        let maps = written(&maps, &swap);
+        let removed = plan_slots(&maps, &[web].into()).unwrap();
+        assert_eq!(removed.old_hashed, vec![other]);
+        let maps = written(&maps, &removed);
+        let reused = plan_slots(&maps, &[web, user].into()).unwrap();
+        assert_eq!(reused.new_hashed, vec![(user, 0)]);
+        // A direct registration removed frees its slot the same way.
+        let gone = plan_slots(&maps, &BTreeSet::new()).unwrap();
+        assert_eq!(gone.old_direct, vec![2]);
+    }
+
+    #[test]
+    fn a_full_table_refuses_the_registration_that_does_not_fit() {
+        let current = Slots {
+            hashed: (0..DST_CAPACITY)
+                .map(|i| (dst(1, [0x5a, 0, 0, 0, (i >> 8) as u8, i as u8]), i))
+                .collect(),
+            ..Slots::default()
+        };
+        let mut wanted: BTreeSet<DstKey> = current.hashed.keys().copied().collect();
+        assert!(plan_slots(&current, &wanted).unwrap().is_empty());
+        wanted.insert(dst(0, USER_MAC));
+        assert_eq!(plan_slots(&current, &wanted), Err(SlotsFull));
+        // An assigned MAC has no free direct slot either: every one is used.
+        wanted.remove(&dst(0, USER_MAC));
+        wanted.insert(dst(0, assigned(0, 2)));
+        assert_eq!(plan_slots(&current, &wanted), Err(SlotsFull));
+    }
+
+    #[test]
+    fn a_stray_hashed_copy_of_a_direct_registration_is_removed() {
+        let web = dst(0, assigned(0, 2));
+        let current = Slots {
+            direct: [(2, web)].into(),
+            hashed: [(web, 7)].into(),
+        };
+        let changes = plan_slots(&current, &[web].into()).unwrap();
+        assert_eq!(changes.old_hashed, vec![web]);
+        assert!(changes.new_direct.is_empty() && changes.new_hashed.is_empty());
+    }
+
+    #[test]
+    fn wire_switches_are_replicated_on_every_vlan() {
+        let policy = WirePolicy {
+            vlan_filter: true,
+            allowed_vlans: [0, 20].into(),
+            denied: [USER_MAC].into(),
+            ..WirePolicy::default()
+        };
+        for vid in [0, 20, 4095] {
+            let flags = policy.vlan_flags(vid);
+            assert_eq!(flags & VLAN_WIRE_FILTER, VLAN_WIRE_FILTER, "vid {vid}");
+            assert_eq!(flags & VLAN_DENY_LIST, VLAN_DENY_LIST, "vid {vid}");
+        }
+        assert_eq!(policy.vlan_flags(20) & VLAN_ALLOWED, VLAN_ALLOWED);
+        assert_eq!(policy.vlan_flags(30) & VLAN_ALLOWED, 0);
+        assert_eq!(WirePolicy::default().vlan_flags(0), 0);
+    }
 }

@@ -155,7 +155,12 @@ impl<'a> BatchMap<'a> {
         size("the value", size_of::<V>(), self.value_size)
     }
 
-    fn call(&self, cmd: libc::c_long, op: &'static str, attr: &mut BatchAttr) -> Result<(), BatchError> {
+    fn call(
+        &self,
+        cmd: libc::c_long,
+        op: &'static str,
+        attr: &mut BatchAttr,
+    ) -> Result<(), BatchError> {
         attr.map_fd = self.fd.as_raw_fd() as u32;
         // SAFETY: attr is a valid `bpf_attr` prefix for the batch commands;
         // the pointers in it address buffers that outlive the call and are
@@ -186,7 +191,11 @@ impl<'a> BatchMap<'a> {
     }
 
     /// Up to `count` entries of an array from index `start` on.
-    pub fn lookup_range<V: Pod>(&self, start: u32, count: u32) -> Result<Vec<(u32, Vec<V>)>, BatchError> {
+    pub fn lookup_range<V: Pod>(
+        &self,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<(u32, Vec<V>)>, BatchError> {
         // The batch token of an array is the previous key.
         let after = start.checked_sub(1);
         self.lookup(after, count)
@@ -195,7 +204,11 @@ impl<'a> BatchMap<'a> {
     /// Reads up to `limit` entries after the key `after` (from the start
     /// when `None`), one syscall per `limit` entries; a hash ends with
     /// ENOENT, which is the end, not an error.
-    fn lookup<K: Pod, V: Pod>(&self, after: Option<K>, limit: u32) -> Result<Vec<(K, Vec<V>)>, BatchError> {
+    fn lookup<K: Pod, V: Pod>(
+        &self,
+        after: Option<K>,
+        limit: u32,
+    ) -> Result<Vec<(K, Vec<V>)>, BatchError> {
         self.check::<K, V>()?;
         let limit = limit.min(self.max_entries) as usize;
         let stride = self.stride();
