@@ -115,26 +115,34 @@ fn check_names_every_drift_and_restore_repairs_it() {
     std::fs::remove_dir_all(endpoint(&c2)).unwrap();
     drift_is_named_and_repaired(&lan, "pins removed", "endpoint_pins_missing", "eth0");
 
-    // An endpoint's MAC deleted from the wire's map.
+    // An endpoint's destination unpublished from the wire's map: the
+    // direct slot of 02:42:0a:4a:00:03 (10.74.0.3) is 3; a free slot holds
+    // the all-zero key.
     let xdp = lan
         .bpf
         .path()
         .join(&host)
         .join(format!("if-{}", lan.host.ifindex("eth0")));
-    let map = xdp.join("ENDPOINT_MACS");
+    let direct = xdp.join("DST_DIRECT");
     bpftool(&[
         "map",
-        "delete",
+        "update",
         "pinned",
-        map.to_str().unwrap(),
+        direct.to_str().unwrap(),
         "key",
         "hex",
-        "02",
-        "42",
-        "0a",
-        "4a",
-        "00",
         "03",
+        "00",
+        "00",
+        "00",
+        "value",
+        "hex",
+        "00",
+        "00",
+        "00",
+        "00",
+        "00",
+        "00",
         "00",
         "00",
     ]);
@@ -143,6 +151,38 @@ fn check_names_every_drift_and_restore_repairs_it() {
         "map entry deleted",
         "map_entry_missing",
         "02:42:0a:4a:00:03",
+    );
+
+    // A destination registered that no endpoint or host link has: MAC
+    // 06:ee:00:00:00:01 on VLAN 5 in slot 40000.
+    let slots = xdp.join("DST_SLOTS");
+    bpftool(&[
+        "map",
+        "update",
+        "pinned",
+        slots.to_str().unwrap(),
+        "key",
+        "hex",
+        "05",
+        "00",
+        "06",
+        "ee",
+        "00",
+        "00",
+        "00",
+        "01",
+        "value",
+        "hex",
+        "40",
+        "9c",
+        "00",
+        "00",
+    ]);
+    drift_is_named_and_repaired(
+        &lan,
+        "stray registration",
+        "map_entry_stale",
+        "06:ee:00:00:00:01 (VLAN 5)",
     );
 
     // A link tagged as netvlan's that no network owns.

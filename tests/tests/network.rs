@@ -692,6 +692,10 @@ fn restore_after_a_simulated_reboot_brings_back_links_datapath_and_connectivity(
         mac.unwrap_or_else(|| panic!("restored datapath did not count the container: {stats:#}"));
     assert_eq!(mac["network"], "boot");
     assert_eq!(mac["endpoint"], c.name());
+    assert!(
+        mac["rx_packets"].as_u64() > Some(0),
+        "the ping's replies were counted: {mac:#}"
+    );
 
     let again = lan.netvlan(&["restore", "--json"]).ok().json();
     assert_eq!(

@@ -79,6 +79,19 @@ fn unknown_destinations_are_dropped_only_when_the_network_asks() {
         "{stats:#}"
     );
     assert_eq!(stats["drops"]["vlan_not_allowed"], counters(0, 0));
+    // The endpoint's destination counted its 5 frames, none dropped.
+    let endpoint = stats["macs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == netvlan_tests::frame::mac_string(&mac) && m["vlan"] == 0)
+        .cloned()
+        .unwrap_or_else(|| panic!("no counters for the endpoint: {stats:#}"));
+    assert_eq!(
+        (endpoint["rx_packets"].clone(), endpoint["dropped"].clone()),
+        (5.into(), counters(0, 0)),
+        "{endpoint:#}"
+    );
     assert!(
         stats["vlan_drops"]
             .as_array()
@@ -161,11 +174,12 @@ fn denied_source_macs_never_reach_endpoints() {
         .find(|m| m["mac"] == netvlan_tests::frame::mac_string(&mac))
         .cloned()
         .unwrap_or_else(|| panic!("no counters for the endpoint: {stats:#}"));
-    assert_eq!(
-        endpoint["drops"],
-        serde_json::json!({ "mac_denied": counters(6, 6 * 70) }),
-        "{endpoint:#}"
-    );
+    // Every frame to it is counted, the dropped ones also as dropped (the
+    // reason is counted per VLAN).
+    assert_eq!(endpoint["dropped"], counters(6, 6 * 70), "{endpoint:#}");
+    assert_eq!(endpoint["rx_packets"], 9, "{endpoint:#}");
+    assert_eq!(endpoint["rx_bytes"], 9 * 70, "{endpoint:#}");
+    assert_eq!(endpoint["vlan"], 0, "{endpoint:#}");
     assert_eq!(endpoint["endpoint"], c.name());
     lab.netvlan(&["disconnect", "denying", c.name()]).ok();
     lab.netvlan(&["network", "rm", "denying"]).ok();
@@ -598,10 +612,39 @@ fn pinned_map(lab: &Lan, name: &str) -> std::path::PathBuf {
     )
 }
 
+/// The registered destinations of the lab's wire: the non-free entries of
+/// `DST_DIRECT` and every `DST_SLOTS` entry, with their slots.
+fn registrations(lab: &Lan) -> Vec<(netvlan_common::maps::DstKey, u32)> {
+    use aya::maps::MapData;
+    use netvlan::sys::bpf_batch::BatchMap;
+    use netvlan_common::maps::{DstKey, DST_DIRECT, DST_SLOTS};
+
+    let direct = MapData::from_pin(pinned_map(lab, DST_DIRECT)).unwrap();
+    let hashed = MapData::from_pin(pinned_map(lab, DST_SLOTS)).unwrap();
+    let mut out: Vec<(DstKey, u32)> = BatchMap::new(&direct, DST_DIRECT)
+        .unwrap()
+        .lookup_all::<u32, DstKey>()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, key)| !key[0].is_free())
+        .map(|(slot, key)| (key[0], slot))
+        .collect();
+    out.extend(
+        BatchMap::new(&hashed, DST_SLOTS)
+            .unwrap()
+            .lookup_all::<DstKey, u32>()
+            .unwrap()
+            .into_iter()
+            .map(|(key, slot)| (key, slot[0])),
+    );
+    out
+}
+
 #[test]
 fn a_full_endpoint_table_refuses_the_connect_and_leaves_nothing_behind() {
-    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use netvlan_common::maps::{MacKey, ENDPOINT_MACS, ENDPOINT_MACS_CAPACITY};
+    use aya::maps::MapData;
+    use netvlan::sys::bpf_batch::BatchMap;
+    use netvlan_common::maps::{DstKey, DST_CAPACITY, DST_SLOTS};
 
     let lab = Lan::new(false);
     lab.netvlan(&[
@@ -616,27 +659,35 @@ fn a_full_endpoint_table_refuses_the_connect_and_leaves_nothing_behind() {
         "crowded",
     ])
     .ok();
-    // Fill the table the way 65,536 endpoints would (the host's MAC is
-    // already in it), without making 65,536 namespaces.
-    let path = pinned_map(&lab, ENDPOINT_MACS);
-    let data = MapData::from_pin(&path).expect("opening the pinned endpoint table");
-    let mut table: BpfHashMap<MapData, MacKey, u32> = Map::HashMap(data).try_into().unwrap();
-    let present = table.keys().count() as u32;
-    let fillers: Vec<MacKey> = (0..ENDPOINT_MACS_CAPACITY - present)
-        .map(|i| {
-            let b = i.to_be_bytes();
-            MacKey::new([0x06, 0xee, b[0], b[1], b[2], b[3]])
+    // Fill every slot the way 65,536 registrations would (the host's MAC
+    // already has one), without making 65,536 namespaces: user-given MACs
+    // on another VLAN, each in a slot nothing else uses.
+    let present = registrations(&lab);
+    assert_eq!(present.len(), 1, "the host's MAC: {present:?}");
+    let used: std::collections::BTreeSet<u32> = present.iter().map(|(_, s)| *s).collect();
+    let fillers: Vec<(DstKey, u32)> = (0..DST_CAPACITY)
+        .filter(|slot| !used.contains(slot))
+        .map(|slot| {
+            let b = slot.to_be_bytes();
+            let key = DstKey {
+                vid: 7,
+                mac: [0x06, 0xee, b[0], b[1], b[2], b[3]],
+            };
+            (key, slot)
         })
         .collect();
-    for key in &fillers {
-        table.insert(key, 0, 0).expect("filling the endpoint table");
-    }
+    let slots = MapData::from_pin(pinned_map(&lab, DST_SLOTS)).unwrap();
+    BatchMap::new(&slots, DST_SLOTS)
+        .unwrap()
+        .update(&fillers, 0)
+        .expect("filling the destination slots");
+    assert_eq!(registrations(&lab).len(), DST_CAPACITY as usize);
 
     let c = Netns::new("pctr");
     let run = lab.netvlan(&["connect", "crowded", c.name()]).failed();
     assert!(
         run.stderr
-            .contains("ENDPOINT_MACS is full: it holds at most 65536 entries"),
+            .contains("DST_SLOTS is full: it holds at most 65536 entries"),
         "{}",
         run.stderr
     );
@@ -660,11 +711,19 @@ fn a_full_endpoint_table_refuses_the_connect_and_leaves_nothing_behind() {
     );
 
     // The control plane owns the table: undoing the refused connect
-    // brought it back to exactly the host's MAC, so there is room again.
-    assert_eq!(table.keys().count(), 1, "only the host's MAC is left");
+    // brought it back to exactly the host's registration, in its slot.
+    assert_eq!(registrations(&lab), present, "only the host's MAC is left");
     lab.netvlan(&["connect", "crowded", c.name()]).ok();
-    assert_eq!(table.keys().count(), 2, "host MAC and the endpoint's");
+    let after = registrations(&lab);
+    assert_eq!(after.len(), 2, "host MAC and the endpoint's: {after:?}");
+    assert!(
+        after
+            .iter()
+            .any(|(key, slot)| key.mac[..2] == [0x02, 0x42] && *slot == 2),
+        "the endpoint (10.48.0.2) in its direct slot: {after:?}"
+    );
     lab.netvlan(&["disconnect", "crowded", c.name()]).ok();
+    assert_eq!(registrations(&lab), present, "disconnect unregisters it");
     lab.netvlan(&["network", "rm", "crowded"]).ok();
 }
 

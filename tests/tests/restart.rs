@@ -152,7 +152,11 @@ fn watched(stats: &Value) -> Vec<(String, u64)> {
     }
     for mac in stats["macs"].as_array().into_iter().flatten() {
         out.push((
-            format!("macs.{}", mac["mac"].as_str().unwrap_or("?")),
+            format!(
+                "macs.{}@{}",
+                mac["mac"].as_str().unwrap_or("?"),
+                mac["vlan"].as_u64().unwrap_or(0)
+            ),
             mac["rx_packets"].as_u64().unwrap_or(0),
         ));
     }

@@ -1,12 +1,14 @@
 //! Family `observe`: what it costs to look. The time `netvlan stats --json`
-//! takes with 1,000 and 10,000 distinct destination MACs in the counters,
+//! takes with 1,000 and 10,000 registered destinations in the counters,
 //! its peak RSS, and the datapath's kernel memory.
 //!
-//! The counters are filled by real frames: a peer namespace sends one frame
-//! per MAC into the parent over AF_PACKET, and the XDP program counts them.
-//! Peer for the read: `bpftool map dump` of the same pinned MAC table (the
-//! kernel's generic tool reading the same entries, without summing CPUs or
-//! naming endpoints).
+//! The destinations are registered in the wire's slot table (`DST_SLOTS`,
+//! as a connect with a user-given MAC would, without making thousands of
+//! namespaces) and their counters filled by real frames: a peer namespace
+//! sends one frame per MAC into the parent over AF_PACKET, and the XDP
+//! program counts them. Peer for the read: `bpftool map dump` of the
+//! pinned per-destination counters (`DST_STATS`, the kernel's generic tool
+//! reading the same counters, without summing CPUs or naming endpoints).
 
 use std::{
     collections::HashSet,
@@ -18,7 +20,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{maps::MapData, programs::ProgramInfo};
 use indicatif::ProgressBar;
-use netvlan_common::maps::MAC_STATS;
+use netvlan::sys::bpf_batch::BatchMap;
+use netvlan_common::maps::{DstKey, DST_DIRECT, DST_SLOTS, DST_STATS};
 
 use super::{
     ctx::Ctx,
@@ -51,7 +54,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let netvlan = Netvlan::new(&ctx.netvlan, &host, &ctx.token, "ob")?;
     netvlan.create_bench_network("172.31.250.0/24", "lan0", &[])?;
     let pin_dir = find_pin_dir(netvlan.bpf_dir())?;
-    let mac_table = pin_dir.join(MAC_STATS);
+    let mac_table = pin_dir.join(DST_STATS);
     let rounds = rounds(ctx);
     let scratch = OwnedDir::temp(&ctx.token, "ob-scratch")?;
 
@@ -59,14 +62,17 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         key: "observe",
         title: "Observation cost",
         method: vec![
-            "A peer namespace sends one 64-byte frame per destination MAC over AF_PACKET \
-             into the parent veth, where netvlan's datapath (attached by `netvlan network \
-             create`) counts it; the bench waits until `netvlan stats --json` lists every \
-             MAC (resending any a full veth ring dropped)."
+            "The destination MACs are registered in the wire's DST_SLOTS (each in a slot \
+             of its own, as connects with user-given MACs would), then a peer namespace \
+             sends one 64-byte frame per destination MAC over AF_PACKET into the parent \
+             veth, where netvlan's datapath (attached by `netvlan network create`) counts \
+             it; the bench waits until `netvlan stats --json` counts every MAC (resending \
+             any a full veth ring dropped)."
                 .into(),
             format!(
                 "Then {rounds} rounds, each timing `netvlan stats --json` and the peer `bpftool \
-                 -j map dump pinned …/{MAC_STATS}` (same entries), both through `nsenter \
+                 -j map dump pinned …/{DST_STATS}` (the same counters: every slot of the \
+                 per-CPU array), both through `nsenter \
                  --net`, wall time from spawn to exit; peak RSS of each in a separate run \
                  under `/usr/bin/time -f %M` (the kernel's ru_maxrss)."
             ),
@@ -91,6 +97,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let mut sent = 0u32;
     for scale in SCALES {
         bar.set_message(format!("counting {scale} distinct MACs"));
+        register(&pin_dir, sent, scale)?;
         fill_counters(&gen, &netvlan, sent, scale)?;
         sent = scale;
         super::progress::tick(bar)?;
@@ -172,7 +179,7 @@ pub fn find_pin_dir(bpf_dir: &Path) -> Result<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if entry.file_name() == MAC_STATS {
+            } else if entry.file_name() == DST_STATS {
                 found.push(dir.clone());
             }
         }
@@ -180,14 +187,51 @@ pub fn find_pin_dir(bpf_dir: &Path) -> Result<PathBuf> {
     match found.as_slice() {
         [one] => Ok(one.clone()),
         _ => bail!(
-            "expected one pinned {MAC_STATS} under {}, found {}",
+            "expected one pinned {DST_STATS} under {}, found {}",
             bpf_dir.display(),
             found.len()
         ),
     }
 }
 
-/// Sends frames to MACs `from..to` until the counters list all `to` MACs.
+/// Registers the numbered MACs `from..to` (untagged) in the wire's slot
+/// table, each in the lowest slot no registration uses.
+fn register(pin_dir: &Path, from: u32, to: u32) -> Result<()> {
+    let open = |name: &str| {
+        MapData::from_pin(pin_dir.join(name)).with_context(|| format!("opening the pinned {name}"))
+    };
+    let (direct, slots) = (open(DST_DIRECT)?, open(DST_SLOTS)?);
+    let direct = BatchMap::new(&direct, DST_DIRECT)?;
+    let slots = BatchMap::new(&slots, DST_SLOTS)?;
+    let mut used: HashSet<u32> = direct
+        .lookup_all::<u32, DstKey>()?
+        .into_iter()
+        .filter(|(_, key)| !key[0].is_free())
+        .map(|(slot, _)| slot)
+        .collect();
+    used.extend(
+        slots
+            .lookup_all::<DstKey, u32>()?
+            .into_iter()
+            .map(|(_, s)| s[0]),
+    );
+    let mut free = (0..direct.max_entries()).filter(|s| !used.contains(s));
+    let mut entries = Vec::new();
+    for i in from..to {
+        let slot = free.next().context("no free destination slot left")?;
+        let key = DstKey {
+            vid: 0,
+            mac: frames::numbered_mac(i),
+        };
+        entries.push((key, slot));
+    }
+    slots
+        .update(&entries, 0)
+        .context("registering the bench's destinations")?;
+    Ok(())
+}
+
+/// Sends frames to MACs `from..to` until the counters count all `to` MACs.
 fn fill_counters(gen: &Netns, netvlan: &Netvlan, from: u32, to: u32) -> Result<()> {
     let mut missing: Vec<u32> = (from..to).collect();
     for _attempt in 0..5 {
@@ -216,6 +260,7 @@ fn counted_macs(netvlan: &Netvlan) -> Result<HashSet<String>> {
         .as_array()
         .context("netvlan stats --json has no macs")?
         .iter()
+        .filter(|m| m["rx_packets"].as_u64() > Some(0))
         .filter_map(|m| m["mac"].as_str().map(str::to_string))
         .collect())
 }

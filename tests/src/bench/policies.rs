@@ -19,6 +19,7 @@ use netvlan::{
 };
 use netvlan_common::{
     decision::{with_mac_limit, Verdict, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER},
+    maps::DstKey,
     model::{WireCounters, WireModel},
 };
 
@@ -60,7 +61,11 @@ impl AllPolicies {
             vlan_filter: true,
             allowed_vlans: BTreeSet::from([VLAN]),
             unknown_dst_drop_vlans: BTreeSet::from([0, VLAN]),
-            registered: registered.clone(),
+            // Registered on both VLANs the frames use.
+            registered: [0, VLAN]
+                .into_iter()
+                .flat_map(|vid| registered.iter().map(move |&mac| DstKey { vid, mac }))
+                .collect(),
             denied: denied.clone(),
             mac_guards: [(0, guard), (VLAN, guard)].into(),
             ..WirePolicy::default()
