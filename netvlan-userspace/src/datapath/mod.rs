@@ -167,7 +167,7 @@ pub enum DatapathError {
         name: &'static str,
         path: PathBuf,
         #[source]
-        source: crate::sys::bpf_batch::BatchError,
+        source: Box<crate::sys::bpf_batch::BatchError>,
     },
     /// The kernel refused an insert with E2BIG: every entry is taken.
     #[error("the datapath map {path} is full: it holds at most {capacity} entries")]

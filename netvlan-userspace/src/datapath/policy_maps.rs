@@ -223,7 +223,7 @@ pub(super) fn batch_err(
         _ => DatapathError::MapBatch {
             name,
             path: path.clone(),
-            source,
+            source: Box::new(source),
         },
     }
 }
