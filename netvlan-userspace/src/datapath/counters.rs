@@ -183,6 +183,19 @@ fn read_array<V: aya::Pod, T>(
 /// registered slots, never one per slot.
 const SLOT_RUN_GAP: u32 = 256;
 
+/// `slots` (sorted, distinct) as runs `(first, last)` read by one batch
+/// lookup each: neighbours closer than [`SLOT_RUN_GAP`] share a run.
+fn slot_runs(slots: &[u32]) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &slot in slots {
+        match runs.last_mut() {
+            Some((_, last)) if slot - *last <= SLOT_RUN_GAP => *last = slot,
+            _ => runs.push((slot, slot)),
+        }
+    }
+    runs
+}
+
 /// The `DST_STATS` of `slots` (sorted, distinct), summed over CPUs.
 fn read_dst_stats(
     pins: &InterfacePins,
@@ -195,14 +208,7 @@ fn read_dst_stats(
     let data = open_data(pins, maps::DST_STATS)?;
     let err = || batch_err(pins, maps::DST_STATS, None);
     let batch = BatchMap::new(&data, maps::DST_STATS).map_err(err())?;
-    let mut runs: Vec<(u32, u32)> = Vec::new();
-    for &slot in slots {
-        match runs.last_mut() {
-            Some((_, last)) if slot - *last <= SLOT_RUN_GAP => *last = slot,
-            _ => runs.push((slot, slot)),
-        }
-    }
-    for (first, last) in runs {
+    for (first, last) in slot_runs(slots) {
         for (slot, values) in batch
             .lookup_range::<DstCounters>(first, last - first + 1)
             .map_err(err())?
@@ -360,4 +366,27 @@ fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_slots_are_read_in_few_runs() {
+        // 1,000 endpoints in their direct slots 2..=1001, the host's MAC
+        // hashed in slot 0, one user-given MAC far away.
+        let mut slots: Vec<u32> = (2..=1001).collect();
+        slots.insert(0, 0);
+        slots.push(40_000);
+        assert_eq!(slot_runs(&slots), vec![(0, 1001), (40_000, 40_000)]);
+        assert_eq!(slot_runs(&[]), vec![]);
+        assert_eq!(
+            slot_runs(&[5, 5 + SLOT_RUN_GAP, 6 + 2 * SLOT_RUN_GAP]),
+            vec![
+                (5, 5 + SLOT_RUN_GAP),
+                (6 + 2 * SLOT_RUN_GAP, 6 + 2 * SLOT_RUN_GAP)
+            ]
+        );
+    }
 }

@@ -580,6 +580,211 @@ mod tests {
         assert!(changes.new_direct.is_empty() && changes.new_hashed.is_empty());
     }
 
+    /// A wire's control-plane maps, made by the kernel with the layout's
+    /// shapes and pinned in a bpffs directory of the test's own (removed
+    /// when dropped). The program is not needed to check what is written.
+    struct PinnedMaps {
+        pins: InterfacePins,
+    }
+
+    impl PinnedMaps {
+        fn new(test: &str) -> Self {
+            use aya::maps::{Array, HashMap, PerCpuArray};
+            assert!(
+                nix::unistd::Uid::effective().is_root(),
+                "apply tests pin BPF maps: run them as root"
+            );
+            let dir = std::path::PathBuf::from(format!(
+                "/sys/fs/bpf/netvlan-unit-{test}-{}",
+                std::process::id()
+            ));
+            let netns = crate::sys::netns::NetnsId::current().unwrap();
+            let pins = super::super::NamespacePins::new(&dir, netns).interface(1);
+            std::fs::create_dir_all(pins.dir()).unwrap();
+            let pin = |name: &str, map: &MapData| map.pin(pins.map(name)).unwrap();
+            const NO_PREALLOC: u32 = 1;
+            let direct = Array::<MapData, DstKey>::create(DST_CAPACITY, 0).unwrap();
+            pin(maps::DST_DIRECT, direct.map());
+            let slots = HashMap::<MapData, DstKey, u32>::create(DST_CAPACITY, NO_PREALLOC).unwrap();
+            pin(maps::DST_SLOTS, slots.map());
+            let stats = PerCpuArray::<MapData, DstCounters>::create(DST_CAPACITY, 0).unwrap();
+            pin(maps::DST_STATS, stats.map());
+            let ips = HashMap::<MapData, IpKey, u32>::create(1024, NO_PREALLOC).unwrap();
+            pin(maps::ENDPOINT_IPS, ips.map());
+            let deny = HashMap::<MapData, MacKey, u32>::create(1024, NO_PREALLOC).unwrap();
+            pin(maps::DENY_MACS, deny.map());
+            let flags = Array::<MapData, u32>::create(VLAN_SLOTS, 0).unwrap();
+            pin(maps::VLAN_POLICY, flags.map());
+            let learn = HashMap::<MapData, LearnKey, u64>::create(1024, 0).unwrap();
+            pin(maps::MAC_LEARN, learn.map());
+            let guard = Array::<MapData, MacGuardState>::create(VLAN_SLOTS, 0).unwrap();
+            pin(maps::MAC_GUARD, guard.map());
+            PinnedMaps { pins }
+        }
+
+        fn batch<T>(&self, name: &'static str, f: impl FnOnce(&BatchMap) -> T) -> T {
+            let data = open_data(&self.pins, name).unwrap();
+            f(&BatchMap::new(&data, name).unwrap())
+        }
+
+        /// Counts `packets` in a slot on every CPU, as the program would.
+        fn count(&self, slot: u32, packets: u64) {
+            let c = Counters {
+                packets,
+                bytes: packets * 64,
+            };
+            self.batch(maps::DST_STATS, |b| {
+                b.update(&[(slot, DstCounters { rx: c, dropped: c })], 0)
+            })
+            .unwrap();
+        }
+
+        fn stats(&self, slot: u32) -> DstCounters {
+            self.batch(maps::DST_STATS, |b| b.lookup_range::<DstCounters>(slot, 1))
+                .unwrap()[0]
+                .1[0]
+        }
+    }
+
+    impl Drop for PinnedMaps {
+        fn drop(&mut self) {
+            let namespace = self.pins.dir().parent().unwrap();
+            let _ = std::fs::remove_dir_all(namespace.parent().unwrap());
+        }
+    }
+
+    use aya::maps::IterableMap as _;
+    use netvlan_common::maps::Counters;
+
+    #[test]
+    fn apply_keeps_live_slots_and_zeroes_a_new_slot_before_publishing_it() {
+        let maps = PinnedMaps::new("slots");
+        let web = dst(0, assigned(0, 2));
+        let user = dst(0, USER_MAC);
+        let mut policy = WirePolicy {
+            registered: [web, user].into(),
+            unknown_dst_drop_vlans: [0].into(),
+            ..WirePolicy::default()
+        };
+        // Slot 3 holds counts from a registration gone long ago.
+        maps.count(3, 99);
+        apply(&maps.pins, &policy).unwrap();
+        assert_eq!(
+            read_slots(&maps.pins).unwrap().resolved(),
+            [(web, 2), (user, 0)].into()
+        );
+        // Traffic to web; then one more endpoint takes the old slot 3.
+        maps.count(2, 5);
+        let db = dst(0, assigned(0, 3));
+        policy.registered.insert(db);
+        apply(&maps.pins, &policy).unwrap();
+        assert_eq!(maps.stats(2).rx.packets, 5, "a live slot is never zeroed");
+        assert_eq!(
+            maps.stats(3),
+            DstCounters::default(),
+            "a new slot starts at zero"
+        );
+        let (registered, _) = registered(&maps.pins).unwrap();
+        assert_eq!(registered, policy.registered);
+        // Disconnect: only its key goes, the others keep slot and counts.
+        policy.registered.remove(&web);
+        apply(&maps.pins, &policy).unwrap();
+        assert_eq!(
+            read_slots(&maps.pins).unwrap().resolved(),
+            [(db, 3), (user, 0)].into()
+        );
+    }
+
+    #[test]
+    fn apply_refuses_a_full_table_and_writes_nothing() {
+        let maps = PinnedMaps::new("full");
+        let fillers: Vec<(DstKey, u32)> = (0..DST_CAPACITY)
+            .map(|i| (dst(9, [0x5a, 1, 0, 0, (i >> 8) as u8, i as u8]), i))
+            .collect();
+        maps.batch(maps::DST_SLOTS, |b| b.update(&fillers, 0))
+            .unwrap();
+        let mut policy = WirePolicy {
+            registered: fillers.iter().map(|(key, _)| *key).collect(),
+            ..WirePolicy::default()
+        };
+        policy.registered.insert(dst(0, assigned(0, 2)));
+        policy.unknown_dst_drop_vlans.insert(0);
+        let before = read_slots(&maps.pins).unwrap();
+        let err = apply(&maps.pins, &policy).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("DST_SLOTS is full: it holds at most 65536 entries"),
+            "{err}"
+        );
+        assert_eq!(read_slots(&maps.pins).unwrap(), before);
+        let flags = maps
+            .batch(maps::VLAN_POLICY, |b| b.lookup_range::<u32>(0, 1))
+            .unwrap();
+        assert_eq!(flags[0].1[0], 0, "no flag written either");
+    }
+
+    #[test]
+    fn apply_writes_only_the_vlan_flags_that_change_and_resets_a_new_guard() {
+        let maps = PinnedMaps::new("flags");
+        // A learned MAC left on VLAN 20 by an earlier guard, one on VLAN 30.
+        let left = LearnKey {
+            vid: 20,
+            mac: USER_MAC,
+        };
+        let other = LearnKey {
+            vid: 30,
+            mac: USER_MAC,
+        };
+        maps.batch(maps::MAC_LEARN, |b| {
+            b.update(&[(left, 1u64), (other, 1)], 0)
+        })
+        .unwrap();
+        let policy = WirePolicy {
+            vlan_filter: true,
+            allowed_vlans: [20].into(),
+            mac_guards: [(
+                20,
+                MacGuard {
+                    limit: 8,
+                    count_only: false,
+                },
+            )]
+            .into(),
+            ..WirePolicy::default()
+        };
+        apply(&maps.pins, &policy).unwrap();
+        let flags: Vec<u32> = maps
+            .batch(maps::VLAN_POLICY, |b| b.lookup_all::<u32, u32>())
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v[0])
+            .collect();
+        assert_eq!(flags.len(), VLAN_SLOTS as usize);
+        for (vid, flags) in flags.iter().enumerate() {
+            assert_eq!(*flags, policy.vlan_flags(vid as u16), "VLAN {vid}");
+        }
+        let learned: Vec<LearnKey> = maps
+            .batch(maps::MAC_LEARN, |b| b.lookup_all::<LearnKey, u64>())
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            learned,
+            vec![other],
+            "the new guard of VLAN 20 starts empty"
+        );
+        // The same policy again changes nothing: a guard that stays on
+        // keeps what it learned.
+        maps.batch(maps::MAC_LEARN, |b| b.update(&[(left, 1u64)], 0))
+            .unwrap();
+        apply(&maps.pins, &policy).unwrap();
+        let learned = maps
+            .batch(maps::MAC_LEARN, |b| b.lookup_all::<LearnKey, u64>())
+            .unwrap();
+        assert_eq!(learned.len(), 2, "{learned:?}");
+    }
+
     #[test]
     fn wire_switches_are_replicated_on_every_vlan() {
         let policy = WirePolicy {
