@@ -1,14 +1,20 @@
 //! The datapath's filtering decision, shared by the XDP program, the host
 //! reference model and the differential tests.
 //!
-//! Policy lives in maps per parent wire (one XDP attachment): wire-wide
-//! flags, per-VLAN flags, the MACs registered behind the wire (endpoints and
-//! the host's own), and denied source MACs. [`decide`] reads them through
-//! [`PolicyView`], so the same decision code runs on both sides.
+//! Policy lives in maps per parent wire (one XDP attachment): per-VLAN
+//! flags (wire-wide ones, [`VLAN_WIRE_FILTER`] and [`VLAN_DENY_LIST`],
+//! replicated into every VLAN's entry so one array read gives all of it),
+//! and denied source MACs. [`decide`] reads them through [`PolicyView`], so
+//! the same decision code runs on both sides. Whether the destination is
+//! registered is not looked up here: the caller resolved the destination's
+//! counter slot already (`maps::DST_DIRECT` / `maps::DST_SLOTS`) and passes
+//! the answer, so counting and the unknown-destination check share one
+//! lookup.
 //!
 //! Order of checks, first match wins:
-//! 1. source MAC denied ([`DropReason::MacDenied`]);
-//! 2. VLAN filter on and the outer VLAN not allowed, or more than one tag
+//! 1. the VLAN's flags say the wire has a deny list ([`VLAN_DENY_LIST`])
+//!    and the source MAC is on it ([`DropReason::MacDenied`]);
+//! 2. VLAN filter on ([`VLAN_WIRE_FILTER`]) and the outer VLAN not allowed, or more than one tag
 //!    ([`DropReason::VlanNotAllowed`]) — untagged frames always pass this
 //!    check, so the host's own untagged traffic on a trunk keeps working;
 //! 3. MAC-sprawl guard on the frame's VLAN: the source MAC is learned, and
@@ -27,7 +33,9 @@
 
 use crate::frame::Frame;
 
-/// Wire flag: drop frames on VLANs not marked [`VLAN_ALLOWED`].
+/// Wire flag: drop frames on VLANs not marked [`VLAN_ALLOWED`]. Old
+/// layout, removed with the userspace side: the program reads
+/// [`VLAN_WIRE_FILTER`] from each VLAN's flags instead.
 pub const WIRE_VLAN_FILTER: u32 = 1;
 /// VLAN flag: a network uses this VLAN, or an allow-list names it.
 pub const VLAN_ALLOWED: u32 = 1;
@@ -144,44 +152,61 @@ pub enum Learning {
 }
 
 /// Read access to one wire's policy maps (and, for the guard, its learning
-/// table: [`PolicyView::learn`] is the one call that writes).
+/// table: [`PolicyView::learn`] is the one call that writes). The VLAN's
+/// flags are not read through it: the caller read them once per frame (it
+/// counts into the same VLAN's slot) and passes them to [`decide`].
 pub trait PolicyView {
-    fn wire_flags(&self) -> u32;
-    fn vlan_flags(&self, vid: u16) -> u32;
-    /// An endpoint or the host owns this MAC.
-    fn is_registered(&self, mac: &[u8; 6]) -> bool;
     fn is_denied(&self, src: &[u8; 6]) -> bool;
     /// An endpoint or the host owns this address (IPv4-mapped for IPv4).
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool;
     /// A configured gateway of a network on the wire has this address.
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool;
     /// Learns `src` on `vid` unless the VLAN already holds `limit` MACs.
-    /// `len` is the frame's length, for the over-limit counters.
-    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning;
+    /// `packets` and `len` (bytes) are what the frame counts for, for the
+    /// over-limit counters.
+    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning;
+}
+
+/// What [`decide`] is told about one frame besides its headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    /// `VLAN_POLICY[frame.outer_vid]`.
+    pub vlan_flags: u32,
+    /// The unicast destination (VLAN, MAC) has a counter slot: an endpoint
+    /// or the host owns it. Ignored for broadcast and multicast.
+    pub dst_registered: bool,
+    /// Wire frames this one counts for (a GRO'd skb at TC carries several).
+    pub packets: u64,
+    /// Bytes it counts for.
+    pub len: u64,
 }
 
 /// Decides one classified frame. See the module docs for the rules.
 #[inline(always)]
-pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, len: u64, policy: &P) -> Verdict {
-    if policy.is_denied(&frame.src) {
+pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, cx: &Context, policy: &P) -> Verdict {
+    let vlan = cx.vlan_flags;
+    if vlan & VLAN_DENY_LIST != 0 && policy.is_denied(&frame.src) {
         return Verdict::Drop(DropReason::MacDenied);
     }
-    // One map lookup per frame for the VLAN's flags (this is the XDP hot path).
-    let vlan = policy.vlan_flags(frame.outer_vid);
-    let filtering = policy.wire_flags() & WIRE_VLAN_FILTER != 0;
+    let filtering = vlan & VLAN_WIRE_FILTER != 0;
     if filtering && frame.tags > 0 && (frame.tags > 1 || vlan & VLAN_ALLOWED == 0) {
         return Verdict::Drop(DropReason::VlanNotAllowed);
     }
     if vlan & VLAN_MAC_GUARD != 0
         && !from_gateway(frame, policy)
-        && policy.learn(frame.outer_vid, &frame.src, vlan_mac_limit(vlan), len)
-            == Learning::OverLimit
+        && policy.learn(
+            frame.outer_vid,
+            &frame.src,
+            vlan_mac_limit(vlan),
+            cx.packets,
+            cx.len,
+        ) == Learning::OverLimit
         && vlan & VLAN_MAC_GUARD_COUNT_ONLY == 0
     {
         return Verdict::Drop(DropReason::MacLimit);
     }
     let unicast = frame.dst[0] & 1 == 0;
-    if unicast && vlan & VLAN_UNKNOWN_DST_DROP != 0 && !policy.is_registered(&frame.dst) {
+    if unicast && vlan & VLAN_UNKNOWN_DST_DROP != 0 && !cx.dst_registered {
         return Verdict::Drop(DropReason::UnknownDst);
     }
     if unicast
@@ -224,6 +249,7 @@ mod tests {
     use super::*;
     use crate::{
         frame::{classify, Classification},
+        maps::DstKey,
         model::WireModel as Model,
     };
 
@@ -256,7 +282,7 @@ mod tests {
     fn with_no_policy_everything_passes() {
         let m = Model::default();
         assert_eq!(
-            decide(&frame(STRANGER, STRANGER, &[10, 20]), 64, &m),
+            m.decide(&frame(STRANGER, STRANGER, &[10, 20]), 1, 64),
             Verdict::Pass
         );
     }
@@ -265,52 +291,88 @@ mod tests {
     fn unknown_unicast_is_dropped_only_where_asked_and_broadcast_passes() {
         let mut m = Model::default();
         m.vlans.insert(0, VLAN_UNKNOWN_DST_DROP);
-        m.registered.insert(ENDPOINT);
+        m.registered.insert(DstKey {
+            vid: 0,
+            mac: ENDPOINT,
+        });
         assert_eq!(
-            decide(&frame(STRANGER, ENDPOINT, &[]), 64, &m),
+            m.decide(&frame(STRANGER, ENDPOINT, &[]), 1, 64),
             Verdict::Drop(DropReason::UnknownDst)
         );
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[]), 64, &m),
+            m.decide(&frame(ENDPOINT, STRANGER, &[]), 1, 64),
             Verdict::Pass
         );
         assert_eq!(
-            decide(&frame(BROADCAST, STRANGER, &[]), 64, &m),
+            m.decide(&frame(BROADCAST, STRANGER, &[]), 1, 64),
             Verdict::Pass
         );
         assert_eq!(
-            decide(&frame([0x33, 0x33, 0, 0, 0, 1], STRANGER, &[]), 64, &m),
+            m.decide(&frame([0x33, 0x33, 0, 0, 0, 1], STRANGER, &[]), 1, 64),
             Verdict::Pass
         );
         assert_eq!(
-            decide(&frame(STRANGER, ENDPOINT, &[10]), 64, &m),
+            m.decide(&frame(STRANGER, ENDPOINT, &[10]), 1, 64),
             Verdict::Pass,
             "VLAN 10 did not ask"
         );
     }
 
     #[test]
+    fn a_destination_is_registered_per_vlan_and_decide_trusts_the_resolved_answer() {
+        let mut m = Model::default();
+        m.vlans.insert(0, VLAN_UNKNOWN_DST_DROP);
+        m.vlans.insert(10, VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP);
+        m.registered.insert(DstKey {
+            vid: 0,
+            mac: ENDPOINT,
+        });
+        assert_eq!(
+            m.decide(&frame(ENDPOINT, STRANGER, &[]), 1, 64),
+            Verdict::Pass
+        );
+        assert_eq!(
+            m.decide(&frame(ENDPOINT, STRANGER, &[10]), 1, 64),
+            Verdict::Drop(DropReason::UnknownDst),
+            "registered on the untagged VLAN only"
+        );
+        // decide() looks nothing up for the destination: the caller's answer wins.
+        let f = frame(STRANGER, ENDPOINT, &[]);
+        let cx = |dst_registered| Context {
+            vlan_flags: VLAN_UNKNOWN_DST_DROP,
+            dst_registered,
+            packets: 1,
+            len: 64,
+        };
+        assert_eq!(decide(&f, &cx(true), &m), Verdict::Pass);
+        assert_eq!(
+            decide(&f, &cx(false), &m),
+            Verdict::Drop(DropReason::UnknownDst)
+        );
+    }
+
+    #[test]
     fn vlan_filter_drops_unused_vlans_and_stacked_tags_but_not_untagged() {
         let mut m = Model {
-            wire: WIRE_VLAN_FILTER,
+            every_vlan: VLAN_WIRE_FILTER,
             ..Model::default()
         };
         m.vlans.insert(10, VLAN_ALLOWED);
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[10]), 64, &m),
+            m.decide(&frame(ENDPOINT, STRANGER, &[10]), 1, 64),
             Verdict::Pass
         );
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[20]), 64, &m),
+            m.decide(&frame(ENDPOINT, STRANGER, &[20]), 1, 64),
             Verdict::Drop(DropReason::VlanNotAllowed)
         );
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[10, 20]), 64, &m),
+            m.decide(&frame(ENDPOINT, STRANGER, &[10, 20]), 1, 64),
             Verdict::Drop(DropReason::VlanNotAllowed),
             "QinQ inside an allowed VLAN"
         );
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[]), 64, &m),
+            m.decide(&frame(ENDPOINT, STRANGER, &[]), 1, 64),
             Verdict::Pass
         );
     }
@@ -321,7 +383,13 @@ mod tests {
         m.denied.insert(STRANGER);
         m.vlans.insert(0, VLAN_UNKNOWN_DST_DROP);
         assert_eq!(
-            decide(&frame(BROADCAST, STRANGER, &[]), 64, &m),
+            m.decide(&frame(BROADCAST, STRANGER, &[]), 1, 64),
+            Verdict::Pass,
+            "without VLAN_DENY_LIST the deny list is not read"
+        );
+        m.every_vlan = VLAN_DENY_LIST;
+        assert_eq!(
+            m.decide(&frame(BROADCAST, STRANGER, &[]), 1, 64),
             Verdict::Drop(DropReason::MacDenied)
         );
     }
@@ -334,7 +402,7 @@ mod tests {
     fn the_guard_learns_up_to_its_limit_then_drops_only_new_macs() {
         let mut m = Model::default();
         m.vlans.insert(10, with_mac_limit(VLAN_ALLOWED, 2, false));
-        let from = |n: u8| decide(&frame(BROADCAST, mac(n), &[10]), 64, &m);
+        let from = |n: u8| m.decide(&frame(BROADCAST, mac(n), &[10]), 1, 64);
         assert_eq!(from(1), Verdict::Pass);
         assert_eq!(from(2), Verdict::Pass);
         assert_eq!(from(3), Verdict::Drop(DropReason::MacLimit));
@@ -342,7 +410,16 @@ mod tests {
         assert_eq!(from(3), Verdict::Drop(DropReason::MacLimit));
         assert_eq!(m.over_limit_packets(), 2);
         assert_eq!(
-            decide(&frame(BROADCAST, mac(9), &[]), 64, &m),
+            m.decide(&frame(BROADCAST, mac(4), &[10]), 3, 3 * 64),
+            Verdict::Drop(DropReason::MacLimit)
+        );
+        assert_eq!(
+            m.over_limit_packets(),
+            5,
+            "a GRO'd frame counts as its segments"
+        );
+        assert_eq!(
+            m.decide(&frame(BROADCAST, mac(9), &[]), 1, 64),
             Verdict::Pass,
             "the guard is per VLAN"
         );
@@ -382,26 +459,26 @@ mod tests {
         m.gateway_ips.insert(mapped([10, 0, 0, 1]));
         let gateway_mac = mac(0xfe);
         assert_eq!(
-            decide(&from_ip(gateway_mac, [10, 0, 0, 1], true), 64, &m),
+            m.decide(&from_ip(gateway_mac, [10, 0, 0, 1], true), 1, 64),
             Verdict::Pass,
             "the gateway's ARP"
         );
         assert_eq!(
-            decide(&frame(BROADCAST, mac(1), &[]), 64, &m),
+            m.decide(&frame(BROADCAST, mac(1), &[]), 1, 64),
             Verdict::Pass
         );
         assert_eq!(
-            decide(&frame(BROADCAST, mac(2), &[]), 64, &m),
+            m.decide(&frame(BROADCAST, mac(2), &[]), 1, 64),
             Verdict::Drop(DropReason::MacLimit),
             "the one slot went to mac(1), not to the gateway"
         );
         assert_eq!(
-            decide(&from_ip(gateway_mac, [10, 0, 0, 1], false), 64, &m),
+            m.decide(&from_ip(gateway_mac, [10, 0, 0, 1], false), 1, 64),
             Verdict::Pass,
             "the gateway's IPv4, with the guard full"
         );
         assert_eq!(
-            decide(&from_ip(mac(3), [10, 0, 0, 7], false), 64, &m),
+            m.decide(&from_ip(mac(3), [10, 0, 0, 7], false), 1, 64),
             Verdict::Drop(DropReason::MacLimit),
             "any other address still counts"
         );
@@ -411,7 +488,7 @@ mod tests {
     fn the_count_action_lets_new_macs_pass_but_records_them() {
         let mut m = Model::default();
         m.vlans.insert(0, with_mac_limit(0, 1, true));
-        let from = |n: u8| decide(&frame(BROADCAST, mac(n), &[]), 64, &m);
+        let from = |n: u8| m.decide(&frame(BROADCAST, mac(n), &[]), 1, 64);
         assert_eq!(from(1), Verdict::Pass);
         assert_eq!(from(2), Verdict::Pass);
         assert_eq!(m.over_limit_packets(), 1);
@@ -447,15 +524,18 @@ mod tests {
         let mut m = Model::default();
         m.vlans
             .insert(0, VLAN_UNKNOWN_DST_DROP | VLAN_UNKNOWN_IP_DROP);
-        m.registered.insert(ENDPOINT); // the parent's MAC, shared
+        m.registered.insert(DstKey {
+            vid: 0,
+            mac: ENDPOINT,
+        }); // the parent's MAC, shared
         m.registered_ips.insert(mapped([10, 0, 0, 2]));
-        let to = |ip| decide(&ipv4_to(ENDPOINT, ip), 64, &m);
+        let to = |ip| m.decide(&ipv4_to(ENDPOINT, ip), 1, 64);
         assert_eq!(to([10, 0, 0, 2]), Verdict::Pass);
         assert_eq!(to([10, 0, 0, 3]), Verdict::Drop(DropReason::UnknownDst));
         assert_eq!(to([224, 0, 0, 1]), Verdict::Pass, "multicast");
         assert_eq!(to([255, 255, 255, 255]), Verdict::Pass, "broadcast");
         assert_eq!(
-            decide(&frame(ENDPOINT, STRANGER, &[]), 64, &m),
+            m.decide(&frame(ENDPOINT, STRANGER, &[]), 1, 64),
             Verdict::Pass,
             "not IP: nothing to check"
         );

@@ -5,11 +5,14 @@
 
 use crate::frame::Anomaly;
 
+/// Old layout, removed with the userspace side.
 /// Per-CPU array of [`Counters`] indexed by VLAN id (0 = untagged).
 pub const VLAN_STATS: &str = "VLAN_STATS";
+/// Old layout, removed with the userspace side.
 /// Per-CPU hash of [`MacKey`] (destination MAC) to [`Counters`].
 pub const MAC_STATS: &str = "MAC_STATS";
-/// Per-CPU array of [`Counters`] indexed by [`CounterSlot`].
+/// Per-CPU array of [`Counters`] indexed by [`CounterSlot`]: frames that
+/// did not classify, and anomalies.
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "netvlan_xdp";
@@ -19,22 +22,27 @@ pub const TC_PROGRAM: &str = "netvlan_tc";
 /// A pass-only XDP program in the same object: the benchmarks' floor.
 pub const BENCH_FLOOR_PROGRAM: &str = "bench_floor";
 
+/// Old layout, removed with the userspace side.
 /// Array of one `u32` of `decision::WIRE_*` flags.
 pub const WIRE_POLICY: &str = "WIRE_POLICY";
 /// Array of `u32` `decision::VLAN_*` flags indexed by VLAN id.
 pub const VLAN_POLICY: &str = "VLAN_POLICY";
+/// Old layout, removed with the userspace side.
 /// Hash of [`MacKey`] to `u32` (reserved): MACs registered behind the wire.
 pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
-/// Hash of [`IpKey`] to `u32` flags (`decision::IP_*`; 0 = registered):
+/// Hash (no preallocation) of [`IpKey`] to `u32` flags (`decision::IP_*`; 0 = registered):
 /// IPv4/IPv6 addresses of ipvlan endpoints and the host, for ipvlan's
 /// unknown-destination drop, and the networks' gateways, which the
 /// MAC-sprawl guard exempts.
 pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
+/// Old layout, removed with the userspace side.
 /// Per-CPU hash of [`MacKey`] (an endpoint's MAC) to [`MacDrops`]: frames
 /// to that endpoint that policy dropped, by reason. The control plane keeps
 /// its keys equal to the endpoints' MACs; the program never inserts.
 pub const MAC_DROPS: &str = "MAC_DROPS";
-/// Hash of [`MacKey`] to `u32` (reserved): source MACs that are dropped.
+/// Hash (no preallocation) of [`MacKey`] to `u32` (reserved): source MACs
+/// that are dropped. Looked up only on VLANs flagged
+/// `decision::VLAN_DENY_LIST`.
 pub const DENY_MACS: &str = "DENY_MACS";
 /// Per-CPU array of [`Counters`] indexed by `decision::DropReason`.
 pub const DROPS: &str = "DROPS";
@@ -131,20 +139,24 @@ pub struct VlanCounters {
 /// Every map of the wire (XDP) object, each pinned per parent link; a test
 /// in netvlan-userspace checks this list against the built object.
 pub const WIRE_MAPS: &[&str] = &[
-    VLAN_STATS,
-    MAC_STATS,
     COUNTERS,
-    WIRE_POLICY,
+    VLAN_COUNTERS,
     VLAN_POLICY,
-    ENDPOINT_MACS,
+    DST_DIRECT,
+    DST_SLOTS,
+    DST_STATS,
+    ENDPOINT_IPS,
     DENY_MACS,
     DROPS,
     VLAN_DROPS,
     MAC_LEARN,
     MAC_GUARD,
-    ENDPOINT_IPS,
-    MAC_DROPS,
 ];
+
+/// `map_flags` of the wire's hashes the control plane fills
+/// ([`DST_SLOTS`], [`ENDPOINT_IPS`], [`DENY_MACS`]): entries are allocated
+/// when inserted, so their memory follows what is configured.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Learned source MACs per wire. The control plane keeps the sum of the
 /// wire's `max_macs` limits at or under half of this, so the kernel's LRU
@@ -154,6 +166,7 @@ pub const MAC_LEARN_CAPACITY: u32 = 32_768;
 /// The most learned MACs all guarded VLANs of one wire may ask for.
 pub const MAC_LEARN_BUDGET: u32 = MAC_LEARN_CAPACITY / 2;
 
+/// Old layout, removed with the userspace side.
 /// Registered MACs per wire (endpoints and the host's own). When the map is
 /// full, the control plane refuses the connect with a clear error.
 pub const ENDPOINT_MACS_CAPACITY: u32 = 65_536;
@@ -164,6 +177,7 @@ pub const DENY_MACS_CAPACITY: u32 = 4_096;
 
 /// One slot per 12-bit VLAN id, so no VLAN can ever miss its counter.
 pub const VLAN_SLOTS: u32 = 4096;
+/// Old layout, removed with the userspace side.
 /// Distinct destination MACs counted per interface. When the table is full,
 /// frames to new MACs are counted under [`CounterSlot::MacTableFull`]
 /// instead (never silently lost).
@@ -183,8 +197,15 @@ pub struct Counters {
 impl Counters {
     #[inline(always)]
     pub fn add_frame(&mut self, len: u64) {
-        self.packets += 1;
-        self.bytes += len;
+        self.add(1, len);
+    }
+
+    /// Adds `packets` wire frames of `bytes` in all (a GRO'd skb at TC
+    /// carries several).
+    #[inline(always)]
+    pub fn add(&mut self, packets: u64, bytes: u64) {
+        self.packets += packets;
+        self.bytes += bytes;
     }
 
     /// Adds another CPU's share (userspace sums per-CPU values).
@@ -209,6 +230,7 @@ impl MacKey {
     }
 }
 
+/// Old layout, removed with the userspace side.
 /// Drops of frames to one endpoint, indexed by `decision::DropReason`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -253,10 +275,14 @@ pub struct MacGuardState {
 /// Index into the [`COUNTERS`] array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterSlot {
-    /// Every frame the program saw, well-formed or not.
+    /// Frames that did not classify (too short for their headers). Every
+    /// frame the program saw = these + the sum of
+    /// [`VlanCounters::frames`] over all VLANs.
+    Malformed,
+    /// Old layout, removed with the userspace side (slot 0 held every frame).
     Frames,
-    /// Frames whose destination MAC could not be added to a full
-    /// [`MAC_STATS`] table.
+    /// Old layout, removed with the userspace side: slot 1 is reserved
+    /// (nothing is inserted per frame any more, so no table can be full).
     MacTableFull,
     /// Frames carrying this anomaly.
     Anomaly(Anomaly),
@@ -268,7 +294,7 @@ impl CounterSlot {
     #[inline(always)]
     pub const fn index(self) -> u32 {
         match self {
-            CounterSlot::Frames => 0,
+            CounterSlot::Malformed | CounterSlot::Frames => 0,
             CounterSlot::MacTableFull => 1,
             CounterSlot::Anomaly(a) => Self::ANOMALY_BASE + a as u32,
         }
@@ -312,7 +338,7 @@ mod tests {
     #[test]
     fn counter_slots_are_distinct_and_fit_the_array() {
         let mut seen = std::collections::HashSet::new();
-        let slots = [CounterSlot::Frames, CounterSlot::MacTableFull]
+        let slots = [CounterSlot::Malformed, CounterSlot::MacTableFull]
             .into_iter()
             .chain(Anomaly::ALL.into_iter().map(CounterSlot::Anomaly));
         for slot in slots {

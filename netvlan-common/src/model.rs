@@ -1,9 +1,14 @@
 //! A host model of one wire's maps: the policy state [`decide`] reads
 //! through [`PolicyView`] (with the MAC-sprawl guard's learning table and
-//! per-VLAN state, which it writes), and the counters the XDP program
+//! per-VLAN state, which it writes), and the counters the wire program
 //! keeps for every frame. The decision's unit tests, the differential test
 //! and the bench all predict the program with it, so there is one model to
 //! keep in step with the program, not one per user.
+//!
+//! The model knows registrations, not slots: which slot a registration's
+//! counters live in (direct or hashed) is the control plane's choice, and
+//! the program must count the same whatever it chose. Tests map the
+//! model's per-registration counters to the slots they published.
 //!
 //! Behind the `model` feature (it needs std's collections).
 
@@ -13,21 +18,23 @@ use core::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{
-    decision::{decide, vlan_drop_index, DropReason, Learning, PolicyView, Verdict},
-    frame::{classify, Anomaly, Classification},
-    maps::{CounterSlot, Counters, LearnKey, MacGuardState},
+    decision::{decide, vlan_drop_index, Context, Learning, PolicyView, Verdict},
+    frame::{classify, Anomaly, Classification, Frame},
+    maps::{CounterSlot, Counters, DstCounters, DstKey, LearnKey, MacGuardState, VlanCounters},
 };
 
 /// The policy maps of one wire, as the control plane fills them, plus the
 /// guard's learning state, as the program updates it.
 #[derive(Debug, Default)]
 pub struct WireModel {
-    /// `WIRE_POLICY[0]`.
-    pub wire: u32,
-    /// `VLAN_POLICY`, by VLAN (0 = untagged); a missing VLAN has no flags.
+    /// `VLAN_POLICY`, by VLAN (0 = untagged); a missing VLAN has only
+    /// [`WireModel::every_vlan`].
     pub vlans: HashMap<u16, u32>,
-    /// `ENDPOINT_MACS`.
-    pub registered: HashSet<[u8; 6]>,
+    /// Flags the control plane writes into every VLAN's entry, listed or
+    /// not (`VLAN_WIRE_FILTER`, `VLAN_DENY_LIST`).
+    pub every_vlan: u32,
+    /// `DST_DIRECT` and `DST_SLOTS` together: the registered destinations.
+    pub registered: HashSet<DstKey>,
     /// `DENY_MACS`.
     pub denied: HashSet<[u8; 6]>,
     /// `ENDPOINT_IPS` entries without `IP_NOT_REGISTERED` (IPv4-mapped).
@@ -42,6 +49,11 @@ pub struct WireModel {
 }
 
 impl WireModel {
+    /// `VLAN_POLICY[vid]` as the program reads it.
+    pub fn vlan_flags(&self, vid: u16) -> u32 {
+        self.vlans.get(&vid).copied().unwrap_or(0) | self.every_vlan
+    }
+
     /// Frames over a guard's limit, on every VLAN.
     pub fn over_limit_packets(&self) -> u64 {
         self.guard
@@ -60,34 +72,65 @@ impl WireModel {
             .count()
     }
 
-    /// What the program does with `frame`, counting it into `counters` as
-    /// the program does (a malformed frame passes, counted as anomalous).
-    pub fn run(&self, frame: &[u8], counters: &mut WireCounters) -> Verdict {
+    /// The registration a unicast frame's destination resolves to, if any.
+    pub fn destination(&self, frame: &Frame) -> Option<DstKey> {
+        let key = DstKey {
+            vid: frame.outer_vid,
+            mac: frame.dst,
+        };
+        (frame.dst[0] & 1 == 0 && self.registered.contains(&key)).then_some(key)
+    }
+
+    /// The decision for one classified frame counted as `packets` frames of
+    /// `len` bytes in all, with what the program resolved before deciding.
+    pub fn decide(&self, frame: &Frame, packets: u64, len: u64) -> Verdict {
+        let cx = Context {
+            vlan_flags: self.vlan_flags(frame.outer_vid),
+            dst_registered: self.destination(frame).is_some(),
+            packets,
+            len,
+        };
+        decide(frame, &cx, self)
+    }
+
+    /// What the program does with `frame`, counting it as `packets` wire
+    /// frames (1 at XDP; at TC, the skb's GSO segments) into `counters` as
+    /// the program does (a malformed frame passes, counted as malformed and
+    /// anomalous).
+    pub fn run(&self, frame: &[u8], packets: u64, counters: &mut WireCounters) -> Verdict {
         let len = frame.len() as u64;
-        bump(&mut counters.counters, CounterSlot::Frames.index(), len);
         match classify(frame) {
             Classification::Malformed(a) => {
-                bump(&mut counters.counters, CounterSlot::Anomaly(a).index(), len);
+                for slot in [CounterSlot::Malformed, CounterSlot::Anomaly(a)] {
+                    bump(&mut counters.counters, slot.index(), packets, len);
+                }
                 Verdict::Pass
             }
             Classification::Classified(f) => {
-                bump(&mut counters.vlans, f.outer_vid, len);
-                counters.macs.entry(f.dst).or_default().add_frame(len);
+                let vlan = counters.vlans.entry(f.outer_vid).or_default();
+                vlan.frames.add(packets, len);
+                let dst = self.destination(&f);
+                if f.dst[0] & 1 != 0 {
+                    vlan.flood.add(packets, len);
+                } else if let Some(key) = dst {
+                    counters.dsts.entry(key).or_default().rx.add(packets, len);
+                } else {
+                    vlan.unregistered.add(packets, len);
+                }
                 for a in Anomaly::ALL {
                     if f.anomalies.contains(a) {
-                        bump(&mut counters.counters, CounterSlot::Anomaly(a).index(), len);
+                        let slot = CounterSlot::Anomaly(a).index();
+                        bump(&mut counters.counters, slot, packets, len);
                     }
                 }
-                let verdict = decide(&f, len, self);
+                let verdict = self.decide(&f, packets, len);
                 if let Verdict::Drop(reason) = verdict {
-                    bump(&mut counters.drops, reason as u32, len);
-                    bump(
-                        &mut counters.vlan_drops,
-                        vlan_drop_index(f.outer_vid, reason),
-                        len,
-                    );
-                    if reason != DropReason::UnknownDst && self.registered.contains(&f.dst) {
-                        bump(&mut counters.mac_drops, (f.dst, reason as u32), len);
+                    bump(&mut counters.drops, reason as u32, packets, len);
+                    let index = vlan_drop_index(f.outer_vid, reason);
+                    bump(&mut counters.vlan_drops, index, packets, len);
+                    if let Some(key) = dst {
+                        let dst = counters.dsts.entry(key).or_default();
+                        dst.dropped.add(packets, len);
                     }
                 }
                 verdict
@@ -97,15 +140,6 @@ impl WireModel {
 }
 
 impl PolicyView for WireModel {
-    fn wire_flags(&self) -> u32 {
-        self.wire
-    }
-    fn vlan_flags(&self, vid: u16) -> u32 {
-        self.vlans.get(&vid).copied().unwrap_or(0)
-    }
-    fn is_registered(&self, mac: &[u8; 6]) -> bool {
-        self.registered.contains(mac)
-    }
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         self.denied.contains(src)
     }
@@ -115,7 +149,7 @@ impl PolicyView for WireModel {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         self.gateway_ips.contains(ip)
     }
-    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
+    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
         let mut learned = self.learned.borrow_mut();
         let mut guard = self.guard.borrow_mut();
@@ -123,7 +157,7 @@ impl PolicyView for WireModel {
         if learned.contains(&key) {
             Learning::Known
         } else if state.learned >= u64::from(limit) {
-            state.over_limit_packets += 1;
+            state.over_limit_packets += packets;
             state.over_limit_bytes += len;
             state.last_over_limit_mac = *src;
             Learning::OverLimit
@@ -141,18 +175,32 @@ impl PolicyView for WireModel {
 pub struct WireCounters {
     /// `COUNTERS`, by slot.
     pub counters: BTreeMap<u32, Counters>,
-    /// `VLAN_STATS`, by outer VLAN.
-    pub vlans: BTreeMap<u16, Counters>,
-    /// `MAC_STATS`, by destination MAC.
-    pub macs: HashMap<[u8; 6], Counters>,
+    /// `VLAN_COUNTERS`, by outer VLAN.
+    pub vlans: BTreeMap<u16, VlanCounters>,
+    /// `DST_STATS`, by the registration that owns the slot.
+    pub dsts: BTreeMap<DstKey, DstCounters>,
     /// `DROPS`, by reason.
     pub drops: BTreeMap<u32, Counters>,
     /// `VLAN_DROPS`, by [`vlan_drop_index`].
     pub vlan_drops: BTreeMap<u32, Counters>,
-    /// `MAC_DROPS`: drops per registered destination MAC and reason.
-    pub mac_drops: BTreeMap<([u8; 6], u32), Counters>,
 }
 
-fn bump<K: Ord>(map: &mut BTreeMap<K, Counters>, key: K, len: u64) {
-    map.entry(key).or_default().add_frame(len);
+impl WireCounters {
+    /// Every frame the program saw: `COUNTERS[Malformed]` plus every
+    /// VLAN's `frames` (how userspace computes the total).
+    pub fn frames(&self) -> Counters {
+        let mut total = self
+            .counters
+            .get(&CounterSlot::Malformed.index())
+            .copied()
+            .unwrap_or_default();
+        for v in self.vlans.values() {
+            total.merge(&v.frames);
+        }
+        total
+    }
+}
+
+fn bump<K: Ord>(map: &mut BTreeMap<K, Counters>, key: K, packets: u64, len: u64) {
+    map.entry(key).or_default().add(packets, len);
 }

@@ -2,18 +2,18 @@
 //! counting into per-CPU maps and the one place a dropped frame goes
 //! through ([`drop`]), where a trace hook will go.
 //!
-//! One binary per hook: `src/bin/wire.rs` (XDP on a parent link) and
+//! One binary per hook: `src/bin/wire.rs` (XDP or TC on a parent link) and
 //! `src/bin/endpoint.rs` (TC on an endpoint link).
 #![no_std]
 
 use aya_ebpf::{
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
 use netvlan_common::{
     decision::{vlan_drop_index, DropReason},
     frame::PacketBytes,
-    maps::{Counters, MacDrops, MacKey},
+    maps::{Counters, DstCounters},
 };
 
 /// The frame an XDP program sees.
@@ -36,9 +36,16 @@ pub fn tc_frame(ctx: &TcContext, headers: u32) -> PacketBytes {
 /// Adds a frame of `len` bytes to slot `index` of a per-CPU counter array.
 #[inline(always)]
 pub fn count(map: &PerCpuArray<Counters>, index: u32, len: u64) {
+    count_packets(map, index, 1, len);
+}
+
+/// Adds `packets` frames of `bytes` in all to slot `index` of a per-CPU
+/// counter array.
+#[inline(always)]
+pub fn count_packets(map: &PerCpuArray<Counters>, index: u32, packets: u64, bytes: u64) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { (*c).add_frame(len) };
+        unsafe { (*c).add(packets, bytes) };
     }
 }
 
@@ -48,26 +55,26 @@ pub struct DropMaps {
     pub drops: &'static PerCpuArray<Counters>,
     /// By VLAN and reason (`decision::vlan_drop_index`).
     pub vlan_drops: &'static PerCpuArray<Counters>,
-    /// By destination endpoint MAC and reason.
-    pub mac_drops: &'static PerCpuHashMap<MacKey, MacDrops>,
 }
 
-/// Counts a frame the policy refused by reason, VLAN and destination
-/// endpoint; the hook turns the verdict into its own drop action.
+/// Counts a frame the policy refused by reason, VLAN and, when its
+/// destination is registered, in that destination's counters (already
+/// resolved: no lookup here); the hook turns the verdict into its own
+/// drop action.
 #[inline(always)]
-pub fn drop(maps: &DropMaps, dst: [u8; 6], outer_vid: u16, reason: DropReason, len: u64) {
-    count(maps.drops, reason as u32, len);
-    count(maps.vlan_drops, vlan_drop_index(outer_vid, reason), len);
-    // Per endpoint: an unknown destination is nobody's by definition, so
-    // only other reasons look the MAC up.
-    if reason != DropReason::UnknownDst {
-        if let Some(d) = maps.mac_drops.get_ptr_mut(&MacKey::new(dst)) {
-            // SAFETY: per-CPU value; the index is a DropReason
-            // discriminant, below DROP_REASON_SLOTS.
-            if let Some(c) = unsafe { (*d).by_reason.get_mut(reason as usize) } {
-                c.add_frame(len);
-            }
-        }
+pub fn drop(
+    maps: &DropMaps,
+    dst: Option<&mut DstCounters>,
+    outer_vid: u16,
+    reason: DropReason,
+    packets: u64,
+    len: u64,
+) {
+    count_packets(maps.drops, reason as u32, packets, len);
+    let index = vlan_drop_index(outer_vid, reason);
+    count_packets(maps.vlan_drops, index, packets, len);
+    if let Some(d) = dst {
+        d.dropped.add(packets, len);
     }
 }
 

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use netvlan_common::{
     decision::{
-        decide, with_mac_limit, Learning, PolicyView, Verdict, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP,
-        VLAN_UNKNOWN_IP_DROP, WIRE_VLAN_FILTER,
+        decide, with_mac_limit, Context, Learning, PolicyView, Verdict, VLAN_ALLOWED,
+        VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
     },
     frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
 };
@@ -17,20 +17,17 @@ use netvlan_common::{
 /// denied MAC.
 struct Fixed;
 
-impl PolicyView for Fixed {
-    fn wire_flags(&self) -> u32 {
-        WIRE_VLAN_FILTER
-    }
-    fn vlan_flags(&self, vid: u16) -> u32 {
-        match vid {
+fn vlan_flags(vid: u16) -> u32 {
+    VLAN_WIRE_FILTER
+        | VLAN_DENY_LIST
+        | match vid {
             0 => VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP | VLAN_UNKNOWN_IP_DROP,
             10 => with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, 16, false),
             _ => 0,
         }
-    }
-    fn is_registered(&self, mac: &[u8; 6]) -> bool {
-        mac == &[2, 0x42, 10, 0, 0, 2]
-    }
+}
+
+impl PolicyView for Fixed {
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         src == &[2, 0, 0, 0, 0, 0x66]
     }
@@ -40,7 +37,7 @@ impl PolicyView for Fixed {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         ip[15] == 1
     }
-    fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _len: u64) -> Learning {
+    fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _packets: u64, _len: u64) -> Learning {
         if u32::from(src[5]) < limit {
             Learning::Known
         } else {
@@ -66,7 +63,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(usize::from(f.l3_offset) <= data.len());
             assert_eq!(f.anomalies.contains(Anomaly::Runt), data.len() < ETH_ZLEN);
             assert_eq!(&data[..6], &f.dst);
-            if let Verdict::Drop(_) = decide(&f, data.len() as u64, &Fixed) {
+            let cx = Context {
+                vlan_flags: vlan_flags(f.outer_vid),
+                dst_registered: f.dst == [2, 0x42, 10, 0, 0, 2],
+                packets: 1,
+                len: data.len() as u64,
+            };
+            if let Verdict::Drop(_) = decide(&f, &cx, &Fixed) {
                 // Broadcast from an allowed, undenied source is never dropped.
                 assert!(!(f.dst == [0xff; 6] && f.tags == 0 && f.src != [2, 0, 0, 0, 0, 0x66]));
             }

@@ -1,5 +1,6 @@
 //! netvlan's wire datapath: classify every frame on a parent link and count
-//! it by VLAN, by destination MAC and by anomaly. One pipeline ([`wire`]),
+//! it by VLAN, by registered destination (or as unregistered / flood on its
+//! VLAN) and by anomaly. One pipeline ([`wire`]),
 //! two hooks: XDP (`netvlan_xdp`) and TC ingress (`netvlan_tc`).
 //!
 //! Frames are counted first, then filtered by the wire's policy maps
@@ -19,50 +20,48 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use netvlan_common::{
     decision::{
-        decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
+        decide, Context, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY,
+        IP_NOT_REGISTERED,
     },
     frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
-        CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
-        DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
-        MAC_STATS_CAPACITY, VLAN_SLOTS,
+        direct_slot, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey, MacGuardState,
+        MacKey, VlanCounters, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY, DST_CAPACITY,
+        ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
-use netvlan_ebpf::{count, drop, tc_frame, xdp_frame, DropMaps};
-
-#[map(name = "VLAN_STATS")]
-static VLAN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(VLAN_SLOTS, 0);
-
-#[map(name = "MAC_STATS")]
-static MAC_STATS: PerCpuHashMap<MacKey, Counters> =
-    PerCpuHashMap::with_max_entries(MAC_STATS_CAPACITY, 0);
+use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps};
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-#[map(name = "WIRE_POLICY")]
-static WIRE_POLICY: Array<u32> = Array::with_max_entries(1, 0);
+#[map(name = "VLAN_COUNTERS")]
+static VLAN_COUNTERS: PerCpuArray<VlanCounters> = PerCpuArray::with_max_entries(VLAN_SLOTS, 0);
 
 #[map(name = "VLAN_POLICY")]
 static VLAN_POLICY: Array<u32> = Array::with_max_entries(VLAN_SLOTS, 0);
 
-#[map(name = "ENDPOINT_MACS")]
-static ENDPOINT_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(ENDPOINT_MACS_CAPACITY, 0);
+#[map(name = "DST_DIRECT")]
+static DST_DIRECT: Array<DstKey> = Array::with_max_entries(DST_CAPACITY, 0);
+
+#[map(name = "DST_SLOTS")]
+static DST_SLOTS: HashMap<DstKey, u32> = HashMap::with_max_entries(DST_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "DST_STATS")]
+static DST_STATS: PerCpuArray<DstCounters> = PerCpuArray::with_max_entries(DST_CAPACITY, 0);
 
 #[map(name = "ENDPOINT_IPS")]
-static ENDPOINT_IPS: HashMap<IpKey, u32> = HashMap::with_max_entries(ENDPOINT_IPS_CAPACITY, 0);
-
-#[map(name = "MAC_DROPS")]
-static MAC_DROPS: PerCpuHashMap<MacKey, MacDrops> =
-    PerCpuHashMap::with_max_entries(ENDPOINT_MACS_CAPACITY, 0);
+static ENDPOINT_IPS: HashMap<IpKey, u32> =
+    HashMap::with_max_entries(ENDPOINT_IPS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "DENY_MACS")]
-static DENY_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(DENY_MACS_CAPACITY, 0);
+static DENY_MACS: HashMap<MacKey, u32> =
+    HashMap::with_max_entries(DENY_MACS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
@@ -81,22 +80,6 @@ static MAC_GUARD: Array<MacGuardState> = Array::with_max_entries(VLAN_SLOTS, 0);
 struct Maps;
 
 impl PolicyView for Maps {
-    #[inline(always)]
-    fn wire_flags(&self) -> u32 {
-        WIRE_POLICY.get(0).copied().unwrap_or(0)
-    }
-
-    #[inline(always)]
-    fn vlan_flags(&self, vid: u16) -> u32 {
-        VLAN_POLICY.get(u32::from(vid)).copied().unwrap_or(0)
-    }
-
-    #[inline(always)]
-    fn is_registered(&self, mac: &[u8; 6]) -> bool {
-        // SAFETY: read-only lookup; the value is not used.
-        unsafe { ENDPOINT_MACS.get(&MacKey::new(*mac)).is_some() }
-    }
-
     #[inline(always)]
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
         // SAFETY: read-only lookup of a plain u32.
@@ -120,7 +103,7 @@ impl PolicyView for Maps {
     /// Exact across CPUs: the count is reserved with an atomic fetch-add
     /// before the MAC is inserted, and given back if the insert loses.
     #[inline(always)]
-    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, len: u64) -> Learning {
+    fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
         // SAFETY: lookup only; LRU lookups also mark the entry as used.
         if unsafe { MAC_LEARN.get(&key).is_some() } {
@@ -135,7 +118,7 @@ impl PolicyView for Maps {
         if unsafe { add(learned, 1) } >= u64::from(limit) {
             unsafe {
                 add(learned, u64::MAX);
-                add(&raw mut (*state).over_limit_packets, 1);
+                add(&raw mut (*state).over_limit_packets, packets);
                 add(&raw mut (*state).over_limit_bytes, len);
                 // A report for `stats`; a torn read of it is harmless.
                 (*state).last_over_limit_ns = bpf_ktime_get_ns();
@@ -162,7 +145,7 @@ impl PolicyView for Maps {
 pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);
     let len = frame.frame_len() as u64;
-    match wire(&frame, len) {
+    match wire(&frame, 1, len) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
     }
@@ -179,43 +162,96 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
     let frame = tc_frame(&ctx, TC_HEADERS);
     // skb->len, not the linear part the frame view covers.
     let len = u64::from(ctx.len());
-    match wire(&frame, len) {
+    // A GRO'd skb carries gso_segs wire frames (0 for one never GRO'd).
+    // SAFETY: the context pointer is valid for this run; gso_segs is a
+    // readable field of __sk_buff for TC programs.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs };
+    let packets = u64::from(if segs > 1 { segs } else { 1 });
+    match wire(&frame, packets, len) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
     }
 }
 
-/// What both hooks do with a frame of `len` bytes: count it, then decide.
+/// What both hooks do with a frame that counts for `packets` wire frames
+/// of `len` bytes in all: count it, then decide. One array read for the
+/// VLAN's flags, one slot of per-VLAN counters, and at most one hash
+/// lookup for the destination ([`dst_slot`]); policy adds lookups only
+/// where the VLAN's flags turn it on.
 #[inline(always)]
-fn wire(frame: &PacketBytes, len: u64) -> Verdict {
-    count(&COUNTERS, CounterSlot::Frames.index(), len);
+fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
     match classify(frame) {
         Classification::Malformed(anomaly) => {
-            count(&COUNTERS, CounterSlot::Anomaly(anomaly).index(), len);
+            count_packets(&COUNTERS, CounterSlot::Malformed.index(), packets, len);
+            let slot = CounterSlot::Anomaly(anomaly).index();
+            count_packets(&COUNTERS, slot, packets, len);
             Verdict::Pass
         }
         Classification::Classified(f) => {
-            count(&VLAN_STATS, u32::from(f.outer_vid), len);
-            count_mac(MacKey::new(f.dst), len);
+            let vid = u32::from(f.outer_vid);
+            let vlan_flags = VLAN_POLICY.get(vid).copied().unwrap_or(0);
+            let vlan = VLAN_COUNTERS.get_ptr_mut(vid);
+            if let Some(v) = vlan {
+                // SAFETY (every use of `v`): per-CPU slot, only this CPU
+                // touches it while we run.
+                unsafe { (*v).frames.add(packets, len) };
+            }
+            let mut dst = None;
+            if f.dst[0] & 1 != 0 {
+                if let Some(v) = vlan {
+                    unsafe { (*v).flood.add(packets, len) };
+                }
+            } else if let Some(d) =
+                dst_slot(f.outer_vid, &f.dst).and_then(|slot| DST_STATS.get_ptr_mut(slot))
+            {
+                // SAFETY: per-CPU slot, as above.
+                let d = unsafe { &mut *d };
+                d.rx.add(packets, len);
+                dst = Some(d);
+            } else if let Some(v) = vlan {
+                unsafe { (*v).unregistered.add(packets, len) };
+            }
             if !f.anomalies.is_empty() {
                 for anomaly in Anomaly::ALL {
                     if f.anomalies.contains(anomaly) {
-                        count(&COUNTERS, CounterSlot::Anomaly(anomaly).index(), len);
+                        let slot = CounterSlot::Anomaly(anomaly).index();
+                        count_packets(&COUNTERS, slot, packets, len);
                     }
                 }
             }
-            let verdict = decide(&f, len, &Maps);
+            let cx = Context {
+                vlan_flags,
+                dst_registered: dst.is_some(),
+                packets,
+                len,
+            };
+            let verdict = decide(&f, &cx, &Maps);
             if let Verdict::Drop(reason) = verdict {
                 let maps = DropMaps {
                     drops: &DROPS,
                     vlan_drops: &VLAN_DROPS,
-                    mac_drops: &MAC_DROPS,
                 };
-                drop(&maps, f.dst, f.outer_vid, reason, len);
+                drop(&maps, dst, f.outer_vid, reason, packets, len);
             }
             verdict
         }
     }
+}
+
+/// The counter slot of a registered unicast destination: a netvlan-assigned
+/// MAC in its direct slot costs an array read and a compare; anything else
+/// (user-given MACs, the host's, a direct slot taken by another VLAN or
+/// MAC) one hash lookup. `None`: not registered (nothing is inserted).
+#[inline(always)]
+fn dst_slot(vid: u16, mac: &[u8; 6]) -> Option<u32> {
+    let key = DstKey { vid, mac: *mac };
+    if let Some(slot) = direct_slot(mac) {
+        if DST_DIRECT.get(slot).is_some_and(|owner| *owner == key) {
+            return Some(slot);
+        }
+    }
+    // SAFETY: read-only lookup of a plain u32.
+    unsafe { DST_SLOTS.get(&key) }.copied()
 }
 
 /// Atomic wrapping add; returns the previous value (`u64::MAX` subtracts 1).
@@ -232,51 +268,9 @@ unsafe fn add(ptr: *mut u64, value: u64) -> u64 {
     atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, value)
 }
 
-/// errno value; aya-ebpf's bindings do not carry errno constants.
-const EEXIST: i32 = 17;
-
 /// The floor for benchmarks: an XDP program that does nothing but pass.
 /// `cargo xtask bench` reports netvlan's per-packet cost against it.
 #[xdp]
 pub fn bench_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
-}
-
-/// Counts a frame under its destination MAC, inserting the MAC on first
-/// sight. A full table is counted, never silently skipped.
-///
-/// Entries are never deleted while the program is attached, so once this
-/// CPU has counted a frame as `mac_table_full`, the table is still full:
-/// later misses skip the insert that would fail (a failed insert into a
-/// full hash map costs as much as the whole rest of the program).
-#[inline(always)]
-fn count_mac(key: MacKey, len: u64) {
-    if let Some(c) = MAC_STATS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value of an existing entry.
-        unsafe { (*c).add_frame(len) };
-        return;
-    }
-    let full = CounterSlot::MacTableFull.index();
-    if let Some(c) = COUNTERS.get_ptr_mut(full) {
-        // SAFETY: per-CPU slot, only this CPU touches it while we run.
-        if unsafe { (*c).packets } > 0 {
-            unsafe { (*c).add_frame(len) };
-            return;
-        }
-    }
-    let first = Counters {
-        packets: 1,
-        bytes: len,
-    };
-    match MAC_STATS.insert(&key, &first, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {}
-        // Another CPU inserted the same MAC between our lookup and insert.
-        Err(e) if e == -EEXIST => {
-            if let Some(c) = MAC_STATS.get_ptr_mut(&key) {
-                // SAFETY: as above.
-                unsafe { (*c).add_frame(len) };
-            }
-        }
-        Err(_) => count(&COUNTERS, CounterSlot::MacTableFull.index(), len),
-    }
 }

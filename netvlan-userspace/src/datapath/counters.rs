@@ -237,7 +237,7 @@ pub fn read(
             .copied()
             .unwrap_or_default()
     };
-    let malformed = slot(CounterSlot::Frames);
+    let malformed = slot(CounterSlot::Malformed);
     let mut anomalies = BTreeMap::new();
     for anomaly in Anomaly::ALL {
         anomalies.insert(anomaly.name(), slot(CounterSlot::Anomaly(anomaly)).into());

@@ -18,7 +18,10 @@ use netvlan::{
     sys::netns::NetnsId,
 };
 use netvlan_common::{
-    decision::{with_mac_limit, Verdict, VLAN_ALLOWED, VLAN_UNKNOWN_DST_DROP, WIRE_VLAN_FILTER},
+    decision::{
+        with_mac_limit, Verdict, VLAN_ALLOWED, VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP,
+        VLAN_WIRE_FILTER,
+    },
     maps::DstKey,
     model::{WireCounters, WireModel},
 };
@@ -71,7 +74,7 @@ impl AllPolicies {
             ..WirePolicy::default()
         };
         let model = WireModel {
-            wire: WIRE_VLAN_FILTER,
+            every_vlan: VLAN_WIRE_FILTER | VLAN_DENY_LIST,
             vlans: [
                 (0, with_mac_limit(VLAN_UNKNOWN_DST_DROP, MAX_MACS, false)),
                 (
@@ -80,7 +83,11 @@ impl AllPolicies {
                 ),
             ]
             .into(),
-            registered: registered.into_iter().collect(),
+            // Each MAC on the VLANs the policy names (untagged and VLAN 10).
+            registered: registered
+                .iter()
+                .flat_map(|&mac| [0, VLAN].map(|vid| DstKey { vid, mac }))
+                .collect(),
             denied: denied.into_iter().collect(),
             ..WireModel::default()
         };
@@ -120,7 +127,7 @@ impl AllPolicies {
 
     /// The verdict the program must give `frame`.
     pub fn expected(&self, frame: &[u8]) -> Verdict {
-        self.model.run(frame, &mut WireCounters::default())
+        self.model.run(frame, 1, &mut WireCounters::default())
     }
 }
 

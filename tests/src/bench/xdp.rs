@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, PerCpuArray},
     programs::{loaded_programs, ProgramInfo, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -25,8 +25,8 @@ use indicatif::ProgressBar;
 use netvlan_common::{
     decision::Verdict,
     maps::{
-        CounterSlot, Counters, MacKey, BENCH_FLOOR_PROGRAM, COUNTERS, MAC_STATS,
-        MAC_STATS_CAPACITY, XDP_PROGRAM,
+        direct_slot, DstKey, VlanCounters, BENCH_FLOOR_PROGRAM, DST_DIRECT, VLAN_COUNTERS,
+        XDP_PROGRAM,
     },
 };
 
@@ -194,9 +194,8 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             ),
             format!(
                 "netvlan: `{XDP_PROGRAM}` from the object embedded in the release binary, \
-                 loaded with aya. hit = destination MAC already counted in MAC_STATS; miss = \
-                 MAC_STATS filled to its {MAC_STATS_CAPACITY} entries, so the frame's MAC is \
-                 looked up, the insert fails and the frame is counted under mac_table_full."
+                 loaded with aya. hit = destination MAC registered (its DST_DIRECT slot holds \
+                 it); miss = a MAC nobody registered, counted as unregistered on its VLAN."
             ),
             format!(
                 "netvlan (all policies on): {}, written into the policy maps. Hit frames \
@@ -273,8 +272,8 @@ fn instance(
         p.apply(&obj, &ctx.token, name)
             .context("writing the policy maps")?;
     }
-    if full_mac_table {
-        fill_mac_table(&mut obj)?;
+    if !full_mac_table {
+        register_hit(&mut obj)?;
     }
     Ok(obj)
 }
@@ -296,45 +295,39 @@ fn program<'a>(obj: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
         .with_context(|| format!("{name} is not an XDP program"))
 }
 
-/// Fills MAC_STATS with MACs no benchmark frame carries, until the kernel
-/// refuses one more: from then on every unknown MAC is a steady-state miss.
-fn fill_mac_table(obj: &mut Ebpf) -> Result<()> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-    let mut table: PerCpuHashMap<_, MacKey, Counters> = obj
-        .map_mut(MAC_STATS)
-        .with_context(|| format!("the eBPF object has no map {MAC_STATS}"))?
+/// Registers the hit MAC in its direct slot on the untagged VLAN.
+fn register_hit(obj: &mut Ebpf) -> Result<()> {
+    let mut direct: Array<_, DstKey> = obj
+        .map_mut(DST_DIRECT)
+        .with_context(|| format!("the eBPF object has no map {DST_DIRECT}"))?
         .try_into()
-        .context("MAC_STATS is not a per-CPU hash")?;
-    for i in 0..MAC_STATS_CAPACITY {
-        let values = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
-        table
-            .insert(MacKey::new(frames::numbered_mac(i)), values, 0)
-            .with_context(|| format!("filling MAC_STATS: entry {i}"))?;
-    }
-    let values = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
-    if table
-        .insert(MacKey::new(frames::numbered_mac(u32::MAX)), values, 0)
-        .is_ok()
-    {
-        bail!("MAC_STATS accepted more than {MAC_STATS_CAPACITY} entries: the miss case would insert instead of miss");
-    }
+        .context("DST_DIRECT is not an array")?;
+    let slot = direct_slot(&HIT_MAC).context("the hit MAC is not netvlan-assigned")?;
+    direct.set(
+        slot,
+        DstKey {
+            vid: 0,
+            mac: HIT_MAC,
+        },
+        0,
+    )?;
     Ok(())
 }
 
-/// Proves the miss instance really took the table-full path.
+/// Proves the miss instance really took the unregistered path.
 fn check_miss_path(obj: &Ebpf) -> Result<()> {
-    let counters: PerCpuArray<_, Counters> = obj
-        .map(COUNTERS)
-        .with_context(|| format!("the eBPF object has no map {COUNTERS}"))?
+    let vlans: PerCpuArray<_, VlanCounters> = obj
+        .map(VLAN_COUNTERS)
+        .with_context(|| format!("the eBPF object has no map {VLAN_COUNTERS}"))?
         .try_into()
-        .context("COUNTERS is not a per-CPU array")?;
-    let full: u64 = counters
-        .get(&CounterSlot::MacTableFull.index(), 0)?
+        .context("VLAN_COUNTERS is not a per-CPU array")?;
+    let missed: u64 = vlans
+        .get(&0, 0)?
         .iter()
-        .map(|c| c.packets)
+        .map(|c| c.unregistered.packets)
         .sum();
-    if full < u64::from(REPEAT) {
-        bail!("the miss frames were not counted under mac_table_full ({full}): the miss case did not miss");
+    if missed < u64::from(REPEAT) {
+        bail!("the miss frames were not counted as unregistered ({missed}): the miss case did not miss");
     }
     Ok(())
 }
