@@ -33,10 +33,6 @@
 
 use crate::frame::Frame;
 
-/// Wire flag: drop frames on VLANs not marked [`VLAN_ALLOWED`]. Old
-/// layout, removed with the userspace side: the program reads
-/// [`VLAN_WIRE_FILTER`] from each VLAN's flags instead.
-pub const WIRE_VLAN_FILTER: u32 = 1;
 /// VLAN flag: a network uses this VLAN, or an allow-list names it.
 pub const VLAN_ALLOWED: u32 = 1;
 /// VLAN flag: drop unicast frames to unregistered MACs on this VLAN.

@@ -5,12 +5,6 @@
 
 use crate::frame::Anomaly;
 
-/// Old layout, removed with the userspace side.
-/// Per-CPU array of [`Counters`] indexed by VLAN id (0 = untagged).
-pub const VLAN_STATS: &str = "VLAN_STATS";
-/// Old layout, removed with the userspace side.
-/// Per-CPU hash of [`MacKey`] (destination MAC) to [`Counters`].
-pub const MAC_STATS: &str = "MAC_STATS";
 /// Per-CPU array of [`Counters`] indexed by [`CounterSlot`]: frames that
 /// did not classify, and anomalies.
 pub const COUNTERS: &str = "COUNTERS";
@@ -22,24 +16,13 @@ pub const TC_PROGRAM: &str = "netvlan_tc";
 /// A pass-only XDP program in the same object: the benchmarks' floor.
 pub const BENCH_FLOOR_PROGRAM: &str = "bench_floor";
 
-/// Old layout, removed with the userspace side.
-/// Array of one `u32` of `decision::WIRE_*` flags.
-pub const WIRE_POLICY: &str = "WIRE_POLICY";
 /// Array of `u32` `decision::VLAN_*` flags indexed by VLAN id.
 pub const VLAN_POLICY: &str = "VLAN_POLICY";
-/// Old layout, removed with the userspace side.
-/// Hash of [`MacKey`] to `u32` (reserved): MACs registered behind the wire.
-pub const ENDPOINT_MACS: &str = "ENDPOINT_MACS";
 /// Hash (no preallocation) of [`IpKey`] to `u32` flags (`decision::IP_*`; 0 = registered):
 /// IPv4/IPv6 addresses of ipvlan endpoints and the host, for ipvlan's
 /// unknown-destination drop, and the networks' gateways, which the
 /// MAC-sprawl guard exempts.
 pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
-/// Old layout, removed with the userspace side.
-/// Per-CPU hash of [`MacKey`] (an endpoint's MAC) to [`MacDrops`]: frames
-/// to that endpoint that policy dropped, by reason. The control plane keeps
-/// its keys equal to the endpoints' MACs; the program never inserts.
-pub const MAC_DROPS: &str = "MAC_DROPS";
 /// Hash (no preallocation) of [`MacKey`] to `u32` (reserved): source MACs
 /// that are dropped. Looked up only on VLANs flagged
 /// `decision::VLAN_DENY_LIST`.
@@ -166,10 +149,6 @@ pub const MAC_LEARN_CAPACITY: u32 = 32_768;
 /// The most learned MACs all guarded VLANs of one wire may ask for.
 pub const MAC_LEARN_BUDGET: u32 = MAC_LEARN_CAPACITY / 2;
 
-/// Old layout, removed with the userspace side.
-/// Registered MACs per wire (endpoints and the host's own). When the map is
-/// full, the control plane refuses the connect with a clear error.
-pub const ENDPOINT_MACS_CAPACITY: u32 = 65_536;
 /// Registered addresses per wire (ipvlan endpoints and the host's).
 pub const ENDPOINT_IPS_CAPACITY: u32 = 65_536;
 /// Denied source MACs per wire.
@@ -177,11 +156,6 @@ pub const DENY_MACS_CAPACITY: u32 = 4_096;
 
 /// One slot per 12-bit VLAN id, so no VLAN can ever miss its counter.
 pub const VLAN_SLOTS: u32 = 4096;
-/// Old layout, removed with the userspace side.
-/// Distinct destination MACs counted per interface. When the table is full,
-/// frames to new MACs are counted under [`CounterSlot::MacTableFull`]
-/// instead (never silently lost).
-pub const MAC_STATS_CAPACITY: u32 = 65_536;
 /// Size of the [`COUNTERS`] array; spare slots leave room for new counters
 /// without changing the map's shape.
 pub const COUNTER_SLOTS: u32 = 16;
@@ -230,14 +204,6 @@ impl MacKey {
     }
 }
 
-/// Old layout, removed with the userspace side.
-/// Drops of frames to one endpoint, indexed by `decision::DropReason`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MacDrops {
-    pub by_reason: [Counters; 4],
-}
-
 /// An IPv4 (IPv4-mapped) or IPv6 address as a hash key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -279,23 +245,21 @@ pub enum CounterSlot {
     /// frame the program saw = these + the sum of
     /// [`VlanCounters::frames`] over all VLANs.
     Malformed,
-    /// Old layout, removed with the userspace side (slot 0 held every frame).
-    Frames,
-    /// Old layout, removed with the userspace side: slot 1 is reserved
-    /// (nothing is inserted per frame any more, so no table can be full).
-    MacTableFull,
     /// Frames carrying this anomaly.
     Anomaly(Anomaly),
 }
 
 impl CounterSlot {
+    /// Slot 1 is reserved (it counted frames to a full per-MAC table, in
+    /// the layout before destination slots; nothing is inserted per frame
+    /// any more, so no table can be full). It stays zero.
+    pub const RESERVED: u32 = 1;
     const ANOMALY_BASE: u32 = 2;
 
     #[inline(always)]
     pub const fn index(self) -> u32 {
         match self {
-            CounterSlot::Malformed | CounterSlot::Frames => 0,
-            CounterSlot::MacTableFull => 1,
+            CounterSlot::Malformed => 0,
             CounterSlot::Anomaly(a) => Self::ANOMALY_BASE + a as u32,
         }
     }
@@ -308,7 +272,6 @@ mod pod {
     unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::LearnKey {}
     unsafe impl aya::Pod for super::IpKey {}
-    unsafe impl aya::Pod for super::MacDrops {}
     unsafe impl aya::Pod for super::MacGuardState {}
     unsafe impl aya::Pod for super::DstKey {}
     unsafe impl aya::Pod for super::DstCounters {}
@@ -324,11 +287,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<Counters>(), 16);
         assert_eq!(core::mem::size_of::<MacKey>(), 8);
         assert_eq!(core::mem::size_of::<LearnKey>(), 8);
-        assert_eq!(core::mem::size_of::<MacDrops>(), 64);
-        assert_eq!(
-            core::mem::size_of::<MacDrops>() / core::mem::size_of::<Counters>(),
-            crate::decision::DROP_REASON_SLOTS as usize
-        );
         assert_eq!(core::mem::size_of::<MacGuardState>(), 40);
         assert_eq!(core::mem::size_of::<DstKey>(), 8);
         assert_eq!(core::mem::size_of::<DstCounters>(), 32);
@@ -337,8 +295,8 @@ mod tests {
 
     #[test]
     fn counter_slots_are_distinct_and_fit_the_array() {
-        let mut seen = std::collections::HashSet::new();
-        let slots = [CounterSlot::Malformed, CounterSlot::MacTableFull]
+        let mut seen = std::collections::HashSet::from([CounterSlot::RESERVED]);
+        let slots = [CounterSlot::Malformed]
             .into_iter()
             .chain(Anomaly::ALL.into_iter().map(CounterSlot::Anomaly));
         for slot in slots {

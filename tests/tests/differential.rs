@@ -550,10 +550,7 @@ fn the_program_agrees_with_the_model(hook: Hook) {
         assert_eq!(got, want, "{hook:?}: COUNTERS[{slot}]");
     }
     assert_eq!(
-        sum(
-            &counters.get(&CounterSlot::MacTableFull.index(), 0).unwrap(),
-            |c| *c
-        ),
+        sum(&counters.get(&CounterSlot::RESERVED, 0).unwrap(), |c| *c),
         Counters::default(),
         "{hook:?}: slot 1 is reserved"
     );

@@ -4,7 +4,7 @@
 //! $NETVLAN_BPF_DIR/                 default /sys/fs/bpf/netvlan
 //!   net-<netns inode>/              one per network namespace
 //!     if-<ifindex>/                 one per attached interface (wire XDP)
-//!       prog  link  VLAN_STATS  MAC_STATS  COUNTERS  ...
+//!       prog  link  COUNTERS  VLAN_COUNTERS  DST_STATS  ...
 //!     egress-<ifindex>/             one per endpoint link (TC, in its sandbox)
 //!       prog  link  prog_in  link_in  EGRESS_CONFIG  EGRESS_STATS
 //! ```
