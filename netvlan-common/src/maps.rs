@@ -140,6 +140,11 @@ pub const WIRE_MAPS: &[&str] = &[
 /// ([`DST_SLOTS`], [`ENDPOINT_IPS`], [`DENY_MACS`]): entries are allocated
 /// when inserted, so their memory follows what is configured.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// Map flag (linux/bpf.h): an array userspace can `mmap`. The control
+/// plane reads [`DST_DIRECT`] and [`VLAN_POLICY`] whole on every connect;
+/// through the mapping that is a memory copy, not a syscall walking 65,536
+/// entries one by one.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Learned source MACs per wire. The control plane keeps the sum of the
 /// wire's `max_macs` limits at or under half of this, so the kernel's LRU

@@ -31,8 +31,8 @@ use netvlan_common::{
     frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
         direct_slot, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey, MacGuardState,
-        MacKey, VlanCounters, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY, DST_CAPACITY,
-        ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
+        MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
+        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
 use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps};
@@ -44,10 +44,10 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_S
 static VLAN_COUNTERS: PerCpuArray<VlanCounters> = PerCpuArray::with_max_entries(VLAN_SLOTS, 0);
 
 #[map(name = "VLAN_POLICY")]
-static VLAN_POLICY: Array<u32> = Array::with_max_entries(VLAN_SLOTS, 0);
+static VLAN_POLICY: Array<u32> = Array::with_max_entries(VLAN_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "DST_DIRECT")]
-static DST_DIRECT: Array<DstKey> = Array::with_max_entries(DST_CAPACITY, 0);
+static DST_DIRECT: Array<DstKey> = Array::with_max_entries(DST_CAPACITY, BPF_F_MMAPABLE);
 
 #[map(name = "DST_SLOTS")]
 static DST_SLOTS: HashMap<DstKey, u32> = HashMap::with_max_entries(DST_CAPACITY, BPF_F_NO_PREALLOC);

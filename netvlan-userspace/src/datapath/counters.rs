@@ -332,7 +332,10 @@ pub fn read(
 /// all zero (a guard switched off keeps nothing, but stats taken between
 /// the two steps must not lie either).
 fn read_guards(pins: &InterfacePins) -> Result<Vec<MacGuardStats>, DatapathError> {
-    let flags = read_array::<u32, _>(pins, maps::VLAN_POLICY, |v| v[0])?;
+    let data = open_data(pins, maps::VLAN_POLICY)?;
+    let flags = BatchMap::new(&data, maps::VLAN_POLICY)
+        .and_then(|b| b.read_array::<u32>())
+        .map_err(batch_err(pins, maps::VLAN_POLICY, None))?;
     let states = read_array::<MacGuardState, _>(pins, maps::MAC_GUARD, |v| v[0])?;
     let now = monotonic_ns();
     let mut out = Vec::new();

@@ -252,9 +252,11 @@ fn with_batch<T>(
 /// The registered destinations' slots, read with one batch lookup of
 /// each slot map.
 pub fn read_slots(pins: &InterfacePins) -> Result<Slots, DatapathError> {
-    let direct = with_batch(pins, maps::DST_DIRECT, |b| b.lookup_all::<u32, DstKey>())?
+    let direct = with_batch(pins, maps::DST_DIRECT, |b| b.read_array::<DstKey>())?
         .into_iter()
-        .filter_map(|(slot, key)| Some((slot, key[0])).filter(|(_, k)| !k.is_free()))
+        .enumerate()
+        .filter(|(_, key)| !key.is_free())
+        .map(|(slot, key)| (slot as u32, key))
         .collect();
     let hashed = with_batch(pins, maps::DST_SLOTS, |b| b.lookup_all::<DstKey, u32>())?
         .into_iter()
@@ -331,14 +333,15 @@ fn write_slots(pins: &InterfacePins, changes: &SlotChanges) -> Result<(), Datapa
 /// starts empty (reset before its flags are written); one switched off is
 /// emptied after (the program no longer touches it by then).
 fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathError> {
-    let current = with_batch(pins, maps::VLAN_POLICY, |b| b.lookup_all::<u32, u32>())?;
+    let current = with_batch(pins, maps::VLAN_POLICY, |b| b.read_array::<u32>())?;
     let mut changed = Vec::new();
     let (mut guard_on, mut guard_off) = (BTreeSet::new(), BTreeSet::new());
-    for (vid, flags) in current {
+    for (vid, was) in current.into_iter().enumerate() {
+        let vid = vid as u32;
         if vid >= VLAN_SLOTS {
             continue;
         }
-        let (was, now) = (flags[0], policy.vlan_flags(vid as u16));
+        let now = policy.vlan_flags(vid as u16);
         if was == now {
             continue;
         }
@@ -603,7 +606,8 @@ mod tests {
             std::fs::create_dir_all(pins.dir()).unwrap();
             let pin = |name: &str, map: &MapData| map.pin(pins.map(name)).unwrap();
             const NO_PREALLOC: u32 = 1;
-            let direct = Array::<MapData, DstKey>::create(DST_CAPACITY, 0).unwrap();
+            let direct =
+                Array::<MapData, DstKey>::create(DST_CAPACITY, maps::BPF_F_MMAPABLE).unwrap();
             pin(maps::DST_DIRECT, direct.map());
             let slots = HashMap::<MapData, DstKey, u32>::create(DST_CAPACITY, NO_PREALLOC).unwrap();
             pin(maps::DST_SLOTS, slots.map());
@@ -613,7 +617,7 @@ mod tests {
             pin(maps::ENDPOINT_IPS, ips.map());
             let deny = HashMap::<MapData, MacKey, u32>::create(1024, NO_PREALLOC).unwrap();
             pin(maps::DENY_MACS, deny.map());
-            let flags = Array::<MapData, u32>::create(VLAN_SLOTS, 0).unwrap();
+            let flags = Array::<MapData, u32>::create(VLAN_SLOTS, maps::BPF_F_MMAPABLE).unwrap();
             pin(maps::VLAN_POLICY, flags.map());
             let learn = HashMap::<MapData, LearnKey, u64>::create(1024, 0).unwrap();
             pin(maps::MAC_LEARN, learn.map());

@@ -22,6 +22,8 @@ use aya::{
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// `map_flags` bit of an array userspace can map.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -89,6 +91,8 @@ pub struct BatchMap<'a> {
     max_entries: u32,
     /// Possible CPUs for a per-CPU map, 1 otherwise.
     copies: usize,
+    /// An array made with `BPF_F_MMAPABLE`.
+    mmapable: bool,
 }
 
 impl<'a> BatchMap<'a> {
@@ -117,6 +121,7 @@ impl<'a> BatchMap<'a> {
             value_size: info.value_size() as usize,
             max_entries: info.max_entries(),
             copies,
+            mmapable: info.map_flags() & BPF_F_MMAPABLE != 0,
         })
     }
 
@@ -188,6 +193,49 @@ impl<'a> BatchMap<'a> {
     /// per possible CPU for a per-CPU map). Arrays list every index.
     pub fn lookup_all<K: Pod, V: Pod>(&self) -> Result<Vec<(K, Vec<V>)>, BatchError> {
         self.lookup(None, self.max_entries)
+    }
+
+    /// Every value of an array, by index: through a read-only mapping of
+    /// the array when it was made `BPF_F_MMAPABLE` (a memory copy; the
+    /// batch syscall walks the entries one by one, about 17 ms for 65,536
+    /// on this machine), else with [`Self::lookup_all`].
+    pub fn read_array<V: Pod>(&self) -> Result<Vec<V>, BatchError> {
+        if !self.mmapable || self.copies != 1 {
+            let all = self.lookup_all::<u32, V>()?;
+            return Ok(all.into_iter().map(|(_, v)| v[0]).collect());
+        }
+        self.check::<u32, V>()?;
+        // Mmapable arrays lay their values out every round_up(size, 8) bytes.
+        let stride = self.value_size.next_multiple_of(8);
+        let len = stride * self.max_entries as usize;
+        // SAFETY: a fresh shared read-only mapping of the map's fd, of the
+        // array's size; unmapped below before anything else can use it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(BatchError::Syscall {
+                op: "mmap",
+                map: self.name.clone(),
+                done: 0,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: base..base+len is mapped readable for the whole copy.
+        let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len) };
+        let out = (0..self.max_entries as usize)
+            .map(|i| read::<V>(&bytes[i * stride..]))
+            .collect();
+        // SAFETY: the mapping made above, no longer borrowed.
+        unsafe { libc::munmap(base, len) };
+        Ok(out)
     }
 
     /// Up to `count` entries of an array from index `start` on.
@@ -419,6 +467,33 @@ mod tests {
         let mut all: Vec<(u32, Vec<u64>)> = batch.lookup_all().unwrap();
         all.sort();
         assert_eq!(all, vec![(8, vec![88; cpus]), (9, vec![99; cpus])]);
+    }
+
+    #[test]
+    fn an_mmapable_array_is_read_through_its_mapping_like_by_batch() {
+        root();
+        let mut mapped = Array::<MapData, [u8; 8]>::create(65_536, BPF_F_MMAPABLE).unwrap();
+        let mut plain = Array::<MapData, [u8; 8]>::create(65_536, 0).unwrap();
+        for (i, v) in [(0u32, [1u8; 8]), (258, [2; 8]), (65_535, [3; 8])] {
+            mapped.set(i, v, 0).unwrap();
+            plain.set(i, v, 0).unwrap();
+        }
+        let m = BatchMap::new(IterableMap::map(&mapped), "test_mmap").unwrap();
+        let p = BatchMap::new(IterableMap::map(&plain), "test_plain").unwrap();
+        assert!(m.mmapable && !p.mmapable);
+        let (via_map, via_batch) = (
+            m.read_array::<[u8; 8]>().unwrap(),
+            p.read_array::<[u8; 8]>().unwrap(),
+        );
+        assert_eq!(via_map.len(), 65_536);
+        assert_eq!(via_map, via_batch);
+        assert_eq!(
+            (via_map[258], via_map[65_535], via_map[7]),
+            ([2; 8], [3; 8], [0; 8])
+        );
+        // The mapping shows what the kernel holds now.
+        m.update(&[(7u32, [9u8; 8])], 0).unwrap();
+        assert_eq!(m.read_array::<[u8; 8]>().unwrap()[7], [9; 8]);
     }
 
     #[test]
