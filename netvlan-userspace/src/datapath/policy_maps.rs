@@ -98,13 +98,31 @@ impl WirePolicy {
 /// The slots of a wire's registered destinations, as its maps hold them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slots {
-    /// `DST_DIRECT` entries that are not free: slot -> key.
-    pub direct: BTreeMap<u32, DstKey>,
+    /// `DST_DIRECT` by slot (the all-zero key is free; missing = free).
+    pub direct: Vec<DstKey>,
     /// `DST_SLOTS`: key -> slot.
     pub hashed: BTreeMap<DstKey, u32>,
 }
 
 impl Slots {
+    /// The key in direct slot `slot` (the free key past the end).
+    pub fn direct_at(&self, slot: u32) -> DstKey {
+        self.direct.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    /// Writes `key` in direct slot `slot`, growing the table as needed.
+    pub fn set_direct(&mut self, slot: u32, key: DstKey) {
+        if self.direct.len() <= slot as usize {
+            self.direct.resize(slot as usize + 1, DstKey::default());
+        }
+        self.direct[slot as usize] = key;
+    }
+
+    /// `key` is in its own direct slot, where the program finds it first.
+    fn is_direct(&self, key: &DstKey) -> bool {
+        direct_slot(&key.mac).is_some_and(|slot| self.direct_at(slot) == *key)
+    }
+
     /// Every registration the program resolves, with its slot: a direct
     /// entry counts only in its own direct slot, and wins over a hashed
     /// entry of the same key (the program looks there first).
@@ -114,9 +132,9 @@ impl Slots {
             .iter()
             .map(|(key, slot)| (*key, *slot))
             .collect();
-        for (slot, key) in &self.direct {
-            if direct_slot(&key.mac) == Some(*slot) {
-                out.insert(*key, *slot);
+        for (slot, key) in self.direct.iter().enumerate() {
+            if !key.is_free() && direct_slot(&key.mac) == Some(slot as u32) {
+                out.insert(*key, slot as u32);
             }
         }
         out
@@ -154,42 +172,58 @@ pub struct SlotsFull;
 /// after the new ones are published, and a frame in between must not count
 /// in a new registration's slot).
 pub fn plan_slots(current: &Slots, wanted: &BTreeSet<DstKey>) -> Result<SlotChanges, SlotsFull> {
-    let mut changes = SlotChanges::default();
-    let resolved = current.resolved();
-    for (slot, key) in &current.direct {
-        if !wanted.contains(key) || resolved.get(key) != Some(slot) {
-            changes.old_direct.push(*slot);
+    // One pass over `wanted` with array lookups, one over the slots: a
+    // connect costs the same with 10 or 10,000 registrations present.
+    let capacity = DST_CAPACITY as usize;
+    let mut used = vec![false; capacity];
+    let mut kept_direct = vec![false; capacity];
+    for (slot, key) in current.direct.iter().enumerate().take(capacity) {
+        used[slot] = !key.is_free();
+    }
+    for slot in current.hashed.values() {
+        if let Some(used) = used.get_mut(*slot as usize) {
+            *used = true;
         }
     }
-    for (key, slot) in &current.hashed {
-        if !wanted.contains(key) || resolved.get(key) != Some(slot) {
+    let mut new = Vec::new();
+    for key in wanted {
+        if current.is_direct(key) {
+            kept_direct[direct_slot(&key.mac).unwrap_or(0) as usize] = true;
+        } else if !current.hashed.contains_key(key) {
+            new.push(*key);
+        }
+    }
+    let mut changes = SlotChanges::default();
+    for (slot, key) in current.direct.iter().enumerate().take(capacity) {
+        if !key.is_free() && !kept_direct[slot] {
+            changes.old_direct.push(slot as u32);
+        }
+    }
+    for key in current.hashed.keys() {
+        if !wanted.contains(key) || current.is_direct(key) {
             changes.old_hashed.push(*key);
         }
     }
-    let mut used: BTreeSet<u32> = current.direct.keys().copied().collect();
-    used.extend(current.hashed.values().copied());
-    let new: Vec<DstKey> = wanted
-        .iter()
-        .filter(|key| !resolved.contains_key(key))
-        .copied()
-        .collect();
     let mut rest = Vec::new();
     for key in new {
         match direct_slot(&key.mac) {
-            Some(slot) if used.insert(slot) => changes.new_direct.push((slot, key)),
+            Some(slot) if !used[slot as usize] => {
+                used[slot as usize] = true;
+                changes.new_direct.push((slot, key));
+            }
             _ => rest.push(key),
         }
     }
-    let mut next = 0u32;
+    let mut next = 0usize;
     for key in rest {
-        while used.contains(&next) {
+        while next < capacity && used[next] {
             next += 1;
         }
-        if next >= DST_CAPACITY {
+        if next >= capacity {
             return Err(SlotsFull);
         }
-        used.insert(next);
-        changes.new_hashed.push((key, next));
+        used[next] = true;
+        changes.new_hashed.push((key, next as u32));
     }
     Ok(changes)
 }
@@ -252,12 +286,7 @@ fn with_batch<T>(
 /// The registered destinations' slots, read with one batch lookup of
 /// each slot map.
 pub fn read_slots(pins: &InterfacePins) -> Result<Slots, DatapathError> {
-    let direct = with_batch(pins, maps::DST_DIRECT, |b| b.read_array::<DstKey>())?
-        .into_iter()
-        .enumerate()
-        .filter(|(_, key)| !key.is_free())
-        .map(|(slot, key)| (slot as u32, key))
-        .collect();
+    let direct = with_batch(pins, maps::DST_DIRECT, |b| b.read_array::<DstKey>())?;
     let hashed = with_batch(pins, maps::DST_SLOTS, |b| b.lookup_all::<DstKey, u32>())?
         .into_iter()
         .map(|(key, slot)| (key, slot[0]))
@@ -463,13 +492,13 @@ mod tests {
     fn written(current: &Slots, changes: &SlotChanges) -> Slots {
         let mut out = current.clone();
         for (slot, key) in &changes.new_direct {
-            out.direct.insert(*slot, *key);
+            out.set_direct(*slot, *key);
         }
         for (key, slot) in &changes.new_hashed {
             out.hashed.insert(*key, *slot);
         }
         for slot in &changes.old_direct {
-            out.direct.remove(slot);
+            out.set_direct(*slot, DstKey::default());
         }
         for key in &changes.old_hashed {
             out.hashed.remove(key);
@@ -572,14 +601,18 @@ mod tests {
     }
 
     #[test]
-    fn a_stray_hashed_copy_of_a_direct_registration_is_removed() {
+    fn stray_copies_of_registrations_are_removed() {
         let web = dst(0, assigned(0, 2));
-        let current = Slots {
-            direct: [(2, web)].into(),
+        let mut current = Slots {
             hashed: [(web, 7)].into(),
+            ..Slots::default()
         };
+        current.set_direct(2, web);
+        // A key in a direct slot that is not its own is never matched.
+        current.set_direct(9, dst(0, assigned(0, 3)));
         let changes = plan_slots(&current, &[web].into()).unwrap();
         assert_eq!(changes.old_hashed, vec![web]);
+        assert_eq!(changes.old_direct, vec![9]);
         assert!(changes.new_direct.is_empty() && changes.new_hashed.is_empty());
     }
 
