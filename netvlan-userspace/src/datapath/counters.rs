@@ -2,7 +2,8 @@
 //!
 //! The maps are per-CPU: each CPU counts on its own without atomics, and
 //! the values are summed here. Every map is read with batch lookups (one
-//! syscall per map, per run of registered slots for `DST_STATS`).
+//! syscall per map, per run of registered slots for `DST_STATS`), the
+//! mmapable `DST_DIRECT` and `VLAN_POLICY` through a mapping.
 
 use std::collections::BTreeMap;
 
