@@ -798,3 +798,90 @@ fn frames_to_unregistered_macs_never_create_entries_and_count_as_unregistered() 
         .map(|k| k.unwrap())
         .all(|k| k.vid == 0 && k.mac[..2] == [0x06, 0xaa]));
 }
+
+/// The loaded map behind `map`.
+fn map_data(map: &aya::maps::Map) -> &MapData {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d) => d,
+        _ => panic!("the wire object has no map of this kind"),
+    }
+}
+
+/// `key:` of the kernel's fdinfo of a map (`memlock`, `map_flags`, ...).
+fn fdinfo(map: &MapData, key: &str) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.fd().as_fd().as_raw_fd();
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in the fdinfo of fd {fd}:\n{text}"))
+        .trim();
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+        None => value.parse().unwrap(),
+    }
+}
+
+/// The hashes the control plane fills are not preallocated: an empty one
+/// takes only its buckets, and its memory grows with its entries. Prints
+/// each map's kernel memory (`memlock`) and the wire's total.
+#[test]
+fn the_configured_hashes_take_memory_by_their_entries() {
+    require_root();
+    let mut ebpf = Ebpf::load(netvlan::datapath::embedded_object()).expect("loading the object");
+    let mut total = 0;
+    for name in maps::WIRE_MAPS {
+        let map = map_data(ebpf.map(name).unwrap_or_else(|| panic!("no map {name}")));
+        let memlock = fdinfo(map, "memlock");
+        eprintln!("{name:>14}: {memlock:>9} bytes");
+        total += memlock;
+    }
+    eprintln!(
+        "{:>14}: {total:>9} bytes ({:.2} MiB, {} possible CPUs)",
+        "wire",
+        total as f64 / (1 << 20) as f64,
+        aya::util::nr_cpus().unwrap()
+    );
+    for name in [maps::DST_SLOTS, maps::ENDPOINT_IPS, maps::DENY_MACS] {
+        let map = map_data(ebpf.map(name).unwrap());
+        assert_eq!(
+            fdinfo(map, "map_flags") & u64::from(maps::BPF_F_NO_PREALLOC),
+            u64::from(maps::BPF_F_NO_PREALLOC),
+            "{name} is preallocated"
+        );
+    }
+    let empty = fdinfo(map_data(ebpf.map(maps::DST_SLOTS).unwrap()), "memlock");
+    {
+        let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
+            ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
+        for i in 0..10_000u32 {
+            let b = i.to_be_bytes();
+            hashed
+                .insert(dst(0, [0x06, 0xaa, b[0], b[1], b[2], b[3]]), i, 0)
+                .unwrap();
+        }
+    }
+    let filled = fdinfo(map_data(ebpf.map(maps::DST_SLOTS).unwrap()), "memlock");
+    eprintln!("DST_SLOTS: {empty} bytes empty, {filled} with 10,000 entries");
+    let entry = (core::mem::size_of::<DstKey>() + core::mem::size_of::<u32>()) as u64;
+    assert!(
+        filled - empty >= 10_000 * entry,
+        "10,000 entries added {} bytes",
+        filled - empty
+    );
+    // The kernel allocates a hash's buckets (16 bytes each, one per entry
+    // of capacity rounded up to a power of two) up front either way; a
+    // preallocated one would add every element (over 64 bytes each).
+    let buckets = u64::from(maps::DST_CAPACITY.next_power_of_two()) * 16;
+    assert!(
+        empty <= buckets + 64 * 1024,
+        "the empty DST_SLOTS takes {empty} bytes: more than its {buckets} bytes of buckets"
+    );
+}
