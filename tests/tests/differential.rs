@@ -39,10 +39,10 @@ use netvlan_common::{
     },
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_QINQ_LEGACY},
     maps::{
-        self, direct_slot, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey,
-        MacGuardState, MacKey, VlanCounters,
+        self, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey, MacGuardState, MacKey,
+        VlanCounters,
     },
-    model::{WireCounters, WireModel},
+    model::{Placement, WireCounters, WireModel},
 };
 use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, require_root};
 
@@ -62,7 +62,7 @@ const HOST: [u8; 6] = [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f];
 const USER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Registrations, in the order the control plane would give them slots.
-const REGISTERED: [DstKey; 10] = [
+const REGISTERED: [DstKey; 11] = [
     dst(0, [2, 0x42, 10, 0, 0, 2]),
     dst(0, [2, 0x42, 10, 0, 0, 3]),
     dst(0, [2, 0x42, 192, 168, 10, 2]),
@@ -75,6 +75,8 @@ const REGISTERED: [DstKey; 10] = [
     dst(0, HOST),
     dst(10, HOST),
     dst(100, HOST),
+    // Its direct slot (5) is the hashed slot of a registration above: hashed.
+    dst(0, [2, 0x42, 10, 0, 0, 5]),
 ];
 const UNREGISTERED: [[u8; 6]; 4] = [
     // A free direct slot.
@@ -131,73 +133,35 @@ fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
     std::net::Ipv4Addr::from(v4).to_ipv6_mapped().octets()
 }
 
-/// Where each registration's counters live, by the control plane's rule:
-/// a netvlan MAC whose direct slot is free takes it; every other one the
-/// lowest slot no registration uses, published in DST_SLOTS.
-struct Slots {
-    direct: BTreeMap<u32, DstKey>,
-    hashed: BTreeMap<DstKey, u32>,
+/// Writes a placement into a loaded object's DST_DIRECT and DST_SLOTS.
+fn publish(slots: &Placement, ebpf: &mut Ebpf) {
+    let mut direct: Array<&mut MapData, DstKey> =
+        ebpf.map_mut(maps::DST_DIRECT).unwrap().try_into().unwrap();
+    for (slot, key) in &slots.direct {
+        direct.set(*slot, *key, 0).unwrap();
+    }
+    let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
+        ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
+    for (key, slot) in &slots.hashed {
+        hashed.insert(*key, *slot, 0).unwrap();
+    }
 }
 
-impl Slots {
-    fn assign(registrations: &[DstKey]) -> Slots {
-        let mut direct = BTreeMap::new();
-        let mut rest = Vec::new();
-        for key in registrations {
-            match direct_slot(&key.mac) {
-                Some(slot) if !direct.contains_key(&slot) => {
-                    direct.insert(slot, *key);
-                }
-                _ => rest.push(*key),
-            }
-        }
-        let mut hashed = BTreeMap::new();
-        let mut free = (0..maps::DST_CAPACITY).filter(|s| !direct.contains_key(s));
-        for key in rest {
-            hashed.insert(key, free.next().expect("a free slot"));
-        }
-        Slots { direct, hashed }
+/// The destination maps still hold exactly what was published.
+fn assert_unchanged(slots: &Placement, ebpf: &Ebpf) {
+    let direct: Array<&MapData, DstKey> = ebpf.map(maps::DST_DIRECT).unwrap().try_into().unwrap();
+    for slot in 0..maps::DST_CAPACITY {
+        let want = slots.direct.get(&slot).copied().unwrap_or_default();
+        assert_eq!(direct.get(&slot, 0).unwrap(), want, "DST_DIRECT[{slot}]");
     }
-
-    fn owner(&self, slot: u32) -> Option<DstKey> {
-        self.direct.get(&slot).copied().or_else(|| {
-            self.hashed
-                .iter()
-                .find_map(|(key, s)| (*s == slot).then_some(*key))
-        })
-    }
-
-    /// Writes them into a loaded object's DST_DIRECT and DST_SLOTS.
-    fn publish(&self, ebpf: &mut Ebpf) {
-        let mut direct: Array<&mut MapData, DstKey> =
-            ebpf.map_mut(maps::DST_DIRECT).unwrap().try_into().unwrap();
-        for (slot, key) in &self.direct {
-            direct.set(*slot, *key, 0).unwrap();
-        }
-        let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
-            ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
-        for (key, slot) in &self.hashed {
-            hashed.insert(*key, *slot, 0).unwrap();
-        }
-    }
-
-    /// The destination maps still hold exactly what was published.
-    fn assert_unchanged(&self, ebpf: &Ebpf) {
-        let direct: Array<&MapData, DstKey> =
-            ebpf.map(maps::DST_DIRECT).unwrap().try_into().unwrap();
-        for slot in 0..maps::DST_CAPACITY {
-            let want = self.direct.get(&slot).copied().unwrap_or_default();
-            assert_eq!(direct.get(&slot, 0).unwrap(), want, "DST_DIRECT[{slot}]");
-        }
-        let hashed: BpfHashMap<&MapData, DstKey, u32> =
-            ebpf.map(maps::DST_SLOTS).unwrap().try_into().unwrap();
-        let got: BTreeMap<DstKey, u32> = hashed.iter().map(|e| e.unwrap()).collect();
-        assert_eq!(got, self.hashed, "DST_SLOTS: the program never inserts");
-    }
+    let hashed: BpfHashMap<&MapData, DstKey, u32> =
+        ebpf.map(maps::DST_SLOTS).unwrap().try_into().unwrap();
+    let got: BTreeMap<DstKey, u32> = hashed.iter().map(|e| e.unwrap()).collect();
+    assert_eq!(got, slots.hashed, "DST_SLOTS: the program never inserts");
 }
 
 /// A fresh object with the policy and the registrations in its maps.
-fn loaded_object(policy: &WireModel, slots: &Slots) -> Ebpf {
+fn loaded_object(policy: &WireModel, slots: &Placement) -> Ebpf {
     let mut ebpf = Ebpf::load(netvlan::datapath::embedded_object()).expect("loading the object");
     {
         let mut vlans: Array<&mut MapData, u32> =
@@ -206,7 +170,7 @@ fn loaded_object(policy: &WireModel, slots: &Slots) -> Ebpf {
             vlans.set(vid, policy.vlan_flags(vid as u16), 0).unwrap();
         }
     }
-    slots.publish(&mut ebpf);
+    publish(slots, &mut ebpf);
     {
         let mut ips: BpfHashMap<&mut MapData, IpKey, u32> = ebpf
             .map_mut(maps::ENDPOINT_IPS)
@@ -475,9 +439,9 @@ fn skb_test_run_accepts(frame: &[u8]) -> bool {
 fn the_program_agrees_with_the_model(hook: Hook) {
     require_root();
     let policy = policy();
-    let slots = Slots::assign(&REGISTERED);
+    let slots = Placement::new(REGISTERED).unwrap();
     assert!(
-        slots.direct.len() >= 3 && slots.hashed.len() >= 5,
+        slots.direct.len() >= 3 && slots.hashed.len() >= 6,
         "the registrations must use both maps"
     );
     let mut ebpf = loaded_object(&policy, &slots);
@@ -607,7 +571,7 @@ fn the_program_agrees_with_the_model(hook: Hook) {
             "the corpus must reach {key:?}"
         );
     }
-    slots.assert_unchanged(&ebpf);
+    assert_unchanged(&slots, &ebpf);
     let drops = per_cpu_array::<Counters>(&ebpf, maps::DROPS);
     for reason in DropReason::ALL {
         let want = expected

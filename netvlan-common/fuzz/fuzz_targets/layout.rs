@@ -1,6 +1,7 @@
 //! Fuzzes the one-lookup layout: registrations placed by the control
-//! plane's rule (a netvlan MAC in its free direct slot, anything else in
-//! the lowest unused slot through the hash), then one frame resolved by
+//! plane's rule (`model::Placement`: a netvlan MAC in its direct slot when
+//! no registration uses that slot, anything else in the lowest unused slot
+//! through the hash), then one frame resolved by
 //! the program's own `maps::dst_slot` and counted by the host model. The
 //! resolved slot must say "registered" exactly when the model does, belong
 //! to that registration, and every count must add up.
@@ -19,51 +20,9 @@ use netvlan_common::{
         VLAN_WIRE_FILTER,
     },
     frame::{classify, Classification},
-    maps::{direct_slot, dst_slot, DstKey, DstTables, DST_CAPACITY},
-    model::{WireCounters, WireModel},
+    maps::{direct_slot, dst_slot, DstKey, DST_CAPACITY},
+    model::{Placement, WireCounters, WireModel},
 };
-
-#[derive(Default)]
-struct Tables {
-    direct: HashMap<u32, DstKey>,
-    hashed: HashMap<DstKey, u32>,
-}
-
-impl DstTables for Tables {
-    fn direct(&self, slot: u32) -> Option<&DstKey> {
-        self.direct.get(&slot)
-    }
-    fn hashed(&self, key: &DstKey) -> Option<u32> {
-        self.hashed.get(key).copied()
-    }
-}
-
-impl Tables {
-    /// The control plane's placement, in registration order.
-    fn place(registrations: &[DstKey]) -> (Tables, BTreeMap<DstKey, u32>) {
-        let mut t = Tables::default();
-        let mut slots = BTreeMap::new();
-        for key in registrations {
-            if slots.contains_key(key) {
-                continue;
-            }
-            let slot = match direct_slot(&key.mac) {
-                Some(i) if !t.direct.contains_key(&i) && !t.hashed.values().any(|s| *s == i) => {
-                    t.direct.insert(i, *key);
-                    i
-                }
-                _ => {
-                    let used: HashSet<u32> = slots.values().copied().collect();
-                    let free = (0..DST_CAPACITY).find(|s| !used.contains(s)).unwrap();
-                    t.hashed.insert(*key, free);
-                    free
-                }
-            };
-            slots.insert(*key, slot);
-        }
-        (t, slots)
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&head, rest)) = data.split_first() else {
@@ -88,14 +47,23 @@ fuzz_target!(|data: &[u8]| {
             }
         })
         .collect();
-    let (tables, slots) = Tables::place(&registrations);
+    let tables = Placement::new(registrations.iter().copied()).unwrap();
+    let slots: BTreeMap<DstKey, u32> = registrations
+        .iter()
+        .map(|k| (*k, tables.slot_of(k).expect("placed")))
+        .collect();
 
-    // Every registration resolves to its own slot; slots are distinct.
+    // Every registration resolves to its own slot; slots are distinct and
+    // a direct slot is a netvlan MAC's own.
     let distinct: HashSet<u32> = slots.values().copied().collect();
     assert_eq!(distinct.len(), slots.len());
     for (key, slot) in &slots {
         assert!(*slot < DST_CAPACITY);
         assert_eq!(dst_slot(&tables, key.vid, &key.mac), Some(*slot), "{key:?}");
+        assert_eq!(tables.owner(*slot), Some(*key));
+    }
+    for (slot, key) in &tables.direct {
+        assert_eq!(direct_slot(&key.mac), Some(*slot));
     }
 
     let model = WireModel {
