@@ -224,6 +224,9 @@ impl PolicyView for WireModel {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         self.gateway_ips.contains(ip)
     }
+    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
+        self.learned.borrow().contains(&LearnKey { vid, mac: *src })
+    }
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
         let mut learned = self.learned.borrow_mut();

@@ -100,6 +100,12 @@ impl PolicyView for Maps {
         unsafe { DENY_MACS.get(&MacKey::new(*src)).is_some() }
     }
 
+    #[inline(always)]
+    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
+        // SAFETY: lookup only; LRU lookups also mark the entry as used.
+        unsafe { MAC_LEARN.get(&LearnKey { vid, mac: *src }).is_some() }
+    }
+
     /// Exact across CPUs: the count is reserved with an atomic fetch-add
     /// before the MAC is inserted, and given back if the insert loses.
     #[inline(always)]
