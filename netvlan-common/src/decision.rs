@@ -161,6 +161,9 @@ pub trait PolicyView {
     /// `packets` and `len` (bytes) are what the frame counts for, for the
     /// over-limit counters.
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning;
+    /// The guard learned `src` on `vid` already (a lookup, nothing written
+    /// but the LRU's recency).
+    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool;
 }
 
 /// What [`decide`] is told about one frame besides its headers.
@@ -188,7 +191,10 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, cx: &Context, policy: &P) -
     if filtering && frame.tags > 0 && (frame.tags > 1 || vlan & VLAN_ALLOWED == 0) {
         return Verdict::Drop(DropReason::VlanNotAllowed);
     }
+    // A learned MAC passes the guard after one lookup (the steady state);
+    // only a new one pays for the gateway check and the learning.
     if vlan & VLAN_MAC_GUARD != 0
+        && !policy.is_learned(frame.outer_vid, &frame.src)
         && !from_gateway(frame, policy)
         && policy.learn(
             frame.outer_vid,

@@ -79,6 +79,31 @@ pub const fn direct_slot(mac: &[u8; 6]) -> Option<u32> {
 }
 const _: () = assert!(DST_CAPACITY == 1 << 16);
 
+/// Read access to the destination maps ([`DST_DIRECT`], [`DST_SLOTS`]), so
+/// the program, the fuzzer and the tests resolve a destination with the
+/// same code ([`dst_slot`]).
+pub trait DstTables {
+    /// `DST_DIRECT[slot]`.
+    fn direct(&self, slot: u32) -> Option<&DstKey>;
+    /// `DST_SLOTS[key]`.
+    fn hashed(&self, key: &DstKey) -> Option<u32>;
+}
+
+/// The counter slot of a registered unicast destination: a netvlan-assigned
+/// MAC in its direct slot costs an array read and a compare; anything else
+/// (user-given MACs, the host's, a direct slot another VLAN or MAC holds)
+/// one hash lookup. `None`: not registered (nothing is inserted).
+#[inline(always)]
+pub fn dst_slot<T: DstTables + ?Sized>(tables: &T, vid: u16, mac: &[u8; 6]) -> Option<u32> {
+    let key = DstKey { vid, mac: *mac };
+    if let Some(slot) = direct_slot(mac) {
+        if tables.direct(slot).is_some_and(|owner| *owner == key) {
+            return Some(slot);
+        }
+    }
+    tables.hashed(&key)
+}
+
 /// A registered destination: a MAC on one outer VLAN. 2 + 6 bytes, no
 /// padding (a multiple of 4 hashes faster).
 #[repr(C)]
@@ -296,6 +321,64 @@ mod tests {
         assert_eq!(core::mem::size_of::<DstKey>(), 8);
         assert_eq!(core::mem::size_of::<DstCounters>(), 32);
         assert_eq!(core::mem::size_of::<VlanCounters>(), 48);
+    }
+
+    #[test]
+    fn netvlan_macs_have_a_direct_slot_from_their_last_two_bytes_and_others_none() {
+        assert_eq!(direct_slot(&[2, 0x42, 10, 0, 0, 2]), Some(2));
+        assert_eq!(direct_slot(&[2, 0x42, 192, 168, 10, 2]), Some(0x0a02));
+        assert_eq!(
+            direct_slot(&[2, 0x42, 0, 0, 0xff, 0xff]),
+            Some(DST_CAPACITY - 1)
+        );
+        assert_eq!(direct_slot(&[2, 0x43, 10, 0, 0, 2]), None);
+        assert_eq!(direct_slot(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]), None);
+    }
+
+    struct Tables {
+        direct: std::collections::HashMap<u32, DstKey>,
+        hashed: std::collections::HashMap<DstKey, u32>,
+    }
+
+    impl DstTables for Tables {
+        fn direct(&self, slot: u32) -> Option<&DstKey> {
+            self.direct.get(&slot)
+        }
+        fn hashed(&self, key: &DstKey) -> Option<u32> {
+            self.hashed.get(key).copied()
+        }
+    }
+
+    #[test]
+    fn a_destination_resolves_through_its_direct_slot_only_if_the_slot_holds_it() {
+        let mine = DstKey {
+            vid: 0,
+            mac: [2, 0x42, 10, 0, 0, 2],
+        };
+        let same_mac_vlan_10 = DstKey { vid: 10, ..mine };
+        let same_slot = DstKey {
+            vid: 0,
+            mac: [2, 0x42, 10, 1, 0, 2],
+        };
+        let user = DstKey {
+            vid: 0,
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        };
+        let t = Tables {
+            direct: [(2, mine)].into(),
+            hashed: [(same_mac_vlan_10, 7), (same_slot, 8), (user, 9)].into(),
+        };
+        let slot = |k: DstKey| dst_slot(&t, k.vid, &k.mac);
+        assert_eq!(slot(mine), Some(2));
+        assert_eq!(slot(same_mac_vlan_10), Some(7));
+        assert_eq!(slot(same_slot), Some(8));
+        assert_eq!(slot(user), Some(9));
+        assert_eq!(slot(DstKey { vid: 20, ..mine }), None);
+        assert_eq!(
+            dst_slot(&t, 0, &[2, 0x42, 10, 0, 0, 3]),
+            None,
+            "a free slot"
+        );
     }
 
     #[test]

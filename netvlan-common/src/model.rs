@@ -5,10 +5,11 @@
 //! and the bench all predict the program with it, so there is one model to
 //! keep in step with the program, not one per user.
 //!
-//! The model knows registrations, not slots: which slot a registration's
-//! counters live in (direct or hashed) is the control plane's choice, and
-//! the program must count the same whatever it chose. Tests map the
-//! model's per-registration counters to the slots they published.
+//! The model counts by registration, not slot: which slot a
+//! registration's counters live in (direct or hashed) is the control
+//! plane's choice ([`Placement`] models its rule), and the program must
+//! count the same whatever it chose. Tests map the model's
+//! per-registration counters to the slots they published.
 //!
 //! Behind the `model` feature (it needs std's collections).
 
@@ -20,8 +21,82 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::{
     decision::{decide, vlan_drop_index, Context, Learning, PolicyView, Verdict},
     frame::{classify, Anomaly, Classification, Frame},
-    maps::{CounterSlot, Counters, DstCounters, DstKey, LearnKey, MacGuardState, VlanCounters},
+    maps::{
+        direct_slot, CounterSlot, Counters, DstCounters, DstKey, DstTables, LearnKey,
+        MacGuardState, VlanCounters, DST_CAPACITY,
+    },
 };
+
+/// Where registrations' counters live, by the control plane's rule, in
+/// registration order: a netvlan MAC takes its direct slot when no other
+/// registration uses that slot (neither in `DST_DIRECT` nor as a hashed
+/// slot: `DST_STATS[i]` must have one owner); every other registration
+/// takes the lowest slot no registration uses, published in `DST_SLOTS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// `DST_DIRECT`: slot -> its registration.
+    pub direct: BTreeMap<u32, DstKey>,
+    /// `DST_SLOTS`: registration -> slot.
+    pub hashed: BTreeMap<DstKey, u32>,
+}
+
+impl Placement {
+    /// Places `registrations` (duplicates once). `None` when there are more
+    /// than `DST_CAPACITY` (the control plane refuses the registration).
+    pub fn new(registrations: impl IntoIterator<Item = DstKey>) -> Option<Placement> {
+        let mut p = Placement::default();
+        let mut used = BTreeMap::new();
+        let mut next_free = 0u32;
+        for key in registrations {
+            if p.slot_of(&key).is_some() {
+                continue;
+            }
+            match direct_slot(&key.mac) {
+                Some(i) if !used.contains_key(&i) => {
+                    p.direct.insert(i, key);
+                    used.insert(i, key);
+                }
+                _ => {
+                    while used.contains_key(&next_free) {
+                        next_free += 1;
+                    }
+                    if next_free >= DST_CAPACITY {
+                        return None;
+                    }
+                    p.hashed.insert(key, next_free);
+                    used.insert(next_free, key);
+                }
+            }
+        }
+        Some(p)
+    }
+
+    /// The slot of a placed registration.
+    pub fn slot_of(&self, key: &DstKey) -> Option<u32> {
+        self.hashed
+            .get(key)
+            .copied()
+            .or_else(|| direct_slot(&key.mac).filter(|i| self.direct.get(i) == Some(key)))
+    }
+
+    /// The registration whose counters live in `slot`.
+    pub fn owner(&self, slot: u32) -> Option<DstKey> {
+        self.direct.get(&slot).copied().or_else(|| {
+            self.hashed
+                .iter()
+                .find_map(|(key, s)| (*s == slot).then_some(*key))
+        })
+    }
+}
+
+impl DstTables for Placement {
+    fn direct(&self, slot: u32) -> Option<&DstKey> {
+        self.direct.get(&slot)
+    }
+    fn hashed(&self, key: &DstKey) -> Option<u32> {
+        self.hashed.get(key).copied()
+    }
+}
 
 /// The policy maps of one wire, as the control plane fills them, plus the
 /// guard's learning state, as the program updates it.
@@ -149,6 +224,9 @@ impl PolicyView for WireModel {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         self.gateway_ips.contains(ip)
     }
+    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
+        self.learned.borrow().contains(&LearnKey { vid, mac: *src })
+    }
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
         let mut learned = self.learned.borrow_mut();
@@ -203,4 +281,42 @@ impl WireCounters {
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, Counters>, key: K, packets: u64, len: u64) {
     map.entry(key).or_default().add(packets, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::dst_slot;
+
+    fn key(vid: u16, mac: [u8; 6]) -> DstKey {
+        DstKey { vid, mac }
+    }
+
+    #[test]
+    fn a_direct_slot_a_hashed_registration_already_uses_is_not_taken_again() {
+        // The user MAC takes slot 0 (lowest free); the netvlan MAC whose
+        // direct slot is 0 must then go to the hash, or two registrations
+        // would share DST_STATS[0].
+        let user = key(0, [0x52, 0x54, 0, 0, 0, 1]);
+        let netvlan = key(0, [2, 0x42, 10, 0, 0, 0]);
+        let p = Placement::new([user, netvlan]).unwrap();
+        assert_eq!(p.slot_of(&user), Some(0));
+        assert_eq!(p.slot_of(&netvlan), Some(1));
+        assert!(p.direct.is_empty());
+        for k in [user, netvlan] {
+            assert_eq!(dst_slot(&p, k.vid, &k.mac), p.slot_of(&k));
+        }
+    }
+
+    #[test]
+    fn netvlan_macs_take_their_direct_slot_and_the_rest_the_lowest_free_one() {
+        let a = key(0, [2, 0x42, 10, 0, 0, 1]);
+        let same_slot = key(0, [2, 0x42, 10, 1, 0, 1]);
+        let other_vlan = key(10, [2, 0x42, 10, 0, 0, 1]);
+        let p = Placement::new([a, same_slot, other_vlan, a]).unwrap();
+        assert_eq!(p.direct, [(1, a)].into());
+        assert_eq!(p.hashed, [(same_slot, 0), (other_vlan, 2)].into());
+        assert_eq!(p.owner(2), Some(other_vlan));
+        assert_eq!(p.owner(3), None);
+    }
 }

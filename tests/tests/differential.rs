@@ -39,10 +39,10 @@ use netvlan_common::{
     },
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_QINQ_LEGACY},
     maps::{
-        self, direct_slot, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey,
-        MacGuardState, MacKey, VlanCounters,
+        self, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey, MacGuardState, MacKey,
+        VlanCounters,
     },
-    model::{WireCounters, WireModel},
+    model::{Placement, WireCounters, WireModel},
 };
 use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, require_root};
 
@@ -62,7 +62,7 @@ const HOST: [u8; 6] = [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f];
 const USER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Registrations, in the order the control plane would give them slots.
-const REGISTERED: [DstKey; 10] = [
+const REGISTERED: [DstKey; 11] = [
     dst(0, [2, 0x42, 10, 0, 0, 2]),
     dst(0, [2, 0x42, 10, 0, 0, 3]),
     dst(0, [2, 0x42, 192, 168, 10, 2]),
@@ -75,6 +75,8 @@ const REGISTERED: [DstKey; 10] = [
     dst(0, HOST),
     dst(10, HOST),
     dst(100, HOST),
+    // Its direct slot (5) is the hashed slot of a registration above: hashed.
+    dst(0, [2, 0x42, 10, 0, 0, 5]),
 ];
 const UNREGISTERED: [[u8; 6]; 4] = [
     // A free direct slot.
@@ -131,73 +133,35 @@ fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
     std::net::Ipv4Addr::from(v4).to_ipv6_mapped().octets()
 }
 
-/// Where each registration's counters live, by the control plane's rule:
-/// a netvlan MAC whose direct slot is free takes it; every other one the
-/// lowest slot no registration uses, published in DST_SLOTS.
-struct Slots {
-    direct: BTreeMap<u32, DstKey>,
-    hashed: BTreeMap<DstKey, u32>,
+/// Writes a placement into a loaded object's DST_DIRECT and DST_SLOTS.
+fn publish(slots: &Placement, ebpf: &mut Ebpf) {
+    let mut direct: Array<&mut MapData, DstKey> =
+        ebpf.map_mut(maps::DST_DIRECT).unwrap().try_into().unwrap();
+    for (slot, key) in &slots.direct {
+        direct.set(*slot, *key, 0).unwrap();
+    }
+    let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
+        ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
+    for (key, slot) in &slots.hashed {
+        hashed.insert(*key, *slot, 0).unwrap();
+    }
 }
 
-impl Slots {
-    fn assign(registrations: &[DstKey]) -> Slots {
-        let mut direct = BTreeMap::new();
-        let mut rest = Vec::new();
-        for key in registrations {
-            match direct_slot(&key.mac) {
-                Some(slot) if !direct.contains_key(&slot) => {
-                    direct.insert(slot, *key);
-                }
-                _ => rest.push(*key),
-            }
-        }
-        let mut hashed = BTreeMap::new();
-        let mut free = (0..maps::DST_CAPACITY).filter(|s| !direct.contains_key(s));
-        for key in rest {
-            hashed.insert(key, free.next().expect("a free slot"));
-        }
-        Slots { direct, hashed }
+/// The destination maps still hold exactly what was published.
+fn assert_unchanged(slots: &Placement, ebpf: &Ebpf) {
+    let direct: Array<&MapData, DstKey> = ebpf.map(maps::DST_DIRECT).unwrap().try_into().unwrap();
+    for slot in 0..maps::DST_CAPACITY {
+        let want = slots.direct.get(&slot).copied().unwrap_or_default();
+        assert_eq!(direct.get(&slot, 0).unwrap(), want, "DST_DIRECT[{slot}]");
     }
-
-    fn owner(&self, slot: u32) -> Option<DstKey> {
-        self.direct.get(&slot).copied().or_else(|| {
-            self.hashed
-                .iter()
-                .find_map(|(key, s)| (*s == slot).then_some(*key))
-        })
-    }
-
-    /// Writes them into a loaded object's DST_DIRECT and DST_SLOTS.
-    fn publish(&self, ebpf: &mut Ebpf) {
-        let mut direct: Array<&mut MapData, DstKey> =
-            ebpf.map_mut(maps::DST_DIRECT).unwrap().try_into().unwrap();
-        for (slot, key) in &self.direct {
-            direct.set(*slot, *key, 0).unwrap();
-        }
-        let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
-            ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
-        for (key, slot) in &self.hashed {
-            hashed.insert(*key, *slot, 0).unwrap();
-        }
-    }
-
-    /// The destination maps still hold exactly what was published.
-    fn assert_unchanged(&self, ebpf: &Ebpf) {
-        let direct: Array<&MapData, DstKey> =
-            ebpf.map(maps::DST_DIRECT).unwrap().try_into().unwrap();
-        for slot in 0..maps::DST_CAPACITY {
-            let want = self.direct.get(&slot).copied().unwrap_or_default();
-            assert_eq!(direct.get(&slot, 0).unwrap(), want, "DST_DIRECT[{slot}]");
-        }
-        let hashed: BpfHashMap<&MapData, DstKey, u32> =
-            ebpf.map(maps::DST_SLOTS).unwrap().try_into().unwrap();
-        let got: BTreeMap<DstKey, u32> = hashed.iter().map(|e| e.unwrap()).collect();
-        assert_eq!(got, self.hashed, "DST_SLOTS: the program never inserts");
-    }
+    let hashed: BpfHashMap<&MapData, DstKey, u32> =
+        ebpf.map(maps::DST_SLOTS).unwrap().try_into().unwrap();
+    let got: BTreeMap<DstKey, u32> = hashed.iter().map(|e| e.unwrap()).collect();
+    assert_eq!(got, slots.hashed, "DST_SLOTS: the program never inserts");
 }
 
 /// A fresh object with the policy and the registrations in its maps.
-fn loaded_object(policy: &WireModel, slots: &Slots) -> Ebpf {
+fn loaded_object(policy: &WireModel, slots: &Placement) -> Ebpf {
     let mut ebpf = Ebpf::load(netvlan::datapath::embedded_object()).expect("loading the object");
     {
         let mut vlans: Array<&mut MapData, u32> =
@@ -206,7 +170,7 @@ fn loaded_object(policy: &WireModel, slots: &Slots) -> Ebpf {
             vlans.set(vid, policy.vlan_flags(vid as u16), 0).unwrap();
         }
     }
-    slots.publish(&mut ebpf);
+    publish(slots, &mut ebpf);
     {
         let mut ips: BpfHashMap<&mut MapData, IpKey, u32> = ebpf
             .map_mut(maps::ENDPOINT_IPS)
@@ -475,9 +439,9 @@ fn skb_test_run_accepts(frame: &[u8]) -> bool {
 fn the_program_agrees_with_the_model(hook: Hook) {
     require_root();
     let policy = policy();
-    let slots = Slots::assign(&REGISTERED);
+    let slots = Placement::new(REGISTERED).unwrap();
     assert!(
-        slots.direct.len() >= 3 && slots.hashed.len() >= 5,
+        slots.direct.len() >= 3 && slots.hashed.len() >= 6,
         "the registrations must use both maps"
     );
     let mut ebpf = loaded_object(&policy, &slots);
@@ -604,7 +568,7 @@ fn the_program_agrees_with_the_model(hook: Hook) {
             "the corpus must reach {key:?}"
         );
     }
-    slots.assert_unchanged(&ebpf);
+    assert_unchanged(&slots, &ebpf);
     let drops = per_cpu_array::<Counters>(&ebpf, maps::DROPS);
     for reason in DropReason::ALL {
         let want = expected
@@ -794,4 +758,91 @@ fn frames_to_unregistered_macs_never_create_entries_and_count_as_unregistered() 
         .keys()
         .map(|k| k.unwrap())
         .all(|k| k.vid == 0 && k.mac[..2] == [0x06, 0xaa]));
+}
+
+/// The loaded map behind `map`.
+fn map_data(map: &aya::maps::Map) -> &MapData {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d) => d,
+        _ => panic!("the wire object has no map of this kind"),
+    }
+}
+
+/// `key:` of the kernel's fdinfo of a map (`memlock`, `map_flags`, ...).
+fn fdinfo(map: &MapData, key: &str) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.fd().as_fd().as_raw_fd();
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in the fdinfo of fd {fd}:\n{text}"))
+        .trim();
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+        None => value.parse().unwrap(),
+    }
+}
+
+/// The hashes the control plane fills are not preallocated: an empty one
+/// takes only its buckets, and its memory grows with its entries. Prints
+/// each map's kernel memory (`memlock`) and the wire's total.
+#[test]
+fn the_configured_hashes_take_memory_by_their_entries() {
+    require_root();
+    let mut ebpf = Ebpf::load(netvlan::datapath::embedded_object()).expect("loading the object");
+    let mut total = 0;
+    for name in maps::WIRE_MAPS {
+        let map = map_data(ebpf.map(name).unwrap_or_else(|| panic!("no map {name}")));
+        let memlock = fdinfo(map, "memlock");
+        eprintln!("{name:>14}: {memlock:>9} bytes");
+        total += memlock;
+    }
+    eprintln!(
+        "{:>14}: {total:>9} bytes ({:.2} MiB, {} possible CPUs)",
+        "wire",
+        total as f64 / (1 << 20) as f64,
+        aya::util::nr_cpus().unwrap()
+    );
+    for name in [maps::DST_SLOTS, maps::ENDPOINT_IPS, maps::DENY_MACS] {
+        let map = map_data(ebpf.map(name).unwrap());
+        assert_eq!(
+            fdinfo(map, "map_flags") & u64::from(maps::BPF_F_NO_PREALLOC),
+            u64::from(maps::BPF_F_NO_PREALLOC),
+            "{name} is preallocated"
+        );
+    }
+    let empty = fdinfo(map_data(ebpf.map(maps::DST_SLOTS).unwrap()), "memlock");
+    {
+        let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
+            ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
+        for i in 0..10_000u32 {
+            let b = i.to_be_bytes();
+            hashed
+                .insert(dst(0, [0x06, 0xaa, b[0], b[1], b[2], b[3]]), i, 0)
+                .unwrap();
+        }
+    }
+    let filled = fdinfo(map_data(ebpf.map(maps::DST_SLOTS).unwrap()), "memlock");
+    eprintln!("DST_SLOTS: {empty} bytes empty, {filled} with 10,000 entries");
+    let entry = (core::mem::size_of::<DstKey>() + core::mem::size_of::<u32>()) as u64;
+    assert!(
+        filled - empty >= 10_000 * entry,
+        "10,000 entries added {} bytes",
+        filled - empty
+    );
+    // The kernel allocates a hash's buckets (16 bytes each, one per entry
+    // of capacity rounded up to a power of two) up front either way; a
+    // preallocated one would add every element (over 64 bytes each).
+    let buckets = u64::from(maps::DST_CAPACITY.next_power_of_two()) * 16;
+    assert!(
+        empty <= buckets + 64 * 1024,
+        "the empty DST_SLOTS takes {empty} bytes: more than its {buckets} bytes of buckets"
+    );
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: libFuzzer (through cargo-fuzz) over the frame
-//! classifier and the policy decision, the code the XDP program runs.
+//! classifier, the policy decision and the destination-slot resolution,
+//! the code the wire program runs.
 
 use std::process::Command;
 
@@ -29,19 +30,26 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
     let path = std::env::join_paths(std::iter::once(tools::tools_bin()).chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
     ))?;
-    println!(
-        "xtask: fuzzing the classifier and policy decision for {}s",
-        args.seconds
-    );
-    cmd::run(
-        Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", "classify", "--fuzz-dir"])
-            .arg(workspace_root().join("netvlan-common/fuzz"))
-            .arg("--")
-            .arg(format!("-max_total_time={}", args.seconds))
-            .arg("-rss_limit_mb=2048")
-            .current_dir(workspace_root().join("netvlan-common"))
-            .env("PATH", path)
-            .env_remove("RUSTUP_TOOLCHAIN"),
-    )
+    // The time is shared between the targets.
+    let seconds = (args.seconds / TARGETS.len() as u32).max(1);
+    for target in TARGETS {
+        println!("xtask: fuzzing `{target}` for {seconds}s");
+        cmd::run(
+            Command::new("cargo")
+                .args(["+nightly", "fuzz", "run", target, "--fuzz-dir"])
+                .arg(workspace_root().join("netvlan-common/fuzz"))
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-rss_limit_mb=2048")
+                .current_dir(workspace_root().join("netvlan-common"))
+                .env("PATH", &path)
+                .env_remove("RUSTUP_TOOLCHAIN"),
+        )?;
+    }
+    Ok(())
 }
+
+/// The fuzz targets: the classifier with the decision, and the one-lookup
+/// layout (destination slots resolved by the program's code, against the
+/// model).
+const TARGETS: [&str; 2] = ["classify", "layout"];

@@ -37,6 +37,9 @@ impl PolicyView for Fixed {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         ip[15] == 1
     }
+    fn is_learned(&self, _vid: u16, src: &[u8; 6]) -> bool {
+        src[5] < 16
+    }
     fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _packets: u64, _len: u64) -> Learning {
         if u32::from(src[5]) < limit {
             Learning::Known

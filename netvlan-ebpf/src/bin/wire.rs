@@ -30,9 +30,9 @@ use netvlan_common::{
     },
     frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
     maps::{
-        direct_slot, CounterSlot, Counters, DstCounters, DstKey, IpKey, LearnKey, MacGuardState,
-        MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
-        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
+        dst_slot, CounterSlot, Counters, DstCounters, DstKey, DstTables, IpKey, LearnKey,
+        MacGuardState, MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS,
+        DENY_MACS_CAPACITY, DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
 use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps};
@@ -98,6 +98,12 @@ impl PolicyView for Maps {
     fn is_denied(&self, src: &[u8; 6]) -> bool {
         // SAFETY: as above.
         unsafe { DENY_MACS.get(&MacKey::new(*src)).is_some() }
+    }
+
+    #[inline(always)]
+    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
+        // SAFETY: lookup only; LRU lookups also mark the entry as used.
+        unsafe { MAC_LEARN.get(&LearnKey { vid, mac: *src }).is_some() }
     }
 
     /// Exact across CPUs: the count is reserved with an atomic fetch-add
@@ -176,7 +182,7 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
 /// What both hooks do with a frame that counts for `packets` wire frames
 /// of `len` bytes in all: count it, then decide. One array read for the
 /// VLAN's flags, one slot of per-VLAN counters, and at most one hash
-/// lookup for the destination ([`dst_slot`]); policy adds lookups only
+/// lookup for the destination (`maps::dst_slot`); policy adds lookups only
 /// where the VLAN's flags turn it on.
 #[inline(always)]
 fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
@@ -201,8 +207,8 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 if let Some(v) = vlan {
                     unsafe { (*v).flood.add(packets, len) };
                 }
-            } else if let Some(d) =
-                dst_slot(f.outer_vid, &f.dst).and_then(|slot| DST_STATS.get_ptr_mut(slot))
+            } else if let Some(d) = dst_slot(&Destinations, f.outer_vid, &f.dst)
+                .and_then(|slot| DST_STATS.get_ptr_mut(slot))
             {
                 // SAFETY: per-CPU slot, as above.
                 let d = unsafe { &mut *d };
@@ -238,20 +244,20 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
     }
 }
 
-/// The counter slot of a registered unicast destination: a netvlan-assigned
-/// MAC in its direct slot costs an array read and a compare; anything else
-/// (user-given MACs, the host's, a direct slot taken by another VLAN or
-/// MAC) one hash lookup. `None`: not registered (nothing is inserted).
-#[inline(always)]
-fn dst_slot(vid: u16, mac: &[u8; 6]) -> Option<u32> {
-    let key = DstKey { vid, mac: *mac };
-    if let Some(slot) = direct_slot(mac) {
-        if DST_DIRECT.get(slot).is_some_and(|owner| *owner == key) {
-            return Some(slot);
-        }
+/// The destination maps as `netvlan_common::maps::dst_slot` reads them.
+struct Destinations;
+
+impl DstTables for Destinations {
+    #[inline(always)]
+    fn direct(&self, slot: u32) -> Option<&DstKey> {
+        DST_DIRECT.get(slot)
     }
-    // SAFETY: read-only lookup of a plain u32.
-    unsafe { DST_SLOTS.get(&key) }.copied()
+
+    #[inline(always)]
+    fn hashed(&self, key: &DstKey) -> Option<u32> {
+        // SAFETY: read-only lookup of a plain u32.
+        unsafe { DST_SLOTS.get(key) }.copied()
+    }
 }
 
 /// Atomic wrapping add; returns the previous value (`u64::MAX` subtracts 1).

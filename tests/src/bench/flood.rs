@@ -657,7 +657,7 @@ impl Lab {
     }
 
     fn wire_xdp_filter(&mut self) -> Result<()> {
-        let info = super::xdp::load_xdp_filter(&self.dut, "p0", &UNKNOWN_MAC)?;
+        let info = super::xdp::load_xdp_filter(&self.dut, "p0", &[UNKNOWN_MAC])?;
         let ids = info
             .map_ids()
             .context("reading xdp-filter's map ids")?

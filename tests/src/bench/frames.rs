@@ -128,6 +128,66 @@ fn ones_complement_sum(bytes: &[u8]) -> u16 {
     sum as u16
 }
 
+impl Tagging {
+    /// The outer VLAN id of the frames (what the wire counts them under).
+    pub fn outer_vid(self) -> u16 {
+        match self {
+            Tagging::Untagged => 0,
+            Tagging::Dot1q => 10,
+            Tagging::Qinq => 100,
+        }
+    }
+
+    /// Third octet of the bench network on this tagging's outer VLAN
+    /// (172.31.N.0/24).
+    fn network(self) -> u8 {
+        match self {
+            Tagging::Untagged => 250,
+            Tagging::Dot1q => 10,
+            Tagging::Qinq => 100,
+        }
+    }
+}
+
+/// Who chose a destination MAC: the wire resolves the two kinds
+/// differently (a netvlan MAC by its direct slot, any other by a hash
+/// lookup), so the per-packet cases have both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacKind {
+    /// `02:42` + the endpoint's IPv4 address, as netvlan assigns them.
+    Netvlan,
+    /// A user-given `--mac`.
+    User,
+}
+
+impl MacKind {
+    pub const ALL: [MacKind; 2] = [MacKind::Netvlan, MacKind::User];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MacKind::Netvlan => "netvlan MAC",
+            MacKind::User => "--mac MAC",
+        }
+    }
+}
+
+/// Endpoints per bench network and MAC kind: hosts 2..=ENDPOINTS+1.
+pub const ENDPOINTS: u8 = 200;
+/// The host number of the endpoint the "hit" frames go to.
+pub const HIT_HOST: u8 = 2;
+/// A host number no endpoint has: the "miss" frames go there.
+pub const MISS_HOST: u8 = 254;
+
+/// The MAC of endpoint `host` of the bench network on `tagging`'s outer
+/// VLAN (172.31.N.host).
+pub fn endpoint_mac(kind: MacKind, tagging: Tagging, host: u8) -> [u8; 6] {
+    let net = tagging.network();
+    match kind {
+        MacKind::Netvlan => [0x02, 0x42, 172, 31, net, host],
+        MacKind::User => [0x52, 0x54, 0x00, 0xbe, net, host],
+    }
+}
+
 /// `02:b1:…` MAC number `i`: locally administered unicast, distinct per `i`.
 pub fn numbered_mac(i: u32) -> [u8; 6] {
     let b = i.to_be_bytes();

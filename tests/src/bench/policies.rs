@@ -1,134 +1,178 @@
-//! The "all policies on" configuration of the per-packet benchmark: every
-//! filter the datapath has, switched on for the benchmark's frames, written
-//! into the policy maps of a loaded object by the product's own
-//! `policy_maps::apply`, and the verdict each frame must get (from the host
-//! model in `netvlan_common::model`, which runs the same decision code the
-//! program runs), so a run that took another path fails instead of timing
-//! the wrong thing.
-
-use std::collections::BTreeSet;
+//! The wire configurations of the per-packet benchmark, written into a
+//! loaded object's maps, and the verdict each frame must get (from the
+//! host model in `netvlan_common::model`, which runs the same decision
+//! code the program runs), so a run that took another path fails instead
+//! of timing the wrong thing.
+//!
+//! Both configurations register the same destinations, as the control
+//! plane does for every wire (its counters need them): on each bench
+//! network (untagged, VLAN 10, VLAN 100) [`frames::ENDPOINTS`] endpoints
+//! with netvlan MACs (each in its direct slot) and as many with
+//! user-given MACs (hashed), and the host's MAC on every VLAN (hashed),
+//! placed by the control plane's rule (`model::Placement`). The maps are
+//! written from the model, the way the differential test fills them.
 
 use anyhow::{Context, Result};
-use aya::Ebpf;
-use netvlan::{
-    datapath::{
-        policy_maps::{self, MacGuard, WirePolicy},
-        NamespacePins,
-    },
-    sys::netns::NetnsId,
+use aya::{
+    maps::{Array, HashMap, MapData},
+    Ebpf,
 };
 use netvlan_common::{
     decision::{
         with_mac_limit, Verdict, VLAN_ALLOWED, VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP,
         VLAN_WIRE_FILTER,
     },
-    maps::DstKey,
-    model::{WireCounters, WireModel},
+    maps::{DstKey, MacKey, DENY_MACS, DST_DIRECT, DST_SLOTS, VLAN_POLICY, VLAN_SLOTS},
+    model::{Placement, WireCounters, WireModel},
 };
 
-use super::sandbox::OwnedDir;
+use super::frames::{self, MacKind, Tagging};
 
 /// VLAN the tagged benchmark frames use (the inner one for QinQ).
 const VLAN: u16 = 10;
-/// Registered endpoints besides the one the "hit" frames go to.
-const OTHER_ENDPOINTS: u32 = 255;
 /// Denied source MACs (none of them the benchmark frames' source).
 const DENIED: u32 = 64;
 /// The MAC-sprawl guard's limit on untagged and VLAN 10. The frames' one
 /// source MAC is learned by the first run, so the timed runs measure the
 /// steady state (a lookup in the learning table per frame).
 const MAX_MACS: u32 = 1024;
+/// The host's own MAC on the wire.
+const HOST_MAC: [u8; 6] = [0x0a, 0xbe, 0x00, 0x00, 0x00, 0x01];
 
-/// Every policy on: VLAN filtering with VLAN 10 allowed (so stacked tags
-/// are dropped), unknown-destination drop and a MAC-sprawl guard on
-/// untagged and VLAN 10, the hit MAC among 256 registered endpoints, 64
-/// denied source MACs.
-pub struct AllPolicies {
-    /// What the control plane would compute for such a wire.
-    policy: WirePolicy,
-    /// The same policy as the maps hold it, predicting the program.
+/// One wire configuration: its registrations and policy, as the model
+/// holds them.
+pub struct BenchWire {
     model: WireModel,
+    placement: Placement,
+    policies: bool,
 }
 
-impl AllPolicies {
-    pub fn new(endpoint: [u8; 6]) -> Self {
-        let registered: BTreeSet<[u8; 6]> = std::iter::once(endpoint)
-            .chain((0..OTHER_ENDPOINTS).map(|i| mac(0x42, i)))
+impl BenchWire {
+    /// Registrations only: counting, no filter.
+    pub fn policies_off() -> Self {
+        Self::new(false)
+    }
+
+    /// Every policy on: VLAN filtering with VLAN 10 allowed (so stacked
+    /// tags and VLAN 100 are dropped), unknown-destination drop and a
+    /// MAC-sprawl guard on untagged and VLAN 10, 64 denied source MACs.
+    pub fn all_policies() -> Self {
+        Self::new(true)
+    }
+
+    fn new(policies: bool) -> Self {
+        let registrations: Vec<DstKey> = Tagging::ALL
+            .into_iter()
+            .flat_map(|t| {
+                MacKind::ALL.into_iter().flat_map(move |kind| {
+                    (0..frames::ENDPOINTS).map(move |i| DstKey {
+                        vid: t.outer_vid(),
+                        mac: frames::endpoint_mac(kind, t, frames::HIT_HOST + i),
+                    })
+                })
+            })
+            .chain(Tagging::ALL.map(|t| DstKey {
+                vid: t.outer_vid(),
+                mac: HOST_MAC,
+            }))
             .collect();
-        let denied: BTreeSet<[u8; 6]> = (0..DENIED).map(|i| mac(0xde, i)).collect();
-        let guard = MacGuard {
-            limit: MAX_MACS,
-            count_only: false,
+        let placement =
+            Placement::new(registrations.iter().copied()).expect("the bench fits the slots");
+        let mut model = WireModel {
+            registered: registrations.into_iter().collect(),
+            ..WireModel::default()
         };
-        let policy = WirePolicy {
-            vlan_filter: true,
-            allowed_vlans: BTreeSet::from([VLAN]),
-            unknown_dst_drop_vlans: BTreeSet::from([0, VLAN]),
-            // Registered on both VLANs the frames use.
-            registered: [0, VLAN]
-                .into_iter()
-                .flat_map(|vid| registered.iter().map(move |&mac| DstKey { vid, mac }))
-                .collect(),
-            denied: denied.clone(),
-            mac_guards: [(0, guard), (VLAN, guard)].into(),
-            ..WirePolicy::default()
-        };
-        let model = WireModel {
-            every_vlan: VLAN_WIRE_FILTER | VLAN_DENY_LIST,
-            vlans: [
+        if policies {
+            model.every_vlan = VLAN_WIRE_FILTER | VLAN_DENY_LIST;
+            model.vlans = [
                 (0, with_mac_limit(VLAN_UNKNOWN_DST_DROP, MAX_MACS, false)),
                 (
                     VLAN,
                     with_mac_limit(VLAN_ALLOWED | VLAN_UNKNOWN_DST_DROP, MAX_MACS, false),
                 ),
             ]
-            .into(),
-            // Each MAC on the VLANs the policy names (untagged and VLAN 10).
-            registered: registered
-                .iter()
-                .flat_map(|&mac| [0, VLAN].map(|vid| DstKey { vid, mac }))
-                .collect(),
-            denied: denied.into_iter().collect(),
-            ..WireModel::default()
-        };
-        AllPolicies { policy, model }
+            .into();
+            model.denied = (0..DENIED).map(|i| mac(0xde, i)).collect();
+        }
+        BenchWire {
+            model,
+            placement,
+            policies,
+        }
     }
 
     /// What `--help`-level text calls this configuration.
     pub fn describe(&self) -> String {
-        format!(
-            "VLAN filter on (VLAN {VLAN} allowed, stacked tags dropped), unknown_dst=drop and \
-             max_macs={MAX_MACS} on untagged and VLAN {VLAN}, {} registered endpoint MACs, {} \
-             denied source MACs",
-            self.policy.registered.len(),
-            self.policy.denied.len()
-        )
+        let registered = format!(
+            "{} registered destinations ({} in direct slots, {} hashed)",
+            self.model.registered.len(),
+            self.placement.direct.len(),
+            self.placement.hashed.len()
+        );
+        if self.policies {
+            format!(
+                "VLAN filter on (VLAN {VLAN} allowed, stacked tags and VLAN 100 dropped), \
+                 unknown_dst=drop and max_macs={MAX_MACS} on untagged and VLAN {VLAN}, \
+                 {registered}, {} denied source MACs",
+                self.model.denied.len()
+            )
+        } else {
+            format!("no policy, {registered}")
+        }
     }
 
-    /// Writes the configuration into a loaded object's policy maps through
-    /// the product's `policy_maps::apply`: the maps are pinned where the
-    /// datapath pins a wire's (in a bpffs directory of this run), written,
-    /// and unpinned again (the loaded object keeps them).
-    pub fn apply(&self, obj: &Ebpf, token: &str, instance: &str) -> Result<()> {
-        let dir = OwnedDir::bpf(token, &format!("xdp-{instance}"));
-        let netns = NetnsId::current().context("identifying the bench's namespace")?;
-        let pins = NamespacePins::new(dir.path(), netns).interface(0);
-        std::fs::create_dir_all(pins.dir())
-            .with_context(|| format!("creating {}", pins.dir().display()))?;
-        for name in netvlan_common::maps::WIRE_MAPS {
-            obj.map(name)
-                .with_context(|| format!("the eBPF object has no map {name}"))?
-                .pin(pins.map(name))
-                .with_context(|| format!("pinning {name}"))?;
+    /// Writes the configuration into a loaded object's maps.
+    pub fn apply(&self, obj: &mut Ebpf) -> Result<()> {
+        if self.policies {
+            let mut vlans: Array<&mut MapData, u32> = typed(obj, VLAN_POLICY)?;
+            for vid in 0..VLAN_SLOTS {
+                vlans.set(vid, self.model.vlan_flags(vid as u16), 0)?;
+            }
         }
-        policy_maps::apply(&pins, &self.policy).context("writing the wire policy")?;
+        let mut direct: Array<&mut MapData, DstKey> = typed(obj, DST_DIRECT)?;
+        for (slot, key) in &self.placement.direct {
+            direct.set(*slot, *key, 0)?;
+        }
+        let mut hashed: HashMap<&mut MapData, DstKey, u32> = typed(obj, DST_SLOTS)?;
+        for (key, slot) in &self.placement.hashed {
+            hashed.insert(*key, *slot, 0)?;
+        }
+        let mut deny: HashMap<&mut MapData, MacKey, u32> = typed(obj, DENY_MACS)?;
+        for src in &self.model.denied {
+            deny.insert(MacKey::new(*src), 0, 0)?;
+        }
         Ok(())
+    }
+
+    /// Whether `frame`'s destination is registered (the "hit" cases).
+    pub fn resolves(&self, frame: &[u8]) -> bool {
+        match netvlan_common::frame::classify(frame) {
+            netvlan_common::frame::Classification::Classified(f) => {
+                self.model.destination(&f).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// The slot of a registered destination.
+    pub fn slot(&self, key: &DstKey) -> Option<u32> {
+        self.placement.slot_of(key)
     }
 
     /// The verdict the program must give `frame`.
     pub fn expected(&self, frame: &[u8]) -> Verdict {
         self.model.run(frame, 1, &mut WireCounters::default())
     }
+}
+
+fn typed<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .map_mut(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("{name} has another type"))
 }
 
 fn mac(kind: u8, i: u32) -> [u8; 6] {
