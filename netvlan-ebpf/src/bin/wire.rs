@@ -26,7 +26,9 @@ use netvlan_common::{
     decision::{
         decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
     },
-    frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
+    frame::{
+        classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN,
+    },
     maps::{
         CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,
@@ -174,11 +176,22 @@ const TC_HEADERS: u32 = 14 + 8 + 40;
 
 /// The same classifier and decision at TC ingress, for parents where
 /// native XDP would cost the receive offloads (veth, virtio-net).
+///
+/// With receive VLAN offload on, the kernel has moved the outer tag out of
+/// the bytes into the skb: the frame view carries it, so it classifies as
+/// the outer tag, and the 4 bytes it took on the wire are counted.
 #[classifier]
 pub fn netvlan_tc(ctx: TcContext) -> i32 {
-    let frame = tc_frame(&ctx, TC_HEADERS);
+    // SAFETY: the context's skb, valid for this run; plain field reads.
+    let (present, proto, tci) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.vlan_present, skb.vlan_proto, skb.vlan_tci)
+    };
+    // vlan_proto is kept in network byte order.
+    let tag = OffloadedTag::from_skb(present, u16::from_be(proto as u16), tci);
+    let frame = tc_frame(&ctx, TC_HEADERS).with_offloaded_tag(tag);
     // skb->len, not the linear part the frame view covers.
-    let len = u64::from(ctx.len());
+    let len = u64::from(ctx.len()) + if tag.is_some() { VLAN_HLEN as u64 } else { 0 };
     match wire(&frame, len) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,

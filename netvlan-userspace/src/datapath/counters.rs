@@ -20,7 +20,7 @@ use super::{
     object::{open_map, read_err},
     Attachment, DatapathError, InterfacePins,
 };
-use crate::sys::netlink::XdpAttachMode;
+use super::WireMode;
 
 /// Packets and bytes received, as printed and serialised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -67,7 +67,7 @@ pub struct MacStats {
 pub struct InterfaceStats {
     pub ifname: String,
     pub ifindex: u32,
-    pub mode: XdpAttachMode,
+    pub mode: WireMode,
     pub prog_id: u32,
     /// Every frame the program saw.
     pub frames: RxCounters,
