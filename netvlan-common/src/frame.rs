@@ -690,7 +690,10 @@ mod tests {
                 (a.anomalies, a.dst, a.src, a.dst_ip, a.src_ip),
                 (b.anomalies, b.dst, b.src, b.dst_ip, b.src_ip)
             );
-            assert_eq!(usize::from(a.l3_offset), usize::from(b.l3_offset) + VLAN_HLEN);
+            assert_eq!(
+                usize::from(a.l3_offset),
+                usize::from(b.l3_offset) + VLAN_HLEN
+            );
         }
     }
 

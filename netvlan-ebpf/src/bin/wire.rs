@@ -26,9 +26,7 @@ use netvlan_common::{
     decision::{
         decide, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY, IP_NOT_REGISTERED,
     },
-    frame::{
-        classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN,
-    },
+    frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
     maps::{
         CounterSlot, Counters, IpKey, LearnKey, MacDrops, MacGuardState, MacKey, COUNTER_SLOTS,
         DENY_MACS_CAPACITY, ENDPOINT_IPS_CAPACITY, ENDPOINT_MACS_CAPACITY, MAC_LEARN_CAPACITY,

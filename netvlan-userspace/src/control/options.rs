@@ -639,8 +639,8 @@ mod tests {
         let o = NetworkOptions::parse(Driver::Macvlan, &opts(&["parent=eth0"])).unwrap();
         assert_eq!(o.hook, Hook::Auto);
         for (given, want) in [("auto", Hook::Auto), ("xdp", Hook::Xdp), ("tc", Hook::Tc)] {
-            let o = NetworkOptions::parse(Driver::Ipvlan, &opts(&[&format!("hook={given}")]))
-                .unwrap();
+            let o =
+                NetworkOptions::parse(Driver::Ipvlan, &opts(&[&format!("hook={given}")])).unwrap();
             assert_eq!(o.hook, want);
         }
         let e = NetworkOptions::parse(Driver::Macvlan, &opts(&["hook=ebpf"]))
@@ -658,7 +658,11 @@ mod tests {
     fn networks_on_one_wire_must_agree_on_an_explicit_hook() {
         let parse = |o: &[&str]| NetworkOptions::parse(Driver::Macvlan, &opts(o)).unwrap();
         let (xdp, auto, tc) = (parse(&["hook=xdp"]), parse(&[]), parse(&["hook=tc"]));
-        let existing = [("a", "eth1", &tc), ("b", "eth0", &auto), ("c", "eth0", &xdp)];
+        let existing = [
+            ("a", "eth1", &tc),
+            ("b", "eth0", &auto),
+            ("c", "eth0", &xdp),
+        ];
         let e = check_hook_agreement(existing, "eth0", &tc).unwrap_err();
         assert_eq!(
             e.to_string(),

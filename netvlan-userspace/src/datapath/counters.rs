@@ -16,11 +16,11 @@ use netvlan_common::{
 };
 use serde::Serialize;
 
+use super::WireMode;
 use super::{
     object::{open_map, read_err},
     Attachment, DatapathError, InterfacePins,
 };
-use super::WireMode;
 
 /// Packets and bytes received, as printed and serialised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

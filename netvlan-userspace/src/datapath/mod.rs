@@ -101,6 +101,8 @@ pub enum DatapathError {
         mode: WireMode,
         requested: Hook,
     },
+    #[error("{ifname}: --mode {mode} is an XDP attach mode; the tc hook has none (drop --mode, or use --hook xdp)")]
+    ModeAtTc { ifname: String, mode: AttachMode },
     #[error("cannot attach at TC ingress of {ifname} ({mode})")]
     AttachTc {
         ifname: String,
@@ -168,7 +170,14 @@ pub enum DatapathError {
         pinned: String,
         built: String,
     },
-    #[error("cannot swap the XDP program on {ifname} (BPF_LINK_UPDATE)")]
+    #[error("cannot upgrade {ifname} in place: it was attached with another map layout; its pins in {pin_dir} hold {gone}, which this build no longer has (and lack {missing}), so what they count would be lost. Nothing was changed. To move to this build: `netvlan datapath detach {ifname} --force`, then `netvlan restore` (a network's wire: attaches this build and writes the networks' policy again) or `netvlan datapath attach {ifname}`; counters start from zero")]
+    OtherMapLayout {
+        ifname: String,
+        pin_dir: PathBuf,
+        gone: String,
+        missing: String,
+    },
+    #[error("cannot swap the wire program on {ifname} (BPF_LINK_UPDATE, or the clsact filter's replace)")]
     Replace {
         ifname: String,
         #[source]
@@ -461,6 +470,17 @@ impl Datapath {
         mode: AttachMode,
         hook: Hook,
     ) -> Result<AttachOutcome, DatapathError> {
+        // An XDP mode asked for is a request for XDP.
+        let hook = match (hook, mode) {
+            (Hook::Auto, AttachMode::Native | AttachMode::Generic) => Hook::Xdp,
+            (Hook::Tc, AttachMode::Native | AttachMode::Generic) => {
+                return Err(DatapathError::ModeAtTc {
+                    ifname: ifname.into(),
+                    mode,
+                })
+            }
+            (hook, _) => hook,
+        };
         let link = self.netlink.link_by_name(ifname).await?;
         let pins = self.pins.interface(link.ifindex);
         let wanted = hook.resolve(&link.name);
@@ -650,9 +670,7 @@ impl Datapath {
                 let program = tc_program(ebpf)?;
                 object::pin_at(to.program(), |path| program.pin(path))?;
                 match tcx {
-                    Some(fd_link) => {
-                        object::pin_at(to.link(), |path| fd_link.pin(path).map(drop))
-                    }
+                    Some(fd_link) => object::pin_at(to.link(), |path| fd_link.pin(path).map(drop)),
                     None => Ok(()),
                 }
             },
@@ -886,7 +904,9 @@ impl Datapath {
             return Ok(AttachmentStatus::Attached(attachment));
         }
         let reason = match (pinned_hook(pins), link.xdp) {
-            (Some(Hook::Tc), _) => "netvlan's TC program is no longer at the interface's ingress".into(),
+            (Some(Hook::Tc), _) => {
+                "netvlan's TC program is no longer at the interface's ingress".into()
+            }
             (_, Some(xdp)) => format!(
                 "another XDP program (id {}) replaced netvlan's",
                 xdp.prog_id
