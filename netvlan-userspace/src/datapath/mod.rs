@@ -735,7 +735,8 @@ impl Datapath {
     }
 
     /// Returns our live attachment on `link`, clears stale pins, and refuses
-    /// to attach at `hook` where someone else's program runs there.
+    /// a link with someone else's XDP program, or (for `hook` tc) someone
+    /// else's program at TC ingress.
     async fn check_existing(
         &self,
         link: &LinkInfo,
@@ -745,7 +746,9 @@ impl Datapath {
         if let Some(ours) = self.ours(link, pins).await? {
             return Ok(Some(ours));
         }
-        if let (Some(xdp), Hook::Xdp | Hook::Auto) = (link.xdp, hook) {
+        // Someone's XDP program sees every frame before either hook:
+        // netvlan would count and enforce only what it lets through.
+        if let Some(xdp) = link.xdp {
             return Err(DatapathError::ForeignProgram {
                 ifname: link.name.clone(),
                 prog_id: xdp.prog_id,
