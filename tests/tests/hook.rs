@@ -105,10 +105,14 @@ fn ingress_filters(ns: &Netns, dev: &str) -> Vec<Value> {
     if !out.status.success() || out.stdout.is_empty() {
         return Vec::new();
     }
+    // `tc -j` lists each priority's chain head apart from its filters.
     serde_json::from_slice::<Value>(&out.stdout)
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f.get("options").is_some())
+        .collect()
 }
 
 /// Crafted frames from the peer, counted exactly at TC ingress, with the
@@ -186,12 +190,12 @@ fn crafted_frames_are_counted_exactly_at_tc(rxvlan: &str) {
 }
 
 #[test]
-fn crafted_frames_are_counted_exactly_at_tc_with_vlan_offload_off() {
+fn tc_hook_crafted_frames_are_counted_exactly_at_tc_with_vlan_offload_off() {
     crafted_frames_are_counted_exactly_at_tc("off");
 }
 
 #[test]
-fn crafted_frames_are_counted_exactly_at_tc_with_vlan_offload_on() {
+fn tc_hook_crafted_frames_are_counted_exactly_at_tc_with_vlan_offload_on() {
     crafted_frames_are_counted_exactly_at_tc("on");
 }
 
@@ -291,7 +295,7 @@ fn tcp_transfer(lab: &Lan, bytes: usize) {
 /// received (the receiver's count: a frame the veth's backlog drops under
 /// load never reaches TC nor TCP, yet the sender counted it as sent).
 #[test]
-fn a_tcp_transfer_at_tc_is_counted_segment_for_segment_with_gso_off() {
+fn tc_hook_a_tcp_transfer_at_tc_is_counted_segment_for_segment_with_gso_off() {
     let lab = tcp_lab();
     lab.switch
         .exec("ethtool", &["-K", "peer0", "tso", "off", "gso", "off"]);
@@ -332,7 +336,7 @@ fn a_tcp_transfer_at_tc_is_counted_segment_for_segment_with_gso_off() {
 /// the endpoint gets the rest; `inspect` and `status` name the hook; after
 /// a detach behind the network's back, `restore` attaches at TC again.
 #[test]
-fn a_network_with_hook_tc_drops_what_its_policy_refuses() {
+fn tc_hook_a_network_with_hook_tc_drops_what_its_policy_refuses() {
     let lab = Lan::new(false);
     lab.create_network(
         "tcnet",
@@ -409,7 +413,7 @@ fn a_network_with_hook_tc_drops_what_its_policy_refuses() {
 /// Detach leaves nothing of the TC attachment: no pins, no filter, no
 /// link, and the kernel has unloaded the program.
 #[test]
-fn detaching_the_tc_hook_leaves_no_filter_link_or_pin() {
+fn tc_hook_detaching_the_tc_hook_leaves_no_filter_link_or_pin() {
     let lab = Lan::new(false);
     let attached = lab
         .netvlan(&["datapath", "attach", "eth0", "--hook", "tc", "--json"])
@@ -464,7 +468,7 @@ fn detaching_the_tc_hook_leaves_no_filter_link_or_pin() {
 /// conflicts with another network of the parent names both; neither
 /// leaves a link, pin or network behind.
 #[test]
-fn bad_and_conflicting_hooks_are_refused_leaving_nothing_behind() {
+fn tc_hook_bad_and_conflicting_hooks_are_refused_leaving_nothing_behind() {
     let lab = Lan::new(false);
     let links = lab.host.sorted_link_names();
     let bad = lab
@@ -523,7 +527,7 @@ fn bad_and_conflicting_hooks_are_refused_leaving_nothing_behind() {
 /// `datapath upgrade` swaps the TC program in place (TCX link update or
 /// the filter's replace): new program id, same hook, counters kept.
 #[test]
-fn upgrade_replaces_the_tc_program_in_place_keeping_counters() {
+fn tc_hook_upgrade_replaces_the_tc_program_in_place_keeping_counters() {
     let lab = Lan::new(false);
     lab.netvlan(&["datapath", "attach", "eth0", "--hook", "tc"])
         .ok();
@@ -585,7 +589,7 @@ const DST_SLOT_LAYOUT_ONLY: &[&str] = &["DST_STATS", "DST_SLOTS", "DST_DIRECT", 
 /// An attachment whose pins are of the other map layout is refused by
 /// upgrade, with what is wrong and how to move, and left as it was.
 #[test]
-fn upgrade_refuses_pins_of_the_other_map_layout_and_changes_nothing() {
+fn tc_hook_upgrade_refuses_pins_of_the_other_map_layout_and_changes_nothing() {
     let lab = Lan::new(false);
     lab.netvlan(&["datapath", "attach", "eth0", "--hook", "tc"])
         .ok();
@@ -660,7 +664,7 @@ fn upgrade_refuses_pins_of_the_other_map_layout_and_changes_nothing() {
 /// object from a second bpf dir, as another tool's) is never replaced or
 /// stacked on, nor is a foreign XDP program under a TC attachment.
 #[test]
-fn a_foreign_program_at_tc_ingress_or_xdp_is_refused() {
+fn tc_hook_a_foreign_program_at_tc_ingress_or_xdp_is_refused() {
     let lab = Lan::new(false);
     let other = netvlan_tests::BpfDir::new();
     let foreign = netvlan_tests::netvlan(
@@ -702,4 +706,34 @@ fn a_foreign_program_at_tc_ingress_or_xdp_is_refused() {
     assert!(run.stderr.contains("another XDP program"), "{}", run.stderr);
     assert!(lab.bpf.contents().is_empty(), "{:?}", lab.bpf.contents());
     netvlan_tests::netvlan(&lab.host, &other, &["datapath", "detach", "eth0"]).ok();
+}
+
+/// An attach killed after the program went onto TC ingress and before its
+/// pins were in place leaves no attachment behind that blocks the next one:
+/// a TCX link dies with the process; a clsact filter (which the kernel
+/// holds on its own) is netvlan's by its place and name and is removed.
+#[test]
+fn tc_hook_an_attach_killed_before_its_pins_leaves_nothing_that_blocks_the_next() {
+    let lab = Lan::new(false);
+    lab.kill_midway(
+        "attach-tc-before-pin",
+        &["datapath", "attach", "eth0", "--hook", "tc"],
+        || lab.bpf.contents().iter().any(|p| p.contains("staging-")),
+    );
+    let attached = lab
+        .netvlan(&["datapath", "attach", "eth0", "--hook", "tc", "--json"])
+        .ok()
+        .json();
+    assert_eq!(attached["changed"], true, "{attached:#}");
+    if expected_tc_mode() == "clsact" {
+        assert_eq!(
+            ingress_filters(&lab.host, "eth0").len(),
+            1,
+            "one filter, the new one"
+        );
+    }
+    lab.netvlan(&["datapath", "prune"]).ok();
+    lab.netvlan(&["datapath", "detach", "eth0"]).ok();
+    assert!(lab.bpf.contents().is_empty(), "{:?}", lab.bpf.contents());
+    assert!(ingress_filters(&lab.host, "eth0").is_empty());
 }

@@ -667,6 +667,7 @@ impl Datapath {
             &self.pins.staging(link.ifindex),
             pins,
             |ebpf, to| {
+                upgrade::failpoint("attach-tc-before-pin");
                 let program = tc_program(ebpf)?;
                 object::pin_at(to.program(), |path| program.pin(path))?;
                 match tcx {
@@ -746,6 +747,9 @@ impl Datapath {
         if let Some(ours) = self.ours(link, pins).await? {
             return Ok(Some(ours));
         }
+        if !pins.exists() {
+            self.remove_orphan_filter(link).await?;
+        }
         // Someone's XDP program sees every frame before either hook:
         // netvlan would count and enforce only what it lets through.
         if let Some(xdp) = link.xdp {
@@ -793,6 +797,7 @@ impl Datapath {
         let link = self.netlink.link_by_name(ifname).await?;
         let pins = self.pins.interface(link.ifindex);
         if !pins.exists() {
+            self.remove_orphan_filter(&link).await?;
             return Err(DatapathError::NotAttached { ifname: link.name });
         }
         let attachment = self.ours(&link, &pins).await?;
@@ -809,6 +814,36 @@ impl Datapath {
         let attachment = attachment.ok_or(DatapathError::NotAttached { ifname: link.name })?;
         self.wait_until_detached(&attachment).await?;
         Ok(attachment)
+    }
+
+    /// A clsact filter of netvlan's at its place with no pins is what a
+    /// command killed between attaching and pinning left (the kernel holds
+    /// filters without pins): removed, as stale pins are.
+    async fn remove_orphan_filter(&self, link: &LinkInfo) -> Result<(), DatapathError> {
+        let Some(filter) = self.wire_filter(link.ifindex).await? else {
+            return Ok(());
+        };
+        let name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == filter.prog_id)
+            .and_then(|p| p.name_as_str().map(str::to_string));
+        if name.as_deref() != Some(maps::TC_PROGRAM) {
+            return Ok(());
+        }
+        tracing::info!(
+            "{}: removing netvlan's TC filter (program {}) that has no pins",
+            link.name,
+            filter.prog_id
+        );
+        self.remove_wire_filter(&Attachment {
+            ifname: link.name.clone(),
+            ifindex: link.ifindex,
+            hook: Hook::Tc,
+            mode: WireMode::Clsact,
+            prog_id: filter.prog_id,
+            pin_dir: self.pins.interface(link.ifindex).dir().into(),
+        })
+        .await
     }
 
     /// Deletes netvlan's clsact filter (the qdisc stays: other filters may

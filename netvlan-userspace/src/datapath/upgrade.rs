@@ -312,7 +312,7 @@ async fn running_filter(
 
 /// A named step where tests stop the command (`FAILPOINTS=NAME=sleep(MS)`
 /// with the `failpoints` feature) to kill it there; a no-op otherwise.
-fn failpoint(name: &str) {
+pub(super) fn failpoint(name: &str) {
     #[cfg(feature = "failpoints")]
     fail::fail_point!(name);
     #[cfg(not(feature = "failpoints"))]
