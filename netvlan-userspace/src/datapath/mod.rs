@@ -482,6 +482,8 @@ impl Datapath {
             (hook, _) => hook,
         };
         let link = self.netlink.link_by_name(ifname).await?;
+        // What a killed attach left must not block this one.
+        self.remove_dead_staging().await?;
         let pins = self.pins.interface(link.ifindex);
         let wanted = hook.resolve(&link.name);
         if let Some(existing) = self.check_existing(&link, &pins, wanted).await? {
@@ -747,9 +749,6 @@ impl Datapath {
         if let Some(ours) = self.ours(link, pins).await? {
             return Ok(Some(ours));
         }
-        if !pins.exists() {
-            self.remove_orphan_filter(link).await?;
-        }
         // Someone's XDP program sees every frame before either hook:
         // netvlan would count and enforce only what it lets through.
         if let Some(xdp) = link.xdp {
@@ -797,7 +796,6 @@ impl Datapath {
         let link = self.netlink.link_by_name(ifname).await?;
         let pins = self.pins.interface(link.ifindex);
         if !pins.exists() {
-            self.remove_orphan_filter(&link).await?;
             return Err(DatapathError::NotAttached { ifname: link.name });
         }
         let attachment = self.ours(&link, &pins).await?;
@@ -816,10 +814,18 @@ impl Datapath {
         Ok(attachment)
     }
 
-    /// A clsact filter of netvlan's at its place with no pins is what a
-    /// command killed between attaching and pinning left (the kernel holds
-    /// filters without pins): removed, as stale pins are.
-    async fn remove_orphan_filter(&self, link: &LinkInfo) -> Result<(), DatapathError> {
+    /// The clsact filter a command killed between attaching and pinning
+    /// left on link `ifindex` (the kernel holds filters without pins): at
+    /// netvlan's place and running netvlan's TC program. Only called for a
+    /// link with such a command's staging directory: at that place there
+    /// can be no other instance's filter, since that attach would have been
+    /// refused (or failed) on it.
+    async fn remove_orphan_filter(&self, ifindex: u32) -> Result<(), DatapathError> {
+        let link = match self.netlink.link_by_index(ifindex).await {
+            Ok(link) => link,
+            Err(NetlinkError::NoSuchIfindex { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         let Some(filter) = self.wire_filter(link.ifindex).await? else {
             return Ok(());
         };
@@ -831,7 +837,7 @@ impl Datapath {
             return Ok(());
         }
         tracing::info!(
-            "{}: removing netvlan's TC filter (program {}) that has no pins",
+            "{}: removing netvlan's TC filter (program {}) that a killed command left without pins",
             link.name,
             filter.prog_id
         );
@@ -954,21 +960,36 @@ impl Datapath {
         Ok(stale(Some(link.name), reason))
     }
 
-    /// Removes what dead netvlan processes left half-pinned.
-    pub fn remove_dead_staging(&self) -> Result<Vec<PathBuf>, DatapathError> {
-        self.pins
+    /// Removes what dead netvlan processes left half-pinned, and the
+    /// clsact filter such a process attached on the link before it died.
+    pub async fn remove_dead_staging(&self) -> Result<Vec<PathBuf>, DatapathError> {
+        let removed = self
+            .pins
             .remove_dead_staging()
             .map_err(|source| DatapathError::PinDir {
                 path: self.pins.dir().into(),
                 source,
-            })
+            })?;
+        for path in &removed {
+            // staging-if-<ifindex>-<pid>
+            let ifindex = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("staging-if-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|i| i.parse().ok());
+            if let Some(ifindex) = ifindex {
+                self.remove_orphan_filter(ifindex).await?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the pins of every stale attachment; returns what was removed.
     /// Keeps going past a directory it cannot remove and then reports every
     /// such failure ([`DatapathError::Teardown`]).
     pub async fn prune(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
-        self.remove_dead_staging()?;
+        self.remove_dead_staging().await?;
         let mut removed = Vec::new();
         let mut failures = Vec::new();
         for status in self.status().await? {
