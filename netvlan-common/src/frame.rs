@@ -17,6 +17,11 @@
 //!   The loop is unrolled by hand: the verifier needs a bound it can see.
 //! - VLAN id 0 means untagged. A priority-tagged frame (tag present, VID 0)
 //!   also reports VID 0, as 802.1Q says it belongs to the native VLAN.
+//! - At TC, with receive VLAN offload on, the kernel has already taken the
+//!   outer tag out of the bytes into `skb->vlan_tci`: the view reports it
+//!   as an [`OffloadedTag`], which counts as the outer tag (the tags left
+//!   in the bytes come after it), so a frame classifies the same with the
+//!   offload on or off.
 //!
 //! [`Malformed`]: Classification::Malformed
 //! [`Classified`]: Classification::Classified
@@ -54,6 +59,60 @@ pub trait FrameBytes {
     fn frame_len(&self) -> usize;
     /// The `N` bytes starting at `offset`, or `None` past the end.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// The outer tag the kernel moved out of the bytes (receive VLAN
+    /// offload), if any; `frame_len` does not include it.
+    #[inline(always)]
+    fn offloaded_tag(&self) -> Option<OffloadedTag> {
+        None
+    }
+}
+
+/// An outer VLAN tag carried beside the frame instead of in it
+/// (`skb->vlan_present`/`vlan_tci`/`vlan_proto` at TC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffloadedTag {
+    /// The tag's TCI (priority, DEI and VLAN id), host byte order.
+    pub tci: u16,
+}
+
+impl OffloadedTag {
+    /// The tag an skb carries beside its bytes: `present` as
+    /// `__sk_buff.vlan_present`, `proto` the TPID in host byte order (the
+    /// skb keeps it in network order), `tci` as `__sk_buff.vlan_tci`. A TPID
+    /// that is no VLAN's is no tag.
+    #[inline(always)]
+    pub fn from_skb(present: u32, proto: u16, tci: u32) -> Option<Self> {
+        (present != 0 && is_vlan_tpid(proto)).then_some(OffloadedTag { tci: tci as u16 })
+    }
+
+    #[inline(always)]
+    pub const fn vid(self) -> u16 {
+        self.tci & 0x0fff
+    }
+}
+
+/// A frame's bytes with the outer tag the kernel offloaded, for host
+/// tests, models and fuzzers of the TC hook.
+pub struct OffloadedFrame<'a> {
+    pub bytes: &'a [u8],
+    pub tag: Option<OffloadedTag>,
+}
+
+impl FrameBytes for OffloadedFrame<'_> {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.bytes.read(offset)
+    }
+
+    #[inline(always)]
+    fn offloaded_tag(&self) -> Option<OffloadedTag> {
+        self.tag
+    }
 }
 
 impl FrameBytes for [u8] {
@@ -78,6 +137,7 @@ impl FrameBytes for [u8] {
 pub struct PacketBytes {
     data: usize,
     data_end: usize,
+    tag: Option<OffloadedTag>,
 }
 
 impl PacketBytes {
@@ -87,7 +147,17 @@ impl PacketBytes {
     /// lives (a program's packet pointers).
     #[inline(always)]
     pub unsafe fn new(data: usize, data_end: usize) -> Self {
-        PacketBytes { data, data_end }
+        PacketBytes {
+            data,
+            data_end,
+            tag: None,
+        }
+    }
+
+    /// The same bytes, with the outer tag the kernel took out of them.
+    #[inline(always)]
+    pub fn with_offloaded_tag(self, tag: Option<OffloadedTag>) -> Self {
+        PacketBytes { tag, ..self }
     }
 }
 
@@ -106,6 +176,11 @@ impl FrameBytes for PacketBytes {
         // SAFETY: in bounds (checked above) of memory `new` vouched for;
         // packet data has no alignment.
         Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn offloaded_tag(&self) -> Option<OffloadedTag> {
+        self.tag
     }
 }
 
@@ -238,7 +313,15 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         return Classification::Malformed(Anomaly::ShortHeader);
     };
     let mut anomalies = AnomalySet::EMPTY;
-    if len < ETH_ZLEN {
+    let offloaded = frame.offloaded_tag();
+    // On the wire an offloaded tag stood in the frame: a runt is judged by
+    // the frame as sent.
+    let wire_len = if offloaded.is_some() {
+        len + VLAN_HLEN
+    } else {
+        len
+    };
+    if wire_len < ETH_ZLEN {
         anomalies.insert(Anomaly::Runt);
     }
     let mut dst = [0u8; 6];
@@ -247,28 +330,38 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
     src.copy_from_slice(&header[6..12]);
     let mut ethertype = u16::from_be_bytes([header[12], header[13]]);
     let mut offset = ETH_HLEN;
-    let mut tags = 0u8;
-    let mut outer_vid = 0u16;
+    let (mut tags, mut outer_vid) = match offloaded {
+        Some(tag) => (1u8, tag.vid()),
+        None => (0u8, 0u16),
+    };
     let mut inner_vid = 0u16;
 
     if is_vlan_tpid(ethertype) {
         let Some((vid, next)) = read_tag(frame, offset) else {
             return Classification::Malformed(Anomaly::TruncatedTag);
         };
-        outer_vid = vid;
+        if tags == 0 {
+            outer_vid = vid;
+        } else {
+            inner_vid = vid;
+        }
         ethertype = next;
         offset += VLAN_HLEN;
-        tags = 1;
+        tags += 1;
         if is_vlan_tpid(ethertype) {
-            let Some((vid, next)) = read_tag(frame, offset) else {
-                return Classification::Malformed(Anomaly::TruncatedTag);
-            };
-            inner_vid = vid;
-            ethertype = next;
-            offset += VLAN_HLEN;
-            tags = 2;
-            if is_vlan_tpid(ethertype) {
+            if usize::from(tags) == MAX_TAGS {
                 anomalies.insert(Anomaly::ExcessTags);
+            } else {
+                let Some((vid, next)) = read_tag(frame, offset) else {
+                    return Classification::Malformed(Anomaly::TruncatedTag);
+                };
+                inner_vid = vid;
+                ethertype = next;
+                offset += VLAN_HLEN;
+                tags = 2;
+                if is_vlan_tpid(ethertype) {
+                    anomalies.insert(Anomaly::ExcessTags);
+                }
             }
         }
     }
@@ -546,6 +639,83 @@ mod tests {
         );
         let f = classified(&frame(&[], ETH_P_ARP, &arp[..27], 0));
         assert!(f.anomalies.contains(Anomaly::MalformedL3), "27-byte ARP");
+    }
+
+    /// The frame with its outer tag taken out, as receive VLAN offload
+    /// hands it to TC: the tag's TCI beside the remaining bytes.
+    fn offload_outer_tag(bytes: &[u8]) -> (Vec<u8>, OffloadedTag) {
+        let tci = u16::from_be_bytes([bytes[14], bytes[15]]);
+        let mut rest = bytes[..12].to_vec();
+        rest.extend_from_slice(&bytes[16..]);
+        (rest, OffloadedTag { tci })
+    }
+
+    #[test]
+    fn an_offloaded_outer_tag_classifies_as_the_tag_in_the_frame() {
+        let cases = [
+            frame(&[(ETH_P_8021Q, 10)], ETH_P_IP, &ipv4_header(), 64),
+            frame(&[(ETH_P_8021Q, 10)], ETH_P_IP, &ipv4_header(), 50),
+            frame(
+                &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 20)],
+                ETH_P_IP,
+                &ipv4_header(),
+                64,
+            ),
+            frame(
+                &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 20), (ETH_P_8021Q, 30)],
+                ETH_P_IP,
+                &ipv4_header(),
+                64,
+            ),
+            frame(&[(ETH_P_8021Q, 4095)], ETH_P_IPV6, &[0x60; 40], 80),
+            frame(&[(ETH_P_8021Q, 7)], ETH_P_IP, &[0x45; 3], 0),
+        ];
+        for inline in &cases {
+            let (bytes, tag) = offload_outer_tag(inline);
+            let offloaded = OffloadedFrame {
+                bytes: &bytes,
+                tag: Some(tag),
+            };
+            let (a, b) = (classified(inline), classify(&offloaded));
+            let Classification::Classified(b) = b else {
+                panic!("{b:?} for {inline:02x?}");
+            };
+            // Everything but where L3 starts in the bytes handed over.
+            assert_eq!(
+                (a.tags, a.outer_vid, a.inner_vid, a.ethertype, a.l3),
+                (b.tags, b.outer_vid, b.inner_vid, b.ethertype, b.l3),
+                "{inline:02x?}"
+            );
+            assert_eq!(
+                (a.anomalies, a.dst, a.src, a.dst_ip, a.src_ip),
+                (b.anomalies, b.dst, b.src, b.dst_ip, b.src_ip)
+            );
+            assert_eq!(
+                usize::from(a.l3_offset),
+                usize::from(b.l3_offset) + VLAN_HLEN
+            );
+        }
+    }
+
+    #[test]
+    fn offloaded_tags_come_from_the_skb_fields_only_when_present_and_a_vlan_tpid() {
+        assert_eq!(
+            OffloadedTag::from_skb(1, ETH_P_8021Q, 0x200a).map(OffloadedTag::vid),
+            Some(10)
+        );
+        assert_eq!(
+            OffloadedTag::from_skb(1, ETH_P_8021AD, 100).map(OffloadedTag::vid),
+            Some(100)
+        );
+        assert_eq!(OffloadedTag::from_skb(0, ETH_P_8021Q, 10), None);
+        assert_eq!(OffloadedTag::from_skb(1, ETH_P_IP, 10), None);
+        // Without a tag beside it, the view classifies the bytes as they are.
+        let plain = frame(&[], ETH_P_IP, &ipv4_header(), 64);
+        let f = classify(&OffloadedFrame {
+            bytes: &plain,
+            tag: None,
+        });
+        assert_eq!(f, classify(plain.as_slice()));
     }
 
     #[test]

@@ -200,23 +200,32 @@ impl Lan {
     /// A network `name` on eth0, subnet 10.`subnet`.0.0/24, whose gateway
     /// 10.`subnet`.0.1 the switch namespace answers.
     pub fn network_on_eth0(&self, name: &str, subnet: u8) {
+        self.network_on_eth0_with(name, subnet, &[]);
+    }
+
+    /// [`Lan::network_on_eth0`] with more `-o` options (`hook=xdp`, ...).
+    pub fn network_on_eth0_with(&self, name: &str, subnet: u8, options: &[&str]) {
         let gateway = format!("10.{subnet}.0.1");
         self.switch.exec(
             "ip",
             &["addr", "add", &format!("{gateway}/24"), "dev", "peer0"],
         );
-        self.netvlan(&[
+        let subnet = format!("10.{subnet}.0.0/24");
+        let mut args = vec![
             "network",
             "create",
             "--subnet",
-            &format!("10.{subnet}.0.0/24"),
+            &subnet,
             "--gateway",
             &gateway,
             "-o",
             "parent=eth0",
-            name,
-        ])
-        .ok();
+        ];
+        for option in options {
+            args.extend(["-o", option]);
+        }
+        args.push(name);
+        self.netvlan(&args).ok();
     }
 
     /// `netvlan ARGS` in the host namespace with the fault `failpoint`

@@ -673,9 +673,18 @@ fn vlan_offload_warning_only_for_real_parents_and_only_once() {
     lan.host.exec("ethtool", &["-K", "eth0", "rxvlan", "on"]);
     let warnings = |run: &Run| run.stderr.matches("VLAN offload is on").count();
 
+    // At XDP only: at TC the program reads the offloaded tag from the skb.
     let first = create(
         &lan,
-        &["--subnet", "10.84.1.0/24", "-o", "parent=eth0", "one"],
+        &[
+            "--subnet",
+            "10.84.1.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "hook=xdp",
+            "one",
+        ],
     )
     .ok();
     assert_eq!(warnings(&first), 1, "{}", first.stderr);
@@ -868,7 +877,15 @@ fn detaching_under_networks_is_refused_with_a_machine_readable_error() {
     let lan = Lan::new(false);
     create(
         &lan,
-        &["--subnet", "10.61.0.0/24", "-o", "parent=eth0", "guarded"],
+        &[
+            "--subnet",
+            "10.61.0.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "hook=xdp",
+            "guarded",
+        ],
     )
     .ok();
     let refused = lan

@@ -203,12 +203,12 @@ fn the_datapath_keeps_counting_after_the_command_exits() {
 fn attaching_twice_is_a_no_op_with_one_program() {
     let lab = Lab::new();
     let first = lab
-        .netvlan(&["datapath", "attach", "eth0", "--json"])
+        .netvlan(&["datapath", "attach", "eth0", "--hook", "xdp", "--json"])
         .ok()
         .json();
     assert_eq!(first["changed"], true);
     let again = lab
-        .netvlan(&["datapath", "attach", "eth0", "--json"])
+        .netvlan(&["datapath", "attach", "eth0", "--hook", "xdp", "--json"])
         .ok()
         .json();
     assert_eq!(again["changed"], false, "{again:#}");
@@ -303,9 +303,13 @@ fn a_foreign_xdp_program_is_never_replaced() {
     // Another tool's program: netvlan's own object attached by hand with a
     // second bpf dir, so this netvlan instance does not know it.
     let other = BpfDir::new();
-    let foreign = netvlan(&lab.host, &other, &["datapath", "attach", "eth0", "--json"])
-        .ok()
-        .json();
+    let foreign = netvlan(
+        &lab.host,
+        &other,
+        &["datapath", "attach", "eth0", "--hook", "xdp", "--json"],
+    )
+    .ok()
+    .json();
     let run = lab.netvlan(&["datapath", "attach", "eth0"]).failed();
     assert!(run.stderr.contains("another XDP program"), "{}", run.stderr);
     let link = lab.host.link_json("eth0");
@@ -368,7 +372,8 @@ fn a_deleted_interface_shows_as_stale_and_prune_clears_it() {
 #[test]
 fn an_upgrade_keeps_the_counters_and_adds_the_maps_an_older_build_lacked() {
     let lab = Lab::new();
-    lab.netvlan(&["datapath", "attach", "eth0"]).ok();
+    lab.netvlan(&["datapath", "attach", "eth0", "--hook", "xdp"])
+        .ok();
     let socket = PacketSocket::open(&lab.sender, "peer0");
     socket.send_many(&FrameBuilder::new(MAC_A, SENDER).build(60), 4);
     lab.stats_after(4);

@@ -120,14 +120,24 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn xdp_on_uplink(prefix: &str) -> Option<u64> {
+/// The program id of netvlan's wire on the demo's uplink, at whichever
+/// hook it runs (`datapath status`, checked against the kernel).
+fn wire_on_uplink(prefix: &str, state: &StateDir, bpf: &BpfDir) -> Option<u64> {
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{prefix}-host"))
-        .args(["ip", "-j", "link", "show", "dev", "uplink"])
+        .arg(netvlan_bin())
+        .args(["datapath", "status", "--json"])
+        // The demo keeps its state and pins under `demo/PREFIX`.
+        .env("NETVLAN_STATE_DIR", state.path().join("demo").join(prefix))
+        .env("NETVLAN_BPF_DIR", bpf.path().join("demo").join(prefix))
         .output()
         .expect("nsenter runs");
-    let links: Value = serde_json::from_slice(&out.stdout).ok()?;
-    links[0]["xdp"]["prog"]["id"].as_u64()
+    let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+    status["attachments"]
+        .as_array()?
+        .iter()
+        .find(|a| a["ifname"] == "uplink" && a["state"] == "attached")?["prog_id"]
+        .as_u64()
 }
 
 #[test]
@@ -139,7 +149,7 @@ fn demos_with_different_prefixes_live_side_by_side_and_each_down_removes_only_it
     let _guards = (DownOnDrop(&a, &state, &bpf), DownOnDrop(&b, &state, &bpf));
     let up_a = demo(&a, &state, &bpf, &["up", "--json"]);
     assert!(up_a.status.success(), "{}", stderr(&up_a));
-    let a_prog = xdp_on_uplink(&a).expect("demo A's datapath is on its uplink");
+    let a_prog = wire_on_uplink(&a, &state, &bpf).expect("demo A's datapath is on its uplink");
     let up_b = demo(&b, &state, &bpf, &["up", "--json"]);
     assert!(
         up_b.status.success(),
@@ -152,7 +162,11 @@ fn demos_with_different_prefixes_live_side_by_side_and_each_down_removes_only_it
     assert_eq!(demo_namespaces(&b), Vec::<String>::new());
     // Demo A is whole: namespaces, XDP program, state and counters.
     assert!(!demo_namespaces(&a).is_empty());
-    assert_eq!(xdp_on_uplink(&a), Some(a_prog), "B's down touched A's XDP");
+    assert_eq!(
+        wire_on_uplink(&a, &state, &bpf),
+        Some(a_prog),
+        "B's down touched A's datapath"
+    );
     let status = demo(&a, &state, &bpf, &["status", "--json"]);
     assert!(status.status.success(), "{}", stderr(&status));
     let report: Value = serde_json::from_slice(&status.stdout).unwrap();

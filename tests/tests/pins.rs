@@ -334,7 +334,8 @@ fn a_placeholder_is_never_a_parent_and_orphans_netvlan_tagged_are_removed() {
 #[test]
 fn enforcement_is_never_lost_in_silence() {
     let lan = Lan::new(false);
-    lan.network_on_eth0("guarded", 73);
+    // XDP: the checks below read the XDP program on eth0.
+    lan.network_on_eth0_with("guarded", 73, &["hook=xdp"]);
     let refused = lan.netvlan(&["datapath", "detach", "eth0"]).failed();
     assert!(
         refused.stderr.contains("guarded") && refused.stderr.contains("--force"),

@@ -221,6 +221,9 @@ fn policy_holds_and_counters_grow_through_killed_commands_and_program_swaps() {
         "unknown_dst=drop",
         "-o",
         "mac_deny=02:00:00:00:00:66",
+        // The swaps below are read from the XDP program on eth0.
+        "-o",
+        "hook=xdp",
         "steady",
     ])
     .ok();

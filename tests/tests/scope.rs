@@ -22,6 +22,9 @@ const CREATE_LAN: &[&str] = &[
     "172.16.86.0/24",
     "-o",
     "parent=eth0",
+    // The checks read the XDP program on eth0.
+    "-o",
+    "hook=xdp",
     "lan",
 ];
 

@@ -28,7 +28,7 @@ use netvlan_common::{
         decide, Context, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY,
         IP_NOT_REGISTERED,
     },
-    frame::{classify, Anomaly, Classification, FrameBytes, PacketBytes},
+    frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
     maps::{
         dst_slot, CounterSlot, Counters, DstCounters, DstKey, DstTables, IpKey, LearnKey,
         MacGuardState, MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS,
@@ -163,11 +163,22 @@ const TC_HEADERS: u32 = 14 + 8 + 40;
 
 /// The same classifier and decision at TC ingress, for parents where
 /// native XDP would cost the receive offloads (veth, virtio-net).
+///
+/// With receive VLAN offload on, the kernel has moved the outer tag out of
+/// the bytes into the skb: the frame view carries it, so it classifies as
+/// the outer tag, and the 4 bytes it took on the wire are counted.
 #[classifier]
 pub fn netvlan_tc(ctx: TcContext) -> i32 {
-    let frame = tc_frame(&ctx, TC_HEADERS);
+    // SAFETY: the context's skb, valid for this run; plain field reads.
+    let (present, proto, tci) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.vlan_present, skb.vlan_proto, skb.vlan_tci)
+    };
+    // vlan_proto is kept in network byte order.
+    let tag = OffloadedTag::from_skb(present, u16::from_be(proto as u16), tci);
+    let frame = tc_frame(&ctx, TC_HEADERS).with_offloaded_tag(tag);
     // skb->len, not the linear part the frame view covers.
-    let len = u64::from(ctx.len());
+    let len = u64::from(ctx.len()) + if tag.is_some() { VLAN_HLEN as u64 } else { 0 };
     // A GRO'd skb carries gso_segs wire frames (0 for one never GRO'd).
     // SAFETY: the context pointer is valid for this run; gso_segs is a
     // readable field of __sk_buff for TC programs.

@@ -11,15 +11,18 @@ use super::{
 use crate::control::Manager;
 use crate::datapath::{
     upgrade::{EndpointUpgradeOutcome, UpgradeOutcome},
-    AttachMode, AttachOutcome, AttachmentStatus, Datapath,
+    AttachMode, AttachOutcome, AttachmentStatus, Datapath, Hook,
 };
 
 #[derive(Subcommand)]
 pub(super) enum DatapathCommand {
-    /// Load the XDP program on IFACE and pin it so it keeps running.
+    /// Load the wire program on IFACE and pin it so it keeps running.
     ///
-    /// Attaching where netvlan already runs is a no-op. Example:
+    /// At XDP, or at TC ingress where native XDP costs the driver its
+    /// receive offloads (--hook auto: veth, virtio_net). Attaching where
+    /// netvlan already runs is a no-op. Example:
     ///   netvlan datapath attach eth0 --mode auto
+    ///   netvlan datapath attach eth0 --hook tc
     #[command(verbatim_doc_comment)]
     Attach {
         /// Interface in the current network namespace.
@@ -27,10 +30,13 @@ pub(super) enum DatapathCommand {
         /// auto tries native (driver) XDP and falls back to generic.
         #[arg(long, value_parser = keyword_parser::<AttachMode>(), default_value_t = AttachMode::Auto)]
         mode: AttachMode,
+        /// auto: tc on veth and virtio_net, xdp elsewhere.
+        #[arg(long, value_parser = keyword_parser::<Hook>(), default_value_t = Hook::Auto)]
+        hook: Hook,
         #[command(flatten)]
         output: Output,
     },
-    /// Detach the XDP program from IFACE and remove its pins and counters.
+    /// Detach the wire program from IFACE and remove its pins and counters.
     ///
     /// Refused while networks use IFACE (nothing would enforce their
     /// policy) unless --force.
@@ -87,9 +93,10 @@ pub(super) async fn run(
         DatapathCommand::Attach {
             iface,
             mode,
+            hook,
             output,
         } => {
-            let outcome = datapath.attach(&iface, mode).await?;
+            let outcome = datapath.attach_at(&iface, mode, hook).await?;
             let (attachment, changed, fallback) = match &outcome {
                 AttachOutcome::Attached {
                     attachment,
@@ -105,9 +112,10 @@ pub(super) async fn run(
                 }))?;
             } else if changed {
                 out!(
-                    "attached to {} (ifindex {}) in {} mode, program id {}; pinned at {}",
+                    "attached to {} (ifindex {}) at the {} hook in {} mode, program id {}; pinned at {}",
                     attachment.ifname,
                     attachment.ifindex,
+                    attachment.hook,
                     attachment.mode,
                     attachment.prog_id,
                     attachment.pin_dir.display()
@@ -117,8 +125,9 @@ pub(super) async fn run(
                 }
             } else {
                 out!(
-                    "already attached to {} in {} mode (program id {}); nothing to do",
+                    "already attached to {} at the {} hook in {} mode (program id {}); nothing to do",
                     attachment.ifname,
+                    attachment.hook,
                     attachment.mode,
                     attachment.prog_id
                 );
@@ -256,18 +265,20 @@ fn print_status(statuses: &[AttachmentStatus]) {
         return;
     }
     out!(
-        "{:<16} {:>7} {:<8} {:>7}  PINS",
+        "{:<16} {:>7} {:<4} {:<8} {:>7}  PINS",
         "INTERFACE",
         "IFINDEX",
+        "HOOK",
         "MODE",
         "PROG"
     );
     for status in statuses {
         match status {
             AttachmentStatus::Attached(a) => out!(
-                "{:<16} {:>7} {:<8} {:>7}  {}",
+                "{:<16} {:>7} {:<4} {:<8} {:>7}  {}",
                 a.ifname,
                 a.ifindex,
+                a.hook.to_string(),
                 a.mode.to_string(),
                 a.prog_id,
                 a.pin_dir.display()
@@ -278,9 +289,10 @@ fn print_status(statuses: &[AttachmentStatus]) {
                 reason,
                 pin_dir,
             } => out!(
-                "{:<16} {:>7} {:<8} {:>7}  {} (stale: {reason}; `netvlan datapath prune` removes it)",
+                "{:<16} {:>7} {:<4} {:<8} {:>7}  {} (stale: {reason}; `netvlan datapath prune` removes it)",
                 ifname.as_deref().unwrap_or("-"),
                 ifindex,
+                "-",
                 "stale",
                 "-",
                 pin_dir.display()

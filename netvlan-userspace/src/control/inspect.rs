@@ -98,6 +98,9 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             "ParentCreatedByNetvlan": record.parent.created,
             "DatapathOn": record.parent.wire,
             "DatapathOwned": record.datapath_owned,
+            // The hook asked for (`auto` picks per driver; `datapath status`
+            // shows the one it runs at).
+            "Hook": record.options.hook.to_string(),
             // IPv6 was switched on because an IPv6 subnet was given.
             "IPv6Inferred": record.ipv6_inferred,
             "Endpoints": endpoints,

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{AttachMode, AttachOutcome, Attachment, Datapath, DatapathError},
+    datapath::{AttachMode, AttachOutcome, Attachment, Datapath, DatapathError, Hook},
     ipam::{self, Family, GatewayPolicy, IpamConfig, IpamState},
     store::Store,
     sys::netlink::{IpvlanMode, MacvlanMode, Netlink, NetlinkError, NewLink},
@@ -219,6 +219,7 @@ impl Manager {
         let id = new_id();
         let mut parent = options::plan_parent(options.parent.as_deref(), &id)?;
         check_parent_conflicts(&existing, &parent, &options)?;
+        options::check_hook_agreement(on_wires(&existing), &parent.wire, &options)?;
         check_subnet_overlaps(&existing, &ipam)?;
         wire_policy::check_policy_scope(
             &existing,
@@ -338,7 +339,17 @@ impl Manager {
                 wire: parent.wire.clone(),
             })?;
         }
-        let owned = match self.datapath.attach(&parent.wire, AttachMode::Auto).await {
+        // An explicit hook, this network's or one its wire's networks share.
+        let hook = match options.hook {
+            Hook::Auto => options::wire_hook(on_wires(existing), &parent.wire)
+                .map_or(Hook::Auto, |(hook, _)| hook),
+            explicit => explicit,
+        };
+        let attached = self
+            .datapath
+            .attach_at(&parent.wire, AttachMode::Auto, hook)
+            .await;
+        let owned = match attached {
             Ok(AttachOutcome::Attached { .. }) => true,
             Ok(AttachOutcome::AlreadyAttached(_)) => existing
                 .iter()
@@ -347,6 +358,12 @@ impl Manager {
                 ifname, prog_id, ..
             }) => {
                 tracing::warn!("{ifname} runs another XDP program (id {prog_id}); the network works, without netvlan's counters");
+                false
+            }
+            Err(DatapathError::ForeignTcProgram {
+                ifname, prog_id, ..
+            }) => {
+                tracing::warn!("{ifname} runs another program at TC ingress (id {prog_id}); the network works, without netvlan's counters");
                 false
             }
             Err(e) => return Err(e.into()),
@@ -540,6 +557,13 @@ impl Manager {
     pub(crate) fn datapath(&self) -> &Datapath {
         &self.datapath
     }
+}
+
+/// Each network's name, wire and options, for the checks that span a wire.
+fn on_wires(records: &[NetworkRecord]) -> impl Iterator<Item = (&str, &str, &NetworkOptions)> {
+    records
+        .iter()
+        .map(|n| (n.name.as_str(), n.parent.wire.as_str(), &n.options))
 }
 
 /// The other end of a placeholder made of a veth pair.

@@ -99,6 +99,7 @@ impl Operation {
                 let failed = |action: &str, e: DatapathError| UndoFailure::new(action, e);
                 let mut done: Vec<String> = datapath
                     .remove_dead_staging()
+                    .await
                     .map_err(|e| failed("removing dead staging pins", e))?
                     .into_iter()
                     .map(|path| format!("removed {}", path.display()))

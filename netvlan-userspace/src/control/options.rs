@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{driver::Driver, InvalidRequest, NetworkError, Parent, ParentKind};
 use crate::{
+    datapath::Hook,
     keyword::Keyword,
     sys::netlink::{IpvlanFlag, IpvlanMode, MacvlanMode},
 };
@@ -29,6 +30,10 @@ pub struct NetworkOptions {
     /// Anti-spoofing on every endpoint's egress (`spoofcheck=on|off`).
     #[serde(default = "spoofcheck_default")]
     pub spoofcheck: bool,
+    /// Where the wire program runs on the parent (`hook=auto|xdp|tc`);
+    /// every network of a parent shares its hook.
+    #[serde(default)]
+    pub hook: Hook,
     /// Datapath policy (`unknown_dst=`, `vlans=`, `mac_deny=`).
     #[serde(default)]
     pub policy: PolicyOptions,
@@ -96,6 +101,13 @@ pub enum OptionError {
     TooManyDenied(usize),
     #[error("max_macs: the networks on {wire} would learn up to {budget} MACs in all; one parent learns at most {MAC_LEARN_BUDGET}")]
     LearnBudget { wire: String, budget: u32 },
+    #[error("hook={requested} conflicts with network '{network}' on {wire}, which has hook={theirs}; the networks of one parent share its hook")]
+    HookConflict {
+        wire: String,
+        requested: Hook,
+        network: String,
+        theirs: Hook,
+    },
 }
 
 /// Where a key's value goes.
@@ -273,6 +285,16 @@ pub const OPTION_KEYS: &[OptionKey] = &[
         }),
     },
     OptionKey {
+        name: "hook",
+        values: "auto|xdp|tc",
+        help: "where the parent's wire program runs: tc on veth and virtio_net (native XDP turns their receive offloads off), xdp elsewhere (auto); shared by the parent's networks",
+        driver: None,
+        set: Setter::Network(|o, v| {
+            o.hook = keyword("hook", v)?;
+            Ok(())
+        }),
+    },
+    OptionKey {
         name: "spoofcheck",
         values: "on|off",
         help: "drop what an endpoint sends from a MAC or address not its own",
@@ -420,6 +442,7 @@ impl NetworkOptions {
             ipvlan_flag: (driver == Driver::Ipvlan).then(IpvlanFlag::default),
             mtu: None,
             spoofcheck: spoofcheck_default(),
+            hook: Hook::default(),
             policy: PolicyOptions::default(),
             raw: BTreeMap::new(),
         };
@@ -434,6 +457,40 @@ impl NetworkOptions {
         }
         options.raw = raw;
         Ok(options)
+    }
+}
+
+/// The hook the networks on `wire` ask for explicitly (`hook=` given),
+/// with the first network that asked; `auto` ones follow the others.
+pub(crate) fn wire_hook<'a>(
+    networks: impl IntoIterator<Item = (&'a str, &'a str, &'a NetworkOptions)>,
+    wire: &str,
+) -> Option<(Hook, &'a str)> {
+    networks
+        .into_iter()
+        .filter(|(_, w, o)| *w == wire && o.hook != Hook::Auto)
+        .map(|(name, _, o)| (o.hook, name))
+        .next()
+}
+
+/// Refuses an explicit `hook=` that differs from the one another network
+/// of the same wire asked for, naming both.
+pub(crate) fn check_hook_agreement<'a>(
+    networks: impl IntoIterator<Item = (&'a str, &'a str, &'a NetworkOptions)>,
+    wire: &str,
+    options: &NetworkOptions,
+) -> Result<(), OptionError> {
+    if options.hook == Hook::Auto {
+        return Ok(());
+    }
+    match wire_hook(networks, wire) {
+        Some((theirs, network)) if theirs != options.hook => Err(OptionError::HookConflict {
+            wire: wire.to_string(),
+            requested: options.hook,
+            network: network.to_string(),
+            theirs,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -561,10 +618,12 @@ mod tests {
                 "mac_deny=02:00:00:00:00:66",
                 "max_macs=64",
                 "max_macs_action=count",
+                "hook=tc",
                 "spoofcheck=off",
             ]),
         )
         .unwrap();
+        assert_eq!(o.hook, Hook::Tc);
         assert_eq!(o.parent.as_deref(), Some("eth0.10"));
         assert_eq!(o.macvlan_mode, Some(MacvlanMode::Vepa));
         assert_eq!((o.mtu, o.spoofcheck), (Some(1400), false));
@@ -572,7 +631,49 @@ mod tests {
         assert_eq!(o.policy.vlans, Some([10, 20, 21].into()));
         assert_eq!(o.policy.mac_deny, [[2, 0, 0, 0, 0, 0x66]].into());
         assert_eq!(o.policy.max_macs, Some(64));
-        assert_eq!(o.raw.len(), 9);
+        assert_eq!(o.raw.len(), 10);
+    }
+
+    #[test]
+    fn hook_is_auto_unless_given_and_a_bad_one_names_the_choices() {
+        let o = NetworkOptions::parse(Driver::Macvlan, &opts(&["parent=eth0"])).unwrap();
+        assert_eq!(o.hook, Hook::Auto);
+        for (given, want) in [("auto", Hook::Auto), ("xdp", Hook::Xdp), ("tc", Hook::Tc)] {
+            let o =
+                NetworkOptions::parse(Driver::Ipvlan, &opts(&[&format!("hook={given}")])).unwrap();
+            assert_eq!(o.hook, want);
+        }
+        let e = NetworkOptions::parse(Driver::Macvlan, &opts(&["hook=ebpf"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "hook=ebpf: expected one of auto, xdp, tc");
+        // Records stored before the hook existed read as auto.
+        let mut stored = serde_json::to_value(&o).unwrap();
+        stored.as_object_mut().unwrap().remove("hook");
+        let old: NetworkOptions = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.hook, Hook::Auto);
+    }
+
+    #[test]
+    fn networks_on_one_wire_must_agree_on_an_explicit_hook() {
+        let parse = |o: &[&str]| NetworkOptions::parse(Driver::Macvlan, &opts(o)).unwrap();
+        let (xdp, auto, tc) = (parse(&["hook=xdp"]), parse(&[]), parse(&["hook=tc"]));
+        let existing = [
+            ("a", "eth1", &tc),
+            ("b", "eth0", &auto),
+            ("c", "eth0", &xdp),
+        ];
+        let e = check_hook_agreement(existing, "eth0", &tc).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hook=tc conflicts with network 'c' on eth0, which has hook=xdp; the networks of one parent share its hook"
+        );
+        assert!(check_hook_agreement(existing, "eth0", &xdp).is_ok());
+        assert!(check_hook_agreement(existing, "eth0", &auto).is_ok());
+        assert!(check_hook_agreement(existing, "eth1", &tc).is_ok());
+        assert!(check_hook_agreement(existing, "eth2", &xdp).is_ok());
+        assert_eq!(wire_hook(existing, "eth0"), Some((Hook::Xdp, "c")));
+        assert_eq!(wire_hook(existing, "eth2"), None);
     }
 
     #[test]

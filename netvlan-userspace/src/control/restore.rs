@@ -172,14 +172,14 @@ impl Manager {
         }
         let (action, error) = match self
             .datapath()
-            .attach(&record.parent.wire, AttachMode::Auto)
+            .attach_at(&record.parent.wire, AttachMode::Auto, record.options.hook)
             .await
         {
             Ok(AttachOutcome::AlreadyAttached(_)) => return,
             Ok(AttachOutcome::Attached { attachment, .. }) => (
                 format!(
-                    "attach datapath to {} ({} mode)",
-                    attachment.ifname, attachment.mode
+                    "attach datapath to {} ({} hook, {} mode)",
+                    attachment.ifname, attachment.hook, attachment.mode
                 ),
                 None,
             ),

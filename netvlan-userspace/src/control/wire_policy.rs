@@ -302,8 +302,11 @@ impl Manager {
             // (detached by hand, pins removed): attach again, or fail.
             Err(DatapathError::NotAttached { .. }) => {
                 tracing::warn!("netvlan's datapath was missing on {wire}; attaching it again");
+                // At the hook the wire's networks asked for, if any did.
+                let hook = super::options::wire_hook(super::on_wires(records), wire)
+                    .map_or(crate::datapath::Hook::Auto, |(hook, _)| hook);
                 self.datapath()
-                    .attach(wire, crate::datapath::AttachMode::Auto)
+                    .attach_at(wire, crate::datapath::AttachMode::Auto, hook)
                     .await?;
                 Ok(self.datapath().apply_policy(wire, &policy).await?)
             }

@@ -17,12 +17,12 @@ use netvlan_common::{
 };
 use serde::Serialize;
 
+use super::WireMode;
 use super::{
     policy_maps::{self, batch_err, open_data},
     Attachment, DatapathError, InterfacePins,
 };
 use crate::sys::bpf_batch::BatchMap;
-use crate::sys::netlink::XdpAttachMode;
 
 /// Packets and bytes received, as printed and serialised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -80,7 +80,7 @@ pub struct MacStats {
 pub struct InterfaceStats {
     pub ifname: String,
     pub ifindex: u32,
-    pub mode: XdpAttachMode,
+    pub mode: WireMode,
     pub prog_id: u32,
     /// Every frame the program saw: the VLANs' frames and the malformed.
     pub frames: RxCounters,

@@ -1,10 +1,18 @@
-//! The datapath loader: attaches netvlan's XDP program to a link, pins it so
-//! it outlives the command, and finds it again later.
+//! The datapath loader: attaches netvlan's wire program to a link, pins it
+//! so it outlives the command, and finds it again later.
+//!
+//! The wire program runs at one of two hooks ([`Hook`]): XDP, or TC ingress
+//! where native XDP would cost the link its receive offloads (veth,
+//! virtio-net turn GRO/TSO off under it). At TC it is a TCX link (6.6+,
+//! pinned like the XDP link) or, on older kernels, a cls_bpf filter in the
+//! clsact ingress hook at netvlan's own priority and handle, which the
+//! kernel holds without a pin.
 //!
 //! Each attachment is a separate instance of the program with its own maps,
 //! pinned under the namespace's directory (see [`pins`]). The kernel's view
-//! (the XDP program id netlink reports on the link) is the truth: pins whose
-//! program is no longer on their link are reported as stale.
+//! (the XDP program netlink reports on the link, the TCX programs the
+//! kernel lists, the clsact filters) is the truth: pins whose program is no
+//! longer on their link are reported as stale.
 
 pub mod counters;
 pub mod endpoint_hooks;
@@ -19,8 +27,10 @@ use aya::{
     maps::MapError,
     programs::{
         links::{FdLink, LinkError},
-        ProgramError, Xdp, XdpMode,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
+    util::KernelVersion,
     Ebpf, EbpfError,
 };
 use netvlan_common::maps;
@@ -78,6 +88,30 @@ pub enum DatapathError {
         prog_id: u32,
         mode: XdpAttachMode,
     },
+    #[error("{ifname} already has another program at TC ingress (id {prog_id}, {mode}) that netvlan did not attach; remove it first")]
+    ForeignTcProgram {
+        ifname: String,
+        prog_id: u32,
+        mode: WireMode,
+    },
+    #[error("{ifname} already runs netvlan's wire program at the {current} hook ({mode}); hook={requested} needs it detached first (`netvlan datapath detach {ifname}`)")]
+    HookMismatch {
+        ifname: String,
+        current: Hook,
+        mode: WireMode,
+        requested: Hook,
+    },
+    #[error("{ifname}: --mode {mode} is an XDP attach mode; the tc hook has none (drop --mode, or use --hook xdp)")]
+    ModeAtTc { ifname: String, mode: AttachMode },
+    #[error("cannot attach at TC ingress of {ifname} ({mode})")]
+    AttachTc {
+        ifname: String,
+        mode: WireMode,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot remove netvlan's TC filter from {ifname}: it is still in the clsact ingress hook (program {prog_id})")]
+    FilterRemains { ifname: String, prog_id: u32 },
     #[error("netvlan's datapath is not attached to {ifname}")]
     NotAttached { ifname: String },
     #[error(
@@ -136,7 +170,14 @@ pub enum DatapathError {
         pinned: String,
         built: String,
     },
-    #[error("cannot swap the XDP program on {ifname} (BPF_LINK_UPDATE)")]
+    #[error("cannot upgrade {ifname} in place: it was attached with another map layout; its pins in {pin_dir} hold {gone}, which this build no longer has (and lack {missing}), so what they count would be lost. Nothing was changed. To move to this build: `netvlan datapath detach {ifname} --force`, then `netvlan restore` (a network's wire: attaches this build and writes the networks' policy again) or `netvlan datapath attach {ifname}`; counters start from zero")]
+    OtherMapLayout {
+        ifname: String,
+        pin_dir: PathBuf,
+        gone: String,
+        missing: String,
+    },
+    #[error("cannot swap the wire program on {ifname} (BPF_LINK_UPDATE, or the clsact filter's replace)")]
     Replace {
         ifname: String,
         #[source]
@@ -228,12 +269,136 @@ impl AttachMode {
     }
 }
 
+/// Where the wire program runs on a parent (`-o hook=`, `--hook`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// TC where the driver's native XDP costs the receive offloads (veth,
+    /// virtio_net), XDP elsewhere.
+    #[default]
+    Auto,
+    /// XDP (native, or generic where the driver has none).
+    Xdp,
+    /// TC ingress: TCX on 6.6+, a clsact filter before.
+    Tc,
+}
+
+impl Keyword for Hook {
+    const WHAT: &'static str = "hook";
+    const ALL: &'static [Self] = &[Self::Auto, Self::Xdp, Self::Tc];
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Auto => "auto",
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Hook::Auto => "TC on veth and virtio_net (where native XDP turns receive offloads off), XDP elsewhere",
+            Hook::Xdp => "XDP: native, or generic where the driver has none",
+            Hook::Tc => "TC ingress: TCX on 6.6+, a clsact filter before",
+        })
+    }
+}
+keyword_text!(Hook);
+
+/// Drivers whose native XDP turns the receive offloads (GRO, the peer's
+/// TSO) off, so TCP through them loses most of its throughput; `auto`
+/// runs the wire at TC ingress there (by the ethtool driver name).
+pub const XDP_COSTS_OFFLOADS: &[&str] = &["veth", "virtio_net"];
+
+impl Hook {
+    /// The hook `auto` picks for a link of driver `driver`.
+    pub fn for_driver(driver: &str) -> Hook {
+        if XDP_COSTS_OFFLOADS.contains(&driver) {
+            Hook::Tc
+        } else {
+            Hook::Xdp
+        }
+    }
+
+    /// The hook this request resolves to on the link named `ifname`; a
+    /// link whose driver cannot be read gets XDP, as before hooks existed.
+    fn resolve(self, ifname: &str) -> Hook {
+        match self {
+            Hook::Auto => crate::sys::ethtool::driver_name(ifname)
+                .map(|driver| Hook::for_driver(&driver))
+                .unwrap_or(Hook::Xdp),
+            explicit => explicit,
+        }
+    }
+}
+
+/// How the wire program is attached, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireMode {
+    /// XDP in the driver.
+    Native,
+    /// XDP in the generic skb path.
+    Generic,
+    /// XDP offloaded to the NIC.
+    Hardware,
+    /// A TCX link at TC ingress (6.6+).
+    Tcx,
+    /// A cls_bpf filter in the clsact qdisc's ingress hook.
+    Clsact,
+}
+
+impl WireMode {
+    pub fn hook(self) -> Hook {
+        match self {
+            WireMode::Native | WireMode::Generic | WireMode::Hardware => Hook::Xdp,
+            WireMode::Tcx | WireMode::Clsact => Hook::Tc,
+        }
+    }
+}
+
+impl From<XdpAttachMode> for WireMode {
+    fn from(mode: XdpAttachMode) -> Self {
+        match mode {
+            XdpAttachMode::Native => WireMode::Native,
+            XdpAttachMode::Generic => WireMode::Generic,
+            XdpAttachMode::Hardware => WireMode::Hardware,
+        }
+    }
+}
+
+impl std::fmt::Display for WireMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WireMode::Native => "native",
+            WireMode::Generic => "generic",
+            WireMode::Hardware => "hardware",
+            WireMode::Tcx => "tcx",
+            WireMode::Clsact => "clsact",
+        })
+    }
+}
+
+/// The clsact filter netvlan's wire program is, on kernels without TCX:
+/// a fixed priority and handle in the ingress hook, so it is found again
+/// (and replaced in place by `upgrade`) without a pin.
+pub const WIRE_FILTER_PRIORITY: u16 = 1;
+pub const WIRE_FILTER_HANDLE: u32 = 0x4e56;
+
+/// Whether the kernel has TCX (6.6+); older ones get a clsact filter.
+pub(crate) fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
 /// A live attachment of netvlan's program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attachment {
     pub ifname: String,
     pub ifindex: u32,
-    pub mode: XdpAttachMode,
+    /// The hook it runs at (`xdp` or `tc`).
+    pub hook: Hook,
+    /// How: native/generic XDP, or a TCX link / clsact filter at TC.
+    pub mode: WireMode,
     pub prog_id: u32,
     pub pin_dir: PathBuf,
 }
@@ -293,26 +458,111 @@ impl Datapath {
         &self.bpf_dir
     }
 
-    /// Attaches the program to `ifname`, or reports that it already is.
+    /// Attaches the program to `ifname` at the hook `auto` picks for it, or
+    /// reports that it already is.
     pub async fn attach(
         &self,
         ifname: &str,
         mode: AttachMode,
     ) -> Result<AttachOutcome, DatapathError> {
+        self.attach_at(ifname, mode, Hook::Auto).await
+    }
+
+    /// Attaches the program to `ifname` at `hook` (`mode` is XDP's), or
+    /// reports that it already is. An attachment at another hook than an
+    /// explicit `hook` is refused, naming both.
+    pub async fn attach_at(
+        &self,
+        ifname: &str,
+        mode: AttachMode,
+        hook: Hook,
+    ) -> Result<AttachOutcome, DatapathError> {
+        // An XDP mode asked for is a request for XDP.
+        let hook = match (hook, mode) {
+            (Hook::Auto, AttachMode::Native | AttachMode::Generic) => Hook::Xdp,
+            (Hook::Tc, AttachMode::Native | AttachMode::Generic) => {
+                return Err(DatapathError::ModeAtTc {
+                    ifname: ifname.into(),
+                    mode,
+                })
+            }
+            (hook, _) => hook,
+        };
         let link = self.netlink.link_by_name(ifname).await?;
+        // What a killed attach left must not block this one.
+        self.remove_dead_staging().await?;
         let pins = self.pins.interface(link.ifindex);
-        if let Some(existing) = self.check_existing(&link, &pins)? {
-            if !mode.accepts(existing.mode) {
-                return Err(DatapathError::ModeMismatch {
+        let wanted = hook.resolve(&link.name);
+        if let Some(existing) = self.check_existing(&link, &pins, wanted).await? {
+            if hook != Hook::Auto && existing.hook != hook {
+                return Err(DatapathError::HookMismatch {
                     ifname: link.name,
-                    current: existing.mode,
-                    requested: mode,
+                    current: existing.hook,
+                    mode: existing.mode,
+                    requested: hook,
                 });
+            }
+            if existing.hook == Hook::Xdp {
+                if let Some(current) = xdp_mode(existing.mode) {
+                    if !mode.accepts(current) {
+                        return Err(DatapathError::ModeMismatch {
+                            ifname: link.name,
+                            current,
+                            requested: mode,
+                        });
+                    }
+                }
             }
             return Ok(AttachOutcome::AlreadyAttached(existing));
         }
 
         pins::ensure_bpffs(&self.bpf_dir)?;
+        let native_refused = match wanted {
+            Hook::Tc => {
+                self.attach_tc(&link, &pins)?;
+                None
+            }
+            _ => self.attach_xdp(&link, &pins, mode)?,
+        };
+
+        // Only a real parent carries tags from a wire; netvlan's own links
+        // (an internal network's placeholder) never see a tagged frame.
+        let netvlan_owned = link
+            .alias
+            .as_deref()
+            .is_some_and(|alias| alias.starts_with(crate::sys::netlink::OWNER_ALIAS_PREFIX));
+        if wanted == Hook::Xdp
+            && !netvlan_owned
+            && crate::sys::ethtool::rx_vlan_offload(&link.name).unwrap_or(false)
+        {
+            tracing::warn!(
+                "{}: VLAN offload is on, so tagged frames reach XDP untagged and count under VLAN 0; \
+                 `ethtool -K {} rxvlan off` makes per-VLAN counters exact",
+                link.name,
+                link.name
+            );
+        }
+        let attached = self.netlink.link_by_index(link.ifindex).await?;
+        let attachment =
+            self.ours(&attached, &pins)
+                .await?
+                .ok_or_else(|| DatapathError::NotAttached {
+                    ifname: link.name.clone(),
+                })?;
+        Ok(AttachOutcome::Attached {
+            attachment,
+            native_refused,
+        })
+    }
+
+    /// Loads and attaches the XDP entry and pins it; returns why native
+    /// mode was refused when `auto` fell back to generic.
+    fn attach_xdp(
+        &self,
+        link: &LinkInfo,
+        pins: &InterfacePins,
+        mode: AttachMode,
+    ) -> Result<Option<String>, DatapathError> {
         let mut ebpf = object::WIRE.load()?;
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DatapathError::Program)?;
@@ -362,90 +612,203 @@ impl Datapath {
         object::WIRE.pin_new(
             &mut ebpf,
             &self.pins.staging(link.ifindex),
-            &pins,
+            pins,
             |ebpf, to| {
                 let program = xdp_program(ebpf)?;
                 object::pin_at(to.program(), |path| program.pin(path))?;
                 object::pin_at(to.link(), |path| fd_link.pin(path).map(drop))
             },
         )?;
-
-        // Only a real parent carries tags from a wire; netvlan's own links
-        // (an internal network's placeholder) never see a tagged frame.
-        let netvlan_owned = link
-            .alias
-            .as_deref()
-            .is_some_and(|alias| alias.starts_with(crate::sys::netlink::OWNER_ALIAS_PREFIX));
-        if !netvlan_owned && crate::sys::ethtool::rx_vlan_offload(&link.name).unwrap_or(false) {
-            tracing::warn!(
-                "{}: VLAN offload is on, so tagged frames reach XDP untagged and count under VLAN 0; \
-                 `ethtool -K {} rxvlan off` makes per-VLAN counters exact",
-                link.name,
-                link.name
-            );
-        }
-        let attached = self.netlink.link_by_index(link.ifindex).await?;
-        let xdp = attached.xdp.ok_or_else(|| DatapathError::NotAttached {
-            ifname: link.name.clone(),
-        })?;
-        Ok(AttachOutcome::Attached {
-            attachment: Attachment {
-                ifname: link.name,
-                ifindex: link.ifindex,
-                mode: xdp.mode,
-                prog_id: xdp.prog_id,
-                pin_dir: pins.dir().into(),
-            },
-            native_refused,
-        })
+        Ok(native_refused)
     }
 
-    /// Returns our live attachment on `link`, clears stale pins, and refuses
-    /// to touch a link that carries someone else's program.
-    fn check_existing(
+    /// Loads and attaches the TC entry at ingress (a TCX link, pinned, or
+    /// netvlan's clsact filter) and pins it.
+    fn attach_tc(&self, link: &LinkInfo, pins: &InterfacePins) -> Result<(), DatapathError> {
+        let mut ebpf = object::WIRE.load()?;
+        let program = tc_program(&mut ebpf)?;
+        program.load().map_err(DatapathError::Program)?;
+        let mode = if tcx_available() {
+            WireMode::Tcx
+        } else {
+            WireMode::Clsact
+        };
+        let attach_err = |source| DatapathError::AttachTc {
+            ifname: link.name.clone(),
+            mode,
+            source,
+        };
+        let options = match mode {
+            WireMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            _ => {
+                // EEXIST: the qdisc is already there, which is what we want.
+                if let Err(e) = tc::qdisc_add_clsact(&link.name) {
+                    let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                    if !exists {
+                        return Err(attach_err(e.into()));
+                    }
+                }
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: WIRE_FILTER_PRIORITY,
+                    handle: TcHandle::from(WIRE_FILTER_HANDLE),
+                    classid: None,
+                })
+            }
+        };
+        let id = program
+            .attach_with_options(&link.name, TcAttachType::Ingress, options)
+            .map_err(attach_err)?;
+        // Held until pinned: dropping it (on failure) closes the TCX link or
+        // deletes the filter, so nothing stays attached.
+        let held = program.take_link(id).map_err(DatapathError::Program)?;
+        let (held, tcx) = match mode {
+            WireMode::Tcx => {
+                let fd_link = FdLink::try_from(held).map_err(|source| DatapathError::Link {
+                    path: pins.link(),
+                    source,
+                })?;
+                (None, Some(fd_link))
+            }
+            _ => (Some(held), None),
+        };
+        object::WIRE.pin_new(
+            &mut ebpf,
+            &self.pins.staging(link.ifindex),
+            pins,
+            |ebpf, to| {
+                upgrade::failpoint("attach-tc-before-pin");
+                let program = tc_program(ebpf)?;
+                object::pin_at(to.program(), |path| program.pin(path))?;
+                match tcx {
+                    Some(fd_link) => object::pin_at(to.link(), |path| fd_link.pin(path).map(drop)),
+                    None => Ok(()),
+                }
+            },
+        )?;
+        // The filter stays with the kernel: let go of it without deleting
+        // it (converting releases it untouched).
+        if let Some(filter) = held {
+            let _ = FdLink::try_from(filter);
+        }
+        Ok(())
+    }
+
+    /// netvlan's live attachment on `link` per its pins, at either hook.
+    async fn ours(
         &self,
         link: &LinkInfo,
         pins: &InterfacePins,
     ) -> Result<Option<Attachment>, DatapathError> {
-        let ours = pinned_program_id(pins);
-        match (link.xdp, ours) {
-            (Some(xdp), Some(id)) if xdp.prog_id == id => Ok(Some(Attachment {
-                ifname: link.name.clone(),
-                ifindex: link.ifindex,
-                mode: xdp.mode,
-                prog_id: xdp.prog_id,
-                pin_dir: pins.dir().into(),
-            })),
-            (Some(xdp), _) => Err(DatapathError::ForeignProgram {
-                ifname: link.name.clone(),
-                prog_id: xdp.prog_id,
-                mode: xdp.mode,
-            }),
-            (None, _) => {
-                if pins.exists() {
-                    tracing::info!(
-                        "{}: removing stale pins {}",
-                        link.name,
-                        pins.dir().display()
-                    );
-                    pins.remove().map_err(|source| DatapathError::PinDir {
-                        path: pins.dir().into(),
-                        source,
-                    })?;
-                }
-                Ok(None)
+        if !pins.exists() {
+            return Ok(None);
+        }
+        let attachment = |mode: WireMode, prog_id: u32| Attachment {
+            ifname: link.name.clone(),
+            ifindex: link.ifindex,
+            hook: mode.hook(),
+            mode,
+            prog_id,
+            pin_dir: pins.dir().into(),
+        };
+        let linked = pinned_program_id(pins);
+        if let (Some(xdp), Some(id)) = (link.xdp, linked) {
+            if xdp.prog_id == id {
+                return Ok(Some(attachment(xdp.mode.into(), id)));
             }
         }
+        if let Some(id) = linked {
+            if tcx_ingress_programs(&link.name).contains(&id) {
+                return Ok(Some(attachment(WireMode::Tcx, id)));
+            }
+            return Ok(None);
+        }
+        // No link pin: a clsact filter, if the pinned program is TC's.
+        if pinned_hook(pins) == Some(Hook::Tc) {
+            if let Some(filter) = self.wire_filter(link.ifindex).await? {
+                return Ok(Some(attachment(WireMode::Clsact, filter.prog_id)));
+            }
+        }
+        Ok(None)
     }
 
-    /// Detaches the program from `ifname` and removes its pins.
+    /// netvlan's clsact filter in `ifindex`'s ingress hook, by its place.
+    async fn wire_filter(
+        &self,
+        ifindex: u32,
+    ) -> Result<Option<crate::sys::netlink::TcBpfFilter>, DatapathError> {
+        Ok(self
+            .netlink
+            .tc_bpf_filters(ifindex, false)
+            .await?
+            .into_iter()
+            .find(|f| f.priority == WIRE_FILTER_PRIORITY && f.handle == WIRE_FILTER_HANDLE))
+    }
+
+    /// Returns our live attachment on `link`, clears stale pins, and refuses
+    /// a link with someone else's XDP program, or (for `hook` tc) someone
+    /// else's program at TC ingress.
+    async fn check_existing(
+        &self,
+        link: &LinkInfo,
+        pins: &InterfacePins,
+        hook: Hook,
+    ) -> Result<Option<Attachment>, DatapathError> {
+        if let Some(ours) = self.ours(link, pins).await? {
+            return Ok(Some(ours));
+        }
+        // Someone's XDP program sees every frame before either hook:
+        // netvlan would count and enforce only what it lets through.
+        if let Some(xdp) = link.xdp {
+            return Err(DatapathError::ForeignProgram {
+                ifname: link.name.clone(),
+                prog_id: xdp.prog_id,
+                mode: xdp.mode,
+            });
+        }
+        if hook == Hook::Tc {
+            let foreign = match tcx_ingress_programs(&link.name).first() {
+                Some(&id) => Some((id, WireMode::Tcx)),
+                None => self
+                    .netlink
+                    .tc_bpf_filters(link.ifindex, false)
+                    .await?
+                    .first()
+                    .map(|f| (f.prog_id, WireMode::Clsact)),
+            };
+            if let Some((prog_id, mode)) = foreign {
+                return Err(DatapathError::ForeignTcProgram {
+                    ifname: link.name.clone(),
+                    prog_id,
+                    mode,
+                });
+            }
+        }
+        if pins.exists() {
+            tracing::info!(
+                "{}: removing stale pins {}",
+                link.name,
+                pins.dir().display()
+            );
+            pins.remove().map_err(|source| DatapathError::PinDir {
+                path: pins.dir().into(),
+                source,
+            })?;
+        }
+        Ok(None)
+    }
+
+    /// Detaches the program from `ifname` and removes its pins (and, at a
+    /// clsact hook, netvlan's filter, which the kernel holds without one).
     pub async fn detach(&self, ifname: &str) -> Result<Attachment, DatapathError> {
         let link = self.netlink.link_by_name(ifname).await?;
         let pins = self.pins.interface(link.ifindex);
         if !pins.exists() {
             return Err(DatapathError::NotAttached { ifname: link.name });
         }
-        let attachment = self.check_existing(&link, &pins)?;
+        let attachment = self.ours(&link, &pins).await?;
+        if let Some(a) = attachment.as_ref().filter(|a| a.mode == WireMode::Clsact) {
+            self.remove_wire_filter(a).await?;
+        }
         // Removing the link pin drops the last reference to the bpf_link,
         // which detaches the program; the maps go with their pins.
         pins.remove().map_err(|source| DatapathError::PinDir {
@@ -458,6 +821,88 @@ impl Datapath {
         Ok(attachment)
     }
 
+    /// The clsact filter a command killed between attaching and pinning
+    /// left on link `ifindex` (the kernel holds filters without pins): at
+    /// netvlan's place and running netvlan's TC program. Only called for a
+    /// link with such a command's staging directory: at that place there
+    /// can be no other instance's filter, since that attach would have been
+    /// refused (or failed) on it.
+    async fn remove_orphan_filter(&self, ifindex: u32) -> Result<(), DatapathError> {
+        let link = match self.netlink.link_by_index(ifindex).await {
+            Ok(link) => link,
+            Err(NetlinkError::NoSuchIfindex { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(filter) = self.wire_filter(link.ifindex).await? else {
+            return Ok(());
+        };
+        let name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == filter.prog_id)
+            .and_then(|p| p.name_as_str().map(str::to_string));
+        if name.as_deref() != Some(maps::TC_PROGRAM) {
+            return Ok(());
+        }
+        tracing::info!(
+            "{}: removing netvlan's TC filter (program {}) that a killed command left without pins",
+            link.name,
+            filter.prog_id
+        );
+        self.remove_wire_filter(&Attachment {
+            ifname: link.name.clone(),
+            ifindex: link.ifindex,
+            hook: Hook::Tc,
+            mode: WireMode::Clsact,
+            prog_id: filter.prog_id,
+            pin_dir: self.pins.interface(link.ifindex).dir().into(),
+        })
+        .await
+    }
+
+    /// Deletes netvlan's clsact filter (the qdisc stays: other filters may
+    /// share it).
+    async fn remove_wire_filter(&self, attachment: &Attachment) -> Result<(), DatapathError> {
+        // Dropping a filter link deletes the filter by priority and handle.
+        drop(
+            SchedClassifierLink::attached(
+                &attachment.ifname,
+                TcAttachType::Ingress,
+                WIRE_FILTER_PRIORITY,
+                TcHandle::from(WIRE_FILTER_HANDLE),
+                None,
+            )
+            .map_err(|e| DatapathError::AttachTc {
+                ifname: attachment.ifname.clone(),
+                mode: WireMode::Clsact,
+                source: ProgramError::from(tc::TcError::IoError(e)),
+            })?,
+        );
+        if self.wire_filter(attachment.ifindex).await?.is_some() {
+            return Err(DatapathError::FilterRemains {
+                ifname: attachment.ifname.clone(),
+                prog_id: attachment.prog_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `attachment`'s program still runs on its link.
+    async fn still_running(&self, attachment: &Attachment) -> Result<bool, DatapathError> {
+        Ok(match attachment.hook {
+            Hook::Tc if attachment.mode == WireMode::Tcx => {
+                tcx_ingress_programs(&attachment.ifname).contains(&attachment.prog_id)
+            }
+            Hook::Tc => self
+                .wire_filter(attachment.ifindex)
+                .await?
+                .is_some_and(|f| f.prog_id == attachment.prog_id),
+            _ => {
+                let link = self.netlink.link_by_index(attachment.ifindex).await?;
+                link.xdp.map(|xdp| xdp.prog_id) == Some(attachment.prog_id)
+            }
+        })
+    }
+
     /// The kernel frees a bpf_link whose last pin is gone from a workqueue
     /// (`bpf_link_put` defers the release), so the program may still be on
     /// the link a moment after the unpin; detach returns once it is off.
@@ -465,8 +910,7 @@ impl Datapath {
         const BOUND: std::time::Duration = std::time::Duration::from_secs(10);
         let start = std::time::Instant::now();
         loop {
-            let link = self.netlink.link_by_index(attachment.ifindex).await?;
-            if link.xdp.map(|xdp| xdp.prog_id) != Some(attachment.prog_id) {
+            if !self.still_running(attachment).await? {
                 return Ok(());
             }
             if start.elapsed() > BOUND {
@@ -507,41 +951,52 @@ impl Datapath {
             }
             Err(e) => return Err(e.into()),
         };
-        let ours = pinned_program_id(pins);
-        Ok(match (link.xdp, ours) {
-            (Some(xdp), Some(id)) if xdp.prog_id == id => AttachmentStatus::Attached(Attachment {
-                ifname: link.name,
-                ifindex: link.ifindex,
-                mode: xdp.mode,
-                prog_id: xdp.prog_id,
-                pin_dir: pins.dir().into(),
-            }),
-            (Some(xdp), _) => stale(
-                Some(link.name),
-                format!(
-                    "another XDP program (id {}) replaced netvlan's",
-                    xdp.prog_id
-                ),
+        if let Some(attachment) = self.ours(&link, pins).await? {
+            return Ok(AttachmentStatus::Attached(attachment));
+        }
+        let reason = match (pinned_hook(pins), link.xdp) {
+            (Some(Hook::Tc), _) => {
+                "netvlan's TC program is no longer at the interface's ingress".into()
+            }
+            (_, Some(xdp)) => format!(
+                "another XDP program (id {}) replaced netvlan's",
+                xdp.prog_id
             ),
-            (None, _) => stale(Some(link.name), "no XDP program on the interface".into()),
-        })
+            (_, None) => "no XDP program on the interface".into(),
+        };
+        Ok(stale(Some(link.name), reason))
     }
 
-    /// Removes what dead netvlan processes left half-pinned.
-    pub fn remove_dead_staging(&self) -> Result<Vec<PathBuf>, DatapathError> {
-        self.pins
+    /// Removes what dead netvlan processes left half-pinned, and the
+    /// clsact filter such a process attached on the link before it died.
+    pub async fn remove_dead_staging(&self) -> Result<Vec<PathBuf>, DatapathError> {
+        let removed = self
+            .pins
             .remove_dead_staging()
             .map_err(|source| DatapathError::PinDir {
                 path: self.pins.dir().into(),
                 source,
-            })
+            })?;
+        for path in &removed {
+            // staging-if-<ifindex>-<pid>
+            let ifindex = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("staging-if-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|i| i.parse().ok());
+            if let Some(ifindex) = ifindex {
+                self.remove_orphan_filter(ifindex).await?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the pins of every stale attachment; returns what was removed.
     /// Keeps going past a directory it cannot remove and then reports every
     /// such failure ([`DatapathError::Teardown`]).
     pub async fn prune(&self) -> Result<Vec<AttachmentStatus>, DatapathError> {
-        self.remove_dead_staging()?;
+        self.remove_dead_staging().await?;
         let mut removed = Vec::new();
         let mut failures = Vec::new();
         for status in self.status().await? {
@@ -625,6 +1080,40 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
             what: "XDP program",
             name: maps::XDP_PROGRAM,
         })
+}
+
+/// netvlan's TC program in a loaded object.
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    endpoint_hooks::classifier(ebpf, maps::TC_PROGRAM)
+}
+
+/// The XDP mode of an XDP attachment.
+fn xdp_mode(mode: WireMode) -> Option<XdpAttachMode> {
+    match mode {
+        WireMode::Native => Some(XdpAttachMode::Native),
+        WireMode::Generic => Some(XdpAttachMode::Generic),
+        WireMode::Hardware => Some(XdpAttachMode::Hardware),
+        WireMode::Tcx | WireMode::Clsact => None,
+    }
+}
+
+/// The ids of the programs on `ifname`'s TCX ingress; none on kernels
+/// without TCX (the query answers EINVAL there).
+fn tcx_ingress_programs(ifname: &str) -> Vec<u32> {
+    SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .map(|(_, programs)| programs.iter().map(|p| p.id()).collect())
+        .unwrap_or_default()
+}
+
+/// The hook of the program pinned in `pins`, by its type.
+fn pinned_hook(pins: &InterfacePins) -> Option<Hook> {
+    use aya_obj::generated::bpf_prog_type;
+    let info = aya::programs::ProgramInfo::from_pin(pins.program()).ok()?;
+    match info.program_type() {
+        bpf_prog_type::BPF_PROG_TYPE_XDP => Some(Hook::Xdp),
+        bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS => Some(Hook::Tc),
+        _ => None,
+    }
 }
 
 /// The id of the program our pinned link runs, if there is such a link.

@@ -1,14 +1,18 @@
-//! Replacing a running XDP program with this binary's build, in place.
+//! Replacing a running wire program with this binary's build, in place.
 //!
 //! The new program is loaded against the attachment's pinned maps (so
 //! counters, policy and learned MACs carry over; maps the old build did not
-//! have are created and pinned next to them), then swapped in with one
-//! `BPF_LINK_UPDATE` on the pinned link: every frame sees either the old
-//! program or the new one, never no program. Policy is never unenforced.
+//! have are created and pinned next to them), then swapped in atomically:
+//! one `BPF_LINK_UPDATE` on the pinned link (XDP, or TCX at TC ingress on
+//! 6.6+), or at a clsact hook a replace of netvlan's filter by its priority
+//! and handle. Every frame sees either the old program or the new one,
+//! never no program. Policy is never unenforced.
 //!
 //! A map whose shape (type, key, value, size) changed between builds cannot
-//! be carried over: the upgrade refuses before touching anything, and a
-//! detach + attach (which resets counters) is the way forward.
+//! be carried over, nor can pinned maps this build no longer has (another
+//! map layout, such as the per-MAC hash maps before the destination
+//! slots): the upgrade refuses before touching anything, and a detach +
+//! attach (which resets counters) is the way forward.
 //!
 //! The endpoint programs (TC egress and ingress on each endpoint link) are
 //! upgraded the same way, against the endpoint's pinned maps (counters and
@@ -19,11 +23,14 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::programs::{
-    links::FdLink,
-    tc::{SchedClassifierLink, TcHandle},
-    xdp::XdpLink,
-    ProgramInfo, TcAttachType,
+use aya::{
+    maps::MapInfo,
+    programs::{
+        links::FdLink,
+        tc::{SchedClassifierLink, TcHandle},
+        xdp::XdpLink,
+        ProgramInfo, TcAttachType,
+    },
 };
 use netvlan_common::antispoof::{EGRESS_PROGRAM, INGRESS_PROGRAM};
 use serde::Serialize;
@@ -31,7 +38,8 @@ use serde::Serialize;
 use super::{
     endpoint_hooks::{self, EgressMode},
     object::{self, ENDPOINT, WIRE},
-    Attachment, Datapath, DatapathError, InterfacePins, NamespacePins,
+    Attachment, Datapath, DatapathError, InterfacePins, NamespacePins, WireMode,
+    WIRE_FILTER_HANDLE, WIRE_FILTER_PRIORITY,
 };
 use crate::sys::{
     netlink::{Netlink, NetlinkError, TcBpfFilter},
@@ -304,7 +312,7 @@ async fn running_filter(
 
 /// A named step where tests stop the command (`FAILPOINTS=NAME=sleep(MS)`
 /// with the `failpoints` feature) to kill it there; a no-op otherwise.
-fn failpoint(name: &str) {
+pub(super) fn failpoint(name: &str) {
     #[cfg(feature = "failpoints")]
     fail::fail_point!(name);
     #[cfg(not(feature = "failpoints"))]
@@ -316,7 +324,11 @@ fn upgrade_one(
     pins: &InterfacePins,
     force: bool,
 ) -> Result<UpgradeOutcome, DatapathError> {
+    check_layout(attachment, pins)?;
     let (mut ebpf, new_maps) = WIRE.load_reusing(pins)?;
+    if attachment.hook == super::Hook::Tc {
+        return upgrade_tc(attachment, pins, force, &mut ebpf, new_maps);
+    }
     let program = super::xdp_program(&mut ebpf)?;
     program.load().map_err(DatapathError::Program)?;
     let new_info = program.info().map_err(DatapathError::Program)?;
@@ -357,6 +369,127 @@ fn upgrade_one(
     })
 }
 
+/// [`upgrade_one`] at TC ingress: a TCX link update, or a replace of
+/// netvlan's clsact filter in place (same priority and handle).
+fn upgrade_tc(
+    attachment: &Attachment,
+    pins: &InterfacePins,
+    force: bool,
+    ebpf: &mut aya::Ebpf,
+    new_maps: Vec<String>,
+) -> Result<UpgradeOutcome, DatapathError> {
+    let program = super::tc_program(ebpf)?;
+    program.load().map_err(DatapathError::Program)?;
+    let new_info = program.info().map_err(DatapathError::Program)?;
+    let replace_err = |source| DatapathError::Replace {
+        ifname: attachment.ifname.clone(),
+        source,
+    };
+    let (link, old_prog_id) = if attachment.mode == WireMode::Tcx {
+        let link = object::open_link(&pins.link())?;
+        let old_prog_id = object::link_program(&link, &pins.link())?;
+        let link = SchedClassifierLink::try_from(link).map_err(|source| DatapathError::Link {
+            path: pins.link(),
+            source,
+        })?;
+        (link, old_prog_id)
+    } else {
+        // The filter netvlan keeps at its own priority and handle.
+        let link = SchedClassifierLink::attached(
+            &attachment.ifname,
+            TcAttachType::Ingress,
+            WIRE_FILTER_PRIORITY,
+            TcHandle::from(WIRE_FILTER_HANDLE),
+            None,
+        )
+        .map_err(|e| replace_err(aya::programs::tc::TcError::IoError(e).into()))?;
+        (link, attachment.prog_id)
+    };
+    if !force && is_current(old_prog_id, &pins.program(), &new_info) && new_maps.is_empty() {
+        // Let go of the filter without deleting it (a TCX fd just closes).
+        let _ = FdLink::try_from(link);
+        return Ok(UpgradeOutcome::Current {
+            ifname: attachment.ifname.clone(),
+            prog_id: old_prog_id,
+        });
+    }
+    // The swap: BPF_LINK_UPDATE on the TCX link, or a change of the filter
+    // with the same priority and handle; atomic either way.
+    let id = program.attach_to_link(link).map_err(replace_err)?;
+    // The TCX link stays pinned and the filter stays with the kernel: let
+    // go of ours without detaching (converting a filter releases it
+    // untouched; a TCX fd just closes).
+    let _ = FdLink::try_from(program.take_link(id).map_err(DatapathError::Program)?);
+    failpoint("upgrade-after-swap");
+    object::replace_pin(pins.program(), |path| program.pin(path))?;
+    Ok(UpgradeOutcome::Replaced {
+        ifname: attachment.ifname.clone(),
+        old_prog_id,
+        new_prog_id: new_info.id(),
+        new_maps,
+    })
+}
+
+/// Refuses, before anything is loaded, an attachment whose pins hold maps
+/// this build does not declare (another map layout: what they hold cannot
+/// be carried over, and swapping would drop it silently).
+fn check_layout(attachment: &Attachment, pins: &InterfacePins) -> Result<(), DatapathError> {
+    let pinned = pinned_maps(pins)?;
+    let (gone, missing) = layout_change(&pinned, WIRE.maps);
+    if gone.is_empty() {
+        return Ok(());
+    }
+    Err(DatapathError::OtherMapLayout {
+        ifname: attachment.ifname.clone(),
+        pin_dir: pins.dir().into(),
+        gone: gone.join(", "),
+        missing: if missing.is_empty() {
+            "none".into()
+        } else {
+            missing.join(", ")
+        },
+    })
+}
+
+/// The names of the maps pinned in `pins` (programs and links left out).
+fn pinned_maps(pins: &InterfacePins) -> Result<Vec<String>, DatapathError> {
+    let pin_dir_err = |source| DatapathError::PinDir {
+        path: pins.dir().into(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(pins.dir()).map_err(pin_dir_err)? {
+        let entry = entry.map_err(pin_dir_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // The program and link pins, and a program pin mid-replace.
+        let program_or_link = entry.path() == pins.program()
+            || entry.path() == pins.link()
+            || name.ends_with("_next");
+        if !program_or_link && MapInfo::from_pin(entry.path()).is_ok() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The maps pinned that this build (`built`) does not declare, and those
+/// it declares that are not pinned: a layout change when the first is not
+/// empty (the second alone is maps a build added, which upgrade creates).
+fn layout_change(pinned: &[String], built: &[&str]) -> (Vec<String>, Vec<String>) {
+    let gone = pinned
+        .iter()
+        .filter(|p| !built.contains(&p.as_str()))
+        .cloned()
+        .collect();
+    let missing = built
+        .iter()
+        .filter(|b| !pinned.iter().any(|p| p == *b))
+        .map(|b| b.to_string())
+        .collect();
+    (gone, missing)
+}
+
 /// Whether the running program `old_prog_id` is this build (`new`, same
 /// tag) and the program pin at `program_pin` names it. A pin that lags
 /// behind what runs (an upgrade killed between swap and re-pin) is
@@ -368,4 +501,70 @@ fn is_current(old_prog_id: u32, program_pin: &Path, new: &ProgramInfo) -> bool {
         .map(|p| p.tag());
     let pinned = ProgramInfo::from_pin(program_pin).map(|p| p.id()).ok();
     pinned == Some(old_prog_id) && old_tag == Some(new.tag())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout_change;
+    use netvlan_common::maps::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn pins_of_the_per_mac_layout_are_another_layout_for_the_destination_slot_build() {
+        // The wire's maps before issue #12 (their names are gone from the
+        // code) and after it.
+        let before = [
+            "VLAN_STATS",
+            "MAC_STATS",
+            COUNTERS,
+            "WIRE_POLICY",
+            VLAN_POLICY,
+            "ENDPOINT_MACS",
+            DENY_MACS,
+            DROPS,
+            VLAN_DROPS,
+            MAC_LEARN,
+            MAC_GUARD,
+            ENDPOINT_IPS,
+            "MAC_DROPS",
+        ];
+        let after = [
+            COUNTERS,
+            VLAN_COUNTERS,
+            VLAN_POLICY,
+            DST_DIRECT,
+            DST_SLOTS,
+            DST_STATS,
+            ENDPOINT_IPS,
+            DENY_MACS,
+            DROPS,
+            VLAN_DROPS,
+            MAC_LEARN,
+            MAC_GUARD,
+        ];
+        let (gone, missing) = layout_change(&names(&before), &after);
+        assert_eq!(
+            gone,
+            names(&[
+                "VLAN_STATS",
+                "MAC_STATS",
+                "WIRE_POLICY",
+                "ENDPOINT_MACS",
+                "MAC_DROPS"
+            ])
+        );
+        assert_eq!(
+            missing,
+            names(&[VLAN_COUNTERS, DST_DIRECT, DST_SLOTS, DST_STATS])
+        );
+        // The same layout is no change; a build that only adds maps is none
+        // either (upgrade creates them).
+        assert_eq!(layout_change(&names(&after), &after), (vec![], vec![]));
+        let (gone, missing) = layout_change(&names(&after[1..]), &after);
+        assert!(gone.is_empty());
+        assert_eq!(missing, names(&[COUNTERS]));
+    }
 }

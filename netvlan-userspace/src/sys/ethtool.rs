@@ -1,4 +1,4 @@
-//! VLAN offloads, through the ethtool ioctl.
+//! VLAN offloads and the driver's name, through the ethtool ioctl.
 //!
 //! With VLAN offload on, a NIC (or a veth whose peer transmits with
 //! `txvlan`) carries the 802.1Q tag beside the frame instead of in it, and
@@ -12,6 +12,8 @@ const ETHTOOL_GFLAGS: u32 = 0x25;
 const ETHTOOL_SFLAGS: u32 = 0x26;
 const ETH_FLAG_TXVLAN: u32 = 1 << 7;
 const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+/// `ETHTOOL_GDRVINFO` (linux/ethtool.h).
+const ETHTOOL_GDRVINFO: u32 = 0x03;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -19,15 +21,38 @@ struct EthtoolValue {
     data: u32,
 }
 
+/// `struct ethtool_drvinfo`.
+#[repr(C)]
+struct DriverInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
 #[repr(C)]
 struct IfReq {
     name: [libc::c_char; libc::IFNAMSIZ],
-    data: *mut EthtoolValue,
+    data: *mut libc::c_void,
     _pad: [u8; 16],
 }
 
 /// Calls the ethtool ioctl on `ifname` in the calling thread's namespace.
 fn ethtool(ifname: &str, value: &mut EthtoolValue) -> std::io::Result<()> {
+    ethtool_raw(ifname, (value as *mut EthtoolValue).cast())
+}
+
+/// The ioctl with `data` pointing at the command's own struct (its first
+/// field the command number).
+fn ethtool_raw(ifname: &str, data: *mut libc::c_void) -> std::io::Result<()> {
     if ifname.len() >= libc::IFNAMSIZ {
         return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
     }
@@ -40,13 +65,14 @@ fn ethtool(ifname: &str, value: &mut EthtoolValue) -> std::io::Result<()> {
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut request = IfReq {
         name: [0; libc::IFNAMSIZ],
-        data: value,
+        data,
         _pad: [0; 16],
     };
     for (dst, src) in request.name.iter_mut().zip(ifname.bytes()) {
         *dst = src as libc::c_char;
     }
-    // SAFETY: request points at a live EthtoolValue for the whole call.
+    // SAFETY: request points at the caller's live command struct for the
+    // whole call.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
@@ -75,4 +101,26 @@ pub fn disable_vlan_offload(ifname: &str) -> std::io::Result<()> {
     value.cmd = ETHTOOL_SFLAGS;
     value.data &= !(ETH_FLAG_RXVLAN | ETH_FLAG_TXVLAN);
     ethtool(ifname, &mut value)
+}
+
+/// The name of the link's driver (`veth`, `virtio_net`, `ixgbe`, ...), as
+/// `ethtool -i` shows it.
+pub fn driver_name(ifname: &str) -> std::io::Result<String> {
+    let mut info = DriverInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    ethtool_raw(ifname, (&mut info as *mut DriverInfo).cast())?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

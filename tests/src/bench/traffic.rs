@@ -29,6 +29,7 @@ const SOCKPERF_PORT: &str = "11111";
 
 const NETVLAN_OFF: &str = "netvlan (policies off)";
 const NETVLAN_ON: &str = "netvlan (all policies on)";
+const NETVLAN_XDP: &str = "netvlan (all policies on, hook=xdp)";
 const MACVLAN: &str = "plain macvlan";
 const MACVLAN_HOOK: &str = "plain macvlan + pass-only XDP";
 const BRIDGE: &str = "bridge + veth";
@@ -39,6 +40,9 @@ const LATENCY: &str = "UDP ping-pong latency";
 enum Variant {
     NetvlanOff,
     NetvlanOn,
+    /// All policies on, the wire at native XDP (`-o hook=xdp`) instead of
+    /// TC, which `auto` picks on a veth parent: what the hook costs TCP.
+    NetvlanXdp,
     Macvlan,
     /// Plain macvlan with the benchmarks' pass-only XDP program on lan0:
     /// what the XDP hook itself costs on a veth, whatever the program does.
@@ -47,9 +51,10 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::NetvlanOff,
         Variant::NetvlanOn,
+        Variant::NetvlanXdp,
         Variant::Macvlan,
         Variant::MacvlanHook,
         Variant::Bridge,
@@ -59,6 +64,7 @@ impl Variant {
         match self {
             Variant::NetvlanOff => NETVLAN_OFF,
             Variant::NetvlanOn => NETVLAN_ON,
+            Variant::NetvlanXdp => NETVLAN_XDP,
             Variant::Macvlan => MACVLAN,
             Variant::MacvlanHook => MACVLAN_HOOK,
             Variant::Bridge => BRIDGE,
@@ -69,6 +75,7 @@ impl Variant {
         match self {
             Variant::NetvlanOff => "nv",
             Variant::NetvlanOn => "np",
+            Variant::NetvlanXdp => "nx",
             Variant::Macvlan => "mv",
             Variant::MacvlanHook => "mx",
             Variant::Bridge => "br",
@@ -199,11 +206,14 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
              two containers on the machine; IPv6 off; offloads left at the kernel's defaults."
                 .into(),
             "netvlan: `netvlan network create -d macvlan -o parent=lan0` + `netvlan connect` \
-             for both containers (bridge mode macvlan, XDP program attached to lan0 in native \
-             mode), every policy off."
+             for both containers (bridge mode macvlan; `hook=auto` runs the wire program at \
+             lan0's TC ingress, TCX, since native XDP on a veth turns its offloads off), \
+             every policy off."
                 .into(),
             format!(
-                "netvlan (all policies on): the same, then `netvlan policy set bench {}`.",
+                "netvlan (all policies on): the same, then `netvlan policy set bench {}`. \
+                 netvlan (all policies on, hook=xdp): the same with `-o hook=xdp`, the wire \
+                 program in native XDP on lan0 (what netvlan did before the TC hook).",
                 ALL_POLICIES.join(" ")
             ),
             "plain macvlan: the same macvlan links made with `ip link add … type macvlan mode \
@@ -215,7 +225,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 .into(),
             format!(
                 "Throughput: iperf3 TCP, one stream, {secs} s per run (`-t {secs} -J`, receiver's \
-                 bits/s); external -> container is `-R`, so data enters through lan0's XDP hook."
+                 bits/s); external -> container is `-R`, so data enters through lan0's hook (TC or XDP)."
             ),
             format!(
                 "Latency: sockperf ping-pong (UDP), {secs} s per run; the sample is each run's \
@@ -224,7 +234,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             format!(
                 "TSO on the external host's veth, as `ethtool -k` reports it during the run: \
                  {}. A native XDP program on a veth makes the kernel turn off TSO on the \
-                 veth's peer, so in netvlan's labs the external host sends MTU-sized segments \
+                 veth's peer, so in the labs with native XDP on lan0 the external host sends MTU-sized segments \
                  (a veth-only coupling; a physical NIC's link partner is unaffected). \
                  The case `external -> container, MTU frames` turns TSO off on that end in \
                  every lab for its runs (`ethtool -K eth0 tso off`), so all labs receive what a \
@@ -233,7 +243,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 tso.join(", ")
             ),
             format!(
-                "{rounds} rounds; each round measures every path on the four labs in turn \
+                "{rounds} rounds; each round measures every path on every lab in turn \
                  (ratios are the median of per-round ratios)."
             ),
         ],
@@ -279,6 +289,9 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             .compare(NETVLAN_ON, BRIDGE, case, THROUGHPUT, Basis::Paired)?
             .set_goal("better than bridge + veth", Bound::AtLeast(1.0), None);
         family.compare(NETVLAN_OFF, MACVLAN, case, THROUGHPUT, Basis::Paired)?;
+        // The TC hook against native XDP, same policies, same run.
+        family.compare(NETVLAN_XDP, MACVLAN, case, THROUGHPUT, Basis::Paired)?;
+        family.compare(NETVLAN_ON, NETVLAN_XDP, case, THROUGHPUT, Basis::Paired)?;
         family.compare(MACVLAN_HOOK, MACVLAN, case, THROUGHPUT, Basis::Paired)?;
         family.compare(NETVLAN_ON, MACVLAN_HOOK, case, THROUGHPUT, Basis::Paired)?;
     }
@@ -338,8 +351,9 @@ impl Lab {
             c2,
         };
         match variant {
-            Variant::NetvlanOff => lab.wire_netvlan(ctx, &[])?,
-            Variant::NetvlanOn => lab.wire_netvlan(ctx, &ALL_POLICIES)?,
+            Variant::NetvlanOff => lab.wire_netvlan(ctx, &[], "tc")?,
+            Variant::NetvlanOn => lab.wire_netvlan(ctx, &ALL_POLICIES, "tc")?,
+            Variant::NetvlanXdp => lab.wire_netvlan(ctx, &ALL_POLICIES, "xdp")?,
             Variant::Macvlan => lab.wire_macvlan()?,
             Variant::MacvlanHook => {
                 lab.wire_macvlan()?;
@@ -359,10 +373,13 @@ impl Lab {
         [(&self.c1, C1_IP), (&self.c2, C2_IP)]
     }
 
-    fn wire_netvlan(&mut self, ctx: &Ctx, policies: &[&str]) -> Result<()> {
+    /// A netvlan network on lan0 whose wire runs at `hook` (`tc`: what
+    /// `auto` picks on a veth; `xdp`: asked for with `-o hook=xdp`).
+    fn wire_netvlan(&mut self, ctx: &Ctx, policies: &[&str], hook: &str) -> Result<()> {
         let kind = format!("tr-{}", self.variant.short());
         let netvlan = Netvlan::new(&ctx.netvlan, &self.host, &ctx.token, &kind)?;
-        netvlan.create_bench_network("172.31.250.0/24", "lan0", &[])?;
+        let options: &[&str] = if hook == "xdp" { &["hook=xdp"] } else { &[] };
+        netvlan.create_bench_network("172.31.250.0/24", "lan0", options)?;
         for (c, ip) in self.containers() {
             netvlan.run(&["connect", "--ip", ip, "bench", c.name()])?;
         }
@@ -371,13 +388,20 @@ impl Lab {
             args.extend_from_slice(policies);
             netvlan.run(&args)?;
         }
-        let link = self.host.try_link_json("lan0")?;
-        // `ip -j` reports mode 1 for a driver (native) attachment.
-        if link["xdp"]["prog"]["id"].as_u64().is_none() || link["xdp"]["mode"].as_u64() != Some(1) {
-            bail!(
-                "netvlan's datapath is not attached to lan0 in native mode: {}",
-                link["xdp"]
-            );
+        let status: serde_json::Value =
+            serde_json::from_str(&netvlan.run(&["datapath", "status", "--json"])?)
+                .context("netvlan datapath status --json printed no JSON")?;
+        let attachment = &status["attachments"][0];
+        let want_mode = if hook == "xdp" { "native" } else { "tcx" };
+        if attachment["hook"] != hook || attachment["mode"] != want_mode {
+            bail!("netvlan's datapath is not on lan0 at {hook} ({want_mode}): {status}");
+        }
+        if hook == "xdp" {
+            let link = self.host.try_link_json("lan0")?;
+            // `ip -j` reports mode 1 for a driver (native) attachment.
+            if link["xdp"]["mode"].as_u64() != Some(1) {
+                bail!("lan0 has no native XDP program: {}", link["xdp"]);
+            }
         }
         self.netvlan = Some(netvlan);
         Ok(())
