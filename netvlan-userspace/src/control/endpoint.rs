@@ -198,6 +198,9 @@ impl Manager {
                 sandbox: sandbox.key,
             });
         }
+        // The endpoint programs load (mostly parsing the kernel's BTF)
+        // while the rest of the connect runs; dropped unused if it fails.
+        let programs = crate::datapath::endpoint_hooks::Loading::start();
         let passthru = record.options.macvlan_mode == Some(MacvlanMode::Passthru);
         if passthru && !record.endpoints.is_empty() {
             return Err(NetworkError::PassthruTaken(record.name));
@@ -299,6 +302,7 @@ impl Manager {
             routes,
             &alias,
             &temp_name,
+            programs,
         )
         .await
         {

@@ -299,6 +299,7 @@ impl Manager {
                 routes,
                 &owner_alias(&endpoint.id),
                 &temp_link_name(),
+                crate::datapath::endpoint_hooks::Loading::start(),
             )
             .await;
             let error = match result {

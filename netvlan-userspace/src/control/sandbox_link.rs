@@ -50,8 +50,9 @@ pub(crate) fn temp_link_name() -> String {
 /// Creates an endpoint's link on the parent directly inside the sandbox
 /// (under a temporary name, so nothing ever appears in the host's
 /// namespace or clashes with the sandbox's own interfaces), then names,
-/// addresses and raises it there. On failure nothing is left behind.
-/// Returns the link's MAC as the kernel reports it.
+/// addresses and raises it there, with the endpoint programs `loading`.
+/// On failure nothing is left behind. Returns the link's MAC as the
+/// kernel reports it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn materialize(
     netlink: &Netlink,
@@ -66,6 +67,7 @@ pub(crate) async fn materialize(
     routes: Vec<DefaultRoute>,
     alias: &str,
     temp_name: &str,
+    loading: endpoint_hooks::Loading,
 ) -> Result<Materialized, NetworkError> {
     let temp_name = temp_name.to_string();
     let netns = Netns::open(sandbox)?;
@@ -112,7 +114,7 @@ pub(crate) async fn materialize(
         bpf_dir: bpf_dir.to_path_buf(),
         spoofcheck: record.options.spoofcheck,
     };
-    plan.apply(&netns).await
+    plan.apply(&netns, loading).await
 }
 
 /// Adds default routes on an endpoint's link inside its sandbox; a route
@@ -247,10 +249,14 @@ pub(crate) struct Materialized {
 impl SandboxPlan {
     /// Returns the link's MAC as the kernel reports it. Deletes the link
     /// (by index: never a same-named interface of the sandbox) on failure.
-    async fn apply(self, netns: &Netns) -> Result<Materialized, NetworkError> {
+    async fn apply(
+        self,
+        netns: &Netns,
+        loading: endpoint_hooks::Loading,
+    ) -> Result<Materialized, NetworkError> {
         let netlink = Netlink::connect_in(netns)?;
         let link = netlink.link_by_name(&self.temp_name).await?;
-        let result = self.configure(&netlink, netns, link.ifindex).await;
+        let result = self.configure(&netlink, netns, link.ifindex, loading).await;
         let Err(failed) = result else {
             return result;
         };
@@ -277,6 +283,7 @@ impl SandboxPlan {
         netlink: &Netlink,
         netns: &Netns,
         ifindex: u32,
+        loading: endpoint_hooks::Loading,
     ) -> Result<Materialized, NetworkError> {
         netlink.set_alias(ifindex, &self.alias).await?;
         if netlink.link_by_name(&self.ifname).await.is_ok() {
@@ -296,7 +303,14 @@ impl SandboxPlan {
         if self.spoofcheck {
             config.flags |= EGRESS_ENFORCE;
         }
-        endpoint_hooks::attach(&self.bpf_dir, netns, ifindex, &self.ifname, &config)?;
+        endpoint_hooks::attach(
+            &self.bpf_dir,
+            netns,
+            ifindex,
+            &self.ifname,
+            &config,
+            loading,
+        )?;
         failpoint("connect-after-programs")?;
         announce_on_up(netns, &self.ifname);
         netlink.set_up(ifindex).await?;

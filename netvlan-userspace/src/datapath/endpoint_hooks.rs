@@ -56,8 +56,37 @@ fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-/// Attaches the endpoint programs to `ifname` (index `ifindex`) in
-/// `netns`; `config` says whether egress enforces
+/// The endpoint object being loaded (the kernel's BTF parsed, the
+/// endpoint's own maps created) on a thread of its own, none of which
+/// depends on a namespace: a connect starts it first and makes the link
+/// meanwhile.
+pub struct Loading(Option<std::thread::JoinHandle<Result<Ebpf, DatapathError>>>);
+
+impl Loading {
+    /// Starts loading (or, if no thread can be started, loads when
+    /// [`attach`] needs the object).
+    pub fn start() -> Self {
+        let thread = std::thread::Builder::new()
+            .name("endpoint-load".into())
+            .spawn(|| ENDPOINT.load());
+        if let Err(e) = &thread {
+            tracing::debug!("loading the endpoint programs inline: no thread ({e})");
+        }
+        Loading(thread.ok())
+    }
+
+    fn finish(self) -> Result<Ebpf, DatapathError> {
+        match self.0 {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => ENDPOINT.load(),
+        }
+    }
+}
+
+/// Attaches the endpoint programs (`loading`) to `ifname` (index
+/// `ifindex`) in `netns`; `config` says whether egress enforces
 /// ([`netvlan_common::antispoof::EGRESS_ENFORCE`]). On failure nothing stays
 /// attached or pinned.
 pub fn attach(
@@ -66,9 +95,10 @@ pub fn attach(
     ifindex: u32,
     ifname: &str,
     config: &EgressConfig,
+    loading: Loading,
 ) -> Result<EgressMode, DatapathError> {
     run_blocking_in(netns, || {
-        attach_here(bpf_dir, netns, ifindex, ifname, config)
+        attach_here(bpf_dir, netns, ifindex, ifname, config, loading)
     })?
 }
 
@@ -79,6 +109,7 @@ fn attach_here(
     ifindex: u32,
     ifname: &str,
     config: &EgressConfig,
+    loading: Loading,
 ) -> Result<EgressMode, DatapathError> {
     pins::ensure_bpffs(bpf_dir)?;
     let namespace = NamespacePins::new(bpf_dir, netns.id());
@@ -90,7 +121,7 @@ fn attach_here(
         source,
     })?;
 
-    let mut ebpf = ENDPOINT.load()?;
+    let mut ebpf = loading.finish()?;
     {
         let map = ebpf
             .map_mut(EGRESS_CONFIG)
@@ -122,23 +153,29 @@ fn attach_here(
         }
     }
     // Both directions attached before any pin is written; on failure the
-    // unpinned links go with `ebpf` and detach.
-    let mut links = Vec::new();
-    for (name, direction) in [
-        (EGRESS_PROGRAM, TcAttachType::Egress),
-        (INGRESS_PROGRAM, TcAttachType::Ingress),
-    ] {
-        let program = classifier(&mut ebpf, name)?;
-        program.load().map_err(DatapathError::Program)?;
-        let id = program
-            .attach(ifname, direction)
-            .map_err(|source| DatapathError::Attach {
-                ifname: ifname.into(),
-                mode: super::AttachMode::Auto,
-                source,
-            })?;
-        links.push((name, program.take_link(id).map_err(DatapathError::Program)?));
+    // unpinned links go with `ebpf` (or the returned link) and detach.
+    for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(DatapathError::Program)?;
     }
+    let (egress, ingress) = classifiers(&mut ebpf)?;
+    // At the same time: a TCX attach waits for an RCU grace period (about
+    // 8-16 ms here), and two waits in parallel end together.
+    let (egress, ingress) = std::thread::scope(|scope| {
+        let ingress = scope.spawn(|| {
+            run_blocking_in(netns, || attach_one(ingress, ifname, TcAttachType::Ingress))
+        });
+        let egress = attach_one(egress, ifname, TcAttachType::Egress);
+        let ingress = ingress.join().unwrap_or_else(|_| {
+            Err(crate::sys::netns::NetnsError::Panicked {
+                path: netns.path().into(),
+            })
+        });
+        (egress, ingress)
+    });
+    let ingress = ingress??;
+    let links = vec![(EGRESS_PROGRAM, egress?), (INGRESS_PROGRAM, ingress)];
 
     ENDPOINT.pin_new(
         &mut ebpf,
@@ -164,6 +201,46 @@ fn attach_here(
         },
     )?;
     Ok(mode)
+}
+
+/// Attaches `program` (loaded) to `ifname` in the calling thread's
+/// namespace and takes the link, which detaches when dropped.
+fn attach_one(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    direction: TcAttachType,
+) -> Result<aya::programs::tc::SchedClassifierLink, DatapathError> {
+    let id = program
+        .attach(ifname, direction)
+        .map_err(|source| DatapathError::Attach {
+            ifname: ifname.into(),
+            mode: super::AttachMode::Auto,
+            source,
+        })?;
+    program.take_link(id).map_err(DatapathError::Program)
+}
+
+/// The egress and the ingress program of the endpoint object, both at once.
+fn classifiers(
+    ebpf: &mut Ebpf,
+) -> Result<(&mut SchedClassifier, &mut SchedClassifier), DatapathError> {
+    let (mut egress, mut ingress) = (None, None);
+    for (name, program) in ebpf.programs_mut() {
+        let slot = match name {
+            EGRESS_PROGRAM => &mut egress,
+            INGRESS_PROGRAM => &mut ingress,
+            _ => continue,
+        };
+        *slot = program.try_into().ok();
+    }
+    let missing = |name| DatapathError::MissingObject {
+        what: "TC program",
+        name,
+    };
+    Ok((
+        egress.ok_or(missing(EGRESS_PROGRAM))?,
+        ingress.ok_or(missing(INGRESS_PROGRAM))?,
+    ))
 }
 
 pub(super) fn classifier<'a>(
@@ -452,5 +529,5 @@ pub async fn reattach(
             netlink.flush_tc_hook(ifindex, egress).await?;
         }
     }
-    attach(bpf_dir, netns, ifindex, ifname, config)
+    attach(bpf_dir, netns, ifindex, ifname, config, Loading::start())
 }

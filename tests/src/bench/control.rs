@@ -7,6 +7,10 @@
 //! Both sides start a process per operation, through the same `nsenter`,
 //! into the same sandboxes, each on its own parent veth in a namespace of
 //! its own.
+//!
+//! At scale, netvlan against itself: a connect (and disconnect) on a
+//! network that already holds many endpoints against the same on an empty
+//! network, and the kernel memory of each one's wire maps.
 
 use std::{path::Path, time::Instant};
 
@@ -15,6 +19,7 @@ use indicatif::ProgressBar;
 
 use super::{
     ctx::Ctx,
+    memory::{self, MIB},
     model::{Basis, Better, Bound, Family, Measurement},
     netvlan::Netvlan,
     sandbox::{netns, try_veth_pair, Netns, NetnsSet, OwnedDir},
@@ -30,6 +35,13 @@ const CYCLE: &str = "attach + detach";
 const PER_ENDPOINT: &str = "time per endpoint";
 const TOTAL: &str = "total time";
 const GOAL: &str = ">= 5x faster per endpoint";
+const EMPTY: &str = "netvlan, empty network";
+const SCALE_CONNECT: &str = "connect, network at scale";
+const SCALE_DISCONNECT: &str = "disconnect, network at scale";
+const SCALE_GOAL: &str = "<= 1.2x the empty network's";
+const MEMORY: &str = "kernel memory of the wire's maps (memlock; goal <= 8 MiB)";
+/// The issue's scale: endpoints present for the scale rows of a full run.
+const SCALE_FULL: usize = 10_000;
 
 /// Endpoints brought up together in one network.
 pub fn endpoints(ctx: &Ctx) -> usize {
@@ -41,8 +53,19 @@ pub fn cycles(ctx: &Ctx) -> usize {
     ctx.pick(30, 200)
 }
 
+/// Endpoints present on the network at scale (the issue's 10,000; a
+/// quick run fewer, and its method says so).
+pub fn scale_endpoints(ctx: &Ctx) -> usize {
+    ctx.pick(500, SCALE_FULL)
+}
+
+/// Connect + disconnect cycles on each network of the scale rows.
+fn scale_cycles(ctx: &Ctx) -> usize {
+    ctx.pick(10, 30)
+}
+
 pub fn steps(ctx: &Ctx) -> u64 {
-    (cycles(ctx) + 4 * endpoints(ctx)) as u64
+    (cycles(ctx) + 4 * endpoints(ctx) + scale_endpoints(ctx) + scale_cycles(ctx)) as u64
 }
 
 pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
@@ -85,18 +108,20 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let nv_up = bulk(bar, sandboxes.names(), |sb| {
         netvlan.timed(&["connect", "bench", sb])
     })?;
-    check_endpoints(&sandboxes, "eth0", true)?;
+    check_endpoints(sandboxes.names(), "eth0", true)?;
     bar.set_message(format!("netvlan: tearing down {n} endpoints"));
     let nv_down = bulk(bar, sandboxes.names(), |sb| {
         netvlan.timed(&["disconnect", "bench", sb])
     })?;
-    check_endpoints(&sandboxes, "eth0", false)?;
+    check_endpoints(sandboxes.names(), "eth0", false)?;
     bar.set_message(format!("CNI: bringing up {n} endpoints"));
     let cni_up = bulk(bar, sandboxes.names(), |sb| cni.add(sb, sb))?;
-    check_endpoints(&sandboxes, "eth1", true)?;
+    check_endpoints(sandboxes.names(), "eth1", true)?;
     bar.set_message(format!("CNI: tearing down {n} endpoints"));
     let cni_down = bulk(bar, sandboxes.names(), |sb| cni.del(sb, sb))?;
-    check_endpoints(&sandboxes, "eth1", false)?;
+    check_endpoints(sandboxes.names(), "eth1", false)?;
+
+    let at_scale = scale(ctx, bar)?;
 
     let single = format!(
         "{cycles} cycles, wall time of each command from spawn to exit, both sides \
@@ -131,6 +156,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         comparisons: Vec::new(),
         unavailable: Vec::new(),
     };
+    family.method.extend(at_scale.method());
     for (who, samples) in [(NETVLAN, nv), (CNI, peer)] {
         for (case, s) in [ATTACH, DETACH, CYCLE].into_iter().zip(samples) {
             family.measurements.push(Measurement::new(
@@ -186,7 +212,160 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         TOTAL,
         Basis::Medians,
     )?;
+    at_scale.add_to(&mut family)?;
     Ok(family)
+}
+
+/// The scale rows' figures: per-cycle times on both networks, and each
+/// wire's maps with their memlock in bytes.
+struct AtScale {
+    present: usize,
+    cycles: usize,
+    fill_s: f64,
+    connect: [Vec<f64>; 2],
+    disconnect: [Vec<f64>; 2],
+    memory: [Vec<(&'static str, u64)>; 2],
+}
+
+impl AtScale {
+    fn full_subject(&self) -> String {
+        format!("netvlan, {} endpoints present", self.present)
+    }
+
+    fn method(&self) -> Vec<String> {
+        let quick = if self.present < SCALE_FULL {
+            format!(
+                " (quick run: {} endpoints instead of the full run's {SCALE_FULL})",
+                self.present
+            )
+        } else {
+            String::new()
+        };
+        vec![
+            format!(
+                "At scale: two netvlan instances (own state and bpffs directories), each on its \
+                 own parent veth in a namespace of its own, macvlan network 10.200.0.0/16: one \
+                 left empty, the other filled with {} endpoints{quick} by that many sequential \
+                 `netvlan connect` (one sandbox each, {:.1} s in all). Then {} cycles, \
+                 interleaved: connect + disconnect of one more sandbox on the empty network, \
+                 then the same sandbox on the full one; ratio = median of per-cycle ratios.",
+                self.present, self.fill_s, self.cycles
+            ),
+            format!(
+                "Memory: the sum of `memlock:` (/proc/self/fdinfo of each map opened from its \
+                 pin) over the {} maps the wire object declares (WIRE_MAPS), of each network's \
+                 wire: with no endpoints and with {} present; the issue's goal is 8 MiB per \
+                 wire at the same capacities.",
+                self.memory[0].len(),
+                self.present
+            ),
+        ]
+    }
+
+    fn add_to(self, family: &mut Family) -> Result<()> {
+        let full = self.full_subject();
+        let method = format!(
+            "{} interleaved cycles per network, wall time of each command",
+            self.cycles
+        );
+        for (who, connect, disconnect) in [
+            (EMPTY.to_string(), &self.connect[0], &self.disconnect[0]),
+            (full.clone(), &self.connect[1], &self.disconnect[1]),
+        ] {
+            for (case, samples) in [(SCALE_CONNECT, connect), (SCALE_DISCONNECT, disconnect)] {
+                family.measurements.push(Measurement::new(
+                    &who,
+                    case,
+                    PER_ENDPOINT,
+                    "ms",
+                    Better::Lower,
+                    samples.clone(),
+                    method.clone(),
+                )?);
+            }
+        }
+        family
+            .compare(&full, EMPTY, SCALE_CONNECT, PER_ENDPOINT, Basis::Paired)?
+            .set_goal(SCALE_GOAL, Bound::AtMost(1.2), None);
+        family.compare(&full, EMPTY, SCALE_DISCONNECT, PER_ENDPOINT, Basis::Paired)?;
+        for (case, maps) in [
+            ("one wire's maps, no endpoints".to_string(), &self.memory[0]),
+            (
+                format!("one wire's maps, {} endpoints", self.present),
+                &self.memory[1],
+            ),
+        ] {
+            let total: u64 = maps.iter().map(|(_, bytes)| bytes).sum();
+            let mut m = Measurement::new(
+                NETVLAN,
+                &case,
+                MEMORY,
+                "MiB",
+                Better::Lower,
+                vec![total as f64 / MIB],
+                format!(
+                    "sum of memlock over {} pinned maps; per map in `also`",
+                    maps.len()
+                ),
+            )?;
+            for (name, bytes) in maps {
+                m = m.with_aux(name, "MiB", &[*bytes as f64 / MIB])?;
+            }
+            family.measurements.push(m);
+        }
+        Ok(())
+    }
+}
+
+/// Connect and disconnect on an empty network and on one holding
+/// [`scale_endpoints`], and both wires' map memory.
+fn scale(ctx: &Ctx, bar: &ProgressBar) -> Result<AtScale> {
+    let present = scale_endpoints(ctx);
+    let cycles = scale_cycles(ctx);
+    bar.set_message("at scale: creating both parents");
+    let empty_host = netns(&ctx.token, "cp-se", true)?;
+    try_veth_pair(&empty_host, "lan0", &empty_host, "lan0p")?;
+    let full_host = netns(&ctx.token, "cp-sf", true)?;
+    try_veth_pair(&full_host, "lan0", &full_host, "lan0p")?;
+    let empty = Netvlan::new(&ctx.netvlan, &empty_host, &ctx.token, "se")?;
+    empty.create_bench_network("10.200.0.0/16", "lan0", &[])?;
+    let full = Netvlan::new(&ctx.netvlan, &full_host, &ctx.token, "sf")?;
+    full.create_bench_network("10.200.0.0/16", "lan0", &[])?;
+    // Declared after the netvlan instances, so dropped before them: the
+    // namespaces take the links and their programs with them first, and
+    // removing the pins then detaches nothing one by one.
+    bar.set_message(format!("at scale: creating {} sandboxes", present + 1));
+    let sandboxes = NetnsSet::new(&ctx.token, "ss", present + 1)?;
+    let (filled, measured) = sandboxes.names().split_at(present);
+    let measured = &measured[0];
+
+    bar.set_message(format!("at scale: connecting {present} endpoints"));
+    let fill = bulk(bar, filled, |sb| full.timed(&["connect", "bench", sb]))?;
+    check_endpoints(filled, "eth0", true)?;
+    let memory = [
+        memory::wire_maps_memlock(&memory::wire_pin_dir(empty.bpf_dir())?)?,
+        memory::wire_maps_memlock(&memory::wire_pin_dir(full.bpf_dir())?)?,
+    ];
+
+    let mut connect = [Vec::new(), Vec::new()];
+    let mut disconnect = [Vec::new(), Vec::new()];
+    for i in 0..cycles {
+        bar.set_message(format!("at scale: cycle {}/{cycles}", i + 1));
+        for (side, netvlan) in [&empty, &full].into_iter().enumerate() {
+            connect[side].push(netvlan.timed(&["connect", "bench", measured])?.ms());
+            disconnect[side].push(netvlan.timed(&["disconnect", "bench", measured])?.ms());
+        }
+        super::progress::tick(bar)?;
+    }
+    bar.set_message("at scale: tearing down");
+    Ok(AtScale {
+        present,
+        cycles,
+        fill_s: fill.total_s,
+        connect,
+        disconnect,
+        memory,
+    })
 }
 
 struct Bulk {
@@ -213,8 +392,7 @@ fn bulk(
 
 /// Checks the first, middle and last sandbox have (or no longer have) the
 /// interface: a bulk run that did nothing must not look fast.
-fn check_endpoints(sandboxes: &NetnsSet, ifname: &str, present: bool) -> Result<()> {
-    let names = sandboxes.names();
+fn check_endpoints(names: &[String], ifname: &str, present: bool) -> Result<()> {
     for sb in [&names[0], &names[names.len() / 2], &names[names.len() - 1]] {
         let out = std::process::Command::new("ip")
             .args(["-n", sb, "link", "show", "dev", ifname])

@@ -9,15 +9,19 @@
 //! bench's own live-frames test run ([`super::livegen`], frames arrive as
 //! XDP frames, as from a NIC driver) and `trafgen` (netsniff-ng, the
 //! reference generator: AF_PACKET, frames arrive as skbs). Both run on
-//! CPU 0, and the kernel runs `p0`'s receive path on that CPU right after
-//! each send: generator and filter share one CPU, so the drop rate is
-//! bounded by their sum, and the receive side's own CPU per frame (softirq
-//! time) is measured beside it.
+//! CPU 0. Under the live frames `p0`'s receive path (its NAPI poll, where
+//! every filter runs) runs in a NAPI thread of its own pinned to CPU 1
+//! (`threaded` NAPI), so the drop rate is the filter's, not the sum of
+//! generator and filter on one CPU. Under trafgen it stays in softirq on
+//! CPU 0 right after each send: trafgen cannot wait for a receiver on
+//! another CPU (see [`Generator::Trafgen`]). The receive side's own CPU
+//! per frame is measured beside it.
 
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom},
     path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -36,7 +40,7 @@ use super::{
     model::{Basis, Better, Bound, Family, Measurement, Unavailable},
     netvlan::Netvlan,
     report::num,
-    sandbox::{netns, package_version, try_veth_pair, Netns, OwnedDir, Process},
+    sandbox::{self, netns, package_version, try_veth_pair, Netns, OwnedDir, Process},
 };
 
 /// Destination of the unknown-destination flood: no endpoint's, not `p0`'s.
@@ -50,6 +54,10 @@ const DENIED_VLAN: u16 = 10;
 const ALLOWED_VLAN: u16 = 20;
 /// Where both generators run (trafgen `-P 1` pins its one worker there).
 const GEN_CPU: usize = 0;
+/// Where `p0`'s NAPI thread, and with it every filter, runs.
+const FILTER_CPU: usize = 1;
+/// Its SCHED_FIFO priority (the kernel's default for threaded IRQs).
+const NAPI_PRIORITY: i32 = 50;
 const NFT_TABLE: &str = "nvbflood";
 /// A counter read that takes longer than this is taken again (a reading
 /// is dated at its middle; a slow one would blur the window's edges).
@@ -64,7 +72,7 @@ const XDP_FILTER: &str = "xdp-filter";
 const NO_FILTER: &str = "no filter";
 const DROPPED: &str = "dropped by the filter";
 const RECEIVED: &str = "received at the parent";
-const CPU: &str = "softirq CPU per frame";
+const CPU: &str = "receive CPU per frame";
 const GOAL: &str = ">= 3x nftables";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -183,7 +191,13 @@ impl Peer {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Generator {
+    /// p0's receive path on [`FILTER_CPU`], the generator on [`GEN_CPU`].
     LiveFrames,
+    /// Both on [`GEN_CPU`]: the skbs waiting in p0's ring for a receiver
+    /// elsewhere stay charged to trafgen's socket, whose send buffer (the
+    /// host's `net.core.wmem_default`, read-only inside a namespace; the
+    /// bench never changes the host's) fills, and trafgen exits on the
+    /// EAGAIN that follows.
     Trafgen,
 }
 
@@ -363,10 +377,16 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 "ns",
                 Better::Lower,
                 s.cpu_ns,
-                format!(
-                    "softirq time of all CPUs (/proc/stat) over the window / frames received; \
-                     {runs}"
-                ),
+                match generator {
+                    Generator::LiveFrames => format!(
+                        "run time of p0's NAPI thread on CPU {FILTER_CPU} (/proc/PID/schedstat) \
+                         over the window / frames received; {runs}"
+                    ),
+                    Generator::Trafgen => format!(
+                        "softirq time of all CPUs (/proc/stat) over the window / frames \
+                         received; {runs}"
+                    ),
+                },
             )?);
         }
     }
@@ -423,16 +443,14 @@ fn goal_note(family: &Family, case: &str) -> Result<String> {
     };
     let cpu_ratio = median(NFTABLES, CPU)? / median(NETVLAN, CPU)?;
     let head = if lost.is_empty() {
-        format!(
-            "generator-bound: nothing was lost before the filters, each dropped all the \
-             generator sent; generator and receive path share CPU {GEN_CPU}, so the rate is \
-             set by both together"
-        )
+        "generator-bound: nothing was lost before the filters, each dropped all the \
+         generator sent, so the generator set the pace"
+            .to_string()
     } else {
         lost.join("; ")
     };
     Ok(format!(
-        "{head}; per dropped frame, receive side (softirq) of all: {}, {}; receive side \
+        "{head}; per dropped frame, receive side of all: {}, {}; receive side \
          alone, nftables / netvlan: {}x",
         per_frame(NETVLAN)?,
         per_frame(NFTABLES)?,
@@ -498,13 +516,26 @@ fn method(ctx: &Ctx, labs: &[Lab]) -> Vec<String> {
             rounds(ctx)
         ),
         format!(
-            "The kernel runs p0's receive path (NAPI poll: the XDP program, or the skb path \
-             with nftables' ingress hook and the stack) in softirq on CPU {GEN_CPU} right \
-             after each batch the generator sends, so generator and filter share that CPU: \
-             when nothing is lost before the filter the drop rate is the generator's pace \
-             with the filter's cost added. `softirq CPU per frame` is the receive side alone: \
-             the softirq time of all CPUs in /proc/stat (tick-sampled; includes the machine's \
-             other softirq work, about 1% of a CPU) divided by the frames p0 received."
+            "Live frames: p0's receive path (NAPI poll: the XDP program, or the skb path \
+             with nftables' ingress hook and the stack) runs in p0's NAPI thread (`threaded` \
+             NAPI, turned on for the run), pinned with sched_setaffinity to CPU {FILTER_CPU} \
+             and made SCHED_FIFO {NAPI_PRIORITY} (softirq work, which it replaces, preempts \
+             every process too), while the generator runs on CPU {GEN_CPU}: the drop rate is what the filter \
+             keeps up with (what it cannot take, veth's ring refuses: `lost before the \
+             parent`), not the generator's pace with the filter's cost added. `receive CPU \
+             per frame` is that thread's run time (/proc/PID/schedstat, ns) over the window \
+             divided by the frames p0 received."
+        ),
+        format!(
+            "trafgen: the kernel runs p0's receive path in softirq on CPU {GEN_CPU} right \
+             after each batch trafgen sends, so generator and filter share that CPU (the drop \
+             rate is trafgen's pace with the filter's cost added): the skbs waiting in p0's \
+             ring for a receiver on another CPU stay charged to trafgen's socket, whose send \
+             buffer (the host's net.core.wmem_default, read-only in a namespace, never \
+             changed by the bench: hence --no-sock-mem) fills, and trafgen exits on EAGAIN. \
+             `receive CPU per frame` is the softirq time of all CPUs in /proc/stat \
+             (tick-sampled; includes the machine's other softirq work, about 1% of a CPU) \
+             divided by the frames p0 received."
         ),
         "With trafgen p0 receives skbs, and veth has to make each one an XDP buffer before \
          an XDP program can run on it (a copy into a page of its own when the skb lacks XDP's \
@@ -693,9 +724,14 @@ impl Lab {
         let frame = self.policy.frame();
         let (a, b) = match generator {
             Generator::LiveFrames => {
+                let receiver = NapiThread::start(&self.dut, "p0", FILTER_CPU)?;
                 let mut gen = LiveGen::start(&self.gen, "g0", &frame, GEN_CPU)?;
-                let (a, b) = self.window(warmup, window, &mut || gen.check_running())?;
+                let (a, b) = self.window(warmup, window, Some(&receiver), &mut || {
+                    gen.check_running()?;
+                    receiver.check()
+                })?;
                 gen.finish()?;
+                receiver.stop()?;
                 (a, b)
             }
             Generator::Trafgen => {
@@ -708,7 +744,7 @@ impl Lab {
                     "-C",
                 ]);
                 let mut trafgen = Process::spawn_group(&mut cmd, "trafgen")?;
-                self.window(warmup, window, &mut || trafgen.check_running())?
+                self.window(warmup, window, None, &mut || trafgen.check_running())?
             }
         };
         let received = rate(&a.received, &b.received);
@@ -737,28 +773,31 @@ impl Lab {
             lost_pct: refused / offered * 100.0,
             received: received / 1e6,
             dropped,
-            cpu_ns: rate(&a.softirq_ns, &b.softirq_ns) / received,
+            cpu_ns: rate(&a.receive_ns, &b.receive_ns) / received,
         })
     }
 
     /// Waits out the warm-up, then reads the counters at both ends of the
     /// window; `alive` fails if the generator died meanwhile.
+    /// `receiver`: p0's NAPI thread, whose run time is the receive side's
+    /// CPU (else the softirq time of all CPUs is).
     fn window(
         &self,
         warmup: Duration,
         window: Duration,
+        receiver: Option<&NapiThread>,
         alive: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Snapshot, Snapshot)> {
         std::thread::sleep(warmup);
         alive()?;
-        let a = self.snapshot()?;
+        let a = self.snapshot(receiver)?;
         std::thread::sleep(window);
-        let b = self.snapshot()?;
+        let b = self.snapshot(receiver)?;
         alive()?;
         Ok((a, b))
     }
 
-    fn snapshot(&self) -> Result<Snapshot> {
+    fn snapshot(&self, receiver: Option<&NapiThread>) -> Result<Snapshot> {
         // Sent: what reached g0 (veth counts on g0's tx side the frames it
         // passed to p0 and those p0's full ring refused), for both
         // generators.
@@ -776,7 +815,10 @@ impl Lab {
                 Peer::NoFilter => None,
                 _ => Some(Reading::take(|| self.dropped())?),
             },
-            softirq_ns: Reading::take(softirq_ns)?,
+            receive_ns: Reading::take(|| match receiver {
+                Some(thread) => thread.run_ns(),
+                None => softirq_ns(),
+            })?,
         })
     }
 
@@ -875,7 +917,9 @@ struct Snapshot {
     refused: u64,
     received: Reading,
     dropped: Option<Reading>,
-    softirq_ns: Reading,
+    /// CPU time of the receive side so far: p0's NAPI thread's, or the
+    /// softirq time of all CPUs.
+    receive_ns: Reading,
 }
 
 struct LinkStats {
@@ -931,6 +975,180 @@ fn parse_net_dev(text: &str, dev: &str) -> Result<LinkStats> {
         tx_packets: fields[9],
         tx_dropped: fields[11],
     })
+}
+
+/// A link's NAPI thread: its receive path (NAPI poll, and every filter
+/// on it) moved out of softirq on whatever CPU raised it into a kernel
+/// thread of its own (`/sys/class/net/DEV/threaded`), pinned to one CPU.
+/// [`NapiThread::stop`] turns it off again; the link's deletion (its
+/// namespace's) ends it too.
+struct NapiThread {
+    pid: i32,
+    ns: String,
+    ifname: String,
+    cpu: usize,
+}
+
+impl NapiThread {
+    /// Turns on threaded NAPI for `ifname` in `ns` and pins the thread the
+    /// kernel starts for it (`napi/IFNAME-ID`, one per receive queue: a
+    /// veth has one) to `cpu`.
+    fn start(ns: &Netns, ifname: &str, cpu: usize) -> Result<Self> {
+        // SAFETY: cpu_set_t is plain data, sched_getaffinity writes within it.
+        let mut ours: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is this thread; the set is valid for its size.
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut ours) }
+            != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+        }
+        for c in [GEN_CPU, cpu] {
+            // SAFETY: reads within the set.
+            if !unsafe { libc::CPU_ISSET(c, &ours) } {
+                bail!(
+                    "the flood bench needs CPUs {GEN_CPU} (generator) and {cpu} (filter); CPU \
+                     {c} is not available to it"
+                );
+            }
+        }
+        let prefix = format!("napi/{ifname}-");
+        let before = napi_threads(&prefix)?;
+        set_threaded(ns.name(), ifname, true)?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let pid = loop {
+            let new: Vec<i32> = napi_threads(&prefix)?
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect();
+            match new.as_slice() {
+                [pid] => break *pid,
+                [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                [] => bail!("no {prefix}* thread appeared after turning on threaded NAPI"),
+                more => bail!(
+                    "{} new {prefix}* threads, expected one: {more:?}",
+                    more.len()
+                ),
+            }
+        };
+        // SAFETY: as above.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: pid is a kernel thread's; the set is valid for its size.
+        if unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) }
+            != 0
+        {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning {prefix}* (pid {pid}) to CPU {cpu}"));
+        }
+        // Real-time, as the softirq it replaces preempts every process: on
+        // a busy machine a normal thread would wait behind them, and the
+        // rate would measure the machine's load instead of the filter.
+        let param = libc::sched_param {
+            sched_priority: NAPI_PRIORITY,
+        };
+        // SAFETY: pid is a kernel thread's; param is valid.
+        if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!("making {prefix}* (pid {pid}) SCHED_FIFO {NAPI_PRIORITY}")
+            });
+        }
+        let thread = NapiThread {
+            pid,
+            ns: ns.name().into(),
+            ifname: ifname.into(),
+            cpu,
+        };
+        thread.check()?;
+        Ok(thread)
+    }
+
+    /// Back to NAPI in softirq (the thread ends).
+    fn stop(self) -> Result<()> {
+        set_threaded(&self.ns, &self.ifname, false)
+    }
+
+    /// Fails unless the thread is still the link's and on its CPU (the
+    /// kernel replaces it when the link's NAPI is rebuilt).
+    fn check(&self) -> Result<()> {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).unwrap_or_default();
+        if !comm.starts_with(&format!("napi/{}-", self.ifname)) {
+            bail!(
+                "{}'s NAPI thread (pid {}) is gone: the link's NAPI was rebuilt",
+                self.ifname,
+                self.pid
+            );
+        }
+        // SAFETY: as in `start`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the set is valid for its size.
+        let got = unsafe {
+            libc::sched_getaffinity(self.pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+        };
+        let only = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: reads within the set.
+            .filter(|c| unsafe { libc::CPU_ISSET(*c, &set) })
+            .collect::<Vec<_>>();
+        // SAFETY: no memory involved.
+        let policy = unsafe { libc::sched_getscheduler(self.pid) };
+        if policy != libc::SCHED_FIFO {
+            bail!(
+                "{}'s NAPI thread (pid {}) has scheduling policy {policy}, not SCHED_FIFO",
+                self.ifname,
+                self.pid
+            );
+        }
+        if got != 0 || only != [self.cpu] {
+            bail!(
+                "{}'s NAPI thread (pid {}) runs on CPUs {only:?}, not only {}",
+                self.ifname,
+                self.pid,
+                self.cpu
+            );
+        }
+        Ok(())
+    }
+
+    /// The thread's time on a CPU so far, in ns (the first field of
+    /// `/proc/PID/schedstat`).
+    fn run_ns(&self) -> Result<u64> {
+        let path = format!("/proc/{}/schedstat", self.pid);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        text.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{path}: no run time in {text:?}"))
+    }
+}
+
+/// Turns threaded NAPI on or off for `ifname` in the namespace `ns`.
+fn set_threaded(ns: &str, ifname: &str, on: bool) -> Result<()> {
+    // `ip netns exec` mounts the namespace's own /sys for the command.
+    let set = format!("echo {} > /sys/class/net/{ifname}/threaded", u8::from(on));
+    sandbox::run(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &set]))
+        .with_context(|| format!("setting threaded NAPI {on} for {ifname} in {ns}"))?;
+    Ok(())
+}
+
+/// The pids of the kernel threads whose name starts with `prefix`.
+fn napi_threads(prefix: &str) -> Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")
+        .context("reading /proc")?
+        .flatten()
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A process that ended meanwhile has no comm: not one of them.
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
 }
 
 /// Softirq time of all CPUs so far, in ns (the `cpu` line of /proc/stat).

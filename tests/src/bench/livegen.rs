@@ -6,9 +6,10 @@
 //! is run by the kernel on copies of one frame, in batches; every copy is
 //! redirected out of a veth in the generator's namespace and arrives at its
 //! peer as an XDP frame, the way a NIC driver hands frames to its receive
-//! path (no socket, no qdisc, no skb on the way). The kernel runs the receiver's
-//! NAPI poll right after each batch on the same CPU, so generator and
-//! receiver share that CPU.
+//! path (no socket, no qdisc, no skb on the way). The kernel schedules the
+//! receiver's NAPI poll after each batch: in softirq on the generator's CPU,
+//! unless the receiver's NAPI is threaded (the flood bench pins that thread
+//! to a CPU of its own).
 
 use std::{
     ffi::CString,

@@ -18,6 +18,7 @@ mod flood;
 mod frames;
 mod livegen;
 mod machine;
+mod memory;
 mod model;
 mod netvlan;
 mod observe;
@@ -46,7 +47,8 @@ use sandbox::OwnedDir;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Smoke run (CI): fewer rounds, shorter runs, 50 endpoints instead of
-    /// 1,000; under 5 minutes. Writes under target/bench/.
+    /// 1,000 (500 instead of 10,000 at scale); under 5 minutes. Writes
+    /// under target/bench/.
     #[arg(long)]
     quick: bool,
     /// Only this scenario family. Writes under target/bench/.
