@@ -441,6 +441,20 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// The running kernel is `major.minor` or newer (from its release string).
+/// For behaviour that changed between the two lanes' kernels (6.18, 6.1).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || -> u32 {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("kernel release {release:?} is not major.minor"))
+    };
+    (next(), next()) >= (major, minor)
+}
+
 /// The kernel features some tests need, and which the host kernel may lack.
 #[derive(Clone, Copy, Debug)]
 pub enum KernelFeature {

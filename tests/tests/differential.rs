@@ -44,7 +44,7 @@ use netvlan_common::{
     },
     model::{Placement, WireCounters, WireModel},
 };
-use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, require_root};
+use netvlan_tests::{frame::ETH_P_EXPERIMENTAL, kernel_at_least, require_root};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -817,6 +817,13 @@ fn the_configured_hashes_take_memory_by_their_entries() {
             u64::from(maps::BPF_F_NO_PREALLOC),
             "{name} is preallocated"
         );
+    }
+    // Before 6.4 (the VM lane's 6.1) `memlock` is the kernel's estimate
+    // from the map's definition, not what it allocated (`map_mem_usage`
+    // came in 6.4): there the flag above is all the kernel can show.
+    if !kernel_at_least(6, 4) {
+        eprintln!("memlock on this kernel is an estimate from the definition: growth not visible");
+        return;
     }
     let empty = fdinfo(map_data(ebpf.map(maps::DST_SLOTS).unwrap()), "memlock");
     {

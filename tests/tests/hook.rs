@@ -11,6 +11,7 @@ use std::{
 
 use netvlan_tests::{
     frame::{mac_string, parse_mac, FrameBuilder, Mac, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP},
+    kernel_at_least,
     packet::PacketSocket,
     wait_for, Lan, Netns,
 };
@@ -23,11 +24,7 @@ const STRANGER: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x77];
 
 /// How TC attaches on this kernel: TCX from 6.6, clsact before.
 fn expected_tc_mode() -> &'static str {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap();
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap();
-    if (major, minor) >= (6, 6) {
+    if kernel_at_least(6, 6) {
         "tcx"
     } else {
         "clsact"

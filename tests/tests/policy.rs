@@ -747,6 +747,10 @@ fn ipvlan_drops_unicast_to_addresses_nobody_has() {
         "parent=eth0",
         "-o",
         "unknown_dst=drop",
+        // The host's tap below sees what the hook let through only behind
+        // XDP: packet taps run before TC ingress (hook.rs covers TC drops).
+        "-o",
+        "hook=xdp",
         "ipv",
     ])
     .ok();
