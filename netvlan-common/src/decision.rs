@@ -158,6 +158,7 @@ pub trait PolicyView {
     /// A configured gateway of a network on the wire has this address.
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool;
     /// Learns `src` on `vid` unless the VLAN already holds `limit` MACs.
+    /// Called only after [`PolicyView::is_learned`] said no.
     /// `packets` and `len` (bytes) are what the frame counts for, for the
     /// over-limit counters.
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning;

@@ -108,13 +108,12 @@ impl PolicyView for Maps {
 
     /// Exact across CPUs: the count is reserved with an atomic fetch-add
     /// before the MAC is inserted, and given back if the insert loses.
+    /// `decide` calls it only after `is_learned` missed, so it does not look
+    /// the MAC up again (a MAC another CPU learned meanwhile loses the
+    /// NOEXIST insert below and is Known).
     #[inline(always)]
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };
-        // SAFETY: lookup only; LRU lookups also mark the entry as used.
-        if unsafe { MAC_LEARN.get(&key).is_some() } {
-            return Learning::Known;
-        }
         let Some(state) = MAC_GUARD.get_ptr_mut(u32::from(vid)) else {
             return Learning::Known;
         };
