@@ -9,6 +9,7 @@
 //! - [`maps`]: the `#[repr(C)]` keys and values of the datapath's maps, with
 //!   their names and sizes.
 //! - [`policy`]: the filtering decision over those maps.
+//! - [`trace`]: the packet trace events of the ring buffer.
 //! - [`model`] (feature `model`, std): a host model of a wire's maps and
 //!   counters, the reference the program is tested and benchmarked against.
 #![cfg_attr(not(test), no_std)]
@@ -20,5 +21,6 @@ pub mod mac;
 pub mod maps;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
+pub mod trace;
 
 pub use mac::Mac;

@@ -8,11 +8,13 @@
 //! - [`store`]: the persistent state and its lock.
 //! - [`datapath`]: loading, pinning and reading the eBPF programs and maps.
 //! - [`control`]: the control plane every front shares ([`control::Manager`]).
+//! - [`daemon`]: the service beside the datapath: metrics, page, API.
 //! - [`demo`]: a lab in namespaces of its own, built with the control plane.
 //! - [`cli`]: the `netvlan` command line, the only module that knows clap.
 
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod ipam;
