@@ -3,6 +3,7 @@
 
 use crate::{
     control::{ErrorReport, NetworkError, CODE_IO},
+    daemon::DaemonError,
     datapath::DatapathError,
     demo::DemoError,
     store::StoreError,
@@ -18,6 +19,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Demo(#[from] DemoError),
+    #[error(transparent)]
+    Daemon(Box<DaemonError>),
     #[error("reading /proc/self/status to check privileges")]
     ReadStatus(#[source] std::io::Error),
     #[error("no CapEff line in /proc/self/status")]
@@ -60,6 +63,12 @@ impl From<NetworkError> for CliError {
 impl From<DatapathError> for CliError {
     fn from(e: DatapathError) -> Self {
         CliError::Datapath(Box::new(e))
+    }
+}
+
+impl From<DaemonError> for CliError {
+    fn from(e: DaemonError) -> Self {
+        CliError::Daemon(Box::new(e))
     }
 }
 

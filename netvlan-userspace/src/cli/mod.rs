@@ -4,6 +4,7 @@
 
 mod check;
 mod connect;
+mod daemon;
 mod datapath;
 mod demo;
 mod error;
@@ -22,6 +23,7 @@ use clap::{
 
 use self::{
     connect::{ConnectArgs, DisconnectArgs},
+    daemon::DaemonArgs,
     datapath::DatapathCommand,
     demo::DemoAction,
     error::{CliError, Result},
@@ -113,6 +115,10 @@ enum Command {
     /// and MAC, and also under any anomaly they carry (runt, excess_tags,
     /// malformed_l3).
     Stats(StatsArgs),
+    /// Run the service beside the datapath: Prometheus metrics and the
+    /// live page. Programs and maps stay pinned without it; stopping or
+    /// killing it loses no packet, filter or count.
+    Daemon(DaemonArgs),
 }
 
 /// With `--json`, a failing command still writes its `error: ...` line to
@@ -313,6 +319,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { output } => check::run(&manager().await?, output).await,
         Command::Stats(args) => stats::run(&datapath, &cli.state_dir, args).await,
+        Command::Daemon(args) => daemon::run(&cli.bpf_dir, &cli.state_dir, args).await,
         Command::Demo {
             action,
             prefix,
