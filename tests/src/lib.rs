@@ -13,6 +13,7 @@
 //! - `NETVLAN_TEST_NOTES`: a file collecting [`note`]s for the summary.
 
 pub mod bench;
+pub mod daemon;
 pub mod frame;
 pub mod lab;
 pub mod packet;

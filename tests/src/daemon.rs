@@ -1,0 +1,132 @@
+//! A `netvlan daemon` started by a test inside the lab's host namespace,
+//! on loopback there, with its own run directory; ended by PID on drop.
+
+use std::{
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use crate::{netvlan_bin, wait_for, Lan, Netns, OwnedDir};
+
+/// A running daemon. Dropping it sends SIGKILL to its PID and reaps it.
+pub struct Daemon {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` in the lab's host namespace.
+    pub addr: String,
+    /// Its `NETVLAN_RUN_DIR`.
+    pub run_dir: OwnedDir,
+    ns: String,
+}
+
+impl Daemon {
+    /// Starts `netvlan daemon ARGS` in `lan.host` (loopback brought up) and
+    /// waits until `/metrics` answers. Every test namespace is its own
+    /// network stack, so the default port never clashes between tests.
+    pub fn start(lan: &Lan, args: &[&str]) -> Daemon {
+        Daemon::start_in(&lan.host, lan, args)
+    }
+
+    /// As [`Daemon::start`], in `ns` with the lab's pins and state.
+    pub fn start_in(ns: &Netns, lan: &Lan, args: &[&str]) -> Daemon {
+        crate::sh("ip", &["-n", ns.name(), "link", "set", "lo", "up"]);
+        let run_dir =
+            OwnedDir::at(std::env::temp_dir().join(format!("{}-run", crate::unique_name("nvd"))));
+        std::fs::create_dir_all(run_dir.path()).expect("the run directory can be made");
+        let addr = "127.0.0.1:9465".to_string();
+        let mut cmd = ns.command(netvlan_bin());
+        cmd.arg("daemon")
+            .args(args)
+            .env("NETVLAN_BPF_DIR", lan.bpf.path())
+            .env("NETVLAN_STATE_DIR", lan.state.path())
+            .env("NETVLAN_RUN_DIR", run_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("netvlan daemon starts");
+        let mut daemon = Daemon {
+            child: Some(child),
+            addr,
+            run_dir,
+            ns: ns.name().to_string(),
+        };
+        let up = wait_for(Duration::from_secs(20), || {
+            daemon.status_of("/").map(|_| ())
+        });
+        if up.is_none() {
+            let status = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "netvlan daemon did not answer on {} (exit: {status:?})",
+                daemon.addr
+            );
+        }
+        daemon
+    }
+
+    /// The daemon's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon was started").id()
+    }
+
+    /// The HTTP status GET `path` answers with, `None` if nothing answers.
+    pub fn status_of(&self, path: &str) -> Option<u16> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .args([
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .arg(format!("http://{}{path}", self.addr))
+            .output()
+            .expect("curl runs");
+        let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        (code != 0).then_some(code)
+    }
+
+    /// GET `path` from the daemon with curl in its namespace; the body, or
+    /// `None` if the request failed (no answer, or not a 2xx status).
+    pub fn try_get(&self, path: &str) -> Option<String> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .args(["curl", "-sf", "--max-time", "10"])
+            .arg(format!("http://{}{path}", self.addr))
+            .output()
+            .expect("curl runs");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GET `path`; panics unless it answers with a 2xx status.
+    pub fn get(&self, path: &str) -> String {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} from the daemon at {} failed", self.addr))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the daemon and waits for it
+    /// to exit; its status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon was started");
+        // SAFETY: kill(2) on the PID of our own, not yet reaped, child.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "the daemon can be signalled");
+        child.wait().expect("the daemon can be reaped")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
