@@ -22,6 +22,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "iputils-ping",
     "bpftool",
+    // The live page test: headless Chromium renders it and takes screenshots.
+    "chromium",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::error::Result;
 use crate::daemon::{self, DEFAULT_METRICS_ADDR};
@@ -14,13 +14,25 @@ pub struct DaemonArgs {
     /// Loopback by default; give another address only on purpose.
     #[arg(long, default_value = DEFAULT_METRICS_ADDR, value_name = "ADDR:PORT")]
     metrics_addr: SocketAddr,
+    /// How log records are written to stderr: `text` for a person, `json`
+    /// (one object a line) for journald and log collectors. The level is
+    /// info (-v debug); RUST_LOG overrides.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(super) log_format: LogFormat,
 }
 
-pub async fn run(bpf_dir: &Path, state_dir: &Path, args: DaemonArgs) -> Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum LogFormat {
+    Text,
+    Json,
+}
+
+pub async fn run(bpf_dir: &Path, state_dir: &Path, run_dir: &Path, args: DaemonArgs) -> Result<()> {
     daemon::run(daemon::Config {
         bpf_dir: bpf_dir.into(),
         state_dir: state_dir.into(),
         metrics_addr: args.metrics_addr,
+        run_dir: run_dir.into(),
     })
     .await?;
     Ok(())

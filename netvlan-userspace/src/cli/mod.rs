@@ -23,7 +23,7 @@ use clap::{
 
 use self::{
     connect::{ConnectArgs, DisconnectArgs},
-    daemon::DaemonArgs,
+    daemon::{DaemonArgs, LogFormat},
     datapath::DatapathCommand,
     demo::DemoAction,
     error::{CliError, Result},
@@ -34,6 +34,7 @@ use self::{
 };
 use crate::{
     control::{Manager, OptionKey, OPTION_KEYS},
+    daemon::{client::Client, DEFAULT_RUN_DIR},
     datapath::{pins, Datapath, DEFAULT_BPF_DIR},
     keyword::Keyword,
     store::{Store, DEFAULT_STATE_DIR},
@@ -54,6 +55,10 @@ struct Cli {
     /// Where networks and endpoints are stored.
     #[arg(long, global = true, env = "NETVLAN_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR", help_heading = GLOBAL)]
     state_dir: PathBuf,
+    /// Where the daemon keeps its API socket (`netvlan.sock`); commands
+    /// ask a daemon there when one runs, and work without it.
+    #[arg(long, global = true, env = "NETVLAN_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR", help_heading = GLOBAL)]
+    run_dir: PathBuf,
     /// More detail on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
@@ -211,7 +216,10 @@ pub fn main() {
     let matches = command().get_matches();
     let json = wants_json(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_tracing(cli.verbose);
+    match &cli.command {
+        Command::Daemon(args) => init_daemon_tracing(cli.verbose, args.log_format),
+        _ => init_tracing(cli.verbose),
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -246,6 +254,29 @@ fn init_tracing(verbose: u8) {
         .without_time()
         .with_target(false)
         .init();
+}
+
+/// The daemon logs at info by default, with timestamps, as text or as
+/// JSON lines (journald, collectors); never in colour unless a terminal.
+fn init_daemon_tracing(verbose: u8, format: LogFormat) {
+    let default = if verbose == 0 { "info" } else { "debug" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_current_span(false)
+            .flatten_event(true)
+            .init(),
+    }
 }
 
 /// Capabilities every command needs: links and routes (CAP_NET_ADMIN),
@@ -290,6 +321,19 @@ async fn run(cli: Cli) -> Result<()> {
             .as_ref()
             .map_err(|e| CliError::PinsWouldVanish(e.to_string()))?;
     }
+    // Read-only commands ask a running daemon of this namespace first:
+    // it answers from the objects and netlink handles it already holds.
+    let daemon = Client::new(&cli.run_dir, &cli.bpf_dir, &cli.state_dir);
+    if let Some(daemon) = &daemon {
+        let answered = match &cli.command {
+            Command::Stats(args) => stats::via_daemon(daemon, args).await?,
+            Command::Network(cmd) => network::via_daemon(daemon, cmd).await?,
+            _ => false,
+        };
+        if answered {
+            return Ok(());
+        }
+    }
     let datapath = Datapath::open(&cli.bpf_dir)?;
     let state_dir = cli.state_dir.clone();
     // Opening the manager first cleans up after a command that was killed
@@ -318,8 +362,10 @@ async fn run(cli: Cli) -> Result<()> {
             datapath::run(&datapath, manager.as_ref(), cmd).await
         }
         Command::Check { output } => check::run(&manager().await?, output).await,
-        Command::Stats(args) => stats::run(&datapath, &cli.state_dir, args).await,
-        Command::Daemon(args) => daemon::run(&cli.bpf_dir, &cli.state_dir, args).await,
+        Command::Stats(args) => stats::run(&datapath, &cli.state_dir, daemon.as_ref(), args).await,
+        Command::Daemon(args) => {
+            daemon::run(&cli.bpf_dir, &cli.state_dir, &cli.run_dir, args).await
+        }
         Command::Demo {
             action,
             prefix,

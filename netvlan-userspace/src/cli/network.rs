@@ -12,7 +12,10 @@ use super::{
     output::{err, out, print_json, print_table},
     Output,
 };
-use crate::control::{self, CreateRequest, Driver, ListFilter, Manager};
+use crate::{
+    control::{self, CreateRequest, Driver, ListFilter, Manager},
+    daemon::client::{self, Client},
+};
 
 #[derive(Subcommand)]
 pub(super) enum NetworkCommand {
@@ -277,4 +280,49 @@ pub(super) fn confirm_prune(force: bool) -> Result<bool> {
         .read_line(&mut answer)
         .map_err(CliError::ReadAnswer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
+}
+
+/// `network ls --json` and `network inspect` answered by a running daemon
+/// (same output); `false` when it cannot answer and the command runs here.
+pub(super) async fn via_daemon(daemon: &Client, cmd: &NetworkCommand) -> Result<bool> {
+    match cmd {
+        NetworkCommand::Ls {
+            quiet: false,
+            filter,
+            output,
+        } if output.json && filter.is_empty() => match daemon.get("/v1/networks").await {
+            Some(answer) if answer.status.is_success() => {
+                out!("{}", answer.body);
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+        NetworkCommand::Inspect { names, output: _ } => {
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for name in names {
+                let path = format!("/v1/networks/{}", client::encode_segment(name));
+                let Some(answer) = daemon.get(&path).await else {
+                    return Ok(false);
+                };
+                let Ok(body) = serde_json::from_str::<serde_json::Value>(&answer.body) else {
+                    return Ok(false);
+                };
+                match answer.status.as_u16() {
+                    200 => found.push(body),
+                    404 => match body["error"].as_str() {
+                        Some(message) => missing.push(message.to_string()),
+                        None => return Ok(false),
+                    },
+                    _ => return Ok(false),
+                }
+            }
+            print_json(&found)?;
+            if !missing.is_empty() {
+                return Err(CliError::Several(missing));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }

@@ -7,7 +7,11 @@
 //!
 //! - [`metrics`]: `/metrics`, rendered from the maps at scrape time.
 //! - [`page`]: the live page at `/` and its server-push stream.
+//! - [`api`]: the local API on `$NETVLAN_RUN_DIR/netvlan.sock`.
+//! - [`client`]: the CLI's side of that API.
 
+pub mod api;
+pub mod client;
 pub mod metrics;
 pub mod page;
 
@@ -28,6 +32,11 @@ pub struct Shared {
     /// (`netvlan_common::trace::TraceHeader` + frame bytes), shared by
     /// every subscriber without copies.
     pub traces: broadcast::Sender<Bytes>,
+    /// The latest trace events, for the page's trace panel.
+    pub recent_traces: page::RecentTraces,
+    /// The namespace and directories this daemon serves; the CLI uses the
+    /// local API only when they are its own.
+    pub identity: api::Identity,
 }
 
 /// The HTTP side of the daemon on its metrics address: `/metrics` and the
@@ -43,11 +52,16 @@ pub fn http_router(shared: Arc<Shared>) -> axum::Router {
 /// loopback only (`--metrics-addr` opens it wider, by choice).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 
+/// Where the daemon's socket lives unless `NETVLAN_RUN_DIR` says otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/netvlan";
+
 /// How the daemon runs.
 pub struct Config {
     pub bpf_dir: PathBuf,
     pub state_dir: PathBuf,
     pub metrics_addr: std::net::SocketAddr,
+    /// Where the local API's socket is made (`netvlan.sock`).
+    pub run_dir: PathBuf,
 }
 
 /// Failures of the daemon itself (the datapath's own are in
@@ -78,6 +92,28 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make the run directory {dir}: {source}")]
+    RunDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another netvlan daemon answers on {socket}: stop it first (or give this one another NETVLAN_RUN_DIR)")]
+    SocketInUse { socket: PathBuf },
+    #[error("{socket} exists and is not a socket: remove it or give another NETVLAN_RUN_DIR")]
+    NotASocket { socket: PathBuf },
+    #[error("cannot serve the local API on {socket}: {source}")]
+    Socket {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the local API on {socket} failed: {source}")]
+    ServeSocket {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then stops serving gracefully.
@@ -90,22 +126,54 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Room for a burst of events per slow subscriber; a lagging one is
     // told how many it missed (broadcast's Lagged), never blocks the rest.
     let (traces, _) = broadcast::channel(4096);
+    let identity = api::Identity::of_this_process(&config.bpf_dir, &config.state_dir);
     let shared = Arc::new(Shared {
         datapath,
         state_dir: config.state_dir,
         traces,
+        recent_traces: page::RecentTraces::default(),
+        identity,
     });
+    // Signals first: one sent while the listeners come up is not lost.
+    let shutdown = shutdown_signal()?;
+    // The socket before the TCP port: a second daemon on the same run
+    // directory is refused by name, not by a port clash.
+    let (unix, socket) = api::bind(&config.run_dir)?;
     let addr = config.metrics_addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let addr = listener.local_addr().unwrap_or(addr);
-    let shutdown = shutdown_signal()?;
-    tracing::info!(%addr, "serving metrics and the live page");
-    axum::serve(listener, http_router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| DaemonError::Serve { addr, source })?;
+    let collector = tokio::spawn(page::collect_traces(shared.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tracing::info!(%addr, socket = %socket.path().display(), "serving metrics, the live page and the local API");
+    let http = axum::serve(listener, http_router(shared.clone()))
+        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let local = axum::serve(unix, api::router(shared))
+        .with_graceful_shutdown(until_stopped(stopped));
+    let signalled = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        Ok::<(), DaemonError>(())
+    };
+    let served = tokio::try_join!(
+        async { http.await.map_err(|source| DaemonError::Serve { addr, source }) },
+        async {
+            local.await.map_err(|source| DaemonError::ServeSocket {
+                socket: socket.path().to_path_buf(),
+                source,
+            })
+        },
+        signalled,
+    );
+    collector.abort();
+    // The socket goes with a daemon that stops (the guard); one that is
+    // killed leaves it stale, and the next start replaces it.
+    drop(socket);
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -15,7 +15,7 @@ use netvlan_common::{
     maps::{self, CounterSlot, Counters, DstCounters, MacGuardState, VlanCounters},
     Mac,
 };
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::WireMode;
 use super::{
@@ -25,7 +25,7 @@ use super::{
 use crate::sys::bpf_batch::BatchMap;
 
 /// Packets and bytes received, as printed and serialised.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RxCounters {
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -40,7 +40,7 @@ impl From<Counters> for RxCounters {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VlanStats {
     /// 0 = untagged (or priority-tagged).
     pub vlan: u16,
@@ -54,7 +54,7 @@ pub struct VlanStats {
 }
 
 /// One registered destination: a MAC on one outer VLAN.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacStats {
     pub mac: Mac,
     /// The outer VLAN it is registered on (0 = untagged).
@@ -66,7 +66,7 @@ pub struct MacStats {
     pub endpoint: Option<String>,
     /// One of the host's own MACs (the wire's or a parent's; ipvlan
     /// endpoints share it).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host: bool,
     /// Every frame to it, dropped ones included.
     #[serde(flatten)]
@@ -76,7 +76,7 @@ pub struct MacStats {
 }
 
 /// Everything counted on one interface.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceStats {
     pub ifname: String,
     pub ifindex: u32,
@@ -91,8 +91,10 @@ pub struct InterfaceStats {
     /// Every registered destination, by VLAN then MAC.
     pub macs: Vec<MacStats>,
     /// Frames per anomaly, every anomaly listed (zero included).
+    #[serde(deserialize_with = "known_keys")]
     pub anomalies: BTreeMap<&'static str, RxCounters>,
     /// Frames dropped by policy, per reason (every reason listed).
+    #[serde(deserialize_with = "known_keys")]
     pub drops: BTreeMap<&'static str, RxCounters>,
     /// Drops per VLAN and reason, only where something was dropped.
     pub vlan_drops: Vec<VlanDrops>,
@@ -104,13 +106,14 @@ pub struct InterfaceStats {
 }
 
 /// One VLAN's MAC-sprawl guard, as the kernel holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacGuardStats {
     pub vlan: u16,
     /// `None` once the guard is off (its last counters are still shown).
     pub limit: Option<u32>,
     /// `drop` or `count`.
-    pub action: &'static str,
+    #[serde(deserialize_with = "known_name")]
+    pub action: StaticName,
     /// Distinct source MACs learned.
     pub learned: u64,
     /// Frames from new MACs while the VLAN held its limit.
@@ -121,7 +124,7 @@ pub struct MacGuardStats {
     pub last_over_limit: Option<OverLimitEvent>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverLimitEvent {
     /// The new source MAC that found the VLAN full.
     pub mac: String,
@@ -129,33 +132,69 @@ pub struct OverLimitEvent {
     pub seconds_ago: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VlanDrops {
     pub vlan: u16,
-    pub reason: &'static str,
+    #[serde(deserialize_with = "known_name")]
+    pub reason: StaticName,
     #[serde(flatten)]
     pub counters: RxCounters,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsReport {
     pub interfaces: Vec<InterfaceStats>,
     /// Per endpoint: what it sent and what anti-spoofing dropped.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointStats>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointStats {
     pub network: String,
     pub endpoint: String,
     pub ifname: String,
     /// The endpoint's addresses: what tells ipvlan endpoints (which share
     /// the parent's MAC) apart.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
     #[serde(flatten)]
     pub egress: super::endpoint_hooks::EgressStats,
+}
+
+/// A name of [`static_name`]'s (spelt as an alias so that serde's derive
+/// does not take it for a string borrowed from its input).
+pub type StaticName = &'static str;
+
+/// The datapath's fixed names (drop reasons, anomalies, guard actions),
+/// which a report read back from JSON (the daemon's local API) gets as the
+/// same static strings it was made with.
+fn static_name(name: &str) -> Option<&'static str> {
+    DropReason::ALL
+        .iter()
+        .map(|r| r.name())
+        .chain(Anomaly::ALL.iter().map(|a| a.name()))
+        .chain(["drop", "count"])
+        .find(|known| *known == name)
+}
+
+fn known_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<&'static str, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    static_name(&name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown counter name {name:?}")))
+}
+
+fn known_keys<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<&'static str, RxCounters>, D::Error> {
+    BTreeMap::<String, RxCounters>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(name, counters)| {
+            static_name(&name)
+                .map(|known| (known, counters))
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown counter name {name:?}")))
+        })
+        .collect()
 }
 
 fn sum(values: &[Counters]) -> Counters {

@@ -256,7 +256,7 @@ pub(super) fn classifier<'a>(
 }
 
 /// What one endpoint received and sent, and what anti-spoofing dropped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EgressStats {
     pub rx_packets: u64,
     pub rx_bytes: u64,

@@ -333,7 +333,7 @@ impl Hook {
 }
 
 /// How the wire program is attached, as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireMode {
     /// XDP in the driver.

@@ -1,0 +1,258 @@
+//! The local API: HTTP+JSON on `$NETVLAN_RUN_DIR/netvlan.sock` (mode
+//! 0600, root's), for the CLI and local tools. It answers from the
+//! daemon's own datapath handles, so a command that asks it loads nothing.
+//!
+//! - `GET /v1/stats[?iface=IFACE]`: the report `netvlan stats --json` prints.
+//! - `GET /v1/networks`: every network as `network ls --json` prints it.
+//! - `GET /v1/networks/{name}`: one network as `network inspect` prints it
+//!   (404 with `{"error": "..."}` if there is none).
+//!
+//! Every answer carries the daemon's [`Identity`] in its headers: a CLI in
+//! another namespace, or with other pin or state directories, must not use
+//! this daemon's view, and checks them.
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{Path as UrlPath, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+
+use super::{DaemonError, Shared};
+use crate::{
+    control::{self, Manager, NetworkError},
+    store::Store,
+};
+
+/// The socket's file name in the run directory.
+pub const SOCKET_NAME: &str = "netvlan.sock";
+
+/// Response headers naming whom the daemon serves.
+pub const NETNS_HEADER: &str = "netvlan-netns";
+pub const BPF_DIR_HEADER: &str = "netvlan-bpf-dir";
+pub const STATE_DIR_HEADER: &str = "netvlan-state-dir";
+
+/// How long a request waits for the state lock before it answers 503 (the
+/// CLI then does the work itself, waiting as any command would).
+const STATE_PATIENCE: Duration = Duration::from_millis(500);
+
+/// The network namespace and directories a process works on: the daemon's
+/// and the CLI's must be the same for the CLI to use the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `dev:inode` of `/proc/self/ns/net`.
+    pub netns: String,
+    pub bpf_dir: String,
+    pub state_dir: String,
+}
+
+impl Identity {
+    pub fn of_this_process(bpf_dir: &Path, state_dir: &Path) -> Identity {
+        let netns = std::fs::metadata("/proc/self/ns/net")
+            .map(|m| format!("{}:{}", m.dev(), m.ino()))
+            .unwrap_or_default();
+        let canonical = |dir: &Path| {
+            std::fs::canonicalize(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .to_string_lossy()
+                .into_owned()
+        };
+        Identity {
+            netns,
+            bpf_dir: canonical(bpf_dir),
+            state_dir: canonical(state_dir),
+        }
+    }
+
+    /// The identity an answer's headers carry, if they all do.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Identity> {
+        let get = |name| headers.get(name)?.to_str().ok().map(str::to_string);
+        Some(Identity {
+            netns: get(NETNS_HEADER)?,
+            bpf_dir: get(BPF_DIR_HEADER)?,
+            state_dir: get(STATE_DIR_HEADER)?,
+        })
+    }
+
+    fn headers(&self) -> [(&'static str, HeaderValue); 3] {
+        let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+        [
+            (NETNS_HEADER, value(&self.netns)),
+            (BPF_DIR_HEADER, value(&self.bpf_dir)),
+            (STATE_DIR_HEADER, value(&self.state_dir)),
+        ]
+    }
+}
+
+/// The API's routes.
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/stats", get(stats))
+        .route("/v1/networks", get(networks))
+        .route("/v1/networks/{name}", get(network))
+        .with_state(shared)
+}
+
+/// The socket file, removed when the daemon stops (not when it is killed:
+/// the next start finds it stale and replaces it).
+pub struct SocketGuard(PathBuf);
+
+impl SocketGuard {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(socket = %self.0.display(), error = %e, "cannot remove the socket");
+        }
+    }
+}
+
+/// Binds `run_dir/netvlan.sock`, mode 0600: a socket left by a killed
+/// daemon (nothing answers on it) is replaced; one a live daemon answers on
+/// is refused.
+pub fn bind(run_dir: &Path) -> Result<(tokio::net::UnixListener, SocketGuard), DaemonError> {
+    std::fs::create_dir_all(run_dir).map_err(|source| DaemonError::RunDir {
+        dir: run_dir.to_path_buf(),
+        source,
+    })?;
+    let path = run_dir.join(SOCKET_NAME);
+    let socket_err = |source| DaemonError::Socket {
+        socket: path.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(DaemonError::NotASocket { socket: path });
+            }
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(_) => return Err(DaemonError::SocketInUse { socket: path }),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing the stale socket of a daemon that is gone");
+                    std::fs::remove_file(&path).map_err(socket_err)?;
+                }
+                Err(e) => return Err(socket_err(e)),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(socket_err(e)),
+    }
+    // Made with no access for group and others from the start (no window
+    // in which another user could connect), then set exactly.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(&path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(socket_err)?;
+    let guard = SocketGuard(path.clone());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    Ok((listener, guard))
+}
+
+/// A JSON answer (pretty, as the CLI prints it) with the identity headers.
+fn answer(shared: &Shared, status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let body = serde_json::to_string_pretty(body).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("serialising the answer: {e}") }).to_string()
+    });
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response();
+    for (name, value) in shared.identity.headers() {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+fn failed(shared: &Shared, status: StatusCode, e: &NetworkError) -> Response {
+    tracing::warn!(error = %e, "local API request failed");
+    answer(shared, status, &serde_json::json!({ "error": e.report() }))
+}
+
+/// The state, read without waiting long behind a command that holds it.
+enum StateRead {
+    None,
+    Busy,
+    Open(Box<Manager>),
+}
+
+fn open_state(shared: &Shared) -> Result<StateRead, NetworkError> {
+    if !Store::exists(&shared.state_dir) {
+        return Ok(StateRead::None);
+    }
+    match Store::open_within(&shared.state_dir, STATE_PATIENCE)? {
+        None => Ok(StateRead::Busy),
+        Some(store) => Ok(StateRead::Open(Box::new(Manager::new(
+            store,
+            shared.datapath.clone(),
+        )?))),
+    }
+}
+
+fn busy(shared: &Shared) -> Response {
+    answer(
+        shared,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({ "error": "another netvlan command holds the state" }),
+    )
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    iface: Option<String>,
+}
+
+async fn stats(State(shared): State<Arc<Shared>>, Query(query): Query<StatsQuery>) -> Response {
+    match control::report::report(&shared.datapath, &shared.state_dir, query.iface.as_deref())
+        .await
+    {
+        Ok(report) => answer(&shared, StatusCode::OK, &report),
+        Err(e) => failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+async fn networks(State(shared): State<Arc<Shared>>) -> Response {
+    let records = match open_state(&shared) {
+        Ok(StateRead::None) => Vec::new(),
+        Ok(StateRead::Busy) => return busy(&shared),
+        Ok(StateRead::Open(manager)) => match manager.networks() {
+            Ok(records) => records,
+            Err(e) => return failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+        },
+        Err(e) => return failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let list: Vec<_> = records.iter().map(control::inspect).collect();
+    answer(&shared, StatusCode::OK, &list)
+}
+
+async fn network(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
+    let found = match open_state(&shared) {
+        Ok(StateRead::None) => Err(NetworkError::UnknownNetwork(name)),
+        Ok(StateRead::Busy) => return busy(&shared),
+        Ok(StateRead::Open(manager)) => manager.network(&name),
+        Err(e) => return failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    match found {
+        Ok(record) => answer(&shared, StatusCode::OK, &control::inspect(&record)),
+        Err(e @ NetworkError::UnknownNetwork(_)) => answer(
+            &shared,
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": format!("{e:#}") }),
+        ),
+        Err(e) => failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}

@@ -1,0 +1,118 @@
+//! The CLI's side of the local API: a GET over the daemon's unix socket.
+//!
+//! Every failure to get an answer (no socket, a stale one, a daemon of
+//! another namespace or with other directories, a timeout, an error status)
+//! means "no daemon": the caller does the work itself, with the same
+//! output. Only a definite answer from the right daemon is used.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use axum::http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+use super::api::{Identity, SOCKET_NAME};
+
+/// How long the CLI waits for the daemon before it does the work itself.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A daemon the CLI may ask: its socket and the identity it must have.
+pub struct Client {
+    socket: PathBuf,
+    expected: Identity,
+}
+
+/// What the daemon answered: a status and a body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Client {
+    /// The daemon of `run_dir`, to be used only if it serves this process's
+    /// namespace, pins and state. `None` if no socket is there at all.
+    pub fn new(run_dir: &Path, bpf_dir: &Path, state_dir: &Path) -> Option<Client> {
+        let socket = run_dir.join(SOCKET_NAME);
+        socket.exists().then(|| Client {
+            socket,
+            expected: Identity::of_this_process(bpf_dir, state_dir),
+        })
+    }
+
+    /// GET `path` (with its query); `None` when there is no usable answer,
+    /// the reason logged at debug level.
+    pub async fn get(&self, path: &str) -> Option<Answer> {
+        match tokio::time::timeout(PATIENCE, self.request(path)).await {
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(why)) => {
+                tracing::debug!(socket = %self.socket.display(), "not using the daemon: {why}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    socket = %self.socket.display(),
+                    "the daemon did not answer {path} within {PATIENCE:?}; doing it without the daemon"
+                );
+                None
+            }
+        }
+    }
+
+    async fn request(&self, path: &str) -> Result<Answer, String> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, "netvlan")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request {path}: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = response.status();
+        let identity = Identity::from_headers(response.headers());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer to {path}: {e}"))?
+            .to_bytes();
+        connection.abort();
+        match identity {
+            Some(identity) if identity == self.expected => {}
+            other => {
+                return Err(format!(
+                    "it serves {other:?}, this command works on {:?}",
+                    self.expected
+                ))
+            }
+        }
+        let body = String::from_utf8(body.to_vec())
+            .map_err(|_| format!("the answer to {path} is not UTF-8"))?;
+        tracing::info!(socket = %self.socket.display(), "{path} answered by the daemon");
+        Ok(Answer { status, body })
+    }
+}
+
+/// `segment` percent-encoded for a URL path (names are short and mostly
+/// plain; anything else is escaped).
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
