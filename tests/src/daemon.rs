@@ -2,11 +2,12 @@
 //! on loopback there, with its own run directory; ended by PID on drop.
 
 use std::{
+    path::PathBuf,
     process::{Child, Stdio},
     time::Duration,
 };
 
-use crate::{netvlan_bin, wait_for, Lan, Netns, OwnedDir};
+use crate::{netvlan_bin, wait_for, Lan, Netns, OwnedDir, Run};
 
 /// A running daemon. Dropping it sends SIGKILL to its PID and reaps it.
 pub struct Daemon {
@@ -16,6 +17,7 @@ pub struct Daemon {
     /// Its `NETVLAN_RUN_DIR`.
     pub run_dir: OwnedDir,
     ns: String,
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -32,37 +34,111 @@ impl Daemon {
         let run_dir =
             OwnedDir::at(std::env::temp_dir().join(format!("{}-run", crate::unique_name("nvd"))));
         std::fs::create_dir_all(run_dir.path()).expect("the run directory can be made");
-        let addr = "127.0.0.1:9465".to_string();
-        let mut cmd = ns.command(netvlan_bin());
-        cmd.arg("daemon")
-            .args(args)
-            .env("NETVLAN_BPF_DIR", lan.bpf.path())
-            .env("NETVLAN_STATE_DIR", lan.state.path())
-            .env("NETVLAN_RUN_DIR", run_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("netvlan daemon starts");
         let mut daemon = Daemon {
-            child: Some(child),
-            addr,
+            child: None,
+            addr: "127.0.0.1:9465".to_string(),
             run_dir,
             ns: ns.name().to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
+        daemon.spawn(lan);
+        daemon
+    }
+
+    /// Starts the daemon again (same namespace, run directory and
+    /// arguments) after it stopped or was killed.
+    pub fn restart(&mut self, lan: &Lan) {
+        assert!(self.child.is_none(), "the daemon is stopped before a restart");
+        self.spawn(lan);
+    }
+
+    /// `netvlan daemon` with this daemon's arguments, as a child whose
+    /// stderr goes to [`Daemon::log_path`]; it must not start serving.
+    pub fn try_second(&self, lan: &Lan) -> std::process::Output {
+        self.command(lan)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("netvlan daemon runs")
+    }
+
+    fn command(&self, lan: &Lan) -> std::process::Command {
+        let ns = [&lan.host, &lan.switch]
+            .into_iter()
+            .find(|n| n.name() == self.ns)
+            .expect("the daemon runs in one of the lab's namespaces");
+        let mut cmd = ns.command(netvlan_bin());
+        cmd.arg("daemon")
+            .args(&self.args)
+            .env("NETVLAN_BPF_DIR", lan.bpf.path())
+            .env("NETVLAN_STATE_DIR", lan.state.path())
+            .env("NETVLAN_RUN_DIR", self.run_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&mut self, lan: &Lan) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("the daemon's log file can be made");
+        let child = self
+            .command(lan)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("netvlan daemon starts");
+        self.child = Some(child);
         let up = wait_for(Duration::from_secs(20), || {
-            daemon.status_of("/").map(|_| ())
+            (self.status_of("/").is_some() && self.socket().exists()).then_some(())
         });
         if up.is_none() {
-            let status = daemon
+            let status = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             panic!(
-                "netvlan daemon did not answer on {} (exit: {status:?})",
-                daemon.addr
+                "netvlan daemon did not answer on {} (exit: {status:?}); its log:\n{}",
+                self.addr,
+                self.log()
             );
         }
-        daemon
+    }
+
+    /// Where its stderr (the log) goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.run_dir.path().join("daemon.log")
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Its local API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.path().join("netvlan.sock")
+    }
+
+    /// `netvlan ARGS` in the lab's host namespace, with this daemon's run
+    /// directory (so the CLI asks the daemon when it answers).
+    pub fn netvlan(&self, lan: &Lan, args: &[&str]) -> Run {
+        let run_dir = self.run_dir.path().to_string_lossy().into_owned();
+        lan.netvlan_env(&[("NETVLAN_RUN_DIR", &run_dir)], args)
+    }
+
+    /// GET `path` from the local API over the socket: (status, body).
+    pub fn api(&self, path: &str) -> (u16, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(self.socket())
+            .arg(format!("http://netvlan{path}"))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
     /// The daemon's PID.

@@ -129,6 +129,12 @@ impl Lan {
         netvlan_with_state(&self.host, &self.bpf, &self.state, args)
     }
 
+    /// `netvlan ARGS` in the host namespace with more environment (e.g.
+    /// `NETVLAN_RUN_DIR` of a test's daemon).
+    pub fn netvlan_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+        run_netvlan(&self.host, &self.bpf, Some(&self.state), env, args)
+    }
+
     /// Starts `netvlan ARGS` stopped at `failpoint` (it sleeps there),
     /// waits until `ready` holds, then kills it with SIGKILL: a command
     /// dying half-way.
