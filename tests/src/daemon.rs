@@ -48,7 +48,10 @@ impl Daemon {
     /// Starts the daemon again (same namespace, run directory and
     /// arguments) after it stopped or was killed.
     pub fn restart(&mut self, lan: &Lan) {
-        assert!(self.child.is_none(), "the daemon is stopped before a restart");
+        assert!(
+            self.child.is_none(),
+            "the daemon is stopped before a restart"
+        );
         self.spawn(lan);
     }
 
@@ -131,7 +134,14 @@ impl Daemon {
     /// GET `path` from the local API over the socket: (status, body).
     pub fn api(&self, path: &str) -> (u16, String) {
         let out = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--unix-socket"])
+            .args([
+                "-s",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
             .arg(self.socket())
             .arg(format!("http://netvlan{path}"))
             .output()

@@ -48,7 +48,9 @@ fn arrived(listener: &PacketSocket, dst: Option<Mac>, src: Mac) -> usize {
 }
 
 fn unknown_dst_drops(stats: &Value) -> u64 {
-    stats["drops"]["unknown_dst"]["rx_packets"].as_u64().unwrap()
+    stats["drops"]["unknown_dst"]["rx_packets"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -113,7 +115,10 @@ fn a_killed_daemon_stops_nothing_and_a_restarted_one_serves_the_same_totals() {
     assert_eq!(unknown_dst_drops(&served["interfaces"][0]), 100);
     let endpoint = &served["endpoints"][0];
     assert_eq!(
-        (endpoint["endpoint"].as_str(), endpoint["rx_packets"].as_u64()),
+        (
+            endpoint["endpoint"].as_str(),
+            endpoint["rx_packets"].as_u64()
+        ),
         (Some(c.name()), Some(100)),
         "{served:#}"
     );
@@ -163,10 +168,7 @@ fn the_api_socket_is_roots_alone_a_live_one_is_refused_and_sigterm_removes_it() 
         .iter()
         .filter_map(|r| r["message"].as_str())
         .collect();
-    assert!(
-        messages.iter().any(|m| m.starts_with("serving")),
-        "{log}"
-    );
+    assert!(messages.iter().any(|m| m.starts_with("serving")), "{log}");
     assert!(messages.contains(&"SIGTERM: shutting down"), "{log}");
     assert!(records.iter().all(|r| r["level"].is_string()), "{log}");
 }

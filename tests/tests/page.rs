@@ -47,7 +47,10 @@ fn the_snapshot_and_stats_json_agree_exactly_and_the_stream_pushes_them() {
     let stats = stats_at(&lan, 27);
 
     let snapshot: Value = serde_json::from_str(&daemon.get("/api/snapshot")).unwrap();
-    assert_eq!(snapshot["stats"], stats, "the page's numbers are stats --json's");
+    assert_eq!(
+        snapshot["stats"], stats,
+        "the page's numbers are stats --json's"
+    );
     let eth0 = &snapshot["stats"]["interfaces"][0];
     assert_eq!(eth0["frames"]["rx_packets"], 27);
     assert_eq!(eth0["drops"]["unknown_dst"]["rx_packets"], 7);
@@ -92,9 +95,7 @@ fn the_snapshot_and_stats_json_agree_exactly_and_the_stream_pushes_them() {
 /// Runs headless Chromium in `ns` (as root, so without its sandbox), on a
 /// profile of its own, with `args` then `url`.
 fn chromium(ns: &Netns, args: &[&str], url: &str) -> Output {
-    let profile = OwnedDir::at(
-        std::env::temp_dir().join(netvlan_tests::unique_name("nvchrome")),
-    );
+    let profile = OwnedDir::at(std::env::temp_dir().join(netvlan_tests::unique_name("nvchrome")));
     std::fs::create_dir_all(profile.path()).unwrap();
     let out = ns
         .command("chromium")
@@ -164,7 +165,11 @@ fn headless_chromium_sees_the_numbers_change_while_traffic_flows() {
             &url,
         );
         let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
-        assert!(size > 1000, "{} is a real screenshot ({size} bytes)", png.display());
+        assert!(
+            size > 1000,
+            "{} is a real screenshot ({size} bytes)",
+            png.display()
+        );
         let dom = String::from_utf8(chromium(&lan.host, &["--dump-dom"], &url).stdout).unwrap();
         let shown = (
             element_text(&dom, "total-frames"),

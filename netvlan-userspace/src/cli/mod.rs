@@ -267,9 +267,7 @@ fn init_daemon_tracing(verbose: u8, format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false);
     match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder
             .json()
             .with_ansi(false)

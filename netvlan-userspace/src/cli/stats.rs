@@ -266,7 +266,13 @@ fn watch_line(
     seconds: f64,
     sort: SortKey,
 ) -> WatchLine {
-    let per_second = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+    let per_second = |n: u64| {
+        if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        }
+    };
     let (mut endpoints, mut vlans) = (Vec::new(), Vec::new());
     for (key, total) in now {
         let delta = total.minus(before.get(key).copied().unwrap_or_default());
@@ -315,7 +321,8 @@ async fn watch(
     let iface = args.iface.as_deref();
     let mut before = totals(&fetch(datapath, state_dir, daemon, iface).await?);
     let mut taken = Instant::now();
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let clear = !args.output.json && std::io::stdout().is_terminal();
     let mut shown = 0u64;
@@ -323,7 +330,12 @@ async fn watch(
         ticks.tick().await;
         let now = totals(&fetch(datapath, state_dir, daemon, iface).await?);
         let at = Instant::now();
-        let line = watch_line(&before, &now, at.duration_since(taken).as_secs_f64(), args.sort);
+        let line = watch_line(
+            &before,
+            &now,
+            at.duration_since(taken).as_secs_f64(),
+            args.sort,
+        );
         (before, taken) = (now, at);
         shown += 1;
         if args.output.json {
@@ -369,10 +381,13 @@ fn print_watch(line: &WatchLine) {
             .endpoints
             .iter()
             .map(|r| {
-                [r.endpoint.clone().unwrap_or_default(), r.network.clone().unwrap_or_default()]
-                    .into_iter()
-                    .chain(rates(r))
-                    .collect()
+                [
+                    r.endpoint.clone().unwrap_or_default(),
+                    r.network.clone().unwrap_or_default(),
+                ]
+                .into_iter()
+                .chain(rates(r))
+                .collect()
             })
             .collect();
         let header: Vec<&str> = ["ENDPOINT", "NETWORK"].into_iter().chain(numbers).collect();
@@ -568,5 +583,90 @@ fn vlan_label(vlan: u16) -> String {
         "untagged".to_string()
     } else {
         vlan.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str) -> RowKey {
+        RowKey::Endpoint {
+            network: "lan".into(),
+            endpoint: name.into(),
+        }
+    }
+
+    fn totals(rx_packets: u64, rx_bytes: u64, drops: u64) -> Totals {
+        Totals {
+            rx_packets,
+            rx_bytes,
+            drops,
+            ..Totals::default()
+        }
+    }
+
+    /// `many` sends more packets, `big` more bytes, `bad` more drops; the
+    /// rates are the deltas over the two seconds between the reports.
+    #[test]
+    fn rates_come_from_deltas_and_each_key_sorts_largest_first() {
+        let before = BTreeMap::from([
+            (endpoint("many"), totals(1000, 64_000, 0)),
+            (endpoint("big"), totals(10, 10_000, 0)),
+            (endpoint("bad"), totals(0, 0, 0)),
+        ]);
+        let now = BTreeMap::from([
+            (endpoint("many"), totals(1200, 76_800, 0)),
+            (endpoint("big"), totals(60, 60_000, 2)),
+            (endpoint("bad"), totals(20, 1_280, 20)),
+            // New since the last report: all of it is this interval's.
+            (endpoint("new"), totals(4, 256, 0)),
+        ]);
+        let order = |sort| -> Vec<String> {
+            watch_line(&before, &now, 2.0, sort)
+                .endpoints
+                .into_iter()
+                .map(|r| r.endpoint.unwrap())
+                .collect()
+        };
+        assert_eq!(order(SortKey::Pps), ["many", "big", "bad", "new"]);
+        assert_eq!(order(SortKey::Bps), ["big", "many", "bad", "new"]);
+        assert_eq!(order(SortKey::Drops), ["bad", "big", "many", "new"]);
+        let line = watch_line(&before, &now, 2.0, SortKey::Pps);
+        let many = &line.endpoints[0];
+        assert_eq!(many.delta, totals(200, 12_800, 0));
+        assert_eq!(many.total, totals(1200, 76_800, 0));
+        assert_eq!(
+            (many.pps, many.bps, many.drops_per_s),
+            (100.0, 51_200.0, 0.0)
+        );
+        let new = &line.endpoints[3];
+        assert_eq!((new.delta, new.pps), (totals(4, 256, 0), 2.0));
+    }
+
+    #[test]
+    fn a_report_read_back_from_the_daemons_json_is_the_same_report() {
+        let report: StatsReport = serde_json::from_value(serde_json::json!({
+            "interfaces": [{
+                "ifname": "eth0", "ifindex": 2, "mode": "native", "prog_id": 7,
+                "frames": { "rx_packets": 3, "rx_bytes": 192 },
+                "malformed": { "rx_packets": 0, "rx_bytes": 0 },
+                "vlans": [], "macs": [],
+                "anomalies": { "runt": { "rx_packets": 0, "rx_bytes": 0 } },
+                "drops": { "unknown_dst": { "rx_packets": 1, "rx_bytes": 64 } },
+                "vlan_drops": [{ "vlan": 0, "reason": "unknown_dst", "rx_packets": 1, "rx_bytes": 64 }],
+                "learned_macs": 0, "mac_guards": []
+            }]
+        }))
+        .unwrap();
+        let text = serde_json::to_string_pretty(&report).unwrap();
+        let again: StatsReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(again, report);
+        assert_eq!(report.interfaces[0].vlan_drops[0].reason, "unknown_dst");
+        let unknown = serde_json::from_str::<StatsReport>(&text.replace("unknown_dst", "bogus"));
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown counter name \"bogus\""));
     }
 }

@@ -168,7 +168,10 @@ fn answer(shared: &Shared, status: StatusCode, body: &impl serde::Serialize) -> 
     });
     let mut response = (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response();
@@ -217,8 +220,7 @@ struct StatsQuery {
 }
 
 async fn stats(State(shared): State<Arc<Shared>>, Query(query): Query<StatsQuery>) -> Response {
-    match control::report::report(&shared.datapath, &shared.state_dir, query.iface.as_deref())
-        .await
+    match control::report::report(&shared.datapath, &shared.state_dir, query.iface.as_deref()).await
     {
         Ok(report) => answer(&shared, StatusCode::OK, &report),
         Err(e) => failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),

@@ -152,15 +152,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(%addr, socket = %socket.path().display(), "serving metrics, the live page and the local API");
     let http = axum::serve(listener, http_router(shared.clone()))
         .with_graceful_shutdown(until_stopped(stopped.clone()));
-    let local = axum::serve(unix, api::router(shared))
-        .with_graceful_shutdown(until_stopped(stopped));
+    let local =
+        axum::serve(unix, api::router(shared)).with_graceful_shutdown(until_stopped(stopped));
     let signalled = async move {
         shutdown.await;
         let _ = stop.send(true);
         Ok::<(), DaemonError>(())
     };
     let served = tokio::try_join!(
-        async { http.await.map_err(|source| DaemonError::Serve { addr, source }) },
+        async {
+            http.await
+                .map_err(|source| DaemonError::Serve { addr, source })
+        },
         async {
             local.await.map_err(|source| DaemonError::ServeSocket {
                 socket: socket.path().to_path_buf(),

@@ -82,7 +82,11 @@ impl RecentTraces {
     /// The newest first, decoded.
     pub fn views(&self) -> Vec<TraceView> {
         let recent = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        recent.iter().rev().filter_map(|r| TraceView::of(r)).collect()
+        recent
+            .iter()
+            .rev()
+            .filter_map(|r| TraceView::of(r))
+            .collect()
     }
 }
 
@@ -226,15 +230,14 @@ fn networks(shared: &Shared) -> Vec<NetworkView> {
 
 /// The snapshot of this instant.
 pub async fn snapshot(shared: &Shared) -> Snapshot {
-    let (stats, error) = match control::report::report(&shared.datapath, &shared.state_dir, None)
-        .await
-    {
-        Ok(stats) => (stats, None),
-        Err(e) => {
-            tracing::warn!(error = %e, "the page cannot read the counters");
-            (StatsReport::default(), Some(e.report().line()))
-        }
-    };
+    let (stats, error) =
+        match control::report::report(&shared.datapath, &shared.state_dir, None).await {
+            Ok(stats) => (stats, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "the page cannot read the counters");
+                (StatsReport::default(), Some(e.report().line()))
+            }
+        };
     Snapshot {
         time_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
