@@ -171,6 +171,13 @@ fn the_api_socket_is_roots_alone_a_live_one_is_refused_and_sigterm_removes_it() 
     assert!(messages.iter().any(|m| m.starts_with("serving")), "{log}");
     assert!(messages.contains(&"SIGTERM: shutting down"), "{log}");
     assert!(records.iter().all(|r| r["level"].is_string()), "{log}");
+
+    // `--json` says the same, as the issue spells it.
+    let mut daemon = Daemon::start(&lan, &["--json"]);
+    assert!(daemon.stop_with(libc::SIGTERM).success());
+    for line in daemon.log().lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+    }
 }
 
 #[test]

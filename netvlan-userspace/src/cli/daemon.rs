@@ -18,7 +18,21 @@ pub struct DaemonArgs {
     /// (one object a line) for journald and log collectors. The level is
     /// info (-v debug); RUST_LOG overrides.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub(super) log_format: LogFormat,
+    log_format: LogFormat,
+    /// Same as `--log-format json` (and a failure to start is reported as
+    /// JSON too, as with every command's --json).
+    #[arg(long)]
+    json: bool,
+}
+
+impl DaemonArgs {
+    pub(super) fn log_format(&self) -> LogFormat {
+        if self.json {
+            LogFormat::Json
+        } else {
+            self.log_format
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

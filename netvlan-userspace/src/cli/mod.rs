@@ -217,7 +217,7 @@ pub fn main() {
     let json = wants_json(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match &cli.command {
-        Command::Daemon(args) => init_daemon_tracing(cli.verbose, args.log_format),
+        Command::Daemon(args) => init_daemon_tracing(cli.verbose, args.log_format()),
         _ => init_tracing(cli.verbose),
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
