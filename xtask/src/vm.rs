@@ -59,8 +59,9 @@ const MODULES: &[&str] = &[
 /// Host programs copied into the initramfs (with their libraries). The
 /// tests need the real iproute2 (`ip -j`), not busybox's applet.
 /// `tc` and `bpftool` show and change TC and BPF objects by hand (the
-/// rollback snapshots, `netvlan check`'s drift tests).
-const HOST_PROGRAMS: &[&str] = &["ip", "tc", "bpftool", "ethtool", "nsenter", "ping"];
+/// rollback snapshots, `netvlan check`'s drift tests). `curl` asks the
+/// daemon's HTTP side and its API socket.
+const HOST_PROGRAMS: &[&str] = &["ip", "tc", "bpftool", "ethtool", "nsenter", "ping", "curl"];
 
 /// Integration suites the VM lane leaves to the host lane: they check the
 /// control plane's own logic and output (CLI shapes, help and exit codes,
@@ -68,7 +69,9 @@ const HOST_PROGRAMS: &[&str] = &["ip", "tc", "bpftool", "ethtool", "nsenter", "p
 /// order), which no feature of the older kernel changes, and under TCG they
 /// would take most of the lane's time. Everything that depends on the
 /// kernel (802.1Q, ipvlan, dummy, clsact instead of TCX, XDP) runs in both.
-const HOST_ONLY_SUITES: &[&str] = &["cli", "errors", "multinet"];
+/// The live page (headless Chromium) and `stats --watch` only render what
+/// the daemon and the maps already give, tested in both lanes.
+const HOST_ONLY_SUITES: &[&str] = &["cli", "errors", "multinet", "page", "watch"];
 
 /// Line the guest prints once, last; everything else on the console is log.
 const RESULT_MARKER: &str = "NETVLAN-VM-RESULT";
