@@ -65,14 +65,19 @@ pub struct DropMaps {
     pub dst_drops: &'static Array<Counters>,
 }
 
+/// No registered destination: a slot outside `DST_DROPS`, whose lookup
+/// finds nothing. (A plain `u32`, not an `Option`: LLVM spills the
+/// payload of a `None` uninitialized, which the verifier refuses.)
+pub const NO_DST: u32 = u32::MAX;
+
 /// Counts a frame the policy refused by reason, VLAN and, when its
-/// destination is registered, in that destination's slot (already
-/// resolved: an array slot, no hash lookup here); the hook turns the
-/// verdict into its own drop action.
+/// destination is registered, in that destination's slot `dst` (already
+/// resolved: an array slot, no hash lookup here; [`NO_DST`] when not
+/// registered); the hook turns the verdict into its own drop action.
 #[inline(always)]
 pub fn drop(
     maps: &DropMaps,
-    dst: Option<u32>,
+    dst: u32,
     outer_vid: u16,
     reason: DropReason,
     packets: u64,
@@ -81,7 +86,7 @@ pub fn drop(
     count_packets(maps.drops, reason as u32, packets, len);
     let index = vlan_drop_index(outer_vid, reason);
     count_packets(maps.vlan_drops, index, packets, len);
-    if let Some(d) = dst.and_then(|slot| maps.dst_drops.get_ptr_mut(slot)) {
+    if let Some(d) = maps.dst_drops.get_ptr_mut(dst) {
         // SAFETY: the array value lives as long as the map; every CPU adds
         // to it, atomically.
         unsafe {

@@ -35,7 +35,7 @@ use netvlan_common::{
         DENY_MACS_CAPACITY, DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
-use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps};
+use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps, NO_DST};
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -124,33 +124,32 @@ impl PolicyView for Maps {
         // SAFETY (every `add` below): the array value lives as long as the
         // map, and every field CPUs change concurrently is changed atomically.
         let learned = unsafe { &raw mut (*state).learned };
-        let over_limit = || unsafe {
+        if unsafe { add(learned, 1) } < u64::from(limit) {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            match MAC_LEARN.insert(&key, &now, u64::from(BPF_NOEXIST)) {
+                Ok(()) => return Learning::Learned,
+                // Another CPU learned the same MAC first: give the slot back.
+                Err(EEXIST) => {
+                    unsafe { add(learned, u64::MAX) };
+                    return Learning::Known;
+                }
+                // The table is full (only guards whose limits were lowered
+                // after learning more can fill it) or out of memory: the
+                // MAC cannot be learned, so it is over the limit, as a
+                // switch's port security refuses a MAC it cannot hold.
+                Err(_) => {}
+            }
+        }
+        unsafe {
             add(learned, u64::MAX);
             add(&raw mut (*state).over_limit_packets, packets);
             add(&raw mut (*state).over_limit_bytes, len);
             // A report for `stats`; a torn read of it is harmless.
             (*state).last_over_limit_ns = bpf_ktime_get_ns();
             (*state).last_over_limit_mac = *src;
-            Learning::OverLimit
-        };
-        if unsafe { add(learned, 1) } >= u64::from(limit) {
-            return over_limit();
         }
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        match MAC_LEARN.insert(&key, &now, u64::from(BPF_NOEXIST)) {
-            Ok(()) => Learning::Learned,
-            // Another CPU learned the same MAC first: give the slot back.
-            Err(EEXIST) => {
-                unsafe { add(learned, u64::MAX) };
-                Learning::Known
-            }
-            // The table is full (only guards whose limits were lowered
-            // after learning more can fill it) or out of memory: the MAC
-            // cannot be learned, so it is over the limit, as a switch's
-            // port security refuses a MAC it cannot hold.
-            Err(_) => over_limit(),
-        }
+        Learning::OverLimit
     }
 }
 
@@ -221,7 +220,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 // touches it while we run.
                 unsafe { (*v).frames.add(packets, len) };
             }
-            let mut dst = None;
+            let mut dst = NO_DST;
             if f.dst[0] & 1 != 0 {
                 if let Some(v) = vlan {
                     unsafe { (*v).flood.add(packets, len) };
@@ -231,7 +230,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
             {
                 // SAFETY: per-CPU slot, as above.
                 unsafe { (*d).add(packets, len) };
-                dst = Some(slot);
+                dst = slot;
             } else if let Some(v) = vlan {
                 unsafe { (*v).unregistered.add(packets, len) };
             }
@@ -245,7 +244,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
             }
             let cx = Context {
                 vlan_flags,
-                dst_registered: dst.is_some(),
+                dst_registered: dst != NO_DST,
                 packets,
                 len,
             };
