@@ -75,14 +75,7 @@ pub const NO_DST: u32 = u32::MAX;
 /// resolved: an array slot, no hash lookup here; [`NO_DST`] when not
 /// registered); the hook turns the verdict into its own drop action.
 #[inline(always)]
-pub fn drop(
-    maps: &DropMaps,
-    dst: u32,
-    outer_vid: u16,
-    reason: DropReason,
-    packets: u64,
-    len: u64,
-) {
+pub fn drop(maps: &DropMaps, dst: u32, outer_vid: u16, reason: DropReason, packets: u64, len: u64) {
     count_packets(maps.drops, reason as u32, packets, len);
     let index = vlan_drop_index(outer_vid, reason);
     count_packets(maps.vlan_drops, index, packets, len);

@@ -95,11 +95,22 @@ fn upgrade_refuses_the_pins_of_the_layout_before_the_8_mib_maps_and_changes_noth
     let old_shapes: &[(&str, &[&str])] = &[
         (
             maps::DST_STATS,
-            &["type", "percpu_array", "key", "4", "value", "32", "entries", "65536"],
+            &[
+                "type",
+                "percpu_array",
+                "key",
+                "4",
+                "value",
+                "32",
+                "entries",
+                "65536",
+            ],
         ),
         (
             maps::MAC_LEARN,
-            &["type", "lru_hash", "key", "8", "value", "8", "entries", "32768"],
+            &[
+                "type", "lru_hash", "key", "8", "value", "8", "entries", "32768",
+            ],
         ),
     ];
     for (name, shape) in old_shapes {

@@ -30,9 +30,9 @@ use netvlan_common::{
     },
     frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
     maps::{
-        dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey,
-        MacGuardState, MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS,
-        DENY_MACS_CAPACITY, DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
+        dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey, MacGuardState, MacKey,
+        VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
+        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
 use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps, NO_DST};

@@ -27,8 +27,8 @@ use netvlan_common::{
         VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
     },
     maps::{
-        self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey,
-        DST_CAPACITY, VLAN_SLOTS,
+        self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey, DST_CAPACITY,
+        VLAN_SLOTS,
     },
 };
 

@@ -27,8 +27,8 @@ use indicatif::ProgressBar;
 use netvlan_common::{
     decision::Verdict,
     maps::{
-        Counters, DstKey, VlanCounters, BENCH_FLOOR_PROGRAM, DST_STATS, TC_PROGRAM,
-        VLAN_COUNTERS, XDP_PROGRAM,
+        Counters, DstKey, VlanCounters, BENCH_FLOOR_PROGRAM, DST_STATS, TC_PROGRAM, VLAN_COUNTERS,
+        XDP_PROGRAM,
     },
 };
 
