@@ -6,7 +6,7 @@ use aya::maps::MapInfo;
 use netvlan_common::maps::{
     self, DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS, WIRE_MAPS,
 };
-use netvlan_tests::{bench::memory, Lan};
+use netvlan_tests::{bench::memory, kernel_at_least, Lan};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
@@ -38,7 +38,11 @@ fn per_cpu_bytes() -> u64 {
 
 /// A freshly attached wire holds at most 8 MiB of maps on a machine of
 /// 2 possible CPUs (each CPU beyond adds only its per-CPU copies), at the
-/// capacities the README's table names.
+/// capacities the README's table names. The budget is checked where the
+/// kernel's `memlock` is the map's real memory (6.4+, `map_mem_usage`);
+/// before that (the VM lane's 6.1) it is a size estimate that ignores
+/// `BPF_F_NO_PREALLOC` (a 65,536-entry hash counts all its entries), and
+/// there the capacities and a `memlock` for every map are checked.
 #[test]
 fn a_wire_holds_at_most_8_mib_of_maps_at_the_readme_capacities() {
     let lab = Lan::new(false);
@@ -73,8 +77,9 @@ fn a_wire_holds_at_most_8_mib_of_maps_at_the_readme_capacities() {
         total / 1024,
         listing.join(", ")
     );
+    assert!(each.iter().all(|(_, bytes)| *bytes > 0), "{listing:?}");
     assert!(
-        total <= budget,
+        !kernel_at_least(6, 4) || total <= budget,
         "the wire's maps hold {total} B ({:.2} MiB) on {cpus} possible CPUs, over the budget of {budget} B: {}",
         total as f64 / MIB as f64,
         listing.join(", ")
