@@ -32,8 +32,11 @@ pub const DROPS: &str = "DROPS";
 /// Per-CPU array of [`Counters`] indexed by `decision::vlan_drop_index`.
 pub const VLAN_DROPS: &str = "VLAN_DROPS";
 
-/// LRU hash of [`LearnKey`] to `u64` (first seen, `bpf_ktime_get_ns`): the
-/// source MACs the MAC-sprawl guard has learned, per VLAN.
+/// Hash (no preallocation: memory follows what is learned) of [`LearnKey`]
+/// to `u64` (first seen, `bpf_ktime_get_ns`): the source MACs the
+/// MAC-sprawl guard has learned, per VLAN. Not an LRU: the guard reserves
+/// a MAC's place in its VLAN's count before inserting it, so the table
+/// holds at most what the limits allow and nothing is ever evicted.
 pub const MAC_LEARN: &str = "MAC_LEARN";
 /// Array of [`MacGuardState`] indexed by VLAN id: the guard's count of
 /// learned MACs and its over-limit events.
@@ -49,6 +52,10 @@ pub const MAC_GUARD: &str = "MAC_GUARD";
 // never inserted anywhere. The control plane gives every registration a
 // slot no other registration uses, zeroes the slot's counters before it
 // publishes the key, and keeps slots stable while the registration lives.
+// A slot's counters are split by how often they change: every frame to it
+// in the per-CPU [`DST_STATS`], policy drops (rarer) in the shared
+// [`DST_DROPS`] with atomic adds, which costs a quarter of the per-CPU
+// copies' memory.
 
 /// Array of [`DstKey`] indexed by [`direct_slot`]: the registration whose
 /// counters live in the same slot of [`DST_STATS`]; all-zero = free.
@@ -57,8 +64,13 @@ pub const DST_DIRECT: &str = "DST_DIRECT";
 /// [`DstKey`] to the `u32` slot in [`DST_STATS`], for registrations that
 /// are not in their direct slot (user-given MACs, the host's, collisions).
 pub const DST_SLOTS: &str = "DST_SLOTS";
-/// Per-CPU array of [`DstCounters`] indexed by slot.
+/// Per-CPU array of [`Counters`] indexed by slot: every frame to the
+/// registration ([`DstCounters::rx`]).
 pub const DST_STATS: &str = "DST_STATS";
+/// Array of [`Counters`] indexed by slot, shared by every CPU (atomic
+/// adds): the frames to the registration that policy dropped
+/// ([`DstCounters::dropped`]).
+pub const DST_DROPS: &str = "DST_DROPS";
 /// Per-CPU array of [`VlanCounters`] indexed by outer VLAN id (0 = untagged).
 pub const VLAN_COUNTERS: &str = "VLAN_COUNTERS";
 
@@ -122,7 +134,9 @@ impl DstKey {
     }
 }
 
-/// Counters of one registered destination.
+/// Counters of one registered destination, as the control plane reports
+/// them and the model counts them (the kernel keeps the two halves in
+/// [`DST_STATS`] and [`DST_DROPS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DstCounters {
@@ -153,6 +167,7 @@ pub const WIRE_MAPS: &[&str] = &[
     DST_DIRECT,
     DST_SLOTS,
     DST_STATS,
+    DST_DROPS,
     ENDPOINT_IPS,
     DENY_MACS,
     DROPS,
@@ -161,9 +176,10 @@ pub const WIRE_MAPS: &[&str] = &[
     MAC_GUARD,
 ];
 
-/// `map_flags` of the wire's hashes the control plane fills
-/// ([`DST_SLOTS`], [`ENDPOINT_IPS`], [`DENY_MACS`]): entries are allocated
-/// when inserted, so their memory follows what is configured.
+/// `map_flags` of the wire's hashes ([`DST_SLOTS`], [`ENDPOINT_IPS`],
+/// [`DENY_MACS`], which the control plane fills, and [`MAC_LEARN`]):
+/// entries are allocated when inserted, so their memory follows what is
+/// configured or learned.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// Map flag (linux/bpf.h): an array userspace can `mmap`. The control
 /// plane reads [`DST_DIRECT`] and [`VLAN_POLICY`] whole on every connect;
@@ -172,9 +188,9 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Learned source MACs per wire. The control plane keeps the sum of the
-/// wire's `max_macs` limits at or under half of this, so the kernel's LRU
-/// (which can evict a little before it is full, because of its per-CPU
-/// free lists) never has to evict a learned MAC.
+/// wire's `max_macs` limits at or under half of this (room left from when
+/// the table was an LRU, which evicts before it is full; a guard whose
+/// limit was lowered also keeps what it learned above the new limit).
 pub const MAC_LEARN_CAPACITY: u32 = 32_768;
 /// The most learned MACs all guarded VLANs of one wire may ask for.
 pub const MAC_LEARN_BUDGET: u32 = MAC_LEARN_CAPACITY / 2;
@@ -304,7 +320,6 @@ mod pod {
     unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::MacGuardState {}
     unsafe impl aya::Pod for super::DstKey {}
-    unsafe impl aya::Pod for super::DstCounters {}
     unsafe impl aya::Pod for super::VlanCounters {}
 }
 

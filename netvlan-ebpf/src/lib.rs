@@ -5,15 +5,21 @@
 //! One binary per hook: `src/bin/wire.rs` (XDP or TC on a parent link) and
 //! `src/bin/endpoint.rs` (TC on an endpoint link).
 #![no_std]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`;
+// the intrinsic compiles to BPF_ATOMIC (BPF_ADD).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use netvlan_common::{
     decision::{vlan_drop_index, DropReason},
     frame::PacketBytes,
-    maps::{Counters, DstCounters},
+    maps::Counters,
 };
 
 /// The frame an XDP program sees.
@@ -55,27 +61,42 @@ pub struct DropMaps {
     pub drops: &'static PerCpuArray<Counters>,
     /// By VLAN and reason (`decision::vlan_drop_index`).
     pub vlan_drops: &'static PerCpuArray<Counters>,
+    /// By registered destination slot, shared by every CPU.
+    pub dst_drops: &'static Array<Counters>,
 }
 
+/// No registered destination: a slot outside `DST_DROPS`, whose lookup
+/// finds nothing. (A plain `u32`, not an `Option`: LLVM spills the
+/// payload of a `None` uninitialized, which the verifier refuses.)
+pub const NO_DST: u32 = u32::MAX;
+
 /// Counts a frame the policy refused by reason, VLAN and, when its
-/// destination is registered, in that destination's counters (already
-/// resolved: no lookup here); the hook turns the verdict into its own
-/// drop action.
+/// destination is registered, in that destination's slot `dst` (already
+/// resolved: an array slot, no hash lookup here; [`NO_DST`] when not
+/// registered); the hook turns the verdict into its own drop action.
 #[inline(always)]
-pub fn drop(
-    maps: &DropMaps,
-    dst: Option<&mut DstCounters>,
-    outer_vid: u16,
-    reason: DropReason,
-    packets: u64,
-    len: u64,
-) {
+pub fn drop(maps: &DropMaps, dst: u32, outer_vid: u16, reason: DropReason, packets: u64, len: u64) {
     count_packets(maps.drops, reason as u32, packets, len);
     let index = vlan_drop_index(outer_vid, reason);
     count_packets(maps.vlan_drops, index, packets, len);
-    if let Some(d) = dst {
-        d.dropped.add(packets, len);
+    if let Some(d) = maps.dst_drops.get_ptr_mut(dst) {
+        // SAFETY: the array value lives as long as the map; every CPU adds
+        // to it, atomically.
+        unsafe {
+            atomic_add(&raw mut (*d).packets, packets);
+            atomic_add(&raw mut (*d).bytes, len);
+        }
     }
+}
+
+/// Atomic add to a counter every CPU shares (the result is not needed, so
+/// Relaxed is right here: a plain BPF_ADD without fetch).
+///
+/// # Safety
+/// `ptr` must point into a live map value.
+#[inline(always)]
+unsafe fn atomic_add(ptr: *mut u64, value: u64) {
+    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr, value);
 }
 
 #[cfg(not(test))]

@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use netvlan_common::{
@@ -30,12 +30,12 @@ use netvlan_common::{
     },
     frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
     maps::{
-        dst_slot, CounterSlot, Counters, DstCounters, DstKey, DstTables, IpKey, LearnKey,
-        MacGuardState, MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS,
-        DENY_MACS_CAPACITY, DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
+        dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey, MacGuardState, MacKey,
+        VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
+        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
-use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps};
+use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps, NO_DST};
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -53,7 +53,10 @@ static DST_DIRECT: Array<DstKey> = Array::with_max_entries(DST_CAPACITY, BPF_F_M
 static DST_SLOTS: HashMap<DstKey, u32> = HashMap::with_max_entries(DST_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "DST_STATS")]
-static DST_STATS: PerCpuArray<DstCounters> = PerCpuArray::with_max_entries(DST_CAPACITY, 0);
+static DST_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DST_CAPACITY, 0);
+
+#[map(name = "DST_DROPS")]
+static DST_DROPS: Array<Counters> = Array::with_max_entries(DST_CAPACITY, 0);
 
 #[map(name = "ENDPOINT_IPS")]
 static ENDPOINT_IPS: HashMap<IpKey, u32> =
@@ -71,7 +74,8 @@ static VLAN_DROPS: PerCpuArray<Counters> =
     PerCpuArray::with_max_entries(VLAN_SLOTS * DROP_REASON_SLOTS, 0);
 
 #[map(name = "MAC_LEARN")]
-static MAC_LEARN: LruHashMap<LearnKey, u64> = LruHashMap::with_max_entries(MAC_LEARN_CAPACITY, 0);
+static MAC_LEARN: HashMap<LearnKey, u64> =
+    HashMap::with_max_entries(MAC_LEARN_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "MAC_GUARD")]
 static MAC_GUARD: Array<MacGuardState> = Array::with_max_entries(VLAN_SLOTS, 0);
@@ -102,7 +106,7 @@ impl PolicyView for Maps {
 
     #[inline(always)]
     fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
-        // SAFETY: lookup only; LRU lookups also mark the entry as used.
+        // SAFETY: read-only lookup of a plain u64.
         unsafe { MAC_LEARN.get(&LearnKey { vid, mac: *src }).is_some() }
     }
 
@@ -120,28 +124,32 @@ impl PolicyView for Maps {
         // SAFETY (every `add` below): the array value lives as long as the
         // map, and every field CPUs change concurrently is changed atomically.
         let learned = unsafe { &raw mut (*state).learned };
-        if unsafe { add(learned, 1) } >= u64::from(limit) {
-            unsafe {
-                add(learned, u64::MAX);
-                add(&raw mut (*state).over_limit_packets, packets);
-                add(&raw mut (*state).over_limit_bytes, len);
-                // A report for `stats`; a torn read of it is harmless.
-                (*state).last_over_limit_ns = bpf_ktime_get_ns();
-                (*state).last_over_limit_mac = *src;
+        if unsafe { add(learned, 1) } < u64::from(limit) {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            match MAC_LEARN.insert(&key, &now, u64::from(BPF_NOEXIST)) {
+                Ok(()) => return Learning::Learned,
+                // Another CPU learned the same MAC first: give the slot back.
+                Err(EEXIST) => {
+                    unsafe { add(learned, u64::MAX) };
+                    return Learning::Known;
+                }
+                // The table is full (only guards whose limits were lowered
+                // after learning more can fill it) or out of memory: the
+                // MAC cannot be learned, so it is over the limit, as a
+                // switch's port security refuses a MAC it cannot hold.
+                Err(_) => {}
             }
-            return Learning::OverLimit;
         }
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if MAC_LEARN
-            .insert(&key, &now, u64::from(BPF_NOEXIST))
-            .is_err()
-        {
-            // Another CPU learned the same MAC first: give the slot back.
-            unsafe { add(learned, u64::MAX) };
-            return Learning::Known;
+        unsafe {
+            add(learned, u64::MAX);
+            add(&raw mut (*state).over_limit_packets, packets);
+            add(&raw mut (*state).over_limit_bytes, len);
+            // A report for `stats`; a torn read of it is harmless.
+            (*state).last_over_limit_ns = bpf_ktime_get_ns();
+            (*state).last_over_limit_mac = *src;
         }
-        Learning::Learned
+        Learning::OverLimit
     }
 }
 
@@ -212,18 +220,17 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 // touches it while we run.
                 unsafe { (*v).frames.add(packets, len) };
             }
-            let mut dst = None;
+            let mut dst = NO_DST;
             if f.dst[0] & 1 != 0 {
                 if let Some(v) = vlan {
                     unsafe { (*v).flood.add(packets, len) };
                 }
-            } else if let Some(d) = dst_slot(&Destinations, f.outer_vid, &f.dst)
-                .and_then(|slot| DST_STATS.get_ptr_mut(slot))
+            } else if let Some((slot, d)) = dst_slot(&Destinations, f.outer_vid, &f.dst)
+                .and_then(|slot| Some((slot, DST_STATS.get_ptr_mut(slot)?)))
             {
                 // SAFETY: per-CPU slot, as above.
-                let d = unsafe { &mut *d };
-                d.rx.add(packets, len);
-                dst = Some(d);
+                unsafe { (*d).add(packets, len) };
+                dst = slot;
             } else if let Some(v) = vlan {
                 unsafe { (*v).unregistered.add(packets, len) };
             }
@@ -237,7 +244,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
             }
             let cx = Context {
                 vlan_flags,
-                dst_registered: dst.is_some(),
+                dst_registered: dst != NO_DST,
                 packets,
                 len,
             };
@@ -246,6 +253,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 let maps = DropMaps {
                     drops: &DROPS,
                     vlan_drops: &VLAN_DROPS,
+                    dst_drops: &DST_DROPS,
                 };
                 drop(&maps, dst, f.outer_vid, reason, packets, len);
             }
@@ -269,6 +277,9 @@ impl DstTables for Destinations {
         unsafe { DST_SLOTS.get(key) }.copied()
     }
 }
+
+/// `-EEXIST`, what a `BPF_NOEXIST` insert of a present key returns.
+const EEXIST: i32 = -17;
 
 /// Atomic wrapping add; returns the previous value (`u64::MAX` subtracts 1).
 ///

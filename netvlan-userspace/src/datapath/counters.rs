@@ -236,7 +236,8 @@ fn slot_runs(slots: &[u32]) -> Vec<(u32, u32)> {
     runs
 }
 
-/// The `DST_STATS` of `slots` (sorted, distinct), summed over CPUs.
+/// The `DST_STATS` (summed over CPUs) and `DST_DROPS` of `slots` (sorted,
+/// distinct).
 fn read_dst_stats(
     pins: &InterfacePins,
     slots: &[u32],
@@ -245,20 +246,25 @@ fn read_dst_stats(
     if slots.is_empty() {
         return Ok(out);
     }
-    let data = open_data(pins, maps::DST_STATS)?;
-    let err = || batch_err(pins, maps::DST_STATS, None);
-    let batch = BatchMap::new(&data, maps::DST_STATS).map_err(err())?;
-    for (first, last) in slot_runs(slots) {
-        for (slot, values) in batch
-            .lookup_range::<DstCounters>(first, last - first + 1)
-            .map_err(err())?
-        {
-            let total = values.iter().fold(DstCounters::default(), |mut acc, c| {
-                acc.rx.merge(&c.rx);
-                acc.dropped.merge(&c.dropped);
-                acc
-            });
-            out.insert(slot, total);
+    let runs = slot_runs(slots);
+    // Every frame per CPU (DST_STATS), drops shared (DST_DROPS).
+    for (name, dropped) in [(maps::DST_STATS, false), (maps::DST_DROPS, true)] {
+        let data = open_data(pins, name)?;
+        let err = || batch_err(pins, name, None);
+        let batch = BatchMap::new(&data, name).map_err(err())?;
+        for &(first, last) in &runs {
+            for (slot, values) in batch
+                .lookup_range::<Counters>(first, last - first + 1)
+                .map_err(err())?
+            {
+                let total: &mut DstCounters = out.entry(slot).or_default();
+                let half = if dropped {
+                    &mut total.dropped
+                } else {
+                    &mut total.rx
+                };
+                values.iter().for_each(|c| half.merge(c));
+            }
         }
     }
     Ok(out)

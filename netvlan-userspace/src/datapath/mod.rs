@@ -164,7 +164,7 @@ pub enum DatapathError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("cannot upgrade in place: the pinned map {path} has {pinned}, this build wants {built}; `netvlan datapath detach` and `attach` load it afresh (counters start from zero)")]
+    #[error("cannot upgrade in place: the pinned map {path} has {pinned}, this build wants {built} (another map layout: what it holds cannot carry over). Nothing was changed. To move to this build, attach it afresh: for a parent wire `netvlan datapath detach PARENT --force`, then `netvlan restore` (a network's wire: attaches this build and writes its policy again) or `netvlan datapath attach PARENT`; counters start from zero")]
     IncompatibleMap {
         path: PathBuf,
         pinned: String,

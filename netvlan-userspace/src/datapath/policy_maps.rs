@@ -27,8 +27,8 @@ use netvlan_common::{
         VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
     },
     maps::{
-        self, direct_slot, DstCounters, DstKey, IpKey, LearnKey, MacGuardState, MacKey,
-        DST_CAPACITY, VLAN_SLOTS,
+        self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey, DST_CAPACITY,
+        VLAN_SLOTS,
     },
 };
 
@@ -338,14 +338,15 @@ fn write_slots(pins: &InterfacePins, changes: &SlotChanges) -> Result<(), Datapa
     if changes.is_empty() {
         return Ok(());
     }
-    let zeroed: Vec<(u32, DstCounters)> = changes
+    let zeroed: Vec<(u32, Counters)> = changes
         .new_direct
         .iter()
         .map(|(slot, _)| *slot)
         .chain(changes.new_hashed.iter().map(|(_, slot)| *slot))
-        .map(|slot| (slot, DstCounters::default()))
+        .map(|slot| (slot, Counters::default()))
         .collect();
     with_batch(pins, maps::DST_STATS, |b| b.update(&zeroed, 0))?;
+    with_batch(pins, maps::DST_DROPS, |b| b.update(&zeroed, 0))?;
     with_batch(pins, maps::DST_DIRECT, |b| b.update(&changes.new_direct, 0))?;
     with_batch(pins, maps::DST_SLOTS, |b| b.update(&changes.new_hashed, 0))?;
     let freed: Vec<(u32, DstKey)> = changes
@@ -644,8 +645,10 @@ mod tests {
             pin(maps::DST_DIRECT, direct.map());
             let slots = HashMap::<MapData, DstKey, u32>::create(DST_CAPACITY, NO_PREALLOC).unwrap();
             pin(maps::DST_SLOTS, slots.map());
-            let stats = PerCpuArray::<MapData, DstCounters>::create(DST_CAPACITY, 0).unwrap();
+            let stats = PerCpuArray::<MapData, Counters>::create(DST_CAPACITY, 0).unwrap();
             pin(maps::DST_STATS, stats.map());
+            let drops = Array::<MapData, Counters>::create(DST_CAPACITY, 0).unwrap();
+            pin(maps::DST_DROPS, drops.map());
             let ips = HashMap::<MapData, IpKey, u32>::create(1024, NO_PREALLOC).unwrap();
             pin(maps::ENDPOINT_IPS, ips.map());
             let deny = HashMap::<MapData, MacKey, u32>::create(1024, NO_PREALLOC).unwrap();
@@ -670,16 +673,21 @@ mod tests {
                 packets,
                 bytes: packets * 64,
             };
-            self.batch(maps::DST_STATS, |b| {
-                b.update(&[(slot, DstCounters { rx: c, dropped: c })], 0)
-            })
-            .unwrap();
+            for name in [maps::DST_STATS, maps::DST_DROPS] {
+                self.batch(name, |b| b.update(&[(slot, c)], 0)).unwrap();
+            }
         }
 
         fn stats(&self, slot: u32) -> DstCounters {
-            self.batch(maps::DST_STATS, |b| b.lookup_range::<DstCounters>(slot, 1))
-                .unwrap()[0]
-                .1[0]
+            let read = |name| {
+                self.batch(name, |b| b.lookup_range::<Counters>(slot, 1))
+                    .unwrap()[0]
+                    .1[0]
+            };
+            DstCounters {
+                rx: read(maps::DST_STATS),
+                dropped: read(maps::DST_DROPS),
+            }
         }
     }
 
@@ -691,7 +699,7 @@ mod tests {
     }
 
     use aya::maps::IterableMap as _;
-    use netvlan_common::maps::Counters;
+    use netvlan_common::maps::DstCounters;
 
     #[test]
     fn apply_keeps_live_slots_and_zeroes_a_new_slot_before_publishing_it() {

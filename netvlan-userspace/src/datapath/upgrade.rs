@@ -545,7 +545,7 @@ mod tests {
         );
         assert_eq!(
             missing,
-            names(&[VLAN_COUNTERS, DST_DIRECT, DST_SLOTS, DST_STATS])
+            names(&[VLAN_COUNTERS, DST_DIRECT, DST_SLOTS, DST_STATS, DST_DROPS])
         );
         // The same layout is no change; a build that only adds maps is none
         // either (upgrade creates them).

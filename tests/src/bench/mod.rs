@@ -18,7 +18,7 @@ mod flood;
 mod frames;
 mod livegen;
 mod machine;
-mod memory;
+pub mod memory;
 mod model;
 mod netvlan;
 mod observe;

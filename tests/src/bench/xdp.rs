@@ -27,8 +27,8 @@ use indicatif::ProgressBar;
 use netvlan_common::{
     decision::Verdict,
     maps::{
-        DstCounters, DstKey, VlanCounters, BENCH_FLOOR_PROGRAM, DST_STATS, TC_PROGRAM,
-        VLAN_COUNTERS, XDP_PROGRAM,
+        Counters, DstKey, VlanCounters, BENCH_FLOOR_PROGRAM, DST_STATS, TC_PROGRAM, VLAN_COUNTERS,
+        XDP_PROGRAM,
     },
 };
 
@@ -359,7 +359,7 @@ fn tc_program(obj: &Ebpf) -> Result<&SchedClassifier> {
 /// the repeats of one round (its verdict alone cannot tell, it passes
 /// everything).
 fn check_paths(obj: &Ebpf, wire: &BenchWire, cases: &[Case]) -> Result<()> {
-    let stats: PerCpuArray<_, DstCounters> = obj
+    let stats: PerCpuArray<_, Counters> = obj
         .map(DST_STATS)
         .with_context(|| format!("the eBPF object has no map {DST_STATS}"))?
         .try_into()
@@ -377,7 +377,7 @@ fn check_paths(obj: &Ebpf, wire: &BenchWire, cases: &[Case]) -> Result<()> {
                 let slot = wire
                     .slot(&key)
                     .with_context(|| format!("{}: {key:?} has no slot", case.name()))?;
-                stats.get(&slot, 0)?.iter().map(|d| d.rx.packets).sum()
+                stats.get(&slot, 0)?.iter().map(|d| d.packets).sum()
             }
             Lookup::Miss => vlans
                 .get(&u32::from(vid), 0)?
