@@ -5,6 +5,11 @@
 //! One binary per hook: `src/bin/wire.rs` (XDP or TC on a parent link) and
 //! `src/bin/endpoint.rs` (TC on an endpoint link).
 #![no_std]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+pub mod trace;
 
 use aya_ebpf::{
     maps::PerCpuArray,

@@ -20,8 +20,11 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
+};
+use netvlan_common::trace::{
+    TraceConfig, TraceFields, TracePoint, TRACE_DROP, TRACE_PASS, WIRE_RING_BYTES,
 };
 use netvlan_common::{
     decision::{
@@ -35,7 +38,11 @@ use netvlan_common::{
         DENY_MACS_CAPACITY, DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
-use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps};
+use netvlan_ebpf::{
+    count_packets, drop, tc_frame,
+    trace::{self, Seen, Source, TraceMaps},
+    xdp_frame, DropMaps,
+};
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -75,6 +82,41 @@ static MAC_LEARN: LruHashMap<LearnKey, u64> = LruHashMap::with_max_entries(MAC_L
 
 #[map(name = "MAC_GUARD")]
 static MAC_GUARD: Array<MacGuardState> = Array::with_max_entries(VLAN_SLOTS, 0);
+
+#[map(name = "TRACE_RING")]
+static TRACE_RING: RingBuf = RingBuf::with_byte_size(WIRE_RING_BYTES, 0);
+
+#[map(name = "TRACE_CONFIG")]
+static TRACE_CONFIG: Array<TraceConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "TRACE_LOST")]
+static TRACE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+static TRACE: TraceMaps = TraceMaps {
+    config: &TRACE_CONFIG,
+    ring: &TRACE_RING,
+    lost: &TRACE_LOST,
+};
+
+/// A traced frame's fields from the pipeline's outcome.
+#[inline(always)]
+fn seen(point: TracePoint, out: &Outcome, orig_len: u64, packets: u64) -> Seen {
+    let (verdict, reason) = match out.verdict {
+        Verdict::Pass => (TRACE_PASS, 0),
+        Verdict::Drop(r) => (TRACE_DROP, r as u8),
+    };
+    Seen {
+        point,
+        fields: TraceFields {
+            vlan: out.vlan,
+            slot: out.slot,
+            verdict,
+        },
+        reason,
+        orig_len: orig_len as u32,
+        packets: packets as u32,
+    }
+}
 
 /// The policy maps as `netvlan_common::decision::decide` reads them.
 struct Maps;
@@ -150,7 +192,12 @@ impl PolicyView for Maps {
 pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);
     let len = frame.frame_len() as u64;
-    match wire(&frame, 1, len) {
+    let out = wire(&frame, 1, len);
+    if let Some(cfg) = trace::active(&TRACE_CONFIG) {
+        let seen = seen(TracePoint::WireXdp, &out, len, 1);
+        trace::emit(&TRACE, cfg, Source::Xdp(&ctx), &seen);
+    }
+    match out.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
     }
@@ -183,7 +230,12 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
     // readable field of __sk_buff for TC programs.
     let segs = unsafe { (*ctx.skb.skb).gso_segs };
     let packets = u64::from(if segs > 1 { segs } else { 1 });
-    match wire(&frame, packets, len) {
+    let out = wire(&frame, packets, len);
+    if let Some(cfg) = trace::active(&TRACE_CONFIG) {
+        let seen = seen(TracePoint::WireTc, &out, len, packets);
+        trace::emit(&TRACE, cfg, Source::Tc(&ctx), &seen);
+    }
+    match out.verdict {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
     }
@@ -195,13 +247,17 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
 /// lookup for the destination (`maps::dst_slot`); policy adds lookups only
 /// where the VLAN's flags turn it on.
 #[inline(always)]
-fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
+fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
     match classify(frame) {
         Classification::Malformed(anomaly) => {
             count_packets(&COUNTERS, CounterSlot::Malformed.index(), packets, len);
             let slot = CounterSlot::Anomaly(anomaly).index();
             count_packets(&COUNTERS, slot, packets, len);
-            Verdict::Pass
+            Outcome {
+                verdict: Verdict::Pass,
+                vlan: 0,
+                slot: u32::MAX,
+            }
         }
         Classification::Classified(f) => {
             let vid = u32::from(f.outer_vid);
@@ -213,13 +269,15 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 unsafe { (*v).frames.add(packets, len) };
             }
             let mut dst = None;
+            let mut dst_index = u32::MAX;
             if f.dst[0] & 1 != 0 {
                 if let Some(v) = vlan {
                     unsafe { (*v).flood.add(packets, len) };
                 }
-            } else if let Some(d) = dst_slot(&Destinations, f.outer_vid, &f.dst)
-                .and_then(|slot| DST_STATS.get_ptr_mut(slot))
-            {
+            } else if let Some(d) = dst_slot(&Destinations, f.outer_vid, &f.dst).and_then(|slot| {
+                dst_index = slot;
+                DST_STATS.get_ptr_mut(slot)
+            }) {
                 // SAFETY: per-CPU slot, as above.
                 let d = unsafe { &mut *d };
                 d.rx.add(packets, len);
@@ -249,9 +307,21 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 };
                 drop(&maps, dst, f.outer_vid, reason, packets, len);
             }
-            verdict
+            Outcome {
+                verdict,
+                vlan: f.outer_vid,
+                slot: dst_index,
+            }
         }
     }
+}
+
+/// What the pipeline decided, with what a trace filter looks at.
+struct Outcome {
+    verdict: Verdict,
+    vlan: u16,
+    /// The registered destination's slot; `u32::MAX` when none.
+    slot: u32,
 }
 
 /// The destination maps as `netvlan_common::maps::dst_slot` reads them.
