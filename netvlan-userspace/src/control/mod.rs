@@ -23,6 +23,7 @@ mod options;
 mod owner;
 mod recover;
 pub mod report;
+pub mod trace;
 mod restore;
 mod routes;
 mod sandbox_link;
