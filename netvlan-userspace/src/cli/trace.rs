@@ -229,7 +229,8 @@ impl Pcap {
             path: path.clone(),
             source: Box::new(e),
         };
-        let file = File::create(path).map_err(|e| io(pcap_file::pcapng::PcapNgWriteError::from(e)))?;
+        let file =
+            File::create(path).map_err(|e| io(pcap_file::pcapng::PcapNgWriteError::from(e)))?;
         let mut writer = PcapNgWriter::new(BufWriter::new(file)).map_err(io)?;
         let mut wires = HashMap::new();
         let mut endpoints = HashMap::new();

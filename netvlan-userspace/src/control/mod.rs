@@ -23,10 +23,10 @@ mod options;
 mod owner;
 mod recover;
 pub mod report;
-pub mod trace;
 mod restore;
 mod routes;
 mod sandbox_link;
+pub mod trace;
 mod wire_policy;
 
 use std::collections::BTreeMap;

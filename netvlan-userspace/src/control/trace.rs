@@ -306,7 +306,10 @@ impl TraceSession {
             if let Err(e) = dtrace::configure(&target.pins, before) {
                 // An endpoint disconnected meanwhile took its config along.
                 if target.pins.exists() {
-                    tracing::error!("cannot restore the trace config in {}: {e}", target.pins.dir().display());
+                    tracing::error!(
+                        "cannot restore the trace config in {}: {e}",
+                        target.pins.dir().display()
+                    );
                     first.get_or_insert(e);
                 }
             }

@@ -33,8 +33,7 @@ use super::{object, DatapathError, InterfacePins};
 /// The trace config of the program pinned in `pins`.
 pub fn config(pins: &InterfacePins) -> Result<TraceConfig, DatapathError> {
     let map: Array<MapData, TraceConfig> = object::open_map(pins, TRACE_CONFIG)?;
-    map.get(&0, 0)
-        .map_err(object::read_err(pins, TRACE_CONFIG))
+    map.get(&0, 0).map_err(object::read_err(pins, TRACE_CONFIG))
 }
 
 /// Writes the trace config of the program pinned in `pins` (its sampler
@@ -49,9 +48,7 @@ pub fn configure(pins: &InterfacePins, cfg: &TraceConfig) -> Result<(), Datapath
 /// Events the program pinned in `pins` lost to a full ring, all CPUs.
 pub fn lost(pins: &InterfacePins) -> Result<u64, DatapathError> {
     let map: PerCpuArray<MapData, u64> = object::open_map(pins, TRACE_LOST)?;
-    let values = map
-        .get(&0, 0)
-        .map_err(object::read_err(pins, TRACE_LOST))?;
+    let values = map.get(&0, 0).map_err(object::read_err(pins, TRACE_LOST))?;
     Ok(values.iter().sum())
 }
 
@@ -281,8 +278,7 @@ fn fill_from_frame(out: &mut TraceRecord, f: &Frame, frame: &[u8]) {
         L3::Arp => {
             out.protocol = "arp";
             // The sender and target protocol addresses of IPv4 ARP.
-            if let (Some(s), Some(t)) = (frame.get(l3 + 14..l3 + 18), frame.get(l3 + 24..l3 + 28))
-            {
+            if let (Some(s), Some(t)) = (frame.get(l3 + 14..l3 + 18), frame.get(l3 + 24..l3 + 28)) {
                 out.src_ip = Some(IpAddr::V4(Ipv4Addr::new(s[0], s[1], s[2], s[3])));
                 out.dst_ip = Some(IpAddr::V4(Ipv4Addr::new(t[0], t[1], t[2], t[3])));
             }
