@@ -191,7 +191,7 @@ pub fn wants(cfg: &TraceConfig, fields: &TraceFields, seen: impl FnOnce() -> u64
     if !cfg.matches(fields) {
         return false;
     }
-    cfg.sample <= 1 || seen() % u64::from(cfg.sample) == 0
+    cfg.sample <= 1 || seen().is_multiple_of(u64::from(cfg.sample))
 }
 
 #[cfg(feature = "user")]
