@@ -114,6 +114,10 @@ pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
 /// Per-CPU count of events lost because the ring was full.
 pub const TRACE_LOST: &str = "TRACE_LOST";
 
+/// A bench-only entry of the wire object: the XDP hook without its trace
+/// call, the baseline tracing's cost is measured against.
+pub const BENCH_NOTRACE_PROGRAM: &str = "bench_xdp_notrace";
+
 /// A wire's ring: 256 KiB holds about 1,500 events (160 B + the ring's
 /// 8 B record header each), some milliseconds of a saturated wire at full
 /// tracing, while a wire's maps stay well inside issue #12's 8 MiB.

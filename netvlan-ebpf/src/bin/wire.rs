@@ -354,6 +354,18 @@ unsafe fn add(ptr: *mut u64, value: u64) -> u64 {
     atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, value)
 }
 
+/// Benchmarks only: the XDP hook with its trace call compiled out, the
+/// baseline `cargo xtask bench --only trace` prices tracing against.
+#[xdp]
+pub fn bench_xdp_notrace(ctx: XdpContext) -> u32 {
+    let frame = xdp_frame(&ctx);
+    let len = frame.frame_len() as u64;
+    match wire(&frame, 1, len).verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+    }
+}
+
 /// The floor for benchmarks: an XDP program that does nothing but pass.
 /// `cargo xtask bench` reports netvlan's per-packet cost against it.
 #[xdp]

@@ -1188,7 +1188,8 @@ mod tests {
             listed(&[
                 maps::XDP_PROGRAM,
                 maps::TC_PROGRAM,
-                maps::BENCH_FLOOR_PROGRAM
+                maps::BENCH_FLOOR_PROGRAM,
+                netvlan_common::trace::BENCH_NOTRACE_PROGRAM
             ])
         );
         assert_eq!(

@@ -169,6 +169,33 @@ impl Process {
         })
     }
 
+    /// As [`Process::spawn`], its stderr into `stderr` (for a tool whose
+    /// last words are the result).
+    pub fn spawn_with_stderr(cmd: &mut Command, what: &str, stderr: std::fs::File) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {what}: {}", describe(cmd)))?;
+        Ok(Process {
+            child,
+            what: what.to_string(),
+            group: false,
+        })
+    }
+
+    /// SIGINT, then waits for it to exit; fails unless it exits 0.
+    pub fn interrupt_and_wait(&mut self) -> Result<()> {
+        // SAFETY: kill has no memory preconditions; our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("{} failed ({status})", self.what);
+        }
+        Ok(())
+    }
+
     /// Fails if the process has already exited (it could not start).
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
