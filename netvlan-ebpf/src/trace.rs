@@ -12,6 +12,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
+const _: () = assert!(TRACE_SNAPLEN.is_power_of_two());
+
 use netvlan_common::trace::{
     wants, TraceConfig, TraceEvent, TraceFields, TraceHeader, TracePoint, TRACE_ON, TRACE_SNAPLEN,
 };
@@ -87,8 +89,15 @@ pub fn emit(maps: &TraceMaps, cfg: *mut TraceConfig, source: Source, seen: &Seen
     if cap > TRACE_SNAPLEN as u32 {
         cap = TRACE_SNAPLEN as u32;
     }
+    // Through memory, so LLVM cannot fold the tests below back into
+    // pointer compares the verifier does not relate to `cap`.
+    // SAFETY: a read of a local.
+    let cap = unsafe { core::ptr::read_volatile(&cap) };
     let mut copied = 0u16;
     if cap > 0 {
+        // The same value, in a form whose range the verifier sees:
+        // 1..=TRACE_SNAPLEN (a power of 2).
+        let cap = ((cap - 1) & (TRACE_SNAPLEN as u32 - 1)) + 1;
         // SAFETY: `data` has TRACE_SNAPLEN bytes and 0 < cap <= TRACE_SNAPLEN.
         let data = unsafe { (*event).data.as_mut_ptr().cast() };
         let ret = match source {

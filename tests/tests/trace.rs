@@ -215,8 +215,14 @@ fn assert_configs_cleared(lab: &Lan, expected_programs: usize) {
 /// The lab with a network `guarded` (unknown_dst=drop) on eth0 and one
 /// container connected: (container, its MAC).
 fn guarded_lab(lab: &Lan) -> (Netns, Mac) {
+    guarded_lab_at(lab, "auto")
+}
+
+/// [`guarded_lab`] with the wire at `hook` (auto picks TC on a veth).
+fn guarded_lab_at(lab: &Lan, hook: &str) -> (Netns, Mac) {
     lab.switch
         .exec("ip", &["addr", "add", "10.61.0.254/24", "dev", "peer0"]);
+    let hook = format!("hook={hook}");
     lab.netvlan(&[
         "network",
         "create",
@@ -226,6 +232,8 @@ fn guarded_lab(lab: &Lan) -> (Netns, Mac) {
         "parent=eth0",
         "-o",
         "unknown_dst=drop",
+        "-o",
+        &hook,
         "guarded",
     ])
     .ok();
@@ -366,6 +374,32 @@ fn trace_json_names_addresses_ports_vlan_and_reason() {
         assert!(e["point"] == "wire-tc" || e["point"] == "wire-xdp", "{e:#}");
         assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e:#}");
     }
+}
+
+#[test]
+fn trace_drops_at_the_xdp_hook_too() {
+    let lab = Lan::new(false);
+    let (_c, mac) = guarded_lab_at(&lab, "xdp");
+    let tracer = Tracer::start(&lab, &["--json", "--drops"]);
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(64), 2);
+    socket.send_many(&FrameBuilder::new(STRANGER, SENDER).build(200), 3);
+    tracer.wait_lines(3);
+    let (lines, stderr) = tracer.stop();
+    let events = json_lines(&lines);
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for e in &events {
+        assert_eq!(e["point"], "wire-xdp", "{e:#}");
+        assert_eq!(e["dst_mac"], mac_string(&STRANGER), "{e:#}");
+        // 200 bytes on the wire, the first 128 kept.
+        assert_eq!(
+            (e["len"].clone(), e["cap_len"].clone()),
+            (200.into(), 128.into()),
+            "{e:#}"
+        );
+    }
+    assert_eq!(events_and_lost(&stderr), (3, 0));
+    assert_configs_cleared(&lab, 2);
 }
 
 #[test]
