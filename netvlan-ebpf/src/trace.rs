@@ -12,11 +12,11 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
-const _: () = assert!(TRACE_SNAPLEN.is_power_of_two());
-
 use netvlan_common::trace::{
     wants, TraceConfig, TraceEvent, TraceFields, TraceHeader, TracePoint, TRACE_ON, TRACE_SNAPLEN,
 };
+
+const _: () = assert!(TRACE_SNAPLEN.is_power_of_two());
 
 /// A program's trace maps.
 pub struct TraceMaps {

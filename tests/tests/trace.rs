@@ -525,6 +525,23 @@ fn trace_counts_the_events_a_full_ring_loses() {
 }
 
 #[test]
+fn trace_count_ends_the_trace_by_itself_and_restores_the_configs() {
+    let lab = Lan::new(false);
+    let (_c, _mac) = guarded_lab(&lab);
+    let mut tracer = Tracer::start(&lab, &["--drops", "--count", "2"]);
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(STRANGER, SENDER).build(64), 5);
+    let status = wait_for(Duration::from_secs(10), || {
+        tracer.child.as_mut().unwrap().try_wait().unwrap()
+    })
+    .expect("trace --count 2 must end after 2 events");
+    tracer.child = None;
+    assert!(status.success(), "{}", tracer.stderr_text());
+    assert_eq!(tracer.stdout_lines().len(), 2);
+    assert_configs_cleared(&lab, 2);
+}
+
+#[test]
 fn trace_refuses_an_unknown_network_and_changes_nothing() {
     let lab = Lan::new(false);
     let (_c, _mac) = guarded_lab(&lab);
