@@ -169,12 +169,17 @@ impl Process {
         })
     }
 
-    /// As [`Process::spawn`], its stderr into `stderr` (for a tool whose
-    /// last words are the result).
-    pub fn spawn_with_stderr(cmd: &mut Command, what: &str, stderr: std::fs::File) -> Result<Self> {
+    /// As [`Process::spawn`], its output into files (for a tool whose
+    /// output is the result).
+    pub fn spawn_with_output(
+        cmd: &mut Command,
+        what: &str,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<Self> {
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start {what}: {}", describe(cmd)))?;

@@ -301,7 +301,7 @@ fn throughput(ctx: &Ctx, bar: &ProgressBar, family: &mut Family) -> Result<()> {
     family.method.push(format!(
         "Throughput: the wire program pinned by `netvlan datapath attach eth0 --hook xdp` in a \
          namespace of the bench, test-run in bursts of {BURST} (one event each, no filter) at \
-         rising rates for {seconds} s each while `netvlan trace --pcap FILE` (stdout to /dev/null) \
+         rising rates for {seconds} s each while `netvlan trace --pcap FILE` (its lines to a file) \
          reads the ring; the result is the highest rate with no event lost (each step checks \
          events + lost = sent): {}.",
         tried.join(", ")
@@ -357,17 +357,22 @@ fn drive(prog: &Xdp, frame: &[u8], rate: u64, seconds: f64) -> Result<u64> {
     Ok(calls * u64::from(BURST))
 }
 
-/// `netvlan trace` running, its stderr in a file.
+/// `netvlan trace` running, its output in files.
 struct TraceRun {
     process: Process,
+    stdout: std::path::PathBuf,
     stderr: std::path::PathBuf,
 }
 
 impl TraceRun {
     fn start(cmd: &mut std::process::Command, stderr: &Path) -> Result<TraceRun> {
-        let file = std::fs::File::create(stderr)?;
-        // Process::spawn sends stdout and stderr to /dev/null; keep stderr.
-        let mut process = Process::spawn_with_stderr(cmd, "netvlan trace", file)?;
+        let stdout = stderr.with_extension("stdout");
+        let mut process = Process::spawn_with_output(
+            cmd,
+            "netvlan trace",
+            std::fs::File::create(&stdout)?,
+            std::fs::File::create(stderr)?,
+        )?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             process.check_running()?;
@@ -382,13 +387,23 @@ impl TraceRun {
         }
         Ok(TraceRun {
             process,
+            stdout,
             stderr: stderr.to_path_buf(),
         })
     }
 
-    /// Lets the reader catch up, stops it with SIGINT: (events, lost).
+    /// Waits until the reader has caught up (its output, a line per event,
+    /// stopped growing for 300 ms), stops it with SIGINT: (events, lost).
     fn stop(mut self) -> Result<(u64, u64)> {
-        std::thread::sleep(Duration::from_millis(300));
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let (mut last, mut since) = (size(&self.stdout), Instant::now());
+        while since.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = size(&self.stdout);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
         self.process.interrupt_and_wait()?;
         let text = std::fs::read_to_string(&self.stderr)?;
         let line = text
