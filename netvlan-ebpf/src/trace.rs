@@ -57,9 +57,32 @@ pub struct Seen {
 
 /// Puts `seen` in the ring if `cfg` (from [`active`]) wants it, with the
 /// first [`TRACE_SNAPLEN`] bytes of the frame; counts it as lost if the
-/// ring is full.
+/// ring is full. Reads the context's fields here (the verifier allows
+/// context reads only at fixed offsets) and leaves the rest to [`record`].
 #[inline(always)]
 pub fn emit(maps: &TraceMaps, cfg: *mut TraceConfig, source: Source, seen: &Seen) {
+    let (ifindex, linear) = match source {
+        // SAFETY: the context's fields, valid for this run.
+        Source::Xdp(ctx) => (
+            unsafe { (*ctx.ctx).ingress_ifindex },
+            (ctx.data_end() - ctx.data()) as u32,
+        ),
+        Source::Tc(ctx) => (unsafe { (*ctx.skb.skb).ifindex }, ctx.len()),
+    };
+    record(maps, cfg, &source, seen, ifindex, linear);
+}
+
+/// [`emit`]'s work: a function of its own (a BPF-to-BPF call), so the
+/// pipeline before it compiles as if tracing did not exist.
+#[inline(never)]
+fn record(
+    maps: &TraceMaps,
+    cfg: *mut TraceConfig,
+    source: &Source,
+    seen: &Seen,
+    ifindex: u32,
+    linear: u32,
+) {
     // SAFETY: the array value lives as long as the map; the counter is
     // changed atomically, the rest only read.
     let config = unsafe { &*cfg };
@@ -77,14 +100,6 @@ pub fn emit(maps: &TraceMaps, cfg: *mut TraceConfig, source: Source, seen: &Seen
         return;
     };
     let event = entry.as_mut_ptr();
-    let (ifindex, linear) = match source {
-        // SAFETY: the context's fields, valid for this run.
-        Source::Xdp(ctx) => (
-            unsafe { (*ctx.ctx).ingress_ifindex },
-            (ctx.data_end() - ctx.data()) as u32,
-        ),
-        Source::Tc(ctx) => (unsafe { (*ctx.skb.skb).ifindex }, ctx.len()),
-    };
     let mut cap = linear;
     if cap > TRACE_SNAPLEN as u32 {
         cap = TRACE_SNAPLEN as u32;
@@ -100,7 +115,7 @@ pub fn emit(maps: &TraceMaps, cfg: *mut TraceConfig, source: Source, seen: &Seen
         let cap = ((cap - 1) & (TRACE_SNAPLEN as u32 - 1)) + 1;
         // SAFETY: `data` has TRACE_SNAPLEN bytes and 0 < cap <= TRACE_SNAPLEN.
         let data = unsafe { (*event).data.as_mut_ptr().cast() };
-        let ret = match source {
+        let ret = match *source {
             Source::Xdp(ctx) => unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, data, cap) },
             Source::Tc(ctx) => unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, data, cap) },
         };
