@@ -57,32 +57,11 @@ pub struct Seen {
 
 /// Puts `seen` in the ring if `cfg` (from [`active`]) wants it, with the
 /// first [`TRACE_SNAPLEN`] bytes of the frame; counts it as lost if the
-/// ring is full. Reads the context's fields here (the verifier allows
-/// context reads only at fixed offsets) and leaves the rest to [`record`].
+/// ring is full. Filters and reads the context's fields here (the
+/// verifier allows context reads only at fixed offsets) and leaves the
+/// event to [`record`].
 #[inline(always)]
 pub fn emit(maps: &TraceMaps, cfg: *mut TraceConfig, source: Source, seen: &Seen) {
-    let (ifindex, linear) = match source {
-        // SAFETY: the context's fields, valid for this run.
-        Source::Xdp(ctx) => (
-            unsafe { (*ctx.ctx).ingress_ifindex },
-            (ctx.data_end() - ctx.data()) as u32,
-        ),
-        Source::Tc(ctx) => (unsafe { (*ctx.skb.skb).ifindex }, ctx.len()),
-    };
-    record(maps, cfg, &source, seen, ifindex, linear);
-}
-
-/// [`emit`]'s work: a function of its own (a BPF-to-BPF call), so the
-/// pipeline before it compiles as if tracing did not exist.
-#[inline(never)]
-fn record(
-    maps: &TraceMaps,
-    cfg: *mut TraceConfig,
-    source: &Source,
-    seen: &Seen,
-    ifindex: u32,
-    linear: u32,
-) {
     // SAFETY: the array value lives as long as the map; the counter is
     // changed atomically, the rest only read.
     let config = unsafe { &*cfg };
@@ -92,6 +71,22 @@ fn record(
     if !wanted {
         return;
     }
+    let (ifindex, linear) = match source {
+        // SAFETY: the context's fields, valid for this run.
+        Source::Xdp(ctx) => (
+            unsafe { (*ctx.ctx).ingress_ifindex },
+            (ctx.data_end() - ctx.data()) as u32,
+        ),
+        Source::Tc(ctx) => (unsafe { (*ctx.skb.skb).ifindex }, ctx.len()),
+    };
+    record(maps, &source, seen, ifindex, linear);
+}
+
+/// [`emit`]'s work once the filter wants the frame: a function of its own
+/// (a BPF-to-BPF call), so the pipeline compiles as if tracing did not
+/// exist.
+#[inline(never)]
+fn record(maps: &TraceMaps, source: &Source, seen: &Seen, ifindex: u32, linear: u32) {
     let Some(mut entry) = maps.ring.reserve::<TraceEvent>(0) else {
         if let Some(lost) = maps.lost.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, only this CPU touches it while we run.
