@@ -257,7 +257,7 @@ fn throughput_rates(ctx: &Ctx) -> Vec<u64> {
     let all = [
         20_000, 50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000,
     ];
-    all.to_vec().into_iter().take(ctx.pick(6, 7)).collect()
+    all.iter().copied().take(ctx.pick(6, 7)).collect()
 }
 
 /// Events per test-run call: a burst the ring (1,560 events) absorbs.
