@@ -52,7 +52,13 @@ pub const EGRESS_CONFIG: &str = "EGRESS_CONFIG";
 pub const EGRESS_STATS: &str = "EGRESS_STATS";
 /// Every map of the endpoint (TC) object, each pinned per endpoint; a test
 /// in netvlan-userspace checks this list against the built object.
-pub const ENDPOINT_MAPS: &[&str] = &[EGRESS_CONFIG, EGRESS_STATS];
+pub const ENDPOINT_MAPS: &[&str] = &[
+    EGRESS_CONFIG,
+    EGRESS_STATS,
+    crate::trace::TRACE_RING,
+    crate::trace::TRACE_CONFIG,
+    crate::trace::TRACE_LOST,
+];
 
 #[cfg(feature = "user")]
 mod pod {

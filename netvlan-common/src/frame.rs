@@ -293,7 +293,7 @@ pub enum Classification {
 }
 
 #[inline(always)]
-const fn is_vlan_tpid(ethertype: u16) -> bool {
+pub const fn is_vlan_tpid(ethertype: u16) -> bool {
     matches!(ethertype, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY)
 }
 

@@ -174,6 +174,9 @@ pub const WIRE_MAPS: &[&str] = &[
     VLAN_DROPS,
     MAC_LEARN,
     MAC_GUARD,
+    crate::trace::TRACE_RING,
+    crate::trace::TRACE_CONFIG,
+    crate::trace::TRACE_LOST,
 ];
 
 /// `map_flags` of the wire's hashes ([`DST_SLOTS`], [`ENDPOINT_IPS`],

@@ -12,6 +12,8 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
+pub mod trace;
+
 use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},

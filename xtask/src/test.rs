@@ -24,6 +24,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     // The live page test: headless Chromium renders it and takes screenshots.
     "chromium",
+    "tcpdump",
+    "tshark",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

@@ -42,6 +42,8 @@ const VM_PACKAGES: &[&str] = &[
     "binutils",
     "iputils-ping",
     "bpftool",
+    "tcpdump",
+    "tshark",
 ];
 
 /// Kernel modules the tests need, loaded with their dependencies. Modules
@@ -60,8 +62,11 @@ const MODULES: &[&str] = &[
 /// tests need the real iproute2 (`ip -j`), not busybox's applet.
 /// `tc` and `bpftool` show and change TC and BPF objects by hand (the
 /// rollback snapshots, `netvlan check`'s drift tests). `curl` asks the
-/// daemon's HTTP side and its API socket.
-const HOST_PROGRAMS: &[&str] = &["ip", "tc", "bpftool", "ethtool", "nsenter", "ping", "curl"];
+/// daemon's HTTP side and its API socket; `tcpdump` and `tshark` read back
+/// `netvlan trace --pcap` captures.
+const HOST_PROGRAMS: &[&str] = &[
+    "ip", "tc", "bpftool", "ethtool", "nsenter", "ping", "curl", "tcpdump", "tshark",
+];
 
 /// Integration suites the VM lane leaves to the host lane: they check the
 /// control plane's own logic and output (CLI shapes, help and exit codes,
@@ -434,6 +439,14 @@ fn build_initramfs(
         fs::create_dir_all(root.join(dir))?;
     }
     std::os::unix::fs::symlink("/run", root.join("var/run"))?;
+    // Users the tools look up: tcpdump switches to its own after opening
+    // a file (and fails when the user cannot be found).
+    fs::create_dir_all(root.join("etc"))?;
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ntcpdump:x:100:100:tcpdump:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\ntcpdump:x:100:\n")?;
 
     // busybox provides the shell and the small tools /init uses.
     install(

@@ -20,8 +20,11 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
+};
+use netvlan_common::trace::{
+    TraceConfig, TraceFields, TracePoint, TRACE_DROP, TRACE_PASS, WIRE_RING_BYTES,
 };
 use netvlan_common::{
     decision::{
@@ -35,7 +38,11 @@ use netvlan_common::{
         DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
     },
 };
-use netvlan_ebpf::{count_packets, drop, tc_frame, xdp_frame, DropMaps, NO_DST};
+use netvlan_ebpf::{
+    count_packets, drop, tc_frame,
+    trace::{self, Seen, Source, TraceMaps},
+    xdp_frame, DropMaps, NO_DST,
+};
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -79,6 +86,41 @@ static MAC_LEARN: HashMap<LearnKey, u64> =
 
 #[map(name = "MAC_GUARD")]
 static MAC_GUARD: Array<MacGuardState> = Array::with_max_entries(VLAN_SLOTS, 0);
+
+#[map(name = "TRACE_RING")]
+static TRACE_RING: RingBuf = RingBuf::with_byte_size(WIRE_RING_BYTES, 0);
+
+#[map(name = "TRACE_CONFIG")]
+static TRACE_CONFIG: Array<TraceConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "TRACE_LOST")]
+static TRACE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+static TRACE: TraceMaps = TraceMaps {
+    config: &TRACE_CONFIG,
+    ring: &TRACE_RING,
+    lost: &TRACE_LOST,
+};
+
+/// A traced frame's fields from the pipeline's outcome.
+#[inline(always)]
+fn seen(point: TracePoint, out: &Outcome, orig_len: u64, packets: u64) -> Seen {
+    let (verdict, reason) = match out.verdict {
+        Verdict::Pass => (TRACE_PASS, 0),
+        Verdict::Drop(r) => (TRACE_DROP, r as u8),
+    };
+    Seen {
+        point,
+        fields: TraceFields {
+            vlan: out.vlan,
+            slot: out.slot,
+            verdict,
+        },
+        reason,
+        orig_len: orig_len as u32,
+        packets: packets as u32,
+    }
+}
 
 /// The policy maps as `netvlan_common::decision::decide` reads them.
 struct Maps;
@@ -158,7 +200,12 @@ impl PolicyView for Maps {
 pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);
     let len = frame.frame_len() as u64;
-    match wire(&frame, 1, len) {
+    let out = wire(&frame, 1, len);
+    if let Some(cfg) = trace::active(&TRACE_CONFIG) {
+        let seen = seen(TracePoint::WireXdp, &out, len, 1);
+        trace::emit(&TRACE, cfg, Source::Xdp(&ctx), &seen);
+    }
+    match out.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
     }
@@ -191,7 +238,12 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
     // readable field of __sk_buff for TC programs.
     let segs = unsafe { (*ctx.skb.skb).gso_segs };
     let packets = u64::from(if segs > 1 { segs } else { 1 });
-    match wire(&frame, packets, len) {
+    let out = wire(&frame, packets, len);
+    if let Some(cfg) = trace::active(&TRACE_CONFIG) {
+        let seen = seen(TracePoint::WireTc, &out, len, packets);
+        trace::emit(&TRACE, cfg, Source::Tc(&ctx), &seen);
+    }
+    match out.verdict {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
     }
@@ -203,13 +255,17 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
 /// lookup for the destination (`maps::dst_slot`); policy adds lookups only
 /// where the VLAN's flags turn it on.
 #[inline(always)]
-fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
+fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
     match classify(frame) {
         Classification::Malformed(anomaly) => {
             count_packets(&COUNTERS, CounterSlot::Malformed.index(), packets, len);
             let slot = CounterSlot::Anomaly(anomaly).index();
             count_packets(&COUNTERS, slot, packets, len);
-            Verdict::Pass
+            Outcome {
+                verdict: Verdict::Pass,
+                vlan: 0,
+                slot: NO_DST,
+            }
         }
         Classification::Classified(f) => {
             let vid = u32::from(f.outer_vid);
@@ -257,9 +313,21 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Verdict {
                 };
                 drop(&maps, dst, f.outer_vid, reason, packets, len);
             }
-            verdict
+            Outcome {
+                verdict,
+                vlan: f.outer_vid,
+                slot: dst,
+            }
         }
     }
+}
+
+/// What the pipeline decided, with what a trace filter looks at.
+struct Outcome {
+    verdict: Verdict,
+    vlan: u16,
+    /// The registered destination's slot; `NO_DST` when none.
+    slot: u32,
 }
 
 /// The destination maps as `netvlan_common::maps::dst_slot` reads them.
@@ -293,6 +361,18 @@ const EEXIST: i32 = -17;
 #[inline(always)]
 unsafe fn add(ptr: *mut u64, value: u64) -> u64 {
     atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, value)
+}
+
+/// Benchmarks only: the XDP hook with its trace call compiled out, the
+/// baseline `cargo xtask bench --only trace` prices tracing against.
+#[xdp]
+pub fn bench_xdp_notrace(ctx: XdpContext) -> u32 {
+    let frame = xdp_frame(&ctx);
+    let len = frame.frame_len() as u64;
+    match wire(&frame, 1, len).verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+    }
 }
 
 /// The floor for benchmarks: an XDP program that does nothing but pass.

@@ -49,6 +49,14 @@ pub enum CliError {
     ReadAnswer(#[source] std::io::Error),
     #[error("serialising output")]
     Json(#[source] serde_json::Error),
+    #[error("trace: {0}")]
+    Trace(&'static str, #[source] std::io::Error),
+    #[error("cannot write the capture {path}")]
+    Pcap {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<pcap_file::pcapng::PcapNgWriteError>,
+    },
 }
 
 pub type Result<T, E = CliError> = std::result::Result<T, E>;

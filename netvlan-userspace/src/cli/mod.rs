@@ -13,6 +13,7 @@ pub(crate) mod output;
 mod policy;
 mod restore;
 mod stats;
+mod trace;
 
 use std::{io::IsTerminal, path::PathBuf};
 
@@ -124,6 +125,10 @@ enum Command {
     /// live page. Programs and maps stay pinned without it; stopping or
     /// killing it loses no packet, filter or count.
     Daemon(DaemonArgs),
+    /// Show frames as the datapath sees them, filtered in the kernel: a
+    /// line per event (JSON with --json), optionally a pcapng capture.
+    /// Lost events (a full ring) are counted and printed at the end.
+    Trace(trace::TraceArgs),
 }
 
 /// With `--json`, a failing command still writes its `error: ...` line to
@@ -364,6 +369,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => {
             daemon::run(&cli.bpf_dir, &cli.state_dir, &cli.run_dir, args).await
         }
+        Command::Trace(args) => trace::run(&datapath, &cli.state_dir, args).await,
         Command::Demo {
             action,
             prefix,

@@ -117,6 +117,10 @@ pub enum NetworkError {
     SandboxIsHost { sandbox: String, parent: String },
     #[error("sandbox '{sandbox}' is not connected to network '{network}'")]
     NotConnected { network: String, sandbox: String },
+    #[error("no endpoint of sandbox '{0}' is connected to any network")]
+    UnknownEndpoint(String),
+    #[error("nothing to trace: {0}")]
+    NothingToTrace(String),
     #[error("passthru network '{0}' already has its one endpoint")]
     PassthruTaken(String),
     #[error("the sandbox already has an interface named {ifname}")]
@@ -351,6 +355,8 @@ impl NetworkError {
             E::SandboxGone { .. } => (CODE_UNKNOWN_CONTAINER, "sandbox_gone"),
             E::SandboxIsHost { .. } => (CODE_INVALID_CONFIG, "sandbox_is_host"),
             E::NotConnected { .. } => (CODE_NOT_FOUND, "not_connected"),
+            E::UnknownEndpoint(_) => (CODE_NOT_FOUND, "unknown_endpoint"),
+            E::NothingToTrace(_) => (CODE_NOT_FOUND, "nothing_to_trace"),
             E::PassthruTaken(_) => (CODE_CONFLICT, "passthru_taken"),
             E::IfnameTaken { .. } => (CODE_CONFLICT, "ifname_taken"),
             E::DisconnectFailed { .. } => (CODE_IO, "disconnect_failed"),

@@ -26,6 +26,7 @@ pub mod report;
 mod restore;
 mod routes;
 mod sandbox_link;
+pub mod trace;
 mod wire_policy;
 
 use std::collections::BTreeMap;

@@ -19,6 +19,7 @@ pub mod endpoint_hooks;
 pub mod object;
 pub mod pins;
 pub mod policy_maps;
+pub mod trace;
 pub mod upgrade;
 
 use std::path::{Path, PathBuf};
@@ -218,6 +219,12 @@ pub enum DatapathError {
     /// A teardown kept going past failed steps; each failure, in order.
     #[error("{}", failure_list(.failures))]
     Teardown { failures: Vec<DatapathError> },
+    #[error("cannot wait for events on the trace ring {path}")]
+    TraceRing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot update bpffs directory {path}")]
     PinDir {
         path: PathBuf,
@@ -1181,7 +1188,8 @@ mod tests {
             listed(&[
                 maps::XDP_PROGRAM,
                 maps::TC_PROGRAM,
-                maps::BENCH_FLOOR_PROGRAM
+                maps::BENCH_FLOOR_PROGRAM,
+                netvlan_common::trace::BENCH_NOTRACE_PROGRAM
             ])
         );
         assert_eq!(

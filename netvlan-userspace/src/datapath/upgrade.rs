@@ -543,9 +543,19 @@ mod tests {
                 "MAC_DROPS"
             ])
         );
+        use netvlan_common::trace::{TRACE_CONFIG, TRACE_LOST, TRACE_RING};
         assert_eq!(
             missing,
-            names(&[VLAN_COUNTERS, DST_DIRECT, DST_SLOTS, DST_STATS, DST_DROPS])
+            names(&[
+                VLAN_COUNTERS,
+                DST_DIRECT,
+                DST_SLOTS,
+                DST_STATS,
+                DST_DROPS,
+                TRACE_RING,
+                TRACE_CONFIG,
+                TRACE_LOST
+            ])
         );
         // The same layout is no change; a build that only adds maps is none
         // either (upgrade creates them).

@@ -28,6 +28,7 @@ mod report;
 mod sandbox;
 mod stats;
 mod timing;
+mod trace;
 mod traffic;
 mod xdp;
 
@@ -52,7 +53,7 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only this scenario family. Writes under target/bench/.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["xdp", "traffic", "control", "observe", "flood"]))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["xdp", "traffic", "control", "observe", "flood", "trace"]))]
     only: Option<String>,
     /// Write the results JSON here instead.
     #[arg(long, value_name = "FILE")]
@@ -72,7 +73,7 @@ struct Scenario {
     run: fn(&Ctx, &ProgressBar) -> Result<Family>,
 }
 
-const SCENARIOS: [Scenario; 5] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         key: "xdp",
         steps: xdp::rounds,
@@ -97,6 +98,11 @@ const SCENARIOS: [Scenario; 5] = [
         key: "flood",
         steps: flood::steps,
         run: flood::run,
+    },
+    Scenario {
+        key: "trace",
+        steps: trace::steps,
+        run: trace::run,
     },
 ];
 

@@ -169,6 +169,38 @@ impl Process {
         })
     }
 
+    /// As [`Process::spawn`], its output into files (for a tool whose
+    /// output is the result).
+    pub fn spawn_with_output(
+        cmd: &mut Command,
+        what: &str,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {what}: {}", describe(cmd)))?;
+        Ok(Process {
+            child,
+            what: what.to_string(),
+            group: false,
+        })
+    }
+
+    /// SIGINT, then waits for it to exit; fails unless it exits 0.
+    pub fn interrupt_and_wait(&mut self) -> Result<()> {
+        // SAFETY: kill has no memory preconditions; our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("{} failed ({status})", self.what);
+        }
+        Ok(())
+    }
+
     /// Fails if the process has already exited (it could not start).
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
