@@ -13,6 +13,7 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use netvlan_common::trace::{TraceConfig, TraceEvent, TRACE_CONFIG, WIRE_RING_BYTES};
 use netvlan_tests::{
+    daemon::Daemon,
     frame::{ipv4_frame, mac_string, parse_mac, FrameBuilder, Mac, ETH_P_8021Q},
     netvlan_bin,
     packet::PacketSocket,
@@ -54,6 +55,11 @@ impl Tracer {
     /// Starts `netvlan trace ARGS` in the lab's host namespace and waits
     /// until it has configured the programs and opened their rings.
     fn start(lab: &Lan, args: &[&str]) -> Tracer {
+        Tracer::start_with(lab, &[], args)
+    }
+
+    /// [`Tracer::start`] with more environment (e.g. a daemon's run dir).
+    fn start_with(lab: &Lan, env: &[(&str, &Path)], args: &[&str]) -> Tracer {
         let dir = TempDir::new();
         let stdout = dir.0.join("stdout");
         let stderr = dir.0.join("stderr");
@@ -65,6 +71,9 @@ impl Tracer {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         let child = cmd.spawn().expect("netvlan trace starts");
         let mut tracer = Tracer {
             child: Some(child),
@@ -554,5 +563,51 @@ fn trace_refuses_an_unknown_network_and_changes_nothing() {
     );
     let run = lab.netvlan(&["trace", "--endpoint", "nosuch"]).failed();
     assert!(run.stderr.contains("'nosuch'"), "{}", run.stderr);
+    assert_configs_cleared(&lab, 2);
+}
+
+/// With a daemon running, `trace` asks it (a ring has one reader): the
+/// same exact drops, the daemon's page sees them too, and the configs are
+/// put back once the trace has gone.
+#[test]
+fn trace_through_the_daemon_shows_the_same_drops_and_feeds_the_page() {
+    let lab = Lan::new(false);
+    let (_c, mac) = guarded_lab(&lab);
+    let daemon = Daemon::start(&lab, &[]);
+    let tracer = Tracer::start_with(
+        &lab,
+        &[("NETVLAN_RUN_DIR", daemon.run_dir.path())],
+        &["--drops", "--json"],
+    );
+    assert!(
+        tracer.stderr_text().contains("through the daemon"),
+        "{}",
+        tracer.stderr_text()
+    );
+
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(64), 5);
+    socket.send_many(&FrameBuilder::new(STRANGER, SENDER).build(64), 7);
+    tracer.wait_lines(7);
+    let (lines, stderr) = tracer.stop();
+
+    let events = json_lines(&lines);
+    assert_eq!(events.len(), 7, "exactly the dropped frames: {lines:#?}");
+    for e in &events {
+        assert_eq!(e["dst_mac"], mac_string(&STRANGER), "{e}");
+        assert_eq!(e["reason"], "unknown_dst", "{e}");
+    }
+    assert_eq!(events_and_lost(&stderr), (7, 0), "{stderr}");
+    let snapshot: Value = serde_json::from_str(&daemon.get("/api/snapshot")).unwrap();
+    let traced = snapshot["traces"].as_array().unwrap();
+    assert_eq!(traced.len(), 7, "the page's trace panel: {snapshot:#}");
+    // The daemon notices the client is gone at its next heartbeat (1 s).
+    let cleared = wait_for(Duration::from_secs(10), || {
+        trace_configs(lab.bpf.path())
+            .iter()
+            .all(|(_, cfg)| *cfg == TraceConfig::default())
+            .then_some(())
+    });
+    assert!(cleared.is_some(), "{:?}", trace_configs(lab.bpf.path()));
     assert_configs_cleared(&lab, 2);
 }

@@ -369,7 +369,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => {
             daemon::run(&cli.bpf_dir, &cli.state_dir, &cli.run_dir, args).await
         }
-        Command::Trace(args) => trace::run(&datapath, &cli.state_dir, args).await,
+        Command::Trace(args) => trace::run(&datapath, &cli.state_dir, daemon.as_ref(), args).await,
         Command::Demo {
             action,
             prefix,

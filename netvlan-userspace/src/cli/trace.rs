@@ -5,7 +5,9 @@
 //!
 //! Reads the programs' rings itself (the kernel filters, see
 //! [`crate::control::trace`]) and puts back the trace configs it changed
-//! when it ends: `--count` reached, SIGINT/SIGTERM, or an error.
+//! when it ends: `--count` reached, SIGINT/SIGTERM, or an error. With a
+//! daemon running it asks the daemon instead (a ring has one reader), which
+//! holds the session for as long as this command reads.
 
 use std::{
     borrow::Cow,
@@ -31,7 +33,7 @@ use pcap_file::{
     },
     DataLink,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{
     error::{CliError, Result},
@@ -39,6 +41,7 @@ use super::{
 };
 use crate::{
     control::trace::{plan, TargetKind, TracePlan, TraceRequest, TraceSession},
+    daemon::client::{encode_segment, Client},
     datapath::{
         trace::{self as dtrace, Clock, TraceRecord},
         Datapath,
@@ -78,6 +81,7 @@ pub(super) struct TraceArgs {
 pub(super) async fn run(
     datapath: &Datapath,
     state_dir: &std::path::Path,
+    daemon: Option<&Client>,
     args: TraceArgs,
 ) -> Result<()> {
     let request = TraceRequest {
@@ -87,14 +91,37 @@ pub(super) async fn run(
         vlan: args.vlan,
         sample: args.sample,
     };
+    // Planned here too: names, pcapng interfaces and the lost counters.
     let plan = plan(datapath, state_dir, &request).await?;
     let mut pcap = match &args.pcap {
         Some(path) => Some(Pcap::create(path, &plan)?),
         None => None,
     };
-    let session = TraceSession::start(plan)?;
-    let result = trace(&session, &args, pcap.as_mut()).await;
-    let finished = session.finish();
+    let from_daemon = match daemon {
+        Some(daemon) => daemon.records(&trace_path(&request)).await,
+        None => None,
+    };
+    let (result, finished) = match from_daemon {
+        Some(rx) => {
+            let result = trace(&plan, Records::Daemon(rx), &args, pcap.as_mut()).await;
+            (result, Ok(()))
+        }
+        None => {
+            let session = TraceSession::start(plan)?;
+            let result = match session.readers() {
+                Ok(readers) => {
+                    let (tx, rx) = broadcast::channel::<Bytes>(1 << 16);
+                    let pump = tokio::spawn(dtrace::pump(readers, tx));
+                    let result =
+                        trace(session.plan(), Records::Local(rx), &args, pcap.as_mut()).await;
+                    pump.abort();
+                    result
+                }
+                Err(e) => Err(e.into()),
+            };
+            (result, session.finish())
+        }
+    };
     let flushed = pcap.map(Pcap::finish).transpose();
     let (events, lost) = result?;
     finished?;
@@ -103,9 +130,55 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// The daemon's `/v1/trace` for `request`.
+fn trace_path(request: &TraceRequest) -> String {
+    let mut query = vec![format!("sample={}", request.sample)];
+    if request.drops {
+        query.push("drops=true".into());
+    }
+    if let Some(network) = &request.network {
+        query.push(format!("network={}", encode_segment(network)));
+    }
+    if let Some(endpoint) = &request.endpoint {
+        query.push(format!("endpoint={}", encode_segment(endpoint)));
+    }
+    if let Some(vlan) = request.vlan {
+        query.push(format!("vlan={vlan}"));
+    }
+    format!("/v1/trace?{}", query.join("&"))
+}
+
+/// Where the ring records come from: this command's own readers, or the
+/// daemon's session.
+enum Records {
+    Local(broadcast::Receiver<Bytes>),
+    Daemon(mpsc::Receiver<Bytes>),
+}
+
+enum Next {
+    Record(Bytes),
+    /// Records this reader fell behind by (counted as lost).
+    Lagged(u64),
+    End,
+}
+
+impl Records {
+    async fn next(&mut self) -> Next {
+        match self {
+            Records::Local(rx) => match rx.recv().await {
+                Ok(record) => Next::Record(record),
+                Err(broadcast::error::RecvError::Lagged(n)) => Next::Lagged(n),
+                Err(broadcast::error::RecvError::Closed) => Next::End,
+            },
+            Records::Daemon(rx) => rx.recv().await.map_or(Next::End, Next::Record),
+        }
+    }
+}
+
 /// Reads events until `--count`, a signal or an error: (events, lost).
 async fn trace(
-    session: &TraceSession,
+    plan: &TracePlan,
+    mut records: Records,
     args: &TraceArgs,
     mut pcap: Option<&mut Pcap>,
 ) -> Result<(u64, u64)> {
@@ -113,15 +186,16 @@ async fn trace(
     let signal_err = |e| CliError::Trace("cannot wait for SIGINT/SIGTERM", e);
     let mut sigint = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let lost_before = session.lost()?;
-    let readers = session.readers()?;
-    let (tx, mut rx) = broadcast::channel::<Bytes>(1 << 16);
-    let pump = tokio::spawn(dtrace::pump(readers, tx));
+    let lost_before = plan.lost()?;
     let clock = Clock::now();
-    let plan = session.plan();
     err!(
-        "tracing {} program(s){}; Ctrl-C to stop",
+        "tracing {} program(s){}{}; Ctrl-C to stop",
         plan.targets.len(),
+        if matches!(records, Records::Daemon(_)) {
+            " through the daemon"
+        } else {
+            ""
+        },
         args.pcap
             .as_ref()
             .map(|p| format!(", writing {}", p.display()))
@@ -135,17 +209,17 @@ async fn trace(
             break Ok(());
         }
         let record = tokio::select! {
-            r = rx.recv() => r,
+            r = records.next() => r,
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         };
         let record = match record {
-            Ok(record) => record,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
+            Next::Record(record) => record,
+            Next::Lagged(n) => {
                 lagged += n;
                 continue;
             }
-            Err(broadcast::error::RecvError::Closed) => break Ok(()),
+            Next::End => break Ok(()),
         };
         let Some(decoded) = dtrace::decode(&record, &clock, plan) else {
             continue;
@@ -165,9 +239,8 @@ async fn trace(
             }
         }
     };
-    pump.abort();
     // Events the kernel wrote after we stopped reading are not lost.
-    let lost = session.lost()?.saturating_sub(lost_before) + lagged;
+    let lost = plan.lost()?.saturating_sub(lost_before) + lagged;
     outcome.map(|()| (events, lost))
 }
 

@@ -26,8 +26,10 @@ use crate::{
 /// How long resolution waits for the state lock.
 const STATE_PATIENCE: Duration = Duration::from_secs(5);
 
-/// The filters of `netvlan trace`.
-#[derive(Clone, Debug, Default)]
+/// The filters of `netvlan trace` (also the query of the daemon's
+/// `/v1/trace`).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TraceRequest {
     pub drops: bool,
     pub network: Option<String>,
@@ -62,6 +64,15 @@ pub struct TracePlan {
 }
 
 impl TracePlan {
+    /// Events the targets' rings have lost so far (since they were made).
+    pub fn lost(&self) -> Result<u64, NetworkError> {
+        let mut total = 0;
+        for t in &self.targets {
+            total += dtrace::lost(&t.pins)?;
+        }
+        Ok(total)
+    }
+
     /// The parents traced, by ifindex (one pcapng interface each).
     pub fn parents(&self) -> Vec<(u32, String)> {
         self.targets
@@ -283,11 +294,7 @@ impl TraceSession {
 
     /// Events the targets' rings have lost so far (since they were made).
     pub fn lost(&self) -> Result<u64, NetworkError> {
-        let mut total = 0;
-        for t in &self.plan.targets {
-            total += dtrace::lost(&t.pins)?;
-        }
-        Ok(total)
+        self.plan.lost()
     }
 
     /// Puts back every config this session replaced; keeps going past a

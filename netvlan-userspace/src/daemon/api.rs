@@ -6,6 +6,11 @@
 //! - `GET /v1/networks`: every network as `network ls --json` prints it.
 //! - `GET /v1/networks/{name}`: one network as `network inspect` prints it
 //!   (404 with `{"error": "..."}` if there is none).
+//! - `GET /v1/trace?drops=&network=&endpoint=&vlan=&sample=`: a trace
+//!   session held by the daemon for as long as the client reads: the ring
+//!   records, each framed as its length (u32, little-endian) and its bytes,
+//!   also shown on the live page. One reader per ring: with a daemon
+//!   running, `netvlan trace` asks it instead of reading the rings itself.
 //!
 //! Every answer carries the daemon's [`Identity`] in its headers: a CLI in
 //! another namespace, or with other pin or state directories, must not use
@@ -98,6 +103,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/v1/stats", get(stats))
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{name}", get(network))
+        .route("/v1/trace", get(trace))
         .with_state(shared)
 }
 
@@ -257,4 +263,87 @@ async fn network(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<Strin
         ),
         Err(e) => failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
+}
+
+/// Ring records a trace client may fall behind by before it is told it
+/// lagged (it counts them as lost).
+const TRACE_BACKLOG: usize = 1 << 16;
+
+async fn trace(
+    State(shared): State<Arc<Shared>>,
+    Query(request): Query<control::trace::TraceRequest>,
+) -> Response {
+    use control::trace::{plan, TraceSession};
+    let plan = match plan(&shared.datapath, &shared.state_dir, &request).await {
+        Ok(plan) => plan,
+        Err(e) => return failed(&shared, StatusCode::BAD_REQUEST, &e),
+    };
+    let session = match TraceSession::start(plan) {
+        Ok(session) => session,
+        Err(e) => return failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let readers = match session.readers() {
+        Ok(readers) => readers,
+        Err(e) => return failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(TRACE_BACKLOG);
+    let page = shared.traces.clone();
+    // The session lives in this task: when the client goes away (the body
+    // is dropped), it ends and the configs it changed are put back.
+    tokio::spawn(async move {
+        let (ring_tx, mut ring_rx) = tokio::sync::broadcast::channel(TRACE_BACKLOG);
+        let pump = tokio::spawn(crate::datapath::trace::pump(readers, ring_tx));
+        // An empty frame every second: writing it is how a client that
+        // went away is noticed when no events flow (then the body is gone).
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let record = tokio::select! {
+                r = ring_rx.recv() => r,
+                _ = body_tx.closed() => break,
+                _ = heartbeat.tick() => {
+                    if body_tx.send(bytes::Bytes::from_static(&[0; 4])).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let record = match record {
+                Ok(record) => record,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a trace client fell behind");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            let _ = page.send(record.clone());
+            let mut framed = bytes::BytesMut::with_capacity(4 + record.len());
+            framed.extend_from_slice(&(record.len() as u32).to_le_bytes());
+            framed.extend_from_slice(&record);
+            if body_tx.send(framed.freeze()).await.is_err() {
+                break;
+            }
+        }
+        pump.abort();
+        if let Err(e) = session.finish() {
+            tracing::error!(error = %e, "a trace session's configs could not all be put back");
+        }
+    });
+    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    let mut response = (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response();
+    for (name, value) in shared.identity.headers() {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }

@@ -61,6 +61,86 @@ impl Client {
         }
     }
 
+    /// GET `path` as a stream of framed records (`/v1/trace`): each is its
+    /// length (u32, little-endian) and its bytes; empty ones are the
+    /// daemon's heartbeats and skipped. `None` when there is no usable
+    /// answer (the caller then reads the rings itself). The stream ends
+    /// when the daemon does; dropping the receiver ends the request.
+    pub async fn records(&self, path: &str) -> Option<tokio::sync::mpsc::Receiver<Bytes>> {
+        match tokio::time::timeout(PATIENCE, self.open_records(path)).await {
+            Ok(Ok(rx)) => Some(rx),
+            Ok(Err(why)) => {
+                tracing::debug!(socket = %self.socket.display(), "not using the daemon: {why}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(socket = %self.socket.display(), "the daemon did not answer {path} within {PATIENCE:?}");
+                None
+            }
+        }
+    }
+
+    async fn open_records(&self, path: &str) -> Result<tokio::sync::mpsc::Receiver<Bytes>, String> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, "netvlan")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request {path}: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        match Identity::from_headers(response.headers()) {
+            Some(identity) if identity == self.expected => {}
+            other => {
+                connection.abort();
+                return Err(format!(
+                    "it serves {other:?}, this command works on {:?}",
+                    self.expected
+                ));
+            }
+        }
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes());
+            connection.abort();
+            return Err(format!("{path} answered {status}: {body:?}"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
+        let mut body = response.into_body();
+        tokio::spawn(async move {
+            let mut pending = bytes::BytesMut::new();
+            'read: while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                pending.extend_from_slice(&data);
+                while pending.len() >= 4 {
+                    let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]])
+                        as usize;
+                    if pending.len() < 4 + len {
+                        break;
+                    }
+                    let record = pending.split_to(4 + len).split_off(4).freeze();
+                    if !record.is_empty() && tx.send(record).await.is_err() {
+                        break 'read;
+                    }
+                }
+            }
+            connection.abort();
+        });
+        tracing::info!(socket = %self.socket.display(), "{path} streamed by the daemon");
+        Ok(rx)
+    }
+
     async fn request(&self, path: &str) -> Result<Answer, String> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
