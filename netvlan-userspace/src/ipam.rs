@@ -351,6 +351,23 @@ impl SubnetConfig {
         })
     }
 
+    /// How many addresses endpoints can hold: the subnet less its
+    /// network and broadcast addresses, gateway and aux-addresses
+    /// (saturating for a huge IPv6 subnet).
+    pub fn assignable(&self) -> u128 {
+        let mut reserved: BTreeSet<IpAddr> = self.aux.values().copied().collect();
+        reserved.extend(self.gateway);
+        if self.has_edge_addresses() {
+            let family = self.family();
+            reserved.insert(from_u128(family, self.first()));
+            if family == Family::V4 {
+                reserved.insert(from_u128(family, self.last()));
+            }
+        }
+        let inside = reserved.iter().filter(|a| self.subnet.contains(*a)).count();
+        self.size().saturating_sub(inside as u128)
+    }
+
     /// The pool automatic allocation draws from.
     pub fn pool(&self) -> IpNet {
         self.ip_range.unwrap_or(self.subnet)

@@ -28,6 +28,8 @@ pub struct Shared {
     /// (`netvlan_common::trace::TraceHeader` + frame bytes), shared by
     /// every subscriber without copies.
     pub traces: broadcast::Sender<Bytes>,
+    /// The metrics exporter's own state across scrapes (its error count).
+    pub metrics: metrics::ScrapeState,
 }
 
 /// The HTTP side of the daemon on its metrics address: `/metrics` and the
@@ -94,6 +96,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         datapath,
         state_dir: config.state_dir,
         traces,
+        metrics: Default::default(),
     });
     let addr = config.metrics_addr;
     let listener = tokio::net::TcpListener::bind(addr)
