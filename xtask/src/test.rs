@@ -22,6 +22,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "iputils-ping",
     "bpftool",
+    // promtool and a Prometheus server for tests/tests/metrics.rs.
+    "prometheus",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

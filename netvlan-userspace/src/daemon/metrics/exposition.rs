@@ -166,8 +166,11 @@ pub fn encode(snapshot: &Snapshot, errors: u64, started: Instant) -> String {
         "netvlan_datapath_info",
         "The wire program on a parent: its hook, mode and program id (always 1)",
     );
-    let endpoints: Gauges<NetworkLabels> =
-        add(&mut r, "netvlan_endpoints", "Endpoints connected to a network");
+    let endpoints: Gauges<NetworkLabels> = add(
+        &mut r,
+        "netvlan_endpoints",
+        "Endpoints connected to a network",
+    );
     let scrape_errors: Counter = add(
         &mut r,
         "netvlan_scrape_errors",
@@ -218,7 +221,9 @@ pub fn encode(snapshot: &Snapshot, errors: u64, started: Instant) -> String {
                     reason: d.reason.to_string(),
                 };
                 drops.get_or_create(&labels).inc_by(d.counters.rx_packets);
-                drop_bytes.get_or_create(&labels).inc_by(d.counters.rx_bytes);
+                drop_bytes
+                    .get_or_create(&labels)
+                    .inc_by(d.counters.rx_bytes);
             }
             for (kind, c) in &iface.anomalies {
                 anomalies
