@@ -21,6 +21,7 @@ mod machine;
 mod memory;
 mod model;
 mod netvlan;
+mod metrics;
 mod observe;
 mod policies;
 mod progress;
