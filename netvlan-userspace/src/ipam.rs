@@ -754,6 +754,26 @@ mod tests {
     }
 
     #[test]
+    fn assignable_addresses_leave_out_edges_gateway_and_aux() {
+        let st = state(
+            &["172.16.86.0/24", "10.9.0.0/31", "fd00::/64"],
+            &["172.16.86.1"],
+            &[],
+            &[("router", "172.16.86.129")],
+        );
+        let counts: Vec<u128> = st
+            .config()
+            .subnets()
+            .iter()
+            .map(|s| s.assignable())
+            .collect();
+        // /24: 256 less network, broadcast, gateway and the aux-address;
+        // /31: no edges, its default gateway; /64: its subnet-router
+        // anycast address and its default gateway.
+        assert_eq!(counts, vec![252, 1, (1u128 << 64) - 2]);
+    }
+
+    #[test]
     fn first_allocation_with_gateway_dot_1_is_dot_2() {
         let mut st = state(&["172.16.86.0/24"], &["172.16.86.1"], &[], &[]);
         assert_eq!(any4(&mut st), ip("172.16.86.2"));

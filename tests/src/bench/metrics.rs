@@ -110,7 +110,11 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar, family: &mut Family) -> Result<()> {
                      byte, on loopback), interleaved with the peer"
                 ),
             )?
-            .with_aux("the daemon's own netvlan_scrape_duration_seconds", "ms", &render_ms)?,
+            .with_aux(
+                "the daemon's own netvlan_scrape_duration_seconds",
+                "ms",
+                &render_ms,
+            )?,
         );
         family.measurements.push(Measurement::new(
             STATS,
@@ -128,7 +132,10 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar, family: &mut Family) -> Result<()> {
             "MiB",
             Better::Lower,
             vec![daemon_rss],
-            format!("VmHWM of the daemon (/proc/PID/status) after its {} scrapes", 2 * rounds + 1),
+            format!(
+                "VmHWM of the daemon (/proc/PID/status) after its {} scrapes",
+                2 * rounds + 1
+            ),
         )?);
         family.measurements.push(Measurement::new(
             STATS,
@@ -177,7 +184,15 @@ fn get(ns: &Netns, path: &str) -> Option<String> {
 fn scrape_time_ms(ns: &Netns) -> Result<f64> {
     let out = ns
         .command("curl")
-        .args(["-sf", "--max-time", "30", "-o", "/dev/null", "-w", "%{time_total}"])
+        .args([
+            "-sf",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+        ])
         .arg(format!("http://{ADDR}/metrics"))
         .output()
         .context("running curl")?;
