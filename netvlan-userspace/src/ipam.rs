@@ -351,6 +351,23 @@ impl SubnetConfig {
         })
     }
 
+    /// How many addresses endpoints can hold: the subnet less its
+    /// network and broadcast addresses, gateway and aux-addresses
+    /// (saturating for a huge IPv6 subnet).
+    pub fn assignable(&self) -> u128 {
+        let mut reserved: BTreeSet<IpAddr> = self.aux.values().copied().collect();
+        reserved.extend(self.gateway);
+        if self.has_edge_addresses() {
+            let family = self.family();
+            reserved.insert(from_u128(family, self.first()));
+            if family == Family::V4 {
+                reserved.insert(from_u128(family, self.last()));
+            }
+        }
+        let inside = reserved.iter().filter(|a| self.subnet.contains(*a)).count();
+        self.size().saturating_sub(inside as u128)
+    }
+
     /// The pool automatic allocation draws from.
     pub fn pool(&self) -> IpNet {
         self.ip_range.unwrap_or(self.subnet)
@@ -734,6 +751,26 @@ mod tests {
             Ok(a) => panic!("request for {addr} should fail, got {a}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn assignable_addresses_leave_out_edges_gateway_and_aux() {
+        let st = state(
+            &["172.16.86.0/24", "10.9.0.0/31", "fd00::/64"],
+            &["172.16.86.1"],
+            &[],
+            &[("router", "172.16.86.129")],
+        );
+        let counts: Vec<u128> = st
+            .config()
+            .subnets()
+            .iter()
+            .map(|s| s.assignable())
+            .collect();
+        // /24: 256 less network, broadcast, gateway and the aux-address;
+        // /31: no edges, its default gateway; /64: its subnet-router
+        // anycast address and its default gateway.
+        assert_eq!(counts, vec![252, 1, (1u128 << 64) - 2]);
     }
 
     #[test]

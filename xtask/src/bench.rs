@@ -26,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "time",
     "netsniff-ng",
     "nftables",
+    // Scrapes of `netvlan daemon`'s /metrics (family observe).
+    "curl",
 ];
 
 #[derive(clap::Args)]

@@ -26,6 +26,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "tcpdump",
     "tshark",
+    // promtool and a Prometheus server for tests/tests/metrics.rs.
+    "prometheus",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

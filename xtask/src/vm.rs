@@ -72,11 +72,15 @@ const HOST_PROGRAMS: &[&str] = &[
 /// control plane's own logic and output (CLI shapes, help and exit codes,
 /// error messages, default routes across networks in every join and leave
 /// order), which no feature of the older kernel changes, and under TCG they
-/// would take most of the lane's time. Everything that depends on the
+/// would take most of the lane's time. `metrics` checks the exporter's
+/// output against `stats --json` with promtool and a Prometheus server
+/// (neither in the guest); the counters it reads are checked on the older
+/// kernel by the counter suites. Everything that depends on the
 /// kernel (802.1Q, ipvlan, dummy, clsact instead of TCX, XDP) runs in both.
 /// The live page (headless Chromium) and `stats --watch` only render what
-/// the daemon and the maps already give, tested in both lanes.
-const HOST_ONLY_SUITES: &[&str] = &["cli", "errors", "multinet", "page", "watch"];
+/// the daemon and the maps already give, tested in both lanes; `metrics`
+/// needs promtool and a Prometheus server, which the guest has not.
+const HOST_ONLY_SUITES: &[&str] = &["cli", "errors", "multinet", "page", "watch", "metrics"];
 
 /// Line the guest prints once, last; everything else on the console is log.
 const RESULT_MARKER: &str = "NETVLAN-VM-RESULT";

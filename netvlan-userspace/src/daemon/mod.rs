@@ -37,6 +37,8 @@ pub struct Shared {
     /// The namespace and directories this daemon serves; the CLI uses the
     /// local API only when they are its own.
     pub identity: api::Identity,
+    /// The metrics exporter's own state across scrapes (its error count).
+    pub metrics: metrics::ScrapeState,
 }
 
 /// The HTTP side of the daemon on its metrics address: `/metrics` and the
@@ -133,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         traces,
         recent_traces: page::RecentTraces::default(),
         identity,
+        metrics: Default::default(),
     });
     // Signals first: one sent while the listeners come up is not lost.
     let shutdown = shutdown_signal()?;

@@ -314,6 +314,39 @@ impl<'a> BatchMap<'a> {
         Ok(out)
     }
 
+    /// How many entries a hash holds, read with batch lookups of `chunk`
+    /// entries each (keys and values are copied and dropped: the kernel
+    /// keeps no count userspace can read on older kernels).
+    pub fn count(&self, chunk: u32) -> Result<u32, BatchError> {
+        let chunk = chunk.clamp(1, self.max_entries.max(1)) as usize;
+        let mut keys = vec![0u8; chunk * self.key_size];
+        let mut values = vec![0u8; chunk * self.stride()];
+        let (mut token_in, mut token_out) = ([0u8; 16], [0u8; 16]);
+        let (mut started, mut total) = (false, 0u32);
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if started { token_in.as_ptr() as u64 } else { 0 },
+                out_batch: token_out.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: chunk as u32,
+                ..Default::default()
+            };
+            let end = match self.call(BPF_MAP_LOOKUP_BATCH, "BPF_MAP_LOOKUP_BATCH", &mut attr) {
+                Ok(()) => false,
+                Err(e) if e.errno() == Some(libc::ENOENT) => true,
+                Err(e) => return Err(e),
+            };
+            let got = attr.count.min(chunk as u32);
+            total += got;
+            if end || got == 0 {
+                return Ok(total);
+            }
+            token_in = token_out;
+            started = true;
+        }
+    }
+
     /// Writes `entries` (one value per key; the same value on every CPU
     /// of a per-CPU map) in one syscall; `flags` as for an update
     /// (`BPF_ANY` = 0). A full hash fails with E2BIG.
@@ -433,6 +466,18 @@ mod tests {
         let err = batch.delete(&[1u64]).unwrap_err();
         assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
         assert!(err.to_string().contains("test_hash"), "{err}");
+    }
+
+    #[test]
+    fn a_hash_is_counted_across_chunks() {
+        root();
+        let map = HashMap::<MapData, u32, u64>::create(4096, 1).unwrap();
+        let batch = BatchMap::new(IterableMap::map(&map), "test_count").unwrap();
+        assert_eq!(batch.count(64).unwrap(), 0);
+        let entries: Vec<(u32, u64)> = (0..1000u32).map(|k| (k * 7, k as u64)).collect();
+        batch.update(&entries, 0).unwrap();
+        assert_eq!(batch.count(64).unwrap(), 1000);
+        assert_eq!(batch.count(4096).unwrap(), 1000);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod frames;
 mod livegen;
 mod machine;
 pub mod memory;
+mod metrics;
 mod model;
 mod netvlan;
 mod observe;

@@ -48,7 +48,7 @@ fn rounds(ctx: &Ctx) -> usize {
 }
 
 pub fn steps(ctx: &Ctx) -> u64 {
-    (SCALES.len() * (rounds(ctx) + 1)) as u64
+    (SCALES.len() * (rounds(ctx) + 1)) as u64 + super::metrics::steps(ctx)
 }
 
 pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
@@ -86,16 +86,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         ],
         measurements: Vec::new(),
         comparisons: Vec::new(),
-        unavailable: vec![
-            super::model::Unavailable::new(
-                "/metrics render time",
-                "not available yet (netvlan has no metrics endpoint)",
-            ),
-            super::model::Unavailable::new(
-                "daemon RSS",
-                "not available yet (netvlan has no daemon; the CLI's peak RSS is reported)",
-            ),
-        ],
+        unavailable: Vec::new(),
     };
 
     let mut sent = 0u32;
@@ -171,6 +162,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             "fdinfo memlock of the pinned program".into(),
         )?);
     }
+    super::metrics::run(ctx, bar, &mut family)?;
     Ok(family)
 }
 

@@ -201,6 +201,11 @@ impl Process {
         Ok(())
     }
 
+    /// Its PID (the program's own: `nsenter --net` execs it).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails if the process has already exited (it could not start).
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -1,0 +1,166 @@
+//! What one scrape reads: the stats report (the counters `netvlan stats
+//! --json` prints), the stored networks (IPAM, endpoints) and how full
+//! each wire's fillable maps are. A part that fails is logged and
+//! counted, and the rest is still read.
+
+use std::{path::Path, time::Duration};
+
+use aya::maps::MapData;
+use netvlan_common::maps;
+
+use crate::{
+    control::{report, NetworkRecord},
+    datapath::{counters::StatsReport, policy_maps, Datapath, DatapathError, InterfacePins},
+    store::Store,
+    sys::bpf_batch::BatchMap,
+};
+
+/// How long a scrape waits for the state lock: a long command makes the
+/// store's gauges miss one scrape, never stalls Prometheus.
+const STATE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Hash entries copied per batch lookup while counting.
+const COUNT_CHUNK: u32 = 4096;
+
+/// The hashes the control plane or the program fills, counted entry by
+/// entry (the kernel keeps no count userspace can read everywhere).
+const HASHES: [&str; 4] = [
+    maps::DST_SLOTS,
+    maps::ENDPOINT_IPS,
+    maps::DENY_MACS,
+    maps::MAC_LEARN,
+];
+
+/// How full one map of one wire is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub parent: String,
+    pub map: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+/// Everything one scrape read.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The counters, if they could be read.
+    pub report: Option<StatsReport>,
+    /// The stored networks (empty when there is no state or it could not
+    /// be read).
+    pub networks: Vec<NetworkRecord>,
+    pub maps: Vec<MapFill>,
+    /// Parts that could not be read.
+    pub errors: u64,
+}
+
+/// Reads everything a scrape serves from `datapath` and `state_dir`.
+pub async fn take(datapath: &Datapath, state_dir: &Path) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let failed = |what: &str, error: &dyn std::error::Error| {
+        tracing::warn!(error = %chain(error), "metrics: cannot read {what}");
+        1
+    };
+    match report::report(datapath, state_dir, None).await {
+        Ok(report) => snapshot.report = Some(report),
+        Err(e) => snapshot.errors += failed("the counters", &e),
+    }
+    if Store::exists(state_dir) {
+        match Store::open_within(state_dir, STATE_PATIENCE) {
+            Ok(Some(store)) => match store.networks::<NetworkRecord>() {
+                Ok(networks) => snapshot.networks = networks,
+                Err(e) => snapshot.errors += failed("the stored networks", &e),
+            },
+            Ok(None) => {
+                tracing::warn!("metrics: another netvlan command holds the state; IPAM and endpoint gauges skipped");
+                snapshot.errors += 1;
+            }
+            Err(e) => snapshot.errors += failed("the state", &e),
+        }
+    }
+    match datapath.attachments(None).await {
+        Ok(attachments) => {
+            for (attachment, pins) in attachments {
+                let (fills, errors) = map_fill(&attachment.ifname, &pins);
+                snapshot.maps.extend(fills);
+                snapshot.errors += errors;
+            }
+        }
+        Err(e) => snapshot.errors += failed("the attachments (map fill)", &e),
+    }
+    snapshot
+}
+
+/// The fill of `parent`'s maps that can fill: the hashes by their entries,
+/// the per-destination arrays by what is registered in them. A map that
+/// cannot be read is left out and counted.
+fn map_fill(parent: &str, pins: &InterfacePins) -> (Vec<MapFill>, u64) {
+    let mut fills = Vec::new();
+    let mut errors = 0;
+    for name in HASHES {
+        match count_hash(pins, name) {
+            Ok((entries, max_entries)) => fills.push(MapFill {
+                parent: parent.to_string(),
+                map: name,
+                entries,
+                max_entries,
+            }),
+            Err(e) => {
+                tracing::warn!(%parent, map = name, error = %chain(&e), "metrics: cannot count a map");
+                errors += 1;
+            }
+        }
+    }
+    match policy_maps::read_slots(pins) {
+        Ok(slots) => {
+            let resolved = slots.resolved();
+            // A taken direct slot holds its key; a free one the zero key.
+            let direct = slots.direct.iter().filter(|key| !key.is_free()).count();
+            for (map, entries) in [
+                (maps::DST_DIRECT, direct),
+                (maps::DST_STATS, resolved.len()),
+            ] {
+                fills.push(MapFill {
+                    parent: parent.to_string(),
+                    map,
+                    entries: entries as u64,
+                    max_entries: u64::from(maps::DST_CAPACITY),
+                });
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%parent, error = %chain(&e), "metrics: cannot read the registrations");
+            errors += 1;
+        }
+    }
+    (fills, errors)
+}
+
+/// The entries and capacity of the hash `name` pinned in `pins`.
+fn count_hash(pins: &InterfacePins, name: &'static str) -> Result<(u64, u64), DatapathError> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenMap {
+        name,
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    let batch_err = |source| DatapathError::MapBatch {
+        name,
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let batch = BatchMap::new(&data, name).map_err(batch_err)?;
+    let entries = batch.count(COUNT_CHUNK).map_err(batch_err)?;
+    Ok((u64::from(entries), u64::from(batch.max_entries())))
+}
+
+/// An error with its sources, for the log.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
