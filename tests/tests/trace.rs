@@ -532,6 +532,14 @@ fn trace_counts_the_events_a_full_ring_loses() {
     assert_eq!(events, held as u64, "the ring held what fits: {stderr}");
     assert_eq!(events + lost, SENT, "{stderr}");
     assert_configs_cleared(&lab, 2);
+    // Never silent: the daemon exports the same count.
+    let daemon = Daemon::start(&lab, &[]);
+    let metrics = daemon.get("/metrics");
+    let line = format!("netvlan_trace_lost_events_total{{parent=\"eth0\"}} {lost}");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line} in /metrics:\n{metrics}"
+    );
 }
 
 #[test]

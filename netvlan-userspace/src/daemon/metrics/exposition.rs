@@ -58,6 +58,11 @@ struct DatapathLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ParentLabels {
+    parent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NetworkLabels {
     network: String,
 }
@@ -160,6 +165,11 @@ pub fn encode(snapshot: &Snapshot, errors: u64, started: Instant) -> String {
         &mut r,
         "netvlan_map_max_entries",
         "Capacity of a datapath map of a parent",
+    );
+    let trace_lost: Counters<ParentLabels> = add(
+        &mut r,
+        "netvlan_trace_lost_events",
+        "Trace events a parent's wire program could not write (its ring was full)",
     );
     let datapath: Gauges<DatapathLabels> = add(
         &mut r,
@@ -284,6 +294,14 @@ pub fn encode(snapshot: &Snapshot, errors: u64, started: Instant) -> String {
         };
         map_entries.get_or_create(&labels).set(fill.entries);
         map_max.get_or_create(&labels).set(fill.max_entries);
+    }
+
+    for (parent, lost) in &snapshot.trace_lost {
+        trace_lost
+            .get_or_create(&ParentLabels {
+                parent: parent.clone(),
+            })
+            .inc_by(*lost);
     }
 
     scrape_errors.inc_by(errors);

@@ -49,6 +49,8 @@ pub struct Snapshot {
     /// be read).
     pub networks: Vec<NetworkRecord>,
     pub maps: Vec<MapFill>,
+    /// Trace events each parent's ring lost (parent, total).
+    pub trace_lost: Vec<(String, u64)>,
     /// Parts that could not be read.
     pub errors: u64,
 }
@@ -83,6 +85,10 @@ pub async fn take(datapath: &Datapath, state_dir: &Path) -> Snapshot {
                 let (fills, errors) = map_fill(&attachment.ifname, &pins);
                 snapshot.maps.extend(fills);
                 snapshot.errors += errors;
+                match crate::datapath::trace::lost(&pins) {
+                    Ok(lost) => snapshot.trace_lost.push((attachment.ifname.clone(), lost)),
+                    Err(e) => snapshot.errors += failed("a trace ring's lost count", &e),
+                }
             }
         }
         Err(e) => snapshot.errors += failed("the attachments (map fill)", &e),
