@@ -770,7 +770,8 @@ fn map_data(map: &aya::maps::Map) -> &MapData {
         | Map::LruHashMap(d)
         | Map::PerCpuArray(d)
         | Map::PerCpuHashMap(d)
-        | Map::PerCpuLruHashMap(d) => d,
+        | Map::PerCpuLruHashMap(d)
+        | Map::RingBuf(d) => d,
         _ => panic!("the wire object has no map of this kind"),
     }
 }
