@@ -81,32 +81,7 @@ impl Client {
     }
 
     async fn open_records(&self, path: &str) -> Result<tokio::sync::mpsc::Receiver<Bytes>, String> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        let connection = tokio::spawn(connection);
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, "netvlan")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request {path}: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
-        match Identity::from_headers(response.headers()) {
-            Some(identity) if identity == self.expected => {}
-            other => {
-                connection.abort();
-                return Err(format!(
-                    "it serves {other:?}, this command works on {:?}",
-                    self.expected
-                ));
-            }
-        }
+        let (response, connection) = self.send(path).await?;
         if !response.status().is_success() {
             let status = response.status();
             let body = response.into_body().collect().await.map(|b| b.to_bytes());
@@ -141,7 +116,19 @@ impl Client {
         Ok(rx)
     }
 
-    async fn request(&self, path: &str) -> Result<Answer, String> {
+    /// Connects, sends GET `path` and checks that the answer comes from
+    /// the daemon this command may use: the response (body unread) and the
+    /// connection's task, to abort once the body is read.
+    async fn send(
+        &self,
+        path: &str,
+    ) -> Result<
+        (
+            hyper::Response<hyper::body::Incoming>,
+            tokio::task::JoinHandle<hyper::Result<()>>,
+        ),
+        String,
+    > {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
@@ -158,8 +145,21 @@ impl Client {
             .send_request(request)
             .await
             .map_err(|e| format!("GET {path}: {e}"))?;
+        match Identity::from_headers(response.headers()) {
+            Some(identity) if identity == self.expected => Ok((response, connection)),
+            other => {
+                connection.abort();
+                Err(format!(
+                    "it serves {other:?}, this command works on {:?}",
+                    self.expected
+                ))
+            }
+        }
+    }
+
+    async fn request(&self, path: &str) -> Result<Answer, String> {
+        let (response, connection) = self.send(path).await?;
         let status = response.status();
-        let identity = Identity::from_headers(response.headers());
         let body = response
             .into_body()
             .collect()
@@ -167,15 +167,6 @@ impl Client {
             .map_err(|e| format!("reading the answer to {path}: {e}"))?
             .to_bytes();
         connection.abort();
-        match identity {
-            Some(identity) if identity == self.expected => {}
-            other => {
-                return Err(format!(
-                    "it serves {other:?}, this command works on {:?}",
-                    self.expected
-                ))
-            }
-        }
         let body = String::from_utf8(body.to_vec())
             .map_err(|_| format!("the answer to {path} is not UTF-8"))?;
         tracing::info!(socket = %self.socket.display(), "{path} answered by the daemon");
