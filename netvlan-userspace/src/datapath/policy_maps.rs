@@ -24,7 +24,8 @@ use aya::maps::MapData;
 use netvlan_common::{
     decision::{
         with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_DENY_LIST,
-        VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
+        VLAN_MAC_GUARD, VLAN_RUNTIME, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
+        VLAN_WIRE_FILTER,
     },
     maps::{
         self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey, DST_CAPACITY,
@@ -371,7 +372,8 @@ fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), Dat
         if vid >= VLAN_SLOTS {
             continue;
         }
-        let now = policy.vlan_flags(vid as u16);
+        // Run-time switches (a trace's VLAN_TRACE) are not policy: kept.
+        let now = policy.vlan_flags(vid as u16) | (was & VLAN_RUNTIME);
         if was == now {
             continue;
         }
@@ -385,6 +387,35 @@ fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), Dat
     reset_guards(pins, &guard_on)?;
     with_batch(pins, maps::VLAN_POLICY, |b| b.update(&changed, 0))?;
     reset_guards(pins, &guard_off)
+}
+
+/// Sets the run-time VLAN flag `bit` (`decision::VLAN_RUNTIME`) on the
+/// VLANs `on` names and clears it on the others, policy bits untouched (one
+/// batch read of all 4,096 entries, one batch write of the differences).
+pub fn set_vlan_bit(
+    pins: &InterfacePins,
+    bit: u32,
+    on: impl Fn(u16) -> bool,
+) -> Result<(), DatapathError> {
+    debug_assert_eq!(bit & !VLAN_RUNTIME, 0, "{bit:#x} is policy");
+    let current = with_batch(pins, maps::VLAN_POLICY, |b| b.read_array::<u32>())?;
+    let changed: Vec<(u32, u32)> = current
+        .into_iter()
+        .take(VLAN_SLOTS as usize)
+        .enumerate()
+        .filter_map(|(vid, was)| {
+            let now = if on(vid as u16) {
+                was | bit
+            } else {
+                was & !bit
+            };
+            (now != was).then_some((vid as u32, now))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    with_batch(pins, maps::VLAN_POLICY, |b| b.update(&changed, 0))
 }
 
 /// Forgets what the guards of `vids` learned. Only called while those
