@@ -799,6 +799,36 @@ mod tests {
         assert_eq!(flags[0].1[0], 0, "no flag written either");
     }
 
+    /// The trace mark is a run-time switch: a policy rewrite of the
+    /// marked VLANs keeps it, and clearing it leaves the policy alone.
+    #[test]
+    fn a_policy_rewrite_keeps_the_trace_mark_and_unmarking_keeps_the_policy() {
+        use netvlan_common::decision::VLAN_TRACE;
+        let maps = PinnedMaps::new("mark");
+        let flags = |maps: &PinnedMaps| -> Vec<u32> {
+            maps.batch(maps::VLAN_POLICY, |b| b.read_array::<u32>())
+                .unwrap()
+        };
+        set_vlan_bit(&maps.pins, VLAN_TRACE, |vid| vid == 20 || vid == 30).unwrap();
+        let policy = WirePolicy {
+            vlan_filter: true,
+            allowed_vlans: [20].into(),
+            ..WirePolicy::default()
+        };
+        apply(&maps.pins, &policy).unwrap();
+        let now = flags(&maps);
+        for (vid, f) in now.iter().enumerate() {
+            let marked = vid == 20 || vid == 30;
+            assert_eq!(f & VLAN_TRACE != 0, marked, "VLAN {vid}");
+            assert_eq!(f & !VLAN_TRACE, policy.vlan_flags(vid as u16), "VLAN {vid}");
+        }
+        set_vlan_bit(&maps.pins, VLAN_TRACE, |_| false).unwrap();
+        let now = flags(&maps);
+        for (vid, f) in now.iter().enumerate() {
+            assert_eq!(*f, policy.vlan_flags(vid as u16), "VLAN {vid}");
+        }
+    }
+
     #[test]
     fn apply_writes_only_the_vlan_flags_that_change_and_resets_a_new_guard() {
         let maps = PinnedMaps::new("flags");
