@@ -45,6 +45,15 @@ pub const VLAN_WIRE_FILTER: u32 = 32;
 pub const VLAN_DENY_LIST: u32 = 64;
 /// VLAN flag: drop unicast IP packets to unregistered addresses (ipvlan).
 pub const VLAN_UNKNOWN_IP_DROP: u32 = 16;
+/// VLAN flag, not policy: a trace session's filter can match frames on
+/// this VLAN, so the wire program reads `TRACE_CONFIG` for them; frames on
+/// other VLANs pay nothing beyond the flags they read anyway. Set and
+/// cleared by the tracer (`netvlan_common::trace::traces_vlan`); a policy
+/// rewrite keeps it ([`VLAN_RUNTIME`]).
+pub const VLAN_TRACE: u32 = 128;
+/// The VLAN flags that are run-time switches, not policy: a policy rewrite
+/// keeps them as they are.
+pub const VLAN_RUNTIME: u32 = VLAN_TRACE;
 /// VLAN flag: the MAC-sprawl guard learns source MACs on this VLAN, up to
 /// the limit in the flags' upper half ([`vlan_mac_limit`]).
 pub const VLAN_MAC_GUARD: u32 = 4;

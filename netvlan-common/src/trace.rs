@@ -186,6 +186,14 @@ impl TraceConfig {
     }
 }
 
+/// Whether a wire tracing with `cfg` can trace frames on VLAN `vid`, so
+/// that VLAN's flags get `decision::VLAN_TRACE` (frames the wire program
+/// cannot classify have no VLAN flags: they always read the config).
+#[inline(always)]
+pub const fn traces_vlan(cfg: &TraceConfig, vid: u16) -> bool {
+    cfg.is_on() && (cfg.flags & TRACE_VLAN == 0 || cfg.vlan == vid)
+}
+
 /// Whether a frame is traced: it matches `cfg`'s filter and, when sampling
 /// 1 in N, it is the first of its group of N. `seen` is called only for a
 /// matching frame with sampling on; it returns how many matching frames
@@ -289,6 +297,32 @@ mod tests {
         assert!(wants(&slot, &fields(50, 7, TRACE_PASS), || 0));
         assert!(!wants(&slot, &fields(50, u32::MAX, TRACE_PASS), || 0));
         assert!(!wants(&slot, &fields(0, 7, TRACE_PASS), || 0));
+    }
+
+    #[test]
+    fn only_the_vlans_a_filter_can_match_are_marked() {
+        let off = TraceConfig::default();
+        assert!(!(0..4096).any(|v| traces_vlan(&off, v)));
+        let all = TraceConfig {
+            flags: TRACE_ON | TRACE_DROPS,
+            ..TraceConfig::default()
+        };
+        assert!((0..4096).all(|v| traces_vlan(&all, v)));
+        let one = TraceConfig {
+            flags: TRACE_ON | TRACE_VLAN | TRACE_SLOT,
+            vlan: 50,
+            slot: 3,
+            ..TraceConfig::default()
+        };
+        let marked: Vec<u16> = (0..4096).filter(|v| traces_vlan(&one, *v)).collect();
+        assert_eq!(marked, [50]);
+        // Whatever the filter matches is on a marked VLAN.
+        for cfg in [off, all, one] {
+            for vlan in [0, 50, 51] {
+                let f = fields(vlan, 3, TRACE_DROP);
+                assert!(!cfg.matches(&f) || traces_vlan(&cfg, vlan));
+            }
+        }
     }
 
     #[test]

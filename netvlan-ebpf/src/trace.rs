@@ -1,8 +1,11 @@
 //! Packet traces: the one place a program puts an event in its ring
-//! buffer (`netvlan_common::trace`). The hooks call [`active`] once per
-//! frame (one array read and a flag test when tracing is off) and [`emit`]
-//! only when it is on; the filter is `netvlan_common::trace::wants`, the
-//! code the host unit tests run.
+//! buffer (`netvlan_common::trace`). The wire hooks call [`active`] only
+//! for a frame whose VLAN's flags carry `decision::VLAN_TRACE` (set by the
+//! tracer on the VLANs its filter can match), so a wire not traced pays
+//! one bit test of the flags it read anyway; the endpoint hooks call it
+//! once per frame (one array read and a flag test when tracing is off).
+//! [`emit`] runs only when tracing is on; the filter is
+//! `netvlan_common::trace::wants`, the code the host unit tests run.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 

@@ -11,7 +11,11 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use netvlan_common::trace::{TraceConfig, TraceEvent, TRACE_CONFIG, WIRE_RING_BYTES};
+use netvlan_common::{
+    decision::{VLAN_DENY_LIST, VLAN_TRACE},
+    maps,
+    trace::{TraceConfig, TraceEvent, TRACE_CONFIG, WIRE_RING_BYTES},
+};
 use netvlan_tests::{
     daemon::Daemon,
     frame::{ipv4_frame, mac_string, parse_mac, FrameBuilder, Mac, ETH_P_8021Q},
@@ -212,6 +216,38 @@ fn trace_configs(dir: &Path) -> Vec<(PathBuf, TraceConfig)> {
         }
     }
     out
+}
+
+/// Every VLAN's flags in the lab's one wire's `VLAN_POLICY`.
+fn vlan_flags(lab: &Lan) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut stack = vec![lab.bpf.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == maps::VLAN_POLICY) {
+                found.push(path);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "one wire: {found:?}");
+    let data = MapData::from_pin(&found[0]).unwrap();
+    let map: Array<MapData, u32> = Map::Array(data).try_into().unwrap();
+    (0..maps::VLAN_SLOTS)
+        .map(|vid| map.get(&vid, 0).unwrap())
+        .collect()
+}
+
+/// The VLANs whose flags carry the trace mark.
+fn traced_vlans(lab: &Lan) -> Vec<u16> {
+    vlan_flags(lab)
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| *f & VLAN_TRACE != 0)
+        .map(|(vid, _)| vid as u16)
+        .collect()
 }
 
 fn assert_configs_cleared(lab: &Lan, expected_programs: usize) {
@@ -448,6 +484,57 @@ fn trace_filters_by_vlan_and_samples_one_in_n() {
     assert_eq!(lines.len(), 4, "ceil(10 / 3): {lines:#?}");
     assert_eq!(events_and_lost(&stderr), (4, 0));
     assert_configs_cleared(&lab, 2);
+}
+
+/// Frames on a VLAN no trace can match never read the trace config: only
+/// the VLANs a session's filter can match carry `VLAN_TRACE` in the
+/// wire's flags. A policy rewrite of every VLAN keeps the mark; the
+/// session's end clears it, also when its client dies under the daemon.
+#[test]
+fn trace_marks_only_the_vlans_its_filter_can_match_until_it_ends() {
+    let lab = Lan::new(false);
+    let (_c, _mac) = guarded_lab(&lab);
+    assert_eq!(traced_vlans(&lab), Vec::<u16>::new(), "no trace, no mark");
+
+    let tracer = Tracer::start(&lab, &["--json", "--vlan", "30"]);
+    assert_eq!(traced_vlans(&lab), [30]);
+    // The deny list is wire-wide: every VLAN's flags are rewritten.
+    lab.netvlan(&["policy", "set", "guarded", "mac_deny=02:00:00:00:00:66"])
+        .ok();
+    let flags = vlan_flags(&lab);
+    assert!(flags.iter().all(|f| f & VLAN_DENY_LIST != 0), "rewritten");
+    assert_eq!(traced_vlans(&lab), [30], "the rewrite kept the mark");
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    let tagged = |vid| {
+        FrameBuilder::new(BROADCAST, SENDER)
+            .tag(ETH_P_8021Q, vid)
+            .build(64)
+    };
+    socket.send_many(&tagged(30), 2);
+    socket.send_many(&tagged(31), 2);
+    tracer.wait_lines(2);
+    let (lines, _) = tracer.stop();
+    assert_eq!(json_lines(&lines).len(), 2, "VLAN 30's frames: {lines:#?}");
+    assert_eq!(traced_vlans(&lab), Vec::<u16>::new(), "the end unmarks");
+    assert!(vlan_flags(&lab).iter().all(|f| f & VLAN_DENY_LIST != 0));
+    assert_configs_cleared(&lab, 2);
+
+    // Unfiltered, through the daemon: every VLAN, until the client dies.
+    let daemon = Daemon::start(&lab, &[]);
+    let tracer = Tracer::start_with(
+        &lab,
+        &[("NETVLAN_RUN_DIR", daemon.run_dir.path())],
+        &["--drops"],
+    );
+    assert_eq!(traced_vlans(&lab).len(), maps::VLAN_SLOTS as usize);
+    tracer.signal(libc::SIGKILL);
+    // The daemon notices the client is gone at its next heartbeat (1 s).
+    let cleared = wait_for(Duration::from_secs(10), || {
+        traced_vlans(&lab).is_empty().then_some(())
+    });
+    assert!(cleared.is_some(), "still marked: {:?}", traced_vlans(&lab));
+    assert_configs_cleared(&lab, 2);
+    drop(tracer);
 }
 
 #[test]

@@ -29,7 +29,7 @@ use netvlan_common::trace::{
 use netvlan_common::{
     decision::{
         decide, Context, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY,
-        IP_NOT_REGISTERED,
+        IP_NOT_REGISTERED, VLAN_TRACE,
     },
     frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
     maps::{
@@ -201,9 +201,12 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);
     let len = frame.frame_len() as u64;
     let out = wire(&frame, 1, len);
-    if let Some(cfg) = trace::active(&TRACE_CONFIG) {
-        let seen = seen(TracePoint::WireXdp, &out, len, 1);
-        trace::emit(&TRACE, cfg, Source::Xdp(&ctx), &seen);
+    // Only on a VLAN a trace can match is `TRACE_CONFIG` read.
+    if out.traced {
+        if let Some(cfg) = trace::active(&TRACE_CONFIG) {
+            let seen = seen(TracePoint::WireXdp, &out, len, 1);
+            trace::emit(&TRACE, cfg, Source::Xdp(&ctx), &seen);
+        }
     }
     match out.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
@@ -239,9 +242,12 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
     let segs = unsafe { (*ctx.skb.skb).gso_segs };
     let packets = u64::from(if segs > 1 { segs } else { 1 });
     let out = wire(&frame, packets, len);
-    if let Some(cfg) = trace::active(&TRACE_CONFIG) {
-        let seen = seen(TracePoint::WireTc, &out, len, packets);
-        trace::emit(&TRACE, cfg, Source::Tc(&ctx), &seen);
+    // Only on a VLAN a trace can match is `TRACE_CONFIG` read.
+    if out.traced {
+        if let Some(cfg) = trace::active(&TRACE_CONFIG) {
+            let seen = seen(TracePoint::WireTc, &out, len, packets);
+            trace::emit(&TRACE, cfg, Source::Tc(&ctx), &seen);
+        }
     }
     match out.verdict {
         Verdict::Pass => TC_ACT_OK,
@@ -265,6 +271,9 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
                 verdict: Verdict::Pass,
                 vlan: 0,
                 slot: NO_DST,
+                // No VLAN flags read here: a (rare) malformed frame reads
+                // the trace config itself.
+                traced: true,
             }
         }
         Classification::Classified(f) => {
@@ -317,6 +326,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
                 verdict,
                 vlan: f.outer_vid,
                 slot: dst,
+                traced: vlan_flags & VLAN_TRACE != 0,
             }
         }
     }
@@ -328,6 +338,8 @@ struct Outcome {
     vlan: u16,
     /// The registered destination's slot; `NO_DST` when none.
     slot: u32,
+    /// The VLAN's flags have [`VLAN_TRACE`]: a trace may want the frame.
+    traced: bool,
 }
 
 /// The destination maps as `netvlan_common::maps::dst_slot` reads them.

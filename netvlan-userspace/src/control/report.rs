@@ -8,8 +8,8 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use super::{NetworkError, NetworkRecord};
 use crate::{
     datapath::{
-        counters::{self, EndpointStats, StatsReport},
-        endpoint_hooks, Datapath,
+        counters::{self, EndpointMaps, EndpointStats, StatsReport},
+        Attachment, Datapath, InterfacePins,
     },
     store::Store,
 };
@@ -26,60 +26,85 @@ pub async fn report(
     state_dir: &Path,
     iface: Option<&str>,
 ) -> Result<StatsReport, NetworkError> {
-    let mut report = StatsReport::default();
-    for (attachment, pins) in datapath.attachments(iface).await? {
-        report.interfaces.push(counters::read(&attachment, &pins)?);
+    let attachments = datapath.attachments(iface).await?;
+    let networks = stored_networks(state_dir)?;
+    if networks.is_none() && Store::exists(state_dir) {
+        tracing::warn!(
+            "another netvlan command holds the state; showing counters without endpoint names and per-endpoint counters"
+        );
     }
-    let store = if Store::exists(state_dir) {
-        let store = Store::open_within(state_dir, STATE_PATIENCE)?;
-        if store.is_none() {
-            tracing::warn!(
-                "another netvlan command holds the state; showing counters without endpoint names and per-endpoint counters"
-            );
-        }
-        store
-    } else {
-        None
-    };
-    let Some(store) = store else {
+    let mut endpoints = EndpointMaps::new(0);
+    read(
+        &attachments,
+        datapath.bpf_dir(),
+        networks.as_deref(),
+        &mut endpoints,
+    )
+}
+
+/// The networks stored in `state_dir`, read once; `None` when there is no
+/// state or another command holds it for longer than [`STATE_PATIENCE`].
+pub fn stored_networks(state_dir: &Path) -> Result<Option<Vec<NetworkRecord>>, NetworkError> {
+    if !Store::exists(state_dir) {
+        return Ok(None);
+    }
+    match Store::open_within(state_dir, STATE_PATIENCE)? {
+        Some(store) => Ok(Some(store.networks::<NetworkRecord>()?)),
+        None => Ok(None),
+    }
+}
+
+/// [`report`]'s reading, given the attachments and the stored networks
+/// (`None`: counters without names) and the endpoints' maps open from
+/// the last read: map reads only, no runtime needed, so the daemon runs it
+/// off its event loop.
+pub fn read(
+    attachments: &[(Attachment, InterfacePins)],
+    bpf_dir: &Path,
+    networks: Option<&[NetworkRecord]>,
+    endpoints: &mut EndpointMaps,
+) -> Result<StatsReport, NetworkError> {
+    let mut report = StatsReport::default();
+    for (attachment, pins) in attachments {
+        report.interfaces.push(counters::read(attachment, pins)?);
+    }
+    let Some(networks) = networks else {
         return Ok(report);
     };
     // A registered destination is an endpoint's (its MAC on its network's
     // VLAN, on that network's wire) or else the host's own.
     let mut owners = HashMap::new();
-    for record in store.networks::<NetworkRecord>()? {
-        let vid = super::wire_policy::vlan_of(&record);
+    for record in networks {
+        let vid = super::wire_policy::vlan_of(record);
         if record.options.driver != super::Driver::Macvlan {
             continue; // ipvlan endpoints share the host's MAC
         }
         for endpoint in record.endpoints.values() {
             if let Some(mac) = endpoint.stored_mac() {
                 owners.insert(
-                    (record.parent.wire.clone(), vid, mac),
-                    (record.name.clone(), endpoint.sandbox.clone()),
+                    (record.parent.wire.as_str(), vid, mac),
+                    (record.name.as_str(), endpoint.sandbox.as_str()),
                 );
             }
         }
     }
     for iface in &mut report.interfaces {
         for dst in &mut iface.macs {
-            match owners.get(&(iface.ifname.clone(), dst.vlan, dst.mac)) {
+            match owners.get(&(iface.ifname.as_str(), dst.vlan, dst.mac)) {
                 Some((network, endpoint)) => {
-                    dst.network = Some(network.clone());
-                    dst.endpoint = Some(endpoint.clone());
+                    dst.network = Some(network.to_string());
+                    dst.endpoint = Some(endpoint.to_string());
                 }
                 None => dst.host = true,
             }
         }
     }
-    for record in store.networks::<NetworkRecord>()? {
+    for record in networks {
         for endpoint in record.endpoints.values() {
             let Some(netns) = endpoint.netns else {
                 continue;
             };
-            if let Some(egress) =
-                endpoint_hooks::read_stats(datapath.bpf_dir(), netns, endpoint.ifindex)?
-            {
+            if let Some(egress) = endpoints.read(bpf_dir, netns, endpoint.ifindex)? {
                 report.endpoints.push(EndpointStats {
                     network: record.name.clone(),
                     endpoint: endpoint.sandbox.clone(),
@@ -95,5 +120,6 @@ pub async fn report(
             }
         }
     }
+    endpoints.sweep();
     Ok(report)
 }

@@ -55,6 +55,12 @@ pub struct Target {
     pub config: TraceConfig,
 }
 
+impl Target {
+    fn is_wire(&self) -> bool {
+        matches!(self.kind, TargetKind::Wire { .. })
+    }
+}
+
 /// Every program a request traces, with the names its events resolve to.
 #[derive(Clone, Debug, Default)]
 pub struct TracePlan {
@@ -274,6 +280,10 @@ impl TraceSession {
             let before = dtrace::config(&target.pins)?;
             dtrace::configure(&target.pins, &target.config)?;
             session.saved.push(before);
+            // The config first: a marked VLAN always finds it written.
+            if target.is_wire() {
+                dtrace::mark_vlans(&target.pins, &target.config)?;
+            }
         }
         Ok(session)
     }
@@ -310,7 +320,15 @@ impl TraceSession {
         self.restored = true;
         let mut first = None;
         for (target, before) in self.plan.targets.iter().zip(&self.saved) {
-            if let Err(e) = dtrace::configure(&target.pins, before) {
+            let restored = dtrace::configure(&target.pins, before).and_then(|()| {
+                // Marked: the VLANs the config put back can trace.
+                if target.is_wire() {
+                    dtrace::mark_vlans(&target.pins, before)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = restored {
                 // An endpoint disconnected meanwhile took its config along.
                 if target.pins.exists() {
                     tracing::error!(

@@ -226,8 +226,7 @@ struct StatsQuery {
 }
 
 async fn stats(State(shared): State<Arc<Shared>>, Query(query): Query<StatsQuery>) -> Response {
-    match control::report::report(&shared.datapath, &shared.state_dir, query.iface.as_deref()).await
-    {
+    match super::stats_report(&shared, query.iface.as_deref()).await {
         Ok(report) => answer(&shared, StatusCode::OK, &report),
         Err(e) => failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
     }

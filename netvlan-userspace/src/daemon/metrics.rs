@@ -56,7 +56,7 @@ async fn scrape(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 /// The exposition text of one scrape of `shared`'s datapath and store.
 pub async fn render(shared: &Shared) -> String {
     let started = Instant::now();
-    let snapshot = snapshot::take(&shared.datapath, &shared.state_dir).await;
+    let snapshot = snapshot::take(shared).await;
     let errors = shared
         .metrics
         .errors

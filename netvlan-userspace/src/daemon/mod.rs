@@ -15,12 +15,15 @@ pub mod client;
 pub mod metrics;
 pub mod page;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::datapath::Datapath;
+use crate::datapath::{counters::EndpointMaps, Datapath};
 
 /// What every request handler of the daemon shares.
 pub struct Shared {
@@ -39,6 +42,8 @@ pub struct Shared {
     pub identity: api::Identity,
     /// The metrics exporter's own state across scrapes (its error count).
     pub metrics: metrics::ScrapeState,
+    /// The endpoints' counter maps, kept open between scrapes.
+    pub endpoint_maps: Arc<Mutex<EndpointMaps>>,
 }
 
 /// The HTTP side of the daemon on its metrics address: `/metrics` and the
@@ -48,6 +53,68 @@ pub fn http_router(shared: Arc<Shared>) -> axum::Router {
         .merge(metrics::routes())
         .merge(page::routes())
         .with_state(shared)
+}
+
+/// Runs blocking map and store reads on tokio's blocking pool: the daemon
+/// runs one thread, and a scrape of 10,000 endpoints must not stall the
+/// page and the API meanwhile.
+pub(crate) async fn off_loop<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels a blocking task, and that
+        // drops this future first.
+        Err(e) => unreachable!("a blocking read was cancelled: {e}"),
+    }
+}
+
+/// The stats report (`control::report::report`), its reads off the
+/// event loop ([`off_loop`]).
+pub(crate) async fn stats_report(
+    shared: &Shared,
+    iface: Option<&str>,
+) -> Result<crate::datapath::counters::StatsReport, crate::control::NetworkError> {
+    use crate::control::report;
+    let attachments = shared.datapath.attachments(iface).await?;
+    let bpf_dir = shared.datapath.bpf_dir().to_path_buf();
+    let state_dir = shared.state_dir.clone();
+    let endpoints = shared.endpoint_maps.clone();
+    off_loop(move || {
+        let networks = report::stored_networks(&state_dir)?;
+        let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        report::read(&attachments, &bpf_dir, networks.as_deref(), &mut endpoints)
+    })
+    .await
+}
+
+/// File descriptors kept free for sockets, pins opened per request and the
+/// rest of the daemon.
+const SPARE_FDS: u64 = 512;
+
+/// How many endpoint maps stay open between scrapes: the open-file limit,
+/// raised to its hard limit first (as systemd advises services that need
+/// many), less [`SPARE_FDS`].
+fn open_map_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur.saturating_sub(SPARE_FDS) as usize
 }
 
 /// Where the daemon listens for Prometheus and the page unless told:
@@ -136,6 +203,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         recent_traces: page::RecentTraces::default(),
         identity,
         metrics: Default::default(),
+        endpoint_maps: Arc::new(Mutex::new(EndpointMaps::new(open_map_budget()))),
     });
     // Signals first: one sent while the listeners come up is not lost.
     let shutdown = shutdown_signal()?;

@@ -33,11 +33,7 @@ use netvlan_common::{
 use serde::Serialize;
 
 use super::Shared;
-use crate::{
-    control::{self, NetworkRecord},
-    datapath::counters::StatsReport,
-    store::Store,
-};
+use crate::{control::NetworkRecord, datapath::counters::StatsReport, store::Store};
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_JS: &str = include_str!("page/page.js");
@@ -230,14 +226,13 @@ fn networks(shared: &Shared) -> Vec<NetworkView> {
 
 /// The snapshot of this instant.
 pub async fn snapshot(shared: &Shared) -> Snapshot {
-    let (stats, error) =
-        match control::report::report(&shared.datapath, &shared.state_dir, None).await {
-            Ok(stats) => (stats, None),
-            Err(e) => {
-                tracing::warn!(error = %e, "the page cannot read the counters");
-                (StatsReport::default(), Some(e.report().line()))
-            }
-        };
+    let (stats, error) = match super::stats_report(shared, None).await {
+        Ok(stats) => (stats, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "the page cannot read the counters");
+            (StatsReport::default(), Some(e.report().line()))
+        }
+    };
     Snapshot {
         time_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -417,6 +417,89 @@ fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Endpoints' counter maps (`EGRESS_STATS`, one per endpoint) kept open
+/// between reads: the daemon's scrapes reuse an open map while its pin is
+/// the same file (same inode; a reconnected endpoint's new pin is another),
+/// so an endpoint costs a stat and its lookups, not an open, an info query
+/// and a close as well. At most `capacity` maps stay open (file
+/// descriptors); the rest are opened per read. [`EndpointMaps::sweep`]
+/// closes the maps of endpoints not read since the last sweep.
+#[derive(Default)]
+pub struct EndpointMaps {
+    open: std::collections::HashMap<std::path::PathBuf, OpenStats>,
+    capacity: usize,
+}
+
+struct OpenStats {
+    ino: u64,
+    map: aya::maps::PerCpuArray<aya::maps::MapData, Counters>,
+    read: bool,
+}
+
+impl EndpointMaps {
+    /// A cache that keeps up to `capacity` maps open (0: none, as the CLI).
+    pub fn new(capacity: usize) -> EndpointMaps {
+        EndpointMaps {
+            open: Default::default(),
+            capacity,
+        }
+    }
+
+    /// The counters of the endpoint `ifindex` in `netns`; `None` when it
+    /// has no pins (no programs).
+    pub fn read(
+        &mut self,
+        bpf_dir: &std::path::Path,
+        netns: crate::sys::netns::NetnsId,
+        ifindex: u32,
+    ) -> Result<Option<super::endpoint_hooks::EgressStats>, DatapathError> {
+        use super::endpoint_hooks;
+        use netvlan_common::antispoof::EGRESS_STATS;
+        use std::os::unix::fs::MetadataExt as _;
+
+        let pins = super::NamespacePins::new(bpf_dir, netns).egress(ifindex);
+        let path = pins.map(EGRESS_STATS);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            self.open.remove(&path);
+            return endpoint_hooks::read_stats(bpf_dir, netns, ifindex);
+        };
+        if let Some(open) = self.open.get_mut(&path) {
+            if open.ino == meta.ino() {
+                open.read = true;
+                return endpoint_hooks::stats_of(&pins, &open.map).map(Some);
+            }
+        }
+        if self.open.len() >= self.capacity && !self.open.contains_key(&path) {
+            return endpoint_hooks::read_stats(bpf_dir, netns, ifindex);
+        }
+        let map = super::object::open_map(&pins, EGRESS_STATS)?;
+        let stats = endpoint_hooks::stats_of(&pins, &map)?;
+        self.open.insert(
+            path,
+            OpenStats {
+                ino: meta.ino(),
+                map,
+                read: true,
+            },
+        );
+        Ok(Some(stats))
+    }
+
+    /// Closes the maps not read since the last sweep (endpoints gone).
+    pub fn sweep(&mut self) {
+        self.open.retain(|_, open| std::mem::take(&mut open.read));
+    }
+
+    /// Maps open now.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,5 +520,83 @@ mod tests {
                 (6 + 2 * SLOT_RUN_GAP, 6 + 2 * SLOT_RUN_GAP)
             ]
         );
+    }
+
+    /// A cached endpoint map follows its pin: counts written later are
+    /// read, a pin replaced by another map (a reconnect) is read anew, a
+    /// pin gone is no endpoint, and a sweep closes what was not read.
+    #[test]
+    fn endpoint_maps_follow_their_pins() {
+        use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuValues};
+        use netvlan_common::antispoof::{EGRESS_SENT, EGRESS_SLOTS, EGRESS_STATS};
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test pins BPF maps: run it as root"
+        );
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/netvlan-unit-endpoint-maps-{}",
+            std::process::id()
+        ));
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(dir.clone());
+        let netns = crate::sys::netns::NetnsId::current().unwrap();
+        let pins = super::super::NamespacePins::new(&dir, netns).egress(7);
+        std::fs::create_dir_all(pins.dir()).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        let pinned = |sent: u64| {
+            let mut map = PerCpuArray::<MapData, Counters>::create(EGRESS_SLOTS, 0).unwrap();
+            let one = Counters {
+                packets: sent,
+                bytes: sent * 100,
+            };
+            let mut values = vec![Counters::default(); cpus];
+            values[0] = one;
+            map.set(EGRESS_SENT, PerCpuValues::try_from(values).unwrap(), 0)
+                .unwrap();
+            map.map().pin(pins.map(EGRESS_STATS)).unwrap();
+            map
+        };
+
+        let mut maps = EndpointMaps::new(16);
+        let mut first = pinned(3);
+        let read = |maps: &mut EndpointMaps| maps.read(&dir, netns, 7).unwrap();
+        assert_eq!(read(&mut maps).map(|s| s.tx_packets), Some(3));
+        assert_eq!(maps.len(), 1);
+        let mut values = vec![Counters::default(); cpus];
+        values[0] = Counters {
+            packets: 5,
+            bytes: 500,
+        };
+        first
+            .set(EGRESS_SENT, PerCpuValues::try_from(values).unwrap(), 0)
+            .unwrap();
+        assert_eq!(read(&mut maps).map(|s| s.tx_bytes), Some(500), "live");
+
+        std::fs::remove_file(pins.map(EGRESS_STATS)).unwrap();
+        drop(first);
+        let _second = pinned(9);
+        assert_eq!(read(&mut maps).map(|s| s.tx_packets), Some(9), "re-pinned");
+        assert_eq!(maps.len(), 1);
+
+        std::fs::remove_dir_all(pins.dir()).unwrap();
+        assert_eq!(read(&mut maps), None, "pins gone");
+        assert!(maps.is_empty());
+
+        std::fs::create_dir_all(pins.dir()).unwrap();
+        let _third = pinned(1);
+        read(&mut maps);
+        maps.sweep();
+        assert_eq!(maps.len(), 1, "read since the last sweep");
+        maps.sweep();
+        assert!(maps.is_empty(), "not read since: closed");
+
+        let mut uncached = EndpointMaps::new(0);
+        assert_eq!(read(&mut uncached).map(|s| s.tx_packets), Some(1));
+        assert!(uncached.is_empty());
     }
 }

@@ -278,10 +278,18 @@ pub fn read_stats(
         return Ok(None);
     }
     let map: PerCpuArray<MapData, Counters> = object::open_map(&pins, EGRESS_STATS)?;
+    stats_of(&pins, &map).map(Some)
+}
+
+/// The counters in an endpoint's open `EGRESS_STATS` (pinned in `pins`).
+pub fn stats_of(
+    pins: &InterfacePins,
+    map: &PerCpuArray<MapData, Counters>,
+) -> Result<EgressStats, DatapathError> {
     let total = |slot: u32| -> Result<Counters, DatapathError> {
         let values = map
             .get(&slot, 0)
-            .map_err(object::read_err(&pins, EGRESS_STATS))?;
+            .map_err(object::read_err(pins, EGRESS_STATS))?;
         Ok(values.iter().fold(Counters::default(), |mut acc, c| {
             acc.merge(c);
             acc
@@ -295,14 +303,14 @@ pub fn read_stats(
     } else {
         Counters::default()
     };
-    Ok(Some(EgressStats {
+    Ok(EgressStats {
         rx_packets: received.packets,
         rx_bytes: received.bytes,
         tx_packets: sent.packets,
         tx_bytes: sent.bytes,
         spoofed_packets: spoofed.packets,
         spoofed_bytes: spoofed.bytes,
-    }))
+    })
 }
 
 /// Removes an endpoint's egress pins (its link is gone or going).

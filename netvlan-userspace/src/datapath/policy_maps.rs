@@ -24,7 +24,8 @@ use aya::maps::MapData;
 use netvlan_common::{
     decision::{
         with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_DENY_LIST,
-        VLAN_MAC_GUARD, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
+        VLAN_MAC_GUARD, VLAN_RUNTIME, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
+        VLAN_WIRE_FILTER,
     },
     maps::{
         self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey, DST_CAPACITY,
@@ -371,7 +372,8 @@ fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), Dat
         if vid >= VLAN_SLOTS {
             continue;
         }
-        let now = policy.vlan_flags(vid as u16);
+        // Run-time switches (a trace's VLAN_TRACE) are not policy: kept.
+        let now = policy.vlan_flags(vid as u16) | (was & VLAN_RUNTIME);
         if was == now {
             continue;
         }
@@ -385,6 +387,35 @@ fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), Dat
     reset_guards(pins, &guard_on)?;
     with_batch(pins, maps::VLAN_POLICY, |b| b.update(&changed, 0))?;
     reset_guards(pins, &guard_off)
+}
+
+/// Sets the run-time VLAN flag `bit` (`decision::VLAN_RUNTIME`) on the
+/// VLANs `on` names and clears it on the others, policy bits untouched (one
+/// batch read of all 4,096 entries, one batch write of the differences).
+pub fn set_vlan_bit(
+    pins: &InterfacePins,
+    bit: u32,
+    on: impl Fn(u16) -> bool,
+) -> Result<(), DatapathError> {
+    debug_assert_eq!(bit & !VLAN_RUNTIME, 0, "{bit:#x} is policy");
+    let current = with_batch(pins, maps::VLAN_POLICY, |b| b.read_array::<u32>())?;
+    let changed: Vec<(u32, u32)> = current
+        .into_iter()
+        .take(VLAN_SLOTS as usize)
+        .enumerate()
+        .filter_map(|(vid, was)| {
+            let now = if on(vid as u16) {
+                was | bit
+            } else {
+                was & !bit
+            };
+            (now != was).then_some((vid as u32, now))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    with_batch(pins, maps::VLAN_POLICY, |b| b.update(&changed, 0))
 }
 
 /// Forgets what the guards of `vids` learned. Only called while those
@@ -766,6 +797,36 @@ mod tests {
             .batch(maps::VLAN_POLICY, |b| b.lookup_range::<u32>(0, 1))
             .unwrap();
         assert_eq!(flags[0].1[0], 0, "no flag written either");
+    }
+
+    /// The trace mark is a run-time switch: a policy rewrite of the
+    /// marked VLANs keeps it, and clearing it leaves the policy alone.
+    #[test]
+    fn a_policy_rewrite_keeps_the_trace_mark_and_unmarking_keeps_the_policy() {
+        use netvlan_common::decision::VLAN_TRACE;
+        let maps = PinnedMaps::new("mark");
+        let flags = |maps: &PinnedMaps| -> Vec<u32> {
+            maps.batch(maps::VLAN_POLICY, |b| b.read_array::<u32>())
+                .unwrap()
+        };
+        set_vlan_bit(&maps.pins, VLAN_TRACE, |vid| vid == 20 || vid == 30).unwrap();
+        let policy = WirePolicy {
+            vlan_filter: true,
+            allowed_vlans: [20].into(),
+            ..WirePolicy::default()
+        };
+        apply(&maps.pins, &policy).unwrap();
+        let now = flags(&maps);
+        for (vid, f) in now.iter().enumerate() {
+            let marked = vid == 20 || vid == 30;
+            assert_eq!(f & VLAN_TRACE != 0, marked, "VLAN {vid}");
+            assert_eq!(f & !VLAN_TRACE, policy.vlan_flags(vid as u16), "VLAN {vid}");
+        }
+        set_vlan_bit(&maps.pins, VLAN_TRACE, |_| false).unwrap();
+        let now = flags(&maps);
+        for (vid, f) in now.iter().enumerate() {
+            assert_eq!(*f, policy.vlan_flags(vid as u16), "VLAN {vid}");
+        }
     }
 
     #[test]

@@ -16,11 +16,11 @@ use std::{
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use bytes::Bytes;
 use netvlan_common::{
-    decision::DropReason,
+    decision::{DropReason, VLAN_TRACE},
     frame::{classify, Classification, Frame, ETH_P_8021Q, L3, VLAN_HLEN},
     maps::DstKey,
     trace::{
-        TraceConfig, TraceHeader, TracePoint, TRACE_CONFIG, TRACE_DROP, TRACE_LOST,
+        traces_vlan, TraceConfig, TraceHeader, TracePoint, TRACE_CONFIG, TRACE_DROP, TRACE_LOST,
         TRACE_REASON_SPOOFED, TRACE_RING,
     },
     Mac,
@@ -43,6 +43,14 @@ pub fn configure(pins: &InterfacePins, cfg: &TraceConfig) -> Result<(), Datapath
     let cfg = TraceConfig { seen: 0, ..*cfg };
     map.set(0, cfg, 0)
         .map_err(object::write_err(pins, TRACE_CONFIG, None))
+}
+
+/// Marks the VLANs `cfg` can trace (`decision::VLAN_TRACE` in the wire's
+/// `VLAN_POLICY`, `netvlan_common::trace::traces_vlan`) and unmarks the
+/// others: the wire program reads its trace config only for frames on a
+/// marked VLAN. Wires only (endpoint programs have no VLAN flags).
+pub fn mark_vlans(pins: &InterfacePins, cfg: &TraceConfig) -> Result<(), DatapathError> {
+    super::policy_maps::set_vlan_bit(pins, VLAN_TRACE, |vid| traces_vlan(cfg, vid))
 }
 
 /// Events the program pinned in `pins` lost to a full ring, all CPUs.

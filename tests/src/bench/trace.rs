@@ -29,10 +29,11 @@ use aya::{
 };
 use indicatif::ProgressBar;
 use netvlan_common::{
-    maps::XDP_PROGRAM,
+    decision::VLAN_TRACE,
+    maps::{VLAN_POLICY, VLAN_SLOTS, XDP_PROGRAM},
     trace::{
-        TraceConfig, BENCH_NOTRACE_PROGRAM, TRACE_CONFIG, TRACE_DROPS, TRACE_LOST, TRACE_ON,
-        TRACE_RING, TRACE_VLAN, WIRE_RING_BYTES,
+        traces_vlan, TraceConfig, BENCH_NOTRACE_PROGRAM, TRACE_CONFIG, TRACE_DROPS, TRACE_LOST,
+        TRACE_ON, TRACE_RING, TRACE_VLAN, WIRE_RING_BYTES,
     },
 };
 
@@ -105,6 +106,10 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         .take_map(TRACE_RING)
         .context("no trace ring")?
         .try_into()?;
+    let mut vlans: Array<MapData, u32> = obj
+        .take_map(VLAN_POLICY)
+        .context("no VLAN flags map")?
+        .try_into()?;
     let drain = Drain::start(ring);
 
     let traced: &Xdp = obj.program(XDP_PROGRAM).unwrap().try_into()?;
@@ -116,12 +121,14 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         bar.set_message(format!("per-packet cost, round {}/{rounds}", round + 1));
         for ((_, cfg), slots) in cases.iter().zip(samples.iter_mut()) {
             config.set(0, *cfg, 0)?;
+            mark_vlans(&mut vlans, cfg)?;
             slots[0].push(per_packet(traced, &frame)?);
             slots[1].push(per_packet(untraced, &frame)?);
         }
         super::progress::tick(bar)?;
     }
     config.set(0, TraceConfig::default(), 0)?;
+    mark_vlans(&mut vlans, &TraceConfig::default())?;
     let events = drain.stop();
     let lost_events: u64 = lost.get(&0, 0)?.iter().sum();
 
@@ -139,8 +146,9 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 wire.describe()
             ),
             format!(
-                "Configs: off (TRACE_CONFIG zero: one array read and a flag test); a filter \
-                 matching nothing (VLAN 4094); sampling 1 in 100 (an atomic add per frame, an \
+                "Configs: off (TRACE_CONFIG zero, no VLAN marked: the VLAN flags word the \
+                 pipeline reads anyway, one bit test); a filter matching nothing (VLAN \
+                 4094: only VLAN 4094 marked, the frame's VLAN 0 is not); sampling 1 in 100 (an atomic add per frame, an \
                  event per 100); every drop traced (an event per frame, {} B ring drained by a \
                  thread: {events} events read, {lost_events} lost to a full ring).",
                 WIRE_RING_BYTES
@@ -187,6 +195,24 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     }
     throughput(ctx, bar, &mut family)?;
     Ok(family)
+}
+
+/// Marks the VLANs `cfg` can trace ([`VLAN_TRACE`]) as a trace session
+/// does (`datapath::trace::mark_vlans`), so the bench frame (VLAN 0) reads
+/// the trace config only when the config can trace it.
+fn mark_vlans(vlans: &mut Array<MapData, u32>, cfg: &TraceConfig) -> Result<()> {
+    for vid in 0..VLAN_SLOTS {
+        let was = vlans.get(&vid, 0)?;
+        let now = if traces_vlan(cfg, vid as u16) {
+            was | VLAN_TRACE
+        } else {
+            was & !VLAN_TRACE
+        };
+        if now != was {
+            vlans.set(vid, now, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// A thread reading the ring as fast as it can, counting records.

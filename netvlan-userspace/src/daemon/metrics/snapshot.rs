@@ -10,7 +10,11 @@ use netvlan_common::maps;
 
 use crate::{
     control::{report, NetworkRecord},
-    datapath::{counters::StatsReport, policy_maps, Datapath, DatapathError, InterfacePins},
+    daemon::Shared,
+    datapath::{
+        counters::{EndpointMaps, StatsReport},
+        policy_maps, Attachment, DatapathError, InterfacePins,
+    },
     store::Store,
     sys::bpf_batch::BatchMap,
 };
@@ -55,21 +59,52 @@ pub struct Snapshot {
     pub errors: u64,
 }
 
-/// Reads everything a scrape serves from `datapath` and `state_dir`.
-pub async fn take(datapath: &Datapath, state_dir: &Path) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    let failed = |what: &str, error: &dyn std::error::Error| {
-        tracing::warn!(error = %chain(error), "metrics: cannot read {what}");
-        1
+/// Reads everything a scrape serves from `datapath` and `state_dir`: the
+/// attachments from netlink, then the store (once) and the maps off the
+/// event loop (`daemon::off_loop`).
+pub async fn take(shared: &Shared) -> Snapshot {
+    let attachments = match shared.datapath.attachments(None).await {
+        Ok(attachments) => attachments,
+        Err(e) => {
+            // Neither the counters nor the map fill can be read.
+            let mut snapshot = Snapshot::default();
+            snapshot.errors += failed("the attachments (counters, map fill)", &e) * 2;
+            return snapshot;
+        }
     };
-    match report::report(datapath, state_dir, None).await {
-        Ok(report) => snapshot.report = Some(report),
-        Err(e) => snapshot.errors += failed("the counters", &e),
-    }
+    let bpf_dir = shared.datapath.bpf_dir().to_path_buf();
+    let state_dir = shared.state_dir.clone();
+    let endpoints = shared.endpoint_maps.clone();
+    crate::daemon::off_loop(move || {
+        let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        read(&attachments, &bpf_dir, &state_dir, &mut endpoints)
+    })
+    .await
+}
+
+/// A part that could not be read, logged: 1 error.
+fn failed(what: &str, error: &dyn std::error::Error) -> u64 {
+    tracing::warn!(error = %chain(error), "metrics: cannot read {what}");
+    1
+}
+
+/// [`take`]'s blocking part: the store read once (its networks name the
+/// counters and feed the IPAM and endpoint gauges), then every map.
+fn read(
+    attachments: &[(Attachment, InterfacePins)],
+    bpf_dir: &Path,
+    state_dir: &Path,
+    endpoints: &mut EndpointMaps,
+) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let mut named = false;
     if Store::exists(state_dir) {
         match Store::open_within(state_dir, STATE_PATIENCE) {
             Ok(Some(store)) => match store.networks::<NetworkRecord>() {
-                Ok(networks) => snapshot.networks = networks,
+                Ok(networks) => {
+                    snapshot.networks = networks;
+                    named = true;
+                }
                 Err(e) => snapshot.errors += failed("the stored networks", &e),
             },
             Ok(None) => {
@@ -79,19 +114,19 @@ pub async fn take(datapath: &Datapath, state_dir: &Path) -> Snapshot {
             Err(e) => snapshot.errors += failed("the state", &e),
         }
     }
-    match datapath.attachments(None).await {
-        Ok(attachments) => {
-            for (attachment, pins) in attachments {
-                let (fills, errors) = map_fill(&attachment.ifname, &pins);
-                snapshot.maps.extend(fills);
-                snapshot.errors += errors;
-                match crate::datapath::trace::lost(&pins) {
-                    Ok(lost) => snapshot.trace_lost.push((attachment.ifname.clone(), lost)),
-                    Err(e) => snapshot.errors += failed("a trace ring's lost count", &e),
-                }
-            }
+    let networks = named.then_some(snapshot.networks.as_slice());
+    match report::read(attachments, bpf_dir, networks, endpoints) {
+        Ok(report) => snapshot.report = Some(report),
+        Err(e) => snapshot.errors += failed("the counters", &e),
+    }
+    for (attachment, pins) in attachments {
+        let (fills, errors) = map_fill(&attachment.ifname, pins);
+        snapshot.maps.extend(fills);
+        snapshot.errors += errors;
+        match crate::datapath::trace::lost(pins) {
+            Ok(lost) => snapshot.trace_lost.push((attachment.ifname.clone(), lost)),
+            Err(e) => snapshot.errors += failed("a trace ring's lost count", &e),
         }
-        Err(e) => snapshot.errors += failed("the attachments (map fill)", &e),
     }
     snapshot
 }
