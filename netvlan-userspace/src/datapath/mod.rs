@@ -16,6 +16,7 @@
 
 pub mod counters;
 pub mod endpoint_hooks;
+pub mod host_access;
 pub mod object;
 pub mod pins;
 pub mod policy_maps;
@@ -224,6 +225,16 @@ pub enum DatapathError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// Host access (`host_access=ebpf`) cannot work on this link.
+    #[error("host_access=ebpf cannot work on {link}: {what}")]
+    HairpinUnsupported { link: String, what: String },
+    #[error("cannot attach the host-access hairpin at TC egress of {link} ({mode})")]
+    AttachHairpin {
+        link: String,
+        mode: WireMode,
+        #[source]
+        source: ProgramError,
     },
     #[error("cannot update bpffs directory {path}")]
     PinDir {
