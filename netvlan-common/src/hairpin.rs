@@ -230,14 +230,23 @@ mod tests {
     #[test]
     fn host_to_a_registered_endpoint_and_back_is_hairpinned() {
         let (cfg, view) = macvlan(0);
-        assert_eq!(decide(&eth(EP, HOST, 0x0800), &cfg, &view), Action::Redirect);
-        assert_eq!(decide(&eth(HOST, EP, 0x86dd), &cfg, &view), Action::Redirect);
+        assert_eq!(
+            decide(&eth(EP, HOST, 0x0800), &cfg, &view),
+            Action::Redirect
+        );
+        assert_eq!(
+            decide(&eth(HOST, EP, 0x86dd), &cfg, &view),
+            Action::Redirect
+        );
     }
 
     #[test]
     fn the_vlan_of_the_link_is_the_one_looked_up() {
         let (cfg, view) = macvlan(10);
-        assert_eq!(decide(&eth(EP, HOST, 0x0800), &cfg, &view), Action::Redirect);
+        assert_eq!(
+            decide(&eth(EP, HOST, 0x0800), &cfg, &view),
+            Action::Redirect
+        );
         let cfg20 = HairpinConfig { vid: 20, ..cfg };
         assert_eq!(decide(&eth(EP, HOST, 0x0800), &cfg20, &view), Action::Pass);
         assert_eq!(decide(&eth(HOST, EP, 0x0800), &cfg20, &view), Action::Pass);
@@ -248,12 +257,7 @@ mod tests {
         let (cfg, view) = macvlan(0);
         // host -> LAN, endpoint -> LAN, endpoint -> endpoint (VEPA/private:
         // the switch's job), a LAN MAC -> host.
-        for (dst, src) in [
-            (LAN, HOST),
-            (LAN, EP),
-            (EP, EP),
-            (HOST, LAN),
-        ] {
+        for (dst, src) in [(LAN, HOST), (LAN, EP), (EP, EP), (HOST, LAN)] {
             assert_eq!(
                 decide(&eth(dst, src, 0x0800), &cfg, &view),
                 Action::Pass,
@@ -261,7 +265,10 @@ mod tests {
             );
         }
         // Other broadcasts and multicast: DHCP, all-nodes, IPv4 multicast.
-        assert_eq!(decide(&eth(BROADCAST, HOST, 0x0800), &cfg, &view), Action::Pass);
+        assert_eq!(
+            decide(&eth(BROADCAST, HOST, 0x0800), &cfg, &view),
+            Action::Pass
+        );
         assert_eq!(
             decide(&eth([0x33, 0x33, 0, 0, 0, 1], HOST, 0x86dd), &cfg, &view),
             Action::Pass
@@ -279,7 +286,10 @@ mod tests {
         let (cfg, view) = macvlan(0);
         let ns = [0x33, 0x33, 0xff, 0, 0, 2];
         for src in [HOST, EP] {
-            assert_eq!(decide(&eth(BROADCAST, src, 0x0806), &cfg, &view), Action::Clone);
+            assert_eq!(
+                decide(&eth(BROADCAST, src, 0x0806), &cfg, &view),
+                Action::Clone
+            );
             assert_eq!(decide(&eth(ns, src, 0x86dd), &cfg, &view), Action::Clone);
         }
     }
@@ -303,8 +313,14 @@ mod tests {
             decide(&ipv4(HOST, HOST, [10, 71, 0, 3]), &cfg, &view),
             Action::Pass
         );
-        assert_eq!(decide(&ipv4(LAN, HOST, [10, 71, 0, 2]), &cfg, &view), Action::Pass);
-        assert_eq!(decide(&eth(BROADCAST, HOST, 0x0806), &cfg, &view), Action::Clone);
+        assert_eq!(
+            decide(&ipv4(LAN, HOST, [10, 71, 0, 2]), &cfg, &view),
+            Action::Pass
+        );
+        assert_eq!(
+            decide(&eth(BROADCAST, HOST, 0x0806), &cfg, &view),
+            Action::Clone
+        );
     }
 
     #[test]

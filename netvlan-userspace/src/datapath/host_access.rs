@@ -159,7 +159,9 @@ impl Datapath {
             }
         }
         loader.override_global(HAIRPIN_CONFIG, &config, true);
-        let mut ebpf = loader.load(object::WIRE.bytes).map_err(DatapathError::Load)?;
+        let mut ebpf = loader
+            .load(object::WIRE.bytes)
+            .map_err(DatapathError::Load)?;
         let program = endpoint_hooks::classifier(&mut ebpf, HAIRPIN_PROGRAM)?;
         program.load().map_err(DatapathError::Program)?;
         // Held until pinned: dropping it on failure detaches it.
@@ -185,11 +187,10 @@ impl Datapath {
             object::pin_at(staging.program(), |path| program.pin(path))?;
             match mode {
                 WireMode::Tcx => {
-                    let fd_link =
-                        FdLink::try_from(held).map_err(|source| DatapathError::Link {
-                            path: staging.link(),
-                            source,
-                        })?;
+                    let fd_link = FdLink::try_from(held).map_err(|source| DatapathError::Link {
+                        path: staging.link(),
+                        source,
+                    })?;
                     object::pin_at(staging.link(), |path| fd_link.pin(path).map(drop))?;
                 }
                 // The filter stays with the kernel: converting releases it
@@ -246,9 +247,7 @@ impl Datapath {
             id.filter(|id| tcx_egress_programs(&info.name).contains(id))
                 .map(|id| (id, WireMode::Tcx))
         } else {
-            let pinned = ProgramInfo::from_pin(pins.program())
-                .ok()
-                .map(|p| p.id());
+            let pinned = ProgramInfo::from_pin(pins.program()).ok().map(|p| p.id());
             self.hairpin_filter(info.ifindex)
                 .await?
                 .filter(|&id| Some(id) == pinned)
@@ -353,10 +352,13 @@ impl Datapath {
 
     /// Removes the pins of hairpins whose link is gone; whether any were.
     async fn prune_hairpins(&self) -> Result<bool, DatapathError> {
-        let all = self.pins.hairpins().map_err(|source| DatapathError::PinDir {
-            path: self.pins.dir().into(),
-            source,
-        })?;
+        let all = self
+            .pins
+            .hairpins()
+            .map_err(|source| DatapathError::PinDir {
+                path: self.pins.dir().into(),
+                source,
+            })?;
         let mut removed = false;
         for pins in all {
             match self.netlink.link_by_index(pins.ifindex).await {
