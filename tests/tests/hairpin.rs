@@ -449,20 +449,27 @@ fn macvlan_host_and_endpoints_reach_each_other_only_through_the_hairpin() {
     assert!(!lab.host.can_ping(a4), "host -> {a4} after detach");
 }
 
-/// A wire attached afresh (new maps) leaves the hairpin reading the old
-/// ones: status says so, and attach replaces it.
+/// `datapath upgrade` swaps the wire's program and keeps its maps: the
+/// hairpin reads them still. A wire attached afresh (new maps) leaves the
+/// hairpin reading the old ones: status says so, and attach replaces it.
 #[test]
-fn a_hairpin_on_a_reattached_wire_is_stale_and_attach_replaces_it() {
+fn a_hairpin_survives_an_upgrade_and_is_replaced_on_a_reattached_wire() {
     let s = setup(&[]);
     let lab = &s.lab;
+    let (_, a4, _) = &s.endpoints[0];
     let first = attach(lab, HairpinLower::Macvlan).expect("attach");
+    lab.netvlan(&["datapath", "upgrade", "--force"]).ok();
+    assert_eq!(status(lab).as_ref(), Some(&first), "after the upgrade");
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.host.can_ping(a4).then_some(())).is_some(),
+        "host -> {a4} after the upgrade"
+    );
     lab.netvlan(&["datapath", "detach", "eth0", "--force"]).ok();
     lab.netvlan(&["restore"]).ok();
     let stale = status(lab).expect("the hairpin still runs");
     assert!(!stale.current, "{stale:?}");
     let fresh = attach(lab, HairpinLower::Macvlan).expect("re-attach");
     assert!(fresh.current && fresh.prog_id != first.prog_id, "{fresh:?}");
-    let (_, a4, _) = &s.endpoints[0];
     assert!(
         wait_for(Duration::from_secs(5), || lab
             .host

@@ -1220,7 +1220,8 @@ mod tests {
                 maps::XDP_PROGRAM,
                 maps::TC_PROGRAM,
                 maps::BENCH_FLOOR_PROGRAM,
-                netvlan_common::trace::BENCH_NOTRACE_PROGRAM
+                netvlan_common::trace::BENCH_NOTRACE_PROGRAM,
+                netvlan_common::hairpin::HAIRPIN_PROGRAM,
             ])
         );
         assert_eq!(
