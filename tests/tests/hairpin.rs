@@ -21,7 +21,7 @@ use netvlan::datapath::{
     Datapath, DatapathError,
 };
 use netvlan::sys::netlink::IpvlanMode;
-use netvlan_tests::{wait_for, Lan, Netns};
+use netvlan_tests::{require_kernel_feature, wait_for, KernelFeature, Lan, Netns};
 use serde_json::Value;
 
 const HOST4: &str = "10.71.0.250";
@@ -37,9 +37,9 @@ struct Setup {
     endpoints: Vec<(Netns, String, String)>,
 }
 
-/// The lab with a dual-stack network `hp` on `eth0` (`options` added) and
-/// two endpoints, each with its IPv4 and IPv6 address.
-fn setup(options: &[&str]) -> Setup {
+/// The lab with a dual-stack network `hp` on `eth0` (`-d driver` and
+/// `options` added) and two endpoints, each with its IPv4 and IPv6 address.
+fn setup(driver: &str, options: &[&str]) -> Setup {
     let lab = Lan::new(true);
     for addr in ["10.71.0.1/24", "fd00:71::1/64"] {
         lab.switch
@@ -52,6 +52,8 @@ fn setup(options: &[&str]) -> Setup {
     let mut args = vec![
         "network",
         "create",
+        "-d",
+        driver,
         "--subnet",
         "10.71.0.0/24",
         "--subnet",
@@ -382,7 +384,7 @@ fn macvlan_host_and_endpoints_reach_each_other_only_through_the_hairpin() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         return child_attach(&spec);
     }
-    let s = setup(&[]);
+    let s = setup("macvlan", &[]);
     let lab = &s.lab;
     let (a, a4, a6) = &s.endpoints[0];
 
@@ -454,14 +456,18 @@ fn macvlan_host_and_endpoints_reach_each_other_only_through_the_hairpin() {
 /// hairpin reading the old ones: status says so, and attach replaces it.
 #[test]
 fn a_hairpin_survives_an_upgrade_and_is_replaced_on_a_reattached_wire() {
-    let s = setup(&[]);
+    let s = setup("macvlan", &[]);
     let lab = &s.lab;
     let (_, a4, _) = &s.endpoints[0];
     let first = attach(lab, HairpinLower::Macvlan).expect("attach");
     lab.netvlan(&["datapath", "upgrade", "--force"]).ok();
     assert_eq!(status(lab).as_ref(), Some(&first), "after the upgrade");
     assert!(
-        wait_for(Duration::from_secs(5), || lab.host.can_ping(a4).then_some(())).is_some(),
+        wait_for(Duration::from_secs(5), || lab
+            .host
+            .can_ping(a4)
+            .then_some(()))
+        .is_some(),
         "host -> {a4} after the upgrade"
     );
     lab.netvlan(&["datapath", "detach", "eth0", "--force"]).ok();
@@ -479,4 +485,52 @@ fn a_hairpin_survives_an_upgrade_and_is_replaced_on_a_reattached_wire() {
         "host -> {a4} with the re-attached hairpin"
     );
     assert!(detach(lab));
+}
+
+/// ipvlan l2: the endpoints share the parent's MAC and are told apart by
+/// their registered addresses. VM lane (the host kernel has no ipvlan);
+/// there it also runs the clsact egress filter (6.1 has no TCX).
+#[test]
+fn ipvlan_l2_host_and_endpoints_reach_each_other_through_the_hairpin() {
+    if !require_kernel_feature(KernelFeature::Ipvlan) {
+        return;
+    }
+    let s = setup("ipvlan", &["ipvlan_mode=l2"]);
+    let lab = &s.lab;
+    let (_, a4, a6) = &s.endpoints[0];
+    for addr in [a4, a6] {
+        assert!(
+            !lab.host.can_ping(addr),
+            "host -> {addr} without the hairpin"
+        );
+    }
+    let l2 = HairpinLower::Ipvlan {
+        mode: IpvlanMode::L2,
+    };
+    let st = attach(lab, l2).expect("attach on ipvlan l2");
+    assert!(st.current, "{st:?}");
+    assert_host_access(&s);
+    assert!(detach(lab));
+    assert!(!lab.host.can_ping(a4), "host -> {a4} after detach");
+}
+
+/// ipvlan l3/l3s endpoints do no ARP or neighbour discovery on the
+/// parent: the hairpin cannot give them host access, and says so, naming
+/// the link and the mode, with nothing attached or pinned.
+#[test]
+fn ipvlan_l3_modes_are_refused_with_a_clear_error() {
+    let lab = Lan::new(false);
+    for (mode, text) in [(IpvlanMode::L3, "l3"), (IpvlanMode::L3s, "l3s")] {
+        let err = attach(&lab, HairpinLower::Ipvlan { mode }).expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DatapathError::HairpinUnsupported { .. })
+                && msg.contains("eth0")
+                && msg.contains(&format!("ipvlan mode {text} ")),
+            "{msg}"
+        );
+    }
+    assert_eq!(status(&lab), None);
+    assert!(lab.bpf.contents().is_empty(), "{:?}", lab.bpf.contents());
+    assert!(!egress_filters(&lab).contains("bpf"));
 }
