@@ -40,15 +40,32 @@ struct Setup {
 /// The lab with a dual-stack network `hp` on `eth0` (`-d driver` and
 /// `options` added) and two endpoints, each with its IPv4 and IPv6 address.
 fn setup(driver: &str, options: &[&str]) -> Setup {
+    setup_on(driver, "eth0", options)
+}
+
+/// [`setup`] on `parent`: `eth0`, or `eth0.VID`, which netvlan creates
+/// (the switch gets `peer0.VID`).
+fn setup_on(driver: &str, parent: &str, options: &[&str]) -> Setup {
     let lab = Lan::new(true);
+    let lan_link = match parent.split_once('.') {
+        Some((_, vid)) => {
+            let link = format!("peer0.{vid}");
+            lab.switch.exec(
+                "ip",
+                &[
+                    "link", "add", "link", "peer0", "name", &link, "type", "vlan", "id", vid,
+                ],
+            );
+            lab.switch.exec("ip", &["link", "set", &link, "up"]);
+            link
+        }
+        None => "peer0".to_string(),
+    };
     for addr in ["10.71.0.1/24", "fd00:71::1/64"] {
         lab.switch
-            .exec("ip", &["addr", "add", addr, "dev", "peer0", "nodad"]);
+            .exec("ip", &["addr", "add", addr, "dev", &lan_link, "nodad"]);
     }
-    for addr in [format!("{HOST4}/24"), format!("{HOST6}/64")] {
-        lab.host
-            .exec("ip", &["addr", "add", &addr, "dev", "eth0", "nodad"]);
-    }
+    let parent_option = format!("parent={parent}");
     let mut args = vec![
         "network",
         "create",
@@ -63,13 +80,17 @@ fn setup(driver: &str, options: &[&str]) -> Setup {
         "--aux-address",
         "host6=fd00:71::250",
         "-o",
-        "parent=eth0",
+        &parent_option,
     ];
     for o in options {
         args.extend(["-o", o]);
     }
     args.push("hp");
     lab.netvlan(&args).ok();
+    for addr in [format!("{HOST4}/24"), format!("{HOST6}/64")] {
+        lab.host
+            .exec("ip", &["addr", "add", &addr, "dev", parent, "nodad"]);
+    }
     let mut endpoints = Vec::new();
     for _ in 0..2 {
         let c = lab.container(true);
@@ -150,12 +171,22 @@ fn with_datapath<T: Send>(
 }
 
 fn attach(lab: &Lan, lower: HairpinLower) -> Result<HairpinStatus, DatapathError> {
+    attach_on(lab, "eth0", 0, lower)
+}
+
+fn attach_on(
+    lab: &Lan,
+    link: &str,
+    vlan: u16,
+    lower: HairpinLower,
+) -> Result<HairpinStatus, DatapathError> {
+    let link = link.to_string();
     with_datapath(lab, |dp| {
         Box::pin(async move {
             dp.attach_hairpin(&HairpinSpec {
                 wire: "eth0",
-                link: "eth0",
-                vlan: 0,
+                link: &link,
+                vlan,
                 lower,
             })
             .await
@@ -518,7 +549,7 @@ fn ipvlan_l2_host_and_endpoints_reach_each_other_through_the_hairpin() {
 /// parent: the hairpin cannot give them host access, and says so, naming
 /// the link and the mode, with nothing attached or pinned.
 #[test]
-fn ipvlan_l3_modes_are_refused_with_a_clear_error() {
+fn ipvlan_l3_modes_are_refused_by_the_hairpin_with_a_clear_error() {
     let lab = Lan::new(false);
     for (mode, text) in [(IpvlanMode::L3, "l3"), (IpvlanMode::L3s, "l3s")] {
         let err = attach(&lab, HairpinLower::Ipvlan { mode }).expect_err("refused");
@@ -533,4 +564,29 @@ fn ipvlan_l3_modes_are_refused_with_a_clear_error() {
     assert_eq!(status(&lab), None);
     assert!(lab.bpf.contents().is_empty(), "{:?}", lab.bpf.contents());
     assert!(!egress_filters(&lab).contains("bpf"));
+}
+
+/// On an 802.1Q sub-interface: the hairpin runs on `eth0.10` and looks the
+/// endpoints up on VLAN 10 in the maps of the wire `eth0`. VM lane (the
+/// host kernel has no 8021q).
+#[test]
+fn macvlan_on_a_vlan_sub_interface_reaches_the_host_through_the_hairpin() {
+    if !require_kernel_feature(KernelFeature::Vlan) {
+        return;
+    }
+    let s = setup_on("macvlan", "eth0.10", &[]);
+    let lab = &s.lab;
+    let (_, a4, _) = &s.endpoints[0];
+    assert!(!lab.host.can_ping(a4), "host -> {a4} without the hairpin");
+    // The wrong VLAN finds no endpoint: nothing is hairpinned.
+    attach_on(lab, "eth0.10", 20, HairpinLower::Macvlan).expect("attach on VLAN 20");
+    assert!(
+        !lab.host.can_ping(a4),
+        "host -> {a4} hairpinned on the wrong VLAN"
+    );
+    with_datapath(lab, |dp| Box::pin(dp.detach_hairpin("eth0.10"))).expect("detach");
+    let st = attach_on(lab, "eth0.10", 10, HairpinLower::Macvlan).expect("attach");
+    assert!(st.current, "{st:?}");
+    assert_host_access(&s);
+    assert!(with_datapath(lab, |dp| Box::pin(dp.detach_hairpin("eth0.10"))).expect("detach"));
 }
