@@ -590,3 +590,26 @@ fn macvlan_on_a_vlan_sub_interface_reaches_the_host_through_the_hairpin() {
     assert_host_access(&s);
     assert!(with_datapath(lab, |dp| Box::pin(dp.detach_hairpin("eth0.10"))).expect("detach"));
 }
+
+/// With the wire at XDP (which never sees re-injected frames) nothing is
+/// marked, and host access works the same.
+#[test]
+fn the_hairpin_works_beside_a_wire_at_xdp() {
+    let s = setup("macvlan", &["hook=xdp"]);
+    let lab = &s.lab;
+    let (a, a4, a6) = &s.endpoints[0];
+    assert!(!lab.host.can_ping(a4), "host -> {a4} without the hairpin");
+    attach(lab, HairpinLower::Macvlan).expect("attach");
+    for addr in [a4, a6] {
+        assert!(
+            wait_for(Duration::from_secs(5), || lab
+                .host
+                .can_ping(addr)
+                .then_some(()))
+            .is_some(),
+            "host -> {addr} beside a wire at XDP"
+        );
+    }
+    assert!(a.can_ping(HOST4), "endpoint -> host beside a wire at XDP");
+    assert!(detach(lab));
+}
