@@ -18,6 +18,28 @@
 //! process. It reads the maps of the wire it was loaded against: after
 //! the wire is detached and attached afresh (new maps), [`HairpinStatus`]
 //! says it is stale and [`Datapath::attach_hairpin`] replaces it.
+//! `datapath upgrade` keeps the wire's maps, so the hairpin stays current
+//! across it (it keeps running the build that attached it).
+//!
+//! `restore` and `check`: [`Datapath::attach_hairpin`] is idempotent and
+//! attaches afresh whatever is missing or stale (nothing after a reboot,
+//! pins without a program after the link was made anew, a wire attached
+//! anew), so restore calls it for every network with host access;
+//! [`Datapath::hairpin_status`] is `None` or `current: false` when it
+//! needs that.
+//!
+//! No loops, no double counting: re-injected frames enter the link's
+//! ingress and never pass its egress again. Where the wire's TC program
+//! runs on the same link (untagged network, hook=tc) they carry
+//! `netvlan_common::hairpin::HAIRPIN_MARK` in `skb->mark` (a redirect
+//! within one namespace keeps it), and the wire passes them uncounted and
+//! clears the mark; XDP never sees them, and a VLAN sub-interface's
+//! ingress has no wire program, so nothing is marked there. Anti-spoofing
+//! and per-endpoint counters stay the endpoint programs' job: they see
+//! these frames on the endpoint link like any other.
+//!
+//! The link's MAC is read when the hairpin is attached: attach again
+//! after changing it.
 
 use aya::{
     maps::MapInfo,
