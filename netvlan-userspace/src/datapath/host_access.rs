@@ -153,6 +153,9 @@ impl Datapath {
             .ok_or_else(|| DatapathError::NotAttached {
                 ifname: spec.wire.into(),
             })?;
+        // A killed attach's staging pins (a TCX link among them would keep
+        // a second hairpin running beside a new one).
+        self.remove_dead_staging().await?;
         if let Some(status) = self.hairpin_status(&link.name).await? {
             if status.current {
                 return Ok(status);
