@@ -28,6 +28,14 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tshark",
     // promtool and a Prometheus server for tests/tests/metrics.rs.
     "prometheus",
+    // tests/tests/package.rs: the shells that read the completion scripts,
+    // groff and man for the man pages, systemd-analyze for the unit.
+    "bash",
+    "zsh",
+    "fish",
+    "groff-base",
+    "man-db",
+    "systemd",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

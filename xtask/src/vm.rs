@@ -79,8 +79,11 @@ const HOST_PROGRAMS: &[&str] = &[
 /// kernel (802.1Q, ipvlan, dummy, clsact instead of TCX, XDP) runs in both.
 /// The live page (headless Chromium) and `stats --watch` only render what
 /// the daemon and the maps already give, tested in both lanes; `metrics`
-/// needs promtool and a Prometheus server, which the guest has not.
-const HOST_ONLY_SUITES: &[&str] = &["cli", "errors", "multinet", "page", "watch", "metrics"];
+/// needs promtool and a Prometheus server, which the guest has not;
+/// `package` (completions, man pages, units) needs no kernel at all.
+const HOST_ONLY_SUITES: &[&str] = &[
+    "cli", "errors", "multinet", "page", "watch", "metrics", "package",
+];
 
 /// Line the guest prints once, last; everything else on the console is log.
 const RESULT_MARKER: &str = "NETVLAN-VM-RESULT";

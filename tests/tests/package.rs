@@ -1,0 +1,248 @@
+//! What a package installs beside the binary: shell completions, man
+//! pages and the systemd unit, each checked with the real tool that reads
+//! it (bash, zsh, fish, groff/man, systemd-analyze) and against the clap
+//! tree the binary parses with. Needs no namespace and no root's powers.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use netvlan_tests::{netvlan_bin, unique_name, OwnedDir};
+
+/// Runs `netvlan ARGS`, which must succeed, and returns its stdout.
+fn netvlan(args: &[&str]) -> String {
+    let out = Command::new(netvlan_bin())
+        .args(args)
+        .output()
+        .expect("netvlan runs");
+    assert!(
+        out.status.success(),
+        "netvlan {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("netvlan prints UTF-8")
+}
+
+/// Runs a tool the test needs (a Debian package `cargo xtask test`
+/// installs); a missing one fails the test.
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (installed by `cargo xtask test`'s TEST_PACKAGES): {e}")
+        })
+}
+
+fn temp_dir(what: &str) -> OwnedDir {
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name(what)));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every visible subcommand as its path of names (`["network",
+/// "create"]`), from the clap tree the binary uses.
+fn subcommand_paths() -> Vec<Vec<String>> {
+    fn walk(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let mut path = prefix.to_vec();
+            path.push(sub.get_name().to_string());
+            walk(sub, &path, out);
+            out.push(path);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&netvlan::cli::command(), &[], &mut out);
+    out
+}
+
+// Point 1: completions.
+
+/// What bash's completion machinery offers for the words typed, through
+/// the function `complete -p netvlan` names, as at a prompt.
+fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
+    let line = words.join(" ");
+    let program = format!(
+        r#"source {script}
+spec=$(complete -p netvlan) || exit 3
+fn=$(sed -E 's/.* -F ([^ ]+) .*/\1/' <<<"$spec")
+COMP_WORDS=({line}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}
+"$fn" netvlan "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}""#,
+        script = script.display()
+    );
+    let out = run("bash", &["--norc", "--noprofile", "-c", &program]);
+    assert!(
+        out.status.success(),
+        "bash completion of `{line}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completion_parses_and_completes_subcommands() {
+    let dir = temp_dir("bashcomp");
+    let script = write(dir.path(), "netvlan", &netvlan(&["completions", "bash"]));
+    let parsed = run("bash", &["-n", script.to_str().unwrap()]);
+    assert!(
+        parsed.status.success(),
+        "bash -n refused the completion script: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    assert_eq!(bash_complete(&script, &["netvlan", "net"]), ["network"]);
+    assert_eq!(
+        bash_complete(&script, &["netvlan", "network", "cr"]),
+        ["create"]
+    );
+    // Every top-level subcommand is offered for an empty word.
+    let offered = bash_complete(&script, &["netvlan", "''"]);
+    for path in subcommand_paths().iter().filter(|p| p.len() == 1) {
+        assert!(
+            offered.contains(&path[0]),
+            "`netvlan <TAB>` does not offer {}: {offered:?}",
+            path[0]
+        );
+    }
+}
+
+#[test]
+fn zsh_and_fish_completions_parse() {
+    let dir = temp_dir("shcomp");
+    for (shell, name) in [("zsh", "_netvlan"), ("fish", "netvlan.fish")] {
+        let text = netvlan(&["completions", shell]);
+        assert!(
+            text.contains("network") && text.contains("create"),
+            "the {shell} script lacks the subcommands:\n{text}"
+        );
+        let script = write(dir.path(), name, &text);
+        let parsed = run(shell, &["-n", script.to_str().unwrap()]);
+        assert!(
+            parsed.status.success(),
+            "{shell} -n refused the completion script: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+    }
+}
+
+#[test]
+fn completions_refuse_an_unknown_shell_naming_it() {
+    let out = Command::new(netvlan_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tcsh") && stderr.contains("bash"),
+        "the error names neither the shell given nor the ones known: {stderr}"
+    );
+}
+
+// Point 1: man pages.
+
+/// The page rendered by groff with every warning on; none is allowed.
+fn groff_render(page: &Path) -> String {
+    let out = run(
+        "groff",
+        &["-man", "-Tutf8", "-ww", "-rLL=100n", page.to_str().unwrap()],
+    );
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && warnings.trim().is_empty(),
+        "groff warns about {}: {warnings}",
+        page.display()
+    );
+    // Without the overstrike of bold and underline.
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&out.stdout).chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    text
+}
+
+#[test]
+fn man_pages_render_and_document_every_subcommand() {
+    let dir = temp_dir("man");
+    let listed = netvlan(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let paths = subcommand_paths();
+    assert!(paths.len() > 10, "the clap tree looks empty: {paths:?}");
+    let mut expected: Vec<String> = paths
+        .iter()
+        .map(|p| format!("netvlan-{}.1", p.join("-")))
+        .collect();
+    expected.push("netvlan.1".into());
+    expected.sort();
+    let mut written: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, expected, "one page per subcommand and netvlan.1");
+    assert_eq!(listed.lines().count(), expected.len(), "{listed}");
+
+    let top = groff_render(&dir.path().join("netvlan.1"));
+    assert!(top.contains("NAME") && top.contains("SUBCOMMANDS"), "{top}");
+    for path in &paths {
+        let name = path.join("-");
+        let page = groff_render(&dir.path().join(format!("netvlan-{name}.1")));
+        assert!(
+            page.contains(&format!("netvlan-{name}")),
+            "the page of {name} does not name it:\n{page}"
+        );
+        // Each page's parent lists it among its subcommands.
+        let parent = match &path[..path.len() - 1] {
+            [] => top.clone(),
+            p => groff_render(&dir.path().join(format!("netvlan-{}.1", p.join("-")))),
+        };
+        let listed = format!("netvlan-{name}(1)");
+        assert!(
+            parent.contains(&listed),
+            "the parent page does not list {listed}:\n{parent}"
+        );
+    }
+    // What the options say comes from the clap tree: a flag of `network
+    // create` and its help are on its page.
+    let create = groff_render(&dir.path().join("netvlan-network-create.1"));
+    assert!(create.contains("--subnet"), "{create}");
+
+    // man(1) itself renders the page.
+    let out = Command::new("man")
+        .args(["-l", dir.path().join("netvlan.1").to_str().unwrap()])
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man runs (Debian's man-db)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("netvlan"));
+}
+
+#[test]
+fn man_without_a_dir_prints_the_top_page() {
+    let dir = temp_dir("man1");
+    netvlan(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let on_disk = std::fs::read_to_string(dir.path().join("netvlan.1")).unwrap();
+    assert_eq!(netvlan(&["man"]).trim_end(), on_disk.trim_end());
+}
