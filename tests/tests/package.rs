@@ -246,3 +246,114 @@ fn man_without_a_dir_prints_the_top_page() {
     let on_disk = std::fs::read_to_string(dir.path().join("netvlan.1")).unwrap();
     assert_eq!(netvlan(&["man"]).trim_end(), on_disk.trim_end());
 }
+
+// Point 2: the systemd unit.
+
+fn unit_text() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/netvlan.service");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The values of `key=` in the unit, in order (comments left out).
+fn unit_values(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where the unit expects the binary (`cargo xtask install`'s default).
+const INSTALLED_BIN: &str = "/usr/local/bin/netvlan";
+
+#[test]
+fn systemd_unit_verifies_with_its_man_pages() {
+    // systemd-analyze needs no running systemd, but checks that every
+    // command exists and (with --man) every Documentation= page: the unit
+    // as installed, with the binary under test in place of the installed one.
+    let dir = temp_dir("unit");
+    let man1 = dir.path().join("man/man1");
+    netvlan(&["man", "--dir", man1.to_str().unwrap()]);
+    let bin = netvlan_bin().canonicalize().unwrap();
+    let text = unit_text().replace(INSTALLED_BIN, bin.to_str().unwrap());
+    let unit = write(dir.path(), "netvlan.service", &text);
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=yes", unit.to_str().unwrap()])
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd, installed by cargo xtask test)");
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify refused the unit ({}): {complaints}",
+        out.status
+    );
+}
+
+#[test]
+fn systemd_unit_runs_restore_then_the_daemon_before_docker() {
+    let text = unit_text();
+    let pre = unit_values(&text, "ExecStartPre");
+    let start = unit_values(&text, "ExecStart");
+    assert_eq!(pre.len(), 1, "one ExecStartPre: {pre:?}");
+    assert_eq!(start.len(), 1, "one ExecStart: {start:?}");
+    // Every command line parses with the real CLI: `--help` appended
+    // makes clap check the words and print that subcommand's help.
+    for (line, subcommand) in [(&pre[0], "restore"), (&start[0], "daemon")] {
+        let words: Vec<&str> = line
+            .trim_start_matches(['-', '@', '+', '!', ':'])
+            .split_whitespace()
+            .collect();
+        assert_eq!(words[0], INSTALLED_BIN, "{line}");
+        let mut args: Vec<&str> = words[1..].to_vec();
+        args.push("--help");
+        let help = netvlan(&args);
+        assert!(
+            help.contains(&format!("Usage: netvlan {subcommand}")),
+            "`{line}` is not `netvlan {subcommand}`:\n{help}"
+        );
+    }
+    let before = unit_values(&text, "Before").join(" ");
+    assert!(
+        before.split_whitespace().any(|u| u == "docker.service"),
+        "{before}"
+    );
+    let after = unit_values(&text, "After").join(" ");
+    assert!(
+        after
+            .split_whitespace()
+            .any(|u| u == "network-online.target"),
+        "{after}"
+    );
+    assert_eq!(unit_values(&text, "Wants"), ["network-online.target"]);
+}
+
+#[test]
+fn systemd_unit_directories_are_the_clis_defaults() {
+    // The CLI run by hand on the host must see the daemon's state and
+    // socket: the unit's directories are the built-in defaults.
+    let text = unit_text();
+    let state = Path::new("/var/lib").join(&unit_values(&text, "StateDirectory")[0]);
+    let run = Path::new("/run").join(&unit_values(&text, "RuntimeDirectory")[0]);
+    assert_eq!(state, Path::new(netvlan::store::DEFAULT_STATE_DIR));
+    assert_eq!(run, Path::new(netvlan::daemon::DEFAULT_RUN_DIR));
+    let env = unit_values(&text, "Environment");
+    for (var, default) in [
+        ("NETVLAN_STATE_DIR", "%S/netvlan"),
+        ("NETVLAN_RUN_DIR", "%t/netvlan"),
+        ("NETVLAN_BPF_DIR", netvlan::datapath::DEFAULT_BPF_DIR),
+    ] {
+        assert!(
+            env.contains(&format!("{var}={default}")),
+            "{var} is not {default}: {env:?}"
+        );
+    }
+    // The capabilities the daemon needs for netlink, BPF and namespaces.
+    let caps = unit_values(&text, "CapabilityBoundingSet").join(" ");
+    for cap in ["CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_ADMIN", "CAP_PERFMON"] {
+        assert!(
+            caps.split_whitespace().any(|c| c == cap),
+            "{cap} missing: {caps}"
+        );
+    }
+}
