@@ -1,14 +1,17 @@
 //! What a package installs beside the binary: shell completions, man
 //! pages and the systemd unit, each checked with the real tool that reads
 //! it (bash, zsh, fish, groff/man, systemd-analyze) and against the clap
-//! tree the binary parses with. Needs no namespace and no root's powers.
+//! tree the binary parses with; the unit's capabilities are tried on
+//! restore and the daemon in a lab of namespaces.
 
 use std::{
+    io::{Read, Write},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
 
-use netvlan_tests::{netvlan_bin, unique_name, OwnedDir};
+use netvlan_tests::{netvlan_bin, require_root, unique_name, wait_for, Lan, OwnedDir};
 
 /// Runs `netvlan ARGS`, which must succeed, and returns its stdout.
 fn netvlan(args: &[&str]) -> String {
@@ -356,4 +359,109 @@ fn systemd_unit_directories_are_the_clis_defaults() {
             "{cap} missing: {caps}"
         );
     }
+}
+
+/// The unit's bounding set as setpriv spells it: `-all,+net_admin,...`.
+fn unit_bounding_set(drop: &str) -> String {
+    let caps = unit_values(&unit_text(), "CapabilityBoundingSet").join(" ");
+    let mut set = String::from("-all");
+    for cap in caps.split_whitespace().filter(|c| *c != drop) {
+        set.push_str(",+");
+        set.push_str(&cap.trim_start_matches("CAP_").to_lowercase());
+    }
+    set
+}
+
+/// `netvlan ARGS` in the lab's host namespace as the unit runs it: root
+/// with only the unit's capabilities (less `drop`), no new privileges.
+fn limited_command(lan: &Lan, drop: &str, args: &[&str]) -> Command {
+    let mut cmd = lan.host.command("setpriv");
+    cmd.args(["--no-new-privs", "--inh-caps=-all", "--bounding-set"])
+        .arg(unit_bounding_set(drop))
+        .arg(netvlan_bin())
+        .args(args)
+        .env("NETVLAN_BPF_DIR", lan.bpf.path())
+        .env("NETVLAN_STATE_DIR", lan.state.path());
+    cmd
+}
+
+fn limited(lan: &Lan, drop: &str, args: &[&str]) -> Output {
+    limited_command(lan, drop, args)
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+/// A daemon started by this test, killed by its PID on drop.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_units_capabilities_are_enough_for_restore_and_the_daemon() {
+    require_root();
+    let lan = Lan::new(false);
+    lan.network_on_eth0("lan", 73);
+    let c = lan.container(false);
+    lan.netvlan(&["network", "connect", "lan", c.name()]).ok();
+    // What a reboot loses, in part: the endpoint's link.
+    c.exec("ip", &["link", "del", "eth0"]);
+
+    // Control: without CAP_SYS_ADMIN the same command is refused, so the
+    // bounding set really limits what the command gets.
+    let refused = limited(&lan, "CAP_SYS_ADMIN", &["restore"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("CAP_SYS_ADMIN"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let restored = limited(&lan, "", &["restore", "--json"]);
+    assert!(
+        restored.status.success(),
+        "restore with the unit's capabilities failed: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let actions: serde_json::Value = serde_json::from_slice(&restored.stdout).unwrap();
+    assert!(
+        !actions["actions"].as_array().unwrap().is_empty(),
+        "restore did nothing: {actions:#}"
+    );
+    c.link_json("eth0");
+    lan.netvlan(&["check"]).ok();
+
+    // The daemon serves /metrics with the same capabilities.
+    lan.host.exec("ip", &["link", "set", "lo", "up"]);
+    let run_dir = temp_dir("unitrun");
+    let daemon = Started(
+        limited_command(&lan, "", &["daemon"])
+            .env("NETVLAN_RUN_DIR", run_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("setpriv starts"),
+    );
+    let metrics = wait_for(Duration::from_secs(20), || {
+        lan.host
+            .in_thread(|| {
+                let mut stream = std::net::TcpStream::connect("127.0.0.1:9465")?;
+                stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok(answer)
+            })
+            .ok()
+            .filter(|a| a.starts_with("HTTP/1.") && a.contains(" 200 "))
+    })
+    .expect("the daemon with the unit's capabilities serves /metrics");
+    assert!(metrics.contains("netvlan_"), "{metrics}");
+    drop(daemon);
+    lan.netvlan(&["network", "disconnect", "lan", c.name()])
+        .ok();
+    lan.netvlan(&["network", "rm", "lan"]).ok();
 }
