@@ -36,6 +36,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "groff-base",
     "man-db",
     "systemd",
+    // tests/tests/cni.rs: the reference macvlan and host-local plugins.
+    "containernetworking-plugins",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.
