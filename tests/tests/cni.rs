@@ -446,3 +446,61 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
     assert_eq!(e["code"], 4, "{e:#}");
     lan.netvlan(&["network", "rm", "taken"]).ok();
 }
+
+#[test]
+fn status_says_whether_an_add_can_work() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnistatus", 82, &hl);
+    let bin = cni_bin();
+    let ready = cni(&lan, bin.to_str().unwrap(), "STATUS", "", &[], &conf);
+    assert!(ready.ok && ready.stdout.trim().is_empty(), "{ready:?}");
+    let mut missing = conf.clone();
+    missing["master"] = json!("nosuch0");
+    let e = cni(&lan, bin.to_str().unwrap(), "STATUS", "", &[], &missing).error(50);
+    assert!(e["msg"].as_str().unwrap().contains("nosuch0"), "{e:#}");
+    // STATUS changes nothing.
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+}
+
+#[test]
+fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let reference_ctr = lan.container(false);
+    let ctr = lan.container(false);
+    let mut conf = config("cniold", 83, &hl);
+    conf["cniVersion"] = json!("0.4.0");
+    let mut reference_conf = conf.clone();
+    reference_conf["type"] = json!("macvlan");
+    let theirs = cni(
+        &lan,
+        REFERENCE,
+        "ADD",
+        &ns_path(&reference_ctr),
+        &[],
+        &reference_conf,
+    )
+    .ok();
+    let ours = netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    assert_eq!(ours["cniVersion"], "0.4.0");
+    assert_eq!(
+        keys(&ours["ips"][0]),
+        keys(&theirs["ips"][0]),
+        "{ours:#} vs {theirs:#}"
+    );
+    assert_eq!(ours["ips"][0]["version"], "4");
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    let del = cni(
+        &lan,
+        REFERENCE,
+        "DEL",
+        &ns_path(&reference_ctr),
+        &[],
+        &reference_conf,
+    );
+    assert!(del.ok, "{del:?}");
+}

@@ -7,10 +7,10 @@
 //! (if the CLI has not) and connects the container through
 //! [`control::Manager`], like `netvlan network connect`.
 //!
-//! Done: VERSION, ADD, DEL, CHECK; the reference macvlan plugin's keys
+//! Done: VERSION, ADD, DEL, CHECK, STATUS; the reference macvlan plugin's keys
 //! `master`, `mode`, `mac`, `vlanId`, `ipam` read by netvlan's own IPAM
 //! (host-local's `subnet`/`gateway`/`ranges`); `CNI_ARGS` `IgnoreUnknown`,
-//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`. Not yet: STATUS, GC,
+//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`. Not yet: GC,
 //! delegating `ipam` to a plugin from `CNI_PATH`, `mtu`,
 //! `linkInContainer`, ipvlan.
 
@@ -39,6 +39,8 @@ pub const CODE_INCOMPATIBLE_VERSION: u32 = 1;
 pub const CODE_UNSUPPORTED_FIELD: u32 = 2;
 /// CNI's well-known code: invalid environment variables.
 pub const CODE_INVALID_ENV: u32 = 4;
+/// CNI 1.1's STATUS code: the plugin cannot serve ADD now.
+pub const CODE_NOT_AVAILABLE: u32 = 50;
 
 /// The label on networks an ADD created: the DEL of their last endpoint
 /// removes them again. Networks the CLI made are never removed by CNI.
@@ -46,7 +48,7 @@ const CREATED_BY: &str = "netvlan.cni";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
-    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK or VERSION")]
+    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK, STATUS or VERSION")]
     UnknownCommand(String),
     #[error("the environment variable {0} is missing or empty")]
     MissingEnv(&'static str),
@@ -79,6 +81,9 @@ pub enum CniError {
     Datapath(Box<DatapathError>),
     #[error("{0}")]
     PinsWouldVanish(String),
+    /// STATUS: what keeps an ADD from working now.
+    #[error("not available: {0}")]
+    NotAvailable(String),
 }
 
 impl From<NetworkError> for CniError {
@@ -108,6 +113,7 @@ impl CniError {
             E::Json(_) => (CODE_INVALID_CONFIG, "invalid_json"),
             E::Config(_) | E::Mismatch { .. } => (CODE_INVALID_CONFIG, "invalid_config"),
             E::Check(_) => (CODE_INVALID_CONFIG, "check_failed"),
+            E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
             E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) => (CODE_IO, "io"),
         };
         ErrorReport::new(code, kind, self)
@@ -202,6 +208,10 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
             "cniVersion": CNI_VERSION,
             "supportedVersions": SUPPORTED_VERSIONS,
         }))),
+        "STATUS" => {
+            let conf = NetConf::parse(stdin)?;
+            status(env, &conf).await.map(|()| None)
+        }
         "ADD" | "DEL" | "CHECK" => {
             let conf = NetConf::parse(stdin)?;
             Env::require(&env.container_id, "CNI_CONTAINERID")?;
@@ -220,6 +230,19 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
             }
         }
         other => Err(CniError::UnknownCommand(other.into())),
+    }
+}
+
+/// STATUS: ready when the state and the datapath's pins can be opened
+/// and the parent's link (or, for a VLAN, its base) exists; else code 50
+/// saying which is missing.
+async fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let manager = open_manager(env)
+        .await
+        .map_err(|e| CniError::NotAvailable(e.report().line()))?;
+    match manager.parent_link(&conf.master).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CniError::NotAvailable(e.report().line())),
     }
 }
 
