@@ -432,6 +432,23 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
             .collect();
         assert_eq!(names, ["taken"], "{says}: networks left behind");
     }
+    // A namespace that does not exist: the network this ADD made goes too.
+    let gone = cni(
+        &lan,
+        cni_bin().to_str().unwrap(),
+        "ADD",
+        "/var/run/netns/nvt-no-such-ns",
+        &[],
+        &good,
+    );
+    let e = gone.error(3);
+    assert!(
+        e["msg"].as_str().unwrap().contains("nvt-no-such-ns"),
+        "{e:#}"
+    );
+    let ls = lan.netvlan(&["network", "ls", "--json"]).ok().json();
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls:#}");
+    assert_eq!(links_in(&lan.host), links, "links left on the host");
     // Not JSON at all, and an unknown command.
     let mut cmd = lan.host.command(cni_bin());
     let out = cmd
