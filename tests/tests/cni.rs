@@ -6,7 +6,7 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -520,4 +520,183 @@ fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
         &reference_conf,
     );
     assert!(del.ok, "{del:?}");
+}
+
+/// Podman (Debian's 4.3, CNI backend) in the lab's host namespace, with
+/// its configuration, storage and CNI configs in a directory of its own;
+/// its containers are removed on drop.
+struct Podman {
+    dir: OwnedDir,
+    host: String,
+    bpf: PathBuf,
+    state: PathBuf,
+    /// Podman's own caches outside its configured directories (the image
+    /// blob cache, libcni's result cache) that this test created.
+    created_caches: Vec<&'static str>,
+}
+
+const PODMAN_CACHES: [&str; 2] = ["/var/lib/containers", "/var/lib/cni"];
+
+impl Podman {
+    fn new(lan: &Lan, conflist: &Value) -> Podman {
+        let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("podman")));
+        let root = dir.path().to_path_buf();
+        for sub in ["cni-bin", "cni-conf", "tmp", "run", "storage", "rootfs/bin"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        std::fs::copy(cni_bin(), root.join("cni-bin/netvlan-cni")).unwrap();
+        std::fs::write(
+            root.join("containers.conf"),
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{root}/events.log"
+tmp_dir = "{root}/tmp"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{root}/cni-bin", "/usr/lib/cni"]
+network_config_dir = "{root}/cni-conf"
+"#,
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{root}/storage\"\nrunroot = \"{root}/run\"\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("cni-conf/nvlan.conflist"), conflist.to_string()).unwrap();
+        let created_caches = PODMAN_CACHES
+            .into_iter()
+            .filter(|c| !Path::new(c).exists())
+            .collect();
+        let podman = Podman {
+            created_caches,
+            dir,
+            host: lan.host.path().display().to_string(),
+            bpf: lan.bpf.path().to_path_buf(),
+            state: lan.state.path().to_path_buf(),
+        };
+        // A busybox image made here (no registry).
+        std::fs::copy("/bin/busybox", root.join("rootfs/bin/busybox"))
+            .expect("a static busybox (Debian's busybox-static)");
+        for applet in ["sh", "ping", "sleep", "ip"] {
+            std::os::unix::fs::symlink("busybox", root.join(format!("rootfs/bin/{applet}")))
+                .unwrap();
+        }
+        let tar = root.join("rootfs.tar");
+        netvlan_tests::sh(
+            "tar",
+            &[
+                "-C",
+                root.join("rootfs").to_str().unwrap(),
+                "-cf",
+                tar.to_str().unwrap(),
+                ".",
+            ],
+        );
+        podman.ok(&["import", tar.to_str().unwrap(), "nvt-busybox"]);
+        podman
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let root = self.dir.path();
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.host))
+            .arg("--")
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", root.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", root.join("storage.conf"))
+            .env("NETVLAN_BPF_DIR", &self.bpf)
+            .env("NETVLAN_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman runs (Debian's podman, installed by cargo xtask test)")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-af", "-t", "0"]);
+        let _ = self.run(&["rmi", "-af"]);
+        for cache in &self.created_caches {
+            let _ = std::fs::remove_dir_all(cache);
+        }
+    }
+}
+
+#[test]
+fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "10.84.0.1/24", "dev", "peer0"]);
+    let host_links = links_in(&lan.host);
+    let conflist = json!({
+        "cniVersion": "0.4.0",
+        "name": "nvlan",
+        "plugins": [{
+            "type": "netvlan-cni",
+            "master": "eth0",
+            "mode": "bridge",
+            "ipam": {"type": "host-local", "subnet": "10.84.0.0/24", "gateway": "10.84.0.1"},
+            // podman's cleanup (run by conmon when the container exits)
+            // does not pass the environment on: the lab's dirs go here.
+            "stateDir": lan.state.path(),
+            "bpfDir": lan.bpf.path(),
+        }]
+    });
+    let podman = Podman::new(&lan, &conflist);
+    let name = unique_name("ctr");
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "nvlan",
+        "nvt-busybox",
+        "sleep",
+        "120",
+    ]);
+    // The container reaches the external namespace (the LAN's gateway).
+    podman.ok(&["exec", &name, "ping", "-c", "1", "-W", "5", "10.84.0.1"]);
+    let inspect = lan.inspect("nvlan");
+    assert_eq!(
+        inspect["Containers"].as_object().unwrap().len(),
+        1,
+        "{inspect:#}"
+    );
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    assert!(
+        stats.to_string().contains("10.84.0."),
+        "the container's endpoint is not in netvlan stats: {stats:#}"
+    );
+    // podman rm: the endpoint and the network the ADD made are gone.
+    podman.ok(&["rm", "-f", "-t", "0", &name]);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert_eq!(links_in(&lan.host), host_links, "links left behind");
 }

@@ -36,8 +36,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "groff-base",
     "man-db",
     "systemd",
-    // tests/tests/cni.rs: the reference macvlan and host-local plugins.
+    // tests/tests/cni.rs: the reference macvlan and host-local plugins,
+    // podman (CNI backend, runc) as the real runtime, busybox for its image.
     "containernetworking-plugins",
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

@@ -31,6 +31,12 @@ pub struct NetConf {
     pub ipam: Ipam,
     pub runtime_config: Value,
     pub prev_result: Option<Value>,
+    /// netvlan's keys `stateDir`, `bpfDir`: where its state and pins are
+    /// (default: NETVLAN_STATE_DIR/NETVLAN_BPF_DIR, else the CLI's
+    /// defaults). Runtimes do not always pass their environment on
+    /// (podman's cleanup after a container exits does not).
+    pub state_dir: Option<std::path::PathBuf>,
+    pub bpf_dir: Option<std::path::PathBuf>,
 }
 
 /// netvlan's own IPAM, read from host-local's keys.
@@ -81,7 +87,9 @@ impl NetConf {
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
             return Err(CniError::Version { given: cni_version });
         }
-        const KNOWN: [&str; 10] = [
+        const KNOWN: [&str; 12] = [
+            "stateDir",
+            "bpfDir",
             "cniVersion",
             "name",
             "type",
@@ -146,6 +154,8 @@ impl NetConf {
             ipam,
             runtime_config: obj.get("runtimeConfig").cloned().unwrap_or(Value::Null),
             prev_result: obj.get("prevResult").cloned(),
+            state_dir: string(obj, "stateDir")?.map(Into::into),
+            bpf_dir: string(obj, "bpfDir")?.map(Into::into),
         })
     }
 

@@ -9,6 +9,7 @@
 //!
 //! Done: VERSION, ADD, DEL, CHECK, STATUS; the reference macvlan plugin's keys
 //! `master`, `mode`, `mac`, `vlanId`, `ipam` read by netvlan's own IPAM
+//! (netvlan's own: `stateDir`, `bpfDir`)
 //! (host-local's `subnet`/`gateway`/`ranges`); `CNI_ARGS` `IgnoreUnknown`,
 //! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`. Not yet: GC,
 //! delegating `ipam` to a plugin from `CNI_PATH`, `mtu`,
@@ -216,7 +217,7 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
             let conf = NetConf::parse(stdin)?;
             Env::require(&env.container_id, "CNI_CONTAINERID")?;
             Env::require(&env.ifname, "CNI_IFNAME")?;
-            let manager = open_manager(env).await?;
+            let manager = open_manager(env, &conf).await?;
             match env.command.as_str() {
                 "ADD" => {
                     Env::require(&env.netns, "CNI_NETNS")?;
@@ -237,7 +238,7 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
 /// and the parent's link (or, for a VLAN, its base) exists; else code 50
 /// saying which is missing.
 async fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    let manager = open_manager(env)
+    let manager = open_manager(env, conf)
         .await
         .map_err(|e| CniError::NotAvailable(e.report().line()))?;
     match manager.parent_link(&conf.master).await {
@@ -255,10 +256,12 @@ pub fn error_version(stdin: &str) -> String {
         .unwrap_or_else(|| CNI_VERSION.to_string())
 }
 
-async fn open_manager(env: &Env) -> Result<Manager, CniError> {
-    pins::check_pins_persist(&env.bpf_dir).map_err(|e| CniError::PinsWouldVanish(e.to_string()))?;
-    let datapath = Datapath::open(&env.bpf_dir)?;
-    let (manager, _recovered) = Manager::open(Store::open(&env.state_dir)?, datapath).await?;
+async fn open_manager(env: &Env, conf: &NetConf) -> Result<Manager, CniError> {
+    let bpf_dir = conf.bpf_dir.as_ref().unwrap_or(&env.bpf_dir);
+    let state_dir = conf.state_dir.as_ref().unwrap_or(&env.state_dir);
+    pins::check_pins_persist(bpf_dir).map_err(|e| CniError::PinsWouldVanish(e.to_string()))?;
+    let datapath = Datapath::open(bpf_dir)?;
+    let (manager, _recovered) = Manager::open(Store::open(state_dir)?, datapath).await?;
     Ok(manager)
 }
 
