@@ -465,3 +465,33 @@ fn the_units_capabilities_are_enough_for_restore_and_the_daemon() {
         .ok();
     lan.netvlan(&["network", "rm", "lan"]).ok();
 }
+
+#[test]
+fn completions_and_man_need_no_privileges() {
+    // A packager's build runs them as an ordinary user.
+    let dir = temp_dir("manuser");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let bin = netvlan_bin();
+    for args in [
+        vec!["completions", "bash"],
+        vec!["man", "--dir", dir.path().to_str().unwrap()],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(&args)
+            .output()
+            .expect("setpriv runs (util-linux)");
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "netvlan {} as nobody: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(dir.path().join("netvlan.1").is_file());
+}
