@@ -495,3 +495,27 @@ fn completions_and_man_need_no_privileges() {
     }
     assert!(dir.path().join("netvlan.1").is_file());
 }
+
+#[test]
+fn completions_and_man_answer_in_json_too() {
+    let script: serde_json::Value =
+        serde_json::from_str(&netvlan(&["completions", "fish", "--json"])).unwrap();
+    assert_eq!(script["shell"], "fish");
+    assert_eq!(
+        script["script"].as_str().unwrap().trim_end(),
+        netvlan(&["completions", "fish"]).trim_end()
+    );
+    let dir = temp_dir("manjson");
+    let pages: serde_json::Value = serde_json::from_str(&netvlan(&[
+        "man",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let pages = pages["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), subcommand_paths().len() + 1);
+    for page in pages {
+        assert!(Path::new(page.as_str().unwrap()).is_file(), "{page}");
+    }
+}

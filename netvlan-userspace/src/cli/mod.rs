@@ -135,8 +135,11 @@ enum Command {
     /// /usr/share/zsh/vendor-completions/_netvlan (zsh) or
     /// /usr/share/fish/vendor_completions.d/netvlan.fish (fish).
     Completions {
+        /// The shell that reads the script.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+        #[command(flatten)]
+        output: Output,
     },
     /// Print the man page netvlan(1) on stdout, or with --dir write it and
     /// one page per subcommand (netvlan-network-create.1, ...) there.
@@ -144,6 +147,8 @@ enum Command {
         /// Directory for the pages, e.g. /usr/local/share/man/man1.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
@@ -330,8 +335,8 @@ fn require_privileges() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     // What a package installs needs no privileges, state or pins.
     match &cli.command {
-        Command::Completions { shell } => return package::completions(*shell),
-        Command::Man { dir } => return package::man(dir.as_deref()),
+        Command::Completions { shell, output } => return package::completions(*shell, *output),
+        Command::Man { dir, output } => return package::man(dir.as_deref(), *output),
         _ => {}
     }
     require_privileges()?;

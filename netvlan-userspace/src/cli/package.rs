@@ -8,21 +8,28 @@ use clap_complete::Shell;
 
 use super::{
     error::{CliError, Result},
-    output::out,
+    output::{out, print_json},
+    Output,
 };
 
-/// Prints the completion script for `shell` on stdout.
-pub(super) fn completions(shell: Shell) -> Result<()> {
+/// Prints the completion script for `shell` on stdout (with --json:
+/// `{"shell", "script"}`).
+pub(super) fn completions(shell: Shell, output: Output) -> Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut super::command(), "netvlan", &mut script);
-    out!("{}", String::from_utf8_lossy(&script).trim_end());
+    let script = String::from_utf8_lossy(&script);
+    if output.json {
+        return print_json(&serde_json::json!({ "shell": shell.to_string(), "script": script }));
+    }
+    out!("{}", script.trim_end());
     Ok(())
 }
 
 /// With a directory: writes `netvlan.1` and one page per subcommand
 /// (`netvlan-network-create.1`, ...) there and prints their paths.
-/// Without: prints `netvlan.1` on stdout.
-pub(super) fn man(dir: Option<&Path>) -> Result<()> {
+/// Without: prints `netvlan.1` on stdout. With --json: `{"pages": [...]}`
+/// or `{"page": "..."}`.
+pub(super) fn man(dir: Option<&Path>, output: Output) -> Result<()> {
     // As clap_mangen::generate_to: no `help` pseudo-command, and every
     // subcommand built with its full name (`netvlan-network-create`).
     let mut command = super::command().disable_help_subcommand(true);
@@ -32,7 +39,11 @@ pub(super) fn man(dir: Option<&Path>) -> Result<()> {
         clap_mangen::Man::new(command)
             .render(&mut page)
             .map_err(CliError::Man)?;
-        out!("{}", String::from_utf8_lossy(&page).trim_end());
+        let page = String::from_utf8_lossy(&page);
+        if output.json {
+            return print_json(&serde_json::json!({ "page": page }));
+        }
+        out!("{}", page.trim_end());
         return Ok(());
     };
     let failed = |source| CliError::ManDir {
@@ -42,6 +53,9 @@ pub(super) fn man(dir: Option<&Path>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(failed)?;
     let mut written = Vec::new();
     write_pages(command, dir, &mut written).map_err(failed)?;
+    if output.json {
+        return print_json(&serde_json::json!({ "pages": written }));
+    }
     for path in written {
         out!("{}", path.display());
     }
