@@ -10,9 +10,11 @@
 //! - [`control`]: the control plane every front shares ([`control::Manager`]).
 //! - [`daemon`]: the service beside the datapath: metrics, page, API.
 //! - [`demo`]: a lab in namespaces of its own, built with the control plane.
+//! - [`cni`]: the `netvlan-cni` CNI plugin, driving the control plane.
 //! - [`cli`]: the `netvlan` command line, the only module that knows clap.
 
 pub mod cli;
+pub mod cni;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

@@ -66,11 +66,19 @@ pub fn build_test_netvlan() -> Result<std::path::PathBuf> {
         "netvlan-userspace",
         "--bin",
         "netvlan",
+        "--bin",
+        "netvlan-cni",
         "--features",
         "failpoints",
     ]))?;
     let dir = workspace_root().join("target/test-bin");
     std::fs::create_dir_all(&dir)?;
+    // The CNI plugin beside it: tests/tests/cni.rs finds it there.
+    std::fs::copy(
+        workspace_root().join("target/debug/netvlan-cni"),
+        dir.join("netvlan-cni"),
+    )
+    .context("copying the test build of netvlan-cni")?;
     let bin = dir.join("netvlan");
     std::fs::copy(workspace_root().join("target/debug/netvlan"), &bin)
         .context("copying the test build of netvlan")?;

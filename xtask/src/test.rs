@@ -28,6 +28,20 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tshark",
     // promtool and a Prometheus server for tests/tests/metrics.rs.
     "prometheus",
+    // tests/tests/package.rs: the shells that read the completion scripts,
+    // groff and man for the man pages, systemd-analyze for the unit.
+    "bash",
+    "zsh",
+    "fish",
+    "groff-base",
+    "man-db",
+    "systemd",
+    // tests/tests/cni.rs: the reference macvlan and host-local plugins,
+    // podman (CNI backend, runc) as the real runtime, busybox for its image.
+    "containernetworking-plugins",
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.

@@ -51,6 +51,14 @@ pub enum CliError {
     Json(#[source] serde_json::Error),
     #[error("trace: {0}")]
     Trace(&'static str, #[source] std::io::Error),
+    #[error("rendering the man page")]
+    Man(#[source] std::io::Error),
+    #[error("cannot write the man pages into {dir}")]
+    ManDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the capture {path}")]
     Pcap {
         path: std::path::PathBuf,

@@ -10,6 +10,7 @@ mod demo;
 mod error;
 mod network;
 pub(crate) mod output;
+mod package;
 mod policy;
 mod restore;
 mod stats;
@@ -129,6 +130,26 @@ enum Command {
     /// line per event (JSON with --json), optionally a pcapng capture.
     /// Lost events (a full ring) are counted and printed at the end.
     Trace(trace::TraceArgs),
+    /// Print a shell completion script on stdout. Install it as
+    /// /usr/share/bash-completion/completions/netvlan (bash),
+    /// /usr/share/zsh/vendor-completions/_netvlan (zsh) or
+    /// /usr/share/fish/vendor_completions.d/netvlan.fish (fish).
+    Completions {
+        /// The shell that reads the script.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print the man page netvlan(1) on stdout, or with --dir write it and
+    /// one page per subcommand (netvlan-network-create.1, ...) there.
+    Man {
+        /// Directory for the pages, e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 /// With `--json`, a failing command still writes its `error: ...` line to
@@ -191,8 +212,9 @@ fn key_lines<'a>(keys: impl Iterator<Item = &'a OptionKey>) -> String {
 }
 
 /// The command line with the `-o` keys listed from the control plane's
-/// table (so help never drifts from what is parsed).
-fn command() -> clap::Command {
+/// table (so help never drifts from what is parsed). Public for the
+/// tests that check the completions and man pages against it.
+pub fn command() -> clap::Command {
     Cli::command()
         .mut_subcommand("network", |network| {
             network.mut_subcommand("create", |create| {
@@ -311,6 +333,12 @@ fn require_privileges() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // What a package installs needs no privileges, state or pins.
+    match &cli.command {
+        Command::Completions { shell, output } => return package::completions(*shell, *output),
+        Command::Man { dir, output } => return package::man(dir.as_deref(), *output),
+        _ => {}
+    }
     require_privileges()?;
     // Refused before anything changes: pins that would vanish with this
     // process (`ip netns exec`). Reading the state needs no pins.
@@ -388,5 +416,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Connect(args) => connect::connect(&manager().await?, args).await,
         Command::Disconnect(args) => connect::disconnect(&manager().await?, args).await,
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("answered before the privilege check")
+        }
     }
 }

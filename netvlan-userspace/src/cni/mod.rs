@@ -1,0 +1,504 @@
+//! `netvlan-cni`: the CNI plugin front. A runtime runs it with the
+//! operation in `CNI_COMMAND`, the container in `CNI_NETNS`/`CNI_IFNAME`
+//! and the network configuration on stdin, in the namespace that holds
+//! the master link; it answers with the spec's JSON on stdout (results
+//! and errors alike, as libcni reads them). The networks, IPAM and state
+//! are the CLI's: an ADD makes the network named by the config's `name`
+//! (if the CLI has not) and connects the container through
+//! [`control::Manager`], like `netvlan network connect`.
+//!
+//! Done: VERSION, ADD, DEL, CHECK, STATUS; the reference macvlan plugin's keys
+//! `master`, `mode`, `mac`, `vlanId`, `ipam` read by netvlan's own IPAM
+//! (netvlan's own: `stateDir`, `bpfDir`)
+//! (host-local's `subnet`/`gateway`/`ranges`); `CNI_ARGS` `IgnoreUnknown`,
+//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`. Not yet: GC,
+//! delegating `ipam` to a plugin from `CNI_PATH`, `mtu`,
+//! `linkInContainer`, ipvlan.
+
+mod config;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::{
+    control::{
+        ConnectRequest, CreateRequest, Driver, Endpoint, ErrorReport, Manager, NetworkError,
+        NetworkRecord, CODE_INVALID_CONFIG, CODE_IO,
+    },
+    datapath::{pins, Datapath, DatapathError, DEFAULT_BPF_DIR},
+    store::{Store, StoreError, DEFAULT_STATE_DIR},
+};
+
+pub use config::{NetConf, SUPPORTED_VERSIONS};
+
+/// The CNI version this plugin speaks natively.
+pub const CNI_VERSION: &str = "1.1.0";
+/// CNI's well-known code: incompatible CNI version.
+pub const CODE_INCOMPATIBLE_VERSION: u32 = 1;
+/// CNI's well-known code: unsupported field in the network configuration.
+pub const CODE_UNSUPPORTED_FIELD: u32 = 2;
+/// CNI's well-known code: invalid environment variables.
+pub const CODE_INVALID_ENV: u32 = 4;
+/// CNI 1.1's STATUS code: the plugin cannot serve ADD now.
+pub const CODE_NOT_AVAILABLE: u32 = 50;
+
+/// The label on networks an ADD created: the DEL of their last endpoint
+/// removes them again. Networks the CLI made are never removed by CNI.
+const CREATED_BY: &str = "netvlan.cni";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK, STATUS or VERSION")]
+    UnknownCommand(String),
+    #[error("the environment variable {0} is missing or empty")]
+    MissingEnv(&'static str),
+    #[error("CNI_ARGS: {0}")]
+    BadArgs(String),
+    #[error("reading the network configuration from stdin")]
+    Stdin(#[source] std::io::Error),
+    #[error("the network configuration is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("cniVersion {given:?} is not supported (supported: {})", SUPPORTED_VERSIONS.join(", "))]
+    Version { given: String },
+    #[error("the network configuration: {0}")]
+    Config(String),
+    #[error("unsupported key in the network configuration: {0}")]
+    Unsupported(String),
+    #[error("network {network} exists with {what} {stored}, but the configuration says {given}")]
+    Mismatch {
+        network: String,
+        what: &'static str,
+        stored: String,
+        given: String,
+    },
+    #[error("CHECK: {0}")]
+    Check(String),
+    #[error(transparent)]
+    Network(Box<NetworkError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Datapath(Box<DatapathError>),
+    #[error("{0}")]
+    PinsWouldVanish(String),
+    /// STATUS: what keeps an ADD from working now.
+    #[error("not available: {0}")]
+    NotAvailable(String),
+}
+
+impl From<NetworkError> for CniError {
+    fn from(e: NetworkError) -> Self {
+        CniError::Network(Box::new(e))
+    }
+}
+
+impl From<DatapathError> for CniError {
+    fn from(e: DatapathError) -> Self {
+        CniError::Datapath(Box::new(e))
+    }
+}
+
+impl CniError {
+    /// The spec's error: CNI's well-known codes, the control plane's own
+    /// report for its errors.
+    pub fn report(&self) -> ErrorReport {
+        use CniError as E;
+        let (code, kind) = match self {
+            E::Network(e) => return e.report(),
+            E::Version { .. } => (CODE_INCOMPATIBLE_VERSION, "incompatible_version"),
+            E::Unsupported(_) => (CODE_UNSUPPORTED_FIELD, "unsupported_field"),
+            E::UnknownCommand(_) | E::MissingEnv(_) | E::BadArgs(_) => {
+                (CODE_INVALID_ENV, "invalid_environment")
+            }
+            E::Json(_) => (CODE_INVALID_CONFIG, "invalid_json"),
+            E::Config(_) | E::Mismatch { .. } => (CODE_INVALID_CONFIG, "invalid_config"),
+            E::Check(_) => (CODE_INVALID_CONFIG, "check_failed"),
+            E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
+            E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) => (CODE_IO, "io"),
+        };
+        ErrorReport::new(code, kind, self)
+    }
+}
+
+/// What the runtime put in the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub command: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub args: String,
+    pub bpf_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let dir = |name: &str, default: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default.into())
+        };
+        Env {
+            command: var("CNI_COMMAND"),
+            container_id: var("CNI_CONTAINERID"),
+            netns: var("CNI_NETNS"),
+            ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
+            bpf_dir: dir("NETVLAN_BPF_DIR", DEFAULT_BPF_DIR),
+            state_dir: dir("NETVLAN_STATE_DIR", DEFAULT_STATE_DIR),
+        }
+    }
+
+    fn require(value: &str, name: &'static str) -> Result<(), CniError> {
+        if value.is_empty() {
+            return Err(CniError::MissingEnv(name));
+        }
+        Ok(())
+    }
+}
+
+/// `CNI_ARGS`: `K=V;K=V`. Known keys: `IgnoreUnknown`, `MAC`, `IP`,
+/// Kubernetes' pod keys; any other is refused unless `IgnoreUnknown`.
+#[derive(Debug, Default)]
+struct Args {
+    mac: Option<String>,
+    ip: Option<String>,
+}
+
+fn parse_args(text: &str) -> Result<Args, CniError> {
+    let mut pairs = BTreeMap::new();
+    for pair in text.split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| CniError::BadArgs(format!("{pair:?} is not KEY=VALUE")))?;
+        pairs.insert(k.to_string(), v.to_string());
+    }
+    let ignore_unknown = pairs
+        .get("IgnoreUnknown")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true"));
+    const KNOWN: [&str; 7] = [
+        "IgnoreUnknown",
+        "MAC",
+        "IP",
+        "K8S_POD_NAME",
+        "K8S_POD_NAMESPACE",
+        "K8S_POD_INFRA_CONTAINER_ID",
+        "K8S_POD_UID",
+    ];
+    if !ignore_unknown {
+        if let Some(k) = pairs.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(CniError::BadArgs(format!(
+                "unknown key {k} (set IgnoreUnknown=1 to pass it)"
+            )));
+        }
+    }
+    Ok(Args {
+        mac: pairs.get("MAC").cloned(),
+        ip: pairs.get("IP").cloned(),
+    })
+}
+
+/// Runs one CNI operation: the JSON to print on stdout, or the error
+/// (printed there too, with the spec's code, by the binary).
+pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
+    match env.command.as_str() {
+        "VERSION" => Ok(Some(json!({
+            "cniVersion": CNI_VERSION,
+            "supportedVersions": SUPPORTED_VERSIONS,
+        }))),
+        "STATUS" => {
+            let conf = NetConf::parse(stdin)?;
+            status(env, &conf).await.map(|()| None)
+        }
+        "ADD" | "DEL" | "CHECK" => {
+            let conf = NetConf::parse(stdin)?;
+            Env::require(&env.container_id, "CNI_CONTAINERID")?;
+            Env::require(&env.ifname, "CNI_IFNAME")?;
+            let manager = open_manager(env, &conf).await?;
+            match env.command.as_str() {
+                "ADD" => {
+                    Env::require(&env.netns, "CNI_NETNS")?;
+                    add(&manager, env, &conf).await.map(Some)
+                }
+                "DEL" => del(&manager, env, &conf).await.map(|()| None),
+                _ => {
+                    Env::require(&env.netns, "CNI_NETNS")?;
+                    check(&manager, env, &conf).await.map(|()| None)
+                }
+            }
+        }
+        other => Err(CniError::UnknownCommand(other.into())),
+    }
+}
+
+/// STATUS: ready when the state and the datapath's pins can be opened
+/// and the parent's link (or, for a VLAN, its base) exists; else code 50
+/// saying which is missing.
+async fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let manager = open_manager(env, conf)
+        .await
+        .map_err(|e| CniError::NotAvailable(e.report().line()))?;
+    match manager.parent_link(&conf.master).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CniError::NotAvailable(e.report().line())),
+    }
+}
+
+/// The version an error is answered in: the config's, when it says one.
+pub fn error_version(stdin: &str) -> String {
+    serde_json::from_str::<Value>(stdin)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| CNI_VERSION.to_string())
+}
+
+async fn open_manager(env: &Env, conf: &NetConf) -> Result<Manager, CniError> {
+    let bpf_dir = conf.bpf_dir.as_ref().unwrap_or(&env.bpf_dir);
+    let state_dir = conf.state_dir.as_ref().unwrap_or(&env.state_dir);
+    pins::check_pins_persist(bpf_dir).map_err(|e| CniError::PinsWouldVanish(e.to_string()))?;
+    let datapath = Datapath::open(bpf_dir)?;
+    let (manager, _recovered) = Manager::open(Store::open(state_dir)?, datapath).await?;
+    Ok(manager)
+}
+
+/// The network the config names: as stored (it must agree with the
+/// config), or created from it.
+async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, CniError> {
+    let parent = conf.parent();
+    match manager.network(&conf.name) {
+        Ok(record) => {
+            if record.parent.link != parent {
+                return Err(CniError::Mismatch {
+                    network: conf.name.clone(),
+                    what: "parent",
+                    stored: record.parent.link,
+                    given: parent,
+                });
+            }
+            let stored: Vec<String> = record
+                .ipam
+                .config()
+                .subnets()
+                .iter()
+                .map(|s| s.subnet.to_string())
+                .collect();
+            if !stored.contains(&conf.ipam.subnet) {
+                return Err(CniError::Mismatch {
+                    network: conf.name.clone(),
+                    what: "subnets",
+                    stored: stored.join(", "),
+                    given: conf.ipam.subnet.clone(),
+                });
+            }
+            Ok(record)
+        }
+        Err(NetworkError::UnknownNetwork(_)) => {
+            let mut options = vec![format!("parent={parent}")];
+            if let Some(mode) = &conf.mode {
+                options.push(format!("macvlan_mode={mode}"));
+            }
+            Ok(manager
+                .create(CreateRequest {
+                    name: conf.name.clone(),
+                    driver: Driver::Macvlan,
+                    subnets: vec![conf.ipam.subnet.clone()],
+                    gateways: conf.ipam.gateway.iter().cloned().collect(),
+                    options,
+                    labels: vec![format!("{CREATED_BY}=1")],
+                    ..Default::default()
+                })
+                .await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn add(manager: &Manager, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    let args = parse_args(&env.args)?;
+    let created = manager.network(&conf.name).is_err();
+    let record = network(manager, conf).await?;
+    let mac = conf.runtime_mac().or(args.mac).or_else(|| conf.mac.clone());
+    let ip = conf.runtime_ip().or(args.ip);
+    let connected = manager
+        .connect(ConnectRequest {
+            network: record.name.clone(),
+            sandbox: env.netns.clone(),
+            ip,
+            ip6: None,
+            mac,
+            ifname: Some(env.ifname.clone()),
+        })
+        .await;
+    let (record, endpoint) = match connected {
+        Ok(done) => done,
+        Err(e) => {
+            // All or nothing: a network this ADD made goes with its failure.
+            if created {
+                let _ = manager.remove(&record.name).await;
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(result(conf, &record, &endpoint))
+}
+
+/// The spec's result for one endpoint (the reference plugins' shape:
+/// `interfaces`, `ips` pointing at the container's interface, `routes`
+/// netvlan installed, `dns`).
+fn result(conf: &NetConf, record: &NetworkRecord, endpoint: &Endpoint) -> Value {
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for (net, default) in [(endpoint.ipv4, "0.0.0.0/0"), (endpoint.ipv6, "::/0")] {
+        let Some(net) = net else { continue };
+        let gateway = record
+            .ipam
+            .config()
+            .subnet_of(&net.addr())
+            .and_then(|s| s.gateway);
+        let mut ip = json!({ "interface": 0, "address": net.to_string() });
+        if let Some(gw) = gateway {
+            ip["gateway"] = json!(gw.to_string());
+            routes.push(json!({ "dst": default, "gw": gw.to_string() }));
+        }
+        if conf.cni_version.starts_with("0.") {
+            ip["version"] = json!(if net.addr().is_ipv4() { "4" } else { "6" });
+        }
+        ips.push(ip);
+    }
+    let mut out = json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [{
+            "name": endpoint.ifname,
+            "mac": endpoint.mac_text(),
+            "sandbox": env_netns_text(endpoint),
+        }],
+        "ips": ips,
+        "dns": {},
+    });
+    if !routes.is_empty() {
+        out["routes"] = Value::Array(routes);
+    }
+    out
+}
+
+fn env_netns_text(endpoint: &Endpoint) -> String {
+    endpoint.netns_path.display().to_string()
+}
+
+/// The endpoint of this container on the network, by its namespace (or,
+/// the namespace gone, by the path it was connected with).
+fn endpoint_of(record: &NetworkRecord, env: &Env) -> Option<Endpoint> {
+    use std::os::unix::fs::MetadataExt;
+    let id = std::fs::metadata(&env.netns)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    record
+        .endpoints
+        .values()
+        .find(|e| {
+            e.ifname == env.ifname
+                && (e.netns.map(|n| (n.dev, n.ino)) == id && id.is_some()
+                    || e.netns_path == std::path::Path::new(&env.netns))
+        })
+        .cloned()
+}
+
+/// DEL is idempotent: an unknown network, endpoint or namespace is
+/// success.
+async fn del(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let record = match manager.network(&conf.name) {
+        Ok(r) => r,
+        Err(NetworkError::UnknownNetwork(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(endpoint) = endpoint_of(&record, env) {
+        match manager
+            .disconnect(&record.name, &endpoint.sandbox, true)
+            .await
+        {
+            Ok(_) | Err(NetworkError::NotConnected { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let record = manager.network(&conf.name)?;
+    if record.endpoints.is_empty() && record.labels.contains_key(CREATED_BY) {
+        match manager.remove(&record.name).await {
+            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: the endpoint exists with the address `prevResult` gave, and
+/// the kernel has what the store says for its network.
+fn check_prev(conf: &NetConf, endpoint: &Endpoint) -> Result<(), CniError> {
+    let Some(prev) = &conf.prev_result else {
+        return Err(CniError::Check("no prevResult in the configuration".into()));
+    };
+    let have: Vec<String> = [endpoint.ipv4, endpoint.ipv6]
+        .into_iter()
+        .flatten()
+        .map(|n| n.to_string())
+        .collect();
+    for ip in prev["ips"].as_array().into_iter().flatten() {
+        let address = ip["address"].as_str().unwrap_or_default();
+        if !have.iter().any(|h| h == address) {
+            return Err(CniError::Check(format!(
+                "prevResult has {address}, the endpoint has {}",
+                have.join(", ")
+            )));
+        }
+    }
+    for iface in prev["interfaces"].as_array().into_iter().flatten() {
+        if iface["sandbox"].is_string() && iface["name"] != endpoint.ifname.as_str() {
+            return Err(CniError::Check(format!(
+                "prevResult has interface {}, the endpoint is {}",
+                iface["name"], endpoint.ifname
+            )));
+        }
+        if let Some(mac) = iface["mac"].as_str().filter(|m| !m.is_empty()) {
+            if iface["sandbox"].is_string() && !mac.eq_ignore_ascii_case(&endpoint.mac_text()) {
+                return Err(CniError::Check(format!(
+                    "prevResult has MAC {mac}, the endpoint has {}",
+                    endpoint.mac_text()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let record = manager.network(&conf.name)?;
+    let endpoint = endpoint_of(&record, env).ok_or_else(|| {
+        CniError::Check(format!(
+            "no endpoint {} of {} on network {}",
+            env.ifname, env.netns, record.name
+        ))
+    })?;
+    if !endpoint.sandbox_alive() {
+        return Err(CniError::Check(format!(
+            "the namespace {} is gone",
+            env.netns
+        )));
+    }
+    check_prev(conf, &endpoint)?;
+    // The kernel against the store, as `netvlan check`: the endpoint's
+    // link, addresses, routes and the network's datapath.
+    let drifts: Vec<String> = manager
+        .check()
+        .await?
+        .into_iter()
+        .filter(|d| d.network == record.name)
+        .map(|d| format!("{}: {}", d.object, d.problem))
+        .collect();
+    if !drifts.is_empty() {
+        return Err(CniError::Check(drifts.join("; ")));
+    }
+    Ok(())
+}

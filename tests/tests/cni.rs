@@ -1,0 +1,702 @@
+//! `netvlan-cni` driven exactly as a runtime drives it (the operation and
+//! container in the environment, the config on stdin, run in the namespace
+//! of the master link), side by side with the reference macvlan plugin on
+//! the same config, and every bad config answered with the spec's error
+//! JSON on stdout, leaving nothing behind.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use netvlan_tests::{netvlan_bin, unique_name, Lan, Netns, OwnedDir};
+use serde_json::{json, Value};
+
+/// The plugin under test, built beside `netvlan`.
+fn cni_bin() -> PathBuf {
+    let bin = netvlan_bin().with_file_name("netvlan-cni");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p netvlan-userspace` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The reference plugin (Debian's containernetworking-plugins).
+const REFERENCE: &str = "/usr/lib/cni/macvlan";
+
+/// One plugin run: exit status and the JSON it printed (if any).
+#[derive(Debug)]
+struct Answer {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON on stdout ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    fn ok(self) -> Value {
+        assert!(self.ok, "the plugin failed: {self:?}");
+        self.json()
+    }
+
+    /// A failure with the spec's error: code, msg, the config's version.
+    fn error(self, code: u64) -> Value {
+        assert!(!self.ok, "the plugin should have failed: {self:?}");
+        let e = self.json();
+        assert_eq!(e["code"], code, "{e:#}");
+        assert!(e["msg"].as_str().is_some_and(|m| !m.is_empty()), "{e:#}");
+        assert!(e["cniVersion"].is_string(), "{e:#}");
+        e
+    }
+}
+
+/// Runs `plugin` in the lab's host namespace as a runtime does.
+fn cni(
+    lan: &Lan,
+    plugin: &str,
+    command: &str,
+    netns: &str,
+    extra: &[(&str, &str)],
+    config: &Value,
+) -> Answer {
+    let mut cmd: Command = lan.host.command(plugin);
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", "c0ffee")
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("NETVLAN_BPF_DIR", lan.bpf.path())
+        .env("NETVLAN_STATE_DIR", lan.state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the plugin starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Answer {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn netvlan_cni(lan: &Lan, command: &str, ns: &Netns, config: &Value) -> Answer {
+    cni(
+        lan,
+        cni_bin().to_str().unwrap(),
+        command,
+        &ns_path(ns),
+        &[],
+        config,
+    )
+}
+
+fn ns_path(ns: &Netns) -> String {
+    ns.path().display().to_string()
+}
+
+/// The reference macvlan plugin's config, with `type` netvlan-cni.
+fn config(name: &str, subnet: u8, data_dir: &OwnedDir) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "type": "netvlan-cni",
+        "master": "eth0",
+        "mode": "bridge",
+        "ipam": {
+            "type": "host-local",
+            "subnet": format!("10.{subnet}.0.0/24"),
+            "gateway": format!("10.{subnet}.0.1"),
+            "dataDir": data_dir.path(),
+        }
+    })
+}
+
+fn data_dir() -> OwnedDir {
+    OwnedDir::at(std::env::temp_dir().join(unique_name("hostlocal")))
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v:#}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+fn links_in(ns: &Netns) -> Vec<String> {
+    ns.sorted_link_names()
+}
+
+#[test]
+fn version_lists_the_supported_versions() {
+    let lan = Lan::new(false);
+    let answer = cni(
+        &lan,
+        cni_bin().to_str().unwrap(),
+        "VERSION",
+        "",
+        &[],
+        &json!({}),
+    )
+    .ok();
+    let supported: Vec<&str> = answer["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        assert!(supported.contains(&version), "{answer:#}");
+    }
+    assert_eq!(answer["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn add_check_del_give_the_reference_plugins_results() {
+    let lan = Lan::new(false);
+    let before = links_in(&lan.host);
+    let hl = data_dir();
+    let reference_ctr = lan.container(false);
+    let ctr = lan.container(false);
+    let mut reference_conf = config("cnilan", 74, &hl);
+    reference_conf["type"] = json!("macvlan");
+    let conf = config("cnilan", 74, &hl);
+
+    let theirs = cni(
+        &lan,
+        REFERENCE,
+        "ADD",
+        &ns_path(&reference_ctr),
+        &[],
+        &reference_conf,
+    )
+    .ok();
+    let ours = netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+
+    // The same shape: the reference's keys (netvlan also reports the
+    // default route it installs), interface and IP entries alike.
+    for key in keys(&theirs) {
+        assert!(
+            ours.get(&key).is_some(),
+            "{key} missing: {ours:#} vs {theirs:#}"
+        );
+    }
+    assert_eq!(ours["cniVersion"], theirs["cniVersion"]);
+    assert_eq!(keys(&ours["interfaces"][0]), keys(&theirs["interfaces"][0]));
+    assert_eq!(keys(&ours["ips"][0]), keys(&theirs["ips"][0]));
+    assert_eq!(ours["ips"][0]["gateway"], theirs["ips"][0]["gateway"]);
+    assert_eq!(ours["ips"][0]["interface"], 0);
+    assert_eq!(ours["interfaces"][0]["name"], "eth0");
+    assert_eq!(ours["interfaces"][0]["sandbox"], ns_path(&ctr));
+    let address = ours["ips"][0]["address"].as_str().unwrap();
+    assert!(
+        address.starts_with("10.74.0.") && address.ends_with("/24"),
+        "{address}"
+    );
+    assert_eq!(
+        ours["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": "10.74.0.1"})
+    );
+
+    // What the result says is in the container, and the CLI sees it.
+    let link = ctr.link_json("eth0");
+    assert_eq!(link["address"], ours["interfaces"][0]["mac"], "{link:#}");
+    let addrs =
+        String::from_utf8_lossy(&ctr.exec("ip", &["-4", "-o", "addr", "show", "eth0"]).stdout)
+            .into_owned();
+    assert!(addrs.contains(address), "{addrs}");
+    let inspect = lan.inspect("cnilan");
+    assert_eq!(
+        inspect["Containers"].as_object().unwrap().len(),
+        1,
+        "{inspect:#}"
+    );
+
+    // CHECK against prevResult.
+    let mut checked = conf.clone();
+    checked["prevResult"] = ours.clone();
+    let ok = netvlan_cni(&lan, "CHECK", &ctr, &checked);
+    assert!(ok.ok && ok.stdout.trim().is_empty(), "{ok:?}");
+    let mut wrong = checked.clone();
+    wrong["prevResult"]["ips"][0]["address"] = json!("10.74.0.250/24");
+    let e = netvlan_cni(&lan, "CHECK", &ctr, &wrong).error(7);
+    assert!(
+        e["msg"].as_str().unwrap().contains("10.74.0.250/24"),
+        "{e:#}"
+    );
+    // ADD again on the same container is refused; nothing changes.
+    netvlan_cni(&lan, "ADD", &ctr, &conf).error(100);
+    assert_eq!(
+        lan.inspect("cnilan")["Containers"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // DEL, and DEL again: both succeed; the network the ADD made is gone.
+    let del = netvlan_cni(&lan, "DEL", &ctr, &conf);
+    assert!(del.ok && del.stdout.trim().is_empty(), "{del:?}");
+    assert!(!links_in(&ctr).contains(&"eth0".to_string()));
+    let again = netvlan_cni(&lan, "DEL", &ctr, &conf);
+    assert!(again.ok, "{again:?}");
+    let ls = lan.netvlan(&["network", "ls", "--json"]).ok().json();
+    assert_eq!(
+        ls,
+        json!([]),
+        "the network the ADD made is removed with its last endpoint"
+    );
+    let del = cni(
+        &lan,
+        REFERENCE,
+        "DEL",
+        &ns_path(&reference_ctr),
+        &[],
+        &reference_conf,
+    );
+    assert!(del.ok, "{del:?}");
+    assert_eq!(links_in(&lan.host), before, "links left behind");
+}
+
+#[test]
+fn check_reports_an_endpoint_link_removed_behind_its_back() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let ctr = lan.container(false);
+    let conf = config("cnicheck", 76, &hl);
+    let result = netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    ctr.exec("ip", &["link", "del", "eth0"]);
+    let mut checked = conf.clone();
+    checked["prevResult"] = result;
+    netvlan_cni(&lan, "CHECK", &ctr, &checked).error(7);
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+}
+
+#[test]
+fn runtime_args_choose_the_mac_and_the_address() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let ctr = lan.container(false);
+    let conf = config("cniargs", 77, &hl);
+    let bin = cni_bin();
+    let refused = cni(
+        &lan,
+        bin.to_str().unwrap(),
+        "ADD",
+        &ns_path(&ctr),
+        &[("CNI_ARGS", "COLOUR=red")],
+        &conf,
+    )
+    .error(4);
+    assert!(
+        refused["msg"].as_str().unwrap().contains("COLOUR"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    let args = "IgnoreUnknown=1;COLOUR=red;K8S_POD_NAME=web-0;K8S_POD_NAMESPACE=shop;MAC=02:aa:bb:cc:dd:01;IP=10.77.0.42";
+    let ours = cni(
+        &lan,
+        bin.to_str().unwrap(),
+        "ADD",
+        &ns_path(&ctr),
+        &[("CNI_ARGS", args)],
+        &conf,
+    )
+    .ok();
+    assert_eq!(ours["interfaces"][0]["mac"], "02:aa:bb:cc:dd:01");
+    assert_eq!(ours["ips"][0]["address"], "10.77.0.42/24");
+    assert_eq!(ctr.link_json("eth0")["address"], "02:aa:bb:cc:dd:01");
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+
+    // runtimeConfig (capabilities "mac" and "ips") as well.
+    let mut with_runtime = conf.clone();
+    with_runtime["runtimeConfig"] = json!({"mac": "02:aa:bb:cc:dd:02", "ips": ["10.77.0.43/24"]});
+    let ours = netvlan_cni(&lan, "ADD", &ctr, &with_runtime).ok();
+    assert_eq!(ours["interfaces"][0]["mac"], "02:aa:bb:cc:dd:02");
+    assert_eq!(ours["ips"][0]["address"], "10.77.0.43/24");
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &with_runtime).ok);
+}
+
+#[test]
+fn a_network_the_cli_made_is_shared_and_kept() {
+    let lan = Lan::new(false);
+    lan.network_on_eth0("shared", 78);
+    let hl = data_dir();
+    let ctr = lan.container(false);
+    let conf = config("shared", 78, &hl);
+    netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    let inspect = lan.inspect("shared");
+    assert_eq!(
+        inspect["Containers"].as_object().unwrap().len(),
+        1,
+        "{inspect:#}"
+    );
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    // Its endpoint is gone; the network, the CLI's, stays.
+    let inspect = lan.inspect("shared");
+    assert_eq!(
+        inspect["Containers"].as_object().unwrap().len(),
+        0,
+        "{inspect:#}"
+    );
+    // A config that disagrees with the stored network is refused.
+    let mut other = config("shared", 79, &hl);
+    other["master"] = json!("eth0");
+    netvlan_cni(&lan, "ADD", &ctr, &other).error(7);
+    lan.netvlan(&["network", "rm", "shared"]).ok();
+}
+
+#[test]
+fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
+    let lan = Lan::new(false);
+    // For the overlapping subnet: a network the CLI made.
+    lan.network_on_eth0("taken", 80);
+    let hl = data_dir();
+    let ctr = lan.container(false);
+    let links = links_in(&lan.host);
+    let ctr_links = links_in(&ctr);
+    let good = config("bad", 81, &hl);
+    let mut cases: Vec<(&str, Value, u64)> = Vec::new();
+    let mut c = good.clone();
+    c.as_object_mut().unwrap().remove("master");
+    cases.push(("master is missing", c, 7));
+    let mut c = good.clone();
+    c["mode"] = json!("bridged");
+    cases.push(("\"bridged\"", c, 7));
+    let mut c = good.clone();
+    c["colour"] = json!("red");
+    cases.push(("\"colour\"", c, 7));
+    let mut c = good.clone();
+    c["cniVersion"] = json!("0.3.1");
+    cases.push(("0.3.1", c, 1));
+    let mut c = good.clone();
+    c["ipam"]["subnet"] = json!("10.80.0.0/25");
+    c["ipam"]["gateway"] = json!("10.80.0.1");
+    // An overlap is the control plane's conflict (code 100), as in the CLI.
+    cases.push(("10.80.0.0/25", c, 100));
+    let mut c = good.clone();
+    c["master"] = json!("nosuch0");
+    cases.push(("nosuch0", c, 101));
+    let mut c = good.clone();
+    c["ipam"]["type"] = json!("dhcp");
+    cases.push(("dhcp", c, 2));
+    for (says, conf, code) in cases {
+        let e = netvlan_cni(&lan, "ADD", &ctr, &conf).error(code);
+        assert!(
+            e["msg"].as_str().unwrap().contains(says)
+                || e["details"].as_str().is_some_and(|d| d.contains(says)),
+            "{says}: {e:#}"
+        );
+        assert_eq!(links_in(&lan.host), links, "{says}: links left on the host");
+        assert_eq!(
+            links_in(&ctr),
+            ctr_links,
+            "{says}: links left in the container"
+        );
+        let ls = lan.netvlan(&["network", "ls", "--json"]).ok().json();
+        let names: Vec<&str> = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["taken"], "{says}: networks left behind");
+    }
+    // A namespace that does not exist: the network this ADD made goes too.
+    let gone = cni(
+        &lan,
+        cni_bin().to_str().unwrap(),
+        "ADD",
+        "/var/run/netns/nvt-no-such-ns",
+        &[],
+        &good,
+    );
+    let e = gone.error(3);
+    assert!(
+        e["msg"].as_str().unwrap().contains("nvt-no-such-ns"),
+        "{e:#}"
+    );
+    let ls = lan.netvlan(&["network", "ls", "--json"]).ok().json();
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls:#}");
+    assert_eq!(links_in(&lan.host), links, "links left on the host");
+    // Not JSON at all, and an unknown command.
+    let mut cmd = lan.host.command(cni_bin());
+    let out = cmd
+        .env("CNI_COMMAND", "FROB")
+        .env("NETVLAN_BPF_DIR", lan.bpf.path())
+        .env("NETVLAN_STATE_DIR", lan.state.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], 4, "{e:#}");
+    lan.netvlan(&["network", "rm", "taken"]).ok();
+}
+
+#[test]
+fn status_says_whether_an_add_can_work() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnistatus", 82, &hl);
+    let bin = cni_bin();
+    let ready = cni(&lan, bin.to_str().unwrap(), "STATUS", "", &[], &conf);
+    assert!(ready.ok && ready.stdout.trim().is_empty(), "{ready:?}");
+    let mut missing = conf.clone();
+    missing["master"] = json!("nosuch0");
+    let e = cni(&lan, bin.to_str().unwrap(), "STATUS", "", &[], &missing).error(50);
+    assert!(e["msg"].as_str().unwrap().contains("nosuch0"), "{e:#}");
+    // STATUS changes nothing.
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+}
+
+#[test]
+fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let reference_ctr = lan.container(false);
+    let ctr = lan.container(false);
+    let mut conf = config("cniold", 83, &hl);
+    conf["cniVersion"] = json!("0.4.0");
+    let mut reference_conf = conf.clone();
+    reference_conf["type"] = json!("macvlan");
+    let theirs = cni(
+        &lan,
+        REFERENCE,
+        "ADD",
+        &ns_path(&reference_ctr),
+        &[],
+        &reference_conf,
+    )
+    .ok();
+    let ours = netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    assert_eq!(ours["cniVersion"], "0.4.0");
+    assert_eq!(
+        keys(&ours["ips"][0]),
+        keys(&theirs["ips"][0]),
+        "{ours:#} vs {theirs:#}"
+    );
+    assert_eq!(ours["ips"][0]["version"], "4");
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    let del = cni(
+        &lan,
+        REFERENCE,
+        "DEL",
+        &ns_path(&reference_ctr),
+        &[],
+        &reference_conf,
+    );
+    assert!(del.ok, "{del:?}");
+}
+
+/// Podman (Debian's 4.3, CNI backend) in the lab's host namespace, with
+/// its configuration, storage and CNI configs in a directory of its own;
+/// its containers are removed on drop.
+struct Podman {
+    dir: OwnedDir,
+    host: String,
+    bpf: PathBuf,
+    state: PathBuf,
+    /// Podman's own caches outside its configured directories (the image
+    /// blob cache, libcni's result cache) that this test created.
+    created_caches: Vec<&'static str>,
+}
+
+const PODMAN_CACHES: [&str; 2] = ["/var/lib/containers", "/var/lib/cni"];
+
+impl Podman {
+    fn new(lan: &Lan, conflist: &Value) -> Podman {
+        let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("podman")));
+        let root = dir.path().to_path_buf();
+        for sub in ["cni-bin", "cni-conf", "tmp", "run", "storage", "rootfs/bin"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        std::fs::copy(cni_bin(), root.join("cni-bin/netvlan-cni")).unwrap();
+        std::fs::write(
+            root.join("containers.conf"),
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{root}/events.log"
+tmp_dir = "{root}/tmp"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{root}/cni-bin", "/usr/lib/cni"]
+network_config_dir = "{root}/cni-conf"
+"#,
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{root}/storage\"\nrunroot = \"{root}/run\"\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("cni-conf/nvlan.conflist"), conflist.to_string()).unwrap();
+        let created_caches = PODMAN_CACHES
+            .into_iter()
+            .filter(|c| !Path::new(c).exists())
+            .collect();
+        let podman = Podman {
+            created_caches,
+            dir,
+            host: lan.host.path().display().to_string(),
+            bpf: lan.bpf.path().to_path_buf(),
+            state: lan.state.path().to_path_buf(),
+        };
+        // A busybox image made here (no registry).
+        std::fs::copy("/bin/busybox", root.join("rootfs/bin/busybox"))
+            .expect("a static busybox (Debian's busybox-static)");
+        for applet in ["sh", "ping", "sleep", "ip"] {
+            std::os::unix::fs::symlink("busybox", root.join(format!("rootfs/bin/{applet}")))
+                .unwrap();
+        }
+        let tar = root.join("rootfs.tar");
+        netvlan_tests::sh(
+            "tar",
+            &[
+                "-C",
+                root.join("rootfs").to_str().unwrap(),
+                "-cf",
+                tar.to_str().unwrap(),
+                ".",
+            ],
+        );
+        podman.ok(&["import", tar.to_str().unwrap(), "nvt-busybox"]);
+        podman
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let root = self.dir.path();
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.host))
+            .arg("--")
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", root.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", root.join("storage.conf"))
+            .env("NETVLAN_BPF_DIR", &self.bpf)
+            .env("NETVLAN_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman runs (Debian's podman, installed by cargo xtask test)")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-af", "-t", "0"]);
+        let _ = self.run(&["rmi", "-af"]);
+        for cache in &self.created_caches {
+            let _ = std::fs::remove_dir_all(cache);
+        }
+    }
+}
+
+#[test]
+fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "10.84.0.1/24", "dev", "peer0"]);
+    let host_links = links_in(&lan.host);
+    let conflist = json!({
+        "cniVersion": "0.4.0",
+        "name": "nvlan",
+        "plugins": [{
+            "type": "netvlan-cni",
+            "master": "eth0",
+            "mode": "bridge",
+            "ipam": {"type": "host-local", "subnet": "10.84.0.0/24", "gateway": "10.84.0.1"},
+            // podman's cleanup (run by conmon when the container exits)
+            // does not pass the environment on: the lab's dirs go here.
+            "stateDir": lan.state.path(),
+            "bpfDir": lan.bpf.path(),
+        }]
+    });
+    let podman = Podman::new(&lan, &conflist);
+    let name = unique_name("ctr");
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "nvlan",
+        "nvt-busybox",
+        "sleep",
+        "120",
+    ]);
+    // The container reaches the external namespace (the LAN's gateway).
+    podman.ok(&["exec", &name, "ping", "-c", "1", "-W", "5", "10.84.0.1"]);
+    let inspect = lan.inspect("nvlan");
+    assert_eq!(
+        inspect["Containers"].as_object().unwrap().len(),
+        1,
+        "{inspect:#}"
+    );
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    assert!(
+        stats.to_string().contains("10.84.0."),
+        "the container's endpoint is not in netvlan stats: {stats:#}"
+    );
+    // podman rm: the endpoint and the network the ADD made are gone.
+    podman.ok(&["rm", "-f", "-t", "0", &name]);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert_eq!(links_in(&lan.host), host_links, "links left behind");
+}
