@@ -34,6 +34,11 @@ pub(crate) enum Operation {
     },
     /// The datapath attached to a wire that had none.
     Datapath { wire: String },
+    /// A host route to an endpoint address through a network's shim link.
+    HostRoute {
+        link: String,
+        destination: std::net::IpAddr,
+    },
 }
 
 impl Operation {
@@ -44,6 +49,7 @@ impl Operation {
             Operation::HostLink { .. } => "command",
             Operation::SandboxLink { .. } => "connect",
             Operation::Datapath { .. } => "create",
+            Operation::HostRoute { .. } => "command",
         }
     }
 
@@ -57,7 +63,10 @@ impl Operation {
     ) -> Result<Vec<String>, UndoFailure> {
         match self {
             Operation::HostLink { name, alias } => {
-                if networks.iter().any(|n| n.parent.link == *name) {
+                // A parent, or a stored network's shim link.
+                if networks.iter().any(|n| {
+                    n.parent.link == *name || n.host_access.link.as_deref() == Some(name.as_str())
+                }) {
                     return Ok(Vec::new());
                 }
                 let failed = |e: NetlinkError| UndoFailure::new(format!("deleting {name}"), e);
@@ -94,6 +103,31 @@ impl Operation {
                     .into_iter()
                     .map(|name| format!("deleted {name} in {}", netns_path.display()))
                     .collect())
+            }
+            Operation::HostRoute { link, destination } => {
+                // An endpoint of a stored network still uses it.
+                let owned = networks.iter().any(|n| {
+                    n.host_access.link.as_deref() == Some(link.as_str())
+                        && n.endpoints.values().any(|e| {
+                            e.ipv4.iter().chain(e.ipv6.iter()).any(|a| a.addr() == *destination)
+                        })
+                });
+                if owned {
+                    return Ok(Vec::new());
+                }
+                let failed =
+                    |e: NetlinkError| UndoFailure::new(format!("deleting the route to {destination}"), e);
+                match netlink.link_by_name(link).await {
+                    Ok(shim) => {
+                        netlink
+                            .delete_host_route(shim.ifindex, *destination)
+                            .await
+                            .map_err(failed)?;
+                        Ok(vec![format!("deleted the route to {destination} via {link}")])
+                    }
+                    Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(failed(e)),
+                }
             }
             Operation::Datapath { wire } => {
                 let failed = |action: &str, e: DatapathError| UndoFailure::new(action, e);
