@@ -80,7 +80,15 @@ const HOST_PROGRAMS: &[&str] = &[
 /// The live page (headless Chromium) and `stats --watch` only render what
 /// the daemon and the maps already give, tested in both lanes; `metrics`
 /// needs promtool and a Prometheus server, which the guest has not.
-const HOST_ONLY_SUITES: &[&str] = &["cli", "errors", "multinet", "page", "watch", "metrics"];
+const HOST_ONLY_SUITES: &[&str] = &[
+    "cli",
+    "errors",
+    "multinet",
+    "page",
+    "watch",
+    "metrics",
+    "host_access",
+];
 
 /// Line the guest prints once, last; everything else on the console is log.
 const RESULT_MARKER: &str = "NETVLAN-VM-RESULT";

@@ -208,9 +208,9 @@ pub(crate) fn parse_host_ips(flags: &[String]) -> Result<Vec<IpAddr>, NetworkErr
     for flag in flags {
         let ip = ipam::parse_ip(flag)?;
         if out.iter().any(|o| Family::of(o) == Family::of(&ip)) {
-            return Err(NetworkError::Invalid(
-                super::InvalidRequest::HostIpTwice(flag.clone()),
-            ));
+            return Err(NetworkError::Invalid(super::InvalidRequest::HostIpTwice(
+                flag.clone(),
+            )));
         }
         out.push(ip);
     }
@@ -456,7 +456,9 @@ impl Manager {
         if link.alias.as_deref() != Some(alias.as_str()) {
             return Err(refused(
                 record,
-                format!("an interface named {name} exists that netvlan did not make for this network"),
+                format!(
+                    "an interface named {name} exists that netvlan did not make for this network"
+                ),
             ));
         }
         // Neither link answers ARP for the other's addresses.
@@ -581,13 +583,17 @@ impl Manager {
         else {
             return Ok(());
         };
-        let link = self.netlink().link_by_name(name).await.map_err(|e| match e {
-            NetlinkError::NoSuchInterface { .. } => refused(
-                record,
-                format!("the shim link {name} is missing (run `netvlan restore`)"),
-            ),
-            other => other.into(),
-        })?;
+        let link = self
+            .netlink()
+            .link_by_name(name)
+            .await
+            .map_err(|e| match e {
+                NetlinkError::NoSuchInterface { .. } => refused(
+                    record,
+                    format!("the shim link {name} is missing (run `netvlan restore`)"),
+                ),
+                other => other.into(),
+            })?;
         for destination in addresses {
             log.record(Operation::HostRoute {
                 link: name.clone(),
@@ -641,10 +647,7 @@ impl Manager {
             repair: repair.to_string(),
         };
         let restore = "`netvlan restore` recreates it";
-        let name = access
-            .link
-            .clone()
-            .unwrap_or_else(|| shim_name(&record.id));
+        let name = access.link.clone().unwrap_or_else(|| shim_name(&record.id));
         let link = match self.netlink().link_by_name(&name).await {
             Ok(link) if link.alias.as_deref() == Some(owner_alias(&record.id).as_str()) => {
                 Some(link)
@@ -695,7 +698,10 @@ impl Manager {
                 ));
             }
         }
-        for destination in routed.iter().filter(|d| !wanted.contains(d)) {
+        for destination in routed
+            .iter()
+            .filter(|d| !wanted.contains(d) && !is_host_address(record, d))
+        {
             drifts.push(drift(
                 "host_access_route_extra",
                 destination.to_string(),
@@ -727,16 +733,28 @@ impl Manager {
             let link = self.netlink().link_by_name(name).await?;
             let wanted = endpoint_addresses(record);
             for destination in self.netlink().host_routes(link.ifindex).await? {
-                if !wanted.contains(&destination) {
+                if !wanted.contains(&destination) && !is_host_address(record, &destination) {
                     self.netlink()
                         .delete_host_route(link.ifindex, destination)
                         .await?;
-                    done.push(format!("deleted the stray route to {destination} via {name}"));
+                    done.push(format!(
+                        "deleted the stray route to {destination} via {name}"
+                    ));
                 }
             }
         }
         Ok(done)
     }
+}
+
+/// One of the host's own addresses (IPv6 gives a /128 on a link its
+/// own prefix route).
+fn is_host_address(record: &NetworkRecord, ip: &IpAddr) -> bool {
+    record
+        .host_access
+        .addresses
+        .iter()
+        .any(|a| a.address.addr() == *ip)
 }
 
 /// Every endpoint address of `record` (what the shim routes).

@@ -205,7 +205,10 @@ mod tests {
         fields.remove("created");
         fields.remove("labels");
         fields.remove("host_access");
-        fields["options"].as_object_mut().unwrap().remove("host_access");
+        fields["options"]
+            .as_object_mut()
+            .unwrap()
+            .remove("host_access");
         let old: NetworkRecord = serde_json::from_value(stored).unwrap();
         let shown = inspect(&old);
         assert_eq!(shown["Created"], "0001-01-01T00:00:00Z");

@@ -15,9 +15,9 @@ mod driver;
 mod endpoint;
 mod error;
 mod failpoint;
-mod host_access;
 #[cfg(test)]
 mod fixture;
+mod host_access;
 mod inspect;
 mod operation;
 mod options;
@@ -43,12 +43,12 @@ use crate::{
 pub use check::Drift;
 pub use driver::Driver;
 pub use endpoint::{ConnectRequest, Endpoint};
-pub use host_access::{AddressSource, HostAccess, HostAccessMode, HostAddress};
 pub use error::{
     ErrorReport, InvalidRequest, NetworkError, UndoError, UndoFailure, CODE_CONFLICT, CODE_DECODE,
     CODE_INVALID_CONFIG, CODE_IO, CODE_NOT_FOUND, CODE_UNKNOWN_CONTAINER,
 };
 use failpoint::failpoint;
+pub use host_access::{AddressSource, HostAccess, HostAccessMode, HostAddress};
 pub use inspect::{inspect, list_rows, ListFilter};
 use operation::{Operation, OperationLog};
 pub use options::{NetworkOptions, OptionError, OptionKey, PolicyOptions, OPTION_KEYS};

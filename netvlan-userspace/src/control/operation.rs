@@ -109,21 +109,27 @@ impl Operation {
                 let owned = networks.iter().any(|n| {
                     n.host_access.link.as_deref() == Some(link.as_str())
                         && n.endpoints.values().any(|e| {
-                            e.ipv4.iter().chain(e.ipv6.iter()).any(|a| a.addr() == *destination)
+                            e.ipv4
+                                .iter()
+                                .chain(e.ipv6.iter())
+                                .any(|a| a.addr() == *destination)
                         })
                 });
                 if owned {
                     return Ok(Vec::new());
                 }
-                let failed =
-                    |e: NetlinkError| UndoFailure::new(format!("deleting the route to {destination}"), e);
+                let failed = |e: NetlinkError| {
+                    UndoFailure::new(format!("deleting the route to {destination}"), e)
+                };
                 match netlink.link_by_name(link).await {
                     Ok(shim) => {
                         netlink
                             .delete_host_route(shim.ifindex, *destination)
                             .await
                             .map_err(failed)?;
-                        Ok(vec![format!("deleted the route to {destination} via {link}")])
+                        Ok(vec![format!(
+                            "deleted the route to {destination} via {link}"
+                        )])
                     }
                     Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
                     Err(e) => Err(failed(e)),

@@ -626,7 +626,10 @@ impl Netlink {
         ifindex: u32,
         destination: std::net::IpAddr,
     ) -> Result<(), NetlinkError> {
-        let message = Self::host_route_message(ifindex, destination, None);
+        let mut message = Self::host_route_message(ifindex, destination, None);
+        // Whoever added it: match any protocol and scope, as `ip route del`.
+        message.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
+        message.header.scope = netlink_packet_route::route::RouteScope::NoWhere;
         match self.handle.route().del(message).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
