@@ -5,6 +5,7 @@
 //!
 //! - [`frame`]: the frame classifier (Ethernet, 802.1Q, 802.1ad/QinQ and the
 //!   L3 protocol behind the tags).
+//! - [`hairpin`]: the host-access hairpin's decision at a parent's TC egress.
 //! - [`mac`]: the MAC address type (text form, serde under `user`).
 //! - [`maps`]: the `#[repr(C)]` keys and values of the datapath's maps, with
 //!   their names and sizes.
@@ -17,6 +18,7 @@
 pub mod antispoof;
 pub mod decision;
 pub mod frame;
+pub mod hairpin;
 pub mod mac;
 pub mod maps;
 #[cfg(any(test, feature = "model"))]

@@ -18,7 +18,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -32,6 +32,7 @@ use netvlan_common::{
         IP_NOT_REGISTERED,
     },
     frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
+    hairpin::{self, Action, HairpinConfig, HairpinView, HAIRPIN_MARK, HAIRPIN_MARK_FRAMES},
     maps::{
         dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey, MacGuardState, MacKey,
         VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
@@ -223,6 +224,15 @@ const TC_HEADERS: u32 = 14 + 8 + 40;
 /// the outer tag, and the 4 bytes it took on the wire are counted.
 #[classifier]
 pub fn netvlan_tc(ctx: TcContext) -> i32 {
+    // A frame the host-access hairpin re-injected at this link's ingress:
+    // not LAN traffic (it never was on the wire), so neither counted nor
+    // judged by LAN policy here; the endpoint programs see and count it.
+    // The mark is cleared so neither the endpoint nor the host sees it.
+    // SAFETY: the context's skb, valid for this run; a plain field read.
+    if unsafe { (*ctx.skb.skb).mark } == HAIRPIN_MARK {
+        ctx.set_mark(0);
+        return TC_ACT_OK;
+    }
     // SAFETY: the context's skb, valid for this run; plain field reads.
     let (present, proto, tci) = unsafe {
         let skb = &*ctx.skb.skb;
@@ -248,6 +258,69 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
         Verdict::Drop(_) => TC_ACT_SHOT,
     }
 }
+
+/// The host-access hairpin's configuration, set when it is loaded (one
+/// instance per link): `netvlan_common::hairpin::HairpinConfig`.
+#[no_mangle]
+static HAIRPIN_CONFIG: HairpinConfig = HairpinConfig {
+    mac: [0; 6],
+    vid: 0,
+    flags: 0,
+};
+
+/// The wire's registrations as the hairpin's decision reads them.
+struct Registrations;
+
+impl HairpinView for Registrations {
+    #[inline(always)]
+    fn mac_registered(&self, vid: u16, mac: &[u8; 6]) -> bool {
+        dst_slot(&Destinations, vid, mac).is_some()
+    }
+
+    #[inline(always)]
+    fn ip_registered(&self, ip: &[u8; 16]) -> bool {
+        // SAFETY: read-only lookup of a plain u32.
+        unsafe { ENDPOINT_IPS.get(&IpKey { addr: *ip }) }.is_some()
+    }
+}
+
+/// Host access without an extra link: TC egress on a network's parent
+/// link (`netvlan_common::hairpin` has the rules). Re-injected frames
+/// enter the link's ingress, never its egress again, so they cannot loop;
+/// where the wire's TC program runs on the same link they carry
+/// `HAIRPIN_MARK` past it.
+#[classifier]
+pub fn netvlan_hairpin(ctx: TcContext) -> i32 {
+    // SAFETY: a read of the program's own constant, which the loader set.
+    let cfg = unsafe { core::ptr::read_volatile(&HAIRPIN_CONFIG) };
+    let frame = tc_frame(&ctx, TC_HEADERS);
+    let action = hairpin::decide(&frame, &cfg, &Registrations);
+    if action == Action::Pass {
+        return TC_ACT_OK;
+    }
+    // SAFETY: the context's skb, valid for this run; plain field reads.
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    let marking = cfg.flags & HAIRPIN_MARK_FRAMES != 0;
+    if marking {
+        ctx.set_mark(HAIRPIN_MARK);
+    }
+    match action {
+        Action::Redirect => {
+            // SAFETY: a helper call with plain arguments.
+            unsafe { bpf_redirect(ifindex, BPF_F_INGRESS) as i32 }
+        }
+        _ => {
+            let _ = ctx.clone_redirect(ifindex, BPF_F_INGRESS);
+            if marking {
+                ctx.set_mark(mark);
+            }
+            TC_ACT_OK
+        }
+    }
+}
+
+/// `bpf_redirect`'s flag: to the device's receive path.
+const BPF_F_INGRESS: u64 = 1;
 
 /// What both hooks do with a frame that counts for `packets` wire frames
 /// of `len` bytes in all: count it, then decide. One array read for the

@@ -16,6 +16,7 @@
 
 pub mod counters;
 pub mod endpoint_hooks;
+pub mod host_access;
 pub mod object;
 pub mod pins;
 pub mod policy_maps;
@@ -225,6 +226,16 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    /// Host access (`host_access=ebpf`) cannot work on this link.
+    #[error("host_access=ebpf cannot work on {link}: {what}")]
+    HairpinUnsupported { link: String, what: String },
+    #[error("cannot attach the host-access hairpin at TC egress of {link} ({mode})")]
+    AttachHairpin {
+        link: String,
+        mode: WireMode,
+        #[source]
+        source: ProgramError,
+    },
     #[error("cannot update bpffs directory {path}")]
     PinDir {
         path: PathBuf,
@@ -391,6 +402,46 @@ impl std::fmt::Display for WireMode {
 /// (and replaced in place by `upgrade`) without a pin.
 pub const WIRE_FILTER_PRIORITY: u16 = 1;
 pub const WIRE_FILTER_HANDLE: u32 = 0x4e56;
+
+/// Attaches `program` (loaded) at `direction` of `ifname`: a TCX link on
+/// 6.6+, else a clsact filter at netvlan's `place` (priority, handle),
+/// adding the clsact qdisc when the link has none. Returns the mode and
+/// the link, which detaches (closes the TCX link, deletes the filter)
+/// when dropped; on failure, the mode that was tried.
+pub(crate) fn attach_classifier(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    direction: TcAttachType,
+    place: (u16, u32),
+) -> Result<(WireMode, SchedClassifierLink), (WireMode, ProgramError)> {
+    let mode = if tcx_available() {
+        WireMode::Tcx
+    } else {
+        WireMode::Clsact
+    };
+    let options = match mode {
+        WireMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        _ => {
+            // EEXIST: the qdisc is already there, which is what we want.
+            if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                if !exists {
+                    return Err((mode, e.into()));
+                }
+            }
+            TcAttachOptions::Netlink(NlOptions {
+                priority: place.0,
+                handle: TcHandle::from(place.1),
+                classid: None,
+            })
+        }
+    };
+    let id = program
+        .attach_with_options(ifname, direction, options)
+        .map_err(|e| (mode, e))?;
+    let held = program.take_link(id).map_err(|e| (mode, e))?;
+    Ok((mode, held))
+}
 
 /// Whether the kernel has TCX (6.6+); older ones get a clsact filter.
 pub(crate) fn tcx_available() -> bool {
@@ -635,39 +686,19 @@ impl Datapath {
         let mut ebpf = object::WIRE.load()?;
         let program = tc_program(&mut ebpf)?;
         program.load().map_err(DatapathError::Program)?;
-        let mode = if tcx_available() {
-            WireMode::Tcx
-        } else {
-            WireMode::Clsact
-        };
-        let attach_err = |source| DatapathError::AttachTc {
+        // Held until pinned: dropping it (on failure) closes the TCX link or
+        // deletes the filter, so nothing stays attached.
+        let (mode, held) = attach_classifier(
+            program,
+            &link.name,
+            TcAttachType::Ingress,
+            (WIRE_FILTER_PRIORITY, WIRE_FILTER_HANDLE),
+        )
+        .map_err(|(mode, source)| DatapathError::AttachTc {
             ifname: link.name.clone(),
             mode,
             source,
-        };
-        let options = match mode {
-            WireMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-            _ => {
-                // EEXIST: the qdisc is already there, which is what we want.
-                if let Err(e) = tc::qdisc_add_clsact(&link.name) {
-                    let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
-                    if !exists {
-                        return Err(attach_err(e.into()));
-                    }
-                }
-                TcAttachOptions::Netlink(NlOptions {
-                    priority: WIRE_FILTER_PRIORITY,
-                    handle: TcHandle::from(WIRE_FILTER_HANDLE),
-                    classid: None,
-                })
-            }
-        };
-        let id = program
-            .attach_with_options(&link.name, TcAttachType::Ingress, options)
-            .map_err(attach_err)?;
-        // Held until pinned: dropping it (on failure) closes the TCX link or
-        // deletes the filter, so nothing stays attached.
-        let held = program.take_link(id).map_err(DatapathError::Program)?;
+        })?;
         let (held, tcx) = match mode {
             WireMode::Tcx => {
                 let fd_link = FdLink::try_from(held).map_err(|source| DatapathError::Link {
@@ -1189,7 +1220,8 @@ mod tests {
                 maps::XDP_PROGRAM,
                 maps::TC_PROGRAM,
                 maps::BENCH_FLOOR_PROGRAM,
-                netvlan_common::trace::BENCH_NOTRACE_PROGRAM
+                netvlan_common::trace::BENCH_NOTRACE_PROGRAM,
+                netvlan_common::hairpin::HAIRPIN_PROGRAM,
             ])
         );
         assert_eq!(

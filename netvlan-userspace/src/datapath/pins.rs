@@ -7,6 +7,8 @@
 //!       prog  link  COUNTERS  VLAN_COUNTERS  DST_STATS  ...
 //!     egress-<ifindex>/             one per endpoint link (TC, in its sandbox)
 //!       prog  link  prog_in  link_in  EGRESS_CONFIG  EGRESS_STATS
+//!     hairpin-<ifindex>/            one per parent with host_access=ebpf
+//!       prog  link                  (TC egress; maps are the wire's)
 //! ```
 //!
 //! `link`/`link_in` exist for TCX only; a clsact filter is held by the
@@ -155,6 +157,46 @@ impl NamespacePins {
     pub fn egress(&self, ifindex: u32) -> InterfacePins {
         InterfacePins {
             dir: self.dir.join(format!("egress-{ifindex}")),
+            ifindex,
+        }
+    }
+
+    /// The pins of a link's host-access hairpin (TC egress).
+    pub fn hairpin(&self, ifindex: u32) -> InterfacePins {
+        InterfacePins {
+            dir: self.dir.join(format!("hairpin-{ifindex}")),
+            ifindex,
+        }
+    }
+
+    /// Every link with hairpin pins in this namespace, by ifindex.
+    pub fn hairpins(&self) -> io::Result<Vec<InterfacePins>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(ifindex) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("hairpin-"))
+                .and_then(|n| n.parse().ok())
+            {
+                out.push(self.hairpin(ifindex));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fresh, unique directory to pin a new hairpin into before it is
+    /// renamed into place.
+    pub fn hairpin_staging(&self, ifindex: u32) -> InterfacePins {
+        InterfacePins {
+            dir: self
+                .dir
+                .join(format!("staging-hairpin-{ifindex}-{}", std::process::id())),
             ifindex,
         }
     }
