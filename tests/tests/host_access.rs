@@ -342,6 +342,83 @@ fn shim_host_and_endpoints_reach_each_other_after_restore_and_rm_leaves_nothing(
 }
 
 #[test]
+fn ebpf_host_and_endpoints_reach_each_other_after_restore_and_rm_leaves_nothing() {
+    let lan = dual_stack_lab();
+    let before = host_kernel_view(&lan.host);
+    create_lan(&lan, &["host_access=ebpf"]);
+    let access = host_access(&lan);
+    assert_eq!(access["Mode"], "ebpf", "{access:#}");
+    assert!(access.get("Link").is_none(), "no extra link: {access:#}");
+    // IPv4: the host's own address on eth0 (the aux-address); IPv6: eth0
+    // has none in the subnet, so netvlan reserved one and gave it eth0.
+    let (host_v4, host_v6) = host_addresses(&lan);
+    assert_eq!(host_v4, "10.86.0.250");
+    let eth0 = String::from_utf8_lossy(
+        &lan.host
+            .exec("ip", &["-6", "addr", "show", "dev", "eth0"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        eth0.contains(&format!("{host_v6}/64")),
+        "{host_v6} on eth0: {eth0}"
+    );
+    let links = lan.host_links();
+    assert!(!links.iter().any(|l| l.starts_with("nvh-")), "{links:?}");
+    let pins = lan.bpf.contents();
+    assert!(
+        pins.iter().any(|p| p.contains("hairpin")),
+        "the hairpin is pinned: {pins:?}"
+    );
+
+    let endpoints = [endpoint(&lan), endpoint(&lan)];
+    host_and_endpoints_reach_each_other(&lan, &endpoints);
+    let run = lan.netvlan(&["check"]).ok();
+    assert!(run.stdout.contains("no drift"), "{}", run.stdout);
+
+    // The address netvlan added deleted by hand: named, and restored.
+    lan.host.exec(
+        "ip",
+        &["-6", "addr", "del", &format!("{host_v6}/64"), "dev", "eth0"],
+    );
+    let drifts = lan.netvlan(&["check", "--json"]).failed().json()["drifts"].clone();
+    assert!(
+        drifts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["kind"] == "host_access_address_missing"),
+        "{drifts:#}"
+    );
+    lan.netvlan(&["restore"]).ok();
+    let clean = lan.netvlan(&["check", "--json"]).ok();
+    assert_eq!(clean.json()["drifts"], serde_json::json!([]));
+    // No netvlan process runs: the pinned hairpin carries it alone.
+    host_and_endpoints_reach_each_other(&lan, &endpoints);
+
+    for (ctr, _, _) in &endpoints {
+        lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "lan"]).ok();
+    let after = host_kernel_view(&lan.host);
+    let left: Vec<&str> = after
+        .lines()
+        .filter(|l| !before.lines().any(|b| b == *l))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind after rm:\n{}",
+        left.join("\n")
+    );
+    assert!(
+        after.contains("10.86.0.250"),
+        "the parent's own address stays"
+    );
+    // TC filters on eth0 are in the kernel view compared above.
+    assert_eq!(lan.bpf.contents(), Vec::<String>::new(), "pins left");
+}
+
+#[test]
 fn update_moves_between_modes_all_or_nothing() {
     let lan = dual_stack(&[]);
     let (ctr, v4, v6) = endpoint(&lan);
@@ -367,13 +444,24 @@ fn update_moves_between_modes_all_or_nothing() {
     assert_eq!(other_v4, auto_v4, "the released host address is reused");
     lan.netvlan(&["disconnect", "lan", other.name()]).ok();
 
-    // on: the better mode that works here.
+    // shim -> ebpf: the shim goes, the hairpin comes; the host's IPv4
+    // address is its own on eth0 now.
+    lan.netvlan(&["network", "update", "lan", "-o", "host_access=ebpf"])
+        .ok();
+    let access = host_access(&lan);
+    assert_eq!(access["Mode"], "ebpf", "{access:#}");
+    assert!(access.get("Link").is_none(), "{access:#}");
+    assert_eq!(host_addresses(&lan).0, "10.86.0.250");
+    assert!(!host_kernel_view(&lan.host).contains("nvh-"));
+    host_and_endpoints_reach_each_other(&lan, &endpoints);
+
+    // on: the better mode that works here (the hairpin).
     lan.netvlan(&["network", "update", "lan", "-o", "host_access=on"])
         .ok();
     let access = host_access(&lan);
     assert_eq!(
         (access["Requested"].as_str(), access["Mode"].as_str()),
-        (Some("on"), Some("shim"))
+        (Some("on"), Some("ebpf"))
     );
     host_and_endpoints_reach_each_other(&lan, &endpoints);
 
@@ -450,7 +538,6 @@ fn bad_host_access_input_is_refused_naming_it_and_changes_nothing() {
     );
     refused(&update(&["-o", "bogus=1"]), &["unknown option 'bogus'"]);
     refused(&update(&[]), &["nothing to change"]);
-    refused(&update(&["-o", "host_access=ebpf"]), &["host_access=ebpf"]);
     // Still working as before.
     assert!(lan.host.can_ping(&taken));
     assert!(ctr.can_ping(&host_addresses(&lan).0));
@@ -484,6 +571,17 @@ fn bad_host_access_input_is_refused_naming_it_and_changes_nothing() {
         (
             create(&["-o", "host_access=on"]),
             vec!["second", "internal"],
+        ),
+        (
+            create(&[
+                "-o",
+                "parent=eth0",
+                "-o",
+                "macvlan_mode=private",
+                "-o",
+                "host_access=shim",
+            ]),
+            vec!["second", "macvlan_mode=private", "host_access=ebpf"],
         ),
         (
             create(&["-o", "parent=eth0", "--host-ip", "10.87.0.9"]),

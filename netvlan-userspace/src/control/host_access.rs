@@ -14,9 +14,17 @@
 //! `IFA_F_NODAD` on the address): the address is netvlan's own, reserved
 //! in IPAM, and usable at once instead of tentative for a second or more.
 //!
+//! `ebpf` needs no extra link: the hairpin program at TC egress of the
+//! parent (`datapath::host_access`) hands frames between the host and the
+//! endpoints. The host uses its own address on the parent in the subnet
+//! when it has one (source `parent`, never removed), else one netvlan
+//! reserves from IPAM (or `--host-ip`) and adds to the parent, with the
+//! subnet's prefix, and removes again with `off` or `rm`.
+//!
 //! `on` is the mode users get when they only ask for host access: the
-//! `ebpf` hairpin where it can work, else `shim`. This build has no
-//! hairpin datapath yet, so `on` resolves to `shim` and `ebpf` is refused.
+//! `ebpf` hairpin where it can work (macvlan except passthru, ipvlan l2),
+//! else `shim` (no extra link, no second address on the segment, so no
+//! ARP flux; `cargo xtask bench` measures the two side by side).
 //!
 //! Every kernel change goes through the journal ([`Operation`]), so a
 //! failing command undoes it and a killed one is recovered; [`Manager::
@@ -40,7 +48,7 @@ use crate::{
     ipam::{self, Family, Request},
     keyword::{keyword_text, Keyword},
     sys::{
-        netlink::{MacvlanMode, NetlinkError, NewLink},
+        netlink::{IpvlanMode, MacvlanMode, NetlinkError, NewLink},
         sysctl,
     },
 };
@@ -89,9 +97,13 @@ pub enum AddressSource {
 /// An address the endpoints reach the host at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostAddress {
-    /// With the prefix length it has on its link (/32, /128 on the shim).
+    /// With the prefix length it has on its link (/32, /128 on the shim,
+    /// the subnet's on the parent).
     pub address: IpNet,
     pub source: AddressSource,
+    /// Held in the network's IPAM by host access (released with it).
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// A network's host access as stored (`NetworkRecord::host_access`).
@@ -170,36 +182,40 @@ pub(crate) fn resolve_mode(
             "the network is internal (--internal): its endpoints are kept off the host",
         ));
     }
-    match record.options.driver {
-        Driver::Ipvlan => {
-            return Err(refused(
-                record,
-                format!(
-                    "host_access={requested} is not available for ipvlan networks in this build (macvlan bridge networks only)"
-                ),
-            ))
-        }
-        Driver::Macvlan => {
-            let mode = record.options.macvlan_mode.unwrap_or_default();
-            if mode != MacvlanMode::Bridge {
-                return Err(refused(
-                    record,
-                    format!(
-                        "macvlan_mode={mode} keeps endpoints from reaching a sibling link on the parent; host access needs macvlan_mode=bridge"
-                    ),
-                ));
-            }
-        }
-    }
-    match requested {
-        HostAccessMode::Ebpf => Err(refused(
-            record,
-            "host_access=ebpf needs the TC hairpin datapath, which this build does not have; use host_access=shim (or on)",
+    let macvlan_mode = record.options.macvlan_mode.unwrap_or_default();
+    let ipvlan_mode = record.options.ipvlan_mode.unwrap_or_default();
+    let ebpf = match record.options.driver {
+        Driver::Macvlan if macvlan_mode == MacvlanMode::Passthru => Err(format!(
+            "macvlan_mode=passthru gives the parent to its one endpoint; there is no host side left on {}",
+            record.parent.link
         )),
-        // The hairpin is not in this build: `on` is the shim.
-        HostAccessMode::On | HostAccessMode::Shim => Ok(HostAccessMode::Shim),
+        Driver::Macvlan => Ok(()),
+        Driver::Ipvlan if ipvlan_mode == IpvlanMode::L2 => Ok(()),
+        Driver::Ipvlan => Err(format!(
+            "ipvlan_mode={ipvlan_mode} routes without neighbour resolution on the parent, so the hairpin has nothing to hand over; use ipvlan_mode=l2"
+        )),
+    };
+    let shim = match record.options.driver {
+        Driver::Macvlan if macvlan_mode == MacvlanMode::Bridge => Ok(()),
+        Driver::Macvlan => Err(format!(
+            "macvlan_mode={macvlan_mode} keeps endpoints from reaching a sibling link on the parent; the shim needs macvlan_mode=bridge (or use host_access=ebpf)"
+        )),
+        Driver::Ipvlan => Err(
+            "a shim for ipvlan networks is not available in this build; use host_access=ebpf (ipvlan_mode=l2)"
+                .to_string(),
+        ),
+    };
+    match requested {
+        HostAccessMode::Ebpf => ebpf.map(|()| HostAccessMode::Ebpf),
+        HostAccessMode::Shim => shim.map(|()| HostAccessMode::Shim),
+        HostAccessMode::On => match (ebpf, shim) {
+            (Ok(()), _) => Ok(HostAccessMode::Ebpf),
+            (Err(_), Ok(())) => Ok(HostAccessMode::Shim),
+            (Err(e), Err(_)) => Err(e),
+        },
         HostAccessMode::Off => Ok(HostAccessMode::Off),
     }
+    .map_err(|reason| refused(record, format!("host_access={requested}: {reason}")))
 }
 
 /// `--host-ip IP` flags: one per family at most.
@@ -219,19 +235,23 @@ pub(crate) fn parse_host_ips(flags: &[String]) -> Result<Vec<IpAddr>, NetworkErr
 
 /// Plans the host access of `record` for `mode` (resolved): its addresses,
 /// reserved in `record.ipam` (the previous ones released first; a family
-/// keeps its previous address unless `given` names another), and the
-/// shim's name. Touches no kernel object.
+/// keeps its previous address unless `given` names another; in ebpf mode
+/// an address of the parent's in the subnet, `on_parent`, comes first),
+/// and the shim's name. Touches no kernel object.
 pub(crate) fn plan(
     record: &mut NetworkRecord,
     mode: HostAccessMode,
     given: &[IpAddr],
+    on_parent: &[IpNet],
 ) -> Result<HostAccess, NetworkError> {
     let previous = std::mem::take(&mut record.host_access.addresses);
     for address in &previous {
-        if address.source != AddressSource::Parent {
+        if address.held {
             let _ = record.ipam.release(address.address.addr());
         }
     }
+    let ebpf = mode == HostAccessMode::Ebpf;
+    let parent_address = |ip: &IpAddr| on_parent.iter().any(|n| n.addr() == *ip);
     let mut planned = HostAccess {
         mode,
         addresses: Vec::new(),
@@ -265,7 +285,13 @@ pub(crate) fn plan(
         }
     }
     for family in families(record) {
+        let own = on_parent
+            .iter()
+            .map(|n| n.addr())
+            .filter(|a| Family::of(a) == family && record.ipam.config().subnet_of(a).is_some())
+            .find(|a| !record.ipam.is_allocated(a));
         let (ip, source) = match given.iter().find(|ip| Family::of(ip) == family) {
+            Some(ip) if ebpf && parent_address(ip) => (*ip, AddressSource::Parent),
             Some(ip) => {
                 let ip = record
                     .ipam
@@ -273,6 +299,7 @@ pub(crate) fn plan(
                     .map_err(|e| refused(record, format!("--host-ip {ip}: {e}")))?;
                 (ip, AddressSource::Given)
             }
+            None if ebpf && own.is_some() => (own.expect("checked"), AddressSource::Parent),
             None => match previous.iter().find(|a| {
                 Family::of(&a.address.addr()) == family && a.source != AddressSource::Parent
             }) {
@@ -292,16 +319,47 @@ pub(crate) fn plan(
                 }
             },
         };
-        let prefix = match ip {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
+        // On the shim a host address; on the parent the subnet's prefix.
+        let prefix = match (ebpf, ip) {
+            (false, IpAddr::V4(_)) => 32,
+            (false, IpAddr::V6(_)) => 128,
+            (true, _) => record
+                .ipam
+                .config()
+                .subnet_of(&ip)
+                .map_or(32, |s| s.subnet.prefix_len()),
+        };
+        let prefix = match source {
+            AddressSource::Parent => on_parent
+                .iter()
+                .find(|n| n.addr() == ip)
+                .map_or(prefix, |n| n.prefix_len()),
+            _ => prefix,
+        };
+        // The parent's own address, unless reserved already (an
+        // aux-address), is held too, so no endpoint is given it.
+        let held = match source {
+            AddressSource::Parent => {
+                let free = record
+                    .ipam
+                    .config()
+                    .subnet_of(&ip)
+                    .is_some_and(|s| s.reserved_reason(&ip).is_none())
+                    && !record.ipam.is_allocated(&ip);
+                free && record.ipam.allocate(Request::Exact(ip)).is_ok()
+            }
+            _ => true,
         };
         planned.addresses.push(HostAddress {
-            address: IpNet::new(ip, prefix).expect("a host prefix is valid"),
+            address: IpNet::new(ip, prefix).expect("a valid prefix"),
             source,
+            held,
         });
     }
     planned.link = (mode == HostAccessMode::Shim).then(|| shim_name(&record.id));
+    if mode != HostAccessMode::Shim {
+        planned.parent_arp = None;
+    }
     Ok(planned)
 }
 
@@ -362,8 +420,18 @@ impl Manager {
             .collect();
         let mut new = old.clone();
         let mode = resolve_mode(&new, requested)?;
-        new.host_access = plan(&mut new, mode, &given)?;
-        if new.host_access.is_on() {
+        // What the parent holds of its own: not what the old mode gave it.
+        let mut on_parent = self.parent_addresses(&new.parent.link).await?;
+        if old.host_access.mode == HostAccessMode::Ebpf {
+            on_parent.retain(|n| {
+                !old.host_access
+                    .addresses
+                    .iter()
+                    .any(|a| a.address == *n && a.source != AddressSource::Parent)
+            });
+        }
+        new.host_access = plan(&mut new, mode, &given, &on_parent)?;
+        if new.host_access.mode == HostAccessMode::Shim {
             new.host_access.parent_arp = self.parent_arp_before(&old, &others)?;
         }
         new.options.host_access = requested;
@@ -420,6 +488,9 @@ impl Manager {
     ) -> Result<Vec<String>, NetworkError> {
         let access = &record.host_access;
         let mut done = Vec::new();
+        if access.mode == HostAccessMode::Ebpf {
+            return self.ensure_hairpin(record, log).await;
+        }
         if access.mode != HostAccessMode::Shim {
             return Ok(done);
         }
@@ -502,6 +573,60 @@ impl Manager {
         Ok(done)
     }
 
+    /// The ebpf mode's part of [`Manager::ensure_host_access`]: the
+    /// addresses netvlan gives the parent, and the hairpin on it.
+    async fn ensure_hairpin(
+        &self,
+        record: &NetworkRecord,
+        mut log: Option<&mut OperationLog<'_>>,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut done = Vec::new();
+        let link = &record.parent.link;
+        let parent = self.parent_link(link).await?;
+        let present = self.netlink().address_nets(parent.ifindex).await?;
+        for address in &record.host_access.addresses {
+            if address.source == AddressSource::Parent || present.contains(&address.address) {
+                continue;
+            }
+            if let Some(log) = log.as_deref_mut() {
+                log.record(Operation::HostAddress {
+                    link: link.clone(),
+                    address: address.address,
+                })?;
+            }
+            self.netlink()
+                .add_address_nodad(parent.ifindex, address.address)
+                .await?;
+            done.push(format!("added {} to {link}", address.address));
+        }
+        let running = self.datapath().hairpin_status(link).await?;
+        if running.is_none_or(|s| !s.current) {
+            if let Some(log) = log.as_deref_mut() {
+                log.record(Operation::Hairpin { link: link.clone() })?;
+            }
+            let spec = crate::datapath::host_access::HairpinSpec {
+                wire: &record.parent.wire,
+                link,
+                vlan: match record.parent.kind {
+                    super::ParentKind::Vlan { vid, .. } => vid,
+                    _ => 0,
+                },
+                lower: match record.options.driver {
+                    Driver::Macvlan => crate::datapath::host_access::HairpinLower::Macvlan,
+                    Driver::Ipvlan => crate::datapath::host_access::HairpinLower::Ipvlan {
+                        mode: record.options.ipvlan_mode.unwrap_or_default(),
+                    },
+                },
+            };
+            let status = self.datapath().attach_hairpin(&spec).await?;
+            done.push(format!(
+                "attached the host-access hairpin to {link} ({} egress)",
+                status.mode
+            ));
+        }
+        Ok(done)
+    }
+
     /// Removes what `record`'s host access put in the kernel (the shim
     /// link, its routes and addresses go with it) and puts the parent's
     /// ARP settings back when no network of `others` on the parent still
@@ -524,6 +649,42 @@ impl Manager {
                 Err(e) => errors.push(UndoFailure::new(format!("looking up {name}"), e)),
             }
         }
+        if access.mode == HostAccessMode::Ebpf {
+            let link = &record.parent.link;
+            let shared = others
+                .iter()
+                .any(|n| n.parent.link == *link && n.host_access.mode == HostAccessMode::Ebpf);
+            if !shared {
+                if let Err(e) = self.datapath().detach_hairpin(link).await {
+                    errors.push(UndoFailure::new(
+                        format!("detaching the host-access hairpin from {link}"),
+                        e,
+                    ));
+                }
+            }
+            let added = access
+                .addresses
+                .iter()
+                .filter(|a| a.source != AddressSource::Parent);
+            for address in added {
+                match self.netlink().link_by_name(link).await {
+                    Ok(parent) => {
+                        if let Err(e) = self
+                            .netlink()
+                            .delete_address(parent.ifindex, address.address)
+                            .await
+                        {
+                            errors.push(UndoFailure::new(
+                                format!("deleting {} from {link}", address.address),
+                                e,
+                            ));
+                        }
+                    }
+                    Err(NetlinkError::NoSuchInterface { .. }) => {}
+                    Err(e) => errors.push(UndoFailure::new(format!("looking up {link}"), e)),
+                }
+            }
+        }
         let parent_shared = others
             .iter()
             .any(|n| n.parent.link == record.parent.link && n.host_access.is_on());
@@ -541,6 +702,16 @@ impl Manager {
             }
         }
         errors
+    }
+
+    /// The addresses on `link` now; none while it does not exist (an
+    /// 802.1Q parent `create` makes).
+    pub(crate) async fn parent_addresses(&self, link: &str) -> Result<Vec<IpNet>, NetworkError> {
+        match self.netlink().link_by_name(link).await {
+            Ok(parent) => Ok(self.netlink().address_nets(parent.ifindex).await?),
+            Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The parent's ARP settings as they are before netvlan changes them
@@ -647,6 +818,36 @@ impl Manager {
             repair: repair.to_string(),
         };
         let restore = "`netvlan restore` recreates it";
+        if access.mode == HostAccessMode::Ebpf {
+            let link = &record.parent.link;
+            match self.datapath().hairpin_status(link).await? {
+                None => drifts.push(drift(
+                    "host_access_hairpin_missing",
+                    link.clone(),
+                    format!("the host-access hairpin is not running at the egress of {link}"),
+                    "`netvlan restore` attaches it",
+                )),
+                Some(s) if !s.current => drifts.push(drift(
+                    "host_access_hairpin_stale",
+                    link.clone(),
+                    format!("the host-access hairpin on {link} reads maps of a wire attachment that is gone"),
+                    "`netvlan restore` attaches it afresh",
+                )),
+                Some(_) => {}
+            }
+            let parent = self.parent_link(link).await?;
+            let present = self.netlink().address_nets(parent.ifindex).await?;
+            for address in &access.addresses {
+                if address.source != AddressSource::Parent && !present.contains(&address.address) {
+                    drifts.push(drift(
+                        "host_access_address_missing",
+                        link.clone(),
+                        format!("host address {} is missing on {link}", address.address),
+                        restore,
+                    ));
+                }
+            }
+        }
         let name = access.link.clone().unwrap_or_else(|| shim_name(&record.id));
         let link = match self.netlink().link_by_name(&name).await {
             Ok(link) if link.alias.as_deref() == Some(owner_alias(&record.id).as_str()) => {
@@ -720,13 +921,15 @@ impl Manager {
     ) -> Result<Vec<String>, NetworkError> {
         if record.host_access.mode != HostAccessMode::Shim {
             let name = shim_name(&record.id);
-            return Ok(match self.netlink().link_by_name(&name).await {
+            let mut done = match self.netlink().link_by_name(&name).await {
                 Ok(link) if link.alias.as_deref() == Some(owner_alias(&record.id).as_str()) => {
                     self.netlink().delete_link(link.ifindex).await?;
                     vec![format!("deleted the leftover shim link {name}")]
                 }
                 _ => Vec::new(),
-            });
+            };
+            done.extend(self.ensure_host_access(record, None).await?);
+            return Ok(done);
         }
         let mut done = self.ensure_host_access(record, None).await?;
         if let Some(name) = &record.host_access.link {

@@ -257,8 +257,9 @@ impl Manager {
         // Host access is planned (addresses reserved, input checked)
         // before the kernel is touched.
         let mode = host_access::resolve_mode(&record, options.host_access)?;
-        record.host_access = host_access::plan(&mut record, mode, &host_ips)?;
-        if record.host_access.is_on() {
+        let on_parent = self.parent_addresses(&record.parent.link).await?;
+        record.host_access = host_access::plan(&mut record, mode, &host_ips, &on_parent)?;
+        if record.host_access.mode == HostAccessMode::Shim {
             record.host_access.parent_arp = self.parent_arp_before(&record, &existing)?;
         }
 

@@ -34,6 +34,10 @@ pub(crate) enum Operation {
     },
     /// The datapath attached to a wire that had none.
     Datapath { wire: String },
+    /// An address netvlan gives a parent for host access (ebpf mode).
+    HostAddress { link: String, address: ipnet::IpNet },
+    /// The host-access hairpin attached to a parent link.
+    Hairpin { link: String },
     /// A host route to an endpoint address through a network's shim link.
     HostRoute {
         link: String,
@@ -49,7 +53,9 @@ impl Operation {
             Operation::HostLink { .. } => "command",
             Operation::SandboxLink { .. } => "connect",
             Operation::Datapath { .. } => "create",
-            Operation::HostRoute { .. } => "command",
+            Operation::HostRoute { .. }
+            | Operation::HostAddress { .. }
+            | Operation::Hairpin { .. } => "command",
         }
     }
 
@@ -133,6 +139,49 @@ impl Operation {
                     }
                     Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
                     Err(e) => Err(failed(e)),
+                }
+            }
+            Operation::HostAddress { link, address } => {
+                let owned = networks.iter().any(|n| {
+                    n.parent.link == *link
+                        && n.host_access.mode == super::HostAccessMode::Ebpf
+                        && n.host_access.addresses.iter().any(|a| {
+                            a.address == *address && a.source != super::AddressSource::Parent
+                        })
+                });
+                if owned {
+                    return Ok(Vec::new());
+                }
+                let failed = |e: NetlinkError| {
+                    UndoFailure::new(format!("deleting {address} from {link}"), e)
+                };
+                match netlink.link_by_name(link).await {
+                    Ok(parent) => {
+                        netlink
+                            .delete_address(parent.ifindex, *address)
+                            .await
+                            .map_err(failed)?;
+                        Ok(vec![format!("deleted {address} from {link}")])
+                    }
+                    Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            Operation::Hairpin { link } => {
+                if networks.iter().any(|n| {
+                    n.parent.link == *link && n.host_access.mode == super::HostAccessMode::Ebpf
+                }) {
+                    return Ok(Vec::new());
+                }
+                match datapath.detach_hairpin(link).await {
+                    Ok(true) => Ok(vec![format!(
+                        "detached the host-access hairpin from {link}"
+                    )]),
+                    Ok(false) => Ok(Vec::new()),
+                    Err(e) => Err(UndoFailure::new(
+                        format!("detaching the host-access hairpin from {link}"),
+                        e,
+                    )),
                 }
             }
             Operation::Datapath { wire } => {
