@@ -592,3 +592,26 @@ fn bad_host_access_input_is_refused_naming_it_and_changes_nothing() {
         assert_eq!(lan.netvlan(&["network", "ls", "-q"]).ok().stdout, networks);
     }
 }
+
+#[test]
+fn an_update_killed_half_way_is_undone_by_the_next_command() {
+    let lan = dual_stack(&[]);
+    let (_ctr, v4, _) = endpoint(&lan);
+    let shim = |lan: &Lan| lan.host_links().into_iter().find(|l| l.starts_with("nvh-"));
+    lan.kill_midway(
+        "update-before-persist",
+        &["network", "update", "lan", "-o", "host_access=shim"],
+        || shim(&lan).is_some(),
+    );
+    // Made, not committed: the next command takes it back.
+    lan.netvlan(&["network", "ls"]).ok();
+    assert_eq!(shim(&lan), None, "the shim of the killed update");
+    assert_eq!(host_access(&lan)["Mode"], "off");
+    let routes = lan.host.exec("ip", &["route", "show"]);
+    assert!(
+        !String::from_utf8_lossy(&routes.stdout).contains(&format!("{v4} ")),
+        "route to {v4} left"
+    );
+    let clean = lan.netvlan(&["check", "--json"]).ok();
+    assert_eq!(clean.json()["drifts"], serde_json::json!([]));
+}

@@ -601,7 +601,7 @@ impl Manager {
         }
         let running = self.datapath().hairpin_status(link).await?;
         if running.is_none_or(|s| !s.current) {
-            if let Some(log) = log.as_deref_mut() {
+            if let Some(log) = log {
                 log.record(Operation::Hairpin { link: link.clone() })?;
             }
             let spec = crate::datapath::host_access::HairpinSpec {
