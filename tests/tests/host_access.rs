@@ -97,7 +97,7 @@ fn no_tentative_addresses(ns: &Netns) {
 }
 
 fn host_access(lan: &Lan) -> Value {
-    lan.inspect("lan")["HostAccess"].clone()
+    lan.inspect("lan")["Netvlan"]["HostAccess"].clone()
 }
 
 /// The host addresses inspect reports, IPv4 then IPv6.
@@ -606,6 +606,15 @@ fn an_update_killed_half_way_is_undone_by_the_next_command() {
     // Made, not committed: the next command takes it back.
     lan.netvlan(&["network", "ls"]).ok();
     assert_eq!(shim(&lan), None, "the shim of the killed update");
+    for knob in ["arp_ignore", "arp_announce"] {
+        let path = format!("/proc/sys/net/ipv4/conf/eth0/{knob}");
+        let out = lan.host.exec("cat", &[&path]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "{knob} put back"
+        );
+    }
     assert_eq!(host_access(&lan)["Mode"], "off");
     let routes = lan.host.exec("ip", &["route", "show"]);
     assert!(

@@ -533,6 +533,12 @@ impl Manager {
             ));
         }
         // Neither link answers ARP for the other's addresses.
+        if let (Some(log), Some(previous)) = (log.as_deref_mut(), &access.parent_arp) {
+            log.record(Operation::ParentArp {
+                link: record.parent.link.clone(),
+                previous: previous.clone(),
+            })?;
+        }
         for ifname in [record.parent.link.as_str(), name.as_str()] {
             sysctl::set_link_setting("ipv4", ifname, ARP_IGNORE, "1")?;
             sysctl::set_link_setting("ipv4", ifname, ARP_ANNOUNCE, "2")?;

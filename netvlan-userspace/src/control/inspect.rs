@@ -88,7 +88,6 @@ pub fn inspect(record: &NetworkRecord) -> Value {
         "Containers": containers,
         "Options": options,
         "Labels": record.labels,
-        "HostAccess": super::host_access::inspect(record),
         "Netvlan": {
             "Parent": record.parent.link,
             "ParentKind": match &record.parent.kind {
@@ -105,6 +104,9 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             // IPv6 was switched on because an IPv6 subnet was given.
             "IPv6Inferred": record.ipv6_inferred,
             "Endpoints": endpoints,
+            // `-o host_access=`: the mode asked for and in effect, the
+            // addresses endpoints reach the host at, the shim link.
+            "HostAccess": super::host_access::inspect(record),
             "Policy": {
                 "UnknownDst": if record.options.policy.unknown_dst_drop { "drop" } else { "pass" },
                 "Vlans": record.options.policy.vlans,
@@ -215,7 +217,7 @@ mod tests {
         assert_eq!(shown["Labels"], json!({}));
         // Host access did not exist: off, as in Docker, and no link.
         assert_eq!(
-            shown["HostAccess"],
+            shown["Netvlan"]["HostAccess"],
             json!({"Mode": "off", "Requested": "off", "Addresses": []})
         );
     }

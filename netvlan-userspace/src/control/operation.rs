@@ -36,6 +36,12 @@ pub(crate) enum Operation {
     Datapath { wire: String },
     /// An address netvlan gives a parent for host access (ebpf mode).
     HostAddress { link: String, address: ipnet::IpNet },
+    /// `arp_ignore`/`arp_announce` of a parent set for a shim; `previous`
+    /// are the values put back.
+    ParentArp {
+        link: String,
+        previous: (String, String),
+    },
     /// The host-access hairpin attached to a parent link.
     Hairpin { link: String },
     /// A host route to an endpoint address through a network's shim link.
@@ -55,6 +61,7 @@ impl Operation {
             Operation::Datapath { .. } => "create",
             Operation::HostRoute { .. }
             | Operation::HostAddress { .. }
+            | Operation::ParentArp { .. }
             | Operation::Hairpin { .. } => "command",
         }
     }
@@ -166,6 +173,30 @@ impl Operation {
                     Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
                     Err(e) => Err(failed(e)),
                 }
+            }
+            Operation::ParentArp { link, previous } => {
+                if networks.iter().any(|n| {
+                    n.parent.link == *link && n.host_access.mode == super::HostAccessMode::Shim
+                }) {
+                    return Ok(Vec::new());
+                }
+                for (key, value) in [("arp_ignore", &previous.0), ("arp_announce", &previous.1)] {
+                    match crate::sys::sysctl::set_link_setting("ipv4", link, key, value) {
+                        Ok(()) => {}
+                        Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                            return Ok(Vec::new())
+                        }
+                        Err(e) => {
+                            return Err(UndoFailure::new(
+                                format!("putting {key} of {link} back"),
+                                Box::new(NetworkError::from(e)),
+                            ))
+                        }
+                    }
+                }
+                Ok(vec![format!(
+                    "put arp_ignore and arp_announce of {link} back"
+                )])
             }
             Operation::Hairpin { link } => {
                 if networks.iter().any(|n| {
