@@ -104,6 +104,9 @@ pub fn inspect(record: &NetworkRecord) -> Value {
             // IPv6 was switched on because an IPv6 subnet was given.
             "IPv6Inferred": record.ipv6_inferred,
             "Endpoints": endpoints,
+            // `-o host_access=`: the mode asked for and in effect, the
+            // addresses endpoints reach the host at, the shim link.
+            "HostAccess": super::host_access::inspect(record),
             "Policy": {
                 "UnknownDst": if record.options.policy.unknown_dst_drop { "drop" } else { "pass" },
                 "Vlans": record.options.policy.vlans,
@@ -203,10 +206,20 @@ mod tests {
         let fields = stored.as_object_mut().unwrap();
         fields.remove("created");
         fields.remove("labels");
+        fields.remove("host_access");
+        fields["options"]
+            .as_object_mut()
+            .unwrap()
+            .remove("host_access");
         let old: NetworkRecord = serde_json::from_value(stored).unwrap();
         let shown = inspect(&old);
         assert_eq!(shown["Created"], "0001-01-01T00:00:00Z");
         assert_eq!(shown["Labels"], json!({}));
+        // Host access did not exist: off, as in Docker, and no link.
+        assert_eq!(
+            shown["Netvlan"]["HostAccess"],
+            json!({"Mode": "off", "Requested": "off", "Addresses": []})
+        );
     }
 
     #[test]
