@@ -28,6 +28,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tshark",
     // promtool and a Prometheus server for tests/tests/metrics.rs.
     "prometheus",
+    // tests/tests/metrics.rs counts the daemon's fsyncs on a read.
+    "strace",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.
