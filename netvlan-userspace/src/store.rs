@@ -5,6 +5,9 @@
 //! - every command holds an exclusive `flock` on `STATE_DIR/lock` from
 //!   its first read to its last write, so concurrent `netvlan` invocations
 //!   run one after the other and never hand out the same address twice;
+//!   readers ([`Store::open_within`]: `stats`, scrapes, the daemon's page
+//!   and API reads) share the lock and open the database read-only, so they
+//!   never write or fsync it and never see a half-done command;
 //! - every write is one redb transaction, so a crash or SIGKILL leaves
 //!   either the old state or the new one, never a mix.
 //!
@@ -61,6 +64,8 @@ pub enum StoreError {
     },
     #[error("cannot identify the current network namespace")]
     Netns(#[source] std::io::Error),
+    #[error("state database {path} was opened read-only; this command needs it writable")]
+    ReadOnly { path: PathBuf },
     #[error("corrupt record '{key}' in {path}")]
     Corrupt {
         key: String,
@@ -73,11 +78,35 @@ pub enum StoreError {
 /// The state database, locked for the lifetime of this value, seen from
 /// one network namespace.
 pub struct Store {
-    db: redb::Database,
+    db: Db,
     path: PathBuf,
     /// What the namespace answers to; new records go under the first.
     scopes: Vec<NetnsScope>,
     _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// A writer's database, or a reader's (which never writes the file).
+enum Db {
+    Write(redb::Database),
+    Read(redb::ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Write(db) => db.begin_read(),
+            Db::Read(db) => db.begin_read(),
+        }
+    }
+}
+
+/// Which `flock` an opener takes.
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    /// Exclusive, the database opened for writing.
+    Write,
+    /// Shared, the database opened read-only.
+    Read,
 }
 
 /// The store key of network `name` in `scope`.
@@ -114,31 +143,50 @@ impl Store {
     /// Opens (creating if needed) the database, waiting for the lock, for
     /// the calling thread's network namespace.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_locking(state_dir, None, None).map(|s| s.expect("a blocking lock always comes"))
+        Self::open_locking(state_dir, None, None, Access::Write)
+            .map(|s| s.expect("a blocking lock always comes"))
     }
 
     /// As [`Store::open`], for the namespace known by `scopes` (the first
     /// one files new records).
     pub fn open_scoped(state_dir: &Path, scopes: Vec<NetnsScope>) -> Result<Self, StoreError> {
         assert!(!scopes.is_empty(), "a store needs a scope");
-        Self::open_locking(state_dir, None, Some(scopes))
+        Self::open_locking(state_dir, None, Some(scopes), Access::Write)
             .map(|s| s.expect("a blocking lock always comes"))
     }
 
-    /// As [`Store::open`], but gives up (`Ok(None)`) if another command
-    /// still holds the lock after `patience`: for readers such as `stats`
-    /// that must not hang behind a long command.
+    /// A reader's open: gives up (`Ok(None)`) if a command still holds
+    /// the lock after `patience` (for readers such as `stats` that must not
+    /// hang behind a long command). Readers share the lock with each other
+    /// (a writer waits for them) and open the database read-only: the
+    /// file is neither written nor fsynced; the store's writes fail with
+    /// [`StoreError::ReadOnly`]. A database a writer left without a clean
+    /// close (SIGKILL) needs a repair only a writer may do: then this
+    /// opens as a writer, within the same patience.
     pub fn open_within(
         state_dir: &Path,
         patience: std::time::Duration,
     ) -> Result<Option<Self>, StoreError> {
-        Self::open_locking(state_dir, Some(patience), None)
+        let deadline = std::time::Instant::now() + patience;
+        if state_dir.join(DB_FILE).exists() {
+            match Self::open_locking(state_dir, Some(patience), None, Access::Read) {
+                Err(StoreError::Database { source, .. })
+                    if matches!(*source, redb::Error::RepairAborted) =>
+                {
+                    tracing::debug!("the state database needs a repair: opening it as a writer");
+                }
+                done => return done,
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        Self::open_locking(state_dir, Some(left), None, Access::Write)
     }
 
     fn open_locking(
         state_dir: &Path,
         patience: Option<std::time::Duration>,
         scopes: Option<Vec<NetnsScope>>,
+        access: Access,
     ) -> Result<Option<Self>, StoreError> {
         let scopes = match scopes {
             Some(scopes) => scopes,
@@ -163,15 +211,24 @@ impl Store {
                 path: lock_path.clone(),
                 source,
             })?;
+        let (blocking, nonblocking) = match access {
+            Access::Write => (
+                nix::fcntl::FlockArg::LockExclusive,
+                nix::fcntl::FlockArg::LockExclusiveNonblock,
+            ),
+            Access::Read => (
+                nix::fcntl::FlockArg::LockShared,
+                nix::fcntl::FlockArg::LockSharedNonblock,
+            ),
+        };
         let lock = match patience {
-            None => nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            None => nix::fcntl::Flock::lock(file, blocking)
                 .map_err(|(_, errno)| lock_err(errno.into()))?,
             Some(patience) => {
                 let deadline = std::time::Instant::now() + patience;
                 let mut file = file;
                 loop {
-                    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-                    {
+                    match nix::fcntl::Flock::lock(file, nonblocking) {
                         Ok(lock) => break lock,
                         Err((back, nix::errno::Errno::EWOULDBLOCK))
                             if std::time::Instant::now() < deadline =>
@@ -186,10 +243,14 @@ impl Store {
             }
         };
         let path = state_dir.join(DB_FILE);
-        let db = redb::Database::create(&path).map_err(|e| StoreError::Database {
+        let db_err = |e: redb::DatabaseError| StoreError::Database {
             path: path.clone(),
             source: Box::new(e.into()),
-        })?;
+        };
+        let db = match access {
+            Access::Write => Db::Write(redb::Database::create(&path).map_err(db_err)?),
+            Access::Read => Db::Read(redb::ReadOnlyDatabase::open(&path).map_err(db_err)?),
+        };
         Ok(Some(Store {
             db,
             path,
@@ -318,7 +379,12 @@ impl Store {
         ) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         let err = self.db_err();
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let Db::Write(db) = &self.db else {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
         {
             let mut networks = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
             let mut journal = txn.open_table(JOURNAL).map_err(|e| err(e.into()))?;
@@ -448,6 +514,122 @@ mod tests {
             .expect("second opener sees the first's write");
         assert_eq!(seen["written"], "by first");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The database file's bytes and modification time.
+    fn file_state(dir: &Path) -> (Vec<u8>, std::time::SystemTime) {
+        let path = dir.join(DB_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        (bytes, mtime)
+    }
+
+    #[test]
+    fn a_reader_leaves_the_database_file_untouched() {
+        let dir = temp_dir();
+        Store::open(&dir)
+            .unwrap()
+            .put_network("lan", &serde_json::json!({"name": "lan"}))
+            .unwrap();
+        let before = file_state(&dir);
+        // Past the file system's timestamp granularity.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for _ in 0..3 {
+            let reader = Store::open_within(&dir, std::time::Duration::from_secs(1))
+                .unwrap()
+                .expect("nobody holds the lock");
+            let lan: serde_json::Value = reader.network("lan").unwrap().expect("lan is stored");
+            assert_eq!(lan["name"], "lan");
+            assert_eq!(reader.networks::<serde_json::Value>().unwrap().len(), 1);
+        }
+        let after = file_state(&dir);
+        assert!(before.0 == after.0, "a read changed the database's bytes");
+        assert_eq!(before.1, after.1, "a read changed the database's mtime");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn readers_share_the_lock_and_a_writer_waits_for_them() {
+        let dir = temp_dir();
+        Store::open(&dir)
+            .unwrap()
+            .put_network("lan", &serde_json::json!({"n": 1}))
+            .unwrap();
+        let patience = std::time::Duration::from_millis(200);
+        let first = Store::open_within(&dir, patience)
+            .unwrap()
+            .expect("first reader");
+        let second = Store::open_within(&dir, patience)
+            .unwrap()
+            .expect("a second reader gets in beside the first");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_dir = dir.clone();
+        let writer = std::thread::spawn(move || {
+            let store = Store::open(&thread_dir).expect("writer opens");
+            tx.send(()).unwrap();
+            store
+                .put_network("lan", &serde_json::json!({"n": 2}))
+                .unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the writer did not wait for the readers"
+        );
+        let seen: serde_json::Value = second.network("lan").unwrap().unwrap();
+        assert_eq!(seen["n"], 1);
+        drop(first);
+        drop(second);
+        writer.join().unwrap();
+        // A writer holds the lock: a reader gives up after its patience.
+        let held = Store::open(&dir).unwrap();
+        assert!(Store::open_within(&dir, patience).unwrap().is_none());
+        drop(held);
+        let seen: serde_json::Value = Store::open_within(&dir, patience)
+            .unwrap()
+            .expect("lock free again")
+            .network("lan")
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen["n"], 2, "a reader sees the writer's commit");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_reader_repairs_a_database_its_writer_left_unclosed() {
+        let dir = temp_dir();
+        let crashed = temp_dir();
+        let writer = Store::open(&dir).unwrap();
+        writer
+            .put_network("lan", &serde_json::json!({"n": 1}))
+            .unwrap();
+        // The file as a SIGKILLed writer leaves it: committed, not closed.
+        std::fs::copy(dir.join(DB_FILE), crashed.join(DB_FILE)).unwrap();
+        drop(writer);
+        let reader = Store::open_within(&crashed, std::time::Duration::from_secs(1))
+            .expect("a reader opens a database that needs a repair")
+            .expect("nobody holds the lock");
+        assert!(
+            matches!(reader.db, Db::Write(_)),
+            "the repair needs a writer"
+        );
+        let lan: serde_json::Value = reader.network("lan").unwrap().unwrap();
+        assert_eq!(lan["n"], 1);
+        drop(reader);
+        let reader = Store::open_within(&crashed, std::time::Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(reader.db, Db::Read(_)),
+            "once repaired, readers are read-only again"
+        );
+        assert!(matches!(
+            reader.put_network("lan", &serde_json::json!({})),
+            Err(StoreError::ReadOnly { .. })
+        ));
+        drop(reader);
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(crashed).unwrap();
     }
 
     fn named(name: &str) -> Vec<NetnsScope> {

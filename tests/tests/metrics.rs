@@ -688,3 +688,96 @@ fn find_pin(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     );
     found.remove(0)
 }
+
+/// The state database's bytes and modification time.
+fn state_file(scene: &Scene) -> (Vec<u8>, std::time::SystemTime) {
+    let path = scene.lan.state.path().join("netvlan.redb");
+    let bytes = std::fs::read(&path).expect("the state database exists");
+    let mtime = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("the state database has an mtime");
+    (bytes, mtime)
+}
+
+/// Whether every thread of `pid` is traced.
+fn traced(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+        })
+    })
+}
+
+#[test]
+fn readers_neither_write_nor_fsync_the_state() {
+    let scene = Scene::new();
+    let daemon = Daemon::start(&scene.lan, &[]);
+    // A first scrape: the daemon's one-off set-up is done.
+    daemon.get("/metrics");
+    let before = state_file(&scene);
+    // Past the file system's timestamp granularity.
+    std::thread::sleep(Duration::from_millis(50));
+
+    // Every fsync the daemon makes while it serves reads.
+    let log = std::env::temp_dir().join(format!("{}-strace", unique_name("nvm")));
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range",
+            "-o",
+        ])
+        .arg(&log)
+        .arg("-p")
+        .arg(daemon.pid().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace runs (Debian's strace)");
+    wait_for(Duration::from_secs(10), || {
+        traced(daemon.pid()).then_some(())
+    })
+    .expect("strace attaches to the daemon within 10 s");
+    for _ in 0..3 {
+        let text = daemon.get("/metrics");
+        assert!(
+            text.contains(&format!("netvlan_endpoints{{network=\"{NETWORK}\"}} 2")),
+            "the scrape read the store: {text}"
+        );
+        let (status, body) = daemon.api("/v1/networks");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(NETWORK), "{body}");
+    }
+    // SIGINT: strace detaches and writes out its log.
+    // SAFETY: kill(2) on the PID of the strace this test started.
+    let rc = unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0, "strace can be stopped");
+    strace.wait().expect("strace ends");
+    let syncs = std::fs::read_to_string(&log).expect("strace wrote its log");
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        !syncs.contains("sync"),
+        "the daemon fsynced while it only read:\n{syncs}"
+    );
+
+    // The CLI's own reads (no daemon socket given): stats, ls, inspect.
+    let stats = scene.stats();
+    assert!(
+        !stats["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .is_empty(),
+        "{stats}"
+    );
+    assert_eq!(
+        state_file(&scene),
+        before,
+        "a read wrote the state database"
+    );
+}

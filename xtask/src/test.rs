@@ -42,6 +42,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/tests/metrics.rs counts the daemon's fsyncs on a read.
+    "strace",
 ];
 
 /// Name prefix of every namespace and bpffs directory the tests create.
