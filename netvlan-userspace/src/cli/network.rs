@@ -74,6 +74,29 @@ pub(super) enum NetworkCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Change a network's host access (the one setting that changes after create).
+    ///
+    /// All or nothing: the current mode's link, addresses and routes are
+    /// replaced by the new mode's, or left as they were on failure.
+    /// Examples:
+    ///   netvlan network update lan -o host_access=shim
+    ///   netvlan network update lan -o host_access=shim --host-ip 172.16.86.240
+    ///   netvlan network update lan -o host_access=off
+    #[command(verbatim_doc_comment)]
+    Update {
+        /// Network name.
+        #[arg(value_name = "NETWORK")]
+        name: String,
+        /// host_access=off|on|shim|ebpf.
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        opt: Vec<String>,
+        /// The host's address for host access (one per family; default:
+        /// reserved from the network's subnet).
+        #[arg(long, value_name = "IP")]
+        host_ip: Vec<String>,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Connect a sandbox (network namespace) to a network.
     ///
     /// The endpoint link is created on the network's parent, moved into the
@@ -120,6 +143,10 @@ pub(super) struct CreateArgs {
     /// repeat for more.
     #[arg(long, value_name = "KEY=VALUE")]
     label: Vec<String>,
+    /// The host's address for `-o host_access=...` (one per family;
+    /// default: reserved from the network's subnet).
+    #[arg(long, value_name = "IP")]
+    host_ip: Vec<String>,
     /// Name of the new network.
     name: String,
     #[command(flatten)]
@@ -141,6 +168,7 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
                     internal: args.internal,
                     options: args.opt,
                     labels: args.label,
+                    host_ips: args.host_ip,
                 })
                 .await?;
             if args.output.json {
@@ -191,6 +219,19 @@ pub(super) async fn run(manager: &Manager, cmd: NetworkCommand) -> Result<()> {
             print_json(&found)?;
             if !missing.is_empty() {
                 return Err(CliError::Several(missing));
+            }
+        }
+        NetworkCommand::Update {
+            name,
+            opt,
+            host_ip,
+            output,
+        } => {
+            let record = manager.update(&name, &opt, &host_ip).await?;
+            if output.json {
+                print_json(&control::inspect(&record))?;
+            } else {
+                out!("{}", record.name);
             }
         }
         NetworkCommand::Rm { names, output } => {

@@ -64,6 +64,7 @@ impl Manager {
                 self.check_endpoint(&networks, record, endpoint, &mut drifts)
                     .await?;
             }
+            self.check_host_access(record, &mut drifts).await?;
         }
         for status in self.datapath().status().await? {
             if let crate::datapath::AttachmentStatus::Stale {

@@ -319,11 +319,18 @@ impl Manager {
         record
             .endpoints
             .insert(sandbox.key.clone(), endpoint.clone());
-        // Register the endpoint with the datapath before committing.
-        let persisted = match self
-            .sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
-            .await
-        {
+        // Host routes through the shim, then register the endpoint with
+        // the datapath before committing.
+        let addresses: Vec<IpAddr> = ipv4.iter().chain(ipv6.iter()).map(|n| n.addr()).collect();
+        let routed = self.route_endpoint(&record, &addresses, &mut log).await;
+        let synced = match routed {
+            Ok(()) => {
+                self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let persisted = match synced {
             Ok(()) => failpoint("connect-before-persist")
                 .and_then(|()| Ok(self.store().commit_network(&record.name, &record)?)),
             Err(e) => Err(e),
@@ -428,6 +435,16 @@ impl Manager {
         self.sync_wire(&record.parent.wire, &wire_after(&after, &record, false))
             .await?;
         self.store().put_network(&record.name, &record)?;
+        let addresses: Vec<IpAddr> = endpoint
+            .ipv4
+            .iter()
+            .chain(endpoint.ipv6.iter())
+            .map(|n| n.addr())
+            .collect();
+        if let Err(e) = self.unroute_endpoint(&record, &addresses).await {
+            // `check` reports the stray route, `restore` deletes it.
+            tracing::warn!("disconnect: {e}");
+        }
         if !held.is_empty() {
             self.move_default_routes(&after, &endpoint, &held).await?;
         }

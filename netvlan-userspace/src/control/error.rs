@@ -48,6 +48,8 @@ pub enum InvalidRequest {
     ZeroMac(String),
     #[error("--mac {0} is a multicast address")]
     MulticastMac(String),
+    #[error("--host-ip {0}: a second address of its family (give at most one IPv4 and one IPv6 address)")]
+    HostIpTwice(String),
 }
 
 /// Errors of network and endpoint commands. Each names the object.
@@ -140,6 +142,12 @@ pub enum NetworkError {
         ifname: String,
         cause: Box<NetworkError>,
     },
+    #[error("host access on network '{network}': {reason}")]
+    HostAccessRefused { network: String, reason: String },
+    #[error("network '{network}': {reason}")]
+    CannotUpdate { network: String, reason: String },
+    #[error(transparent)]
+    Sysctl(#[from] crate::sys::sysctl::SysctlError),
     #[error("parent interface '{parent}' of network '{network}' is missing (after a reboot, run `netvlan restore`)")]
     ParentMissing { network: String, parent: String },
     #[error(transparent)]
@@ -322,6 +330,7 @@ impl InvalidRequest {
             InvalidRequest::BadMac(_) => "bad_mac",
             InvalidRequest::ZeroMac(_) => "zero_mac",
             InvalidRequest::MulticastMac(_) => "multicast_mac",
+            InvalidRequest::HostIpTwice(_) => "host_ip_twice",
         }
     }
 }
@@ -362,6 +371,9 @@ impl NetworkError {
             E::DisconnectFailed { .. } => (CODE_IO, "disconnect_failed"),
             E::RouteNotMoved { .. } => (CODE_IO, "route_not_moved"),
             E::ParentMissing { .. } => (CODE_NOT_FOUND, "parent_missing"),
+            E::HostAccessRefused { .. } => (CODE_INVALID_CONFIG, "host_access_refused"),
+            E::CannotUpdate { .. } => (CODE_INVALID_CONFIG, "cannot_update"),
+            E::Sysctl(_) => (CODE_IO, "sysctl"),
             E::Ipam(e) => match e {
                 IpamError::InUse { .. } => (CODE_CONFLICT, "address_in_use"),
                 IpamError::Exhausted { .. } => (CODE_CONFLICT, "addresses_exhausted"),

@@ -37,6 +37,7 @@ pub(crate) fn network(name: &str, driver: Driver, subnet: &str, options: &[&str]
         datapath_owned: true,
         created: Some("2026-12-01T06:00:00.5Z".into()),
         labels: BTreeMap::from([("team".into(), "web".into())]),
+        host_access: Default::default(),
     }
 }
 

@@ -88,6 +88,7 @@ pub fn inspect(record: &NetworkRecord) -> Value {
         "Containers": containers,
         "Options": options,
         "Labels": record.labels,
+        "HostAccess": super::host_access::inspect(record),
         "Netvlan": {
             "Parent": record.parent.link,
             "ParentKind": match &record.parent.kind {
@@ -203,10 +204,20 @@ mod tests {
         let fields = stored.as_object_mut().unwrap();
         fields.remove("created");
         fields.remove("labels");
+        fields.remove("host_access");
+        fields["options"]
+            .as_object_mut()
+            .unwrap()
+            .remove("host_access");
         let old: NetworkRecord = serde_json::from_value(stored).unwrap();
         let shown = inspect(&old);
         assert_eq!(shown["Created"], "0001-01-01T00:00:00Z");
         assert_eq!(shown["Labels"], json!({}));
+        // Host access did not exist: off, as in Docker, and no link.
+        assert_eq!(
+            shown["HostAccess"],
+            json!({"Mode": "off", "Requested": "off", "Addresses": []})
+        );
     }
 
     #[test]

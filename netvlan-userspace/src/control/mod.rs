@@ -17,6 +17,7 @@ mod error;
 mod failpoint;
 #[cfg(test)]
 mod fixture;
+mod host_access;
 mod inspect;
 mod operation;
 mod options;
@@ -47,6 +48,7 @@ pub use error::{
     CODE_INVALID_CONFIG, CODE_IO, CODE_NOT_FOUND, CODE_UNKNOWN_CONTAINER,
 };
 use failpoint::failpoint;
+pub use host_access::{AddressSource, HostAccess, HostAccessMode, HostAddress};
 pub use inspect::{inspect, list_rows, ListFilter};
 use operation::{Operation, OperationLog};
 pub use options::{NetworkOptions, OptionError, OptionKey, PolicyOptions, OPTION_KEYS};
@@ -101,6 +103,9 @@ pub struct NetworkRecord {
     /// `--label KEY=VALUE`, shown in `inspect` and matched by `ls --filter`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Host access in effect (`off` for records stored before it existed).
+    #[serde(default)]
+    pub host_access: HostAccess,
 }
 
 /// What `netvlan network create` asks for.
@@ -118,6 +123,8 @@ pub struct CreateRequest {
     pub options: Vec<String>,
     /// `--label KEY=VALUE` (or `KEY`, an empty value, as Docker allows).
     pub labels: Vec<String>,
+    /// `--host-ip IP`: the host's address for host access, one per family.
+    pub host_ips: Vec<String>,
 }
 
 /// The control plane of the current network namespace.
@@ -212,6 +219,7 @@ impl Manager {
         }
         let options = NetworkOptions::parse(request.driver, &request.options)?;
         let labels = parse_labels(&request.labels)?;
+        let host_ips = host_access::parse_host_ips(&request.host_ips)?;
         let ipam = build_ipam(&request, &options)?;
         let has_v6 = ipam.has_family(Family::V6);
         if request.ipv6 && !has_v6 {
@@ -231,6 +239,30 @@ impl Manager {
             true,
         )?;
 
+        let mut record = NetworkRecord {
+            id: id.clone(),
+            name: request.name.clone(),
+            internal: request.internal || options.parent.is_none(),
+            enable_ipv6: has_v6,
+            ipv6_inferred: has_v6 && !request.ipv6,
+            options: options.clone(),
+            parent: parent.clone(),
+            ipam: IpamState::new(ipam),
+            endpoints: BTreeMap::new(),
+            datapath_owned: false,
+            created: Some(now_rfc3339()),
+            labels,
+            host_access: HostAccess::default(),
+        };
+        // Host access is planned (addresses reserved, input checked)
+        // before the kernel is touched.
+        let mode = host_access::resolve_mode(&record, options.host_access)?;
+        let on_parent = self.parent_addresses(&record.parent.link).await?;
+        record.host_access = host_access::plan(&mut record, mode, &host_ips, &on_parent)?;
+        if record.host_access.mode == HostAccessMode::Shim {
+            record.host_access.parent_arp = self.parent_arp_before(&record, &existing)?;
+        }
+
         let mut log = OperationLog::new(&self.store);
         let result = self
             .create_in_kernel(&id, &mut parent, &options, &existing, &mut log)
@@ -239,20 +271,19 @@ impl Manager {
             Ok(owned) => owned,
             Err(e) => return Err(log.undo(&self.netlink, &self.datapath, e).await),
         };
-        let record = NetworkRecord {
-            id,
-            name: request.name.clone(),
-            internal: request.internal || options.parent.is_none(),
-            enable_ipv6: has_v6,
-            ipv6_inferred: has_v6 && !request.ipv6,
-            options,
-            parent,
-            ipam: IpamState::new(ipam),
-            endpoints: BTreeMap::new(),
-            datapath_owned,
-            created: Some(now_rfc3339()),
-            labels,
-        };
+        record.parent = parent;
+        record.datapath_owned = datapath_owned;
+        if let Err(e) = self.ensure_host_access(&record, Some(&mut log)).await {
+            let mut e = e;
+            let left = self.teardown_host_access(&record, &existing).await;
+            if !left.is_empty() {
+                e = NetworkError::RollbackFailed {
+                    failed: Box::new(e),
+                    undo: left,
+                };
+            }
+            return Err(log.undo(&self.netlink, &self.datapath, e).await);
+        }
         let on_wire = wire_policy::wire_after(&existing, &record, false);
         let persisted = match self.sync_wire(&record.parent.wire, &on_wire).await {
             Ok(()) => failpoint("create-before-persist")
@@ -265,6 +296,7 @@ impl Manager {
             if !before.is_empty() {
                 let _ = self.sync_wire(&record.parent.wire, &before).await;
             }
+            let _ = self.teardown_host_access(&record, &existing).await;
             return Err(log.undo(&self.netlink, &self.datapath, e).await);
         }
         log.committed();
@@ -468,7 +500,7 @@ impl Manager {
             .into_iter()
             .filter(|n| n.name != record.name)
             .collect();
-        let mut errors = Vec::new();
+        let mut errors = self.teardown_host_access(&record, &others).await;
         let wire_shared = others.iter().any(|n| n.parent.wire == record.parent.wire);
         if record.datapath_owned && !wire_shared {
             match self.datapath.detach(&record.parent.wire).await {

@@ -34,6 +34,15 @@ pub(crate) enum Operation {
     },
     /// The datapath attached to a wire that had none.
     Datapath { wire: String },
+    /// An address netvlan gives a parent for host access (ebpf mode).
+    HostAddress { link: String, address: ipnet::IpNet },
+    /// The host-access hairpin attached to a parent link.
+    Hairpin { link: String },
+    /// A host route to an endpoint address through a network's shim link.
+    HostRoute {
+        link: String,
+        destination: std::net::IpAddr,
+    },
 }
 
 impl Operation {
@@ -44,6 +53,9 @@ impl Operation {
             Operation::HostLink { .. } => "command",
             Operation::SandboxLink { .. } => "connect",
             Operation::Datapath { .. } => "create",
+            Operation::HostRoute { .. }
+            | Operation::HostAddress { .. }
+            | Operation::Hairpin { .. } => "command",
         }
     }
 
@@ -57,7 +69,10 @@ impl Operation {
     ) -> Result<Vec<String>, UndoFailure> {
         match self {
             Operation::HostLink { name, alias } => {
-                if networks.iter().any(|n| n.parent.link == *name) {
+                // A parent, or a stored network's shim link.
+                if networks.iter().any(|n| {
+                    n.parent.link == *name || n.host_access.link.as_deref() == Some(name.as_str())
+                }) {
                     return Ok(Vec::new());
                 }
                 let failed = |e: NetlinkError| UndoFailure::new(format!("deleting {name}"), e);
@@ -94,6 +109,80 @@ impl Operation {
                     .into_iter()
                     .map(|name| format!("deleted {name} in {}", netns_path.display()))
                     .collect())
+            }
+            Operation::HostRoute { link, destination } => {
+                // An endpoint of a stored network still uses it.
+                let owned = networks.iter().any(|n| {
+                    n.host_access.link.as_deref() == Some(link.as_str())
+                        && n.endpoints.values().any(|e| {
+                            e.ipv4
+                                .iter()
+                                .chain(e.ipv6.iter())
+                                .any(|a| a.addr() == *destination)
+                        })
+                });
+                if owned {
+                    return Ok(Vec::new());
+                }
+                let failed = |e: NetlinkError| {
+                    UndoFailure::new(format!("deleting the route to {destination}"), e)
+                };
+                match netlink.link_by_name(link).await {
+                    Ok(shim) => {
+                        netlink
+                            .delete_host_route(shim.ifindex, *destination)
+                            .await
+                            .map_err(failed)?;
+                        Ok(vec![format!(
+                            "deleted the route to {destination} via {link}"
+                        )])
+                    }
+                    Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            Operation::HostAddress { link, address } => {
+                let owned = networks.iter().any(|n| {
+                    n.parent.link == *link
+                        && n.host_access.mode == super::HostAccessMode::Ebpf
+                        && n.host_access.addresses.iter().any(|a| {
+                            a.address == *address && a.source != super::AddressSource::Parent
+                        })
+                });
+                if owned {
+                    return Ok(Vec::new());
+                }
+                let failed = |e: NetlinkError| {
+                    UndoFailure::new(format!("deleting {address} from {link}"), e)
+                };
+                match netlink.link_by_name(link).await {
+                    Ok(parent) => {
+                        netlink
+                            .delete_address(parent.ifindex, *address)
+                            .await
+                            .map_err(failed)?;
+                        Ok(vec![format!("deleted {address} from {link}")])
+                    }
+                    Err(NetlinkError::NoSuchInterface { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            Operation::Hairpin { link } => {
+                if networks.iter().any(|n| {
+                    n.parent.link == *link && n.host_access.mode == super::HostAccessMode::Ebpf
+                }) {
+                    return Ok(Vec::new());
+                }
+                match datapath.detach_hairpin(link).await {
+                    Ok(true) => Ok(vec![format!(
+                        "detached the host-access hairpin from {link}"
+                    )]),
+                    Ok(false) => Ok(Vec::new()),
+                    Err(e) => Err(UndoFailure::new(
+                        format!("detaching the host-access hairpin from {link}"),
+                        e,
+                    )),
+                }
             }
             Operation::Datapath { wire } => {
                 let failed = |action: &str, e: DatapathError| UndoFailure::new(action, e);

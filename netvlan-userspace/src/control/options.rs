@@ -37,6 +37,10 @@ pub struct NetworkOptions {
     /// Datapath policy (`unknown_dst=`, `vlans=`, `mac_deny=`).
     #[serde(default)]
     pub policy: PolicyOptions,
+    /// Host <-> endpoint access as asked for (`host_access=`; the mode in
+    /// effect is `NetworkRecord::host_access`).
+    #[serde(default)]
+    pub host_access: super::host_access::HostAccessMode,
     /// Every `-o` exactly as given, for `inspect`'s `Options`.
     pub raw: BTreeMap<String, String>,
 }
@@ -295,6 +299,16 @@ pub const OPTION_KEYS: &[OptionKey] = &[
         }),
     },
     OptionKey {
+        name: "host_access",
+        values: "off|on|shim|ebpf",
+        help: "let the host reach the endpoints and they it: a shim link, the eBPF hairpin, or on (the better that works here); changeable with `network update`",
+        driver: None,
+        set: Setter::Network(|o, v| {
+            o.host_access = keyword("host_access", v)?;
+            Ok(())
+        }),
+    },
+    OptionKey {
         name: "spoofcheck",
         values: "on|off",
         help: "drop what an endpoint sends from a MAC or address not its own",
@@ -362,6 +376,28 @@ fn parse_pairs(
         }
     }
     Ok(raw)
+}
+
+/// What `network update -o KEY=VALUE` may change: `host_access` only.
+/// Returns the mode asked for (`None`: not given) or, for a known key that
+/// is fixed at create, its name.
+pub(crate) fn parse_update_settings(
+    settings: &[String],
+) -> Result<Result<Option<super::host_access::HostAccessMode>, String>, OptionError> {
+    let raw = parse_pairs(
+        settings,
+        |_| true,
+        |key| OptionError::Unknown {
+            key: key.to_string(),
+        },
+    )?;
+    if let Some(fixed) = raw.keys().find(|k| k.as_str() != "host_access") {
+        return Ok(Err(fixed.clone()));
+    }
+    raw.get("host_access")
+        .map(|v| keyword("host_access", v))
+        .transpose()
+        .map(Ok)
 }
 
 /// `netvlan policy set` settings: policy keys only.
@@ -444,6 +480,7 @@ impl NetworkOptions {
             spoofcheck: spoofcheck_default(),
             hook: Hook::default(),
             policy: PolicyOptions::default(),
+            host_access: Default::default(),
             raw: BTreeMap::new(),
         };
         for key in OPTION_KEYS {

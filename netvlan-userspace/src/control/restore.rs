@@ -56,6 +56,18 @@ impl Manager {
                 if changed {
                     self.store().put_network(&record.name, &record)?;
                 }
+                match self.restore_host_access(&record).await {
+                    Ok(done) => actions.extend(done.into_iter().map(|action| RestoreAction {
+                        network: record.name.clone(),
+                        action,
+                        error: None,
+                    })),
+                    Err(e) => actions.push(RestoreAction {
+                        network: record.name.clone(),
+                        action: format!("restore host access ({})", record.host_access.mode),
+                        error: Some(e.to_string()),
+                    }),
+                }
             }
             if actions.len() == before {
                 tracing::debug!("{}: nothing to restore", record.name);

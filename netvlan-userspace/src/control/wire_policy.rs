@@ -264,6 +264,12 @@ impl Manager {
                     links.push(parent);
                 }
             }
+            // A host-access shim is the host's too.
+            if let Some(shim) = &record.host_access.link {
+                if let Ok(shim) = self.netlink().link_by_name(shim).await {
+                    links.push(shim);
+                }
+            }
         }
         let mut host = HostLinks::default();
         for link in links {

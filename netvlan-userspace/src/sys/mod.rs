@@ -7,3 +7,4 @@ pub mod ethtool;
 pub mod netlink;
 pub mod netns;
 pub mod sandbox;
+pub mod sysctl;

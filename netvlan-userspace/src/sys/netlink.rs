@@ -488,6 +488,208 @@ impl Netlink {
             })
     }
 
+    /// Adds an address that skips duplicate address detection (IPv6:
+    /// usable at once instead of tentative for a second or more).
+    pub async fn add_address_nodad(
+        &self,
+        ifindex: u32,
+        address: ipnet::IpNet,
+    ) -> Result<(), NetlinkError> {
+        use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+        let mut request = self
+            .handle
+            .address()
+            .add(ifindex, address.addr(), address.prefix_len());
+        let message = request.message_mut();
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        request
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("add address {address} to link #{ifindex}"),
+                source,
+            })
+    }
+
+    /// Deletes an address; one that is not there is not an error.
+    pub async fn delete_address(
+        &self,
+        ifindex: u32,
+        address: ipnet::IpNet,
+    ) -> Result<(), NetlinkError> {
+        use std::net::IpAddr;
+        let message = match address.addr() {
+            IpAddr::V4(a) => rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+                .index(ifindex)
+                .address(a, address.prefix_len())
+                .build(),
+            IpAddr::V6(a) => rtnetlink::AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+                .index(ifindex)
+                .address(a, address.prefix_len())
+                .build(),
+        };
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENODEV)) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("delete address {address} from link #{ifindex}"),
+                source,
+            }),
+        }
+    }
+
+    /// The addresses configured on `ifindex`, with their prefix lengths.
+    pub async fn address_nets(&self, ifindex: u32) -> Result<Vec<ipnet::IpNet>, NetlinkError> {
+        use netlink_packet_route::address::AddressAttribute;
+        let err = |source| NetlinkError::Request {
+            what: format!("list the addresses of link #{ifindex}"),
+            source,
+        };
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(message) = stream.try_next().await.map_err(err)? {
+            let prefix = message.header.prefix_len;
+            for attribute in message.attributes {
+                if let AddressAttribute::Address(ip) = attribute {
+                    if let Ok(net) = ipnet::IpNet::new(ip, prefix) {
+                        out.push(net);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A host route (/32, /128) to `destination` out of `ifindex`, from
+    /// `source` (the link's own address of that family).
+    fn host_route_message(
+        ifindex: u32,
+        destination: std::net::IpAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> netlink_packet_route::route::RouteMessage {
+        use std::net::IpAddr;
+        match destination {
+            IpAddr::V4(d) => {
+                let mut b = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(d, 32)
+                    .output_interface(ifindex)
+                    .scope(netlink_packet_route::route::RouteScope::Link);
+                if let Some(IpAddr::V4(s)) = source {
+                    b = b.pref_source(s);
+                }
+                b.build()
+            }
+            IpAddr::V6(d) => {
+                let mut b = rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(d, 128)
+                    .output_interface(ifindex);
+                if let Some(IpAddr::V6(s)) = source {
+                    b = b.pref_source(s);
+                }
+                b.build()
+            }
+        }
+    }
+
+    /// Adds (or replaces) a host route to `destination` out of `ifindex`.
+    pub async fn add_host_route(
+        &self,
+        ifindex: u32,
+        destination: std::net::IpAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<(), NetlinkError> {
+        let message = Self::host_route_message(ifindex, destination, source);
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("add a route to {destination} on link #{ifindex}"),
+                source,
+            })
+    }
+
+    /// Deletes the host route to `destination` out of `ifindex`; one that
+    /// is not there is not an error.
+    pub async fn delete_host_route(
+        &self,
+        ifindex: u32,
+        destination: std::net::IpAddr,
+    ) -> Result<(), NetlinkError> {
+        let mut message = Self::host_route_message(ifindex, destination, None);
+        // Whoever added it: match any protocol and scope, as `ip route del`.
+        message.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
+        message.header.scope = netlink_packet_route::route::RouteScope::NoWhere;
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                what: format!("delete the route to {destination} on link #{ifindex}"),
+                source,
+            }),
+        }
+    }
+
+    /// The destinations of the host routes (/32, /128) of the main table
+    /// out of `ifindex`.
+    pub async fn host_routes(&self, ifindex: u32) -> Result<Vec<std::net::IpAddr>, NetlinkError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let mut out = Vec::new();
+        for ipv6 in [false, true] {
+            let message = if ipv6 {
+                rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new().build()
+            } else {
+                rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()
+            };
+            let mut stream = self.handle.route().get(message).execute();
+            while let Some(route) =
+                stream
+                    .try_next()
+                    .await
+                    .map_err(|source| NetlinkError::Request {
+                        what: "list the routes".into(),
+                        source,
+                    })?
+            {
+                let full = if ipv6 { 128 } else { 32 };
+                if route.header.table != RouteHeader::RT_TABLE_MAIN
+                    || route.header.destination_prefix_length != full
+                {
+                    continue;
+                }
+                let mut oif = 0;
+                let mut destination = None;
+                for attribute in &route.attributes {
+                    match attribute {
+                        RouteAttribute::Oif(i) => oif = *i,
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                            destination = Some((*a).into())
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                            destination = Some((*a).into())
+                        }
+                        _ => {}
+                    }
+                }
+                if let (true, Some(d)) = (oif == ifindex, destination) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The addresses configured on `ifindex`.
     pub async fn addresses(&self, ifindex: u32) -> Result<Vec<std::net::IpAddr>, NetlinkError> {
         use netlink_packet_route::address::AddressAttribute;
