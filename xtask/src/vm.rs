@@ -96,6 +96,7 @@ const VM_SUITES: &[(&str, VmTests)] = &[
     ("differential", VmTests::All),
     ("endpoint_counters", VmTests::All),
     ("fastpath", VmTests::All),
+    ("hairpin", VmTests::All),
     ("hook", VmTests::All),
     ("links", VmTests::Named(&["dummy_", "ipvlan_", "vlan_"])),
     ("network", VmTests::Named(&["vlan_"])),
