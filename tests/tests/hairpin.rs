@@ -18,7 +18,7 @@ use std::{
 
 use netvlan::datapath::{
     host_access::{HairpinLower, HairpinSpec, HairpinStatus},
-    Datapath, DatapathError,
+    Datapath, DatapathError, WireMode,
 };
 use netvlan::sys::netlink::IpvlanMode;
 use netvlan_tests::{require_kernel_feature, wait_for, KernelFeature, Lan, Netns};
@@ -703,4 +703,64 @@ fn datapath_status_lists_hairpins_under_their_wire_and_prune_removes_one_whose_l
     assert_host_access(&s);
     let again = lab.netvlan(&["datapath", "prune"]).ok().stdout;
     assert!(again.contains("nothing stale"), "{again}");
+}
+
+/// A `host_access=ebpf` update SIGKILLed after the hairpin went onto the
+/// link and was pinned into its staging directory, before the rename: the
+/// next update removes the dead process's staging pins and what they kept
+/// attached, and runs exactly one hairpin; `host_access=off` leaves nothing.
+#[test]
+fn a_hairpin_attach_killed_before_its_rename_leaves_nothing_behind() {
+    let s = setup("macvlan", &[]);
+    let lab = &s.lab;
+    let staging = || {
+        lab.bpf
+            .contents()
+            .into_iter()
+            .filter(|p| p.contains("staging-hairpin-"))
+            .collect::<Vec<_>>()
+    };
+    let update = ["network", "update", "hp", "-o", "host_access=ebpf"];
+    lab.kill_midway("hairpin-before-rename", &update, || {
+        staging()
+            .iter()
+            .any(|p| p.ends_with("/link") || p.ends_with("/prog"))
+    });
+    assert!(
+        !staging().is_empty(),
+        "the killed attach left its staging pins"
+    );
+    assert_eq!(status(lab), None, "no hairpin in place");
+
+    lab.netvlan(&update).ok();
+    assert_eq!(staging(), Vec::<String>::new(), "staging pins removed");
+    let st = status(lab).expect("the hairpin runs");
+    if st.mode == WireMode::Tcx {
+        assert_eq!(tcx_egress(lab), vec![st.prog_id], "exactly one hairpin");
+    } else {
+        let filters = egress_filters(lab);
+        assert_eq!(
+            filters.matches("bpf").count(),
+            1,
+            "exactly one filter:\n{filters}"
+        );
+    }
+    assert_host_access(&s);
+
+    lab.netvlan(&["network", "update", "hp", "-o", "host_access=off"])
+        .ok();
+    assert_eq!(status(lab), None);
+    let pins: Vec<_> = lab
+        .bpf
+        .contents()
+        .into_iter()
+        .filter(|p| p.contains("hairpin"))
+        .collect();
+    assert!(pins.is_empty(), "pins left: {pins:?}");
+    assert!(tcx_egress(lab).is_empty(), "{:?}", tcx_egress(lab));
+    assert!(
+        !egress_filters(lab).contains("bpf"),
+        "{}",
+        egress_filters(lab)
+    );
 }
