@@ -18,7 +18,7 @@ use std::{
 
 use netvlan::datapath::{
     host_access::{HairpinLower, HairpinSpec, HairpinStatus},
-    Datapath, DatapathError,
+    Datapath, DatapathError, WireMode,
 };
 use netvlan::sys::netlink::IpvlanMode;
 use netvlan_tests::{require_kernel_feature, wait_for, KernelFeature, Lan, Netns};
@@ -616,4 +616,151 @@ fn the_hairpin_works_beside_a_wire_at_xdp() {
         );
     }
     assert!(detach(lab));
+}
+
+/// `datapath status` lists a hairpin under the wire of its link (text and
+/// JSON); the pins of a hairpin whose link is gone show as stale, and
+/// `datapath prune` removes them and nothing else.
+#[test]
+fn datapath_status_lists_hairpins_under_their_wire_and_prune_removes_one_whose_link_is_gone() {
+    let s = setup("macvlan", &[]);
+    let lab = &s.lab;
+    let wire_of = |json: &Value| -> Value {
+        json["attachments"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{json:#}"))
+            .iter()
+            .find(|a| a["ifname"] == "eth0" && a["state"] == "attached")
+            .unwrap_or_else(|| panic!("no wire on eth0: {json:#}"))
+            .clone()
+    };
+    let before = lab.netvlan(&["datapath", "status", "--json"]).ok().json();
+    assert!(
+        wire_of(&before).get("hairpin").is_none(),
+        "no hairpin yet: {before:#}"
+    );
+
+    let st = attach(lab, HairpinLower::Macvlan).expect("attach");
+    let json = lab.netvlan(&["datapath", "status", "--json"]).ok().json();
+    let hairpin = wire_of(&json)["hairpin"].clone();
+    assert_eq!(hairpin["prog_id"], st.prog_id, "{json:#}");
+    assert_eq!(hairpin["link"], "eth0", "{json:#}");
+    assert_eq!(hairpin["current"], true, "{json:#}");
+    let text = lab.netvlan(&["datapath", "status"]).ok().stdout;
+    let line = format!(
+        "hairpin (host access): TC egress, {}, program {}",
+        st.mode, st.prog_id
+    );
+    let wire_line = text
+        .lines()
+        .position(|l| l.starts_with("eth0 "))
+        .unwrap_or_else(|| panic!("no eth0 row:\n{text}"));
+    assert_eq!(
+        text.lines().nth(wire_line + 1).map(str::trim),
+        Some(line.as_str()),
+        "the hairpin under its wire:\n{text}"
+    );
+
+    // A second hairpin, on a link that then goes away with its program.
+    lab.host.exec(
+        "ip",
+        &["link", "add", "hp1", "type", "veth", "peer", "name", "hp1p"],
+    );
+    let gone = attach_on(lab, "hp1", 0, HairpinLower::Macvlan).expect("attach on hp1");
+    let gone_dir = format!("hairpin-{}", gone.ifindex);
+    assert!(
+        lab.bpf.contents().iter().any(|p| p.ends_with(&gone_dir)),
+        "{:?}",
+        lab.bpf.contents()
+    );
+    lab.host.exec("ip", &["link", "del", "hp1"]);
+    let json = lab.netvlan(&["datapath", "status", "--json"]).ok().json();
+    let stale: Vec<&Value> = json["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "stale")
+        .collect();
+    assert_eq!(stale.len(), 1, "{json:#}");
+    assert_eq!(stale[0]["ifindex"], gone.ifindex, "{json:#}");
+    assert!(
+        stale[0]["pin_dir"].as_str().unwrap().ends_with(&gone_dir),
+        "{json:#}"
+    );
+    assert_eq!(wire_of(&json)["hairpin"]["prog_id"], st.prog_id, "{json:#}");
+
+    let pruned = lab.netvlan(&["datapath", "prune", "--json"]).ok().json();
+    let removed = pruned["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{pruned:#}");
+    assert!(
+        removed[0]["pin_dir"].as_str().unwrap().ends_with(&gone_dir),
+        "{pruned:#}"
+    );
+    let pins = lab.bpf.contents();
+    assert!(!pins.iter().any(|p| p.contains(&gone_dir)), "{pins:?}");
+    // The live hairpin and its wire are untouched.
+    assert_eq!(status(lab), Some(st));
+    assert_host_access(&s);
+    let again = lab.netvlan(&["datapath", "prune"]).ok().stdout;
+    assert!(again.contains("nothing stale"), "{again}");
+}
+
+/// A `host_access=ebpf` update SIGKILLed after the hairpin went onto the
+/// link and was pinned into its staging directory, before the rename: the
+/// next update removes the dead process's staging pins and what they kept
+/// attached, and runs exactly one hairpin; `host_access=off` leaves nothing.
+#[test]
+fn a_hairpin_attach_killed_before_its_rename_leaves_nothing_behind() {
+    let s = setup("macvlan", &[]);
+    let lab = &s.lab;
+    let staging = || {
+        lab.bpf
+            .contents()
+            .into_iter()
+            .filter(|p| p.contains("staging-hairpin-"))
+            .collect::<Vec<_>>()
+    };
+    let update = ["network", "update", "hp", "-o", "host_access=ebpf"];
+    lab.kill_midway("hairpin-before-rename", &update, || {
+        staging()
+            .iter()
+            .any(|p| p.ends_with("/link") || p.ends_with("/prog"))
+    });
+    assert!(
+        !staging().is_empty(),
+        "the killed attach left its staging pins"
+    );
+    assert_eq!(status(lab), None, "no hairpin in place");
+
+    lab.netvlan(&update).ok();
+    assert_eq!(staging(), Vec::<String>::new(), "staging pins removed");
+    let st = status(lab).expect("the hairpin runs");
+    if st.mode == WireMode::Tcx {
+        assert_eq!(tcx_egress(lab), vec![st.prog_id], "exactly one hairpin");
+    } else {
+        let filters = egress_filters(lab);
+        assert_eq!(
+            filters.matches("bpf").count(),
+            1,
+            "exactly one filter:\n{filters}"
+        );
+    }
+    assert_host_access(&s);
+
+    lab.netvlan(&["network", "update", "hp", "-o", "host_access=off"])
+        .ok();
+    assert_eq!(status(lab), None);
+    let pins: Vec<_> = lab
+        .bpf
+        .contents()
+        .into_iter()
+        .filter(|p| p.contains("hairpin"))
+        .collect();
+    assert!(pins.is_empty(), "pins left: {pins:?}");
+    assert!(tcx_egress(lab).is_empty(), "{:?}", tcx_egress(lab));
+    assert!(
+        !egress_filters(lab).contains("bpf"),
+        "{}",
+        egress_filters(lab)
+    );
 }

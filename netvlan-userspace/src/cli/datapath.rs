@@ -274,15 +274,29 @@ fn print_status(statuses: &[AttachmentStatus]) {
     );
     for status in statuses {
         match status {
-            AttachmentStatus::Attached(a) => out!(
-                "{:<16} {:>7} {:<4} {:<8} {:>7}  {}",
-                a.ifname,
-                a.ifindex,
-                a.hook.to_string(),
-                a.mode.to_string(),
-                a.prog_id,
-                a.pin_dir.display()
-            ),
+            AttachmentStatus::Attached(a) => {
+                out!(
+                    "{:<16} {:>7} {:<4} {:<8} {:>7}  {}",
+                    a.ifname,
+                    a.ifindex,
+                    a.hook.to_string(),
+                    a.mode.to_string(),
+                    a.prog_id,
+                    a.pin_dir.display()
+                );
+                if let Some(h) = &a.hairpin {
+                    out!(
+                        "  hairpin (host access): TC egress, {}, program {}{}",
+                        h.mode,
+                        h.prog_id,
+                        if h.current {
+                            ""
+                        } else {
+                            " (reads replaced wire maps; `netvlan restore` re-attaches it)"
+                        }
+                    );
+                }
+            }
             AttachmentStatus::Stale {
                 ifindex,
                 ifname,

@@ -60,8 +60,8 @@ use netvlan_common::{
 use crate::sys::netlink::{IpvlanMode, NetlinkError};
 
 use super::{
-    attach_classifier, endpoint_hooks, object, Datapath, DatapathError, Hook, InterfacePins,
-    WireMode,
+    attach_classifier, endpoint_hooks, object, upgrade, Datapath, DatapathError, Hook,
+    InterfacePins, WireMode,
 };
 
 /// The clsact egress filter the hairpin is on kernels without TCX: a
@@ -222,6 +222,8 @@ impl Datapath {
                 // untouched.
                 _ => drop(FdLink::try_from(held)),
             }
+            // Tests kill the command here: pinned, not yet in place.
+            upgrade::failpoint("hairpin-before-rename");
             std::fs::rename(staging.dir(), target.dir()).map_err(|source| DatapathError::PinDir {
                 path: target.dir().into(),
                 source,

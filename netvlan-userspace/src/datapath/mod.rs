@@ -459,6 +459,10 @@ pub struct Attachment {
     pub mode: WireMode,
     pub prog_id: u32,
     pub pin_dir: PathBuf,
+    /// The host-access hairpin at the same link's TC egress, when one
+    /// runs there (filled in by [`Datapath::status`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hairpin: Option<host_access::HairpinStatus>,
 }
 
 /// What `attach` did.
@@ -747,6 +751,7 @@ impl Datapath {
             mode,
             prog_id,
             pin_dir: pins.dir().into(),
+            hairpin: None,
         };
         let linked = pinned_program_id(pins);
         if let (Some(xdp), Some(id)) = (link.xdp, linked) {
@@ -893,6 +898,7 @@ impl Datapath {
             mode: WireMode::Clsact,
             prog_id: filter.prog_id,
             pin_dir: self.pins.interface(link.ifindex).dir().into(),
+            hairpin: None,
         })
         .await
     }
@@ -970,7 +976,32 @@ impl Datapath {
         })?;
         let mut out = Vec::with_capacity(list.len());
         for pins in list {
-            out.push(self.status_of(&pins).await?);
+            let mut status = self.status_of(&pins).await?;
+            if let AttachmentStatus::Attached(a) = &mut status {
+                a.hairpin = self.hairpin_status(&a.ifname).await?;
+            }
+            out.push(status);
+        }
+        // A hairpin whose link is gone: the kernel removed its program
+        // with the link, only the pins are left (prune removes them).
+        let hairpins = self
+            .pins
+            .hairpins()
+            .map_err(|source| DatapathError::PinDir {
+                path: self.pins.dir().into(),
+                source,
+            })?;
+        for pins in hairpins {
+            match self.netlink.link_by_index(pins.ifindex).await {
+                Err(NetlinkError::NoSuchIfindex { .. }) => out.push(AttachmentStatus::Stale {
+                    ifindex: pins.ifindex,
+                    ifname: None,
+                    reason: "the host-access hairpin's interface no longer exists".into(),
+                    pin_dir: pins.dir().into(),
+                }),
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
         }
         Ok(out)
     }

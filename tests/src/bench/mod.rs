@@ -16,6 +16,7 @@ mod control;
 mod ctx;
 mod flood;
 mod frames;
+mod host_access;
 mod livegen;
 mod machine;
 pub mod memory;
@@ -43,7 +44,7 @@ use indicatif::ProgressBar;
 
 use ctx::Ctx;
 use machine::workspace_root;
-use model::{Family, Report, Unavailable};
+use model::{Family, Report};
 use sandbox::OwnedDir;
 
 #[derive(clap::Args)]
@@ -54,7 +55,7 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only this scenario family. Writes under target/bench/.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["xdp", "traffic", "control", "observe", "flood", "trace"]))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["xdp", "traffic", "control", "observe", "flood", "trace", "host_access"]))]
     only: Option<String>,
     /// Write the results JSON here instead.
     #[arg(long, value_name = "FILE")]
@@ -74,7 +75,7 @@ struct Scenario {
     run: fn(&Ctx, &ProgressBar) -> Result<Family>,
 }
 
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         key: "xdp",
         steps: xdp::rounds,
@@ -104,6 +105,11 @@ const SCENARIOS: [Scenario; 6] = [
         key: "trace",
         steps: trace::steps,
         run: trace::run,
+    },
+    Scenario {
+        key: "host_access",
+        steps: host_access::steps,
+        run: host_access::run,
     },
 ];
 
@@ -168,10 +174,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         wall_seconds: started.elapsed().as_secs_f64(),
         machine: machine::Machine::probe(),
         families,
-        unavailable: vec![Unavailable::new(
-            "host access",
-            "not available yet (netvlan has no host-access path)",
-        )],
+        unavailable: Vec::new(),
     };
     write_outputs(&report, args, &date)?;
     print!("{}", report::summary(&report));

@@ -81,7 +81,7 @@ pub fn markdown(report: &Report, results: &str, charts: &str) -> String {
     let _ = writeln!(
         md,
         "Run it: `cargo xtask bench` (this report, `bench/results/<date>.json`, \
-         `bench/charts/`); `--quick` is the CI smoke run and `--only xdp|traffic|control|observe|flood` \
+         `bench/charts/`); `--quick` is the CI smoke run and `--only xdp|traffic|control|observe|flood|trace|host_access` \
          a partial one, both written under `target/bench/` instead; `--json FILE` moves the \
          results file.\n"
     );
