@@ -300,7 +300,7 @@ impl Lab {
         } else {
             &inspect
         };
-        let access = &network["HostAccess"];
+        let access = &network["Netvlan"]["HostAccess"];
         if access["Mode"] != mode {
             bail!("the network's host access is not {mode}: {access}");
         }
