@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: installs what the benchmarks call, builds the
-//! release `netvlan` they measure and the `netvlan-bench` binary (tests
+//! release `netvlan` and `netvlan-cni` they measure and the `netvlan-bench` binary (tests
 //! crate) that measures it, and runs the latter with the caller's flags.
 
 use std::{
@@ -47,7 +47,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
         tools::ensure_debian_packages(PACKAGES)?;
     }
-    let (netvlan, object) = build_netvlan()?;
+    let (netvlan, cni, object) = build_netvlan()?;
     cmd::run(crate::cargo()?.args([
         "build",
         "--release",
@@ -60,6 +60,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         std::process::Command::new(workspace_root().join("target/release/netvlan-bench"))
             .arg("--netvlan")
             .arg(&netvlan)
+            .arg("--netvlan-cni")
+            .arg(&cni)
             .arg("--object")
             .arg(&object)
             .args(&args.args)
@@ -78,17 +80,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds the release `netvlan` (installing rust-src and bpf-linker if
-/// needed) and returns the binary and the eBPF object embedded in it.
-fn build_netvlan() -> Result<(PathBuf, PathBuf)> {
-    println!("bench: building netvlan (release)");
+/// Builds the release `netvlan` and `netvlan-cni` (installing rust-src
+/// and bpf-linker if needed) and returns both binaries and the eBPF object
+/// embedded in them.
+fn build_netvlan() -> Result<(PathBuf, PathBuf, PathBuf)> {
+    println!("bench: building netvlan and netvlan-cni (release)");
     let mut cargo = crate::cargo()?;
     cargo
         .args(crate::BUILD_RELEASE)
+        .args(["--bin", "netvlan-cni"])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     let mut child = cargo.spawn().context("starting cargo build")?;
     let mut binary = None;
+    let mut cni = None;
     let mut out_dir = None;
     for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line?) else {
@@ -105,6 +110,13 @@ fn build_netvlan() -> Result<(PathBuf, PathBuf)> {
             {
                 binary = msg["executable"].as_str().map(PathBuf::from);
             }
+            Some("compiler-artifact")
+                if from_userspace
+                    && msg["target"]["name"] == "netvlan-cni"
+                    && msg["target"]["kind"][0] == "bin" =>
+            {
+                cni = msg["executable"].as_str().map(PathBuf::from);
+            }
             Some("build-script-executed") if from_userspace => {
                 out_dir = msg["out_dir"].as_str().map(PathBuf::from);
             }
@@ -115,8 +127,9 @@ fn build_netvlan() -> Result<(PathBuf, PathBuf)> {
         bail!("building netvlan failed");
     }
     let binary = binary.context("cargo reported no netvlan binary")?;
+    let cni = cni.context("cargo reported no netvlan-cni binary")?;
     let object = out_dir
         .context("cargo reported no build-script output for netvlan-userspace")?
         .join("netvlan.bpf.o");
-    Ok((binary, object))
+    Ok((binary, cni, object))
 }

@@ -4,7 +4,11 @@
 //! (environment + JSON config on stdin, run in the namespace that holds the
 //! master link).
 //!
-//! Both sides start a process per operation, through the same `nsenter`,
+//! Beside them `netvlan-cni`, driven exactly as the reference plugin is
+//! (same protocol, same config shape with `"type"` changed, same
+//! namespaces) on a network of the same shape.
+//!
+//! All sides start a process per operation, through the same `nsenter`,
 //! into the same sandboxes, each on its own parent veth in a namespace of
 //! its own.
 //!
@@ -29,6 +33,8 @@ use super::{
 const CNI_DIR: &str = "/usr/lib/cni";
 const NETVLAN: &str = "netvlan";
 const CNI: &str = "CNI macvlan + host-local";
+const NETVLAN_CNI: &str = "netvlan-cni";
+const CNI_GOAL: &str = "faster than the reference plugin per endpoint";
 const ATTACH: &str = "attach (connect / ADD)";
 const DETACH: &str = "detach (disconnect / DEL)";
 const CYCLE: &str = "attach + detach";
@@ -65,7 +71,7 @@ fn scale_cycles(ctx: &Ctx) -> usize {
 }
 
 pub fn steps(ctx: &Ctx) -> u64 {
-    (cycles(ctx) + 4 * endpoints(ctx) + scale_endpoints(ctx) + scale_cycles(ctx)) as u64
+    (cycles(ctx) + 6 * endpoints(ctx) + scale_endpoints(ctx) + scale_cycles(ctx)) as u64
 }
 
 pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
@@ -80,11 +86,15 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let netvlan = Netvlan::new(&ctx.netvlan, &nv_host, &ctx.token, "cp")?;
     netvlan.create_bench_network("172.31.240.0/20", "lan0", &[])?;
     let cni = CniMacvlan::new(ctx, &cni_host)?;
+    let ncni_host = netns(&ctx.token, "cp-ncni", true)?;
+    try_veth_pair(&ncni_host, "lan0", &ncni_host, "lan0p")?;
+    let ncni = NetvlanCni::new(ctx, &ncni_host)?;
 
     // Single cycles, interleaved: netvlan's connect and disconnect, then
-    // the plugin's ADD and DEL, on the same sandbox.
+    // the plugin's ADD and DEL, then netvlan-cni's, on the same sandbox.
     let mut nv = [Vec::new(), Vec::new(), Vec::new()];
     let mut peer = [Vec::new(), Vec::new(), Vec::new()];
+    let mut ours = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..cycles {
         bar.set_message(format!("attach + detach cycle {}/{cycles}", i + 1));
         let sandbox = &sandboxes.names()[i % n];
@@ -99,6 +109,11 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         peer[0].push(add);
         peer[1].push(del);
         peer[2].push(add + del);
+        let add = ncni.add(sandbox, &id)?.ms();
+        let del = ncni.del(sandbox, &id)?.ms();
+        ours[0].push(add);
+        ours[1].push(del);
+        ours[2].push(add + del);
         super::progress::tick(bar)?;
     }
 
@@ -120,6 +135,12 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     bar.set_message(format!("CNI: tearing down {n} endpoints"));
     let cni_down = bulk(bar, sandboxes.names(), |sb| cni.del(sb, sb))?;
     check_endpoints(sandboxes.names(), "eth1", false)?;
+    bar.set_message(format!("netvlan-cni: bringing up {n} endpoints"));
+    let ncni_up = bulk(bar, sandboxes.names(), |sb| ncni.add(sb, sb))?;
+    check_endpoints(sandboxes.names(), "eth2", true)?;
+    bar.set_message(format!("netvlan-cni: tearing down {n} endpoints"));
+    let ncni_down = bulk(bar, sandboxes.names(), |sb| ncni.del(sb, sb))?;
+    check_endpoints(sandboxes.names(), "eth2", false)?;
 
     let at_scale = scale(ctx, bar)?;
 
@@ -143,8 +164,16 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                  CNI_PATH in the environment, run in the namespace of its own parent veth.",
                 cni.version
             ),
-            "Both through `nsenter --net=…` (which execs the program), into the same bare \
-             sandbox namespaces (netvlan as eth0, the plugin as eth1)."
+            format!(
+                "netvlan-cni: the release `netvlan-cni` driven exactly as the peer (same \
+                 environment, same config with \"type\": \"netvlan-cni\" and the subnet \
+                 172.31.208.0/20, plus netvlan's stateDir/bpfDir keys for a private state), in \
+                 the namespace of its own parent veth, on the network `{}` the CLI made there \
+                 first (as a host shares one network between the CLI and CNI).",
+                ncni.network
+            ),
+            "All through `nsenter --net=…` (which execs the program), into the same bare \
+             sandbox namespaces (netvlan as eth0, the plugin as eth1, netvlan-cni as eth2)."
                 .into(),
             format!(
                 "Single: {single}. Bulk: {n} endpoints brought up one after the other (one \
@@ -157,7 +186,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         unavailable: Vec::new(),
     };
     family.method.extend(at_scale.method());
-    for (who, samples) in [(NETVLAN, nv), (CNI, peer)] {
+    for (who, samples) in [(NETVLAN, nv), (CNI, peer), (NETVLAN_CNI, ours)] {
         for (case, s) in [ATTACH, DETACH, CYCLE].into_iter().zip(samples) {
             family.measurements.push(Measurement::new(
                 who,
@@ -170,7 +199,11 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             )?);
         }
     }
-    for (who, up, down) in [(NETVLAN, nv_up, nv_down), (CNI, cni_up, cni_down)] {
+    for (who, up, down) in [
+        (NETVLAN, nv_up, nv_down),
+        (CNI, cni_up, cni_down),
+        (NETVLAN_CNI, ncni_up, ncni_down),
+    ] {
         for (case, b) in [
             (format!("bring-up of {n}"), up),
             (format!("teardown of {n}"), down),
@@ -207,6 +240,29 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         .set_goal(GOAL, Bound::AtMost(0.2), None);
     family.compare(
         NETVLAN,
+        CNI,
+        &format!("teardown of {n}"),
+        TOTAL,
+        Basis::Medians,
+    )?;
+    for case in [ATTACH, DETACH] {
+        family.compare(NETVLAN_CNI, CNI, case, PER_ENDPOINT, Basis::Paired)?;
+    }
+    family
+        .compare(NETVLAN_CNI, CNI, CYCLE, PER_ENDPOINT, Basis::Paired)?
+        .set_goal(CNI_GOAL, Bound::AtMost(1.0), None);
+    family.compare(NETVLAN_CNI, CNI, CYCLE, PER_ENDPOINT, Basis::P99)?;
+    family
+        .compare(
+            NETVLAN_CNI,
+            CNI,
+            &format!("bring-up of {n}"),
+            TOTAL,
+            Basis::Medians,
+        )?
+        .set_goal(CNI_GOAL, Bound::AtMost(1.0), None);
+    family.compare(
+        NETVLAN_CNI,
         CNI,
         &format!("teardown of {n}"),
         TOTAL,
@@ -461,6 +517,73 @@ impl<'a> CniMacvlan<'a> {
             serde_json::from_slice(&t.stdout).context("CNI ADD printed no JSON result")?;
         if result["ips"].as_array().is_none_or(|ips| ips.is_empty()) {
             bail!("CNI ADD for {sandbox} returned no address: {result}");
+        }
+        Ok(t)
+    }
+
+    fn del(&self, sandbox: &str, id: &str) -> Result<Timed> {
+        self.invoke("DEL", sandbox, id)
+    }
+}
+
+/// `netvlan-cni`, invoked exactly as [`CniMacvlan`] invokes the reference
+/// plugin, on a network the CLI created with the same parent and subnet.
+struct NetvlanCni<'a> {
+    host: &'a Netns,
+    bin: std::path::PathBuf,
+    config: Vec<u8>,
+    network: String,
+    // Dropped last: its state and pins, after the plugin's last DEL.
+    _netvlan: Netvlan,
+}
+
+impl<'a> NetvlanCni<'a> {
+    fn new(ctx: &Ctx, host: &'a Netns) -> Result<Self> {
+        const SUBNET: &str = "172.31.208.0/20";
+        let netvlan = Netvlan::new(&ctx.netvlan, host, &ctx.token, "cpc")?;
+        netvlan.create_bench_network(SUBNET, "lan0", &["macvlan_mode=bridge"])?;
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bench",
+            "type": "netvlan-cni",
+            "master": "lan0",
+            "mode": "bridge",
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": SUBNET }]],
+            },
+            "stateDir": netvlan.state_dir(),
+            "bpfDir": netvlan.bpf_dir(),
+        });
+        Ok(NetvlanCni {
+            host,
+            bin: ctx.netvlan_cni.clone(),
+            config: serde_json::to_vec(&config)?,
+            network: "bench".into(),
+            _netvlan: netvlan,
+        })
+    }
+
+    fn invoke(&self, command: &str, sandbox: &str, id: &str) -> Result<Timed> {
+        let mut cmd = self.host.command(&self.bin);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", Path::new("/var/run/netns").join(sandbox))
+            .env("CNI_IFNAME", "eth2")
+            .env("CNI_PATH", CNI_DIR)
+            .env_remove("NETVLAN_STATE_DIR")
+            .env_remove("NETVLAN_BPF_DIR")
+            .env_remove("RUST_LOG");
+        timed(&mut cmd, Some(&self.config))
+            .with_context(|| format!("netvlan-cni {command} for {sandbox}"))
+    }
+
+    fn add(&self, sandbox: &str, id: &str) -> Result<Timed> {
+        let t = self.invoke("ADD", sandbox, id)?;
+        let result: serde_json::Value =
+            serde_json::from_slice(&t.stdout).context("netvlan-cni ADD printed no JSON result")?;
+        if result["ips"].as_array().is_none_or(|ips| ips.is_empty()) {
+            bail!("netvlan-cni ADD for {sandbox} returned no address: {result}");
         }
         Ok(t)
     }

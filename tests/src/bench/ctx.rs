@@ -10,6 +10,8 @@ pub struct Ctx {
     pub quick: bool,
     /// A private copy of the release `netvlan` binary.
     pub netvlan: PathBuf,
+    /// A private copy of the release `netvlan-cni` plugin.
+    pub netvlan_cni: PathBuf,
     /// A private copy of the eBPF object embedded in that binary.
     pub object: PathBuf,
 }

@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// The release `netvlan` binary to measure (xtask builds it).
     #[arg(long, value_name = "FILE")]
     netvlan: PathBuf,
+    /// The release `netvlan-cni` plugin from the same build (family
+    /// `control` runs it beside the reference CNI plugin).
+    #[arg(long, value_name = "FILE")]
+    netvlan_cni: PathBuf,
     /// The eBPF object embedded in that binary (from its build).
     #[arg(long, value_name = "FILE")]
     object: PathBuf,
@@ -124,11 +128,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     progress::catch_interrupts();
 
     let work = OwnedDir::temp(&token, "work")?;
-    let (netvlan, object) = copy_netvlan(args, work.path())?;
+    let (netvlan, netvlan_cni, object) = copy_netvlan(args, work.path())?;
     let ctx = Ctx {
         token: token.clone(),
         quick: args.quick,
         netvlan,
+        netvlan_cni,
         object,
     };
     println!(
@@ -251,11 +256,16 @@ fn relative(path: &Path, base: &Path) -> String {
 
 /// Copies the binary and the eBPF object under test into `work`: another
 /// build during the run cannot change what is measured.
-fn copy_netvlan(args: &BenchArgs, work: &Path) -> Result<(PathBuf, PathBuf)> {
+fn copy_netvlan(args: &BenchArgs, work: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let bin_copy = work.join("netvlan");
+    let cni_copy = work.join("netvlan-cni");
     let obj_copy = work.join("netvlan.bpf.o");
-    for (from, to) in [(&args.netvlan, &bin_copy), (&args.object, &obj_copy)] {
+    for (from, to) in [
+        (&args.netvlan, &bin_copy),
+        (&args.netvlan_cni, &cni_copy),
+        (&args.object, &obj_copy),
+    ] {
         std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
     }
-    Ok((bin_copy, obj_copy))
+    Ok((bin_copy, cni_copy, obj_copy))
 }

@@ -78,6 +78,11 @@ impl Netvlan {
         timed(&mut self.command(args), None).with_context(|| format!("netvlan {}", args.join(" ")))
     }
 
+    /// Where netvlan keeps its state.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
     /// Where netvlan pins its programs and maps.
     pub fn bpf_dir(&self) -> &Path {
         self.bpf.path()
