@@ -19,6 +19,7 @@ use super::{
     ctx::Ctx,
     model::{Basis, Better, Family, Measurement},
     netvlan::Netvlan,
+    perf_tools,
     sandbox::{netns, try_veth_pair, wait_for, Netns, Process},
 };
 
@@ -26,8 +27,6 @@ const SUBNET: &str = "172.31.251.0/24";
 const EXT_IP: &str = "172.31.251.2";
 const HOST_IP: &str = "172.31.251.250";
 const C1_IP: &str = "172.31.251.10";
-const IPERF_PORT: &str = "5201";
-const SOCKPERF_PORT: &str = "11111";
 
 const MACVLAN: &str = "plain macvlan, container <-> external";
 const SHIM: &str = "host_access=shim, container <-> host";
@@ -370,85 +369,22 @@ impl Lab {
     }
 
     fn start_servers(&mut self) -> Result<()> {
-        let ns = self.server_ns();
-        let ip = self.server_ip.clone();
-        let mut iperf = Process::spawn(
-            ns.command("iperf3")
-                .args(["-s", "-B", &ip, "-p", IPERF_PORT]),
-            "iperf3 server",
-        )?;
-        let mut sockperf = Process::spawn(
-            ns.command("sockperf")
-                .args(["server", "-i", &ip, "-p", SOCKPERF_PORT]),
-            "sockperf server",
-        )?;
-        for (proto, port) in [("-Hltn", IPERF_PORT), ("-Hlun", SOCKPERF_PORT)] {
-            let filter = format!("sport = :{port}");
-            let up = wait_for(Duration::from_secs(10), || {
-                let out = ns.command("ss").args([proto, &filter]).output()?;
-                Ok((!out.stdout.is_empty()).then_some(()))
-            })?;
-            if up.is_none() {
-                iperf.check_running()?;
-                sockperf.check_running()?;
-                bail!("no server listens on {ip}:{port} in {}", ns.name());
-            }
-        }
-        self._servers.push(iperf);
-        self._servers.push(sockperf);
+        let servers = perf_tools::start_servers(self.server_ns(), &self.server_ip)?;
+        self._servers.extend(servers);
         Ok(())
     }
 
     /// Gbit/s received in one iperf3 run.
     fn iperf3(&self, direction: Direction, secs: u64) -> Result<f64> {
-        let mut cmd = self.c1.command("iperf3");
-        cmd.args(["-c", &self.server_ip, "-p", IPERF_PORT, "-J", "-t"])
-            .arg(secs.to_string());
-        if matches!(direction, Direction::ToContainer) {
-            cmd.arg("-R");
-        }
+        let reverse = matches!(direction, Direction::ToContainer);
+        let mut cmd = perf_tools::iperf3_command(&self.c1, &self.server_ip, secs, reverse);
         let out = super::sandbox::run(&mut cmd)?;
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
-        let bps = report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .with_context(|| format!("iperf3 reported no received rate: {}", report["error"]))?;
-        if bps <= 0.0 {
-            bail!("iperf3 received nothing on {}", self.variant.name());
-        }
-        Ok(bps / 1e9)
+        perf_tools::iperf3_gbps(&out.stdout, self.variant.name())
     }
 
     /// (median, p99) one-way latency in µs of one sockperf run.
     fn sockperf(&self, secs: u64) -> Result<(f64, f64)> {
-        let out = super::sandbox::run(
-            self.c1
-                .command("sockperf")
-                .args([
-                    "ping-pong",
-                    "-i",
-                    &self.server_ip,
-                    "-p",
-                    SOCKPERF_PORT,
-                    "-t",
-                ])
-                .arg(secs.to_string()),
-        )?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pick = |p: &str| {
-            text.lines()
-                .find(|l| l.contains(&format!("percentile {p} =")))
-                .and_then(|l| l.rsplit('=').next())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
-        match (pick("50.000"), pick("99.000")) {
-            (Some(p50), Some(p99)) => Ok((p50, p99)),
-            _ => bail!("sockperf printed no percentiles:\n{text}"),
-        }
+        perf_tools::sockperf(&self.c1, &self.server_ip, secs)
     }
 
     /// A host-access lab's traffic went through netvlan's endpoint: its

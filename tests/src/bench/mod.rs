@@ -24,6 +24,7 @@ mod metrics;
 mod model;
 mod netvlan;
 mod observe;
+mod perf_tools;
 mod policies;
 mod progress;
 mod report;

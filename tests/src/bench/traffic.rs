@@ -18,14 +18,13 @@ use super::{
     ctx::Ctx,
     model::{Basis, Better, Bound, Family, Measurement},
     netvlan::Netvlan,
+    perf_tools,
     sandbox::{netns, try_veth_pair, wait_for, Netns, Process},
 };
 
 const EXT_IP: &str = "172.31.250.2";
 const C1_IP: &str = "172.31.250.10";
 const C2_IP: &str = "172.31.250.11";
-const IPERF_PORT: &str = "5201";
-const SOCKPERF_PORT: &str = "11111";
 
 const NETVLAN_OFF: &str = "netvlan (policies off)";
 const NETVLAN_ON: &str = "netvlan (all policies on)";
@@ -477,42 +476,15 @@ impl Lab {
 
     fn start_servers(&mut self) -> Result<()> {
         for (ns, ip) in [(&self.ext, EXT_IP), (&self.c2, C2_IP)] {
-            let mut iperf = Process::spawn(
-                ns.command("iperf3")
-                    .args(["-s", "-B", ip, "-p", IPERF_PORT]),
-                "iperf3 server",
-            )?;
-            let mut sockperf = Process::spawn(
-                ns.command("sockperf")
-                    .args(["server", "-i", ip, "-p", SOCKPERF_PORT]),
-                "sockperf server",
-            )?;
-            for (proto, port) in [("-Hltn", IPERF_PORT), ("-Hlun", SOCKPERF_PORT)] {
-                let filter = format!("sport = :{port}");
-                let up = wait_for(Duration::from_secs(10), || {
-                    let out = ns.command("ss").args([proto, &filter]).output()?;
-                    Ok((!out.stdout.is_empty()).then_some(()))
-                })?;
-                if up.is_none() {
-                    iperf.check_running()?;
-                    sockperf.check_running()?;
-                    bail!("no server listens on {ip}:{port} in {}", ns.name());
-                }
-            }
-            self._servers.push(iperf);
-            self._servers.push(sockperf);
+            self._servers.extend(perf_tools::start_servers(ns, ip)?);
         }
         Ok(())
     }
 
     /// Gbit/s received in one iperf3 run.
     fn iperf3(&self, path: Path, secs: u64) -> Result<f64> {
-        let mut cmd = self.c1.command("iperf3");
-        cmd.args(["-c", path.server_ip(), "-p", IPERF_PORT, "-J", "-t"])
-            .arg(secs.to_string());
-        if matches!(path, Path::FromExternal | Path::FromExternalWire) {
-            cmd.arg("-R");
-        }
+        let reverse = matches!(path, Path::FromExternal | Path::FromExternalWire);
+        let mut cmd = perf_tools::iperf3_command(&self.c1, path.server_ip(), secs, reverse);
         // MTU frames on the wire: TSO off for this run, back on after
         // (where the kernel had not turned it off already).
         let restore_tso = matches!(path, Path::FromExternalWire) && self.external_tso()? == "on";
@@ -523,49 +495,12 @@ impl Lab {
         if restore_tso {
             self.ext.run("ethtool", &["-K", "eth0", "tso", "on"])?;
         }
-        let out = out?;
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
-        let bps = report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .with_context(|| format!("iperf3 reported no received rate: {}", report["error"]))?;
-        if bps <= 0.0 {
-            bail!("iperf3 received nothing on {}", self.variant.name());
-        }
-        Ok(bps / 1e9)
+        perf_tools::iperf3_gbps(&out?.stdout, self.variant.name())
     }
 
     /// (median, p99) one-way latency in µs of one sockperf run.
     fn sockperf(&self, path: Path, secs: u64) -> Result<(f64, f64)> {
-        let out = super::sandbox::run(
-            self.c1
-                .command("sockperf")
-                .args([
-                    "ping-pong",
-                    "-i",
-                    path.server_ip(),
-                    "-p",
-                    SOCKPERF_PORT,
-                    "-t",
-                ])
-                .arg(secs.to_string()),
-        )?;
-        // sockperf prints part of its report on stderr.
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pick = |p: &str| {
-            text.lines()
-                .find(|l| l.contains(&format!("percentile {p} =")))
-                .and_then(|l| l.rsplit('=').next())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
-        match (pick("50.000"), pick("99.000")) {
-            (Some(p50), Some(p99)) => Ok((p50, p99)),
-            _ => bail!("sockperf printed no percentiles:\n{text}"),
-        }
+        perf_tools::sockperf(&self.c1, path.server_ip(), secs)
     }
 
     /// `on` or `off`: TCP segmentation offload on the external host's end.
