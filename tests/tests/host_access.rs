@@ -418,6 +418,80 @@ fn ebpf_host_and_endpoints_reach_each_other_after_restore_and_rm_leaves_nothing(
     assert_eq!(lan.bpf.contents(), Vec::<String>::new(), "pins left");
 }
 
+/// The endpoint's counters as `stats --json` reports them.
+fn endpoint_stats(lan: &Lan, sandbox: &str) -> Value {
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    stats["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["endpoint"] == sandbox).cloned())
+        .unwrap_or_else(|| panic!("no stats for {sandbox}: {stats:#}"))
+}
+
+/// Host access is no way around anti-spoofing: in either mode, a
+/// container that takes an address it was not given cannot reach the host
+/// with it (the endpoint's egress program drops those frames and counts
+/// them), while its own address still can. Without anti-spoofing the
+/// spoofed ping would be answered: the host's ARP for the foreign address
+/// reaches the container as any other broadcast does.
+#[test]
+fn host_access_keeps_anti_spoofing_a_container_reaches_the_host_only_as_itself() {
+    for mode in ["shim", "ebpf"] {
+        let lan = dual_stack(&[&format!("host_access={mode}")]);
+        let (host_v4, _) = host_addresses(&lan);
+        let (ctr, v4, _) = endpoint(&lan);
+        assert!(ctr.can_ping(&host_v4), "{mode}: endpoint {v4} -> host");
+        let before = endpoint_stats(&lan, ctr.name());
+
+        ctr.exec("ip", &["addr", "add", "10.86.0.77/32", "dev", "eth0"]);
+        let spoofed = ctr
+            .command("ping")
+            .args(["-c", "3", "-W", "1", "-I", "10.86.0.77", &host_v4])
+            .output()
+            .expect("ping runs");
+        assert_eq!(
+            spoofed.status.code(),
+            Some(1),
+            "{mode}: a ping from an address the container was not given reached the host: {}",
+            String::from_utf8_lossy(&spoofed.stdout)
+        );
+        let after = endpoint_stats(&lan, ctr.name());
+        let grew = after["spoofed_packets"].as_u64().unwrap_or(0)
+            - before["spoofed_packets"].as_u64().unwrap_or(0);
+        assert!(
+            grew >= 3,
+            "{mode}: the three spoofed echo requests were not counted as spoofed: \
+             {before:#} -> {after:#}"
+        );
+        ctr.exec("ip", &["addr", "del", "10.86.0.77/32", "dev", "eth0"]);
+        assert!(
+            ctr.can_ping(&host_v4),
+            "{mode}: its own address still reaches the host"
+        );
+
+        lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
+        lan.netvlan(&["network", "rm", "lan"]).ok();
+    }
+
+    // The same spoofed ping with spoofcheck=off is answered through the
+    // hairpin: what the check above drops would otherwise get through.
+    let lan = dual_stack(&["host_access=ebpf", "spoofcheck=off"]);
+    let (host_v4, _) = host_addresses(&lan);
+    let (ctr, _, _) = endpoint(&lan);
+    ctr.exec("ip", &["addr", "add", "10.86.0.77/32", "dev", "eth0"]);
+    let answered = ctr
+        .command("ping")
+        .args(["-c", "3", "-W", "1", "-I", "10.86.0.77", &host_v4])
+        .output()
+        .expect("ping runs");
+    assert!(
+        answered.status.success(),
+        "with spoofcheck=off the host answers the foreign address: {}",
+        String::from_utf8_lossy(&answered.stdout)
+    );
+    lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
+    lan.netvlan(&["network", "rm", "lan"]).ok();
+}
+
 #[test]
 fn update_moves_between_modes_all_or_nothing() {
     let lan = dual_stack(&[]);
