@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use netvlan_tests::{wait_for, Lan, Netns};
+use netvlan_tests::{require_kernel_feature, wait_for, KernelFeature, Lan, Netns};
 use serde_json::Value;
 
 const V4_SUBNET: &str = "10.86.0.0/24";
@@ -45,9 +45,16 @@ fn dual_stack_lab() -> Lan {
 
 /// The network `lan` of [`dual_stack`], with `options`.
 fn create_lan(lan: &Lan, options: &[&str]) {
+    create_network(lan, "macvlan", options).ok();
+}
+
+/// [`create_lan`] with another driver; the run, to check either way.
+fn create_network(lan: &Lan, driver: &str, options: &[&str]) -> netvlan_tests::Run {
     let mut args = vec![
         "network",
         "create",
+        "-d",
+        driver,
         "--subnet",
         V4_SUBNET,
         "--gateway",
@@ -65,7 +72,7 @@ fn create_lan(lan: &Lan, options: &[&str]) {
         args.extend(["-o", o]);
     }
     args.push("lan");
-    lan.netvlan(&args).ok();
+    lan.netvlan(&args)
 }
 
 /// A container on `lan` with both families, its addresses usable (not
@@ -490,6 +497,50 @@ fn host_access_keeps_anti_spoofing_a_container_reaches_the_host_only_as_itself()
     );
     lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
     lan.netvlan(&["network", "rm", "lan"]).ok();
+}
+
+/// ipvlan l2 (VM lane: the host kernel has no ipvlan): `on` picks the
+/// hairpin, which tells the endpoints apart by their addresses (they share
+/// the parent's MAC); shim is refused by name; l3 has no host access.
+#[test]
+fn ipvlan_l2_host_access_reaches_every_endpoint_and_l3_is_refused_by_name() {
+    if !require_kernel_feature(KernelFeature::Ipvlan) {
+        return;
+    }
+    let lan = dual_stack_lab();
+    let before = host_kernel_view(&lan.host);
+    let shim = create_network(&lan, "ipvlan", &["ipvlan_mode=l2", "host_access=shim"]).failed();
+    assert!(
+        shim.stderr.contains("host_access") && shim.stderr.contains("ipvlan"),
+        "shim on ipvlan is refused naming both: {}",
+        shim.stderr
+    );
+    let l3 = create_network(&lan, "ipvlan", &["ipvlan_mode=l3", "host_access=ebpf"]).failed();
+    assert!(l3.stderr.contains("l3"), "names the mode: {}", l3.stderr);
+    assert_eq!(
+        host_kernel_view(&lan.host),
+        before,
+        "a refusal changes nothing"
+    );
+
+    create_network(&lan, "ipvlan", &["ipvlan_mode=l2", "host_access=on"]).ok();
+    assert_eq!(host_access(&lan)["Mode"], "ebpf");
+    let endpoints = [endpoint(&lan), endpoint(&lan)];
+    host_and_endpoints_reach_each_other(&lan, &endpoints);
+    for (ctr, _, _) in &endpoints {
+        lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "lan"]).ok();
+    let after = host_kernel_view(&lan.host);
+    let left: Vec<&str> = after
+        .lines()
+        .filter(|l| !before.lines().any(|b| b == *l))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind after rm:\n{}",
+        left.join("\n")
+    );
 }
 
 #[test]

@@ -98,6 +98,7 @@ const VM_SUITES: &[(&str, VmTests)] = &[
     ("fastpath", VmTests::All),
     ("hairpin", VmTests::All),
     ("hook", VmTests::All),
+    ("host_access", VmTests::Named(&["ipvlan_"])),
     ("links", VmTests::Named(&["dummy_", "ipvlan_", "vlan_"])),
     ("network", VmTests::Named(&["vlan_"])),
     ("pins", VmTests::All),
