@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use netvlan_tests::{require_kernel_feature, wait_for, KernelFeature, Lan, Netns};
+use netvlan_tests::{
+    frame::{FrameBuilder, Mac},
+    packet::PacketSocket,
+    require_kernel_feature, wait_for, KernelFeature, Lan, Netns,
+};
 use serde_json::Value;
 
 const V4_SUBNET: &str = "10.86.0.0/24";
@@ -541,6 +545,52 @@ fn ipvlan_l2_host_access_reaches_every_endpoint_and_l3_is_refused_by_name() {
         "left behind after rm:\n{}",
         left.join("\n")
     );
+}
+
+/// Host access is no way around the wire's policy either: the hairpin
+/// re-injects only what the host and its endpoints send each other (marked,
+/// so the wire's TC program lets those by), and a denied source MAC on the
+/// LAN is still dropped before it reaches an endpoint, and counted.
+#[test]
+fn host_access_keeps_the_wires_policy_a_denied_lan_mac_still_never_arrives() {
+    const DENIED: Mac = [0x02, 0, 0, 0, 0, 0x66];
+    const SENDER: Mac = [0x02, 0, 0, 0, 0, 0x67];
+    let lan = dual_stack(&["host_access=ebpf", "hook=tc", "mac_deny=02:00:00:00:00:66"]);
+    let (ctr, v4, _) = endpoint(&lan);
+    assert!(
+        lan.host.can_ping(&v4),
+        "host -> endpoint through the hairpin"
+    );
+    let mac = ctr.mac("eth0");
+    let listener = PacketSocket::listen(&ctr, "eth0");
+    let before = lan.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lan.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(mac, DENIED).build(70), 6);
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(70), 3);
+    let stats = lan.stats_after(before + 9);
+    assert_eq!(
+        stats["drops"]["mac_denied"]["rx_packets"], 6,
+        "the denied frames are dropped and counted: {stats:#}"
+    );
+    let arrived = |src: Mac| {
+        listener
+            .received()
+            .iter()
+            .filter(|f| f.len() >= 14 && f[..6] == mac && f[6..12] == src)
+            .count()
+    };
+    let good = wait_for(Duration::from_secs(3), || {
+        (arrived(SENDER) >= 3).then_some(())
+    });
+    assert!(good.is_some(), "legitimate LAN frames still arrive");
+    assert_eq!(
+        arrived(DENIED),
+        0,
+        "a denied LAN frame reached the endpoint"
+    );
+    assert!(lan.host.can_ping(&v4), "and the host still reaches it");
+    lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
+    lan.netvlan(&["network", "rm", "lan"]).ok();
 }
 
 #[test]
