@@ -187,6 +187,23 @@ fn host_kernel_view(ns: &Netns) -> String {
         .join("\n")
 }
 
+/// `network rm lan` leaves the host's kernel as [`host_kernel_view`] saw
+/// it in `before`; returns the view after, for further checks.
+fn rm_leaves_nothing(lan: &Lan, before: &str) -> String {
+    lan.netvlan(&["network", "rm", "lan"]).ok();
+    let after = host_kernel_view(&lan.host);
+    let left: Vec<&str> = after
+        .lines()
+        .filter(|l| !before.lines().any(|b| b == *l))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind after rm:\n{}",
+        left.join("\n")
+    );
+    after
+}
+
 /// The reachability this mode promises, both ways and both families.
 fn host_and_endpoints_reach_each_other(lan: &Lan, endpoints: &[(Netns, String, String)]) {
     let (host_v4, host_v6) = host_addresses(lan);
@@ -328,17 +345,7 @@ fn shim_host_and_endpoints_reach_each_other_after_restore_and_rm_leaves_nothing(
             "route to {v4} after disconnect"
         );
     }
-    lan.netvlan(&["network", "rm", "lan"]).ok();
-    let after = host_kernel_view(&lan.host);
-    let left: Vec<&str> = after
-        .lines()
-        .filter(|l| !before.lines().any(|b| b == *l))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "left behind after rm:\n{}",
-        left.join("\n")
-    );
+    let after = rm_leaves_nothing(&lan, &before);
     assert!(!after.contains("nvh-"), "{after}");
     for knob in ["arp_ignore", "arp_announce"] {
         let path = format!("/proc/sys/net/ipv4/conf/eth0/{knob}");
@@ -410,17 +417,7 @@ fn ebpf_host_and_endpoints_reach_each_other_after_restore_and_rm_leaves_nothing(
     for (ctr, _, _) in &endpoints {
         lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
     }
-    lan.netvlan(&["network", "rm", "lan"]).ok();
-    let after = host_kernel_view(&lan.host);
-    let left: Vec<&str> = after
-        .lines()
-        .filter(|l| !before.lines().any(|b| b == *l))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "left behind after rm:\n{}",
-        left.join("\n")
-    );
+    let after = rm_leaves_nothing(&lan, &before);
     assert!(
         after.contains("10.86.0.250"),
         "the parent's own address stays"
@@ -534,17 +531,7 @@ fn ipvlan_l2_host_access_reaches_every_endpoint_and_l3_is_refused_by_name() {
     for (ctr, _, _) in &endpoints {
         lan.netvlan(&["disconnect", "lan", ctr.name()]).ok();
     }
-    lan.netvlan(&["network", "rm", "lan"]).ok();
-    let after = host_kernel_view(&lan.host);
-    let left: Vec<&str> = after
-        .lines()
-        .filter(|l| !before.lines().any(|b| b == *l))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "left behind after rm:\n{}",
-        left.join("\n")
-    );
+    rm_leaves_nothing(&lan, &before);
 }
 
 /// Host access is no way around the wire's policy either: the hairpin

@@ -171,6 +171,48 @@ impl NamespacePins {
 
     /// Every link with hairpin pins in this namespace, by ifindex.
     pub fn hairpins(&self) -> io::Result<Vec<InterfacePins>> {
+        Ok(self
+            .ifindexes("hairpin-")?
+            .into_iter()
+            .map(|ifindex| self.hairpin(ifindex))
+            .collect())
+    }
+
+    /// A fresh, unique directory to pin a new hairpin into before it is
+    /// renamed into place.
+    pub fn hairpin_staging(&self, ifindex: u32) -> InterfacePins {
+        self.staging_as("staging-hairpin", ifindex)
+    }
+
+    /// A fresh, unique directory to pin a new attachment into before it is
+    /// renamed into place.
+    pub fn staging(&self, ifindex: u32) -> InterfacePins {
+        self.staging_as("staging-if", ifindex)
+    }
+
+    /// `{kind}-{ifindex}-{pid}`: unique to this process, so a dead one's is
+    /// told apart ([`Self::remove_dead_staging`]).
+    fn staging_as(&self, kind: &str, ifindex: u32) -> InterfacePins {
+        InterfacePins {
+            dir: self
+                .dir
+                .join(format!("{kind}-{ifindex}-{}", std::process::id())),
+            ifindex,
+        }
+    }
+
+    /// Every attached interface recorded for this namespace, by ifindex.
+    pub fn list(&self) -> io::Result<Vec<InterfacePins>> {
+        Ok(self
+            .ifindexes("if-")?
+            .into_iter()
+            .map(|ifindex| self.interface(ifindex))
+            .collect())
+    }
+
+    /// The ifindexes of this namespace's directories named `{prefix}N`,
+    /// in order.
+    fn ifindexes(&self, prefix: &str) -> io::Result<Vec<u32>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -181,57 +223,13 @@ impl NamespacePins {
             let name = entry?.file_name();
             if let Some(ifindex) = name
                 .to_str()
-                .and_then(|n| n.strip_prefix("hairpin-"))
+                .and_then(|n| n.strip_prefix(prefix))
                 .and_then(|n| n.parse().ok())
             {
-                out.push(self.hairpin(ifindex));
+                out.push(ifindex);
             }
         }
-        Ok(out)
-    }
-
-    /// A fresh, unique directory to pin a new hairpin into before it is
-    /// renamed into place.
-    pub fn hairpin_staging(&self, ifindex: u32) -> InterfacePins {
-        InterfacePins {
-            dir: self
-                .dir
-                .join(format!("staging-hairpin-{ifindex}-{}", std::process::id())),
-            ifindex,
-        }
-    }
-
-    /// A fresh, unique directory to pin a new attachment into before it is
-    /// renamed into place.
-    pub fn staging(&self, ifindex: u32) -> InterfacePins {
-        InterfacePins {
-            dir: self
-                .dir
-                .join(format!("staging-if-{ifindex}-{}", std::process::id())),
-            ifindex,
-        }
-    }
-
-    /// Every attached interface recorded for this namespace, by ifindex.
-    pub fn list(&self) -> io::Result<Vec<InterfacePins>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let name = entry?.file_name();
-            let Some(ifindex) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("if-"))
-                .and_then(|n| n.parse().ok())
-            else {
-                continue;
-            };
-            out.push(self.interface(ifindex));
-        }
-        out.sort_by_key(|p| p.ifindex);
+        out.sort_unstable();
         Ok(out)
     }
 
