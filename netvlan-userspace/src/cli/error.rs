@@ -21,6 +21,8 @@ pub enum CliError {
     Demo(#[from] DemoError),
     #[error(transparent)]
     Daemon(Box<DaemonError>),
+    #[error("{}", .0.message())]
+    Docker(Box<crate::docker::DockerError>),
     #[error("reading /proc/self/status to check privileges")]
     ReadStatus(#[source] std::io::Error),
     #[error("no CapEff line in /proc/self/status")]
@@ -85,6 +87,12 @@ impl From<DatapathError> for CliError {
 impl From<DaemonError> for CliError {
     fn from(e: DaemonError) -> Self {
         CliError::Daemon(Box::new(e))
+    }
+}
+
+impl From<crate::docker::DockerError> for CliError {
+    fn from(e: crate::docker::DockerError) -> Self {
+        CliError::Docker(Box::new(e))
     }
 }
 

@@ -131,7 +131,7 @@ mod mac_or_empty {
 }
 
 /// The MAC the user gave with `--mac`: one an interface can have.
-fn requested_mac(text: &str) -> Result<Mac, InvalidRequest> {
+pub(super) fn requested_mac(text: &str) -> Result<Mac, InvalidRequest> {
     let mac: Mac = text
         .parse()
         .map_err(|_| InvalidRequest::BadMac(text.to_string()))?;
