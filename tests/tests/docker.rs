@@ -478,7 +478,14 @@ impl Dockerd {
         let root = dir.path().to_path_buf();
         std::fs::create_dir_all(&root).unwrap();
         let mut created = Vec::new();
-        for path in ["/etc/docker", "/etc/docker/plugins", "/etc/docker/key.json"] {
+        for path in [
+            "/etc/docker",
+            "/etc/docker/plugins",
+            "/etc/docker/key.json",
+            // dockerd's plugin directories.
+            "/run/docker",
+            "/run/docker/plugins",
+        ] {
             if !Path::new(path).exists() {
                 created.push(PathBuf::from(path));
             }
@@ -604,7 +611,9 @@ impl Drop for Dockerd {
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_file(&self.spec);
-        for path in self.created.iter().rev() {
+        // Children before their parents.
+        self.created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for path in &self.created {
             let _ = if path.is_dir() {
                 std::fs::remove_dir(path)
             } else {
@@ -642,6 +651,9 @@ fn endpoint_stats(lan: &Lan, address: &str, sent: u64) -> Value {
 /// The lab for the engine tests: a LAN whose switch side has 10.86.0.1,
 /// the plugin under a unique name and dockerd using it.
 struct Engine {
+    /// One engine at a time: dockerd's files outside its temp dir
+    /// (`/etc/docker`, `/run/docker`) are shared.
+    _one: std::sync::MutexGuard<'static, ()>,
     lan: Lan,
     plugin_dir: OwnedDir,
     plugin_name: String,
@@ -651,6 +663,8 @@ struct Engine {
 
 impl Engine {
     fn new() -> (Engine, PluginProcess, Dockerd) {
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one = ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let lan = Lan::new(false);
         lan.switch
             .exec("ip", &["addr", "add", "10.86.0.1/24", "dev", "peer0"]);
@@ -658,6 +672,7 @@ impl Engine {
         std::fs::create_dir_all(plugin_dir.path()).unwrap();
         let plugin_name = unique_name("nvd");
         let engine = Engine {
+            _one: one,
             host_links: links_in(&lan.host),
             host_addresses: addresses_in(&lan.host),
             lan,
