@@ -52,6 +52,12 @@ pub struct StageRequest {
     pub link_name: String,
 }
 
+/// The owner tag on the link of endpoint `id`, which it keeps wherever
+/// the runtime moves it.
+pub fn link_alias(id: &str) -> String {
+    owner_alias(id)
+}
+
 /// Whether an endpoint was staged and still waits for its sandbox.
 pub fn is_staged(endpoint: &Endpoint) -> bool {
     endpoint.netns.is_none() && endpoint.ifindex == 0
@@ -203,10 +209,13 @@ impl Manager {
     /// the sandbox it was promised: finds it there by its owner tag,
     /// attaches the endpoint programs and records its name, index and
     /// namespace. `Ok(None)` while it has not arrived yet.
+    /// `loading`: the endpoint programs, loaded ahead (taken when they
+    /// are attached; a fresh load if none is left).
     pub async fn adopt_moved(
         &self,
         network: &str,
         key: &str,
+        loading: &mut Option<endpoint_hooks::Loading>,
     ) -> Result<Option<Endpoint>, NetworkError> {
         let mut record = self.network(network)?;
         let spoofcheck = record.options.spoofcheck;
@@ -244,15 +253,19 @@ impl Manager {
         if spoofcheck {
             config.flags |= EGRESS_ENFORCE;
         }
-        endpoint_hooks::reattach(
+        // The move left no programs on it (the kernel drops clsact
+        // filters; TCX links stayed pinned under netvlan's namespace only
+        // if someone attached them there, which netvlan never does).
+        endpoint_hooks::attach(
             self.datapath().bpf_dir(),
-            &netlink,
             &netns,
             link.ifindex,
             &link.name,
             &config,
-        )
-        .await?;
+            loading
+                .take()
+                .unwrap_or_else(endpoint_hooks::Loading::start),
+        )?;
         // The name Docker gives it (`eth0`) may come a moment later.
         let settled = netlink.link_by_index(link.ifindex).await?;
         endpoint.ifname = settled.name;

@@ -10,7 +10,27 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::Mutex;
 
 use super::Plugin;
-use crate::{control::NetworkError, sys::netns::Netns};
+use crate::{
+    control::{link_alias, NetworkError},
+    datapath::endpoint_hooks,
+    sys::{netlink::Netlink, netns::Netns},
+};
+
+/// Whether the link tagged `alias` is in the namespace at `sandbox`
+/// under a name other than `staged_name` (Docker renames it there).
+async fn moved(sandbox: &std::path::Path, alias: &str, staged_name: &str) -> bool {
+    let Ok(netns) = Netns::open(sandbox) else {
+        return false;
+    };
+    let Ok(netlink) = Netlink::connect_in(&netns) else {
+        return false;
+    };
+    netlink.links().await.is_ok_and(|links| {
+        links
+            .iter()
+            .any(|l| l.alias.as_deref() == Some(alias) && l.name != staged_name)
+    })
+}
 
 /// How often the task looks for the moved link: the window in which the
 /// link may be up in the sandbox without its endpoint programs.
@@ -25,16 +45,26 @@ pub(super) fn spawn(
     calls: Arc<Mutex<()>>,
     network: String,
     key: String,
+    id: String,
     sandbox: PathBuf,
 ) {
     tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let joined = tokio::time::Instant::now();
+        let deadline = joined + PATIENCE;
+        // Loaded while Docker starts the container: attaching is then
+        // only the kernel's part.
+        let mut loading = Some(endpoint_hooks::Loading::start());
+        let alias = link_alias(&id);
+        let staged_name = super::link_name(&id);
+        let mut arrived = None;
         while tokio::time::Instant::now() < deadline {
-            if Netns::open(&sandbox).is_ok() {
+            // Cheap first: the tagged link, renamed, in the sandbox.
+            if arrived.is_some() || moved(&sandbox, &alias, &staged_name).await {
+                let arrived = *arrived.get_or_insert_with(tokio::time::Instant::now);
                 let _serial = calls.lock().await;
                 let adopted = match plugin.manager().await {
                     Ok(manager) => manager
-                        .adopt_moved(&network, &key)
+                        .adopt_moved(&network, &key, &mut loading)
                         .await
                         .map_err(Into::into),
                     Err(e) => Err(e),
@@ -42,10 +72,12 @@ pub(super) fn spawn(
                 match adopted {
                     Ok(Some(endpoint)) => {
                         tracing::info!(
-                            "adopted {} ({}) in {}",
+                            "adopted {} ({}) in {}: {:?} after Join, {:?} after the link arrived there",
                             endpoint.ifname,
                             key,
-                            sandbox.display()
+                            sandbox.display(),
+                            joined.elapsed(),
+                            arrived.elapsed(),
                         );
                         return;
                     }
@@ -90,6 +122,7 @@ impl Plugin {
                         calls.clone(),
                         record.name.clone(),
                         key.clone(),
+                        endpoint.id.clone(),
                         endpoint.netns_path.clone(),
                     );
                     resumed += 1;

@@ -113,6 +113,7 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
                                 s.calls.clone(),
                                 super::network_name(&network_id),
                                 super::endpoint_key(&endpoint_id),
+                                endpoint_id,
                                 sandbox.into(),
                             );
                         }
