@@ -89,12 +89,11 @@ fn post(socket: &Path, call: &str, body: &str) -> (u16, Value) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    write!(
-        stream,
+    let request = format!(
         "POST /{call} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    stream.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let (head, body) = answer
@@ -282,6 +281,9 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
         netvlan_tests::frame::mac_string(&lan.host.mac(&link)),
         "02:42:0a:55:00:05"
     );
+    // Staged, not joined: `check` finds it in order.
+    let check = lan.netvlan(&["check", "--json"]);
+    assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
     // The aux address and a taken one are not Docker's to give.
     for (address, says) in [
         ("10.85.0.200/24", "10.85.0.200"),

@@ -81,11 +81,11 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
     Router::new()
         .route(
             "/Plugin.Activate",
-            post(|| async { reply(StatusCode::OK, &json!({ "Implements": ["NetworkDriver"] })) }),
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Implements": ["NetworkDriver"] })) }),
         )
         .route(
             "/NetworkDriver.GetCapabilities",
-            post(|| async {
+            post(|_body: Bytes| async move {
                 reply(
                     StatusCode::OK,
                     &json!({ "Scope": "local", "ConnectivityScope": "local" }),
@@ -135,17 +135,17 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
         )
         // Discovery (node and data-store events) and network allocation
         // (swarm's, for global scope): nothing for a local driver to do.
-        .route("/NetworkDriver.DiscoverNew", post(|| async { reply(StatusCode::OK, &json!({})) }))
+        .route("/NetworkDriver.DiscoverNew", post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }))
         .route(
             "/NetworkDriver.DiscoverDelete",
-            post(|| async { reply(StatusCode::OK, &json!({})) }),
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }),
         )
         .route(
             "/NetworkDriver.AllocateNetwork",
-            post(|| async { reply(StatusCode::OK, &json!({ "Options": {} })) }),
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Options": {} })) }),
         )
-        .route("/NetworkDriver.FreeNetwork", post(|| async { reply(StatusCode::OK, &json!({})) }))
-        .fallback(|uri: Uri| async move {
+        .route("/NetworkDriver.FreeNetwork", post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }))
+        .fallback(|uri: Uri, _body: Bytes| async move {
             reply(
                 StatusCode::NOT_FOUND,
                 &json!({ "Err": format!("{}: no such call in the network driver protocol", uri.path()) }),
