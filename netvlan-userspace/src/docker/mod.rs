@@ -195,74 +195,7 @@ impl Plugin {
         &self,
         request: CreateNetworkRequest,
     ) -> Result<Value, DockerError> {
-        const CALL: &str = "CreateNetwork";
-        require(CALL, "NetworkID", &request.network_id)?;
-        let mut options = Vec::new();
-        let mut driver = None;
-        let mut parent = false;
-        if let Some(generic) = request.options.get(GENERIC_OPTIONS) {
-            let Value::Object(generic) = generic else {
-                return Err(DockerError::BadOption(format!(
-                    "{GENERIC_OPTIONS} is not an object of -o options"
-                )));
-            };
-            for (key, value) in generic {
-                let Value::String(value) = value else {
-                    return Err(DockerError::BadOption(format!(
-                        "{key}: {value} is not a string"
-                    )));
-                };
-                match key.as_str() {
-                    "driver" => {
-                        driver = Some(value.parse::<Driver>().map_err(|_| {
-                            DockerError::BadOption(format!(
-                                "driver={value}: expected macvlan or ipvlan"
-                            ))
-                        })?)
-                    }
-                    _ => {
-                        parent |= key == "parent" && !value.is_empty();
-                        if key.starts_with("ipvlan_") && driver.is_none() {
-                            driver = Some(Driver::Ipvlan);
-                        }
-                        options.push(format!("{key}={value}"));
-                    }
-                }
-            }
-        }
-        let internal = flag(&request.options, INTERNAL);
-        if !parent && !internal {
-            return Err(DockerError::BadOption(
-                "parent is missing: give the parent link with -o parent=IFACE (or --internal for a network without one)".into(),
-            ));
-        }
-        let pools = request.ipv4_data.iter().chain(request.ipv6_data.iter());
-        let mut create = CreateRequest {
-            name: network_name(&request.network_id),
-            driver: driver.unwrap_or_default(),
-            ipv6: flag(&request.options, ENABLE_IPV6) || !request.ipv6_data.is_empty(),
-            internal,
-            options,
-            labels: vec![format!("{NETWORK_LABEL}={}", request.network_id)],
-            ..Default::default()
-        };
-        for pool in pools {
-            if pool.pool.is_empty() {
-                return Err(DockerError::Missing {
-                    call: CALL,
-                    what: "the Pool of an IPv4Data/IPv6Data entry",
-                });
-            }
-            create.subnets.push(pool.pool.clone());
-            if !pool.gateway.is_empty() {
-                create.gateways.push(bare(&pool.gateway).to_string());
-            }
-            for (name, address) in &pool.aux_addresses {
-                create
-                    .aux_addresses
-                    .push(format!("{name}={}", bare(address)));
-            }
-        }
+        let create = create_request(&request)?;
         let manager = self.manager().await?;
         manager.create(create).await?;
         Ok(json!({}))
@@ -391,6 +324,80 @@ impl Plugin {
     }
 }
 
+/// CreateNetwork's request as the control plane's: Docker's `-o` options
+/// (`driver` is the plugin's own), pools, gateways and aux addresses.
+fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, DockerError> {
+    const CALL: &str = "CreateNetwork";
+    require(CALL, "NetworkID", &request.network_id)?;
+    let mut options = Vec::new();
+    let mut driver = None;
+    let mut parent = false;
+    if let Some(generic) = request.options.get(GENERIC_OPTIONS) {
+        let Value::Object(generic) = generic else {
+            return Err(DockerError::BadOption(format!(
+                "{GENERIC_OPTIONS} is not an object of -o options"
+            )));
+        };
+        for (key, value) in generic {
+            let Value::String(value) = value else {
+                return Err(DockerError::BadOption(format!(
+                    "{key}: {value} is not a string"
+                )));
+            };
+            match key.as_str() {
+                "driver" => {
+                    driver = Some(value.parse::<Driver>().map_err(|_| {
+                        DockerError::BadOption(format!(
+                            "driver={value}: expected macvlan or ipvlan"
+                        ))
+                    })?)
+                }
+                _ => {
+                    parent |= key == "parent" && !value.is_empty();
+                    if key.starts_with("ipvlan_") && driver.is_none() {
+                        driver = Some(Driver::Ipvlan);
+                    }
+                    options.push(format!("{key}={value}"));
+                }
+            }
+        }
+    }
+    let internal = flag(&request.options, INTERNAL);
+    if !parent && !internal {
+        return Err(DockerError::BadOption(
+            "parent is missing: give the parent link with -o parent=IFACE (or --internal for a network without one)".into(),
+        ));
+    }
+    let pools = request.ipv4_data.iter().chain(request.ipv6_data.iter());
+    let mut create = CreateRequest {
+        name: network_name(&request.network_id),
+        driver: driver.unwrap_or_default(),
+        ipv6: flag(&request.options, ENABLE_IPV6) || !request.ipv6_data.is_empty(),
+        internal,
+        options,
+        labels: vec![format!("{NETWORK_LABEL}={}", request.network_id)],
+        ..Default::default()
+    };
+    for pool in pools {
+        if pool.pool.is_empty() {
+            return Err(DockerError::Missing {
+                call: CALL,
+                what: "the Pool of an IPv4Data/IPv6Data entry",
+            });
+        }
+        create.subnets.push(pool.pool.clone());
+        if !pool.gateway.is_empty() {
+            create.gateways.push(bare(&pool.gateway).to_string());
+        }
+        for (name, address) in &pool.aux_addresses {
+            create
+                .aux_addresses
+                .push(format!("{name}={}", bare(address)));
+        }
+    }
+    Ok(create)
+}
+
 fn find_endpoint(
     manager: &Manager,
     network: &str,
@@ -407,4 +414,82 @@ fn find_endpoint(
             network: request.network_id.clone(),
             endpoint: request.endpoint_id.clone(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> CreateNetworkRequest {
+        serde_json::from_value(body).expect("a CreateNetwork body")
+    }
+
+    #[test]
+    fn docker_options_and_ipam_data_become_a_create_request() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let create = create_request(&request(json!({
+            "NetworkID": id,
+            "Options": {
+                "com.docker.network.generic": {"parent": "eth0.50", "ipvlan_mode": "l3"},
+                "com.docker.network.enable_ipv6": false,
+            },
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.1.0.0/24",
+                          "Gateway": "10.1.0.1/24", "AuxAddresses": {"r": "10.1.0.9/24"}}],
+            "IPv6Data": [{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}],
+        })))
+        .unwrap();
+        assert_eq!(create.name, "docker-0123456789ab");
+        assert_eq!(
+            create.driver,
+            Driver::Ipvlan,
+            "an ipvlan_* option implies ipvlan"
+        );
+        assert_eq!(create.options, ["ipvlan_mode=l3", "parent=eth0.50"]);
+        assert_eq!(create.subnets, ["10.1.0.0/24", "fd00:1::/64"]);
+        assert_eq!(create.gateways, ["10.1.0.1", "fd00:1::1"]);
+        assert_eq!(create.aux_addresses, ["r=10.1.0.9"]);
+        assert!(create.ipv6, "an IPv6 pool switches IPv6 on");
+        assert_eq!(create.labels, [format!("{NETWORK_LABEL}={id}")]);
+    }
+
+    #[test]
+    fn bad_options_are_refused_naming_them() {
+        let refused = |options: Value| {
+            create_request(&request(json!({
+                "NetworkID": "ab",
+                "Options": options,
+                "IPv4Data": [{"Pool": "10.1.0.0/24"}],
+            })))
+            .unwrap_err()
+            .message()
+        };
+        assert!(refused(json!({})).contains("parent is missing"));
+        assert!(refused(
+            json!({"com.docker.network.generic": {"parent": "eth0", "driver": "bridge"}})
+        )
+        .contains("driver=bridge"));
+        assert!(refused(json!({"com.docker.network.generic": {"parent": 7}})).contains("parent"));
+        // --internal needs no parent.
+        let internal = create_request(&request(json!({
+            "NetworkID": "ab",
+            "Options": {"com.docker.network.internal": true},
+        })))
+        .unwrap();
+        assert!(internal.internal);
+        let missing = create_request(&request(json!({"Options": {}}))).unwrap_err();
+        assert!(
+            missing.message().contains("NetworkID"),
+            "{}",
+            missing.message()
+        );
+    }
+
+    #[test]
+    fn link_names_fit_the_kernel_limit() {
+        let id = "f".repeat(64);
+        assert_eq!(link_name(&id), "nvdffffffffff");
+        assert!(link_name(&id).len() <= 15);
+        assert_eq!(endpoint_key(&id), "docker-ffffffffffff");
+        assert_eq!(link_name("abc"), "nvdabc");
+    }
 }
