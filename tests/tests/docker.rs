@@ -144,10 +144,24 @@ fn links_in(ns: &Netns) -> Vec<String> {
     ns.sorted_link_names()
 }
 
-/// The addresses of every link in `ns`, as `ip -j addr` lists them.
-fn addresses_in(ns: &Netns) -> String {
+/// The addresses of every link in `ns` (`link address/len`, sorted).
+fn addresses_in(ns: &Netns) -> Vec<String> {
     let out = ns.exec("ip", &["-j", "addr"]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j addr prints JSON");
+    let mut addresses: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| {
+            link["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |a| format!("{} {}/{}", link["ifname"], a["local"], a["prefixlen"]))
+        })
+        .collect();
+    addresses.sort();
+    addresses
 }
 
 fn network_create(nid: &str, generic: Value, pool: &str, gateway: &str) -> Value {
@@ -661,7 +675,7 @@ struct Engine {
     plugin_dir: OwnedDir,
     plugin_name: String,
     host_links: Vec<String>,
-    host_addresses: String,
+    host_addresses: Vec<String>,
 }
 
 impl Engine {
