@@ -51,6 +51,10 @@ pub struct Endpoint {
     /// (those sort first, by network name).
     #[serde(default)]
     pub connected: u64,
+    /// A runtime moves this endpoint's link itself (Docker) and netvlan
+    /// has not adopted it in its sandbox yet (see `control::staged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
 }
 
 impl Endpoint {
@@ -277,6 +281,7 @@ impl Manager {
                 .map(|e| e.connected)
                 .max()
                 .unwrap_or(0),
+            staged: false,
         };
         // A family whose default route another network of the sandbox
         // already holds gets none here.

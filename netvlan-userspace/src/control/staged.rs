@@ -60,7 +60,7 @@ pub fn link_alias(id: &str) -> String {
 
 /// Whether an endpoint was staged and still waits for its sandbox.
 pub fn is_staged(endpoint: &Endpoint) -> bool {
-    endpoint.netns.is_none() && endpoint.ifindex == 0
+    endpoint.staged
 }
 
 impl Manager {
@@ -157,6 +157,7 @@ impl Manager {
                 .map(|e| e.connected)
                 .max()
                 .unwrap_or(0),
+            staged: true,
         };
         record
             .endpoints
@@ -220,6 +221,9 @@ impl Manager {
         let mut record = self.network(network)?;
         let spoofcheck = record.options.spoofcheck;
         let endpoint = staged_mut(&mut record, key)?;
+        if !endpoint.staged {
+            return Ok(Some(endpoint.clone()));
+        }
         if endpoint.netns_path.as_os_str().is_empty() {
             return Ok(None);
         }
@@ -271,6 +275,7 @@ impl Manager {
         endpoint.ifname = settled.name;
         endpoint.ifindex = link.ifindex;
         endpoint.netns = Some(netns.id());
+        endpoint.staged = false;
         let endpoint = endpoint.clone();
         if let Err(e) = self.store().put_network(&record.name, &record) {
             let _ =
@@ -300,6 +305,7 @@ impl Manager {
             endpoint_hooks::remove_pins(self.datapath().bpf_dir(), netns, endpoint.ifindex)?;
         }
         endpoint.ifindex = 0;
+        endpoint.staged = true;
         endpoint.netns_path = PathBuf::new();
         endpoint.sandbox = key.to_string();
         endpoint.ifname = link_name.to_string();

@@ -116,7 +116,7 @@ impl Plugin {
                 continue;
             }
             for (key, endpoint) in &record.endpoints {
-                if endpoint.netns.is_none() && !endpoint.netns_path.as_os_str().is_empty() {
+                if endpoint.staged && !endpoint.netns_path.as_os_str().is_empty() {
                     spawn(
                         self.clone(),
                         calls.clone(),
