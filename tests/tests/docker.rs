@@ -295,9 +295,15 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
         netvlan_tests::frame::mac_string(&lan.host.mac(&link)),
         "02:42:0a:55:00:05"
     );
-    // Staged, not joined: `check` finds it in order.
+    // Staged, not joined: `check` finds it in order, `restore` leaves it.
     let check = lan.netvlan(&["check", "--json"]);
     assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
+    let restored = lan.netvlan(&["restore", "--json"]).ok().json();
+    assert_eq!(restored, json!({"actions": []}), "{restored:#}");
+    assert!(
+        links_in(&lan.host).contains(&link),
+        "restore took the staged link"
+    );
     // The aux address and a taken one are not Docker's to give.
     for (address, says) in [
         ("10.85.0.200/24", "10.85.0.200"),

@@ -252,19 +252,14 @@ impl Manager {
         if super::is_staged(endpoint) {
             // A runtime's endpoint not adopted yet (see `staged`): its
             // link is here, or on its way into the sandbox it joined.
-            let alias = super::owner::owner_alias(&endpoint.id);
-            let here = self
-                .netlink()
-                .links()
-                .await?
-                .iter()
-                .any(|l| l.alias.as_deref() == Some(alias.as_str()));
-            let joining = !endpoint.netns_path.as_os_str().is_empty()
-                && Sandbox::resolve(&endpoint.sandbox).is_ok();
-            if !here && !joining {
+            if !self.staged_in_flight(endpoint).await? {
                 drift(
                     "staged_link_missing",
-                    format!("the link {} tagged {alias} is missing", endpoint.ifname),
+                    format!(
+                        "the link {} tagged {} is missing",
+                        endpoint.ifname,
+                        super::owner::owner_alias(&endpoint.id)
+                    ),
                     format!("{RESTORE} drops the endpoint and frees its addresses"),
                 );
             }

@@ -64,6 +64,22 @@ pub fn is_staged(endpoint: &Endpoint) -> bool {
 }
 
 impl Manager {
+    /// Whether a staged endpoint is still the runtime's to finish: its
+    /// link is here, or its sandbox (joined) exists, the link on its way
+    /// there. `check` and `restore` leave such an endpoint alone.
+    pub(super) async fn staged_in_flight(&self, endpoint: &Endpoint) -> Result<bool, NetworkError> {
+        let alias = owner_alias(&endpoint.id);
+        let here = self
+            .netlink()
+            .links()
+            .await?
+            .iter()
+            .any(|l| l.alias.as_deref() == Some(alias.as_str()));
+        let joining = !endpoint.netns_path.as_os_str().is_empty()
+            && crate::sys::sandbox::Sandbox::resolve(&endpoint.sandbox).is_ok();
+        Ok(here || joining)
+    }
+
     /// Makes an endpoint's link in this namespace for a runtime to move:
     /// reserves the given addresses, creates the link with the MAC (given,
     /// or Docker's from the IPv4 address) and the owner tag, registers the
