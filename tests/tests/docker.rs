@@ -845,7 +845,6 @@ fn docker_runs_a_container_on_a_netvlan_network() {
     assert_eq!(restored, json!({"actions": []}), "{restored:#}");
     let listed = engine.lan.netvlan(&["network", "ls", "--json"]).ok().json();
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
-    eprintln!("{}", plugin.log());
 
     dockerd.ok(&["rm", "-f", &ctr]);
     dockerd.ok(&["network", "rm", &net]);
