@@ -8,6 +8,7 @@
 //! - [`store`]: the persistent state and its lock.
 //! - [`datapath`]: loading, pinning and reading the eBPF programs and maps.
 //! - [`control`]: the control plane every front shares ([`control::Manager`]).
+//! - [`docker`]: the Docker remote network driver, driving the control plane.
 //! - [`daemon`]: the service beside the datapath: metrics, page, API.
 //! - [`demo`]: a lab in namespaces of its own, built with the control plane.
 //! - [`cni`]: the `netvlan-cni` CNI plugin, driving the control plane.
@@ -19,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;
+pub mod docker;
 pub mod ipam;
 pub mod keyword;
 pub mod store;

@@ -42,6 +42,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/tests/docker.rs: dockerd (and its containerd) as the real engine
+    // for `netvlan docker-plugin`.
+    "docker.io",
     // tests/tests/metrics.rs counts the daemon's fsyncs on a read.
     "strace",
 ];

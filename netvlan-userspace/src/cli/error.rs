@@ -25,6 +25,8 @@ pub enum CliError {
     /// process's own would be.
     #[error("{}", .0.line())]
     Remote(ErrorReport),
+    #[error("{}", .0.message())]
+    Docker(Box<crate::docker::DockerError>),
     #[error("reading /proc/self/status to check privileges")]
     ReadStatus(#[source] std::io::Error),
     #[error("no CapEff line in /proc/self/status")]
@@ -89,6 +91,12 @@ impl From<DatapathError> for CliError {
 impl From<DaemonError> for CliError {
     fn from(e: DaemonError) -> Self {
         CliError::Daemon(Box::new(e))
+    }
+}
+
+impl From<crate::docker::DockerError> for CliError {
+    fn from(e: crate::docker::DockerError) -> Self {
+        CliError::Docker(Box::new(e))
     }
 }
 

@@ -7,6 +7,7 @@ mod connect;
 mod daemon;
 mod datapath;
 mod demo;
+mod docker_plugin;
 mod error;
 mod network;
 pub(crate) mod output;
@@ -126,6 +127,11 @@ enum Command {
     /// live page. Programs and maps stay pinned without it; stopping or
     /// killing it loses no packet, filter or count.
     Daemon(DaemonArgs),
+    /// Serve Docker's remote network driver protocol on a unix socket, so
+    /// `docker network create -d netvlan -o parent=eth0 ...` makes netvlan
+    /// networks (same state, datapath and counters as the CLI's). Runs in
+    /// the foreground, in dockerd's network namespace.
+    DockerPlugin(docker_plugin::DockerPluginArgs),
     /// Show frames as the datapath sees them, filtered in the kernel: a
     /// line per event (JSON with --json), optionally a pcapng capture.
     /// Lost events (a full ring) are counted and printed at the end.
@@ -245,6 +251,7 @@ pub fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match &cli.command {
         Command::Daemon(args) => init_daemon_tracing(cli.verbose, args.log_format()),
+        Command::DockerPlugin(_) => init_daemon_tracing(cli.verbose, LogFormat::Text),
         _ => init_tracing(cli.verbose),
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -402,6 +409,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => {
             daemon::run(&cli.bpf_dir, &cli.state_dir, &cli.run_dir, args).await
         }
+        Command::DockerPlugin(args) => docker_plugin::run(&cli.bpf_dir, &cli.state_dir, args).await,
         Command::Trace(args) => trace::run(&datapath, &cli.state_dir, daemon.as_ref(), args).await,
         Command::Demo {
             action,

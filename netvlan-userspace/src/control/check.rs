@@ -249,6 +249,22 @@ impl Manager {
                 repair,
             })
         };
+        if super::is_staged(endpoint) {
+            // A runtime's endpoint not adopted yet (see `staged`): its
+            // link is here, or on its way into the sandbox it joined.
+            if !self.staged_in_flight(endpoint).await? {
+                drift(
+                    "staged_link_missing",
+                    format!(
+                        "the link {} tagged {} is missing",
+                        endpoint.ifname,
+                        super::owner::owner_alias(&endpoint.id)
+                    ),
+                    format!("{RESTORE} drops the endpoint and frees its addresses"),
+                );
+            }
+            return Ok(());
+        }
         let alive =
             Sandbox::resolve(&endpoint.sandbox).is_ok_and(|s| s.path == endpoint.netns_path);
         if !alive {

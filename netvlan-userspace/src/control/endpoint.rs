@@ -51,6 +51,10 @@ pub struct Endpoint {
     /// (those sort first, by network name).
     #[serde(default)]
     pub connected: u64,
+    /// A runtime moves this endpoint's link itself (Docker) and netvlan
+    /// has not adopted it in its sandbox yet (see `control::staged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
 }
 
 impl Endpoint {
@@ -131,7 +135,7 @@ mod mac_or_empty {
 }
 
 /// The MAC the user gave with `--mac`: one an interface can have.
-fn requested_mac(text: &str) -> Result<Mac, InvalidRequest> {
+pub(super) fn requested_mac(text: &str) -> Result<Mac, InvalidRequest> {
     let mac: Mac = text
         .parse()
         .map_err(|_| InvalidRequest::BadMac(text.to_string()))?;
@@ -277,6 +281,7 @@ impl Manager {
                 .map(|e| e.connected)
                 .max()
                 .unwrap_or(0),
+            staged: false,
         };
         // A family whose default route another network of the sandbox
         // already holds gets none here.

@@ -27,6 +27,7 @@ pub mod report;
 mod restore;
 mod routes;
 mod sandbox_link;
+mod staged;
 pub mod trace;
 mod wire_policy;
 
@@ -54,6 +55,7 @@ use operation::{Operation, OperationLog};
 pub use options::{NetworkOptions, OptionError, OptionKey, PolicyOptions, OPTION_KEYS};
 use owner::{new_id, owner_alias, OWNER_PREFIX};
 pub use restore::RestoreAction;
+pub use staged::{is_staged, link_alias, StageRequest};
 
 /// How the network's parent link came to be, and so what removal undoes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

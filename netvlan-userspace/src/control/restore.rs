@@ -232,6 +232,12 @@ impl Manager {
             }
         };
         for (key, endpoint) in record.endpoints.clone() {
+            // A runtime's endpoint on its way into its sandbox is the
+            // runtime's (and its plugin's) to finish; one whose link and
+            // sandbox are gone is dropped below like any other.
+            if endpoint.staged && self.staged_in_flight(&endpoint).await.unwrap_or(true) {
+                continue;
+            }
             let mut report = |action: String, error: Option<String>| {
                 actions.push(RestoreAction {
                     network: record.name.clone(),

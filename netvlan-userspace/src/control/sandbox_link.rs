@@ -324,7 +324,7 @@ impl SandboxPlan {
 }
 
 /// What the endpoint may send as: its MAC and its addresses.
-fn egress_config(mac: Option<[u8; 6]>, addresses: &[IpNet]) -> EgressConfig {
+pub(super) fn egress_config(mac: Option<[u8; 6]>, addresses: &[IpNet]) -> EgressConfig {
     let mut config = EgressConfig {
         mac: mac.unwrap_or_default(),
         ..EgressConfig::default()

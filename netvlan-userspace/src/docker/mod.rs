@@ -1,0 +1,495 @@
+//! `netvlan docker-plugin`: Docker's remote network driver (libnetwork's
+//! CNM "remote driver"), served on a unix socket (see [`server`]). The
+//! networks, IPAM, datapath and state are the CLI's, through
+//! [`control::Manager`]:
+//!
+//! - CreateNetwork makes network `docker-<first 12 of the NetworkID>`
+//!   from the `-o` options (`parent`, `macvlan_mode`, `ipvlan_mode`, and
+//!   netvlan's own keys; `-o driver=ipvlan` picks ipvlan) and Docker's
+//!   pools, gateways and aux addresses; DeleteNetwork removes it.
+//! - CreateEndpoint reserves exactly the addresses Docker's IPAM chose and
+//!   makes the endpoint's link here, in the plugin's namespace
+//!   ([`Manager::stage_endpoint`]), answering its MAC when Docker gave none.
+//! - Join answers that link for Docker to move into the sandbox, with the
+//!   gateways; once it is there the plugin adopts it (endpoint programs,
+//!   namespace, index; see [`adopt`]). Leave and DeleteEndpoint undo.
+//!
+//! Every call opens the state for itself (as a CLI command does), so
+//! `netvlan` commands run beside the plugin, and a restarted plugin picks
+//! up where the last one stopped.
+
+mod adopt;
+pub mod protocol;
+pub mod server;
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::{
+    control::{CreateRequest, Driver, Manager, NetworkError, StageRequest},
+    datapath::{pins, Datapath, DatapathError},
+    store::{Store, StoreError},
+};
+use protocol::{
+    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, InterfaceName,
+    JoinRequest, JoinResponse, NetworkRequest, ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL,
+};
+
+/// Where Docker looks for a plugin named `netvlan`.
+pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/netvlan.sock";
+
+/// The label on the networks the plugin made, holding Docker's NetworkID.
+pub const NETWORK_LABEL: &str = "netvlan.docker.network";
+
+/// The prefix Docker gives the link's name in the sandbox (`eth0`, ...).
+const DST_PREFIX: &str = "eth";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("the request body is not valid JSON for {call}")]
+    Json {
+        call: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{call}: {what} is missing")]
+    Missing {
+        call: &'static str,
+        what: &'static str,
+    },
+    #[error("network option {0}")]
+    BadOption(String),
+    #[error("no netvlan network for Docker network {0}")]
+    UnknownNetwork(String),
+    #[error("no endpoint {endpoint} on Docker network {network}")]
+    UnknownEndpoint { network: String, endpoint: String },
+    #[error("the plugin's socket {socket}")]
+    Socket {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    PinsWouldVanish(String),
+    #[error(transparent)]
+    Network(Box<NetworkError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Datapath(Box<DatapathError>),
+}
+
+impl From<NetworkError> for DockerError {
+    fn from(e: NetworkError) -> Self {
+        DockerError::Network(Box::new(e))
+    }
+}
+
+impl From<DatapathError> for DockerError {
+    fn from(e: DatapathError) -> Self {
+        DockerError::Datapath(Box::new(e))
+    }
+}
+
+impl DockerError {
+    /// The message Docker shows the user (`Err`): the control plane's own
+    /// report line for its errors, with their details.
+    pub fn message(&self) -> String {
+        match self {
+            DockerError::Network(e) => e.report().line(),
+            other => {
+                let mut text = other.to_string();
+                let mut source = std::error::Error::source(other);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                text
+            }
+        }
+    }
+}
+
+/// The plugin: where its state and pins are.
+#[derive(Clone, Debug)]
+pub struct Plugin {
+    pub bpf_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// The netvlan network of a Docker network.
+pub fn network_name(network_id: &str) -> String {
+    format!("docker-{}", short(network_id))
+}
+
+/// The endpoint's key among its network's endpoints until it joins.
+pub fn endpoint_key(endpoint_id: &str) -> String {
+    format!("docker-{}", short(endpoint_id))
+}
+
+/// The endpoint's link in the plugin's namespace (`nvd` + 10 hex digits:
+/// 13 characters, within the kernel's 15).
+pub fn link_name(endpoint_id: &str) -> String {
+    format!(
+        "nvd{}",
+        &short(endpoint_id)[..10.min(short(endpoint_id).len())]
+    )
+}
+
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
+fn require(call: &'static str, what: &'static str, value: &str) -> Result<(), DockerError> {
+    if value.is_empty() {
+        return Err(DockerError::Missing { call, what });
+    }
+    Ok(())
+}
+
+/// An address without its prefix length (`172.16.86.1/24` → `172.16.86.1`).
+fn bare(cidr: &str) -> &str {
+    cidr.split_once('/').map_or(cidr, |(ip, _)| ip)
+}
+
+fn flag(options: &std::collections::BTreeMap<String, Value>, key: &str) -> bool {
+    match options.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+impl Plugin {
+    async fn manager(&self) -> Result<Manager, DockerError> {
+        pins::check_pins_persist(&self.bpf_dir)
+            .map_err(|e| DockerError::PinsWouldVanish(e.to_string()))?;
+        let datapath = Datapath::open(&self.bpf_dir)?;
+        let (manager, recovered) = Manager::open(Store::open(&self.state_dir)?, datapath).await?;
+        for line in recovered {
+            tracing::info!("recovered: {line}");
+        }
+        Ok(manager)
+    }
+
+    /// The netvlan network of a Docker network (by the label the plugin
+    /// put on it).
+    fn network_of(manager: &Manager, network_id: &str) -> Result<String, DockerError> {
+        let name = network_name(network_id);
+        match manager.network(&name) {
+            Ok(record)
+                if record.labels.get(NETWORK_LABEL).map(String::as_str) == Some(network_id) =>
+            {
+                Ok(name)
+            }
+            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {
+                Err(DockerError::UnknownNetwork(network_id.into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create_network(
+        &self,
+        request: CreateNetworkRequest,
+    ) -> Result<Value, DockerError> {
+        let create = create_request(&request)?;
+        let manager = self.manager().await?;
+        manager.create(create).await?;
+        Ok(json!({}))
+    }
+
+    pub async fn delete_network(&self, request: NetworkRequest) -> Result<Value, DockerError> {
+        require("DeleteNetwork", "NetworkID", &request.network_id)?;
+        let manager = self.manager().await?;
+        let name = Self::network_of(&manager, &request.network_id)?;
+        manager.remove(&name).await?;
+        Ok(json!({}))
+    }
+
+    pub async fn create_endpoint(
+        &self,
+        request: CreateEndpointRequest,
+    ) -> Result<Value, DockerError> {
+        const CALL: &str = "CreateEndpoint";
+        require(CALL, "NetworkID", &request.network_id)?;
+        require(CALL, "EndpointID", &request.endpoint_id)?;
+        let given = request.interface.unwrap_or_default();
+        let some = |s: &str| (!s.is_empty()).then(|| bare(s).to_string());
+        let manager = self.manager().await?;
+        let network = Self::network_of(&manager, &request.network_id)?;
+        let (_, endpoint) = manager
+            .stage_endpoint(StageRequest {
+                network,
+                key: endpoint_key(&request.endpoint_id),
+                id: request.endpoint_id.clone(),
+                ip: some(&given.address),
+                ip6: some(&given.address_ipv6),
+                mac: some(&given.mac_address),
+                link_name: link_name(&request.endpoint_id),
+            })
+            .await?;
+        // Docker refuses an answer that changes what it gave: only the MAC
+        // it left to the driver.
+        let mut answer = EndpointInterface::default();
+        if given.mac_address.is_empty() {
+            answer.mac_address = endpoint.mac_text();
+        }
+        if answer.mac_address.is_empty() {
+            return Ok(json!({}));
+        }
+        Ok(json!({ "Interface": answer }))
+    }
+
+    pub async fn endpoint_info(&self, request: EndpointRequest) -> Result<Value, DockerError> {
+        let manager = self.manager().await?;
+        let network = Self::network_of(&manager, &request.network_id)?;
+        let endpoint = find_endpoint(&manager, &network, &request)?;
+        Ok(json!({ "Value": {
+            "netvlan.network": network,
+            "netvlan.ifname": endpoint.ifname,
+            "netvlan.mac": endpoint.mac_text(),
+            "netvlan.sandbox": endpoint.netns_path.display().to_string(),
+            "netvlan.adopted": endpoint.netns.is_some(),
+        }}))
+    }
+
+    pub async fn delete_endpoint(&self, request: EndpointRequest) -> Result<Value, DockerError> {
+        let manager = self.manager().await?;
+        let network = Self::network_of(&manager, &request.network_id)?;
+        find_endpoint(&manager, &network, &request)?;
+        manager
+            .unstage_endpoint(&network, &endpoint_key(&request.endpoint_id))
+            .await?;
+        Ok(json!({}))
+    }
+
+    pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, DockerError> {
+        const CALL: &str = "Join";
+        require(CALL, "SandboxKey", &request.sandbox_key)?;
+        let manager = self.manager().await?;
+        let network = Self::network_of(&manager, &request.network_id)?;
+        let endpoint = find_endpoint(
+            &manager,
+            &network,
+            &EndpointRequest {
+                network_id: request.network_id.clone(),
+                endpoint_id: request.endpoint_id.clone(),
+            },
+        )?;
+        let record = manager.network(&network)?;
+        let key = endpoint_key(&request.endpoint_id);
+        manager.expect_move(&network, &key, request.sandbox_key.clone().into())?;
+        let gateway = |net: Option<ipnet::IpNet>| {
+            net.and_then(|n| record.ipam.config().subnet_of(&n.addr()))
+                .and_then(|s| s.gateway)
+                .filter(|_| !record.internal)
+                .map(|g| g.to_string())
+                .unwrap_or_default()
+        };
+        Ok(JoinResponse {
+            interface_name: InterfaceName {
+                src_name: link_name(&request.endpoint_id),
+                dst_prefix: DST_PREFIX.into(),
+            },
+            gateway: gateway(endpoint.ipv4),
+            gateway_ipv6: gateway(endpoint.ipv6),
+            static_routes: Vec::new(),
+        })
+    }
+
+    pub async fn leave(&self, request: EndpointRequest) -> Result<Value, DockerError> {
+        let manager = self.manager().await?;
+        let network = Self::network_of(&manager, &request.network_id)?;
+        find_endpoint(&manager, &network, &request)?;
+        manager
+            .unadopt(
+                &network,
+                &endpoint_key(&request.endpoint_id),
+                &link_name(&request.endpoint_id),
+            )
+            .await?;
+        Ok(json!({}))
+    }
+
+    /// Program/RevokeExternalConnectivity: the endpoint is on the LAN
+    /// itself; there is nothing to publish or NAT. The call is checked.
+    pub async fn external(&self, request: EndpointRequest) -> Result<Value, DockerError> {
+        let manager = self.manager().await?;
+        let network = Self::network_of(&manager, &request.network_id)?;
+        find_endpoint(&manager, &network, &request)?;
+        Ok(json!({}))
+    }
+}
+
+/// CreateNetwork's request as the control plane's: Docker's `-o` options
+/// (`driver` is the plugin's own), pools, gateways and aux addresses.
+fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, DockerError> {
+    const CALL: &str = "CreateNetwork";
+    require(CALL, "NetworkID", &request.network_id)?;
+    let mut options = Vec::new();
+    let mut driver = None;
+    let mut parent = false;
+    if let Some(generic) = request.options.get(GENERIC_OPTIONS) {
+        let Value::Object(generic) = generic else {
+            return Err(DockerError::BadOption(format!(
+                "{GENERIC_OPTIONS} is not an object of -o options"
+            )));
+        };
+        for (key, value) in generic {
+            let Value::String(value) = value else {
+                return Err(DockerError::BadOption(format!(
+                    "{key}: {value} is not a string"
+                )));
+            };
+            match key.as_str() {
+                "driver" => {
+                    driver = Some(value.parse::<Driver>().map_err(|_| {
+                        DockerError::BadOption(format!(
+                            "driver={value}: expected macvlan or ipvlan"
+                        ))
+                    })?)
+                }
+                _ => {
+                    parent |= key == "parent" && !value.is_empty();
+                    if key.starts_with("ipvlan_") && driver.is_none() {
+                        driver = Some(Driver::Ipvlan);
+                    }
+                    options.push(format!("{key}={value}"));
+                }
+            }
+        }
+    }
+    let internal = flag(&request.options, INTERNAL);
+    if !parent && !internal {
+        return Err(DockerError::BadOption(
+            "parent is missing: give the parent link with -o parent=IFACE (or --internal for a network without one)".into(),
+        ));
+    }
+    let pools = request.ipv4_data.iter().chain(request.ipv6_data.iter());
+    let mut create = CreateRequest {
+        name: network_name(&request.network_id),
+        driver: driver.unwrap_or_default(),
+        ipv6: flag(&request.options, ENABLE_IPV6) || !request.ipv6_data.is_empty(),
+        internal,
+        options,
+        labels: vec![format!("{NETWORK_LABEL}={}", request.network_id)],
+        ..Default::default()
+    };
+    for pool in pools {
+        if pool.pool.is_empty() {
+            return Err(DockerError::Missing {
+                call: CALL,
+                what: "the Pool of an IPv4Data/IPv6Data entry",
+            });
+        }
+        create.subnets.push(pool.pool.clone());
+        if !pool.gateway.is_empty() {
+            create.gateways.push(bare(&pool.gateway).to_string());
+        }
+        for (name, address) in &pool.aux_addresses {
+            create
+                .aux_addresses
+                .push(format!("{name}={}", bare(address)));
+        }
+    }
+    Ok(create)
+}
+
+fn find_endpoint(
+    manager: &Manager,
+    network: &str,
+    request: &EndpointRequest,
+) -> Result<crate::control::Endpoint, DockerError> {
+    require("an endpoint call", "EndpointID", &request.endpoint_id)?;
+    manager
+        .network(network)?
+        .endpoints
+        .get(&endpoint_key(&request.endpoint_id))
+        .filter(|e| e.id == request.endpoint_id)
+        .cloned()
+        .ok_or_else(|| DockerError::UnknownEndpoint {
+            network: request.network_id.clone(),
+            endpoint: request.endpoint_id.clone(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> CreateNetworkRequest {
+        serde_json::from_value(body).expect("a CreateNetwork body")
+    }
+
+    #[test]
+    fn docker_options_and_ipam_data_become_a_create_request() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let create = create_request(&request(json!({
+            "NetworkID": id,
+            "Options": {
+                "com.docker.network.generic": {"parent": "eth0.50", "ipvlan_mode": "l3"},
+                "com.docker.network.enable_ipv6": false,
+            },
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.1.0.0/24",
+                          "Gateway": "10.1.0.1/24", "AuxAddresses": {"r": "10.1.0.9/24"}}],
+            "IPv6Data": [{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}],
+        })))
+        .unwrap();
+        assert_eq!(create.name, "docker-0123456789ab");
+        assert_eq!(
+            create.driver,
+            Driver::Ipvlan,
+            "an ipvlan_* option implies ipvlan"
+        );
+        assert_eq!(create.options, ["ipvlan_mode=l3", "parent=eth0.50"]);
+        assert_eq!(create.subnets, ["10.1.0.0/24", "fd00:1::/64"]);
+        assert_eq!(create.gateways, ["10.1.0.1", "fd00:1::1"]);
+        assert_eq!(create.aux_addresses, ["r=10.1.0.9"]);
+        assert!(create.ipv6, "an IPv6 pool switches IPv6 on");
+        assert_eq!(create.labels, [format!("{NETWORK_LABEL}={id}")]);
+    }
+
+    #[test]
+    fn bad_options_are_refused_naming_them() {
+        let refused = |options: Value| {
+            create_request(&request(json!({
+                "NetworkID": "ab",
+                "Options": options,
+                "IPv4Data": [{"Pool": "10.1.0.0/24"}],
+            })))
+            .unwrap_err()
+            .message()
+        };
+        assert!(refused(json!({})).contains("parent is missing"));
+        assert!(refused(
+            json!({"com.docker.network.generic": {"parent": "eth0", "driver": "bridge"}})
+        )
+        .contains("driver=bridge"));
+        assert!(refused(json!({"com.docker.network.generic": {"parent": 7}})).contains("parent"));
+        // --internal needs no parent.
+        let internal = create_request(&request(json!({
+            "NetworkID": "ab",
+            "Options": {"com.docker.network.internal": true},
+        })))
+        .unwrap();
+        assert!(internal.internal);
+        let missing = create_request(&request(json!({"Options": {}}))).unwrap_err();
+        assert!(
+            missing.message().contains("NetworkID"),
+            "{}",
+            missing.message()
+        );
+    }
+
+    #[test]
+    fn link_names_fit_the_kernel_limit() {
+        let id = "f".repeat(64);
+        assert_eq!(link_name(&id), "nvdffffffffff");
+        assert!(link_name(&id).len() <= 15);
+        assert_eq!(endpoint_key(&id), "docker-ffffffffffff");
+        assert_eq!(link_name("abc"), "nvdabc");
+    }
+}

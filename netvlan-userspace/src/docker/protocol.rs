@@ -1,0 +1,131 @@
+//! libnetwork's remote network-driver protocol: the JSON bodies of its
+//! calls, field names as in `libnetwork/drivers/remote/api/api.go`.
+//! Fields libnetwork may leave out default to empty.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The media type every plugin answer carries.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
+/// The `-o KEY=VALUE` options of `docker network create`, inside
+/// CreateNetwork's `Options`.
+pub const GENERIC_OPTIONS: &str = "com.docker.network.generic";
+/// `--ipv6`, inside CreateNetwork's `Options`.
+pub const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+/// `--internal`, inside CreateNetwork's `Options`.
+pub const INTERNAL: &str = "com.docker.network.internal";
+
+/// One address pool of a network, from Docker's IPAM.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamData {
+    pub address_space: String,
+    /// `172.16.86.0/24`.
+    pub pool: String,
+    /// `172.16.86.1/24` (the gateway with the pool's prefix length).
+    pub gateway: String,
+    /// Name to `ip/len`.
+    pub aux_addresses: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateNetworkRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "Options")]
+    pub options: BTreeMap<String, Value>,
+    #[serde(rename = "IPv4Data")]
+    pub ipv4_data: Vec<IpamData>,
+    #[serde(rename = "IPv6Data")]
+    pub ipv6_data: Vec<IpamData>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NetworkRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+}
+
+/// An endpoint's addresses and MAC (`ip/len`, `aa:bb:...`; empty: none).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointInterface {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    #[serde(rename = "AddressIPv6", skip_serializing_if = "String::is_empty")]
+    pub address_ipv6: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateEndpointRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface")]
+    pub interface: Option<EndpointInterface>,
+    #[serde(rename = "Options")]
+    pub options: BTreeMap<String, Value>,
+}
+
+/// DeleteEndpoint, EndpointOperInfo, Leave,
+/// Program/RevokeExternalConnectivity.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct JoinRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "SandboxKey")]
+    pub sandbox_key: String,
+    #[serde(rename = "Options")]
+    pub options: BTreeMap<String, Value>,
+}
+
+/// The link Docker moves into the sandbox and names `DstPrefix` + a number.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InterfaceName {
+    pub src_name: String,
+    pub dst_prefix: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StaticRoute {
+    pub destination: String,
+    /// 0: via `NextHop`, 1: connected (on the link).
+    pub route_type: u8,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_hop: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JoinResponse {
+    pub interface_name: InterfaceName,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+    #[serde(rename = "GatewayIPv6", skip_serializing_if = "String::is_empty")]
+    pub gateway_ipv6: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub static_routes: Vec<StaticRoute>,
+}

@@ -1,0 +1,207 @@
+//! The plugin's HTTP server: libnetwork POSTs `/Plugin.Activate`,
+//! `/NetworkDriver.*` with JSON bodies and reads JSON answers (errors as
+//! `{"Err": "..."}` with status 500, as Docker's plugin helpers answer);
+//! an unknown call is a 404. Calls are served one at a time.
+
+use std::{path::Path, sync::Arc};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::{adopt, protocol::CONTENT_TYPE, DockerError, Plugin};
+
+struct Shared {
+    plugin: Plugin,
+    /// One call at a time (each opens the state, whose lock is per open).
+    calls: Arc<Mutex<()>>,
+}
+
+fn reply(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn answer(result: Result<Value, DockerError>, call: &str) -> Response {
+    match result {
+        Ok(body) => reply(StatusCode::OK, &body),
+        Err(e) => {
+            let message = e.message();
+            tracing::warn!("{call}: {message}");
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "Err": message }),
+            )
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned + Default>(
+    call: &'static str,
+    body: &Bytes,
+) -> Result<T, DockerError> {
+    // libnetwork sends an empty body (or `null`) for calls without one.
+    if body.iter().all(u8::is_ascii_whitespace) || body.as_ref() == b"null" {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|source| DockerError::Json { call, source })
+}
+
+/// The plugin's routes, for a server of its own or the daemon's.
+pub fn router(plugin: Plugin) -> Router {
+    router_with(plugin, Arc::new(Mutex::new(())))
+}
+
+fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
+    let shared = Arc::new(Shared { plugin, calls });
+    macro_rules! call {
+        ($name:literal, $method:ident) => {
+            post(|State(s): State<Arc<Shared>>, body: Bytes| async move {
+                let _serial = s.calls.lock().await;
+                let result = match parse($name, &body) {
+                    Ok(request) => s.plugin.$method(request).await,
+                    Err(e) => Err(e),
+                };
+                answer(result, $name)
+            })
+        };
+    }
+    Router::new()
+        .route(
+            "/Plugin.Activate",
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Implements": ["NetworkDriver"] })) }),
+        )
+        .route(
+            "/NetworkDriver.GetCapabilities",
+            post(|_body: Bytes| async move {
+                reply(
+                    StatusCode::OK,
+                    &json!({ "Scope": "local", "ConnectivityScope": "local" }),
+                )
+            }),
+        )
+        .route("/NetworkDriver.CreateNetwork", call!("CreateNetwork", create_network))
+        .route("/NetworkDriver.DeleteNetwork", call!("DeleteNetwork", delete_network))
+        .route("/NetworkDriver.CreateEndpoint", call!("CreateEndpoint", create_endpoint))
+        .route("/NetworkDriver.EndpointOperInfo", call!("EndpointOperInfo", endpoint_info))
+        .route("/NetworkDriver.DeleteEndpoint", call!("DeleteEndpoint", delete_endpoint))
+        .route(
+            "/NetworkDriver.Join",
+            post(|State(s): State<Arc<Shared>>, body: Bytes| async move {
+                let _serial = s.calls.lock().await;
+                let result = match parse::<super::protocol::JoinRequest>("Join", &body) {
+                    Ok(request) => {
+                        let network_id = request.network_id.clone();
+                        let endpoint_id = request.endpoint_id.clone();
+                        let sandbox = request.sandbox_key.clone();
+                        let joined = s.plugin.join(request).await;
+                        if joined.is_ok() {
+                            adopt::spawn(
+                                s.plugin.clone(),
+                                s.calls.clone(),
+                                super::network_name(&network_id),
+                                super::endpoint_key(&endpoint_id),
+                                endpoint_id,
+                                sandbox.into(),
+                            );
+                        }
+                        joined.map(|r| serde_json::to_value(r).expect("a JoinResponse serialises"))
+                    }
+                    Err(e) => Err(e),
+                };
+                answer(result, "Join")
+            }),
+        )
+        .route("/NetworkDriver.Leave", call!("Leave", leave))
+        .route(
+            "/NetworkDriver.ProgramExternalConnectivity",
+            call!("ProgramExternalConnectivity", external),
+        )
+        .route(
+            "/NetworkDriver.RevokeExternalConnectivity",
+            call!("RevokeExternalConnectivity", external),
+        )
+        // Discovery (node and data-store events) and network allocation
+        // (swarm's, for global scope): nothing for a local driver to do.
+        .route("/NetworkDriver.DiscoverNew", post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }))
+        .route(
+            "/NetworkDriver.DiscoverDelete",
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }),
+        )
+        .route(
+            "/NetworkDriver.AllocateNetwork",
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Options": {} })) }),
+        )
+        .route("/NetworkDriver.FreeNetwork", post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }))
+        .fallback(|uri: Uri, _body: Bytes| async move {
+            reply(
+                StatusCode::NOT_FOUND,
+                &json!({ "Err": format!("{}: no such call in the network driver protocol", uri.path()) }),
+            )
+        })
+        .with_state(shared)
+}
+
+/// Removes the socket file when the server stops.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves the plugin on `socket` until `stop` resolves. A stale socket
+/// (nothing listening) is replaced; one in use is an error. Endpoints
+/// that joined while no plugin ran are watched for again first.
+pub async fn serve(
+    plugin: Plugin,
+    socket: &Path,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DockerError> {
+    let err = |source| DockerError::Socket {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if socket.exists() {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(_) => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another plugin is serving it",
+                )))
+            }
+            Err(_) => std::fs::remove_file(socket).map_err(err)?,
+        }
+    }
+    let calls = Arc::new(Mutex::new(()));
+    let resumed = plugin.resume(calls.clone()).await?;
+    if resumed > 0 {
+        tracing::info!("watching for {resumed} joined endpoint(s) again");
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(err)?;
+    let _file = SocketFile(socket.to_path_buf());
+    tracing::info!(
+        "serving Docker's network driver protocol on {}",
+        socket.display()
+    );
+    axum::serve(listener, router_with(plugin, calls))
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(err)
+}

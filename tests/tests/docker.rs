@@ -1,0 +1,895 @@
+//! `netvlan docker-plugin`: libnetwork's remote network-driver protocol,
+//! first driven call by call with raw HTTP on the plugin's socket (every
+//! call, the errors and the 404), then by the real engine: Debian's dockerd
+//! started in the lab's host namespace, `docker network create -d NAME`,
+//! containers of an imported busybox image pinging a namespace on the LAN,
+//! counted in `netvlan stats`, and nothing left behind after.
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use netvlan_tests::{netvlan_bin, unique_name, wait_for, Lan, Netns, OwnedDir};
+use serde_json::{json, Value};
+
+/// The plugin, running in the lab's host namespace on a socket of the
+/// test's own; killed (by its PID) on drop.
+struct PluginProcess {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl PluginProcess {
+    fn start(lan: &Lan, socket: &Path) -> PluginProcess {
+        let log = std::fs::File::create(socket.with_extension("log")).unwrap();
+        // `nsenter` execs netvlan in place: the child's PID is the plugin's.
+        let child = lan
+            .host
+            .command(netvlan_bin())
+            .args(["docker-plugin", "--socket", socket.to_str().unwrap()])
+            .env("NETVLAN_BPF_DIR", lan.bpf.path())
+            .env("NETVLAN_STATE_DIR", lan.state.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("netvlan docker-plugin starts");
+        let plugin = PluginProcess {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        wait_for(Duration::from_secs(10), || {
+            UnixStream::connect(socket).ok().map(|_| ())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the plugin never listened on {}: {}",
+                socket.display(),
+                plugin.log()
+            )
+        });
+        plugin
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.socket.with_extension("log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash: no cleanup of its own.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PluginProcess {
+    /// SIGTERM (the plugin removes its socket), SIGKILL if it lingers.
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let child = &mut self.child;
+        if wait_for(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_))).then_some(())
+        })
+        .is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 POST on the unix socket, as libnetwork's plugin client
+/// sends it: the status and the JSON answer.
+fn post(socket: &Path, call: &str, body: &str) -> (u16, Value) {
+    let mut stream = UnixStream::connect(socket).expect("the plugin's socket accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "POST /{call} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{call}: no HTTP answer: {answer:?}"));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{call}: no status line: {head}"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/vnd.docker.plugins.v1+json"),
+        "{call}: {head}"
+    );
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{call}: {e}: {body:?}"));
+    (status, json)
+}
+
+fn call(socket: &Path, name: &str, body: &Value) -> Value {
+    let (status, answer) = post(socket, name, &body.to_string());
+    assert_eq!(status, 200, "{name} {body}: {answer:#}");
+    assert!(
+        answer.get("Err").is_none_or(|e| e == ""),
+        "{name}: {answer:#}"
+    );
+    answer
+}
+
+/// A call that must fail: its `Err`, which must contain `says`.
+fn refused(socket: &Path, name: &str, body: &Value, says: &str) -> String {
+    let (status, answer) = post(socket, name, &body.to_string());
+    assert_eq!(status, 500, "{name} {body}: {answer:#}");
+    let err = answer["Err"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains(says), "{name}: {err:?} does not say {says:?}");
+    err
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn links_in(ns: &Netns) -> Vec<String> {
+    ns.sorted_link_names()
+}
+
+/// The addresses of every link in `ns` (`link address/len`, sorted).
+fn addresses_in(ns: &Netns) -> Vec<String> {
+    let out = ns.exec("ip", &["-j", "addr"]);
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j addr prints JSON");
+    let mut addresses: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| {
+            link["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |a| format!("{} {}/{}", link["ifname"], a["local"], a["prefixlen"]))
+        })
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+fn network_create(nid: &str, generic: Value, pool: &str, gateway: &str) -> Value {
+    json!({
+        "NetworkID": nid,
+        "Options": {"com.docker.network.generic": generic},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool, "Gateway": gateway,
+                      "AuxAddresses": {"router": "10.85.0.200/24"}}],
+        "IPv6Data": [],
+    })
+}
+
+#[test]
+fn every_call_of_the_protocol_on_a_raw_socket() {
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkp")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let ctr = lan.container(false);
+    let host_links = links_in(&lan.host);
+    let host_addresses = addresses_in(&lan.host);
+    let pins_before = lan.bpf.contents();
+    let plugin = PluginProcess::start(&lan, &socket);
+
+    // Handshake and capabilities.
+    assert_eq!(
+        call(&socket, "Plugin.Activate", &Value::Null),
+        json!({"Implements": ["NetworkDriver"]})
+    );
+    let caps = call(&socket, "NetworkDriver.GetCapabilities", &Value::Null);
+    assert_eq!(caps["Scope"], "local");
+    assert_eq!(caps["ConnectivityScope"], "local");
+    // An unknown call is a 404 naming it.
+    let (status, answer) = post(&socket, "NetworkDriver.Frobnicate", "{}");
+    assert_eq!(status, 404, "{answer:#}");
+    assert!(answer["Err"]
+        .as_str()
+        .unwrap()
+        .contains("NetworkDriver.Frobnicate"));
+    let (status, answer) = post(&socket, "NetworkDriver.CreateNetwork", "{not json");
+    assert_eq!(status, 500);
+    assert!(
+        answer["Err"].as_str().unwrap().contains("CreateNetwork"),
+        "{answer:#}"
+    );
+
+    // Bad options are refused, naming what is wrong, and leave nothing.
+    let nid = random_id();
+    refused(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(&nid, json!({}), "10.85.0.0/24", "10.85.0.1/24"),
+        "parent",
+    );
+    refused(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &nid,
+            json!({"parent": "eth0", "macvlan_mode": "sideways"}),
+            "10.85.0.0/24",
+            "10.85.0.1/24",
+        ),
+        "sideways",
+    );
+    refused(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &nid,
+            json!({"parent": "nosuch9"}),
+            "10.85.0.0/24",
+            "10.85.0.1/24",
+        ),
+        "nosuch9",
+    );
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert_eq!(links_in(&lan.host), host_links);
+
+    // The network, from Docker's options and IPAM data.
+    call(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &nid,
+            json!({"parent": "eth0", "macvlan_mode": "bridge"}),
+            "10.85.0.0/24",
+            "10.85.0.1/24",
+        ),
+    );
+    let name = format!("docker-{}", &nid[..12]);
+    let inspect = lan.inspect(&name);
+    assert_eq!(
+        inspect["IPAM"]["Config"][0]["Subnet"], "10.85.0.0/24",
+        "{inspect:#}"
+    );
+    assert_eq!(
+        inspect["IPAM"]["Config"][0]["Gateway"], "10.85.0.1",
+        "{inspect:#}"
+    );
+    assert_eq!(inspect["Labels"]["netvlan.docker.network"], nid.as_str());
+    // Another network overlapping it is refused.
+    let other = random_id();
+    refused(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &other,
+            json!({"parent": "eth0"}),
+            "10.85.0.128/25",
+            "10.85.0.129/25",
+        ),
+        "overlap",
+    );
+
+    // CreateEndpoint reserves exactly Docker's address and answers the MAC.
+    let eid = random_id();
+    let endpoint = json!({"NetworkID": nid, "EndpointID": eid,
+                          "Interface": {"Address": "10.85.0.5/24"}, "Options": {}});
+    let created = call(&socket, "NetworkDriver.CreateEndpoint", &endpoint);
+    assert_eq!(
+        created["Interface"]["MacAddress"], "02:42:0a:55:00:05",
+        "{created:#}"
+    );
+    assert!(created["Interface"].get("Address").is_none(), "{created:#}");
+    let link = format!("nvd{}", &eid[..10]);
+    assert_eq!(
+        netvlan_tests::frame::mac_string(&lan.host.mac(&link)),
+        "02:42:0a:55:00:05"
+    );
+    // Staged, not joined: `check` finds it in order, `restore` leaves it.
+    let check = lan.netvlan(&["check", "--json"]);
+    assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
+    let restored = lan.netvlan(&["restore", "--json"]).ok().json();
+    assert_eq!(restored, json!({"actions": []}), "{restored:#}");
+    assert!(
+        links_in(&lan.host).contains(&link),
+        "restore took the staged link"
+    );
+    // The aux address and a taken one are not Docker's to give.
+    for (address, says) in [
+        ("10.85.0.200/24", "10.85.0.200"),
+        ("10.85.0.5/24", "10.85.0.5"),
+    ] {
+        refused(
+            &socket,
+            "NetworkDriver.CreateEndpoint",
+            &json!({"NetworkID": nid, "EndpointID": random_id(),
+                    "Interface": {"Address": address}}),
+            says,
+        );
+    }
+    refused(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": random_id(), "EndpointID": random_id(),
+                "Interface": {"Address": "10.85.0.6/24"}}),
+        "no netvlan network",
+    );
+    let info = call(
+        &socket,
+        "NetworkDriver.EndpointOperInfo",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    assert_eq!(
+        info["Value"]["netvlan.mac"], "02:42:0a:55:00:05",
+        "{info:#}"
+    );
+
+    // Join: the link for Docker to move, and the gateway.
+    let joined = call(
+        &socket,
+        "NetworkDriver.Join",
+        &json!({"NetworkID": nid, "EndpointID": eid,
+                "SandboxKey": ctr.path(), "Options": {}}),
+    );
+    assert_eq!(
+        joined["InterfaceName"]["SrcName"],
+        link.as_str(),
+        "{joined:#}"
+    );
+    assert_eq!(joined["InterfaceName"]["DstPrefix"], "eth");
+    assert_eq!(joined["Gateway"], "10.85.0.1");
+    call(
+        &socket,
+        "NetworkDriver.ProgramExternalConnectivity",
+        &json!({"NetworkID": nid, "EndpointID": eid, "Options": {}}),
+    );
+    // What dockerd does next: move, rename, address and raise the link.
+    lan.host.exec(
+        "ip",
+        &["link", "set", &link, "netns", ctr.path().to_str().unwrap()],
+    );
+    ctr.exec("ip", &["link", "set", &link, "name", "eth0"]);
+    ctr.exec("ip", &["addr", "add", "10.85.0.5/24", "dev", "eth0"]);
+    ctr.exec("ip", &["link", "set", "eth0", "up"]);
+    ctr.exec("ip", &["route", "add", "default", "via", "10.85.0.1"]);
+    // The plugin adopts it: its programs attached in the sandbox, so
+    // `check` finds nothing amiss, and the endpoint counts its frames.
+    let mut last = String::new();
+    wait_for(Duration::from_secs(10), || {
+        let run = lan.netvlan(&["check", "--json"]);
+        last = format!("{}{}", run.stdout, run.stderr);
+        run.status.success().then_some(())
+    })
+    .unwrap_or_else(|| panic!("the moved link was never adopted: {last}\n{}", plugin.log()));
+    lan.switch
+        .exec("ip", &["addr", "add", "10.85.0.1/24", "dev", "peer0"]);
+    assert!(ctr.can_ping("10.85.0.1"));
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    let counted = stats["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["addresses"].to_string().contains("10.85.0.5"))
+        .unwrap_or_else(|| panic!("the endpoint is not in stats: {stats:#}"))
+        .clone();
+    assert_eq!(counted["ifname"], "eth0", "{counted:#}");
+    assert!(counted["tx_packets"].as_u64() >= Some(1), "{counted:#}");
+    let inspect = lan.inspect(&name);
+    assert!(
+        inspect["Containers"].get(&eid).is_some(),
+        "keyed by Docker's id: {inspect:#}"
+    );
+
+    // Leave, then Docker moves the link back; DeleteEndpoint removes it.
+    call(
+        &socket,
+        "NetworkDriver.RevokeExternalConnectivity",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    call(
+        &socket,
+        "NetworkDriver.Leave",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    ctr.exec("ip", &["link", "set", "eth0", "down"]);
+    ctr.exec("ip", &["link", "set", "eth0", "name", &link]);
+    ctr.exec(
+        "ip",
+        &[
+            "link",
+            "set",
+            &link,
+            "netns",
+            lan.host.path().to_str().unwrap(),
+        ],
+    );
+    call(
+        &socket,
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    refused(
+        &socket,
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+        &eid,
+    );
+    assert_eq!(lan.inspect(&name)["Containers"], json!({}));
+    // The remaining calls a local driver answers.
+    call(
+        &socket,
+        "NetworkDriver.DiscoverNew",
+        &json!({"DiscoveryType": 1, "DiscoveryData": {}}),
+    );
+    call(
+        &socket,
+        "NetworkDriver.DiscoverDelete",
+        &json!({"DiscoveryType": 1, "DiscoveryData": {}}),
+    );
+    let allocated = call(
+        &socket,
+        "NetworkDriver.AllocateNetwork",
+        &json!({"NetworkID": nid, "IPv4Data": [], "IPv6Data": [], "Options": {}}),
+    );
+    assert_eq!(allocated["Options"], json!({}));
+    call(
+        &socket,
+        "NetworkDriver.FreeNetwork",
+        &json!({"NetworkID": nid}),
+    );
+
+    call(
+        &socket,
+        "NetworkDriver.DeleteNetwork",
+        &json!({"NetworkID": nid}),
+    );
+    refused(
+        &socket,
+        "NetworkDriver.DeleteNetwork",
+        &json!({"NetworkID": nid}),
+        &nid,
+    );
+    // Nothing left: networks, links, addresses, pins, TC in the sandbox.
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert_eq!(links_in(&lan.host), host_links);
+    assert_eq!(addresses_in(&lan.host), host_addresses);
+    assert_eq!(ctr.sorted_link_names(), vec!["lo".to_string()]);
+    assert_eq!(lan.bpf.contents(), pins_before);
+    drop(plugin);
+    assert!(!socket.exists(), "the socket was left behind");
+}
+
+/// Debian's dockerd in the lab's host namespace: data, exec root, socket
+/// and pidfile in a temp dir; the plugin `name` found through
+/// `/etc/docker/plugins/NAME.spec`. On drop: every container removed,
+/// dockerd (and the containerd it started) stopped by PID, and the files
+/// it or the test made outside the temp dir removed.
+struct Dockerd {
+    child: Child,
+    dir: OwnedDir,
+    host: PathBuf,
+    spec: PathBuf,
+    /// Paths outside the temp dir this test created (deepest last).
+    created: Vec<PathBuf>,
+}
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+/// Debian's client, matching its daemon (a newer one may be first on PATH).
+const DOCKER: &str = "/usr/bin/docker";
+
+impl Dockerd {
+    fn start(lan: &Lan, plugin_name: &str, plugin_socket: &Path) -> Dockerd {
+        assert!(
+            Path::new(DOCKERD).is_file(),
+            "{DOCKERD} is missing: install Debian's docker.io (cargo xtask test does)"
+        );
+        let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dockerd")));
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(&root).unwrap();
+        let mut created = Vec::new();
+        for path in [
+            "/etc/docker",
+            "/etc/docker/plugins",
+            "/etc/docker/key.json",
+            // dockerd's plugin directories.
+            "/run/docker",
+            "/run/docker/plugins",
+        ] {
+            if !Path::new(path).exists() {
+                created.push(PathBuf::from(path));
+            }
+        }
+        std::fs::create_dir_all("/etc/docker/plugins").unwrap();
+        let spec = PathBuf::from(format!("/etc/docker/plugins/{plugin_name}.spec"));
+        std::fs::write(&spec, format!("unix://{}\n", plugin_socket.display())).unwrap();
+        let log = std::fs::File::create(root.join("dockerd.log")).unwrap();
+        let child = lan
+            .host
+            .command(DOCKERD)
+            .arg(format!("--data-root={}", root.join("data").display()))
+            .arg(format!("--exec-root={}", root.join("exec").display()))
+            .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
+            .arg(format!(
+                "--host=unix://{}",
+                root.join("docker.sock").display()
+            ))
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--storage-driver=vfs",
+                "--exec-opt=native.cgroupdriver=cgroupfs",
+                "--userland-proxy=false",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let dockerd = Dockerd {
+            child,
+            dir,
+            host: lan.host.path(),
+            spec,
+            created,
+        };
+        wait_for(Duration::from_secs(60), || {
+            dockerd.run(&["version"]).status.success().then_some(())
+        })
+        .unwrap_or_else(|| panic!("dockerd did not come up: {}", dockerd.log()));
+        // A busybox image made here (no registry).
+        let rootfs = root.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .expect("a static busybox (Debian's busybox-static)");
+        for applet in ["sh", "ping", "sleep", "ip"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join(format!("bin/{applet}"))).unwrap();
+        }
+        let tar = root.join("rootfs.tar");
+        netvlan_tests::sh(
+            "tar",
+            &[
+                "-C",
+                rootfs.to_str().unwrap(),
+                "-cf",
+                tar.to_str().unwrap(),
+                ".",
+            ],
+        );
+        dockerd.ok(&["import", tar.to_str().unwrap(), "nvt-busybox"]);
+        dockerd
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.host.display()))
+            .arg("--")
+            .arg(DOCKER)
+            .arg(format!(
+                "--host=unix://{}",
+                self.dir.path().join("docker.sock").display()
+            ))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("client"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("the docker client runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "docker {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn failed(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "docker {} should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let ids = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+        // SIGTERM: dockerd stops the containerd it started, then itself.
+        let pid = self.child.id() as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let stopped = wait_for(Duration::from_secs(30), || {
+            matches!(self.child.try_wait(), Ok(Some(_))).then_some(())
+        });
+        if stopped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.spec);
+        // Children before their parents.
+        self.created
+            .sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for path in &self.created {
+            let _ = if path.is_dir() {
+                std::fs::remove_dir(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+        }
+        // The exec root holds dockerd's namespace mounts; unmount before
+        // the temp dir goes.
+        let exec = self.dir.path().join("exec");
+        let _ = Command::new("umount")
+            .args(["-R", "--lazy"])
+            .arg(&exec)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The endpoint in `netvlan stats --json` holding `address`, once its
+/// counters show at least `sent` frames it sent.
+fn endpoint_stats(lan: &Lan, address: &str, sent: u64) -> Value {
+    let mut last = Value::Null;
+    wait_for(Duration::from_secs(10), || {
+        last = lan.netvlan(&["stats", "--json"]).ok().json();
+        last["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["addresses"].to_string().contains(address))
+            .filter(|e| e["tx_packets"].as_u64() >= Some(sent))
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no endpoint {address} with {sent} frames sent in stats: {last:#}"))
+}
+
+/// The lab for the engine tests: a LAN whose switch side has 10.86.0.1,
+/// the plugin under a unique name and dockerd using it.
+struct Engine {
+    /// One engine at a time: dockerd's files outside its temp dir
+    /// (`/etc/docker`, `/run/docker`) are shared.
+    _one: std::sync::MutexGuard<'static, ()>,
+    lan: Lan,
+    plugin_dir: OwnedDir,
+    plugin_name: String,
+    host_links: Vec<String>,
+    host_addresses: Vec<String>,
+}
+
+impl Engine {
+    fn new() -> (Engine, PluginProcess, Dockerd) {
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one = ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lan = Lan::new(false);
+        lan.switch
+            .exec("ip", &["addr", "add", "10.86.0.1/24", "dev", "peer0"]);
+        let plugin_dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkp")));
+        std::fs::create_dir_all(plugin_dir.path()).unwrap();
+        let plugin_name = unique_name("nvd");
+        let engine = Engine {
+            _one: one,
+            host_links: links_in(&lan.host),
+            host_addresses: addresses_in(&lan.host),
+            lan,
+            plugin_dir,
+            plugin_name,
+        };
+        let plugin = engine.start_plugin();
+        let dockerd = Dockerd::start(&engine.lan, &engine.plugin_name, &engine.socket());
+        (engine, plugin, dockerd)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.plugin_dir.path().join("plugin.sock")
+    }
+
+    fn start_plugin(&self) -> PluginProcess {
+        PluginProcess::start(&self.lan, &self.socket())
+    }
+
+    fn create_network(&self, dockerd: &Dockerd, net: &str) {
+        dockerd.ok(&[
+            "network",
+            "create",
+            "-d",
+            &self.plugin_name,
+            "-o",
+            "parent=eth0",
+            "--subnet",
+            "10.86.0.0/24",
+            "--gateway",
+            "10.86.0.1",
+            net,
+        ]);
+    }
+
+    /// Nothing of netvlan's left in the lab's host namespace.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+            json!([])
+        );
+        assert_eq!(
+            links_in(&self.lan.host),
+            self.host_links,
+            "links left behind"
+        );
+        assert_eq!(addresses_in(&self.lan.host), self.host_addresses);
+        assert_eq!(
+            self.lan.bpf.contents(),
+            Vec::<String>::new(),
+            "pins left behind"
+        );
+    }
+}
+
+#[test]
+fn docker_runs_a_container_on_a_netvlan_network() {
+    let (engine, plugin, dockerd) = Engine::new();
+    // Bad options: Docker shows the plugin's message, nothing is made.
+    let err = dockerd.failed(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "--subnet",
+        "10.86.0.0/24",
+        "nvbad",
+    ]);
+    assert!(err.contains("parent is missing"), "{err}");
+    let err = dockerd.failed(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "-o",
+        "parent=eth0",
+        "-o",
+        "macvlan_mode=sideways",
+        "--subnet",
+        "10.86.0.0/24",
+        "nvbad",
+    ]);
+    assert!(err.contains("sideways"), "{err}");
+    engine.assert_clean();
+
+    let net = unique_name("net");
+    engine.create_network(&dockerd, &net);
+    // A second network overlapping it is refused by netvlan.
+    let err = dockerd.failed(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        "10.86.0.0/25",
+        "nvover",
+    ]);
+    assert!(err.contains("overlap"), "{err}");
+    // `docker run --rm` pings the LAN namespace.
+    let out = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "nvt-busybox",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "5",
+        "10.86.0.1",
+    ]);
+    assert!(out.contains("3 packets received"), "{out}");
+    // A running container: counted per endpoint, in inspect under its
+    // endpoint id, and its MAC is Docker's from the address.
+    let ctr = unique_name("ctr");
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr,
+        "--network",
+        &net,
+        "--ip",
+        "10.86.0.7",
+        "nvt-busybox",
+        "sleep",
+        "300",
+    ]);
+    dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);
+    let counted = endpoint_stats(&engine.lan, "10.86.0.7", 3);
+    assert_eq!(counted["ifname"], "eth0", "{counted:#}");
+    let links = dockerd.ok(&["exec", &ctr, "ip", "link", "show", "eth0"]);
+    assert!(links.contains("02:42:0a:56:00:07"), "{links}");
+    let check = engine.lan.netvlan(&["check", "--json"]);
+    assert!(
+        check.status.success(),
+        "check: {}{}\n{}",
+        check.stdout,
+        check.stderr,
+        plugin.log()
+    );
+    // `restore` finds the adopted endpoint whole: nothing to do.
+    let restored = engine.lan.netvlan(&["restore", "--json"]).ok().json();
+    assert_eq!(restored, json!({"actions": []}), "{restored:#}");
+    let listed = engine.lan.netvlan(&["network", "ls", "--json"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+
+    dockerd.ok(&["rm", "-f", &ctr]);
+    dockerd.ok(&["network", "rm", &net]);
+    engine.assert_clean();
+    drop(plugin);
+}
+
+#[test]
+fn a_plugin_restart_while_a_container_runs_loses_nothing() {
+    let (engine, plugin, dockerd) = Engine::new();
+    let net = unique_name("net");
+    engine.create_network(&dockerd, &net);
+    let ctr = unique_name("ctr");
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr,
+        "--network",
+        &net,
+        "--ip",
+        "10.86.0.9",
+        "nvt-busybox",
+        "sleep",
+        "300",
+    ]);
+    dockerd.ok(&["exec", &ctr, "ping", "-c", "2", "-W", "5", "10.86.0.1"]);
+    let before = endpoint_stats(&engine.lan, "10.86.0.9", 2)["tx_packets"]
+        .as_u64()
+        .unwrap();
+    // A crash, then a new plugin on the same socket.
+    plugin.kill();
+    let plugin = engine.start_plugin();
+    dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);
+    endpoint_stats(&engine.lan, "10.86.0.9", before + 3);
+    let check = engine.lan.netvlan(&["check", "--json"]);
+    assert!(
+        check.status.success(),
+        "check: {}{}",
+        check.stdout,
+        check.stderr
+    );
+    // The new plugin serves the removal.
+    dockerd.ok(&["rm", "-f", &ctr]);
+    dockerd.ok(&["network", "rm", &net]);
+    engine.assert_clean();
+    drop(plugin);
+}
