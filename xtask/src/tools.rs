@@ -162,12 +162,59 @@ pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
             .args(["update", "-q"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
+    let _no_services = ServicesHeld::hold()?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Debian's way to keep `apt-get install` from starting the services it
+/// installs: `docker.io`, `containerd` and `podman` ship init scripts, and
+/// a dockerd started on the host would add a bridge and firewall rules to
+/// the machine's own network (the tests start their own, in namespaces).
+/// `invoke-rc.d` asks `/usr/sbin/policy-rc.d`; exit 101 means "not now".
+/// An existing policy is left as it is; one made here is removed after.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+struct ServicesHeld {
+    /// The policy made here, removed on drop.
+    made: Option<std::path::PathBuf>,
+}
+
+impl ServicesHeld {
+    fn hold() -> Result<Self> {
+        Self::hold_at(std::path::Path::new(POLICY_RC_D))
+    }
+
+    fn hold_at(path: &std::path::Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if path.exists() {
+            return Ok(ServicesHeld { made: None });
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# made by cargo xtask for one apt-get install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(ServicesHeld {
+            made: Some(path.into()),
+        })
+    }
+}
+
+impl Drop for ServicesHeld {
+    fn drop(&mut self) {
+        if let Some(path) = &self.made {
+            if let Err(e) = std::fs::remove_file(path) {
+                eprintln!("xtask: could not remove {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 pub fn is_root() -> bool {
@@ -177,6 +224,29 @@ pub fn is_root() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn services_stay_held_during_an_install_and_a_policy_of_the_machines_own_is_kept() {
+        let dir = std::env::temp_dir().join(format!("xtask-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+        {
+            let _held = super::ServicesHeld::hold_at(&path).unwrap();
+            let out = std::process::Command::new(&path).status().unwrap();
+            assert_eq!(out.code(), Some(101), "the policy says \"not now\"");
+        }
+        assert!(
+            !path.exists(),
+            "the policy made for the install is gone after it"
+        );
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(super::ServicesHeld::hold_at(&path).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "#!/bin/sh\nexit 0\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     #[test]
