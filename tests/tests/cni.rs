@@ -483,6 +483,171 @@ fn status_says_whether_an_add_can_work() {
     );
 }
 
+/// `netvlan-cni ADD` of `ctr` as container `id`.
+fn add_as(lan: &Lan, ctr: &Netns, id: &str, args: &str, conf: &Value) -> Value {
+    let bin = cni_bin();
+    cni(
+        lan,
+        bin.to_str().unwrap(),
+        "ADD",
+        &ns_path(ctr),
+        &[("CNI_CONTAINERID", id), ("CNI_ARGS", args)],
+        conf,
+    )
+    .ok()
+}
+
+fn gc(lan: &Lan, conf: &Value, valid: Value) -> Answer {
+    let mut conf = conf.clone();
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = valid;
+    let bin = cni_bin();
+    let mut cmd = cni(lan, bin.to_str().unwrap(), "GC", "", &[], &conf);
+    cmd.stdout = cmd.stdout.trim().to_string();
+    cmd
+}
+
+#[test]
+fn gc_removes_the_attachments_not_in_the_valid_list() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnigc", 85, &hl);
+    let (a, b, c) = (
+        lan.container(false),
+        lan.container(false),
+        lan.container(false),
+    );
+    add_as(&lan, &a, "ctr-a", "", &conf);
+    add_as(&lan, &b, "ctr-b", "", &conf);
+    // The usual case for GC: a container gone without a DEL.
+    let gone = lan.container(false);
+    add_as(&lan, &gone, "ctr-gone", "", &conf);
+    netvlan_tests::sh("ip", &["netns", "del", gone.name()]);
+    // An endpoint the CLI connected is not CNI's to collect.
+    lan.netvlan(&["connect", "cnigc", &ns_path(&c)]).ok();
+    let keep_a = json!([{"containerID": "ctr-a", "ifname": "eth0"}]);
+    let done = gc(&lan, &conf, keep_a);
+    assert!(done.ok && done.stdout.is_empty(), "{done:?}");
+    assert_eq!(links_in(&b), ["lo"], "ctr-b's attachment survived GC");
+    assert!(links_in(&a).contains(&"eth0".to_string()), "GC took ctr-a");
+    assert!(
+        links_in(&c).contains(&"eth0".to_string()),
+        "GC took the CLI's"
+    );
+    assert_eq!(
+        lan.inspect("cnigc")["Containers"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Same container id, other ifname: not valid either.
+    let other_if = json!([{"containerID": "ctr-a", "ifname": "net1"}]);
+    assert!(gc(&lan, &conf, other_if).ok);
+    assert_eq!(links_in(&a), ["lo"], "ctr-a/eth0 survived GC");
+    // A malformed list is the spec's error, and removes nothing.
+    gc(&lan, &conf, json!([{"ifname": "eth0"}])).error(7);
+    assert!(links_in(&c).contains(&"eth0".to_string()));
+    // The CLI's endpoint gone too, GC removes the network the ADD made.
+    lan.netvlan(&["disconnect", "cnigc", &ns_path(&c)]).ok();
+    assert!(gc(&lan, &conf, json!([])).ok);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    // GC of a network that is not there succeeds.
+    assert!(gc(&lan, &conf, json!([])).ok);
+}
+
+/// STATUS 51: the datapath of a network with endpoints is not as stored
+/// (here netvlan's XDP program detached from the parent by hand), so its
+/// containers may have limited connectivity; a network without
+/// endpoints whose parent is missing is 50; `netvlan restore` makes it
+/// ready again.
+#[test]
+fn status_is_51_when_the_datapath_of_existing_endpoints_is_not_ready() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnistatus51", 86, &hl);
+    let bin = cni_bin();
+    let status = |conf: &Value| {
+        let mut conf = conf.clone();
+        conf["cniVersion"] = json!("1.1.0");
+        cni(&lan, bin.to_str().unwrap(), "STATUS", "", &[], &conf)
+    };
+    let ctr = lan.container(false);
+    netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    let ready = status(&conf);
+    assert!(ready.ok && ready.stdout.trim().is_empty(), "{ready:?}");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(lan.host.path()).unwrap());
+    let link = lan
+        .bpf
+        .path()
+        .join(format!("net-{ino}"))
+        .join(format!("if-{}", lan.host.ifindex("eth0")))
+        .join("link");
+    netvlan_tests::sh(
+        "bpftool",
+        &["link", "detach", "pinned", link.to_str().unwrap()],
+    );
+    assert!(lan.host.link_json("eth0").get("xdp").is_none());
+    let e = status(&conf).error(51);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(msg.contains("cnistatus51") && msg.contains("XDP"), "{e:#}");
+    // Another network of the config's with no endpoint and no parent: 50.
+    let mut missing = config("cnistatus50", 87, &hl);
+    missing["master"] = json!("nosuch0");
+    let e = status(&missing).error(50);
+    assert!(e["msg"].as_str().unwrap().contains("nosuch0"), "{e:#}");
+    lan.netvlan(&["restore"]).ok();
+    assert!(status(&conf).ok);
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+}
+
+#[test]
+fn kubernetes_pod_names_name_the_endpoint_in_stats() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnipod", 87, &hl);
+    let (pod, plain) = (lan.container(false), lan.container(false));
+    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr-p";
+    add_as(&lan, &pod, "ctr-p", args, &conf);
+    add_as(&lan, &plain, "ctr-q", "", &conf);
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    let names: Vec<&str> = stats["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints in {stats:#}"))
+        .iter()
+        .filter(|e| e["network"] == "cnipod")
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"shop/web-0"), "{stats:#}");
+    // Without pod args the endpoint keeps its sandbox's name.
+    assert!(names.contains(&ns_path(&plain).as_str()), "{stats:#}");
+    // `/metrics` labels its series with the same names.
+    let daemon = netvlan_tests::daemon::Daemon::start(&lan, &[]);
+    let metrics = daemon.get("/metrics");
+    drop(daemon);
+    for endpoint in ["shop/web-0".to_string(), ns_path(&plain)] {
+        let series = format!(
+            "netvlan_endpoint_rx_packets_total{{network=\"cnipod\",endpoint=\"{endpoint}\"}}"
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    for (ctr, id) in [(&pod, "ctr-p"), (&plain, "ctr-q")] {
+        let bin = cni_bin();
+        let del = cni(
+            &lan,
+            bin.to_str().unwrap(),
+            "DEL",
+            &ns_path(ctr),
+            &[("CNI_CONTAINERID", id)],
+            &conf,
+        );
+        assert!(del.ok, "{del:?}");
+    }
+}
+
 #[test]
 fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
     let lan = Lan::new(false);

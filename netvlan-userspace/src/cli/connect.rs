@@ -53,6 +53,7 @@ pub(super) async fn connect(manager: &Manager, args: ConnectArgs) -> Result<()> 
             ip6: args.ip6,
             mac: args.mac,
             ifname: Some(args.ifname),
+            ..Default::default()
         })
         .await?;
     if args.output.json {

@@ -11,8 +11,9 @@ pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// Keys of a plugin configuration the runtime adds or the spec defines,
 /// accepted whatever netvlan does with them.
-const RUNTIME_KEYS: [&str; 6] = [
+const RUNTIME_KEYS: [&str; 7] = [
     "args",
+    "cni.dev/valid-attachments",
     "capabilities",
     "dns",
     "disableCheck",
@@ -31,6 +32,8 @@ pub struct NetConf {
     pub ipam: Ipam,
     pub runtime_config: Value,
     pub prev_result: Option<Value>,
+    /// GC: the attachments (`containerID`, `ifname`) to keep.
+    pub valid_attachments: Option<Value>,
     /// netvlan's keys `stateDir`, `bpfDir`: where its state and pins are
     /// (default: NETVLAN_STATE_DIR/NETVLAN_BPF_DIR, else the CLI's
     /// defaults). Runtimes do not always pass their environment on
@@ -154,6 +157,7 @@ impl NetConf {
             ipam,
             runtime_config: obj.get("runtimeConfig").cloned().unwrap_or(Value::Null),
             prev_result: obj.get("prevResult").cloned(),
+            valid_attachments: obj.get("cni.dev/valid-attachments").cloned(),
             state_dir: string(obj, "stateDir")?.map(Into::into),
             bpf_dir: string(obj, "bpfDir")?.map(Into::into),
         })

@@ -7,11 +7,12 @@
 //! (if the CLI has not) and connects the container through
 //! [`control::Manager`], like `netvlan network connect`.
 //!
-//! Done: VERSION, ADD, DEL, CHECK, STATUS; the reference macvlan plugin's keys
+//! Done: VERSION, ADD, DEL, CHECK, STATUS, GC; the reference macvlan plugin's keys
 //! `master`, `mode`, `mac`, `vlanId`, `ipam` read by netvlan's own IPAM
 //! (netvlan's own: `stateDir`, `bpfDir`)
 //! (host-local's `subnet`/`gateway`/`ranges`); `CNI_ARGS` `IgnoreUnknown`,
-//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`. Not yet: GC,
+//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`; `K8S_POD_NAMESPACE`/`K8S_POD_NAME` name
+//! the endpoint (`namespace/name`) in `stats` and `/metrics`. Not yet:
 //! delegating `ipam` to a plugin from `CNI_PATH`, `mtu`,
 //! `linkInContainer`, ipvlan.
 
@@ -42,6 +43,9 @@ pub const CODE_UNSUPPORTED_FIELD: u32 = 2;
 pub const CODE_INVALID_ENV: u32 = 4;
 /// CNI 1.1's STATUS code: the plugin cannot serve ADD now.
 pub const CODE_NOT_AVAILABLE: u32 = 50;
+/// CNI 1.1's STATUS code: not available, and the network's containers
+/// may have limited connectivity.
+pub const CODE_LIMITED_CONNECTIVITY: u32 = 51;
 
 /// The label on networks an ADD created: the DEL of their last endpoint
 /// removes them again. Networks the CLI made are never removed by CNI.
@@ -49,7 +53,7 @@ const CREATED_BY: &str = "netvlan.cni";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
-    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK, STATUS or VERSION")]
+    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK, STATUS, GC or VERSION")]
     UnknownCommand(String),
     #[error("the environment variable {0} is missing or empty")]
     MissingEnv(&'static str),
@@ -85,6 +89,13 @@ pub enum CniError {
     /// STATUS: what keeps an ADD from working now.
     #[error("not available: {0}")]
     NotAvailable(String),
+    /// STATUS: not available, and the network has endpoints.
+    #[error("not available, {endpoints} endpoint(s) of network {network} may have limited connectivity: {why}")]
+    LimitedConnectivity {
+        network: String,
+        endpoints: usize,
+        why: String,
+    },
 }
 
 impl From<NetworkError> for CniError {
@@ -115,6 +126,7 @@ impl CniError {
             E::Config(_) | E::Mismatch { .. } => (CODE_INVALID_CONFIG, "invalid_config"),
             E::Check(_) => (CODE_INVALID_CONFIG, "check_failed"),
             E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
+            E::LimitedConnectivity { .. } => (CODE_LIMITED_CONNECTIVITY, "limited_connectivity"),
             E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) => (CODE_IO, "io"),
         };
         ErrorReport::new(code, kind, self)
@@ -166,6 +178,8 @@ impl Env {
 struct Args {
     mac: Option<String>,
     ip: Option<String>,
+    /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, when both are given.
+    pod: Option<String>,
 }
 
 fn parse_args(text: &str) -> Result<Args, CniError> {
@@ -198,6 +212,12 @@ fn parse_args(text: &str) -> Result<Args, CniError> {
     Ok(Args {
         mac: pairs.get("MAC").cloned(),
         ip: pairs.get("IP").cloned(),
+        pod: match (pairs.get("K8S_POD_NAMESPACE"), pairs.get("K8S_POD_NAME")) {
+            (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+                Some(format!("{ns}/{name}"))
+            }
+            _ => None,
+        },
     })
 }
 
@@ -213,10 +233,12 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
             let conf = NetConf::parse(stdin)?;
             status(env, &conf).await.map(|()| None)
         }
-        "ADD" | "DEL" | "CHECK" => {
+        "ADD" | "DEL" | "CHECK" | "GC" => {
             let conf = NetConf::parse(stdin)?;
-            Env::require(&env.container_id, "CNI_CONTAINERID")?;
-            Env::require(&env.ifname, "CNI_IFNAME")?;
+            if env.command != "GC" {
+                Env::require(&env.container_id, "CNI_CONTAINERID")?;
+                Env::require(&env.ifname, "CNI_IFNAME")?;
+            }
             let manager = open_manager(env, &conf).await?;
             match env.command.as_str() {
                 "ADD" => {
@@ -224,6 +246,7 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
                     add(&manager, env, &conf).await.map(Some)
                 }
                 "DEL" => del(&manager, env, &conf).await.map(|()| None),
+                "GC" => gc(&manager, &conf).await.map(|()| None),
                 _ => {
                     Env::require(&env.netns, "CNI_NETNS")?;
                     check(&manager, env, &conf).await.map(|()| None)
@@ -236,11 +259,34 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
 
 /// STATUS: ready when the state and the datapath's pins can be opened
 /// and the parent's link (or, for a VLAN, its base) exists; else code 50
-/// saying which is missing.
+/// saying which is missing. Code 51 when the network already has
+/// endpoints and `netvlan check` finds its datapath not as stored (its
+/// parent or wire gone, the XDP program detached, map entries lost):
+/// those containers may have limited connectivity now.
 async fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let manager = open_manager(env, conf)
         .await
         .map_err(|e| CniError::NotAvailable(e.report().line()))?;
+    if let Ok(record) = manager.network(&conf.name) {
+        if !record.endpoints.is_empty() {
+            let drifts = manager
+                .check()
+                .await
+                .map_err(|e| CniError::NotAvailable(e.report().line()))?;
+            let why: Vec<String> = drifts
+                .into_iter()
+                .filter(|d| d.network == record.name || d.object == record.parent.wire)
+                .map(|d| d.problem)
+                .collect();
+            if !why.is_empty() {
+                return Err(CniError::LimitedConnectivity {
+                    network: record.name.clone(),
+                    endpoints: record.endpoints.len(),
+                    why: why.join("; "),
+                });
+            }
+        }
+    }
     match manager.parent_link(&conf.master).await {
         Ok(_) => Ok(()),
         Err(e) => Err(CniError::NotAvailable(e.report().line())),
@@ -331,6 +377,8 @@ async fn add(manager: &Manager, env: &Env, conf: &NetConf) -> Result<Value, CniE
             ip6: None,
             mac,
             ifname: Some(env.ifname.clone()),
+            container_id: Some(env.container_id.clone()),
+            name: args.pod,
         })
         .await;
     let (record, endpoint) = match connected {
@@ -416,6 +464,61 @@ async fn del(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniErro
         Err(e) => return Err(e.into()),
     };
     if let Some(endpoint) = endpoint_of(&record, env) {
+        match manager
+            .disconnect(&record.name, &endpoint.sandbox, true)
+            .await
+        {
+            Ok(_) | Err(NetworkError::NotConnected { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let record = manager.network(&conf.name)?;
+    if record.endpoints.is_empty() && record.labels.contains_key(CREATED_BY) {
+        match manager.remove(&record.name).await {
+            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// GC: removes the network's endpoints a CNI ADD made whose
+/// (`containerID`, `ifname`) is not in `cni.dev/valid-attachments`
+/// (endpoints the CLI connected are not CNI's to collect), then the
+/// network itself if an ADD made it and nothing is left.
+async fn gc(manager: &Manager, conf: &NetConf) -> Result<(), CniError> {
+    let valid = match &conf.valid_attachments {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(
+                |a| match (a["containerID"].as_str(), a["ifname"].as_str()) {
+                    (Some(id), Some(ifname)) => Ok((id.to_string(), ifname.to_string())),
+                    _ => Err(CniError::Config(format!(
+                        "cni.dev/valid-attachments: {a} lacks containerID or ifname"
+                    ))),
+                },
+            )
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(CniError::Config(format!(
+                "cni.dev/valid-attachments is {other}, expected a list"
+            )))
+        }
+    };
+    let record = match manager.network(&conf.name) {
+        Ok(r) => r,
+        Err(NetworkError::UnknownNetwork(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for endpoint in record.endpoints.values() {
+        if endpoint.container_id.is_empty()
+            || valid
+                .iter()
+                .any(|(id, ifname)| *id == endpoint.container_id && *ifname == endpoint.ifname)
+        {
+            continue;
+        }
         match manager
             .disconnect(&record.name, &endpoint.sandbox, true)
             .await
