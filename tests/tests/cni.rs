@@ -190,7 +190,7 @@ fn add_check_del_give_the_reference_plugins_results() {
         REFERENCE,
         "ADD",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     )
     .ok();
@@ -274,7 +274,7 @@ fn add_check_del_give_the_reference_plugins_results() {
         REFERENCE,
         "DEL",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     );
     assert!(del.ok, "{del:?}");
@@ -408,8 +408,12 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
     c["master"] = json!("nosuch0");
     cases.push(("nosuch0", c, 101));
     let mut c = good.clone();
-    c["ipam"]["type"] = json!("dhcp");
-    cases.push(("dhcp", c, 2));
+    c["ipam"]["type"] = json!("nosuch-ipam");
+    cases.push(("nosuch-ipam", c, 7));
+    // The delegated plugin's own error, with its code.
+    let mut c = good.clone();
+    c["ipam"] = json!({"type": "static", "addresses": [{"address": "10.81.0.300/24"}]});
+    cases.push(("10.81.0.300", c, 999));
     for (says, conf, code) in cases {
         let e = netvlan_cni(&lan, "ADD", &ctr, &conf).error(code);
         assert!(
@@ -604,13 +608,145 @@ fn status_is_51_when_the_datapath_of_existing_endpoints_is_not_ready() {
     assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
 }
 
+/// The addresses host-local holds in `data_dir` for network `name`.
+fn host_local_leases(data_dir: &OwnedDir, name: &str) -> Vec<String> {
+    let dir = data_dir.path().join(name);
+    let mut leases: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    leases.sort();
+    leases
+}
+
+/// A delegated `ipam` (containernetworking-plugins' `static` and
+/// `host-local`, run from CNI_PATH) gives netvlan-cni the reference
+/// macvlan plugin's result on the same config, but for the MAC; the
+/// lease is the endpoint's address in netvlan's state; CHECK and DEL go
+/// to the IPAM plugin too, and an ADD that fails after the lease
+/// releases it.
+#[test]
+fn ipam_is_delegated_to_the_plugin_in_cni_path_as_the_reference_does() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let static_ipam = json!({
+        "type": "static",
+        "addresses": [{"address": "10.88.0.5/24", "gateway": "10.88.0.1"}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}],
+    });
+    let host_local = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}]],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.89.0.1"}],
+        "dataDir": hl.path(),
+    });
+    for (name, ipam) in [("cnistatic", static_ipam), ("cnihostlocal", host_local)] {
+        let mut conf = config(name, 0, &hl);
+        conf["ipam"] = ipam;
+        conf["dns"] = json!({"nameservers": ["10.88.0.53"]});
+        let mut reference_conf = conf.clone();
+        reference_conf["type"] = json!("macvlan");
+        let (reference_ctr, ctr) = (lan.container(false), lan.container(false));
+        let mut theirs = cni(
+            &lan,
+            REFERENCE,
+            "ADD",
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        )
+        .ok();
+        let mut ours = cni(
+            &lan,
+            cni_bin().to_str().unwrap(),
+            "ADD",
+            &ns_path(&ctr),
+            &[("CNI_CONTAINERID", "ours")],
+            &conf,
+        )
+        .ok();
+        let address = ours["ips"][0]["address"].as_str().unwrap().to_string();
+        let result = ours.clone();
+        if name == "cnihostlocal" {
+            // One host-local pool: the second lease is the next address.
+            assert_eq!(theirs["ips"][0]["address"], "10.89.0.2/24");
+            assert_eq!(address, "10.89.0.3/24");
+            theirs["ips"][0]["address"] = json!(address);
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2", "10.89.0.3"]);
+        } else {
+            assert_eq!(address, "10.88.0.5/24");
+        }
+        for r in [&mut theirs, &mut ours] {
+            r["interfaces"][0]["mac"] = json!("(mac)");
+            r["interfaces"][0]["sandbox"] = json!("(sandbox)");
+        }
+        assert_eq!(ours, theirs, "{name}");
+        // The lease is the endpoint's address in netvlan's state.
+        let entry = netvlan_tests::container_entry(&lan.inspect(name), &ns_path(&ctr));
+        assert_eq!(entry["IPv4Address"], json!(address), "{entry:#}");
+        let addrs =
+            String::from_utf8_lossy(&ctr.exec("ip", &["-4", "-o", "addr", "show", "eth0"]).stdout)
+                .into_owned();
+        assert!(addrs.contains(&address), "{addrs}");
+
+        let run = |command: &str, ns: &str, conf: &Value| {
+            cni(
+                &lan,
+                cni_bin().to_str().unwrap(),
+                command,
+                ns,
+                &[("CNI_CONTAINERID", "ours")],
+                conf,
+            )
+        };
+        let mut checked = conf.clone();
+        checked["prevResult"] = result;
+        let ok = run("CHECK", &ns_path(&ctr), &checked);
+        assert!(ok.ok && ok.stdout.trim().is_empty(), "{name}: {ok:?}");
+        if name == "cnihostlocal" {
+            // ADD again fails on the interface, and keeps the live lease.
+            run("ADD", &ns_path(&ctr), &conf).error(100);
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2", "10.89.0.3"]);
+            let prev = run("DEL", &ns_path(&ctr), &conf);
+            assert!(prev.ok, "{prev:?}");
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2"], "DEL releases");
+            // An ADD that fails after the lease (its namespace is not
+            // there) releases it again.
+            run("ADD", "/var/run/netns/nvt-no-such-ns", &conf).error(3);
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2"], "lease leaked");
+            assert_eq!(
+                lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+                json!([])
+            );
+        } else {
+            let del = run("DEL", &ns_path(&ctr), &conf);
+            assert!(del.ok, "{del:?}");
+        }
+        assert_eq!(links_in(&ctr), ["lo"], "{name}: link left behind");
+        let del = cni(
+            &lan,
+            REFERENCE,
+            "DEL",
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        );
+        assert!(del.ok, "{del:?}");
+    }
+    assert!(host_local_leases(&hl, "cnihostlocal").is_empty());
+}
+
 #[test]
 fn kubernetes_pod_names_name_the_endpoint_in_stats() {
     let lan = Lan::new(false);
     let hl = data_dir();
     let conf = config("cnipod", 87, &hl);
     let (pod, plain) = (lan.container(false), lan.container(false));
-    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr-p";
+    // As kubelet passes them (host-local, the IPAM, needs IgnoreUnknown).
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr-p";
     add_as(&lan, &pod, "ctr-p", args, &conf);
     add_as(&lan, &plain, "ctr-q", "", &conf);
     let stats = lan.netvlan(&["stats", "--json"]).ok().json();
@@ -663,7 +799,7 @@ fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
         REFERENCE,
         "ADD",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     )
     .ok();
@@ -681,7 +817,7 @@ fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
         REFERENCE,
         "DEL",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     );
     assert!(del.ok, "{del:?}");
@@ -817,6 +953,8 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
     lan.switch
         .exec("ip", &["addr", "add", "10.84.0.1/24", "dev", "peer0"]);
     let host_links = links_in(&lan.host);
+    // host-local (the delegated IPAM) keeps its leases here, not on the host.
+    let hl = data_dir();
     let conflist = json!({
         "cniVersion": "0.4.0",
         "name": "nvlan",
@@ -824,7 +962,12 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
             "type": "netvlan-cni",
             "master": "eth0",
             "mode": "bridge",
-            "ipam": {"type": "host-local", "subnet": "10.84.0.0/24", "gateway": "10.84.0.1"},
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.84.0.0/24",
+                "gateway": "10.84.0.1",
+                "dataDir": hl.path(),
+            },
             // podman's cleanup (run by conmon when the container exits)
             // does not pass the environment on: the lab's dirs go here.
             "stateDir": lan.state.path(),
@@ -857,6 +1000,12 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
         stats.to_string().contains("10.84.0."),
         "the container's endpoint is not in netvlan stats: {stats:#}"
     );
+    // podman passes the container's name as the pod's (K8S_POD_NAME alone).
+    let endpoints = stats["endpoints"].as_array().unwrap();
+    assert!(
+        endpoints.iter().any(|e| e["endpoint"] == json!(name)),
+        "the endpoint is not under the container's name {name}: {stats:#}"
+    );
     // podman rm: the endpoint and the network the ADD made are gone.
     podman.ok(&["rm", "-f", "-t", "0", &name]);
     assert_eq!(
@@ -864,4 +1013,8 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
         json!([])
     );
     assert_eq!(links_in(&lan.host), host_links, "links left behind");
+    assert!(
+        host_local_leases(&hl, "nvlan").is_empty(),
+        "a lease left behind"
+    );
 }

@@ -40,13 +40,20 @@ pub struct NetConf {
     /// (podman's cleanup after a container exits does not).
     pub state_dir: Option<std::path::PathBuf>,
     pub bpf_dir: Option<std::path::PathBuf>,
+    /// The configuration as given: what a delegated IPAM plugin reads.
+    pub text: String,
+    /// The top-level `dns`, the result's `dns` (as the reference plugin).
+    pub dns: Option<Value>,
 }
 
-/// netvlan's own IPAM, read from host-local's keys.
+/// The network's subnet and gateway: netvlan's own IPAM (`"type":
+/// "netvlan"`, host-local's keys), or, for any other `ipam.type`, the
+/// plugin it delegates to (subnet and gateway then come from its lease).
 #[derive(Debug, Clone)]
 pub struct Ipam {
     pub subnet: String,
     pub gateway: Option<String>,
+    pub delegate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,7 +67,7 @@ struct RangeEntry {
 #[serde(deny_unknown_fields)]
 struct IpamKeys {
     #[serde(rename = "type")]
-    kind: String,
+    _kind: String,
     subnet: Option<String>,
     gateway: Option<String>,
     ranges: Option<Vec<Vec<RangeEntry>>>,
@@ -160,6 +167,8 @@ impl NetConf {
             valid_attachments: obj.get("cni.dev/valid-attachments").cloned(),
             state_dir: string(obj, "stateDir")?.map(Into::into),
             bpf_dir: string(obj, "bpfDir")?.map(Into::into),
+            text: text.to_string(),
+            dns: obj.get("dns").filter(|d| !d.is_null()).cloned(),
         })
     }
 
@@ -167,14 +176,19 @@ impl NetConf {
         let value = value
             .filter(|v| !v.is_null())
             .ok_or_else(|| CniError::Config("ipam is missing".into()))?;
+        match value.get("type") {
+            Some(Value::String(kind)) if kind == "netvlan" => {}
+            Some(Value::String(kind)) if !kind.is_empty() => {
+                return Ok(Ipam {
+                    subnet: String::new(),
+                    gateway: None,
+                    delegate: Some(kind.clone()),
+                })
+            }
+            _ => return Err(CniError::Config("ipam: type is missing".into())),
+        }
         let keys: IpamKeys = serde_json::from_value(value.clone())
             .map_err(|e| CniError::Config(format!("ipam: {e}")))?;
-        if !matches!(keys.kind.as_str(), "host-local" | "netvlan") {
-            return Err(CniError::Unsupported(format!(
-                "ipam type {:?} (netvlan-cni reads host-local's keys with its own IPAM; delegating to other IPAM plugins is not done yet)",
-                keys.kind
-            )));
-        }
         let from_ranges = keys
             .ranges
             .and_then(|r| r.into_iter().next())
@@ -189,7 +203,11 @@ impl NetConf {
             }
             (None, None) => return Err(CniError::Config("ipam: subnet is missing".into())),
         };
-        Ok(Ipam { subnet, gateway })
+        Ok(Ipam {
+            subnet,
+            gateway,
+            delegate: None,
+        })
     }
 
     /// The link endpoints are made on: `master`, or `master.vlanId`.
@@ -227,8 +245,12 @@ mod tests {
     fn the_reference_macvlan_keys_parse() {
         let conf = parse(GOOD).unwrap();
         assert_eq!(conf.parent(), "eth0");
-        assert_eq!(conf.ipam.subnet, "10.1.0.0/24");
-        assert_eq!(conf.ipam.gateway.as_deref(), Some("10.1.0.1"));
+        // host-local is the plugin's to run; its keys are its own.
+        assert_eq!(conf.ipam.delegate.as_deref(), Some("host-local"));
+        let own = parse(&GOOD.replace("host-local", "netvlan")).unwrap();
+        assert_eq!(own.ipam.delegate, None);
+        assert_eq!(own.ipam.subnet, "10.1.0.0/24");
+        assert_eq!(own.ipam.gateway.as_deref(), Some("10.1.0.1"));
     }
 
     #[test]
@@ -252,7 +274,17 @@ mod tests {
                 7,
             ),
             (GOOD.replace("1.0.0", "0.3.1"), "cniVersion \"0.3.1\"", 1),
-            (GOOD.replace("host-local", "dhcp"), "ipam type \"dhcp\"", 2),
+            (
+                GOOD.replace(r#""type":"host-local","#, ""),
+                "ipam: type is missing",
+                7,
+            ),
+            (
+                GOOD.replace("host-local", "netvlan")
+                    .replace("subnet", "colour"),
+                "unknown field `colour`",
+                7,
+            ),
             ("not json".to_string(), "not valid JSON", 7),
         ] {
             let e = parse(&text).unwrap_err();

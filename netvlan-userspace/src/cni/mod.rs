@@ -17,11 +17,13 @@
 //! `linkInContainer`, ipvlan.
 
 mod config;
+mod delegate;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::{json, Value};
 
+use self::delegate::{IpamPlugin, Lease};
 use crate::{
     control::{
         ConnectRequest, CreateRequest, Driver, Endpoint, ErrorReport, Manager, NetworkError,
@@ -96,6 +98,24 @@ pub enum CniError {
         endpoints: usize,
         why: String,
     },
+    #[error("ipam plugin {plugin:?} is not in CNI_PATH {cni_path:?}")]
+    IpamMissing { plugin: String, cni_path: String },
+    #[error("running ipam plugin {plugin:?}")]
+    IpamExec {
+        plugin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delegated plugin's own error, its code passed on.
+    #[error("ipam plugin {plugin:?} {command}: {msg}")]
+    Ipam {
+        plugin: String,
+        command: String,
+        code: u32,
+        msg: String,
+    },
+    #[error("ipam plugin {plugin:?} result: {why}")]
+    IpamResult { plugin: String, why: String },
 }
 
 impl From<NetworkError> for CniError {
@@ -128,6 +148,10 @@ impl CniError {
             E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
             E::LimitedConnectivity { .. } => (CODE_LIMITED_CONNECTIVITY, "limited_connectivity"),
             E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) => (CODE_IO, "io"),
+            E::IpamMissing { .. } => (CODE_INVALID_CONFIG, "ipam_missing"),
+            E::IpamExec { .. } => (CODE_IO, "io"),
+            E::Ipam { code, .. } => (*code, "ipam_failed"),
+            E::IpamResult { .. } => (CODE_UNSUPPORTED_FIELD, "ipam_result"),
         };
         ErrorReport::new(code, kind, self)
     }
@@ -141,6 +165,8 @@ pub struct Env {
     pub netns: String,
     pub ifname: String,
     pub args: String,
+    /// `CNI_PATH`: where delegated IPAM plugins are.
+    pub path: String,
     pub bpf_dir: PathBuf,
     pub state_dir: PathBuf,
 }
@@ -159,6 +185,7 @@ impl Env {
             netns: var("CNI_NETNS"),
             ifname: var("CNI_IFNAME"),
             args: var("CNI_ARGS"),
+            path: var("CNI_PATH"),
             bpf_dir: dir("NETVLAN_BPF_DIR", DEFAULT_BPF_DIR),
             state_dir: dir("NETVLAN_STATE_DIR", DEFAULT_STATE_DIR),
         }
@@ -178,7 +205,7 @@ impl Env {
 struct Args {
     mac: Option<String>,
     ip: Option<String>,
-    /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, when both are given.
+    /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, or `K8S_POD_NAME` alone.
     pod: Option<String>,
 }
 
@@ -216,6 +243,8 @@ fn parse_args(text: &str) -> Result<Args, CniError> {
             (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
                 Some(format!("{ns}/{name}"))
             }
+            // podman passes the container's name alone.
+            (_, Some(name)) if !name.is_empty() => Some(name.clone()),
             _ => None,
         },
     })
@@ -363,12 +392,65 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
     }
 }
 
+/// The delegated IPAM plugin of the config, if it names one.
+fn ipam_plugin(env: &Env, conf: &NetConf) -> Result<Option<IpamPlugin>, CniError> {
+    conf.ipam
+        .delegate
+        .as_deref()
+        .map(|kind| IpamPlugin::find(kind, &env.path))
+        .transpose()
+}
+
+/// ADD: with a delegated IPAM, its lease first (released again if the
+/// rest fails), then the endpoint with that address.
 async fn add(manager: &Manager, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let args = parse_args(&env.args)?;
+    let Some(plugin) = ipam_plugin(env, conf)? else {
+        return add_endpoint(manager, env, conf, args, None).await;
+    };
+    // ADD of an attachment that exists fails before the IPAM is asked
+    // (its DEL on the failure would release the live endpoint's lease).
+    if let Some(endpoint) = manager
+        .network(&conf.name)
+        .ok()
+        .and_then(|r| endpoint_of(&r, env))
+    {
+        return Err(NetworkError::AlreadyConnected {
+            network: conf.name.clone(),
+            sandbox: endpoint.sandbox,
+        }
+        .into());
+    }
+    let lease = plugin.add(&conf.text)?;
+    let added = add_endpoint(manager, env, conf, args, Some(&lease)).await;
+    if added.is_err() {
+        let _ = plugin.run("DEL", &conf.text);
+    }
+    added
+}
+
+async fn add_endpoint(
+    manager: &Manager,
+    env: &Env,
+    conf: &NetConf,
+    args: Args,
+    lease: Option<&Lease>,
+) -> Result<Value, CniError> {
+    let mut conf = conf.clone();
+    if let Some(lease) = lease {
+        // The lease's subnet and gateway are the network's; its address
+        // is reserved for the endpoint in netvlan's IPAM.
+        conf.ipam.subnet = lease.address.trunc().to_string();
+        conf.ipam.gateway = lease.gateway.map(|g| g.to_string());
+    }
+    let conf = &conf;
     let created = manager.network(&conf.name).is_err();
     let record = network(manager, conf).await?;
     let mac = conf.runtime_mac().or(args.mac).or_else(|| conf.mac.clone());
-    let ip = conf.runtime_ip().or(args.ip);
+    let ip = match lease {
+        Some(lease) => Some(lease.address.addr().to_string()),
+        None => conf.runtime_ip().or(args.ip),
+    };
     let connected = manager
         .connect(ConnectRequest {
             network: record.name.clone(),
@@ -425,7 +507,7 @@ fn result(conf: &NetConf, record: &NetworkRecord, endpoint: &Endpoint) -> Value 
             "sandbox": env_netns_text(endpoint),
         }],
         "ips": ips,
-        "dns": {},
+        "dns": conf.dns.clone().unwrap_or_else(|| json!({})),
     });
     if !routes.is_empty() {
         out["routes"] = Value::Array(routes);
@@ -456,8 +538,17 @@ fn endpoint_of(record: &NetworkRecord, env: &Env) -> Option<Endpoint> {
 }
 
 /// DEL is idempotent: an unknown network, endpoint or namespace is
-/// success.
+/// success. A delegated IPAM releases its lease after the endpoint goes.
 async fn del(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let plugin = ipam_plugin(env, conf)?;
+    del_endpoint(manager, env, conf).await?;
+    if let Some(plugin) = plugin {
+        plugin.run("DEL", &conf.text)?;
+    }
+    Ok(())
+}
+
+async fn del_endpoint(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let record = match manager.network(&conf.name) {
         Ok(r) => r,
         Err(NetworkError::UnknownNetwork(_)) => return Ok(()),
@@ -576,7 +667,17 @@ fn check_prev(conf: &NetConf, endpoint: &Endpoint) -> Result<(), CniError> {
     Ok(())
 }
 
+/// CHECK: netvlan's endpoint, then the delegated IPAM's own CHECK.
 async fn check(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let plugin = ipam_plugin(env, conf)?;
+    check_endpoint(manager, env, conf).await?;
+    if let Some(plugin) = plugin {
+        plugin.run("CHECK", &conf.text)?;
+    }
+    Ok(())
+}
+
+async fn check_endpoint(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let record = manager.network(&conf.name)?;
     let endpoint = endpoint_of(&record, env).ok_or_else(|| {
         CniError::Check(format!(
