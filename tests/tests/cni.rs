@@ -397,6 +397,9 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
     c["colour"] = json!("red");
     cases.push(("\"colour\"", c, 7));
     let mut c = good.clone();
+    c["mtu"] = json!("big");
+    cases.push(("mtu \"big\"", c, 7));
+    let mut c = good.clone();
     c["cniVersion"] = json!("0.3.1");
     cases.push(("0.3.1", c, 1));
     let mut c = good.clone();
@@ -737,6 +740,66 @@ fn ipam_is_delegated_to_the_plugin_in_cni_path_as_the_reference_does() {
         assert!(del.ok, "{del:?}");
     }
     assert!(host_local_leases(&hl, "cnihostlocal").is_empty());
+}
+
+/// `mtu` is the endpoint's MTU, as the reference plugin sets it; one
+/// above the parent's is refused and leaves nothing behind, and a
+/// config whose `mtu` disagrees with the stored network is refused.
+#[test]
+fn mtu_sets_the_endpoints_mtu_as_the_reference_does() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let mut conf = config("cnimtu", 90, &hl);
+    conf["mtu"] = json!(1400);
+    let mut reference_conf = conf.clone();
+    reference_conf["type"] = json!("macvlan");
+    let (reference_ctr, ctr, other) = (
+        lan.container(false),
+        lan.container(false),
+        lan.container(false),
+    );
+    let reference = |command: &str| {
+        cni(
+            &lan,
+            REFERENCE,
+            command,
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        )
+    };
+    reference("ADD").ok();
+    netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    assert_eq!(reference_ctr.link_json("eth0")["mtu"], 1400);
+    assert_eq!(ctr.link_json("eth0")["mtu"], 1400);
+    let mut other_mtu = conf.clone();
+    other_mtu["mtu"] = json!(1300);
+    let e = cni(
+        &lan,
+        cni_bin().to_str().unwrap(),
+        "ADD",
+        &ns_path(&other),
+        &[("CNI_CONTAINERID", "other")],
+        &other_mtu,
+    )
+    .error(7);
+    assert!(e["msg"].as_str().unwrap().contains("1300"), "{e:#}");
+    assert_eq!(links_in(&other), ["lo"]);
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    assert!(reference("DEL").ok);
+
+    let links = links_in(&lan.host);
+    let mut jumbo = conf.clone();
+    jumbo["mtu"] = json!(9000);
+    let e = netvlan_cni(&lan, "ADD", &ctr, &jumbo).error(7);
+    assert!(e["msg"].as_str().unwrap().contains("mtu=9000"), "{e:#}");
+    assert_eq!(links_in(&ctr), ["lo"]);
+    assert_eq!(links_in(&lan.host), links);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert!(host_local_leases(&hl, "cnimtu").is_empty(), "lease leaked");
 }
 
 #[test]

@@ -29,6 +29,9 @@ pub struct NetConf {
     pub mode: Option<String>,
     pub mac: Option<String>,
     pub vlan_id: Option<u16>,
+    /// The endpoints' MTU (the network's `mtu` option); none or 0: the
+    /// parent's, as the reference plugin.
+    pub mtu: Option<u32>,
     pub ipam: Ipam,
     pub runtime_config: Value,
     pub prev_result: Option<Value>,
@@ -121,11 +124,14 @@ impl NetConf {
                 return Err(CniError::Config(format!("unknown key {key:?}")));
             }
         }
-        if obj.get("mtu").is_some_and(|m| !m.is_null()) {
-            return Err(CniError::Unsupported(
-                "mtu (netvlan-cni does not support it yet)".into(),
-            ));
-        }
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(m) => match m.as_u64() {
+                Some(0) => None,
+                Some(n) if n <= u32::MAX as u64 => Some(n as u32),
+                _ => return Err(CniError::Config(format!("mtu {m} is not a number"))),
+            },
+        };
         let name = string(obj, "name")?
             .filter(|n| !n.is_empty())
             .ok_or_else(|| CniError::Config("name is missing".into()))?;
@@ -161,6 +167,7 @@ impl NetConf {
             mode,
             mac: string(obj, "mac")?,
             vlan_id,
+            mtu,
             ipam,
             runtime_config: obj.get("runtimeConfig").cloned().unwrap_or(Value::Null),
             prev_result: obj.get("prevResult").cloned(),

@@ -369,12 +369,26 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
                     given: conf.ipam.subnet.clone(),
                 });
             }
+            if conf.mtu.is_some() && record.options.mtu != conf.mtu {
+                return Err(CniError::Mismatch {
+                    network: conf.name.clone(),
+                    what: "mtu",
+                    stored: record
+                        .options
+                        .mtu
+                        .map_or_else(|| "the parent's".into(), |m| m.to_string()),
+                    given: conf.mtu.map(|m| m.to_string()).unwrap_or_default(),
+                });
+            }
             Ok(record)
         }
         Err(NetworkError::UnknownNetwork(_)) => {
             let mut options = vec![format!("parent={parent}")];
             if let Some(mode) = &conf.mode {
                 options.push(format!("macvlan_mode={mode}"));
+            }
+            if let Some(mtu) = conf.mtu {
+                options.push(format!("mtu={mtu}"));
             }
             Ok(manager
                 .create(CreateRequest {

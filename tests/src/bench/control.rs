@@ -533,6 +533,8 @@ struct NetvlanCni<'a> {
     bin: std::path::PathBuf,
     config: Vec<u8>,
     network: String,
+    /// host-local's leases (netvlan-cni delegates the ipam to it).
+    _ipam: OwnedDir,
     // Dropped last: its state and pins, after the plugin's last DEL.
     _netvlan: Netvlan,
 }
@@ -542,6 +544,7 @@ impl<'a> NetvlanCni<'a> {
         const SUBNET: &str = "172.31.208.0/20";
         let netvlan = Netvlan::new(&ctx.netvlan, host, &ctx.token, "cpc")?;
         netvlan.create_bench_network(SUBNET, "lan0", &["macvlan_mode=bridge"])?;
+        let ipam = OwnedDir::temp(&ctx.token, "cni-ipam")?;
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "bench",
@@ -551,6 +554,7 @@ impl<'a> NetvlanCni<'a> {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": SUBNET }]],
+                "dataDir": ipam.path(),
             },
             "stateDir": netvlan.state_dir(),
             "bpfDir": netvlan.bpf_dir(),
@@ -560,6 +564,7 @@ impl<'a> NetvlanCni<'a> {
             bin: ctx.netvlan_cni.clone(),
             config: serde_json::to_vec(&config)?,
             network: "bench".into(),
+            _ipam: ipam,
             _netvlan: netvlan,
         })
     }
