@@ -417,6 +417,17 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
     let mut c = good.clone();
     c["ipam"] = json!({"type": "static", "addresses": [{"address": "10.81.0.300/24"}]});
     cases.push(("10.81.0.300", c, 999));
+    // A lease netvlan cannot honour is released and refused.
+    let mut c = good.clone();
+    c["ipam"] = json!({
+        "type": "static",
+        "addresses": [{"address": "10.81.0.5/24", "gateway": "10.81.0.1"}],
+        "routes": [{"dst": "192.168.0.0/16"}],
+    });
+    cases.push(("192.168.0.0/16", c, 2));
+    let mut c = good.clone();
+    c["linkInContainer"] = json!(true);
+    cases.push(("linkInContainer", c, 2));
     for (says, conf, code) in cases {
         let e = netvlan_cni(&lan, "ADD", &ctr, &conf).error(code);
         assert!(

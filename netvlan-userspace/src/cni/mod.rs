@@ -7,14 +7,15 @@
 //! (if the CLI has not) and connects the container through
 //! [`control::Manager`], like `netvlan network connect`.
 //!
-//! Done: VERSION, ADD, DEL, CHECK, STATUS, GC; the reference macvlan plugin's keys
-//! `master`, `mode`, `mac`, `vlanId`, `ipam` read by netvlan's own IPAM
-//! (netvlan's own: `stateDir`, `bpfDir`)
-//! (host-local's `subnet`/`gateway`/`ranges`); `CNI_ARGS` `IgnoreUnknown`,
-//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`; `K8S_POD_NAMESPACE`/`K8S_POD_NAME` name
-//! the endpoint (`namespace/name`) in `stats` and `/metrics`. Not yet:
-//! delegating `ipam` to a plugin from `CNI_PATH`, `mtu`,
-//! `linkInContainer`, ipvlan.
+//! Done: VERSION, ADD, DEL, CHECK, STATUS (50, and 51 when a network with
+//! endpoints has datapath drift), GC (`cni.dev/valid-attachments`); the
+//! reference macvlan plugin's keys `master`, `mode`, `mac`, `mtu`,
+//! `vlanId`, `dns`, `ipam`: netvlan's own (`"type": "netvlan"`, host-local's
+//! keys) or delegated to the `ipam.type` plugin in `CNI_PATH`
+//! (`delegate`); netvlan's own keys `stateDir`, `bpfDir`; `CNI_ARGS`
+//! `IgnoreUnknown`, `MAC=`, `IP=`, `K8S_POD_NAMESPACE`/`K8S_POD_NAME` (the
+//! endpoint's name in `stats` and `/metrics`); `runtimeConfig.mac`/`ips`.
+//! Not yet: `linkInContainer`, ipvlan, IPv6.
 
 mod config;
 mod delegate;
