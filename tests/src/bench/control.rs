@@ -167,7 +167,8 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             format!(
                 "netvlan-cni: the release `netvlan-cni` driven exactly as the peer (same \
                  environment, same config with \"type\": \"netvlan-cni\" and the subnet \
-                 172.31.208.0/20, plus netvlan's stateDir/bpfDir keys for a private state), in \
+                 172.31.208.0/20, host-local delegated as the peer does with its own dataDir, \
+                 plus netvlan's stateDir/bpfDir keys for a private state), in \
                  the namespace of its own parent veth, on the network `{}` the CLI made there \
                  first (as a host shares one network between the CLI and CNI).",
                 ncni.network
