@@ -190,7 +190,7 @@ fn add_check_del_give_the_reference_plugins_results() {
         REFERENCE,
         "ADD",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     )
     .ok();
@@ -274,7 +274,7 @@ fn add_check_del_give_the_reference_plugins_results() {
         REFERENCE,
         "DEL",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     );
     assert!(del.ok, "{del:?}");
@@ -397,6 +397,9 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
     c["colour"] = json!("red");
     cases.push(("\"colour\"", c, 7));
     let mut c = good.clone();
+    c["mtu"] = json!("big");
+    cases.push(("mtu \"big\"", c, 7));
+    let mut c = good.clone();
     c["cniVersion"] = json!("0.3.1");
     cases.push(("0.3.1", c, 1));
     let mut c = good.clone();
@@ -408,8 +411,23 @@ fn bad_configs_get_the_spec_error_and_leave_nothing_behind() {
     c["master"] = json!("nosuch0");
     cases.push(("nosuch0", c, 101));
     let mut c = good.clone();
-    c["ipam"]["type"] = json!("dhcp");
-    cases.push(("dhcp", c, 2));
+    c["ipam"]["type"] = json!("nosuch-ipam");
+    cases.push(("nosuch-ipam", c, 7));
+    // The delegated plugin's own error, with its code.
+    let mut c = good.clone();
+    c["ipam"] = json!({"type": "static", "addresses": [{"address": "10.81.0.300/24"}]});
+    cases.push(("10.81.0.300", c, 999));
+    // A lease netvlan cannot honour is released and refused.
+    let mut c = good.clone();
+    c["ipam"] = json!({
+        "type": "static",
+        "addresses": [{"address": "10.81.0.5/24", "gateway": "10.81.0.1"}],
+        "routes": [{"dst": "192.168.0.0/16"}],
+    });
+    cases.push(("192.168.0.0/16", c, 2));
+    let mut c = good.clone();
+    c["linkInContainer"] = json!(true);
+    cases.push(("linkInContainer", c, 2));
     for (says, conf, code) in cases {
         let e = netvlan_cni(&lan, "ADD", &ctr, &conf).error(code);
         assert!(
@@ -483,6 +501,363 @@ fn status_says_whether_an_add_can_work() {
     );
 }
 
+/// `netvlan-cni ADD` of `ctr` as container `id`.
+fn add_as(lan: &Lan, ctr: &Netns, id: &str, args: &str, conf: &Value) -> Value {
+    let bin = cni_bin();
+    cni(
+        lan,
+        bin.to_str().unwrap(),
+        "ADD",
+        &ns_path(ctr),
+        &[("CNI_CONTAINERID", id), ("CNI_ARGS", args)],
+        conf,
+    )
+    .ok()
+}
+
+fn gc(lan: &Lan, conf: &Value, valid: Value) -> Answer {
+    let mut conf = conf.clone();
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = valid;
+    let bin = cni_bin();
+    let mut cmd = cni(lan, bin.to_str().unwrap(), "GC", "", &[], &conf);
+    cmd.stdout = cmd.stdout.trim().to_string();
+    cmd
+}
+
+#[test]
+fn gc_removes_the_attachments_not_in_the_valid_list() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnigc", 85, &hl);
+    let (a, b, c) = (
+        lan.container(false),
+        lan.container(false),
+        lan.container(false),
+    );
+    add_as(&lan, &a, "ctr-a", "", &conf);
+    add_as(&lan, &b, "ctr-b", "", &conf);
+    // The usual case for GC: a container gone without a DEL.
+    let gone = lan.container(false);
+    add_as(&lan, &gone, "ctr-gone", "", &conf);
+    netvlan_tests::sh("ip", &["netns", "del", gone.name()]);
+    // An endpoint the CLI connected is not CNI's to collect.
+    lan.netvlan(&["connect", "cnigc", &ns_path(&c)]).ok();
+    let keep_a = json!([{"containerID": "ctr-a", "ifname": "eth0"}]);
+    let done = gc(&lan, &conf, keep_a);
+    assert!(done.ok && done.stdout.is_empty(), "{done:?}");
+    assert_eq!(links_in(&b), ["lo"], "ctr-b's attachment survived GC");
+    assert!(links_in(&a).contains(&"eth0".to_string()), "GC took ctr-a");
+    assert!(
+        links_in(&c).contains(&"eth0".to_string()),
+        "GC took the CLI's"
+    );
+    assert_eq!(
+        lan.inspect("cnigc")["Containers"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Same container id, other ifname: not valid either.
+    let other_if = json!([{"containerID": "ctr-a", "ifname": "net1"}]);
+    assert!(gc(&lan, &conf, other_if).ok);
+    assert_eq!(links_in(&a), ["lo"], "ctr-a/eth0 survived GC");
+    // A malformed list is the spec's error, and removes nothing.
+    gc(&lan, &conf, json!([{"ifname": "eth0"}])).error(7);
+    assert!(links_in(&c).contains(&"eth0".to_string()));
+    // The CLI's endpoint gone too, GC removes the network the ADD made.
+    lan.netvlan(&["disconnect", "cnigc", &ns_path(&c)]).ok();
+    assert!(gc(&lan, &conf, json!([])).ok);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    // GC of a network that is not there succeeds.
+    assert!(gc(&lan, &conf, json!([])).ok);
+}
+
+/// STATUS 51: the datapath of a network with endpoints is not as stored
+/// (here netvlan's XDP program detached from the parent by hand), so its
+/// containers may have limited connectivity; a network without
+/// endpoints whose parent is missing is 50; `netvlan restore` makes it
+/// ready again.
+#[test]
+fn status_is_51_when_the_datapath_of_existing_endpoints_is_not_ready() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnistatus51", 86, &hl);
+    let bin = cni_bin();
+    let status = |conf: &Value| {
+        let mut conf = conf.clone();
+        conf["cniVersion"] = json!("1.1.0");
+        cni(&lan, bin.to_str().unwrap(), "STATUS", "", &[], &conf)
+    };
+    let ctr = lan.container(false);
+    netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    let ready = status(&conf);
+    assert!(ready.ok && ready.stdout.trim().is_empty(), "{ready:?}");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(lan.host.path()).unwrap());
+    let link = lan
+        .bpf
+        .path()
+        .join(format!("net-{ino}"))
+        .join(format!("if-{}", lan.host.ifindex("eth0")))
+        .join("link");
+    netvlan_tests::sh(
+        "bpftool",
+        &["link", "detach", "pinned", link.to_str().unwrap()],
+    );
+    assert!(lan.host.link_json("eth0").get("xdp").is_none());
+    let e = status(&conf).error(51);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(msg.contains("cnistatus51") && msg.contains("XDP"), "{e:#}");
+    // Another network of the config's with no endpoint and no parent: 50.
+    let mut missing = config("cnistatus50", 87, &hl);
+    missing["master"] = json!("nosuch0");
+    let e = status(&missing).error(50);
+    assert!(e["msg"].as_str().unwrap().contains("nosuch0"), "{e:#}");
+    lan.netvlan(&["restore"]).ok();
+    assert!(status(&conf).ok);
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+}
+
+/// The addresses host-local holds in `data_dir` for network `name`.
+fn host_local_leases(data_dir: &OwnedDir, name: &str) -> Vec<String> {
+    let dir = data_dir.path().join(name);
+    let mut leases: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    leases.sort();
+    leases
+}
+
+/// A delegated `ipam` (containernetworking-plugins' `static` and
+/// `host-local`, run from CNI_PATH) gives netvlan-cni the reference
+/// macvlan plugin's result on the same config, but for the MAC; the
+/// lease is the endpoint's address in netvlan's state; CHECK and DEL go
+/// to the IPAM plugin too, and an ADD that fails after the lease
+/// releases it.
+#[test]
+fn ipam_is_delegated_to_the_plugin_in_cni_path_as_the_reference_does() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let static_ipam = json!({
+        "type": "static",
+        "addresses": [{"address": "10.88.0.5/24", "gateway": "10.88.0.1"}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}],
+    });
+    let host_local = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}]],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.89.0.1"}],
+        "dataDir": hl.path(),
+    });
+    for (name, ipam) in [("cnistatic", static_ipam), ("cnihostlocal", host_local)] {
+        let mut conf = config(name, 0, &hl);
+        conf["ipam"] = ipam;
+        conf["dns"] = json!({"nameservers": ["10.88.0.53"]});
+        let mut reference_conf = conf.clone();
+        reference_conf["type"] = json!("macvlan");
+        let (reference_ctr, ctr) = (lan.container(false), lan.container(false));
+        let mut theirs = cni(
+            &lan,
+            REFERENCE,
+            "ADD",
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        )
+        .ok();
+        let mut ours = cni(
+            &lan,
+            cni_bin().to_str().unwrap(),
+            "ADD",
+            &ns_path(&ctr),
+            &[("CNI_CONTAINERID", "ours")],
+            &conf,
+        )
+        .ok();
+        let address = ours["ips"][0]["address"].as_str().unwrap().to_string();
+        let result = ours.clone();
+        if name == "cnihostlocal" {
+            // One host-local pool: the second lease is the next address.
+            assert_eq!(theirs["ips"][0]["address"], "10.89.0.2/24");
+            assert_eq!(address, "10.89.0.3/24");
+            theirs["ips"][0]["address"] = json!(address);
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2", "10.89.0.3"]);
+        } else {
+            assert_eq!(address, "10.88.0.5/24");
+        }
+        for r in [&mut theirs, &mut ours] {
+            r["interfaces"][0]["mac"] = json!("(mac)");
+            r["interfaces"][0]["sandbox"] = json!("(sandbox)");
+        }
+        assert_eq!(ours, theirs, "{name}");
+        // The lease is the endpoint's address in netvlan's state.
+        let entry = netvlan_tests::container_entry(&lan.inspect(name), &ns_path(&ctr));
+        assert_eq!(entry["IPv4Address"], json!(address), "{entry:#}");
+        let addrs =
+            String::from_utf8_lossy(&ctr.exec("ip", &["-4", "-o", "addr", "show", "eth0"]).stdout)
+                .into_owned();
+        assert!(addrs.contains(&address), "{addrs}");
+
+        let run = |command: &str, ns: &str, conf: &Value| {
+            cni(
+                &lan,
+                cni_bin().to_str().unwrap(),
+                command,
+                ns,
+                &[("CNI_CONTAINERID", "ours")],
+                conf,
+            )
+        };
+        let mut checked = conf.clone();
+        checked["prevResult"] = result;
+        let ok = run("CHECK", &ns_path(&ctr), &checked);
+        assert!(ok.ok && ok.stdout.trim().is_empty(), "{name}: {ok:?}");
+        if name == "cnihostlocal" {
+            // ADD again fails on the interface, and keeps the live lease.
+            run("ADD", &ns_path(&ctr), &conf).error(100);
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2", "10.89.0.3"]);
+            let prev = run("DEL", &ns_path(&ctr), &conf);
+            assert!(prev.ok, "{prev:?}");
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2"], "DEL releases");
+            // An ADD that fails after the lease (its namespace is not
+            // there) releases it again.
+            run("ADD", "/var/run/netns/nvt-no-such-ns", &conf).error(3);
+            assert_eq!(host_local_leases(&hl, name), ["10.89.0.2"], "lease leaked");
+            assert_eq!(
+                lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+                json!([])
+            );
+        } else {
+            let del = run("DEL", &ns_path(&ctr), &conf);
+            assert!(del.ok, "{del:?}");
+        }
+        assert_eq!(links_in(&ctr), ["lo"], "{name}: link left behind");
+        let del = cni(
+            &lan,
+            REFERENCE,
+            "DEL",
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        );
+        assert!(del.ok, "{del:?}");
+    }
+    assert!(host_local_leases(&hl, "cnihostlocal").is_empty());
+}
+
+/// `mtu` is the endpoint's MTU, as the reference plugin sets it; one
+/// above the parent's is refused and leaves nothing behind, and a
+/// config whose `mtu` disagrees with the stored network is refused.
+#[test]
+fn mtu_sets_the_endpoints_mtu_as_the_reference_does() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let mut conf = config("cnimtu", 90, &hl);
+    conf["mtu"] = json!(1400);
+    let mut reference_conf = conf.clone();
+    reference_conf["type"] = json!("macvlan");
+    let (reference_ctr, ctr, other) = (
+        lan.container(false),
+        lan.container(false),
+        lan.container(false),
+    );
+    let reference = |command: &str| {
+        cni(
+            &lan,
+            REFERENCE,
+            command,
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        )
+    };
+    reference("ADD").ok();
+    netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    assert_eq!(reference_ctr.link_json("eth0")["mtu"], 1400);
+    assert_eq!(ctr.link_json("eth0")["mtu"], 1400);
+    let mut other_mtu = conf.clone();
+    other_mtu["mtu"] = json!(1300);
+    let e = cni(
+        &lan,
+        cni_bin().to_str().unwrap(),
+        "ADD",
+        &ns_path(&other),
+        &[("CNI_CONTAINERID", "other")],
+        &other_mtu,
+    )
+    .error(7);
+    assert!(e["msg"].as_str().unwrap().contains("1300"), "{e:#}");
+    assert_eq!(links_in(&other), ["lo"]);
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    assert!(reference("DEL").ok);
+
+    let links = links_in(&lan.host);
+    let mut jumbo = conf.clone();
+    jumbo["mtu"] = json!(9000);
+    let e = netvlan_cni(&lan, "ADD", &ctr, &jumbo).error(7);
+    assert!(e["msg"].as_str().unwrap().contains("mtu=9000"), "{e:#}");
+    assert_eq!(links_in(&ctr), ["lo"]);
+    assert_eq!(links_in(&lan.host), links);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert!(host_local_leases(&hl, "cnimtu").is_empty(), "lease leaked");
+}
+
+#[test]
+fn kubernetes_pod_names_name_the_endpoint_in_stats() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnipod", 87, &hl);
+    let (pod, plain) = (lan.container(false), lan.container(false));
+    // As kubelet passes them (host-local, the IPAM, needs IgnoreUnknown).
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr-p";
+    add_as(&lan, &pod, "ctr-p", args, &conf);
+    add_as(&lan, &plain, "ctr-q", "", &conf);
+    let stats = lan.netvlan(&["stats", "--json"]).ok().json();
+    let names: Vec<&str> = stats["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints in {stats:#}"))
+        .iter()
+        .filter(|e| e["network"] == "cnipod")
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"shop/web-0"), "{stats:#}");
+    // Without pod args the endpoint keeps its sandbox's name.
+    assert!(names.contains(&ns_path(&plain).as_str()), "{stats:#}");
+    // `/metrics` labels its series with the same names.
+    let daemon = netvlan_tests::daemon::Daemon::start(&lan, &[]);
+    let metrics = daemon.get("/metrics");
+    drop(daemon);
+    for endpoint in ["shop/web-0".to_string(), ns_path(&plain)] {
+        let series = format!(
+            "netvlan_endpoint_rx_packets_total{{network=\"cnipod\",endpoint=\"{endpoint}\"}}"
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    for (ctr, id) in [(&pod, "ctr-p"), (&plain, "ctr-q")] {
+        let bin = cni_bin();
+        let del = cni(
+            &lan,
+            bin.to_str().unwrap(),
+            "DEL",
+            &ns_path(ctr),
+            &[("CNI_CONTAINERID", id)],
+            &conf,
+        );
+        assert!(del.ok, "{del:?}");
+    }
+}
+
 #[test]
 fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
     let lan = Lan::new(false);
@@ -498,7 +873,7 @@ fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
         REFERENCE,
         "ADD",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     )
     .ok();
@@ -516,7 +891,7 @@ fn a_0_4_0_config_gets_the_0_4_0_result_shape() {
         REFERENCE,
         "DEL",
         &ns_path(&reference_ctr),
-        &[],
+        &[("CNI_CONTAINERID", "ref")],
         &reference_conf,
     );
     assert!(del.ok, "{del:?}");
@@ -652,6 +1027,8 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
     lan.switch
         .exec("ip", &["addr", "add", "10.84.0.1/24", "dev", "peer0"]);
     let host_links = links_in(&lan.host);
+    // host-local (the delegated IPAM) keeps its leases here, not on the host.
+    let hl = data_dir();
     let conflist = json!({
         "cniVersion": "0.4.0",
         "name": "nvlan",
@@ -659,7 +1036,12 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
             "type": "netvlan-cni",
             "master": "eth0",
             "mode": "bridge",
-            "ipam": {"type": "host-local", "subnet": "10.84.0.0/24", "gateway": "10.84.0.1"},
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.84.0.0/24",
+                "gateway": "10.84.0.1",
+                "dataDir": hl.path(),
+            },
             // podman's cleanup (run by conmon when the container exits)
             // does not pass the environment on: the lab's dirs go here.
             "stateDir": lan.state.path(),
@@ -692,6 +1074,12 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
         stats.to_string().contains("10.84.0."),
         "the container's endpoint is not in netvlan stats: {stats:#}"
     );
+    // podman passes the container's name as the pod's (K8S_POD_NAME alone).
+    let endpoints = stats["endpoints"].as_array().unwrap();
+    assert!(
+        endpoints.iter().any(|e| e["endpoint"] == json!(name)),
+        "the endpoint is not under the container's name {name}: {stats:#}"
+    );
     // podman rm: the endpoint and the network the ADD made are gone.
     podman.ok(&["rm", "-f", "-t", "0", &name]);
     assert_eq!(
@@ -699,4 +1087,8 @@ fn podman_runs_a_container_on_a_netvlan_cni_conflist() {
         json!([])
     );
     assert_eq!(links_in(&lan.host), host_links, "links left behind");
+    assert!(
+        host_local_leases(&hl, "nvlan").is_empty(),
+        "a lease left behind"
+    );
 }

@@ -60,6 +60,7 @@ impl ConnectArgs {
             ip6: self.ip6.clone(),
             mac: self.mac.clone(),
             ifname: Some(self.ifname.clone()),
+            ..Default::default()
         }
     }
 }

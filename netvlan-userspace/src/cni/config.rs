@@ -11,8 +11,9 @@ pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// Keys of a plugin configuration the runtime adds or the spec defines,
 /// accepted whatever netvlan does with them.
-const RUNTIME_KEYS: [&str; 6] = [
+const RUNTIME_KEYS: [&str; 7] = [
     "args",
+    "cni.dev/valid-attachments",
     "capabilities",
     "dns",
     "disableCheck",
@@ -28,22 +29,34 @@ pub struct NetConf {
     pub mode: Option<String>,
     pub mac: Option<String>,
     pub vlan_id: Option<u16>,
+    /// The endpoints' MTU (the network's `mtu` option); none or 0: the
+    /// parent's, as the reference plugin.
+    pub mtu: Option<u32>,
     pub ipam: Ipam,
     pub runtime_config: Value,
     pub prev_result: Option<Value>,
+    /// GC: the attachments (`containerID`, `ifname`) to keep.
+    pub valid_attachments: Option<Value>,
     /// netvlan's keys `stateDir`, `bpfDir`: where its state and pins are
     /// (default: NETVLAN_STATE_DIR/NETVLAN_BPF_DIR, else the CLI's
     /// defaults). Runtimes do not always pass their environment on
     /// (podman's cleanup after a container exits does not).
     pub state_dir: Option<std::path::PathBuf>,
     pub bpf_dir: Option<std::path::PathBuf>,
+    /// The configuration as given: what a delegated IPAM plugin reads.
+    pub text: String,
+    /// The top-level `dns`, the result's `dns` (as the reference plugin).
+    pub dns: Option<Value>,
 }
 
-/// netvlan's own IPAM, read from host-local's keys.
+/// The network's subnet and gateway: netvlan's own IPAM (`"type":
+/// "netvlan"`, host-local's keys), or, for any other `ipam.type`, the
+/// plugin it delegates to (subnet and gateway then come from its lease).
 #[derive(Debug, Clone)]
 pub struct Ipam {
     pub subnet: String,
     pub gateway: Option<String>,
+    pub delegate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +70,7 @@ struct RangeEntry {
 #[serde(deny_unknown_fields)]
 struct IpamKeys {
     #[serde(rename = "type")]
-    kind: String,
+    _kind: String,
     subnet: Option<String>,
     gateway: Option<String>,
     ranges: Option<Vec<Vec<RangeEntry>>>,
@@ -111,11 +124,14 @@ impl NetConf {
                 return Err(CniError::Config(format!("unknown key {key:?}")));
             }
         }
-        if obj.get("mtu").is_some_and(|m| !m.is_null()) {
-            return Err(CniError::Unsupported(
-                "mtu (netvlan-cni does not support it yet)".into(),
-            ));
-        }
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(m) => match m.as_u64() {
+                Some(0) => None,
+                Some(n) if n <= u32::MAX as u64 => Some(n as u32),
+                _ => return Err(CniError::Config(format!("mtu {m} is not a number"))),
+            },
+        };
         let name = string(obj, "name")?
             .filter(|n| !n.is_empty())
             .ok_or_else(|| CniError::Config("name is missing".into()))?;
@@ -151,11 +167,15 @@ impl NetConf {
             mode,
             mac: string(obj, "mac")?,
             vlan_id,
+            mtu,
             ipam,
             runtime_config: obj.get("runtimeConfig").cloned().unwrap_or(Value::Null),
             prev_result: obj.get("prevResult").cloned(),
+            valid_attachments: obj.get("cni.dev/valid-attachments").cloned(),
             state_dir: string(obj, "stateDir")?.map(Into::into),
             bpf_dir: string(obj, "bpfDir")?.map(Into::into),
+            text: text.to_string(),
+            dns: obj.get("dns").filter(|d| !d.is_null()).cloned(),
         })
     }
 
@@ -163,14 +183,19 @@ impl NetConf {
         let value = value
             .filter(|v| !v.is_null())
             .ok_or_else(|| CniError::Config("ipam is missing".into()))?;
+        match value.get("type") {
+            Some(Value::String(kind)) if kind == "netvlan" => {}
+            Some(Value::String(kind)) if !kind.is_empty() => {
+                return Ok(Ipam {
+                    subnet: String::new(),
+                    gateway: None,
+                    delegate: Some(kind.clone()),
+                })
+            }
+            _ => return Err(CniError::Config("ipam: type is missing".into())),
+        }
         let keys: IpamKeys = serde_json::from_value(value.clone())
             .map_err(|e| CniError::Config(format!("ipam: {e}")))?;
-        if !matches!(keys.kind.as_str(), "host-local" | "netvlan") {
-            return Err(CniError::Unsupported(format!(
-                "ipam type {:?} (netvlan-cni reads host-local's keys with its own IPAM; delegating to other IPAM plugins is not done yet)",
-                keys.kind
-            )));
-        }
         let from_ranges = keys
             .ranges
             .and_then(|r| r.into_iter().next())
@@ -185,7 +210,11 @@ impl NetConf {
             }
             (None, None) => return Err(CniError::Config("ipam: subnet is missing".into())),
         };
-        Ok(Ipam { subnet, gateway })
+        Ok(Ipam {
+            subnet,
+            gateway,
+            delegate: None,
+        })
     }
 
     /// The link endpoints are made on: `master`, or `master.vlanId`.
@@ -223,8 +252,12 @@ mod tests {
     fn the_reference_macvlan_keys_parse() {
         let conf = parse(GOOD).unwrap();
         assert_eq!(conf.parent(), "eth0");
-        assert_eq!(conf.ipam.subnet, "10.1.0.0/24");
-        assert_eq!(conf.ipam.gateway.as_deref(), Some("10.1.0.1"));
+        // host-local is the plugin's to run; its keys are its own.
+        assert_eq!(conf.ipam.delegate.as_deref(), Some("host-local"));
+        let own = parse(&GOOD.replace("host-local", "netvlan")).unwrap();
+        assert_eq!(own.ipam.delegate, None);
+        assert_eq!(own.ipam.subnet, "10.1.0.0/24");
+        assert_eq!(own.ipam.gateway.as_deref(), Some("10.1.0.1"));
     }
 
     #[test]
@@ -248,7 +281,17 @@ mod tests {
                 7,
             ),
             (GOOD.replace("1.0.0", "0.3.1"), "cniVersion \"0.3.1\"", 1),
-            (GOOD.replace("host-local", "dhcp"), "ipam type \"dhcp\"", 2),
+            (
+                GOOD.replace(r#""type":"host-local","#, ""),
+                "ipam: type is missing",
+                7,
+            ),
+            (
+                GOOD.replace("host-local", "netvlan")
+                    .replace("subnet", "colour"),
+                "unknown field `colour`",
+                7,
+            ),
             ("not json".to_string(), "not valid JSON", 7),
         ] {
             let e = parse(&text).unwrap_err();

@@ -7,20 +7,24 @@
 //! (if the CLI has not) and connects the container through
 //! [`control::Manager`], like `netvlan network connect`.
 //!
-//! Done: VERSION, ADD, DEL, CHECK, STATUS; the reference macvlan plugin's keys
-//! `master`, `mode`, `mac`, `vlanId`, `ipam` read by netvlan's own IPAM
-//! (netvlan's own: `stateDir`, `bpfDir`)
-//! (host-local's `subnet`/`gateway`/`ranges`); `CNI_ARGS` `IgnoreUnknown`,
-//! `MAC=`, `IP=`; `runtimeConfig.mac`/`ips`. Not yet: GC,
-//! delegating `ipam` to a plugin from `CNI_PATH`, `mtu`,
-//! `linkInContainer`, ipvlan.
+//! Done: VERSION, ADD, DEL, CHECK, STATUS (50, and 51 when a network with
+//! endpoints has datapath drift), GC (`cni.dev/valid-attachments`); the
+//! reference macvlan plugin's keys `master`, `mode`, `mac`, `mtu`,
+//! `vlanId`, `dns`, `ipam`: netvlan's own (`"type": "netvlan"`, host-local's
+//! keys) or delegated to the `ipam.type` plugin in `CNI_PATH`
+//! (`delegate`); netvlan's own keys `stateDir`, `bpfDir`; `CNI_ARGS`
+//! `IgnoreUnknown`, `MAC=`, `IP=`, `K8S_POD_NAMESPACE`/`K8S_POD_NAME` (the
+//! endpoint's name in `stats` and `/metrics`); `runtimeConfig.mac`/`ips`.
+//! Not yet: `linkInContainer`, ipvlan, IPv6.
 
 mod config;
+mod delegate;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::{json, Value};
 
+use self::delegate::{IpamPlugin, Lease};
 use crate::{
     control::{
         ConnectRequest, CreateRequest, Driver, Endpoint, ErrorReport, Manager, NetworkError,
@@ -42,6 +46,9 @@ pub const CODE_UNSUPPORTED_FIELD: u32 = 2;
 pub const CODE_INVALID_ENV: u32 = 4;
 /// CNI 1.1's STATUS code: the plugin cannot serve ADD now.
 pub const CODE_NOT_AVAILABLE: u32 = 50;
+/// CNI 1.1's STATUS code: not available, and the network's containers
+/// may have limited connectivity.
+pub const CODE_LIMITED_CONNECTIVITY: u32 = 51;
 
 /// The label on networks an ADD created: the DEL of their last endpoint
 /// removes them again. Networks the CLI made are never removed by CNI.
@@ -49,7 +56,7 @@ const CREATED_BY: &str = "netvlan.cni";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
-    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK, STATUS or VERSION")]
+    #[error("CNI_COMMAND is {0:?}: expected ADD, DEL, CHECK, STATUS, GC or VERSION")]
     UnknownCommand(String),
     #[error("the environment variable {0} is missing or empty")]
     MissingEnv(&'static str),
@@ -85,6 +92,31 @@ pub enum CniError {
     /// STATUS: what keeps an ADD from working now.
     #[error("not available: {0}")]
     NotAvailable(String),
+    /// STATUS: not available, and the network has endpoints.
+    #[error("not available, {endpoints} endpoint(s) of network {network} may have limited connectivity: {why}")]
+    LimitedConnectivity {
+        network: String,
+        endpoints: usize,
+        why: String,
+    },
+    #[error("ipam plugin {plugin:?} is not in CNI_PATH {cni_path:?}")]
+    IpamMissing { plugin: String, cni_path: String },
+    #[error("running ipam plugin {plugin:?}")]
+    IpamExec {
+        plugin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delegated plugin's own error, its code passed on.
+    #[error("ipam plugin {plugin:?} {command}: {msg}")]
+    Ipam {
+        plugin: String,
+        command: String,
+        code: u32,
+        msg: String,
+    },
+    #[error("ipam plugin {plugin:?} result: {why}")]
+    IpamResult { plugin: String, why: String },
 }
 
 impl From<NetworkError> for CniError {
@@ -115,7 +147,12 @@ impl CniError {
             E::Config(_) | E::Mismatch { .. } => (CODE_INVALID_CONFIG, "invalid_config"),
             E::Check(_) => (CODE_INVALID_CONFIG, "check_failed"),
             E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
+            E::LimitedConnectivity { .. } => (CODE_LIMITED_CONNECTIVITY, "limited_connectivity"),
             E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) => (CODE_IO, "io"),
+            E::IpamMissing { .. } => (CODE_INVALID_CONFIG, "ipam_missing"),
+            E::IpamExec { .. } => (CODE_IO, "io"),
+            E::Ipam { code, .. } => (*code, "ipam_failed"),
+            E::IpamResult { .. } => (CODE_UNSUPPORTED_FIELD, "ipam_result"),
         };
         ErrorReport::new(code, kind, self)
     }
@@ -129,6 +166,8 @@ pub struct Env {
     pub netns: String,
     pub ifname: String,
     pub args: String,
+    /// `CNI_PATH`: where delegated IPAM plugins are.
+    pub path: String,
     pub bpf_dir: PathBuf,
     pub state_dir: PathBuf,
 }
@@ -147,6 +186,7 @@ impl Env {
             netns: var("CNI_NETNS"),
             ifname: var("CNI_IFNAME"),
             args: var("CNI_ARGS"),
+            path: var("CNI_PATH"),
             bpf_dir: dir("NETVLAN_BPF_DIR", DEFAULT_BPF_DIR),
             state_dir: dir("NETVLAN_STATE_DIR", DEFAULT_STATE_DIR),
         }
@@ -166,6 +206,8 @@ impl Env {
 struct Args {
     mac: Option<String>,
     ip: Option<String>,
+    /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, or `K8S_POD_NAME` alone.
+    pod: Option<String>,
 }
 
 fn parse_args(text: &str) -> Result<Args, CniError> {
@@ -198,6 +240,14 @@ fn parse_args(text: &str) -> Result<Args, CniError> {
     Ok(Args {
         mac: pairs.get("MAC").cloned(),
         ip: pairs.get("IP").cloned(),
+        pod: match (pairs.get("K8S_POD_NAMESPACE"), pairs.get("K8S_POD_NAME")) {
+            (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+                Some(format!("{ns}/{name}"))
+            }
+            // podman passes the container's name alone.
+            (_, Some(name)) if !name.is_empty() => Some(name.clone()),
+            _ => None,
+        },
     })
 }
 
@@ -213,10 +263,12 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
             let conf = NetConf::parse(stdin)?;
             status(env, &conf).await.map(|()| None)
         }
-        "ADD" | "DEL" | "CHECK" => {
+        "ADD" | "DEL" | "CHECK" | "GC" => {
             let conf = NetConf::parse(stdin)?;
-            Env::require(&env.container_id, "CNI_CONTAINERID")?;
-            Env::require(&env.ifname, "CNI_IFNAME")?;
+            if env.command != "GC" {
+                Env::require(&env.container_id, "CNI_CONTAINERID")?;
+                Env::require(&env.ifname, "CNI_IFNAME")?;
+            }
             let manager = open_manager(env, &conf).await?;
             match env.command.as_str() {
                 "ADD" => {
@@ -224,6 +276,7 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
                     add(&manager, env, &conf).await.map(Some)
                 }
                 "DEL" => del(&manager, env, &conf).await.map(|()| None),
+                "GC" => gc(&manager, &conf).await.map(|()| None),
                 _ => {
                     Env::require(&env.netns, "CNI_NETNS")?;
                     check(&manager, env, &conf).await.map(|()| None)
@@ -236,11 +289,34 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
 
 /// STATUS: ready when the state and the datapath's pins can be opened
 /// and the parent's link (or, for a VLAN, its base) exists; else code 50
-/// saying which is missing.
+/// saying which is missing. Code 51 when the network already has
+/// endpoints and `netvlan check` finds its datapath not as stored (its
+/// parent or wire gone, the XDP program detached, map entries lost):
+/// those containers may have limited connectivity now.
 async fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let manager = open_manager(env, conf)
         .await
         .map_err(|e| CniError::NotAvailable(e.report().line()))?;
+    if let Ok(record) = manager.network(&conf.name) {
+        if !record.endpoints.is_empty() {
+            let drifts = manager
+                .check()
+                .await
+                .map_err(|e| CniError::NotAvailable(e.report().line()))?;
+            let why: Vec<String> = drifts
+                .into_iter()
+                .filter(|d| d.network == record.name || d.object == record.parent.wire)
+                .map(|d| d.problem)
+                .collect();
+            if !why.is_empty() {
+                return Err(CniError::LimitedConnectivity {
+                    network: record.name.clone(),
+                    endpoints: record.endpoints.len(),
+                    why: why.join("; "),
+                });
+            }
+        }
+    }
     match manager.parent_link(&conf.master).await {
         Ok(_) => Ok(()),
         Err(e) => Err(CniError::NotAvailable(e.report().line())),
@@ -294,12 +370,26 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
                     given: conf.ipam.subnet.clone(),
                 });
             }
+            if conf.mtu.is_some() && record.options.mtu != conf.mtu {
+                return Err(CniError::Mismatch {
+                    network: conf.name.clone(),
+                    what: "mtu",
+                    stored: record
+                        .options
+                        .mtu
+                        .map_or_else(|| "the parent's".into(), |m| m.to_string()),
+                    given: conf.mtu.map(|m| m.to_string()).unwrap_or_default(),
+                });
+            }
             Ok(record)
         }
         Err(NetworkError::UnknownNetwork(_)) => {
             let mut options = vec![format!("parent={parent}")];
             if let Some(mode) = &conf.mode {
                 options.push(format!("macvlan_mode={mode}"));
+            }
+            if let Some(mtu) = conf.mtu {
+                options.push(format!("mtu={mtu}"));
             }
             Ok(manager
                 .create(CreateRequest {
@@ -317,12 +407,65 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
     }
 }
 
+/// The delegated IPAM plugin of the config, if it names one.
+fn ipam_plugin(env: &Env, conf: &NetConf) -> Result<Option<IpamPlugin>, CniError> {
+    conf.ipam
+        .delegate
+        .as_deref()
+        .map(|kind| IpamPlugin::find(kind, &env.path))
+        .transpose()
+}
+
+/// ADD: with a delegated IPAM, its lease first (released again if the
+/// rest fails), then the endpoint with that address.
 async fn add(manager: &Manager, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let args = parse_args(&env.args)?;
+    let Some(plugin) = ipam_plugin(env, conf)? else {
+        return add_endpoint(manager, env, conf, args, None).await;
+    };
+    // ADD of an attachment that exists fails before the IPAM is asked
+    // (its DEL on the failure would release the live endpoint's lease).
+    if let Some(endpoint) = manager
+        .network(&conf.name)
+        .ok()
+        .and_then(|r| endpoint_of(&r, env))
+    {
+        return Err(NetworkError::AlreadyConnected {
+            network: conf.name.clone(),
+            sandbox: endpoint.sandbox,
+        }
+        .into());
+    }
+    let lease = plugin.add(&conf.text)?;
+    let added = add_endpoint(manager, env, conf, args, Some(&lease)).await;
+    if added.is_err() {
+        let _ = plugin.run("DEL", &conf.text);
+    }
+    added
+}
+
+async fn add_endpoint(
+    manager: &Manager,
+    env: &Env,
+    conf: &NetConf,
+    args: Args,
+    lease: Option<&Lease>,
+) -> Result<Value, CniError> {
+    let mut conf = conf.clone();
+    if let Some(lease) = lease {
+        // The lease's subnet and gateway are the network's; its address
+        // is reserved for the endpoint in netvlan's IPAM.
+        conf.ipam.subnet = lease.address.trunc().to_string();
+        conf.ipam.gateway = lease.gateway.map(|g| g.to_string());
+    }
+    let conf = &conf;
     let created = manager.network(&conf.name).is_err();
     let record = network(manager, conf).await?;
     let mac = conf.runtime_mac().or(args.mac).or_else(|| conf.mac.clone());
-    let ip = conf.runtime_ip().or(args.ip);
+    let ip = match lease {
+        Some(lease) => Some(lease.address.addr().to_string()),
+        None => conf.runtime_ip().or(args.ip),
+    };
     let connected = manager
         .connect(ConnectRequest {
             network: record.name.clone(),
@@ -331,6 +474,8 @@ async fn add(manager: &Manager, env: &Env, conf: &NetConf) -> Result<Value, CniE
             ip6: None,
             mac,
             ifname: Some(env.ifname.clone()),
+            container_id: Some(env.container_id.clone()),
+            name: args.pod,
         })
         .await;
     let (record, endpoint) = match connected {
@@ -377,7 +522,7 @@ fn result(conf: &NetConf, record: &NetworkRecord, endpoint: &Endpoint) -> Value 
             "sandbox": env_netns_text(endpoint),
         }],
         "ips": ips,
-        "dns": {},
+        "dns": conf.dns.clone().unwrap_or_else(|| json!({})),
     });
     if !routes.is_empty() {
         out["routes"] = Value::Array(routes);
@@ -408,14 +553,78 @@ fn endpoint_of(record: &NetworkRecord, env: &Env) -> Option<Endpoint> {
 }
 
 /// DEL is idempotent: an unknown network, endpoint or namespace is
-/// success.
+/// success. A delegated IPAM releases its lease after the endpoint goes.
 async fn del(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let plugin = ipam_plugin(env, conf)?;
+    del_endpoint(manager, env, conf).await?;
+    if let Some(plugin) = plugin {
+        plugin.run("DEL", &conf.text)?;
+    }
+    Ok(())
+}
+
+async fn del_endpoint(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let record = match manager.network(&conf.name) {
         Ok(r) => r,
         Err(NetworkError::UnknownNetwork(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
     if let Some(endpoint) = endpoint_of(&record, env) {
+        match manager
+            .disconnect(&record.name, &endpoint.sandbox, true)
+            .await
+        {
+            Ok(_) | Err(NetworkError::NotConnected { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let record = manager.network(&conf.name)?;
+    if record.endpoints.is_empty() && record.labels.contains_key(CREATED_BY) {
+        match manager.remove(&record.name).await {
+            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// GC: removes the network's endpoints a CNI ADD made whose
+/// (`containerID`, `ifname`) is not in `cni.dev/valid-attachments`
+/// (endpoints the CLI connected are not CNI's to collect), then the
+/// network itself if an ADD made it and nothing is left.
+async fn gc(manager: &Manager, conf: &NetConf) -> Result<(), CniError> {
+    let valid = match &conf.valid_attachments {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(
+                |a| match (a["containerID"].as_str(), a["ifname"].as_str()) {
+                    (Some(id), Some(ifname)) => Ok((id.to_string(), ifname.to_string())),
+                    _ => Err(CniError::Config(format!(
+                        "cni.dev/valid-attachments: {a} lacks containerID or ifname"
+                    ))),
+                },
+            )
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(CniError::Config(format!(
+                "cni.dev/valid-attachments is {other}, expected a list"
+            )))
+        }
+    };
+    let record = match manager.network(&conf.name) {
+        Ok(r) => r,
+        Err(NetworkError::UnknownNetwork(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for endpoint in record.endpoints.values() {
+        if endpoint.container_id.is_empty()
+            || valid
+                .iter()
+                .any(|(id, ifname)| *id == endpoint.container_id && *ifname == endpoint.ifname)
+        {
+            continue;
+        }
         match manager
             .disconnect(&record.name, &endpoint.sandbox, true)
             .await
@@ -473,7 +682,17 @@ fn check_prev(conf: &NetConf, endpoint: &Endpoint) -> Result<(), CniError> {
     Ok(())
 }
 
+/// CHECK: netvlan's endpoint, then the delegated IPAM's own CHECK.
 async fn check(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let plugin = ipam_plugin(env, conf)?;
+    check_endpoint(manager, env, conf).await?;
+    if let Some(plugin) = plugin {
+        plugin.run("CHECK", &conf.text)?;
+    }
+    Ok(())
+}
+
+async fn check_endpoint(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let record = manager.network(&conf.name)?;
     let endpoint = endpoint_of(&record, env).ok_or_else(|| {
         CniError::Check(format!(

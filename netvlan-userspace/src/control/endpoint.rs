@@ -55,9 +55,26 @@ pub struct Endpoint {
     /// has not adopted it in its sandbox yet (see `control::staged`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub staged: bool,
+    /// The runtime's attachment it belongs to (CNI: `CNI_CONTAINERID`),
+    /// empty for the CLI's; records before it have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    /// The name reports give it (CNI: the pod's `namespace/name`); empty
+    /// for the sandbox's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 impl Endpoint {
+    /// The name `stats` and `/metrics` show: its own, else the sandbox.
+    pub fn display_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.sandbox
+        } else {
+            &self.name
+        }
+    }
+
     /// The endpoint's own MAC (macvlan), as stored, if one an interface
     /// can have.
     pub fn stored_mac(&self) -> Option<Mac> {
@@ -104,6 +121,10 @@ pub struct ConnectRequest {
     pub ip6: Option<String>,
     pub mac: Option<String>,
     pub ifname: Option<String>,
+    /// Stored as [`Endpoint::container_id`].
+    pub container_id: Option<String>,
+    /// Stored as [`Endpoint::name`].
+    pub name: Option<String>,
 }
 
 /// Docker's stable MAC: `02:42` and the four IPv4 bytes.
@@ -282,6 +303,8 @@ impl Manager {
                 .max()
                 .unwrap_or(0),
             staged: false,
+            container_id: request.container_id.clone().unwrap_or_default(),
+            name: request.name.clone().unwrap_or_default(),
         };
         // A family whose default route another network of the sandbox
         // already holds gets none here.
@@ -511,6 +534,11 @@ mod tests {
         assert_eq!(endpoint.connected, 0, "sorts before every newer endpoint");
         assert_eq!(endpoint.netns, None);
         assert_eq!(endpoint.ipv4, Some("172.16.86.2/24".parse().unwrap()));
+        assert_eq!(
+            endpoint.container_id, "",
+            "no runtime attachment: GC leaves it"
+        );
+        assert_eq!(endpoint.display_name(), "web1");
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn read(
             if let Some(egress) = endpoints.read(bpf_dir, netns, endpoint.ifindex)? {
                 report.endpoints.push(EndpointStats {
                     network: record.name.clone(),
-                    endpoint: endpoint.sandbox.clone(),
+                    endpoint: endpoint.display_name().to_string(),
                     ifname: endpoint.ifname.clone(),
                     addresses: endpoint
                         .ipv4

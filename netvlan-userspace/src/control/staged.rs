@@ -174,6 +174,10 @@ impl Manager {
                 .max()
                 .unwrap_or(0),
             staged: true,
+            // Docker's endpoint id is the key already; CNI's GC never
+            // sees Docker's endpoints.
+            container_id: String::new(),
+            name: String::new(),
         };
         record
             .endpoints

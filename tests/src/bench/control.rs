@@ -184,7 +184,8 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             format!(
                 "netvlan-cni: the release `netvlan-cni` driven exactly as the peer (same \
                  environment, same config with \"type\": \"netvlan-cni\" and the subnet \
-                 172.31.208.0/20, plus netvlan's stateDir/bpfDir keys for a private state), in \
+                 172.31.208.0/20, host-local delegated as the peer does with its own dataDir, \
+                 plus netvlan's stateDir/bpfDir keys for a private state), in \
                  the namespace of its own parent veth, on the network `{}` the CLI made there \
                  first (as a host shares one network between the CLI and CNI).",
                 ncni.network
@@ -570,6 +571,8 @@ struct NetvlanCni<'a> {
     bin: std::path::PathBuf,
     config: Vec<u8>,
     network: String,
+    /// host-local's leases (netvlan-cni delegates the ipam to it).
+    _ipam: OwnedDir,
     // Dropped last: its state and pins, after the plugin's last DEL.
     _netvlan: Netvlan,
 }
@@ -579,6 +582,7 @@ impl<'a> NetvlanCni<'a> {
         const SUBNET: &str = "172.31.208.0/20";
         let netvlan = Netvlan::new(&ctx.netvlan, host, &ctx.token, "cpc")?;
         netvlan.create_bench_network(SUBNET, "lan0", &["macvlan_mode=bridge"])?;
+        let ipam = OwnedDir::temp(&ctx.token, "cni-ipam")?;
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "bench",
@@ -588,6 +592,7 @@ impl<'a> NetvlanCni<'a> {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": SUBNET }]],
+                "dataDir": ipam.path(),
             },
             "stateDir": netvlan.state_dir(),
             "bpfDir": netvlan.bpf_dir(),
@@ -597,6 +602,7 @@ impl<'a> NetvlanCni<'a> {
             bin: ctx.netvlan_cni.clone(),
             config: serde_json::to_vec(&config)?,
             network: "bench".into(),
+            _ipam: ipam,
             _netvlan: netvlan,
         })
     }

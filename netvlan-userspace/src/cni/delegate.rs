@@ -1,0 +1,143 @@
+//! IPAM delegation as the reference plugins do it: an `ipam.type` other
+//! than netvlan's own is a plugin found in `CNI_PATH`, run with this
+//! plugin's environment (`CNI_COMMAND` the operation) and the same
+//! configuration on stdin; its result gives the endpoint's address.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+
+use super::CniError;
+
+/// One IPAM plugin: its type and the executable `CNI_PATH` names.
+pub struct IpamPlugin {
+    kind: String,
+    exe: PathBuf,
+}
+
+/// What a delegated ADD handed out: the IPv4 address with its prefix and
+/// its gateway (the reference plugin reports the config's `dns`, not the
+/// IPAM's).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub address: ipnet::Ipv4Net,
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+impl IpamPlugin {
+    /// The plugin `kind` in the first `CNI_PATH` directory that has it.
+    pub fn find(kind: &str, cni_path: &str) -> Result<IpamPlugin, CniError> {
+        if kind.is_empty() || kind.contains('/') {
+            return Err(CniError::Config(format!(
+                "ipam type {kind:?} is not a plugin name"
+            )));
+        }
+        cni_path
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join(kind))
+            .find(|p| p.is_file())
+            .map(|exe| IpamPlugin {
+                kind: kind.to_string(),
+                exe,
+            })
+            .ok_or_else(|| CniError::IpamMissing {
+                plugin: kind.to_string(),
+                cni_path: cni_path.to_string(),
+            })
+    }
+
+    /// Runs the plugin for `command` with `config` on stdin: its result
+    /// (if it printed one) or its error, code and message as it gave them.
+    pub fn run(&self, command: &str, config: &str) -> Result<Option<Value>, CniError> {
+        let failed = |source| CniError::IpamExec {
+            plugin: self.kind.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.exe)
+            .env("CNI_COMMAND", command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(failed)?;
+        let written = child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(config.as_bytes());
+        let out = child.wait_with_output().map_err(failed)?;
+        written.map_err(failed)?;
+        let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if out.status.success() {
+            return Ok(answer);
+        }
+        let answer = answer.unwrap_or(Value::Null);
+        Err(CniError::Ipam {
+            plugin: self.kind.clone(),
+            command: command.to_string(),
+            code: answer["code"].as_u64().map_or(999, |c| c as u32),
+            msg: answer["msg"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        })
+    }
+
+    /// ADD: the lease in the plugin's result. A result netvlan cannot
+    /// honour (no IPv4 address, routes other than the default one) is
+    /// released again and refused.
+    pub fn add(&self, config: &str) -> Result<Lease, CniError> {
+        let result = self.run("ADD", config)?.unwrap_or(Value::Null);
+        let lease = self.lease(&result);
+        if lease.is_err() {
+            let _ = self.run("DEL", config);
+        }
+        lease
+    }
+
+    fn lease(&self, result: &Value) -> Result<Lease, CniError> {
+        let refuse = |why: String| CniError::IpamResult {
+            plugin: self.kind.clone(),
+            why,
+        };
+        let ips = result["ips"].as_array().cloned().unwrap_or_default();
+        let mut v4 = ips.iter().filter_map(|ip| {
+            let address: ipnet::IpNet = ip["address"].as_str()?.parse().ok()?;
+            match address {
+                ipnet::IpNet::V4(a) => Some((a, ip["gateway"].as_str())),
+                ipnet::IpNet::V6(_) => None,
+            }
+        });
+        let (address, gateway) = v4
+            .next()
+            .ok_or_else(|| refuse(format!("no IPv4 address in {result}")))?;
+        if ips.len() > 1 {
+            return Err(refuse(format!(
+                "{} addresses in {result}: netvlan-cni takes one IPv4 address",
+                ips.len()
+            )));
+        }
+        let gateway: Option<std::net::Ipv4Addr> = gateway
+            .map(|g| {
+                g.parse()
+                    .map_err(|_| refuse(format!("gateway {g:?} is not an IPv4 address")))
+            })
+            .transpose()?;
+        for route in result["routes"].as_array().into_iter().flatten() {
+            let via_gateway = gateway.map(|g| g.to_string());
+            let default = route["dst"] == "0.0.0.0/0"
+                && (route["gw"].is_null() || route["gw"].as_str() == via_gateway.as_deref());
+            if !default {
+                return Err(refuse(format!(
+                    "route {route}: netvlan-cni installs only the default route via the gateway"
+                )));
+            }
+        }
+        Ok(Lease { address, gateway })
+    }
+}
