@@ -85,7 +85,7 @@ pub(super) enum Asked {
     NotRun,
     /// The daemon went away after the command was sent: it may have
     /// committed it. [`Sent::settle`] says, once recovery ran.
-    Lost(Sent),
+    Lost(Box<Sent>),
 }
 
 /// A command the daemon may have run, and how to tell from the state.
@@ -174,10 +174,10 @@ pub(super) async fn connect_via_daemon(daemon: &Client, args: &ConnectArgs) -> R
     };
     match via_daemon(daemon, &args.sandbox, command).await {
         Err(Unanswered::NotRun) => Ok(Asked::NotRun),
-        Err(Unanswered::Lost) => Ok(Asked::Lost(Sent::Connect {
+        Err(Unanswered::Lost) => Ok(Asked::Lost(Box::new(Sent::Connect {
             id,
             output: args.output,
-        })),
+        }))),
         Ok(Ok(Done::Connected { network, endpoint })) => {
             print_connected(&network, &endpoint, args.output).map(|()| Asked::Answered)
         }
@@ -226,11 +226,11 @@ pub(super) async fn disconnect_via_daemon(
     match via_daemon(daemon, &args.sandbox, command).await {
         Err(Unanswered::NotRun) => Ok(Asked::NotRun),
         Err(Unanswered::Lost) => Ok(match before {
-            Some(endpoint) => Asked::Lost(Sent::Disconnect {
+            Some(endpoint) => Asked::Lost(Box::new(Sent::Disconnect {
                 network: args.network.clone(),
                 endpoint,
                 output: args.output,
-            }),
+            })),
             // Nothing to remove as far as it could tell: its own run
             // says what it says without the daemon.
             None => Asked::NotRun,

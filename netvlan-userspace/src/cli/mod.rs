@@ -359,9 +359,11 @@ async fn run(cli: Cli) -> Result<()> {
     let mut lost = None;
     if let Some(daemon) = &daemon {
         let asked = |answered: bool| {
-            answered
-                .then_some(connect::Asked::Answered)
-                .unwrap_or(connect::Asked::NotRun)
+            if answered {
+                connect::Asked::Answered
+            } else {
+                connect::Asked::NotRun
+            }
         };
         let answered = match &cli.command {
             Command::Stats(args) => asked(stats::via_daemon(daemon, args).await?),
@@ -379,7 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
         match answered {
             connect::Asked::Answered => return Ok(()),
             connect::Asked::NotRun => {}
-            connect::Asked::Lost(sent) => lost = Some(sent),
+            connect::Asked::Lost(sent) => lost = Some(*sent),
         }
     }
     let datapath = Datapath::open(&cli.bpf_dir)?;
