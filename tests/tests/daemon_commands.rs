@@ -218,3 +218,113 @@ fn sigterm_while_the_daemon_runs_a_connect_lets_it_finish_and_answer() {
     lan.netvlan(&["check"]).ok();
     lan.netvlan(&["disconnect", "lan", c.name()]).ok();
 }
+
+/// A daemon that stops every command it runs for the CLI once it is
+/// committed, before it answers (to be killed there).
+fn daemon_stopping_after_commits(lan: &Lan) -> Daemon {
+    Daemon::start_with_env(
+        &lan.host,
+        lan,
+        &[("FAILPOINTS", "command-after-commit=sleep(60000)")],
+        &[],
+    )
+}
+
+/// Waits until `daemon` has committed a command for the CLI, then kills it.
+fn kill_once_committed(daemon: &mut Daemon) {
+    let committed = wait_for(Duration::from_secs(60), || {
+        daemon
+            .log()
+            .contains("the command is committed")
+            .then_some(())
+    });
+    assert!(committed.is_some(), "never committed: {}", daemon.log());
+    daemon.stop_with(libc::SIGKILL);
+}
+
+#[test]
+fn a_daemon_killed_after_committing_a_connect_leaves_the_cli_reporting_the_connect() {
+    require_root();
+    let lan = lab("10.76.0.0/24");
+    let mut daemon = daemon_stopping_after_commits(&lan);
+    let c = Netns::new("dcom");
+    let child = spawn_through(
+        &lan,
+        &daemon,
+        &["connect", "--json", "--ip", "10.76.0.20", "lan", c.name()],
+    );
+    kill_once_committed(&mut daemon);
+
+    // The answer was lost, the connect was not: the CLI finds the
+    // endpoint it named in the state and reports it, once.
+    let run = finish(child).ok();
+    assert!(!run.stderr.contains("already connected"), "{}", run.stderr);
+    let answer = run.json();
+    assert_eq!(answer["network"], "lan");
+    assert_eq!(answer["endpoint"]["sandbox"], c.name());
+    assert_eq!(answer["endpoint"]["ipv4"], "10.76.0.20/24");
+    let inspect = lan.netvlan(&["network", "inspect", "lan"]).ok().json();
+    let containers = inspect[0]["Containers"].as_object().unwrap();
+    assert_eq!(containers.len(), 1);
+    let (_, only) = containers.iter().next().unwrap();
+    assert_eq!(only["EndpointID"], answer["endpoint"]["id"]);
+    assert_eq!(c.sorted_link_names(), ["eth0", "lo"]);
+    lan.netvlan(&["check"]).ok();
+
+    // The same text as a connect without the daemon prints.
+    lan.netvlan(&["disconnect", "lan", c.name()]).ok();
+    let mut daemon = daemon_stopping_after_commits(&lan);
+    let child = spawn_through(
+        &lan,
+        &daemon,
+        &["connect", "--ip", "10.76.0.20", "lan", c.name()],
+    );
+    kill_once_committed(&mut daemon);
+    let through = finish(child).ok();
+    lan.netvlan(&["disconnect", "lan", c.name()]).ok();
+    let without = lan
+        .netvlan(&["connect", "--ip", "10.76.0.20", "lan", c.name()])
+        .ok();
+    assert_eq!(outputs(&through, false), outputs(&without, false));
+    lan.netvlan(&["disconnect", "lan", c.name()]).ok();
+    lan.netvlan(&["check"]).ok();
+}
+
+#[test]
+fn a_daemon_killed_after_committing_a_disconnect_leaves_the_cli_reporting_the_disconnect() {
+    require_root();
+    let lan = lab("10.77.0.0/24");
+    let c = Netns::new("ddis");
+    for json in [false, true] {
+        let mut disconnect = vec!["disconnect", "lan", c.name()];
+        if json {
+            disconnect.push("--json");
+        }
+        let connected = lan.netvlan(&["connect", "--json", "lan", c.name()]).ok();
+        let mut daemon = daemon_stopping_after_commits(&lan);
+        let child = spawn_through(&lan, &daemon, &disconnect);
+        kill_once_committed(&mut daemon);
+
+        // The disconnect was committed: the CLI says so and exits 0,
+        // with the endpoint it removed.
+        let through = finish(child).ok();
+        assert!(
+            !through.stderr.contains("not connected"),
+            "{}",
+            through.stderr
+        );
+        assert_eq!(c.sorted_link_names(), ["lo"]);
+        let inspect = lan.netvlan(&["network", "inspect", "lan"]).ok().json();
+        assert_eq!(inspect[0]["Containers"].as_object().unwrap().len(), 0);
+        lan.netvlan(&["check"]).ok();
+        if json {
+            assert_eq!(through.json()["endpoint"], connected.json()["endpoint"]);
+        }
+
+        // The same output as a disconnect without the daemon.
+        lan.netvlan(&["connect", "lan", c.name()]).ok();
+        let without = lan.netvlan(&disconnect).ok();
+        assert_eq!(outputs(&through, json), outputs(&without, json));
+    }
+    lan.netvlan(&["check"]).ok();
+}

@@ -1,5 +1,7 @@
 //! `netvlan connect` / `disconnect` (also under `netvlan network`).
 
+use std::path::Path;
+
 use super::error::Result;
 use clap::Args;
 
@@ -9,11 +11,15 @@ use super::{
     Output,
 };
 use crate::{
-    control::{ConnectRequest, Endpoint, ErrorReport, Manager},
+    control::{
+        endpoint_key, new_endpoint_id, ConnectRequest, Endpoint, ErrorReport, Manager,
+        NetworkRecord,
+    },
     daemon::{
-        client::Client,
+        client::{Client, Unanswered},
         commands::{Command, Done, RemoteError},
     },
+    store::Store,
 };
 
 #[derive(Args)]
@@ -72,17 +78,81 @@ fn daemon_resolves(sandbox: &str) -> bool {
     !sandbox.contains('/') || sandbox.starts_with('/')
 }
 
-/// Has the daemon run `command`; `None` if it did not (the caller does it
-/// itself). Its `note:` lines are printed as the command's own would be.
-async fn via_daemon(daemon: &Client, sandbox: &str, command: Command) -> Option<Result<Done>> {
+/// What handing a command to the daemon came to.
+pub(super) enum Asked {
+    /// It ran it; the result is printed.
+    Answered,
+    /// It did not: the caller runs the command itself.
+    NotRun,
+    /// The daemon went away after the command was sent: it may have
+    /// committed it. [`Sent::settle`] says, once recovery ran.
+    Lost(Box<Sent>),
+}
+
+/// A command the daemon may have run, and how to tell from the state.
+pub(super) enum Sent {
+    /// Done if an endpoint with this id exists.
+    Connect { id: String, output: Output },
+    /// Done if this endpoint (as read before it was sent) is gone.
+    Disconnect {
+        network: String,
+        endpoint: Endpoint,
+        output: Output,
+    },
+}
+
+impl Sent {
+    /// With the store open (recovery has run): prints the command's
+    /// success output and returns `true` if the daemon committed it;
+    /// `false` if it did not (the caller then runs it itself).
+    pub(super) fn settle(&self, manager: &Manager) -> Result<bool> {
+        let networks = manager.networks()?;
+        let find = |id: &str| {
+            networks.iter().find_map(|n| {
+                n.endpoints
+                    .values()
+                    .find(|e| e.id == id)
+                    .map(|e| (n.name.as_str(), e))
+            })
+        };
+        match self {
+            Sent::Connect { id, output } => match find(id) {
+                Some((network, endpoint)) => {
+                    tracing::info!("the daemon committed the connect before it went away");
+                    print_connected(network, endpoint, *output).map(|()| true)
+                }
+                None => Ok(false),
+            },
+            Sent::Disconnect {
+                network,
+                endpoint,
+                output,
+            } => match find(&endpoint.id) {
+                Some(_) => Ok(false),
+                None => {
+                    tracing::info!("the daemon committed the disconnect before it went away");
+                    print_disconnected(network, endpoint, *output).map(|()| true)
+                }
+            },
+        }
+    }
+}
+
+/// Has the daemon run `command`. Its `note:` lines are printed as the
+/// command's own would be.
+async fn via_daemon(
+    daemon: &Client,
+    sandbox: &str,
+    command: Command,
+) -> std::result::Result<Result<Done>, Unanswered> {
     if !daemon_resolves(sandbox) {
-        return None;
+        return Err(Unanswered::NotRun);
     }
     let outcome = daemon.command(&command).await?;
     for line in outcome.notes {
         err!("note: {line}");
     }
-    Some(outcome.result.map_err(remote))
+    Ok(outcome.result.map_err(remote))
 }
 
 /// The daemon's report of a failed command, printed as this command's own.
@@ -96,33 +166,81 @@ fn remote(e: RemoteError) -> CliError {
     })
 }
 
-/// `connect` through the daemon; `false` if it did not run it.
-pub(super) async fn connect_via_daemon(daemon: &Client, args: &ConnectArgs) -> Result<bool> {
-    let command = Command::Connect(args.request());
+/// `connect` through the daemon, with an endpoint id of this command's.
+pub(super) async fn connect_via_daemon(daemon: &Client, args: &ConnectArgs) -> Result<Asked> {
+    let id = new_endpoint_id();
+    let command = Command::Connect {
+        request: args.request(),
+        id: id.clone(),
+    };
     match via_daemon(daemon, &args.sandbox, command).await {
-        None => Ok(false),
-        Some(Ok(Done::Connected { network, endpoint })) => {
-            print_connected(&network, &endpoint, args.output).map(|()| true)
+        Err(Unanswered::NotRun) => Ok(Asked::NotRun),
+        Err(Unanswered::Lost) => Ok(Asked::Lost(Box::new(Sent::Connect {
+            id,
+            output: args.output,
+        }))),
+        Ok(Ok(Done::Connected { network, endpoint })) => {
+            print_connected(&network, &endpoint, args.output).map(|()| Asked::Answered)
         }
-        Some(Ok(other)) => unreachable!("a connect answered {other:?}"),
-        Some(Err(e)) => Err(e),
+        Ok(Ok(other)) => unreachable!("a connect answered {other:?}"),
+        Ok(Err(e)) => Err(e),
     }
 }
 
-/// `disconnect` through the daemon; `false` if it did not run it.
-pub(super) async fn disconnect_via_daemon(daemon: &Client, args: &DisconnectArgs) -> Result<bool> {
+/// How long `disconnect` waits to read which endpoint it asks the daemon
+/// to remove before it leaves the whole command to itself.
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The endpoint `disconnect` would remove now, read from the state
+/// (shared lock); `None` if there is none or the state cannot be read.
+fn endpoint_to_remove(state_dir: &Path, args: &DisconnectArgs) -> Option<Endpoint> {
+    let store = match Store::open_within(state_dir, READ_PATIENCE) {
+        Ok(Some(store)) => store,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!("disconnect: cannot read the state first: {e}");
+            return None;
+        }
+    };
+    let record: NetworkRecord = store.network(&args.network).ok()??;
+    let key = endpoint_key(&record, &args.sandbox);
+    record.endpoints.get(&key).cloned()
+}
+
+/// `disconnect` through the daemon. The endpoint it removes is read
+/// first: if the daemon dies before it answers, its absence tells that
+/// the disconnect was committed (and is what the output shows).
+pub(super) async fn disconnect_via_daemon(
+    daemon: &Client,
+    state_dir: &Path,
+    args: &DisconnectArgs,
+) -> Result<Asked> {
+    if !daemon_resolves(&args.sandbox) {
+        return Ok(Asked::NotRun);
+    }
+    let before = endpoint_to_remove(state_dir, args);
     let command = Command::Disconnect {
         network: args.network.clone(),
         sandbox: args.sandbox.clone(),
         force: args.force,
     };
     match via_daemon(daemon, &args.sandbox, command).await {
-        None => Ok(false),
-        Some(Ok(Done::Disconnected { endpoint })) => {
-            print_disconnected(&args.network, &endpoint, args.output).map(|()| true)
+        Err(Unanswered::NotRun) => Ok(Asked::NotRun),
+        Err(Unanswered::Lost) => Ok(match before {
+            Some(endpoint) => Asked::Lost(Box::new(Sent::Disconnect {
+                network: args.network.clone(),
+                endpoint,
+                output: args.output,
+            })),
+            // Nothing to remove as far as it could tell: its own run
+            // says what it says without the daemon.
+            None => Asked::NotRun,
+        }),
+        Ok(Ok(Done::Disconnected { endpoint })) => {
+            print_disconnected(&args.network, &endpoint, args.output).map(|()| Asked::Answered)
         }
-        Some(Ok(other)) => unreachable!("a disconnect answered {other:?}"),
-        Some(Err(e)) => Err(e),
+        Ok(Ok(other)) => unreachable!("a disconnect answered {other:?}"),
+        Ok(Err(e)) => Err(e),
     }
 }
 

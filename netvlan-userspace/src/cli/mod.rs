@@ -363,18 +363,32 @@ async fn run(cli: Cli) -> Result<()> {
     // this namespace first: it answers from the objects and netlink
     // handles it already holds.
     let daemon = Client::new(&cli.run_dir, &cli.bpf_dir, &cli.state_dir);
+    let mut lost = None;
     if let Some(daemon) = &daemon {
+        let asked = |answered: bool| {
+            if answered {
+                connect::Asked::Answered
+            } else {
+                connect::Asked::NotRun
+            }
+        };
         let answered = match &cli.command {
-            Command::Stats(args) => stats::via_daemon(daemon, args).await?,
-            Command::Network(cmd) => network::via_daemon(daemon, cmd).await?,
+            Command::Stats(args) => asked(stats::via_daemon(daemon, args).await?),
             // Commands that change the state too: the daemon keeps the
             // endpoint object's loader and its netlink connection.
-            Command::Connect(args) => connect::connect_via_daemon(daemon, args).await?,
-            Command::Disconnect(args) => connect::disconnect_via_daemon(daemon, args).await?,
-            _ => false,
+            Command::Connect(args) | Command::Network(NetworkCommand::Connect(args)) => {
+                connect::connect_via_daemon(daemon, args).await?
+            }
+            Command::Disconnect(args) | Command::Network(NetworkCommand::Disconnect(args)) => {
+                connect::disconnect_via_daemon(daemon, &cli.state_dir, args).await?
+            }
+            Command::Network(cmd) => asked(network::via_daemon(daemon, cmd).await?),
+            _ => connect::Asked::NotRun,
         };
-        if answered {
-            return Ok(());
+        match answered {
+            connect::Asked::Answered => return Ok(()),
+            connect::Asked::NotRun => {}
+            connect::Asked::Lost(sent) => lost = Some(*sent),
         }
     }
     let datapath = Datapath::open(&cli.bpf_dir)?;
@@ -392,6 +406,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Ok::<Manager, CliError>(manager)
     };
+    // The daemon went away after it had the command: once recovery has
+    // run, the state says whether it committed it (then its output is
+    // printed); if not, the command runs here as if never sent.
+    if let Some(sent) = lost {
+        if sent.settle(&manager().await?)? {
+            return Ok(());
+        }
+    }
     match cli.command {
         Command::Datapath(cmd) => {
             // Detaching under networks is the manager's to refuse; with no

@@ -183,11 +183,50 @@ fn with_prefix(record: &NetworkRecord, ip: IpAddr) -> IpNet {
     IpNet::new(ip, prefix).expect("prefix length comes from a valid subnet")
 }
 
+/// A fresh endpoint id, for a caller that must know it before the connect
+/// runs: the CLI hands it to the daemon, and finds the endpoint by it if
+/// the daemon dies before it answers.
+pub fn new_endpoint_id() -> String {
+    new_id()
+}
+
+/// Under which key `record` holds the endpoint of `sandbox`: its
+/// namespace's, however it is named now; else the name as given (its
+/// namespace may be gone).
+pub fn endpoint_key(record: &NetworkRecord, sandbox: &str) -> String {
+    match Sandbox::resolve(sandbox) {
+        Ok(s) => record
+            .endpoints
+            .iter()
+            .find(|(_, e)| e.sandbox_alive() && e.sandbox_id() == Some(s.id))
+            .map(|(key, _)| key.clone())
+            .unwrap_or(s.key),
+        Err(_) => sandbox.to_string(),
+    }
+}
+
 impl Manager {
     pub async fn connect(
         &self,
         request: ConnectRequest,
     ) -> Result<(NetworkRecord, Endpoint), NetworkError> {
+        self.connect_as(request, new_id()).await
+    }
+
+    /// [`Manager::connect`] with the endpoint id chosen by the caller
+    /// (from [`new_endpoint_id`]).
+    pub async fn connect_as(
+        &self,
+        request: ConnectRequest,
+        endpoint_id: String,
+    ) -> Result<(NetworkRecord, Endpoint), NetworkError> {
+        if endpoint_id.len() != 64
+            || !endpoint_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(InvalidRequest::BadEndpointId(endpoint_id).into());
+        }
         let mut record = self.network(&request.network)?;
         let sandbox = Sandbox::resolve(&request.sandbox)?;
         let here = NetnsId::current().map_err(|source| crate::sys::netns::NetnsError::Open {
@@ -282,7 +321,6 @@ impl Manager {
         };
         let link = endpoint_link(&record, parent.ifindex);
 
-        let endpoint_id = new_id();
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
         let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
         let all = self.networks()?;
@@ -387,17 +425,7 @@ impl Manager {
         force: bool,
     ) -> Result<Endpoint, NetworkError> {
         let mut record = self.network(network)?;
-        // The namespace, however it is named now; else the name as stored
-        // (its namespace may be gone).
-        let key = match Sandbox::resolve(sandbox) {
-            Ok(s) => record
-                .endpoints
-                .iter()
-                .find(|(_, e)| e.sandbox_alive() && e.sandbox_id() == Some(s.id))
-                .map(|(key, _)| key.clone())
-                .unwrap_or(s.key),
-            Err(_) => sandbox.to_string(),
-        };
+        let key = endpoint_key(&record, sandbox);
         let Some(endpoint) = record.endpoints.get(&key).cloned() else {
             return Err(NetworkError::NotConnected {
                 network: record.name,

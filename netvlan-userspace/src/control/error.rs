@@ -34,6 +34,8 @@ pub enum InvalidRequest {
     VlanOutOfRange { parent: String, vid: String },
     #[error("--ifname {0}: not a valid interface name (1-15 characters)")]
     BadIfname(String),
+    #[error("endpoint id '{0}' is invalid: expected 64 lowercase hex digits")]
+    BadEndpointId(String),
     #[error("{flag} {addr} is not an {want} address")]
     WrongFamily {
         flag: &'static str,
@@ -325,6 +327,7 @@ impl InvalidRequest {
             InvalidRequest::BadFilter { .. } => "bad_filter",
             InvalidRequest::VlanOutOfRange { .. } => "vlan_out_of_range",
             InvalidRequest::BadIfname(_) => "bad_ifname",
+            InvalidRequest::BadEndpointId(_) => "bad_endpoint_id",
             InvalidRequest::WrongFamily { .. } => "wrong_family",
             InvalidRequest::MacOnIpvlan => "mac_on_ipvlan",
             InvalidRequest::BadMac(_) => "bad_mac",

@@ -43,7 +43,7 @@ use crate::{
 };
 pub use check::Drift;
 pub use driver::Driver;
-pub use endpoint::{ConnectRequest, Endpoint};
+pub use endpoint::{endpoint_key, new_endpoint_id, ConnectRequest, Endpoint};
 pub use error::{
     ErrorReport, InvalidRequest, NetworkError, UndoError, UndoFailure, CODE_CONFLICT, CODE_DECODE,
     CODE_INVALID_CONFIG, CODE_IO, CODE_NOT_FOUND, CODE_UNKNOWN_CONTAINER,

@@ -28,6 +28,16 @@ pub struct Client {
     expected: Identity,
 }
 
+/// Why a command handed to the daemon has no [`Outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The daemon did not run it: the caller runs it itself.
+    NotRun,
+    /// The connection broke after the command was sent: the daemon may
+    /// have run it (the state says whether).
+    Lost,
+}
+
 /// What the daemon answered: a status and a body.
 pub struct Answer {
     pub status: StatusCode,
@@ -66,25 +76,28 @@ impl Client {
 
     /// Hands `command` to the daemon and waits for what it did, however
     /// long the command takes (it may wait for the state's lock, as the
-    /// CLI itself would). `None` when the daemon did not run it: nothing
-    /// answers, it serves another namespace or directories, it is
-    /// stopping, or it went away before answering (killed half-way: the
-    /// command the caller then runs itself first cleans up after it).
-    pub async fn command(&self, command: &Command) -> Option<Outcome> {
+    /// CLI itself would). [`Unanswered::NotRun`] when the daemon surely
+    /// did not run it: nothing answers, it serves another namespace or
+    /// directories, or it is stopping. [`Unanswered::Lost`] when the
+    /// connection broke once the command was sent: the daemon may have
+    /// run it, in full or half-way (killed), and only the state can tell.
+    pub async fn command(&self, command: &Command) -> Result<Outcome, Unanswered> {
         match self.run_command(command).await {
             Ok(outcome) => {
                 tracing::info!(socket = %self.socket.display(), "the command was run by the daemon");
-                Some(outcome)
+                Ok(outcome)
             }
-            Err(why) => {
-                tracing::debug!(socket = %self.socket.display(), "not using the daemon: {why}");
-                None
+            Err((unanswered, why)) => {
+                tracing::debug!(socket = %self.socket.display(), "not using the daemon ({unanswered:?}): {why}");
+                Err(unanswered)
             }
         }
     }
 
-    async fn run_command(&self, command: &Command) -> Result<Outcome, String> {
-        let body = serde_json::to_vec(command).map_err(|e| format!("encoding {command:?}: {e}"))?;
+    async fn run_command(&self, command: &Command) -> Result<Outcome, (Unanswered, String)> {
+        let not_run = |why: String| (Unanswered::NotRun, why);
+        let body = serde_json::to_vec(command)
+            .map_err(|e| not_run(format!("encoding {command:?}: {e}")))?;
         let connected = tokio::time::timeout(PATIENCE, async {
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await
@@ -94,8 +107,8 @@ impl Client {
                 .map_err(|e| format!("handshake: {e}"))
         })
         .await
-        .map_err(|_| format!("no answer within {PATIENCE:?}"))?;
-        let (mut sender, connection) = connected?;
+        .map_err(|_| not_run(format!("no answer within {PATIENCE:?}")))?;
+        let (mut sender, connection) = connected.map_err(not_run)?;
         let connection = tokio::spawn(connection);
         let mut request = hyper::Request::post("/v1/commands")
             .header(hyper::header::HOST, "netvlan")
@@ -105,26 +118,29 @@ impl Client {
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| not_run(format!("request: {e}")))?;
+        // From here on the daemon may have the command.
+        let lost = |why: String| (Unanswered::Lost, why);
         let answered = async {
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| format!("POST /v1/commands: {e}"))?;
+                .map_err(|e| lost(format!("POST /v1/commands: {e}")))?;
             let status = response.status();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer: {e}"))?
+                .map_err(|e| lost(format!("reading the answer: {e}")))?
                 .to_bytes();
             if status != StatusCode::OK {
-                return Err(format!(
+                // The daemon's own refusal: it did not run it.
+                return Err(not_run(format!(
                     "the daemon answered {status}: {}",
                     String::from_utf8_lossy(&body)
-                ));
+                )));
             }
-            serde_json::from_slice::<Outcome>(&body).map_err(|e| format!("its answer: {e}"))
+            serde_json::from_slice::<Outcome>(&body).map_err(|e| lost(format!("its answer: {e}")))
         }
         .await;
         connection.abort();

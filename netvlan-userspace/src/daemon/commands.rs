@@ -27,7 +27,9 @@ use crate::{
 /// A command the CLI hands to the daemon.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Command {
-    Connect(ConnectRequest),
+    /// The endpoint id is the CLI's (so it can find the endpoint if the
+    /// daemon dies before it answers).
+    Connect { request: ConnectRequest, id: String },
     Disconnect {
         network: String,
         sandbox: String,
@@ -161,9 +163,9 @@ async fn execute(datapath: &Datapath, state_dir: &Path, command: Command) -> Out
             .map_err(|e| e.report())?;
         notes = recovered;
         let done = match command {
-            Command::Connect(request) => {
+            Command::Connect { request, id } => {
                 manager
-                    .connect(request)
+                    .connect_as(request, id)
                     .await
                     .map(|(record, endpoint)| Done::Connected {
                         network: record.name,
@@ -179,6 +181,12 @@ async fn execute(datapath: &Datapath, state_dir: &Path, command: Command) -> Out
                 .await
                 .map(|endpoint| Done::Disconnected { endpoint }),
         };
+        if done.is_ok() {
+            tracing::info!("the command is committed");
+            // Where tests kill the daemon: committed, not yet answered.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("command-after-commit");
+        }
         done.map_err(|e: NetworkError| e.report())
     }
     .await;
