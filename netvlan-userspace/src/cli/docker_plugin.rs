@@ -15,6 +15,10 @@ pub struct DockerPluginArgs {
     /// /etc/docker/plugins/NAME.spec holding `unix:///path/to/socket`.
     #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
+    /// Log records as JSON lines (for journald and log collectors), and a
+    /// failure to start reported as JSON, as with every command's --json.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 pub async fn run(bpf_dir: &Path, state_dir: &Path, args: DockerPluginArgs) -> Result<()> {

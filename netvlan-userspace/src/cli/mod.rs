@@ -251,7 +251,14 @@ pub fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match &cli.command {
         Command::Daemon(args) => init_daemon_tracing(cli.verbose, args.log_format()),
-        Command::DockerPlugin(_) => init_daemon_tracing(cli.verbose, LogFormat::Text),
+        Command::DockerPlugin(args) => init_daemon_tracing(
+            cli.verbose,
+            if args.json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+        ),
         _ => init_tracing(cli.verbose),
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
