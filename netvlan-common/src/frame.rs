@@ -421,21 +421,27 @@ impl Frame {
     /// Reads only the address's bytes.
     #[inline(always)]
     pub fn dst_ip_in<F: FrameBytes + ?Sized>(&self, frame: &F) -> [u8; 16] {
+        let mut ip = [0u8; 16];
         if self.anomalies.contains(Anomaly::MalformedL3) {
-            return [0; 16];
+            return ip;
         }
         let offset = usize::from(self.l3_offset);
         // `black_box` on the offsets: having checked the length, LLVM would
         // drop the reads' own bounds checks, and the BPF verifier accepts
         // packet reads only behind a check against `data_end` itself.
-        let read = match self.l3 {
-            L3::Ipv4 => frame
-                .read::<4>(core::hint::black_box(offset + 16))
-                .map(v4_mapped),
-            L3::Ipv6 => frame.read::<16>(core::hint::black_box(offset + 24)),
-            L3::Arp | L3::Other => None,
-        };
-        read.unwrap_or([0; 16])
+        // (Nested `if let`s, not `Option` combinators: LLVM may compute a
+        // combinator's result from the unset payload of a `None`, which the
+        // verifier refuses.)
+        if self.l3 == L3::Ipv4 {
+            if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 16)) {
+                ip = v4_mapped(v4);
+            }
+        } else if self.l3 == L3::Ipv6 {
+            if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 24)) {
+                ip = v6;
+            }
+        }
+        ip
     }
 
     /// The source address of a well-formed IPv4 or IPv6 header, or the
@@ -443,26 +449,31 @@ impl Frame {
     /// [`Frame::src_ip`]. Reads only the bytes it needs.
     #[inline(always)]
     pub fn src_ip_in<F: FrameBytes + ?Sized>(&self, frame: &F) -> [u8; 16] {
+        let mut ip = [0u8; 16];
         if self.anomalies.contains(Anomaly::MalformedL3) {
-            return [0; 16];
+            return ip;
         }
         let offset = usize::from(self.l3_offset);
-        let read = match self.l3 {
-            L3::Ipv4 => frame
-                .read::<4>(core::hint::black_box(offset + 12))
-                .map(v4_mapped),
-            L3::Ipv6 => frame.read::<16>(core::hint::black_box(offset + 8)),
+        if self.l3 == L3::Ipv4 {
+            if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 12)) {
+                ip = v4_mapped(v4);
+            }
+        } else if self.l3 == L3::Ipv6 {
+            if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 8)) {
+                ip = v6;
+            }
+        } else if self.l3 == L3::Arp {
             // Ethernet/IPv4 ARP (hlen 6, plen 4): the sender's address
             // follows the 8 fixed bytes and the sender's MAC.
-            L3::Arp => match frame.read::<2>(core::hint::black_box(offset + 4)) {
-                Some([6, 4]) => frame
-                    .read::<4>(core::hint::black_box(offset + 14))
-                    .map(v4_mapped),
-                _ => None,
-            },
-            L3::Other => None,
-        };
-        read.unwrap_or([0; 16])
+            if let Some([hlen, plen]) = frame.read::<2>(core::hint::black_box(offset + 4)) {
+                if hlen == 6 && plen == 4 {
+                    if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 14)) {
+                        ip = v4_mapped(v4);
+                    }
+                }
+            }
+        }
+        ip
     }
 }
 
