@@ -31,7 +31,7 @@
 //!    broadcast and IPv6 link-local destinations (neighbour discovery)
 //!    pass, and so do ARP and other EtherTypes.
 
-use crate::frame::Frame;
+use crate::frame::{Addresses, Frame};
 
 /// VLAN flag: a network uses this VLAN, or an allow-list names it.
 pub const VLAN_ALLOWED: u32 = 1;
@@ -191,8 +191,17 @@ pub struct Context {
 }
 
 /// Decides one classified frame. See the module docs for the rules.
+///
+/// The L3 addresses come from `addresses` (the `frame` itself when it has
+/// them), asked for only by the checks that need them: a new source MAC
+/// under the guard, and ipvlan's address check.
 #[inline(always)]
-pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, cx: &Context, policy: &P) -> Verdict {
+pub fn decide<P: PolicyView + ?Sized, A: Addresses + ?Sized>(
+    frame: &Frame,
+    addresses: &A,
+    cx: &Context,
+    policy: &P,
+) -> Verdict {
     let vlan = cx.vlan_flags;
     if vlan & VLAN_DENY_LIST != 0 && policy.is_denied(&frame.src) {
         return Verdict::Drop(DropReason::MacDenied);
@@ -205,7 +214,7 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, cx: &Context, policy: &P) -
     // only a new one pays for the gateway check and the learning.
     if vlan & VLAN_MAC_GUARD != 0
         && !policy.is_learned(frame.outer_vid, &frame.src)
-        && !from_gateway(frame, policy)
+        && !from_gateway(&addresses.src_ip(), policy)
         && policy.learn(
             frame.outer_vid,
             &frame.src,
@@ -221,12 +230,11 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, cx: &Context, policy: &P) -
     if unicast && vlan & VLAN_UNKNOWN_DST_DROP != 0 && !cx.dst_registered {
         return Verdict::Drop(DropReason::UnknownDst);
     }
-    if unicast
-        && vlan & VLAN_UNKNOWN_IP_DROP != 0
-        && is_unicast_ip(&frame.dst_ip)
-        && !policy.is_registered_ip(&frame.dst_ip)
-    {
-        return Verdict::Drop(DropReason::UnknownDst);
+    if unicast && vlan & VLAN_UNKNOWN_IP_DROP != 0 {
+        let dst_ip = addresses.dst_ip();
+        if is_unicast_ip(&dst_ip) && !policy.is_registered_ip(&dst_ip) {
+            return Verdict::Drop(DropReason::UnknownDst);
+        }
     }
     Verdict::Pass
 }
@@ -234,8 +242,8 @@ pub fn decide<P: PolicyView + ?Sized>(frame: &Frame, cx: &Context, policy: &P) -
 /// The frame's source address (ARP sender, IPv4 or IPv6 source) is a
 /// network's gateway: exempt from the MAC-sprawl guard.
 #[inline(always)]
-fn from_gateway<P: PolicyView + ?Sized>(frame: &Frame, policy: &P) -> bool {
-    frame.src_ip != [0; 16] && policy.is_gateway_ip(&frame.src_ip)
+fn from_gateway<P: PolicyView + ?Sized>(src_ip: &[u8; 16], policy: &P) -> bool {
+    *src_ip != [0; 16] && policy.is_gateway_ip(src_ip)
 }
 
 /// A routable unicast destination: not `::` (no IP header), not IPv4
@@ -356,9 +364,9 @@ mod tests {
             packets: 1,
             len: 64,
         };
-        assert_eq!(decide(&f, &cx(true), &m), Verdict::Pass);
+        assert_eq!(decide(&f, &f, &cx(true), &m), Verdict::Pass);
         assert_eq!(
-            decide(&f, &cx(false), &m),
+            decide(&f, &f, &cx(false), &m),
             Verdict::Drop(DropReason::UnknownDst)
         );
     }
@@ -584,5 +592,50 @@ mod tests {
             }
         }
         assert!((DropReason::ALL.len() as u32) <= DROP_REASON_SLOTS);
+    }
+
+    /// Addresses that count how often the decision asked for them.
+    struct Asked<'a> {
+        frame: &'a Frame,
+        times: std::cell::Cell<u32>,
+    }
+
+    impl Addresses for Asked<'_> {
+        fn dst_ip(&self) -> [u8; 16] {
+            self.times.set(self.times.get() + 1);
+            self.frame.dst_ip
+        }
+        fn src_ip(&self) -> [u8; 16] {
+            self.times.set(self.times.get() + 1);
+            self.frame.src_ip
+        }
+    }
+
+    #[test]
+    fn only_a_new_mac_under_the_guard_or_the_ipvlan_check_asks_for_an_address() {
+        let f = ipv4_to(ENDPOINT, [10, 0, 0, 2]);
+        let mut m = Model::default();
+        m.registered_ips.insert(mapped([10, 0, 0, 2]));
+        let asked = |m: &Model, flags: u32| {
+            let a = Asked {
+                frame: &f,
+                times: Default::default(),
+            };
+            let cx = Context {
+                vlan_flags: flags,
+                dst_registered: true,
+                packets: 1,
+                len: 64,
+            };
+            assert_eq!(decide(&f, &a, &cx, m), Verdict::Pass);
+            a.times.get()
+        };
+        let every_check = VLAN_ALLOWED | VLAN_WIRE_FILTER | VLAN_DENY_LIST | VLAN_UNKNOWN_DST_DROP;
+        assert_eq!(asked(&m, 0), 0, "policies off");
+        assert_eq!(asked(&m, every_check), 0, "no check on an address");
+        let guarded = with_mac_limit(every_check, 4, false);
+        assert_eq!(asked(&m, guarded), 1, "a new source MAC: the gateway check");
+        assert_eq!(asked(&m, guarded), 0, "a learned one: nothing");
+        assert_eq!(asked(&m, VLAN_UNKNOWN_IP_DROP), 1, "ipvlan's check");
     }
 }

@@ -305,9 +305,25 @@ fn read_tag<F: FrameBytes + ?Sized>(frame: &F, offset: usize) -> Option<(u16, u1
     Some((vid, u16::from_be_bytes([tag[2], tag[3]])))
 }
 
-/// Classifies one frame. Never panics and never reads out of bounds.
+/// Classifies one frame, its L3 addresses included. Never panics and
+/// never reads out of bounds.
 #[inline(always)]
 pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
+    match classify_headers(frame) {
+        Classification::Classified(mut f) => {
+            f.read_addresses(frame);
+            Classification::Classified(f)
+        }
+        malformed => malformed,
+    }
+}
+
+/// [`classify`] without the L3 addresses (`dst_ip`, `src_ip` stay `::`):
+/// the tags, the L3 header's checks and every anomaly, nothing else. The
+/// wire program's common path: only a VLAN whose policy looks at an
+/// address pays for reading them ([`Frame::read_addresses`]).
+#[inline(always)]
+pub fn classify_headers<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
     let len = frame.frame_len();
     let Some(header) = frame.read::<ETH_HLEN>(0) else {
         return Classification::Malformed(Anomaly::ShortHeader);
@@ -372,37 +388,8 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     };
-    let mut dst_ip = [0u8; 16];
-    let mut src_ip = [0u8; 16];
-    // `black_box` on the offsets: having just checked `len`, LLVM would
-    // drop the reads' own bounds checks, and the BPF verifier accepts
-    // packet reads only behind a check against `data_end` itself.
     if !l3_header_ok(frame, l3, offset, len) {
         anomalies.insert(Anomaly::MalformedL3);
-    } else if l3 == L3::Ipv4 {
-        if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 16)) {
-            dst_ip = v4_mapped(v4);
-        }
-        if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 12)) {
-            src_ip = v4_mapped(v4);
-        }
-    } else if l3 == L3::Ipv6 {
-        if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 24)) {
-            dst_ip = v6;
-        }
-        if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 8)) {
-            src_ip = v6;
-        }
-    } else if l3 == L3::Arp {
-        // Ethernet/IPv4 ARP (hlen 6, plen 4): the sender's address follows
-        // the 8 fixed bytes and the sender's MAC.
-        if let Some([hlen, plen]) = frame.read::<2>(core::hint::black_box(offset + 4)) {
-            if hlen == 6 && plen == 4 {
-                if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 14)) {
-                    src_ip = v4_mapped(v4);
-                }
-            }
-        }
     }
 
     Classification::Classified(Frame {
@@ -415,9 +402,118 @@ pub fn classify<F: FrameBytes + ?Sized>(frame: &F) -> Classification {
         l3,
         l3_offset: offset as u16,
         anomalies,
-        dst_ip,
-        src_ip,
+        dst_ip: [0; 16],
+        src_ip: [0; 16],
     })
+}
+
+impl Frame {
+    /// Fills `dst_ip` and `src_ip` from the L3 header of the `frame` this
+    /// was classified from by [`classify_headers`].
+    #[inline(always)]
+    pub fn read_addresses<F: FrameBytes + ?Sized>(&mut self, frame: &F) {
+        self.dst_ip = self.dst_ip_in(frame);
+        self.src_ip = self.src_ip_in(frame);
+    }
+
+    /// The destination address of a well-formed IPv4 or IPv6 header in
+    /// `frame` (the bytes this was classified from), as [`Frame::dst_ip`].
+    /// Reads only the address's bytes.
+    #[inline(always)]
+    pub fn dst_ip_in<F: FrameBytes + ?Sized>(&self, frame: &F) -> [u8; 16] {
+        let mut ip = [0u8; 16];
+        if self.anomalies.contains(Anomaly::MalformedL3) {
+            return ip;
+        }
+        let offset = usize::from(self.l3_offset);
+        // `black_box` on the offsets: having checked the length, LLVM would
+        // drop the reads' own bounds checks, and the BPF verifier accepts
+        // packet reads only behind a check against `data_end` itself.
+        // (Nested `if let`s, not `Option` combinators: LLVM may compute a
+        // combinator's result from the unset payload of a `None`, which the
+        // verifier refuses.)
+        if self.l3 == L3::Ipv4 {
+            if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 16)) {
+                ip = v4_mapped(v4);
+            }
+        } else if self.l3 == L3::Ipv6 {
+            if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 24)) {
+                ip = v6;
+            }
+        }
+        ip
+    }
+
+    /// The source address of a well-formed IPv4 or IPv6 header, or the
+    /// sender of an Ethernet/IPv4 ARP packet, in `frame`, as
+    /// [`Frame::src_ip`]. Reads only the bytes it needs.
+    #[inline(always)]
+    pub fn src_ip_in<F: FrameBytes + ?Sized>(&self, frame: &F) -> [u8; 16] {
+        let mut ip = [0u8; 16];
+        if self.anomalies.contains(Anomaly::MalformedL3) {
+            return ip;
+        }
+        let offset = usize::from(self.l3_offset);
+        if self.l3 == L3::Ipv4 {
+            if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 12)) {
+                ip = v4_mapped(v4);
+            }
+        } else if self.l3 == L3::Ipv6 {
+            if let Some(v6) = frame.read::<16>(core::hint::black_box(offset + 8)) {
+                ip = v6;
+            }
+        } else if self.l3 == L3::Arp {
+            // Ethernet/IPv4 ARP (hlen 6, plen 4): the sender's address
+            // follows the 8 fixed bytes and the sender's MAC.
+            if let Some([hlen, plen]) = frame.read::<2>(core::hint::black_box(offset + 4)) {
+                if hlen == 6 && plen == 4 {
+                    if let Some(v4) = frame.read::<4>(core::hint::black_box(offset + 14)) {
+                        ip = v4_mapped(v4);
+                    }
+                }
+            }
+        }
+        ip
+    }
+}
+
+/// Where [`crate::decision::decide`] takes a frame's L3 addresses from:
+/// a [`Frame`] that has them ([`classify`]), or [`Unread`], which reads
+/// each one from the packet only when the decision asks for it.
+pub trait Addresses {
+    fn dst_ip(&self) -> [u8; 16];
+    fn src_ip(&self) -> [u8; 16];
+}
+
+impl Addresses for Frame {
+    #[inline(always)]
+    fn dst_ip(&self) -> [u8; 16] {
+        self.dst_ip
+    }
+
+    #[inline(always)]
+    fn src_ip(&self) -> [u8; 16] {
+        self.src_ip
+    }
+}
+
+/// The addresses of a frame from [`classify_headers`], read from its
+/// bytes on demand.
+pub struct Unread<'a, F: ?Sized> {
+    pub frame: &'a Frame,
+    pub bytes: &'a F,
+}
+
+impl<F: FrameBytes + ?Sized> Addresses for Unread<'_, F> {
+    #[inline(always)]
+    fn dst_ip(&self) -> [u8; 16] {
+        self.frame.dst_ip_in(self.bytes)
+    }
+
+    #[inline(always)]
+    fn src_ip(&self) -> [u8; 16] {
+        self.frame.src_ip_in(self.bytes)
+    }
 }
 
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
@@ -737,5 +833,108 @@ mod tests {
                 let _ = classify(bytes.as_slice());
             }
         }
+    }
+
+    /// A frame view that records which bytes were read.
+    struct Recorded<'a> {
+        bytes: &'a [u8],
+        read: std::cell::RefCell<Vec<usize>>,
+    }
+
+    impl FrameBytes for Recorded<'_> {
+        fn frame_len(&self) -> usize {
+            self.bytes.len()
+        }
+
+        fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+            self.read.borrow_mut().extend(offset..offset + N);
+            self.bytes.read(offset)
+        }
+    }
+
+    /// IPv4 (10.0.0.1 -> 10.0.0.2), IPv6 (2001:db8::1 -> 2001:db8::2) and
+    /// ARP (sender 10.0.0.1) frames, each untagged and in QinQ.
+    fn l3_frames() -> Vec<(Vec<u8>, [u8; 16], [u8; 16])> {
+        let mut v4 = ipv4_header();
+        v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        v4[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let mut v6 = vec![0u8; 40];
+        v6[0] = 0x60;
+        let (mut v6_src, mut v6_dst) = ([0u8; 16], [0u8; 16]);
+        v6_src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        v6_src[15] = 1;
+        v6_dst[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        v6_dst[15] = 2;
+        v6[8..24].copy_from_slice(&v6_src);
+        v6[24..40].copy_from_slice(&v6_dst);
+        let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+        arp.extend_from_slice(&SRC);
+        arp.extend_from_slice(&[10, 0, 0, 1]);
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&[10, 0, 0, 2]);
+        let mapped = |ip: [u8; 4]| v4_mapped(ip);
+        let mut out = Vec::new();
+        for tags in [&[][..], &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 20)][..]] {
+            out.push((
+                frame(tags, ETH_P_IP, &v4, 64),
+                mapped([10, 0, 0, 2]),
+                mapped([10, 0, 0, 1]),
+            ));
+            out.push((frame(tags, ETH_P_IPV6, &v6, 80), v6_dst, v6_src));
+            out.push((
+                frame(tags, ETH_P_ARP, &arp, 64),
+                [0; 16],
+                mapped([10, 0, 0, 1]),
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn the_headers_alone_read_no_address_byte_and_the_addresses_are_read_on_demand() {
+        for (bytes, dst_ip, src_ip) in l3_frames() {
+            let view = Recorded {
+                bytes: &bytes,
+                read: Default::default(),
+            };
+            let Classification::Classified(headers) = classify_headers(&view) else {
+                panic!("{bytes:02x?} did not classify");
+            };
+            let l3 = usize::from(headers.l3_offset);
+            let address_bytes = match headers.l3 {
+                L3::Ipv4 => l3 + 12..l3 + 20,
+                L3::Ipv6 => l3 + 8..l3 + 40,
+                _ => l3 + 14..l3 + 18,
+            };
+            let read = view.read.take();
+            assert!(
+                !read.iter().any(|b| address_bytes.contains(b)),
+                "{:?}: the headers read address bytes {read:?}",
+                headers.l3
+            );
+            assert_eq!((headers.dst_ip, headers.src_ip), ([0; 16], [0; 16]));
+            let lazy = Unread {
+                frame: &headers,
+                bytes: bytes.as_slice(),
+            };
+            assert_eq!((lazy.dst_ip(), lazy.src_ip()), (dst_ip, src_ip));
+            let full = classified(&bytes);
+            assert_eq!((full.dst_ip, full.src_ip), (dst_ip, src_ip));
+            let mut filled = headers;
+            filled.read_addresses(bytes.as_slice());
+            assert_eq!(filled, full, "classify = classify_headers + read_addresses");
+        }
+    }
+
+    #[test]
+    fn a_malformed_l3_header_has_no_addresses_to_read() {
+        let mut short_v4 = ipv4_header();
+        short_v4[0] = 0x4f; // IHL 60 bytes, longer than the frame
+        short_v4[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let bytes = frame(&[], ETH_P_IP, &short_v4, 64);
+        let f = classified(&bytes);
+        assert!(f.anomalies.contains(Anomaly::MalformedL3));
+        assert_eq!(f.dst_ip_in(bytes.as_slice()), [0; 16]);
+        assert_eq!(f.dst_ip, [0; 16]);
     }
 }

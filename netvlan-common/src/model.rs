@@ -165,7 +165,7 @@ impl WireModel {
             packets,
             len,
         };
-        decide(frame, &cx, self)
+        decide(frame, frame, &cx, self)
     }
 
     /// What the program does with `frame`, counting it as `packets` wire

@@ -8,7 +8,9 @@ use netvlan_common::{
         decide, with_mac_limit, Context, Learning, PolicyView, Verdict, VLAN_ALLOWED,
         VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
     },
-    frame::{classify, Anomaly, Classification, ETH_HLEN, ETH_ZLEN, VLAN_HLEN},
+    frame::{
+        classify, classify_headers, Anomaly, Classification, Unread, ETH_HLEN, ETH_ZLEN, VLAN_HLEN,
+    },
 };
 
 /// A policy that exercises every branch: filter on, VLAN 10 allowed with
@@ -72,7 +74,24 @@ fuzz_target!(|data: &[u8]| {
                 packets: 1,
                 len: data.len() as u64,
             };
-            if let Verdict::Drop(_) = decide(&f, &cx, &Fixed) {
+            // The program's path: the headers, the addresses on demand.
+            let Classification::Classified(mut headers) = classify_headers(data) else {
+                panic!("classify_headers disagrees with classify");
+            };
+            let lazy = decide(
+                &headers,
+                &Unread {
+                    frame: &headers,
+                    bytes: data,
+                },
+                &cx,
+                &Fixed,
+            );
+            headers.read_addresses(data);
+            assert_eq!(headers, f, "classify = classify_headers + read_addresses");
+            let verdict = decide(&f, &f, &cx, &Fixed);
+            assert_eq!(lazy, verdict);
+            if let Verdict::Drop(_) = verdict {
                 // Broadcast from an allowed, undenied source is never dropped.
                 assert!(!(f.dst == [0xff; 6] && f.tags == 0 && f.src != [2, 0, 0, 0, 0, 0x66]));
             }

@@ -19,7 +19,7 @@ use netvlan_common::{
         decide, with_mac_limit, Context, VLAN_ALLOWED, VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP,
         VLAN_WIRE_FILTER,
     },
-    frame::{classify, Classification},
+    frame::{classify, classify_headers, Classification, Unread},
     maps::{direct_slot, dst_slot, DstKey, DST_CAPACITY},
     model::{Placement, WireCounters, WireModel},
 };
@@ -112,8 +112,16 @@ fuzz_target!(|data: &[u8]| {
         packets,
         len,
     };
+    // As the program reads it: the headers, the addresses on demand.
+    let Classification::Classified(headers) = classify_headers(frame) else {
+        panic!("classify_headers disagrees with classify");
+    };
     let program = decide(
-        &f,
+        &headers,
+        &Unread {
+            frame: &headers,
+            bytes: frame,
+        },
         &cx,
         &WireModel {
             registered: model.registered.clone(),

@@ -31,7 +31,10 @@ use netvlan_common::{
         decide, Context, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY,
         IP_NOT_REGISTERED, VLAN_TRACE,
     },
-    frame::{classify, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, VLAN_HLEN},
+    frame::{
+        classify_headers, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, Unread,
+        VLAN_HLEN,
+    },
     hairpin::{self, Action, HairpinConfig, HairpinView, HAIRPIN_MARK, HAIRPIN_MARK_FRAMES},
     maps::{
         dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey, MacGuardState, MacKey,
@@ -335,7 +338,8 @@ const BPF_F_INGRESS: u64 = 1;
 /// where the VLAN's flags turn it on.
 #[inline(always)]
 fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
-    match classify(frame) {
+    // The L3 addresses are read only if the decision asks for them.
+    match classify_headers(frame) {
         Classification::Malformed(anomaly) => {
             count_packets(&COUNTERS, CounterSlot::Malformed.index(), packets, len);
             let slot = CounterSlot::Anomaly(anomaly).index();
@@ -386,7 +390,11 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
                 packets,
                 len,
             };
-            let verdict = decide(&f, &cx, &Maps);
+            let addresses = Unread {
+                frame: &f,
+                bytes: frame,
+            };
+            let verdict = decide(&f, &addresses, &cx, &Maps);
             if let Verdict::Drop(reason) = verdict {
                 let maps = DropMaps {
                     drops: &DROPS,

@@ -195,6 +195,7 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         (TC_ON, &on, Hook::Tc(tc_program(&on_obj)?)),
     ];
     let filter = Hook::Xdp(&peer.program);
+    let sizes = program_sizes(&[&floor, &programs[0].2, &programs[1].2, &filter])?;
     let subjects = [FLOOR, NETVLAN_OFF, TC_OFF, NETVLAN_ON, TC_ON, XDP_FILTER];
     let mut samples: Vec<[Samples; 6]> = cases.iter().map(|_| Default::default()).collect();
     let rounds = rounds(ctx);
@@ -263,6 +264,12 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 peer.version,
                 hit_macs().len(),
                 peer.program_name
+            ),
+            format!(
+                "Program size as the kernel runs it (xlated instructions, what `bpftool prog \
+                 dump xlated` prints; verifier-processed instructions in parentheses): floor \
+                 {}, {XDP_PROGRAM} {}, {TC_PROGRAM} {}, xdp-filter {}.",
+                sizes[0], sizes[1], sizes[2], sizes[3]
             ),
             "TC vs XDP: the skb test run of the same program on the same frame; it includes \
              the skb the kernel builds once per test-run call, not the per-packet skb \
@@ -393,6 +400,24 @@ fn check_paths(obj: &Ebpf, wire: &BenchWire, cases: &[Case]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each loaded program's size as the kernel keeps it: "xlated
+/// instructions (verifier-processed instructions)".
+fn program_sizes(hooks: &[&Hook]) -> Result<Vec<String>> {
+    hooks
+        .iter()
+        .map(|hook| {
+            let info = match hook {
+                Hook::Xdp(p) => p.info(),
+                Hook::Tc(p) => p.info(),
+            }
+            .context("reading a loaded program's info")?;
+            let xlated = info.size_translated().map_or(0, |bytes| bytes / 8);
+            let verified = info.verified_instruction_count().unwrap_or(0);
+            Ok(format!("{xlated} ({verified})"))
+        })
+        .collect()
 }
 
 /// One test run of `repeat` packets: (CPU ns per packet, kernel ns per packet).
