@@ -18,6 +18,7 @@ pub struct Daemon {
     pub run_dir: OwnedDir,
     ns: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -30,6 +31,12 @@ impl Daemon {
 
     /// As [`Daemon::start`], in `ns` with the lab's pins and state.
     pub fn start_in(ns: &Netns, lan: &Lan, args: &[&str]) -> Daemon {
+        Daemon::start_with_env(ns, lan, &[], args)
+    }
+
+    /// As [`Daemon::start_in`], with more environment (e.g. `FAILPOINTS`:
+    /// the test build has the `failpoints` feature).
+    pub fn start_with_env(ns: &Netns, lan: &Lan, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         crate::sh("ip", &["-n", ns.name(), "link", "set", "lo", "up"]);
         let run_dir =
             OwnedDir::at(std::env::temp_dir().join(format!("{}-run", crate::unique_name("nvd"))));
@@ -40,6 +47,10 @@ impl Daemon {
             run_dir,
             ns: ns.name().to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.spawn(lan);
         daemon
@@ -76,6 +87,7 @@ impl Daemon {
             .env("NETVLAN_BPF_DIR", lan.bpf.path())
             .env("NETVLAN_STATE_DIR", lan.state.path())
             .env("NETVLAN_RUN_DIR", self.run_dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         cmd

@@ -23,6 +23,10 @@ pub enum CliError {
     Daemon(Box<DaemonError>),
     #[error("{}", .0.message())]
     Docker(Box<crate::docker::DockerError>),
+    /// A command the daemon ran failed: its report, printed as this
+    /// process's own would be.
+    #[error("{}", .0.line())]
+    Remote(ErrorReport),
     #[error("reading /proc/self/status to check privileges")]
     ReadStatus(#[source] std::io::Error),
     #[error("no CapEff line in /proc/self/status")]
@@ -103,6 +107,7 @@ impl CliError {
     pub fn report(&self) -> ErrorReport {
         match self {
             CliError::Network(e) => e.report(),
+            CliError::Remote(report) => report.clone(),
             other => ErrorReport::new(CODE_IO, "error", other),
         }
     }

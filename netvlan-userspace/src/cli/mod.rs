@@ -359,13 +359,18 @@ async fn run(cli: Cli) -> Result<()> {
             .as_ref()
             .map_err(|e| CliError::PinsWouldVanish(e.to_string()))?;
     }
-    // Read-only commands ask a running daemon of this namespace first:
-    // it answers from the objects and netlink handles it already holds.
+    // Read-only commands, connect and disconnect ask a running daemon of
+    // this namespace first: it answers from the objects and netlink
+    // handles it already holds.
     let daemon = Client::new(&cli.run_dir, &cli.bpf_dir, &cli.state_dir);
     if let Some(daemon) = &daemon {
         let answered = match &cli.command {
             Command::Stats(args) => stats::via_daemon(daemon, args).await?,
             Command::Network(cmd) => network::via_daemon(daemon, cmd).await?,
+            // Commands that change the state too: the daemon keeps the
+            // endpoint object's loader and its netlink connection.
+            Command::Connect(args) => connect::connect_via_daemon(daemon, args).await?,
+            Command::Disconnect(args) => connect::disconnect_via_daemon(daemon, args).await?,
             _ => false,
         };
         if answered {

@@ -327,6 +327,8 @@ pub(super) fn confirm_prune(force: bool) -> Result<bool> {
 /// (same output); `false` when it cannot answer and the command runs here.
 pub(super) async fn via_daemon(daemon: &Client, cmd: &NetworkCommand) -> Result<bool> {
     match cmd {
+        NetworkCommand::Connect(args) => connect::connect_via_daemon(daemon, args).await,
+        NetworkCommand::Disconnect(args) => connect::disconnect_via_daemon(daemon, args).await,
         NetworkCommand::Ls {
             quiet: false,
             filter,

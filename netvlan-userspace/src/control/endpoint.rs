@@ -95,8 +95,8 @@ impl Endpoint {
     }
 }
 
-/// What `netvlan connect` asks for.
-#[derive(Clone, Debug, Default)]
+/// What `netvlan connect` asks for (also as the daemon is asked it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConnectRequest {
     pub network: String,
     pub sandbox: String,

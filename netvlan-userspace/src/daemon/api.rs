@@ -11,6 +11,11 @@
 //!   records, each framed as its length (u32, little-endian) and its bytes,
 //!   also shown on the live page. One reader per ring: with a daemon
 //!   running, `netvlan trace` asks it instead of reading the rings itself.
+//! - `POST /v1/commands`: a [`Command`] (JSON) the CLI hands over, run by
+//!   [`super::commands`]; answers its [`Outcome`] (JSON). The request
+//!   carries the CLI's [`Identity`] in the same headers: a daemon that
+//!   serves another namespace or other directories runs nothing and
+//!   answers 421, and the CLI does the command itself.
 //!
 //! Every answer carries the daemon's [`Identity`] in its headers: a CLI in
 //! another namespace, or with other pin or state directories, must not use
@@ -31,7 +36,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{DaemonError, Shared};
+use super::{commands::Command, DaemonError, Shared};
 use crate::{
     control::{self, Manager, NetworkError},
     store::Store,
@@ -87,7 +92,7 @@ impl Identity {
         })
     }
 
-    fn headers(&self) -> [(&'static str, HeaderValue); 3] {
+    pub fn headers(&self) -> [(&'static str, HeaderValue); 3] {
         let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
         [
             (NETNS_HEADER, value(&self.netns)),
@@ -104,6 +109,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{name}", get(network))
         .route("/v1/trace", get(trace))
+        .route("/v1/commands", axum::routing::post(command))
         .with_state(shared)
 }
 
@@ -261,6 +267,29 @@ async fn network(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<Strin
             &serde_json::json!({ "error": format!("{e:#}") }),
         ),
         Err(e) => failed(&shared, StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+/// Runs the CLI's command, if the CLI works on what this daemon serves.
+async fn command(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::Json(command): axum::Json<Command>,
+) -> Response {
+    if Identity::from_headers(&headers).as_ref() != Some(&shared.identity) {
+        return answer(
+            &shared,
+            StatusCode::MISDIRECTED_REQUEST,
+            &serde_json::json!({ "error": "this daemon serves another namespace or other directories" }),
+        );
+    }
+    match shared.commands.run(command).await {
+        Some(outcome) => answer(&shared, StatusCode::OK, &outcome),
+        None => answer(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": "the daemon is stopping and takes no commands" }),
+        ),
     }
 }
 

@@ -11,10 +11,13 @@ use std::{
 };
 
 use axum::http::StatusCode;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 
-use super::api::{Identity, SOCKET_NAME};
+use super::{
+    api::{Identity, SOCKET_NAME},
+    commands::{Command, Outcome},
+};
 
 /// How long the CLI waits for the daemon before it does the work itself.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -59,6 +62,73 @@ impl Client {
                 None
             }
         }
+    }
+
+    /// Hands `command` to the daemon and waits for what it did, however
+    /// long the command takes (it may wait for the state's lock, as the
+    /// CLI itself would). `None` when the daemon did not run it: nothing
+    /// answers, it serves another namespace or directories, it is
+    /// stopping, or it went away before answering (killed half-way: the
+    /// command the caller then runs itself first cleans up after it).
+    pub async fn command(&self, command: &Command) -> Option<Outcome> {
+        match self.run_command(command).await {
+            Ok(outcome) => {
+                tracing::info!(socket = %self.socket.display(), "the command was run by the daemon");
+                Some(outcome)
+            }
+            Err(why) => {
+                tracing::debug!(socket = %self.socket.display(), "not using the daemon: {why}");
+                None
+            }
+        }
+    }
+
+    async fn run_command(&self, command: &Command) -> Result<Outcome, String> {
+        let body = serde_json::to_vec(command).map_err(|e| format!("encoding {command:?}: {e}"))?;
+        let connected = tokio::time::timeout(PATIENCE, async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))
+        })
+        .await
+        .map_err(|_| format!("no answer within {PATIENCE:?}"))?;
+        let (mut sender, connection) = connected?;
+        let connection = tokio::spawn(connection);
+        let mut request = hyper::Request::post("/v1/commands")
+            .header(hyper::header::HOST, "netvlan")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (name, value) in self.expected.headers() {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("request: {e}"))?;
+        let answered = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("POST /v1/commands: {e}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(format!(
+                    "the daemon answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            serde_json::from_slice::<Outcome>(&body).map_err(|e| format!("its answer: {e}"))
+        }
+        .await;
+        connection.abort();
+        answered
     }
 
     /// GET `path` as a stream of framed records (`/v1/trace`): each is its

@@ -9,9 +9,11 @@
 //! - [`page`]: the live page at `/` and its server-push stream.
 //! - [`api`]: the local API on `$NETVLAN_RUN_DIR/netvlan.sock`.
 //! - [`client`]: the CLI's side of that API.
+//! - [`commands`]: the commands the CLI hands it (connect, disconnect).
 
 pub mod api;
 pub mod client;
+pub mod commands;
 pub mod metrics;
 pub mod page;
 
@@ -44,6 +46,8 @@ pub struct Shared {
     pub metrics: metrics::ScrapeState,
     /// The endpoints' counter maps, kept open between scrapes.
     pub endpoint_maps: Arc<Mutex<EndpointMaps>>,
+    /// Where the CLI's `connect` and `disconnect` run.
+    pub commands: commands::Commands,
 }
 
 /// The HTTP side of the daemon on its metrics address: `/metrics` and the
@@ -177,6 +181,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the thread that runs commands: {0}")]
+    CommandThread(#[source] std::io::Error),
     #[error("the local API on {socket} failed: {source}")]
     ServeSocket {
         socket: PathBuf,
@@ -196,6 +202,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // told how many it missed (broadcast's Lagged), never blocks the rest.
     let (traces, _) = broadcast::channel(4096);
     let identity = api::Identity::of_this_process(&config.bpf_dir, &config.state_dir);
+    let commands = commands::Commands::start(config.bpf_dir.clone(), config.state_dir.clone())
+        .map_err(DaemonError::CommandThread)?;
     let shared = Arc::new(Shared {
         datapath,
         state_dir: config.state_dir,
@@ -204,6 +212,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         identity,
         metrics: Default::default(),
         endpoint_maps: Arc::new(Mutex::new(EndpointMaps::new(open_map_budget()))),
+        commands,
     });
     // Signals first: one sent while the listeners come up is not lost.
     let shutdown = shutdown_signal()?;
@@ -223,8 +232,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(%addr, socket = %socket.path().display(), "serving metrics, the live page and the local API");
     let http = axum::serve(listener, http_router(shared.clone()))
         .with_graceful_shutdown(until_stopped(stopped.clone()));
-    let local =
-        axum::serve(unix, api::router(shared)).with_graceful_shutdown(until_stopped(stopped));
+    let local = axum::serve(unix, api::router(shared.clone()))
+        .with_graceful_shutdown(until_stopped(stopped));
     let signalled = async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -244,6 +253,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         signalled,
     );
     collector.abort();
+    // A command still running (its client gone) finishes before the
+    // daemon exits: never cut half-way by a SIGTERM.
+    shared.commands.stop().await;
     // The socket goes with a daemon that stops (the guard); one that is
     // killed leaves it stale, and the next start replaces it.
     drop(socket);

@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use aya::{
@@ -24,6 +25,12 @@ use super::{DatapathError, InterfacePins};
 pub struct Embedded {
     pub bytes: &'static [u8],
     pub maps: &'static [&'static str],
+    /// The loader of fresh attachments, made on first use and kept: making
+    /// one parses the kernel's BTF (5.5 MB, 35-50 ms) although these
+    /// objects need none of it, and a long-lived process (the daemon)
+    /// pays that once instead of on every connect. Never given pin paths,
+    /// so every load through it creates its own maps.
+    fresh: Mutex<Option<EbpfLoader<'static>>>,
 }
 
 /// The wire program (XDP on a parent link), its maps and the benchmarks'
@@ -31,12 +38,14 @@ pub struct Embedded {
 pub static WIRE: Embedded = Embedded {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan.bpf.o")),
     maps: netvlan_common::maps::WIRE_MAPS,
+    fresh: Mutex::new(None),
 };
 
 /// The endpoint programs (TC egress and ingress on an endpoint link).
 pub static ENDPOINT: Embedded = Embedded {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o")),
     maps: netvlan_common::antispoof::ENDPOINT_MAPS,
+    fresh: Mutex::new(None),
 };
 
 /// One map's shape, as the kernel reports it and as the object declares it.
@@ -59,15 +68,22 @@ impl std::fmt::Display for Shape {
 }
 
 impl Embedded {
-    /// Loads the object with fresh maps (a new attachment).
-    ///
-    /// Through one [`EbpfLoader`], which parses the kernel's BTF (5.5 MB
-    /// here) once for CO-RE relocations; `Ebpf::load` parses it a second
-    /// time on top, which cost every connect about a quarter of its time.
+    /// Loads the object with fresh maps (a new attachment), through the
+    /// object's one kept [`EbpfLoader`] (see `fresh`): the kernel's BTF is
+    /// parsed once per process, not once per load.
     pub fn load(&self) -> Result<Ebpf, DatapathError> {
-        EbpfLoader::new()
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        fresh
+            .get_or_insert_with(EbpfLoader::new)
             .load(self.bytes)
             .map_err(DatapathError::Load)
+    }
+
+    /// Makes the kept loader now (the BTF parse), so the first load a
+    /// long-lived process serves does not pay for it.
+    pub fn warm(&self) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        fresh.get_or_insert_with(EbpfLoader::new);
     }
 
     /// Loads the object against the maps pinned in `pins`, so what they

@@ -32,6 +32,7 @@ use super::{
 
 const CNI_DIR: &str = "/usr/lib/cni";
 const NETVLAN: &str = "netvlan";
+const NETVLAN_DAEMON: &str = "netvlan, through its daemon";
 const CNI: &str = "CNI macvlan + host-local";
 const NETVLAN_CNI: &str = "netvlan-cni";
 const CNI_GOAL: &str = "faster than the reference plugin per endpoint";
@@ -89,12 +90,20 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
     let ncni_host = netns(&ctx.token, "cp-ncni", true)?;
     try_veth_pair(&ncni_host, "lan0", &ncni_host, "lan0p")?;
     let ncni = NetvlanCni::new(ctx, &ncni_host)?;
+    // The same CLI with a daemon running beside it (which then runs its
+    // connects and disconnects), on a parent of its own.
+    let nvd_host = netns(&ctx.token, "cp-nvd", true)?;
+    try_veth_pair(&nvd_host, "lan0", &nvd_host, "lan0p")?;
+    let nvd = Netvlan::new(&ctx.netvlan, &nvd_host, &ctx.token, "cpd")?;
+    nvd.create_bench_network("172.31.224.0/20", "lan0", &[])?;
+    let nvd_daemon = nvd.start_daemon()?;
 
     // Single cycles, interleaved: netvlan's connect and disconnect, then
     // the plugin's ADD and DEL, then netvlan-cni's, on the same sandbox.
     let mut nv = [Vec::new(), Vec::new(), Vec::new()];
     let mut peer = [Vec::new(), Vec::new(), Vec::new()];
     let mut ours = [Vec::new(), Vec::new(), Vec::new()];
+    let mut via = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..cycles {
         bar.set_message(format!("attach + detach cycle {}/{cycles}", i + 1));
         let sandbox = &sandboxes.names()[i % n];
@@ -114,8 +123,16 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         ours[0].push(add);
         ours[1].push(del);
         ours[2].push(add + del);
+        let up = nvd
+            .timed(&["connect", "--ifname", "eth3", "bench", sandbox])?
+            .ms();
+        let down = nvd.timed(&["disconnect", "bench", sandbox])?.ms();
+        via[0].push(up);
+        via[1].push(down);
+        via[2].push(up + down);
         super::progress::tick(bar)?;
     }
+    drop(nvd_daemon);
 
     // Bulk: N endpoints in one network, one after the other as a runtime
     // starting N containers would, then all taken down.
@@ -172,8 +189,16 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                  first (as a host shares one network between the CLI and CNI).",
                 ncni.network
             ),
+            "netvlan through its daemon: the same CLI and commands (`--ifname eth3`) on a \
+             network of the same shape (172.31.224.0/20) on its own parent, with `netvlan \
+             daemon` running beside it on its own NETVLAN_RUN_DIR, so the CLI hands each \
+             connect and disconnect to the daemon (its kept endpoint loader and netlink \
+             connection); every other netvlan row has a private NETVLAN_RUN_DIR with no \
+             daemon."
+                .into(),
             "All through `nsenter --net=…` (which execs the program), into the same bare \
-             sandbox namespaces (netvlan as eth0, the plugin as eth1, netvlan-cni as eth2)."
+             sandbox namespaces (netvlan as eth0, the plugin as eth1, netvlan-cni as eth2, \
+             netvlan through its daemon as eth3)."
                 .into(),
             format!(
                 "Single: {single}. Bulk: {n} endpoints brought up one after the other (one \
@@ -186,7 +211,12 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         unavailable: Vec::new(),
     };
     family.method.extend(at_scale.method());
-    for (who, samples) in [(NETVLAN, nv), (CNI, peer), (NETVLAN_CNI, ours)] {
+    for (who, samples) in [
+        (NETVLAN, nv),
+        (CNI, peer),
+        (NETVLAN_CNI, ours),
+        (NETVLAN_DAEMON, via),
+    ] {
         for (case, s) in [ATTACH, DETACH, CYCLE].into_iter().zip(samples) {
             family.measurements.push(Measurement::new(
                 who,
@@ -229,6 +259,13 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         .compare(NETVLAN, CNI, CYCLE, PER_ENDPOINT, Basis::Paired)?
         .set_goal(GOAL, Bound::AtMost(0.2), None);
     family.compare(NETVLAN, CNI, CYCLE, PER_ENDPOINT, Basis::P99)?;
+    for case in [ATTACH, DETACH] {
+        family.compare(NETVLAN_DAEMON, CNI, case, PER_ENDPOINT, Basis::Paired)?;
+    }
+    family
+        .compare(NETVLAN_DAEMON, CNI, CYCLE, PER_ENDPOINT, Basis::Paired)?
+        .set_goal(GOAL, Bound::AtMost(0.2), None);
+    family.compare(NETVLAN_DAEMON, NETVLAN, CYCLE, PER_ENDPOINT, Basis::Paired)?;
     family
         .compare(
             NETVLAN,

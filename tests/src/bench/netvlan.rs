@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
-    sandbox::{run, Netns, OwnedDir},
+    sandbox::{run, wait_for, Netns, OwnedDir, Process},
     timing::{timed, Timed},
 };
 
@@ -21,6 +21,9 @@ pub struct Netvlan {
     netns: PathBuf,
     state: OwnedDir,
     bpf: OwnedDir,
+    /// Its own `NETVLAN_RUN_DIR`: no daemon unless [`Netvlan::start_daemon`]
+    /// starts one there (never one of the host's).
+    run: OwnedDir,
 }
 
 impl Netvlan {
@@ -31,6 +34,7 @@ impl Netvlan {
             netns: ns.path(),
             state: OwnedDir::temp(token, &format!("{kind}-state"))?,
             bpf: OwnedDir::bpf(token, &format!("{kind}-bpf")),
+            run: OwnedDir::temp(token, &format!("{kind}-run"))?,
         })
     }
 
@@ -43,8 +47,24 @@ impl Netvlan {
             .args(args)
             .env("NETVLAN_STATE_DIR", self.state.path())
             .env("NETVLAN_BPF_DIR", self.bpf.path())
+            .env("NETVLAN_RUN_DIR", self.run.path())
             .env_remove("RUST_LOG");
         cmd
+    }
+
+    /// `netvlan daemon` for this instance (metrics on an ephemeral
+    /// loopback port), once its API socket is there: from then on this
+    /// instance's commands are run by it. Dropping it ends it by PID.
+    pub fn start_daemon(&self) -> Result<Process> {
+        let mut cmd = self.command(&["daemon", "--metrics-addr", "127.0.0.1:0"]);
+        let mut daemon = Process::spawn(&mut cmd, "netvlan daemon")?;
+        let socket = self.run.path().join("netvlan.sock");
+        wait_for(std::time::Duration::from_secs(30), || {
+            daemon.check_running()?;
+            Ok(socket.exists().then_some(()))
+        })?
+        .context("netvlan daemon never made its API socket")?;
+        Ok(daemon)
     }
 
     /// Runs `netvlan ARGS`; fails with its output unless it succeeds.
