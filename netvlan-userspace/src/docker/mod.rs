@@ -252,7 +252,7 @@ impl Plugin {
             "netvlan.ifname": endpoint.ifname,
             "netvlan.mac": endpoint.mac_text(),
             "netvlan.sandbox": endpoint.netns_path.display().to_string(),
-            "netvlan.adopted": endpoint.netns.is_some(),
+            "netvlan.adopted": !endpoint.staged,
         }}))
     }
 
