@@ -13,7 +13,12 @@ use std::{
     time::Duration,
 };
 
-use netvlan_tests::{netvlan_bin, unique_name, wait_for, Lan, Netns, OwnedDir};
+use netvlan_tests::{
+    frame::{ipv4_frame, Mac},
+    netvlan_bin,
+    packet::PacketSocket,
+    unique_name, wait_for, Lan, Netns, OwnedDir,
+};
 use serde_json::{json, Value};
 
 /// The plugin, running in the lab's host namespace on a socket of the
@@ -131,6 +136,8 @@ fn refused(socket: &Path, name: &str, body: &Value, says: &str) -> String {
     assert!(err.contains(says), "{name}: {err:?} does not say {says:?}");
     err
 }
+
+const BROADCAST: Mac = [0xff; 6];
 
 fn random_id() -> String {
     let mut bytes = [0u8; 32];
@@ -470,6 +477,133 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
     assert_eq!(lan.bpf.contents(), pins_before);
     drop(plugin);
     assert!(!socket.exists(), "the socket was left behind");
+}
+
+/// On a kernel with TCX (6.6+, the host lane) the plugin attaches the
+/// endpoint programs at CreateEndpoint, before the link is moved: a frame
+/// the container sends before the plugin even knows its sandbox (no Join
+/// yet) is already checked (a spoofed one dropped) and counted. Adoption
+/// then keeps those programs and moves their pins: the counts go on.
+#[test]
+fn the_first_frames_a_container_sends_are_checked_before_adoption() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut version = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
+    let (major, minor) = (version.next(), version.next());
+    assert!(
+        matches!((major, minor), (Some(Ok(a)), Some(Ok(b))) if (a, b) >= (6, 6)),
+        "this test needs TCX (kernel 6.6+), the host lane's; this kernel is {release}"
+    );
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkq")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let ctr = lan.container(false);
+    let host_links = links_in(&lan.host);
+    let pins_before = lan.bpf.contents();
+    let plugin = PluginProcess::start(&lan, &socket);
+    let nid = random_id();
+    call(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &nid,
+            json!({"parent": "eth0"}),
+            "10.85.0.0/24",
+            "10.85.0.1/24",
+        ),
+    );
+    let eid = random_id();
+    call(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": eid,
+                "Interface": {"Address": "10.85.0.5/24"}, "Options": {}}),
+    );
+    let link = format!("nvd{}", &eid[..10]);
+    // What dockerd does after Join, done before it: the plugin has no
+    // sandbox to watch yet.
+    lan.host.exec(
+        "ip",
+        &["link", "set", &link, "netns", ctr.path().to_str().unwrap()],
+    );
+    ctr.exec("ip", &["link", "set", &link, "name", "eth0"]);
+    ctr.exec("ip", &["addr", "add", "10.85.0.5/24", "dev", "eth0"]);
+    ctr.exec("ip", &["link", "set", "eth0", "up"]);
+    ctr.exec("ip", &["route", "add", "default", "via", "10.85.0.1"]);
+    let me = ctr.mac("eth0");
+    let wire = PacketSocket::listen(&lan.switch, "peer0");
+    let out = PacketSocket::open(&ctr, "eth0");
+    let legit = ipv4_frame(BROADCAST, me, [10, 85, 0, 5], [10, 85, 0, 1], 64);
+    let spoofed = ipv4_frame(BROADCAST, me, [10, 85, 0, 77], [10, 85, 0, 1], 64);
+    out.send(&legit);
+    out.send_maybe_dropped(&spoofed);
+    wait_for(Duration::from_secs(3), || {
+        wire.received().contains(&legit).then_some(())
+    })
+    .expect("the legitimate frame never reached the LAN");
+    let before_join = endpoint_stats(&lan, "10.85.0.5", 1);
+    assert_eq!(before_join["spoofed_packets"], 1, "{before_join:#}");
+    assert!(
+        !wire.received().contains(&spoofed),
+        "the spoofed frame reached the LAN"
+    );
+
+    // Join: the plugin adopts the link in the sandbox, keeping the
+    // programs that came with it (their counters go on).
+    call(
+        &socket,
+        "NetworkDriver.Join",
+        &json!({"NetworkID": nid, "EndpointID": eid,
+                "SandboxKey": ctr.path(), "Options": {}}),
+    );
+    let mut last = String::new();
+    wait_for(Duration::from_secs(10), || {
+        let run = lan.netvlan(&["check", "--json"]);
+        last = format!("{}{}", run.stdout, run.stderr);
+        let adopted = call(
+            &socket,
+            "NetworkDriver.EndpointOperInfo",
+            &json!({"NetworkID": nid, "EndpointID": eid}),
+        )["Value"]["netvlan.adopted"]
+            == true;
+        (run.status.success() && adopted).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the moved link was never adopted: {last}\n{}", plugin.log()));
+    out.send(&legit);
+    let adopted = endpoint_stats(&lan, "10.85.0.5", 2);
+    assert_eq!(adopted["spoofed_packets"], 1, "{adopted:#}");
+    assert_eq!(adopted["ifname"], "eth0", "{adopted:#}");
+
+    call(
+        &socket,
+        "NetworkDriver.Leave",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    ctr.exec("ip", &["link", "set", "eth0", "down"]);
+    ctr.exec("ip", &["link", "set", "eth0", "name", &link]);
+    ctr.exec(
+        "ip",
+        &[
+            "link",
+            "set",
+            &link,
+            "netns",
+            lan.host.path().to_str().unwrap(),
+        ],
+    );
+    call(
+        &socket,
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    call(
+        &socket,
+        "NetworkDriver.DeleteNetwork",
+        &json!({"NetworkID": nid}),
+    );
+    assert_eq!(links_in(&lan.host), host_links);
+    assert_eq!(ctr.sorted_link_names(), vec!["lo".to_string()]);
+    assert_eq!(lan.bpf.contents(), pins_before);
 }
 
 /// Debian's dockerd in the lab's host namespace: data, exec root, socket

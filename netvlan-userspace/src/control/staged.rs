@@ -6,10 +6,15 @@
 //! programs, records its namespace and index), after which it is an
 //! endpoint like a connected one (`stats`, `inspect`, `check`, `restore`).
 //!
-//! The kernel drops a link's TC attachments when it changes namespace,
-//! so the programs can only be attached after the move: until [`adopt`]
-//! runs, the link's frames pass unchecked by anti-spoofing and
-//! uncounted per endpoint (the wire still counts them).
+//! Where the kernel has TCX (6.6+) the endpoint programs are attached
+//! when the link is made, here: a TCX link stays on its link through
+//! the move, so the first frame the container sends is checked and
+//! counted; adoption only records the namespace and index and moves the
+//! pins (one bpffs rename). Older kernels drop a link's clsact filters
+//! when it changes namespace, so there the programs can only be attached
+//! after the move: until [`adopt`] runs, the link's frames pass
+//! unchecked by anti-spoofing and uncounted per endpoint (the wire still
+//! counts them).
 //!
 //! [`adopt`]: Manager::adopt_moved
 
@@ -32,7 +37,7 @@ use crate::{
     ipam::{self, Request},
     sys::{
         netlink::{LinkOptions, Netlink, NetlinkError},
-        netns::Netns,
+        netns::{Netns, NetnsId},
     },
 };
 
@@ -157,6 +162,19 @@ impl Manager {
         if let Err(e) = made {
             return Err(log.undo(self.netlink(), self.datapath(), e).await);
         }
+        // Where the programs stay on the link through the runtime's move
+        // (TCX), they go on now: its first frame in the sandbox is
+        // already checked and counted. Elsewhere adoption attaches them.
+        let mut attached = None;
+        if endpoint_hooks::attached_across_moves() {
+            match self
+                .attach_before_move(&request.link_name, ipv4, ipv6, record.options.spoofcheck)
+                .await
+            {
+                Ok(here) => attached = Some(here),
+                Err(e) => return Err(log.undo(self.netlink(), self.datapath(), e).await),
+            }
+        }
         let endpoint = Endpoint {
             id: request.id.clone(),
             sandbox: request.key.clone(),
@@ -165,8 +183,8 @@ impl Manager {
             mac: mac.map(Mac),
             ipv4,
             ipv6,
-            ifindex: 0,
-            netns: None,
+            ifindex: attached.map_or(0, |(_, ifindex)| ifindex),
+            netns: attached.map(|(netns, _)| netns),
             connected: 1 + all
                 .iter()
                 .flat_map(|n| n.endpoints.values())
@@ -202,10 +220,40 @@ impl Manager {
                     &wire_after(&all, &self.network(&record.name)?, false),
                 )
                 .await;
+            if let Some((netns, ifindex)) = attached {
+                let _ = endpoint_hooks::remove_pins(self.datapath().bpf_dir(), netns, ifindex);
+            }
             return Err(log.undo(self.netlink(), self.datapath(), e).await);
         }
         log.committed();
         Ok((record, endpoint))
+    }
+
+    /// Attaches the endpoint programs to the staged link `name` in this
+    /// namespace; its namespace and index, where its pins are.
+    async fn attach_before_move(
+        &self,
+        name: &str,
+        ipv4: Option<IpNet>,
+        ipv6: Option<IpNet>,
+        spoofcheck: bool,
+    ) -> Result<(NetnsId, u32), NetworkError> {
+        let link = self.netlink().link_by_name(name).await?;
+        let here = Netns::current()?;
+        let addresses: Vec<IpNet> = ipv4.iter().chain(ipv6.iter()).copied().collect();
+        let mut config = egress_config(link.mac, &addresses);
+        if spoofcheck {
+            config.flags |= EGRESS_ENFORCE;
+        }
+        endpoint_hooks::attach(
+            self.datapath().bpf_dir(),
+            &here,
+            link.ifindex,
+            name,
+            &config,
+            endpoint_hooks::Loading::start(),
+        )?;
+        Ok((here.id(), link.ifindex))
     }
 
     /// Records the sandbox a staged endpoint's link is about to be moved
@@ -277,19 +325,36 @@ impl Manager {
         if spoofcheck {
             config.flags |= EGRESS_ENFORCE;
         }
-        // The move left no programs on it (the kernel drops clsact
-        // filters; TCX links stayed pinned under netvlan's namespace only
-        // if someone attached them there, which netvlan never does).
-        endpoint_hooks::attach(
-            self.datapath().bpf_dir(),
-            &netns,
-            link.ifindex,
-            &link.name,
-            &config,
-            loading
-                .take()
-                .unwrap_or_else(endpoint_hooks::Loading::start),
-        )?;
+        let bpf_dir = self.datapath().bpf_dir();
+        // Attached before the move (TCX): the programs came along; their
+        // pins follow them to the sandbox's place. Unless the link came
+        // without them or with another MAC: then afresh.
+        let mut kept = false;
+        if let Some(before) = endpoint.netns {
+            endpoint_hooks::move_pins(bpf_dir, before, endpoint.ifindex, netns.id(), link.ifindex)?;
+            let same_mac = endpoint.mac.is_none_or(|m| Some(m.0) == link.mac);
+            kept = same_mac
+                && endpoint_hooks::programs(bpf_dir, &netlink, &netns, link.ifindex, &link.name)
+                    .await?
+                    .complete();
+            if !kept {
+                endpoint_hooks::remove_pins(bpf_dir, netns.id(), link.ifindex)?;
+            }
+        }
+        // Otherwise the move left no programs on it (the kernel drops
+        // clsact filters): they are attached now.
+        if !kept {
+            endpoint_hooks::attach(
+                bpf_dir,
+                &netns,
+                link.ifindex,
+                &link.name,
+                &config,
+                loading
+                    .take()
+                    .unwrap_or_else(endpoint_hooks::Loading::start),
+            )?;
+        }
         // The name Docker gives it (`eth0`) may come a moment later.
         let settled = netlink.link_by_index(link.ifindex).await?;
         endpoint.ifname = settled.name;

@@ -56,6 +56,42 @@ fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
+/// Whether programs [`attach`] puts on a link stay on it when the link
+/// moves to another namespace: TCX links do, clsact filters do not (the
+/// kernel flushes the qdisc on the move).
+pub fn attached_across_moves() -> bool {
+    tcx_available()
+}
+
+/// Moves an endpoint's pins after its link moved (with its TCX programs)
+/// from namespace `from` (index `from_index`) to `to` (index `to_index`):
+/// one bpffs rename, so the pins are never missing. Leftovers of an
+/// earlier link at the new place are removed first.
+pub fn move_pins(
+    bpf_dir: &Path,
+    from: NetnsId,
+    from_index: u32,
+    to: NetnsId,
+    to_index: u32,
+) -> Result<(), DatapathError> {
+    let old = NamespacePins::new(bpf_dir, from);
+    let source = old.egress(from_index);
+    let namespace = NamespacePins::new(bpf_dir, to);
+    let target = namespace.egress(to_index);
+    let pin_dir = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DatapathError::PinDir { path, source }
+    };
+    if source.dir() == target.dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(namespace.dir()).map_err(pin_dir(namespace.dir()))?;
+    target.remove().map_err(pin_dir(target.dir()))?;
+    std::fs::rename(source.dir(), target.dir()).map_err(pin_dir(source.dir()))?;
+    old.remove_if_empty();
+    Ok(())
+}
+
 /// The endpoint object being loaded (the kernel's BTF parsed, the
 /// endpoint's own maps created) on a thread of its own, none of which
 /// depends on a namespace: a connect starts it first and makes the link

@@ -1,9 +1,11 @@
 //! After Join: Docker moves the endpoint's link into the sandbox when the
 //! container's namespace is ready (its `SandboxKey` is mounted by the
-//! prestart hook, after Join has answered). The kernel drops a link's TC
-//! programs on a namespace move, so they are attached once the link is
-//! there: a task per joined endpoint watches for the namespace, then
-//! adopts the link ([`Manager::adopt_moved`](crate::control::Manager)).
+//! prestart hook, after Join has answered). A task per joined endpoint
+//! watches for the namespace, then adopts the link
+//! ([`Manager::adopt_moved`](crate::control::Manager)): on TCX kernels the
+//! programs attached at CreateEndpoint came with it and only their pins
+//! move; older kernels drop a link's clsact filters on the move, so
+//! there they are attached now.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -9,7 +9,9 @@
 //!   pools, gateways and aux addresses; DeleteNetwork removes it.
 //! - CreateEndpoint reserves exactly the addresses Docker's IPAM chose and
 //!   makes the endpoint's link here, in the plugin's namespace
-//!   ([`Manager::stage_endpoint`]), answering its MAC when Docker gave none.
+//!   ([`Manager::stage_endpoint`]; on TCX kernels with its endpoint
+//!   programs, which stay on it through the move), answering its MAC when
+//!   Docker gave none.
 //! - Join answers that link for Docker to move into the sandbox, with the
 //!   gateways; once it is there the plugin adopts it (endpoint programs,
 //!   namespace, index; see [`adopt`]). Leave and DeleteEndpoint undo.
@@ -252,7 +254,7 @@ impl Plugin {
             "netvlan.ifname": endpoint.ifname,
             "netvlan.mac": endpoint.mac_text(),
             "netvlan.sandbox": endpoint.netns_path.display().to_string(),
-            "netvlan.adopted": endpoint.netns.is_some(),
+            "netvlan.adopted": !endpoint.staged,
         }}))
     }
 
