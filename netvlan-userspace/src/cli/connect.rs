@@ -96,7 +96,7 @@ pub(super) enum Sent {
     /// Done if this endpoint (as read before it was sent) is gone.
     Disconnect {
         network: String,
-        endpoint: Endpoint,
+        endpoint: Box<Endpoint>,
         output: Output,
     },
 }
@@ -229,7 +229,7 @@ pub(super) async fn disconnect_via_daemon(
         Err(Unanswered::Lost) => Ok(match before {
             Some(endpoint) => Asked::Lost(Box::new(Sent::Disconnect {
                 network: args.network.clone(),
-                endpoint,
+                endpoint: Box::new(endpoint),
                 output: args.output,
             })),
             // Nothing to remove as far as it could tell: its own run
