@@ -66,6 +66,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Its addresses with their prefixes, IPv4 first.
+    pub fn addresses(&self) -> Vec<IpNet> {
+        self.ipv4.iter().chain(self.ipv6.iter()).copied().collect()
+    }
+
     /// The name `stats` and `/metrics` show: its own, else the sandbox.
     pub fn display_name(&self) -> &str {
         if self.name.is_empty() {
@@ -125,6 +130,17 @@ pub struct ConnectRequest {
     pub container_id: Option<String>,
     /// Stored as [`Endpoint::name`].
     pub name: Option<String>,
+}
+
+/// The `connected` order of an endpoint joining now: after every endpoint
+/// of `all` networks (a sandbox's default route follows the first one).
+pub(super) fn next_connected(all: &[NetworkRecord]) -> u64 {
+    1 + all
+        .iter()
+        .flat_map(|n| n.endpoints.values())
+        .map(|e| e.connected)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Docker's stable MAC: `02:42` and the four IPv4 bytes.
@@ -334,12 +350,7 @@ impl Manager {
             ipv6,
             ifindex: 0,
             netns: Some(sandbox.id),
-            connected: 1 + all
-                .iter()
-                .flat_map(|n| n.endpoints.values())
-                .map(|e| e.connected)
-                .max()
-                .unwrap_or(0),
+            connected: next_connected(&all),
             staged: false,
             container_id: request.container_id.clone().unwrap_or_default(),
             name: request.name.clone().unwrap_or_default(),

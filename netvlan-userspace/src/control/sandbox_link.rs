@@ -163,12 +163,7 @@ pub(crate) async fn probe(
     repair: bool,
 ) -> Result<EndpointFacts, NetworkError> {
     let (ifname, sandbox) = (&endpoint.ifname, &endpoint.sandbox);
-    let addresses: Vec<IpNet> = endpoint
-        .ipv4
-        .iter()
-        .chain(endpoint.ipv6.iter())
-        .copied()
-        .collect();
+    let addresses = endpoint.addresses();
     let spoofcheck = record.options.spoofcheck;
     let netns = Netns::open(&endpoint.netns_path)?;
     let netlink = Netlink::connect_in(&netns)?;

@@ -25,7 +25,7 @@ use netvlan_common::{antispoof::EGRESS_ENFORCE, Mac};
 
 use super::{
     driver::Driver,
-    endpoint::{mac_from_ipv4, requested_mac},
+    endpoint::{mac_from_ipv4, next_connected, requested_mac},
     operation::{Operation, OperationLog},
     owner::owner_alias,
     sandbox_link::{egress_config, endpoint_link},
@@ -185,12 +185,7 @@ impl Manager {
             ipv6,
             ifindex: attached.map_or(0, |(_, ifindex)| ifindex),
             netns: attached.map(|(netns, _)| netns),
-            connected: 1 + all
-                .iter()
-                .flat_map(|n| n.endpoints.values())
-                .map(|e| e.connected)
-                .max()
-                .unwrap_or(0),
+            connected: next_connected(&all),
             staged: true,
             // Docker's endpoint id is the key already; CNI's GC never
             // sees Docker's endpoints.
@@ -315,12 +310,7 @@ impl Manager {
         if link.name == endpoint.ifname {
             return Ok(None);
         }
-        let addresses: Vec<IpNet> = endpoint
-            .ipv4
-            .iter()
-            .chain(endpoint.ipv6.iter())
-            .copied()
-            .collect();
+        let addresses = endpoint.addresses();
         let mut config = egress_config(link.mac, &addresses);
         if spoofcheck {
             config.flags |= EGRESS_ENFORCE;
