@@ -570,15 +570,22 @@ async fn del_endpoint(manager: &Manager, env: &Env, conf: &NetConf) -> Result<()
         Err(e) => return Err(e.into()),
     };
     if let Some(endpoint) = endpoint_of(&record, env) {
-        match manager
-            .disconnect(&record.name, &endpoint.sandbox, true)
-            .await
-        {
-            Ok(_) | Err(NetworkError::NotConnected { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        detach(manager, &record.name, &endpoint.sandbox).await?;
     }
-    let record = manager.network(&conf.name)?;
+    remove_if_ours_and_empty(manager, &conf.name).await
+}
+
+/// Removes an endpoint, its sandbox gone or not; one already gone is done.
+async fn detach(manager: &Manager, network: &str, sandbox: &str) -> Result<(), CniError> {
+    match manager.disconnect(network, sandbox, true).await {
+        Ok(_) | Err(NetworkError::NotConnected { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the network `name` once it has no endpoints, if an ADD made it.
+async fn remove_if_ours_and_empty(manager: &Manager, name: &str) -> Result<(), CniError> {
+    let record = manager.network(name)?;
     if record.endpoints.is_empty() && record.labels.contains_key(CREATED_BY) {
         match manager.remove(&record.name).await {
             Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {}
@@ -625,22 +632,9 @@ async fn gc(manager: &Manager, conf: &NetConf) -> Result<(), CniError> {
         {
             continue;
         }
-        match manager
-            .disconnect(&record.name, &endpoint.sandbox, true)
-            .await
-        {
-            Ok(_) | Err(NetworkError::NotConnected { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        detach(manager, &record.name, &endpoint.sandbox).await?;
     }
-    let record = manager.network(&conf.name)?;
-    if record.endpoints.is_empty() && record.labels.contains_key(CREATED_BY) {
-        match manager.remove(&record.name).await {
-            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    remove_if_ours_and_empty(manager, &conf.name).await
 }
 
 /// CHECK: the endpoint exists with the address `prevResult` gave, and
