@@ -753,6 +753,129 @@ fn ipam_is_delegated_to_the_plugin_in_cni_path_as_the_reference_does() {
     assert!(host_local_leases(&hl, "cnihostlocal").is_empty());
 }
 
+/// Dual stack, as host-local's `ranges` give it (one range set per
+/// family): delegated, the result equals the reference macvlan plugin's
+/// but for the MAC; with netvlan's own IPAM the container gets both
+/// addresses (or the ones `CNI_ARGS IP=` asks for) and reaches the
+/// switch over IPv6; two addresses of one family are refused naming both.
+#[test]
+fn dual_stack_configs_give_an_ipv4_and_an_ipv6_address() {
+    let lan = Lan::new(true);
+    lan.switch.exec(
+        "ip",
+        &["addr", "add", "fd00:91::fe/64", "dev", "peer0", "nodad"],
+    );
+    let hl = data_dir();
+    let mut conf = config("cnidual", 91, &hl);
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [
+            [{"subnet": "10.91.0.0/24", "gateway": "10.91.0.1"}],
+            [{"subnet": "fd00:91::/64", "gateway": "fd00:91::1"}],
+        ],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.91.0.1"}, {"dst": "::/0", "gw": "fd00:91::1"}],
+        "dataDir": hl.path(),
+    });
+    let mut reference_conf = conf.clone();
+    reference_conf["type"] = json!("macvlan");
+    let (reference_ctr, ctr) = (lan.container(true), lan.container(true));
+    let reference = |command: &str| {
+        cni(
+            &lan,
+            REFERENCE,
+            command,
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        )
+    };
+    let mut theirs = reference("ADD").ok();
+    let mut ours = netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    assert_eq!(ours["ips"][1]["address"], "fd00:91::3/64", "{ours:#}");
+    let v6 = String::from_utf8_lossy(&ctr.exec("ip", &["-6", "-o", "addr", "show", "eth0"]).stdout)
+        .into_owned();
+    assert!(v6.contains("fd00:91::3/64"), "{v6}");
+    let global = v6
+        .lines()
+        .find(|l| l.contains("fd00:91::3/64"))
+        .unwrap_or_default();
+    assert!(
+        !global.contains("tentative"),
+        "added without DAD, as Docker: {v6}"
+    );
+    assert!(ctr.can_ping("fd00:91::fe"), "the switch over IPv6");
+    let entry = netvlan_tests::container_entry(&lan.inspect("cnidual"), &ns_path(&ctr));
+    assert_eq!(entry["IPv6Address"], "fd00:91::3/64", "{entry:#}");
+    // host-local leased .2 to the reference, .3 to netvlan.
+    for family in [0, 1] {
+        let address = ours["ips"][family]["address"].clone();
+        theirs["ips"][family]["address"] = address;
+    }
+    for r in [&mut theirs, &mut ours] {
+        r["interfaces"][0]["mac"] = json!("(mac)");
+        r["interfaces"][0]["sandbox"] = json!("(sandbox)");
+    }
+    assert_eq!(ours, theirs);
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    assert!(reference("DEL").ok);
+    assert!(
+        host_local_leases(&hl, "cnidual").is_empty(),
+        "DEL releases both"
+    );
+
+    // netvlan's own IPAM, with the addresses CNI_ARGS asks for.
+    let mut own = conf.clone();
+    own["ipam"] = json!({
+        "type": "netvlan",
+        "ranges": [[{"subnet": "10.91.0.0/24"}], [{"subnet": "fd00:91::/64"}]],
+    });
+    let add = |args: &str| {
+        cni(
+            &lan,
+            cni_bin().to_str().unwrap(),
+            "ADD",
+            &ns_path(&ctr),
+            &[("CNI_ARGS", args)],
+            &own,
+        )
+    };
+    let two = add("IP=10.91.0.7,10.91.0.8").error(7);
+    assert!(
+        two["msg"]
+            .as_str()
+            .unwrap()
+            .contains("10.91.0.7 and 10.91.0.8"),
+        "{two:#}"
+    );
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    let ours = add("IP=10.91.0.7,fd00:91::7").ok();
+    let addresses: Vec<&str> = ours["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, ["10.91.0.7/24", "fd00:91::7/64"], "{ours:#}");
+    assert_eq!(
+        ours["routes"][1],
+        json!({"dst": "::/0", "gw": "fd00:91::1"})
+    );
+    assert!(ctr.can_ping("fd00:91::fe"), "the switch over IPv6");
+    let mut checked = own.clone();
+    checked["prevResult"] = ours;
+    let ok = netvlan_cni(&lan, "CHECK", &ctr, &checked);
+    assert!(ok.ok && ok.stdout.trim().is_empty(), "{ok:?}");
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &own).ok);
+    assert_eq!(links_in(&ctr), ["lo"]);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+}
+
 /// `mtu` is the endpoint's MTU, as the reference plugin sets it; one
 /// above the parent's is refused and leaves nothing behind, and a
 /// config whose `mtu` disagrees with the stored network is refused.

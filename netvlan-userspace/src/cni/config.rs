@@ -49,14 +49,46 @@ pub struct NetConf {
     pub dns: Option<Value>,
 }
 
-/// The network's subnet and gateway: netvlan's own IPAM (`"type":
+/// The network's subnets (one IPv4 and/or one IPv6, as host-local's
+/// dual-stack `ranges`) with their gateways: netvlan's own IPAM (`"type":
 /// "netvlan"`, host-local's keys), or, for any other `ipam.type`, the
-/// plugin it delegates to (subnet and gateway then come from its lease).
+/// plugin it delegates to (subnets and gateways then come from its lease).
 #[derive(Debug, Clone)]
 pub struct Ipam {
-    pub subnet: String,
-    pub gateway: Option<String>,
+    pub subnets: Vec<Subnet>,
     pub delegate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub subnet: ipnet::IpNet,
+    pub gateway: Option<std::net::IpAddr>,
+}
+
+impl Subnet {
+    /// A subnet and gateway as the config gives them, checked: the
+    /// gateway is an address of the subnet's family inside it.
+    fn parse(subnet: &str, gateway: Option<&str>) -> Result<Subnet, CniError> {
+        let subnet: ipnet::IpNet = subnet
+            .parse()
+            .map_err(|_| CniError::Config(format!("ipam: subnet {subnet:?} is not a CIDR")))?;
+        let gateway = gateway
+            .map(|g| {
+                g.parse::<std::net::IpAddr>()
+                    .ok()
+                    .filter(|ip| subnet.contains(ip))
+                    .ok_or_else(|| {
+                        CniError::Config(format!(
+                            "ipam: gateway {g:?} is not an address in {subnet}"
+                        ))
+                    })
+            })
+            .transpose()?;
+        Ok(Subnet {
+            subnet: subnet.trunc(),
+            gateway,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -187,8 +219,7 @@ impl NetConf {
             Some(Value::String(kind)) if kind == "netvlan" => {}
             Some(Value::String(kind)) if !kind.is_empty() => {
                 return Ok(Ipam {
-                    subnet: String::new(),
-                    gateway: None,
+                    subnets: Vec::new(),
                     delegate: Some(kind.clone()),
                 })
             }
@@ -196,13 +227,21 @@ impl NetConf {
         }
         let keys: IpamKeys = serde_json::from_value(value.clone())
             .map_err(|e| CniError::Config(format!("ipam: {e}")))?;
-        let from_ranges = keys
-            .ranges
-            .and_then(|r| r.into_iter().next())
-            .and_then(|r| r.into_iter().next());
-        let (subnet, gateway) = match (keys.subnet, from_ranges) {
-            (Some(subnet), None) => (subnet, keys.gateway),
-            (None, Some(range)) => (range.subnet, range.gateway),
+        let subnets = match (keys.subnet, keys.ranges) {
+            (Some(subnet), None) => vec![Subnet::parse(&subnet, keys.gateway.as_deref())?],
+            (None, Some(sets)) => {
+                let mut subnets = Vec::new();
+                for (i, set) in sets.iter().enumerate() {
+                    let [range] = set.as_slice() else {
+                        return Err(CniError::Config(format!(
+                            "ipam: ranges[{i}] has {} ranges: netvlan-cni takes one range per address family",
+                            set.len()
+                        )));
+                    };
+                    subnets.push(Subnet::parse(&range.subnet, range.gateway.as_deref())?);
+                }
+                subnets
+            }
             (Some(_), Some(_)) => {
                 return Err(CniError::Config(
                     "ipam: give subnet or ranges, not both".into(),
@@ -210,9 +249,9 @@ impl NetConf {
             }
             (None, None) => return Err(CniError::Config("ipam: subnet is missing".into())),
         };
+        one_per_family(&subnets)?;
         Ok(Ipam {
-            subnet,
-            gateway,
+            subnets,
             delegate: None,
         })
     }
@@ -230,11 +269,35 @@ impl NetConf {
         self.runtime_config["mac"].as_str().map(str::to_string)
     }
 
-    /// The first address of `runtimeConfig.ips` (without its prefix).
-    pub fn runtime_ip(&self) -> Option<String> {
-        let ip = self.runtime_config["ips"].as_array()?.first()?.as_str()?;
-        Some(ip.split('/').next().unwrap_or(ip).to_string())
+    /// `runtimeConfig.ips` (without their prefixes), as given.
+    pub fn runtime_ips(&self) -> Vec<String> {
+        self.runtime_config["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|ip| ip.split('/').next().unwrap_or(ip).to_string())
+            .collect()
     }
+}
+
+/// netvlan's endpoints have one address per family: two subnets of one
+/// family are refused, naming both.
+pub fn one_per_family(subnets: &[Subnet]) -> Result<(), CniError> {
+    for (i, a) in subnets.iter().enumerate() {
+        if let Some(b) = subnets[i + 1..]
+            .iter()
+            .find(|b| b.subnet.addr().is_ipv4() == a.subnet.addr().is_ipv4())
+        {
+            return Err(CniError::Config(format!(
+                "ipam: {} and {} are both IPv{}: netvlan-cni takes one IPv4 and one IPv6 subnet",
+                a.subnet,
+                b.subnet,
+                if a.subnet.addr().is_ipv4() { 4 } else { 6 }
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -256,8 +319,31 @@ mod tests {
         assert_eq!(conf.ipam.delegate.as_deref(), Some("host-local"));
         let own = parse(&GOOD.replace("host-local", "netvlan")).unwrap();
         assert_eq!(own.ipam.delegate, None);
-        assert_eq!(own.ipam.subnet, "10.1.0.0/24");
-        assert_eq!(own.ipam.gateway.as_deref(), Some("10.1.0.1"));
+        assert_eq!(
+            own.ipam.subnets,
+            [Subnet {
+                subnet: "10.1.0.0/24".parse().unwrap(),
+                gateway: Some("10.1.0.1".parse().unwrap()),
+            }]
+        );
+    }
+
+    #[test]
+    fn dual_stack_ranges_give_one_ipv4_and_one_ipv6_subnet() {
+        let dual = r#"{"cniVersion":"1.0.0","name":"lan","type":"netvlan-cni","master":"eth0",
+            "ipam":{"type":"netvlan","ranges":[[{"subnet":"10.1.0.0/24"}],
+            [{"subnet":"fd00:1::/64","gateway":"fd00:1::1"}]]}}"#;
+        let conf = parse(dual).unwrap();
+        let subnets: Vec<String> = conf
+            .ipam
+            .subnets
+            .iter()
+            .map(|s| format!("{} {:?}", s.subnet, s.gateway.map(|g| g.to_string())))
+            .collect();
+        assert_eq!(
+            subnets,
+            ["10.1.0.0/24 None", "fd00:1::/64 Some(\"fd00:1::1\")"]
+        );
     }
 
     #[test]
@@ -293,6 +379,34 @@ mod tests {
                 7,
             ),
             ("not json".to_string(), "not valid JSON", 7),
+            (
+                GOOD.replace("host-local", "netvlan")
+                    .replace("10.1.0.0/24", "10.1.0.0/33"),
+                "subnet \"10.1.0.0/33\" is not a CIDR",
+                7,
+            ),
+            (
+                GOOD.replace("host-local", "netvlan")
+                    .replace("10.1.0.1", "10.2.0.1"),
+                "gateway \"10.2.0.1\" is not an address in 10.1.0.0/24",
+                7,
+            ),
+            (
+                GOOD.replace("host-local", "netvlan").replace(
+                    r#""subnet":"10.1.0.0/24","gateway":"10.1.0.1""#,
+                    r#""ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]"#,
+                ),
+                "10.1.0.0/24 and 10.2.0.0/24 are both IPv4",
+                7,
+            ),
+            (
+                GOOD.replace("host-local", "netvlan").replace(
+                    r#""subnet":"10.1.0.0/24","gateway":"10.1.0.1""#,
+                    r#""ranges":[[{"subnet":"10.1.0.0/25"},{"subnet":"10.1.0.128/25"}]]"#,
+                ),
+                "ranges[0] has 2 ranges",
+                7,
+            ),
         ] {
             let e = parse(&text).unwrap_err();
             assert!(e.to_string().contains(says), "{text}: {e}");

@@ -5,13 +5,17 @@
 
 use std::{
     io::Write,
+    net::IpAddr,
     path::PathBuf,
     process::{Command, Stdio},
 };
 
 use serde_json::Value;
 
-use super::CniError;
+use super::{
+    config::{one_per_family, Subnet},
+    CniError,
+};
 
 /// One IPAM plugin: its type and the executable `CNI_PATH` names.
 pub struct IpamPlugin {
@@ -19,13 +23,13 @@ pub struct IpamPlugin {
     exe: PathBuf,
 }
 
-/// What a delegated ADD handed out: the IPv4 address with its prefix and
-/// its gateway (the reference plugin reports the config's `dns`, not the
-/// IPAM's).
+/// What a delegated ADD handed out: at most one address per family with
+/// its prefix, and the subnets they are in with their gateways (the
+/// reference plugin reports the config's `dns`, not the IPAM's).
 #[derive(Debug, Clone)]
 pub struct Lease {
-    pub address: ipnet::Ipv4Net,
-    pub gateway: Option<std::net::Ipv4Addr>,
+    pub addresses: Vec<ipnet::IpNet>,
+    pub subnets: Vec<Subnet>,
 }
 
 impl IpamPlugin {
@@ -105,39 +109,57 @@ impl IpamPlugin {
             plugin: self.kind.clone(),
             why,
         };
-        let ips = result["ips"].as_array().cloned().unwrap_or_default();
-        let mut v4 = ips.iter().filter_map(|ip| {
-            let address: ipnet::IpNet = ip["address"].as_str()?.parse().ok()?;
-            match address {
-                ipnet::IpNet::V4(a) => Some((a, ip["gateway"].as_str())),
-                ipnet::IpNet::V6(_) => None,
-            }
-        });
-        let (address, gateway) = v4
-            .next()
-            .ok_or_else(|| refuse(format!("no IPv4 address in {result}")))?;
-        if ips.len() > 1 {
-            return Err(refuse(format!(
-                "{} addresses in {result}: netvlan-cni takes one IPv4 address",
-                ips.len()
-            )));
+        let mut subnets = Vec::new();
+        let mut addresses = Vec::new();
+        for ip in result["ips"].as_array().into_iter().flatten() {
+            let address: ipnet::IpNet = ip["address"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| refuse(format!("address {} is not a CIDR", ip["address"])))?;
+            let gateway = ip["gateway"]
+                .as_str()
+                .map(|g| {
+                    g.parse::<IpAddr>()
+                        .ok()
+                        .filter(|g| g.is_ipv4() == address.addr().is_ipv4())
+                        .ok_or_else(|| {
+                            refuse(format!(
+                                "gateway {g:?} is not an address of {address}'s family"
+                            ))
+                        })
+                })
+                .transpose()?;
+            subnets.push(Subnet {
+                subnet: address.trunc(),
+                gateway,
+            });
+            addresses.push(address);
         }
-        let gateway: Option<std::net::Ipv4Addr> = gateway
-            .map(|g| {
-                g.parse()
-                    .map_err(|_| refuse(format!("gateway {g:?} is not an IPv4 address")))
-            })
-            .transpose()?;
+        if addresses.is_empty() {
+            return Err(refuse(format!("no address in {result}")));
+        }
+        one_per_family(&subnets).map_err(|_| {
+            refuse(format!(
+                "{} addresses in {result}: netvlan-cni takes one IPv4 and one IPv6 address",
+                addresses.len()
+            ))
+        })?;
         for route in result["routes"].as_array().into_iter().flatten() {
-            let via_gateway = gateway.map(|g| g.to_string());
-            let default = route["dst"] == "0.0.0.0/0"
-                && (route["gw"].is_null() || route["gw"].as_str() == via_gateway.as_deref());
+            let default = subnets.iter().any(|s| {
+                let (any, gateway) = match s.subnet {
+                    ipnet::IpNet::V4(_) => ("0.0.0.0/0", s.gateway),
+                    ipnet::IpNet::V6(_) => ("::/0", s.gateway),
+                };
+                route["dst"] == any
+                    && (route["gw"].is_null()
+                        || route["gw"].as_str() == gateway.map(|g| g.to_string()).as_deref())
+            });
             if !default {
                 return Err(refuse(format!(
-                    "route {route}: netvlan-cni installs only the default route via the gateway"
+                    "route {route}: netvlan-cni installs only the default routes via the gateways"
                 )));
             }
         }
-        Ok(Lease { address, gateway })
+        Ok(Lease { addresses, subnets })
     }
 }

@@ -15,7 +15,9 @@
 //! (`delegate`); netvlan's own keys `stateDir`, `bpfDir`; `CNI_ARGS`
 //! `IgnoreUnknown`, `MAC=`, `IP=`, `K8S_POD_NAMESPACE`/`K8S_POD_NAME` (the
 //! endpoint's name in `stats` and `/metrics`); `runtimeConfig.mac`/`ips`.
-//! Not yet: `linkInContainer`, ipvlan, IPv6.
+//! IPv4, IPv6 or both (host-local's dual-stack `ranges`, one range per
+//! family; a delegated lease with one address per family).
+//! Not yet: `linkInContainer`, ipvlan.
 
 mod config;
 mod delegate;
@@ -117,6 +119,8 @@ pub enum CniError {
     },
     #[error("ipam plugin {plugin:?} result: {why}")]
     IpamResult { plugin: String, why: String },
+    #[error("two addresses of one family asked for, {first} and {second}: netvlan-cni takes one IPv4 and one IPv6 address")]
+    TwoAddresses { first: String, second: String },
 }
 
 impl From<NetworkError> for CniError {
@@ -144,7 +148,9 @@ impl CniError {
                 (CODE_INVALID_ENV, "invalid_environment")
             }
             E::Json(_) => (CODE_INVALID_CONFIG, "invalid_json"),
-            E::Config(_) | E::Mismatch { .. } => (CODE_INVALID_CONFIG, "invalid_config"),
+            E::Config(_) | E::Mismatch { .. } | E::TwoAddresses { .. } => {
+                (CODE_INVALID_CONFIG, "invalid_config")
+            }
             E::Check(_) => (CODE_INVALID_CONFIG, "check_failed"),
             E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
             E::LimitedConnectivity { .. } => (CODE_LIMITED_CONNECTIVITY, "limited_connectivity"),
@@ -205,7 +211,8 @@ impl Env {
 #[derive(Debug, Default)]
 struct Args {
     mac: Option<String>,
-    ip: Option<String>,
+    /// `IP=`: one address per family, comma-separated.
+    ips: Vec<String>,
     /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, or `K8S_POD_NAME` alone.
     pod: Option<String>,
 }
@@ -239,7 +246,10 @@ fn parse_args(text: &str) -> Result<Args, CniError> {
     }
     Ok(Args {
         mac: pairs.get("MAC").cloned(),
-        ip: pairs.get("IP").cloned(),
+        ips: pairs
+            .get("IP")
+            .map(|ips| ips.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
         pod: match (pairs.get("K8S_POD_NAMESPACE"), pairs.get("K8S_POD_NAME")) {
             (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
                 Some(format!("{ns}/{name}"))
@@ -355,19 +365,28 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
                     given: parent,
                 });
             }
-            let stored: Vec<String> = record
+            let stored: Vec<ipnet::IpNet> = record
                 .ipam
                 .config()
                 .subnets()
                 .iter()
-                .map(|s| s.subnet.to_string())
+                .map(|s| s.subnet)
                 .collect();
-            if !stored.contains(&conf.ipam.subnet) {
+            if let Some(missing) = conf
+                .ipam
+                .subnets
+                .iter()
+                .find(|s| !stored.contains(&s.subnet))
+            {
                 return Err(CniError::Mismatch {
                     network: conf.name.clone(),
                     what: "subnets",
-                    stored: stored.join(", "),
-                    given: conf.ipam.subnet.clone(),
+                    stored: stored
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    given: missing.subnet.to_string(),
                 });
             }
             if conf.mtu.is_some() && record.options.mtu != conf.mtu {
@@ -395,8 +414,18 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
                 .create(CreateRequest {
                     name: conf.name.clone(),
                     driver: Driver::Macvlan,
-                    subnets: vec![conf.ipam.subnet.clone()],
-                    gateways: conf.ipam.gateway.iter().cloned().collect(),
+                    subnets: conf
+                        .ipam
+                        .subnets
+                        .iter()
+                        .map(|s| s.subnet.to_string())
+                        .collect(),
+                    gateways: conf
+                        .ipam
+                        .subnets
+                        .iter()
+                        .filter_map(|s| s.gateway.map(|g| g.to_string()))
+                        .collect(),
                     options,
                     labels: vec![format!("{CREATED_BY}=1")],
                     ..Default::default()
@@ -453,25 +482,46 @@ async fn add_endpoint(
 ) -> Result<Value, CniError> {
     let mut conf = conf.clone();
     if let Some(lease) = lease {
-        // The lease's subnet and gateway are the network's; its address
-        // is reserved for the endpoint in netvlan's IPAM.
-        conf.ipam.subnet = lease.address.trunc().to_string();
-        conf.ipam.gateway = lease.gateway.map(|g| g.to_string());
+        // The lease's subnets and gateways are the network's; its
+        // addresses are reserved for the endpoint in netvlan's IPAM.
+        conf.ipam.subnets = lease.subnets.clone();
     }
     let conf = &conf;
+    // One address per family: the lease's, else runtimeConfig.ips, else
+    // CNI_ARGS IP= (a comma-separated list, as the static IPAM takes it).
+    let asked: Vec<String> = match lease {
+        Some(lease) => lease
+            .addresses
+            .iter()
+            .map(|a| a.addr().to_string())
+            .collect(),
+        None if !conf.runtime_ips().is_empty() => conf.runtime_ips(),
+        None => args.ips.clone(),
+    };
+    // Checked before the network is made: a refusal leaves nothing.
+    let (mut ip, mut ip6) = (None, None);
+    for address in asked {
+        // What does not parse goes on as IPv4: the control plane names it.
+        let v6 = address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_ipv6());
+        let slot = if v6 { &mut ip6 } else { &mut ip };
+        if let Some(first) = slot.replace(address.clone()) {
+            return Err(CniError::TwoAddresses {
+                first,
+                second: address,
+            });
+        }
+    }
     let created = manager.network(&conf.name).is_err();
     let record = network(manager, conf).await?;
     let mac = conf.runtime_mac().or(args.mac).or_else(|| conf.mac.clone());
-    let ip = match lease {
-        Some(lease) => Some(lease.address.addr().to_string()),
-        None => conf.runtime_ip().or(args.ip),
-    };
     let connected = manager
         .connect(ConnectRequest {
             network: record.name.clone(),
             sandbox: env.netns.clone(),
             ip,
-            ip6: None,
+            ip6,
             mac,
             ifname: Some(env.ifname.clone()),
             container_id: Some(env.container_id.clone()),

@@ -193,7 +193,7 @@ pub(crate) async fn probe(
         return Ok(facts);
     }
     for address in &facts.missing_addresses {
-        netlink.add_address(link.ifindex, *address).await?;
+        netlink.add_address_nodad(link.ifindex, *address).await?;
         facts
             .repaired
             .push(format!("add address {address} to {ifname} in {sandbox}"));
@@ -287,8 +287,10 @@ impl SandboxPlan {
             });
         }
         netlink.rename(ifindex, &self.ifname).await?;
+        // Without DAD, as Docker adds them (IFA_F_NODAD): IPAM handed the
+        // address out, and a tentative one could not be used for a second.
         for address in &self.addresses {
-            netlink.add_address(ifindex, *address).await?;
+            netlink.add_address_nodad(ifindex, *address).await?;
         }
         failpoint("connect-after-addresses")?;
         let mac = netlink.link_by_index(ifindex).await?.mac;
