@@ -530,7 +530,10 @@ fn join_routes_an_ipvlan_l3_endpoint_out_of_its_link() {
     );
     for (name, body) in [
         ("Leave", json!({"NetworkID": nid, "EndpointID": eid})),
-        ("DeleteEndpoint", json!({"NetworkID": nid, "EndpointID": eid})),
+        (
+            "DeleteEndpoint",
+            json!({"NetworkID": nid, "EndpointID": eid}),
+        ),
         ("DeleteNetwork", json!({"NetworkID": nid})),
     ] {
         call(&socket, &format!("NetworkDriver.{name}"), &body);
@@ -1063,7 +1066,12 @@ fn daemon_serves_the_plugin(daemon: &Daemon, socket: &Path) -> Value {
             && UnixStream::connect(socket).is_ok())
         .then_some(())
     })
-    .unwrap_or_else(|| panic!("the daemon never served the plugin: {last:#}\n{}", daemon.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "the daemon never served the plugin: {last:#}\n{}",
+            daemon.log()
+        )
+    });
     last
 }
 
@@ -1097,10 +1105,7 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
     // A crash, then the daemon serves the plugin on the same socket.
     plugin.kill();
     let socket = engine.socket();
-    let mut daemon = Daemon::start(
-        &engine.lan,
-        &["--docker-plugin", socket.to_str().unwrap()],
-    );
+    let mut daemon = Daemon::start(&engine.lan, &["--docker-plugin", socket.to_str().unwrap()]);
     let status = daemon_serves_the_plugin(&daemon, &socket);
     assert_eq!(
         status["docker_plugin"]["socket"],
@@ -1128,7 +1133,11 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
         "5",
         "10.86.0.1",
     ]);
-    assert!(out.contains("3 packets received"), "{out}\n{}", daemon.log());
+    assert!(
+        out.contains("3 packets received"),
+        "{out}\n{}",
+        daemon.log()
+    );
     // The daemon killed: the running container loses nothing.
     daemon.stop_with(libc::SIGKILL);
     dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);

@@ -225,21 +225,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let (plugin, docker_plugin) = match &config.docker_plugin {
         Some(socket) => {
-            let (service, status) = docker_plugin(
-                &config,
-                socket,
-                Box::pin(until_stopped(stopped.clone())),
-            )?;
+            let (service, status) =
+                docker_plugin(&config, socket, Box::pin(until_stopped(stopped.clone())))?;
             (Some(service), Some(status))
         }
         None => (None, None),
     };
-    let commands = commands::Commands::start_with(
-        config.bpf_dir.clone(),
-        config.state_dir.clone(),
-        plugin,
-    )
-    .map_err(DaemonError::CommandThread)?;
+    let commands =
+        commands::Commands::start_with(config.bpf_dir.clone(), config.state_dir.clone(), plugin)
+            .map_err(DaemonError::CommandThread)?;
     let shared = Arc::new(Shared {
         datapath,
         state_dir: config.state_dir,

@@ -37,8 +37,8 @@ use crate::{
 };
 use protocol::{
     CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, InterfaceName,
-    JoinRequest, JoinResponse, NetworkRequest, StaticRoute, ENABLE_IPV6, GENERIC_OPTIONS,
-    INTERNAL, ROUTE_CONNECTED,
+    JoinRequest, JoinResponse, NetworkRequest, StaticRoute, ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL,
+    ROUTE_CONNECTED,
 };
 
 /// Where Docker looks for a plugin named `netvlan`.

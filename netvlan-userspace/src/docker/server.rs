@@ -172,9 +172,7 @@ impl Drop for SocketFile {
 
 /// Binds the plugin's socket (making its directory): a stale socket
 /// (nothing listening) is replaced; one in use is an error.
-pub fn bind(
-    socket: &Path,
-) -> Result<(std::os::unix::net::UnixListener, SocketFile), DockerError> {
+pub fn bind(socket: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), DockerError> {
     let err = |source| DockerError::Socket {
         socket: socket.to_path_buf(),
         source,
