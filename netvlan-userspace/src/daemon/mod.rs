@@ -198,7 +198,7 @@ pub enum DaemonError {
     },
     #[error("cannot start the thread that runs commands: {0}")]
     CommandThread(#[source] std::io::Error),
-    #[error("cannot serve Docker's network driver: {}", .0.message())]
+    #[error("cannot serve Docker's network driver")]
     DockerPlugin(#[source] Box<crate::docker::DockerError>),
     #[error("the local API on {socket} failed: {source}")]
     ServeSocket {
