@@ -504,8 +504,8 @@ fn join_routes_an_ipvlan_l3_endpoint_out_of_its_link() {
         &network_create(
             &nid,
             json!({"parent": "eth0", "ipvlan_mode": "l3"}),
-            "10.84.0.0/24",
-            "10.84.0.1/24",
+            "10.85.0.0/24",
+            "10.85.0.1/24",
         ),
     );
     let eid = random_id();
@@ -513,7 +513,7 @@ fn join_routes_an_ipvlan_l3_endpoint_out_of_its_link() {
         &socket,
         "NetworkDriver.CreateEndpoint",
         &json!({"NetworkID": nid, "EndpointID": eid,
-                "Interface": {"Address": "10.84.0.5/24"}, "Options": {}}),
+                "Interface": {"Address": "10.85.0.5/24"}, "Options": {}}),
     );
     let joined = call(
         &socket,
@@ -1112,6 +1112,19 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
         socket.to_str().unwrap(),
         "{status:#}"
     );
+    // A second daemon for the same socket is refused, naming it, and
+    // leaves the first one's socket alone.
+    let second = daemon.try_second(&engine.lan);
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{refusal}");
+    assert!(
+        refusal.contains(&format!(
+            "cannot serve Docker's network driver: the plugin's socket {}: another plugin is serving it",
+            socket.display()
+        )),
+        "{refusal}"
+    );
+    daemon_serves_the_plugin(&daemon, &socket);
     dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);
     let before = endpoint_stats(&engine.lan, "10.86.0.9", before + 3)["tx_packets"]
         .as_u64()
