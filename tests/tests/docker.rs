@@ -14,10 +14,11 @@ use std::{
 };
 
 use netvlan_tests::{
+    daemon::Daemon,
     frame::{ipv4_frame, Mac},
     netvlan_bin,
     packet::PacketSocket,
-    unique_name, wait_for, Lan, Netns, OwnedDir,
+    require_kernel_feature, unique_name, wait_for, KernelFeature, Lan, Netns, OwnedDir,
 };
 use serde_json::{json, Value};
 
@@ -477,6 +478,73 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
     assert_eq!(lan.bpf.contents(), pins_before);
     drop(plugin);
     assert!(!socket.exists(), "the socket was left behind");
+}
+
+/// Join on an ipvlan l3 network: the host routes, so there is no
+/// gateway; the sandbox's default route goes straight out of the link, a
+/// connected `StaticRoutes` entry (as Docker's own ipvlan driver answers
+/// in l3 mode). Needs ipvlan (the VM lane).
+#[test]
+fn join_routes_an_ipvlan_l3_endpoint_out_of_its_link() {
+    if !require_kernel_feature(KernelFeature::Ipvlan) {
+        return;
+    }
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkp")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let ctr = lan.container(false);
+    let host_links = links_in(&lan.host);
+    let pins_before = lan.bpf.contents();
+    let plugin = PluginProcess::start(&lan, &socket);
+    let nid = random_id();
+    call(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &nid,
+            json!({"parent": "eth0", "ipvlan_mode": "l3"}),
+            "10.85.0.0/24",
+            "10.85.0.1/24",
+        ),
+    );
+    let eid = random_id();
+    call(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": eid,
+                "Interface": {"Address": "10.85.0.5/24"}, "Options": {}}),
+    );
+    let joined = call(
+        &socket,
+        "NetworkDriver.Join",
+        &json!({"NetworkID": nid, "EndpointID": eid,
+                "SandboxKey": ctr.path(), "Options": {}}),
+    );
+    assert!(joined.get("Gateway").is_none(), "{joined:#}");
+    assert_eq!(
+        joined["StaticRoutes"],
+        json!([{"Destination": "0.0.0.0/0", "RouteType": 1}]),
+        "{joined:#}\n{}",
+        plugin.log()
+    );
+    for (name, body) in [
+        ("Leave", json!({"NetworkID": nid, "EndpointID": eid})),
+        (
+            "DeleteEndpoint",
+            json!({"NetworkID": nid, "EndpointID": eid}),
+        ),
+        ("DeleteNetwork", json!({"NetworkID": nid})),
+    ] {
+        call(&socket, &format!("NetworkDriver.{name}"), &body);
+    }
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+    assert_eq!(links_in(&lan.host), host_links);
+    assert_eq!(lan.bpf.contents(), pins_before);
+    drop(plugin);
 }
 
 /// On a kernel with TCX (6.6+, the host lane) the plugin attaches the
@@ -986,6 +1054,31 @@ fn docker_runs_a_container_on_a_netvlan_network() {
     drop(plugin);
 }
 
+/// The daemon's `/v1/status` once it says its Docker plugin is serving
+/// on `socket` and the socket accepts.
+fn daemon_serves_the_plugin(daemon: &Daemon, socket: &Path) -> Value {
+    let mut last = Value::Null;
+    wait_for(Duration::from_secs(20), || {
+        let (code, body) = daemon.api("/v1/status");
+        last = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (code == 200
+            && last["docker_plugin"]["serving"] == true
+            && UnixStream::connect(socket).is_ok())
+        .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the daemon never served the plugin: {last:#}\n{}",
+            daemon.log()
+        )
+    });
+    last
+}
+
+/// A standalone plugin crashes while a container runs; `netvlan daemon
+/// --docker-plugin` takes over its socket, serves new containers, is
+/// itself SIGKILLed (packets still flow and are counted) and restarted,
+/// serves the removals, and takes its socket away on SIGTERM.
 #[test]
 fn a_plugin_restart_while_a_container_runs_loses_nothing() {
     let (engine, plugin, dockerd) = Engine::new();
@@ -1009,11 +1102,61 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
     let before = endpoint_stats(&engine.lan, "10.86.0.9", 2)["tx_packets"]
         .as_u64()
         .unwrap();
-    // A crash, then a new plugin on the same socket.
+    // A crash, then the daemon serves the plugin on the same socket.
     plugin.kill();
-    let plugin = engine.start_plugin();
+    let socket = engine.socket();
+    let mut daemon = Daemon::start(&engine.lan, &["--docker-plugin", socket.to_str().unwrap()]);
+    let status = daemon_serves_the_plugin(&daemon, &socket);
+    assert_eq!(
+        status["docker_plugin"]["socket"],
+        socket.to_str().unwrap(),
+        "{status:#}"
+    );
+    // A second daemon for the same socket is refused, naming it, and
+    // leaves the first one's socket alone.
+    let second = daemon.try_second(&engine.lan);
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{refusal}");
+    assert!(
+        refusal.contains(&format!(
+            "cannot serve Docker's network driver: the plugin's socket {}: another plugin is serving it",
+            socket.display()
+        )),
+        "{refusal}"
+    );
+    daemon_serves_the_plugin(&daemon, &socket);
+    dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);
+    let before = endpoint_stats(&engine.lan, "10.86.0.9", before + 3)["tx_packets"]
+        .as_u64()
+        .unwrap();
+    // A new container through the daemon's plugin reaches the LAN and is
+    // counted (its link adopted by the daemon).
+    let out = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "--ip",
+        "10.86.0.11",
+        "nvt-busybox",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "5",
+        "10.86.0.1",
+    ]);
+    assert!(
+        out.contains("3 packets received"),
+        "{out}\n{}",
+        daemon.log()
+    );
+    // The daemon killed: the running container loses nothing.
+    daemon.stop_with(libc::SIGKILL);
     dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);
     endpoint_stats(&engine.lan, "10.86.0.9", before + 3);
+    daemon.restart(&engine.lan);
+    daemon_serves_the_plugin(&daemon, &socket);
     let check = engine.lan.netvlan(&["check", "--json"]);
     assert!(
         check.status.success(),
@@ -1021,9 +1164,12 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
         check.stdout,
         check.stderr
     );
-    // The new plugin serves the removal.
+    // The restarted daemon serves the removal.
     dockerd.ok(&["rm", "-f", &ctr]);
     dockerd.ok(&["network", "rm", &net]);
     engine.assert_clean();
-    drop(plugin);
+    // A graceful stop takes the plugin's socket away.
+    let stopped = daemon.stop_with(libc::SIGTERM);
+    assert!(stopped.success(), "{stopped:?}\n{}", daemon.log());
+    assert!(!socket.exists(), "the plugin's socket outlived the daemon");
 }

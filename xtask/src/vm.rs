@@ -97,7 +97,10 @@ const VM_SUITES: &[(&str, VmTests)] = &[
     // Adoption after the move (clsact: 6.1 has no TCX); no dockerd.
     (
         "docker",
-        VmTests::Named(&["every_call_of_the_protocol_on_a_raw_socket"]),
+        VmTests::Named(&[
+            "every_call_of_the_protocol_on_a_raw_socket",
+            "join_routes_an_ipvlan_l3_endpoint_out_of_its_link",
+        ]),
     ),
     ("endpoint_counters", VmTests::All),
     ("fastpath", VmTests::All),

@@ -1,12 +1,18 @@
 //! `netvlan daemon`: runs the service beside the datapath in the
 //! foreground (for systemd or a terminal).
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use clap::{Args, ValueEnum};
 
 use super::error::Result;
-use crate::daemon::{self, DEFAULT_METRICS_ADDR};
+use crate::{
+    daemon::{self, DEFAULT_METRICS_ADDR},
+    docker::DEFAULT_SOCKET,
+};
 
 #[derive(Args)]
 pub struct DaemonArgs {
@@ -23,6 +29,17 @@ pub struct DaemonArgs {
     /// JSON too, as with every command's --json).
     #[arg(long)]
     json: bool,
+    /// Serve Docker's network driver (as `netvlan docker-plugin` does) from
+    /// the daemon, on SOCKET (default /run/docker/plugins/netvlan.sock),
+    /// its calls sharing the daemon's datapath handles. `GET /v1/status`
+    /// on the local API says whether it is serving.
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_SOCKET,
+    )]
+    docker_plugin: Option<PathBuf>,
 }
 
 impl DaemonArgs {
@@ -47,6 +64,7 @@ pub async fn run(bpf_dir: &Path, state_dir: &Path, run_dir: &Path, args: DaemonA
         state_dir: state_dir.into(),
         metrics_addr: args.metrics_addr,
         run_dir: run_dir.into(),
+        docker_plugin: args.docker_plugin,
     })
     .await?;
     Ok(())

@@ -22,10 +22,7 @@ pub struct DockerPluginArgs {
 }
 
 pub async fn run(bpf_dir: &Path, state_dir: &Path, args: DockerPluginArgs) -> Result<()> {
-    let plugin = Plugin {
-        bpf_dir: bpf_dir.into(),
-        state_dir: state_dir.into(),
-    };
+    let plugin = Plugin::standalone(bpf_dir.into(), state_dir.into());
     let stop = async {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {

@@ -16,7 +16,7 @@ mod endpoint;
 mod error;
 mod failpoint;
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 mod host_access;
 mod inspect;
 mod operation;
@@ -55,6 +55,7 @@ use operation::{Operation, OperationLog};
 pub use options::{NetworkOptions, OptionError, OptionKey, PolicyOptions, OPTION_KEYS};
 use owner::{new_id, owner_alias, OWNER_PREFIX};
 pub use restore::RestoreAction;
+pub(crate) use routes::{offered_routes, DefaultRoute};
 pub use staged::{is_staged, link_alias, StageRequest};
 
 /// How the network's parent link came to be, and so what removal undoes.

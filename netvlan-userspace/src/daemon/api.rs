@@ -2,6 +2,8 @@
 //! 0600, root's), for the CLI and local tools. It answers from the
 //! daemon's own datapath handles, so a command that asks it loads nothing.
 //!
+//! - `GET /v1/status`: what the daemon serves: `{"docker_plugin": null}`,
+//!   or the Docker plugin's `{"socket": PATH, "serving": BOOL}`.
 //! - `GET /v1/stats[?iface=IFACE]`: the report `netvlan stats --json` prints.
 //! - `GET /v1/networks`: every network as `network ls --json` prints it.
 //! - `GET /v1/networks/{name}`: one network as `network inspect` prints it
@@ -105,6 +107,7 @@ impl Identity {
 /// The API's routes.
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new()
+        .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
         .route("/v1/networks", get(networks))
         .route("/v1/networks/{name}", get(network))
@@ -223,6 +226,20 @@ fn busy(shared: &Shared) -> Response {
         shared,
         StatusCode::SERVICE_UNAVAILABLE,
         &serde_json::json!({ "error": "another netvlan command holds the state" }),
+    )
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let plugin = shared.docker_plugin.as_ref().map(|p| {
+        serde_json::json!({
+            "socket": p.socket,
+            "serving": p.serving.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    });
+    answer(
+        &shared,
+        StatusCode::OK,
+        &serde_json::json!({ "docker_plugin": plugin }),
     )
 }
 

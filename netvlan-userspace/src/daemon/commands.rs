@@ -13,7 +13,10 @@
 //! its client goes away (it finishes, and the answer is dropped). On
 //! SIGTERM the daemon stops taking commands and waits for the running one.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -74,6 +77,17 @@ impl From<ErrorReport> for RemoteError {
 
 type Job = (Command, oneshot::Sender<Outcome>);
 
+/// A service run on the command thread beside the commands (the Docker
+/// plugin): given the thread's datapath (`None` if it could not be
+/// opened) and the lock that runs one command or call at a time.
+pub type Beside = Box<
+    dyn FnOnce(
+            Option<Datapath>,
+            Arc<tokio::sync::Mutex<()>>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
 /// The daemon's command thread: takes [`Command`]s one at a time.
 pub struct Commands {
     queue: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
@@ -85,10 +99,20 @@ impl Commands {
     /// state in `state_dir` (in the caller's network namespace), and makes
     /// the endpoint object's loader there, before the first command.
     pub fn start(bpf_dir: PathBuf, state_dir: PathBuf) -> std::io::Result<Commands> {
+        Commands::start_with(bpf_dir, state_dir, None)
+    }
+
+    /// As [`Commands::start`], with a service `beside` the commands on
+    /// their thread; [`Commands::stop`] waits for it to end too.
+    pub fn start_with(
+        bpf_dir: PathBuf,
+        state_dir: PathBuf,
+        beside: Option<Beside>,
+    ) -> std::io::Result<Commands> {
         let (queue, jobs) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("commands".into())
-            .spawn(move || serve(&bpf_dir, &state_dir, jobs))?;
+            .spawn(move || serve(&bpf_dir, &state_dir, jobs, beside))?;
         Ok(Commands {
             queue: std::sync::Mutex::new(Some(queue)),
             thread: std::sync::Mutex::new(Some(thread)),
@@ -121,7 +145,12 @@ impl Commands {
 
 /// The command thread's loop: one runtime, one datapath (and netlink
 /// connection) for every command.
-fn serve(bpf_dir: &Path, state_dir: &Path, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn serve(
+    bpf_dir: &Path,
+    state_dir: &Path,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    beside: Option<Beside>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -138,13 +167,23 @@ fn serve(bpf_dir: &Path, state_dir: &Path, mut jobs: mpsc::UnboundedReceiver<Job
         if let Err(e) = &datapath {
             tracing::error!(error = %e, "commands cannot open the datapath: the CLI runs them itself");
         }
+        let serial = Arc::new(tokio::sync::Mutex::new(()));
+        let beside = beside.map(|service| {
+            tokio::spawn(service(datapath.as_ref().ok().cloned(), serial.clone()))
+        });
         while let Some((command, reply)) = jobs.recv().await {
             let outcome = match &datapath {
-                Ok(datapath) => execute(datapath, state_dir, command).await,
+                Ok(datapath) => {
+                    let _serial = serial.lock().await;
+                    execute(datapath, state_dir, command).await
+                }
                 // Dropping `reply`: the CLI does it itself.
                 Err(_) => continue,
             };
             let _ = reply.send(outcome);
+        }
+        if let Some(service) = beside {
+            let _ = service.await;
         }
     });
 }

@@ -10,6 +10,9 @@
 //! - [`api`]: the local API on `$NETVLAN_RUN_DIR/netvlan.sock`.
 //! - [`client`]: the CLI's side of that API.
 //! - [`commands`]: the commands the CLI hands it (connect, disconnect).
+//! - With `--docker-plugin`: Docker's network driver ([`crate::docker`])
+//!   on its own socket, its calls run on the command thread with the
+//!   commands' datapath, one call or command at a time.
 
 pub mod api;
 pub mod client;
@@ -48,6 +51,16 @@ pub struct Shared {
     pub endpoint_maps: Arc<Mutex<EndpointMaps>>,
     /// Where the CLI's `connect` and `disconnect` run.
     pub commands: commands::Commands,
+    /// The Docker plugin this daemon serves, if it does.
+    pub docker_plugin: Option<DockerPluginStatus>,
+}
+
+/// The Docker plugin a daemon serves: its socket, and whether it is
+/// serving now (false before it listens and after it stopped or failed).
+#[derive(Clone, Debug)]
+pub struct DockerPluginStatus {
+    pub socket: PathBuf,
+    pub serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The HTTP side of the daemon on its metrics address: `/metrics` and the
@@ -135,6 +148,8 @@ pub struct Config {
     pub metrics_addr: std::net::SocketAddr,
     /// Where the local API's socket is made (`netvlan.sock`).
     pub run_dir: PathBuf,
+    /// Serve Docker's network driver on this socket too.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// Failures of the daemon itself (the datapath's own are in
@@ -183,6 +198,8 @@ pub enum DaemonError {
     },
     #[error("cannot start the thread that runs commands: {0}")]
     CommandThread(#[source] std::io::Error),
+    #[error("cannot serve Docker's network driver")]
+    DockerPlugin(#[source] Box<crate::docker::DockerError>),
     #[error("the local API on {socket} failed: {source}")]
     ServeSocket {
         socket: PathBuf,
@@ -202,8 +219,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // told how many it missed (broadcast's Lagged), never blocks the rest.
     let (traces, _) = broadcast::channel(4096);
     let identity = api::Identity::of_this_process(&config.bpf_dir, &config.state_dir);
-    let commands = commands::Commands::start(config.bpf_dir.clone(), config.state_dir.clone())
-        .map_err(DaemonError::CommandThread)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let (plugin, docker_plugin) = match &config.docker_plugin {
+        Some(socket) => {
+            let (service, status) =
+                docker_plugin(&config, socket, Box::pin(until_stopped(stopped.clone())))?;
+            (Some(service), Some(status))
+        }
+        None => (None, None),
+    };
+    let commands =
+        commands::Commands::start_with(config.bpf_dir.clone(), config.state_dir.clone(), plugin)
+            .map_err(DaemonError::CommandThread)?;
     let shared = Arc::new(Shared {
         datapath,
         state_dir: config.state_dir,
@@ -213,6 +243,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         metrics: Default::default(),
         endpoint_maps: Arc::new(Mutex::new(EndpointMaps::new(open_map_budget()))),
         commands,
+        docker_plugin,
     });
     // Signals first: one sent while the listeners come up is not lost.
     let shutdown = shutdown_signal()?;
@@ -225,10 +256,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let addr = listener.local_addr().unwrap_or(addr);
     let collector = tokio::spawn(page::collect_traces(shared.clone()));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
     tracing::info!(%addr, socket = %socket.path().display(), "serving metrics, the live page and the local API");
     let http = axum::serve(listener, http_router(shared.clone()))
         .with_graceful_shutdown(until_stopped(stopped.clone()));
@@ -254,7 +281,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     collector.abort();
     // A command still running (its client gone) finishes before the
-    // daemon exits: never cut half-way by a SIGTERM.
+    // daemon exits: never cut half-way by a SIGTERM. So do the Docker
+    // plugin's calls, and its socket goes with it.
     shared.commands.stop().await;
     // The socket goes with a daemon that stops (the guard); one that is
     // killed leaves it stale, and the next start replaces it.
@@ -262,6 +290,44 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Docker plugin as a service beside the commands: its socket bound
+/// now (a clear error before the daemon serves anything), served on the
+/// command thread with the commands' datapath until `stop` resolves.
+fn docker_plugin(
+    config: &Config,
+    socket: &std::path::Path,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> Result<(commands::Beside, DockerPluginStatus), DaemonError> {
+    use crate::docker::{server, Plugin};
+    use std::sync::atomic::Ordering;
+    let (listener, file) =
+        server::bind(socket).map_err(|e| DaemonError::DockerPlugin(Box::new(e)))?;
+    let status = DockerPluginStatus {
+        socket: socket.to_path_buf(),
+        serving: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let serving = status.serving.clone();
+    let mut plugin = Plugin::standalone(config.bpf_dir.clone(), config.state_dir.clone());
+    let service: commands::Beside = Box::new(move |datapath, calls| {
+        Box::pin(async move {
+            plugin.datapath = datapath;
+            // Polled first once the server listens.
+            let listening = serving.clone();
+            let stop = async move {
+                listening.store(true, Ordering::Relaxed);
+                stop.await;
+                listening.store(false, Ordering::Relaxed);
+            };
+            let served = server::serve_bound(plugin, listener, file, calls, stop).await;
+            serving.store(false, Ordering::Relaxed);
+            if let Err(e) = served {
+                tracing::error!(error = %e.message(), "the Docker plugin stopped");
+            }
+        })
+    });
+    Ok((service, status))
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed

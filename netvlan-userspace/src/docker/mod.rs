@@ -29,13 +29,16 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::{
-    control::{CreateRequest, Driver, Manager, NetworkError, StageRequest},
+    control::{
+        offered_routes, CreateRequest, DefaultRoute, Driver, Manager, NetworkError, StageRequest,
+    },
     datapath::{pins, Datapath, DatapathError},
     store::{Store, StoreError},
 };
 use protocol::{
     CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, InterfaceName,
-    JoinRequest, JoinResponse, NetworkRequest, ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL,
+    JoinRequest, JoinResponse, NetworkRequest, StaticRoute, ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL,
+    ROUTE_CONNECTED,
 };
 
 /// Where Docker looks for a plugin named `netvlan`.
@@ -114,11 +117,26 @@ impl DockerError {
     }
 }
 
-/// The plugin: where its state and pins are.
-#[derive(Clone, Debug)]
+/// The plugin: where its state and pins are, and the datapath handle it
+/// uses when it runs inside `netvlan daemon` (the daemon's, kept between
+/// calls); a plugin of its own opens the datapath per call, as a CLI
+/// command does.
+#[derive(Clone)]
 pub struct Plugin {
     pub bpf_dir: PathBuf,
     pub state_dir: PathBuf,
+    pub datapath: Option<Datapath>,
+}
+
+impl Plugin {
+    /// A plugin of its own (`netvlan docker-plugin`).
+    pub fn standalone(bpf_dir: PathBuf, state_dir: PathBuf) -> Plugin {
+        Plugin {
+            bpf_dir,
+            state_dir,
+            datapath: None,
+        }
+    }
 }
 
 /// The netvlan network of a Docker network.
@@ -168,7 +186,10 @@ impl Plugin {
     async fn manager(&self) -> Result<Manager, DockerError> {
         pins::check_pins_persist(&self.bpf_dir)
             .map_err(|e| DockerError::PinsWouldVanish(e.to_string()))?;
-        let datapath = Datapath::open(&self.bpf_dir)?;
+        let datapath = match &self.datapath {
+            Some(kept) => kept.clone(),
+            None => Datapath::open(&self.bpf_dir)?,
+        };
         let (manager, recovered) = Manager::open(Store::open(&self.state_dir)?, datapath).await?;
         for line in recovered {
             tracing::info!("recovered: {line}");
@@ -284,22 +305,20 @@ impl Plugin {
         let record = manager.network(&network)?;
         let key = endpoint_key(&request.endpoint_id);
         manager.expect_move(&network, &key, request.sandbox_key.clone().into())?;
-        let gateway = |net: Option<ipnet::IpNet>| {
-            net.and_then(|n| record.ipam.config().subnet_of(&n.addr()))
-                .and_then(|s| s.gateway)
-                .filter(|_| !record.internal)
-                .map(|g| g.to_string())
-                .unwrap_or_default()
-        };
-        Ok(JoinResponse {
+        let mut response = JoinResponse {
             interface_name: InterfaceName {
                 src_name: link_name(&request.endpoint_id),
                 dst_prefix: DST_PREFIX.into(),
             },
-            gateway: gateway(endpoint.ipv4),
-            gateway_ipv6: gateway(endpoint.ipv6),
+            gateway: String::new(),
+            gateway_ipv6: String::new(),
             static_routes: Vec::new(),
-        })
+        };
+        join_routes(
+            &mut response,
+            &offered_routes(&record, endpoint.ipv4, endpoint.ipv6),
+        );
+        Ok(response)
     }
 
     pub async fn leave(&self, request: EndpointRequest) -> Result<Value, DockerError> {
@@ -400,6 +419,26 @@ fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, Docke
     Ok(create)
 }
 
+/// Join's routes: the default routes the CLI's connect installs for the
+/// same network and addresses ([`offered_routes`]). Via a gateway: the
+/// `Gateway`/`GatewayIPv6` Docker routes through; straight out of the
+/// link (ipvlan l3/l3s, where the host routes): a connected (RouteType 1)
+/// default in `StaticRoutes`, as Docker's own ipvlan driver answers in
+/// l3 mode (and so Docker needs no gateway network of its own for it).
+fn join_routes(response: &mut JoinResponse, routes: &[DefaultRoute]) {
+    for (via, ipv6) in routes {
+        match (via, ipv6) {
+            (Some(gateway), false) => response.gateway = gateway.to_string(),
+            (Some(gateway), true) => response.gateway_ipv6 = gateway.to_string(),
+            (None, v6) => response.static_routes.push(StaticRoute {
+                destination: if *v6 { "::/0" } else { "0.0.0.0/0" }.into(),
+                route_type: ROUTE_CONNECTED,
+                next_hop: String::new(),
+            }),
+        }
+    }
+}
+
 fn find_endpoint(
     manager: &Manager,
     network: &str,
@@ -484,6 +523,53 @@ mod tests {
             "{}",
             missing.message()
         );
+    }
+
+    /// Join's answer for `record` and an endpoint at 10.1.0.5.
+    fn joined(record: &crate::control::NetworkRecord) -> Value {
+        let mut response = JoinResponse {
+            interface_name: InterfaceName {
+                src_name: "nvd0".into(),
+                dst_prefix: DST_PREFIX.into(),
+            },
+            gateway: String::new(),
+            gateway_ipv6: String::new(),
+            static_routes: Vec::new(),
+        };
+        let address = Some("10.1.0.5/24".parse().unwrap());
+        join_routes(&mut response, &offered_routes(record, address, None));
+        serde_json::to_value(response).unwrap()
+    }
+
+    #[test]
+    fn join_answers_the_routes_the_cli_installs() {
+        use crate::control::fixture::network;
+        // Via the subnet's gateway: Docker's Gateway, no static route.
+        let macvlan = joined(&network("m", Driver::Macvlan, "10.1.0.0/24", &[]));
+        assert_eq!(macvlan["Gateway"], "10.1.0.1", "{macvlan:#}");
+        assert!(macvlan.get("StaticRoutes").is_none(), "{macvlan:#}");
+        // ipvlan l3: the host routes; a connected default out of the link.
+        for mode in ["l3", "l3s"] {
+            let option = format!("ipvlan_mode={mode}");
+            let l3 = joined(&network(
+                "i",
+                Driver::Ipvlan,
+                "10.1.0.0/24",
+                &[option.as_str()],
+            ));
+            assert!(l3.get("Gateway").is_none(), "{l3:#}");
+            assert_eq!(
+                l3["StaticRoutes"],
+                json!([{"Destination": "0.0.0.0/0", "RouteType": ROUTE_CONNECTED}]),
+                "{l3:#}"
+            );
+        }
+        // Internal: no route at all.
+        let mut internal = network("n", Driver::Macvlan, "10.1.0.0/24", &[]);
+        internal.internal = true;
+        let internal = joined(&internal);
+        assert!(internal.get("Gateway").is_none(), "{internal:#}");
+        assert!(internal.get("StaticRoutes").is_none(), "{internal:#}");
     }
 
     #[test]

@@ -108,11 +108,16 @@ pub struct InterfaceName {
     pub dst_prefix: String,
 }
 
+/// A static route's `RouteType`: via its `NextHop`.
+pub const ROUTE_NEXT_HOP: u8 = 0;
+/// A static route's `RouteType`: connected (straight out of the link).
+pub const ROUTE_CONNECTED: u8 = 1;
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct StaticRoute {
     pub destination: String,
-    /// 0: via `NextHop`, 1: connected (on the link).
+    /// [`ROUTE_NEXT_HOP`] or [`ROUTE_CONNECTED`].
     pub route_type: u8,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub next_hop: String,

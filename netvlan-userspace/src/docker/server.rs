@@ -154,8 +154,15 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
         .with_state(shared)
 }
 
-/// Removes the socket file when the server stops.
-struct SocketFile(std::path::PathBuf);
+/// The socket file, removed when the server stops (not when it is
+/// killed: the next start finds it stale and replaces it).
+pub struct SocketFile(std::path::PathBuf);
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
@@ -163,14 +170,9 @@ impl Drop for SocketFile {
     }
 }
 
-/// Serves the plugin on `socket` until `stop` resolves. A stale socket
-/// (nothing listening) is replaced; one in use is an error. Endpoints
-/// that joined while no plugin ran are watched for again first.
-pub async fn serve(
-    plugin: Plugin,
-    socket: &Path,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), DockerError> {
+/// Binds the plugin's socket (making its directory): a stale socket
+/// (nothing listening) is replaced; one in use is an error.
+pub fn bind(socket: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), DockerError> {
     let err = |source| DockerError::Socket {
         socket: socket.to_path_buf(),
         source,
@@ -189,16 +191,45 @@ pub async fn serve(
             Err(_) => std::fs::remove_file(socket).map_err(err)?,
         }
     }
-    let calls = Arc::new(Mutex::new(()));
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(err)?;
+    let file = SocketFile(socket.to_path_buf());
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok((listener, file))
+}
+
+/// Serves the plugin on `socket` until `stop` resolves (see [`bind`]).
+/// Endpoints that joined while no plugin ran are watched for again first.
+pub async fn serve(
+    plugin: Plugin,
+    socket: &Path,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DockerError> {
+    let (listener, file) = bind(socket)?;
+    serve_bound(plugin, listener, file, Arc::new(Mutex::new(())), stop).await
+}
+
+/// Serves the plugin on a socket [`bind`] made, until `stop` resolves.
+/// `calls` serialises the plugin's calls (and, in the daemon, its
+/// commands for the CLI).
+pub async fn serve_bound(
+    plugin: Plugin,
+    listener: std::os::unix::net::UnixListener,
+    file: SocketFile,
+    calls: Arc<Mutex<()>>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DockerError> {
+    let err = |source| DockerError::Socket {
+        socket: file.path().to_path_buf(),
+        source,
+    };
     let resumed = plugin.resume(calls.clone()).await?;
     if resumed > 0 {
         tracing::info!("watching for {resumed} joined endpoint(s) again");
     }
-    let listener = tokio::net::UnixListener::bind(socket).map_err(err)?;
-    let _file = SocketFile(socket.to_path_buf());
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(err)?;
     tracing::info!(
         "serving Docker's network driver protocol on {}",
-        socket.display()
+        file.path().display()
     );
     axum::serve(listener, router_with(plugin, calls))
         .with_graceful_shutdown(stop)
