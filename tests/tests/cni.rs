@@ -10,7 +10,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-use netvlan_tests::{netvlan_bin, unique_name, Lan, Netns, OwnedDir};
+use netvlan_tests::{
+    netvlan_bin, require_kernel_feature, unique_name, KernelFeature, Lan, Netns, OwnedDir,
+};
 use serde_json::{json, Value};
 
 /// The plugin under test, built beside `netvlan`.
@@ -869,6 +871,90 @@ fn dual_stack_configs_give_an_ipv4_and_an_ipv6_address() {
     let ok = netvlan_cni(&lan, "CHECK", &ctr, &checked);
     assert!(ok.ok && ok.stdout.trim().is_empty(), "{ok:?}");
     assert!(netvlan_cni(&lan, "DEL", &ctr, &own).ok);
+    assert_eq!(links_in(&ctr), ["lo"]);
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
+}
+
+/// An ipvlan config (the reference ipvlan plugin's `mode` l2, l3 or l3s)
+/// makes an ipvlan network. In l2 the result equals the reference ipvlan
+/// plugin's on the same config (both report the parent's MAC) and the
+/// container reaches the switch; a macvlan config naming the same
+/// network is refused; in l3 the default route goes out of the device.
+#[test]
+fn ipvlan_configs_give_the_reference_ipvlan_plugins_result() {
+    if !require_kernel_feature(KernelFeature::Ipvlan) {
+        return;
+    }
+    let lan = Lan::new(false);
+    lan.switch
+        .exec("ip", &["addr", "add", "10.92.0.254/24", "dev", "peer0"]);
+    let hl = data_dir();
+    let mut conf = config("cniipvlan", 92, &hl);
+    conf["mode"] = json!("l2");
+    conf["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0", "gw": "10.92.0.1"}]);
+    let mut reference_conf = conf.clone();
+    reference_conf["type"] = json!("ipvlan");
+    let (reference_ctr, ctr) = (lan.container(false), lan.container(false));
+    let reference = |command: &str| {
+        cni(
+            &lan,
+            "/usr/lib/cni/ipvlan",
+            command,
+            &ns_path(&reference_ctr),
+            &[("CNI_CONTAINERID", "ref")],
+            &reference_conf,
+        )
+    };
+    let mut theirs = reference("ADD").ok();
+    let mut ours = netvlan_cni(&lan, "ADD", &ctr, &conf).ok();
+    assert_eq!(ours["ips"][0]["address"], "10.92.0.3/24", "{ours:#}");
+    assert_eq!(lan.inspect("cniipvlan")["Driver"], "ipvlan");
+    assert!(ctr.can_ping("10.92.0.254"), "the switch through ipvlan l2");
+    theirs["ips"][0]["address"] = ours["ips"][0]["address"].clone();
+    for r in [&mut theirs, &mut ours] {
+        r["interfaces"][0]["sandbox"] = json!("(sandbox)");
+    }
+    assert_eq!(ours, theirs);
+    let mut macvlan = conf.clone();
+    macvlan["mode"] = json!("bridge");
+    let other = lan.container(false);
+    let refused = cni(
+        &lan,
+        cni_bin().to_str().unwrap(),
+        "ADD",
+        &ns_path(&other),
+        &[("CNI_CONTAINERID", "other")],
+        &macvlan,
+    )
+    .error(7);
+    assert!(
+        refused["msg"].as_str().unwrap().contains("driver ipvlan"),
+        "{refused:#}"
+    );
+    assert_eq!(links_in(&other), ["lo"]);
+    assert_eq!(
+        host_local_leases(&hl, "cniipvlan"),
+        ["10.92.0.2", "10.92.0.3"],
+        "the refused ADD's lease is released"
+    );
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &conf).ok);
+    assert!(reference("DEL").ok);
+    assert!(host_local_leases(&hl, "cniipvlan").is_empty());
+
+    let mut l3 = config("cniipvlan3", 93, &hl);
+    l3["mode"] = json!("l3");
+    l3["ipam"] = json!({"type": "netvlan", "subnet": "10.93.0.0/24"});
+    let ours = netvlan_cni(&lan, "ADD", &ctr, &l3).ok();
+    // l3 has no gateway: the first address is an endpoint's.
+    assert_eq!(ours["ips"][0]["address"], "10.93.0.1/24", "{ours:#}");
+    let routes =
+        String::from_utf8_lossy(&ctr.exec("ip", &["-4", "route", "show", "default"]).stdout)
+            .into_owned();
+    assert!(routes.contains("default dev eth0"), "{routes}");
+    assert!(netvlan_cni(&lan, "DEL", &ctr, &l3).ok);
     assert_eq!(links_in(&ctr), ["lo"]);
     assert_eq!(
         lan.netvlan(&["network", "ls", "--json"]).ok().json(),

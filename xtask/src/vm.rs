@@ -68,6 +68,10 @@ const HOST_PROGRAMS: &[&str] = &[
     "ip", "tc", "bpftool", "ethtool", "nsenter", "ping", "curl", "tcpdump", "tshark",
 ];
 
+/// The reference CNI plugins (Debian's containernetworking-plugins, static
+/// Go binaries) the CNI suite's ipvlan tests run beside netvlan-cni.
+const CNI_PLUGINS: &[&str] = &["ipvlan", "host-local"];
+
 /// Which tests of a suite the VM lane runs.
 #[derive(Clone, Copy, Debug)]
 enum VmTests {
@@ -91,6 +95,9 @@ enum VmTests {
 /// package and the CNI plugin.
 const VM_SUITES: &[(&str, VmTests)] = &[
     ("check", VmTests::All),
+    // ipvlan configs, beside the reference ipvlan plugin (the host kernel
+    // has no ipvlan).
+    ("cni", VmTests::Named(&["ipvlan_"])),
     ("daemon", VmTests::All),
     ("datapath", VmTests::All),
     ("differential", VmTests::All),
@@ -506,7 +513,20 @@ fn build_initramfs(
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
 
-    let mut elves = vec![(netvlan.clone(), PathBuf::from("/bin/netvlan"))];
+    // netvlan-cni beside netvlan, where the CNI suite finds it.
+    let mut elves = vec![
+        (netvlan.clone(), PathBuf::from("/bin/netvlan")),
+        (
+            netvlan.with_file_name("netvlan-cni"),
+            PathBuf::from("/bin/netvlan-cni"),
+        ),
+    ];
+    for plugin in CNI_PLUGINS {
+        let path = Path::new("/usr/lib/cni").join(plugin);
+        install(root, &path, &path, false).with_context(|| {
+            format!("{} (Debian's containernetworking-plugins)", path.display())
+        })?;
+    }
     for program in HOST_PROGRAMS {
         let path = which(program)?;
         elves.push((path, Path::new("/usr/sbin").join(program)));

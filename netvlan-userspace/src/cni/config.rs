@@ -9,6 +9,13 @@ use super::CniError;
 /// Config versions accepted: 0.4.0 (runtimes still send it) upward.
 pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
+/// The reference macvlan plugin's modes.
+const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
+/// The reference ipvlan plugin's modes: a config with one of them makes
+/// an ipvlan network (a macvlan or ipvlan config works by changing its
+/// `type` to netvlan-cni).
+const IPVLAN_MODES: [&str; 3] = ["l2", "l3", "l3s"];
+
 /// Keys of a plugin configuration the runtime adds or the spec defines,
 /// accepted whatever netvlan does with them.
 const RUNTIME_KEYS: [&str; 7] = [
@@ -174,11 +181,11 @@ impl NetConf {
             })?;
         let mode = string(obj, "mode")?;
         if let Some(mode) = &mode {
-            const MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
-            if !MODES.contains(&mode.as_str()) {
+            if !MACVLAN_MODES.contains(&mode.as_str()) && !IPVLAN_MODES.contains(&mode.as_str()) {
                 return Err(CniError::Config(format!(
-                    "mode {mode:?} is not one of {}",
-                    MODES.join(", ")
+                    "mode {mode:?} is not one of {} (macvlan) or {} (ipvlan)",
+                    MACVLAN_MODES.join(", "),
+                    IPVLAN_MODES.join(", ")
                 )));
             }
         }
@@ -254,6 +261,13 @@ impl NetConf {
             subnets,
             delegate: None,
         })
+    }
+
+    /// An ipvlan config: the reference ipvlan plugin's modes.
+    pub fn is_ipvlan(&self) -> bool {
+        self.mode
+            .as_deref()
+            .is_some_and(|m| IPVLAN_MODES.contains(&m))
     }
 
     /// The link endpoints are made on: `master`, or `master.vlanId`.
@@ -347,6 +361,15 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_ipvlan_modes_make_an_ipvlan_config() {
+        assert!(!parse(GOOD).unwrap().is_ipvlan());
+        for mode in ["l2", "l3", "l3s"] {
+            let conf = parse(&GOOD.replace("bridge", mode)).unwrap();
+            assert!(conf.is_ipvlan(), "{mode}");
+        }
+    }
+
+    #[test]
     fn a_vlan_id_makes_the_parent_a_sub_interface() {
         let conf = parse(&GOOD.replace(r#""mode""#, r#""vlanId":50,"mode""#)).unwrap();
         assert_eq!(conf.parent(), "eth0.50");
@@ -360,7 +383,7 @@ mod tests {
                 "master is missing",
                 7,
             ),
-            (GOOD.replace("bridge", "bridged"), "mode \"bridged\"", 7),
+            (GOOD.replace("bridge", "bridged"), "mode \"bridged\" is not one of bridge, private, vepa, passthru (macvlan) or l2, l3, l3s (ipvlan)", 7),
             (
                 GOOD.replace(r#""mode""#, r#""colour":"red","mode""#),
                 "unknown key \"colour\"",

@@ -17,7 +17,8 @@
 //! endpoint's name in `stats` and `/metrics`); `runtimeConfig.mac`/`ips`.
 //! IPv4, IPv6 or both (host-local's dual-stack `ranges`, one range per
 //! family; a delegated lease with one address per family).
-//! Not yet: `linkInContainer`, ipvlan.
+//! `mode` l2/l3/l3s (the reference ipvlan plugin's) makes an ipvlan network.
+//! Not yet: `linkInContainer`.
 
 mod config;
 mod delegate;
@@ -27,6 +28,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde_json::{json, Value};
 
 use self::delegate::{IpamPlugin, Lease};
+use crate::keyword::Keyword;
 use crate::{
     control::{
         ConnectRequest, CreateRequest, Driver, Endpoint, ErrorReport, Manager, NetworkError,
@@ -357,6 +359,19 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
     let parent = conf.parent();
     match manager.network(&conf.name) {
         Ok(record) => {
+            let driver = if conf.is_ipvlan() {
+                Driver::Ipvlan
+            } else {
+                Driver::Macvlan
+            };
+            if record.options.driver != driver {
+                return Err(CniError::Mismatch {
+                    network: conf.name.clone(),
+                    what: "driver",
+                    stored: record.options.driver.name().into(),
+                    given: driver.name().into(),
+                });
+            }
             if record.parent.link != parent {
                 return Err(CniError::Mismatch {
                     network: conf.name.clone(),
@@ -404,8 +419,17 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
         }
         Err(NetworkError::UnknownNetwork(_)) => {
             let mut options = vec![format!("parent={parent}")];
+            let driver = if conf.is_ipvlan() {
+                Driver::Ipvlan
+            } else {
+                Driver::Macvlan
+            };
             if let Some(mode) = &conf.mode {
-                options.push(format!("macvlan_mode={mode}"));
+                let key = match driver {
+                    Driver::Ipvlan => "ipvlan_mode",
+                    Driver::Macvlan => "macvlan_mode",
+                };
+                options.push(format!("{key}={mode}"));
             }
             if let Some(mtu) = conf.mtu {
                 options.push(format!("mtu={mtu}"));
@@ -413,7 +437,7 @@ async fn network(manager: &Manager, conf: &NetConf) -> Result<NetworkRecord, Cni
             Ok(manager
                 .create(CreateRequest {
                     name: conf.name.clone(),
-                    driver: Driver::Macvlan,
+                    driver,
                     subnets: conf
                         .ipam
                         .subnets
