@@ -10,12 +10,14 @@
 //! - [`api`]: the local API on `$NETVLAN_RUN_DIR/netvlan.sock`.
 //! - [`client`]: the CLI's side of that API.
 //! - [`commands`]: the commands the CLI hands it (connect, disconnect).
+//! - [`wire_log`]: the wires' debug records, forwarded into its log.
 
 pub mod api;
 pub mod client;
 pub mod commands;
 pub mod metrics;
 pub mod page;
+pub mod wire_log;
 
 use std::{
     path::PathBuf,
@@ -225,6 +227,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let addr = listener.local_addr().unwrap_or(addr);
     let collector = tokio::spawn(page::collect_traces(shared.clone()));
+    let wire_logs = tokio::spawn(wire_log::forward(shared.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -253,6 +256,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         signalled,
     );
     collector.abort();
+    wire_logs.abort();
     // A command still running (its client gone) finishes before the
     // daemon exits: never cut half-way by a SIGTERM.
     shared.commands.stop().await;
