@@ -71,6 +71,7 @@ pub(super) enum DatapathCommand {
     Debug {
         /// Interface in the current network namespace.
         iface: String,
+        /// on: write a record per judged frame; off: none (the default).
         #[arg(value_enum)]
         switch: DebugSwitch,
         #[command(flatten)]
