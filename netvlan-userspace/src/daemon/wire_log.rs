@@ -43,8 +43,9 @@ impl log::Log for Forward {
 
 /// Forwards every wire's records until the daemon stops.
 pub async fn forward(shared: Arc<Shared>) {
-    // By parent: the program id the logger reads for, and the logger.
-    let mut loggers: HashMap<String, (u32, EbpfLogger<Forward>)> = HashMap::new();
+    // By parent: the program id the logger reads for, and the logger (none
+    // for a program without a log ring: not asked again until it changes).
+    let mut loggers: HashMap<String, (u32, Option<EbpfLogger<Forward>>)> = HashMap::new();
     let mut ticks = tokio::time::interval(POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,19 +69,19 @@ pub async fn forward(shared: Arc<Shared>) {
             let forward = Forward {
                 parent: attachment.ifname.clone(),
             };
-            match EbpfLogger::init_from_id_with_logger(attachment.prog_id, forward) {
-                Ok(logger) => {
-                    loggers.insert(attachment.ifname.clone(), (attachment.prog_id, logger));
-                }
-                // A wire built before the debug records has no log ring.
-                Err(e) => tracing::debug!(
-                    parent = %attachment.ifname,
-                    prog_id = attachment.prog_id,
-                    "no debug records from this wire: {e}"
-                ),
-            }
+            let logger = EbpfLogger::init_from_id_with_logger(attachment.prog_id, forward)
+                .inspect_err(|e| {
+                    // A wire built before the debug records has no log ring.
+                    tracing::debug!(
+                        parent = %attachment.ifname,
+                        prog_id = attachment.prog_id,
+                        "no debug records from this wire: {e}"
+                    )
+                })
+                .ok();
+            loggers.insert(attachment.ifname.clone(), (attachment.prog_id, logger));
         }
-        for (_, logger) in loggers.values_mut() {
+        for logger in loggers.values_mut().filter_map(|(_, l)| l.as_mut()) {
             logger.flush();
         }
     }

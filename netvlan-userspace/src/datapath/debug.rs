@@ -10,6 +10,11 @@ use netvlan_common::{decision::VLAN_DEBUG, maps::VLAN_POLICY};
 
 use super::{object, pins::InterfacePins, policy_maps, DatapathError};
 
+/// aya-log's ring in the wire object. Not pinned: each loaded program has
+/// its own, which `netvlan daemon` finds through the program's id (so an
+/// upgrade starts an empty one).
+pub const LOG_MAP: &str = "AYA_LOGS";
+
 /// Switches the debug records of the wire pinned in `pins` on or off.
 pub fn set(pins: &InterfacePins, on: bool) -> Result<(), DatapathError> {
     policy_maps::set_vlan_bit(pins, VLAN_DEBUG, |_| on)
