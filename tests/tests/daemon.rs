@@ -288,6 +288,16 @@ fn the_wires_debug_records_reach_the_daemons_log_only_while_switched_on() {
     let mut daemon = Daemon::start(&lan, &[]);
     let wire = PacketSocket::open(&lan.switch, "peer0");
 
+    // Only a wire can be debugged: another link is refused by name.
+    let refused = lan.netvlan(&["datapath", "debug", "lo", "on"]).failed();
+    assert!(
+        refused
+            .stderr
+            .contains("netvlan's datapath is not attached to lo"),
+        "{}",
+        refused.stderr
+    );
+
     // Off by default: frames are judged, nothing is recorded.
     assert_eq!(debug_switch(&lan), Some(false), "off by default");
     let before = lan.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
