@@ -51,9 +51,14 @@ pub const VLAN_UNKNOWN_IP_DROP: u32 = 16;
 /// cleared by the tracer (`netvlan_common::trace::traces_vlan`); a policy
 /// rewrite keeps it ([`VLAN_RUNTIME`]).
 pub const VLAN_TRACE: u32 = 128;
+/// VLAN flag, not policy: the wire is being debugged (`netvlan datapath
+/// debug PARENT on`), so the wire program writes an aya-log record for each
+/// frame it judges on this VLAN. Set on every VLAN of the wire or none; a
+/// policy rewrite keeps it ([`VLAN_RUNTIME`]).
+pub const VLAN_DEBUG: u32 = 256;
 /// The VLAN flags that are run-time switches, not policy: a policy rewrite
 /// keeps them as they are.
-pub const VLAN_RUNTIME: u32 = VLAN_TRACE;
+pub const VLAN_RUNTIME: u32 = VLAN_TRACE | VLAN_DEBUG;
 /// VLAN flag: the MAC-sprawl guard learns source MACs on this VLAN, up to
 /// the limit in the flags' upper half ([`vlan_mac_limit`]).
 pub const VLAN_MAC_GUARD: u32 = 4;

@@ -243,3 +243,122 @@ fn the_cli_prints_the_same_through_the_daemon_as_without_it() {
         "the switch namespace has no datapath of its own"
     );
 }
+
+/// The daemon's log lines holding a wire debug record of a frame from
+/// `src` (`02:00:00:00:00:xx`) dropped as an unknown destination on eth0.
+fn debug_drops_from(daemon: &Daemon, src: Mac) -> usize {
+    let src = src.map(|b| format!("{b:02x}")).join(":");
+    let record = format!("{src} > 02:00:00:00:00:77: drop reason=unknown_dst");
+    daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains(&record) && l.contains("parent=eth0"))
+        .count()
+}
+
+/// Sends `n` frames from `src` to the stranger (dropped), waits until the
+/// wire counted them, and returns how many debug records of them the
+/// daemon logged within 10 s (0 if it logged none).
+fn dropped_from(lan: &Lan, daemon: &Daemon, wire: &PacketSocket, src: Mac, n: usize) -> usize {
+    let before = lan.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    wire.send_many(&FrameBuilder::new(STRANGER, src).build(64), n);
+    lan.stats_after(before + n as u64);
+    wait_for(Duration::from_secs(10), || {
+        let logged = debug_drops_from(daemon, src);
+        (logged >= n).then_some(logged)
+    })
+    .unwrap_or(0)
+}
+
+fn debug_switch(lan: &Lan) -> Option<bool> {
+    let status = lan.netvlan(&["datapath", "status", "--json"]).ok().json();
+    status["attachments"][0]["debug"].as_bool()
+}
+
+#[test]
+fn the_wires_debug_records_reach_the_daemons_log_only_while_switched_on() {
+    require_root();
+    const OFF: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xa0];
+    const ON: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xa1];
+    const AFTER_RESTART: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xa2];
+    const AFTER_UPGRADE: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xa3];
+    const OFF_AGAIN: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xa4];
+    const ON_AGAIN: Mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xa5];
+    let (lan, _c, _mac) = guarded_lab("10.75.0.0/24");
+    let mut daemon = Daemon::start(&lan, &[]);
+    let wire = PacketSocket::open(&lan.switch, "peer0");
+
+    // Only a wire can be debugged: another link is refused by name.
+    let refused = lan.netvlan(&["datapath", "debug", "lo", "on"]).failed();
+    assert!(
+        refused
+            .stderr
+            .contains("netvlan's datapath is not attached to lo"),
+        "{}",
+        refused.stderr
+    );
+
+    // Off by default: frames are judged, nothing is recorded.
+    assert_eq!(debug_switch(&lan), Some(false), "off by default");
+    let before = lan.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    wire.send_many(&FrameBuilder::new(STRANGER, OFF).build(64), 5);
+    lan.stats_after(before + 5);
+
+    // On: one record per dropped frame, with its reason and the parent.
+    let on = lan
+        .netvlan(&["datapath", "debug", "eth0", "on", "--json"])
+        .ok()
+        .json();
+    assert_eq!(on["attachment"]["debug"], true, "{on}");
+    assert_eq!(debug_switch(&lan), Some(true));
+    assert_eq!(
+        dropped_from(&lan, &daemon, &wire, ON, 3),
+        3,
+        "{}",
+        daemon.log()
+    );
+    // The ring is read in order: the frames sent while off came before
+    // these, and left no record.
+    assert_eq!(debug_drops_from(&daemon, OFF), 0, "{}", daemon.log());
+
+    // The switch lives in the pinned map: a killed and restarted daemon
+    // finds the wire's records again...
+    daemon.stop_with(libc::SIGKILL);
+    daemon.restart(&lan);
+    assert_eq!(
+        dropped_from(&lan, &daemon, &wire, AFTER_RESTART, 2),
+        2,
+        "{}",
+        daemon.log()
+    );
+    // ...and an upgrade (a new program, a new log ring) keeps it.
+    let prog_before = lan.netvlan(&["datapath", "status", "--json"]).ok().json()["attachments"][0]
+        ["prog_id"]
+        .clone();
+    lan.netvlan(&["datapath", "upgrade", "eth0", "--force", "--json"])
+        .ok();
+    let status = lan.netvlan(&["datapath", "status", "--json"]).ok().json();
+    assert_ne!(status["attachments"][0]["prog_id"], prog_before, "{status}");
+    assert_eq!(status["attachments"][0]["debug"], true, "{status}");
+    assert_eq!(
+        dropped_from(&lan, &daemon, &wire, AFTER_UPGRADE, 2),
+        2,
+        "{}",
+        daemon.log()
+    );
+
+    // Off again: no records until it is switched back on.
+    lan.netvlan(&["datapath", "debug", "eth0", "off"]).ok();
+    assert_eq!(debug_switch(&lan), Some(false));
+    let before = lan.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    wire.send_many(&FrameBuilder::new(STRANGER, OFF_AGAIN).build(64), 4);
+    lan.stats_after(before + 4);
+    lan.netvlan(&["datapath", "debug", "eth0", "on"]).ok();
+    assert_eq!(
+        dropped_from(&lan, &daemon, &wire, ON_AGAIN, 1),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(debug_drops_from(&daemon, OFF_AGAIN), 0, "{}", daemon.log());
+}

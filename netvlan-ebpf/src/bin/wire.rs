@@ -29,7 +29,7 @@ use netvlan_common::trace::{
 use netvlan_common::{
     decision::{
         decide, Context, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY,
-        IP_NOT_REGISTERED, VLAN_TRACE,
+        IP_NOT_REGISTERED, VLAN_DEBUG, VLAN_TRACE,
     },
     frame::{
         classify_headers, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, Unread,
@@ -47,6 +47,11 @@ use netvlan_ebpf::{
     trace::{self, Seen, Source, TraceMaps},
     xdp_frame, DropMaps, NO_DST,
 };
+
+// Its own module, compiled into this program only: the endpoint programs
+// carry no log map.
+#[path = "../log.rs"]
+mod log;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -212,6 +217,9 @@ pub fn netvlan_xdp(ctx: XdpContext) -> u32 {
             trace::emit(&TRACE, cfg, Source::Xdp(&ctx), &seen);
         }
     }
+    if out.debug {
+        log::record(&ctx, "xdp", &frame, out.vlan, out.verdict);
+    }
     match out.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
@@ -261,6 +269,9 @@ pub fn netvlan_tc(ctx: TcContext) -> i32 {
             let seen = seen(TracePoint::WireTc, &out, len, packets);
             trace::emit(&TRACE, cfg, Source::Tc(&ctx), &seen);
         }
+    }
+    if out.debug {
+        log::record(&ctx, "tc", &frame, out.vlan, out.verdict);
     }
     match out.verdict {
         Verdict::Pass => TC_ACT_OK,
@@ -351,6 +362,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
                 // No VLAN flags read here: a (rare) malformed frame reads
                 // the trace config itself.
                 traced: true,
+                debug: false,
             }
         }
         Classification::Classified(f) => {
@@ -408,6 +420,7 @@ fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
                 vlan: f.outer_vid,
                 slot: dst,
                 traced: vlan_flags & VLAN_TRACE != 0,
+                debug: vlan_flags & VLAN_DEBUG != 0,
             }
         }
     }
@@ -421,6 +434,8 @@ struct Outcome {
     slot: u32,
     /// The VLAN's flags have [`VLAN_TRACE`]: a trace may want the frame.
     traced: bool,
+    /// The VLAN's flags have [`VLAN_DEBUG`]: the wire is being debugged.
+    debug: bool,
 }
 
 /// The destination maps as `netvlan_common::maps::dst_slot` reads them.

@@ -1,4 +1,4 @@
-//! `netvlan datapath ...`: attach, detach, status, prune, upgrade.
+//! `netvlan datapath ...`: attach, detach, status, prune, upgrade, debug.
 
 use super::error::Result;
 use clap::Subcommand;
@@ -59,6 +59,24 @@ pub(super) enum DatapathCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Switch the wire program's debug records on IFACE on or off.
+    ///
+    /// On, the program writes one record per frame it judges (point, VLAN,
+    /// MACs, verdict and drop reason); `netvlan daemon` forwards them into
+    /// its log with the parent as a field. Off by default; off costs the
+    /// program one flag test. Kept across upgrades and daemon restarts.
+    /// Example:
+    ///   netvlan datapath debug eth0 on
+    #[command(verbatim_doc_comment)]
+    Debug {
+        /// Interface in the current network namespace.
+        iface: String,
+        /// on: write a record per judged frame; off: none (the default).
+        #[arg(value_enum)]
+        switch: DebugSwitch,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Swap the running programs for this binary's build, in place.
     ///
     /// One atomic BPF_LINK_UPDATE per interface: frames never meet a
@@ -80,6 +98,13 @@ pub(super) enum DatapathCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+/// `netvlan datapath debug IFACE on|off`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum DebugSwitch {
+    On,
+    Off,
 }
 
 /// Runs a datapath command; `manager` (when there is state) refuses to
@@ -149,6 +174,28 @@ pub(super) async fn run(
                     "detached from {} (program id {}); its counters are gone",
                     attachment.ifname,
                     attachment.prog_id
+                );
+            }
+        }
+        DatapathCommand::Debug {
+            iface,
+            switch,
+            output,
+        } => {
+            let on = matches!(switch, DebugSwitch::On);
+            let attachment = datapath.set_debug(&iface, on).await?;
+            if output.json {
+                print_json(&serde_json::json!({ "attachment": attachment }))?;
+            } else {
+                out!(
+                    "debug records on {} (program id {}): {}",
+                    attachment.ifname,
+                    attachment.prog_id,
+                    if on {
+                        "on; `netvlan daemon` logs them"
+                    } else {
+                        "off"
+                    }
                 );
             }
         }
@@ -284,6 +331,9 @@ fn print_status(statuses: &[AttachmentStatus]) {
                     a.prog_id,
                     a.pin_dir.display()
                 );
+                if a.debug == Some(true) {
+                    out!("  debug records: on (`netvlan datapath debug {} off`)", a.ifname);
+                }
                 if let Some(h) = &a.hairpin {
                     out!(
                         "  hairpin (host access): TC egress, {}, program {}{}",

@@ -10,6 +10,7 @@
 //! - [`api`]: the local API on `$NETVLAN_RUN_DIR/netvlan.sock`.
 //! - [`client`]: the CLI's side of that API.
 //! - [`commands`]: the commands the CLI hands it (connect, disconnect).
+//! - [`wire_log`]: the wires' debug records, forwarded into its log.
 //! - With `--docker-plugin`: Docker's network driver ([`crate::docker`])
 //!   on its own socket, its calls run on the command thread with the
 //!   commands' datapath, one call or command at a time.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod commands;
 pub mod metrics;
 pub mod page;
+pub mod wire_log;
 
 use std::{
     path::PathBuf,
@@ -256,6 +258,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let addr = listener.local_addr().unwrap_or(addr);
     let collector = tokio::spawn(page::collect_traces(shared.clone()));
+    let wire_logs = tokio::spawn(wire_log::forward(shared.clone()));
     tracing::info!(%addr, socket = %socket.path().display(), "serving metrics, the live page and the local API");
     let http = axum::serve(listener, http_router(shared.clone()))
         .with_graceful_shutdown(until_stopped(stopped.clone()));
@@ -280,6 +283,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         signalled,
     );
     collector.abort();
+    wire_logs.abort();
     // A command still running (its client gone) finishes before the
     // daemon exits: never cut half-way by a SIGTERM. So do the Docker
     // plugin's calls, and its socket goes with it.

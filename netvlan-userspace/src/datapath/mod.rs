@@ -15,6 +15,7 @@
 //! longer on their link are reported as stale.
 
 pub mod counters;
+pub mod debug;
 pub mod endpoint_hooks;
 pub mod host_access;
 pub mod object;
@@ -463,6 +464,10 @@ pub struct Attachment {
     /// runs there (filled in by [`Datapath::status`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hairpin: Option<host_access::HairpinStatus>,
+    /// Whether the wire writes debug records ([`debug`]), filled in by
+    /// [`Datapath::status`] and [`Datapath::set_debug`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
 }
 
 /// What `attach` did.
@@ -752,6 +757,7 @@ impl Datapath {
             prog_id,
             pin_dir: pins.dir().into(),
             hairpin: None,
+            debug: None,
         };
         let linked = pinned_program_id(pins);
         if let (Some(xdp), Some(id)) = (link.xdp, linked) {
@@ -842,6 +848,22 @@ impl Datapath {
 
     /// Detaches the program from `ifname` and removes its pins (and, at a
     /// clsact hook, netvlan's filter, which the kernel holds without one).
+    /// Switches the debug records of the wire on `ifname` on or off
+    /// ([`debug`]); returns the attachment with its new switch.
+    pub async fn set_debug(&self, ifname: &str, on: bool) -> Result<Attachment, DatapathError> {
+        let link = self.netlink.link_by_name(ifname).await?;
+        let pins = self.pins.interface(link.ifindex);
+        let mut attachment = self
+            .ours(&link, &pins)
+            .await?
+            .ok_or(DatapathError::NotAttached {
+                ifname: link.name.clone(),
+            })?;
+        debug::set(&pins, on)?;
+        attachment.debug = Some(on);
+        Ok(attachment)
+    }
+
     pub async fn detach(&self, ifname: &str) -> Result<Attachment, DatapathError> {
         let link = self.netlink.link_by_name(ifname).await?;
         let pins = self.pins.interface(link.ifindex);
@@ -899,6 +921,7 @@ impl Datapath {
             prog_id: filter.prog_id,
             pin_dir: self.pins.interface(link.ifindex).dir().into(),
             hairpin: None,
+            debug: None,
         })
         .await
     }
@@ -979,6 +1002,9 @@ impl Datapath {
             let mut status = self.status_of(&pins).await?;
             if let AttachmentStatus::Attached(a) = &mut status {
                 a.hairpin = self.hairpin_status(&a.ifname).await?;
+                // Not shown (rather than failing the status) for a wire
+                // whose flags cannot be read, e.g. another build's layout.
+                a.debug = debug::is_on(&pins).ok();
             }
             out.push(status);
         }
@@ -1264,7 +1290,10 @@ mod tests {
     #[test]
     fn every_map_of_the_wire_object_is_listed_and_pinned() {
         let wire = &super::object::WIRE;
-        assert_eq!(declared_maps(wire.bytes), listed(wire.maps));
+        let mut declared = declared_maps(wire.bytes);
+        // The debug records' ring: one per loaded program, never pinned.
+        assert!(declared.remove(super::debug::LOG_MAP), "{declared:?}");
+        assert_eq!(declared, listed(wire.maps));
         assert_eq!(wire.maps, netvlan_common::maps::WIRE_MAPS);
     }
 

@@ -116,7 +116,12 @@ render(JSON.parse(document.getElementById("snapshot").textContent));
 
 const events = new EventSource("/api/events");
 const link = document.getElementById("link");
+// Counted into the page, so a reader of the DOM can tell pushed numbers
+// from the ones the page was loaded with.
+let pushes = 0;
 events.addEventListener("snapshot", (e) => {
+  pushes += 1;
+  document.getElementById("pushes").textContent = pushes;
   link.textContent = "live";
   link.className = "live";
   render(JSON.parse(e.data));
