@@ -504,6 +504,10 @@ fn post_and_hang_up(socket: &Path, call: &str, body: &Value, mut midway: impl Fn
     drop(stream);
 }
 
+/// The failpoints that hold CreateEndpoint and DeleteEndpoint half-way
+/// (the link made, or removed) for the hang-up tests.
+const HALF_WAY: &str = "stage-after-link=sleep(2000);unstage-after-link=sleep(2000)";
+
 /// A call whose connection Docker drops half-way still runs to its end:
 /// the endpoint CreateEndpoint was making is staged, the one
 /// DeleteEndpoint was removing is gone, and neither leaves the journal an
@@ -515,16 +519,40 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
     let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkh")));
     std::fs::create_dir_all(dir.path()).unwrap();
     let socket = dir.path().join("plugin.sock");
-    let host_links = links_in(&lan.host);
     let pins_before = lan.bpf.contents();
-    let plugin = PluginProcess::start_with(
+    let host_links = links_in(&lan.host);
+    let plugin = PluginProcess::start_with(&lan, &socket, &[("FAILPOINTS", HALF_WAY)]);
+    calls_hung_up_half_way(&lan, &socket, &|| plugin.log());
+    assert_eq!(links_in(&lan.host), host_links);
+    assert_eq!(lan.bpf.contents(), pins_before);
+    drop(plugin);
+}
+
+/// As [`a_call_runs_to_its_end_when_docker_hangs_up`], the plugin served
+/// by `netvlan daemon --docker-plugin`.
+#[test]
+fn a_call_to_the_daemon_runs_to_its_end_when_docker_hangs_up() {
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkd")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let host_links = links_in(&lan.host);
+    let daemon = Daemon::start_with_env(
+        &lan.host,
         &lan,
-        &socket,
-        &[(
-            "FAILPOINTS",
-            "stage-after-link=sleep(2000);unstage-after-link=sleep(2000)",
-        )],
+        &[("FAILPOINTS", HALF_WAY)],
+        &["--docker-plugin", socket.to_str().unwrap()],
     );
+    daemon_serves_the_plugin(&daemon, &socket);
+    calls_hung_up_half_way(&lan, &socket, &|| daemon.log());
+    assert_eq!(links_in(&lan.host), host_links);
+    drop(daemon);
+}
+
+/// CreateEndpoint then DeleteEndpoint, each hung up on half-way, on a
+/// network of their own (removed after): both run to their end.
+fn calls_hung_up_half_way(lan: &Lan, socket: &Path, log: &dyn Fn() -> String) {
+    let socket = socket.to_path_buf();
     let nid = random_id();
     call(
         &socket,
@@ -539,7 +567,7 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
     let name = format!("docker-{}", &nid[..12]);
     // Nothing interrupted: no note from the CLI, `check` clean, the
     // plugin recovered nothing.
-    let settled = |plugin: &PluginProcess| {
+    let settled = || {
         let ls = lan.netvlan(&["network", "ls", "--json"]);
         assert!(ls.status.success(), "{}{}", ls.stdout, ls.stderr);
         assert!(
@@ -550,9 +578,9 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
         let check = lan.netvlan(&["check", "--json"]);
         assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
         assert!(
-            !plugin.log().contains("recovered"),
+            !log().contains("recovered"),
             "the plugin undid a call: {}",
-            plugin.log()
+            log()
         );
     };
 
@@ -571,7 +599,7 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
         status,
         200,
         "the endpoint was not staged: {answer:#}\n{}",
-        plugin.log()
+        log()
     );
     assert_eq!(answer["Value"]["netvlan.adopted"], false, "{answer:#}");
     assert!(links_in(&lan.host).contains(&link), "its link went");
@@ -581,7 +609,7 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
         Some(1),
         "{inspect:#}"
     );
-    settled(&plugin);
+    settled();
 
     post_and_hang_up(&socket, "NetworkDriver.DeleteEndpoint", &info, || {
         !links_in(&lan.host).contains(&link)
@@ -594,7 +622,7 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
             .is_none_or(|e| e.is_empty()),
         "DeleteEndpoint stopped half-way: {inspect:#}"
     );
-    settled(&plugin);
+    settled();
 
     call(
         &socket,
@@ -605,9 +633,6 @@ fn a_call_runs_to_its_end_when_docker_hangs_up() {
         lan.netvlan(&["network", "ls", "--json"]).ok().json(),
         json!([])
     );
-    assert_eq!(links_in(&lan.host), host_links);
-    assert_eq!(lan.bpf.contents(), pins_before);
-    drop(plugin);
 }
 
 /// Join on an ipvlan l3 network: the host routes, so there is no
