@@ -31,6 +31,12 @@ struct PluginProcess {
 
 impl PluginProcess {
     fn start(lan: &Lan, socket: &Path) -> PluginProcess {
+        PluginProcess::start_with(lan, socket, &[])
+    }
+
+    /// As [`PluginProcess::start`], with more environment (e.g.
+    /// `FAILPOINTS`: the test build has the `failpoints` feature).
+    fn start_with(lan: &Lan, socket: &Path, env: &[(&str, &str)]) -> PluginProcess {
         let log = std::fs::File::create(socket.with_extension("log")).unwrap();
         // `nsenter` execs netvlan in place: the child's PID is the plugin's.
         let child = lan
@@ -40,6 +46,7 @@ impl PluginProcess {
             .env("NETVLAN_BPF_DIR", lan.bpf.path())
             .env("NETVLAN_STATE_DIR", lan.state.path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -478,6 +485,154 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
     assert_eq!(lan.bpf.contents(), pins_before);
     drop(plugin);
     assert!(!socket.exists(), "the socket was left behind");
+}
+
+/// Sends one call as [`post`] does and closes the connection, unanswered,
+/// once `midway` holds (the plugin waits at a failpoint then): Docker
+/// giving up on a call (its timeout, its own restart).
+fn post_and_hang_up(socket: &Path, call: &str, body: &Value, mut midway: impl FnMut() -> bool) {
+    let mut stream = UnixStream::connect(socket).expect("the plugin's socket accepts");
+    let body = body.to_string();
+    let request = format!(
+        "POST /{call} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    wait_for(Duration::from_secs(60), || midway().then_some(()))
+        .unwrap_or_else(|| panic!("{call} never got half-way"));
+    stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(stream);
+}
+
+/// The failpoints that hold CreateEndpoint and DeleteEndpoint half-way
+/// (the link made, or removed) for the hang-up tests.
+const HALF_WAY: &str = "stage-after-link=sleep(2000);unstage-after-link=sleep(2000)";
+
+/// A call whose connection Docker drops half-way still runs to its end:
+/// the endpoint CreateEndpoint was making is staged, the one
+/// DeleteEndpoint was removing is gone, and neither leaves the journal an
+/// operation to undo. The plugin waits at a failpoint after the link is
+/// made (or removed); the connection is closed while it waits.
+#[test]
+fn a_call_runs_to_its_end_when_docker_hangs_up() {
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkh")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let pins_before = lan.bpf.contents();
+    let host_links = links_in(&lan.host);
+    let plugin = PluginProcess::start_with(&lan, &socket, &[("FAILPOINTS", HALF_WAY)]);
+    calls_hung_up_half_way(&lan, &socket, &|| plugin.log());
+    assert_eq!(links_in(&lan.host), host_links);
+    assert_eq!(lan.bpf.contents(), pins_before);
+    drop(plugin);
+}
+
+/// As [`a_call_runs_to_its_end_when_docker_hangs_up`], the plugin served
+/// by `netvlan daemon --docker-plugin`.
+#[test]
+fn a_call_to_the_daemon_runs_to_its_end_when_docker_hangs_up() {
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkd")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let host_links = links_in(&lan.host);
+    let daemon = Daemon::start_with_env(
+        &lan.host,
+        &lan,
+        &[("FAILPOINTS", HALF_WAY)],
+        &["--docker-plugin", socket.to_str().unwrap()],
+    );
+    daemon_serves_the_plugin(&daemon, &socket);
+    calls_hung_up_half_way(&lan, &socket, &|| daemon.log());
+    assert_eq!(links_in(&lan.host), host_links);
+    drop(daemon);
+}
+
+/// CreateEndpoint then DeleteEndpoint, each hung up on half-way, on a
+/// network of their own (removed after): both run to their end.
+fn calls_hung_up_half_way(lan: &Lan, socket: &Path, log: &dyn Fn() -> String) {
+    let socket = socket.to_path_buf();
+    let nid = random_id();
+    call(
+        &socket,
+        "NetworkDriver.CreateNetwork",
+        &network_create(
+            &nid,
+            json!({"parent": "eth0", "macvlan_mode": "bridge"}),
+            "10.85.0.0/24",
+            "10.85.0.1/24",
+        ),
+    );
+    let name = format!("docker-{}", &nid[..12]);
+    // Nothing interrupted: no note from the CLI, `check` clean, the
+    // plugin recovered nothing.
+    let settled = || {
+        let ls = lan.netvlan(&["network", "ls", "--json"]);
+        assert!(ls.status.success(), "{}{}", ls.stdout, ls.stderr);
+        assert!(
+            !ls.stderr.contains("interrupted"),
+            "the journal held an operation: {}",
+            ls.stderr
+        );
+        let check = lan.netvlan(&["check", "--json"]);
+        assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
+        assert!(
+            !log().contains("recovered"),
+            "the plugin undid a call: {}",
+            log()
+        );
+    };
+
+    let eid = random_id();
+    let link = format!("nvd{}", &eid[..10]);
+    let endpoint = json!({"NetworkID": nid, "EndpointID": eid, "Options": {},
+                          "Interface": {"Address": "10.85.0.5/24"}});
+    post_and_hang_up(&socket, "NetworkDriver.CreateEndpoint", &endpoint, || {
+        links_in(&lan.host).contains(&link)
+    });
+    // The next call waits for the one before it (calls are served one at
+    // a time): by then that one has ended.
+    let info = json!({"NetworkID": nid, "EndpointID": eid});
+    let (status, answer) = post(&socket, "NetworkDriver.EndpointOperInfo", &info.to_string());
+    assert_eq!(
+        status,
+        200,
+        "the endpoint was not staged: {answer:#}\n{}",
+        log()
+    );
+    assert_eq!(answer["Value"]["netvlan.adopted"], false, "{answer:#}");
+    assert!(links_in(&lan.host).contains(&link), "its link went");
+    let inspect = lan.inspect(&name);
+    assert_eq!(
+        inspect["Containers"].as_object().map(|e| e.len()),
+        Some(1),
+        "{inspect:#}"
+    );
+    settled();
+
+    post_and_hang_up(&socket, "NetworkDriver.DeleteEndpoint", &info, || {
+        !links_in(&lan.host).contains(&link)
+    });
+    refused(&socket, "NetworkDriver.EndpointOperInfo", &info, &eid[..12]);
+    let inspect = lan.inspect(&name);
+    assert!(
+        inspect["Containers"]
+            .as_object()
+            .is_none_or(|e| e.is_empty()),
+        "DeleteEndpoint stopped half-way: {inspect:#}"
+    );
+    settled();
+
+    call(
+        &socket,
+        "NetworkDriver.DeleteNetwork",
+        &json!({"NetworkID": nid}),
+    );
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([])
+    );
 }
 
 /// Join on an ipvlan l3 network: the host routes, so there is no

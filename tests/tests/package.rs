@@ -332,6 +332,30 @@ fn systemd_unit_runs_restore_then_the_daemon_before_docker() {
 }
 
 #[test]
+fn systemd_unit_serves_the_docker_plugin_where_its_spec_points() {
+    // Docker finds a plugin by a socket in /run/docker/plugins or a spec
+    // file in /etc/docker/plugins naming its socket: the unit's daemon
+    // serves the plugin on a socket in its own RuntimeDirectory (the only
+    // part of /run that ProtectSystem=strict leaves writable), and
+    // packaging/netvlan.spec (driver "netvlan") names that socket.
+    let text = unit_text();
+    let start = unit_values(&text, "ExecStart");
+    let words: Vec<&str> = start[0].split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "--docker-plugin")
+        .unwrap_or_else(|| panic!("the daemon does not serve the Docker plugin: {start:?}"));
+    let socket = Path::new(words.get(at + 1).expect("--docker-plugin names its socket"));
+    assert_eq!(unit_values(&text, "ProtectSystem"), ["strict"]);
+    let run = Path::new("/run").join(&unit_values(&text, "RuntimeDirectory")[0]);
+    assert_eq!(socket.parent(), Some(run.as_path()), "{}", start[0]);
+    let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/netvlan.spec");
+    let spec = std::fs::read_to_string(&spec_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", spec_path.display()));
+    assert_eq!(spec.trim_end(), format!("unix://{}", socket.display()));
+}
+
+#[test]
 fn systemd_unit_directories_are_the_clis_defaults() {
     // The CLI run by hand on the host must see the daemon's state and
     // socket: the unit's directories are the built-in defaults.
@@ -435,16 +459,22 @@ fn the_units_capabilities_are_enough_for_restore_and_the_daemon() {
     c.link_json("eth0");
     lan.netvlan(&["check"]).ok();
 
-    // The daemon serves /metrics with the same capabilities.
+    // The daemon serves /metrics and the Docker plugin with the same
+    // capabilities.
     lan.host.exec("ip", &["link", "set", "lo", "up"]);
     let run_dir = temp_dir("unitrun");
+    let plugin_socket = run_dir.path().join("docker-plugin.sock");
     let daemon = Started(
-        limited_command(&lan, "", &["daemon"])
-            .env("NETVLAN_RUN_DIR", run_dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("setpriv starts"),
+        limited_command(
+            &lan,
+            "",
+            &["daemon", "--docker-plugin", plugin_socket.to_str().unwrap()],
+        )
+        .env("NETVLAN_RUN_DIR", run_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv starts"),
     );
     let metrics = wait_for(Duration::from_secs(20), || {
         lan.host
@@ -460,6 +490,22 @@ fn the_units_capabilities_are_enough_for_restore_and_the_daemon() {
     })
     .expect("the daemon with the unit's capabilities serves /metrics");
     assert!(metrics.contains("netvlan_"), "{metrics}");
+    let activated = wait_for(Duration::from_secs(20), || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&plugin_socket).ok()?;
+        stream
+            .write_all(
+                b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    })
+    .expect("the daemon with the unit's capabilities serves the Docker plugin");
+    assert!(
+        activated.starts_with("HTTP/1.1 200") && activated.contains("NetworkDriver"),
+        "{activated}"
+    );
     drop(daemon);
     lan.netvlan(&["network", "disconnect", "lan", c.name()])
         .ok();

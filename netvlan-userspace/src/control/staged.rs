@@ -26,6 +26,7 @@ use netvlan_common::{antispoof::EGRESS_ENFORCE, Mac};
 use super::{
     driver::Driver,
     endpoint::{mac_from_ipv4, next_connected, requested_mac},
+    failpoint::failpoint,
     operation::{Operation, OperationLog},
     owner::owner_alias,
     sandbox_link::{egress_config, endpoint_link},
@@ -159,7 +160,7 @@ impl Manager {
                     record.options.driver, request.link_name, record.name, record.parent.link
                 )))
             });
-        if let Err(e) = made {
+        if let Err(e) = made.and_then(|_| failpoint("stage-after-link")) {
             return Err(log.undo(self.netlink(), self.datapath(), e).await);
         }
         // Where the programs stay on the link through the runtime's move
@@ -405,6 +406,7 @@ impl Manager {
             let netlink = Netlink::connect_in(&Netns::open(&endpoint.netns_path)?)?;
             delete_by_alias(&netlink, &alias).await?;
         }
+        failpoint("unstage-after-link")?;
         // Its link is gone: what stays is the record, the pins and the
         // addresses, which `disconnect -f` removes.
         let mut record = record;

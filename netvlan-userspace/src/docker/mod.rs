@@ -83,6 +83,8 @@ pub enum DockerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Datapath(Box<DatapathError>),
+    #[error("the plugin is stopping: the call was not run")]
+    Stopping,
 }
 
 impl From<NetworkError> for DockerError {

@@ -1,7 +1,8 @@
 //! The plugin's HTTP server: libnetwork POSTs `/Plugin.Activate`,
 //! `/NetworkDriver.*` with JSON bodies and reads JSON answers (errors as
 //! `{"Err": "..."}` with status 500, as Docker's plugin helpers answer);
-//! an unknown call is a 404. Calls are served one at a time.
+//! an unknown call is a 404. Calls are served one at a time, each to its
+//! end even when Docker drops the connection.
 
 use std::{path::Path, sync::Arc};
 
@@ -59,6 +60,21 @@ fn parse<T: DeserializeOwned + Default>(
     serde_json::from_slice(body).map_err(|source| DockerError::Json { call, source })
 }
 
+/// Runs a call in a task of its own and answers what it returns: when
+/// Docker hangs up (its timeout, its restart), hyper drops the
+/// connection's future, not the call, which runs to its end (a change
+/// half-made would be left for the journal to undo at the next call).
+async fn to_the_end(
+    call: &'static str,
+    served: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    match tokio::spawn(served).await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => answer(Err(DockerError::Stopping), call),
+    }
+}
+
 /// The plugin's routes, for a server of its own or the daemon's.
 pub fn router(plugin: Plugin) -> Router {
     router_with(plugin, Arc::new(Mutex::new(())))
@@ -68,13 +84,15 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
     let shared = Arc::new(Shared { plugin, calls });
     macro_rules! call {
         ($name:literal, $method:ident) => {
-            post(|State(s): State<Arc<Shared>>, body: Bytes| async move {
-                let _serial = s.calls.lock().await;
-                let result = match parse($name, &body) {
-                    Ok(request) => s.plugin.$method(request).await,
-                    Err(e) => Err(e),
-                };
-                answer(result, $name)
+            post(|State(s): State<Arc<Shared>>, body: Bytes| {
+                to_the_end($name, async move {
+                    let _serial = s.calls.lock().await;
+                    let result = match parse($name, &body) {
+                        Ok(request) => s.plugin.$method(request).await,
+                        Err(e) => Err(e),
+                    };
+                    answer(result, $name)
+                })
             })
         };
     }
@@ -99,7 +117,7 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
         .route("/NetworkDriver.DeleteEndpoint", call!("DeleteEndpoint", delete_endpoint))
         .route(
             "/NetworkDriver.Join",
-            post(|State(s): State<Arc<Shared>>, body: Bytes| async move {
+            post(|State(s): State<Arc<Shared>>, body: Bytes| to_the_end("Join", async move {
                 let _serial = s.calls.lock().await;
                 let result = match parse::<super::protocol::JoinRequest>("Join", &body) {
                     Ok(request) => {
@@ -122,7 +140,7 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
                     Err(e) => Err(e),
                 };
                 answer(result, "Join")
-            }),
+            })),
         )
         .route("/NetworkDriver.Leave", call!("Leave", leave))
         .route(
@@ -231,8 +249,13 @@ pub async fn serve_bound(
         "serving Docker's network driver protocol on {}",
         file.path().display()
     );
-    axum::serve(listener, router_with(plugin, calls))
+    let served = axum::serve(listener, router_with(plugin, calls.clone()))
         .with_graceful_shutdown(stop)
         .await
-        .map_err(err)
+        .map_err(err);
+    // A call whose connection Docker dropped is not one the server waits
+    // for: the calls are served in turn, so the lock is free once the
+    // last of them has ended.
+    drop(calls.lock().await);
+    served
 }
