@@ -61,3 +61,108 @@ fn loading_the_endpoint_programs_reads_the_kernel_btf_once_per_process() {
         );
     }
 }
+
+/// The durable (fsynced) store commits a command reported on its way out
+/// (`RUST_LOG=netvlan::store=debug`).
+fn durable_commits(run: &netvlan_tests::Run) -> usize {
+    let counts: Vec<usize> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("durable commits: ").nth(1))
+        .map(|n| n.trim().parse().expect("a count"))
+        .collect();
+    assert_eq!(
+        counts.len(),
+        1,
+        "one writer store per command, reporting once:\n{}",
+        run.stderr
+    );
+    counts[0]
+}
+
+const STORE_DEBUG: (&str, &str) = ("RUST_LOG", "netvlan::store=debug");
+
+#[test]
+fn a_connect_and_a_disconnect_make_one_durable_commit_each() {
+    let lan = netvlan_tests::Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.61.0.0/24",
+        "-o",
+        "parent=eth0",
+        "onesync",
+    ])
+    .ok();
+    for _ in 0..2 {
+        let c = lan.container(false);
+        // The journal written before the link, the record committed after.
+        let connect = lan
+            .netvlan_env(&[STORE_DEBUG], &["connect", "onesync", c.name()])
+            .ok();
+        assert_eq!(durable_commits(&connect), 1, "connect:\n{}", connect.stderr);
+        assert!(
+            !lan.state.path().join("journal").exists(),
+            "the committed connect left its journal behind"
+        );
+        let disconnect = lan
+            .netvlan_env(&[STORE_DEBUG], &["disconnect", "onesync", c.name()])
+            .ok();
+        assert_eq!(
+            durable_commits(&disconnect),
+            1,
+            "disconnect:\n{}",
+            disconnect.stderr
+        );
+    }
+    lan.netvlan(&["network", "rm", "onesync"]).ok();
+}
+
+#[test]
+fn a_connect_killed_after_its_journal_is_undone_by_the_next_command() {
+    let lan = netvlan_tests::Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.62.0.0/24",
+        "-o",
+        "parent=eth0",
+        "killedj",
+    ])
+    .ok();
+    let c = lan.container(false);
+    let links = |c: &netvlan_tests::Netns| {
+        let mut names = c.link_names();
+        names.retain(|n| n != "lo");
+        names
+    };
+    let journal = lan.state.path().join("journal");
+    // SIGKILLed with its journal written (not fsynced) and its link made.
+    lan.kill_midway(
+        "connect-after-link",
+        &["connect", "killedj", c.name()],
+        || !links(&c).is_empty(),
+    );
+    assert!(
+        journal.exists(),
+        "the killed connect's journal did not outlive it"
+    );
+    assert_eq!(links(&c).len(), 1, "the killed connect left its link");
+    let ls = lan.netvlan(&["network", "ls", "--json"]).ok();
+    assert!(
+        ls.stderr.contains("left by an interrupted connect"),
+        "{}",
+        ls.stderr
+    );
+    assert_eq!(links(&c), Vec::<String>::new(), "recovery removed the link");
+    assert!(!journal.exists(), "recovery cleared the journal");
+    let again = lan
+        .netvlan(&["connect", "--json", "killedj", c.name()])
+        .ok()
+        .json();
+    assert_eq!(again["endpoint"]["ipv4"], "10.62.0.2/24", "no address lost");
+    lan.netvlan(&["disconnect", "killedj", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "killedj"]).ok();
+}
