@@ -11,6 +11,17 @@
 //! - every write is one redb transaction, so a crash or SIGKILL leaves
 //!   either the old state or the new one, never a mix.
 //!
+//! One durable commit per command: the records are written with redb's
+//! Immediate durability (fsynced), the journal of the command in flight is
+//! not. It only has to survive the process (SIGKILL): a power cut removes
+//! every kernel object it describes (links, pins in bpffs). So it lives in
+//! its own file, `STATE_DIR/journal`, replaced by rename (a killed process
+//! leaves the old file or the new one) and never fsynced. Each journal
+//! carries the generation of the commit that will own what it describes;
+//! [`Store::commit_network`] stores that generation with the record, so a
+//! journal that outlived its commit (its removal lost to a power cut) is
+//! recognised as spent and never undoes what the record owns.
+//!
 //! Records are stored as JSON values keyed by name: readable with any redb
 //! tool, and tolerant of fields added by later versions.
 //!
@@ -34,6 +45,24 @@ const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// have created in the kernel, written before it creates it.
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 const PENDING: &str = "pending";
+/// The generation of each namespace's last commit, by journal key.
+const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
+/// The journal file inside the state directory (see the module doc).
+const JOURNAL_FILE: &str = "journal";
+
+/// The journal file: per namespace (journal key), the intents of its
+/// command in flight and the generation its commit will have.
+#[derive(Default, serde::Deserialize, Serialize)]
+struct JournalFile {
+    #[serde(default)]
+    pending: std::collections::BTreeMap<String, Pending>,
+}
+
+#[derive(serde::Deserialize, Serialize)]
+struct Pending {
+    generation: u64,
+    intents: serde_json::Value,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +95,12 @@ pub enum StoreError {
     Netns(#[source] std::io::Error),
     #[error("state database {path} was opened read-only; this command needs it writable")]
     ReadOnly { path: PathBuf },
+    #[error("cannot write the journal {path}")]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt record '{key}' in {path}")]
     Corrupt {
         key: String,
@@ -80,6 +115,10 @@ pub enum StoreError {
 pub struct Store {
     db: Db,
     path: PathBuf,
+    /// The journal file.
+    journal_path: PathBuf,
+    /// Durable (Immediate) redb commits made through this store.
+    durable_commits: std::sync::atomic::AtomicUsize,
     /// What the namespace answers to; new records go under the first.
     scopes: Vec<NetnsScope>,
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -254,6 +293,8 @@ impl Store {
         Ok(Some(Store {
             db,
             path,
+            journal_path: state_dir.join(JOURNAL_FILE),
+            durable_commits: Default::default(),
             scopes,
             _lock: lock,
         }))
@@ -390,26 +431,151 @@ impl Store {
             let mut journal = txn.open_table(JOURNAL).map_err(|e| err(e.into()))?;
             f(&mut networks, &mut journal).map_err(|e| err(e.into()))?;
         }
-        txn.commit().map_err(|e| err(e.into()))
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.durable_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
-    /// The intents of an interrupted command, oldest first (empty when the
-    /// last command finished).
-    pub fn journal<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+    /// How many durable (fsynced) commits this store has made: a command
+    /// makes one.
+    pub fn durable_commits(&self) -> usize {
+        self.durable_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The generation of the last [`Store::commit_network`] of the
+    /// namespace whose journal key is `key` (0: none yet).
+    fn generation(&self, key: &str) -> Result<u64, StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_table(GENERATIONS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(err(e.into())),
+        };
+        let value = table.get(key).map_err(|e| err(e.into()))?;
+        Ok(value.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The journal file as it is (empty when there is none).
+    fn read_journal_file(&self) -> Result<JournalFile, StoreError> {
+        match std::fs::read(&self.journal_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                key: JOURNAL_FILE.into(),
+                path: self.journal_path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JournalFile::default()),
+            Err(source) => Err(StoreError::Journal {
+                path: self.journal_path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Replaces the journal file by rename (a SIGKILL leaves the old one or
+    /// the new one), without fsync: see the module doc.
+    fn write_journal_file(&self, file: &JournalFile) -> Result<(), StoreError> {
+        if let Db::Read(_) = self.db {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let failed = |source| StoreError::Journal {
+            path: self.journal_path.clone(),
+            source,
+        };
+        if file.pending.is_empty() {
+            return match std::fs::remove_file(&self.journal_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
+                _ => Ok(()),
+            };
+        }
+        let bytes = serde_json::to_vec(file).expect("journals always serialise");
+        let temp = self.journal_path.with_extension("new");
+        std::fs::write(&temp, bytes).map_err(failed)?;
+        std::fs::rename(&temp, &self.journal_path).map_err(failed)
+    }
+
+    /// Removes this namespace's entries from the journal file.
+    fn clear_journal_file(&self) -> Result<(), StoreError> {
+        let mut file = self.read_journal_file()?;
+        let before = file.pending.len();
+        for scope in &self.scopes {
+            file.pending.remove(&journal_key(scope));
+        }
+        if file.pending.len() == before {
+            return Ok(());
+        }
+        self.write_journal_file(&file)
+    }
+
+    /// Whether the journal table (where versions before the journal file
+    /// kept it) holds an entry of this namespace.
+    fn has_table_journal(&self) -> Result<bool, StoreError> {
         let err = self.db_err();
         let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
         let table = match txn.open_table(JOURNAL) {
             Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
             Err(e) => return Err(err(e.into())),
         };
+        for scope in &self.scopes {
+            if table
+                .get(journal_key(scope).as_str())
+                .map_err(|e| err(e.into()))?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The intents of an interrupted command, oldest first (empty when the
+    /// last command finished). A journal whose commit was made (its
+    /// removal lost to a power cut) is spent and not returned.
+    pub fn journal<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let mut intents = Vec::new();
+        // Left by a version that kept the journal in the database.
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        match txn.open_table(JOURNAL) {
+            Ok(table) => {
+                for scope in &self.scopes {
+                    let key = journal_key(scope);
+                    let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
+                    if let Some(v) = value {
+                        intents.extend(self.decode::<Vec<T>>(&key, v.value())?);
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(err(e.into())),
+        }
+        drop(txn);
+        let mut file = self.read_journal_file()?;
         for scope in &self.scopes {
             let key = journal_key(scope);
-            let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
-            if let Some(v) = value {
-                intents.extend(self.decode::<Vec<T>>(&key, v.value())?);
+            let Some(pending) = file.pending.remove(&key) else {
+                continue;
+            };
+            let generation = self.generation(&key)?;
+            if pending.generation <= generation {
+                tracing::debug!(
+                    "journal {key} of generation {} is spent (the store is at {generation})",
+                    pending.generation
+                );
+                continue;
             }
+            intents.extend(serde_json::from_value::<Vec<T>>(pending.intents).map_err(
+                |source| StoreError::Corrupt {
+                    key,
+                    path: self.journal_path.clone(),
+                    source,
+                },
+            )?);
         }
         Ok(intents)
     }
@@ -425,29 +591,80 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the journal (durably, before the kernel change it announces).
+    /// Replaces the journal before the kernel change it announces: it
+    /// survives this process (SIGKILL), not a power cut, and costs no
+    /// fsync (see the module doc).
     pub fn set_journal<T: Serialize>(&self, intents: &[T]) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(intents).expect("intents always serialise");
-        self.write_tables(|_, journal| {
-            self.remove_journal(journal)?;
-            journal.insert(journal_key(&self.scopes[0]).as_str(), bytes.as_slice())?;
-            Ok(())
-        })
+        let intents = serde_json::to_value(intents).expect("intents always serialise");
+        let key = journal_key(&self.scopes[0]);
+        let generation = self.generation(&key)? + 1;
+        let mut file = self.read_journal_file()?;
+        for scope in &self.scopes[1..] {
+            file.pending.remove(&journal_key(scope));
+        }
+        file.pending.insert(
+            key,
+            Pending {
+                generation,
+                intents,
+            },
+        );
+        self.write_journal_file(&file)
     }
 
     pub fn clear_journal(&self) -> Result<(), StoreError> {
-        self.write_tables(|_, journal| self.remove_journal(journal))
+        if self.has_table_journal()? {
+            self.write_tables(|_, journal| self.remove_journal(journal))?;
+        }
+        self.clear_journal_file()
     }
 
-    /// Writes a network and clears the journal in one transaction: the
-    /// command's kernel changes become owned by the record atomically.
+    /// Writes a network and spends the journal in one transaction (the
+    /// command's one durable commit): the command's kernel changes become
+    /// owned by the record atomically. The journal file is removed after;
+    /// a journal that outlives this commit is spent by its generation.
     pub fn commit_network<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).expect("network records always serialise");
-        self.write_tables(|networks, journal| {
-            let key = self.write_key(networks, name)?;
-            networks.insert(key.as_str(), bytes.as_slice())?;
-            self.remove_journal(journal)
-        })
+        let journal_key = journal_key(&self.scopes[0]);
+        let generation = self.generation(&journal_key)? + 1;
+        let err = self.db_err();
+        let Db::Write(db) = &self.db else {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut networks = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(|e| err(e.into()))?;
+            let mut generations = txn.open_table(GENERATIONS).map_err(|e| err(e.into()))?;
+            let key = self.write_key(&networks, name).map_err(|e| err(e.into()))?;
+            networks
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(|e| err(e.into()))?;
+            self.remove_journal(&mut journal)
+                .map_err(|e| err(e.into()))?;
+            generations
+                .insert(journal_key.as_str(), generation)
+                .map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.durable_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.clear_journal_file() {
+            // Spent by the generation just committed: harmless.
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    /// Says what the command cost in fsynced commits (`RUST_LOG=netvlan::store=debug`).
+    fn drop(&mut self) {
+        if let Db::Write(_) = self.db {
+            tracing::debug!("durable commits: {}", self.durable_commits());
+        }
     }
 }
 
@@ -691,6 +908,131 @@ mod tests {
         assert_eq!(lan, [serde_json::json!({"in": "a"})]);
         assert_eq!(a.journal::<String>().unwrap(), ["a's intent"]);
         drop(a);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The state directory's files as a process killed now leaves them on
+    /// disk (what the kernel holds; nothing of the process's memory).
+    fn killed_copy(dir: &Path) -> PathBuf {
+        let copy = temp_dir();
+        for file in [DB_FILE, JOURNAL_FILE] {
+            if dir.join(file).exists() {
+                std::fs::copy(dir.join(file), copy.join(file)).unwrap();
+            }
+        }
+        copy
+    }
+
+    #[test]
+    fn a_commit_without_durability_is_lost_when_the_process_dies() {
+        // Why the journal is not a `Durability::None` redb commit: redb
+        // keeps such a commit in its own memory until a durable one.
+        let dir = temp_dir();
+        let db = redb::Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(NETWORKS)
+            .unwrap()
+            .insert("durable", b"1".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let mut txn = db.begin_write().unwrap();
+        txn.set_durability(redb::Durability::None).unwrap();
+        txn.open_table(NETWORKS)
+            .unwrap()
+            .insert("not durable", b"2".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(NETWORKS).unwrap();
+        assert!(
+            table.get("not durable").unwrap().is_some(),
+            "visible in the process"
+        );
+        let killed = killed_copy(&dir);
+        let reopened = redb::Database::create(killed.join(DB_FILE)).unwrap();
+        let read = reopened.begin_read().unwrap();
+        let table = read.open_table(NETWORKS).unwrap();
+        assert!(table.get("durable").unwrap().is_some());
+        assert!(
+            table.get("not durable").unwrap().is_none(),
+            "a Durability::None commit outlived its process"
+        );
+        drop((table, read, reopened, db));
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(killed).unwrap();
+    }
+
+    #[test]
+    fn the_journal_survives_a_killed_process_without_a_durable_commit() {
+        let dir = temp_dir();
+        let store = Store::open(&dir).unwrap();
+        store
+            .put_network("lan", &serde_json::json!({"n": 1}))
+            .unwrap();
+        let before = store.durable_commits();
+        store.set_journal(&["link"]).unwrap();
+        store.set_journal(&["link", "route"]).unwrap();
+        assert_eq!(
+            store.durable_commits(),
+            before,
+            "writing the journal made a durable commit"
+        );
+        let killed = killed_copy(&dir);
+        drop(store);
+        let recovered = Store::open(&killed).unwrap();
+        assert_eq!(recovered.journal::<String>().unwrap(), ["link", "route"]);
+        recovered.clear_journal().unwrap();
+        assert!(recovered.journal::<String>().unwrap().is_empty());
+        assert!(!killed.join(JOURNAL_FILE).exists());
+        drop(recovered);
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(killed).unwrap();
+    }
+
+    #[test]
+    fn a_command_makes_one_durable_commit_and_spends_its_journal() {
+        let dir = temp_dir();
+        let store = Store::open(&dir).unwrap();
+        let before = store.durable_commits();
+        store.set_journal(&["link"]).unwrap();
+        store.set_journal(&["link", "route"]).unwrap();
+        // The journal file as a power cut may leave it: written back
+        // before the commit, its removal after the commit not.
+        let journal = std::fs::read(dir.join(JOURNAL_FILE)).unwrap();
+        store
+            .commit_network("lan", &serde_json::json!({"n": 1}))
+            .unwrap();
+        assert_eq!(store.durable_commits() - before, 1, "one durable commit");
+        assert!(store.journal::<String>().unwrap().is_empty());
+        drop(store);
+        std::fs::write(dir.join(JOURNAL_FILE), journal).unwrap();
+        let rebooted = Store::open(&dir).unwrap();
+        assert!(
+            rebooted.journal::<String>().unwrap().is_empty(),
+            "a journal its commit outlived would undo what the record owns"
+        );
+        // The next command's journal is live again.
+        rebooted.set_journal(&["next"]).unwrap();
+        assert_eq!(rebooted.journal::<String>().unwrap(), ["next"]);
+        drop(rebooted);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_left_in_the_database_by_an_older_version_is_recovered() {
+        let dir = temp_dir();
+        let store = Store::open(&dir).unwrap();
+        let bytes = serde_json::to_vec(&["old"]).unwrap();
+        store
+            .write_tables(|_, journal| {
+                journal.insert(PENDING, bytes.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.journal::<String>().unwrap(), ["old"]);
+        store.clear_journal().unwrap();
+        assert!(store.journal::<String>().unwrap().is_empty());
+        drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -61,3 +61,194 @@ fn loading_the_endpoint_programs_reads_the_kernel_btf_once_per_process() {
         );
     }
 }
+
+/// The durable (fsynced) store commits a command reported on its way out
+/// (`RUST_LOG=netvlan::store=debug`).
+fn durable_commits(run: &netvlan_tests::Run) -> usize {
+    let counts: Vec<usize> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("durable commits: ").nth(1))
+        .map(|n| n.trim().parse().expect("a count"))
+        .collect();
+    assert_eq!(
+        counts.len(),
+        1,
+        "one writer store per command, reporting once:\n{}",
+        run.stderr
+    );
+    counts[0]
+}
+
+const STORE_DEBUG: (&str, &str) = ("RUST_LOG", "netvlan::store=debug");
+
+#[test]
+fn a_connect_and_a_disconnect_make_one_durable_commit_each() {
+    let lan = netvlan_tests::Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.61.0.0/24",
+        "-o",
+        "parent=eth0",
+        "onesync",
+    ])
+    .ok();
+    for _ in 0..2 {
+        let c = lan.container(false);
+        // The journal written before the link, the record committed after.
+        let connect = lan
+            .netvlan_env(&[STORE_DEBUG], &["connect", "onesync", c.name()])
+            .ok();
+        assert_eq!(durable_commits(&connect), 1, "connect:\n{}", connect.stderr);
+        assert!(
+            !lan.state.path().join("journal").exists(),
+            "the committed connect left its journal behind"
+        );
+        let disconnect = lan
+            .netvlan_env(&[STORE_DEBUG], &["disconnect", "onesync", c.name()])
+            .ok();
+        assert_eq!(
+            durable_commits(&disconnect),
+            1,
+            "disconnect:\n{}",
+            disconnect.stderr
+        );
+    }
+    lan.netvlan(&["network", "rm", "onesync"]).ok();
+}
+
+#[test]
+fn a_connect_killed_after_its_journal_is_undone_by_the_next_command() {
+    let lan = netvlan_tests::Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.62.0.0/24",
+        "-o",
+        "parent=eth0",
+        "killedj",
+    ])
+    .ok();
+    let c = lan.container(false);
+    let links = |c: &netvlan_tests::Netns| {
+        let mut names = c.link_names();
+        names.retain(|n| n != "lo");
+        names
+    };
+    let journal = lan.state.path().join("journal");
+    // SIGKILLed with its journal written (not fsynced) and its link made.
+    lan.kill_midway(
+        "connect-after-link",
+        &["connect", "killedj", c.name()],
+        || !links(&c).is_empty(),
+    );
+    assert!(
+        journal.exists(),
+        "the killed connect's journal did not outlive it"
+    );
+    assert_eq!(links(&c).len(), 1, "the killed connect left its link");
+    let ls = lan.netvlan(&["network", "ls", "--json"]).ok();
+    assert!(
+        ls.stderr.contains("left by an interrupted connect"),
+        "{}",
+        ls.stderr
+    );
+    assert_eq!(links(&c), Vec::<String>::new(), "recovery removed the link");
+    assert!(!journal.exists(), "recovery cleared the journal");
+    let again = lan
+        .netvlan(&["connect", "--json", "killedj", c.name()])
+        .ok()
+        .json();
+    assert_eq!(again["endpoint"]["ipv4"], "10.62.0.2/24", "no address lost");
+    lan.netvlan(&["disconnect", "killedj", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "killedj"]).ok();
+}
+
+/// Entries one `netvlan connect NETWORK SANDBOX` writes into bpf maps
+/// (strace's decoding: one per `BPF_MAP_UPDATE_ELEM`/`DELETE_ELEM`,
+/// `count` per batch), wire maps and the endpoint's own alike.
+fn map_entries_written_by_a_connect(
+    lan: &netvlan_tests::Lan,
+    network: &str,
+    sandbox: &str,
+) -> usize {
+    let log = std::env::temp_dir().join(format!("{}-bpf", netvlan_tests::unique_name("nvcc")));
+    let out = lan
+        .host
+        .command("strace")
+        .args(["-f", "-qq", "-e", "trace=bpf", "-o"])
+        .arg(&log)
+        .arg(netvlan_tests::netvlan_bin())
+        .args(["connect", network, sandbox])
+        .env("NETVLAN_BPF_DIR", lan.bpf.path())
+        .env("NETVLAN_STATE_DIR", lan.state.path())
+        .output()
+        .expect("strace runs (Debian's strace)");
+    let trace = std::fs::read_to_string(&log).expect("strace wrote its log");
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        out.status.success(),
+        "traced connect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut written = 0;
+    for line in trace.lines() {
+        if line.contains("bpf(BPF_MAP_UPDATE_ELEM") || line.contains("bpf(BPF_MAP_DELETE_ELEM") {
+            written += 1;
+        } else if line.contains("bpf(BPF_MAP_UPDATE_BATCH")
+            || line.contains("bpf(BPF_MAP_DELETE_BATCH")
+        {
+            written += line
+                .split("count=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("a batch without a count: {line}"));
+        }
+    }
+    assert!(written > 0, "the connect wrote no map entry:\n{trace}");
+    written
+}
+
+#[test]
+fn a_connect_writes_the_same_map_entries_with_one_or_fifty_endpoints_present() {
+    const PRESENT: usize = 50;
+    let lan = netvlan_tests::Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.63.0.0/16",
+        "-o",
+        "parent=eth0",
+        "flat",
+    ])
+    .ok();
+    let first = lan.container(false);
+    lan.netvlan(&["connect", "flat", first.name()]).ok();
+    let probe = lan.container(false);
+    let with_one = map_entries_written_by_a_connect(&lan, "flat", probe.name());
+    lan.netvlan(&["disconnect", "flat", probe.name()]).ok();
+    let mut present = vec![first];
+    while present.len() < PRESENT {
+        let c = lan.container(false);
+        lan.netvlan(&["connect", "flat", c.name()]).ok();
+        present.push(c);
+    }
+    let with_many = map_entries_written_by_a_connect(&lan, "flat", probe.name());
+    assert_eq!(
+        with_many, with_one,
+        "a connect wrote {with_many} map entries with {PRESENT} endpoints present, \
+         {with_one} with one: it rewrote entries of other endpoints"
+    );
+    let check = lan.netvlan(&["check"]).ok();
+    assert!(check.stdout.contains("no drift"), "{}", check.stdout);
+    lan.netvlan(&["disconnect", "flat", probe.name()]).ok();
+    for c in &present {
+        lan.netvlan(&["disconnect", "flat", c.name()]).ok();
+    }
+    lan.netvlan(&["network", "rm", "flat"]).ok();
+}

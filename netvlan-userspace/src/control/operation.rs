@@ -1,10 +1,12 @@
 //! The kernel changes a command makes, each recorded once: journalled
-//! durably before the change (so the next command can clean up after one
+//! before the change (the journal survives the process, not a power cut,
+//! which takes the kernel objects with it; see `store`) (so the next command can clean up after one
 //! that died half-way, see [`Manager::recover`](super::Manager)) and undone,
 //! newest first, when the command fails.
 //!
-//! Committing the network record clears the journal in the same store
-//! transaction; a failure clears it after the undo.
+//! Committing the network record spends the journal in the same store
+//! transaction, the command's one durable commit; a failure clears it
+//! after the undo.
 
 use std::path::PathBuf;
 
@@ -258,7 +260,8 @@ impl<'a> OperationLog<'a> {
         }
     }
 
-    /// Records `operation` durably; call it before making the change.
+    /// Records `operation` (surviving this process, without an fsync);
+    /// call it before making the change.
     pub(crate) fn record(&mut self, operation: Operation) -> Result<(), NetworkError> {
         self.operations.push(operation);
         Ok(self.store.set_journal(&self.operations)?)

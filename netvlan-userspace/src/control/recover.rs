@@ -1,8 +1,10 @@
 //! Crash safety for commands killed half-way (SIGKILL, power loss).
 //!
 //! Before a command creates anything in the kernel it journals the
-//! [`Operation`], durably; every link it creates carries an `IFLA_IFALIAS`
-//! tag naming its owner. Committing the network record clears the journal
+//! [`Operation`] (in a journal that survives the process; a power cut
+//! takes the kernel objects along, and a journal its commit outlived is
+//! spent by generation, see `store`); every link it creates carries an `IFLA_IFALIAS`
+//! tag naming its owner. Committing the network record spends the journal
 //! in the same transaction; a failure clears it after the undo. So a
 //! journal found by the next command means the last one died in between:
 //! [`Manager::recover`] undoes exactly what it may have left (links that
