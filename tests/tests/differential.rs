@@ -150,7 +150,6 @@ fn policy() -> WireModel {
             })
             .collect::<BTreeMap<_, _>>()
             .into(),
-        ..WireModel::default()
     }
 }
 
