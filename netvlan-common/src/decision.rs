@@ -13,7 +13,9 @@
 //!
 //! Order of checks, first match wins:
 //! 1. the VLAN's flags say the wire has a deny list ([`VLAN_DENY_LIST`])
-//!    and the source MAC is on it ([`DropReason::MacDenied`]);
+//!    and the source MAC is on it ([`DropReason::MacDenied`]); on a
+//!    guarded VLAN the guard's entry for a learned MAC answers this, so a
+//!    frame pays one source-side lookup ([`Source`]);
 //! 2. VLAN filter on ([`VLAN_WIRE_FILTER`]) and the outer VLAN not allowed, or more than one tag
 //!    ([`DropReason::VlanNotAllowed`]) — untagged frames always pass this
 //!    check, so the host's own untagged traffic on a trunk keeps working;
@@ -172,13 +174,28 @@ pub trait PolicyView {
     /// A configured gateway of a network on the wire has this address.
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool;
     /// Learns `src` on `vid` unless the VLAN already holds `limit` MACs.
-    /// Called only after [`PolicyView::is_learned`] said no.
+    /// Called only after [`PolicyView::source`] said [`Source::New`].
     /// `packets` and `len` (bytes) are what the frame counts for, for the
     /// over-limit counters.
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning;
-    /// The guard learned `src` on `vid` already (a lookup, nothing written
-    /// but the LRU's recency).
-    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool;
+    /// What the guard's table says of `src` on `vid` (one lookup, nothing
+    /// written): the one source-side lookup of a frame on a guarded VLAN.
+    fn source(&self, vid: u16, src: &[u8; 6]) -> Source;
+}
+
+/// A source MAC as the MAC-sprawl guard's table (`maps::MAC_LEARN`) has
+/// it. A learned entry also says whether the MAC is on the wire's deny
+/// list (`maps::MAC_LEARN_DENIED`), so on a guarded VLAN the deny check and
+/// the guard share one lookup; only a MAC the guard has not learned is
+/// looked up in the deny list itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Not learned on this VLAN.
+    New,
+    /// Learned, and not on the deny list.
+    Learned,
+    /// Learned, and on the deny list (denied after it was learned).
+    LearnedDenied,
 }
 
 /// What [`decide`] is told about one frame besides its headers.
@@ -208,17 +225,32 @@ pub fn decide<P: PolicyView + ?Sized, A: Addresses + ?Sized>(
     policy: &P,
 ) -> Verdict {
     let vlan = cx.vlan_flags;
-    if vlan & VLAN_DENY_LIST != 0 && policy.is_denied(&frame.src) {
-        return Verdict::Drop(DropReason::MacDenied);
+    let guarded = vlan & VLAN_MAC_GUARD != 0;
+    // One source-side lookup where the guard is on (its entry answers the
+    // deny check too), one where only the deny list is, none where neither.
+    let source = if guarded {
+        policy.source(frame.outer_vid, &frame.src)
+    } else {
+        Source::New
+    };
+    if vlan & VLAN_DENY_LIST != 0 {
+        let denied = match source {
+            Source::LearnedDenied => true,
+            Source::Learned => false,
+            Source::New => policy.is_denied(&frame.src),
+        };
+        if denied {
+            return Verdict::Drop(DropReason::MacDenied);
+        }
     }
     let filtering = vlan & VLAN_WIRE_FILTER != 0;
     if filtering && frame.tags > 0 && (frame.tags > 1 || vlan & VLAN_ALLOWED == 0) {
         return Verdict::Drop(DropReason::VlanNotAllowed);
     }
-    // A learned MAC passes the guard after one lookup (the steady state);
-    // only a new one pays for the gateway check and the learning.
-    if vlan & VLAN_MAC_GUARD != 0
-        && !policy.is_learned(frame.outer_vid, &frame.src)
+    // A learned MAC passes the guard on the lookup above (the steady
+    // state); only a new one pays for the gateway check and the learning.
+    if guarded
+        && source == Source::New
         && !from_gateway(&addresses.src_ip(), policy)
         && policy.learn(
             frame.outer_vid,
@@ -274,12 +306,13 @@ mod tests {
     use super::*;
     use crate::{
         frame::{classify, Classification},
-        maps::DstKey,
+        maps::{DstKey, LearnKey},
         model::WireModel as Model,
     };
 
     const ENDPOINT: [u8; 6] = [2, 0x42, 10, 0, 0, 2];
     const STRANGER: [u8; 6] = [2, 0x42, 10, 0, 0, 99];
+    const SENDER: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
     const BROADCAST: [u8; 6] = [0xff; 6];
 
     fn frame(dst: [u8; 6], src: [u8; 6], tags: &[u16]) -> Frame {
@@ -642,5 +675,74 @@ mod tests {
         assert_eq!(asked(&m, guarded), 1, "a new source MAC: the gateway check");
         assert_eq!(asked(&m, guarded), 0, "a learned one: nothing");
         assert_eq!(asked(&m, VLAN_UNKNOWN_IP_DROP), 1, "ipvlan's check");
+    }
+
+    /// A policy view that counts the source-side lookups (deny list and
+    /// the guard's table) the decision makes.
+    struct Lookups<'a> {
+        model: &'a Model,
+        times: std::cell::Cell<u32>,
+    }
+
+    impl PolicyView for Lookups<'_> {
+        fn is_denied(&self, src: &[u8; 6]) -> bool {
+            self.times.set(self.times.get() + 1);
+            self.model.is_denied(src)
+        }
+        fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
+            self.model.is_registered_ip(ip)
+        }
+        fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
+            self.model.is_gateway_ip(ip)
+        }
+        fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
+            self.model.learn(vid, src, limit, packets, len)
+        }
+        fn source(&self, vid: u16, src: &[u8; 6]) -> Source {
+            self.times.set(self.times.get() + 1);
+            self.model.source(vid, src)
+        }
+    }
+
+    #[test]
+    fn source_checks_cost_no_lookup_when_off_and_one_when_on() {
+        let mut m = Model::default();
+        m.denied.insert(STRANGER);
+        let run = |m: &Model, flags: u32, src: [u8; 6]| {
+            let view = Lookups {
+                model: m,
+                times: Default::default(),
+            };
+            let f = frame(ENDPOINT, src, &[]);
+            let cx = Context {
+                vlan_flags: flags,
+                dst_registered: true,
+                packets: 1,
+                len: 64,
+            };
+            (decide(&f, &f, &cx, &view), view.times.get())
+        };
+        let denied = Verdict::Drop(DropReason::MacDenied);
+        let guard = with_mac_limit(VLAN_DENY_LIST, 4, false);
+        assert_eq!(run(&m, 0, ENDPOINT), (Verdict::Pass, 0), "both off");
+        assert_eq!(run(&m, VLAN_DENY_LIST, ENDPOINT), (Verdict::Pass, 1));
+        assert_eq!(run(&m, VLAN_DENY_LIST, STRANGER), (denied, 1));
+        let guard_only = with_mac_limit(0, 4, false);
+        assert_eq!(run(&m, guard_only, ENDPOINT), (Verdict::Pass, 1), "learns");
+        assert_eq!(run(&m, guard_only, ENDPOINT), (Verdict::Pass, 1), "learned");
+        // Both on: a learned source (the steady state) is one lookup; the
+        // guard's entry says it is not denied.
+        assert_eq!(run(&m, guard, ENDPOINT), (Verdict::Pass, 1));
+        // A source the guard learned and the wire denied later: its entry
+        // says so (the control plane marks it), still one lookup.
+        m.learned.borrow_mut().insert(LearnKey {
+            vid: 0,
+            mac: STRANGER,
+        });
+        assert_eq!(run(&m, guard, STRANGER), (denied, 1));
+        // Only a source the guard has not learned pays a second lookup
+        // (the deny list) before it may be learned.
+        assert_eq!(run(&m, guard, SENDER), (Verdict::Pass, 2), "new: learned");
+        assert_eq!(run(&m, guard, SENDER), (Verdict::Pass, 1));
     }
 }

@@ -33,11 +33,20 @@ pub const DROPS: &str = "DROPS";
 pub const VLAN_DROPS: &str = "VLAN_DROPS";
 
 /// Hash (no preallocation: memory follows what is learned) of [`LearnKey`]
-/// to `u64` (first seen, `bpf_ktime_get_ns`): the source MACs the
-/// MAC-sprawl guard has learned, per VLAN. Not an LRU: the guard reserves
-/// a MAC's place in its VLAN's count before inserting it, so the table
-/// holds at most what the limits allow and nothing is ever evicted.
+/// to `u64` (first seen, `bpf_ktime_get_ns`, with [`MAC_LEARN_DENIED`]):
+/// the source MACs the MAC-sprawl guard has learned, per VLAN. Not an LRU:
+/// the guard reserves a MAC's place in its VLAN's count before inserting
+/// it, so the table holds at most what the limits allow and nothing is
+/// ever evicted. The deny list stays in [`DENY_MACS`] (per wire, never
+/// crowded out by learning); the entry's denied bit lets a guarded VLAN
+/// answer both checks with this one lookup.
 pub const MAC_LEARN: &str = "MAC_LEARN";
+/// Bit of a [`MAC_LEARN`] value: the learned MAC is on the wire's deny
+/// list. The control plane sets it on every learned entry of a MAC it
+/// denies (and clears it when it allows the MAC again) before the VLAN
+/// flags turn the deny list on; the program sets it on an entry it learns
+/// while the MAC is being denied. A monotonic time in ns never has it.
+pub const MAC_LEARN_DENIED: u64 = 1 << 63;
 /// Array of [`MacGuardState`] indexed by VLAN id: the guard's count of
 /// learned MACs and its over-limit events.
 pub const MAC_GUARD: &str = "MAC_GUARD";

@@ -19,7 +19,7 @@ use core::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{
-    decision::{decide, vlan_drop_index, Context, Learning, PolicyView, Verdict},
+    decision::{decide, vlan_drop_index, Context, Learning, PolicyView, Source, Verdict},
     frame::{classify, Anomaly, Classification, Frame},
     maps::{
         direct_slot, CounterSlot, Counters, DstCounters, DstKey, DstTables, LearnKey,
@@ -224,8 +224,16 @@ impl PolicyView for WireModel {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         self.gateway_ips.contains(ip)
     }
-    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
-        self.learned.borrow().contains(&LearnKey { vid, mac: *src })
+    /// The program's entry carries the denied bit the control plane keeps
+    /// in step with the deny list; the model derives it from `denied`.
+    fn source(&self, vid: u16, src: &[u8; 6]) -> Source {
+        if !self.learned.borrow().contains(&LearnKey { vid, mac: *src }) {
+            Source::New
+        } else if self.denied.contains(src) {
+            Source::LearnedDenied
+        } else {
+            Source::Learned
+        }
     }
     fn learn(&self, vid: u16, src: &[u8; 6], limit: u32, packets: u64, len: u64) -> Learning {
         let key = LearnKey { vid, mac: *src };

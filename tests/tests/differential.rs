@@ -88,6 +88,12 @@ const UNREGISTERED: [[u8; 6]; 4] = [
     USER_MAC,
 ];
 const DENIED: [u8; 6] = [2, 0, 0, 0, 0, 0x66];
+/// Denied after both guards (VLANs 0 and 10) learned it: the control
+/// plane marked its learned entries (`maps::MAC_LEARN_DENIED`), so the
+/// guard's one lookup answers the deny check for it.
+const DENIED_LEARNED: [u8; 6] = [2, 0, 0, 0, 0, 0x67];
+/// The VLANs whose guards learned [`DENIED_LEARNED`] before it was denied.
+const LEARNED_BEFORE_DENIED: [u16; 2] = [0, 10];
 const SENDER: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
 /// ipvlan endpoint addresses (VLAN 100 drops unicast IP to any other).
 const REGISTERED_V4: [[u8; 4]; 2] = [[10, 0, 100, 2], [10, 0, 100, 3]];
@@ -118,14 +124,32 @@ fn policy() -> WireModel {
         ]),
         every_vlan: VLAN_WIRE_FILTER | VLAN_DENY_LIST,
         registered: REGISTERED.into_iter().collect(),
-        denied: HashSet::from([DENIED]),
+        denied: HashSet::from([DENIED, DENIED_LEARNED]),
         registered_ips: REGISTERED_V4
             .iter()
             .map(|v4| std::net::Ipv4Addr::from(*v4).to_ipv6_mapped().octets())
             .chain([REGISTERED_V6, v4_mapped(GATEWAY_V4)])
             .collect(),
         gateway_ips: HashSet::from([v4_mapped(GATEWAY_V4), GATEWAY_V6]),
-        ..WireModel::default()
+        learned: LEARNED_BEFORE_DENIED
+            .iter()
+            .map(|vid| LearnKey {
+                vid: *vid,
+                mac: DENIED_LEARNED,
+            })
+            .collect::<HashSet<_>>()
+            .into(),
+        guard: LEARNED_BEFORE_DENIED
+            .iter()
+            .map(|vid| {
+                let state = MacGuardState {
+                    learned: 1,
+                    ..MacGuardState::default()
+                };
+                (*vid, state)
+            })
+            .collect::<BTreeMap<_, _>>()
+            .into(),
     }
 }
 
@@ -195,6 +219,24 @@ fn loaded_object(policy: &WireModel, slots: &Placement) -> Ebpf {
             deny.insert(MacKey::new(*mac), 0, 0).unwrap();
         }
     }
+    {
+        // What the guards learned before the run, denied bits as the
+        // control plane keeps them.
+        let mut learn: BpfHashMap<&mut MapData, LearnKey, u64> =
+            ebpf.map_mut(maps::MAC_LEARN).unwrap().try_into().unwrap();
+        for key in policy.learned.borrow().iter() {
+            let mut value = 1;
+            if policy.denied.contains(&key.mac) {
+                value |= maps::MAC_LEARN_DENIED;
+            }
+            learn.insert(*key, value, 0).unwrap();
+        }
+        let mut guard: Array<&mut MapData, MacGuardState> =
+            ebpf.map_mut(maps::MAC_GUARD).unwrap().try_into().unwrap();
+        for (vid, state) in policy.guard.borrow().iter() {
+            guard.set(u32::from(*vid), *state, 0).unwrap();
+        }
+    }
     ebpf
 }
 
@@ -237,7 +279,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         _ => [r[0] & 0xfe, r[1], r[2], 0, 0, 1],
     };
     let src = match rng.below(8) {
-        0 => DENIED,
+        0 => rng.pick(&[DENIED, DENIED_LEARNED]),
         1 | 2 => [2, 0, 0, 0x5b, 0, rng.below(SPRAWL) as u8],
         _ => SENDER,
     };
@@ -596,12 +638,19 @@ fn the_program_agrees_with_the_model(hook: Hook) {
     }
     let learn: BpfHashMap<&MapData, LearnKey, u64> =
         ebpf.map(maps::MAC_LEARN).unwrap().try_into().unwrap();
-    let kernel_learned: HashSet<LearnKey> = learn.keys().map(|k| k.unwrap()).collect();
+    let kernel_learned: HashMap<LearnKey, u64> = learn.iter().map(|e| e.unwrap()).collect();
     assert_eq!(
-        kernel_learned,
+        kernel_learned.keys().copied().collect::<HashSet<_>>(),
         *policy.learned.borrow(),
         "{hook:?}: the learning table holds exactly the MACs the model learned"
     );
+    for (key, value) in &kernel_learned {
+        assert_eq!(
+            value & maps::MAC_LEARN_DENIED != 0,
+            policy.denied.contains(&key.mac),
+            "{hook:?}: MAC_LEARN[{key:?}] = {value:#x}: its denied bit"
+        );
+    }
 
     assert!(
         expected.dsts.values().any(|d| d.dropped.packets > 0),

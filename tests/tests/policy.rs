@@ -524,6 +524,117 @@ fn the_mac_guard_learns_up_to_max_macs_and_drops_new_sources_beyond() {
     lab.netvlan(&["network", "rm", "sprawl"]).ok();
 }
 
+/// The guard's entry for (VLAN, MAC) on the lab's wire, if learned.
+fn learned_entry(lab: &Lan, vid: u16, mac: Mac) -> Option<u64> {
+    use aya::maps::MapData;
+    use netvlan::sys::bpf_batch::BatchMap;
+    use netvlan_common::maps::{LearnKey, MAC_LEARN};
+
+    let data = MapData::from_pin(pinned_map(lab, MAC_LEARN)).unwrap();
+    BatchMap::new(&data, MAC_LEARN)
+        .unwrap()
+        .lookup_all::<LearnKey, u64>()
+        .unwrap()
+        .into_iter()
+        .find(|(key, _)| *key == LearnKey { vid, mac })
+        .map(|(_, value)| value[0])
+}
+
+/// Rewrites the guard's entry for (VLAN, MAC) on the lab's wire.
+fn set_learned_entry(lab: &Lan, vid: u16, mac: Mac, value: u64) {
+    use aya::maps::MapData;
+    use netvlan::sys::bpf_batch::BatchMap;
+    use netvlan_common::maps::{LearnKey, MAC_LEARN};
+
+    let data = MapData::from_pin(pinned_map(lab, MAC_LEARN)).unwrap();
+    BatchMap::new(&data, MAC_LEARN)
+        .unwrap()
+        .update(&[(LearnKey { vid, mac }, value)], 0)
+        .unwrap();
+}
+
+/// On a guarded VLAN the deny check is answered by the guard's own entry
+/// (one lookup): a MAC learned and denied later has its entry marked and
+/// is dropped as denied. Pins of the build before the mark (whose policy
+/// writes never marked) are marked by `datapath upgrade`, which carries
+/// counters, policy and learned MACs over.
+#[test]
+fn a_learned_mac_denied_later_is_dropped_and_upgrade_marks_older_entries() {
+    use netvlan_common::maps::MAC_LEARN_DENIED;
+
+    let lab = Lan::new(false);
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.46.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "max_macs=3",
+        "late",
+    ])
+    .ok();
+    let (c, mac) = lab.connect_container("late");
+    let listener = PacketSocket::listen(&c, "eth0");
+    let mut inbox = Inbox::new(&listener);
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(64), 2);
+    let stats = lab.stats_after(before + 2);
+    assert_eq!(stats["learned_macs"], 1, "{stats:#}");
+    assert_eq!(inbox.wait_count(mac, SENDER, 2), 2, "a new source passes");
+    let learned = learned_entry(&lab, 0, SENDER).expect("the guard learned SENDER");
+    assert_eq!(learned & MAC_LEARN_DENIED, 0, "not denied yet");
+
+    lab.netvlan(&["policy", "set", "late", "mac_deny=02:00:00:00:00:11"])
+        .ok();
+    assert_eq!(
+        learned_entry(&lab, 0, SENDER),
+        Some(learned | MAC_LEARN_DENIED),
+        "denying a learned MAC marks its entry"
+    );
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(64), 3);
+    let stats = lab.stats_after(before + 5);
+    assert_eq!(
+        stats["drops"]["mac_denied"],
+        counters(3, 3 * 64),
+        "{stats:#}"
+    );
+    assert_eq!(stats["learned_macs"], 1, "{stats:#}");
+
+    // The build before the mark left learned entries of denied MACs
+    // unmarked; upgrading from such pins marks them before the swap.
+    set_learned_entry(&lab, 0, SENDER, learned);
+    lab.netvlan(&["datapath", "upgrade", "eth0", "--force"])
+        .ok();
+    assert_eq!(
+        learned_entry(&lab, 0, SENDER),
+        Some(learned | MAC_LEARN_DENIED),
+        "upgrade marks the learned entry of a denied MAC"
+    );
+    socket.send_many(&FrameBuilder::new(mac, SENDER).build(64), 2);
+    let stats = lab.stats_after(before + 7);
+    assert_eq!(
+        stats["drops"]["mac_denied"],
+        counters(5, 5 * 64),
+        "counters and the deny list carried over: {stats:#}"
+    );
+    assert_eq!(
+        stats["learned_macs"], 1,
+        "the learned MAC carried over: {stats:#}"
+    );
+    assert_eq!(stats["mac_guards"][0]["learned"], 1, "{stats:#}");
+    assert_eq!(
+        inbox.count(mac, SENDER),
+        2,
+        "a frame from the denied MAC reached the container"
+    );
+
+    lab.netvlan(&["disconnect", "late", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "late"]).ok();
+}
+
 #[test]
 fn max_macs_settings_are_checked() {
     let lab = Lan::new(false);

@@ -5,8 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 use netvlan_common::{
     decision::{
-        decide, with_mac_limit, Context, Learning, PolicyView, Verdict, VLAN_ALLOWED,
-        VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP, VLAN_WIRE_FILTER,
+        decide, with_mac_limit, Context, DropReason, Learning, PolicyView, Source, Verdict,
+        VLAN_ALLOWED, VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP, VLAN_UNKNOWN_IP_DROP,
+        VLAN_WIRE_FILTER,
     },
     frame::{
         classify, classify_headers, Anomaly, Classification, Unread, ETH_HLEN, ETH_ZLEN, VLAN_HLEN,
@@ -15,9 +16,11 @@ use netvlan_common::{
 
 /// A policy that exercises every branch: filter on, VLAN 10 allowed with
 /// unknown-destination drop and a MAC-sprawl guard of 16 MACs (sources
-/// whose last byte is below 16 count as learned), one registered and one
-/// denied MAC.
+/// whose last byte is below 16 count as learned), one registered and two
+/// denied MACs, one of them learned (denied after the guard learned it).
 struct Fixed;
+
+const DENIED: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 0x66], [2, 0, 0, 0, 0, 0x06]];
 
 fn vlan_flags(vid: u16) -> u32 {
     VLAN_WIRE_FILTER
@@ -31,7 +34,7 @@ fn vlan_flags(vid: u16) -> u32 {
 
 impl PolicyView for Fixed {
     fn is_denied(&self, src: &[u8; 6]) -> bool {
-        src == &[2, 0, 0, 0, 0, 0x66]
+        DENIED.contains(src)
     }
     fn is_registered_ip(&self, ip: &[u8; 16]) -> bool {
         ip[15] == 2
@@ -39,8 +42,12 @@ impl PolicyView for Fixed {
     fn is_gateway_ip(&self, ip: &[u8; 16]) -> bool {
         ip[15] == 1
     }
-    fn is_learned(&self, _vid: u16, src: &[u8; 6]) -> bool {
-        src[5] < 16
+    fn source(&self, _vid: u16, src: &[u8; 6]) -> Source {
+        match (src[5] < 16, self.is_denied(src)) {
+            (false, _) => Source::New,
+            (true, false) => Source::Learned,
+            (true, true) => Source::LearnedDenied,
+        }
     }
     fn learn(&self, _vid: u16, src: &[u8; 6], limit: u32, _packets: u64, _len: u64) -> Learning {
         if u32::from(src[5]) < limit {
@@ -93,7 +100,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(lazy, verdict);
             if let Verdict::Drop(_) = verdict {
                 // Broadcast from an allowed, undenied source is never dropped.
-                assert!(!(f.dst == [0xff; 6] && f.tags == 0 && f.src != [2, 0, 0, 0, 0, 0x66]));
+                assert!(!(f.dst == [0xff; 6] && f.tags == 0 && !DENIED.contains(&f.src)));
+            }
+            if DENIED.contains(&f.src) {
+                // Learned or not, a denied source is dropped as denied.
+                assert_eq!(verdict, Verdict::Drop(DropReason::MacDenied));
             }
         }
     }

@@ -17,7 +17,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, BPF_EXIST, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -28,8 +28,8 @@ use netvlan_common::trace::{
 };
 use netvlan_common::{
     decision::{
-        decide, Context, Learning, PolicyView, Verdict, DROP_REASON_SLOTS, IP_GATEWAY,
-        IP_NOT_REGISTERED, VLAN_DEBUG, VLAN_TRACE,
+        decide, Context, Learning, PolicyView, Source as SrcMac, Verdict, DROP_REASON_SLOTS,
+        IP_GATEWAY, IP_NOT_REGISTERED, VLAN_DEBUG, VLAN_TRACE,
     },
     frame::{
         classify_headers, Anomaly, Classification, FrameBytes, OffloadedTag, PacketBytes, Unread,
@@ -39,7 +39,7 @@ use netvlan_common::{
     maps::{
         dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey, MacGuardState, MacKey,
         VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
-        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, VLAN_SLOTS,
+        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, MAC_LEARN_DENIED, VLAN_SLOTS,
     },
 };
 use netvlan_ebpf::{
@@ -156,14 +156,18 @@ impl PolicyView for Maps {
     }
 
     #[inline(always)]
-    fn is_learned(&self, vid: u16, src: &[u8; 6]) -> bool {
+    fn source(&self, vid: u16, src: &[u8; 6]) -> SrcMac {
         // SAFETY: read-only lookup of a plain u64.
-        unsafe { MAC_LEARN.get(&LearnKey { vid, mac: *src }).is_some() }
+        match unsafe { MAC_LEARN.get(&LearnKey { vid, mac: *src }) } {
+            None => SrcMac::New,
+            Some(v) if *v & MAC_LEARN_DENIED != 0 => SrcMac::LearnedDenied,
+            Some(_) => SrcMac::Learned,
+        }
     }
 
     /// Exact across CPUs: the count is reserved with an atomic fetch-add
     /// before the MAC is inserted, and given back if the insert loses.
-    /// `decide` calls it only after `is_learned` missed, so it does not look
+    /// `decide` calls it only after `source` missed, so it does not look
     /// the MAC up again (a MAC another CPU learned meanwhile loses the
     /// NOEXIST insert below and is Known).
     #[inline(always)]
@@ -179,7 +183,18 @@ impl PolicyView for Maps {
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
             match MAC_LEARN.insert(&key, &now, u64::from(BPF_NOEXIST)) {
-                Ok(()) => return Learning::Learned,
+                Ok(()) => {
+                    // The control plane marks learned entries after it
+                    // writes the deny list; an entry inserted after its
+                    // scan is marked here (the MAC passed the deny check
+                    // before the list had it). Once per learned MAC.
+                    // SAFETY: read-only lookup of a plain u32.
+                    if unsafe { DENY_MACS.get(&MacKey::new(*src)) }.is_some() {
+                        let denied = now | MAC_LEARN_DENIED;
+                        let _ = MAC_LEARN.insert(&key, &denied, u64::from(BPF_EXIST));
+                    }
+                    return Learning::Learned;
+                }
                 // Another CPU learned the same MAC first: give the slot back.
                 Err(EEXIST) => {
                     unsafe { add(learned, u64::MAX) };

@@ -29,7 +29,7 @@ use netvlan_common::{
     },
     maps::{
         self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey, DST_CAPACITY,
-        VLAN_SLOTS,
+        MAC_LEARN_DENIED, VLAN_SLOTS,
     },
 };
 
@@ -330,8 +330,46 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
         .iter()
         .map(|mac| (MacKey::new(*mac), 0))
         .collect();
-    sync_values(pins, maps::DENY_MACS, &denied)?;
+    if sync_values(pins, maps::DENY_MACS, &denied)? {
+        mark_denied(pins, &policy.denied)?;
+    }
     write_vlan_flags(pins, policy)
+}
+
+/// Keeps the denied bit of every learned entry (`maps::MAC_LEARN_DENIED`)
+/// in step with `denied`, so a guarded VLAN answers the deny check from
+/// the guard's own entry (one lookup per frame). Runs after `DENY_MACS` is
+/// written and before the VLAN flags turn a new deny list on; the program
+/// marks an entry it learns while a MAC is being denied (it looks
+/// `DENY_MACS` up again after the insert), so no learned MAC escapes it.
+fn mark_denied(pins: &InterfacePins, denied: &BTreeSet<[u8; 6]>) -> Result<(), DatapathError> {
+    let learned = with_batch(pins, maps::MAC_LEARN, |b| b.lookup_all::<LearnKey, u64>())?;
+    let marks: Vec<(LearnKey, u64)> = learned
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let was = value[0];
+            let now = if denied.contains(&key.mac) {
+                was | MAC_LEARN_DENIED
+            } else {
+                was & !MAC_LEARN_DENIED
+            };
+            (now != was).then_some((key, now))
+        })
+        .collect();
+    with_batch(pins, maps::MAC_LEARN, |b| b.update(&marks, 0))
+}
+
+/// Marks the learned entries of the MACs the pinned `DENY_MACS` holds
+/// ([`mark_denied`]): what `datapath upgrade` does to pins of the layout
+/// before the denied bit, whose learned entries were never marked. The
+/// bit means nothing to such an older program, so it is set before the
+/// swap.
+pub(super) fn mark_pinned_denied(pins: &InterfacePins) -> Result<(), DatapathError> {
+    let denied = with_batch(pins, maps::DENY_MACS, |b| b.lookup_all::<MacKey, u32>())?
+        .into_iter()
+        .map(|(key, _)| key.addr)
+        .collect();
+    mark_denied(pins, &denied)
 }
 
 /// Publishes new slots (counters zeroed first), then unpublishes old ones.
@@ -456,12 +494,13 @@ fn delete_present<K: aya::Pod>(batch: &BatchMap, mut keys: &[K]) -> Result<(), B
 }
 
 /// Makes the hash map exactly `wanted`, values included: writes what is
-/// missing or different, then removes the rest.
+/// missing or different, then removes the rest. Says whether it changed
+/// anything.
 fn sync_values<K>(
     pins: &InterfacePins,
     name: &'static str,
     wanted: &BTreeMap<K, u32>,
-) -> Result<(), DatapathError>
+) -> Result<bool, DatapathError>
 where
     K: aya::Pod + Ord,
 {
@@ -482,7 +521,8 @@ where
     with_batch(pins, name, |b| {
         b.update(&writes, 0)?;
         b.delete(&stale)
-    })
+    })?;
+    Ok(!writes.is_empty() || !stale.is_empty())
 }
 
 /// The destinations and addresses registered in the wire's maps now (what
@@ -889,6 +929,103 @@ mod tests {
             .batch(maps::MAC_LEARN, |b| b.lookup_all::<LearnKey, u64>())
             .unwrap();
         assert_eq!(learned.len(), 2, "{learned:?}");
+    }
+
+    #[test]
+    fn denying_a_learned_mac_marks_its_entries_and_allowing_it_again_clears_them() {
+        let maps = PinnedMaps::new("denybit");
+        let guard = MacGuard {
+            limit: 8,
+            count_only: false,
+        };
+        let mut policy = WirePolicy {
+            mac_guards: [(0, guard), (20, guard)].into(),
+            ..WirePolicy::default()
+        };
+        apply(&maps.pins, &policy).unwrap();
+        // The guards learned USER_MAC on both VLANs and another MAC on 20.
+        let other_mac = [0x52, 0x54, 0, 0, 0, 9];
+        let learned = [
+            (
+                LearnKey {
+                    vid: 0,
+                    mac: USER_MAC,
+                },
+                5u64,
+            ),
+            (
+                LearnKey {
+                    vid: 20,
+                    mac: USER_MAC,
+                },
+                6,
+            ),
+            (
+                LearnKey {
+                    vid: 20,
+                    mac: other_mac,
+                },
+                7,
+            ),
+        ];
+        maps.batch(maps::MAC_LEARN, |b| b.update(&learned, 0))
+            .unwrap();
+        let table = || -> BTreeMap<LearnKey, u64> {
+            maps.batch(maps::MAC_LEARN, |b| b.lookup_all::<LearnKey, u64>())
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v[0]))
+                .collect()
+        };
+
+        policy.denied = [USER_MAC].into();
+        apply(&maps.pins, &policy).unwrap();
+        let marked: BTreeMap<LearnKey, u64> = learned
+            .iter()
+            .map(|(k, v)| {
+                let bit = if k.mac == USER_MAC {
+                    MAC_LEARN_DENIED
+                } else {
+                    0
+                };
+                (*k, v | bit)
+            })
+            .collect();
+        assert_eq!(
+            table(),
+            marked,
+            "the denied MAC's entries, and only those, are marked"
+        );
+
+        // Marks lost (pins of a build before the bit): upgrade's re-mark
+        // from the pinned deny list puts them back.
+        maps.batch(maps::MAC_LEARN, |b| b.update(&learned, 0))
+            .unwrap();
+        mark_pinned_denied(&maps.pins).unwrap();
+        assert_eq!(table(), marked);
+
+        policy.denied = [other_mac].into();
+        apply(&maps.pins, &policy).unwrap();
+        let remarked: BTreeMap<LearnKey, u64> = learned
+            .iter()
+            .map(|(k, v)| {
+                let bit = if k.mac == other_mac {
+                    MAC_LEARN_DENIED
+                } else {
+                    0
+                };
+                (*k, v | bit)
+            })
+            .collect();
+        assert_eq!(
+            table(),
+            remarked,
+            "allowed again: unmarked; newly denied: marked"
+        );
+        policy.denied.clear();
+        apply(&maps.pins, &policy).unwrap();
+        let unmarked: BTreeMap<LearnKey, u64> = learned.into_iter().collect();
+        assert_eq!(table(), unmarked, "an empty deny list leaves no mark");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! and handle. Every frame sees either the old program or the new one,
 //! never no program. Policy is never unenforced.
 //!
+//! Learned MACs the wire denies are marked in the guard's table before the
+//! swap (`maps::MAC_LEARN_DENIED`, which builds before it never set and
+//! ignore), so the new program drops them on the guard's one lookup.
+//!
 //! A map whose shape (type, key, value, size) changed between builds cannot
 //! be carried over, nor can pinned maps this build no longer has (another
 //! map layout, such as the per-MAC hash maps before the destination
@@ -325,6 +329,9 @@ fn upgrade_one(
     force: bool,
 ) -> Result<UpgradeOutcome, DatapathError> {
     check_layout(attachment, pins)?;
+    // Learned entries of denied MACs carry the denied bit this build's
+    // program reads instead of the deny list (older builds never set it).
+    super::policy_maps::mark_pinned_denied(pins)?;
     let (mut ebpf, new_maps) = WIRE.load_reusing(pins)?;
     if attachment.hook == super::Hook::Tc {
         return upgrade_tc(attachment, pins, force, &mut ebpf, new_maps);
