@@ -461,11 +461,16 @@ impl Store {
     /// The journal file as it is (empty when there is none).
     fn read_journal_file(&self) -> Result<JournalFile, StoreError> {
         match std::fs::read(&self.journal_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                key: JOURNAL_FILE.into(),
-                path: self.journal_path.clone(),
-                source,
-            }),
+            // Only a power cut tears it (a killed process leaves the old
+            // file or the new one: it is replaced by rename), and a power
+            // cut removed every kernel object it names: it is spent.
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    path = %self.journal_path.display(),
+                    "the journal does not parse ({e}): torn by a power cut, which removed what it names; dropped"
+                );
+                JournalFile::default()
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JournalFile::default()),
             Err(source) => Err(StoreError::Journal {
                 path: self.journal_path.clone(),
@@ -1015,6 +1020,23 @@ mod tests {
         rebooted.set_journal(&["next"]).unwrap();
         assert_eq!(rebooted.journal::<String>().unwrap(), ["next"]);
         drop(rebooted);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_torn_by_a_power_cut_is_dropped_and_commands_go_on() {
+        let dir = temp_dir();
+        let store = Store::open(&dir).unwrap();
+        store.set_journal(&["link"]).unwrap();
+        drop(store);
+        for torn in [&b""[..], &b"{\"pending\":{\"x"[..]] {
+            std::fs::write(dir.join(JOURNAL_FILE), torn).unwrap();
+            let store = Store::open(&dir).unwrap();
+            assert!(store.journal::<String>().unwrap().is_empty());
+            store.set_journal(&["route"]).unwrap();
+            assert_eq!(store.journal::<String>().unwrap(), ["route"]);
+            store.clear_journal().unwrap();
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
