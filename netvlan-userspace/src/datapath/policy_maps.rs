@@ -365,6 +365,14 @@ fn mark_denied(pins: &InterfacePins, denied: &BTreeSet<[u8; 6]>) -> Result<(), D
 /// bit means nothing to such an older program, so it is set before the
 /// swap.
 pub(super) fn mark_pinned_denied(pins: &InterfacePins) -> Result<(), DatapathError> {
+    // A build without the guard (or the deny list) pinned no such map: the
+    // upgrade creates it empty, so there is nothing to mark.
+    if ![maps::DENY_MACS, maps::MAC_LEARN]
+        .iter()
+        .all(|name| pins.map(name).exists())
+    {
+        return Ok(());
+    }
     let denied = with_batch(pins, maps::DENY_MACS, |b| b.lookup_all::<MacKey, u32>())?
         .into_iter()
         .map(|(key, _)| key.addr)
