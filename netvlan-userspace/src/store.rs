@@ -419,6 +419,19 @@ impl Store {
             &mut redb::Table<&str, &[u8]>,
         ) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
+        self.write_transaction(|txn| {
+            let mut networks = txn.open_table(NETWORKS)?;
+            let mut journal = txn.open_table(JOURNAL)?;
+            f(&mut networks, &mut journal)?;
+            Ok(())
+        })
+    }
+
+    /// One durable (fsynced) write transaction, counted.
+    fn write_transaction(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
         let err = self.db_err();
         let Db::Write(db) = &self.db else {
             return Err(StoreError::ReadOnly {
@@ -426,11 +439,7 @@ impl Store {
             });
         };
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            let mut networks = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
-            let mut journal = txn.open_table(JOURNAL).map_err(|e| err(e.into()))?;
-            f(&mut networks, &mut journal).map_err(|e| err(e.into()))?;
-        }
+        f(&txn).map_err(&err)?;
         txn.commit().map_err(|e| err(e.into()))?;
         self.durable_commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -632,30 +641,16 @@ impl Store {
         let bytes = serde_json::to_vec(record).expect("network records always serialise");
         let journal_key = journal_key(&self.scopes[0]);
         let generation = self.generation(&journal_key)? + 1;
-        let err = self.db_err();
-        let Db::Write(db) = &self.db else {
-            return Err(StoreError::ReadOnly {
-                path: self.path.clone(),
-            });
-        };
-        let txn = db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            let mut networks = txn.open_table(NETWORKS).map_err(|e| err(e.into()))?;
-            let mut journal = txn.open_table(JOURNAL).map_err(|e| err(e.into()))?;
-            let mut generations = txn.open_table(GENERATIONS).map_err(|e| err(e.into()))?;
-            let key = self.write_key(&networks, name).map_err(|e| err(e.into()))?;
-            networks
-                .insert(key.as_str(), bytes.as_slice())
-                .map_err(|e| err(e.into()))?;
-            self.remove_journal(&mut journal)
-                .map_err(|e| err(e.into()))?;
-            generations
-                .insert(journal_key.as_str(), generation)
-                .map_err(|e| err(e.into()))?;
-        }
-        txn.commit().map_err(|e| err(e.into()))?;
-        self.durable_commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.write_transaction(|txn| {
+            let mut networks = txn.open_table(NETWORKS)?;
+            let mut journal = txn.open_table(JOURNAL)?;
+            let mut generations = txn.open_table(GENERATIONS)?;
+            let key = self.write_key(&networks, name)?;
+            networks.insert(key.as_str(), bytes.as_slice())?;
+            self.remove_journal(&mut journal)?;
+            generations.insert(journal_key.as_str(), generation)?;
+            Ok(())
+        })?;
         if let Err(e) = self.clear_journal_file() {
             // Spent by the generation just committed: harmless.
             tracing::warn!("{e}");

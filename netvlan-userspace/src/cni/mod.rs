@@ -513,13 +513,14 @@ async fn add_endpoint(
     let conf = &conf;
     // One address per family: the lease's, else runtimeConfig.ips, else
     // CNI_ARGS IP= (a comma-separated list, as the static IPAM takes it).
+    let runtime = conf.runtime_ips();
     let asked: Vec<String> = match lease {
         Some(lease) => lease
             .addresses
             .iter()
             .map(|a| a.addr().to_string())
             .collect(),
-        None if !conf.runtime_ips().is_empty() => conf.runtime_ips(),
+        None if !runtime.is_empty() => runtime,
         None => args.ips.clone(),
     };
     // Checked before the network is made: a refusal leaves nothing.
