@@ -75,7 +75,12 @@ impl IpamPlugin {
             .expect("stdin is piped")
             .write_all(config.as_bytes());
         let out = child.wait_with_output().map_err(failed)?;
-        written.map_err(failed)?;
+        // A plugin that answers without reading its stdin closes the pipe
+        // first (as libcni, through Go's exec, this is not an error).
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(failed(e)),
+            _ => {}
+        }
         let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
         if out.status.success() {
             return Ok(answer);
