@@ -53,10 +53,13 @@ pub const MAC_GUARD: &str = "MAC_GUARD";
 
 // ---- The one-lookup layout (issue #12) -------------------------------
 //
-// A frame's destination resolves to a slot: a netvlan-assigned MAC
-// (`02:42` + the endpoint's IPv4 address) through [`DST_DIRECT`] by
-// arithmetic ([`direct_slot`]), any other registered (VLAN, MAC) through
-// one lookup in [`DST_SLOTS`]. The slot indexes [`DST_STATS`]. Frames to
+// A frame's destination resolves to a slot: every MAC has a direct slot
+// found by arithmetic ([`direct_slot`]; for a netvlan-assigned MAC, `02:42`
+// + the endpoint's IPv4 address, its last two bytes), checked against the
+// key [`DST_DIRECT`] holds there. A registration whose direct slot another
+// one holds goes to [`DST_SLOTS`], and its direct slot's bit in
+// [`DST_SPILL`] says so: a frame pays a hash lookup only when its slot's
+// bit is set, so misses and registrations in their own slot cost none. The slot indexes [`DST_STATS`]. Frames to
 // no registered destination are counted per VLAN in [`VLAN_COUNTERS`],
 // never inserted anywhere. The control plane gives every registration a
 // slot no other registration uses, zeroes the slot's counters before it
@@ -71,8 +74,16 @@ pub const MAC_GUARD: &str = "MAC_GUARD";
 pub const DST_DIRECT: &str = "DST_DIRECT";
 /// Hash (no preallocation: memory follows what is registered) of
 /// [`DstKey`] to the `u32` slot in [`DST_STATS`], for registrations that
-/// are not in their direct slot (user-given MACs, the host's, collisions).
+/// are not in their direct slot (it was taken).
 pub const DST_SLOTS: &str = "DST_SLOTS";
+/// Array of `u64` words, one bit per direct slot ([`spill_bit`]): set when
+/// a registration whose direct slot this is may be in [`DST_SLOTS`]. The
+/// control plane sets it before it publishes such a registration and
+/// clears it after the last one is gone; a stale bit costs a lookup, never
+/// a count.
+pub const DST_SPILL: &str = "DST_SPILL";
+/// Words of [`DST_SPILL`]: one bit per slot.
+pub const DST_SPILL_WORDS: u32 = DST_CAPACITY / 64;
 /// Per-CPU array of [`Counters`] indexed by slot: every frame to the
 /// registration ([`DstCounters::rx`]).
 pub const DST_STATS: &str = "DST_STATS";
@@ -87,40 +98,60 @@ pub const VLAN_COUNTERS: &str = "VLAN_COUNTERS";
 /// per VLAN), and the number of slots of [`DST_DIRECT`] and [`DST_STATS`].
 pub const DST_CAPACITY: u32 = 65_536;
 
-/// The direct slot of a netvlan-assigned MAC: `02:42:a:b:c:d` is the
-/// endpoint's IPv4 address `a.b.c.d`, so its last two bytes index an array
-/// (a check of the slot's key replaces hashing). `None` for other MACs.
+/// The direct slot of a MAC, by arithmetic instead of hashing: a
+/// netvlan-assigned MAC (`02:42:a:b:c:d`, the endpoint's IPv4 address
+/// `a.b.c.d`) indexes by its last two bytes, so a /16 or smaller subnet
+/// never collides; any other MAC by its last four bytes folded to 16 bits
+/// (vendor prefixes are shared, the NIC-specific bytes are not).
 #[inline(always)]
-pub const fn direct_slot(mac: &[u8; 6]) -> Option<u32> {
-    if mac[0] == 0x02 && mac[1] == 0x42 {
-        Some(((mac[4] as u32) << 8) | mac[5] as u32)
+pub const fn direct_slot(mac: &[u8; 6]) -> u32 {
+    if is_assigned_mac(mac) {
+        ((mac[4] as u32) << 8) | mac[5] as u32
     } else {
-        None
+        (((mac[2] ^ mac[4]) as u32) << 8) | (mac[3] ^ mac[5]) as u32
     }
+}
+
+/// A MAC netvlan assigns: `02:42` + the endpoint's IPv4 address.
+#[inline(always)]
+pub const fn is_assigned_mac(mac: &[u8; 6]) -> bool {
+    mac[0] == 0x02 && mac[1] == 0x42
+}
+
+/// The [`DST_SPILL`] word and bit of direct slot `slot`.
+#[inline(always)]
+pub const fn spill_bit(slot: u32) -> (u32, u64) {
+    (slot / 64, 1 << (slot % 64))
 }
 const _: () = assert!(DST_CAPACITY == 1 << 16);
 
-/// Read access to the destination maps ([`DST_DIRECT`], [`DST_SLOTS`]), so
+/// Read access to the destination maps ([`DST_DIRECT`], [`DST_SPILL`],
+/// [`DST_SLOTS`]), so
 /// the program, the fuzzer and the tests resolve a destination with the
 /// same code ([`dst_slot`]).
 pub trait DstTables {
     /// `DST_DIRECT[slot]`.
     fn direct(&self, slot: u32) -> Option<&DstKey>;
+    /// Whether `DST_SPILL` has direct slot `slot`'s bit.
+    fn spilled(&self, slot: u32) -> bool;
     /// `DST_SLOTS[key]`.
     fn hashed(&self, key: &DstKey) -> Option<u32>;
 }
 
-/// The counter slot of a registered unicast destination: a netvlan-assigned
-/// MAC in its direct slot costs an array read and a compare; anything else
-/// (user-given MACs, the host's, a direct slot another VLAN or MAC holds)
-/// one hash lookup. `None`: not registered (nothing is inserted).
+/// The counter slot of a registered unicast destination: one in its
+/// direct slot costs an array read and a compare; a frame to nobody the
+/// same plus a bit test; only a registration whose direct slot another one
+/// took (the slot's spill bit) costs a hash lookup. `None`: not registered
+/// (nothing is inserted).
 #[inline(always)]
 pub fn dst_slot<T: DstTables + ?Sized>(tables: &T, vid: u16, mac: &[u8; 6]) -> Option<u32> {
     let key = DstKey { vid, mac: *mac };
-    if let Some(slot) = direct_slot(mac) {
-        if tables.direct(slot).is_some_and(|owner| *owner == key) {
-            return Some(slot);
-        }
+    let slot = direct_slot(mac);
+    if tables.direct(slot).is_some_and(|owner| *owner == key) {
+        return Some(slot);
+    }
+    if !tables.spilled(slot) {
+        return None;
     }
     tables.hashed(&key)
 }
@@ -174,6 +205,7 @@ pub const WIRE_MAPS: &[&str] = &[
     VLAN_COUNTERS,
     VLAN_POLICY,
     DST_DIRECT,
+    DST_SPILL,
     DST_SLOTS,
     DST_STATS,
     DST_DROPS,
@@ -351,27 +383,36 @@ mod tests {
     }
 
     #[test]
-    fn netvlan_macs_have_a_direct_slot_from_their_last_two_bytes_and_others_none() {
-        assert_eq!(direct_slot(&[2, 0x42, 10, 0, 0, 2]), Some(2));
-        assert_eq!(direct_slot(&[2, 0x42, 192, 168, 10, 2]), Some(0x0a02));
+    fn netvlan_macs_slot_by_their_last_two_bytes_and_others_by_their_last_four_folded() {
+        assert_eq!(direct_slot(&[2, 0x42, 10, 0, 0, 2]), 2);
+        assert_eq!(direct_slot(&[2, 0x42, 192, 168, 10, 2]), 0x0a02);
+        assert_eq!(direct_slot(&[2, 0x42, 0, 0, 0xff, 0xff]), DST_CAPACITY - 1);
+        assert_eq!(direct_slot(&[2, 0x43, 10, 0, 0, 2]), 0x0a02);
         assert_eq!(
-            direct_slot(&[2, 0x42, 0, 0, 0xff, 0xff]),
-            Some(DST_CAPACITY - 1)
+            direct_slot(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            0x3444,
+            "0x00 ^ 0x34, 0x12 ^ 0x56"
         );
-        assert_eq!(direct_slot(&[2, 0x43, 10, 0, 0, 2]), None);
-        assert_eq!(direct_slot(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]), None);
+        assert_eq!(spill_bit(0), (0, 1));
+        assert_eq!(spill_bit(65), (1, 2));
+        assert_eq!(spill_bit(DST_CAPACITY - 1), (DST_SPILL_WORDS - 1, 1 << 63));
     }
 
     struct Tables {
         direct: std::collections::HashMap<u32, DstKey>,
         hashed: std::collections::HashMap<DstKey, u32>,
+        lookups: core::cell::Cell<u32>,
     }
 
     impl DstTables for Tables {
         fn direct(&self, slot: u32) -> Option<&DstKey> {
             self.direct.get(&slot)
         }
+        fn spilled(&self, slot: u32) -> bool {
+            self.hashed.keys().any(|k| direct_slot(&k.mac) == slot)
+        }
         fn hashed(&self, key: &DstKey) -> Option<u32> {
+            self.lookups.set(self.lookups.get() + 1);
             self.hashed.get(key).copied()
         }
     }
@@ -392,19 +433,29 @@ mod tests {
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         };
         let t = Tables {
-            direct: [(2, mine)].into(),
-            hashed: [(same_mac_vlan_10, 7), (same_slot, 8), (user, 9)].into(),
+            direct: [(2, mine), (0x3444, user)].into(),
+            hashed: [(same_mac_vlan_10, 7), (same_slot, 8)].into(),
+            lookups: 0.into(),
         };
         let slot = |k: DstKey| dst_slot(&t, k.vid, &k.mac);
-        assert_eq!(slot(mine), Some(2));
-        assert_eq!(slot(same_mac_vlan_10), Some(7));
-        assert_eq!(slot(same_slot), Some(8));
-        assert_eq!(slot(user), Some(9));
-        assert_eq!(slot(DstKey { vid: 20, ..mine }), None);
+        let lookups = |f: &dyn Fn() -> Option<u32>| {
+            t.lookups.set(0);
+            (f(), t.lookups.get())
+        };
+        assert_eq!(lookups(&|| slot(mine)), (Some(2), 0));
+        assert_eq!(lookups(&|| slot(user)), (Some(0x3444), 0));
+        assert_eq!(lookups(&|| slot(same_mac_vlan_10)), (Some(7), 1));
+        assert_eq!(lookups(&|| slot(same_slot)), (Some(8), 1));
+        assert_eq!(lookups(&|| slot(DstKey { vid: 20, ..mine })), (None, 1));
         assert_eq!(
-            dst_slot(&t, 0, &[2, 0x42, 10, 0, 0, 3]),
-            None,
-            "a free slot"
+            lookups(&|| dst_slot(&t, 0, &[2, 0x42, 10, 0, 0, 3])),
+            (None, 0),
+            "a free slot nobody spilled from costs no lookup"
+        );
+        assert_eq!(
+            lookups(&|| slot(DstKey { vid: 3, ..user })),
+            (None, 0),
+            "nor a taken one"
         );
     }
 

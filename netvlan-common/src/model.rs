@@ -22,22 +22,25 @@ use crate::{
     decision::{decide, vlan_drop_index, Context, Learning, PolicyView, Source, Verdict},
     frame::{classify, Anomaly, Classification, Frame},
     maps::{
-        direct_slot, CounterSlot, Counters, DstCounters, DstKey, DstTables, LearnKey,
+        direct_slot, spill_bit, CounterSlot, Counters, DstCounters, DstKey, DstTables, LearnKey,
         MacGuardState, VlanCounters, DST_CAPACITY,
     },
 };
 
 /// Where registrations' counters live, by the control plane's rule, in
-/// registration order: a netvlan MAC takes its direct slot when no other
+/// registration order: a registration takes its direct slot when no other
 /// registration uses that slot (neither in `DST_DIRECT` nor as a hashed
-/// slot: `DST_STATS[i]` must have one owner); every other registration
-/// takes the lowest slot no registration uses, published in `DST_SLOTS`.
+/// slot: `DST_STATS[i]` must have one owner); otherwise it takes the
+/// lowest slot no registration uses, published in `DST_SLOTS`, and its
+/// direct slot's `DST_SPILL` bit is set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     /// `DST_DIRECT`: slot -> its registration.
     pub direct: BTreeMap<u32, DstKey>,
     /// `DST_SLOTS`: registration -> slot.
     pub hashed: BTreeMap<DstKey, u32>,
+    /// `DST_SPILL`: the words with a bit set, by index.
+    pub spill: BTreeMap<u32, u64>,
 }
 
 impl Placement {
@@ -52,7 +55,7 @@ impl Placement {
                 continue;
             }
             match direct_slot(&key.mac) {
-                Some(i) if !used.contains_key(&i) => {
+                i if !used.contains_key(&i) => {
                     p.direct.insert(i, key);
                     used.insert(i, key);
                 }
@@ -65,6 +68,8 @@ impl Placement {
                     }
                     p.hashed.insert(key, next_free);
                     used.insert(next_free, key);
+                    let (word, bit) = spill_bit(direct_slot(&key.mac));
+                    *p.spill.entry(word).or_insert(0) |= bit;
                 }
             }
         }
@@ -76,7 +81,7 @@ impl Placement {
         self.hashed
             .get(key)
             .copied()
-            .or_else(|| direct_slot(&key.mac).filter(|i| self.direct.get(i) == Some(key)))
+            .or_else(|| Some(direct_slot(&key.mac)).filter(|i| self.direct.get(i) == Some(key)))
     }
 
     /// The registration whose counters live in `slot`.
@@ -92,6 +97,10 @@ impl Placement {
 impl DstTables for Placement {
     fn direct(&self, slot: u32) -> Option<&DstKey> {
         self.direct.get(&slot)
+    }
+    fn spilled(&self, slot: u32) -> bool {
+        let (word, bit) = spill_bit(slot);
+        self.spill.get(&word).is_some_and(|w| w & bit != 0)
     }
     fn hashed(&self, key: &DstKey) -> Option<u32> {
         self.hashed.get(key).copied()
@@ -302,22 +311,26 @@ mod tests {
 
     #[test]
     fn a_direct_slot_a_hashed_registration_already_uses_is_not_taken_again() {
-        // The user MAC takes slot 0 (lowest free); the netvlan MAC whose
-        // direct slot is 0 must then go to the hash, or two registrations
-        // would share DST_STATS[0].
+        // Two user MACs share direct slot 1: the second takes slot 0
+        // (lowest free) in the hash; the netvlan MAC whose direct slot is 0
+        // must then go to the hash too, or two registrations would share
+        // DST_STATS[0].
         let user = key(0, [0x52, 0x54, 0, 0, 0, 1]);
+        let user_same_slot = key(0, [0x52, 0x54, 0, 1, 0, 0]);
         let netvlan = key(0, [2, 0x42, 10, 0, 0, 0]);
-        let p = Placement::new([user, netvlan]).unwrap();
-        assert_eq!(p.slot_of(&user), Some(0));
-        assert_eq!(p.slot_of(&netvlan), Some(1));
-        assert!(p.direct.is_empty());
-        for k in [user, netvlan] {
+        let p = Placement::new([user, user_same_slot, netvlan]).unwrap();
+        assert_eq!(p.slot_of(&user), Some(1));
+        assert_eq!(p.slot_of(&user_same_slot), Some(0));
+        assert_eq!(p.slot_of(&netvlan), Some(2));
+        assert_eq!(p.direct, [(1, user)].into());
+        assert_eq!(p.spill, [(0, 0b11)].into());
+        for k in [user, user_same_slot, netvlan] {
             assert_eq!(dst_slot(&p, k.vid, &k.mac), p.slot_of(&k));
         }
     }
 
     #[test]
-    fn netvlan_macs_take_their_direct_slot_and_the_rest_the_lowest_free_one() {
+    fn registrations_take_their_direct_slot_and_the_rest_the_lowest_free_one() {
         let a = key(0, [2, 0x42, 10, 0, 0, 1]);
         let same_slot = key(0, [2, 0x42, 10, 1, 0, 1]);
         let other_vlan = key(10, [2, 0x42, 10, 0, 0, 1]);

@@ -62,7 +62,7 @@ const HOST: [u8; 6] = [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f];
 const USER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Registrations, in the order the control plane would give them slots.
-const REGISTERED: [DstKey; 11] = [
+const REGISTERED: [DstKey; 12] = [
     dst(0, [2, 0x42, 10, 0, 0, 2]),
     dst(0, [2, 0x42, 10, 0, 0, 3]),
     dst(0, [2, 0x42, 192, 168, 10, 2]),
@@ -71,19 +71,27 @@ const REGISTERED: [DstKey; 11] = [
     // The first MAC again on VLAN 10: its direct slot is taken, hashed.
     dst(10, [2, 0x42, 10, 0, 0, 2]),
     dst(10, [2, 0x42, 10, 0, 10, 7]),
+    // A user-given MAC in its direct slot (0x3444: its last four bytes
+    // folded), and one folding to the same slot: hashed behind its bit.
     dst(0, USER_MAC),
+    dst(0, USER_MAC_SAME_SLOT),
+    // Direct untagged; hashed on VLANs 10 and 100 (the same slot).
     dst(0, HOST),
     dst(10, HOST),
     dst(100, HOST),
     // Its direct slot (5) is the hashed slot of a registration above: hashed.
     dst(0, [2, 0x42, 10, 0, 0, 5]),
 ];
-const UNREGISTERED: [[u8; 6]; 4] = [
+const USER_MAC_SAME_SLOT: [u8; 6] = [0x52, 0x55, 0x00, 0x12, 0x34, 0x56];
+const UNREGISTERED: [[u8; 6]; 5] = [
     // A free direct slot.
     [2, 0x42, 10, 0, 0, 99],
     // The direct slot of [2, 0x42, 10, 0, 0, 3], held by that MAC.
     [2, 0x42, 10, 2, 0, 3],
+    // A free direct slot (0x0202), no spill bit.
     [0x52, 0x54, 0, 1, 2, 3],
+    // The spilled slot of USER_MAC: a hash lookup that misses.
+    [0x52, 0x56, 0x00, 0x12, 0x34, 0x56],
     // Registered on VLAN 0 only: unregistered on VLAN 10 (and any other).
     USER_MAC,
 ];
@@ -157,12 +165,18 @@ fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
     std::net::Ipv4Addr::from(v4).to_ipv6_mapped().octets()
 }
 
-/// Writes a placement into a loaded object's DST_DIRECT and DST_SLOTS.
+/// Writes a placement into a loaded object's DST_DIRECT, DST_SPILL and
+/// DST_SLOTS.
 fn publish(slots: &Placement, ebpf: &mut Ebpf) {
     let mut direct: Array<&mut MapData, DstKey> =
         ebpf.map_mut(maps::DST_DIRECT).unwrap().try_into().unwrap();
     for (slot, key) in &slots.direct {
         direct.set(*slot, *key, 0).unwrap();
+    }
+    let mut spill: Array<&mut MapData, u64> =
+        ebpf.map_mut(maps::DST_SPILL).unwrap().try_into().unwrap();
+    for (word, bits) in &slots.spill {
+        spill.set(*word, *bits, 0).unwrap();
     }
     let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
         ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
@@ -483,8 +497,8 @@ fn the_program_agrees_with_the_model(hook: Hook) {
     let policy = policy();
     let slots = Placement::new(REGISTERED).unwrap();
     assert!(
-        slots.direct.len() >= 3 && slots.hashed.len() >= 6,
-        "the registrations must use both maps"
+        slots.direct.len() >= 6 && slots.hashed.len() >= 6 && slots.spill.len() >= 2,
+        "the registrations must use both maps and spill bits: {slots:?}"
     );
     let mut ebpf = loaded_object(&policy, &slots);
     let name = match hook {
@@ -716,11 +730,13 @@ fn frames_to_unregistered_macs_never_create_entries_and_count_as_unregistered() 
         }
         let mut hashed: BpfHashMap<&mut MapData, DstKey, u32> =
             ebpf.map_mut(maps::DST_SLOTS).unwrap().try_into().unwrap();
+        let mut spill = vec![0u64; maps::DST_SPILL_WORDS as usize];
         for i in 0..maps::DST_CAPACITY {
             let b = i.to_be_bytes();
-            hashed
-                .insert(dst(0, [0x06, 0xaa, b[0], b[1], b[2], b[3]]), i, 0)
-                .expect("filling DST_SLOTS");
+            let key = dst(0, [0x06, 0xaa, b[0], b[1], b[2], b[3]]);
+            hashed.insert(key, i, 0).expect("filling DST_SLOTS");
+            let (word, bit) = maps::spill_bit(maps::direct_slot(&key.mac));
+            spill[word as usize] |= bit;
         }
         assert!(
             hashed
@@ -728,6 +744,14 @@ fn frames_to_unregistered_macs_never_create_entries_and_count_as_unregistered() 
                 .is_err(),
             "DST_SLOTS holds more than its capacity"
         );
+        // Every direct slot has hashed registrations behind it: every miss
+        // pays the hash lookup.
+        assert!(spill.iter().all(|w| *w == u64::MAX));
+        let mut words: Array<&mut MapData, u64> =
+            ebpf.map_mut(maps::DST_SPILL).unwrap().try_into().unwrap();
+        for (i, w) in spill.into_iter().enumerate() {
+            words.set(i as u32, w, 0).unwrap();
+        }
     }
     let program: &mut Xdp = ebpf
         .program_mut(maps::XDP_PROGRAM)

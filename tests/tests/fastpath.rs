@@ -56,6 +56,7 @@ fn a_wire_holds_at_most_8_mib_of_maps_at_the_readme_capacities() {
     };
     assert_eq!(capacity(maps::DST_DIRECT), 65_536);
     assert_eq!(capacity(maps::DST_SLOTS), 65_536);
+    assert_eq!(capacity(maps::DST_SPILL), 1_024, "one bit per direct slot");
     assert_eq!(capacity(maps::DST_STATS), 65_536);
     assert_eq!(capacity(maps::DST_DROPS), DST_CAPACITY);
     assert_eq!(capacity(maps::ENDPOINT_IPS), ENDPOINT_IPS_CAPACITY);

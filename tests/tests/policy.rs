@@ -906,3 +906,83 @@ fn ipvlan_drops_unicast_to_addresses_nobody_has() {
     lab.netvlan(&["disconnect", "ipv", c.name()]).ok();
     lab.netvlan(&["network", "rm", "ipv"]).ok();
 }
+
+/// Pins of a build without `DST_SPILL` looked every MAC that was not in
+/// its direct slot up in the hash. `datapath upgrade` from such pins sets
+/// the spill bits before the swap, so a user-given MAC they hold in the
+/// hash is still found: counted in its slot and passed where unknown
+/// destinations are dropped.
+#[test]
+fn upgrade_from_pins_without_spill_bits_still_finds_the_macs_they_hashed() {
+    use aya::maps::MapData;
+    use netvlan::sys::bpf_batch::BatchMap;
+    use netvlan_common::maps::{direct_slot, DstKey, DST_DIRECT, DST_SLOTS, DST_SPILL};
+
+    const USER: Mac = [0x52, 0x54, 0x00, 0x47, 0x00, 0x05];
+    let lab = Lan::new(false);
+    lab.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.47.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "unknown_dst=drop",
+        "spill",
+    ])
+    .ok();
+    let c = Netns::new("pctr");
+    lab.netvlan(&["connect", "--mac", "52:54:00:47:00:05", "spill", c.name()])
+        .ok();
+    let key = DstKey { vid: 0, mac: USER };
+    let slot = direct_slot(&USER);
+    assert!(
+        registrations(&lab).contains(&(key, slot)),
+        "a user-given MAC takes its direct slot: {:?}",
+        registrations(&lab)
+    );
+
+    // What the older build left: the MAC in the hash with the same
+    // counter slot, its direct slot free, and no DST_SPILL at all.
+    let direct = MapData::from_pin(pinned_map(&lab, DST_DIRECT)).unwrap();
+    BatchMap::new(&direct, DST_DIRECT)
+        .unwrap()
+        .update(&[(slot, DstKey::default())], 0)
+        .unwrap();
+    let hashed = MapData::from_pin(pinned_map(&lab, DST_SLOTS)).unwrap();
+    BatchMap::new(&hashed, DST_SLOTS)
+        .unwrap()
+        .update(&[(key, slot)], 0)
+        .unwrap();
+    std::fs::remove_file(pinned_map(&lab, DST_SPILL)).unwrap();
+
+    lab.netvlan(&["datapath", "upgrade", "eth0", "--force"])
+        .ok();
+    assert!(pinned_map(&lab, DST_SPILL).exists(), "upgrade pins it anew");
+    assert_eq!(registrations(&lab), vec![(key, slot)], "carried over as is");
+
+    let listener = PacketSocket::listen(&c, "eth0");
+    let mut inbox = Inbox::new(&listener);
+    let before = lab.stats_after(0)["frames"]["rx_packets"].as_u64().unwrap();
+    let socket = PacketSocket::open(&lab.switch, "peer0");
+    socket.send_many(&FrameBuilder::new(USER, SENDER).build(64), 3);
+    let stats = lab.stats_after(before + 3);
+    assert_eq!(
+        inbox.wait_count(USER, SENDER, 3),
+        3,
+        "the hashed MAC is found behind its spill bit: {stats:#}"
+    );
+    let mine = stats["macs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == "52:54:00:47:00:05")
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry for the endpoint: {stats:#}"));
+    assert_eq!(mine["rx_packets"], 3, "{mine:#}");
+    assert_eq!(mine["dropped"]["rx_packets"], 0, "{mine:#}");
+
+    lab.netvlan(&["disconnect", "spill", c.name()]).ok();
+    lab.netvlan(&["network", "rm", "spill"]).ok();
+}

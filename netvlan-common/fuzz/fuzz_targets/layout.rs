@@ -1,7 +1,7 @@
 //! Fuzzes the one-lookup layout: registrations placed by the control
-//! plane's rule (`model::Placement`: a netvlan MAC in its direct slot when
-//! no registration uses that slot, anything else in the lowest unused slot
-//! through the hash), then one frame resolved by
+//! plane's rule (`model::Placement`: a registration in its direct slot when
+//! no registration uses that slot, else in the lowest unused slot through
+//! the hash with its direct slot's spill bit set), then one frame resolved by
 //! the program's own `maps::dst_slot` and counted by the host model. The
 //! resolved slot must say "registered" exactly when the model does, belong
 //! to that registration, and every count must add up.
@@ -20,7 +20,7 @@ use netvlan_common::{
         VLAN_WIRE_FILTER,
     },
     frame::{classify, classify_headers, Classification, Unread},
-    maps::{direct_slot, dst_slot, DstKey, DST_CAPACITY},
+    maps::{direct_slot, dst_slot, DstKey, DstTables, DST_CAPACITY},
     model::{Placement, WireCounters, WireModel},
 };
 
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
 
     // Every registration resolves to its own slot; slots are distinct and
-    // a direct slot is a netvlan MAC's own.
+    // a direct slot is its holder's own.
     let distinct: HashSet<u32> = slots.values().copied().collect();
     assert_eq!(distinct.len(), slots.len());
     for (key, slot) in &slots {
@@ -63,7 +63,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(tables.owner(*slot), Some(*key));
     }
     for (slot, key) in &tables.direct {
-        assert_eq!(direct_slot(&key.mac), Some(*slot));
+        assert_eq!(direct_slot(&key.mac), *slot);
+    }
+    // A hashed registration's direct slot is taken by another one (else it
+    // would hold it) and has its spill bit.
+    for key in tables.hashed.keys() {
+        let i = direct_slot(&key.mac);
+        assert!(tables.direct.get(&i) != Some(key));
+        assert!(tables.spilled(i), "{key:?} in the hash without its spill bit");
     }
 
     let model = WireModel {
@@ -82,12 +89,10 @@ fuzz_target!(|data: &[u8]| {
     let Classification::Classified(f) = classify(frame) else {
         return;
     };
-    if let Some(i) = direct_slot(&f.dst) {
-        assert_eq!(&f.dst[..2], &[0x02, 0x42]);
+    let i = direct_slot(&f.dst);
+    assert!(i < DST_CAPACITY);
+    if f.dst[..2] == [0x02, 0x42] {
         assert_eq!(i, u32::from(f.dst[4]) << 8 | u32::from(f.dst[5]));
-        assert!(i < DST_CAPACITY);
-    } else {
-        assert_ne!(&f.dst[..2], &[0x02, 0x42]);
     }
     let unicast = f.dst[0] & 1 == 0;
     let resolved = if unicast {

@@ -37,9 +37,10 @@ use netvlan_common::{
     },
     hairpin::{self, Action, HairpinConfig, HairpinView, HAIRPIN_MARK, HAIRPIN_MARK_FRAMES},
     maps::{
-        dst_slot, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey, MacGuardState, MacKey,
-        VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS, DENY_MACS_CAPACITY,
-        DST_CAPACITY, ENDPOINT_IPS_CAPACITY, MAC_LEARN_CAPACITY, MAC_LEARN_DENIED, VLAN_SLOTS,
+        dst_slot, spill_bit, CounterSlot, Counters, DstKey, DstTables, IpKey, LearnKey,
+        MacGuardState, MacKey, VlanCounters, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, COUNTER_SLOTS,
+        DENY_MACS_CAPACITY, DST_CAPACITY, DST_SPILL_WORDS, ENDPOINT_IPS_CAPACITY,
+        MAC_LEARN_CAPACITY, MAC_LEARN_DENIED, VLAN_SLOTS,
     },
 };
 use netvlan_ebpf::{
@@ -64,6 +65,9 @@ static VLAN_POLICY: Array<u32> = Array::with_max_entries(VLAN_SLOTS, BPF_F_MMAPA
 
 #[map(name = "DST_DIRECT")]
 static DST_DIRECT: Array<DstKey> = Array::with_max_entries(DST_CAPACITY, BPF_F_MMAPABLE);
+
+#[map(name = "DST_SPILL")]
+static DST_SPILL: Array<u64> = Array::with_max_entries(DST_SPILL_WORDS, 0);
 
 #[map(name = "DST_SLOTS")]
 static DST_SLOTS: HashMap<DstKey, u32> = HashMap::with_max_entries(DST_CAPACITY, BPF_F_NO_PREALLOC);
@@ -359,9 +363,9 @@ const BPF_F_INGRESS: u64 = 1;
 
 /// What both hooks do with a frame that counts for `packets` wire frames
 /// of `len` bytes in all: count it, then decide. One array read for the
-/// VLAN's flags, one slot of per-VLAN counters, and at most one hash
-/// lookup for the destination (`maps::dst_slot`); policy adds lookups only
-/// where the VLAN's flags turn it on.
+/// VLAN's flags, one slot of per-VLAN counters, and the destination's
+/// direct slot (`maps::dst_slot`: a hash lookup only behind a spill bit);
+/// policy adds lookups only where the VLAN's flags turn it on.
 #[inline(always)]
 fn wire(frame: &PacketBytes, packets: u64, len: u64) -> Outcome {
     // The L3 addresses are read only if the decision asks for them.
@@ -460,6 +464,12 @@ impl DstTables for Destinations {
     #[inline(always)]
     fn direct(&self, slot: u32) -> Option<&DstKey> {
         DST_DIRECT.get(slot)
+    }
+
+    #[inline(always)]
+    fn spilled(&self, slot: u32) -> bool {
+        let (word, bit) = spill_bit(slot);
+        DST_SPILL.get(word).is_some_and(|w| w & bit != 0)
     }
 
     #[inline(always)]

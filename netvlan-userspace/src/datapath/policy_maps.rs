@@ -9,9 +9,10 @@
 //! differ are written (batch updates and deletes), so a connect costs the
 //! same on an empty wire and on one with 10,000 endpoints.
 //!
-//! Registered destinations live in slots ([`plan_slots`]): a
-//! netvlan-assigned MAC in its direct slot when that is free, any other in
-//! the lowest slot no registration uses, published in `DST_SLOTS`.
+//! Registered destinations live in slots ([`plan_slots`]): a registration
+//! in its direct slot when that is free, any other in the lowest slot no
+//! registration uses, published in `DST_SLOTS` behind its direct slot's
+//! `DST_SPILL` bit.
 //!
 //! The MAC-sprawl guard of a VLAN starts empty when it is switched on and
 //! is emptied when it is switched off; changing only its limit or action
@@ -28,8 +29,8 @@ use netvlan_common::{
         VLAN_WIRE_FILTER,
     },
     maps::{
-        self, direct_slot, Counters, DstKey, IpKey, LearnKey, MacGuardState, MacKey, DST_CAPACITY,
-        MAC_LEARN_DENIED, VLAN_SLOTS,
+        self, direct_slot, is_assigned_mac, spill_bit, Counters, DstKey, IpKey, LearnKey,
+        MacGuardState, MacKey, DST_CAPACITY, DST_SPILL_WORDS, MAC_LEARN_DENIED, VLAN_SLOTS,
     },
 };
 
@@ -103,9 +104,28 @@ pub struct Slots {
     pub direct: Vec<DstKey>,
     /// `DST_SLOTS`: key -> slot.
     pub hashed: BTreeMap<DstKey, u32>,
+    /// `DST_SPILL`'s words (missing = 0). `None` when the wire runs a
+    /// program from before it (its pins have no `DST_SPILL`): that program
+    /// finds only netvlan-assigned MACs in their direct slot and looks every
+    /// other one up in the hash, so nothing else may be placed direct until
+    /// `datapath upgrade`.
+    pub spill: Option<Vec<u64>>,
 }
 
 impl Slots {
+    /// No registration, on a wire whose program reads `DST_SPILL`.
+    pub fn spilling() -> Slots {
+        Slots {
+            spill: Some(Vec::new()),
+            ..Slots::default()
+        }
+    }
+
+    /// Whether `key` may take its direct slot, where the program looks.
+    fn may_be_direct(&self, key: &DstKey) -> bool {
+        self.spill.is_some() || is_assigned_mac(&key.mac)
+    }
+
     /// The key in direct slot `slot` (the free key past the end).
     pub fn direct_at(&self, slot: u32) -> DstKey {
         self.direct.get(slot as usize).copied().unwrap_or_default()
@@ -121,7 +141,7 @@ impl Slots {
 
     /// `key` is in its own direct slot, where the program finds it first.
     fn is_direct(&self, key: &DstKey) -> bool {
-        direct_slot(&key.mac).is_some_and(|slot| self.direct_at(slot) == *key)
+        self.direct_at(direct_slot(&key.mac)) == *key
     }
 
     /// Every registration the program resolves, with its slot: a direct
@@ -134,7 +154,7 @@ impl Slots {
             .map(|(key, slot)| (*key, *slot))
             .collect();
         for (slot, key) in self.direct.iter().enumerate() {
-            if !key.is_free() && direct_slot(&key.mac) == Some(slot as u32) {
+            if !key.is_free() && direct_slot(&key.mac) == slot as u32 {
                 out.insert(*key, slot as u32);
             }
         }
@@ -153,6 +173,12 @@ pub struct SlotChanges {
     pub old_direct: Vec<u32>,
     /// `DST_SLOTS` keys to remove once the new ones are published.
     pub old_hashed: Vec<DstKey>,
+    /// `DST_SPILL` words to write before anything is published: the bits
+    /// new hashed registrations need, added to those set.
+    pub spill: Vec<(u32, u64)>,
+    /// `DST_SPILL` words to write last: only the bits the registrations
+    /// left in the hash need.
+    pub unspill: Vec<(u32, u64)>,
 }
 
 impl SlotChanges {
@@ -166,9 +192,9 @@ impl SlotChanges {
 pub struct SlotsFull;
 
 /// Plans the slots that bring `current` to `wanted`: kept registrations
-/// keep their slot; a new netvlan-assigned MAC takes its direct slot when
-/// neither a direct nor a hashed registration uses it; every other new one
-/// takes the lowest slot no registration uses. Slots of registrations
+/// keep their slot; a new one takes its direct slot when neither a direct
+/// nor a hashed registration uses it; every other new one takes the
+/// lowest slot no registration uses, and its direct slot's spill bit. Slots of registrations
 /// being removed stay taken until the next apply (they are unpublished
 /// after the new ones are published, and a frame in between must not count
 /// in a new registration's slot).
@@ -189,7 +215,7 @@ pub fn plan_slots(current: &Slots, wanted: &BTreeSet<DstKey>) -> Result<SlotChan
     let mut new = Vec::new();
     for key in wanted {
         if current.is_direct(key) {
-            kept_direct[direct_slot(&key.mac).unwrap_or(0) as usize] = true;
+            kept_direct[direct_slot(&key.mac) as usize] = true;
         } else if !current.hashed.contains_key(key) {
             new.push(*key);
         }
@@ -207,12 +233,12 @@ pub fn plan_slots(current: &Slots, wanted: &BTreeSet<DstKey>) -> Result<SlotChan
     }
     let mut rest = Vec::new();
     for key in new {
-        match direct_slot(&key.mac) {
-            Some(slot) if !used[slot as usize] => {
-                used[slot as usize] = true;
-                changes.new_direct.push((slot, key));
-            }
-            _ => rest.push(key),
+        let slot = direct_slot(&key.mac);
+        if current.may_be_direct(&key) && !used[slot as usize] {
+            used[slot as usize] = true;
+            changes.new_direct.push((slot, key));
+        } else {
+            rest.push(key);
         }
     }
     let mut next = 0usize;
@@ -226,7 +252,33 @@ pub fn plan_slots(current: &Slots, wanted: &BTreeSet<DstKey>) -> Result<SlotChan
         used[next] = true;
         changes.new_hashed.push((key, next as u32));
     }
+    if let Some(words) = &current.spill {
+        plan_spill(words, current, &mut changes);
+    }
     Ok(changes)
+}
+
+/// The `DST_SPILL` writes of `changes`: the bits of every registration
+/// the hash holds after them, set before anything is published (a frame
+/// to a new hashed one must find its bit) and cleared of the others last.
+fn plan_spill(words: &[u64], current: &Slots, changes: &mut SlotChanges) {
+    let removed: BTreeSet<&DstKey> = changes.old_hashed.iter().collect();
+    let mut wanted = vec![0u64; DST_SPILL_WORDS as usize];
+    let hashed = current.hashed.keys().filter(|k| !removed.contains(k));
+    for key in hashed.chain(changes.new_hashed.iter().map(|(key, _)| key)) {
+        let (word, bit) = spill_bit(direct_slot(&key.mac));
+        wanted[word as usize] |= bit;
+    }
+    for (i, want) in wanted.into_iter().enumerate() {
+        let have = words.get(i).copied().unwrap_or(0);
+        let during = have | want;
+        if during != have {
+            changes.spill.push((i as u32, during));
+        }
+        if want != during {
+            changes.unspill.push((i as u32, want));
+        }
+    }
 }
 
 /// A pinned map's data, for batch operations.
@@ -292,7 +344,33 @@ pub fn read_slots(pins: &InterfacePins) -> Result<Slots, DatapathError> {
         .into_iter()
         .map(|(key, slot)| (key, slot[0]))
         .collect();
-    Ok(Slots { direct, hashed })
+    let spill = if pins.map(maps::DST_SPILL).exists() {
+        Some(with_batch(pins, maps::DST_SPILL, |b| {
+            b.read_array::<u64>()
+        })?)
+    } else {
+        None
+    };
+    Ok(Slots {
+        direct,
+        hashed,
+        spill,
+    })
+}
+
+/// Sets the `DST_SPILL` bit of every registration in `DST_SLOTS`, for a
+/// program about to run on pins from a build without `DST_SPILL` (whose
+/// program looked every MAC not in its direct slot up in the hash). The
+/// upgrade calls it after the map is created and before the swap; bits
+/// already set stay.
+pub(super) fn mark_pinned_spills(pins: &InterfacePins) -> Result<(), DatapathError> {
+    let slots = read_slots(pins)?;
+    let Some(words) = &slots.spill else {
+        return Ok(());
+    };
+    let mut changes = SlotChanges::default();
+    plan_spill(words, &slots, &mut changes);
+    with_batch(pins, maps::DST_SPILL, |b| b.update(&changes.spill, 0))
 }
 
 /// Brings the wire's maps to exactly `policy`. A full registration table
@@ -394,6 +472,9 @@ fn write_slots(pins: &InterfacePins, changes: &SlotChanges) -> Result<(), Datapa
         .collect();
     with_batch(pins, maps::DST_STATS, |b| b.update(&zeroed, 0))?;
     with_batch(pins, maps::DST_DROPS, |b| b.update(&zeroed, 0))?;
+    if !changes.spill.is_empty() {
+        with_batch(pins, maps::DST_SPILL, |b| b.update(&changes.spill, 0))?;
+    }
     with_batch(pins, maps::DST_DIRECT, |b| b.update(&changes.new_direct, 0))?;
     with_batch(pins, maps::DST_SLOTS, |b| b.update(&changes.new_hashed, 0))?;
     let freed: Vec<(u32, DstKey)> = changes
@@ -402,7 +483,11 @@ fn write_slots(pins: &InterfacePins, changes: &SlotChanges) -> Result<(), Datapa
         .map(|slot| (*slot, DstKey::default()))
         .collect();
     with_batch(pins, maps::DST_DIRECT, |b| b.update(&freed, 0))?;
-    with_batch(pins, maps::DST_SLOTS, |b| b.delete(&changes.old_hashed))
+    with_batch(pins, maps::DST_SLOTS, |b| b.delete(&changes.old_hashed))?;
+    if !changes.unspill.is_empty() {
+        with_batch(pins, maps::DST_SPILL, |b| b.update(&changes.unspill, 0))?;
+    }
+    Ok(())
 }
 
 /// Writes the `VLAN_POLICY` entries whose flags change (one batch read of
@@ -583,7 +668,84 @@ mod tests {
         for key in &changes.old_hashed {
             out.hashed.remove(key);
         }
+        if let Some(words) = &mut out.spill {
+            words.resize(DST_SPILL_WORDS as usize, 0);
+            for (i, word) in changes.spill.iter().chain(&changes.unspill) {
+                words[*i as usize] = *word;
+            }
+        }
         out
+    }
+
+    /// Whether the program would look `key` up in the hash.
+    fn spilled(slots: &Slots, key: &DstKey) -> bool {
+        let (word, bit) = spill_bit(direct_slot(&key.mac));
+        slots
+            .spill
+            .as_ref()
+            .and_then(|w| w.get(word as usize))
+            .is_some_and(|w| w & bit != 0)
+    }
+
+    #[test]
+    fn every_mac_takes_its_direct_slot_and_one_whose_slot_is_taken_spills_to_the_hash() {
+        let web = dst(0, assigned(1, 2));
+        let user = dst(0, USER_MAC);
+        // Same last four bytes folded: the same direct slot as USER_MAC.
+        let user_same_slot = dst(0, [0x5a, 0, 0, 9, 0, 0]);
+        assert_eq!(direct_slot(&user.mac), direct_slot(&user_same_slot.mac));
+        let wanted = [web, user, user_same_slot].into();
+        let changes = plan_slots(&Slots::spilling(), &wanted).unwrap();
+        assert_eq!(
+            changes.new_direct,
+            vec![(0x0102, web), (direct_slot(&user.mac), user)]
+        );
+        assert_eq!(changes.new_hashed, vec![(user_same_slot, 0)]);
+        let (word, bit) = spill_bit(direct_slot(&user.mac));
+        assert_eq!(changes.spill, vec![(word, bit)], "set before publishing");
+        assert!(changes.unspill.is_empty());
+        let maps = written(&Slots::spilling(), &changes);
+        assert!(spilled(&maps, &user_same_slot));
+        assert!(plan_slots(&maps, &wanted).unwrap().is_empty());
+
+        // The last hashed registration behind the bit leaves: it is cleared
+        // after the key is unpublished, in the same apply.
+        let gone = plan_slots(&maps, &[web, user].into()).unwrap();
+        assert_eq!(gone.old_hashed, vec![user_same_slot]);
+        assert!(gone.spill.is_empty());
+        assert_eq!(gone.unspill, vec![(word, 0)]);
+        assert!(!spilled(&written(&maps, &gone), &user_same_slot));
+    }
+
+    #[test]
+    fn a_spill_bit_stays_while_a_hashed_registration_needs_it() {
+        // 10.1.0.2 and 10.2.0.2 share direct slot 2; two more behind it.
+        let a = dst(0, assigned(0, 2));
+        let b = dst(0, [0x02, 0x42, 10, 2, 0, 2]);
+        let c = dst(7, assigned(0, 2));
+        let maps = written(
+            &Slots::spilling(),
+            &plan_slots(&Slots::spilling(), &[a, b, c].into()).unwrap(),
+        );
+        assert_eq!(maps.hashed.len(), 2);
+        let less = plan_slots(&maps, &[a, c].into()).unwrap();
+        assert_eq!(less.old_hashed, vec![b]);
+        assert!(
+            less.spill.is_empty() && less.unspill.is_empty(),
+            "c still needs it"
+        );
+        assert!(spilled(&written(&maps, &less), &c));
+    }
+
+    #[test]
+    fn a_wire_running_a_program_without_spill_bits_hashes_every_unassigned_mac() {
+        let web = dst(0, assigned(1, 2));
+        let user = dst(0, USER_MAC);
+        let changes = plan_slots(&Slots::default(), &[web, user].into()).unwrap();
+        assert_eq!(changes.new_direct, vec![(0x0102, web)]);
+        assert_eq!(changes.new_hashed, vec![(user, 0)]);
+        assert!(changes.spill.is_empty() && changes.unspill.is_empty());
+        assert!(changes.old_direct.is_empty() && changes.old_hashed.is_empty());
     }
 
     #[test]
@@ -722,6 +884,8 @@ mod tests {
             let direct =
                 Array::<MapData, DstKey>::create(DST_CAPACITY, maps::BPF_F_MMAPABLE).unwrap();
             pin(maps::DST_DIRECT, direct.map());
+            let spill = Array::<MapData, u64>::create(DST_SPILL_WORDS, 0).unwrap();
+            pin(maps::DST_SPILL, spill.map());
             let slots = HashMap::<MapData, DstKey, u32>::create(DST_CAPACITY, NO_PREALLOC).unwrap();
             pin(maps::DST_SLOTS, slots.map());
             let stats = PerCpuArray::<MapData, Counters>::create(DST_CAPACITY, 0).unwrap();
@@ -795,7 +959,7 @@ mod tests {
         apply(&maps.pins, &policy).unwrap();
         assert_eq!(
             read_slots(&maps.pins).unwrap().resolved(),
-            [(web, 2), (user, 0)].into()
+            [(web, 2), (user, 9)].into()
         );
         // Traffic to web; then one more endpoint takes the old slot 3.
         maps.count(2, 5);
@@ -815,7 +979,7 @@ mod tests {
         apply(&maps.pins, &policy).unwrap();
         assert_eq!(
             read_slots(&maps.pins).unwrap().resolved(),
-            [(db, 3), (user, 0)].into()
+            [(db, 3), (user, 9)].into()
         );
     }
 

@@ -11,6 +11,8 @@
 //! Learned MACs the wire denies are marked in the guard's table before the
 //! swap (`maps::MAC_LEARN_DENIED`, which builds before it never set and
 //! ignore), so the new program drops them on the guard's one lookup.
+//! Pins without `DST_SPILL` (builds that hashed every MAC not in its
+//! direct slot) get its bits for what `DST_SLOTS` holds before the swap.
 //!
 //! A map whose shape (type, key, value, size) changed between builds cannot
 //! be carried over, nor can pinned maps this build no longer has (another
@@ -36,7 +38,10 @@ use aya::{
         ProgramInfo, TcAttachType,
     },
 };
-use netvlan_common::antispoof::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use netvlan_common::{
+    antispoof::{EGRESS_PROGRAM, INGRESS_PROGRAM},
+    maps::DST_SPILL,
+};
 use serde::Serialize;
 
 use super::{
@@ -333,6 +338,12 @@ fn upgrade_one(
     // program reads instead of the deny list (older builds never set it).
     super::policy_maps::mark_pinned_denied(pins)?;
     let (mut ebpf, new_maps) = WIRE.load_reusing(pins)?;
+    // Pins from a build without `DST_SPILL`: the map was just created
+    // empty; its bits must be set before this build's program runs, or
+    // it would not look up what that build left in the hash.
+    if new_maps.iter().any(|m| m == DST_SPILL) {
+        super::policy_maps::mark_pinned_spills(pins)?;
+    }
     if attachment.hook == super::Hook::Tc {
         return upgrade_tc(attachment, pins, force, &mut ebpf, new_maps);
     }
@@ -556,6 +567,7 @@ mod tests {
             names(&[
                 VLAN_COUNTERS,
                 DST_DIRECT,
+                DST_SPILL,
                 DST_SLOTS,
                 DST_STATS,
                 DST_DROPS,

@@ -149,24 +149,29 @@ impl Tagging {
     }
 }
 
-/// Who chose a destination MAC: the wire resolves the two kinds
-/// differently (a netvlan MAC by its direct slot, any other by a hash
-/// lookup), so the per-packet cases have both.
+/// How the wire finds a destination MAC, so the per-packet cases cover
+/// every path: its direct slot found by arithmetic (a netvlan MAC or a
+/// user-given one), or a hash lookup behind a spill bit (a user-given MAC
+/// whose direct slot another registration took).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MacKind {
     /// `02:42` + the endpoint's IPv4 address, as netvlan assigns them.
     Netvlan,
-    /// A user-given `--mac`.
+    /// A user-given `--mac`, in its own direct slot.
     User,
+    /// A user-given `--mac` whose direct slot a netvlan MAC holds (its
+    /// last four bytes fold to the netvlan MAC's last two): in the hash.
+    Spilled,
 }
 
 impl MacKind {
-    pub const ALL: [MacKind; 2] = [MacKind::Netvlan, MacKind::User];
+    pub const ALL: [MacKind; 3] = [MacKind::Netvlan, MacKind::User, MacKind::Spilled];
 
     pub fn name(self) -> &'static str {
         match self {
             MacKind::Netvlan => "netvlan MAC",
             MacKind::User => "--mac MAC",
+            MacKind::Spilled => "--mac MAC (hashed)",
         }
     }
 }
@@ -179,12 +184,30 @@ pub const HIT_HOST: u8 = 2;
 pub const MISS_HOST: u8 = 254;
 
 /// The MAC of endpoint `host` of the bench network on `tagging`'s outer
-/// VLAN (172.31.N.host).
+/// VLAN (172.31.N.host). Registered in the order of [`MacKind::ALL`], the
+/// netvlan MACs take their direct slots (N << 8 | host), the user ones
+/// theirs (0xb0 + tagging << 8 | 0xbe ^ host: no other MAC's), and the
+/// spilled ones find the netvlan MAC of the same host in theirs.
 pub fn endpoint_mac(kind: MacKind, tagging: Tagging, host: u8) -> [u8; 6] {
     let net = tagging.network();
     match kind {
         MacKind::Netvlan => [0x02, 0x42, 172, 31, net, host],
-        MacKind::User => [0x52, 0x54, 0x00, 0xbe, net, host],
+        MacKind::User => [0x52, 0x54, 0xb0 | tagging as u8, 0xbe, 0x00, host],
+        MacKind::Spilled => [0x52, 0x54, net, 0x00, 0x00, host],
+    }
+}
+
+/// A MAC nobody registered, on the path of `kind`: a free direct slot for
+/// the first two kinds, a spilled slot (the hit endpoint's) for the third,
+/// so its miss pays the hash lookup.
+pub fn miss_mac(kind: MacKind, tagging: Tagging) -> [u8; 6] {
+    match kind {
+        MacKind::Spilled => {
+            let mut mac = endpoint_mac(kind, tagging, HIT_HOST);
+            mac[1] = 0x55;
+            mac
+        }
+        _ => endpoint_mac(kind, tagging, MISS_HOST),
     }
 }
 
@@ -221,6 +244,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn each_kind_of_mac_takes_the_path_it_is_named_for() {
+        use netvlan_common::maps::direct_slot;
+        for t in Tagging::ALL {
+            let slot = |kind, host| direct_slot(&endpoint_mac(kind, t, host));
+            for host in HIT_HOST..HIT_HOST + ENDPOINTS {
+                assert_eq!(slot(MacKind::Spilled, host), slot(MacKind::Netvlan, host));
+                for other in Tagging::ALL {
+                    for h in HIT_HOST..HIT_HOST + ENDPOINTS {
+                        let theirs = |kind| direct_slot(&endpoint_mac(kind, other, h));
+                        if (other, h) != (t, host) {
+                            assert_ne!(slot(MacKind::User, host), theirs(MacKind::User));
+                        }
+                        assert_ne!(slot(MacKind::User, host), theirs(MacKind::Netvlan));
+                    }
+                }
+            }
+            assert_eq!(
+                direct_slot(&miss_mac(MacKind::Spilled, t)),
+                slot(MacKind::Netvlan, HIT_HOST)
+            );
         }
     }
 

@@ -7,8 +7,9 @@
 //! Both configurations register the same destinations, as the control
 //! plane does for every wire (its counters need them): on each bench
 //! network (untagged, VLAN 10, VLAN 100) [`frames::ENDPOINTS`] endpoints
-//! with netvlan MACs (each in its direct slot) and as many with
-//! user-given MACs (hashed), and the host's MAC on every VLAN (hashed),
+//! of each [`MacKind`] (netvlan and user-given MACs in their direct slots,
+//! user-given ones whose slot a netvlan MAC holds in the hash), and the
+//! host's MAC on every VLAN (one direct, two hashed),
 //! placed by the control plane's rule (`model::Placement`). The maps are
 //! written from the model, the way the differential test fills them.
 
@@ -22,7 +23,7 @@ use netvlan_common::{
         with_mac_limit, Verdict, VLAN_ALLOWED, VLAN_DENY_LIST, VLAN_UNKNOWN_DST_DROP,
         VLAN_WIRE_FILTER,
     },
-    maps::{DstKey, MacKey, DENY_MACS, DST_DIRECT, DST_SLOTS, VLAN_POLICY, VLAN_SLOTS},
+    maps::{DstKey, MacKey, DENY_MACS, DST_DIRECT, DST_SLOTS, DST_SPILL, VLAN_POLICY, VLAN_SLOTS},
     model::{Placement, WireCounters, WireModel},
 };
 
@@ -133,6 +134,10 @@ impl BenchWire {
         for (slot, key) in &self.placement.direct {
             direct.set(*slot, *key, 0)?;
         }
+        let mut spill: Array<&mut MapData, u64> = typed(obj, DST_SPILL)?;
+        for (word, bits) in &self.placement.spill {
+            spill.set(*word, *bits, 0)?;
+        }
         let mut hashed: HashMap<&mut MapData, DstKey, u32> = typed(obj, DST_SLOTS)?;
         for (key, slot) in &self.placement.hashed {
             hashed.insert(*key, *slot, 0)?;
@@ -157,6 +162,11 @@ impl BenchWire {
     /// The slot of a registered destination.
     pub fn slot(&self, key: &DstKey) -> Option<u32> {
         self.placement.slot_of(key)
+    }
+
+    /// Whether a registered destination was placed in the hash.
+    pub fn hashed(&self, key: &DstKey) -> bool {
+        self.placement.hashed.contains_key(key)
     }
 
     /// The verdict the program must give `frame`.

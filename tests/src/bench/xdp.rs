@@ -5,11 +5,13 @@
 //! floor) and Debian's `xdp-filter` holding one MAC rule per hit
 //! destination (what a user would pick instead for per-MAC filtering).
 //!
-//! Cases: every tagging and IP version, to a netvlan-assigned MAC (found
-//! by its direct slot) or a user-given one (a hash lookup), each a "hit"
-//! (a registered endpoint) or a "miss" (nobody's: counted as unregistered
-//! on its VLAN, or dropped as unknown_dst with policies on), so no layout
-//! wins by choosing its frames. For xdp-filter, the hit frame matches one
+//! Cases: every tagging and IP version, to a netvlan-assigned MAC or a
+//! user-given one (each found in its direct slot) or a user-given one
+//! whose direct slot another registration took (a hash lookup behind the
+//! slot's spill bit), each a "hit" (a registered endpoint) or a "miss"
+//! (nobody's: counted as unregistered on its VLAN, or dropped as
+//! unknown_dst with policies on; the hashed kind's miss lands on a spilled
+//! slot and pays the lookup), so no layout wins by choosing its frames. For xdp-filter, the hit frame matches one
 //! of its MAC rules and the miss frame none.
 
 use std::borrow::Cow;
@@ -78,11 +80,10 @@ impl Case {
             for ip in Ip::ALL {
                 for kind in MacKind::ALL {
                     for lookup in [Lookup::Hit, Lookup::Miss] {
-                        let host = match lookup {
-                            Lookup::Hit => frames::HIT_HOST,
-                            Lookup::Miss => frames::MISS_HOST,
+                        let dst = match lookup {
+                            Lookup::Hit => frames::endpoint_mac(kind, tagging, frames::HIT_HOST),
+                            Lookup::Miss => frames::miss_mac(kind, tagging),
                         };
-                        let dst = frames::endpoint_mac(kind, tagging, host);
                         cases.push(Case {
                             tagging,
                             ip,
@@ -178,6 +179,16 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
                 case.name()
             );
         }
+        let key = DstKey {
+            vid: case.tagging.outer_vid(),
+            mac: case.dst,
+        };
+        if case.lookup == Lookup::Hit && off.hashed(&key) != (case.kind == MacKind::Spilled) {
+            bail!(
+                "{}: the destination is not placed where the case says",
+                case.name()
+            );
+        }
     }
     let floor = Hook::Xdp(xdp_program(&off_obj, BENCH_FLOOR_PROGRAM)?);
     let programs = [
@@ -242,8 +253,10 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
             format!(
                 "Frames: {FRAME_LEN} bytes as XDP sees them (no FCS), untagged, 802.1Q (VLAN 10) \
                  or QinQ (802.1ad 100 + 802.1Q 10), IPv4/UDP or IPv6; to a netvlan MAC \
-                 (02:42 + IPv4 address: direct slot) or a --mac one (52:54:00:…: hash \
-                 lookup), of a registered endpoint (hit) or of none (miss)."
+                 (02:42 + IPv4 address) or a --mac one (52:54:…), each in its direct slot, \
+                 or a --mac one whose direct slot a netvlan MAC holds (hashed: a lookup \
+                 behind the slot's spill bit), of a registered endpoint (hit) or of none \
+                 (miss; the hashed kind's miss lands on a spilled slot)."
             ),
             format!(
                 "netvlan: `{XDP_PROGRAM}` and `{TC_PROGRAM}` (SchedClassifier, skb test run) \
