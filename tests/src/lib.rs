@@ -136,31 +136,38 @@ impl Lan {
     }
 
     /// Starts `netvlan ARGS` stopped at `failpoint` (it sleeps there),
-    /// waits until `ready` holds, then kills it with SIGKILL: a command
-    /// dying half-way.
-    pub fn kill_midway(&self, failpoint: &str, args: &[&str], mut ready: impl FnMut() -> bool) {
-        let spec = format!("{failpoint}=sleep(20000)");
+    /// waits until it has got there (the failpoint leaves a file in
+    /// `NETVLAN_FAILPOINTS_REACHED`), checks that `there` holds (what the
+    /// scenario expects the command to have made by then), then kills it
+    /// with SIGKILL: a command dying half-way, at exactly that step however
+    /// loaded the machine is.
+    pub fn kill_midway(&self, failpoint: &str, args: &[&str], mut there: impl FnMut() -> bool) {
+        let spec = format!("{failpoint}=sleep(60000)");
+        let reached = StateDir::new();
+        std::fs::create_dir_all(reached.path()).expect("the failpoint marker directory");
+        let marker = reached.path().join(failpoint);
+        let dir = reached.path().to_string_lossy().into_owned();
         let mut child = spawn_netvlan(
             &self.host,
             &self.bpf,
             &self.state,
-            &[("FAILPOINTS", &spec)],
+            &[("FAILPOINTS", &spec), ("NETVLAN_FAILPOINTS_REACHED", &dir)],
             args,
         );
-        // Until `ready` holds or the command ends on its own: it sleeps 20 s
-        // at the failpoint, so a slow machine (TCG, load) only makes it get
-        // there later. The cap only guards against a command that hangs.
+        // The cap only guards against a command that hangs before it: a
+        // slow machine (TCG, load) only makes it get there later.
         let give_up = std::time::Instant::now() + Duration::from_secs(300);
-        let reached = loop {
-            if ready() {
-                break Some(());
+        let got_there = loop {
+            if marker.exists() {
+                break true;
             }
             let ended = child.try_wait().expect("poll our own child").is_some();
             if ended || std::time::Instant::now() > give_up {
-                break None;
+                break false;
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let holds = got_there && there();
         child.kill().expect("SIGKILL our own child");
         let status = child.wait().expect("reap it");
         use std::os::unix::process::ExitStatusExt;
@@ -171,9 +178,10 @@ impl Lan {
              is {} built with --features failpoints? (`cargo xtask test` does that)",
             netvlan_bin().display()
         );
+        assert!(got_there, "the command never reached {failpoint} in 300 s");
         assert!(
-            reached.is_some(),
-            "the command never reached {failpoint} in 300 s"
+            holds,
+            "at {failpoint}, the command had not made what the test expects"
         );
     }
 

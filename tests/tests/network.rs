@@ -1050,8 +1050,7 @@ fn a_killed_create_is_cleaned_up_by_the_next_command() {
     lan.kill_midway(
         "create-after-parent",
         &["network", "create", "--subnet", "10.54.0.0/24", "killed"],
-        // The placeholder exists and carries its owner tag: the command
-        // is at the fail point (TCG is slow enough to catch it earlier).
+        // There, the placeholder exists and carries its owner tag.
         || {
             let out = lan.host.exec("ip", &["-d", "-j", "link", "show"]);
             let links: Value = serde_json::from_slice(&out.stdout).unwrap();

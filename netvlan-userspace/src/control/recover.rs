@@ -79,6 +79,13 @@ impl Manager {
                     .map(|line| format!("{line}, left by an interrupted {}", operation.left_by())),
             );
         }
+        // A command killed after its policy write leaves the MACs of the
+        // links just undone (an endpoint's, a shim's) registered: they
+        // would pass `unknown_dst=drop` and show in `check`. The stored
+        // policy goes back on every wire before the journal is spent.
+        for wire in self.rewrite_attached_policies(&networks).await? {
+            done.push(format!("rewrote the policy maps of {wire}"));
+        }
         self.store().clear_journal()?;
         for line in &done {
             tracing::warn!("recovery: {line}");

@@ -6,6 +6,7 @@
 //! commits, so a failure rolls back with it.
 
 use super::{
+    error::UndoFailure,
     options::{parse_policy_settings, OptionError},
     Driver, Manager, NetworkError, NetworkRecord, Parent, ParentKind, PolicyOptions,
 };
@@ -299,7 +300,7 @@ impl Manager {
         let host = self.host_links(&wire_link, records).await?;
         let policy = wire_policy(wire, records, &host)?;
         match self.datapath().apply_policy(wire, &policy).await {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             // Another XDP program holds the wire (`create` warned of it):
             // nothing of netvlan's to write.
             Err(DatapathError::NotAttached { .. }) if wire_link.xdp.is_some() => Ok(()),
@@ -314,10 +315,63 @@ impl Manager {
                 self.datapath()
                     .attach_at(wire, crate::datapath::AttachMode::Auto, hook)
                     .await?;
-                Ok(self.datapath().apply_policy(wire, &policy).await?)
+                self.datapath().apply_policy(wire, &policy).await?;
+                Ok(())
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Writes the stored policy again on every wire of `networks` that runs
+    /// netvlan's datapath, attaching nothing (recovery: a wire without it is
+    /// `restore`'s business). Returns the wires whose maps held something
+    /// else.
+    pub(super) async fn rewrite_attached_policies(
+        &self,
+        networks: &[NetworkRecord],
+    ) -> Result<Vec<String>, NetworkError> {
+        let failed = |wire: &str, e: NetworkError| {
+            NetworkError::RecoveryFailed(Box::new(UndoFailure::new(
+                format!("rewriting the policy maps of {wire}"),
+                Box::new(e),
+            )))
+        };
+        let wires: std::collections::BTreeSet<&str> =
+            networks.iter().map(|n| n.parent.wire.as_str()).collect();
+        let mut rewritten = Vec::new();
+        for wire in wires {
+            let on_wire: Vec<NetworkRecord> = networks
+                .iter()
+                .filter(|n| n.parent.wire == wire)
+                .cloned()
+                .collect();
+            match self.rewrite_if_attached(wire, &on_wire).await {
+                Ok(true) => rewritten.push(wire.to_string()),
+                Ok(false) => {}
+                Err(e) => return Err(failed(wire, e)),
+            }
+        }
+        Ok(rewritten)
+    }
+
+    /// [`Self::rewrite_attached_policies`] for one wire: whether its maps
+    /// changed.
+    async fn rewrite_if_attached(
+        &self,
+        wire: &str,
+        records: &[NetworkRecord],
+    ) -> Result<bool, NetworkError> {
+        let wire_link = match self.netlink().link_by_name(wire).await {
+            Ok(link) => link,
+            Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if self.datapath().attachments(Some(wire)).await?.is_empty() {
+            return Ok(false);
+        }
+        let host = self.host_links(&wire_link, records).await?;
+        let policy = wire_policy(wire, records, &host)?;
+        Ok(self.datapath().apply_policy(wire, &policy).await?)
     }
 
     /// Fails unless netvlan's datapath runs on `wire`: a policy that

@@ -223,8 +223,7 @@ async fn execute(datapath: &Datapath, state_dir: &Path, command: Command) -> Out
         if done.is_ok() {
             tracing::info!("the command is committed");
             // Where tests kill the daemon: committed, not yet answered.
-            #[cfg(feature = "failpoints")]
-            fail::fail_point!("command-after-commit");
+            crate::sys::failpoint::step("command-after-commit");
         }
         done.map_err(|e: NetworkError| e.report())
     }

@@ -1123,12 +1123,13 @@ impl Datapath {
         Ok(removed)
     }
 
-    /// Writes a wire's policy into the maps of the attachment on `ifname`.
+    /// Writes a wire's policy into the maps of the attachment on `ifname`;
+    /// whether they held anything else.
     pub async fn apply_policy(
         &self,
         ifname: &str,
         policy: &policy_maps::WirePolicy,
-    ) -> Result<(), DatapathError> {
+    ) -> Result<bool, DatapathError> {
         let (_, pins) = self
             .attachments(Some(ifname))
             .await?

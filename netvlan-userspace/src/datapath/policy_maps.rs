@@ -373,9 +373,9 @@ pub(super) fn mark_pinned_spills(pins: &InterfacePins) -> Result<(), DatapathErr
     with_batch(pins, maps::DST_SPILL, |b| b.update(&changes.spill, 0))
 }
 
-/// Brings the wire's maps to exactly `policy`. A full registration table
-/// is refused before anything is written.
-pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathError> {
+/// Brings the wire's maps to exactly `policy`; whether they held anything
+/// else. A full registration table is refused before anything is written.
+pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<bool, DatapathError> {
     // Registrations first: a MAC that is about to become legitimate must
     // not be dropped while flags change.
     let slots = read_slots(pins)?;
@@ -384,6 +384,7 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
             path: pins.map(maps::DST_SLOTS),
             capacity: DST_CAPACITY,
         })?;
+    let mut changed = !changes.is_empty();
     write_slots(pins, &changes)?;
 
     let key = |ip: &std::net::IpAddr| IpKey {
@@ -402,16 +403,17 @@ pub fn apply(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathEr
             .and_modify(|flags| *flags |= IP_GATEWAY)
             .or_insert(IP_GATEWAY | IP_NOT_REGISTERED);
     }
-    sync_values(pins, maps::ENDPOINT_IPS, &ips)?;
+    changed |= sync_values(pins, maps::ENDPOINT_IPS, &ips)?;
     let denied = policy
         .denied
         .iter()
         .map(|mac| (MacKey::new(*mac), 0))
         .collect();
     if sync_values(pins, maps::DENY_MACS, &denied)? {
+        changed = true;
         mark_denied(pins, &policy.denied)?;
     }
-    write_vlan_flags(pins, policy)
+    Ok(write_vlan_flags(pins, policy)? || changed)
 }
 
 /// Keeps the denied bit of every learned entry (`maps::MAC_LEARN_DENIED`)
@@ -494,7 +496,8 @@ fn write_slots(pins: &InterfacePins, changes: &SlotChanges) -> Result<(), Datapa
 /// all 4,096, one batch write of the differences). A guard switched on
 /// starts empty (reset before its flags are written); one switched off is
 /// emptied after (the program no longer touches it by then).
-fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), DatapathError> {
+/// Whether any changed.
+fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<bool, DatapathError> {
     let current = with_batch(pins, maps::VLAN_POLICY, |b| b.read_array::<u32>())?;
     let mut changed = Vec::new();
     let (mut guard_on, mut guard_off) = (BTreeSet::new(), BTreeSet::new());
@@ -517,7 +520,8 @@ fn write_vlan_flags(pins: &InterfacePins, policy: &WirePolicy) -> Result<(), Dat
     }
     reset_guards(pins, &guard_on)?;
     with_batch(pins, maps::VLAN_POLICY, |b| b.update(&changed, 0))?;
-    reset_guards(pins, &guard_off)
+    reset_guards(pins, &guard_off)?;
+    Ok(!changed.is_empty())
 }
 
 /// Sets the run-time VLAN flag `bit` (`decision::VLAN_RUNTIME`) on the

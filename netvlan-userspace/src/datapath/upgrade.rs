@@ -322,10 +322,7 @@ async fn running_filter(
 /// A named step where tests stop the command (`FAILPOINTS=NAME=sleep(MS)`
 /// with the `failpoints` feature) to kill it there; a no-op otherwise.
 pub(super) fn failpoint(name: &str) {
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!(name);
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
+    crate::sys::failpoint::step(name);
 }
 
 fn upgrade_one(

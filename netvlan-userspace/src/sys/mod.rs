@@ -4,6 +4,7 @@
 
 pub mod bpf_batch;
 pub mod ethtool;
+pub mod failpoint;
 pub mod netlink;
 pub mod netns;
 pub mod sandbox;
