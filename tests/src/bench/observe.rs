@@ -2,16 +2,16 @@
 //! takes with 1,000 and 10,000 registered destinations in the counters,
 //! its peak RSS, and the datapath's kernel memory.
 //!
-//! The destinations are registered in the wire's slot table (`DST_SLOTS`,
-//! as a connect with a user-given MAC would, without making thousands of
-//! namespaces) and their counters filled by real frames: a peer namespace
+//! The destinations are registered in the wire's destination maps by the
+//! control plane's placement rule (as connects would, without making
+//! thousands of namespaces) and their counters filled by real frames: a peer namespace
 //! sends one frame per MAC into the parent over AF_PACKET, and the XDP
 //! program counts them. Peer for the read: `bpftool map dump` of the
 //! pinned per-destination counters (`DST_STATS`, the kernel's generic tool
 //! reading the same counters, without summing CPUs or naming endpoints).
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::Duration,
@@ -21,7 +21,9 @@ use anyhow::{bail, Context, Result};
 use aya::{maps::MapData, programs::ProgramInfo};
 use indicatif::ProgressBar;
 use netvlan::sys::bpf_batch::BatchMap;
-use netvlan_common::maps::{DstKey, DST_DIRECT, DST_SLOTS, DST_STATS};
+use netvlan_common::maps::{
+    direct_slot, spill_bit, DstKey, DST_DIRECT, DST_SLOTS, DST_SPILL, DST_STATS,
+};
 
 use super::{
     ctx::Ctx,
@@ -66,8 +68,9 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         key: "observe",
         title: "Observation cost",
         method: vec![
-            "The destination MACs are registered in the wire's DST_SLOTS (each in a slot \
-             of its own, as connects with user-given MACs would), then a peer namespace \
+            "The destination MACs are registered in the wire's destination maps by the \
+             control plane's rule (their direct slot in DST_DIRECT, or a slot of their \
+             own in DST_SLOTS behind a DST_SPILL bit), then a peer namespace \
              sends one 64-byte frame per destination MAC over AF_PACKET into the parent \
              veth, where netvlan's datapath (attached by `netvlan network create`) counts \
              it; the bench waits until `netvlan stats --json` counts every MAC (resending \
@@ -193,15 +196,19 @@ pub fn find_pin_dir(bpf_dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Registers the numbered MACs `from..to` (untagged) in the wire's slot
-/// table, each in the lowest slot no registration uses.
+/// Registers the numbered MACs `from..to` (untagged) by the control
+/// plane's rule: in its direct slot when no registration uses that slot,
+/// otherwise in the lowest unused slot through `DST_SLOTS`, with the
+/// direct slot's `DST_SPILL` bit set (the program consults the hash only
+/// behind that bit).
 fn register(pin_dir: &Path, from: u32, to: u32) -> Result<()> {
     let open = |name: &str| {
         MapData::from_pin(pin_dir.join(name)).with_context(|| format!("opening the pinned {name}"))
     };
-    let (direct, slots) = (open(DST_DIRECT)?, open(DST_SLOTS)?);
+    let (direct, slots, spill) = (open(DST_DIRECT)?, open(DST_SLOTS)?, open(DST_SPILL)?);
     let direct = BatchMap::new(&direct, DST_DIRECT)?;
     let slots = BatchMap::new(&slots, DST_SLOTS)?;
+    let spill = BatchMap::new(&spill, DST_SPILL)?;
     let mut used: HashSet<u32> = direct
         .lookup_all::<u32, DstKey>()?
         .into_iter()
@@ -214,19 +221,45 @@ fn register(pin_dir: &Path, from: u32, to: u32) -> Result<()> {
             .into_iter()
             .map(|(_, s)| s[0]),
     );
-    let mut free = (0..direct.max_entries()).filter(|s| !used.contains(s));
-    let mut entries = Vec::new();
+    let mut words: BTreeMap<u32, u64> = spill
+        .lookup_all::<u32, u64>()?
+        .into_iter()
+        .map(|(word, bits)| (word, bits[0]))
+        .collect();
+    let (mut in_direct, mut in_hash) = (Vec::new(), Vec::new());
+    let mut next_free = 0;
     for i in from..to {
-        let slot = free.next().context("no free destination slot left")?;
         let key = DstKey {
             vid: 0,
             mac: frames::numbered_mac(i),
         };
-        entries.push((key, slot));
+        let own = direct_slot(&key.mac);
+        if used.insert(own) {
+            in_direct.push((own, key));
+            continue;
+        }
+        while used.contains(&next_free) {
+            next_free += 1;
+        }
+        if next_free >= direct.max_entries() {
+            bail!("no free destination slot left");
+        }
+        used.insert(next_free);
+        in_hash.push((key, next_free));
+        let (word, bit) = spill_bit(own);
+        *words.entry(word).or_default() |= bit;
     }
+    let spilled: Vec<(u32, u64)> = words.into_iter().collect();
+    // Bits before the hash entries they announce, as the control plane does.
+    spill
+        .update(&spilled, 0)
+        .context("setting DST_SPILL bits")?;
     slots
-        .update(&entries, 0)
-        .context("registering the bench's destinations")?;
+        .update(&in_hash, 0)
+        .context("registering spilled destinations")?;
+    direct
+        .update(&in_direct, 0)
+        .context("registering destinations in their direct slots")?;
     Ok(())
 }
 
