@@ -154,6 +154,52 @@ fn check_names_every_drift_and_restore_repairs_it() {
         "02:42:0a:4a:00:03",
     );
 
+    // A user-given MAC whose direct slot (its last four bytes folded: 3)
+    // 10.74.0.3 holds lives in DST_SLOTS behind slot 3's DST_SPILL bit
+    // (word 0); with the bit cleared no frame finds it.
+    let c3 = lan.container(false);
+    lan.netvlan(&[
+        "connect",
+        "--ip",
+        "10.74.0.4",
+        "--mac",
+        "06:00:00:00:00:03",
+        "lan",
+        c3.name(),
+    ])
+    .ok();
+    let spill = xdp.join("DST_SPILL");
+    bpftool(&[
+        "map",
+        "update",
+        "pinned",
+        spill.to_str().unwrap(),
+        "key",
+        "hex",
+        "00",
+        "00",
+        "00",
+        "00",
+        "value",
+        "hex",
+        "00",
+        "00",
+        "00",
+        "00",
+        "00",
+        "00",
+        "00",
+        "00",
+    ]);
+    drift_is_named_and_repaired(
+        &lan,
+        "spill bit cleared",
+        "map_entry_missing",
+        "06:00:00:00:00:03 (VLAN 0) (in DST_SLOTS, but its DST_SPILL bit is clear",
+    );
+    lan.netvlan(&["disconnect", "lan", c3.name()]).ok();
+    drop(c3);
+
     // A destination registered that no endpoint or host link has: MAC
     // 06:ee:00:00:00:01 on VLAN 5 in slot 40000.
     let slots = xdp.join("DST_SLOTS");

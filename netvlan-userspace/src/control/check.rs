@@ -173,27 +173,38 @@ impl Manager {
             }
             Err(e) => return Err(e.into()),
         };
-        let (registered, ips) = crate::datapath::policy_maps::registered(&pins)?;
+        let registered = crate::datapath::policy_maps::registered(&pins)?;
         for network in &on_wire {
             let vid = super::wire_policy::vlan_of(network);
             for endpoint in network.endpoints.values() {
                 let missing: Vec<String> = match network.options.driver {
                     Driver::Macvlan => endpoint
                         .stored_mac()
-                        .filter(|mac| {
-                            !registered.contains(&DstKey {
-                                vid,
-                                mac: mac.octets(),
-                            })
+                        .map(|mac| {
+                            (
+                                mac,
+                                DstKey {
+                                    vid,
+                                    mac: mac.octets(),
+                                },
+                            )
                         })
-                        .map(|mac| format!("MAC {mac} (VLAN {vid})"))
+                        .filter(|(_, key)| !registered.found.contains(key))
+                        .map(|(mac, key)| {
+                            let hidden = if registered.stored.contains(&key) {
+                                " (in DST_SLOTS, but its DST_SPILL bit is clear: no frame finds it)"
+                            } else {
+                                ""
+                            };
+                            format!("MAC {mac} (VLAN {vid}){hidden}")
+                        })
                         .into_iter()
                         .collect(),
                     Driver::Ipvlan => endpoint
                         .ipv4
                         .iter()
                         .chain(endpoint.ipv6.iter())
-                        .filter(|net| !ips.contains(&net.addr()))
+                        .filter(|net| !registered.ips.contains(&net.addr()))
                         .map(|net| format!("address {}", net.addr()))
                         .collect(),
                 };
@@ -215,7 +226,7 @@ impl Manager {
         let records: Vec<NetworkRecord> = on_wire.iter().map(|n| (*n).clone()).collect();
         let host = self.host_links(&link, &records).await?;
         if let Ok(expected) = super::wire_policy::wire_policy(wire, &records, &host) {
-            for stale in registered.difference(&expected.registered) {
+            for stale in registered.stored.difference(&expected.registered) {
                 drifts.push(Drift {
                     network: record.name.clone(),
                     kind: "map_entry_stale",

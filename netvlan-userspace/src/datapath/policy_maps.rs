@@ -144,13 +144,28 @@ impl Slots {
         self.direct_at(direct_slot(&key.mac)) == *key
     }
 
+    /// Whether the program looks `key` up in `DST_SLOTS` when its direct
+    /// slot holds another key: behind its direct slot's spill bit, or
+    /// always on a wire whose program predates `DST_SPILL`.
+    pub fn looks_up_hash(&self, key: &DstKey) -> bool {
+        let Some(words) = &self.spill else {
+            return true;
+        };
+        let (word, bit) = spill_bit(direct_slot(&key.mac));
+        words.get(word as usize).is_some_and(|w| w & bit != 0)
+    }
+
     /// Every registration the program resolves, with its slot: a direct
     /// entry counts only in its own direct slot, and wins over a hashed
-    /// entry of the same key (the program looks there first).
+    /// entry of the same key (the program looks there first); a hashed
+    /// entry counts only behind its spill bit (without it no frame finds
+    /// it, so `netvlan check` reports it missing and the next apply sets
+    /// the bit).
     pub fn resolved(&self) -> BTreeMap<DstKey, u32> {
         let mut out: BTreeMap<DstKey, u32> = self
             .hashed
             .iter()
+            .filter(|(key, _)| self.looks_up_hash(key))
             .map(|(key, slot)| (*key, *slot))
             .collect();
         for (slot, key) in self.direct.iter().enumerate() {
@@ -622,12 +637,23 @@ where
     Ok(!writes.is_empty() || !stale.is_empty())
 }
 
-/// The destinations and addresses registered in the wire's maps now (what
-/// `netvlan check` compares with the stored endpoints).
-pub fn registered(
-    pins: &InterfacePins,
-) -> Result<(BTreeSet<DstKey>, BTreeSet<std::net::IpAddr>), DatapathError> {
-    let destinations = read_slots(pins)?.resolved().into_keys().collect();
+/// What a wire's maps register now (what `netvlan check` compares with
+/// the stored endpoints).
+pub struct Registered {
+    /// The destinations a frame finds.
+    pub found: BTreeSet<DstKey>,
+    /// Every destination the slot maps hold, found or not (a hashed key
+    /// without its spill bit takes a slot no frame reaches).
+    pub stored: BTreeSet<DstKey>,
+    /// The registered endpoint addresses (ipvlan).
+    pub ips: BTreeSet<std::net::IpAddr>,
+}
+
+/// The destinations and addresses registered in the wire's maps now.
+pub fn registered(pins: &InterfacePins) -> Result<Registered, DatapathError> {
+    let slots = read_slots(pins)?;
+    let found: BTreeSet<DstKey> = slots.resolved().into_keys().collect();
+    let stored = found.iter().chain(slots.hashed.keys()).copied().collect();
     let ips = with_batch(pins, maps::ENDPOINT_IPS, |b| b.lookup_all::<IpKey, u32>())?
         .into_iter()
         .filter(|(_, flags)| flags[0] & IP_NOT_REGISTERED == 0)
@@ -639,7 +665,7 @@ pub fn registered(
             }
         })
         .collect();
-    Ok((destinations, ips))
+    Ok(Registered { found, stored, ips })
 }
 
 #[cfg(test)]
@@ -683,12 +709,7 @@ mod tests {
 
     /// Whether the program would look `key` up in the hash.
     fn spilled(slots: &Slots, key: &DstKey) -> bool {
-        let (word, bit) = spill_bit(direct_slot(&key.mac));
-        slots
-            .spill
-            .as_ref()
-            .and_then(|w| w.get(word as usize))
-            .is_some_and(|w| w & bit != 0)
+        slots.spill.is_some() && slots.looks_up_hash(key)
     }
 
     #[test]
@@ -719,6 +740,31 @@ mod tests {
         assert!(gone.spill.is_empty());
         assert_eq!(gone.unspill, vec![(word, 0)]);
         assert!(!spilled(&written(&maps, &gone), &user_same_slot));
+    }
+
+    #[test]
+    fn a_hashed_registration_without_its_spill_bit_is_not_resolved_and_the_next_plan_sets_it() {
+        let user = dst(0, USER_MAC);
+        let user_same_slot = dst(0, [0x5a, 0, 0, 9, 0, 0]);
+        let wanted = [user, user_same_slot].into();
+        let mut maps = written(
+            &Slots::spilling(),
+            &plan_slots(&Slots::spilling(), &wanted).unwrap(),
+        );
+        assert!(maps.resolved().contains_key(&user_same_slot));
+        // A writer that published the key but lost the bit (or never set it).
+        maps.spill = Some(vec![0; DST_SPILL_WORDS as usize]);
+        assert!(
+            !maps.resolved().contains_key(&user_same_slot),
+            "no frame finds it"
+        );
+        let repair = plan_slots(&maps, &wanted).unwrap();
+        assert!(repair.new_hashed.is_empty() && repair.old_hashed.is_empty());
+        let (word, bit) = spill_bit(direct_slot(&user.mac));
+        assert_eq!(repair.spill, vec![(word, bit)]);
+        assert!(written(&maps, &repair)
+            .resolved()
+            .contains_key(&user_same_slot));
     }
 
     #[test]
