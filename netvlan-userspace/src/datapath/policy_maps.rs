@@ -1022,8 +1022,7 @@ mod tests {
             DstCounters::default(),
             "a new slot starts at zero"
         );
-        let (registered, _) = registered(&maps.pins).unwrap();
-        assert_eq!(registered, policy.registered);
+        assert_eq!(registered(&maps.pins).unwrap().found, policy.registered);
         // Disconnect: only its key goes, the others keep slot and counts.
         policy.registered.remove(&web);
         apply(&maps.pins, &policy).unwrap();
