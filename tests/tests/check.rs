@@ -41,6 +41,23 @@ fn bpftool(args: &[&str]) {
     netvlan_tests::sh("bpftool", args);
 }
 
+/// `bpftool map update pinned MAP key hex KEY value hex VALUE`, the bytes
+/// as space-separated hex pairs in the map's (little-endian) layout.
+fn map_update(map: &std::path::Path, key: &str, value: &str) {
+    let mut args = vec![
+        "map",
+        "update",
+        "pinned",
+        map.to_str().unwrap(),
+        "key",
+        "hex",
+    ];
+    args.extend(key.split(' '));
+    args.extend(["value", "hex"]);
+    args.extend(value.split(' '));
+    bpftool(&args);
+}
+
 #[test]
 fn check_names_every_drift_and_restore_repairs_it() {
     let lan = Lan::new(false);
@@ -125,28 +142,7 @@ fn check_names_every_drift_and_restore_repairs_it() {
         .join(&host)
         .join(format!("if-{}", lan.host.ifindex("eth0")));
     let direct = xdp.join("DST_DIRECT");
-    bpftool(&[
-        "map",
-        "update",
-        "pinned",
-        direct.to_str().unwrap(),
-        "key",
-        "hex",
-        "03",
-        "00",
-        "00",
-        "00",
-        "value",
-        "hex",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-    ]);
+    map_update(&direct, "03 00 00 00", "00 00 00 00 00 00 00 00");
     drift_is_named_and_repaired(
         &lan,
         "map entry deleted",
@@ -169,28 +165,7 @@ fn check_names_every_drift_and_restore_repairs_it() {
     ])
     .ok();
     let spill = xdp.join("DST_SPILL");
-    bpftool(&[
-        "map",
-        "update",
-        "pinned",
-        spill.to_str().unwrap(),
-        "key",
-        "hex",
-        "00",
-        "00",
-        "00",
-        "00",
-        "value",
-        "hex",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-        "00",
-    ]);
+    map_update(&spill, "00 00 00 00", "00 00 00 00 00 00 00 00");
     drift_is_named_and_repaired(
         &lan,
         "spill bit cleared",
@@ -203,28 +178,7 @@ fn check_names_every_drift_and_restore_repairs_it() {
     // A destination registered that no endpoint or host link has: MAC
     // 06:ee:00:00:00:01 on VLAN 5 in slot 40000.
     let slots = xdp.join("DST_SLOTS");
-    bpftool(&[
-        "map",
-        "update",
-        "pinned",
-        slots.to_str().unwrap(),
-        "key",
-        "hex",
-        "05",
-        "00",
-        "06",
-        "ee",
-        "00",
-        "00",
-        "00",
-        "01",
-        "value",
-        "hex",
-        "40",
-        "9c",
-        "00",
-        "00",
-    ]);
+    map_update(&slots, "05 00 06 ee 00 00 00 01", "40 9c 00 00");
     drift_is_named_and_repaired(
         &lan,
         "stray registration",
