@@ -1155,3 +1155,65 @@ fn a_killed_connect_is_cleaned_up_by_the_next_command() {
     lan.netvlan(&["disconnect", "victim", c.name()]).ok();
     lan.netvlan(&["network", "rm", "victim"]).ok();
 }
+
+/// Recovery rewrites the policy only on wires that run netvlan's
+/// datapath: one detached by hand is `restore`'s business, and must not
+/// make the next command fail.
+#[test]
+fn a_killed_connect_on_a_wire_whose_datapath_was_detached_is_still_recovered() {
+    let lan = Lan::new(false);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.57.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "hook=xdp",
+        "bare",
+    ])
+    .ok();
+    let link_pin = lan
+        .bpf
+        .contents()
+        .into_iter()
+        .find(|p| p.contains("/if-") && p.ends_with("/link"))
+        .expect("the XDP link is pinned");
+    netvlan_tests::sh(
+        "bpftool",
+        &[
+            "link",
+            "detach",
+            "pinned",
+            lan.bpf.path().join(&link_pin).to_str().unwrap(),
+        ],
+    );
+    assert!(lan.host.link_json("eth0").get("xdp").is_none());
+    let c = lan.container(false);
+    lan.kill_midway("connect-after-link", &["connect", "bare", c.name()], || {
+        !container_links(&c).is_empty()
+    });
+    let ls = lan.netvlan(&["network", "ls"]).ok();
+    assert!(
+        ls.stderr.contains("left by an interrupted connect"),
+        "{}",
+        ls.stderr
+    );
+    assert_eq!(container_links(&c), Vec::<String>::new());
+    let drifts = lan.netvlan(&["check", "--json"]).failed().json()["drifts"].clone();
+    assert!(
+        drifts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["kind"] == "datapath_missing"),
+        "the detached datapath is left for restore: {drifts:#}"
+    );
+    lan.netvlan(&["restore"]).ok();
+    assert!(lan.host.link_json("eth0").get("xdp").is_some());
+    lan.netvlan(&["connect", "bare", c.name()]).ok();
+    lan.netvlan(&["disconnect", "bare", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "bare"]).ok();
+    assert_eq!(lan.bpf.contents(), Vec::<String>::new());
+}

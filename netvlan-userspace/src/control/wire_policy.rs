@@ -366,8 +366,11 @@ impl Manager {
             Err(crate::sys::netlink::NetlinkError::NoSuchInterface { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
-        if self.datapath().attachments(Some(wire)).await?.is_empty() {
-            return Ok(false);
+        match self.datapath().attachments(Some(wire)).await {
+            Ok(_) => {}
+            // Detached, stale or another program's: `restore`'s business.
+            Err(DatapathError::NotAttached { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
         let host = self.host_links(&wire_link, records).await?;
         let policy = wire_policy(wire, records, &host)?;
