@@ -960,6 +960,25 @@ fn upgrade_from_pins_without_spill_bits_still_finds_the_macs_they_hashed() {
     let left = registrations(&lab);
     assert!(left.contains(&(key, slot)) && left.len() == 2, "{left:?}");
 
+    // An upgrade that fails before its swap takes back the DST_SPILL it
+    // created: left empty, the next upgrade would take it for carried-over
+    // state and never set the bits of the hashed MACs.
+    lab.fails_at(
+        "upgrade-before-swap",
+        &["datapath", "upgrade", "eth0", "--force"],
+    );
+    let spill = format!("/{DST_SPILL}");
+    assert!(
+        !lab.bpf.contents().iter().any(|p| p.ends_with(&spill)),
+        "the failed upgrade left the map it added pinned: {:?}",
+        lab.bpf.contents()
+    );
+    assert_eq!(
+        registrations(&lab),
+        left,
+        "the failed upgrade changed nothing"
+    );
+
     lab.netvlan(&["datapath", "upgrade", "eth0", "--force"])
         .ok();
     assert!(pinned_map(&lab, DST_SPILL).exists(), "upgrade pins it anew");

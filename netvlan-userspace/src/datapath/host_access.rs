@@ -223,7 +223,7 @@ impl Datapath {
                 _ => drop(FdLink::try_from(held)),
             }
             // Tests kill the command here: pinned, not yet in place.
-            upgrade::failpoint("hairpin-before-rename");
+            upgrade::failpoint("hairpin-before-rename")?;
             std::fs::rename(staging.dir(), target.dir()).map_err(|source| DatapathError::PinDir {
                 path: target.dir().into(),
                 source,

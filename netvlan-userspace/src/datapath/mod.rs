@@ -186,6 +186,14 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("injected fault at {0}")]
+    Injected(String),
+    #[error("{error}; and the maps the failed upgrade pinned could not all be removed again ({left}): remove them by hand before the next upgrade")]
+    UpgradeLeftMaps {
+        #[source]
+        error: Box<DatapathError>,
+        left: String,
+    },
     #[error("cannot swap the {hook} program on endpoint link {ifname}")]
     ReplaceEndpoint {
         ifname: String,
@@ -723,7 +731,7 @@ impl Datapath {
             &self.pins.staging(link.ifindex),
             pins,
             |ebpf, to| {
-                upgrade::failpoint("attach-tc-before-pin");
+                upgrade::failpoint("attach-tc-before-pin")?;
                 let program = tc_program(ebpf)?;
                 object::pin_at(to.program(), |path| program.pin(path))?;
                 match tcx {

@@ -184,112 +184,123 @@ pub async fn upgrade_endpoint(
 ) -> Result<EndpointUpgradeOutcome, DatapathError> {
     let pins = NamespacePins::new(bpf_dir, netns.id()).egress(ifindex);
     let (mut ebpf, new_maps) = ENDPOINT.load_reusing(&pins)?;
-    // The attachment's own kind: TCX links are pinned, filters are not.
-    let mode = if pins.link().exists() {
-        EgressMode::Tcx
-    } else {
-        EgressMode::Clsact
-    };
-    let hooks = [
-        Hook {
-            name: "egress",
-            program: EGRESS_PROGRAM,
-            direction: TcAttachType::Egress,
-            program_pin: pins.program(),
-            link_pin: pins.link(),
-        },
-        Hook {
-            name: "ingress",
-            program: INGRESS_PROGRAM,
-            direction: TcAttachType::Ingress,
-            program_pin: pins.ingress_program(),
-            link_pin: pins.ingress_link(),
-        },
-    ];
-    let mut plan = Vec::new();
-    for hook in &hooks {
-        let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
-        program.load().map_err(DatapathError::Program)?;
-        let new_info = program.info().map_err(DatapathError::Program)?;
-        let (running, old_prog_id) = match mode {
-            EgressMode::Tcx => {
-                let link = object::open_link(&hook.link_pin)?;
-                let id = object::link_program(&link, &hook.link_pin)?;
-                (Running::Tcx(link), id)
-            }
-            EgressMode::Clsact => {
-                let filter = running_filter(netlink, ifindex, ifname, &pins, hook).await?;
-                (Running::Filter(filter), filter.prog_id)
-            }
+    // Until the first swap, a failure takes back the maps this load pinned.
+    let mut swapped = false;
+    let upgraded = async {
+        // The attachment's own kind: TCX links are pinned, filters are not.
+        let mode = if pins.link().exists() {
+            EgressMode::Tcx
+        } else {
+            EgressMode::Clsact
         };
-        let current = is_current(old_prog_id, &hook.program_pin, &new_info);
-        plan.push((running, old_prog_id, new_info.id(), current));
-    }
-    if !force && new_maps.is_empty() && plan.iter().all(|(.., current)| *current) {
-        return Ok(EndpointUpgradeOutcome::Current {
-            ifname: ifname.into(),
-            pin_dir: pins.dir().into(),
-            egress_prog_id: plan[0].1,
-            ingress_prog_id: plan[1].1,
-        });
-    }
-
-    // aya resolves the link by name and (for clsact) talks netlink from
-    // the calling thread: the swap runs with a thread in the namespace.
-    let swaps = run_blocking_in(netns, || -> Result<Vec<ProgramSwap>, DatapathError> {
-        let mut swaps = Vec::new();
-        for (hook, (running, old_prog_id, new_prog_id, _)) in hooks.iter().zip(plan) {
+        let hooks = [
+            Hook {
+                name: "egress",
+                program: EGRESS_PROGRAM,
+                direction: TcAttachType::Egress,
+                program_pin: pins.program(),
+                link_pin: pins.link(),
+            },
+            Hook {
+                name: "ingress",
+                program: INGRESS_PROGRAM,
+                direction: TcAttachType::Ingress,
+                program_pin: pins.ingress_program(),
+                link_pin: pins.ingress_link(),
+            },
+        ];
+        let mut plan = Vec::new();
+        for hook in &hooks {
             let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
-            let link = match running {
-                Running::Tcx(link) => {
-                    SchedClassifierLink::try_from(link).map_err(|source| DatapathError::Link {
-                        path: hook.link_pin.clone(),
-                        source,
-                    })?
+            program.load().map_err(DatapathError::Program)?;
+            let new_info = program.info().map_err(DatapathError::Program)?;
+            let (running, old_prog_id) = match mode {
+                EgressMode::Tcx => {
+                    let link = object::open_link(&hook.link_pin)?;
+                    let id = object::link_program(&link, &hook.link_pin)?;
+                    (Running::Tcx(link), id)
                 }
-                Running::Filter(filter) => SchedClassifierLink::attached(
-                    ifname,
-                    hook.direction,
-                    filter.priority,
-                    TcHandle::from(filter.handle),
-                    None,
-                )
-                .map_err(|e| DatapathError::ReplaceEndpoint {
-                    ifname: ifname.into(),
-                    hook: hook.name,
-                    source: e.into(),
-                })?,
+                EgressMode::Clsact => {
+                    let filter = running_filter(netlink, ifindex, ifname, &pins, hook).await?;
+                    (Running::Filter(filter), filter.prog_id)
+                }
             };
-            // The swap: BPF_LINK_UPDATE on the TCX link, or a change of the
-            // filter with the same priority and handle; atomic either way.
-            let id =
-                program
-                    .attach_to_link(link)
-                    .map_err(|source| DatapathError::ReplaceEndpoint {
+            let current = is_current(old_prog_id, &hook.program_pin, &new_info);
+            plan.push((running, old_prog_id, new_info.id(), current));
+        }
+        if !force && new_maps.is_empty() && plan.iter().all(|(.., current)| *current) {
+            return Ok(EndpointUpgradeOutcome::Current {
+                ifname: ifname.into(),
+                pin_dir: pins.dir().into(),
+                egress_prog_id: plan[0].1,
+                ingress_prog_id: plan[1].1,
+            });
+        }
+
+        // aya resolves the link by name and (for clsact) talks netlink from
+        // the calling thread: the swap runs with a thread in the namespace.
+        let swaps = run_blocking_in(netns, || -> Result<Vec<ProgramSwap>, DatapathError> {
+            let mut swaps = Vec::new();
+            for (hook, (running, old_prog_id, new_prog_id, _)) in hooks.iter().zip(plan) {
+                let program = endpoint_hooks::classifier(&mut ebpf, hook.program)?;
+                let link = match running {
+                    Running::Tcx(link) => {
+                        SchedClassifierLink::try_from(link).map_err(|source| {
+                            DatapathError::Link {
+                                path: hook.link_pin.clone(),
+                                source,
+                            }
+                        })?
+                    }
+                    Running::Filter(filter) => SchedClassifierLink::attached(
+                        ifname,
+                        hook.direction,
+                        filter.priority,
+                        TcHandle::from(filter.handle),
+                        None,
+                    )
+                    .map_err(|e| DatapathError::ReplaceEndpoint {
+                        ifname: ifname.into(),
+                        hook: hook.name,
+                        source: e.into(),
+                    })?,
+                };
+                // The swap: BPF_LINK_UPDATE on the TCX link, or a change of the
+                // filter with the same priority and handle; atomic either way.
+                let id = program.attach_to_link(link).map_err(|source| {
+                    DatapathError::ReplaceEndpoint {
                         ifname: ifname.into(),
                         hook: hook.name,
                         source,
-                    })?;
-            // The TCX link stays pinned and the filter stays with the kernel:
-            // let go of ours without detaching (converting a filter releases
-            // it untouched; a TCX fd just closes).
-            let _ = FdLink::try_from(program.take_link(id).map_err(DatapathError::Program)?);
-            object::replace_pin(hook.program_pin.clone(), |path| program.pin(path))?;
-            swaps.push(ProgramSwap {
-                old_prog_id,
-                new_prog_id,
-            });
-        }
-        Ok(swaps)
-    })??;
-    Ok(EndpointUpgradeOutcome::Replaced {
-        ifname: ifname.into(),
-        pin_dir: pins.dir().into(),
-        mode,
-        egress: swaps[0],
-        ingress: swaps[1],
-        new_maps,
-    })
+                    }
+                })?;
+                // The TCX link stays pinned and the filter stays with the kernel:
+                // let go of ours without detaching (converting a filter releases
+                // it untouched; a TCX fd just closes).
+                swapped = true;
+                let _ = FdLink::try_from(program.take_link(id).map_err(DatapathError::Program)?);
+                object::replace_pin(hook.program_pin.clone(), |path| program.pin(path))?;
+                swaps.push(ProgramSwap {
+                    old_prog_id,
+                    new_prog_id,
+                });
+            }
+            Ok(swaps)
+        })??;
+        Ok::<_, DatapathError>(EndpointUpgradeOutcome::Replaced {
+            ifname: ifname.into(),
+            pin_dir: pins.dir().into(),
+            mode,
+            egress: swaps[0],
+            ingress: swaps[1],
+            new_maps: new_maps.clone(),
+        })
+    }
+    .await;
+    match upgraded {
+        Err(error) if !swapped => Err(unpin_added(&pins, &new_maps, error)),
+        upgraded => upgraded,
+    }
 }
 
 /// The clsact filter in `hook` that runs the endpoint's pinned program. A
@@ -320,9 +331,37 @@ async fn running_filter(
 }
 
 /// A named step where tests stop the command (`FAILPOINTS=NAME=sleep(MS)`
-/// with the `failpoints` feature) to kill it there; a no-op otherwise.
-pub(super) fn failpoint(name: &str) {
-    crate::sys::failpoint::step(name);
+/// with the `failpoints` feature) to kill it there, or fail it
+/// (`NAME=return`); a no-op otherwise.
+pub(super) fn failpoint(name: &str) -> Result<(), DatapathError> {
+    if crate::sys::failpoint::step(name) {
+        return Err(DatapathError::Injected(name.into()));
+    }
+    Ok(())
+}
+
+/// Removes the pins of `added`, the maps this build added that the
+/// failed upgrade's load pinned, and returns `error`. Until the swap
+/// only the new program (never run) used them; left behind, the next
+/// upgrade would take them for carried-over state: a `DST_SPILL` without
+/// its bits, so the hashed MACs of the old program would not be found.
+fn unpin_added(pins: &InterfacePins, added: &[String], error: DatapathError) -> DatapathError {
+    let left: Vec<String> = added
+        .iter()
+        .map(|name| pins.map(name))
+        .filter_map(|path| match std::fs::remove_file(&path) {
+            Ok(()) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("{}: {e}", path.display())),
+        })
+        .collect();
+    if left.is_empty() {
+        return error;
+    }
+    DatapathError::UpgradeLeftMaps {
+        error: Box::new(error),
+        left: left.join(", "),
+    }
 }
 
 fn upgrade_one(
@@ -335,16 +374,35 @@ fn upgrade_one(
     // program reads instead of the deny list (older builds never set it).
     super::policy_maps::mark_pinned_denied(pins)?;
     let (mut ebpf, new_maps) = WIRE.load_reusing(pins)?;
+    let mut swapped = false;
+    match swap_wire(attachment, pins, force, &mut ebpf, &new_maps, &mut swapped) {
+        Err(error) if !swapped => Err(unpin_added(pins, &new_maps, error)),
+        upgraded => upgraded,
+    }
+}
+
+/// The rest of [`upgrade_one`], from the loaded object to the re-pin;
+/// sets `swapped` once the new program runs (from then on the maps it
+/// added are in use).
+fn swap_wire(
+    attachment: &Attachment,
+    pins: &InterfacePins,
+    force: bool,
+    ebpf: &mut aya::Ebpf,
+    new_maps: &[String],
+    swapped: &mut bool,
+) -> Result<UpgradeOutcome, DatapathError> {
     // Pins from a build without `DST_SPILL`: the map was just created
     // empty; its bits must be set before this build's program runs, or
     // it would not look up what that build left in the hash.
     if new_maps.iter().any(|m| m == DST_SPILL) {
         super::policy_maps::mark_pinned_spills(pins)?;
     }
+    failpoint("upgrade-before-swap")?;
     if attachment.hook == super::Hook::Tc {
-        return upgrade_tc(attachment, pins, force, &mut ebpf, new_maps);
+        return upgrade_tc(attachment, pins, force, ebpf, new_maps, swapped);
     }
-    let program = super::xdp_program(&mut ebpf)?;
+    let program = super::xdp_program(ebpf)?;
     program.load().map_err(DatapathError::Program)?;
     let new_info = program.info().map_err(DatapathError::Program)?;
 
@@ -369,9 +427,10 @@ fn upgrade_one(
             ifname: attachment.ifname.clone(),
             source,
         })?;
+    *swapped = true;
     // The link stays pinned; our fd to it can go.
     drop(program.take_link(id).map_err(DatapathError::Program)?);
-    failpoint("upgrade-after-swap");
+    failpoint("upgrade-after-swap")?;
 
     // Re-point the program pin (for bpftool and friends; netvlan itself
     // goes by the link).
@@ -380,7 +439,7 @@ fn upgrade_one(
         ifname: attachment.ifname.clone(),
         old_prog_id,
         new_prog_id: new_info.id(),
-        new_maps,
+        new_maps: new_maps.to_vec(),
     })
 }
 
@@ -391,7 +450,8 @@ fn upgrade_tc(
     pins: &InterfacePins,
     force: bool,
     ebpf: &mut aya::Ebpf,
-    new_maps: Vec<String>,
+    new_maps: &[String],
+    swapped: &mut bool,
 ) -> Result<UpgradeOutcome, DatapathError> {
     let program = super::tc_program(ebpf)?;
     program.load().map_err(DatapathError::Program)?;
@@ -431,17 +491,18 @@ fn upgrade_tc(
     // The swap: BPF_LINK_UPDATE on the TCX link, or a change of the filter
     // with the same priority and handle; atomic either way.
     let id = program.attach_to_link(link).map_err(replace_err)?;
+    *swapped = true;
     // The TCX link stays pinned and the filter stays with the kernel: let
     // go of ours without detaching (converting a filter releases it
     // untouched; a TCX fd just closes).
     let _ = FdLink::try_from(program.take_link(id).map_err(DatapathError::Program)?);
-    failpoint("upgrade-after-swap");
+    failpoint("upgrade-after-swap")?;
     object::replace_pin(pins.program(), |path| program.pin(path))?;
     Ok(UpgradeOutcome::Replaced {
         ifname: attachment.ifname.clone(),
         old_prog_id,
         new_prog_id: new_info.id(),
-        new_maps,
+        new_maps: new_maps.to_vec(),
     })
 }
 
