@@ -546,7 +546,11 @@ fn gc_removes_the_attachments_not_in_the_valid_list() {
         lan.container(false),
         lan.container(false),
     );
-    add_as(&lan, &a, "ctr-a", "", &conf);
+    let a_lease = add_as(&lan, &a, "ctr-a", "", &conf)["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/24")
+        .to_string();
     add_as(&lan, &b, "ctr-b", "", &conf);
     // The usual case for GC: a container gone without a DEL.
     let gone = lan.container(false);
@@ -554,10 +558,20 @@ fn gc_removes_the_attachments_not_in_the_valid_list() {
     netvlan_tests::sh("ip", &["netns", "del", gone.name()]);
     // An endpoint the CLI connected is not CNI's to collect.
     lan.netvlan(&["connect", "cnigc", &ns_path(&c)]).ok();
+    assert_eq!(host_local_leases(&hl, "cnigc").len(), 3);
     let keep_a = json!([{"containerID": "ctr-a", "ifname": "eth0"}]);
     let done = gc(&lan, &conf, keep_a);
     assert!(done.ok && done.stdout.is_empty(), "{done:?}");
     assert_eq!(links_in(&b), ["lo"], "ctr-b's attachment survived GC");
+    // host-local (CNI 1.0.0, no GC of its own) got a DEL for each
+    // collected attachment: only ctr-a's lease and the CLI's are left.
+    // collected attachment: only ctr-a's lease is left (the CLI's
+    // endpoint took its address from netvlan's IPAM).
+    assert_eq!(
+        host_local_leases(&hl, "cnigc"),
+        [a_lease],
+        "GC left host-local's leases of the collected attachments"
+    );
     assert!(links_in(&a).contains(&"eth0".to_string()), "GC took ctr-a");
     assert!(
         links_in(&c).contains(&"eth0".to_string()),
@@ -574,6 +588,7 @@ fn gc_removes_the_attachments_not_in_the_valid_list() {
     let other_if = json!([{"containerID": "ctr-a", "ifname": "net1"}]);
     assert!(gc(&lan, &conf, other_if).ok);
     assert_eq!(links_in(&a), ["lo"], "ctr-a/eth0 survived GC");
+    assert!(host_local_leases(&hl, "cnigc").is_empty());
     // A malformed list is the spec's error, and removes nothing.
     gc(&lan, &conf, json!([{"ifname": "eth0"}])).error(7);
     assert!(links_in(&c).contains(&"eth0".to_string()));
@@ -586,6 +601,136 @@ fn gc_removes_the_attachments_not_in_the_valid_list() {
     );
     // GC of a network that is not there succeeds.
     assert!(gc(&lan, &conf, json!([])).ok);
+}
+
+/// A DEL may come without `CNI_NETNS` (the runtime no longer has the
+/// namespace): the attachment is found by its container id and interface,
+/// as the spec keys attachments, and its lease goes with it.
+#[test]
+fn del_without_a_namespace_finds_the_attachment_by_its_container_id() {
+    let lan = Lan::new(false);
+    let hl = data_dir();
+    let conf = config("cnidelnons", 84, &hl);
+    let ctr = lan.container(false);
+    add_as(&lan, &ctr, "ctr-nons", "", &conf);
+    let bin = cni_bin();
+    let del = |id: &str| {
+        cni(
+            &lan,
+            bin.to_str().unwrap(),
+            "DEL",
+            "",
+            &[("CNI_CONTAINERID", id)],
+            &conf,
+        )
+    };
+    // Another container's DEL touches nothing of this one.
+    assert!(del("ctr-other").ok);
+    assert!(links_in(&ctr).contains(&"eth0".to_string()));
+    assert_eq!(host_local_leases(&hl, "cnidelnons").len(), 1);
+
+    let done = del("ctr-nons");
+    assert!(done.ok && done.stdout.trim().is_empty(), "{done:?}");
+    assert_eq!(links_in(&ctr), ["lo"], "the endpoint link survived DEL");
+    assert!(
+        host_local_leases(&hl, "cnidelnons").is_empty(),
+        "lease kept"
+    );
+    assert_eq!(
+        lan.netvlan(&["network", "ls", "--json"]).ok().json(),
+        json!([]),
+        "the network the ADD made outlived its last endpoint"
+    );
+    assert!(del("ctr-nons").ok, "DEL is idempotent");
+}
+
+/// An IPAM plugin that speaks CNI 1.1 and records its calls: the
+/// plugin `name` in `dir`, and the file its calls go to.
+fn ipam_1_1(dir: &OwnedDir, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let exe = dir.path().join(name);
+    let calls = dir.path().join(format!("{name}.calls"));
+    let script = format!(
+        r#"#!/bin/sh
+echo "$CNI_COMMAND $CNI_CONTAINERID" >> {calls}
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}}' ;;
+ADD) cat >/dev/null; echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.83.0.7/24","gateway":"10.83.0.1"}}]}}' ;;
+STATUS) cat >/dev/null
+  if [ -e {down} ]; then echo '{{"cniVersion":"1.1.0","code":50,"msg":"pool exhausted"}}'; exit 1; fi ;;
+GC) cat > {gc} ;;
+*) cat >/dev/null ;;
+esac
+"#,
+        calls = calls.display(),
+        down = dir.path().join(format!("{name}.down")).display(),
+        gc = dir.path().join(format!("{name}.gc")).display(),
+    );
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    calls
+}
+
+/// A delegated IPAM that speaks CNI 1.1 gets STATUS and GC as the spec
+/// asks of a delegating plugin: its STATUS error (code and message) is
+/// the answer, and a GC is passed to it with the valid attachments
+/// instead of a DEL per collected attachment.
+#[test]
+fn a_delegated_ipam_that_speaks_1_1_gets_status_and_gc() {
+    let lan = Lan::new(false);
+    let plugins = OwnedDir::at(std::env::temp_dir().join(unique_name("ipam11")));
+    let calls = ipam_1_1(&plugins, "ipam11");
+    let cni_path = format!("{}:/usr/lib/cni", plugins.path().display());
+    let mut conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "cniipam11",
+        "type": "netvlan-cni",
+        "master": "eth0",
+        "ipam": { "type": "ipam11" },
+    });
+    let bin = cni_bin();
+    let run = |command: &str, netns: &str, conf: &Value| {
+        cni(
+            &lan,
+            bin.to_str().unwrap(),
+            command,
+            netns,
+            &[("CNI_PATH", &cni_path), ("CNI_CONTAINERID", "ctr-11")],
+            conf,
+        )
+    };
+    let ctr = lan.container(false);
+    let added = run("ADD", &ns_path(&ctr), &conf).ok();
+    assert_eq!(added["ips"][0]["address"], "10.83.0.7/24", "{added:#}");
+
+    let ready = run("STATUS", "", &conf);
+    assert!(ready.ok, "{ready:?}");
+    std::fs::write(plugins.path().join("ipam11.down"), b"").unwrap();
+    let e = run("STATUS", "", &conf).error(50);
+    assert!(
+        e["msg"].as_str().unwrap().contains("pool exhausted"),
+        "{e:#}"
+    );
+
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let done = run("GC", "", &conf);
+    assert!(done.ok, "{done:?}");
+    assert_eq!(links_in(&ctr), ["lo"], "GC left the attachment");
+    let gc: Value =
+        serde_json::from_slice(&std::fs::read(plugins.path().join("ipam11.gc")).unwrap()).unwrap();
+    assert_eq!(gc["cni.dev/valid-attachments"], json!([]), "{gc:#}");
+    let called: Vec<String> = std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("VERSION"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        called,
+        ["ADD ctr-11", "STATUS ctr-11", "STATUS ctr-11", "GC ctr-11"],
+        "the plugin's own GC collects: no DEL per attachment"
+    );
 }
 
 /// STATUS 51: the datapath of a network with endpoints is not as stored

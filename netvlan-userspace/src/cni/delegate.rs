@@ -58,12 +58,23 @@ impl IpamPlugin {
     /// Runs the plugin for `command` with `config` on stdin: its result
     /// (if it printed one) or its error, code and message as it gave them.
     pub fn run(&self, command: &str, config: &str) -> Result<Option<Value>, CniError> {
+        self.run_as(command, config, &[])
+    }
+
+    /// [`Self::run`] with `env` over this plugin's environment.
+    fn run_as(
+        &self,
+        command: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Option<Value>, CniError> {
         let failed = |source| CniError::IpamExec {
             plugin: self.kind.clone(),
             source,
         };
         let mut child = Command::new(&self.exe)
             .env("CNI_COMMAND", command)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -95,6 +106,60 @@ impl IpamPlugin {
                 .map(str::to_string)
                 .unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string()),
         })
+    }
+
+    /// The CNI versions the plugin speaks, from its VERSION answer.
+    fn versions(&self) -> Result<Vec<String>, CniError> {
+        let answer = self
+            .run("VERSION", r#"{"cniVersion":"0.4.0"}"#)?
+            .unwrap_or(Value::Null);
+        Ok(answer["supportedVersions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Whether the plugin speaks CNI 1.1 (GC and STATUS). Debian's
+    /// plugins (1.1.1) speak 1.0.0 at most: they are sent neither.
+    pub fn speaks_1_1(&self) -> Result<bool, CniError> {
+        Ok(self.versions()?.iter().any(|v| v == "1.1.0"))
+    }
+
+    /// DEL of one attachment a GC collected, as its runtime's DEL would
+    /// have released it: that container id and interface, the namespace
+    /// path if it is still there. The config goes in the newest version
+    /// the plugin speaks up to the config's own, without the GC's keys (a
+    /// 1.0.0 plugin refuses a 1.1.0 config).
+    pub fn release(
+        &self,
+        config: &str,
+        container_id: &str,
+        ifname: &str,
+        netns: &str,
+    ) -> Result<(), CniError> {
+        let mut conf: Value = serde_json::from_str(config).map_err(CniError::Json)?;
+        let asked = version_key(conf["cniVersion"].as_str().unwrap_or_default());
+        let speaks = self
+            .versions()?
+            .into_iter()
+            .filter(|v| version_key(v) <= asked)
+            .max_by_key(|v| version_key(v));
+        if let (Some(version), Some(obj)) = (speaks, conf.as_object_mut()) {
+            obj.insert("cniVersion".into(), Value::String(version));
+            obj.remove("cni.dev/valid-attachments");
+        }
+        self.run_as(
+            "DEL",
+            &conf.to_string(),
+            &[
+                ("CNI_CONTAINERID", container_id),
+                ("CNI_IFNAME", ifname),
+                ("CNI_NETNS", netns),
+            ],
+        )
+        .map(|_| ())
     }
 
     /// ADD: the lease in the plugin's result. A result netvlan cannot
@@ -167,4 +232,15 @@ impl IpamPlugin {
         }
         Ok(Lease { addresses, subnets })
     }
+}
+
+/// `"1.0.0"` as `(1, 0, 0)`, for ordering versions; what does not parse
+/// sorts first.
+fn version_key(version: &str) -> (u32, u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
 }

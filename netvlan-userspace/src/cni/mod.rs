@@ -18,6 +18,8 @@
 //! IPv4, IPv6 or both (host-local's dual-stack `ranges`, one range per
 //! family; a delegated lease with one address per family).
 //! `mode` l2/l3/l3s (the reference ipvlan plugin's) makes an ipvlan network.
+//! A delegated IPAM gets DEL, CHECK, and GC and STATUS when it speaks 1.1
+//! (else a GC sends it a DEL per collected attachment).
 //! Not yet: `linkInContainer`.
 
 mod config;
@@ -121,6 +123,9 @@ pub enum CniError {
     },
     #[error("ipam plugin {plugin:?} result: {why}")]
     IpamResult { plugin: String, why: String },
+    /// GC keeps going past a failed attachment: every failure, in order.
+    #[error("GC: {}", .0.join("; "))]
+    Collect(Vec<String>),
     #[error("two addresses of one family asked for, {first} and {second}: netvlan-cni takes one IPv4 and one IPv6 address")]
     TwoAddresses { first: String, second: String },
 }
@@ -156,7 +161,9 @@ impl CniError {
             E::Check(_) => (CODE_INVALID_CONFIG, "check_failed"),
             E::NotAvailable(_) => (CODE_NOT_AVAILABLE, "not_available"),
             E::LimitedConnectivity { .. } => (CODE_LIMITED_CONNECTIVITY, "limited_connectivity"),
-            E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) => (CODE_IO, "io"),
+            E::Stdin(_) | E::Store(_) | E::Datapath(_) | E::PinsWouldVanish(_) | E::Collect(_) => {
+                (CODE_IO, "io")
+            }
             E::IpamMissing { .. } => (CODE_INVALID_CONFIG, "ipam_missing"),
             E::IpamExec { .. } => (CODE_IO, "io"),
             E::Ipam { code, .. } => (*code, "ipam_failed"),
@@ -288,7 +295,7 @@ pub async fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
                     add(&manager, env, &conf).await.map(Some)
                 }
                 "DEL" => del(&manager, env, &conf).await.map(|()| None),
-                "GC" => gc(&manager, &conf).await.map(|()| None),
+                "GC" => gc(&manager, env, &conf).await.map(|()| None),
                 _ => {
                     Env::require(&env.netns, "CNI_NETNS")?;
                     check(&manager, env, &conf).await.map(|()| None)
@@ -329,10 +336,18 @@ async fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             }
         }
     }
-    match manager.parent_link(&conf.master).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(CniError::NotAvailable(e.report().line())),
+    if let Err(e) = manager.parent_link(&conf.master).await {
+        return Err(CniError::NotAvailable(e.report().line()));
     }
+    // A delegated IPAM that speaks 1.1 has its own say (its error, with
+    // its code, is the answer); one missing from CNI_PATH is not ready.
+    let plugin = ipam_plugin(env, conf).map_err(|e| CniError::NotAvailable(e.to_string()))?;
+    if let Some(plugin) = plugin {
+        if plugin.speaks_1_1()? {
+            plugin.run("STATUS", &conf.text)?;
+        }
+    }
+    Ok(())
 }
 
 /// The version an error is answered in: the config's, when it says one.
@@ -609,10 +624,22 @@ fn env_netns_text(endpoint: &Endpoint) -> String {
     endpoint.netns_path.display().to_string()
 }
 
-/// The endpoint of this container on the network, by its namespace (or,
-/// the namespace gone, by the path it was connected with).
+/// The endpoint of this attachment on the network: by its
+/// (`CNI_CONTAINERID`, `CNI_IFNAME`), the spec's key (a DEL may come
+/// without `CNI_NETNS`), else, for endpoints stored without a container
+/// id, by its namespace (or, the namespace gone, by the path it was
+/// connected with).
 fn endpoint_of(record: &NetworkRecord, env: &Env) -> Option<Endpoint> {
     use std::os::unix::fs::MetadataExt;
+    let attachment = record.endpoints.values().find(|e| {
+        !e.container_id.is_empty() && e.container_id == env.container_id && e.ifname == env.ifname
+    });
+    if let Some(endpoint) = attachment {
+        return Some(endpoint.clone());
+    }
+    if env.netns.is_empty() {
+        return None;
+    }
     let id = std::fs::metadata(&env.netns)
         .ok()
         .map(|m| (m.dev(), m.ino()));
@@ -673,8 +700,11 @@ async fn remove_if_ours_and_empty(manager: &Manager, name: &str) -> Result<(), C
 /// GC: removes the network's endpoints a CNI ADD made whose
 /// (`containerID`, `ifname`) is not in `cni.dev/valid-attachments`
 /// (endpoints the CLI connected are not CNI's to collect), then the
-/// network itself if an ADD made it and nothing is left.
-async fn gc(manager: &Manager, conf: &NetConf) -> Result<(), CniError> {
+/// network itself if an ADD made it and nothing is left. A delegated
+/// IPAM gets the GC if it speaks 1.1, else a DEL per collected
+/// attachment, so its leases go with the endpoints. A failed attachment
+/// does not stop the others; every failure is reported.
+async fn gc(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let valid = match &conf.valid_attachments {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(list)) => list
@@ -694,22 +724,63 @@ async fn gc(manager: &Manager, conf: &NetConf) -> Result<(), CniError> {
             )))
         }
     };
-    let record = match manager.network(&conf.name) {
-        Ok(r) => r,
-        Err(NetworkError::UnknownNetwork(_)) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let plugin = ipam_plugin(env, conf)?;
+    let gc_passes = match &plugin {
+        Some(plugin) => plugin.speaks_1_1()?,
+        None => false,
     };
-    for endpoint in record.endpoints.values() {
-        if endpoint.container_id.is_empty()
-            || valid
-                .iter()
-                .any(|(id, ifname)| *id == endpoint.container_id && *ifname == endpoint.ifname)
-        {
-            continue;
+    let mut failures = Vec::new();
+    match manager.network(&conf.name) {
+        Ok(record) => {
+            for endpoint in record.endpoints.values() {
+                if endpoint.container_id.is_empty()
+                    || valid.iter().any(|(id, ifname)| {
+                        *id == endpoint.container_id && *ifname == endpoint.ifname
+                    })
+                {
+                    continue;
+                }
+                if let Err(e) = detach(manager, &record.name, &endpoint.sandbox).await {
+                    failures.push(format!(
+                        "{}/{}: {e}",
+                        endpoint.container_id, endpoint.ifname
+                    ));
+                    continue;
+                }
+                let Some(plugin) = plugin.as_ref().filter(|_| !gc_passes) else {
+                    continue;
+                };
+                let netns = if endpoint.sandbox_alive() {
+                    endpoint.netns_path.to_string_lossy().into_owned()
+                } else {
+                    String::new()
+                };
+                if let Err(e) =
+                    plugin.release(&conf.text, &endpoint.container_id, &endpoint.ifname, &netns)
+                {
+                    failures.push(format!(
+                        "{}/{}: releasing its lease: {e}",
+                        endpoint.container_id, endpoint.ifname
+                    ));
+                }
+            }
+            if let Err(e) = remove_if_ours_and_empty(manager, &conf.name).await {
+                failures.push(e.to_string());
+            }
         }
-        detach(manager, &record.name, &endpoint.sandbox).await?;
+        Err(NetworkError::UnknownNetwork(_)) => {}
+        Err(e) => return Err(e.into()),
     }
-    remove_if_ours_and_empty(manager, &conf.name).await
+    if let (Some(plugin), true) = (&plugin, gc_passes) {
+        if let Err(e) = plugin.run("GC", &conf.text) {
+            failures.push(e.to_string());
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::Collect(failures))
+    }
 }
 
 /// CHECK: the endpoint exists with the address `prevResult` gave, and
