@@ -1209,6 +1209,131 @@ fn docker_runs_a_container_on_a_netvlan_network() {
     drop(plugin);
 }
 
+/// `-o name=` puts Docker on a network the CLI made: a Docker container
+/// and a CLI endpoint on one netvlan network reach each other, `netvlan
+/// network inspect` lists both, and `docker network rm` gives the network
+/// back to the CLI with its endpoint. A request that does not fit the
+/// network is refused naming what differs, and changes nothing.
+#[test]
+fn a_network_the_cli_made_is_shared_with_docker_by_name() {
+    let (engine, plugin, dockerd) = Engine::new();
+    let lan = &engine.lan;
+    let shared = unique_name("lan");
+    let named = format!("name={shared}");
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        "-o",
+        "parent=eth0",
+        &shared,
+    ])
+    .ok();
+    let cli = lan.container(false);
+    let cli_sandbox = cli.path().display().to_string();
+    lan.netvlan(&["connect", "--ip", "10.86.0.20", &shared, &cli_sandbox])
+        .ok();
+    let before = lan.inspect(&shared);
+
+    let err = dockerd.failed(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "-o",
+        &named,
+        "--subnet",
+        "10.99.0.0/24",
+        "nvmismatch",
+    ]);
+    assert!(
+        err.contains("cannot be shared") && err.contains("10.86.0.0/24"),
+        "{err}"
+    );
+    assert_eq!(lan.inspect(&shared), before, "a refused share changed it");
+
+    // Docker's IPAM hands out the upper half; the CLI's endpoint is below.
+    let dnet = unique_name("dnet");
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "-o",
+        &named,
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        "--ip-range",
+        "10.86.0.128/25",
+        &dnet,
+    ]);
+    let inspect = lan.inspect(&shared);
+    assert_eq!(
+        inspect["Labels"]["netvlan.docker.shared"], "1",
+        "{inspect:#}"
+    );
+    let ctr = unique_name("ctr");
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr,
+        "--network",
+        &dnet,
+        "--ip",
+        "10.86.0.130",
+        "nvt-busybox",
+        "sleep",
+        "300",
+    ]);
+    let out = dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.20"]);
+    assert!(out.contains("3 packets received"), "{out}");
+    let inspect = lan.inspect(&shared);
+    assert_eq!(
+        inspect["Containers"].as_object().map(|c| c.len()),
+        Some(2),
+        "the CLI's endpoint and Docker's on one network: {inspect:#}"
+    );
+    let listed = lan.netvlan(&["network", "ls", "--json"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    // Docker's endpoint is adopted on the shared network as on its own.
+    let counted = endpoint_stats(lan, "10.86.0.130", 3);
+    assert_eq!(counted["ifname"], "eth0", "{counted:#}");
+    let check = lan.netvlan(&["check", "--json"]);
+    assert!(
+        check.status.success(),
+        "check: {}{}\n{}",
+        check.stdout,
+        check.stderr,
+        plugin.log()
+    );
+
+    dockerd.ok(&["rm", "-f", &ctr]);
+    dockerd.ok(&["network", "rm", &dnet]);
+    let after = lan.inspect(&shared);
+    assert!(
+        after["Labels"].get("netvlan.docker.network").is_none()
+            && after["Labels"].get("netvlan.docker.shared").is_none(),
+        "{after:#}"
+    );
+    assert_eq!(
+        after["Containers"], before["Containers"],
+        "the CLI's endpoint is all that is left"
+    );
+    let ping = cli.exec("ping", &["-c", "1", "-W", "5", "10.86.0.1"]);
+    assert!(ping.status.success(), "the CLI's endpoint lost the LAN");
+
+    lan.netvlan(&["disconnect", &shared, &cli_sandbox]).ok();
+    lan.netvlan(&["network", "rm", &shared]).ok();
+    engine.assert_clean();
+    drop(plugin);
+}
+
 /// The daemon's `/v1/status` once it says its Docker plugin is serving
 /// on `socket` and the socket accepts.
 fn daemon_serves_the_plugin(daemon: &Daemon, socket: &Path) -> Value {

@@ -212,6 +212,25 @@ impl Manager {
             .ok_or_else(|| NetworkError::UnknownNetwork(name.into()))
     }
 
+    /// Sets (`Some`) or removes (`None`) labels of network `name`: one
+    /// durable write, nothing in the kernel. The Docker plugin binds a
+    /// Docker network to a network the CLI made this way.
+    pub fn relabel(
+        &self,
+        name: &str,
+        changes: &[(&str, Option<&str>)],
+    ) -> Result<NetworkRecord, NetworkError> {
+        let mut record = self.network(name)?;
+        for (key, value) in changes {
+            match value {
+                Some(value) => record.labels.insert(key.to_string(), value.to_string()),
+                None => record.labels.remove(*key),
+            };
+        }
+        self.store.put_network(&record.name, &record)?;
+        Ok(record)
+    }
+
     pub async fn create(&self, request: CreateRequest) -> Result<NetworkRecord, NetworkError> {
         if !valid_name(&request.name) {
             return Err(InvalidRequest::BadName(request.name).into());

@@ -6,7 +6,10 @@
 //! - CreateNetwork makes network `docker-<first 12 of the NetworkID>`
 //!   from the `-o` options (`parent`, `macvlan_mode`, `ipvlan_mode`, and
 //!   netvlan's own keys; `-o driver=ipvlan` picks ipvlan) and Docker's
-//!   pools, gateways and aux addresses; DeleteNetwork removes it.
+//!   pools, gateways and aux addresses (or, `-o name=NAME`, network
+//!   NAME: made so, or shared when the CLI made it already; see
+//!   `shareable`); DeleteNetwork removes it (a shared one keeps all but
+//!   Docker's labels).
 //! - CreateEndpoint reserves exactly the addresses Docker's IPAM chose and
 //!   makes the endpoint's link here, in the plugin's namespace
 //!   ([`Manager::stage_endpoint`]; on TCX kernels with its endpoint
@@ -30,9 +33,11 @@ use serde_json::{json, Value};
 
 use crate::{
     control::{
-        offered_routes, CreateRequest, DefaultRoute, Driver, Manager, NetworkError, StageRequest,
+        offered_routes, CreateRequest, DefaultRoute, Driver, Manager, NetworkError, NetworkRecord,
+        StageRequest,
     },
     datapath::{pins, Datapath, DatapathError},
+    keyword::Keyword,
     store::{Store, StoreError},
 };
 use protocol::{
@@ -44,8 +49,13 @@ use protocol::{
 /// Where Docker looks for a plugin named `netvlan`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/netvlan.sock";
 
-/// The label on the networks the plugin made, holding Docker's NetworkID.
+/// The label on the networks Docker uses, holding Docker's NetworkID:
+/// how every later call (which names only the id) finds its network.
 pub const NETWORK_LABEL: &str = "netvlan.docker.network";
+
+/// On a network the CLI made and Docker shares (`-o name=` of a network
+/// that exists): Docker only uses it, so DeleteNetwork keeps it.
+pub const SHARED_LABEL: &str = "netvlan.docker.shared";
 
 /// The prefix Docker gives the link's name in the sandbox (`eth0`, ...).
 const DST_PREFIX: &str = "eth";
@@ -67,6 +77,8 @@ pub enum DockerError {
     BadOption(String),
     #[error("no netvlan network for Docker network {0}")]
     UnknownNetwork(String),
+    #[error("network {network} cannot be shared with Docker: {why}")]
+    NotShareable { network: String, why: String },
     #[error("no endpoint {endpoint} on Docker network {network}")]
     UnknownEndpoint { network: String, endpoint: String },
     #[error("the plugin's socket {socket}")]
@@ -141,7 +153,7 @@ impl Plugin {
     }
 }
 
-/// The netvlan network of a Docker network.
+/// The netvlan network of a Docker network not named with `-o name=`.
 pub fn network_name(network_id: &str) -> String {
     format!("docker-{}", short(network_id))
 }
@@ -199,38 +211,61 @@ impl Plugin {
         Ok(manager)
     }
 
-    /// The netvlan network of a Docker network (by the label the plugin
-    /// put on it).
+    /// The netvlan network of a Docker network: the one whose label holds
+    /// its id (its name is the plugin's `docker-...` or the one `-o name=`
+    /// gave).
     fn network_of(manager: &Manager, network_id: &str) -> Result<String, DockerError> {
-        let name = network_name(network_id);
-        match manager.network(&name) {
-            Ok(record)
-                if record.labels.get(NETWORK_LABEL).map(String::as_str) == Some(network_id) =>
-            {
-                Ok(name)
-            }
-            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {
-                Err(DockerError::UnknownNetwork(network_id.into()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        manager
+            .networks()?
+            .into_iter()
+            .find(|r| r.labels.get(NETWORK_LABEL).map(String::as_str) == Some(network_id))
+            .map(|r| r.name)
+            .ok_or_else(|| DockerError::UnknownNetwork(network_id.into()))
     }
 
+    /// The network of `-o name=NAME` is shared when the CLI made it
+    /// already (its options, parent and subnets must agree with Docker's
+    /// request), else made under that name; without `name`, it is
+    /// `docker-<id>`.
     pub async fn create_network(
         &self,
         request: CreateNetworkRequest,
     ) -> Result<Value, DockerError> {
-        let create = create_request(&request)?;
+        let wanted = create_request(&request)?;
         let manager = self.manager().await?;
-        manager.create(create).await?;
+        if wanted.named {
+            match manager.network(&wanted.create.name) {
+                Ok(existing) => {
+                    shareable(&wanted, &existing)?;
+                    manager.relabel(
+                        &existing.name,
+                        &[
+                            (NETWORK_LABEL, Some(&request.network_id)),
+                            (SHARED_LABEL, Some("1")),
+                        ],
+                    )?;
+                    return Ok(json!({}));
+                }
+                Err(NetworkError::UnknownNetwork(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        wanted.require_parent()?;
+        manager.create(wanted.create).await?;
         Ok(json!({}))
     }
 
+    /// Removes the network, or, one shared with the CLI, only Docker's
+    /// labels from it (its CLI endpoints stay).
     pub async fn delete_network(&self, request: NetworkRequest) -> Result<Value, DockerError> {
         require("DeleteNetwork", "NetworkID", &request.network_id)?;
         let manager = self.manager().await?;
         let name = Self::network_of(&manager, &request.network_id)?;
-        manager.remove(&name).await?;
+        if manager.network(&name)?.labels.contains_key(SHARED_LABEL) {
+            manager.relabel(&name, &[(NETWORK_LABEL, None), (SHARED_LABEL, None)])?;
+        } else {
+            manager.remove(&name).await?;
+        }
         Ok(json!({}))
     }
 
@@ -291,7 +326,9 @@ impl Plugin {
         Ok(json!({}))
     }
 
-    pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, DockerError> {
+    /// Join: the answer for Docker, and the netvlan network the endpoint
+    /// is on (where its adoption looks).
+    pub async fn join(&self, request: JoinRequest) -> Result<(String, JoinResponse), DockerError> {
         const CALL: &str = "Join";
         require(CALL, "SandboxKey", &request.sandbox_key)?;
         let manager = self.manager().await?;
@@ -320,7 +357,7 @@ impl Plugin {
             &mut response,
             &offered_routes(&record, endpoint.ipv4, endpoint.ipv6),
         );
-        Ok(response)
+        Ok((network, response))
     }
 
     pub async fn leave(&self, request: EndpointRequest) -> Result<Value, DockerError> {
@@ -347,14 +384,127 @@ impl Plugin {
     }
 }
 
+/// What CreateNetwork asks for.
+#[derive(Debug)]
+struct DockerNetwork {
+    /// The network to make, labelled with Docker's id.
+    create: CreateRequest,
+    /// `-o name=` gave its name (else it is `docker-<id>`).
+    named: bool,
+    /// `-o driver=` or an `ipvlan_*` option chose the driver.
+    driver_given: bool,
+    /// `-o parent=`, if given.
+    parent: Option<String>,
+    /// Docker's pools, each with its gateway.
+    pools: Vec<(String, Option<String>)>,
+}
+
+impl DockerNetwork {
+    /// A network to make needs its parent, unless it is `--internal`.
+    fn require_parent(&self) -> Result<(), DockerError> {
+        if self.parent.is_none() && !self.create.internal {
+            return Err(DockerError::BadOption(
+                "parent is missing: give the parent link with -o parent=IFACE (or --internal for a network without one)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether Docker's request fits the CLI's network `existing`, to share it:
+/// not already Docker's, no options of its own (the network keeps the
+/// CLI's), the same parent, driver and internal flag if given, and every
+/// pool one of its subnets with the same gateway. Aux addresses are
+/// refused: the CLI's IPAM would not know them (reserve them with
+/// `netvlan network create --aux-address`).
+fn shareable(wanted: &DockerNetwork, existing: &NetworkRecord) -> Result<(), DockerError> {
+    let refuse = |why: String| {
+        Err(DockerError::NotShareable {
+            network: existing.name.clone(),
+            why,
+        })
+    };
+    if let Some(id) = existing.labels.get(NETWORK_LABEL) {
+        return refuse(format!("it is Docker network {id} already"));
+    }
+    if let Some(option) = wanted
+        .create
+        .options
+        .iter()
+        .find(|o| !o.starts_with("parent="))
+    {
+        return refuse(format!(
+            "-o {option}: a shared network keeps the options it was created with"
+        ));
+    }
+    if let Some(parent) = wanted
+        .parent
+        .as_ref()
+        .filter(|p| **p != existing.parent.link)
+    {
+        return refuse(format!(
+            "its parent is {}, not {parent}",
+            existing.parent.link
+        ));
+    }
+    if wanted.driver_given && wanted.create.driver != existing.options.driver {
+        return refuse(format!(
+            "its driver is {}, not {}",
+            existing.options.driver.name(),
+            wanted.create.driver.name()
+        ));
+    }
+    if wanted.create.internal != existing.internal {
+        return refuse(if existing.internal {
+            "it is internal: give --internal".into()
+        } else {
+            "it is not internal: leave out --internal".into()
+        });
+    }
+    if !wanted.create.aux_addresses.is_empty() {
+        return refuse(
+            "aux addresses: reserve them on the network itself (netvlan network create --aux-address)"
+                .into(),
+        );
+    }
+    let config = existing.ipam.config();
+    let subnets = config.subnets();
+    let listed = || {
+        subnets
+            .iter()
+            .map(|s| s.subnet.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (pool, gateway) in &wanted.pools {
+        let Some(subnet) = subnets.iter().find(|s| s.subnet.to_string() == *pool) else {
+            return refuse(format!(
+                "its subnets are {}, Docker's pool is {pool} (give --subnet)",
+                listed()
+            ));
+        };
+        let stored = subnet.gateway.map(|g| g.to_string());
+        if gateway.is_some() && *gateway != stored {
+            return refuse(format!(
+                "the gateway of {pool} is {}, not {}",
+                stored.as_deref().unwrap_or("none"),
+                gateway.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// CreateNetwork's request as the control plane's: Docker's `-o` options
-/// (`driver` is the plugin's own), pools, gateways and aux addresses.
-fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, DockerError> {
+/// (`driver` and `name` are the plugin's own), pools, gateways and aux
+/// addresses.
+fn create_request(request: &CreateNetworkRequest) -> Result<DockerNetwork, DockerError> {
     const CALL: &str = "CreateNetwork";
     require(CALL, "NetworkID", &request.network_id)?;
     let mut options = Vec::new();
     let mut driver = None;
-    let mut parent = false;
+    let mut parent = None;
+    let mut name = None;
     if let Some(generic) = request.options.get(GENERIC_OPTIONS) {
         let Value::Object(generic) = generic else {
             return Err(DockerError::BadOption(format!(
@@ -375,8 +525,16 @@ fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, Docke
                         ))
                     })?)
                 }
+                "name" if value.is_empty() => {
+                    return Err(DockerError::BadOption(
+                        "name is empty: -o name=NETWORK names the netvlan network".into(),
+                    ))
+                }
+                "name" => name = Some(value.clone()),
                 _ => {
-                    parent |= key == "parent" && !value.is_empty();
+                    if key == "parent" && !value.is_empty() {
+                        parent = Some(value.clone());
+                    }
                     if key.starts_with("ipvlan_") && driver.is_none() {
                         driver = Some(Driver::Ipvlan);
                     }
@@ -386,14 +544,16 @@ fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, Docke
         }
     }
     let internal = flag(&request.options, INTERNAL);
-    if !parent && !internal {
-        return Err(DockerError::BadOption(
-            "parent is missing: give the parent link with -o parent=IFACE (or --internal for a network without one)".into(),
-        ));
-    }
     let pools = request.ipv4_data.iter().chain(request.ipv6_data.iter());
+    let mut wanted = DockerNetwork {
+        named: name.is_some(),
+        driver_given: driver.is_some(),
+        parent,
+        pools: Vec::new(),
+        create: CreateRequest::default(),
+    };
     let mut create = CreateRequest {
-        name: network_name(&request.network_id),
+        name: name.unwrap_or_else(|| network_name(&request.network_id)),
         driver: driver.unwrap_or_default(),
         ipv6: flag(&request.options, ENABLE_IPV6) || !request.ipv6_data.is_empty(),
         internal,
@@ -409,16 +569,19 @@ fn create_request(request: &CreateNetworkRequest) -> Result<CreateRequest, Docke
             });
         }
         create.subnets.push(pool.pool.clone());
-        if !pool.gateway.is_empty() {
-            create.gateways.push(bare(&pool.gateway).to_string());
+        let gateway = (!pool.gateway.is_empty()).then(|| bare(&pool.gateway).to_string());
+        if let Some(gateway) = &gateway {
+            create.gateways.push(gateway.clone());
         }
+        wanted.pools.push((pool.pool.clone(), gateway));
         for (name, address) in &pool.aux_addresses {
             create
                 .aux_addresses
                 .push(format!("{name}={}", bare(address)));
         }
     }
-    Ok(create)
+    wanted.create = create;
+    Ok(wanted)
 }
 
 /// Join's routes: the default routes the CLI's connect installs for the
@@ -480,7 +643,8 @@ mod tests {
                           "Gateway": "10.1.0.1/24", "AuxAddresses": {"r": "10.1.0.9/24"}}],
             "IPv6Data": [{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}],
         })))
-        .unwrap();
+        .unwrap()
+        .create;
         assert_eq!(create.name, "docker-0123456789ab");
         assert_eq!(
             create.driver,
@@ -503,6 +667,7 @@ mod tests {
                 "Options": options,
                 "IPv4Data": [{"Pool": "10.1.0.0/24"}],
             })))
+            .and_then(|wanted| wanted.require_parent())
             .unwrap_err()
             .message()
         };
@@ -512,19 +677,82 @@ mod tests {
         )
         .contains("driver=bridge"));
         assert!(refused(json!({"com.docker.network.generic": {"parent": 7}})).contains("parent"));
+        assert!(refused(json!({"com.docker.network.generic": {"name": ""}})).contains("name"));
         // --internal needs no parent.
         let internal = create_request(&request(json!({
             "NetworkID": "ab",
             "Options": {"com.docker.network.internal": true},
         })))
         .unwrap();
-        assert!(internal.internal);
+        internal.require_parent().unwrap();
+        assert!(internal.create.internal);
         let missing = create_request(&request(json!({"Options": {}}))).unwrap_err();
         assert!(
             missing.message().contains("NetworkID"),
             "{}",
             missing.message()
         );
+    }
+
+    /// `-o name=` of a network the CLI made shares it when Docker's
+    /// request agrees with it, and is refused naming what differs.
+    #[test]
+    fn a_cli_network_is_shared_only_when_docker_asks_for_what_it_is() {
+        use crate::control::fixture::network;
+        let lan = network("lan", Driver::Macvlan, "10.1.0.0/24", &[]);
+        let wanted = |generic: Value, pool: &str, gateway: &str| {
+            create_request(&request(json!({
+                "NetworkID": "ab",
+                "Options": {"com.docker.network.generic": generic},
+                "IPv4Data": [{"Pool": pool, "Gateway": gateway}],
+            })))
+            .unwrap()
+        };
+        let named = wanted(json!({"name": "lan"}), "10.1.0.0/24", "10.1.0.1/24");
+        assert!(named.named);
+        assert_eq!(named.create.name, "lan");
+        shareable(&named, &lan).unwrap();
+        shareable(
+            &wanted(
+                json!({"name": "lan", "parent": "eth0", "driver": "macvlan"}),
+                "10.1.0.0/24",
+                "",
+            ),
+            &lan,
+        )
+        .unwrap();
+        let why = |generic: Value, pool: &str, gateway: &str| {
+            shareable(&wanted(generic, pool, gateway), &lan)
+                .unwrap_err()
+                .message()
+        };
+        assert!(
+            why(json!({"name": "lan"}), "10.2.0.0/24", "").contains("10.1.0.0/24"),
+            "names the network's subnets"
+        );
+        assert!(why(json!({"name": "lan"}), "10.1.0.0/24", "10.1.0.9/24").contains("10.1.0.9"));
+        assert!(
+            why(json!({"name": "lan", "parent": "eth1"}), "10.1.0.0/24", "")
+                .contains("its parent is eth0, not eth1")
+        );
+        assert!(why(
+            json!({"name": "lan", "driver": "ipvlan"}),
+            "10.1.0.0/24",
+            ""
+        )
+        .contains("driver"));
+        assert!(why(
+            json!({"name": "lan", "macvlan_mode": "vepa"}),
+            "10.1.0.0/24",
+            ""
+        )
+        .contains("-o macvlan_mode=vepa"));
+        let mut taken = lan.clone();
+        taken.labels.insert(NETWORK_LABEL.into(), "cd".into());
+        assert!(shareable(&named, &taken)
+            .unwrap_err()
+            .message()
+            .contains("Docker network cd"));
     }
 
     /// Join's answer for `record` and an endpoint at 10.1.0.5.

@@ -121,21 +121,19 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
                 let _serial = s.calls.lock().await;
                 let result = match parse::<super::protocol::JoinRequest>("Join", &body) {
                     Ok(request) => {
-                        let network_id = request.network_id.clone();
                         let endpoint_id = request.endpoint_id.clone();
                         let sandbox = request.sandbox_key.clone();
-                        let joined = s.plugin.join(request).await;
-                        if joined.is_ok() {
+                        s.plugin.join(request).await.map(|(network, response)| {
                             adopt::spawn(
                                 s.plugin.clone(),
                                 s.calls.clone(),
-                                super::network_name(&network_id),
+                                network,
                                 super::endpoint_key(&endpoint_id),
                                 endpoint_id,
                                 sandbox.into(),
                             );
-                        }
-                        joined.map(|r| serde_json::to_value(r).expect("a JoinResponse serialises"))
+                            serde_json::to_value(response).expect("a JoinResponse serialises")
+                        })
                     }
                     Err(e) => Err(e),
                 };
