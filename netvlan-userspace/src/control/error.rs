@@ -180,7 +180,7 @@ pub enum NetworkError {
         errors: Vec<UndoFailure>,
     },
     /// Cleaning up after a command that died half-way failed.
-    #[error("cleaning up after an interrupted command failed: {0}")]
+    #[error("cleaning up after an interrupted command failed")]
     RecoveryFailed(#[source] Box<UndoFailure>),
 }
 
@@ -192,13 +192,25 @@ impl From<OptionError> for NetworkError {
 
 /// One cleanup step that failed (undoing a change, tearing down a
 /// network): what it was doing, and the lower layer's error.
-#[derive(Debug, thiserror::Error)]
-#[error("{action}: {source}")]
+#[derive(Debug)]
 pub struct UndoFailure {
     /// E.g. `deleting eth0.10`.
     pub action: String,
-    #[source]
     pub source: UndoError,
+}
+
+/// Shown as `action: error`, and so, as a cause, it hands on the error's
+/// own cause: a report's chain says each error once.
+impl std::fmt::Display for UndoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.action, self.source)
+    }
+}
+
+impl std::error::Error for UndoFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.source)
+    }
 }
 
 impl UndoFailure {
@@ -441,6 +453,23 @@ mod tests {
             (CODE_CONFLICT, "name_in_use")
         );
         assert!(NetworkError::UnknownNetwork("lan".into()).report().code >= 100);
+    }
+
+    /// A failed recovery says what it was doing and why, each once.
+    #[test]
+    fn a_failed_recovery_reports_its_step_and_cause_once() {
+        let cause = NetlinkError::NoSuchInterface {
+            name: "nv-eth0".into(),
+        };
+        let step = "deleting nv-eth0";
+        let e = NetworkError::RecoveryFailed(Box::new(UndoFailure::new(step, cause)));
+        let line = e.report().line();
+        assert_eq!(line.matches(step).count(), 1, "{line}");
+        assert_eq!(line.matches("nv-eth0").count(), 2, "{line}");
+        assert!(
+            line.starts_with("cleaning up after an interrupted command failed: "),
+            "{line}"
+        );
     }
 
     #[test]
