@@ -607,14 +607,82 @@ pub enum Request {
 pub struct IpamState {
     config: IpamConfig,
     allocated: BTreeSet<IpAddr>,
+    /// Allocated for Docker's IPAM (`--ipam-driver`), not yet taken by an
+    /// endpoint: Docker asks for the address, then creates the endpoint.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    held: BTreeSet<IpAddr>,
 }
+
+/// How many addresses of a Docker `--ip-range` a hold tries before it
+/// calls the range full (an IPv6 range can be 2^64 long).
+const RANGE_TRIES: usize = 1 << 16;
 
 impl IpamState {
     pub fn new(config: IpamConfig) -> IpamState {
         IpamState {
             config,
             allocated: BTreeSet::new(),
+            held: BTreeSet::new(),
         }
+    }
+
+    /// Allocates for Docker's IPAM: as [`Self::allocate`] (an `Any` within
+    /// `range`, Docker's `--ip-range`, when it gives one), and held for
+    /// the endpoint Docker will create with it.
+    pub fn hold(&mut self, request: Request, range: Option<IpNet>) -> Result<IpAddr, IpamError> {
+        let addr = match (request, range) {
+            (Request::Any(_), Some(range)) => self.free_within(range)?,
+            _ => self.allocate(request)?,
+        };
+        self.allocated.insert(addr);
+        self.held.insert(addr);
+        Ok(addr)
+    }
+
+    /// An endpoint takes `addr`: the address Docker's IPAM holds for it,
+    /// else one allocated as [`Request::Exact`].
+    pub fn claim(&mut self, addr: IpAddr) -> Result<IpAddr, IpamError> {
+        if self.held.remove(&addr) {
+            return Ok(addr);
+        }
+        self.allocate(Request::Exact(addr))
+    }
+
+    /// Docker's IPAM gives `addr` back: freed if it is only held. One an
+    /// endpoint took is its endpoint's to free (Docker releases it after
+    /// the endpoint is gone, when it is free already). True if it was held.
+    pub fn release_held(&mut self, addr: &IpAddr) -> bool {
+        let held = self.held.remove(addr);
+        if held {
+            self.allocated.remove(addr);
+        }
+        held
+    }
+
+    /// The addresses Docker's IPAM holds and no endpoint has taken yet.
+    pub fn held(&self) -> impl Iterator<Item = &IpAddr> {
+        self.held.iter()
+    }
+
+    fn free_within(&self, range: IpNet) -> Result<IpAddr, IpamError> {
+        let family = Family::of_net(&range);
+        let subnet = self
+            .config
+            .subnets
+            .iter()
+            .find(|sc| sc.subnet.contains(&range))
+            .ok_or_else(|| IpamError::RequestOutside {
+                addr: range.network(),
+                subnets: self.config.all_subnets(),
+            })?;
+        range
+            .hosts()
+            .take(RANGE_TRIES)
+            .find(|a| subnet.reserved_reason(a).is_none() && !self.allocated.contains(a))
+            .ok_or(IpamError::Exhausted {
+                family,
+                pools: SubnetList(vec![range]),
+            })
     }
 
     pub fn config(&self) -> &IpamConfig {
@@ -1300,6 +1368,40 @@ mod tests {
             msg("r=nope"),
             "invalid aux-address 'r=nope': 'nope' is not an IP address"
         );
+    }
+
+    #[test]
+    fn docker_holds_are_taken_by_their_endpoint_or_given_back() {
+        let mut st = state(&["10.1.0.0/24"], &["10.1.0.1"], &[], &[]);
+        let cli = st.allocate(Request::Any(Family::V4)).unwrap();
+        assert_eq!(cli, ip("10.1.0.2"));
+        // Docker's IPAM: the next free address, held, so the CLI skips it.
+        let held = st.hold(Request::Any(Family::V4), None).unwrap();
+        assert_eq!(held, ip("10.1.0.3"));
+        assert_eq!(any4(&mut st), ip("10.1.0.4"), "the CLI skips Docker's hold");
+        assert!(matches!(
+            st.allocate(Request::Exact(held)),
+            Err(IpamError::InUse { .. })
+        ));
+        // Its endpoint takes it; Docker's release after the endpoint is
+        // gone finds nothing held.
+        assert_eq!(st.claim(held).unwrap(), held);
+        assert_eq!(st.held().count(), 0);
+        assert!(!st.release_held(&held));
+        assert!(st.is_allocated(&held), "the endpoint's until it goes");
+        // A hold Docker gives back before an endpoint took it is freed.
+        let range = net("10.1.0.64/26");
+        let in_range = st.hold(Request::Any(Family::V4), Some(range)).unwrap();
+        assert_eq!(in_range, ip("10.1.0.65"), "within Docker's --ip-range");
+        assert!(st.release_held(&in_range));
+        assert!(!st.is_allocated(&in_range));
+        // An endpoint with an address no hold has: allocated as --ip.
+        assert_eq!(st.claim(ip("10.1.0.9")).unwrap(), ip("10.1.0.9"));
+        assert!(st.claim(ip("10.1.0.9")).is_err(), "in use");
+        // A range outside the subnets is refused.
+        assert!(st
+            .hold(Request::Any(Family::V4), Some(net("10.9.0.0/26")))
+            .is_err());
     }
 
     #[test]

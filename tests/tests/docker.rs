@@ -204,7 +204,7 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
     // Handshake and capabilities.
     assert_eq!(
         call(&socket, "Plugin.Activate", &Value::Null),
-        json!({"Implements": ["NetworkDriver"]})
+        json!({"Implements": ["NetworkDriver", "IpamDriver"]})
     );
     let caps = call(&socket, "NetworkDriver.GetCapabilities", &Value::Null);
     assert_eq!(caps["Scope"], "local");
@@ -1330,6 +1330,159 @@ fn a_network_the_cli_made_is_shared_with_docker_by_name() {
 
     lan.netvlan(&["disconnect", &shared, &cli_sandbox]).ok();
     lan.netvlan(&["network", "rm", &shared]).ok();
+    engine.assert_clean();
+    drop(plugin);
+}
+
+/// The address Docker gave container `ctr` (on its one network).
+fn docker_address(dockerd: &Dockerd, ctr: &str) -> String {
+    dockerd
+        .ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            ctr,
+        ])
+        .trim()
+        .to_string()
+}
+
+/// `--ipam-driver` with the plugin's name: Docker's addresses come from
+/// netvlan's IPAM. On a network shared with the CLI, Docker and the CLI
+/// take addresses from one allocator (never one twice, each skips the
+/// other's); a Docker network of its own gets the first address as its
+/// gateway and honours `--ip-range`; without `--subnet` it is refused
+/// saying so; removing containers and networks gives every address back.
+#[test]
+fn docker_takes_its_addresses_from_netvlans_ipam() {
+    let (engine, plugin, dockerd) = Engine::new();
+    let lan = &engine.lan;
+    let driver = engine.plugin_name.as_str();
+    let err = dockerd.failed(&[
+        "network",
+        "create",
+        "-d",
+        driver,
+        "--ipam-driver",
+        driver,
+        "-o",
+        "parent=eth0",
+        "nvnosubnet",
+    ]);
+    assert!(err.contains("--subnet"), "{err}");
+    engine.assert_clean();
+
+    // Shared with the CLI: one allocator for both.
+    let shared = unique_name("lan");
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        "-o",
+        "parent=eth0",
+        &shared,
+    ])
+    .ok();
+    let sandbox = |ns: &Netns| ns.path().display().to_string();
+    let (first, second, third) = (
+        lan.container(false),
+        lan.container(false),
+        lan.container(false),
+    );
+    lan.netvlan(&["connect", &shared, &sandbox(&first)]).ok();
+    let dnet = unique_name("dnet");
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        driver,
+        "--ipam-driver",
+        driver,
+        "-o",
+        &format!("name={shared}"),
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        &dnet,
+    ]);
+    let ctr = unique_name("ctr");
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr,
+        "--network",
+        &dnet,
+        "nvt-busybox",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(
+        docker_address(&dockerd, &ctr),
+        "10.86.0.3",
+        "Docker's first address skips the CLI's 10.86.0.2"
+    );
+    lan.netvlan(&["connect", &shared, &sandbox(&second)]).ok();
+    let entry = netvlan_tests::container_entry(&lan.inspect(&shared), &sandbox(&second));
+    assert_eq!(
+        entry["IPv4Address"], "10.86.0.4/24",
+        "the CLI skips Docker's: {entry:#}"
+    );
+    let out = dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.2"]);
+    assert!(out.contains("3 packets received"), "{out}");
+    dockerd.ok(&["rm", "-f", &ctr]);
+    // Docker gave its address back: the CLI can take it.
+    lan.netvlan(&["connect", "--ip", "10.86.0.3", &shared, &sandbox(&third)])
+        .ok();
+    dockerd.ok(&["network", "rm", &dnet]);
+    for ns in [&first, &second, &third] {
+        lan.netvlan(&["disconnect", &shared, &sandbox(ns)]).ok();
+    }
+    lan.netvlan(&["network", "rm", &shared]).ok();
+    engine.assert_clean();
+
+    // A network of Docker's own, named, with an --ip-range.
+    let own = unique_name("own");
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        driver,
+        "--ipam-driver",
+        driver,
+        "-o",
+        "parent=eth0",
+        "-o",
+        &format!("name={own}"),
+        "--subnet",
+        "10.87.0.0/24",
+        "--ip-range",
+        "10.87.0.64/26",
+        &own,
+    ]);
+    let inspect = lan.inspect(&own);
+    assert_eq!(
+        inspect["IPAM"]["Config"][0]["Gateway"], "10.87.0.1",
+        "{inspect:#}"
+    );
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr,
+        "--network",
+        &own,
+        "nvt-busybox",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(docker_address(&dockerd, &ctr), "10.87.0.65");
+    dockerd.ok(&["rm", "-f", &ctr]);
+    dockerd.ok(&["network", "rm", &own]);
     engine.assert_clean();
     drop(plugin);
 }

@@ -101,11 +101,11 @@ impl Manager {
                 sandbox: request.key,
             });
         }
+        // Docker's address: the one netvlan's IPAM holds for it
+        // (`--ipam-driver`), else taken as `--ip` would be.
         let mut exact = |text: &Option<String>| -> Result<Option<IpAddr>, NetworkError> {
             match text {
-                Some(ip) => Ok(Some(
-                    record.ipam.allocate(Request::Exact(ipam::parse_ip(ip)?))?,
-                )),
+                Some(ip) => Ok(Some(record.ipam.claim(ipam::parse_ip(ip)?)?)),
                 None => Ok(None),
             }
         };
@@ -250,6 +250,37 @@ impl Manager {
             endpoint_hooks::Loading::start(),
         )?;
         Ok((here.id(), link.ifindex))
+    }
+
+    /// Docker's IPAM (`--ipam-driver netvlan`) asks for an address of
+    /// `network`: allocated and held (one durable write) until the
+    /// endpoint Docker then creates takes it, or Docker gives it back. So
+    /// the CLI and Docker share one allocator on a network.
+    pub fn hold_address(
+        &self,
+        network: &str,
+        request: Request,
+        range: Option<IpNet>,
+    ) -> Result<IpNet, NetworkError> {
+        let mut record = self.network(network)?;
+        let addr = record.ipam.hold(request, range)?;
+        let len = record
+            .ipam
+            .config()
+            .subnet_of(&addr)
+            .map(|s| s.subnet.prefix_len())
+            .expect("a held address is in a subnet of the network");
+        self.store().put_network(&record.name, &record)?;
+        Ok(IpNet::new(addr, len).expect("prefix length comes from a valid subnet"))
+    }
+
+    /// Docker's IPAM gives `addr` back: freed if no endpoint took it.
+    pub fn release_held(&self, network: &str, addr: IpAddr) -> Result<(), NetworkError> {
+        let mut record = self.network(network)?;
+        if record.ipam.release_held(&addr) {
+            self.store().put_network(&record.name, &record)?;
+        }
+        Ok(())
     }
 
     /// Records the sandbox a staged endpoint's link is about to be moved

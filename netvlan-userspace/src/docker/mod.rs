@@ -24,6 +24,7 @@
 //! up where the last one stopped.
 
 mod adopt;
+pub mod ipam;
 pub mod protocol;
 pub mod server;
 
@@ -77,6 +78,8 @@ pub enum DockerError {
     BadOption(String),
     #[error("no netvlan network for Docker network {0}")]
     UnknownNetwork(String),
+    #[error("netvlan IPAM: {0}")]
+    Ipam(String),
     #[error("network {network} cannot be shared with Docker: {why}")]
     NotShareable { network: String, why: String },
     #[error("no endpoint {endpoint} on Docker network {network}")]

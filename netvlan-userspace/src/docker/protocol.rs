@@ -134,3 +134,49 @@ pub struct JoinResponse {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub static_routes: Vec<StaticRoute>,
 }
+
+/// IpamDriver.RequestAddress's `Options` key saying what the address is
+/// for, and its value for a network's gateway.
+pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
+pub const GATEWAY_ADDRESS: &str = "com.docker.network.gateway";
+
+/// libnetwork's remote IPAM protocol (`ipams/remote/api/api.go`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestPoolRequest {
+    pub address_space: String,
+    /// `--subnet` (empty: the driver would pick one).
+    pub pool: String,
+    /// `--ip-range`.
+    pub sub_pool: String,
+    /// `--ipam-opt`; libnetwork sends `null` for none.
+    pub options: Option<BTreeMap<String, String>>,
+    #[serde(rename = "V6")]
+    pub v6: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ReleasePoolRequest {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestAddressRequest {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    /// The address asked for (`--ip`, `--gateway`, an aux address), bare.
+    pub address: String,
+    /// libnetwork sends `null` for none.
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ReleaseAddressRequest {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    pub address: String,
+}

@@ -1,5 +1,5 @@
 //! The plugin's HTTP server: libnetwork POSTs `/Plugin.Activate`,
-//! `/NetworkDriver.*` with JSON bodies and reads JSON answers (errors as
+//! `/NetworkDriver.*` and `/IpamDriver.*` with JSON bodies and reads JSON answers (errors as
 //! `{"Err": "..."}` with status 500, as Docker's plugin helpers answer);
 //! an unknown call is a 404. Calls are served one at a time, each to its
 //! end even when Docker drops the connection.
@@ -99,7 +99,7 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
     Router::new()
         .route(
             "/Plugin.Activate",
-            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Implements": ["NetworkDriver"] })) }),
+            post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Implements": ["NetworkDriver", "IpamDriver"] })) }),
         )
         .route(
             "/NetworkDriver.GetCapabilities",
@@ -161,10 +161,34 @@ fn router_with(plugin: Plugin, calls: Arc<Mutex<()>>) -> Router {
             post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({ "Options": {} })) }),
         )
         .route("/NetworkDriver.FreeNetwork", post(|_body: Bytes| async move { reply(StatusCode::OK, &json!({})) }))
+        // The IPAM driver (`--ipam-driver`): netvlan's IPAM for Docker.
+        .route(
+            "/IpamDriver.GetCapabilities",
+            post(|_body: Bytes| async move {
+                reply(
+                    StatusCode::OK,
+                    &json!({ "RequiresMACAddress": false, "RequiresRequestReplay": false }),
+                )
+            }),
+        )
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            post(|_body: Bytes| async move {
+                let (local, global) = super::ipam::ADDRESS_SPACES;
+                reply(
+                    StatusCode::OK,
+                    &json!({ "LocalDefaultAddressSpace": local, "GlobalDefaultAddressSpace": global }),
+                )
+            }),
+        )
+        .route("/IpamDriver.RequestPool", call!("RequestPool", ipam_request_pool))
+        .route("/IpamDriver.ReleasePool", call!("ReleasePool", ipam_release_pool))
+        .route("/IpamDriver.RequestAddress", call!("RequestAddress", ipam_request_address))
+        .route("/IpamDriver.ReleaseAddress", call!("ReleaseAddress", ipam_release_address))
         .fallback(|uri: Uri, _body: Bytes| async move {
             reply(
                 StatusCode::NOT_FOUND,
-                &json!({ "Err": format!("{}: no such call in the network driver protocol", uri.path()) }),
+                &json!({ "Err": format!("{}: no such call in the network or IPAM driver protocol", uri.path()) }),
             )
         })
         .with_state(shared)
