@@ -848,6 +848,19 @@ const DOCKERD: &str = "/usr/sbin/dockerd";
 const DOCKER: &str = "/usr/bin/docker";
 
 impl Dockerd {
+    /// `docker run -d` of a busybox that sleeps, on `network`, at `ip` if
+    /// given (else Docker's IPAM picks): the container's name.
+    fn run_sleeping(&self, network: &str, ip: Option<&str>) -> String {
+        let ctr = unique_name("ctr");
+        let mut args = vec!["run", "-d", "--name", &ctr, "--network", network];
+        if let Some(ip) = ip {
+            args.extend(["--ip", ip]);
+        }
+        args.extend(["nvt-busybox", "sleep", "300"]);
+        self.ok(&args);
+        ctr
+    }
+
     fn start(lan: &Lan, plugin_name: &str, plugin_socket: &Path) -> Dockerd {
         assert!(
             Path::new(DOCKERD).is_file(),
@@ -1088,6 +1101,26 @@ impl Engine {
         ]);
     }
 
+    /// A network the CLI makes on the LAN (10.86.0.0/24, gateway
+    /// 10.86.0.1), for Docker to share: its name.
+    fn cli_network(&self) -> String {
+        let name = unique_name("lan");
+        self.lan
+            .netvlan(&[
+                "network",
+                "create",
+                "--subnet",
+                "10.86.0.0/24",
+                "--gateway",
+                "10.86.0.1",
+                "-o",
+                "parent=eth0",
+                &name,
+            ])
+            .ok();
+        name
+    }
+
     /// Nothing of netvlan's left in the lab's host namespace.
     fn assert_clean(&self) {
         assert_eq!(
@@ -1170,20 +1203,7 @@ fn docker_runs_a_container_on_a_netvlan_network() {
     assert!(out.contains("3 packets received"), "{out}");
     // A running container: counted per endpoint, in inspect under its
     // endpoint id, and its MAC is Docker's from the address.
-    let ctr = unique_name("ctr");
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &ctr,
-        "--network",
-        &net,
-        "--ip",
-        "10.86.0.7",
-        "nvt-busybox",
-        "sleep",
-        "300",
-    ]);
+    let ctr = dockerd.run_sleeping(&net, Some("10.86.0.7"));
     dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.1"]);
     let counted = endpoint_stats(&engine.lan, "10.86.0.7", 3);
     assert_eq!(counted["ifname"], "eth0", "{counted:#}");
@@ -1218,20 +1238,8 @@ fn docker_runs_a_container_on_a_netvlan_network() {
 fn a_network_the_cli_made_is_shared_with_docker_by_name() {
     let (engine, plugin, dockerd) = Engine::new();
     let lan = &engine.lan;
-    let shared = unique_name("lan");
+    let shared = engine.cli_network();
     let named = format!("name={shared}");
-    lan.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "10.86.0.0/24",
-        "--gateway",
-        "10.86.0.1",
-        "-o",
-        "parent=eth0",
-        &shared,
-    ])
-    .ok();
     let cli = lan.container(false);
     let cli_sandbox = cli.path().display().to_string();
     lan.netvlan(&["connect", "--ip", "10.86.0.20", &shared, &cli_sandbox])
@@ -1277,20 +1285,7 @@ fn a_network_the_cli_made_is_shared_with_docker_by_name() {
         inspect["Labels"]["netvlan.docker.shared"], "1",
         "{inspect:#}"
     );
-    let ctr = unique_name("ctr");
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &ctr,
-        "--network",
-        &dnet,
-        "--ip",
-        "10.86.0.130",
-        "nvt-busybox",
-        "sleep",
-        "300",
-    ]);
+    let ctr = dockerd.run_sleeping(&dnet, Some("10.86.0.130"));
     let out = dockerd.ok(&["exec", &ctr, "ping", "-c", "3", "-W", "5", "10.86.0.20"]);
     assert!(out.contains("3 packets received"), "{out}");
     let inspect = lan.inspect(&shared);
@@ -1373,19 +1368,7 @@ fn docker_takes_its_addresses_from_netvlans_ipam() {
     engine.assert_clean();
 
     // Shared with the CLI: one allocator for both.
-    let shared = unique_name("lan");
-    lan.netvlan(&[
-        "network",
-        "create",
-        "--subnet",
-        "10.86.0.0/24",
-        "--gateway",
-        "10.86.0.1",
-        "-o",
-        "parent=eth0",
-        &shared,
-    ])
-    .ok();
+    let shared = engine.cli_network();
     let sandbox = |ns: &Netns| ns.path().display().to_string();
     let (first, second, third) = (
         lan.container(false),
@@ -1409,18 +1392,7 @@ fn docker_takes_its_addresses_from_netvlans_ipam() {
         "10.86.0.1",
         &dnet,
     ]);
-    let ctr = unique_name("ctr");
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &ctr,
-        "--network",
-        &dnet,
-        "nvt-busybox",
-        "sleep",
-        "300",
-    ]);
+    let ctr = dockerd.run_sleeping(&dnet, None);
     assert_eq!(
         docker_address(&dockerd, &ctr),
         "10.86.0.3",
@@ -1469,17 +1441,7 @@ fn docker_takes_its_addresses_from_netvlans_ipam() {
         inspect["IPAM"]["Config"][0]["Gateway"], "10.87.0.1",
         "{inspect:#}"
     );
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &ctr,
-        "--network",
-        &own,
-        "nvt-busybox",
-        "sleep",
-        "300",
-    ]);
+    let ctr = dockerd.run_sleeping(&own, None);
     assert_eq!(docker_address(&dockerd, &ctr), "10.87.0.65");
     dockerd.ok(&["rm", "-f", &ctr]);
     dockerd.ok(&["network", "rm", &own]);
@@ -1517,20 +1479,7 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
     let (engine, plugin, dockerd) = Engine::new();
     let net = unique_name("net");
     engine.create_network(&dockerd, &net);
-    let ctr = unique_name("ctr");
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &ctr,
-        "--network",
-        &net,
-        "--ip",
-        "10.86.0.9",
-        "nvt-busybox",
-        "sleep",
-        "300",
-    ]);
+    let ctr = dockerd.run_sleeping(&net, Some("10.86.0.9"));
     dockerd.ok(&["exec", &ctr, "ping", "-c", "2", "-W", "5", "10.86.0.1"]);
     let before = endpoint_stats(&engine.lan, "10.86.0.9", 2)["tx_packets"]
         .as_u64()
