@@ -601,6 +601,31 @@ fn gc_removes_the_attachments_not_in_the_valid_list() {
     );
     // GC of a network that is not there succeeds.
     assert!(gc(&lan, &conf, json!([])).ok);
+
+    // The IPAM plugin missing from CNI_PATH: the endpoint is collected
+    // all the same, and the lease left behind is reported.
+    add_as(&lan, &b, "ctr-late", "", &conf);
+    let mut late = conf.clone();
+    late["cniVersion"] = json!("1.1.0");
+    late["cni.dev/valid-attachments"] = json!([]);
+    let bin = cni_bin();
+    let run = |command: &str, cni_path: &str, conf: &Value| {
+        cni(
+            &lan,
+            bin.to_str().unwrap(),
+            command,
+            "",
+            &[("CNI_PATH", cni_path), ("CNI_CONTAINERID", "ctr-late")],
+            conf,
+        )
+    };
+    let e = run("GC", "/nonexistent", &late).error(netvlan::control::CODE_IO.into());
+    assert!(e["msg"].as_str().unwrap().contains("host-local"), "{e:#}");
+    assert_eq!(links_in(&b), ["lo"], "GC left the endpoint");
+    assert_eq!(host_local_leases(&hl, "cnigc").len(), 1);
+    // The runtime's DEL (no namespace any more) releases it.
+    assert!(run("DEL", "/usr/lib/cni", &conf).ok);
+    assert!(host_local_leases(&hl, "cnigc").is_empty());
 }
 
 /// A DEL may come without `CNI_NETNS` (the runtime no longer has the

@@ -724,12 +724,20 @@ async fn gc(manager: &Manager, env: &Env, conf: &NetConf) -> Result<(), CniError
             )))
         }
     };
-    let plugin = ipam_plugin(env, conf)?;
+    let mut failures = Vec::new();
+    // A plugin missing from CNI_PATH does not keep netvlan's endpoints
+    // from being collected; its leases are reported left.
+    let plugin = ipam_plugin(env, conf).unwrap_or_else(|e| {
+        failures.push(format!("the delegated IPAM: {e}"));
+        None
+    });
     let gc_passes = match &plugin {
-        Some(plugin) => plugin.speaks_1_1()?,
+        Some(plugin) => plugin.speaks_1_1().unwrap_or_else(|e| {
+            failures.push(format!("asking the delegated IPAM its versions: {e}"));
+            false
+        }),
         None => false,
     };
-    let mut failures = Vec::new();
     match manager.network(&conf.name) {
         Ok(record) => {
             for endpoint in record.endpoints.values() {
