@@ -186,7 +186,7 @@ pub(super) fn requested_mac(text: &str) -> Result<Mac, InvalidRequest> {
 }
 
 /// Addresses with the prefix length of their subnet.
-fn with_prefix(record: &NetworkRecord, ip: IpAddr) -> IpNet {
+pub(super) fn with_prefix(record: &NetworkRecord, ip: IpAddr) -> IpNet {
     let prefix = record
         .ipam
         .config()

@@ -25,7 +25,7 @@ use netvlan_common::{antispoof::EGRESS_ENFORCE, Mac};
 
 use super::{
     driver::Driver,
-    endpoint::{mac_from_ipv4, next_connected, requested_mac},
+    endpoint::{mac_from_ipv4, next_connected, requested_mac, with_prefix},
     failpoint::failpoint,
     operation::{Operation, OperationLog},
     owner::owner_alias,
@@ -125,17 +125,8 @@ impl Manager {
             }),
         };
         let parent = self.parent_link(&record.parent.link).await?;
-        let prefixed = |ip: IpAddr| {
-            let len = record
-                .ipam
-                .config()
-                .subnet_of(&ip)
-                .map(|s| s.subnet.prefix_len())
-                .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
-            IpNet::new(ip, len).expect("prefix length comes from a valid subnet")
-        };
-        let ipv4 = ipv4.map(prefixed);
-        let ipv6 = ipv6.map(prefixed);
+        let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
+        let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
         let all = self.networks()?;
         let alias = owner_alias(&request.id);
         let mut log = OperationLog::new(self.store());
@@ -264,14 +255,8 @@ impl Manager {
     ) -> Result<IpNet, NetworkError> {
         let mut record = self.network(network)?;
         let addr = record.ipam.hold(request, range)?;
-        let len = record
-            .ipam
-            .config()
-            .subnet_of(&addr)
-            .map(|s| s.subnet.prefix_len())
-            .expect("a held address is in a subnet of the network");
         self.store().put_network(&record.name, &record)?;
-        Ok(IpNet::new(addr, len).expect("prefix length comes from a valid subnet"))
+        Ok(with_prefix(&record, addr))
     }
 
     /// Docker's IPAM gives `addr` back: freed if no endpoint took it.

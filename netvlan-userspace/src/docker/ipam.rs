@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     control::{Manager, NetworkRecord},
-    ipam::{Family, Request},
+    ipam::{self, Family, Request},
 };
 
 /// The address spaces Docker's `docker network create` falls back on.
@@ -77,9 +77,13 @@ fn network_with(manager: &Manager, subnet: &IpNet) -> Result<Option<NetworkRecor
     }))
 }
 
-fn parse_ip(text: &str, what: &str) -> Result<IpAddr, DockerError> {
-    text.parse()
-        .map_err(|_| DockerError::Ipam(format!("{what} {text:?} is not an IP address")))
+fn parse_ip(text: &str) -> Result<IpAddr, DockerError> {
+    ipam::parse_ip(text).map_err(|e| DockerError::Ipam(e.to_string()))
+}
+
+/// RequestAddress's answer: `address` in CIDR form.
+fn answer(address: String) -> Value {
+    json!({ "Address": address, "Data": {} })
 }
 
 /// RequestPool: Docker's `--subnet` (netvlan's IPAM picks none itself:
@@ -147,7 +151,7 @@ impl Plugin {
         let pool = Pool::parse(&request.pool_id)?;
         let asked = match request.address.as_str() {
             "" => None,
-            text => Some(parse_ip(text, "address")?),
+            text => Some(parse_ip(text)?),
         };
         if let Some(ip) = asked.filter(|ip| !pool.subnet.contains(ip)) {
             return Err(DockerError::Ipam(format!(
@@ -176,7 +180,7 @@ impl Plugin {
                     )))
                 }
             };
-            return Ok(json!({ "Address": pool.prefixed(ip), "Data": {} }));
+            return Ok(answer(pool.prefixed(ip)));
         };
         if gateway {
             let config = network.ipam.config();
@@ -185,16 +189,15 @@ impl Plugin {
                 .iter()
                 .find(|s| s.subnet == pool.subnet)
                 .and_then(|s| s.gateway);
-            return match (stored, asked) {
-                (Some(g), None) => Ok(json!({ "Address": pool.prefixed(g), "Data": {} })),
-                (Some(g), Some(ip)) if g == ip => {
-                    Ok(json!({ "Address": pool.prefixed(g), "Data": {} }))
-                }
-                (stored, _) => Err(DockerError::Ipam(format!(
-                    "network {} has gateway {} on {}: give --gateway {0}",
-                    network.name,
-                    stored.map_or_else(|| "none".to_string(), |g| g.to_string()),
-                    pool.subnet
+            return match stored {
+                Some(g) if asked.is_none_or(|ip| ip == g) => Ok(answer(pool.prefixed(g))),
+                Some(g) => Err(DockerError::Ipam(format!(
+                    "network {} has gateway {g} on {}: give --gateway {g}",
+                    network.name, pool.subnet
+                ))),
+                None => Err(DockerError::Ipam(format!(
+                    "network {} has no gateway on {}",
+                    network.name, pool.subnet
                 ))),
             };
         }
@@ -203,7 +206,7 @@ impl Plugin {
             None => Request::Any(Family::of_net(&pool.subnet)),
         };
         let held = manager.hold_address(&network.name, ask, pool.range)?;
-        Ok(json!({ "Address": held.to_string(), "Data": {} }))
+        Ok(answer(held.to_string()))
     }
 
     pub async fn ipam_release_address(
@@ -211,7 +214,7 @@ impl Plugin {
         request: ReleaseAddressRequest,
     ) -> Result<Value, DockerError> {
         let pool = Pool::parse(&request.pool_id)?;
-        let ip = parse_ip(&request.address, "address")?;
+        let ip = parse_ip(&request.address)?;
         let manager = self.manager().await?;
         if let Some(network) = network_with(&manager, &pool.subnet)? {
             manager.release_held(&network.name, ip)?;

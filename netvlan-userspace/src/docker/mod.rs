@@ -217,11 +217,20 @@ impl Plugin {
     /// The netvlan network of a Docker network: the one whose label holds
     /// its id (its name is the plugin's `docker-...` or the one `-o name=`
     /// gave).
+    /// The plugin's own name is tried first: one record read on every
+    /// endpoint call, the scan of all networks only for a named one.
     fn network_of(manager: &Manager, network_id: &str) -> Result<String, DockerError> {
+        let ours =
+            |r: &NetworkRecord| r.labels.get(NETWORK_LABEL).map(String::as_str) == Some(network_id);
+        match manager.network(&network_name(network_id)) {
+            Ok(record) if ours(&record) => return Ok(record.name),
+            Ok(_) | Err(NetworkError::UnknownNetwork(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         manager
             .networks()?
             .into_iter()
-            .find(|r| r.labels.get(NETWORK_LABEL).map(String::as_str) == Some(network_id))
+            .find(ours)
             .map(|r| r.name)
             .ok_or_else(|| DockerError::UnknownNetwork(network_id.into()))
     }
