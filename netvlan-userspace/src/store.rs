@@ -119,6 +119,9 @@ pub struct Store {
     journal_path: PathBuf,
     /// Durable (Immediate) redb commits made through this store.
     durable_commits: std::sync::atomic::AtomicUsize,
+    /// Network records decoded: a command that reads a network of
+    /// thousands of endpoints more than once pays for it each time.
+    records_decoded: std::sync::atomic::AtomicUsize,
     /// What the namespace answers to; new records go under the first.
     scopes: Vec<NetnsScope>,
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -295,6 +298,7 @@ impl Store {
             path,
             journal_path: state_dir.join(JOURNAL_FILE),
             durable_commits: Default::default(),
+            records_decoded: Default::default(),
             scopes,
             _lock: lock,
         }))
@@ -343,10 +347,44 @@ impl Store {
         for entry in table.iter().map_err(|e| err(e.into()))? {
             let (key, value) = entry.map_err(|e| err(e.into()))?;
             if self.owns(key.value()) {
-                out.push(self.decode(key.value(), value.value())?);
+                out.push(self.decode_record(key.value(), value.value())?);
             }
         }
         Ok(out)
+    }
+
+    /// Network `name` and every other record of this namespace, from one
+    /// read: a connect needs both, and decoding (or copying) a network of
+    /// thousands of endpoints twice was most of what grew with its size.
+    pub fn network_among<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<(T, Vec<T>)>, StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_table(NETWORKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(err(e.into())),
+        };
+        let Some(wanted) = self.existing_key(&table, name).map_err(|e| err(e.into()))? else {
+            return Ok(None);
+        };
+        let mut others: Vec<T> = Vec::new();
+        let mut found = None;
+        for entry in table.iter().map_err(|e| err(e.into()))? {
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            if !self.owns(key.value()) {
+                continue;
+            }
+            let record = self.decode_record(key.value(), value.value())?;
+            if key.value() == wanted {
+                found = Some(record);
+            } else {
+                others.push(record);
+            }
+        }
+        Ok(found.map(|record| (record, others)))
     }
 
     pub fn network<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
@@ -361,7 +399,9 @@ impl Store {
             return Ok(None);
         };
         let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
-        value.map(|v| self.decode(name, v.value())).transpose()
+        value
+            .map(|v| self.decode_record(name, v.value()))
+            .transpose()
     }
 
     /// Where a record named `name` is written: its current key, or the
@@ -374,6 +414,13 @@ impl Store {
         Ok(self
             .existing_key(table, name)?
             .unwrap_or_else(|| network_key(&self.scopes[0], name)))
+    }
+
+    /// A network record, counted (`records_decoded`).
+    fn decode_record<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        self.records_decoded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.decode(key, bytes)
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -660,11 +707,17 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// Says what the command cost in fsynced commits (`RUST_LOG=netvlan::store=debug`).
+    /// Says what the command cost in fsynced commits and decoded records
+    /// (`RUST_LOG=netvlan::store=debug`).
     fn drop(&mut self) {
         if let Db::Write(_) = self.db {
             tracing::debug!("durable commits: {}", self.durable_commits());
         }
+        tracing::debug!(
+            "records decoded: {}",
+            self.records_decoded
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
 }
 

@@ -82,6 +82,59 @@ fn durable_commits(run: &netvlan_tests::Run) -> usize {
 
 const STORE_DEBUG: (&str, &str) = ("RUST_LOG", "netvlan::store=debug");
 
+/// The network records a command decoded (`RUST_LOG=netvlan::store=debug`).
+fn records_decoded(run: &netvlan_tests::Run) -> usize {
+    run.stderr
+        .lines()
+        .filter_map(|l| l.split("records decoded: ").nth(1))
+        .map(|n| n.trim().parse::<usize>().expect("a count"))
+        .sum()
+}
+
+#[test]
+fn a_connect_and_a_disconnect_decode_each_network_record_once() {
+    // A network of thousands of endpoints is one record: reading it twice
+    // (the network, then every network for the wire) was most of what a
+    // connect's cost grew by with the endpoints present.
+    let lan = netvlan_tests::Lan::new(false);
+    for (subnet, name) in [("10.62.0.0/24", "decoded"), ("10.63.0.0/24", "beside")] {
+        lan.netvlan(&[
+            "network",
+            "create",
+            "--subnet",
+            subnet,
+            "-o",
+            "parent=eth0",
+            name,
+        ])
+        .ok();
+    }
+    let present: Vec<_> = (0..3).map(|_| lan.container(false)).collect();
+    for c in &present {
+        lan.netvlan(&["connect", "decoded", c.name()]).ok();
+    }
+    let c = lan.container(false);
+    let connect = lan
+        .netvlan_env(&[STORE_DEBUG], &["connect", "decoded", c.name()])
+        .ok();
+    assert_eq!(records_decoded(&connect), 2, "connect:\n{}", connect.stderr);
+    let disconnect = lan
+        .netvlan_env(&[STORE_DEBUG], &["disconnect", "decoded", c.name()])
+        .ok();
+    assert_eq!(
+        records_decoded(&disconnect),
+        2,
+        "disconnect:\n{}",
+        disconnect.stderr
+    );
+    for c in &present {
+        lan.netvlan(&["disconnect", "decoded", c.name()]).ok();
+    }
+    for name in ["decoded", "beside"] {
+        lan.netvlan(&["network", "rm", name]).ok();
+    }
+}
+
 #[test]
 fn a_connect_and_a_disconnect_make_one_durable_commit_each() {
     let lan = netvlan_tests::Lan::new(false);

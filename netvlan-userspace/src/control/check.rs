@@ -223,9 +223,8 @@ impl Manager {
             }
         }
         // Registrations neither an endpoint nor the host accounts for.
-        let records: Vec<NetworkRecord> = on_wire.iter().map(|n| (*n).clone()).collect();
-        let host = self.host_links(&link, &records).await?;
-        if let Ok(expected) = super::wire_policy::wire_policy(wire, &records, &host) {
+        let host = self.host_links(&link, &on_wire).await?;
+        if let Ok(expected) = super::wire_policy::wire_policy(wire, &on_wire, &host) {
             for stale in registered.stored.difference(&expected.registered) {
                 drifts.push(Drift {
                     network: record.name.clone(),

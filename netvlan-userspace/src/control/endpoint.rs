@@ -134,9 +134,9 @@ pub struct ConnectRequest {
 
 /// The `connected` order of an endpoint joining now: after every endpoint
 /// of `all` networks (a sandbox's default route follows the first one).
-pub(super) fn next_connected(all: &[NetworkRecord]) -> u64 {
+pub(super) fn next_connected<'a>(all: impl IntoIterator<Item = &'a NetworkRecord>) -> u64 {
     1 + all
-        .iter()
+        .into_iter()
         .flat_map(|n| n.endpoints.values())
         .map(|e| e.connected)
         .max()
@@ -243,7 +243,7 @@ impl Manager {
         {
             return Err(InvalidRequest::BadEndpointId(endpoint_id).into());
         }
-        let mut record = self.network(&request.network)?;
+        let (mut record, others) = self.network_among(&request.network)?;
         let sandbox = Sandbox::resolve(&request.sandbox)?;
         let here = NetnsId::current().map_err(|source| crate::sys::netns::NetnsError::Open {
             path: "/proc/thread-self/ns/net".into(),
@@ -339,7 +339,6 @@ impl Manager {
 
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
         let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
-        let all = self.networks()?;
         let mut endpoint = Endpoint {
             id: endpoint_id.clone(),
             sandbox: sandbox.key.clone(),
@@ -350,14 +349,14 @@ impl Manager {
             ipv6,
             ifindex: 0,
             netns: Some(sandbox.id),
-            connected: next_connected(&all),
+            connected: next_connected(others.iter().chain([&record])),
             staged: false,
             container_id: request.container_id.clone().unwrap_or_default(),
             name: request.name.clone().unwrap_or_default(),
         };
         // A family whose default route another network of the sandbox
         // already holds gets none here.
-        let routes = held_routes(&all, &record, &endpoint);
+        let routes = held_routes(&others, &record, &endpoint);
         let alias = owner_alias(&endpoint_id);
         let temp_name = temp_link_name();
         let mut log = OperationLog::new(self.store());
@@ -402,7 +401,7 @@ impl Manager {
         let routed = self.route_endpoint(&record, &addresses, &mut log).await;
         let synced = match routed {
             Ok(()) => {
-                self.sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+                self.sync_wire(&record.parent.wire, &wire_after(&others, &record, false))
                     .await
             }
             Err(e) => Err(e),
@@ -416,7 +415,7 @@ impl Manager {
             let _ = self
                 .sync_wire(
                     &record.parent.wire,
-                    &wire_after(&all, &self.network(&record.name)?, false),
+                    &wire_after(&others, &self.network(&record.name)?, false),
                 )
                 .await;
             return Err(log.undo(self.netlink(), self.datapath(), e).await);
@@ -435,7 +434,7 @@ impl Manager {
         sandbox: &str,
         force: bool,
     ) -> Result<Endpoint, NetworkError> {
-        let mut record = self.network(network)?;
+        let (mut record, others) = self.network_among(network)?;
         let key = endpoint_key(&record, sandbox);
         let Some(endpoint) = record.endpoints.get(&key).cloned() else {
             return Err(NetworkError::NotConnected {
@@ -450,9 +449,8 @@ impl Manager {
                 sandbox: key,
             });
         }
-        let all = self.networks()?;
         let held = if alive {
-            held_routes(&all, &record, &endpoint)
+            held_routes(&others, &record, &endpoint)
         } else {
             Vec::new()
         };
@@ -489,17 +487,7 @@ impl Manager {
             // Already free (e.g. a state written by hand) is fine here.
             let _ = record.ipam.release(net.addr());
         }
-        let after: Vec<NetworkRecord> = all
-            .into_iter()
-            .map(|n| {
-                if n.name == record.name {
-                    record.clone()
-                } else {
-                    n
-                }
-            })
-            .collect();
-        self.sync_wire(&record.parent.wire, &wire_after(&after, &record, false))
+        self.sync_wire(&record.parent.wire, &wire_after(&others, &record, false))
             .await?;
         self.store().put_network(&record.name, &record)?;
         let addresses: Vec<IpAddr> = endpoint
@@ -513,6 +501,7 @@ impl Manager {
             tracing::warn!("disconnect: {e}");
         }
         if !held.is_empty() {
+            let after: Vec<NetworkRecord> = others.into_iter().chain([record]).collect();
             self.move_default_routes(&after, &endpoint, &held).await?;
         }
         Ok(endpoint)

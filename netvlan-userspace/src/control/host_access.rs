@@ -452,10 +452,9 @@ impl Manager {
         all.push(new.clone());
         let made = match self.ensure_host_access(&new, Some(&mut log)).await {
             Ok(_) => {
-                let on_wire: Vec<NetworkRecord> = all
+                let on_wire: Vec<&NetworkRecord> = all
                     .iter()
                     .filter(|n| n.parent.wire == new.parent.wire)
-                    .cloned()
                     .collect();
                 match self.sync_wire(&new.parent.wire, &on_wire).await {
                     Ok(()) => super::failpoint::failpoint("update-before-persist")

@@ -212,6 +212,17 @@ impl Manager {
             .ok_or_else(|| NetworkError::UnknownNetwork(name.into()))
     }
 
+    /// Network `name` and every other network of this namespace, decoded
+    /// once ([`Store::network_among`]).
+    pub fn network_among(
+        &self,
+        name: &str,
+    ) -> Result<(NetworkRecord, Vec<NetworkRecord>), NetworkError> {
+        self.store
+            .network_among(name)?
+            .ok_or_else(|| NetworkError::UnknownNetwork(name.into()))
+    }
+
     /// Sets (`Some`) or removes (`None`) labels of network `name`: one
     /// durable write, nothing in the kernel. The Docker plugin binds a
     /// Docker network to a network the CLI made this way.
@@ -615,9 +626,11 @@ impl Manager {
 }
 
 /// Each network's name, wire and options, for the checks that span a wire.
-fn on_wires(records: &[NetworkRecord]) -> impl Iterator<Item = (&str, &str, &NetworkOptions)> {
+fn on_wires<'a>(
+    records: impl IntoIterator<Item = &'a NetworkRecord>,
+) -> impl Iterator<Item = (&'a str, &'a str, &'a NetworkOptions)> {
     records
-        .iter()
+        .into_iter()
         .map(|n| (n.name.as_str(), n.parent.wire.as_str(), &n.options))
 }
 

@@ -77,11 +77,8 @@ impl Manager {
         // (a no-op where they are already right).
         let all = self.networks()?;
         for wire in wires {
-            let on_wire: Vec<NetworkRecord> = all
-                .iter()
-                .filter(|n| n.parent.wire == wire)
-                .cloned()
-                .collect();
+            let on_wire: Vec<&NetworkRecord> =
+                all.iter().filter(|n| n.parent.wire == wire).collect();
             if let Err(e) = self.sync_wire(&wire, &on_wire).await {
                 actions.push(RestoreAction {
                     network: on_wire.first().map(|n| n.name.clone()).unwrap_or_default(),

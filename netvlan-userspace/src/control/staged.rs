@@ -94,7 +94,7 @@ impl Manager {
         &self,
         request: StageRequest,
     ) -> Result<(NetworkRecord, Endpoint), NetworkError> {
-        let mut record = self.network(&request.network)?;
+        let (mut record, others) = self.network_among(&request.network)?;
         if record.endpoints.contains_key(&request.key) {
             return Err(NetworkError::AlreadyConnected {
                 network: record.name,
@@ -127,7 +127,6 @@ impl Manager {
         let parent = self.parent_link(&record.parent.link).await?;
         let ipv4 = ipv4.map(|ip| with_prefix(&record, ip));
         let ipv6 = ipv6.map(|ip| with_prefix(&record, ip));
-        let all = self.networks()?;
         let alias = owner_alias(&request.id);
         let mut log = OperationLog::new(self.store());
         log.record(Operation::HostLink {
@@ -177,7 +176,7 @@ impl Manager {
             ipv6,
             ifindex: attached.map_or(0, |(_, ifindex)| ifindex),
             netns: attached.map(|(netns, _)| netns),
-            connected: next_connected(&all),
+            connected: next_connected(others.iter().chain([&record])),
             staged: true,
             // Docker's endpoint id is the key already; CNI's GC never
             // sees Docker's endpoints.
@@ -191,7 +190,7 @@ impl Manager {
         let mut done = self.route_endpoint(&record, &addresses, &mut log).await;
         if done.is_ok() {
             done = self
-                .sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+                .sync_wire(&record.parent.wire, &wire_after(&others, &record, false))
                 .await;
         }
         if done.is_ok() {
@@ -204,7 +203,7 @@ impl Manager {
             let _ = self
                 .sync_wire(
                     &record.parent.wire,
-                    &wire_after(&all, &self.network(&record.name)?, false),
+                    &wire_after(&others, &self.network(&record.name)?, false),
                 )
                 .await;
             if let Some((netns, ifindex)) = attached {

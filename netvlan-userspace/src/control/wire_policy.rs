@@ -18,25 +18,24 @@ use netvlan_common::maps::{DstKey, MAC_LEARN_BUDGET};
 
 /// The networks on `wire` once `changed` is written (or removed, when
 /// `removed` is true).
-pub(super) fn wire_after(
-    all: &[NetworkRecord],
-    changed: &NetworkRecord,
+pub(super) fn wire_after<'a>(
+    all: &'a [NetworkRecord],
+    changed: &'a NetworkRecord,
     removed: bool,
-) -> Vec<NetworkRecord> {
-    let mut out: Vec<NetworkRecord> = all
+) -> Vec<&'a NetworkRecord> {
+    let mut out: Vec<&NetworkRecord> = all
         .iter()
         .filter(|n| n.name != changed.name && n.parent.wire == changed.parent.wire)
-        .cloned()
         .collect();
     if !removed {
-        out.push(changed.clone());
+        out.push(changed);
     }
     out
 }
 
 /// Only ipvlan's unknown-destination drop looks at addresses; the host's
 /// own on the wire and parents stay reachable under it.
-fn matches_by_ip(records: &[NetworkRecord]) -> bool {
+fn matches_by_ip(records: &[&NetworkRecord]) -> bool {
     records
         .iter()
         .any(|r| r.options.driver == Driver::Ipvlan && r.options.policy.unknown_dst_drop)
@@ -55,14 +54,14 @@ pub(super) struct HostLinks {
 /// there: pure, so every rule of combining networks is unit-tested.
 pub(super) fn wire_policy(
     wire: &str,
-    records: &[NetworkRecord],
+    records: &[&NetworkRecord],
     host: &HostLinks,
 ) -> Result<WirePolicy, OptionError> {
     let mut policy = WirePolicy::default();
     // The host's own MACs are destinations untagged and on every VLAN a
     // network of the wire uses (its VLAN links share the wire's MAC).
     let vlans: std::collections::BTreeSet<u16> = std::iter::once(0)
-        .chain(records.iter().map(vlan_of))
+        .chain(records.iter().map(|r| vlan_of(r)))
         .collect();
     for vid in vlans {
         policy
@@ -254,7 +253,7 @@ impl Manager {
     pub(super) async fn host_links(
         &self,
         wire_link: &crate::sys::netlink::LinkInfo,
-        records: &[NetworkRecord],
+        records: &[&NetworkRecord],
     ) -> Result<HostLinks, NetworkError> {
         let by_ip = matches_by_ip(records);
         let mut links = vec![wire_link.clone()];
@@ -289,7 +288,7 @@ impl Manager {
     pub(super) async fn sync_wire(
         &self,
         wire: &str,
-        records: &[NetworkRecord],
+        records: &[&NetworkRecord],
     ) -> Result<(), NetworkError> {
         let wire_link = match self.netlink().link_by_name(wire).await {
             Ok(link) => link,
@@ -310,8 +309,9 @@ impl Manager {
             Err(DatapathError::NotAttached { .. }) => {
                 tracing::warn!("netvlan's datapath was missing on {wire}; attaching it again");
                 // At the hook the wire's networks asked for, if any did.
-                let hook = super::options::wire_hook(super::on_wires(records), wire)
-                    .map_or(crate::datapath::Hook::Auto, |(hook, _)| hook);
+                let hook =
+                    super::options::wire_hook(super::on_wires(records.iter().copied()), wire)
+                        .map_or(crate::datapath::Hook::Auto, |(hook, _)| hook);
                 self.datapath()
                     .attach_at(wire, crate::datapath::AttachMode::Auto, hook)
                     .await?;
@@ -340,11 +340,8 @@ impl Manager {
             networks.iter().map(|n| n.parent.wire.as_str()).collect();
         let mut rewritten = Vec::new();
         for wire in wires {
-            let on_wire: Vec<NetworkRecord> = networks
-                .iter()
-                .filter(|n| n.parent.wire == wire)
-                .cloned()
-                .collect();
+            let on_wire: Vec<&NetworkRecord> =
+                networks.iter().filter(|n| n.parent.wire == wire).collect();
             match self.rewrite_if_attached(wire, &on_wire).await {
                 Ok(true) => rewritten.push(wire.to_string()),
                 Ok(false) => {}
@@ -359,7 +356,7 @@ impl Manager {
     async fn rewrite_if_attached(
         &self,
         wire: &str,
-        records: &[NetworkRecord],
+        records: &[&NetworkRecord],
     ) -> Result<bool, NetworkError> {
         let wire_link = match self.netlink().link_by_name(wire).await {
             Ok(link) => link,
@@ -411,14 +408,13 @@ impl Manager {
         network: &str,
         settings: &[String],
     ) -> Result<NetworkRecord, NetworkError> {
-        let mut record = self.network(network)?;
+        let (mut record, others) = self.network_among(network)?;
         let raw = parse_policy_settings(settings)?;
         let previous = record.clone();
         record.options.policy.update(&raw)?;
-        let all = self.networks()?;
         let keys: Vec<&str> = raw.keys().map(String::as_str).collect();
         check_policy_scope(
-            &all,
+            &others,
             &record.name,
             &record.parent,
             &keys,
@@ -427,7 +423,7 @@ impl Manager {
         )?;
         record.options.raw.extend(raw);
         let synced = match self
-            .sync_wire(&record.parent.wire, &wire_after(&all, &record, false))
+            .sync_wire(&record.parent.wire, &wire_after(&others, &record, false))
             .await
         {
             Ok(()) => {
@@ -438,14 +434,20 @@ impl Manager {
         };
         if let Err(e) = synced {
             let _ = self
-                .sync_wire(&previous.parent.wire, &wire_after(&all, &previous, false))
+                .sync_wire(
+                    &previous.parent.wire,
+                    &wire_after(&others, &previous, false),
+                )
                 .await;
             return Err(e);
         }
         if let Err(e) = self.store().put_network(&record.name, &record) {
             // Put the old policy back in force before reporting.
             let _ = self
-                .sync_wire(&previous.parent.wire, &wire_after(&all, &previous, false))
+                .sync_wire(
+                    &previous.parent.wire,
+                    &wire_after(&others, &previous, false),
+                )
                 .await;
             return Err(e.into());
         }
@@ -486,7 +488,7 @@ mod tests {
             endpoint("db", "02:42:0a:01:00:03", "10.1.0.3/24"),
         );
         let other = on_vlan(network("v40", Driver::Ipvlan, "10.40.0.0/24", &[]), 40);
-        let policy = wire_policy("eth0", &[tagged, plain, other], &host()).unwrap();
+        let policy = wire_policy("eth0", &[&tagged, &plain, &other], &host()).unwrap();
         assert_eq!(
             policy.registered,
             [
@@ -515,7 +517,7 @@ mod tests {
             "web".into(),
             endpoint("web", "02:42:0a:01:00:02", "10.1.0.2/24"),
         );
-        let policy = wire_policy("eth0", &[lan], &host()).unwrap();
+        let policy = wire_policy("eth0", &[&lan], &host()).unwrap();
         assert_eq!(
             policy.registered,
             [on(0, HOST_MAC), on(0, [0x02, 0x42, 10, 1, 0, 2])].into()
@@ -533,7 +535,7 @@ mod tests {
         let mut lan = network("lan", Driver::Ipvlan, "10.1.0.0/24", &["unknown_dst=drop"]);
         lan.endpoints
             .insert("web".into(), endpoint("web", "", "10.1.0.2/24"));
-        let policy = wire_policy("eth0", &[lan], &host()).unwrap();
+        let policy = wire_policy("eth0", &[&lan], &host()).unwrap();
         assert_eq!(
             policy.registered_ips,
             ["10.1.0.2".parse().unwrap(), "10.1.0.254".parse().unwrap()].into()
@@ -555,7 +557,7 @@ mod tests {
             &["max_macs=10", "max_macs_action=count"],
         );
         let b = network("b", Driver::Macvlan, "10.2.0.0/24", &["max_macs=4"]);
-        let policy = wire_policy("eth0", &[a, b], &host()).unwrap();
+        let policy = wire_policy("eth0", &[&a, &b], &host()).unwrap();
         assert_eq!(
             policy.mac_guards[&0],
             MacGuard {
@@ -570,7 +572,7 @@ mod tests {
     fn a_vlan_list_turns_the_filter_on_for_the_wire() {
         let a = network("a", Driver::Macvlan, "10.1.0.0/24", &["vlans=20,30"]);
         let b = network("b", Driver::Macvlan, "10.2.0.0/24", &[]);
-        let policy = wire_policy("eth0", &[a, b], &host()).unwrap();
+        let policy = wire_policy("eth0", &[&a, &b], &host()).unwrap();
         assert!(policy.vlan_filter);
         assert_eq!(policy.allowed_vlans, [0, 20, 30].into());
     }
@@ -595,7 +597,7 @@ mod tests {
             base: "eth0".into(),
             vid: 20,
         };
-        let err = wire_policy("eth0", &[a, b], &host()).unwrap_err();
+        let err = wire_policy("eth0", &[&a, &b], &host()).unwrap_err();
         assert!(err.to_string().contains("eth0"), "{err}");
     }
 }
