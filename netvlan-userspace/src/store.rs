@@ -49,6 +49,11 @@ const PENDING: &str = "pending";
 const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
 /// The journal file inside the state directory (see the module doc).
 const JOURNAL_FILE: &str = "journal";
+/// How many write transactions the database has committed, under
+/// [`CHANGES_KEY`]: a reader that keeps what it decoded (the daemon's
+/// scrapes) decodes again only when this moved.
+const CHANGES: TableDefinition<&str, u64> = TableDefinition::new("changes");
+const CHANGES_KEY: &str = "commits";
 
 /// The journal file: per namespace (journal key), the intents of its
 /// command in flight and the generation its commit will have.
@@ -209,9 +214,20 @@ impl Store {
         state_dir: &Path,
         patience: std::time::Duration,
     ) -> Result<Option<Self>, StoreError> {
+        Self::open_within_scoped(state_dir, patience, None)
+    }
+
+    /// As [`Store::open_within`], for the namespace known by `scopes` when
+    /// given (a long-lived reader that knows them already: finding a
+    /// namespace's names looks at every named namespace of the host).
+    pub fn open_within_scoped(
+        state_dir: &Path,
+        patience: std::time::Duration,
+        scopes: Option<Vec<NetnsScope>>,
+    ) -> Result<Option<Self>, StoreError> {
         let deadline = std::time::Instant::now() + patience;
         if state_dir.join(DB_FILE).exists() {
-            match Self::open_locking(state_dir, Some(patience), None, Access::Read) {
+            match Self::open_locking(state_dir, Some(patience), scopes.clone(), Access::Read) {
                 Err(StoreError::Database { source, .. })
                     if matches!(*source, redb::Error::RepairAborted) =>
                 {
@@ -221,7 +237,31 @@ impl Store {
             }
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        Self::open_locking(state_dir, Some(left), None, Access::Write)
+        Self::open_locking(state_dir, Some(left), scopes, Access::Write)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the namespace answers to, the scope new records go under first.
+    pub fn scopes(&self) -> &[NetnsScope] {
+        &self.scopes
+    }
+
+    /// Write transactions committed to the database so far (by any
+    /// namespace): unchanged means every record reads as it did.
+    pub fn changes(&self) -> Result<u64, StoreError> {
+        let err = self.db_err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_table(CHANGES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(err(e.into())),
+        };
+        let count = table.get(CHANGES_KEY).map_err(|e| err(e.into()))?;
+        Ok(count.map_or(0, |c| c.value()))
     }
 
     fn open_locking(
@@ -487,6 +527,16 @@ impl Store {
         };
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
         f(&txn).map_err(&err)?;
+        {
+            let mut changes = txn.open_table(CHANGES).map_err(|e| err(e.into()))?;
+            let count = changes
+                .get(CHANGES_KEY)
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |c| c.value());
+            changes
+                .insert(CHANGES_KEY, count + 1)
+                .map_err(|e| err(e.into()))?;
+        }
         txn.commit().map_err(|e| err(e.into()))?;
         self.durable_commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -16,7 +16,7 @@ use crate::{
 
 /// How long the report waits for the state lock before it gives up on
 /// endpoint names: counters never wait behind a long command.
-const STATE_PATIENCE: Duration = Duration::from_secs(1);
+pub const STATE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The counters of every attachment (or of `iface` alone), with the MACs
 /// and links of the endpoints stored in `state_dir` named, when there is

@@ -11,6 +11,8 @@
 //! - [`client`]: the CLI's side of that API.
 //! - [`commands`]: the commands the CLI hands it (connect, disconnect).
 //! - [`wire_log`]: the wires' debug records, forwarded into its log.
+//! - [`stored`]: the stored networks its readers share, decoded again
+//!   only when the store changed.
 //! - With `--docker-plugin`: Docker's network driver ([`crate::docker`])
 //!   on its own socket, its calls run on the command thread with the
 //!   commands' datapath, one call or command at a time.
@@ -20,6 +22,7 @@ pub mod client;
 pub mod commands;
 pub mod metrics;
 pub mod page;
+pub mod stored;
 pub mod wire_log;
 
 use std::{
@@ -51,6 +54,8 @@ pub struct Shared {
     pub metrics: metrics::ScrapeState,
     /// The endpoints' counter maps, kept open between scrapes.
     pub endpoint_maps: Arc<Mutex<EndpointMaps>>,
+    /// The stored networks, kept between reads.
+    pub networks: Arc<stored::StoredNetworks>,
     /// Where the CLI's `connect` and `disconnect` run.
     pub commands: commands::Commands,
     /// The Docker plugin this daemon serves, if it does.
@@ -98,10 +103,19 @@ pub(crate) async fn stats_report(
     let bpf_dir = shared.datapath.bpf_dir().to_path_buf();
     let state_dir = shared.state_dir.clone();
     let endpoints = shared.endpoint_maps.clone();
+    let stored = shared.networks.clone();
     off_loop(move || {
-        let networks = report::stored_networks(&state_dir)?;
+        let networks = match stored.read(&state_dir, report::STATE_PATIENCE)? {
+            stored::Stored::Networks(networks) => Some(networks),
+            stored::Stored::Absent | stored::Stored::Busy => None,
+        };
         let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        report::read(&attachments, &bpf_dir, networks.as_deref(), &mut endpoints)
+        report::read(
+            &attachments,
+            &bpf_dir,
+            networks.as_deref().map(|n| &n[..]),
+            &mut endpoints,
+        )
     })
     .await
 }
@@ -244,6 +258,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         identity,
         metrics: Default::default(),
         endpoint_maps: Arc::new(Mutex::new(EndpointMaps::new(open_map_budget()))),
+        networks: Default::default(),
         commands,
         docker_plugin,
     });

@@ -33,7 +33,7 @@ use netvlan_common::{
 use serde::Serialize;
 
 use super::Shared;
-use crate::{control::NetworkRecord, datapath::counters::StatsReport, store::Store};
+use crate::datapath::counters::StatsReport;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_JS: &str = include_str!("page/page.js");
@@ -192,12 +192,9 @@ pub struct Snapshot {
 }
 
 fn networks(shared: &Shared) -> Vec<NetworkView> {
-    if !Store::exists(&shared.state_dir) {
-        return Vec::new();
-    }
-    let records = match Store::open_within(&shared.state_dir, STATE_PATIENCE) {
-        Ok(Some(store)) => store.networks::<NetworkRecord>(),
-        Ok(None) => return Vec::new(),
+    let records = match shared.networks.read(&shared.state_dir, STATE_PATIENCE) {
+        Ok(super::stored::Stored::Networks(records)) => Ok(records),
+        Ok(super::stored::Stored::Absent | super::stored::Stored::Busy) => return Vec::new(),
         Err(e) => Err(e),
     };
     match records {

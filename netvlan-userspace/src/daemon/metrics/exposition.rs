@@ -264,7 +264,7 @@ pub fn encode(snapshot: &Snapshot, errors: u64, started: Instant) -> String {
         }
     }
 
-    for network in &snapshot.networks {
+    for network in snapshot.networks.iter() {
         endpoints
             .get_or_create(&NetworkLabels {
                 network: network.name.clone(),

@@ -1,21 +1,24 @@
 //! What one scrape reads: the stats report (the counters `netvlan stats
-//! --json` prints), the stored networks (IPAM, endpoints) and how full
+//! --json` prints), the stored networks (IPAM, endpoints; decoded again
+//! only when the store changed, see [`crate::daemon::stored`]) and how full
 //! each wire's fillable maps are. A part that fails is logged and
 //! counted, and the rest is still read.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use aya::maps::MapData;
 use netvlan_common::maps;
 
 use crate::{
     control::{report, NetworkRecord},
-    daemon::Shared,
+    daemon::{
+        stored::{Stored, StoredNetworks},
+        Shared,
+    },
     datapath::{
         counters::{EndpointMaps, StatsReport},
         policy_maps, Attachment, DatapathError, InterfacePins,
     },
-    store::Store,
     sys::bpf_batch::BatchMap,
 };
 
@@ -50,8 +53,8 @@ pub struct Snapshot {
     /// The counters, if they could be read.
     pub report: Option<StatsReport>,
     /// The stored networks (empty when there is no state or it could not
-    /// be read).
-    pub networks: Vec<NetworkRecord>,
+    /// be read), shared with the daemon's other readers.
+    pub networks: Arc<Vec<NetworkRecord>>,
     pub maps: Vec<MapFill>,
     /// Trace events each parent's ring lost (parent, total).
     pub trace_lost: Vec<(String, u64)>,
@@ -75,9 +78,10 @@ pub async fn take(shared: &Shared) -> Snapshot {
     let bpf_dir = shared.datapath.bpf_dir().to_path_buf();
     let state_dir = shared.state_dir.clone();
     let endpoints = shared.endpoint_maps.clone();
+    let stored = shared.networks.clone();
     crate::daemon::off_loop(move || {
         let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        read(&attachments, &bpf_dir, &state_dir, &mut endpoints)
+        read(&attachments, &bpf_dir, &state_dir, &stored, &mut endpoints)
     })
     .await
 }
@@ -94,27 +98,24 @@ fn read(
     attachments: &[(Attachment, InterfacePins)],
     bpf_dir: &Path,
     state_dir: &Path,
+    stored: &StoredNetworks,
     endpoints: &mut EndpointMaps,
 ) -> Snapshot {
     let mut snapshot = Snapshot::default();
     let mut named = false;
-    if Store::exists(state_dir) {
-        match Store::open_within(state_dir, STATE_PATIENCE) {
-            Ok(Some(store)) => match store.networks::<NetworkRecord>() {
-                Ok(networks) => {
-                    snapshot.networks = networks;
-                    named = true;
-                }
-                Err(e) => snapshot.errors += failed("the stored networks", &e),
-            },
-            Ok(None) => {
-                tracing::warn!("metrics: another netvlan command holds the state; IPAM and endpoint gauges skipped");
-                snapshot.errors += 1;
-            }
-            Err(e) => snapshot.errors += failed("the state", &e),
+    match stored.read(state_dir, STATE_PATIENCE) {
+        Ok(Stored::Networks(networks)) => {
+            snapshot.networks = networks;
+            named = true;
         }
+        Ok(Stored::Absent) => {}
+        Ok(Stored::Busy) => {
+            tracing::warn!("metrics: another netvlan command holds the state; IPAM and endpoint gauges skipped");
+            snapshot.errors += 1;
+        }
+        Err(e) => snapshot.errors += failed("the stored networks", &e),
     }
-    let networks = named.then_some(snapshot.networks.as_slice());
+    let networks = named.then_some(&snapshot.networks[..]);
     match report::read(attachments, bpf_dir, networks, endpoints) {
         Ok(report) => snapshot.report = Some(report),
         Err(e) => snapshot.errors += failed("the counters", &e),
