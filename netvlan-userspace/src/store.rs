@@ -253,15 +253,27 @@ impl Store {
     /// Write transactions committed to the database so far (by any
     /// namespace): unchanged means every record reads as it did.
     pub fn changes(&self) -> Result<u64, StoreError> {
+        let Some(table) = self.read_table(CHANGES)? else {
+            return Ok(0);
+        };
+        let count = table
+            .get(CHANGES_KEY)
+            .map_err(|e| self.db_err()(e.into()))?;
+        Ok(count.map_or(0, |c| c.value()))
+    }
+
+    /// `definition`'s table as of now, `None` before anything wrote it.
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
         let err = self.db_err();
         let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = match txn.open_table(CHANGES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(err(e.into())),
-        };
-        let count = table.get(CHANGES_KEY).map_err(|e| err(e.into()))?;
-        Ok(count.map_or(0, |c| c.value()))
+        match txn.open_table(definition) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(err(e.into())),
+        }
     }
 
     fn open_locking(
@@ -377,11 +389,8 @@ impl Store {
     /// Every network record of this namespace, by name.
     pub fn networks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let err = self.db_err();
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = match txn.open_table(NETWORKS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e.into())),
+        let Some(table) = self.read_table(NETWORKS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| err(e.into()))? {
@@ -401,11 +410,8 @@ impl Store {
         name: &str,
     ) -> Result<Option<(T, Vec<T>)>, StoreError> {
         let err = self.db_err();
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = match txn.open_table(NETWORKS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err(e.into())),
+        let Some(table) = self.read_table(NETWORKS)? else {
+            return Ok(None);
         };
         let Some(wanted) = self.existing_key(&table, name).map_err(|e| err(e.into()))? else {
             return Ok(None);
@@ -429,11 +435,8 @@ impl Store {
 
     pub fn network<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
         let err = self.db_err();
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = match txn.open_table(NETWORKS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err(e.into())),
+        let Some(table) = self.read_table(NETWORKS)? else {
+            return Ok(None);
         };
         let Some(key) = self.existing_key(&table, name).map_err(|e| err(e.into()))? else {
             return Ok(None);
@@ -554,11 +557,8 @@ impl Store {
     /// namespace whose journal key is `key` (0: none yet).
     fn generation(&self, key: &str) -> Result<u64, StoreError> {
         let err = self.db_err();
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = match txn.open_table(GENERATIONS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(err(e.into())),
+        let Some(table) = self.read_table(GENERATIONS)? else {
+            return Ok(0);
         };
         let value = table.get(key).map_err(|e| err(e.into()))?;
         Ok(value.map(|v| v.value()).unwrap_or(0))
@@ -626,11 +626,8 @@ impl Store {
     /// kept it) holds an entry of this namespace.
     fn has_table_journal(&self) -> Result<bool, StoreError> {
         let err = self.db_err();
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = match txn.open_table(JOURNAL) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(err(e.into())),
+        let Some(table) = self.read_table(JOURNAL)? else {
+            return Ok(false);
         };
         for scope in &self.scopes {
             if table
@@ -650,22 +647,16 @@ impl Store {
     pub fn journal<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let mut intents = Vec::new();
         // Left by a version that kept the journal in the database.
-        let err = self.db_err();
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        match txn.open_table(JOURNAL) {
-            Ok(table) => {
-                for scope in &self.scopes {
-                    let key = journal_key(scope);
-                    let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
-                    if let Some(v) = value {
-                        intents.extend(self.decode::<Vec<T>>(&key, v.value())?);
-                    }
+        if let Some(table) = self.read_table(JOURNAL)? {
+            let err = self.db_err();
+            for scope in &self.scopes {
+                let key = journal_key(scope);
+                let value = table.get(key.as_str()).map_err(|e| err(e.into()))?;
+                if let Some(v) = value {
+                    intents.extend(self.decode::<Vec<T>>(&key, v.value())?);
                 }
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(err(e.into())),
         }
-        drop(txn);
         let mut file = self.read_journal_file()?;
         for scope in &self.scopes {
             let key = journal_key(scope);

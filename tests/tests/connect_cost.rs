@@ -65,12 +65,7 @@ fn loading_the_endpoint_programs_reads_the_kernel_btf_once_per_process() {
 /// The durable (fsynced) store commits a command reported on its way out
 /// (`RUST_LOG=netvlan::store=debug`).
 fn durable_commits(run: &netvlan_tests::Run) -> usize {
-    let counts: Vec<usize> = run
-        .stderr
-        .lines()
-        .filter_map(|l| l.split("durable commits: ").nth(1))
-        .map(|n| n.trim().parse().expect("a count"))
-        .collect();
+    let counts = reported(run, "durable commits: ");
     assert_eq!(
         counts.len(),
         1,
@@ -84,11 +79,16 @@ const STORE_DEBUG: (&str, &str) = ("RUST_LOG", "netvlan::store=debug");
 
 /// The network records a command decoded (`RUST_LOG=netvlan::store=debug`).
 fn records_decoded(run: &netvlan_tests::Run) -> usize {
+    reported(run, "records decoded: ").iter().sum()
+}
+
+/// Every count the store logged after `label` on the command's stderr.
+fn reported(run: &netvlan_tests::Run, label: &str) -> Vec<usize> {
     run.stderr
         .lines()
-        .filter_map(|l| l.split("records decoded: ").nth(1))
-        .map(|n| n.trim().parse::<usize>().expect("a count"))
-        .sum()
+        .filter_map(|l| l.split(label).nth(1))
+        .map(|n| n.trim().parse().expect("a count"))
+        .collect()
 }
 
 #[test]

@@ -113,7 +113,7 @@ pub(crate) async fn stats_report(
         report::read(
             &attachments,
             &bpf_dir,
-            networks.as_deref().map(|n| &n[..]),
+            networks.as_ref().map(|n| n.as_slice()),
             &mut endpoints,
         )
     })
