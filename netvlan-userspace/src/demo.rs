@@ -325,7 +325,11 @@ impl Demo {
             let datapath = Datapath::open(&bpf)?;
             let mut interfaces = Vec::new();
             for (attachment, pins) in datapath.attachments(None).await? {
-                interfaces.push(counters::read(&attachment, &pins)?);
+                interfaces.push(counters::read(
+                    &attachment,
+                    &pins,
+                    counters::Detail::PerDestination,
+                )?);
             }
             let records = Store::open(&state)?.networks::<crate::control::NetworkRecord>()?;
             Ok::<_, DemoError>((records, interfaces))

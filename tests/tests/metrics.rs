@@ -665,6 +665,75 @@ fn a_scrape_that_cannot_read_a_map_counts_an_error_and_serves_the_rest() {
     scene.lan.netvlan(&["network", "rm", NETWORK]).ok();
 }
 
+/// The pin directory of `ns`'s one endpoint (`net-<its inode>/egress-<ifindex>`).
+fn endpoint_pins(scene: &Scene, ns: &Netns) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(ns.path()).unwrap().ino();
+    let dir = scene.lan.bpf.path().join(format!("net-{ino}"));
+    let mut egress: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("egress-")
+        })
+        .collect();
+    assert_eq!(
+        egress.len(),
+        1,
+        "one endpoint in {}: {egress:?}",
+        dir.display()
+    );
+    egress.remove(0)
+}
+
+#[test]
+fn an_endpoint_whose_programs_restore_reattached_is_counted_on_its_new_maps() {
+    // The daemon keeps endpoint maps open and looks at their pins again
+    // only after the store committed: restore's repair must commit.
+    let scene = Scene::new();
+    let daemon = Daemon::start(&scene.lan, &[]);
+    let a = PacketSocket::open(&scene.a, "eth0");
+    let mac_a = scene.a.mac("eth0");
+    a.send_many(&FrameBuilder::new(SENDER, mac_a).build(100), 10);
+    let tx_a = [("network", NETWORK), ("endpoint", scene.a.name())];
+    let (text, _) = scene.metrics_and_stats(&daemon);
+    let old = value(&parse(&text), "netvlan_endpoint_tx_packets_total", &tx_a);
+    assert!(old >= 10.0, "the 10 frames are counted: {old}");
+    // Twice: the second scrape reads the maps it keeps open unchecked.
+    daemon.get("/metrics");
+
+    // The programs lost (their pins are the links' only holders), then
+    // put back by restore with new maps, counting from zero.
+    std::fs::remove_dir_all(endpoint_pins(&scene, &scene.a)).unwrap();
+    let restored = scene.lan.netvlan(&["restore"]).ok().stdout;
+    assert!(
+        restored.contains("attach the endpoint programs"),
+        "restore repairs the endpoint: {restored}"
+    );
+    a.send_many(&FrameBuilder::new(SENDER, mac_a).build(100), 3);
+    let (text, stats) = scene.metrics_and_stats(&daemon);
+    let now = value(&parse(&text), "netvlan_endpoint_tx_packets_total", &tx_a);
+    let of_a = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == scene.a.name())
+        .expect("stats --json lists a");
+    assert_eq!(now, of_a["tx_packets"].as_f64().unwrap(), "{stats:#}");
+    assert!(
+        (3.0..old).contains(&now),
+        "the new maps count from zero: {now} (before: {old})"
+    );
+    for ns in [&scene.a, &scene.b] {
+        scene.lan.netvlan(&["disconnect", NETWORK, ns.name()]).ok();
+    }
+    scene.lan.netvlan(&["network", "rm", NETWORK]).ok();
+}
+
 /// The one pin called `name` under `dir` (the wire's: endpoints' pin
 /// directories hold no such map).
 fn find_pin(dir: &std::path::Path, name: &str) -> std::path::PathBuf {

@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use super::{NetworkError, NetworkRecord};
 use crate::{
     datapath::{
-        counters::{self, EndpointMaps, EndpointStats, StatsReport},
+        counters::{self, Detail, EndpointMaps, EndpointStats, StatsReport},
         Attachment, Datapath, InterfacePins,
     },
     store::Store,
@@ -39,6 +39,7 @@ pub async fn report(
         datapath.bpf_dir(),
         networks.as_deref(),
         &mut endpoints,
+        Detail::PerDestination,
     )
 }
 
@@ -63,16 +64,48 @@ pub fn read(
     bpf_dir: &Path,
     networks: Option<&[NetworkRecord]>,
     endpoints: &mut EndpointMaps,
+    detail: Detail,
 ) -> Result<StatsReport, NetworkError> {
     let mut report = StatsReport::default();
     for (attachment, pins) in attachments {
-        report.interfaces.push(counters::read(attachment, pins)?);
+        report
+            .interfaces
+            .push(counters::read(attachment, pins, detail)?);
     }
     let Some(networks) = networks else {
         return Ok(report);
     };
-    // A registered destination is an endpoint's (its MAC on its network's
-    // VLAN, on that network's wire) or else the host's own.
+    if detail == Detail::PerDestination {
+        name_destinations(&mut report, networks);
+    }
+    for record in networks {
+        for endpoint in record.endpoints.values() {
+            let Some(netns) = endpoint.netns else {
+                continue;
+            };
+            if let Some(egress) = endpoints.read(bpf_dir, netns, endpoint.ifindex)? {
+                report.endpoints.push(EndpointStats {
+                    network: record.name.clone(),
+                    endpoint: endpoint.display_name().to_string(),
+                    ifname: endpoint.ifname.clone(),
+                    addresses: endpoint
+                        .ipv4
+                        .iter()
+                        .chain(endpoint.ipv6.iter())
+                        .map(|net| net.addr().to_string())
+                        .collect(),
+                    egress,
+                });
+            }
+        }
+    }
+    endpoints.sweep();
+    Ok(report)
+}
+
+/// Names each registered destination: an endpoint's (its MAC on its
+/// network's VLAN, on that network's wire) or else the host's own.
+fn name_destinations(report: &mut StatsReport, networks: &[NetworkRecord]) {
     let mut owners = HashMap::new();
     for record in networks {
         let vid = super::wire_policy::vlan_of(record);
@@ -99,27 +132,4 @@ pub fn read(
             }
         }
     }
-    for record in networks {
-        for endpoint in record.endpoints.values() {
-            let Some(netns) = endpoint.netns else {
-                continue;
-            };
-            if let Some(egress) = endpoints.read(bpf_dir, netns, endpoint.ifindex)? {
-                report.endpoints.push(EndpointStats {
-                    network: record.name.clone(),
-                    endpoint: endpoint.display_name().to_string(),
-                    ifname: endpoint.ifname.clone(),
-                    addresses: endpoint
-                        .ipv4
-                        .iter()
-                        .chain(endpoint.ipv6.iter())
-                        .map(|net| net.addr().to_string())
-                        .collect(),
-                    egress,
-                });
-            }
-        }
-    }
-    endpoints.sweep();
-    Ok(report)
 }

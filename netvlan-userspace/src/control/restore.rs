@@ -204,8 +204,10 @@ impl Manager {
         });
     }
 
-    /// Returns whether the record changed (endpoints dropped, links
-    /// recreated under a new index).
+    /// Returns whether the record must be written again: it changed
+    /// (endpoints dropped, links recreated under a new index), or a repair
+    /// made new pins, which readers that keep endpoint maps open look for
+    /// only after a commit (`datapath::counters::EndpointMaps`).
     async fn restore_endpoints(
         &self,
         record: &mut NetworkRecord,
@@ -284,6 +286,7 @@ impl Manager {
                     }
                 };
             if let Some(ifindex) = facts.ifindex {
+                changed |= !facts.repaired.is_empty();
                 for action in facts.repaired {
                     report(action, None);
                 }

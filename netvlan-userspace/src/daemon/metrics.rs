@@ -62,5 +62,5 @@ pub async fn render(shared: &Shared) -> String {
         .errors
         .fetch_add(snapshot.errors, Ordering::Relaxed)
         + snapshot.errors;
-    exposition::encode(&snapshot, errors, started)
+    exposition::encode(snapshot, errors, started)
 }

@@ -105,16 +105,21 @@ pub(crate) async fn stats_report(
     let endpoints = shared.endpoint_maps.clone();
     let stored = shared.networks.clone();
     off_loop(move || {
-        let networks = match stored.read(&state_dir, report::STATE_PATIENCE)? {
-            stored::Stored::Networks(networks) => Some(networks),
-            stored::Stored::Absent | stored::Stored::Busy => None,
+        let (networks, generation) = match stored.read(&state_dir, report::STATE_PATIENCE)? {
+            stored::Stored::Networks {
+                networks,
+                generation,
+            } => (Some(networks), Some(generation)),
+            stored::Stored::Absent | stored::Stored::Busy => (None, None),
         };
         let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints.records(generation);
         report::read(
             &attachments,
             &bpf_dir,
             networks.as_ref().map(|n| n.as_slice()),
             &mut endpoints,
+            crate::datapath::counters::Detail::PerDestination,
         )
     })
     .await

@@ -193,7 +193,7 @@ pub struct Snapshot {
 
 fn networks(shared: &Shared) -> Vec<NetworkView> {
     let records = match shared.networks.read(&shared.state_dir, STATE_PATIENCE) {
-        Ok(super::stored::Stored::Networks(records)) => Ok(records),
+        Ok(super::stored::Stored::Networks { networks, .. }) => Ok(networks),
         Ok(super::stored::Stored::Absent | super::stored::Stored::Busy) => return Vec::new(),
         Err(e) => Err(e),
     };

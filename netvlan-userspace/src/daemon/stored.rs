@@ -29,7 +29,12 @@ pub enum Stored {
     Absent,
     /// A command held the state for longer than the reader's patience.
     Busy,
-    Networks(Arc<Vec<NetworkRecord>>),
+    Networks {
+        networks: Arc<Vec<NetworkRecord>>,
+        /// Moves each time the records are decoded again (the store
+        /// committed something): equal generations, the same records.
+        generation: u64,
+    },
 }
 
 /// The records of the last read, and what says they are still current.
@@ -42,6 +47,7 @@ struct Kept {
     scopes: Vec<NetnsScope>,
     stamp: Stamp,
     networks: Arc<Vec<NetworkRecord>>,
+    generation: u64,
 }
 
 /// The store's commit count and its file's size and modification time:
@@ -82,20 +88,29 @@ impl StoredNetworks {
                 return Ok(Stored::Busy);
             };
             if Stamp::of(&store)? == last.stamp {
-                return Ok(Stored::Networks(last.networks.clone()));
+                return Ok(Stored::Networks {
+                    networks: last.networks.clone(),
+                    generation: last.generation,
+                });
             }
         }
+        let generation = kept.as_ref().map_or(0, |last| last.generation + 1);
         // First read, or the store changed: the names too may have.
         let Some(store) = Store::open_within(state_dir, patience)? else {
             return Ok(Stored::Busy);
         };
         let networks = Arc::new(store.networks::<NetworkRecord>()?);
+        tracing::debug!(generation, "stored networks decoded");
         *kept = Some(Kept {
             scopes: store.scopes().to_vec(),
             stamp: Stamp::of(&store)?,
             networks: networks.clone(),
+            generation,
         });
-        Ok(Stored::Networks(networks))
+        Ok(Stored::Networks {
+            networks,
+            generation,
+        })
     }
 }
 
@@ -106,7 +121,7 @@ mod tests {
 
     fn networks(stored: &StoredNetworks, dir: &Path) -> Arc<Vec<NetworkRecord>> {
         match stored.read(dir, Duration::from_secs(5)).unwrap() {
-            Stored::Networks(networks) => networks,
+            Stored::Networks { networks, .. } => networks,
             Stored::Absent => panic!("no database in {}", dir.display()),
             Stored::Busy => panic!("the store stayed locked"),
         }

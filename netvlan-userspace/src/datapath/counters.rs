@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use netvlan_common::{
+    antispoof::EGRESS_STATS,
     decision::{
         vlan_mac_limit, DropReason, DROP_REASON_SLOTS, VLAN_MAC_GUARD, VLAN_MAC_GUARD_COUNT_ONLY,
     },
@@ -22,7 +23,7 @@ use super::{
     policy_maps::{self, batch_err, open_data},
     Attachment, DatapathError, InterfacePins,
 };
-use crate::sys::bpf_batch::BatchMap;
+use crate::sys::bpf_batch::{BatchMap, Shape};
 
 /// Packets and bytes received, as printed and serialised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,11 +271,48 @@ fn read_dst_stats(
     Ok(out)
 }
 
+/// Every registered destination's counters, by VLAN then MAC (names not
+/// filled in: the store knows them).
+fn read_macs(pins: &InterfacePins) -> Result<Vec<MacStats>, DatapathError> {
+    let registered = policy_maps::read_slots(pins)?.resolved();
+    let mut slots: Vec<u32> = registered.values().copied().collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let dst_stats = read_dst_stats(pins, &slots)?;
+    Ok(registered
+        .iter()
+        .map(|(key, slot)| {
+            let c = dst_stats.get(slot).copied().unwrap_or_default();
+            MacStats {
+                mac: Mac(key.mac),
+                vlan: key.vid,
+                network: None,
+                endpoint: None,
+                host: false,
+                counters: c.rx.into(),
+                dropped: c.dropped.into(),
+            }
+        })
+        .collect())
+}
+
+/// What a read of a wire's counters covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Every registered destination's counters as well (`stats`, the live
+    /// page): a lookup of the registrations and of one slot per MAC.
+    PerDestination,
+    /// The wire's, the VLANs' and the drops' counters only (`/metrics`,
+    /// which has no per-MAC series): `macs` stays empty.
+    Wire,
+}
+
 /// Reads and sums every counter of one attachment, each map with batch
 /// lookups.
 pub fn read(
     attachment: &Attachment,
     pins: &InterfacePins,
+    detail: Detail,
 ) -> Result<InterfaceStats, DatapathError> {
     let counters = read_array::<Counters, _>(pins, maps::COUNTERS, sum)?;
     let slot = |slot: CounterSlot| {
@@ -311,26 +349,10 @@ pub fn read(
         }
     }
 
-    let registered = policy_maps::read_slots(pins)?.resolved();
-    let mut slots: Vec<u32> = registered.values().copied().collect();
-    slots.sort_unstable();
-    slots.dedup();
-    let dst_stats = read_dst_stats(pins, &slots)?;
-    let macs = registered
-        .iter()
-        .map(|(key, slot)| {
-            let c = dst_stats.get(slot).copied().unwrap_or_default();
-            MacStats {
-                mac: Mac(key.mac),
-                vlan: key.vid,
-                network: None,
-                endpoint: None,
-                host: false,
-                counters: c.rx.into(),
-                dropped: c.dropped.into(),
-            }
-        })
-        .collect();
+    let macs = match detail {
+        Detail::PerDestination => read_macs(pins)?,
+        Detail::Wire => Vec::new(),
+    };
 
     let by_reason = read_array::<Counters, _>(pins, maps::DROPS, sum)?;
     let mut drops = BTreeMap::new();
@@ -420,29 +442,59 @@ fn monotonic_ns() -> u64 {
 /// Endpoints' counter maps (`EGRESS_STATS`, one per endpoint) kept open
 /// between reads: the daemon's scrapes reuse an open map while its pin is
 /// the same file (same inode; a reconnected endpoint's new pin is another),
-/// so an endpoint costs a stat and its lookups, not an open, an info query
-/// and a close as well. At most `capacity` maps stay open (file
-/// descriptors); the rest are opened per read. [`EndpointMaps::sweep`]
-/// closes the maps of endpoints not read since the last sweep.
+/// so an endpoint costs its lookups, not an open, an info query and a close
+/// as well. At most `capacity` maps stay open (file descriptors); the rest
+/// are opened per read. [`EndpointMaps::sweep`] closes the maps of
+/// endpoints not read since the last sweep.
+///
+/// Checking that a pin is still the same file is a path walk per endpoint,
+/// a fifth of a scrape at 5,000 endpoints. Only commands that commit to the
+/// store make or replace an endpoint's pins (connect, disconnect, restore
+/// and its repairs), so while the reader's stored records are the ones it
+/// checked the pins against ([`EndpointMaps::records`]), open maps are
+/// used unchecked.
 #[derive(Default)]
 pub struct EndpointMaps {
-    open: std::collections::HashMap<std::path::PathBuf, OpenStats>,
+    open: std::collections::HashMap<(crate::sys::netns::NetnsId, u32), OpenStats>,
     capacity: usize,
+    /// The generation of the stored records the open maps were checked
+    /// against, and whether this read's records are that generation.
+    checked: Option<u64>,
+    unchanged: bool,
 }
 
 struct OpenStats {
     ino: u64,
-    map: aya::maps::PerCpuArray<aya::maps::MapData, Counters>,
+    map: aya::maps::MapData,
+    shape: Shape,
     read: bool,
+}
+
+impl OpenStats {
+    fn stats(
+        &mut self,
+        pins: &InterfacePins,
+    ) -> Result<super::endpoint_hooks::EgressStats, DatapathError> {
+        self.read = true;
+        let map = BatchMap::with_shape(&self.map, EGRESS_STATS, self.shape);
+        super::endpoint_hooks::stats_of(pins, &map)
+    }
 }
 
 impl EndpointMaps {
     /// A cache that keeps up to `capacity` maps open (0: none, as the CLI).
     pub fn new(capacity: usize) -> EndpointMaps {
         EndpointMaps {
-            open: Default::default(),
             capacity,
+            ..Default::default()
         }
+    }
+
+    /// The reads up to the next sweep are of the stored records of
+    /// `generation` (`None`: unknown, every pin is checked).
+    pub fn records(&mut self, generation: Option<u64>) {
+        self.unchanged = generation.is_some() && generation == self.checked;
+        self.checked = generation;
     }
 
     /// The counters of the endpoint `ifindex` in `netns`; `None` when it
@@ -454,34 +506,39 @@ impl EndpointMaps {
         ifindex: u32,
     ) -> Result<Option<super::endpoint_hooks::EgressStats>, DatapathError> {
         use super::endpoint_hooks;
-        use netvlan_common::antispoof::EGRESS_STATS;
         use std::os::unix::fs::MetadataExt as _;
 
+        let key = (netns, ifindex);
         let pins = super::NamespacePins::new(bpf_dir, netns).egress(ifindex);
-        let path = pins.map(EGRESS_STATS);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            self.open.remove(&path);
-            return endpoint_hooks::read_stats(bpf_dir, netns, ifindex);
-        };
-        if let Some(open) = self.open.get_mut(&path) {
-            if open.ino == meta.ino() {
-                open.read = true;
-                return endpoint_hooks::stats_of(&pins, &open.map).map(Some);
+        if self.unchanged {
+            if let Some(open) = self.open.get_mut(&key) {
+                return open.stats(&pins).map(Some);
             }
         }
-        if self.open.len() >= self.capacity && !self.open.contains_key(&path) {
+        let Ok(meta) = std::fs::metadata(pins.map(EGRESS_STATS)) else {
+            self.open.remove(&key);
+            return endpoint_hooks::read_stats(bpf_dir, netns, ifindex);
+        };
+        if let Some(open) = self.open.get_mut(&key) {
+            if open.ino == meta.ino() {
+                return open.stats(&pins).map(Some);
+            }
+        }
+        if self.open.len() >= self.capacity && !self.open.contains_key(&key) {
             return endpoint_hooks::read_stats(bpf_dir, netns, ifindex);
         }
-        let map = super::object::open_map(&pins, EGRESS_STATS)?;
-        let stats = endpoint_hooks::stats_of(&pins, &map)?;
-        self.open.insert(
-            path,
-            OpenStats {
-                ino: meta.ino(),
-                map,
-                read: true,
-            },
-        );
+        let map = open_data(&pins, EGRESS_STATS)?;
+        let shape = BatchMap::new(&map, EGRESS_STATS)
+            .map_err(batch_err(&pins, EGRESS_STATS, None))?
+            .shape();
+        let mut open = OpenStats {
+            ino: meta.ino(),
+            map,
+            shape,
+            read: true,
+        };
+        let stats = open.stats(&pins)?;
+        self.open.insert(key, open);
         Ok(Some(stats))
     }
 

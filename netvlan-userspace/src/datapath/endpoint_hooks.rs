@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData},
     programs::{links::FdLink, tc, SchedClassifier, TcAttachType},
     util::KernelVersion,
     Ebpf,
@@ -31,9 +31,12 @@ use serde::Serialize;
 
 use super::{
     object::{self, ENDPOINT},
-    pins, DatapathError, InterfacePins, NamespacePins,
+    pins, policy_maps, DatapathError, InterfacePins, NamespacePins,
 };
-use crate::sys::netns::{run_blocking_in, Netns, NetnsId};
+use crate::sys::{
+    bpf_batch::{BatchError, BatchMap},
+    netns::{run_blocking_in, Netns, NetnsId},
+};
 
 /// How the egress program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -313,32 +316,33 @@ pub fn read_stats(
     if !pins.exists() {
         return Ok(None);
     }
-    let map: PerCpuArray<MapData, Counters> = object::open_map(&pins, EGRESS_STATS)?;
+    let data = policy_maps::open_data(&pins, EGRESS_STATS)?;
+    let map = BatchMap::new(&data, EGRESS_STATS).map_err(stats_err(&pins))?;
     stats_of(&pins, &map).map(Some)
 }
 
-/// The counters in an endpoint's open `EGRESS_STATS` (pinned in `pins`).
-pub fn stats_of(
-    pins: &InterfacePins,
-    map: &PerCpuArray<MapData, Counters>,
-) -> Result<EgressStats, DatapathError> {
-    let total = |slot: u32| -> Result<Counters, DatapathError> {
-        let values = map
-            .get(&slot, 0)
-            .map_err(object::read_err(pins, EGRESS_STATS))?;
-        Ok(values.iter().fold(Counters::default(), |mut acc, c| {
-            acc.merge(c);
-            acc
-        }))
+/// The counters in an endpoint's open `EGRESS_STATS` (pinned in `pins`):
+/// every slot in one batch lookup.
+pub fn stats_of(pins: &InterfacePins, map: &BatchMap) -> Result<EgressStats, DatapathError> {
+    let slots = map
+        .lookup_range::<Counters>(0, map.max_entries())
+        .map_err(stats_err(pins))?;
+    let total = |slot: u32| {
+        let values = slots.iter().find(|(key, _)| *key == slot);
+        values.map_or(Counters::default(), |(_, values)| {
+            values.iter().fold(Counters::default(), |mut acc, c| {
+                acc.merge(c);
+                acc
+            })
+        })
     };
-    let (sent, spoofed) = (total(EGRESS_SENT)?, total(EGRESS_SPOOFED)?);
     // Endpoints connected by a build without the ingress counter have a
     // two-slot map: nothing received is known for them.
-    let received = if map.len() > ENDPOINT_RECEIVED {
-        total(ENDPOINT_RECEIVED)?
-    } else {
-        Counters::default()
-    };
+    let (sent, spoofed, received) = (
+        total(EGRESS_SENT),
+        total(EGRESS_SPOOFED),
+        total(ENDPOINT_RECEIVED),
+    );
     Ok(EgressStats {
         rx_packets: received.packets,
         rx_bytes: received.bytes,
@@ -347,6 +351,15 @@ pub fn stats_of(
         spoofed_packets: spoofed.packets,
         spoofed_bytes: spoofed.bytes,
     })
+}
+
+/// Names a failed read of an endpoint's `EGRESS_STATS`.
+fn stats_err(pins: &InterfacePins) -> impl Fn(BatchError) -> DatapathError + '_ {
+    move |source| DatapathError::MapBatch {
+        name: EGRESS_STATS,
+        path: pins.map(EGRESS_STATS),
+        source: Box::new(source),
+    }
 }
 
 /// Removes an endpoint's egress pins (its link is gone or going).

@@ -86,6 +86,13 @@ impl BatchError {
 pub struct BatchMap<'a> {
     fd: BorrowedFd<'a>,
     name: String,
+    shape: Shape,
+}
+
+/// The sizes of a map the kernel copies: learnt with a syscall, so kept
+/// by readers that hold a map open across reads ([`BatchMap::with_shape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
     key_size: usize,
     value_size: usize,
     max_entries: u32,
@@ -114,32 +121,44 @@ impl<'a> BatchMap<'a> {
         } else {
             1
         };
-        Ok(BatchMap {
-            fd: map.fd().as_fd(),
-            name: name.into(),
+        let shape = Shape {
             key_size: info.key_size() as usize,
             value_size: info.value_size() as usize,
             max_entries: info.max_entries(),
             copies,
             mmapable: info.map_flags() & BPF_F_MMAPABLE != 0,
-        })
+        };
+        Ok(Self::with_shape(map, name, shape))
+    }
+
+    /// `map`, known to have `shape` (it was described before).
+    pub fn with_shape(map: &'a MapData, name: &str, shape: Shape) -> Self {
+        BatchMap {
+            fd: map.fd().as_fd(),
+            name: name.into(),
+            shape,
+        }
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
     }
 
     /// Values per key: the possible CPUs of a per-CPU map, else 1.
     pub fn copies(&self) -> usize {
-        self.copies
+        self.shape.copies
     }
 
     pub fn max_entries(&self) -> u32 {
-        self.max_entries
+        self.shape.max_entries
     }
 
     /// Bytes of one key's value(s) as the kernel copies them.
     fn stride(&self) -> usize {
-        if self.copies > 1 {
-            self.value_size.next_multiple_of(8) * self.copies
+        if self.shape.copies > 1 {
+            self.shape.value_size.next_multiple_of(8) * self.shape.copies
         } else {
-            self.value_size
+            self.shape.value_size
         }
     }
 
@@ -156,8 +175,8 @@ impl<'a> BatchMap<'a> {
                 })
             }
         };
-        size("the key", size_of::<K>(), self.key_size)?;
-        size("the value", size_of::<V>(), self.value_size)
+        size("the key", size_of::<K>(), self.shape.key_size)?;
+        size("the value", size_of::<V>(), self.shape.value_size)
     }
 
     fn call(
@@ -192,7 +211,7 @@ impl<'a> BatchMap<'a> {
     /// Every entry, in the kernel's order, each key with its values (one
     /// per possible CPU for a per-CPU map). Arrays list every index.
     pub fn lookup_all<K: Pod, V: Pod>(&self) -> Result<Vec<(K, Vec<V>)>, BatchError> {
-        self.lookup(None, self.max_entries)
+        self.lookup(None, self.shape.max_entries)
     }
 
     /// Every value of an array, by index: through a read-only mapping of
@@ -200,14 +219,14 @@ impl<'a> BatchMap<'a> {
     /// batch syscall walks the entries one by one, about 17 ms for 65,536
     /// on this machine), else with [`Self::lookup_all`].
     pub fn read_array<V: Pod>(&self) -> Result<Vec<V>, BatchError> {
-        if !self.mmapable || self.copies != 1 {
+        if !self.shape.mmapable || self.shape.copies != 1 {
             let all = self.lookup_all::<u32, V>()?;
             return Ok(all.into_iter().map(|(_, v)| v[0]).collect());
         }
         self.check::<u32, V>()?;
         // Mmapable arrays lay their values out every round_up(size, 8) bytes.
-        let stride = self.value_size.next_multiple_of(8);
-        let len = stride * self.max_entries as usize;
+        let stride = self.shape.value_size.next_multiple_of(8);
+        let len = stride * self.shape.max_entries as usize;
         // SAFETY: a fresh shared read-only mapping of the map's fd, of the
         // array's size; unmapped below before anything else can use it.
         let base = unsafe {
@@ -230,7 +249,7 @@ impl<'a> BatchMap<'a> {
         }
         // SAFETY: base..base+len is mapped readable for the whole copy.
         let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len) };
-        let out = (0..self.max_entries as usize)
+        let out = (0..self.shape.max_entries as usize)
             .map(|i| read::<V>(&bytes[i * stride..]))
             .collect();
         // SAFETY: the mapping made above, no longer borrowed.
@@ -258,9 +277,9 @@ impl<'a> BatchMap<'a> {
         limit: u32,
     ) -> Result<Vec<(K, Vec<V>)>, BatchError> {
         self.check::<K, V>()?;
-        let limit = limit.min(self.max_entries) as usize;
+        let limit = limit.min(self.shape.max_entries) as usize;
         let stride = self.stride();
-        let mut keys = vec![0u8; limit.max(1) * self.key_size];
+        let mut keys = vec![0u8; limit.max(1) * self.shape.key_size];
         let mut values = vec![0u8; limit.max(1) * stride];
         // Tokens: an array's is its key, a hash's a u32 bucket; 8 bytes
         // hold either.
@@ -293,14 +312,14 @@ impl<'a> BatchMap<'a> {
             };
             let got = (attr.count as usize).min(want);
             for i in 0..got {
-                let key = read::<K>(&keys[i * self.key_size..]);
+                let key = read::<K>(&keys[i * self.shape.key_size..]);
                 let base = i * stride;
-                let per = if self.copies > 1 {
-                    self.value_size.next_multiple_of(8)
+                let per = if self.shape.copies > 1 {
+                    self.shape.value_size.next_multiple_of(8)
                 } else {
-                    self.value_size
+                    self.shape.value_size
                 };
-                let vals = (0..self.copies)
+                let vals = (0..self.shape.copies)
                     .map(|cpu| read::<V>(&values[base + cpu * per..]))
                     .collect();
                 out.push((key, vals));
@@ -318,8 +337,8 @@ impl<'a> BatchMap<'a> {
     /// entries each (keys and values are copied and dropped: the kernel
     /// keeps no count userspace can read on older kernels).
     pub fn count(&self, chunk: u32) -> Result<u32, BatchError> {
-        let chunk = chunk.clamp(1, self.max_entries.max(1)) as usize;
-        let mut keys = vec![0u8; chunk * self.key_size];
+        let chunk = chunk.clamp(1, self.shape.max_entries.max(1)) as usize;
+        let mut keys = vec![0u8; chunk * self.shape.key_size];
         let mut values = vec![0u8; chunk * self.stride()];
         let (mut token_in, mut token_out) = ([0u8; 16], [0u8; 16]);
         let (mut started, mut total) = (false, 0u32);
@@ -356,14 +375,14 @@ impl<'a> BatchMap<'a> {
             return Ok(());
         }
         let stride = self.stride();
-        let per = stride / self.copies;
-        let mut keys = Vec::with_capacity(entries.len() * self.key_size);
+        let per = stride / self.shape.copies;
+        let mut keys = Vec::with_capacity(entries.len() * self.shape.key_size);
         let mut values = vec![0u8; entries.len() * stride];
         for (i, (key, value)) in entries.iter().enumerate() {
             keys.extend_from_slice(bytes_of(key));
-            for cpu in 0..self.copies {
+            for cpu in 0..self.shape.copies {
                 let at = i * stride + cpu * per;
-                values[at..at + self.value_size].copy_from_slice(bytes_of(value));
+                values[at..at + self.shape.value_size].copy_from_slice(bytes_of(value));
             }
         }
         let mut attr = BatchAttr {
@@ -379,12 +398,12 @@ impl<'a> BatchMap<'a> {
     /// Removes `keys` from a hash in one syscall (a missing key fails
     /// with ENOENT).
     pub fn delete<K: Pod>(&self, keys: &[K]) -> Result<(), BatchError> {
-        if size_of::<K>() != self.key_size {
+        if size_of::<K>() != self.shape.key_size {
             return Err(BatchError::Size {
                 map: self.name.clone(),
                 what: "the key",
                 size: size_of::<K>(),
-                expected: self.key_size,
+                expected: self.shape.key_size,
             });
         }
         if keys.is_empty() {
@@ -525,7 +544,7 @@ mod tests {
         }
         let m = BatchMap::new(IterableMap::map(&mapped), "test_mmap").unwrap();
         let p = BatchMap::new(IterableMap::map(&plain), "test_plain").unwrap();
-        assert!(m.mmapable && !p.mmapable);
+        assert!(m.shape.mmapable && !p.shape.mmapable);
         let (via_map, via_batch) = (
             m.read_array::<[u8; 8]>().unwrap(),
             p.read_array::<[u8; 8]>().unwrap(),

@@ -16,7 +16,7 @@ use crate::{
         Shared,
     },
     datapath::{
-        counters::{EndpointMaps, StatsReport},
+        counters::{Detail, EndpointMaps, StatsReport},
         policy_maps, Attachment, DatapathError, InterfacePins,
     },
     sys::bpf_batch::BatchMap,
@@ -103,10 +103,15 @@ fn read(
 ) -> Snapshot {
     let mut snapshot = Snapshot::default();
     let mut named = false;
+    let mut generation = None;
     match stored.read(state_dir, STATE_PATIENCE) {
-        Ok(Stored::Networks(networks)) => {
+        Ok(Stored::Networks {
+            networks,
+            generation: read,
+        }) => {
             snapshot.networks = networks;
             named = true;
+            generation = Some(read);
         }
         Ok(Stored::Absent) => {}
         Ok(Stored::Busy) => {
@@ -116,7 +121,9 @@ fn read(
         Err(e) => snapshot.errors += failed("the stored networks", &e),
     }
     let networks = named.then_some(&snapshot.networks[..]);
-    match report::read(attachments, bpf_dir, networks, endpoints) {
+    endpoints.records(generation);
+    // No per-MAC series: the registrations are read once, for the map fill.
+    match report::read(attachments, bpf_dir, networks, endpoints, Detail::Wire) {
         Ok(report) => snapshot.report = Some(report),
         Err(e) => snapshot.errors += failed("the counters", &e),
     }
