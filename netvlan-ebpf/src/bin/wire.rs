@@ -496,8 +496,9 @@ unsafe fn add(ptr: *mut u64, value: u64) -> u64 {
     atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, value)
 }
 
-/// Benchmarks only: the XDP hook with its trace call compiled out, the
-/// baseline `cargo xtask bench --only trace` prices tracing against.
+/// Benchmarks only: the XDP hook with its trace call and its debug record
+/// compiled out, the baseline `cargo xtask bench --only trace` prices
+/// tracing and debugging that are off against.
 #[xdp]
 pub fn bench_xdp_notrace(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);

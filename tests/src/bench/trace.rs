@@ -2,7 +2,8 @@
 //! events per second `netvlan trace --pcap` keeps up with.
 //!
 //! Per-packet cost: `netvlan_xdp` against `bench_xdp_notrace`, the same
-//! pipeline from the same object with the trace call compiled out, both
+//! pipeline from the same object with its trace call and its aya-log debug
+//! record (`netvlan datapath debug`) compiled out, both
 //! test-run (`BPF_PROG_TEST_RUN`) back to back on the same frame in every
 //! round, with the trace config off, set to a filter that matches nothing
 //! (a VLAN no frame is on), sampling 1 in 100, and tracing every drop. A
@@ -138,16 +139,16 @@ pub fn run(ctx: &Ctx, bar: &ProgressBar) -> Result<Family> {
         method: vec![
             format!(
                 "Per-packet cost: BPF_PROG_TEST_RUN, repeat {REPEAT}, {rounds} rounds; each round \
-                 runs `{XDP_PROGRAM}` and `{BENCH_NOTRACE_PROGRAM}` (the same pipeline, trace call \
-                 compiled out) of the release object back to back per trace config, on one \
+                 runs `{XDP_PROGRAM}` and `{BENCH_NOTRACE_PROGRAM}` (the same pipeline, its trace \
+                 call and aya-log debug record compiled out) of the release object back to back per trace config, on one \
                  {FRAME_LEN}-byte untagged IPv4 frame to an unregistered MAC (dropped as \
                  unknown_dst; all policies on: {}). ns per packet = the calling thread's CPU \
                  time across the syscall / repeat.",
                 wire.describe()
             ),
             format!(
-                "Configs: off (TRACE_CONFIG zero, no VLAN marked: the VLAN flags word the \
-                 pipeline reads anyway, one bit test); a filter matching nothing (VLAN \
+                "Configs: off (TRACE_CONFIG zero, no VLAN marked for tracing or debug: the VLAN flags \
+                 word the pipeline reads anyway, one bit test each); a filter matching nothing (VLAN \
                  4094: only VLAN 4094 marked, the frame's VLAN 0 is not); sampling 1 in 100 (an atomic add per frame, an \
                  event per 100); every drop traced (an event per frame, {} B ring drained by a \
                  thread: {events} events read, {lost_events} lost to a full ring).",
