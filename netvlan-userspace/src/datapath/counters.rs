@@ -20,8 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::WireMode;
 use super::{
-    policy_maps::{self, batch_err, open_data},
-    Attachment, DatapathError, InterfacePins,
+    object::{batch_err, open_data},
+    policy_maps, Attachment, DatapathError, InterfacePins,
 };
 use crate::sys::bpf_batch::{BatchMap, Shape};
 

@@ -31,10 +31,10 @@ use serde::Serialize;
 
 use super::{
     object::{self, ENDPOINT},
-    pins, policy_maps, DatapathError, InterfacePins, NamespacePins,
+    pins, DatapathError, InterfacePins, NamespacePins,
 };
 use crate::sys::{
-    bpf_batch::{BatchError, BatchMap},
+    bpf_batch::BatchMap,
     netns::{run_blocking_in, Netns, NetnsId},
 };
 
@@ -316,8 +316,9 @@ pub fn read_stats(
     if !pins.exists() {
         return Ok(None);
     }
-    let data = policy_maps::open_data(&pins, EGRESS_STATS)?;
-    let map = BatchMap::new(&data, EGRESS_STATS).map_err(stats_err(&pins))?;
+    let data = object::open_data(&pins, EGRESS_STATS)?;
+    let map =
+        BatchMap::new(&data, EGRESS_STATS).map_err(object::batch_err(&pins, EGRESS_STATS, None))?;
     stats_of(&pins, &map).map(Some)
 }
 
@@ -326,7 +327,7 @@ pub fn read_stats(
 pub fn stats_of(pins: &InterfacePins, map: &BatchMap) -> Result<EgressStats, DatapathError> {
     let slots = map
         .lookup_range::<Counters>(0, map.max_entries())
-        .map_err(stats_err(pins))?;
+        .map_err(object::batch_err(pins, EGRESS_STATS, None))?;
     let total = |slot: u32| {
         let values = slots.iter().find(|(key, _)| *key == slot);
         values.map_or(Counters::default(), |(_, values)| {
@@ -351,15 +352,6 @@ pub fn stats_of(pins: &InterfacePins, map: &BatchMap) -> Result<EgressStats, Dat
         spoofed_packets: spoofed.packets,
         spoofed_bytes: spoofed.bytes,
     })
-}
-
-/// Names a failed read of an endpoint's `EGRESS_STATS`.
-fn stats_err(pins: &InterfacePins) -> impl Fn(BatchError) -> DatapathError + '_ {
-    move |source| DatapathError::MapBatch {
-        name: EGRESS_STATS,
-        path: pins.map(EGRESS_STATS),
-        source: Box::new(source),
-    }
 }
 
 /// Removes an endpoint's egress pins (its link is gone or going).

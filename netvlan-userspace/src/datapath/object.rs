@@ -18,6 +18,7 @@ use aya::{
 };
 
 use super::{DatapathError, InterfacePins};
+use crate::sys::bpf_batch::BatchError;
 
 /// An eBPF object built from `netvlan-ebpf`, embedded so the binary alone
 /// is enough on a target host, with the one list of the maps it declares
@@ -215,17 +216,49 @@ pub fn open_map<T>(pins: &InterfacePins, name: &'static str) -> Result<T, Datapa
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let path = pins.map(name);
     let err = |source| DatapathError::OpenMap {
         name,
-        path: path.clone(),
+        path: pins.map(name),
         source: Box::new(source),
     };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    Map::from_map_data(data)
+    Map::from_map_data(open_data(pins, name)?)
         .map_err(err)?
         .try_into()
         .map_err(err)
+}
+
+/// A pinned map's data, for batch operations.
+pub(super) fn open_data(
+    pins: &InterfacePins,
+    name: &'static str,
+) -> Result<MapData, DatapathError> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).map_err(|source| DatapathError::OpenMap {
+        name,
+        path,
+        source: Box::new(source),
+    })
+}
+
+/// Names a failed batch operation on `name`; E2BIG from a map of known
+/// `capacity` means it is full ([`DatapathError::MapFull`]). The path is
+/// spelt only on failure: scrapes map every endpoint's read through it.
+pub(super) fn batch_err<'p>(
+    pins: &'p InterfacePins,
+    name: &'static str,
+    capacity: Option<u32>,
+) -> impl Fn(BatchError) -> DatapathError + 'p {
+    move |source| match (source.errno(), capacity) {
+        (Some(libc::E2BIG), Some(capacity)) => DatapathError::MapFull {
+            path: pins.map(name),
+            capacity,
+        },
+        _ => DatapathError::MapBatch {
+            name,
+            path: pins.map(name),
+            source: Box::new(source),
+        },
+    }
 }
 
 /// The constructor of one of the map-entry failures of [`DatapathError`].

@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::MapData;
 use netvlan_common::{
     decision::{
         with_mac_limit, IP_GATEWAY, IP_NOT_REGISTERED, VLAN_ALLOWED, VLAN_DENY_LIST,
@@ -34,7 +33,10 @@ use netvlan_common::{
     },
 };
 
-use super::{DatapathError, InterfacePins};
+use super::{
+    object::{batch_err, open_data},
+    DatapathError, InterfacePins,
+};
 use crate::sys::bpf_batch::{BatchError, BatchMap};
 
 /// Everything the wire program enforces.
@@ -293,40 +295,6 @@ fn plan_spill(words: &[u64], current: &Slots, changes: &mut SlotChanges) {
         if want != during {
             changes.unspill.push((i as u32, want));
         }
-    }
-}
-
-/// A pinned map's data, for batch operations.
-pub(super) fn open_data(
-    pins: &InterfacePins,
-    name: &'static str,
-) -> Result<MapData, DatapathError> {
-    let path = pins.map(name);
-    MapData::from_pin(&path).map_err(|source| DatapathError::OpenMap {
-        name,
-        path,
-        source: Box::new(source),
-    })
-}
-
-/// Names a failed batch operation on `name`; E2BIG from a map of known
-/// `capacity` means it is full ([`DatapathError::MapFull`]).
-pub(super) fn batch_err(
-    pins: &InterfacePins,
-    name: &'static str,
-    capacity: Option<u32>,
-) -> impl Fn(BatchError) -> DatapathError {
-    let path = pins.map(name);
-    move |source| match (source.errno(), capacity) {
-        (Some(libc::E2BIG), Some(capacity)) => DatapathError::MapFull {
-            path: path.clone(),
-            capacity,
-        },
-        _ => DatapathError::MapBatch {
-            name,
-            path: path.clone(),
-            source: Box::new(source),
-        },
     }
 }
 
@@ -917,7 +885,7 @@ mod tests {
 
     impl PinnedMaps {
         fn new(test: &str) -> Self {
-            use aya::maps::{Array, HashMap, PerCpuArray};
+            use aya::maps::{Array, HashMap, MapData, PerCpuArray};
             assert!(
                 nix::unistd::Uid::effective().is_root(),
                 "apply tests pin BPF maps: run them as root"

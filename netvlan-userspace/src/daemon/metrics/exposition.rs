@@ -308,11 +308,8 @@ fn counters<L: EncodeLabelSet>(
     help: &str,
     series: impl Iterator<Item = (L, u64)>,
 ) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let series = series.map(|(labels, value)| (labels, ConstCounter::new(value)));
+    family(encoder, name, help, MetricType::Counter, series)
 }
 
 /// A gauge family `name`: its descriptor, then one series per item.
@@ -322,9 +319,21 @@ fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
     help: &str,
     series: impl Iterator<Item = (L, V)>,
 ) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let series = series.map(|(labels, value)| (labels, ConstGauge::new(value)));
+    family(encoder, name, help, MetricType::Gauge, series)
+}
+
+/// The family `name` of `metric_type`, written even when it has no series.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    series: impl Iterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
     for (labels, value) in series {
-        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+        value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
 }

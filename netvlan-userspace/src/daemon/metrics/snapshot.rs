@@ -102,7 +102,7 @@ fn read(
     endpoints: &mut EndpointMaps,
 ) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    let mut named = false;
+    // Known only when the records were read: they name the counters.
     let mut generation = None;
     match stored.read(state_dir, STATE_PATIENCE) {
         Ok(Stored::Networks {
@@ -110,7 +110,6 @@ fn read(
             generation: read,
         }) => {
             snapshot.networks = networks;
-            named = true;
             generation = Some(read);
         }
         Ok(Stored::Absent) => {}
@@ -120,7 +119,7 @@ fn read(
         }
         Err(e) => snapshot.errors += failed("the stored networks", &e),
     }
-    let networks = named.then_some(&snapshot.networks[..]);
+    let networks = generation.is_some().then_some(&snapshot.networks[..]);
     endpoints.records(generation);
     // No per-MAC series: the registrations are read once, for the map fill.
     match report::read(attachments, bpf_dir, networks, endpoints, Detail::Wire) {
