@@ -851,11 +851,17 @@ impl Dockerd {
     /// `docker run -d` of a busybox that sleeps, on `network`, at `ip` if
     /// given (else Docker's IPAM picks): the container's name.
     fn run_sleeping(&self, network: &str, ip: Option<&str>) -> String {
+        match ip {
+            Some(ip) => self.run_sleeping_with(network, &["--ip", ip]),
+            None => self.run_sleeping_with(network, &[]),
+        }
+    }
+
+    /// [`Dockerd::run_sleeping`] with more `docker run` options (`--ip6`).
+    fn run_sleeping_with(&self, network: &str, options: &[&str]) -> String {
         let ctr = unique_name("ctr");
         let mut args = vec!["run", "-d", "--name", &ctr, "--network", network];
-        if let Some(ip) = ip {
-            args.extend(["--ip", ip]);
-        }
+        args.extend(options);
         args.extend(["nvt-busybox", "sleep", "300"]);
         self.ok(&args);
         ctr
@@ -924,7 +930,7 @@ impl Dockerd {
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
             .expect("a static busybox (Debian's busybox-static)");
-        for applet in ["sh", "ping", "sleep", "ip"] {
+        for applet in ["sh", "ping", "ping6", "sleep", "ip"] {
             std::os::unix::fs::symlink("busybox", rootfs.join(format!("bin/{applet}"))).unwrap();
         }
         let tar = root.join("rootfs.tar");
@@ -1056,9 +1062,21 @@ struct Engine {
 
 impl Engine {
     fn new() -> (Engine, PluginProcess, Dockerd) {
+        Engine::with_ipv6(false)
+    }
+
+    /// `ipv6`: IPv6 on in the lab's namespaces (the switch side then has
+    /// fd86::1/64 too).
+    fn with_ipv6(ipv6: bool) -> (Engine, PluginProcess, Dockerd) {
         static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let one = ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let lan = Lan::new(false);
+        let lan = Lan::new(ipv6);
+        if ipv6 {
+            lan.switch.exec(
+                "ip",
+                &["-6", "addr", "add", "fd86::1/64", "dev", "peer0", "nodad"],
+            );
+        }
         lan.switch
             .exec("ip", &["addr", "add", "10.86.0.1/24", "dev", "peer0"]);
         let plugin_dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkp")));
@@ -1224,6 +1242,133 @@ fn docker_runs_a_container_on_a_netvlan_network() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
 
     dockerd.ok(&["rm", "-f", &ctr]);
+    dockerd.ok(&["network", "rm", &net]);
+    engine.assert_clean();
+    drop(plugin);
+}
+
+/// The netvlan network behind Docker network `id` (as `docker network
+/// create` printed it), from `network inspect`.
+fn inspect_docker_network(lan: &Lan, id: &str) -> Value {
+    lan.inspect(&format!("docker-{}", &id[..12]))
+}
+
+/// `--ipv6` with an IPv6 pool beside the IPv4 one: the container gets its
+/// address from each, a default route per family through the pools'
+/// gateways (Join's `Gateway` and `GatewayIPv6`), reaches the LAN over
+/// both families and is reached from it over IPv6 (neighbour discovery
+/// through the wire program); its endpoint is counted, and `docker network
+/// rm` leaves nothing.
+#[test]
+fn docker_runs_a_dual_stack_container() {
+    let (engine, plugin, dockerd) = Engine::with_ipv6(true);
+    let net = unique_name("net6");
+    let id = dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "-o",
+        "parent=eth0",
+        "--ipv6",
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        "--subnet",
+        "fd86::/64",
+        "--gateway",
+        "fd86::1",
+        &net,
+    ]);
+    let inspected = inspect_docker_network(&engine.lan, &id);
+    assert_eq!(inspected["EnableIPv6"], true, "{inspected:#}");
+    let ctr = dockerd.run_sleeping_with(&net, &["--ip", "10.86.0.8", "--ip6", "fd86::8"]);
+    let addresses = dockerd.ok(&["exec", &ctr, "ip", "addr", "show", "eth0"]);
+    for address in ["10.86.0.8/24", "fd86::8/64"] {
+        assert!(addresses.contains(address), "{address}: {addresses}");
+    }
+    let routes = dockerd.ok(&["exec", &ctr, "ip", "-6", "route"]);
+    assert!(routes.contains("default via fd86::1"), "{routes}");
+    for (ping, to) in [("ping", "10.86.0.1"), ("ping6", "fd86::1")] {
+        let out = dockerd.ok(&["exec", &ctr, ping, "-c", "3", "-W", "5", to]);
+        assert!(out.contains("3 packets received"), "{ping} {to}: {out}");
+    }
+    assert!(
+        engine.lan.switch.can_ping("fd86::8"),
+        "the LAN does not reach the container over IPv6\n{}",
+        plugin.log()
+    );
+    let counted = endpoint_stats(&engine.lan, "fd86::8", 6);
+    assert!(
+        counted["addresses"].to_string().contains("10.86.0.8"),
+        "one endpoint holds both addresses: {counted:#}"
+    );
+    let check = engine.lan.netvlan(&["check", "--json"]);
+    assert!(
+        check.status.success(),
+        "check: {}{}",
+        check.stdout,
+        check.stderr
+    );
+
+    dockerd.ok(&["rm", "-f", &ctr]);
+    dockerd.ok(&["network", "rm", &net]);
+    engine.assert_clean();
+    drop(plugin);
+}
+
+/// `--internal` without a parent: netvlan's placeholder parent carries the
+/// network, its containers reach each other and nothing else (no default
+/// route; the LAN's namespace holds an address of the subnet and is not
+/// reached), and `docker network rm` takes the placeholder away.
+#[test]
+fn docker_runs_an_internal_network_on_a_placeholder_parent() {
+    let (engine, plugin, dockerd) = Engine::new();
+    engine
+        .lan
+        .switch
+        .exec("ip", &["addr", "add", "10.87.0.1/24", "dev", "peer0"]);
+    let net = unique_name("inner");
+    let id = dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        &engine.plugin_name,
+        "--internal",
+        "--subnet",
+        "10.87.0.0/24",
+        &net,
+    ]);
+    let inspected = inspect_docker_network(&engine.lan, &id);
+    assert_eq!(inspected["Internal"], true, "{inspected:#}");
+    assert_eq!(
+        inspected["Netvlan"]["ParentKind"], "placeholder",
+        "{inspected:#}"
+    );
+    let placeholder = inspected["Netvlan"]["Parent"].as_str().unwrap();
+    assert!(
+        links_in(&engine.lan.host).iter().any(|l| l == placeholder),
+        "placeholder {placeholder} missing"
+    );
+    let a = dockerd.run_sleeping(&net, Some("10.87.0.5"));
+    let b = dockerd.run_sleeping(&net, Some("10.87.0.6"));
+    let out = dockerd.ok(&["exec", &a, "ping", "-c", "3", "-W", "5", "10.87.0.6"]);
+    assert!(out.contains("3 packets received"), "{out}");
+    let routes = dockerd.ok(&["exec", &a, "ip", "route"]);
+    assert!(
+        !routes.contains("default"),
+        "internal, yet routed: {routes}"
+    );
+    let lan_side = dockerd.run(&["exec", &a, "ping", "-c", "1", "-W", "2", "10.87.0.1"]);
+    assert!(
+        !lan_side.status.success(),
+        "an internal network reached the LAN: {}",
+        String::from_utf8_lossy(&lan_side.stdout)
+    );
+    endpoint_stats(&engine.lan, "10.87.0.5", 3);
+
+    dockerd.ok(&["rm", "-f", &a, &b]);
     dockerd.ok(&["network", "rm", &net]);
     engine.assert_clean();
     drop(plugin);
