@@ -611,6 +611,12 @@ pub struct IpamState {
     /// endpoint: Docker asks for the address, then creates the endpoint.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     held: BTreeSet<IpAddr>,
+    /// When each hold was made (seconds since the epoch), so a hold no
+    /// endpoint took in time is told from one in flight. Beside `held`
+    /// rather than in it, so an older build still reads the record; a hold
+    /// an older build made has no time here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    held_since: BTreeMap<IpAddr, u64>,
 }
 
 /// How many addresses of a Docker `--ip-range` a hold tries before it
@@ -623,19 +629,27 @@ impl IpamState {
             config,
             allocated: BTreeSet::new(),
             held: BTreeSet::new(),
+            held_since: BTreeMap::new(),
         }
     }
 
     /// Allocates for Docker's IPAM: as [`Self::allocate`] (an `Any` within
     /// `range`, Docker's `--ip-range`, when it gives one), and held for
-    /// the endpoint Docker will create with it.
-    pub fn hold(&mut self, request: Request, range: Option<IpNet>) -> Result<IpAddr, IpamError> {
+    /// the endpoint Docker will create with it; `now` in seconds since the
+    /// epoch.
+    pub fn hold(
+        &mut self,
+        request: Request,
+        range: Option<IpNet>,
+        now: u64,
+    ) -> Result<IpAddr, IpamError> {
         let addr = match (request, range) {
             (Request::Any(_), Some(range)) => self.free_within(range)?,
             _ => self.allocate(request)?,
         };
         self.allocated.insert(addr);
         self.held.insert(addr);
+        self.held_since.insert(addr, now);
         Ok(addr)
     }
 
@@ -643,6 +657,7 @@ impl IpamState {
     /// else one allocated as [`Request::Exact`].
     pub fn claim(&mut self, addr: IpAddr) -> Result<IpAddr, IpamError> {
         if self.held.remove(&addr) {
+            self.held_since.remove(&addr);
             return Ok(addr);
         }
         self.allocate(Request::Exact(addr))
@@ -654,6 +669,7 @@ impl IpamState {
     pub fn release_held(&mut self, addr: &IpAddr) -> bool {
         let held = self.held.remove(addr);
         if held {
+            self.held_since.remove(addr);
             self.allocated.remove(addr);
         }
         held
@@ -662,6 +678,23 @@ impl IpamState {
     /// The addresses Docker's IPAM holds and no endpoint has taken yet.
     pub fn held(&self) -> impl Iterator<Item = &IpAddr> {
         self.held.iter()
+    }
+
+    /// The holds no endpoint took within `grace` seconds of being made, by
+    /// `now`, each with when it was made (`None`: by an older build, which
+    /// kept no time, so as old as can be): what a dockerd that died
+    /// between RequestAddress and CreateEndpoint leaves.
+    pub fn stale_holds(
+        &self,
+        now: u64,
+        grace: u64,
+    ) -> impl Iterator<Item = (IpAddr, Option<u64>)> + '_ {
+        self.held.iter().filter_map(move |addr| {
+            let since = self.held_since.get(addr).copied();
+            since
+                .is_none_or(|made| now.saturating_sub(made) >= grace)
+                .then_some((*addr, since))
+        })
     }
 
     fn free_within(&self, range: IpNet) -> Result<IpAddr, IpamError> {
@@ -1376,7 +1409,7 @@ mod tests {
         let cli = st.allocate(Request::Any(Family::V4)).unwrap();
         assert_eq!(cli, ip("10.1.0.2"));
         // Docker's IPAM: the next free address, held, so the CLI skips it.
-        let held = st.hold(Request::Any(Family::V4), None).unwrap();
+        let held = st.hold(Request::Any(Family::V4), None, 100).unwrap();
         assert_eq!(held, ip("10.1.0.3"));
         assert_eq!(any4(&mut st), ip("10.1.0.4"), "the CLI skips Docker's hold");
         assert!(matches!(
@@ -1391,7 +1424,7 @@ mod tests {
         assert!(st.is_allocated(&held), "the endpoint's until it goes");
         // A hold Docker gives back before an endpoint took it is freed.
         let range = net("10.1.0.64/26");
-        let in_range = st.hold(Request::Any(Family::V4), Some(range)).unwrap();
+        let in_range = st.hold(Request::Any(Family::V4), Some(range), 100).unwrap();
         assert_eq!(in_range, ip("10.1.0.65"), "within Docker's --ip-range");
         assert!(st.release_held(&in_range));
         assert!(!st.is_allocated(&in_range));
@@ -1400,8 +1433,37 @@ mod tests {
         assert!(st.claim(ip("10.1.0.9")).is_err(), "in use");
         // A range outside the subnets is refused.
         assert!(st
-            .hold(Request::Any(Family::V4), Some(net("10.9.0.0/26")))
+            .hold(Request::Any(Family::V4), Some(net("10.9.0.0/26")), 100)
             .is_err());
+    }
+
+    #[test]
+    fn a_hold_no_endpoint_took_in_time_is_stale() {
+        let mut st = state(&["10.1.0.0/24"], &["10.1.0.1"], &[], &[]);
+        let young = st.hold(Request::Any(Family::V4), None, 1_000).unwrap();
+        let old = st.hold(Request::Any(Family::V4), None, 900).unwrap();
+        let taken = st.hold(Request::Any(Family::V4), None, 900).unwrap();
+        st.claim(taken).unwrap();
+        let stale: Vec<_> = st.stale_holds(1_005, 10).collect();
+        assert_eq!(
+            stale,
+            [(old, Some(900))],
+            "in flight: {young}; taken: {taken}"
+        );
+        assert_eq!(st.stale_holds(1_010, 10).count(), 2);
+        // A hold an older build made (no time kept) is stale at once.
+        let mut json = serde_json::to_value(&st).unwrap();
+        json.as_object_mut().unwrap().remove("held_since");
+        let older: IpamState = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            older.stale_holds(1_000, 10).collect::<Vec<_>>(),
+            [(young, None), (old, None)]
+        );
+        // Given back: no longer held, nor timed.
+        assert!(st.release_held(&old));
+        assert_eq!(st.stale_holds(u64::MAX, 10).count(), 1);
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(!json.contains(&old.to_string()), "{json}");
     }
 
     #[test]

@@ -490,6 +490,71 @@ fn every_call_of_the_protocol_on_a_raw_socket() {
 /// Sends one call as [`post`] does and closes the connection, unanswered,
 /// once `midway` holds (the plugin waits at a failpoint then): Docker
 /// giving up on a call (its timeout, its own restart).
+/// A dockerd that dies between RequestAddress and CreateEndpoint leaves an
+/// address held in netvlan's IPAM that no endpoint will take. Once the
+/// grace for Docker's create has passed, `check` names it and `restore`
+/// frees it, so the address is handed out again.
+#[test]
+fn an_address_docker_never_took_is_reported_and_freed() {
+    let lan = Lan::new(false);
+    let dir = OwnedDir::at(std::env::temp_dir().join(unique_name("dkp")));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let socket = dir.path().join("plugin.sock");
+    let plugin = PluginProcess::start(&lan, &socket);
+    lan.netvlan(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        "-o",
+        "parent=eth0",
+        "lan",
+    ])
+    .ok();
+    let held = call(
+        &socket,
+        "IpamDriver.RequestAddress",
+        &json!({"PoolID": "10.86.0.0/24", "Address": "", "Options": {}}),
+    );
+    assert_eq!(held["Address"], "10.86.0.2/24", "{held:#}");
+    // ... and no CreateEndpoint follows.
+    drop(plugin);
+    std::thread::sleep(Duration::from_secs(netvlan::control::HOLD_GRACE_SECS + 1));
+    let run = lan.netvlan(&["check", "--json"]).failed();
+    let drifts = run.json()["drifts"].clone();
+    assert_eq!(
+        drifts.as_array().map(Vec::len),
+        Some(1),
+        "the hold and nothing else: {drifts:#}"
+    );
+    let drift = &drifts[0];
+    assert_eq!(drift["kind"], "ipam_hold_stale", "{drift:#}");
+    assert_eq!(drift["object"], "10.86.0.2", "{drift:#}");
+    assert!(
+        drift["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no endpoint took it")
+            && drift["repair"].as_str().unwrap().contains("restore"),
+        "{drift:#}"
+    );
+    let restored = lan.netvlan(&["restore", "--json"]).ok().json();
+    assert!(
+        restored["actions"].to_string().contains("free 10.86.0.2"),
+        "{restored:#}"
+    );
+    lan.netvlan(&["check"]).ok();
+    // Free again: the next endpoint gets it.
+    let c = lan.container(false);
+    lan.netvlan(&["connect", "lan", c.name()]).ok();
+    let inspected = lan.inspect_container("lan", c.name());
+    assert_eq!(inspected["IPv4Address"], "10.86.0.2/24", "{inspected:#}");
+    lan.netvlan(&["disconnect", "lan", c.name()]).ok();
+    lan.netvlan(&["network", "rm", "lan"]).ok();
+}
+
 fn post_and_hang_up(socket: &Path, call: &str, body: &Value, mut midway: impl FnMut() -> bool) {
     let mut stream = UnixStream::connect(socket).expect("the plugin's socket accepts");
     let body = body.to_string();

@@ -11,7 +11,8 @@ use netvlan_common::maps::DstKey;
 use serde::Serialize;
 
 use super::{
-    routes::held_routes, sandbox_link, Driver, Endpoint, Manager, NetworkError, NetworkRecord,
+    holds, routes::held_routes, sandbox_link, Driver, Endpoint, Manager, NetworkError,
+    NetworkRecord,
 };
 use crate::{
     datapath::DatapathError,
@@ -65,6 +66,21 @@ impl Manager {
                     .await?;
             }
             self.check_host_access(record, &mut drifts).await?;
+        }
+        for record in &networks {
+            for hold in holds::stale_holds(record) {
+                drifts.push(Drift {
+                    network: record.name.clone(),
+                    kind: "ipam_hold_stale",
+                    object: hold.address.to_string(),
+                    problem: format!(
+                        "{} is {} for Docker's IPAM and no endpoint took it (a dockerd that died between RequestAddress and CreateEndpoint leaves one)",
+                        hold.address,
+                        hold.held_for()
+                    ),
+                    repair: format!("{RESTORE} frees it"),
+                });
+            }
         }
         for status in self.datapath().status().await? {
             if let crate::datapath::AttachmentStatus::Stale {

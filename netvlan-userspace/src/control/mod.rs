@@ -17,6 +17,7 @@ mod error;
 mod failpoint;
 #[cfg(test)]
 pub(crate) mod fixture;
+mod holds;
 mod host_access;
 mod inspect;
 mod operation;
@@ -49,6 +50,7 @@ pub use error::{
     CODE_INVALID_CONFIG, CODE_IO, CODE_NOT_FOUND, CODE_UNKNOWN_CONTAINER,
 };
 use failpoint::failpoint;
+pub use holds::HOLD_GRACE_SECS;
 pub use host_access::{AddressSource, HostAccess, HostAccessMode, HostAddress};
 pub use inspect::{inspect, list_rows, ListFilter};
 use operation::{Operation, OperationLog};

@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 use super::{
+    holds,
     owner::owner_alias,
     routes::held_routes,
     sandbox_link::{self, endpoint_link, temp_link_name},
@@ -49,13 +50,28 @@ impl Manager {
         for mut record in self.networks()? {
             wires.insert(record.parent.wire.clone());
             let before = actions.len();
+            let freed = holds::free_stale_holds(&mut record);
+            for hold in &freed {
+                actions.push(RestoreAction {
+                    network: record.name.clone(),
+                    action: format!(
+                        "free {} ({} for Docker's IPAM, no endpoint took it)",
+                        hold.address,
+                        hold.held_for()
+                    ),
+                    error: None,
+                });
+            }
+            let mut changed = !freed.is_empty();
             let parent_ok = self.restore_parent(&record, &mut actions).await;
             if parent_ok {
                 self.restore_datapath(&record, &mut actions).await;
-                let changed = self.restore_endpoints(&mut record, &mut actions).await;
-                if changed {
-                    self.store().put_network(&record.name, &record)?;
-                }
+                changed |= self.restore_endpoints(&mut record, &mut actions).await;
+            }
+            if changed {
+                self.store().put_network(&record.name, &record)?;
+            }
+            if parent_ok {
                 match self.restore_host_access(&record).await {
                     Ok(done) => actions.extend(done.into_iter().map(|action| RestoreAction {
                         network: record.name.clone(),

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     datapath::endpoint_hooks,
-    ipam::{self, Request},
+    ipam,
     sys::{
         netlink::{LinkOptions, Netlink, NetlinkError},
         netns::{Netns, NetnsId},
@@ -240,31 +240,6 @@ impl Manager {
             endpoint_hooks::Loading::start(),
         )?;
         Ok((here.id(), link.ifindex))
-    }
-
-    /// Docker's IPAM (`--ipam-driver netvlan`) asks for an address of
-    /// `network`: allocated and held (one durable write) until the
-    /// endpoint Docker then creates takes it, or Docker gives it back. So
-    /// the CLI and Docker share one allocator on a network.
-    pub fn hold_address(
-        &self,
-        network: &str,
-        request: Request,
-        range: Option<IpNet>,
-    ) -> Result<IpNet, NetworkError> {
-        let mut record = self.network(network)?;
-        let addr = record.ipam.hold(request, range)?;
-        self.store().put_network(&record.name, &record)?;
-        Ok(with_prefix(&record, addr))
-    }
-
-    /// Docker's IPAM gives `addr` back: freed if no endpoint took it.
-    pub fn release_held(&self, network: &str, addr: IpAddr) -> Result<(), NetworkError> {
-        let mut record = self.network(network)?;
-        if record.ipam.release_held(&addr) {
-            self.store().put_network(&record.name, &record)?;
-        }
-        Ok(())
     }
 
     /// Records the sandbox a staged endpoint's link is about to be moved
