@@ -278,8 +278,8 @@ impl Manager {
                 sandbox: sandbox.key,
             });
         }
-        // The endpoint programs load (mostly parsing the kernel's BTF)
-        // while the rest of the connect runs; dropped unused if it fails.
+        // The endpoint object loads (its maps created) while the rest of
+        // the connect runs; dropped unused if it fails.
         let programs = crate::datapath::endpoint_hooks::Loading::start();
         let passthru = record.options.macvlan_mode == Some(MacvlanMode::Passthru);
         if passthru && !record.endpoints.is_empty() {

@@ -3,8 +3,7 @@
 //! itself without a daemon, so every guarantee is the same (recovery of a
 //! command killed half-way first, all or nothing, the journal, one durable
 //! commit per command). What the daemon adds is what it keeps between
-//! commands: the endpoint object's loader (the kernel's BTF parsed once)
-//! and its netlink connection.
+//! commands: its netlink connection.
 //!
 //! They run one at a time on a thread of their own with its own
 //! current-thread runtime: a command holds the state's writer lock and
@@ -23,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     control::{ConnectRequest, Endpoint, ErrorReport, Manager, NetworkError, CODE_IO},
-    datapath::{object::ENDPOINT, Datapath},
+    datapath::Datapath,
     store::Store,
 };
 
@@ -162,7 +161,6 @@ fn serve(
         }
     };
     runtime.block_on(async {
-        ENDPOINT.warm();
         let datapath = Datapath::open(bpf_dir);
         if let Err(e) = &datapath {
             tracing::error!(error = %e, "commands cannot open the datapath: the CLI runs them itself");

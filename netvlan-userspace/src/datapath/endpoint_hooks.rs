@@ -95,10 +95,9 @@ pub fn move_pins(
     Ok(())
 }
 
-/// The endpoint object being loaded (the kernel's BTF parsed, the
-/// endpoint's own maps created) on a thread of its own, none of which
-/// depends on a namespace: a connect starts it first and makes the link
-/// meanwhile.
+/// The endpoint object being loaded (parsed, the endpoint's own maps
+/// created) on a thread of its own, none of which depends on a
+/// namespace: a connect starts it first and makes the link meanwhile.
 pub struct Loading(Option<std::thread::JoinHandle<Result<Ebpf, DatapathError>>>);
 
 impl Loading {

@@ -48,7 +48,6 @@ use aya::{
         tc::{SchedClassifierLink, TcHandle},
         ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
     },
-    EbpfLoader,
 };
 use netvlan_common::{
     hairpin::{
@@ -114,7 +113,7 @@ impl Datapath {
     /// one (the wire's maps were replaced) or one missing from the link
     /// while its pins remain (restore) is attached afresh. Refuses an
     /// ipvlan mode that cannot have host access, naming the link and mode.
-    /// One load of the wire object (its BTF parsed once) per attach.
+    /// One load of the wire object per attach.
     pub async fn attach_hairpin(
         &self,
         spec: &HairpinSpec<'_>,
@@ -174,7 +173,7 @@ impl Datapath {
             vid: spec.vlan,
             flags,
         };
-        let mut loader = EbpfLoader::new();
+        let mut loader = object::loader();
         for &name in maps::WIRE_MAPS {
             let path = wire_pins.map(name);
             // A map this build added and the wire lacks (until `datapath

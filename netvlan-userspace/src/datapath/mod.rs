@@ -1296,6 +1296,22 @@ mod tests {
         );
     }
 
+    /// The loader has no kernel BTF ([`super::object::loader`]): an object
+    /// with CO-RE relocations would load with them unapplied.
+    #[test]
+    fn no_object_needs_the_kernel_btf() {
+        for (name, object) in [
+            ("wire", &super::object::WIRE),
+            ("endpoint", &super::object::ENDPOINT),
+        ] {
+            let parsed = aya_obj::Object::parse(object.bytes).expect("the embedded object parses");
+            assert!(
+                !parsed.has_btf_relocations(),
+                "the {name} object has CO-RE relocations: give object::loader the kernel's BTF"
+            );
+        }
+    }
+
     #[test]
     fn every_map_of_the_wire_object_is_listed_and_pinned() {
         let wire = &super::object::WIRE;

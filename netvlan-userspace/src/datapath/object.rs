@@ -7,7 +7,6 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use aya::{
@@ -18,7 +17,7 @@ use aya::{
 };
 
 use super::{DatapathError, InterfacePins};
-use crate::sys::bpf_batch::BatchError;
+use crate::sys::{bpf_batch::BatchError, unrooted};
 
 /// An eBPF object built from `netvlan-ebpf`, embedded so the binary alone
 /// is enough on a target host, with the one list of the maps it declares
@@ -26,12 +25,24 @@ use crate::sys::bpf_batch::BatchError;
 pub struct Embedded {
     pub bytes: &'static [u8],
     pub maps: &'static [&'static str],
-    /// The loader of fresh attachments, made on first use and kept: making
-    /// one parses the kernel's BTF (5.5 MB, 35-50 ms) although these
-    /// objects need none of it, and a long-lived process (the daemon)
-    /// pays that once instead of on every connect. Never given pin paths,
-    /// so every load through it creates its own maps.
-    fresh: Mutex<Option<EbpfLoader<'static>>>,
+}
+
+/// A loader that has not read the kernel's BTF. aya 0.14's
+/// `EbpfLoader::new` parses /sys/kernel/btf/vmlinux whatever the object
+/// needs (5.5 MB: about 36 ms of every command that loads a program, in a
+/// release build here; aya-rs/aya#1172), and `btf(None)` only drops it
+/// afterwards. The kernel's BTF is the target of CO-RE relocations, which
+/// netvlan's objects have none of (`no_object_needs_the_kernel_btf`), so
+/// the loader is made on a thread that cannot find the file
+/// ([`unrooted::run`]): it then has no target BTF, as `btf(None)` leaves
+/// it. Where no such thread can be had, the plain loader.
+pub fn loader() -> EbpfLoader<'static> {
+    let mut loader = unrooted::run(EbpfLoader::new).unwrap_or_else(|e| {
+        tracing::debug!("the loader parses the kernel's BTF: no unrooted thread ({e})");
+        EbpfLoader::new()
+    });
+    loader.btf(None);
+    loader
 }
 
 /// The wire program (XDP on a parent link), its maps and the benchmarks'
@@ -39,14 +50,12 @@ pub struct Embedded {
 pub static WIRE: Embedded = Embedded {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan.bpf.o")),
     maps: netvlan_common::maps::WIRE_MAPS,
-    fresh: Mutex::new(None),
 };
 
 /// The endpoint programs (TC egress and ingress on an endpoint link).
 pub static ENDPOINT: Embedded = Embedded {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netvlan-egress.bpf.o")),
     maps: netvlan_common::antispoof::ENDPOINT_MAPS,
-    fresh: Mutex::new(None),
 };
 
 /// One map's shape, as the kernel reports it and as the object declares it.
@@ -69,22 +78,9 @@ impl std::fmt::Display for Shape {
 }
 
 impl Embedded {
-    /// Loads the object with fresh maps (a new attachment), through the
-    /// object's one kept [`EbpfLoader`] (see `fresh`): the kernel's BTF is
-    /// parsed once per process, not once per load.
+    /// Loads the object with fresh maps (a new attachment).
     pub fn load(&self) -> Result<Ebpf, DatapathError> {
-        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
-        fresh
-            .get_or_insert_with(EbpfLoader::new)
-            .load(self.bytes)
-            .map_err(DatapathError::Load)
-    }
-
-    /// Makes the kept loader now (the BTF parse), so the first load a
-    /// long-lived process serves does not pay for it.
-    pub fn warm(&self) {
-        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
-        fresh.get_or_insert_with(EbpfLoader::new);
+        loader().load(self.bytes).map_err(DatapathError::Load)
     }
 
     /// Loads the object against the maps pinned in `pins`, so what they
@@ -122,7 +118,7 @@ impl Embedded {
                 });
             }
         }
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader();
         for &name in self.maps {
             loader.map_pin_path(name, pins.map(name));
         }

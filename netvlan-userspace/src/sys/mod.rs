@@ -9,3 +9,4 @@ pub mod netlink;
 pub mod netns;
 pub mod sandbox;
 pub mod sysctl;
+pub mod unrooted;
