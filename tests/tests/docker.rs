@@ -1204,6 +1204,28 @@ impl Engine {
         name
     }
 
+    /// `netvlan check` finds the store and the kernel agreeing; `log` (the
+    /// plugin's) goes into the failure message.
+    fn assert_checked(&self, log: &str) {
+        let check = self.lan.netvlan(&["check", "--json"]);
+        assert!(
+            check.status.success(),
+            "check: {}{}\n{log}",
+            check.stdout,
+            check.stderr
+        );
+    }
+
+    /// `docker rm -f` of `containers`, `docker network rm` of `network`,
+    /// and nothing of netvlan's is left.
+    fn remove(&self, dockerd: &Dockerd, containers: &[&str], network: &str) {
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(containers);
+        dockerd.ok(&rm);
+        dockerd.ok(&["network", "rm", network]);
+        self.assert_clean();
+    }
+
     /// Nothing of netvlan's left in the lab's host namespace.
     fn assert_clean(&self) {
         assert_eq!(
@@ -1292,23 +1314,14 @@ fn docker_runs_a_container_on_a_netvlan_network() {
     assert_eq!(counted["ifname"], "eth0", "{counted:#}");
     let links = dockerd.ok(&["exec", &ctr, "ip", "link", "show", "eth0"]);
     assert!(links.contains("02:42:0a:56:00:07"), "{links}");
-    let check = engine.lan.netvlan(&["check", "--json"]);
-    assert!(
-        check.status.success(),
-        "check: {}{}\n{}",
-        check.stdout,
-        check.stderr,
-        plugin.log()
-    );
+    engine.assert_checked(&plugin.log());
     // `restore` finds the adopted endpoint whole: nothing to do.
     let restored = engine.lan.netvlan(&["restore", "--json"]).ok().json();
     assert_eq!(restored, json!({"actions": []}), "{restored:#}");
     let listed = engine.lan.netvlan(&["network", "ls", "--json"]).ok().json();
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
 
-    dockerd.ok(&["rm", "-f", &ctr]);
-    dockerd.ok(&["network", "rm", &net]);
-    engine.assert_clean();
+    engine.remove(&dockerd, &[&ctr], &net);
     drop(plugin);
 }
 
@@ -1369,17 +1382,9 @@ fn docker_runs_a_dual_stack_container() {
         counted["addresses"].to_string().contains("10.86.0.8"),
         "one endpoint holds both addresses: {counted:#}"
     );
-    let check = engine.lan.netvlan(&["check", "--json"]);
-    assert!(
-        check.status.success(),
-        "check: {}{}",
-        check.stdout,
-        check.stderr
-    );
+    engine.assert_checked("");
 
-    dockerd.ok(&["rm", "-f", &ctr]);
-    dockerd.ok(&["network", "rm", &net]);
-    engine.assert_clean();
+    engine.remove(&dockerd, &[&ctr], &net);
     drop(plugin);
 }
 
@@ -1433,9 +1438,7 @@ fn docker_runs_an_internal_network_on_a_placeholder_parent() {
     );
     endpoint_stats(&engine.lan, "10.87.0.5", 3);
 
-    dockerd.ok(&["rm", "-f", &a, &b]);
-    dockerd.ok(&["network", "rm", &net]);
-    engine.assert_clean();
+    engine.remove(&dockerd, &[&a, &b], &net);
     drop(plugin);
 }
 
@@ -1509,14 +1512,7 @@ fn a_network_the_cli_made_is_shared_with_docker_by_name() {
     // Docker's endpoint is adopted on the shared network as on its own.
     let counted = endpoint_stats(lan, "10.86.0.130", 3);
     assert_eq!(counted["ifname"], "eth0", "{counted:#}");
-    let check = lan.netvlan(&["check", "--json"]);
-    assert!(
-        check.status.success(),
-        "check: {}{}\n{}",
-        check.stdout,
-        check.stderr,
-        plugin.log()
-    );
+    engine.assert_checked(&plugin.log());
 
     dockerd.ok(&["rm", "-f", &ctr]);
     dockerd.ok(&["network", "rm", &dnet]);
@@ -1653,9 +1649,7 @@ fn docker_takes_its_addresses_from_netvlans_ipam() {
     );
     let ctr = dockerd.run_sleeping(&own, None);
     assert_eq!(docker_address(&dockerd, &ctr), "10.87.0.65");
-    dockerd.ok(&["rm", "-f", &ctr]);
-    dockerd.ok(&["network", "rm", &own]);
-    engine.assert_clean();
+    engine.remove(&dockerd, &[&ctr], &own);
     drop(plugin);
 }
 
@@ -1749,17 +1743,9 @@ fn a_plugin_restart_while_a_container_runs_loses_nothing() {
     endpoint_stats(&engine.lan, "10.86.0.9", before + 3);
     daemon.restart(&engine.lan);
     daemon_serves_the_plugin(&daemon, &socket);
-    let check = engine.lan.netvlan(&["check", "--json"]);
-    assert!(
-        check.status.success(),
-        "check: {}{}",
-        check.stdout,
-        check.stderr
-    );
+    engine.assert_checked("");
     // The restarted daemon serves the removal.
-    dockerd.ok(&["rm", "-f", &ctr]);
-    dockerd.ok(&["network", "rm", &net]);
-    engine.assert_clean();
+    engine.remove(&dockerd, &[&ctr], &net);
     // A graceful stop takes the plugin's socket away.
     let stopped = daemon.stop_with(libc::SIGTERM);
     assert!(stopped.success(), "{stopped:?}\n{}", daemon.log());
